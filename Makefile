@@ -1,0 +1,82 @@
+# The two commands a person needs: `make run` and `make test`. Each installs
+# what is missing (Debian packages with apt, Python packages into .venv/),
+# rebuilds the engine when its sources changed, then runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := $(VENV)/.stamps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ARGS ?=
+PYTEST_ARGS ?=
+
+# Debian packages: what the appliance needs at run time, to build the engine,
+# and to test it.
+DEB_RUN := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-nice libasound2 libasound2-plugins libopus0 alsa-utils
+DEB_BUILD := gcc make pkg-config python3-dev python3-venv libasound2-dev libopus-dev \
+	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev \
+	libnice-dev
+DEB_TEST := pulseaudio iproute2 sox chromium nodejs npm \
+	fdisk dosfstools mtools e2fsprogs fakeroot xz-utils
+ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup.py pyproject.toml
+
+.PHONY: run test test-slow bench sanitize native-check deps clean
+
+run: $(STAMPS)/engine
+	$(BIN)/appliance run $(ARGS)
+
+test: $(STAMPS)/engine $(STAMPS)/deb-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Image build, boot test and soak: minutes to an hour.
+test-slow: $(STAMPS)/engine $(STAMPS)/deb-test
+	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
+
+bench: $(STAMPS)/engine $(STAMPS)/deb-test
+	$(BIN)/python bench/engine_bench.py
+
+deps: $(STAMPS)/engine $(STAMPS)/deb-test
+
+# apt-get only when a package is missing, so a ready machine starts at once.
+define apt_ensure
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:" $$missing; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+endef
+
+$(STAMPS)/deb-run: Makefile
+	$(call apt_ensure,$(DEB_RUN) $(DEB_BUILD))
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/deb-test: Makefile
+	$(call apt_ensure,$(DEB_TEST))
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/venv: $(STAMPS)/deb-run pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel "cffi>=1.16"
+	$(BIN)/python -m pip install -q -e '.[test]' --no-build-isolation
+	@touch $@
+
+$(STAMPS)/engine: $(STAMPS)/venv $(ENGINE_SOURCES)
+	$(BIN)/python -m pip install -q -e . --no-build-isolation --no-deps
+	@touch $@
+
+# The C sources alone, warnings as errors.
+native-check: $(STAMPS)/deb-run
+	@for f in native/*.c; do \
+		gcc -std=gnu11 -Wall -Wextra -Werror -fsyntax-only -Inative $$f \
+			$$(pkg-config --cflags gstreamer-1.0 gstreamer-app-1.0 gstreamer-webrtc-1.0 gstreamer-sdp-1.0 nice alsa opus) || exit 1; \
+	done; echo "native: clean under -Wall -Wextra -Werror"
+
+# The engine tests on an engine built with AddressSanitizer and UBSan.
+sanitize: $(STAMPS)/venv $(STAMPS)/deb-test
+	bash native/sanitize.sh $(BIN)/python
+
+clean:
+	rm -rf build *.egg-info appliance/_engine_cffi* $(VENV)

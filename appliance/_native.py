@@ -1,0 +1,79 @@
+"""The only importer of the compiled cffi module: turns return codes into
+EngineError and owns the C-to-Python event callback."""
+from __future__ import annotations
+
+import enum
+from typing import Any, Callable
+
+from ._engine_cffi import ffi, lib
+
+__all__ = ["ffi", "lib", "EngineError", "ErrorCode", "check", "handle_key",
+           "set_event_sink", "text"]
+
+
+class ErrorCode(enum.IntEnum):
+    INVALID = lib.AE_ERR_INVALID
+    NOMEM = lib.AE_ERR_NOMEM
+    DEVICE = lib.AE_ERR_DEVICE
+    SDP = lib.AE_ERR_SDP
+    BUSY = lib.AE_ERR_BUSY
+    LIMIT = lib.AE_ERR_LIMIT
+    TIMEOUT = lib.AE_ERR_TIMEOUT
+    CODEC = lib.AE_ERR_CODEC
+    MEDIA = lib.AE_ERR_MEDIA
+    FILE = lib.AE_ERR_FILE
+    CLOSED = lib.AE_ERR_CLOSED
+    # raised by the Python face, never by C
+    NOT_FOUND = -100
+    EXISTS = -101
+
+
+class EngineError(Exception):
+    """A call into the engine failed. `code` is an ErrorCode, `message` the
+    engine's detail for that call."""
+
+    def __init__(self, code: int, message: str):
+        self.code = ErrorCode(code) if code in ErrorCode._value2member_map_ else code
+        self.message = message
+        super().__init__(f"{message} ({getattr(self.code, 'name', self.code)})")
+
+
+def text(ptr: Any) -> str | None:
+    return None if ptr == ffi.NULL else ffi.string(ptr).decode("utf-8", "replace")
+
+
+def check(rc: int) -> None:
+    """Raise EngineError for a negative return code; reads the thread's
+    last-error detail right away, before any other engine call."""
+    if rc < 0:
+        detail = text(lib.ae_last_error()) or text(lib.ae_strerror(rc)) or "engine error"
+        raise EngineError(rc, detail)
+
+
+def handle_key(handle: Any) -> int:
+    return int(ffi.cast("uintptr_t", handle))
+
+
+def copy_event(ev: Any) -> tuple:
+    """Copy an event out of C memory (its payload dies when the callback
+    returns) into plain Python values."""
+    n = max(0, min(ev.channels, lib.AE_MAX_CHANNELS))
+    return (ev.type, handle_key(ev.listener), handle_key(ev.source), handle_key(ev.sink),
+            text(ev.text), ev.mline, ev.state, ev.code, ev.count,
+            tuple(ev.peak_dbfs[i] for i in range(n)), tuple(ev.rms_dbfs[i] for i in range(n)))
+
+
+_EventSink = Callable[[tuple], None]
+
+
+@ffi.def_extern(onerror=lambda *exc: None)
+def ae_python_event_cb(user: Any, event: Any) -> None:
+    # Runs on the engine's event thread. Never raises into C (onerror).
+    sink: _EventSink = ffi.from_handle(user)
+    sink(copy_event(event))
+
+
+def set_event_sink(sink: _EventSink) -> Any:
+    """A handle to pass as the callback's `user`; keep it alive until the
+    engine is destroyed."""
+    return ffi.new_handle(sink)

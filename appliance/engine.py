@@ -1,0 +1,488 @@
+"""The engine's Python face: ``async with open_engine(settings) as engine``.
+
+The C engine does all audio work; this module configures it and turns its
+events into trio. Events arrive on the engine's event thread, are handed to
+the trio loop with ``trio.from_thread.run_sync`` and land in ``engine.events``
+(a trio memory channel). Lifecycle events are never dropped: when the channel
+is full the event thread waits for room (that thread is not an audio thread,
+so waiting there is harmless). Level events are dropped instead.
+
+Calls that may wait for the engine's own threads (removing things, closing)
+run in a worker thread so the trio loop stays free to take the events those
+threads may be trying to deliver.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal
+
+import trio
+
+from . import _native
+from ._native import EngineError, ErrorCode, check, ffi, handle_key, lib
+from .events import (
+    DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
+    DeviceRestored, Event, LevelsMeasured, ListenerState, ListenerStateChanged,
+    XrunOccurred,
+)
+
+__all__ = ["open_engine", "Engine", "EngineSettings", "SourceSpec", "SinkSpec",
+           "RouteSpec", "EngineStats", "SinkStats", "ListenerStats", "EngineError",
+           "ErrorCode", "live_engine_threads"]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    sample_rate: int = 48000
+    level_interval_ms: int = 50
+    gather_timeout_ms: int = 2000
+    max_listeners: int = 500
+    ice_tcp: bool = False
+    upnp: bool = False
+    stun_server: str | None = None
+    min_port: int = 0
+    max_port: int = 0
+    realtime_priority: int = 0
+    # local addresses to gather ICE candidates on; empty = every non-loopback
+    # interface. Tests use ("127.0.0.1",) so nothing leaves the machine.
+    ice_addresses: tuple[str, ...] = ()
+    event_buffer: int = 1024
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: Literal["alsa", "tone", "clicks", "file"]
+    channels: int = 2
+    device: str = "default"
+    period_frames: int = 128
+    buffer_periods: int = 4
+    allow_absent: bool = False
+    tone_hz: float = 440.0
+    tone_dbfs: float = -12.0
+    click_interval_ms: int = 500
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    kind: Literal["opus", "alsa"]
+    channels: int = 2
+    frame_ms: float = 10.0
+    bitrate: int = 128000
+    low_delay: bool = True
+    complexity: int = 5
+    device: str = "default"
+    period_frames: int = 128
+    buffer_periods: int = 4
+    allow_absent: bool = False
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    source_id: str
+    sink_id: str
+    gain_db: float = 0.0
+    muted: bool = False
+    source_channel: int = 0  # 0 = all channels; 1..N = just that one
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    sources: int
+    sinks: int
+    routes: int
+    listeners: int
+    threads: int
+    events_posted: int
+    events_coalesced: int
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    listeners: int
+    frames_encoded: int
+    packets_out: int
+    underruns: int
+    send_latency_p50_ms: float
+    send_latency_p95_ms: float
+    send_latency_samples: int
+
+
+@dataclass(frozen=True)
+class ListenerStats:
+    state: ListenerState
+    last_rx_age_s: float | None  # seconds since the peer last sent anything
+    packets_sent: int
+    bytes_sent: int
+
+
+_STATES = {
+    lib.AE_LISTENER_NEW: ListenerState.NEW,
+    lib.AE_LISTENER_CHECKING: ListenerState.CHECKING,
+    lib.AE_LISTENER_CONNECTED: ListenerState.CONNECTED,
+    lib.AE_LISTENER_COMPLETED: ListenerState.COMPLETED,
+    lib.AE_LISTENER_FAILED: ListenerState.FAILED,
+    lib.AE_LISTENER_DISCONNECTED: ListenerState.DISCONNECTED,
+    lib.AE_LISTENER_CLOSED: ListenerState.CLOSED,
+}
+
+
+def live_engine_threads() -> int:
+    """Threads started by engines in this process that still run."""
+    return lib.ae_live_threads()
+
+
+@dataclass
+class _Entity:
+    handle: Any
+    spec: Any
+    keepalive: list = field(default_factory=list)  # cdata the C side still points at
+
+
+class Engine:
+    """A running engine. Create it with ``open_engine``."""
+
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        self._send, self.events = trio.open_memory_channel[Event](settings.event_buffer)
+        self._token = trio.lowlevel.current_trio_token()
+        self._handle: Any = None
+        self._sources: dict[str, _Entity] = {}
+        self._sinks: dict[str, _Entity] = {}
+        self._routes: dict[str, _Entity] = {}
+        self._listeners: dict[int, _Entity] = {}
+        self._by_handle: dict[int, tuple[str, Any]] = {}  # handle -> (kind, id)
+        self._next_listener_id = 1
+        self.dropped_events = 0
+
+    # ---- lifecycle -----------------------------------------------------
+
+    def _create(self) -> None:
+        s = self.settings
+        cfg = ffi.new("ae_engine_config *")
+        cfg.sample_rate = s.sample_rate
+        cfg.level_interval_ms = s.level_interval_ms
+        cfg.gather_timeout_ms = s.gather_timeout_ms
+        cfg.max_listeners = s.max_listeners
+        cfg.ice_tcp = int(s.ice_tcp)
+        cfg.upnp = int(s.upnp)
+        stun = ffi.new("char[]", s.stun_server.encode()) if s.stun_server else ffi.NULL
+        cfg.stun_server = stun
+        cfg.min_port, cfg.max_port = s.min_port, s.max_port
+        cfg.realtime_priority = s.realtime_priority
+        addresses = ffi.new("char[]", ",".join(s.ice_addresses).encode()) \
+            if s.ice_addresses else ffi.NULL
+        cfg.ice_addresses = addresses
+        self._config_keepalive = (cfg, stun, addresses)
+        self._user = _native.set_event_sink(self._on_raw_event)
+        out = ffi.new("ae_engine **")
+        check(lib.ae_engine_create(cfg, lib.ae_python_event_cb, self._user, out))
+        self._handle = out[0]
+
+    async def _close(self) -> None:
+        # Close our side first: an event thread waiting for room in a full
+        # channel is released at once, so destroy cannot wait on it.
+        self._send.close()
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            rc = await trio.to_thread.run_sync(lib.ae_engine_destroy, handle)
+            check(rc)
+        for registry in (self._listeners, self._routes, self._sinks, self._sources):
+            registry.clear()
+        self._by_handle.clear()
+
+    # ---- events (engine event thread -> trio) ----------------------------
+
+    def _on_raw_event(self, raw: tuple) -> None:
+        """Runs on the engine's event thread."""
+        try:
+            pending = trio.from_thread.run_sync(self._deliver, raw, trio_token=self._token)
+            if pending is not None:
+                trio.from_thread.run(self._send.send, pending, trio_token=self._token)
+        except (trio.RunFinishedError, trio.ClosedResourceError, trio.BrokenResourceError,
+                trio.Cancelled):
+            pass
+
+    def _deliver(self, raw: tuple) -> Event | None:
+        """Runs in the trio thread: names the entities and offers the event.
+        Returns the event when it must not be dropped and the channel is full."""
+        event = self._translate(raw)
+        if event is None:
+            return None
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            if isinstance(event, DROPPABLE_EVENTS):
+                self.dropped_events += 1
+                return None
+            return event
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        return None
+
+    def _translate(self, raw: tuple) -> Event | None:
+        (etype, listener, source, sink, text, mline, state, code, count, peaks, rmss) = raw
+        if etype in (lib.AE_EVENT_ANSWER_READY, lib.AE_EVENT_ANSWER_FAILED,
+                     lib.AE_EVENT_CANDIDATE_GATHERED, lib.AE_EVENT_LISTENER_STATE):
+            owner = self._by_handle.get(listener)
+            if owner is None:
+                return None  # a late event for a listener that is gone
+            lid = owner[1]
+            if etype == lib.AE_EVENT_ANSWER_READY:
+                return AnswerReady(lid, text or "")
+            if etype == lib.AE_EVENT_ANSWER_FAILED:
+                return AnswerFailed(lid, code, text or "")
+            if etype == lib.AE_EVENT_CANDIDATE_GATHERED:
+                return CandidateGathered(lid, mline, text or "")
+            return ListenerStateChanged(lid, _STATES.get(state, ListenerState.FAILED))
+        owner = self._by_handle.get(source) or self._by_handle.get(sink)
+        if owner is None:
+            return None
+        kind, eid = owner
+        if etype == lib.AE_EVENT_DEVICE_LOST:
+            return DeviceLost(kind, eid, text or "")
+        if etype == lib.AE_EVENT_DEVICE_RESTORED:
+            return DeviceRestored(kind, eid)
+        if etype == lib.AE_EVENT_XRUN:
+            return XrunOccurred(kind, eid, count)
+        if etype == lib.AE_EVENT_LEVELS:
+            return LevelsMeasured(kind, eid, peaks, rmss)
+        return None
+
+    # ---- helpers -------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._handle is None:
+            raise EngineError(ErrorCode.CLOSED, "the engine is closed")
+
+    def _register(self, registry: dict, kind: str, key: Any, entity: _Entity) -> None:
+        registry[key] = entity
+        self._by_handle[handle_key(entity.handle)] = (kind, key)
+
+    def _unregister(self, registry: dict, key: Any) -> None:
+        entity = registry.pop(key)
+        self._by_handle.pop(handle_key(entity.handle), None)
+
+    @staticmethod
+    def _lookup(registry: dict, kind: str, key: Any) -> _Entity:
+        try:
+            return registry[key]
+        except KeyError:
+            raise EngineError(ErrorCode.NOT_FOUND, f"no {kind} {key!r}") from None
+
+    @staticmethod
+    def _check_new(registry: dict, kind: str, key: str) -> None:
+        if not isinstance(key, str) or not key:
+            raise EngineError(ErrorCode.INVALID, f"a {kind} id must be a non-empty string")
+        if key in registry:
+            raise EngineError(ErrorCode.EXISTS, f"{kind} {key!r} exists already")
+
+    # ---- sources ---------------------------------------------------------
+
+    async def add_source(self, source_id: str, spec: SourceSpec) -> None:
+        self._require_open()
+        self._check_new(self._sources, "source", source_id)
+        cfg = ffi.new("ae_source_config *")
+        keep: list = [cfg]
+        kinds = {"alsa": lib.AE_SOURCE_ALSA, "tone": lib.AE_SOURCE_TONE,
+                 "clicks": lib.AE_SOURCE_TONE, "file": lib.AE_SOURCE_FILE}
+        if spec.kind not in kinds:
+            raise EngineError(ErrorCode.INVALID, f"unknown source kind {spec.kind!r}")
+        cfg.kind = kinds[spec.kind]
+        cfg.channels = spec.channels
+        device = ffi.new("char[]", spec.device.encode())
+        keep.append(device)
+        cfg.device = device
+        cfg.period_frames = spec.period_frames
+        cfg.buffer_periods = spec.buffer_periods
+        cfg.allow_absent = int(spec.allow_absent)
+        cfg.tone_hz = spec.tone_hz
+        cfg.tone_dbfs = spec.tone_dbfs if spec.tone_dbfs != 0 else -1e-9
+        cfg.click_interval_ms = spec.click_interval_ms if spec.kind == "clicks" else 0
+        if spec.path is not None:
+            path = ffi.new("char[]", spec.path.encode())
+            keep.append(path)
+            cfg.path = path
+        out = ffi.new("ae_source **")
+        engine = self._handle
+        check(await trio.to_thread.run_sync(lib.ae_source_create, engine, cfg, out))
+        self._register(self._sources, "source", source_id, _Entity(out[0], spec))
+
+    def set_tone(self, source_id: str, hz: float, dbfs: float) -> None:
+        entity = self._lookup(self._sources, "source", source_id)
+        check(lib.ae_source_set_tone(entity.handle, hz, dbfs if dbfs != 0 else -1e-9))
+
+    def source_click_times(self, source_id: str, limit: int = 256) -> list[float]:
+        """Monotonic times (seconds, same clock as time.monotonic) of recent
+        clicks a click source emitted, oldest first."""
+        entity = self._lookup(self._sources, "source", source_id)
+        buf = ffi.new("int64_t[]", limit)
+        n = lib.ae_source_click_times(entity.handle, buf, limit)
+        check(n)
+        return [buf[i] / 1e6 for i in range(n)]
+
+    async def remove_source(self, source_id: str) -> None:
+        entity = self._lookup(self._sources, "source", source_id)
+        if any(r.spec.source_id == source_id for r in self._routes.values()):
+            raise EngineError(ErrorCode.BUSY, f"source {source_id!r} still has routes")
+        check(await trio.to_thread.run_sync(lib.ae_source_destroy, entity.handle))
+        self._unregister(self._sources, source_id)
+
+    # ---- sinks -----------------------------------------------------------
+
+    async def add_sink(self, sink_id: str, spec: SinkSpec) -> None:
+        self._require_open()
+        self._check_new(self._sinks, "sink", sink_id)
+        kinds = {"opus": lib.AE_SINK_OPUS, "alsa": lib.AE_SINK_ALSA}
+        if spec.kind not in kinds:
+            raise EngineError(ErrorCode.INVALID, f"unknown sink kind {spec.kind!r}")
+        cfg = ffi.new("ae_sink_config *")
+        device = ffi.new("char[]", spec.device.encode())
+        cfg.kind = kinds[spec.kind]
+        cfg.channels = spec.channels
+        cfg.frame_us = int(round(spec.frame_ms * 1000))
+        cfg.bitrate = spec.bitrate
+        cfg.low_delay = 1 if spec.low_delay else -1
+        cfg.complexity = spec.complexity
+        cfg.device = device
+        cfg.period_frames = spec.period_frames
+        cfg.buffer_periods = spec.buffer_periods
+        cfg.allow_absent = int(spec.allow_absent)
+        out = ffi.new("ae_sink **")
+        check(await trio.to_thread.run_sync(lib.ae_sink_create, self._handle, cfg, out))
+        self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec))
+
+    async def remove_sink(self, sink_id: str) -> None:
+        entity = self._lookup(self._sinks, "sink", sink_id)
+        if any(r.spec.sink_id == sink_id for r in self._routes.values()):
+            raise EngineError(ErrorCode.BUSY, f"sink {sink_id!r} still has routes")
+        check(await trio.to_thread.run_sync(lib.ae_sink_destroy, entity.handle))
+        self._unregister(self._sinks, sink_id)
+
+    def sink_stats(self, sink_id: str) -> SinkStats:
+        entity = self._lookup(self._sinks, "sink", sink_id)
+        out = ffi.new("ae_sink_stats *")
+        check(lib.ae_sink_stats_get(entity.handle, out))
+        return SinkStats(out.listeners, out.frames_encoded, out.packets_out, out.underruns,
+                         out.send_latency_p50_us / 1000, out.send_latency_p95_us / 1000,
+                         out.send_latency_samples)
+
+    # ---- routes ----------------------------------------------------------
+
+    async def add_route(self, route_id: str, spec: RouteSpec) -> None:
+        self._require_open()
+        self._check_new(self._routes, "route", route_id)
+        source = self._lookup(self._sources, "source", spec.source_id)
+        sink = self._lookup(self._sinks, "sink", spec.sink_id)
+        cfg = ffi.new("ae_route_config *")
+        cfg.gain_db = spec.gain_db
+        cfg.muted = int(spec.muted)
+        cfg.source_channel = spec.source_channel
+        out = ffi.new("ae_route **")
+        check(lib.ae_route_create(source.handle, sink.handle, cfg, out))
+        self._register(self._routes, "route", route_id, _Entity(out[0], spec))
+
+    def update_route(self, route_id: str, *, gain_db: float | None = None,
+                     muted: bool | None = None) -> RouteSpec:
+        entity = self._lookup(self._routes, "route", route_id)
+        spec: RouteSpec = entity.spec
+        if gain_db is not None:
+            if not math.isfinite(gain_db):
+                raise EngineError(ErrorCode.INVALID, "gain must be a finite number of dB")
+            check(lib.ae_route_set_gain(entity.handle, gain_db))
+            spec = RouteSpec(spec.source_id, spec.sink_id, gain_db, spec.muted,
+                             spec.source_channel)
+        if muted is not None:
+            check(lib.ae_route_set_muted(entity.handle, int(muted)))
+            spec = RouteSpec(spec.source_id, spec.sink_id, spec.gain_db, muted,
+                             spec.source_channel)
+        entity.spec = spec
+        return spec
+
+    async def remove_route(self, route_id: str) -> None:
+        entity = self._lookup(self._routes, "route", route_id)
+        check(lib.ae_route_destroy(entity.handle))
+        self._unregister(self._routes, route_id)
+
+    # ---- listeners -------------------------------------------------------
+
+    def add_listener(self, sink_id: str, offer_sdp: str) -> int:
+        """Start answering an offer; returns the listener id. AnswerReady or
+        AnswerFailed for that id follows on ``events``."""
+        self._require_open()
+        sink = self._lookup(self._sinks, "sink", sink_id)
+        if not isinstance(offer_sdp, str):
+            raise EngineError(ErrorCode.SDP, "the offer must be text")
+        out = ffi.new("ae_listener **")
+        check(lib.ae_listener_create(sink.handle, offer_sdp.encode("utf-8", "replace"), out))
+        listener_id = self._next_listener_id
+        self._next_listener_id += 1
+        self._register(self._listeners, "listener", listener_id, _Entity(out[0], sink_id))
+        return listener_id
+
+    def add_listener_candidate(self, listener_id: int, mline_index: int, candidate: str) -> None:
+        entity = self._lookup(self._listeners, "listener", listener_id)
+        check(lib.ae_listener_add_candidate(entity.handle, mline_index, candidate.encode()))
+
+    def listener_stats(self, listener_id: int) -> ListenerStats:
+        entity = self._lookup(self._listeners, "listener", listener_id)
+        out = ffi.new("ae_listener_stats *")
+        check(lib.ae_listener_stats_get(entity.handle, out))
+        age = None
+        if out.last_rx_us:
+            age = max(0.0, _monotonic_us() - out.last_rx_us) / 1e6
+        return ListenerStats(_STATES.get(out.state, ListenerState.FAILED), age,
+                             out.packets_sent, out.bytes_sent)
+
+    async def remove_listener(self, listener_id: int) -> None:
+        """Remove a listener; no event for it is delivered afterwards. Unknown
+        ids are ignored, so every cleanup path may call this."""
+        entity = self._listeners.get(listener_id)
+        if entity is None:
+            return
+        # Unregister first: events still in flight for it are dropped.
+        self._unregister(self._listeners, listener_id)
+        check(await trio.to_thread.run_sync(lib.ae_listener_destroy, entity.handle))
+
+    # ---- introspection -------------------------------------------------
+
+    def sources(self) -> dict[str, SourceSpec]:
+        return {k: v.spec for k, v in self._sources.items()}
+
+    def sinks(self) -> dict[str, SinkSpec]:
+        return {k: v.spec for k, v in self._sinks.items()}
+
+    def routes(self) -> dict[str, RouteSpec]:
+        return {k: v.spec for k, v in self._routes.items()}
+
+    def listeners(self) -> dict[int, str]:
+        """Listener id -> sink id."""
+        return {k: v.spec for k, v in self._listeners.items()}
+
+    def stats(self) -> EngineStats:
+        self._require_open()
+        out = ffi.new("ae_engine_stats *")
+        check(lib.ae_engine_stats_get(self._handle, out))
+        return EngineStats(out.sources, out.sinks, out.routes, out.listeners, out.threads,
+                           out.events_posted, out.events_coalesced)
+
+
+def _monotonic_us() -> float:
+    # The engine stamps times with CLOCK_MONOTONIC, as time.monotonic does.
+    return time.monotonic_ns() / 1000
+
+
+@asynccontextmanager
+async def open_engine(settings: EngineSettings | None = None) -> AsyncIterator[Engine]:
+    """Start an engine for the duration of the block; closing it removes every
+    listener, route, sink and source and stops every engine thread."""
+    engine = Engine(settings or EngineSettings())
+    engine._create()
+    try:
+        yield engine
+    finally:
+        with trio.CancelScope(shield=True):
+            await engine._close()

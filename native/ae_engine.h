@@ -1,0 +1,246 @@
+/*
+ * ae_engine.h: the listening appliance's audio engine.
+ *
+ * Moves audio from ALSA capture devices and built-in test sources through
+ * routes (gain, mute) into sinks. A sink either plays to an ALSA device or
+ * encodes Opus once and fans the packets out to WebRTC listeners served by
+ * GStreamer's webrtcbin.
+ *
+ * Conventions
+ *  - Every name carries the prefix ae_ / AE_. Handles are opaque and typed.
+ *  - Every call returns 0 (AE_OK) or a negative ae_error. ae_strerror() names
+ *    the code; ae_last_error() gives the detail for the calling thread, valid
+ *    until that thread's next engine call.
+ *  - Config structs treat zero as "use the default", so they can grow.
+ *  - Handles are valid from the create call until the matching destroy call
+ *    returns. Destroy calls may wait (bounded) for the engine's own threads;
+ *    never call them from the event callback.
+ *
+ * Threads
+ *  - The event callback runs on the engine's single event thread, never on an
+ *    audio or GStreamer thread. It may block (the audio does not wait for it),
+ *    but blocking it delays later events. Its payload is valid only during the
+ *    call. No callback runs after ae_engine_destroy() returns, and none runs
+ *    for a listener after ae_listener_destroy() returns.
+ */
+#ifndef AE_ENGINE_H
+#define AE_ENGINE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum ae_error {
+    AE_OK = 0,
+    AE_ERR_INVALID = -1,      /* a bad argument */
+    AE_ERR_NOMEM = -2,
+    AE_ERR_DEVICE = -3,       /* an ALSA device could not be opened or set up */
+    AE_ERR_SDP = -4,          /* an offer that is not SDP or has no receivable Opus audio */
+    AE_ERR_BUSY = -5,         /* the entity is still in use (routes, listeners) */
+    AE_ERR_LIMIT = -6,        /* a configured cap is reached */
+    AE_ERR_TIMEOUT = -7,      /* the engine thread did not answer in time */
+    AE_ERR_CODEC = -8,        /* Opus refused the settings */
+    AE_ERR_MEDIA = -9,        /* GStreamer refused (missing plugin, failed link) */
+    AE_ERR_FILE = -10,        /* a source file could not be read */
+    AE_ERR_CLOSED = -11       /* the engine is shutting down */
+} ae_error;
+
+const char *ae_strerror(int code);
+const char *ae_last_error(void);
+
+typedef struct ae_engine ae_engine;
+typedef struct ae_source ae_source;
+typedef struct ae_sink ae_sink;
+typedef struct ae_route ae_route;
+typedef struct ae_listener ae_listener;
+
+/* ---- events ---------------------------------------------------------- */
+
+typedef enum ae_event_type {
+    AE_EVENT_ANSWER_READY = 1,       /* listener, text = answer SDP with all candidates */
+    AE_EVENT_ANSWER_FAILED = 2,      /* listener, code, text = reason */
+    AE_EVENT_CANDIDATE_GATHERED = 3, /* listener, mline, text = "candidate:..." (after the answer) */
+    AE_EVENT_LISTENER_STATE = 4,     /* listener, state (ae_listener_state) */
+    AE_EVENT_DEVICE_LOST = 5,        /* source or sink, text = reason */
+    AE_EVENT_DEVICE_RESTORED = 6,    /* source or sink */
+    AE_EVENT_XRUN = 7,               /* source or sink, count = total xruns so far */
+    AE_EVENT_LEVELS = 8              /* source or sink, channels, peak_dbfs[], rms_dbfs[] */
+} ae_event_type;
+
+typedef enum ae_listener_state {
+    AE_LISTENER_NEW = 0,
+    AE_LISTENER_CHECKING = 1,
+    AE_LISTENER_CONNECTED = 2,
+    AE_LISTENER_COMPLETED = 3,
+    AE_LISTENER_FAILED = 4,
+    AE_LISTENER_DISCONNECTED = 5,
+    AE_LISTENER_CLOSED = 6
+} ae_listener_state;
+
+#define AE_MAX_CHANNELS 8
+
+typedef struct ae_event {
+    int type;                 /* ae_event_type */
+    ae_listener *listener;    /* or NULL */
+    ae_source *source;        /* or NULL */
+    ae_sink *sink;            /* or NULL */
+    const char *text;         /* SDP, candidate or reason; or NULL */
+    int mline;
+    int state;                /* ae_listener_state */
+    int code;                 /* ae_error for ANSWER_FAILED */
+    uint64_t count;           /* xrun total */
+    int channels;
+    double peak_dbfs[AE_MAX_CHANNELS];
+    double rms_dbfs[AE_MAX_CHANNELS];
+    int64_t time_us;          /* CLOCK_MONOTONIC when the event was raised */
+} ae_event;
+
+typedef void (*ae_event_cb)(void *user, const ae_event *event);
+
+/* ---- engine ------------------------------------------------------------ */
+
+typedef struct ae_engine_config {
+    int sample_rate;          /* 0 = 48000 */
+    int level_interval_ms;    /* 0 = 50 (20 updates a second); < 0 disables levels */
+    int gather_timeout_ms;    /* 0 = 2000: answer with what was gathered by then */
+    int max_listeners;        /* 0 = 500 */
+    int ice_tcp;              /* 0 = off (default), 1 = on */
+    int upnp;                 /* 0 = off (default), 1 = on */
+    const char *stun_server;  /* "stun://host:port" or NULL */
+    int min_port, max_port;   /* UDP range for ICE; 0 = any */
+    /* comma-separated local IP addresses to gather ICE candidates on;
+     * NULL = every non-loopback interface (libnice's default) */
+    const char *ice_addresses;
+    int realtime_priority;    /* SCHED_FIFO priority for audio threads; 0 = normal */
+} ae_engine_config;
+
+int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void *user,
+                     ae_engine **out);
+/* Stops every thread, destroys every remaining entity, waits for callbacks in
+ * flight. Returns AE_ERR_TIMEOUT if a thread would not stop in time (the
+ * engine is then leaked rather than freed under a running thread). */
+int ae_engine_destroy(ae_engine *engine);
+
+typedef struct ae_engine_stats {
+    int sources, sinks, routes, listeners;
+    int threads;              /* threads the engine itself started and that still run */
+    int64_t events_posted, events_coalesced;
+} ae_engine_stats;
+
+int ae_engine_stats_get(ae_engine *engine, ae_engine_stats *out);
+
+/* Threads started by any engine in this process that have not exited yet;
+ * 0 once every engine is destroyed. */
+int ae_live_threads(void);
+
+/* ---- sources ----------------------------------------------------------- */
+
+typedef enum ae_source_kind {
+    AE_SOURCE_ALSA = 1,       /* capture from an ALSA PCM */
+    AE_SOURCE_TONE = 2,       /* sine tone, or clicks when click_interval_ms > 0 */
+    AE_SOURCE_FILE = 3        /* WAV (PCM16/24/32, float) or raw S16LE, looped */
+} ae_source_kind;
+
+typedef struct ae_source_config {
+    int kind;
+    int channels;             /* 0 = 2 */
+    /* ALSA */
+    const char *device;       /* NULL = "default" */
+    int period_frames;        /* 0 = 128; 64 is the lowest sensible value */
+    int buffer_periods;       /* 0 = 4 */
+    int allow_absent;         /* 1: start even when the device is missing and retry */
+    /* tone */
+    double tone_hz;           /* 0 = 440 */
+    double tone_dbfs;         /* 0 = -12 dBFS (use a tiny negative value for 0 dBFS) */
+    int click_interval_ms;    /* > 0: emit 1 ms clicks instead of a tone */
+    /* file */
+    const char *path;
+    int raw_rate;             /* for raw files: sample rate, 0 = engine rate */
+} ae_source_config;
+
+int ae_source_create(ae_engine *engine, const ae_source_config *config, ae_source **out);
+int ae_source_set_tone(ae_source *source, double hz, double dbfs);
+/* AE_ERR_BUSY while routes use the source. */
+int ae_source_destroy(ae_source *source);
+
+/* Monotonic capture times (us) of the most recent clicks a click source
+ * emitted, newest last; returns how many were written. For latency tests. */
+int ae_source_click_times(ae_source *source, int64_t *out_us, int max);
+
+/* ---- sinks ------------------------------------------------------------- */
+
+typedef enum ae_sink_kind {
+    AE_SINK_OPUS = 1,         /* Opus stream for WebRTC listeners */
+    AE_SINK_ALSA = 2          /* playback on an ALSA PCM */
+} ae_sink_kind;
+
+typedef struct ae_sink_config {
+    int kind;
+    int channels;             /* 0 = 2 */
+    /* Opus */
+    int frame_us;             /* 0 = 10000; 2500, 5000, 10000, 20000, 40000, 60000 */
+    int bitrate;              /* 0 = 128000 */
+    int low_delay;            /* 0 = restricted low-delay (default), 1 = same, -1 = audio mode */
+    int complexity;           /* 0 = 5; 1..10 */
+    /* ALSA */
+    const char *device;
+    int period_frames;        /* 0 = 128 */
+    int buffer_periods;       /* 0 = 4 */
+    int allow_absent;
+} ae_sink_config;
+
+int ae_sink_create(ae_engine *engine, const ae_sink_config *config, ae_sink **out);
+/* AE_ERR_BUSY while routes or listeners use the sink. */
+int ae_sink_destroy(ae_sink *sink);
+
+typedef struct ae_sink_stats {
+    int listeners;
+    uint64_t frames_encoded, packets_out, underruns;
+    /* capture-to-network latency of the packets most recently sent to
+     * listeners (us); 0 when nothing was sent */
+    int64_t send_latency_p50_us, send_latency_p95_us;
+    int send_latency_samples;
+} ae_sink_stats;
+
+int ae_sink_stats_get(ae_sink *sink, ae_sink_stats *out);
+
+/* ---- routes ------------------------------------------------------------ */
+
+typedef struct ae_route_config {
+    double gain_db;           /* 0 = unity */
+    int muted;
+    /* -1 or 0 = all channels as they are (mono is copied to both sides);
+     * 1..N = only that input channel, sent to every sink channel */
+    int source_channel;
+} ae_route_config;
+
+int ae_route_create(ae_source *source, ae_sink *sink, const ae_route_config *config,
+                    ae_route **out);
+int ae_route_set_gain(ae_route *route, double gain_db);
+int ae_route_set_muted(ae_route *route, int muted);
+int ae_route_destroy(ae_route *route);
+
+/* ---- listeners --------------------------------------------------------- */
+
+/* Validates the offer at once (AE_ERR_SDP with a reason), then answers in the
+ * background: AE_EVENT_ANSWER_READY or AE_EVENT_ANSWER_FAILED follows. */
+int ae_listener_create(ae_sink *sink, const char *offer_sdp, ae_listener **out);
+/* candidate: "candidate:..." or "a=candidate:..."; an empty string means
+ * end-of-candidates. */
+int ae_listener_add_candidate(ae_listener *listener, int mline, const char *candidate);
+
+typedef struct ae_listener_stats {
+    int state;                /* ae_listener_state */
+    int64_t last_rx_us;       /* monotonic time of the last packet from the peer, 0 = none */
+    uint64_t packets_sent, bytes_sent;
+} ae_listener_stats;
+
+int ae_listener_stats_get(ae_listener *listener, ae_listener_stats *out);
+int ae_listener_destroy(ae_listener *listener);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

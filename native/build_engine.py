@@ -1,0 +1,59 @@
+"""cffi (API, out-of-line) build script for the engine: generates the private
+module ``appliance._engine_cffi`` from ae_engine.h and compiles it together
+with the engine's C sources. Wired into the package build by setup.py."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+SOURCES = sorted(str(p.relative_to(HERE.parent)) for p in HERE.glob("ae_*.c"))
+PKG_CONFIG = ["gstreamer-1.0", "gstreamer-app-1.0", "gstreamer-webrtc-1.0",
+              "gstreamer-sdp-1.0", "nice", "alsa", "opus"]
+
+
+def _pkg_config(flag: str) -> list[str]:
+    out = subprocess.run(["pkg-config", flag, *PKG_CONFIG], check=True,
+                         capture_output=True, text=True).stdout
+    return shlex.split(out)
+
+
+def _cdef_from_header() -> str:
+    """The header minus what cffi's parser does not take (preprocessor lines,
+    extern "C" guards); #define constants become cffi's `#define X ...`."""
+    text = (HERE / "ae_engine.h").read_text()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#define AE_") and not stripped.endswith("_H"):
+            lines.append(f"#define {stripped.split()[1]} ...")
+        elif stripped.startswith("#") or stripped in ('extern "C" {', "}") \
+                or stripped.startswith("#include"):
+            continue
+        else:
+            lines.append(line)
+    return "\n".join(lines) + '\nextern "Python" void ae_python_event_cb(void *, const ae_event *);\n'
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef_from_header())
+extra = shlex.split(os.environ.get("AE_EXTRA_CFLAGS", ""))
+ffibuilder.set_source(
+    "appliance._engine_cffi",
+    '#include "ae_engine.h"\n',
+    sources=SOURCES,
+    include_dirs=[str(HERE)],
+    extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-O2", "-g",
+                        *_pkg_config("--cflags"), *extra],
+    extra_link_args=[*_pkg_config("--libs"), "-lm", "-lpthread",
+                     *shlex.split(os.environ.get("AE_EXTRA_LDFLAGS", ""))],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)
