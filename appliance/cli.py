@@ -1,0 +1,158 @@
+"""``appliance``: the command line.
+
+    appliance run [--config FILE] [--host HOST] [--port PORT] [--log-level LEVEL]
+    appliance check-config FILE
+    appliance version
+
+``run`` serves the web app with hypercorn's trio worker until SIGTERM or
+SIGINT, then stops within a deadline: new requests are refused, every
+listener is cleaned up, the engine is closed. Under systemd (Type=notify) it
+reports READY=1 once listening, STOPPING=1, and pings the watchdog.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from functools import partial
+from typing import Any, Awaitable, Callable, Sequence
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from . import __version__, systemd
+from .config import Config, ConfigError, load_config
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("appliance")
+
+GRACEFUL_TIMEOUT_S = 2.0  # open HTTP requests (and event streams) after a stop
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def serve(config: Config, *, app: Any = None,
+                shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` (default: ``create_app(config)``) until SIGTERM/SIGINT, or
+    until ``shutdown_trigger`` returns when one is given (signals are then left
+    alone); ``task_status`` gets the bound addresses ("http://127.0.0.1:8080")."""
+    from .web import create_app
+
+    if app is None:
+        app = create_app(config)
+    hyper = HypercornConfig()
+    hyper.bind = [_bind(config.server.host, config.server.port)]
+    hyper.graceful_timeout = GRACEFUL_TIMEOUT_S
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("hypercorn.error")
+    stop = trio.Event()
+    deadline = config.server.shutdown_timeout_s + GRACEFUL_TIMEOUT_S + 5
+
+    async def on_stop() -> None:
+        await stop.wait()
+        systemd.notify("STOPPING=1")
+        log.info("stopping")
+        if app.service is not None:
+            app.service.begin_close()
+
+    async with trio.open_nursery() as nursery:
+        async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await hypercorn_serve(app, hyper, shutdown_trigger=on_stop,  # type: ignore[arg-type]
+                                      task_status=task_status)
+            finally:
+                nursery.cancel_scope.cancel()
+
+        async def signals(*, task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                task_status.started()
+                async for signum in received:
+                    if not stop.is_set():
+                        log.info("%s received", signal.Signals(signum).name)
+                        stop.set()
+                    else:
+                        log.warning("second signal: stopping at once")
+                        nursery.cancel_scope.cancel()
+
+        async def external_trigger() -> None:
+            assert shutdown_trigger is not None
+            await shutdown_trigger()
+            stop.set()
+
+        async def hard_deadline() -> None:
+            await stop.wait()
+            await trio.sleep(deadline)
+            log.error("shutdown took longer than %.0f s: cancelling", deadline)
+            nursery.cancel_scope.cancel()
+
+        if shutdown_trigger is None:
+            await nursery.start(signals)
+        else:
+            nursery.start_soon(external_trigger)
+        nursery.start_soon(hard_deadline)
+        binds = await nursery.start(run_server)
+        log.info("serving %s on %s", config.name, ", ".join(binds))
+        systemd.notify("READY=1", f"STATUS=serving on {', '.join(binds)}")
+        nursery.start_soon(partial(systemd.run_watchdog, lambda: app.service is not None))
+        task_status.started(binds)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the web app and the audio engine")
+    run.add_argument("--config", metavar="FILE", help="TOML config file")
+    run.add_argument("--host", help="address to listen on (default from config: 0.0.0.0)")
+    run.add_argument("--port", type=int, help="port to listen on (default from config: 8080)")
+    run.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"])
+    check = sub.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("file")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(__version__)
+        return 0
+    if args.command == "check-config":
+        try:
+            config = load_config(args.file)
+        except ConfigError as error:
+            print(f"appliance: {error}", file=sys.stderr)
+            return 2
+        print(config)
+        return 0
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"appliance: {error}", file=sys.stderr)
+        return 2
+    server = config.server
+    if args.host is not None:
+        server = dataclasses.replace(server, host=args.host)
+    if args.port is not None:
+        server = dataclasses.replace(server, port=args.port)
+    config = config.replace(server=server)
+    try:
+        trio.run(serve, config)
+    except OSError as error:  # the port is taken, the address is not ours
+        print(f"appliance: {error}", file=sys.stderr)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""A real appliance server (hypercorn + Quart-Trio + the real engine) on an
+ephemeral loopback port, and helpers to talk WHEP to it."""
+from __future__ import annotations
+
+import dataclasses
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import httpx
+import pytest
+import trio
+
+from appliance.cli import serve
+from appliance.config import Config, parse_config
+from appliance.engine import EngineSettings
+from appliance.service import Service
+from appliance.web import create_app
+
+SDP = {"Content-Type": "application/sdp"}
+
+
+def make_config(state_dir: Path, *, data: dict[str, Any] | None = None,
+                **server: Any) -> Config:
+    """A test config: no sound card (tone -> main), loopback ICE only,
+    generous rate limits; ``server`` overrides ServerConfig fields."""
+    config = parse_config(data or {}, cards=[])
+    defaults = dict(host="127.0.0.1", port=0, post_rate_per_s=1000.0, post_burst=1000,
+                    max_listeners=300, shutdown_timeout_s=10.0)
+    defaults.update(server)
+    return config.replace(
+        state_dir=state_dir,
+        server=dataclasses.replace(config.server, **defaults),
+        engine=dataclasses.replace(config.engine, ice_addresses=("127.0.0.1",)))
+
+
+@dataclass
+class Server:
+    url: str
+    app: Any
+    client: httpx.AsyncClient
+    stop: trio.Event
+    done: trio.Event
+
+    @property
+    def service(self) -> Service:
+        return self.app.service
+
+    async def post_offer(self, offer: str, path: str = "/api/whep/main",
+                         **kw: Any) -> httpx.Response:
+        headers = {**SDP, **kw.pop("headers", {})}
+        return await self.client.post(path, content=offer, headers=headers, **kw)
+
+    async def wait_idle(self, timeout: float = 10) -> dict[str, int]:
+        """Wait until every session has finished its cleanup; returns the census."""
+        with trio.fail_after(timeout):
+            for session in list(self.service.sessions.values()):
+                await session.done.wait()
+        return self.service.census()
+
+    def session_for(self, response: httpx.Response):
+        return self.service.sessions[response.headers["Location"].rsplit("/", 1)[1]]
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        await self.done.wait()
+
+
+IDLE = {"sessions": 0, "by_listener": 0, "engine_listeners": 0, "engine_stats_listeners": 0,
+        "temporary_sinks": 0, "temporary_routes": 0}
+
+
+@asynccontextmanager
+async def open_server(config: Config) -> AsyncIterator[Server]:
+    app = create_app(config)
+    stop, done = trio.Event(), trio.Event()
+    async with trio.open_nursery() as nursery:
+        async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await serve(config, app=app, shutdown_trigger=stop.wait, task_status=task_status)
+            finally:
+                done.set()
+
+        binds = await nursery.start(run)
+        async with httpx.AsyncClient(base_url=binds[0], timeout=15) as client:
+            server = Server(binds[0], app, client, stop, done)
+            try:
+                yield server
+            finally:
+                stop.set()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    async with open_server(make_config(tmp_path)) as s:
+        yield s
