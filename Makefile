@@ -17,7 +17,7 @@ DEB_RUN := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plug
 DEB_BUILD := gcc make pkg-config python3-dev python3-venv libasound2-dev libopus-dev \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev \
 	libnice-dev
-DEB_TEST := pulseaudio iproute2 sox chromium nodejs npm \
+DEB_TEST := pulseaudio iproute2 sox chromium \
 	fdisk dosfstools mtools e2fsprogs fakeroot xz-utils
 ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup.py pyproject.toml
 
@@ -53,8 +53,10 @@ $(STAMPS)/deb-run: Makefile
 	$(call apt_ensure,$(DEB_RUN) $(DEB_BUILD))
 	@mkdir -p $(STAMPS) && touch $@
 
+# Node and npm from Debian only when the machine has none of its own
+# (Debian's nodejs conflicts with other builds of it).
 $(STAMPS)/deb-test: Makefile
-	$(call apt_ensure,$(DEB_TEST))
+	$(call apt_ensure,$(DEB_TEST) $(if $(shell command -v npm),,nodejs npm))
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: $(STAMPS)/deb-run pyproject.toml

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ._engine_cffi import ffi, lib
 
-__all__ = ["ffi", "lib", "EngineError", "ErrorCode", "check", "handle_key",
+__all__ = ["ffi", "lib", "EngineError", "ErrorCode", "call", "check", "handle_key",
            "set_event_sink", "text"]
 
 
@@ -48,6 +48,15 @@ def check(rc: int) -> None:
     if rc < 0:
         detail = text(lib.ae_last_error()) or text(lib.ae_strerror(rc)) or "engine error"
         raise EngineError(rc, detail)
+
+
+def call(fn: Callable[..., int], *args: Any) -> int:
+    """Call an engine function and check it in the same thread: the error
+    detail is per thread, so a call made in a worker thread must be checked
+    there too."""
+    rc = fn(*args)
+    check(rc)
+    return rc
 
 
 def handle_key(handle: Any) -> int:

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Literal
 import trio
 
 from . import _native
-from ._native import EngineError, ErrorCode, check, ffi, handle_key, lib
+from ._native import EngineError, ErrorCode, call, check, ffi, handle_key, lib
 from .events import (
     DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
     DeviceRestored, Event, LevelsMeasured, ListenerState, ListenerStateChanged,
@@ -188,8 +188,7 @@ class Engine:
         self._send.close()
         handle, self._handle = self._handle, None
         if handle is not None:
-            rc = await trio.to_thread.run_sync(lib.ae_engine_destroy, handle)
-            check(rc)
+            await trio.to_thread.run_sync(call, lib.ae_engine_destroy, handle)
         for registry in (self._listeners, self._routes, self._sinks, self._sources):
             registry.clear()
         self._by_handle.clear()
@@ -308,7 +307,7 @@ class Engine:
             cfg.path = path
         out = ffi.new("ae_source **")
         engine = self._handle
-        check(await trio.to_thread.run_sync(lib.ae_source_create, engine, cfg, out))
+        await trio.to_thread.run_sync(call, lib.ae_source_create, engine, cfg, out)
         self._register(self._sources, "source", source_id, _Entity(out[0], spec))
 
     def set_tone(self, source_id: str, hz: float, dbfs: float) -> None:
@@ -328,7 +327,7 @@ class Engine:
         entity = self._lookup(self._sources, "source", source_id)
         if any(r.spec.source_id == source_id for r in self._routes.values()):
             raise EngineError(ErrorCode.BUSY, f"source {source_id!r} still has routes")
-        check(await trio.to_thread.run_sync(lib.ae_source_destroy, entity.handle))
+        await trio.to_thread.run_sync(call, lib.ae_source_destroy, entity.handle)
         self._unregister(self._sources, source_id)
 
     # ---- sinks -----------------------------------------------------------
@@ -352,14 +351,14 @@ class Engine:
         cfg.buffer_periods = spec.buffer_periods
         cfg.allow_absent = int(spec.allow_absent)
         out = ffi.new("ae_sink **")
-        check(await trio.to_thread.run_sync(lib.ae_sink_create, self._handle, cfg, out))
+        await trio.to_thread.run_sync(call, lib.ae_sink_create, self._handle, cfg, out)
         self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec))
 
     async def remove_sink(self, sink_id: str) -> None:
         entity = self._lookup(self._sinks, "sink", sink_id)
         if any(r.spec.sink_id == sink_id for r in self._routes.values()):
             raise EngineError(ErrorCode.BUSY, f"sink {sink_id!r} still has routes")
-        check(await trio.to_thread.run_sync(lib.ae_sink_destroy, entity.handle))
+        await trio.to_thread.run_sync(call, lib.ae_sink_destroy, entity.handle)
         self._unregister(self._sinks, sink_id)
 
     def sink_stats(self, sink_id: str) -> SinkStats:
@@ -438,14 +437,16 @@ class Engine:
                              out.packets_sent, out.bytes_sent)
 
     async def remove_listener(self, listener_id: int) -> None:
-        """Remove a listener; no event for it is delivered afterwards. Unknown
-        ids are ignored, so every cleanup path may call this."""
+        """Remove a listener. Once this returns the engine delivers no more
+        events for it (some may still wait in ``events`` from before: consumers
+        ignore ids they no longer track). Unknown ids are ignored, so every
+        cleanup path may call this."""
         entity = self._listeners.get(listener_id)
         if entity is None:
             return
         # Unregister first: events still in flight for it are dropped.
         self._unregister(self._listeners, listener_id)
-        check(await trio.to_thread.run_sync(lib.ae_listener_destroy, entity.handle))
+        await trio.to_thread.run_sync(call, lib.ae_listener_destroy, entity.handle)
 
     # ---- introspection -------------------------------------------------
 

@@ -24,20 +24,19 @@ def _pkg_config(flag: str) -> list[str]:
 
 
 def _cdef_from_header() -> str:
-    """The header minus what cffi's parser does not take (preprocessor lines,
-    extern "C" guards); #define constants become cffi's `#define X ...`."""
-    text = (HERE / "ae_engine.h").read_text()
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    lines = []
+    """The header minus what cffi's parser does not take (comments,
+    preprocessor lines, extern "C" guards). Numeric #defines are kept as
+    literal constants and substituted where they size arrays."""
+    text = re.sub(r"/\*.*?\*/", "", (HERE / "ae_engine.h").read_text(), flags=re.S)
+    defines = dict(re.findall(r"^#define\s+(AE_\w+)\s+(\d+)\s*$", text, flags=re.M))
+    lines = [f"#define {name} {value}" for name, value in defines.items()]
     for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith("#define AE_") and not stripped.endswith("_H"):
-            lines.append(f"#define {stripped.split()[1]} ...")
-        elif stripped.startswith("#") or stripped in ('extern "C" {', "}") \
-                or stripped.startswith("#include"):
+        if stripped.startswith("#") or stripped in ('extern "C" {', "}"):
             continue
-        else:
-            lines.append(line)
+        for name, value in defines.items():
+            line = re.sub(rf"\[{name}\]", f"[{value}]", line)
+        lines.append(line)
     return "\n".join(lines) + '\nextern "Python" void ae_python_event_cb(void *, const ae_event *);\n'
 
 

@@ -1,0 +1,918 @@
+/* ae_graph.c: sources, sinks, routes and the mixer thread.
+ *
+ * Clocking: a sink is clocked by its first route from an ALSA source (the
+ * device's clock): a frame is mixed as soon as that source has delivered it,
+ * which keeps capture-to-encode delay at one frame. A sink with no capture
+ * source is clocked from the monotonic clock. A capture source whose device
+ * is gone keeps writing silence on time, so its sinks and their listeners
+ * carry on and nobody downstream has to know. */
+#define _GNU_SOURCE
+#include "ae_internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RETRY_MIN_US 100000
+#define RETRY_MAX_US 2000000
+#define MAX_FILE_SAMPLES (64u * 1024 * 1024)
+/* A non-clocking capture route may run this far ahead before we skip. */
+#define MAX_LAG_FRAMES 960
+
+/* ---- ring buffer -------------------------------------------------------- */
+
+int ae_ring_init(ae_ring *r, int channels, uint64_t min_frames)
+{
+    memset(r, 0, sizeof *r);
+    uint64_t cap = 1024;
+    while (cap < min_frames) cap <<= 1;
+    r->data = calloc(cap * (uint64_t)channels, sizeof(float));
+    if (!r->data) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    r->capacity = cap;
+    r->channels = channels;
+    return AE_OK;
+}
+
+void ae_ring_free(ae_ring *r)
+{
+    free(r->data);
+    r->data = NULL;
+}
+
+void ae_ring_write(ae_ring *r, const float *in, uint64_t frames, int64_t capture_us)
+{
+    uint64_t w = atomic_load_explicit(&r->wpos, memory_order_relaxed);
+    uint64_t p = atomic_load_explicit(&r->periods, memory_order_relaxed);
+    r->period_pos[p % 256] = w;
+    r->period_time_us[p % 256] = capture_us;
+    for (uint64_t i = 0; i < frames; i++) {
+        uint64_t slot = (w + i) & (r->capacity - 1);
+        memcpy(&r->data[slot * (uint64_t)r->channels], &in[i * (uint64_t)r->channels],
+               sizeof(float) * (size_t)r->channels);
+    }
+    atomic_store_explicit(&r->periods, p + 1, memory_order_release);
+    atomic_store_explicit(&r->wpos, w + frames, memory_order_release);
+}
+
+void ae_ring_read(const ae_ring *r, uint64_t pos, float *out, uint64_t frames)
+{
+    for (uint64_t i = 0; i < frames; i++) {
+        uint64_t slot = (pos + i) & (r->capacity - 1);
+        memcpy(&out[i * (uint64_t)r->channels], &r->data[slot * (uint64_t)r->channels],
+               sizeof(float) * (size_t)r->channels);
+    }
+}
+
+int64_t ae_ring_time_of(const ae_ring *r, uint64_t pos, int rate)
+{
+    uint64_t p = atomic_load_explicit(&r->periods, memory_order_acquire);
+    uint64_t lo = p > 256 ? p - 256 : 0;
+    for (uint64_t i = p; i > lo; i--) {
+        uint64_t k = (i - 1) % 256;
+        if (r->period_pos[k] <= pos)
+            return r->period_time_us[k] +
+                   (int64_t)((pos - r->period_pos[k]) * 1000000 / (uint64_t)rate);
+    }
+    return ae_now_us();
+}
+
+/* ---- device threads ----------------------------------------------------- */
+
+typedef struct device_loop {
+    ae_engine *e;
+    ae_source *source;
+    ae_sink *sink;
+    ae_pcm *pcm;
+    const char *device;
+    snd_pcm_stream_t stream;
+    int channels, period_frames, buffer_periods;
+    atomic_bool *stop;
+    uint64_t *xruns;
+    bool lost;
+    int64_t retry_at, backoff;
+    int64_t silence_t;
+} device_loop;
+
+static void post_device(device_loop *d, int type, const char *text, uint64_t count)
+{
+    ae_event ev = {0};
+    ev.type = type;
+    ev.source = d->source;
+    ev.sink = d->sink;
+    ev.text = text;
+    ev.count = count;
+    ae_post(d->e, &ev);
+}
+
+static void mark_lost(device_loop *d, const char *why)
+{
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s: %s", d->device, why);
+    ae_pcm_close(d->pcm);
+    d->lost = true;
+    d->backoff = RETRY_MIN_US;
+    d->retry_at = ae_now_us() + d->backoff;
+    d->silence_t = ae_now_us();
+    post_device(d, AE_EVENT_DEVICE_LOST, msg, 0);
+}
+
+/* While the device is gone: retry with backoff, and let the caller keep
+ * time with silence. Returns true when the device is back. */
+static bool try_restore(device_loop *d)
+{
+    int64_t now = ae_now_us();
+    if (now < d->retry_at) return false;
+    if (ae_pcm_open(d->pcm, d->device, d->stream, d->e->cfg.sample_rate, d->channels,
+                    d->period_frames, d->buffer_periods) == AE_OK) {
+        d->lost = false;
+        post_device(d, AE_EVENT_DEVICE_RESTORED, NULL, 0);
+        return true;
+    }
+    d->backoff = d->backoff * 2 > RETRY_MAX_US ? RETRY_MAX_US : d->backoff * 2;
+    d->retry_at = now + d->backoff;
+    return false;
+}
+
+/* One step of device I/O; returns false when the device is lost. */
+static bool handle_io_result(device_loop *d, int n, int *stalls)
+{
+    if (n > 0) {
+        *stalls = 0;
+        return true;
+    }
+    if (n == -EPIPE) {
+        (*d->xruns)++;
+        post_device(d, AE_EVENT_XRUN, NULL, *d->xruns);
+        return true;
+    }
+    if (n == 0) {
+        /* Timed out: a device that delivers nothing for a second is gone. */
+        if (++*stalls * 100 >= 1000) {
+            mark_lost(d, "the device stopped delivering audio");
+            *stalls = 0;
+            return false;
+        }
+        return true;
+    }
+    mark_lost(d, snd_strerror(n));
+    return false;
+}
+
+static void *capture_main(void *arg)
+{
+    ae_source *s = arg;
+    ae_engine *e = s->engine;
+    device_loop d = {.e = e, .source = s, .pcm = &s->pcm, .device = s->device,
+                     .stream = SND_PCM_STREAM_CAPTURE, .channels = s->channels,
+                     .period_frames = s->period_frames, .buffer_periods = s->buffer_periods,
+                     .stop = &s->stop, .xruns = &s->xruns};
+    size_t max_period = (size_t)s->period_frames * 4;
+    float *buf = calloc(max_period * (size_t)s->channels, sizeof(float));
+    if (!s->pcm.pcm) mark_lost(&d, "not present at start");
+    int stalls = 0;
+    while (buf && !atomic_load(&s->stop)) {
+        if (d.lost && !try_restore(&d)) {
+            /* Keep the sinks fed with silence, on time. */
+            int frames = s->period_frames;
+            d.silence_t += (int64_t)frames * 1000000 / e->cfg.sample_rate;
+            ae_sleep_until_us(d.silence_t);
+            memset(buf, 0, (size_t)frames * (size_t)s->channels * sizeof(float));
+            ae_ring_write(&s->ring, buf, (uint64_t)frames, d.silence_t);
+            ae_wake_mixer(e);
+            continue;
+        }
+        if (s->pcm.period > max_period) {
+            mark_lost(&d, "the device chose a period larger than asked");
+            continue;
+        }
+        int n = ae_pcm_read_period(&s->pcm, buf, 100);
+        if (!handle_io_result(&d, n, &stalls) || n <= 0) continue;
+        int64_t captured = ae_now_us() - (int64_t)n * 1000000 / e->cfg.sample_rate;
+        ae_levels_add(&s->levels, buf, n);
+        ae_ring_write(&s->ring, buf, (uint64_t)n, captured);
+        ae_wake_mixer(e);
+    }
+    free(buf);
+    ae_thread_exiting();
+    return NULL;
+}
+
+static void *playback_main(void *arg)
+{
+    ae_sink *k = arg;
+    ae_engine *e = k->engine;
+    device_loop d = {.e = e, .sink = k, .pcm = &k->pcm, .device = k->device,
+                     .stream = SND_PCM_STREAM_PLAYBACK, .channels = k->channels,
+                     .period_frames = k->period_frames, .buffer_periods = k->buffer_periods,
+                     .stop = &k->stop, .xruns = &k->xruns};
+    size_t max_period = (size_t)k->period_frames * 4;
+    float *buf = calloc(max_period * (size_t)k->channels, sizeof(float));
+    if (!k->pcm.pcm) mark_lost(&d, "not present at start");
+    int stalls = 0;
+    while (buf && !atomic_load(&k->stop)) {
+        int frames = d.lost ? k->period_frames : (int)k->pcm.period;
+        if (!d.lost && (size_t)frames > max_period) {
+            mark_lost(&d, "the device chose a period larger than asked");
+            continue;
+        }
+        /* Take one period from the mixer's output, or silence. */
+        uint64_t w = atomic_load_explicit(&k->out_ring.wpos, memory_order_acquire);
+        uint64_t r = atomic_load(&k->out_rpos);
+        uint64_t limit = (uint64_t)k->frame_samples + 2 * (uint64_t)frames;
+        if (w - r > limit) r = w - (uint64_t)frames;  /* drift or a stall: stay close */
+        if (w - r >= (uint64_t)frames) {
+            ae_ring_read(&k->out_ring, r, buf, (uint64_t)frames);
+            atomic_store(&k->out_rpos, r + (uint64_t)frames);
+        } else {
+            memset(buf, 0, (size_t)frames * (size_t)k->channels * sizeof(float));
+        }
+        if (d.lost && !try_restore(&d)) {
+            d.silence_t += (int64_t)frames * 1000000 / e->cfg.sample_rate;
+            ae_sleep_until_us(d.silence_t);
+            continue;
+        }
+        int n = ae_pcm_write_period(&k->pcm, buf, 100);
+        handle_io_result(&d, n, &stalls);
+    }
+    free(buf);
+    ae_thread_exiting();
+    return NULL;
+}
+
+/* ---- sources ------------------------------------------------------------ */
+
+static float db_to_amp(double db) { return (float)pow(10.0, db / 20.0); }
+
+static int load_wav(ae_source *s, const char *path, int engine_rate, int raw_rate)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return ae_fail(AE_ERR_FILE, "cannot open '%s': %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    if (size <= 0 || (unsigned long)size > MAX_FILE_SAMPLES * 4ul) {
+        fclose(f);
+        return ae_fail(AE_ERR_FILE, "'%s' is empty or too large", path);
+    }
+    unsigned char *bytes = malloc((size_t)size);
+    if (!bytes || fread(bytes, 1, (size_t)size, f) != (size_t)size) {
+        free(bytes);
+        fclose(f);
+        return ae_fail(AE_ERR_FILE, "cannot read '%s'", path);
+    }
+    fclose(f);
+
+    int channels = s->channels, bits = 16, is_float = 0, rate = raw_rate ? raw_rate : engine_rate;
+    const unsigned char *data = bytes;
+    size_t data_len = (size_t)size;
+    if (size >= 12 && !memcmp(bytes, "RIFF", 4) && !memcmp(bytes + 8, "WAVE", 4)) {
+        data = NULL;
+        bool have_fmt = false;
+        size_t off = 12;
+        while (off + 8 <= (size_t)size) {
+            uint32_t len = (uint32_t)bytes[off + 4] | (uint32_t)bytes[off + 5] << 8 |
+                           (uint32_t)bytes[off + 6] << 16 | (uint32_t)bytes[off + 7] << 24;
+            const unsigned char *body = bytes + off + 8;
+            if (len > (size_t)size - off - 8) len = (uint32_t)((size_t)size - off - 8);
+            if (!memcmp(bytes + off, "fmt ", 4) && len >= 16) {
+                int fmt = body[0] | body[1] << 8;
+                channels = body[2] | body[3] << 8;
+                rate = (int)((uint32_t)body[4] | (uint32_t)body[5] << 8 |
+                             (uint32_t)body[6] << 16 | (uint32_t)body[7] << 24);
+                bits = body[14] | body[15] << 8;
+                if (fmt == 0xFFFE && len >= 26) fmt = body[24] | body[25] << 8;
+                is_float = fmt == 3;
+                if (fmt != 1 && fmt != 3) {
+                    free(bytes);
+                    return ae_fail(AE_ERR_FILE, "'%s': WAV format %d is not PCM or float", path,
+                                   fmt);
+                }
+                have_fmt = true;
+            } else if (!memcmp(bytes + off, "data", 4)) {
+                data = body;
+                data_len = len;
+                break;
+            }
+            off += 8 + len + (len & 1);
+        }
+        if (!have_fmt || !data) {
+            free(bytes);
+            return ae_fail(AE_ERR_FILE, "'%s': not a usable WAV file (no fmt or data chunk)", path);
+        }
+    }
+    if (rate != engine_rate) {
+        free(bytes);
+        return ae_fail(AE_ERR_FILE, "'%s' is %d Hz; the engine runs at %d Hz", path, rate,
+                       engine_rate);
+    }
+    if (channels < 1 || channels > AE_MAX_CHANNELS ||
+        !(bits == 16 || bits == 24 || bits == 32) || (is_float && bits != 32)) {
+        free(bytes);
+        return ae_fail(AE_ERR_FILE, "'%s': unsupported layout (%d channels, %d bits)", path,
+                       channels, bits);
+    }
+    size_t bps = (size_t)bits / 8;
+    uint64_t frames = data_len / (bps * (size_t)channels);
+    if (frames == 0) {
+        free(bytes);
+        return ae_fail(AE_ERR_FILE, "'%s' holds no audio", path);
+    }
+    s->file_data = malloc(frames * (size_t)channels * sizeof(float));
+    if (!s->file_data) {
+        free(bytes);
+        return ae_fail(AE_ERR_NOMEM, "out of memory");
+    }
+    for (uint64_t i = 0; i < frames * (uint64_t)channels; i++) {
+        const unsigned char *p = data + i * bps;
+        float v;
+        if (is_float) {
+            memcpy(&v, p, 4);
+        } else if (bits == 16) {
+            v = (int16_t)(p[0] | p[1] << 8) / 32768.0f;
+        } else if (bits == 24) {
+            int32_t x = (int32_t)((uint32_t)p[0] << 8 | (uint32_t)p[1] << 16 |
+                                  (uint32_t)p[2] << 24);
+            v = (float)(x / 2147483648.0);
+        } else {
+            int32_t x = (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                                  (uint32_t)p[3] << 24);
+            v = (float)(x / 2147483648.0);
+        }
+        s->file_data[i] = v;
+    }
+    free(bytes);
+    s->file_frames = frames;
+    s->channels = channels;
+    return AE_OK;
+}
+
+static void link_source(ae_engine *e, ae_source *s)
+{
+    pthread_mutex_lock(&e->graph_lock);
+    s->next = e->sources;
+    e->sources = s;
+    e->nsources++;
+    pthread_mutex_unlock(&e->graph_lock);
+}
+
+static void source_free(ae_source *s)
+{
+    ae_ring_free(&s->ring);
+    free(s->file_data);
+    free(s->device);
+    pthread_mutex_destroy(&s->levels.lock);
+    free(s);
+}
+
+int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
+{
+    ae_clear_error();
+    if (!e || !cfg || !out) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
+    *out = NULL;
+    if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    int channels = cfg->channels ? cfg->channels : 2;
+    if (channels < 1 || channels > AE_MAX_CHANNELS)
+        return ae_fail(AE_ERR_INVALID, "channels must be 1..%d, not %d", AE_MAX_CHANNELS,
+                       channels);
+    ae_source *s = calloc(1, sizeof *s);
+    if (!s) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    s->engine = e;
+    s->kind = cfg->kind;
+    s->channels = channels;
+    int rc = AE_OK;
+    switch (cfg->kind) {
+    case AE_SOURCE_TONE: {
+        double hz = cfg->tone_hz ? cfg->tone_hz : 440.0;
+        double db = cfg->tone_dbfs ? cfg->tone_dbfs : -12.0;
+        if (!(hz > 0 && hz < e->cfg.sample_rate / 2.0) || !(db <= 0 && db > -200)) {
+            rc = ae_fail(AE_ERR_INVALID, "tone needs 0 < Hz < %d and -200 < dBFS <= 0",
+                         e->cfg.sample_rate / 2);
+            break;
+        }
+        if (cfg->click_interval_ms < 0 || cfg->click_interval_ms > 60000) {
+            rc = ae_fail(AE_ERR_INVALID, "click interval must be 0..60000 ms");
+            break;
+        }
+        s->tone_hz = hz;
+        s->tone_amp = db_to_amp(db);
+        s->click_interval_ms = cfg->click_interval_ms;
+        break;
+    }
+    case AE_SOURCE_FILE:
+        if (!cfg->path || !*cfg->path) {
+            rc = ae_fail(AE_ERR_INVALID, "a file source needs a path");
+            break;
+        }
+        rc = load_wav(s, cfg->path, e->cfg.sample_rate, cfg->raw_rate);
+        break;
+    case AE_SOURCE_ALSA: {
+        const char *dev = cfg->device && *cfg->device ? cfg->device : "default";
+        s->period_frames = cfg->period_frames ? cfg->period_frames : 128;
+        s->buffer_periods = cfg->buffer_periods ? cfg->buffer_periods : 4;
+        if (s->period_frames < 16 || s->period_frames > 8192 || s->buffer_periods < 2 ||
+            s->buffer_periods > 64) {
+            rc = ae_fail(AE_ERR_INVALID, "period must be 16..8192 frames and buffer 2..64 periods");
+            break;
+        }
+        s->device = strdup(dev);
+        rc = ae_ring_init(&s->ring, channels, (uint64_t)e->cfg.sample_rate);
+        if (rc != AE_OK) break;
+        rc = ae_pcm_open(&s->pcm, dev, SND_PCM_STREAM_CAPTURE, e->cfg.sample_rate, channels,
+                         s->period_frames, s->buffer_periods);
+        if (rc != AE_OK && cfg->allow_absent) rc = AE_OK;  /* the thread retries */
+        break;
+    }
+    default: rc = ae_fail(AE_ERR_INVALID, "unknown source kind %d", cfg->kind);
+    }
+    if (rc != AE_OK) {
+        source_free(s);
+        return rc;
+    }
+    ae_levels_init(&s->levels, s->channels);
+    link_source(e, s);
+    if (s->kind == AE_SOURCE_ALSA) {
+        rc = ae_thread_start(&s->thread, capture_main, s, e->cfg.realtime_priority);
+        if (rc != AE_OK) {
+            s->thread_started = false;
+            ae_source_destroy(s);
+            return rc;
+        }
+        s->thread_started = true;
+    }
+    *out = s;
+    return AE_OK;
+}
+
+int ae_source_set_tone(ae_source *s, double hz, double dbfs)
+{
+    ae_clear_error();
+    if (!s || s->kind != AE_SOURCE_TONE) return ae_fail(AE_ERR_INVALID, "not a tone source");
+    if (!(hz > 0 && hz < s->engine->cfg.sample_rate / 2.0) || !(dbfs <= 0 && dbfs > -200))
+        return ae_fail(AE_ERR_INVALID, "tone needs 0 < Hz < Nyquist and -200 < dBFS <= 0");
+    pthread_mutex_lock(&s->engine->graph_lock);
+    s->tone_hz = hz;
+    s->tone_amp = db_to_amp(dbfs);
+    pthread_mutex_unlock(&s->engine->graph_lock);
+    return AE_OK;
+}
+
+int ae_source_click_times(ae_source *s, int64_t *out, int max)
+{
+    ae_clear_error();
+    if (!s || !out || max < 0) return ae_fail(AE_ERR_INVALID, "bad arguments");
+    pthread_mutex_lock(&s->engine->graph_lock);
+    uint64_t n = atomic_load(&s->clicks);
+    uint64_t take = n < (uint64_t)max ? n : (uint64_t)max;
+    if (take > AE_CLICK_RING) take = AE_CLICK_RING;
+    for (uint64_t i = 0; i < take; i++) out[i] = s->click_times[(n - take + i) % AE_CLICK_RING];
+    pthread_mutex_unlock(&s->engine->graph_lock);
+    return (int)take;
+}
+
+int ae_source_destroy(ae_source *s)
+{
+    ae_clear_error();
+    if (!s) return ae_fail(AE_ERR_INVALID, "no source");
+    ae_engine *e = s->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    if (s->nroutes > 0) {
+        pthread_mutex_unlock(&e->graph_lock);
+        return ae_fail(AE_ERR_BUSY, "the source still has %d route(s)", s->nroutes);
+    }
+    for (ae_source **pp = &e->sources; *pp; pp = &(*pp)->next) {
+        if (*pp == s) {
+            *pp = s->next;
+            e->nsources--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    if (s->thread_started) {
+        atomic_store(&s->stop, true);
+        pthread_join(s->thread, NULL);
+    }
+    ae_pcm_close(&s->pcm);
+    ae_events_forget(e, s);
+    ae_events_release(e, s);
+    source_free(s);
+    return AE_OK;
+}
+
+/* ---- sinks -------------------------------------------------------------- */
+
+static int valid_frame_us(int us)
+{
+    return us == 2500 || us == 5000 || us == 10000 || us == 20000 || us == 40000 || us == 60000;
+}
+
+static void sink_free(ae_sink *k)
+{
+    if (k->encoder) opus_encoder_destroy(k->encoder);
+    ae_ring_free(&k->out_ring);
+    free(k->mix);
+    free(k->tmp);
+    free(k->device);
+    pthread_mutex_destroy(&k->levels.lock);
+    pthread_mutex_destroy(&k->latency.lock);
+    free(k);
+}
+
+int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
+{
+    ae_clear_error();
+    if (!e || !cfg || !out) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
+    *out = NULL;
+    if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    int channels = cfg->channels ? cfg->channels : 2;
+    int frame_us = cfg->frame_us ? cfg->frame_us : 10000;
+    if (!valid_frame_us(frame_us))
+        return ae_fail(AE_ERR_INVALID, "frame must be 2.5, 5, 10, 20, 40 or 60 ms, not %d us",
+                       frame_us);
+    if (cfg->kind == AE_SINK_OPUS && (channels < 1 || channels > 2))
+        return ae_fail(AE_ERR_INVALID, "an Opus sink has 1 or 2 channels, not %d", channels);
+    if (channels < 1 || channels > AE_MAX_CHANNELS)
+        return ae_fail(AE_ERR_INVALID, "channels must be 1..%d", AE_MAX_CHANNELS);
+    if (cfg->kind != AE_SINK_OPUS && cfg->kind != AE_SINK_ALSA)
+        return ae_fail(AE_ERR_INVALID, "unknown sink kind %d", cfg->kind);
+
+    ae_sink *k = calloc(1, sizeof *k);
+    if (!k) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    k->engine = e;
+    k->kind = cfg->kind;
+    k->channels = channels;
+    k->frame_us = frame_us;
+    k->frame_samples = (int)((int64_t)e->cfg.sample_rate * frame_us / 1000000);
+    k->mix = calloc((size_t)k->frame_samples * (size_t)channels, sizeof(float));
+    k->tmp = calloc((size_t)k->frame_samples * AE_MAX_CHANNELS, sizeof(float));
+    pthread_mutex_init(&k->latency.lock, NULL);
+    ae_levels_init(&k->levels, channels);
+    int rc = (k->mix && k->tmp) ? AE_OK : ae_fail(AE_ERR_NOMEM, "out of memory");
+
+    if (rc == AE_OK && k->kind == AE_SINK_OPUS) {
+        int app = cfg->low_delay >= 0 ? OPUS_APPLICATION_RESTRICTED_LOWDELAY
+                                      : OPUS_APPLICATION_AUDIO;
+        int err = 0;
+        k->encoder = opus_encoder_create(e->cfg.sample_rate, channels, app, &err);
+        if (!k->encoder) {
+            rc = ae_fail(AE_ERR_CODEC, "Opus encoder: %s", opus_strerror(err));
+        } else {
+            int bitrate = cfg->bitrate ? cfg->bitrate : 128000;
+            int complexity = cfg->complexity ? cfg->complexity : 5;
+            if (bitrate < 6000 || bitrate > 510000 || complexity < 0 || complexity > 10)
+                rc = ae_fail(AE_ERR_INVALID, "Opus needs 6000..510000 bit/s and complexity 0..10");
+            else if (opus_encoder_ctl(k->encoder, OPUS_SET_BITRATE(bitrate)) != OPUS_OK ||
+                opus_encoder_ctl(k->encoder, OPUS_SET_COMPLEXITY(complexity)) != OPUS_OK)
+                rc = ae_fail(AE_ERR_CODEC, "Opus refused bitrate %d or complexity %d", bitrate,
+                             complexity);
+            opus_encoder_ctl(k->encoder, OPUS_SET_SIGNAL(OPUS_SIGNAL_MUSIC));
+        }
+        if (rc == AE_OK) rc = ae_opus_pipeline_start(k);
+    } else if (rc == AE_OK) {
+        const char *dev = cfg->device && *cfg->device ? cfg->device : "default";
+        k->period_frames = cfg->period_frames ? cfg->period_frames : 128;
+        k->buffer_periods = cfg->buffer_periods ? cfg->buffer_periods : 4;
+        if (k->period_frames < 16 || k->period_frames > 8192 || k->buffer_periods < 2 ||
+            k->buffer_periods > 64)
+            rc = ae_fail(AE_ERR_INVALID, "period must be 16..8192 frames and buffer 2..64 periods");
+        if (rc == AE_OK) {
+            k->device = strdup(dev);
+            rc = ae_ring_init(&k->out_ring, channels, (uint64_t)e->cfg.sample_rate);
+        }
+        if (rc == AE_OK) {
+            rc = ae_pcm_open(&k->pcm, dev, SND_PCM_STREAM_PLAYBACK, e->cfg.sample_rate, channels,
+                             k->period_frames, k->buffer_periods);
+            if (rc != AE_OK && cfg->allow_absent) rc = AE_OK;
+        }
+    }
+    if (rc != AE_OK) {
+        if (k->pipeline) ae_opus_pipeline_stop(k);
+        sink_free(k);
+        return rc;
+    }
+    pthread_mutex_lock(&e->graph_lock);
+    k->next = e->sinks;
+    e->sinks = k;
+    e->nsinks++;
+    pthread_mutex_unlock(&e->graph_lock);
+    if (k->kind == AE_SINK_ALSA) {
+        rc = ae_thread_start(&k->thread, playback_main, k, e->cfg.realtime_priority);
+        if (rc != AE_OK) {
+            ae_sink_destroy(k);
+            return rc;
+        }
+        k->thread_started = true;
+    }
+    ae_wake_mixer(e);
+    *out = k;
+    return AE_OK;
+}
+
+int ae_sink_destroy(ae_sink *k)
+{
+    ae_clear_error();
+    if (!k) return ae_fail(AE_ERR_INVALID, "no sink");
+    ae_engine *e = k->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    if (k->nroutes > 0 || atomic_load(&k->listeners) > 0) {
+        int routes = k->nroutes, listeners = atomic_load(&k->listeners);
+        pthread_mutex_unlock(&e->graph_lock);
+        return ae_fail(AE_ERR_BUSY, "the sink still has %d route(s) and %d listener(s)", routes,
+                       listeners);
+    }
+    for (ae_sink **pp = &e->sinks; *pp; pp = &(*pp)->next) {
+        if (*pp == k) {
+            *pp = k->next;
+            e->nsinks--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->graph_lock);
+    if (k->thread_started) {
+        atomic_store(&k->stop, true);
+        pthread_join(k->thread, NULL);
+    }
+    ae_pcm_close(&k->pcm);
+    if (k->pipeline) ae_opus_pipeline_stop(k);
+    ae_events_forget(e, k);
+    ae_events_release(e, k);
+    sink_free(k);
+    return AE_OK;
+}
+
+int ae_sink_stats_get(ae_sink *k, ae_sink_stats *out)
+{
+    ae_clear_error();
+    if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
+    memset(out, 0, sizeof *out);
+    out->listeners = atomic_load(&k->listeners);
+    pthread_mutex_lock(&k->engine->graph_lock);
+    out->frames_encoded = k->frames;
+    out->underruns = k->underruns;
+    pthread_mutex_unlock(&k->engine->graph_lock);
+    out->packets_out = atomic_load(&k->packets_out);
+    int64_t sorted[AE_LAT_RING];
+    pthread_mutex_lock(&k->latency.lock);
+    int n = k->latency.count < AE_LAT_RING ? (int)k->latency.count : AE_LAT_RING;
+    memcpy(sorted, k->latency.samples, (size_t)n * sizeof *sorted);
+    pthread_mutex_unlock(&k->latency.lock);
+    for (int i = 1; i < n; i++) { /* insertion sort: n <= 1024, called rarely */
+        int64_t v = sorted[i];
+        int j = i - 1;
+        while (j >= 0 && sorted[j] > v) {
+            sorted[j + 1] = sorted[j];
+            j--;
+        }
+        sorted[j + 1] = v;
+    }
+    out->send_latency_samples = n;
+    if (n) {
+        out->send_latency_p50_us = sorted[n / 2];
+        out->send_latency_p95_us = sorted[(n * 95) / 100 < n ? (n * 95) / 100 : n - 1];
+    }
+    return AE_OK;
+}
+
+/* ---- routes ------------------------------------------------------------- */
+
+int ae_route_create(ae_source *s, ae_sink *k, const ae_route_config *cfg, ae_route **out)
+{
+    ae_clear_error();
+    if (!s || !k || !out) return ae_fail(AE_ERR_INVALID, "source, sink and out are required");
+    *out = NULL;
+    if (s->engine != k->engine) return ae_fail(AE_ERR_INVALID, "source and sink of different engines");
+    ae_route_config c = {0};
+    if (cfg) c = *cfg;
+    if (!isfinite(c.gain_db) || c.gain_db > 40 || c.gain_db < -200)
+        return ae_fail(AE_ERR_INVALID, "gain must be between -200 and +40 dB");
+    if (c.source_channel < -1 || c.source_channel > s->channels)
+        return ae_fail(AE_ERR_INVALID, "source channel %d: the source has %d channel(s)",
+                       c.source_channel, s->channels);
+    ae_route *r = calloc(1, sizeof *r);
+    if (!r) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    r->source = s;
+    r->sink = k;
+    r->gain_db = c.gain_db;
+    r->muted = c.muted != 0;
+    r->gain_target = r->muted ? 0.0f : db_to_amp(c.gain_db);
+    r->gain_now = r->gain_target;
+    r->source_channel = c.source_channel > 0 ? c.source_channel : 0;
+    ae_engine *e = s->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    if (s->kind == AE_SOURCE_ALSA)
+        r->rpos = atomic_load_explicit(&s->ring.wpos, memory_order_acquire);
+    /* Append, so the first capture route stays the sink's clock. */
+    ae_route **pp = &k->routes;
+    while (*pp) pp = &(*pp)->next_in_sink;
+    *pp = r;
+    k->nroutes++;
+    s->nroutes++;
+    e->nroutes++;
+    pthread_mutex_unlock(&e->graph_lock);
+    ae_wake_mixer(e);
+    *out = r;
+    return AE_OK;
+}
+
+int ae_route_set_gain(ae_route *r, double gain_db)
+{
+    ae_clear_error();
+    if (!r) return ae_fail(AE_ERR_INVALID, "no route");
+    if (!isfinite(gain_db) || gain_db > 40 || gain_db < -200)
+        return ae_fail(AE_ERR_INVALID, "gain must be between -200 and +40 dB");
+    pthread_mutex_lock(&r->source->engine->graph_lock);
+    r->gain_db = gain_db;
+    r->gain_target = r->muted ? 0.0f : db_to_amp(gain_db);
+    pthread_mutex_unlock(&r->source->engine->graph_lock);
+    return AE_OK;
+}
+
+int ae_route_set_muted(ae_route *r, int muted)
+{
+    ae_clear_error();
+    if (!r) return ae_fail(AE_ERR_INVALID, "no route");
+    pthread_mutex_lock(&r->source->engine->graph_lock);
+    r->muted = muted != 0;
+    r->gain_target = r->muted ? 0.0f : db_to_amp(r->gain_db);
+    pthread_mutex_unlock(&r->source->engine->graph_lock);
+    return AE_OK;
+}
+
+int ae_route_destroy(ae_route *r)
+{
+    ae_clear_error();
+    if (!r) return ae_fail(AE_ERR_INVALID, "no route");
+    ae_engine *e = r->source->engine;
+    pthread_mutex_lock(&e->graph_lock);
+    for (ae_route **pp = &r->sink->routes; *pp; pp = &(*pp)->next_in_sink) {
+        if (*pp == r) {
+            *pp = r->next_in_sink;
+            break;
+        }
+    }
+    r->sink->nroutes--;
+    r->source->nroutes--;
+    e->nroutes--;
+    pthread_mutex_unlock(&e->graph_lock);
+    free(r);
+    return AE_OK;
+}
+
+/* ---- mixer -------------------------------------------------------------- */
+
+/* Fill dst (fs frames, source channels) from a route's source. Returns the
+ * frames that were real audio (the rest is silence). */
+static int pull(ae_route *r, float *dst, int fs, int64_t frame_time_us, bool clock)
+{
+    ae_source *s = r->source;
+    int ch = s->channels;
+    int rate = s->engine->cfg.sample_rate;
+    switch (s->kind) {
+    case AE_SOURCE_ALSA: {
+        uint64_t w = atomic_load_explicit(&s->ring.wpos, memory_order_acquire);
+        if (w - r->rpos > s->ring.capacity - (uint64_t)fs) r->rpos = w - (uint64_t)fs;
+        if (!clock && w - r->rpos > (uint64_t)fs + MAX_LAG_FRAMES) r->rpos = w - (uint64_t)fs;
+        uint64_t avail = w - r->rpos;
+        int n = avail < (uint64_t)fs ? (int)avail : fs;
+        ae_ring_read(&s->ring, r->rpos, dst, (uint64_t)n);
+        memset(dst + (size_t)n * (size_t)ch, 0, (size_t)(fs - n) * (size_t)ch * sizeof(float));
+        r->rpos += (uint64_t)n;
+        return n;
+    }
+    case AE_SOURCE_TONE: {
+        if (s->click_interval_ms > 0) {
+            uint64_t period = (uint64_t)rate * (uint64_t)s->click_interval_ms / 1000;
+            uint64_t click_len = (uint64_t)rate / 1000;
+            for (int i = 0; i < fs; i++) {
+                uint64_t pos = (r->gen_pos + (uint64_t)i) % period;
+                float v = 0.0f;
+                if (pos < click_len) {
+                    /* A 1 ms burst at the tone's frequency: easy to detect. */
+                    v = (float)(s->tone_amp * sin(2.0 * M_PI * s->tone_hz * (double)pos / rate));
+                    if (pos == 0) {
+                        uint64_t c = atomic_load(&s->clicks);
+                        s->click_times[c % AE_CLICK_RING] =
+                            frame_time_us + (int64_t)i * 1000000 / rate;
+                        atomic_store(&s->clicks, c + 1);
+                    }
+                }
+                for (int c = 0; c < ch; c++) dst[i * ch + c] = v;
+            }
+        } else {
+            double step = 2.0 * M_PI * s->tone_hz / rate;
+            for (int i = 0; i < fs; i++) {
+                float v = (float)(s->tone_amp * sin(r->phase));
+                r->phase += step;
+                if (r->phase > 2.0 * M_PI) r->phase -= 2.0 * M_PI;
+                for (int c = 0; c < ch; c++) dst[i * ch + c] = v;
+            }
+        }
+        r->gen_pos += (uint64_t)fs;
+        ae_levels_add(&s->levels, dst, fs);
+        return fs;
+    }
+    case AE_SOURCE_FILE:
+    default:
+        for (int i = 0; i < fs; i++) {
+            uint64_t pos = (r->gen_pos + (uint64_t)i) % s->file_frames;
+            memcpy(&dst[i * ch], &s->file_data[pos * (uint64_t)ch], sizeof(float) * (size_t)ch);
+        }
+        r->gen_pos += (uint64_t)fs;
+        ae_levels_add(&s->levels, dst, fs);
+        return fs;
+    }
+}
+
+/* Add src (source layout) into mix (sink layout) with a gain ramp. */
+static void mix_in(ae_route *r, const float *src, float *mix, int fs, int kch)
+{
+    int sch = r->source->channels;
+    float g0 = r->gain_now, g1 = r->gain_target;
+    if (g0 == 0.0f && g1 == 0.0f) return;
+    float step = (g1 - g0) / (float)fs;
+    for (int i = 0; i < fs; i++) {
+        float g = g0 + step * (float)(i + 1);
+        const float *in = &src[i * sch];
+        float *o = &mix[i * kch];
+        if (r->source_channel > 0) {
+            float v = in[r->source_channel - 1] * g;
+            for (int c = 0; c < kch; c++) o[c] += v;
+        } else if (kch == 1 && sch > 1) {
+            float sum = 0;
+            for (int c = 0; c < sch; c++) sum += in[c];
+            o[0] += sum / (float)sch * g;
+        } else {
+            for (int c = 0; c < kch; c++) o[c] += in[c % sch] * g;
+        }
+    }
+    r->gain_now = g1;
+}
+
+static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
+{
+    int fs = k->frame_samples, kch = k->channels;
+    memset(k->mix, 0, (size_t)fs * (size_t)kch * sizeof(float));
+    if (clock) frame_time_us = ae_ring_time_of(&clock->source->ring, clock->rpos,
+                                               k->engine->cfg.sample_rate);
+    for (ae_route *r = k->routes; r; r = r->next_in_sink) {
+        int got = pull(r, k->tmp, fs, frame_time_us, r == clock);
+        if (got < fs && r->source->kind == AE_SOURCE_ALSA) k->underruns++;
+        mix_in(r, k->tmp, k->mix, fs, kch);
+    }
+    for (int i = 0; i < fs * kch; i++) {
+        float v = k->mix[i];
+        k->mix[i] = v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v;
+    }
+    ae_levels_add(&k->levels, k->mix, fs);
+    uint64_t index = k->frames++;
+    if (k->kind == AE_SINK_OPUS) {
+        int len = opus_encode_float(k->encoder, k->mix, fs, k->packet, sizeof k->packet);
+        if (len > 0) ae_opus_push(k, k->packet, len, index, frame_time_us);
+    } else {
+        ae_ring_write(&k->out_ring, k->mix, (uint64_t)fs, frame_time_us);
+    }
+}
+
+static ae_route *clock_route(ae_sink *k)
+{
+    for (ae_route *r = k->routes; r; r = r->next_in_sink)
+        if (r->source->kind == AE_SOURCE_ALSA) return r;
+    return NULL;
+}
+
+void *ae_mixer_main(void *arg)
+{
+    ae_engine *e = arg;
+    while (!atomic_load(&e->stopping)) {
+        int64_t now = ae_now_us();
+        int64_t wake = now + 100000;
+        pthread_mutex_lock(&e->graph_lock);
+        for (ae_sink *k = e->sinks; k; k = k->next) {
+            ae_route *clock = clock_route(k);
+            if (clock) {
+                k->next_due_us = 0;
+                for (int guard = 0; guard < 32; guard++) {
+                    uint64_t w = atomic_load_explicit(&clock->source->ring.wpos,
+                                                      memory_order_acquire);
+                    if (w - clock->rpos < (uint64_t)k->frame_samples) break;
+                    produce_frame(k, clock, 0);
+                }
+                continue;
+            }
+            if (!k->next_due_us) k->next_due_us = now + k->frame_us;
+            while (now >= k->next_due_us) {
+                produce_frame(k, NULL, k->next_due_us - k->frame_us);
+                k->next_due_us += k->frame_us;
+                if (now - k->next_due_us > 100000) k->next_due_us = now + k->frame_us;
+            }
+            if (k->next_due_us < wake) wake = k->next_due_us;
+        }
+        pthread_mutex_unlock(&e->graph_lock);
+        struct timespec ts = {.tv_sec = wake / 1000000, .tv_nsec = (wake % 1000000) * 1000};
+        while (sem_clockwait(&e->mixer_wake, CLOCK_MONOTONIC, &ts) != 0 && errno == EINTR) {
+        }
+    }
+    ae_thread_exiting();
+    return NULL;
+}

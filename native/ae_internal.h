@@ -1,0 +1,254 @@
+/* ae_internal.h: the engine's private structures, shared by its C files.
+ *
+ * Threads and locks
+ *  - glib thread: runs the engine's GMainContext; every GStreamer/webrtcbin
+ *    control call happens there (ae_glib_call).
+ *  - event thread: drains the event queue into the user's callback and
+ *    samples levels on a timer.
+ *  - mixer thread: pulls sources through routes into sinks, encodes Opus
+ *    and hands packets to each sink's appsrc. Real-time; never calls out.
+ *  - one capture thread per ALSA source, one playback thread per ALSA sink.
+ *  - graph_lock guards the source/sink/route lists and route parameters. The
+ *    mixer holds it only while producing a frame (microseconds); control
+ *    calls hold it only to link or unlink.
+ */
+#ifndef AE_INTERNAL_H
+#define AE_INTERNAL_H
+
+#include "ae_engine.h"
+
+#include <alsa/asoundlib.h>
+#include <gst/gst.h>
+#include <opus/opus.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#define AE_LAT_RING 1024      /* send-latency samples kept per sink */
+#define AE_FRAME_RING 1024    /* capture times of recent frames per sink */
+#define AE_CLICK_RING 256
+
+/* ---- errors (ae_engine.c) ---- */
+int ae_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void ae_clear_error(void);
+
+/* ---- time ---- */
+int64_t ae_now_us(void);                 /* CLOCK_MONOTONIC */
+void ae_sleep_until_us(int64_t t_us);
+
+/* ---- threads ---- */
+int ae_thread_start(pthread_t *thread, void *(*fn)(void *), void *arg, int rt_priority);
+void ae_thread_exiting(void);            /* call as a thread's last act */
+
+/* ---- levels ---- */
+typedef struct ae_levels {
+    pthread_mutex_t lock;
+    int channels;
+    float peak[AE_MAX_CHANNELS];
+    double sumsq[AE_MAX_CHANNELS];
+    uint64_t frames;
+} ae_levels;
+
+void ae_levels_init(ae_levels *lv, int channels);
+void ae_levels_add(ae_levels *lv, const float *interleaved, int frames);
+/* Returns 0 when nothing was measured since the last take. */
+int ae_levels_take(ae_levels *lv, double *peak_db, double *rms_db);
+
+/* ---- ALSA device (ae_alsa.c) ---- */
+typedef struct ae_pcm {
+    snd_pcm_t *pcm;
+    char *device;
+    snd_pcm_stream_t stream;
+    int rate, channels;
+    snd_pcm_uframes_t period, buffer;
+    snd_pcm_format_t format;
+    void *raw;                           /* one period in the device format */
+    /* pacing: devices without a clock of their own are paced from the
+     * monotonic clock */
+    bool unpaced;
+    int64_t t0_us;
+    uint64_t frames_done;
+} ae_pcm;
+
+int ae_pcm_open(ae_pcm *p, const char *device, snd_pcm_stream_t stream, int rate,
+                int channels, int period_frames, int buffer_periods);
+void ae_pcm_close(ae_pcm *p);
+/* Read or write one period of float samples. Returns frames moved, 0 on a
+ * timeout, -EPIPE after a recovered xrun, or another negative errno when the
+ * device is gone. */
+int ae_pcm_read_period(ae_pcm *p, float *out, int timeout_ms);
+int ae_pcm_write_period(ae_pcm *p, const float *in, int timeout_ms);
+
+/* ---- graph ---- */
+typedef struct ae_ring {
+    float *data;                         /* interleaved */
+    uint64_t capacity;                   /* frames, power of two */
+    int channels;
+    _Atomic uint64_t wpos;               /* frames ever written */
+    /* capture time of recent periods, to timestamp frames for latency */
+    int64_t period_time_us[256];
+    uint64_t period_pos[256];
+    _Atomic uint64_t periods;
+} ae_ring;
+
+int ae_ring_init(ae_ring *r, int channels, uint64_t min_frames);
+void ae_ring_free(ae_ring *r);
+void ae_ring_write(ae_ring *r, const float *in, uint64_t frames, int64_t capture_us);
+/* Copy frames starting at absolute position pos (must still be held). */
+void ae_ring_read(const ae_ring *r, uint64_t pos, float *out, uint64_t frames);
+int64_t ae_ring_time_of(const ae_ring *r, uint64_t pos, int rate);
+
+struct ae_source {
+    ae_engine *engine;
+    ae_source *next;
+    int kind;
+    int channels;
+    int nroutes;
+    ae_levels levels;
+    /* tone / clicks: written by control calls, read by the mixer (graph_lock) */
+    double tone_hz, tone_amp;
+    int click_interval_ms;
+    int64_t click_times[AE_CLICK_RING];
+    _Atomic uint64_t clicks;
+    /* file */
+    float *file_data;
+    uint64_t file_frames;
+    /* ALSA */
+    ae_ring ring;
+    ae_pcm pcm;
+    char *device;
+    int period_frames, buffer_periods;
+    pthread_t thread;
+    bool thread_started;
+    atomic_bool stop;
+    uint64_t xruns;
+};
+
+struct ae_route {
+    ae_source *source;
+    ae_sink *sink;
+    ae_route *next_in_sink;
+    float gain_target;                   /* linear; 0 when muted */
+    float gain_now;
+    double gain_db;
+    bool muted;
+    int source_channel;
+    /* per-route reading state */
+    uint64_t rpos;                       /* ALSA: next frame to read */
+    double phase;                        /* tone */
+    uint64_t gen_pos;                    /* file / clicks: frames generated */
+};
+
+typedef struct ae_lat_stats {
+    pthread_mutex_t lock;
+    int64_t samples[AE_LAT_RING];
+    uint64_t count;
+} ae_lat_stats;
+
+struct ae_sink {
+    ae_engine *engine;
+    ae_sink *next;
+    int kind;
+    int channels;
+    int frame_samples;
+    int64_t frame_us;
+    ae_route *routes;
+    int nroutes;
+    float *mix, *tmp;
+    ae_levels levels;
+    int64_t next_due_us;                 /* pacing when no capture source clocks it */
+    uint64_t frames, underruns;
+    /* Opus */
+    OpusEncoder *encoder;
+    unsigned char packet[4000];
+    GstElement *pipeline, *appsrc, *tee;
+    guint bus_watch;
+    GstClockTimeDiff base_pts;
+    bool pts_started;
+    int64_t frame_capture_us[AE_FRAME_RING];
+    uint64_t frame_index_at[AE_FRAME_RING];
+    _Atomic int listeners;
+    _Atomic uint64_t packets_out;
+    ae_lat_stats latency;
+    /* ALSA playback */
+    ae_ring out_ring;
+    _Atomic uint64_t out_rpos;
+    ae_pcm pcm;
+    char *device;
+    int period_frames, buffer_periods;
+    pthread_t thread;
+    bool thread_started;
+    atomic_bool stop;
+    uint64_t xruns;
+};
+
+/* ---- events (ae_engine.c) ---- */
+typedef struct ae_event_node ae_event_node;
+
+/* Post an event; text is copied. Never blocks for long: safe on audio
+ * threads. Events for an entity marked dead are discarded. */
+void ae_post(ae_engine *e, const ae_event *ev);
+/* Remove an entity's queued events, refuse new ones, and wait until an
+ * event being delivered for it has returned. */
+void ae_events_forget(ae_engine *e, const void *entity);
+/* The entity's memory is about to be freed: its address may be reused. */
+void ae_events_release(ae_engine *e, const void *entity);
+
+/* ---- engine ---- */
+struct ae_engine {
+    ae_engine_config cfg;
+    char *stun_server;
+    char *ice_addresses;
+    ae_event_cb callback;
+    void *user;
+
+    pthread_mutex_t graph_lock;
+    ae_source *sources;
+    ae_sink *sinks;
+    int nsources, nsinks, nroutes;
+    _Atomic int nlisteners;
+
+    /* mixer */
+    pthread_t mixer_thread;
+    bool mixer_started;
+    sem_t mixer_wake;
+    atomic_bool stopping;
+
+    /* events */
+    pthread_t event_thread;
+    bool event_started;
+    pthread_mutex_t ev_lock;
+    pthread_cond_t ev_cond;             /* new event, or stop */
+    pthread_cond_t ev_done;             /* a delivery finished */
+    ae_event_node *ev_head, *ev_tail;
+    const void *ev_delivering[4];       /* entities of the event being delivered */
+    uint64_t ev_delivered;
+    bool ev_stop;
+    int64_t events_posted, events_coalesced;
+    void **dead;                        /* entities whose events are refused */
+    int ndead, cap_dead;
+
+    /* glib */
+    GMainContext *ctx;
+    GMainLoop *loop;
+    GThread *glib_thread;
+    pthread_mutex_t listeners_lock;      /* the listener list */
+    ae_listener *listeners;
+};
+
+/* Run fn(data) on the engine's glib thread and wait (bounded) for it. */
+int ae_glib_call(ae_engine *e, int (*fn)(void *), void *data, int timeout_ms);
+void ae_wake_mixer(ae_engine *e);
+
+/* ---- audio graph (ae_graph.c) ---- */
+void *ae_mixer_main(void *arg);
+
+/* ---- WebRTC fan-out (ae_webrtc.c) ---- */
+int ae_opus_pipeline_start(ae_sink *sink);
+void ae_opus_pipeline_stop(ae_sink *sink);
+void ae_opus_push(ae_sink *sink, const unsigned char *data, int len, uint64_t frame_index,
+                  int64_t capture_us);
+void ae_listener_destroy_all(ae_engine *e);
+
+#endif

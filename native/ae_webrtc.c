@@ -1,0 +1,905 @@
+/* ae_webrtc.c: an Opus sink's fan-out to WebRTC listeners.
+ *
+ *   mixer --Opus packets--> appsrc --> tee --> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
+ *                                          \-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
+ *
+ * Opus is encoded once per sink (in the mixer); each listener only adds a
+ * payloader (its own, since browsers pick different payload types) and a
+ * webrtcbin. Every GStreamer control call runs on the engine's glib thread.
+ * This file is the one seam a leaner listener transport would replace. */
+#define _GNU_SOURCE
+#define GST_USE_UNSTABLE_API /* webrtcbin's library API is marked unstable */
+#include "ae_internal.h"
+
+#include <gst/app/gstappsrc.h>
+#include <gst/sdp/sdp.h>
+#include <gst/webrtc/webrtc.h>
+#include <nice/agent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define GLIB_CALL_TIMEOUT_MS 5000
+
+struct ae_listener {
+    ae_engine *engine;
+    ae_sink *sink;
+    ae_listener *next;
+    _Atomic int refs;
+    atomic_bool closing;
+    char *offer;
+    int pt;
+    GstElement *pay, *webrtc;
+    GstPad *tee_pad;
+    GSource *gather_timeout;
+    /* negotiation progress, glib thread only */
+    bool local_set, gathered, answered;
+    /* candidates gathered locally, for the answer (webrtcbin's thread) */
+    GMutex cand_lock;
+    GPtrArray *candidates;               /* "mline\ncandidate:..." strings */
+    /* statistics, written by streaming threads */
+    _Atomic int state;
+    _Atomic int64_t last_rx_us;
+    _Atomic uint64_t packets_sent, bytes_sent;
+    _Atomic uint64_t last_in_offset;
+    atomic_bool rtp_base_known;
+    uint32_t rtp_base_ts;
+    uint64_t rtp_base_offset;
+};
+
+static ae_listener *listener_ref(ae_listener *l)
+{
+    atomic_fetch_add(&l->refs, 1);
+    return l;
+}
+
+static void listener_unref(gpointer p)
+{
+    ae_listener *l = p;
+    if (atomic_fetch_sub(&l->refs, 1) != 1) return;
+    ae_events_release(l->engine, l);
+    if (l->candidates) g_ptr_array_unref(l->candidates);
+    g_mutex_clear(&l->cand_lock);
+    free(l->offer);
+    free(l);
+}
+
+/* ---- the sink's pipeline ------------------------------------------------ */
+
+static gboolean on_bus(GstBus *bus, GstMessage *msg, gpointer data)
+{
+    (void)bus;
+    ae_sink *k = data;
+    if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR) {
+        GError *err = NULL;
+        gst_message_parse_error(msg, &err, NULL);
+        g_printerr("ae: pipeline of sink %p: %s: %s\n", (void *)k,
+                   GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)), err ? err->message : "?");
+        g_clear_error(&err);
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static int pipeline_start(void *data)
+{
+    ae_sink *k = data;
+    ae_engine *e = k->engine;
+    k->pipeline = gst_pipeline_new(NULL);
+    k->appsrc = gst_element_factory_make("appsrc", NULL);
+    k->tee = gst_element_factory_make("tee", NULL);
+    if (!k->pipeline || !k->appsrc || !k->tee) {
+        if (k->appsrc) gst_object_unref(k->appsrc);
+        if (k->tee) gst_object_unref(k->tee);
+        return ae_fail(AE_ERR_MEDIA, "cannot create the sink's appsrc and tee");
+    }
+    GstCaps *caps = gst_caps_new_simple("audio/x-opus", "rate", G_TYPE_INT, e->cfg.sample_rate,
+                                        "channels", G_TYPE_INT, k->channels,
+                                        "channel-mapping-family", G_TYPE_INT, 0, NULL);
+    /* Live, timestamped by us, and never blocking the mixer: when the
+     * fan-out falls behind, the oldest packets go. */
+    g_object_set(k->appsrc, "caps", caps, "is-live", TRUE, "format", GST_FORMAT_TIME,
+                 "do-timestamp", FALSE, "block", FALSE, "max-buffers", (guint64)50,
+                 "leaky-type", 2 /* downstream */, NULL);
+    gst_caps_unref(caps);
+    g_object_set(k->tee, "allow-not-linked", TRUE, NULL);
+    gst_bin_add_many(GST_BIN(k->pipeline), k->appsrc, k->tee, NULL);
+    if (!gst_element_link(k->appsrc, k->tee))
+        return ae_fail(AE_ERR_MEDIA, "cannot link appsrc to tee");
+    GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(k->pipeline));
+    GSource *src = gst_bus_create_watch(bus);
+    g_source_set_callback(src, (GSourceFunc)(void (*)(void))on_bus, k, NULL);
+    k->bus_watch = g_source_attach(src, e->ctx);
+    g_source_unref(src);
+    gst_object_unref(bus);
+    if (gst_element_set_state(k->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
+        return ae_fail(AE_ERR_MEDIA, "the sink's pipeline would not start");
+    return AE_OK;
+}
+
+int ae_opus_pipeline_start(ae_sink *k)
+{
+    return ae_glib_call(k->engine, pipeline_start, k, GLIB_CALL_TIMEOUT_MS);
+}
+
+static int pipeline_stop(void *data)
+{
+    ae_sink *k = data;
+    if (k->bus_watch) {
+        GSource *src = g_main_context_find_source_by_id(k->engine->ctx, k->bus_watch);
+        if (src) g_source_destroy(src);
+        k->bus_watch = 0;
+    }
+    if (k->pipeline) {
+        gst_element_set_state(k->pipeline, GST_STATE_NULL);
+        gst_object_unref(k->pipeline);
+        k->pipeline = NULL;
+    }
+    return AE_OK;
+}
+
+void ae_opus_pipeline_stop(ae_sink *k)
+{
+    ae_glib_call(k->engine, pipeline_stop, k, GLIB_CALL_TIMEOUT_MS);
+}
+
+void ae_opus_push(ae_sink *k, const unsigned char *data, int len, uint64_t index,
+                  int64_t capture_us)
+{
+    k->frame_capture_us[index % AE_FRAME_RING] = capture_us;
+    k->frame_index_at[index % AE_FRAME_RING] = index;
+    if (atomic_load(&k->listeners) == 0) return;
+    GstBuffer *buf = gst_buffer_new_memdup(data, (gsize)len);
+    GstClockTime dur = (GstClockTime)k->frame_us * GST_USECOND;
+    /* Perfect timestamps, frame after frame: the payloader derives RTP
+     * timestamps from them, and receivers need those to step by exactly one
+     * frame. Anchored to running time once; nothing downstream syncs to the
+     * clock, so slow drift against it does no harm. */
+    if (!k->pts_started) {
+        GstClock *clock = gst_element_get_clock(k->pipeline);
+        GstClockTime now = 0;
+        if (clock) {
+            GstClockTime t = gst_clock_get_time(clock), base = gst_element_get_base_time(k->pipeline);
+            now = t > base ? t - base : 0;
+            gst_object_unref(clock);
+        }
+        k->base_pts = (GstClockTimeDiff)now - (GstClockTimeDiff)(index * dur);
+        k->pts_started = true;
+    }
+    GstClockTimeDiff pts = k->base_pts + (GstClockTimeDiff)(index * dur);
+    GST_BUFFER_PTS(buf) = pts > 0 ? (GstClockTime)pts : 0;
+    GST_BUFFER_DURATION(buf) = dur;
+    GST_BUFFER_OFFSET(buf) = index * (uint64_t)k->frame_samples;
+    GST_BUFFER_OFFSET_END(buf) = (index + 1) * (uint64_t)k->frame_samples;
+    gst_app_src_push_buffer(GST_APP_SRC(k->appsrc), buf);
+}
+
+/* ---- offer validation --------------------------------------------------- */
+
+static bool has_attr(const GstSDPMessage *msg, const GstSDPMedia *m, const char *key)
+{
+    return gst_sdp_media_get_attribute_val(m, key) || gst_sdp_message_get_attribute_val(msg, key);
+}
+
+/* Find the first audio m-line we can send Opus to; returns its payload type
+ * or an AE_ERR_SDP code with the reason set. */
+static int validate_offer(const char *sdp, int *mline_out)
+{
+    if (!sdp || !*sdp) return ae_fail(AE_ERR_SDP, "the offer is empty");
+    if (strncmp(sdp, "v=0", 3) != 0) return ae_fail(AE_ERR_SDP, "the offer is not SDP (no v=0 line)");
+    GstSDPMessage *msg = NULL;
+    gst_sdp_message_new(&msg);
+    if (gst_sdp_message_parse_buffer((const guint8 *)sdp, (guint)strlen(sdp), msg) != GST_SDP_OK) {
+        gst_sdp_message_free(msg);
+        return ae_fail(AE_ERR_SDP, "the offer is not valid SDP");
+    }
+    int rc = ae_fail(AE_ERR_SDP, "the offer has no audio to receive");
+    bool saw_audio = false;
+    for (guint i = 0; i < gst_sdp_message_medias_len(msg); i++) {
+        const GstSDPMedia *m = gst_sdp_message_get_media(msg, i);
+        if (g_strcmp0(gst_sdp_media_get_media(m), "audio") != 0) continue;
+        saw_audio = true;
+        if (gst_sdp_media_get_port(m) == 0) continue;
+        if (gst_sdp_media_get_attribute_val(m, "sendonly") ||
+            gst_sdp_media_get_attribute_val(m, "inactive")) {
+            rc = ae_fail(AE_ERR_SDP, "the offer's audio is sendonly or inactive: nothing to receive");
+            continue;
+        }
+        const char *proto = gst_sdp_media_get_proto(m);
+        if (!proto || !strstr(proto, "SAVPF")) {
+            rc = ae_fail(AE_ERR_SDP, "the offer's audio is not DTLS-SRTP (%s)", proto ? proto : "?");
+            continue;
+        }
+        if (!has_attr(msg, m, "ice-ufrag") || !has_attr(msg, m, "ice-pwd")) {
+            rc = ae_fail(AE_ERR_SDP, "the offer has no ICE credentials");
+            continue;
+        }
+        if (!has_attr(msg, m, "fingerprint")) {
+            rc = ae_fail(AE_ERR_SDP, "the offer has no DTLS fingerprint");
+            continue;
+        }
+        for (guint a = 0; a < gst_sdp_media_attributes_len(m); a++) {
+            const GstSDPAttribute *attr = gst_sdp_media_get_attribute(m, a);
+            if (g_strcmp0(attr->key, "rtpmap") != 0 || !attr->value) continue;
+            int pt = -1;
+            char codec[64] = {0};
+            if (sscanf(attr->value, "%d %63[^/]/48000", &pt, codec) == 2 &&
+                !strcasecmp(codec, "opus") && pt >= 0 && pt < 128) {
+                char pts[8];
+                snprintf(pts, sizeof pts, "%d", pt);
+                bool listed = false;
+                for (guint f = 0; f < gst_sdp_media_formats_len(m); f++)
+                    if (!strcmp(gst_sdp_media_get_format(m, f), pts)) listed = true;
+                if (!listed) continue;
+                *mline_out = (int)i;
+                gst_sdp_message_free(msg);
+                ae_clear_error();
+                return pt;
+            }
+        }
+        rc = ae_fail(AE_ERR_SDP, "the offer's audio does not include Opus/48000");
+    }
+    gst_sdp_message_free(msg);
+    if (!saw_audio) return ae_fail(AE_ERR_SDP, "the offer has no audio m-line");
+    return rc;
+}
+
+/* ---- events from a listener --------------------------------------------- */
+
+static void post_listener(ae_listener *l, int type, const char *text, int mline, int state,
+                          int code)
+{
+    if (atomic_load(&l->closing)) return;
+    ae_event ev = {0};
+    ev.type = type;
+    ev.listener = l;
+    ev.text = text;
+    ev.mline = mline;
+    ev.state = state;
+    ev.code = code;
+    ae_post(l->engine, &ev);
+}
+
+static void answer_failed(ae_listener *l, int code, const char *why)
+{
+    if (l->answered) return;
+    l->answered = true;
+    post_listener(l, AE_EVENT_ANSWER_FAILED, why, 0, 0, code);
+}
+
+/* Run fn on the glib thread with a reference to the listener. */
+static void invoke(ae_listener *l, GSourceFunc fn)
+{
+    g_main_context_invoke_full(l->engine->ctx, G_PRIORITY_DEFAULT, fn, listener_ref(l),
+                               listener_unref);
+}
+
+/* ---- probes: what leaves and what arrives ------------------------------- */
+
+static void count_sent(ae_listener *l, GstBuffer *buf)
+{
+    GstMapInfo map;
+    if (!gst_buffer_map(buf, &map, GST_MAP_READ)) return;
+    const guint8 *b = map.data;
+    /* SRTP keeps the RTP header in clear: RTP version 2 and our payload
+     * type, not RTCP (packet types 192..223 in the second byte). */
+    if (map.size >= 12 && (b[0] >> 6) == 2 && !(b[1] >= 192 && b[1] <= 223) &&
+        (b[1] & 0x7f) == l->pt) {
+        atomic_fetch_add(&l->packets_sent, 1);
+        atomic_fetch_add(&l->bytes_sent, map.size);
+        atomic_fetch_add(&l->sink->packets_out, 1);
+        if (atomic_load(&l->rtp_base_known)) {
+            uint32_t ts = (uint32_t)b[4] << 24 | (uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7];
+            uint64_t offset = l->rtp_base_offset + (uint32_t)(ts - l->rtp_base_ts);
+            ae_sink *k = l->sink;
+            uint64_t index = offset / (uint64_t)k->frame_samples;
+            if (k->frame_index_at[index % AE_FRAME_RING] == index) {
+                int64_t lat = ae_now_us() - k->frame_capture_us[index % AE_FRAME_RING];
+                pthread_mutex_lock(&k->latency.lock);
+                k->latency.samples[k->latency.count++ % AE_LAT_RING] = lat;
+                pthread_mutex_unlock(&k->latency.lock);
+            }
+        }
+    }
+    gst_buffer_unmap(buf, &map);
+}
+
+static gboolean count_sent_in_list(GstBuffer **buf, guint idx, gpointer data)
+{
+    (void)idx;
+    count_sent(data, *buf);
+    return TRUE;
+}
+
+static GstPadProbeReturn on_sending(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    (void)pad;
+    if (info->type & GST_PAD_PROBE_TYPE_BUFFER)
+        count_sent(data, GST_PAD_PROBE_INFO_BUFFER(info));
+    else if (info->type & GST_PAD_PROBE_TYPE_BUFFER_LIST)
+        gst_buffer_list_foreach(GST_PAD_PROBE_INFO_BUFFER_LIST(info), count_sent_in_list, data);
+    return GST_PAD_PROBE_OK;
+}
+
+static GstPadProbeReturn on_received(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    (void)pad;
+    (void)info;
+    ae_listener *l = data;
+    atomic_store(&l->last_rx_us, ae_now_us());
+    return GST_PAD_PROBE_OK;
+}
+
+/* The payloader's input offset, and on its first output packet the pairing
+ * of RTP timestamp and sample offset that maps packets back to frames. */
+static GstPadProbeReturn on_pay_in(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    (void)pad;
+    ae_listener *l = data;
+    GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    if (buf) atomic_store(&l->last_in_offset, GST_BUFFER_OFFSET(buf));
+    return GST_PAD_PROBE_OK;
+}
+
+static GstPadProbeReturn on_pay_out(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    (void)pad;
+    ae_listener *l = data;
+    GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
+    GstMapInfo map;
+    if (!buf || !gst_buffer_map(buf, &map, GST_MAP_READ)) return GST_PAD_PROBE_OK;
+    if (map.size >= 12) {
+        l->rtp_base_ts = (uint32_t)map.data[4] << 24 | (uint32_t)map.data[5] << 16 |
+                         (uint32_t)map.data[6] << 8 | map.data[7];
+        l->rtp_base_offset = atomic_load(&l->last_in_offset);
+        atomic_store(&l->rtp_base_known, true);
+    }
+    gst_buffer_unmap(buf, &map);
+    return GST_PAD_PROBE_REMOVE;
+}
+
+static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer data)
+{
+    (void)bin;
+    (void)sub;
+    ae_listener *l = data;
+    GstElementFactory *f = gst_element_get_factory(el);
+    const char *name = f ? GST_OBJECT_NAME(f) : "";
+    if (!strcmp(name, "nicesink")) {
+        /* Packets are paced by the mixer already; a clock-synced sink would
+         * hold each one back by the pipeline latency. Send at once. */
+        g_object_set(el, "sync", FALSE, "async", FALSE, NULL);
+        GstPad *pad = gst_element_get_static_pad(el, "sink");
+        gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST,
+                          on_sending, listener_ref(l), listener_unref);
+        gst_object_unref(pad);
+    } else if (!strcmp(name, "nicesrc")) {
+        GstPad *pad = gst_element_get_static_pad(el, "src");
+        gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST,
+                          on_received, listener_ref(l), listener_unref);
+        gst_object_unref(pad);
+    }
+}
+
+/* ---- negotiation -------------------------------------------------------- */
+
+static void on_ice_candidate(GstElement *webrtc, guint mline, gchar *candidate, gpointer data)
+{
+    (void)webrtc;
+    ae_listener *l = data;
+    g_mutex_lock(&l->cand_lock);
+    g_ptr_array_add(l->candidates, g_strdup_printf("%u\n%s", mline, candidate));
+    g_mutex_unlock(&l->cand_lock);
+    /* After the answer went out, the client learns new ones by asking. */
+    if (l->answered) post_listener(l, AE_EVENT_CANDIDATE_GATHERED, candidate, (int)mline, 0, 0);
+}
+
+static void on_connection_state(GObject *obj, GParamSpec *ps, gpointer data)
+{
+    (void)ps;
+    ae_listener *l = data;
+    GstWebRTCICEConnectionState s;
+    g_object_get(obj, "ice-connection-state", &s, NULL);
+    atomic_store(&l->state, (int)s);
+    post_listener(l, AE_EVENT_LISTENER_STATE, NULL, 0, (int)s, 0);
+}
+
+/* The answer with every gathered candidate in it: the server cannot trickle
+ * over WHEP, so the client must get them all at once. */
+static char *answer_text(ae_listener *l)
+{
+    GstWebRTCSessionDescription *desc = NULL;
+    g_object_get(l->webrtc, "local-description", &desc, NULL);
+    if (!desc) return NULL;
+    GstSDPMessage *sdp = NULL;
+    gst_sdp_message_copy(desc->sdp, &sdp);
+    gst_webrtc_session_description_free(desc);
+    g_mutex_lock(&l->cand_lock);
+    for (guint i = 0; i < l->candidates->len; i++) {
+        const char *entry = g_ptr_array_index(l->candidates, i);
+        guint mline = (guint)strtoul(entry, NULL, 10);
+        const char *cand = strchr(entry, '\n') + 1;
+        if (strncmp(cand, "candidate:", 10) == 0) cand += 10;
+        else if (strncmp(cand, "a=candidate:", 12) == 0) cand += 12;
+        if (mline >= gst_sdp_message_medias_len(sdp)) continue;
+        GstSDPMedia *m = (GstSDPMedia *)gst_sdp_message_get_media(sdp, mline);
+        bool present = false;
+        for (guint a = 0; a < gst_sdp_media_attributes_len(m); a++) {
+            const GstSDPAttribute *attr = gst_sdp_media_get_attribute(m, a);
+            if (!g_strcmp0(attr->key, "candidate") && !g_strcmp0(attr->value, cand))
+                present = true;
+        }
+        if (!present) gst_sdp_media_add_attribute(m, "candidate", cand);
+    }
+    guint ncand = l->candidates->len;
+    g_mutex_unlock(&l->cand_lock);
+    for (guint i = 0; i < gst_sdp_message_medias_len(sdp) && ncand; i++) {
+        GstSDPMedia *m = (GstSDPMedia *)gst_sdp_message_get_media(sdp, i);
+        if (!gst_sdp_media_get_attribute_val(m, "end-of-candidates") && gst_sdp_media_get_port(m))
+            gst_sdp_media_add_attribute(m, "end-of-candidates", NULL);
+    }
+    char *text = gst_sdp_message_as_text(sdp);
+    gst_sdp_message_free(sdp);
+    return text;
+}
+
+static void finish_answer(ae_listener *l)
+{
+    if (l->answered || atomic_load(&l->closing)) return;
+    if (l->gather_timeout) {
+        g_source_destroy(l->gather_timeout);
+        g_source_unref(l->gather_timeout);
+        l->gather_timeout = NULL;
+    }
+    char *text = answer_text(l);
+    if (!text) {
+        answer_failed(l, AE_ERR_MEDIA, "webrtcbin produced no local description");
+        return;
+    }
+    l->answered = true;
+    post_listener(l, AE_EVENT_ANSWER_READY, text, 0, 0, 0);
+    g_free(text);
+}
+
+static gboolean on_gather_timeout(gpointer data)
+{
+    ae_listener *l = data;
+    l->gathered = true;
+    if (l->local_set) finish_answer(l);
+    return G_SOURCE_REMOVE;
+}
+
+static gboolean gathering_complete_main(gpointer data)
+{
+    ae_listener *l = data;
+    l->gathered = true;
+    if (l->local_set) finish_answer(l);
+    return G_SOURCE_REMOVE;
+}
+
+static void on_gathering_state(GObject *obj, GParamSpec *ps, gpointer data)
+{
+    (void)ps;
+    ae_listener *l = data;
+    GstWebRTCICEGatheringState s;
+    g_object_get(obj, "ice-gathering-state", &s, NULL);
+    if (s == GST_WEBRTC_ICE_GATHERING_STATE_COMPLETE) invoke(l, gathering_complete_main);
+}
+
+/* Promise replies arrive on webrtcbin's thread: carry them to ours. */
+typedef struct promise_step {
+    ae_listener *listener;
+    GstPromise *promise;
+    void (*next)(ae_listener *, GstPromise *);
+} promise_step;
+
+static gboolean promise_step_main(gpointer data)
+{
+    promise_step *s = data;
+    if (!atomic_load(&s->listener->closing)) s->next(s->listener, s->promise);
+    return G_SOURCE_REMOVE;
+}
+
+static void promise_step_free(gpointer data)
+{
+    promise_step *s = data;
+    gst_promise_unref(s->promise);
+    listener_unref(s->listener);
+    g_free(s);
+}
+
+static void on_promise(GstPromise *promise, gpointer data)
+{
+    promise_step *s = data;
+    promise_step *copy = g_new0(promise_step, 1);
+    copy->listener = listener_ref(s->listener);
+    copy->promise = gst_promise_ref(promise);
+    copy->next = s->next;
+    g_main_context_invoke_full(s->listener->engine->ctx, G_PRIORITY_DEFAULT, promise_step_main,
+                               copy, promise_step_free);
+}
+
+static void promise_data_free(gpointer data)
+{
+    promise_step *s = data;
+    listener_unref(s->listener);
+    g_free(s);
+}
+
+static GstPromise *promise_then(ae_listener *l, void (*next)(ae_listener *, GstPromise *))
+{
+    promise_step *s = g_new0(promise_step, 1);
+    s->listener = listener_ref(l);
+    s->next = next;
+    return gst_promise_new_with_change_func(on_promise, s, promise_data_free);
+}
+
+static bool promise_failed(ae_listener *l, GstPromise *p, const char *step)
+{
+    if (gst_promise_wait(p) != GST_PROMISE_RESULT_REPLIED) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s was interrupted", step);
+        answer_failed(l, AE_ERR_MEDIA, msg);
+        return true;
+    }
+    const GstStructure *reply = gst_promise_get_reply(p);
+    GError *err = NULL;
+    if (reply && gst_structure_has_field(reply, "error")) {
+        gst_structure_get(reply, "error", G_TYPE_ERROR, &err, NULL);
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s failed: %s", step, err ? err->message : "?");
+        g_clear_error(&err);
+        answer_failed(l, AE_ERR_SDP, msg);
+        return true;
+    }
+    return false;
+}
+
+static void link_to_tee(ae_listener *l)
+{
+    /* Elements are PLAYING already; link the tee last, so a new branch can
+     * never stall the ones that are running. */
+    l->tee_pad = gst_element_request_pad_simple(l->sink->tee, "src_%u");
+    GstPad *sinkpad = gst_element_get_static_pad(l->pay, "sink");
+    if (gst_pad_link(l->tee_pad, sinkpad) != GST_PAD_LINK_OK)
+        answer_failed(l, AE_ERR_MEDIA, "cannot link the listener to its sink");
+    gst_object_unref(sinkpad);
+}
+
+static void on_local_set(ae_listener *l, GstPromise *p)
+{
+    if (promise_failed(l, p, "setting the local description")) return;
+    l->local_set = true;
+    link_to_tee(l);
+    if (l->gathered) finish_answer(l);
+}
+
+static void on_answer_created(ae_listener *l, GstPromise *p)
+{
+    if (promise_failed(l, p, "creating the answer")) return;
+    GstWebRTCSessionDescription *answer = NULL;
+    gst_structure_get(gst_promise_get_reply(p), "answer",
+                      GST_TYPE_WEBRTC_SESSION_DESCRIPTION, &answer, NULL);
+    if (!answer) {
+        answer_failed(l, AE_ERR_SDP, "webrtcbin could not answer the offer");
+        return;
+    }
+    g_signal_emit_by_name(l->webrtc, "set-local-description", answer,
+                          promise_then(l, on_local_set));
+    gst_webrtc_session_description_free(answer);
+}
+
+static void on_remote_set(ae_listener *l, GstPromise *p)
+{
+    if (promise_failed(l, p, "setting the offer")) return;
+    g_signal_emit_by_name(l->webrtc, "create-answer", NULL, promise_then(l, on_answer_created));
+}
+
+static void configure_ice(ae_listener *l)
+{
+    ae_engine *e = l->engine;
+    GstWebRTCICE *ice = NULL;
+    g_object_get(l->webrtc, "ice-agent", &ice, NULL);
+    if (!ice) return;
+    g_object_set(ice, "ice-tcp", e->cfg.ice_tcp != 0, NULL);
+    if (e->cfg.min_port) g_object_set(ice, "min-rtp-port", (guint)e->cfg.min_port, NULL);
+    if (e->cfg.max_port) g_object_set(ice, "max-rtp-port", (guint)e->cfg.max_port, NULL);
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "agent")) {
+        NiceAgent *agent = NULL;
+        g_object_get(ice, "agent", &agent, NULL);
+        if (agent) {
+            /* UPnP-IGD lookups held answers back by seconds; a LAN needs none. */
+            g_object_set(agent, "upnp", e->cfg.upnp != 0, "ice-tcp", e->cfg.ice_tcp != 0, NULL);
+            if (e->ice_addresses) {
+                char **addrs = g_strsplit(e->ice_addresses, ",", -1);
+                for (char **a = addrs; *a; a++) {
+                    NiceAddress addr;
+                    nice_address_init(&addr);
+                    if (nice_address_set_from_string(&addr, g_strstrip(*a)))
+                        nice_agent_add_local_address(agent, &addr);
+                }
+                g_strfreev(addrs);
+            }
+            g_object_unref(agent);
+        }
+    }
+    gst_object_unref(ice);
+}
+
+static int start_listener(ae_listener *l)
+{
+    ae_engine *e = l->engine;
+    l->pay = gst_element_factory_make("rtpopuspay", NULL);
+    l->webrtc = gst_element_factory_make("webrtcbin", NULL);
+    if (!l->pay || !l->webrtc) {
+        if (l->pay) gst_object_unref(l->pay);
+        if (l->webrtc) gst_object_unref(l->webrtc);
+        l->pay = l->webrtc = NULL;
+        return ae_fail(AE_ERR_MEDIA, "cannot create rtpopuspay/webrtcbin");
+    }
+    gst_object_ref_sink(l->pay);
+    gst_object_ref_sink(l->webrtc);
+    g_object_set(l->pay, "pt", (guint)l->pt, NULL);
+    g_object_set(l->webrtc, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, NULL);
+    if (e->stun_server) g_object_set(l->webrtc, "stun-server", e->stun_server, NULL);
+    configure_ice(l);
+
+    g_signal_connect_data(l->webrtc, "on-ice-candidate", G_CALLBACK(on_ice_candidate),
+                          listener_ref(l), (GClosureNotify)(void (*)(void))listener_unref, 0);
+    g_signal_connect_data(l->webrtc, "notify::ice-gathering-state",
+                          G_CALLBACK(on_gathering_state), listener_ref(l),
+                          (GClosureNotify)(void (*)(void))listener_unref, 0);
+    g_signal_connect_data(l->webrtc, "notify::ice-connection-state",
+                          G_CALLBACK(on_connection_state), listener_ref(l),
+                          (GClosureNotify)(void (*)(void))listener_unref, 0);
+    g_signal_connect_data(l->webrtc, "deep-element-added", G_CALLBACK(on_deep_element_added),
+                          listener_ref(l), (GClosureNotify)(void (*)(void))listener_unref, 0);
+
+    GstPad *payin = gst_element_get_static_pad(l->pay, "sink");
+    gst_pad_add_probe(payin, GST_PAD_PROBE_TYPE_BUFFER, on_pay_in, listener_ref(l),
+                      listener_unref);
+    gst_object_unref(payin);
+    GstPad *payout = gst_element_get_static_pad(l->pay, "src");
+    gst_pad_add_probe(payout, GST_PAD_PROBE_TYPE_BUFFER, on_pay_out, listener_ref(l),
+                      listener_unref);
+
+    gst_bin_add_many(GST_BIN(l->sink->pipeline), l->pay, l->webrtc, NULL);
+    /* A send-only transceiver that offers exactly the client's Opus payload
+     * type, stereo: browsers downmix unless the answer says stereo=1. */
+    GstPad *wsink = gst_element_request_pad_simple(l->webrtc, "sink_%u");
+    GstWebRTCRTPTransceiver *trans = NULL;
+    g_object_get(wsink, "transceiver", &trans, NULL);
+    if (trans) {
+        GstCaps *caps = gst_caps_new_simple(
+            "application/x-rtp", "media", G_TYPE_STRING, "audio", "encoding-name", G_TYPE_STRING,
+            "OPUS", "clock-rate", G_TYPE_INT, 48000, "payload", G_TYPE_INT, l->pt,
+            "encoding-params", G_TYPE_STRING, "2", "minptime", G_TYPE_STRING, "10",
+            "useinbandfec", G_TYPE_STRING, "0", "stereo", G_TYPE_STRING,
+            l->sink->channels == 2 ? "1" : "0", "sprop-stereo", G_TYPE_STRING,
+            l->sink->channels == 2 ? "1" : "0", NULL);
+        g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY,
+                     "codec-preferences", caps, NULL);
+        gst_caps_unref(caps);
+        gst_object_unref(trans);
+    }
+    GstPadLinkReturn lr = gst_pad_link(payout, wsink);
+    gst_object_unref(payout);
+    gst_object_unref(wsink);
+    if (lr != GST_PAD_LINK_OK) return ae_fail(AE_ERR_MEDIA, "cannot link payloader to webrtcbin");
+    gst_element_sync_state_with_parent(l->pay);
+    gst_element_sync_state_with_parent(l->webrtc);
+
+    GstSDPMessage *sdp = NULL;
+    gst_sdp_message_new(&sdp);
+    gst_sdp_message_parse_buffer((const guint8 *)l->offer, (guint)strlen(l->offer), sdp);
+    GstWebRTCSessionDescription *offer =
+        gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp);
+    g_signal_emit_by_name(l->webrtc, "set-remote-description", offer,
+                          promise_then(l, on_remote_set));
+    gst_webrtc_session_description_free(offer);
+
+    l->gather_timeout = g_timeout_source_new((guint)e->cfg.gather_timeout_ms);
+    g_source_set_callback(l->gather_timeout, on_gather_timeout, listener_ref(l), listener_unref);
+    g_source_attach(l->gather_timeout, e->ctx);
+    return AE_OK;
+}
+
+static gboolean start_listener_main(gpointer data)
+{
+    ae_listener *l = data;
+    if (atomic_load(&l->closing)) return G_SOURCE_REMOVE;
+    if (start_listener(l) != AE_OK) answer_failed(l, AE_ERR_MEDIA, ae_last_error());
+    return G_SOURCE_REMOVE;
+}
+
+int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
+{
+    ae_clear_error();
+    if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
+    *out = NULL;
+    ae_engine *e = k->engine;
+    if (k->kind != AE_SINK_OPUS) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
+    if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    int mline = 0;
+    int pt = validate_offer(offer_sdp, &mline);
+    if (pt < 0) return pt;
+    if (atomic_fetch_add(&e->nlisteners, 1) >= e->cfg.max_listeners) {
+        atomic_fetch_sub(&e->nlisteners, 1);
+        return ae_fail(AE_ERR_LIMIT, "%d listeners is the most this engine serves",
+                       e->cfg.max_listeners);
+    }
+    ae_listener *l = calloc(1, sizeof *l);
+    if (!l) {
+        atomic_fetch_sub(&e->nlisteners, 1);
+        return ae_fail(AE_ERR_NOMEM, "out of memory");
+    }
+    l->engine = e;
+    l->sink = k;
+    l->refs = 1;
+    l->pt = pt;
+    l->offer = strdup(offer_sdp);
+    g_mutex_init(&l->cand_lock);
+    l->candidates = g_ptr_array_new_with_free_func(g_free);
+    atomic_fetch_add(&k->listeners, 1);
+    pthread_mutex_lock(&e->listeners_lock);
+    l->next = e->listeners;
+    e->listeners = l;
+    pthread_mutex_unlock(&e->listeners_lock);
+    invoke(l, start_listener_main);
+    *out = l;
+    return AE_OK;
+}
+
+typedef struct candidate_call {
+    ae_listener *listener;
+    guint mline;
+    char *candidate;
+} candidate_call;
+
+static gboolean add_candidate_main(gpointer data)
+{
+    candidate_call *c = data;
+    if (!atomic_load(&c->listener->closing) && c->listener->webrtc)
+        g_signal_emit_by_name(c->listener->webrtc, "add-ice-candidate", c->mline, c->candidate);
+    return G_SOURCE_REMOVE;
+}
+
+static void candidate_call_free(gpointer data)
+{
+    candidate_call *c = data;
+    listener_unref(c->listener);
+    g_free(c->candidate);
+    g_free(c);
+}
+
+int ae_listener_add_candidate(ae_listener *l, int mline, const char *candidate)
+{
+    ae_clear_error();
+    if (!l || !candidate) return ae_fail(AE_ERR_INVALID, "listener and candidate are required");
+    if (mline < 0 || mline > 64) return ae_fail(AE_ERR_INVALID, "bad m-line index %d", mline);
+    if (atomic_load(&l->closing)) return ae_fail(AE_ERR_CLOSED, "the listener is closing");
+    if (strncmp(candidate, "a=", 2) == 0) candidate += 2;
+    if (!*candidate) return AE_OK; /* end of candidates: nothing to do */
+    if (strncmp(candidate, "candidate:", 10) != 0 || strlen(candidate) > 1024 ||
+        strpbrk(candidate, "\r\n"))
+        return ae_fail(AE_ERR_INVALID, "not an ICE candidate line: '%.60s'", candidate);
+    candidate_call *c = g_new0(candidate_call, 1);
+    c->listener = listener_ref(l);
+    c->mline = (guint)mline;
+    c->candidate = g_strdup(candidate);
+    g_main_context_invoke_full(l->engine->ctx, G_PRIORITY_DEFAULT, add_candidate_main, c,
+                               candidate_call_free);
+    return AE_OK;
+}
+
+int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
+{
+    ae_clear_error();
+    if (!l || !out) return ae_fail(AE_ERR_INVALID, "listener and out are required");
+    out->state = atomic_load(&l->state);
+    out->last_rx_us = atomic_load(&l->last_rx_us);
+    out->packets_sent = atomic_load(&l->packets_sent);
+    out->bytes_sent = atomic_load(&l->bytes_sent);
+    return AE_OK;
+}
+
+/* ---- teardown ----------------------------------------------------------- */
+
+typedef struct unlink_wait {
+    GMutex lock;
+    GCond cond;
+    bool done;
+    GstPad *peer;
+} unlink_wait;
+
+static GstPadProbeReturn unlink_when_idle(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    (void)info;
+    unlink_wait *w = data;
+    if (w->peer) gst_pad_unlink(pad, w->peer);
+    g_mutex_lock(&w->lock);
+    w->done = true;
+    g_cond_signal(&w->cond);
+    g_mutex_unlock(&w->lock);
+    return GST_PAD_PROBE_REMOVE;
+}
+
+/* Glib thread: take the branch off the tee (when no buffer is in it) and
+ * out of the pipeline. The slow part, stopping webrtcbin, happens in the
+ * caller's thread afterwards. */
+static int detach_listener(void *data)
+{
+    ae_listener *l = data;
+    if (l->gather_timeout) {
+        g_source_destroy(l->gather_timeout);
+        g_source_unref(l->gather_timeout);
+        l->gather_timeout = NULL;
+    }
+    if (l->tee_pad) {
+        unlink_wait w = {0};
+        g_mutex_init(&w.lock);
+        g_cond_init(&w.cond);
+        w.peer = gst_pad_get_peer(l->tee_pad);
+        gst_pad_add_probe(l->tee_pad, GST_PAD_PROBE_TYPE_IDLE, unlink_when_idle, &w, NULL);
+        gint64 deadline = g_get_monotonic_time() + G_TIME_SPAN_SECOND;
+        g_mutex_lock(&w.lock);
+        while (!w.done && g_cond_wait_until(&w.cond, &w.lock, deadline)) {
+        }
+        bool done = w.done;
+        g_mutex_unlock(&w.lock);
+        if (!done) gst_pad_unlink(l->tee_pad, w.peer); /* a wedged branch: cut it */
+        if (w.peer) gst_object_unref(w.peer);
+        g_mutex_clear(&w.lock);
+        g_cond_clear(&w.cond);
+        gst_element_release_request_pad(l->sink->tee, l->tee_pad);
+        gst_object_unref(l->tee_pad);
+        l->tee_pad = NULL;
+    }
+    if (l->webrtc) {
+        g_signal_handlers_disconnect_matched(l->webrtc, G_SIGNAL_MATCH_DATA, 0, 0, NULL, NULL, l);
+        gst_bin_remove(GST_BIN(l->sink->pipeline), l->webrtc);
+    }
+    if (l->pay) gst_bin_remove(GST_BIN(l->sink->pipeline), l->pay);
+    return AE_OK;
+}
+
+int ae_listener_destroy(ae_listener *l)
+{
+    ae_clear_error();
+    if (!l) return ae_fail(AE_ERR_INVALID, "no listener");
+    ae_engine *e = l->engine;
+    if (atomic_exchange(&l->closing, true))
+        return ae_fail(AE_ERR_INVALID, "the listener is already being destroyed");
+    ae_events_forget(e, l);
+    pthread_mutex_lock(&e->listeners_lock);
+    for (ae_listener **pp = &e->listeners; *pp; pp = &(*pp)->next) {
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->listeners_lock);
+    int rc = ae_glib_call(e, detach_listener, l, GLIB_CALL_TIMEOUT_MS);
+    if (rc == AE_OK) {
+        if (l->webrtc) gst_element_set_state(l->webrtc, GST_STATE_NULL);
+        if (l->pay) gst_element_set_state(l->pay, GST_STATE_NULL);
+        if (l->webrtc) gst_object_unref(l->webrtc);
+        if (l->pay) gst_object_unref(l->pay);
+        l->webrtc = l->pay = NULL;
+    }
+    atomic_fetch_sub(&l->sink->listeners, 1);
+    atomic_fetch_sub(&e->nlisteners, 1);
+    listener_unref(l);
+    return rc;
+}
+
+void ae_listener_destroy_all(ae_engine *e)
+{
+    for (;;) {
+        pthread_mutex_lock(&e->listeners_lock);
+        ae_listener *l = e->listeners;
+        pthread_mutex_unlock(&e->listeners_lock);
+        if (!l) break;
+        ae_listener_destroy(l);
+    }
+}

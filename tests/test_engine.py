@@ -1,0 +1,533 @@
+"""The real C engine, driven through its Python face: graph changes while
+audio runs, WebRTC listeners on real aiortc peers, ALSA capture and playback
+through plugin PCMs, device loss and return, event delivery, shutdown."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from appliance import (
+    AnswerFailed, AnswerReady, CandidateGathered, DeviceLost, DeviceRestored, EngineError,
+    EngineSettings, ErrorCode, LevelsMeasured, ListenerState, ListenerStateChanged,
+    RouteSpec, SinkSpec, SourceSpec, live_engine_threads, open_engine,
+)
+from appliance.engine import Engine
+
+from support.audio_sim import (
+    PulseDaemon, read_wav, tone, use_asoundrc, write_raw_s32, write_wav,
+)
+from support.webrtc import (
+    dominant_frequency, open_aiortc_listener, rms_dbfs, synthetic_offer,
+)
+
+RATE = 48000
+LOOPBACK = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=20)
+
+
+def process_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.fixture
+async def engine():
+    async with open_engine(LOOPBACK) as e:
+        yield e
+
+
+async def next_event(engine: Engine, kind, where=lambda ev: True, timeout: float = 5.0):
+    """The next event of a kind (and matching `where`), skipping others."""
+    with trio.fail_after(timeout):
+        async for ev in engine.events:
+            if isinstance(ev, kind) and where(ev):
+                return ev
+    raise AssertionError("the event channel closed")
+
+
+async def levels_of(engine: Engine, kind: str, entity_id: str, count: int = 3):
+    """Average peak over a few fresh level events of one entity."""
+    peaks = []
+    while len(peaks) < count:
+        ev = await next_event(engine, LevelsMeasured,
+                              lambda e: e.kind == kind and e.entity_id == entity_id)
+        peaks.append(max(ev.peak_dbfs))
+    return sum(peaks[1:]) / (count - 1)  # the first may straddle a change
+
+
+async def tone_graph(engine: Engine, hz: float = 1000.0, dbfs: float = -12.0) -> None:
+    await engine.add_source("tone", SourceSpec(kind="tone", tone_hz=hz, tone_dbfs=dbfs))
+    await engine.add_sink("main", SinkSpec(kind="opus"))
+    await engine.add_route("tone-main", RouteSpec("tone", "main"))
+
+
+async def connect(engine: Engine, peer, sink_id: str = "main", offer: str | None = None) -> int:
+    """Answer a peer's offer through the engine and wait until it is up."""
+    lid = engine.add_listener(sink_id, offer or await peer.create_offer())
+    answer = await next_event(engine, (AnswerReady, AnswerFailed),
+                              lambda e: e.listener_id == lid)
+    assert isinstance(answer, AnswerReady), answer
+    await peer.accept_answer(answer.sdp)
+    await peer.wait_connected(timeout=10)
+    return lid
+
+
+# ---- graph ----------------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_graph_changes_while_running(engine):
+    await tone_graph(engine, dbfs=-12.0)
+    assert abs(await levels_of(engine, "sink", "main") - -12.0) < 0.2
+
+    engine.update_route("tone-main", gain_db=-6.0)
+    assert abs(await levels_of(engine, "sink", "main") - -18.0) < 0.2
+
+    engine.update_route("tone-main", muted=True)
+    assert await levels_of(engine, "sink", "main") < -150
+
+    # A second source into the same sink mixes in; a second sink runs alongside.
+    engine.update_route("tone-main", muted=False, gain_db=0.0)
+    await engine.add_source("tone2", SourceSpec(kind="tone", tone_hz=1000.0, tone_dbfs=-12.0))
+    await engine.add_sink("other", SinkSpec(kind="opus", channels=1, frame_ms=20))
+    await engine.add_route("tone2-other", RouteSpec("tone2", "other"))
+    assert abs(await levels_of(engine, "sink", "other") - -12.0) < 0.2
+    engine.set_tone("tone2", 1000.0, -20.0)
+    assert abs(await levels_of(engine, "sink", "other") - -20.0) < 0.2
+
+    before = engine.sink_stats("main").frames_encoded
+    await engine.remove_route("tone-main")
+    assert await levels_of(engine, "sink", "main") < -150   # silence, still on time
+    assert engine.sink_stats("main").frames_encoded > before
+    assert engine.stats().routes == 1
+
+    with pytest.raises(EngineError) as err:
+        await engine.remove_source("tone2")
+    assert err.value.code == ErrorCode.BUSY
+    await engine.remove_route("tone2-other")
+    for source in ("tone", "tone2"):
+        await engine.remove_source(source)
+    for sink in ("main", "other"):
+        await engine.remove_sink(sink)
+    stats = engine.stats()
+    assert (stats.sources, stats.sinks, stats.routes, stats.listeners) == (0, 0, 0, 0)
+
+
+@pytest.mark.trio
+async def test_sink_encodes_in_real_time_without_listeners(engine):
+    await tone_graph(engine)
+    start = engine.sink_stats("main").frames_encoded
+    t0 = trio.current_time()
+    await trio.sleep(1.0)
+    frames = engine.sink_stats("main").frames_encoded - start
+    elapsed = trio.current_time() - t0
+    assert abs(frames - elapsed * 100) <= 3, frames
+
+
+# ---- WebRTC listeners ------------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_tone_reaches_a_real_webrtc_peer(engine):
+    await tone_graph(engine, hz=1000.0)
+    async with open_aiortc_listener() as peer:
+        lid = await connect(engine, peer)
+        samples = await peer.record(seconds=1.0)
+        assert abs(dominant_frequency(samples) - 1000.0) < 2.0
+        assert abs(rms_dbfs(samples) - -15.0) < 1.5   # -12 dBFS peak sine
+        stats = engine.listener_stats(lid)
+        assert stats.state.is_live and stats.packets_sent > 50
+        assert stats.last_rx_age_s is not None and stats.last_rx_age_s < 5
+        sink = engine.sink_stats("main")
+        assert sink.listeners == 1 and sink.send_latency_samples > 0
+        await engine.remove_listener(lid)
+    assert engine.stats().listeners == 0
+    assert engine.sink_stats("main").listeners == 0
+
+
+@pytest.mark.trio
+async def test_listeners_with_different_payload_types_share_one_encoder(engine):
+    """aiortc offers Opus as PT 96 and Chromium as 111: each listener gets its
+    own payloader after the one shared encoder, so both hear the stream."""
+    await tone_graph(engine, hz=880.0)
+    async with open_aiortc_listener() as a, open_aiortc_listener() as b:
+        offer_b = (await b.create_offer()).replace("96", "111")
+        lid_a = await connect(engine, a)
+        lid_b = await connect(engine, b, offer=offer_b)
+        for peer in (a, b):
+            samples = await peer.record(seconds=0.5)
+            assert abs(dominant_frequency(samples) - 880.0) < 3.0
+        # One encoder: frames encoded follow the clock, not the listener count.
+        frames = engine.sink_stats("main").frames_encoded
+        await trio.sleep(0.5)
+        assert engine.sink_stats("main").frames_encoded - frames <= 53
+        await engine.remove_listener(lid_a)
+        samples = await b.record(seconds=0.3)   # the other one carries on
+        assert abs(dominant_frequency(samples) - 880.0) < 5.0
+        await engine.remove_listener(lid_b)
+    assert engine.stats().listeners == 0
+
+
+@pytest.mark.trio
+async def test_listener_events_arrive_in_order(engine):
+    await tone_graph(engine)
+    async with open_aiortc_listener() as peer:
+        lid = engine.add_listener("main", await peer.create_offer())
+        seen = []
+        with trio.fail_after(10):
+            async for ev in engine.events:
+                if isinstance(ev, LevelsMeasured):
+                    continue
+                assert ev.listener_id == lid
+                seen.append(ev)
+                if isinstance(ev, AnswerReady):
+                    await peer.accept_answer(ev.sdp)
+                if isinstance(ev, ListenerStateChanged) and ev.state.is_live:
+                    break
+        answers = [i for i, ev in enumerate(seen) if isinstance(ev, AnswerReady)]
+        assert len(answers) == 1
+        states = [ev.state for ev in seen if isinstance(ev, ListenerStateChanged)]
+        assert states[0] == ListenerState.CHECKING and states[-1].is_live
+        assert all(not s.is_final for s in states)
+        assert not any(isinstance(ev, AnswerFailed) for ev in seen)
+        await engine.remove_listener(lid)
+
+
+@pytest.mark.trio
+async def test_remote_candidates_can_trickle(engine):
+    await tone_graph(engine)
+    async with open_aiortc_listener() as peer:
+        offer = await peer.create_offer(trickle=True)
+        assert "a=candidate" not in offer
+        lid = engine.add_listener("main", offer)
+        answer = await next_event(engine, AnswerReady, lambda e: e.listener_id == lid)
+        assert "a=candidate:" in answer.sdp and "a=end-of-candidates" in answer.sdp
+        for _mid, candidate in peer.candidates:
+            engine.add_listener_candidate(lid, 0, candidate)
+        engine.add_listener_candidate(lid, 0, "")   # end of candidates
+        await peer.accept_answer(answer.sdp)
+        await peer.wait_connected(timeout=10)
+        samples = await peer.record(seconds=0.3)
+        assert abs(dominant_frequency(samples) - 1000.0) < 5.0
+        await engine.remove_listener(lid)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("offer, reason", [
+    ("", "empty"),
+    ("hello world", "not SDP"),
+    ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "no audio"),
+    (synthetic_offer().replace("a=recvonly", "a=sendonly"), "sendonly"),
+    (synthetic_offer(payload_type=0, opus=False), "Opus"),
+    (synthetic_offer().replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"), "DTLS"),
+    ("\n".join(l for l in synthetic_offer().splitlines() if "ice-pwd" not in l), "ICE"),
+    ("v=0\r\n" + "a=" + "x" * 100000 + "\r\n", "no audio"),
+])
+async def test_bad_offers_are_refused_with_a_reason(engine, offer, reason):
+    await tone_graph(engine)
+    with pytest.raises(EngineError) as err:
+        engine.add_listener("main", offer)
+    assert err.value.code == ErrorCode.SDP
+    assert reason.lower() in err.value.message.lower()
+    assert engine.stats().listeners == 0
+
+
+@pytest.mark.trio
+async def test_bad_calls_raise_and_the_engine_carries_on(engine, tmp_path):
+    await tone_graph(engine)
+    cases = [
+        (lambda: engine.add_source("x", SourceSpec(kind="alsa", device="no-such-device")),
+         ErrorCode.DEVICE),
+        (lambda: engine.add_source("x", SourceSpec(kind="file", path=str(tmp_path / "missing.wav"))),
+         ErrorCode.FILE),
+        (lambda: engine.add_source("x", SourceSpec(kind="tone", channels=-1)), ErrorCode.INVALID),
+        (lambda: engine.add_source("x", SourceSpec(kind="tone", channels=9)), ErrorCode.INVALID),
+        (lambda: engine.add_source("x", SourceSpec(kind="tone", tone_hz=30000)), ErrorCode.INVALID),
+        (lambda: engine.add_source("x", SourceSpec(kind="laser")), ErrorCode.INVALID),
+        (lambda: engine.add_sink("x", SinkSpec(kind="opus", frame_ms=7)), ErrorCode.INVALID),
+        (lambda: engine.add_sink("x", SinkSpec(kind="opus", channels=6)), ErrorCode.INVALID),
+        (lambda: engine.add_sink("x", SinkSpec(kind="opus", bitrate=5)), ErrorCode.INVALID),
+        (lambda: engine.add_sink("x", SinkSpec(kind="alsa", device="no-such-device")), ErrorCode.DEVICE),
+        (lambda: engine.add_source("tone", SourceSpec(kind="tone")), ErrorCode.EXISTS),
+        (lambda: engine.add_route("r", RouteSpec("nope", "main")), ErrorCode.NOT_FOUND),
+        (lambda: engine.add_route("r", RouteSpec("tone", "main", gain_db=math.inf)), ErrorCode.INVALID),
+        (lambda: engine.add_route("r", RouteSpec("tone", "main", source_channel=3)), ErrorCode.INVALID),
+        (lambda: engine.remove_sink("nope"), ErrorCode.NOT_FOUND),
+    ]
+    for index, (call, code) in enumerate(cases):
+        with pytest.raises(EngineError) as err:
+            await call()
+            pytest.fail(f"case {index} did not raise")
+        assert err.value.code == code, (index, err.value, code)
+        assert err.value.message
+    wav = tmp_path / "44k.wav"
+    write_wav(wav, tone(440, 0.1), rate=44100)
+    with pytest.raises(EngineError, match="44100 Hz"):
+        await engine.add_source("x", SourceSpec(kind="file", path=str(wav)))
+    (tmp_path / "junk.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+    with pytest.raises(EngineError) as err:
+        await engine.add_source("x", SourceSpec(kind="file", path=str(tmp_path / "junk.wav")))
+    assert err.value.code == ErrorCode.FILE
+    with pytest.raises(EngineError) as err:
+        engine.add_listener_candidate(12345, 0, "candidate:1 1 udp 1 127.0.0.1 9 typ host")
+    assert err.value.code == ErrorCode.NOT_FOUND
+    lid = engine.add_listener("main", synthetic_offer())
+    with pytest.raises(EngineError) as err:
+        engine.add_listener_candidate(lid, 0, "not a candidate")
+    assert err.value.code == ErrorCode.INVALID
+    await engine.remove_listener(lid)
+    await engine.remove_listener(lid)  # twice is harmless: cleanup paths may overlap
+    with pytest.raises(EngineError) as err:
+        engine.add_listener("tone", synthetic_offer())
+    assert err.value.code == ErrorCode.NOT_FOUND
+    # Still working after all that.
+    assert abs(await levels_of(engine, "sink", "main") - -12.0) < 0.2
+    assert engine.stats().listeners == 0 and engine.stats().sources == 1
+
+
+@pytest.mark.trio
+async def test_listener_cap():
+    async with open_engine(EngineSettings(ice_addresses=("127.0.0.1",), max_listeners=2)) as e:
+        await tone_graph(e)
+        first = [e.add_listener("main", synthetic_offer()) for _ in range(2)]
+        with pytest.raises(EngineError) as err:
+            e.add_listener("main", synthetic_offer())
+        assert err.value.code == ErrorCode.LIMIT
+        await e.remove_listener(first[0])
+        e.add_listener("main", synthetic_offer())
+
+
+# ---- ALSA capture and playback ---------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_capture_from_a_clockless_alsa_pcm_runs_in_real_time(monkeypatch, tmp_path):
+    """A file-backed capture PCM returns data as fast as it is read; the
+    engine must pace it, and what it reads must be what is in the file."""
+    raw = tmp_path / "in.raw"
+    write_raw_s32(raw, tone(700, 20.0, dbfs=-6.0))
+    out = tmp_path / "out.wav"
+    use_asoundrc(monkeypatch, tmp_path / "asoundrc",
+                 f'pcm.filecap {{ type file slave.pcm "null" file "/dev/null" '
+                 f'infile "{raw}" format "raw" }}\n'
+                 f'pcm.rawout {{ type file slave.pcm "null" file "{out}" format "wav" }}\n'
+                 f'pcm.fileout {{ type plug slave {{ pcm "rawout" format S16_LE }} }}\n')
+    async with open_engine(LOOPBACK) as e:
+        await e.add_source("line", SourceSpec(kind="alsa", device="filecap", period_frames=64))
+        await e.add_sink("main", SinkSpec(kind="opus"))
+        await e.add_sink("speaker", SinkSpec(kind="alsa", device="fileout"))
+        await e.add_route("line-main", RouteSpec("line", "main"))
+        await e.add_route("line-speaker", RouteSpec("line", "speaker"))
+        assert abs(await levels_of(e, "source", "line") - -6.0) < 0.3
+        start = e.sink_stats("main").frames_encoded
+        t0 = trio.current_time()
+        await trio.sleep(1.0)
+        frames = e.sink_stats("main").frames_encoded - start
+        assert abs(frames - (trio.current_time() - t0) * 100) <= 5, frames
+        async with open_aiortc_listener() as peer:
+            lid = await connect(e, peer)
+            samples = await peer.record(seconds=0.5)
+            assert abs(dominant_frequency(samples) - 700.0) < 3.0
+            await e.remove_listener(lid)
+        await e.remove_route("line-speaker")
+        await e.remove_sink("speaker")
+    played, rate = read_wav(out)
+    assert rate == 48000 and len(played) > 48000
+    assert abs(dominant_frequency(played[4800:]) - 700.0) < 2.0
+
+
+@pytest.mark.trio
+async def test_file_source_plays(engine, tmp_path):
+    wav = tmp_path / "music.wav"
+    write_wav(wav, tone(523.25, 0.5, dbfs=-3.0))
+    await engine.add_source("music", SourceSpec(kind="file", path=str(wav)))
+    await engine.add_sink("main", SinkSpec(kind="opus"))
+    await engine.add_route("r", RouteSpec("music", "main"))
+    assert abs(await levels_of(engine, "source", "music") - -3.0) < 0.3
+    async with open_aiortc_listener() as peer:
+        lid = await connect(engine, peer)
+        samples = await peer.record(seconds=1.0)   # longer than the file: it loops
+        assert abs(dominant_frequency(samples) - 523.25) < 3.0
+        await engine.remove_listener(lid)
+
+
+@pytest.mark.trio
+async def test_device_loss_keeps_listeners_fed_and_recovers(monkeypatch, tmp_path):
+    pulse = PulseDaemon(tmp_path / "pulse", sine_hz=700)
+    pulse.start()
+    try:
+        use_asoundrc(monkeypatch, tmp_path / "asoundrc", pulse.asoundrc())
+        async with open_engine(LOOPBACK) as e:
+            await e.add_source("hat", SourceSpec(kind="alsa", device="hatin"))
+            await e.add_sink("main", SinkSpec(kind="opus"))
+            await e.add_route("r", RouteSpec("hat", "main"))
+            async with open_aiortc_listener() as peer:
+                lid = await connect(e, peer)
+                samples = await peer.record(seconds=0.5)
+                assert abs(dominant_frequency(samples) - 700.0) < 3.0
+
+                pulse.stop()  # the HAT is gone
+                lost = await next_event(e, DeviceLost, timeout=5)
+                assert (lost.kind, lost.entity_id) == ("source", "hat") and lost.reason
+                frames = e.sink_stats("main").frames_encoded
+                received = peer.packets_received
+                quiet = await peer.record(seconds=0.5)   # silence, on time
+                assert rms_dbfs(quiet[-RATE // 4:]) < -60   # (after what was in flight)
+                assert e.sink_stats("main").frames_encoded - frames >= 45
+                assert peer.packets_received - received >= 45
+                assert e.listener_stats(lid).state.is_live
+
+                pulse.start()  # and back
+                restored = await next_event(e, DeviceRestored, timeout=10)
+                assert restored.entity_id == "hat"
+                samples = await peer.record(seconds=0.5)
+                assert abs(dominant_frequency(samples) - 700.0) < 3.0
+                await e.remove_listener(lid)
+    finally:
+        pulse.stop()
+
+
+@pytest.mark.trio
+async def test_absent_device_is_retried_until_it_appears(monkeypatch, tmp_path):
+    pulse = PulseDaemon(tmp_path / "pulse", sine_hz=600)
+    use_asoundrc(monkeypatch, tmp_path / "asoundrc", pulse.asoundrc())
+    try:
+        async with open_engine(LOOPBACK) as e:
+            await e.add_source("hat", SourceSpec(kind="alsa", device="hatin", allow_absent=True))
+            await e.add_sink("main", SinkSpec(kind="opus"))
+            await e.add_route("r", RouteSpec("hat", "main"))
+            await next_event(e, DeviceLost)
+            pulse.start()
+            await next_event(e, DeviceRestored, timeout=10)
+            assert abs(await levels_of(e, "source", "hat") - -6.0) < 1.0
+    finally:
+        pulse.stop()
+
+
+# ---- events and shutdown -----------------------------------------------------------
+
+
+@pytest.mark.trio
+async def test_close_during_an_event_storm_leaves_nothing_behind():
+    """Level events every millisecond from many entities, a consumer that
+    never reads, listeners being added: closing must not deadlock."""
+    threads_before = process_threads()
+    settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=1, event_buffer=4)
+    with trio.fail_after(20):
+        async with open_engine(settings) as e:
+            for i in range(12):
+                await e.add_source(f"s{i}", SourceSpec(kind="tone", tone_hz=200 + 50 * i))
+                await e.add_sink(f"k{i}", SinkSpec(kind="opus"))
+                await e.add_route(f"r{i}", RouteSpec(f"s{i}", f"k{i}"))
+            with trio.move_on_after(0.3):   # a flood, read as fast as it comes
+                async for _ in e.events:
+                    pass
+            stats = e.stats()
+            assert stats.events_posted + stats.events_coalesced > 500
+            # Now nobody reads: the channel fills and the event thread waits.
+            for i in range(12):
+                e.add_listener(f"k{i}", synthetic_offer())   # their events pile up too
+            await trio.sleep(0.2)
+    assert live_engine_threads() == 0
+    await wait_for_threads(threads_before)
+
+
+@pytest.mark.trio
+async def test_close_with_lifecycle_events_waiting_for_room():
+    """A full channel makes the event thread wait (lifecycle events are never
+    dropped); closing must release it rather than wait for a reader."""
+    settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1, event_buffer=1)
+    with trio.fail_after(20):
+        async with open_engine(settings) as e:
+            await tone_graph(e)
+            for _ in range(5):
+                e.add_listener("main", synthetic_offer())
+            with trio.fail_after(5):
+                while e.stats().events_posted < 5:   # answers were posted
+                    await trio.sleep(0.01)
+    assert live_engine_threads() == 0
+
+
+@pytest.mark.trio
+async def test_lifecycle_events_are_never_dropped():
+    settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1, event_buffer=1)
+    async with open_engine(settings) as e:
+        await tone_graph(e)
+        ids = [e.add_listener("main", synthetic_offer()) for _ in range(8)]
+        answered = set()
+        with trio.fail_after(10):
+            async for ev in e.events:
+                if isinstance(ev, AnswerReady):
+                    answered.add(ev.listener_id)
+                    if answered == set(ids):
+                        break
+        for lid in ids:
+            await e.remove_listener(lid)
+        assert e.stats().listeners == 0
+
+
+@pytest.mark.trio
+async def test_no_event_for_a_listener_after_it_is_removed(engine):
+    await tone_graph(engine)
+    ids = [engine.add_listener("main", synthetic_offer()) for _ in range(10)]
+    for lid in ids:
+        await engine.remove_listener(lid)
+    # What was delivered before the removals may still sit in the channel
+    # (consumers ignore ids they no longer track); nothing may come after.
+    while True:
+        try:
+            engine.events.receive_nowait()
+        except trio.WouldBlock:
+            break
+    with trio.move_on_after(1.0):
+        async for ev in engine.events:
+            assert not isinstance(ev, (AnswerReady, AnswerFailed, CandidateGathered,
+                                       ListenerStateChanged)), ev
+
+
+def test_callbacks_after_the_trio_run_ended_are_swallowed():
+    """An engine left open past the end of its trio run keeps posting level
+    events; they must be dropped quietly and the engine must still close."""
+    from appliance._native import lib
+
+    async def start():
+        e = Engine(EngineSettings(level_interval_ms=5))
+        e._create()
+        await e.add_source("tone", SourceSpec(kind="tone"))
+        await e.add_sink("main", SinkSpec(kind="opus"))
+        await e.add_route("r", RouteSpec("tone", "main"))
+        return e
+
+    e = trio.run(start)
+    time.sleep(0.2)                           # events arrive with no run to take them
+    assert lib.ae_engine_destroy(e._handle) == 0
+    assert live_engine_threads() == 0
+
+
+async def wait_for_threads(baseline: int, timeout: float = 10.0) -> None:
+    """GStreamer's own worker threads wind down shortly after the engine
+    closes: wait for the process to come back to where it started."""
+    with trio.fail_after(timeout):
+        while process_threads() > baseline:
+            await trio.sleep(0.05)
+
+
+@pytest.mark.trio
+async def test_no_threads_or_listeners_left_after_many_listeners():
+    baseline = process_threads()
+    async with open_engine(LOOPBACK) as e:
+        await tone_graph(e)
+        async with open_aiortc_listener() as peer:
+            lid = await connect(e, peer)
+            await peer.record(seconds=0.2)
+            ids = [e.add_listener("main", synthetic_offer()) for _ in range(20)]
+            await e.remove_listener(lid)
+        for lid in ids:
+            await e.remove_listener(lid)
+        assert e.stats().listeners == 0
+    assert live_engine_threads() == 0
+    await wait_for_threads(baseline)
