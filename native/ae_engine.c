@@ -68,7 +68,8 @@ static _Atomic int live_threads;
 
 int ae_live_threads(void) { return atomic_load(&live_threads); }
 
-int ae_thread_start(pthread_t *thread, void *(*fn)(void *), void *arg, int rt_priority)
+int ae_thread_start(pthread_t *thread, const char *name, void *(*fn)(void *), void *arg,
+                    int rt_priority)
 {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -81,6 +82,7 @@ int ae_thread_start(pthread_t *thread, void *(*fn)(void *), void *arg, int rt_pr
         atomic_fetch_sub(&live_threads, 1);
         return ae_fail(AE_ERR_NOMEM, "cannot start a thread: %s", strerror(rc));
     }
+    pthread_setname_np(*thread, name);
     if (rt_priority > 0) {
         struct sched_param sp = {.sched_priority = rt_priority};
         /* Without the privilege this fails; the thread then runs at normal
@@ -515,10 +517,10 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
         engine_free(e);
         return ae_fail(AE_ERR_NOMEM, "cannot start the media thread");
     }
-    int rc = ae_thread_start(&e->event_thread, event_main, e, 0);
+    int rc = ae_thread_start(&e->event_thread, "ae-events", event_main, e, 0);
     if (rc == AE_OK) {
         e->event_started = true;
-        rc = ae_thread_start(&e->mixer_thread, ae_mixer_main, e, cfg.realtime_priority);
+        rc = ae_thread_start(&e->mixer_thread, "ae-mixer", ae_mixer_main, e, cfg.realtime_priority);
         if (rc == AE_OK) e->mixer_started = true;
     }
     if (rc != AE_OK) {

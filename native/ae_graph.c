@@ -433,7 +433,7 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
     ae_levels_init(&s->levels, s->channels);
     link_source(e, s);
     if (s->kind == AE_SOURCE_ALSA) {
-        rc = ae_thread_start(&s->thread, capture_main, s, e->cfg.realtime_priority);
+        rc = ae_thread_start(&s->thread, "ae-capture", capture_main, s, e->cfg.realtime_priority);
         if (rc != AE_OK) {
             s->thread_started = false;
             ae_source_destroy(s);
@@ -597,7 +597,7 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
     e->nsinks++;
     pthread_mutex_unlock(&e->graph_lock);
     if (k->kind == AE_SINK_ALSA) {
-        rc = ae_thread_start(&k->thread, playback_main, k, e->cfg.realtime_priority);
+        rc = ae_thread_start(&k->thread, "ae-playback", playback_main, k, e->cfg.realtime_priority);
         if (rc != AE_OK) {
             ae_sink_destroy(k);
             return rc;

@@ -38,7 +38,8 @@ int64_t ae_now_us(void);                 /* CLOCK_MONOTONIC */
 void ae_sleep_until_us(int64_t t_us);
 
 /* ---- threads ---- */
-int ae_thread_start(pthread_t *thread, void *(*fn)(void *), void *arg, int rt_priority);
+int ae_thread_start(pthread_t *thread, const char *name, void *(*fn)(void *), void *arg,
+                    int rt_priority);
 void ae_thread_exiting(void);            /* call as a thread's last act */
 
 /* ---- levels ---- */

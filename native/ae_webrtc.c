@@ -1,7 +1,7 @@
 /* ae_webrtc.c: an Opus sink's fan-out to WebRTC listeners.
  *
- *   mixer --Opus packets--> appsrc --> tee --> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
- *                                          \-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
+ *   mixer --Opus--> appsrc --> tee --> queue --> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
+ *                                   \-> queue --> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
  *
  * Opus is encoded once per sink (in the mixer); each listener only adds a
  * payloader (its own, since browsers pick different payload types) and a
@@ -30,7 +30,7 @@ struct ae_listener {
     atomic_bool closing;
     char *offer;
     int pt;
-    GstElement *pay, *webrtc;
+    GstElement *queue, *pay, *webrtc;
     GstPad *tee_pad;
     GSource *gather_timeout;
     /* negotiation progress, glib thread only */
@@ -560,7 +560,7 @@ static void link_to_tee(ae_listener *l)
     /* Elements are PLAYING already; link the tee last, so a new branch can
      * never stall the ones that are running. */
     l->tee_pad = gst_element_request_pad_simple(l->sink->tee, "src_%u");
-    GstPad *sinkpad = gst_element_get_static_pad(l->pay, "sink");
+    GstPad *sinkpad = gst_element_get_static_pad(l->queue, "sink");
     if (gst_pad_link(l->tee_pad, sinkpad) != GST_PAD_LINK_OK)
         answer_failed(l, AE_ERR_MEDIA, "cannot link the listener to its sink");
     gst_object_unref(sinkpad);
@@ -629,16 +629,24 @@ static void configure_ice(ae_listener *l)
 static int start_listener(ae_listener *l)
 {
     ae_engine *e = l->engine;
+    l->queue = gst_element_factory_make("queue", NULL);
     l->pay = gst_element_factory_make("rtpopuspay", NULL);
     l->webrtc = gst_element_factory_make("webrtcbin", NULL);
-    if (!l->pay || !l->webrtc) {
+    if (!l->queue || !l->pay || !l->webrtc) {
+        if (l->queue) gst_object_unref(l->queue);
         if (l->pay) gst_object_unref(l->pay);
         if (l->webrtc) gst_object_unref(l->webrtc);
-        l->pay = l->webrtc = NULL;
-        return ae_fail(AE_ERR_MEDIA, "cannot create rtpopuspay/webrtcbin");
+        l->queue = l->pay = l->webrtc = NULL;
+        return ae_fail(AE_ERR_MEDIA, "cannot create queue/rtpopuspay/webrtcbin");
     }
+    gst_object_ref_sink(l->queue);
     gst_object_ref_sink(l->pay);
     gst_object_ref_sink(l->webrtc);
+    /* webrtcbin holds media back until DTLS is up, and a peer can stall:
+     * a small leaky queue keeps one listener from ever stalling the tee,
+     * and so every other listener. */
+    g_object_set(l->queue, "leaky", 2 /* downstream */, "max-size-buffers", 8u,
+                 "max-size-bytes", 0u, "max-size-time", (guint64)0, "silent", TRUE, NULL);
     g_object_set(l->pay, "pt", (guint)l->pt, NULL);
     g_object_set(l->webrtc, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, NULL);
     if (e->stun_server) g_object_set(l->webrtc, "stun-server", e->stun_server, NULL);
@@ -663,7 +671,9 @@ static int start_listener(ae_listener *l)
     gst_pad_add_probe(payout, GST_PAD_PROBE_TYPE_BUFFER, on_pay_out, listener_ref(l),
                       listener_unref);
 
-    gst_bin_add_many(GST_BIN(l->sink->pipeline), l->pay, l->webrtc, NULL);
+    gst_bin_add_many(GST_BIN(l->sink->pipeline), l->queue, l->pay, l->webrtc, NULL);
+    if (!gst_element_link(l->queue, l->pay))
+        return ae_fail(AE_ERR_MEDIA, "cannot link queue to payloader");
     /* A send-only transceiver that offers exactly the client's Opus payload
      * type, stereo: browsers downmix unless the answer says stereo=1. */
     GstPad *wsink = gst_element_request_pad_simple(l->webrtc, "sink_%u");
@@ -686,6 +696,7 @@ static int start_listener(ae_listener *l)
     gst_object_unref(payout);
     gst_object_unref(wsink);
     if (lr != GST_PAD_LINK_OK) return ae_fail(AE_ERR_MEDIA, "cannot link payloader to webrtcbin");
+    gst_element_sync_state_with_parent(l->queue);
     gst_element_sync_state_with_parent(l->pay);
     gst_element_sync_state_with_parent(l->webrtc);
 
@@ -860,6 +871,7 @@ static int detach_listener(void *data)
         gst_bin_remove(GST_BIN(l->sink->pipeline), l->webrtc);
     }
     if (l->pay) gst_bin_remove(GST_BIN(l->sink->pipeline), l->pay);
+    if (l->queue) gst_bin_remove(GST_BIN(l->sink->pipeline), l->queue);
     return AE_OK;
 }
 
@@ -883,9 +895,11 @@ int ae_listener_destroy(ae_listener *l)
     if (rc == AE_OK) {
         if (l->webrtc) gst_element_set_state(l->webrtc, GST_STATE_NULL);
         if (l->pay) gst_element_set_state(l->pay, GST_STATE_NULL);
+        if (l->queue) gst_element_set_state(l->queue, GST_STATE_NULL);
         if (l->webrtc) gst_object_unref(l->webrtc);
         if (l->pay) gst_object_unref(l->pay);
-        l->webrtc = l->pay = NULL;
+        if (l->queue) gst_object_unref(l->queue);
+        l->webrtc = l->pay = l->queue = NULL;
     }
     atomic_fetch_sub(&l->sink->listeners, 1);
     atomic_fetch_sub(&e->nlisteners, 1);
