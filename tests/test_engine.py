@@ -38,7 +38,7 @@ def process_threads() -> int:
     for tid in os.listdir("/proc/self/task"):
         try:
             name = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue   # it just ended
         count += not name.startswith("Trio thread")
     return count

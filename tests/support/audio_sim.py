@@ -82,6 +82,7 @@ class PulseDaemon:
             self.socket.unlink()
         env = dict(os.environ, HOME=str(self.dir), XDG_RUNTIME_DIR=str(self.dir),
                    XDG_CONFIG_HOME=str(self.dir / "config"))
+        env.pop("LD_PRELOAD", None)  # a sanitizer runtime is for our engine, not the daemon
         self.proc = subprocess.Popen(
             ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n",
              "--use-pid-file=no", "--system=no", "--log-target=stderr", "--log-level=0",
