@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..config import Config
 from ..service import Service, ServiceError, open_service
-from . import admin, auth, events, whep
+from . import admin, auth, events, mixer, ui, whep
 from .common import plain
 
 __all__ = ["create_app", "BLUEPRINTS", "plain"]
@@ -38,6 +38,8 @@ BLUEPRINTS: list[Callable[[], Blueprint] | Blueprint] = [
     whep.blueprint,
     admin.blueprint,
     events.blueprint,
+    mixer.blueprint,
+    ui.blueprint,
 ]
 
 

@@ -1,0 +1,272 @@
+// The admin page: status, sources/sinks/routes (gain, mute), the HAT's
+// mixer, live meters and a share link with a QR code for each channel.
+import { Meter, api, el, openEvents, plural, token } from "./common.js";
+import { qrSvg } from "./qr.js";
+
+const $ = (id) => document.getElementById(id);
+const errorBox = $("error");
+const meters = { sources: new Map(), sinks: new Map() };
+let status = null;
+let statusAt = 0;
+let sinks = [];
+let sources = [];
+
+function showError(err) {
+  errorBox.textContent = err ? (err.message || String(err)) : "";
+  if (err) setTimeout(() => { if (errorBox.textContent === (err.message || String(err))) errorBox.textContent = ""; }, 6000);
+}
+
+function meterFor(kind, id, label) {
+  let m = meters[kind].get(id);
+  if (!m) { m = new Meter(label); meters[kind].set(id, m); }
+  return m;
+}
+
+// ---- token -----------------------------------------------------------------
+const tokenInput = $("token");
+tokenInput.value = token.get();
+function tokenState() { $("token-state").textContent = token.get() ? "token saved in this browser" : ""; }
+tokenState();
+$("token-save").addEventListener("click", () => {
+  token.set(tokenInput.value.trim());
+  tokenState();
+  events.reconnect();
+  refreshAll();
+});
+
+// ---- status ------------------------------------------------------------------
+function fmtUptime(s) {
+  s = Math.floor(s);
+  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  if (d) return `${d} d ${h} h`;
+  if (h) return `${h} h ${m} min`;
+  if (m) return `${m} min ${s % 60} s`;
+  return `${s} s`;
+}
+
+function renderStatus() {
+  if (!status) return;
+  const uptime = status.uptime_s + (performance.now() - statusAt) / 1000;
+  const lost = (status.devices || []).filter((d) => d.state === "lost");
+  const facts = [
+    ["Name", status.name], ["Version", status.version], ["Uptime", fmtUptime(uptime)],
+    ["Listeners", `${status.listeners.total} / ${status.max_listeners}`],
+    ["Xruns", String(status.xruns.total)],
+    ["Devices", lost.length ? `${lost.length} lost` : "all ok"],
+  ];
+  $("facts").replaceChildren(...facts.map(([k, v]) => el("div", { class: "fact", "data-fact": k.toLowerCase() },
+    el("div", { class: "k", text: k }), el("div", { class: "v", text: v }))));
+  $("devices").replaceChildren(...(status.devices || []).map((d) =>
+    el("div", { class: d.state === "lost" ? "error" : "", text: `${d.kind} ${d.id}: ${d.state}${d.reason ? ` — ${d.reason}` : ""}` })));
+}
+
+async function refreshStatus() {
+  try {
+    status = await api("/api/status");
+    statusAt = performance.now();
+    renderStatus();
+  } catch (err) { showError(err); }
+}
+setInterval(renderStatus, 1000);
+
+// ---- sources, sinks, routes ---------------------------------------------------
+function deviceTag(entity) {
+  const st = entity.device_state || { state: "ok" };
+  const parts = [];
+  if (entity.kind === "alsa") parts.push(entity.device);
+  if (entity.kind === "tone") parts.push(`${entity.tone_hz} Hz tone`);
+  if (entity.kind === "clicks") parts.push(`clicks every ${entity.click_interval_ms} ms`);
+  if (entity.kind === "opus") parts.push(`Opus ${Math.round(entity.bitrate / 1000)} kb/s, ${entity.frame_ms} ms`);
+  parts.push(st.state === "ok" ? "ok" : `lost: ${st.reason || ""}`);
+  if (entity.xruns) parts.push(plural(entity.xruns, "xrun", "xruns"));
+  return el("span", { class: `tag ${st.state === "ok" ? "ok" : "lost"}`, text: parts.join(" · ") });
+}
+
+function renderSources() {
+  $("sources").replaceChildren(...sources.map((s) => el("div", { class: "item", "data-source": s.id },
+    el("div", { class: "title" }, el("strong", { text: s.name }), el("span", { class: "id", text: s.id }), deviceTag(s)),
+    meterFor("sources", s.id, s.name).node)));
+  fillSelect($("route-source"), sources);
+}
+
+function renderSinks() {
+  $("sinks").replaceChildren(...sinks.map((s) => el("div", { class: "item", "data-sink": s.id },
+    el("div", { class: "title" }, el("strong", { text: s.name }), el("span", { class: "id", text: s.id }),
+      el("span", { class: "id", "data-listeners": s.id, text: s.kind === "opus" ? plural(s.listeners || 0, "listener", "listeners") : "HAT output" }),
+      deviceTag(s)),
+    meterFor("sinks", s.id, s.name).node)));
+  fillSelect($("route-sink"), sinks);
+  fillSelect($("share-sink"), sinks.filter((s) => s.kind === "opus"));
+  renderShare();
+}
+
+function fillSelect(select, list) {
+  const keep = select.value;
+  select.replaceChildren(...list.map((e) => el("option", { value: e.id, text: e.name })));
+  if (list.some((e) => e.id === keep)) select.value = keep;
+}
+
+function debounce(fn, ms) {
+  let t = null;
+  return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
+}
+
+function routeItem(r) {
+  const src = sources.find((s) => s.id === r.source_id);
+  const dst = sinks.find((s) => s.id === r.sink_id);
+  const number = el("input", { type: "number", min: "-60", max: "24", step: "0.5", value: String(r.gain_db), "aria-label": `${r.name} gain in dB`, "data-gain": r.id });
+  const slider = el("input", { type: "range", min: "-60", max: "24", step: "0.5", value: String(r.gain_db), "aria-label": `${r.name} gain` });
+  const mute = el("input", { type: "checkbox", checked: r.muted, "data-mute": r.id });
+  const send = debounce(async (changes) => {
+    try {
+      const updated = await api(`/api/routes/${encodeURIComponent(r.id)}`, { method: "PATCH", json: changes });
+      Object.assign(r, updated);
+    } catch (err) { showError(err); }
+  }, 120);
+  slider.addEventListener("input", () => { number.value = slider.value; send({ gain_db: Number(slider.value) }); });
+  number.addEventListener("change", () => {
+    const v = Number(number.value);
+    if (!Number.isFinite(v)) return;
+    slider.value = String(v);
+    send({ gain_db: v });
+  });
+  mute.addEventListener("change", () => send({ muted: mute.checked }));
+  const remove = el("button", { class: "small danger", type: "button", text: "Remove", onclick: async () => {
+    if (!confirm(`Remove the route ${r.name}?`)) return;
+    try { await api(`/api/routes/${encodeURIComponent(r.id)}`, { method: "DELETE" }); await refreshGraph(); } catch (err) { showError(err); }
+  } });
+  return el("div", { class: "item", "data-route": r.id },
+    el("div", { class: "title" }, el("strong", { text: `${src ? src.name : r.source_id} → ${dst ? dst.name : r.sink_id}` }),
+      el("span", { class: "id", text: r.id + (r.source_channel ? ` · input channel ${r.source_channel}` : "") })),
+    el("div", { class: "row" }, el("label", { text: "Gain" }), slider, number, el("span", { class: "hint", text: "dB" }),
+      el("label", { class: "toggle" }, mute, "Mute"), remove));
+}
+
+async function refreshGraph() {
+  try {
+    [sources, sinks] = await Promise.all([api("/api/sources"), api("/api/sinks")]);
+    const routes = await api("/api/routes");
+    renderSources();
+    renderSinks();
+    $("routes").replaceChildren(...(routes.length ? routes.map(routeItem) : [el("p", { class: "hint", text: "No routes." })]));
+  } catch (err) { showError(err); }
+}
+
+$("route-add").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const source_id = $("route-source").value, sink_id = $("route-sink").value;
+  if (!source_id || !sink_id) return;
+  let id = `${source_id}-${sink_id}`;
+  try {
+    await api("/api/routes", { method: "POST", json: { id, source_id, sink_id } });
+    await refreshGraph();
+  } catch (err) { showError(err); }
+});
+
+// ---- share link and QR code -------------------------------------------------------
+function renderShare() {
+  const id = $("share-sink").value;
+  $("share-token-label").hidden = !token.get();
+  if (!id) { $("share-link").textContent = "No channel to share."; $("share-qr").replaceChildren(); return; }
+  let link = `${location.origin}/listen/${encodeURIComponent(id)}`;
+  if (token.get() && $("share-token").checked) link += `?token=${encodeURIComponent(token.get())}`;
+  $("share-link").textContent = link;
+  $("share-open").href = link;
+  $("share-qr").innerHTML = qrSvg(link);
+  $("share-qr").dataset.link = link;
+}
+$("share-sink").addEventListener("change", renderShare);
+$("share-token").addEventListener("change", renderShare);
+$("share-copy").addEventListener("click", async () => {
+  const text = $("share-link").textContent;
+  try {
+    await navigator.clipboard.writeText(text); // needs a secure context
+  } catch {
+    const area = el("textarea", { value: text });
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  $("share-copy").textContent = "Copied";
+  setTimeout(() => { $("share-copy").textContent = "Copy link"; }, 1500);
+});
+
+// ---- mixer ------------------------------------------------------------------------
+function mixerControl(c) {
+  const key = c.index ? `${c.name},${c.index}` : c.name;
+  const send = debounce(async (changes) => {
+    try { await api(`/api/mixer/controls/${encodeURIComponent(key)}`, { method: "PATCH", json: changes }); } catch (err) { showError(err); refreshMixer(); }
+  }, 120);
+  const rows = [];
+  const volumeRow = (label, values, field) => {
+    const v = Math.round(values.reduce((a, b) => a + b, 0) / values.length);
+    const out = el("span", { class: "db", text: `${v}%` });
+    const slider = el("input", { type: "range", min: "0", max: "100", step: "1", value: String(v), "aria-label": `${c.name} ${label}`, "data-mixer": `${key}:${field}` });
+    slider.addEventListener("input", () => { out.textContent = `${slider.value}%`; send({ [field]: Number(slider.value) }); });
+    rows.push(el("div", { class: "row" }, el("label", { text: label }), slider, out));
+  };
+  const switchRow = (label, values, field, invert = false) => {
+    const box = el("input", { type: "checkbox", checked: invert ? !values[0] : values[0], "data-mixer": `${key}:${field}` });
+    box.addEventListener("change", () => send({ [field]: invert ? !box.checked : box.checked }));
+    rows.push(el("label", { class: "toggle" }, box, label));
+  };
+  if (c.playback?.volume) volumeRow("Volume", c.playback.volume, "playback_volume");
+  if (c.playback?.mute) switchRow("On", c.playback.mute, "playback_mute", true);
+  if (c.capture?.volume) volumeRow("Capture gain", c.capture.volume, "capture_volume");
+  if (c.capture?.switch) switchRow("Capture on", c.capture.switch, "capture_switch");
+  if (c.enum) {
+    const select = el("select", { "aria-label": c.name, "data-mixer": `${key}:enum` },
+      ...c.enum.options.map((o) => el("option", { value: o, text: o })));
+    select.value = c.enum.value;
+    select.addEventListener("change", () => send({ enum: select.value }));
+    rows.push(el("div", { class: "row" }, el("label", { text: "Input" }), select));
+  }
+  return el("div", { class: "item", "data-control": key }, el("div", { class: "title" }, el("strong", { text: c.name })), ...rows);
+}
+
+async function refreshMixer() {
+  try {
+    const m = await api("/api/mixer");
+    $("mixer-device").value = m.device;
+    $("mixer").replaceChildren(...(m.available
+      ? (m.controls.length ? m.controls.map(mixerControl) : [el("p", { class: "hint", text: "This device has no controls." })])
+      : [el("p", { class: "hint", text: `No mixer: ${m.error}` })]));
+  } catch (err) { showError(err); }
+}
+$("mixer-device-set").addEventListener("click", async () => {
+  try {
+    await api("/api/mixer", { method: "PATCH", json: { device: $("mixer-device").value.trim() } });
+    await refreshMixer();
+  } catch (err) { showError(err); }
+});
+
+// ---- live events ----------------------------------------------------------------
+const live = $("live");
+const events = openEvents({
+  levels: (data) => {
+    for (const kind of ["sources", "sinks"]) {
+      for (const [id, level] of Object.entries(data[kind] || {})) meterFor(kind, id, id).update(level);
+    }
+  },
+  listeners: (data) => {
+    for (const [id, n] of Object.entries(data.sinks || {})) {
+      const node = document.querySelector(`[data-listeners="${CSS.escape(id)}"]`);
+      if (node) node.textContent = plural(n, "listener", "listeners");
+      const sink = sinks.find((s) => s.id === id);
+      if (sink) sink.listeners = n;
+    }
+    if (status) { status.listeners = data; renderStatus(); }
+  },
+  device: () => { refreshStatus(); refreshGraph(); },
+  xrun: (data) => {
+    if (status) { status.xruns.total += 1; renderStatus(); }
+    const list = data.kind === "source" ? sources : sinks;
+    const e = list.find((x) => x.id === data.id);
+    if (e) e.xruns = data.total;
+  },
+}, (on) => { live.className = "dot " + (on ? "live" : "down"); });
+
+function refreshAll() { refreshStatus(); refreshGraph(); refreshMixer(); }
+refreshAll();
+setInterval(refreshStatus, 10000);

@@ -1,0 +1,121 @@
+"""The HAT's ALSA mixer over HTTP: ``/api/mixer``.
+
+    GET   /api/mixer                    {"device", "available", "error", "controls": [...]}
+    PATCH /api/mixer                    {"device": "hw:CARD=..."}: use another ctl device
+    PATCH /api/mixer/controls/{name}    {"playback_volume": 80, "capture_switch": true, ...}
+
+Every change is persisted (store section "mixer": the device and a snapshot
+of every control) and restored when the app starts, so the HAT comes back
+with the levels it had before a power cut. See appliance/mixer.py for the
+shape of a control.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify
+
+from .. import mixer
+from ..service import BadRequestError, NotFoundError
+from .common import read_json, service
+
+__all__ = ["blueprint", "SECTION", "DEFAULT_DEVICE"]
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("mixer", __name__, url_prefix="/api")
+
+SECTION = "mixer"
+DEFAULT_DEVICE = "default"
+_lock = trio.Lock()  # one mixer conversation at a time
+
+
+def _saved() -> dict[str, Any]:
+    saved = service().store.section(SECTION) or {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def _device() -> str:
+    device = _saved().get("device")
+    return device if isinstance(device, str) and device else DEFAULT_DEVICE
+
+
+async def _persist(device: str) -> list[dict[str, Any]]:
+    controls = await trio.to_thread.run_sync(mixer.list_controls, device)
+    await service().store.save_section(SECTION, {"device": device,
+                                                 "controls": mixer.snapshot(controls)})
+    return controls
+
+
+@blueprint.before_app_serving
+async def restore_mixer() -> None:
+    """Put back the persisted mixer settings (best effort: no card, no harm)."""
+    svc = current_app.service
+    if svc is None:
+        return
+    saved = svc.store.section(SECTION) or {}
+    if not isinstance(saved, dict) or not isinstance(saved.get("controls"), dict):
+        return
+    device = saved.get("device") or DEFAULT_DEVICE
+    try:
+        problems = await trio.to_thread.run_sync(mixer.restore, device, saved["controls"])
+    except Exception as error:  # never keep the appliance from starting
+        log.error("mixer settings not restored: %s", error)
+        return
+    for problem in problems:
+        log.warning("mixer restore: %s", problem)
+
+
+@blueprint.route("/mixer", methods=["GET"])
+async def get_mixer() -> Response:
+    device = _device()
+    async with _lock:
+        try:
+            controls = await trio.to_thread.run_sync(mixer.list_controls, device)
+        except mixer.MixerError as error:
+            return jsonify({"device": device, "available": False, "error": str(error),
+                            "controls": []})
+    return jsonify({"device": device, "available": True, "error": None, "controls": controls})
+
+
+@blueprint.route("/mixer", methods=["PATCH"])
+async def set_device() -> Response:
+    body = await read_json()
+    if not isinstance(body, dict) or set(body) != {"device"} or not isinstance(body["device"], str) \
+            or not body["device"].strip():
+        raise BadRequestError('the body must be {"device": "<ALSA ctl name>"}')
+    device = body["device"].strip()
+    async with _lock:
+        try:
+            controls = await _persist(device)
+        except mixer.MixerError as error:
+            raise BadRequestError(str(error)) from None
+    return jsonify({"device": device, "available": True, "error": None, "controls": controls})
+
+
+@blueprint.route("/mixer/controls/<name>", methods=["PATCH"])
+async def set_control(name: str) -> Response:
+    body = await read_json()
+    if not isinstance(body, dict) or not body:
+        raise BadRequestError("the body must be a JSON object of changes")
+    control_name, _, index_text = name.partition(",")
+    try:
+        index = int(index_text or 0)
+    except ValueError:
+        raise BadRequestError(f"bad control {name!r}") from None
+    device = _device()
+    async with _lock:
+        try:
+            known = await trio.to_thread.run_sync(mixer.list_controls, device)
+        except mixer.MixerError as error:
+            raise NotFoundError(str(error)) from None
+        if not any(c["name"] == control_name and c["index"] == index for c in known):
+            raise NotFoundError(f"no mixer control {name!r}")
+        try:
+            control = await trio.to_thread.run_sync(
+                mixer.write_control, device, control_name, body, index)
+        except mixer.MixerError as error:
+            raise BadRequestError(str(error)) from None
+        await _persist(device)
+    return jsonify(control)
