@@ -1,0 +1,89 @@
+"""End-to-end tests in Debian's headless Chromium against the real app (real
+hypercorn on an ephemeral loopback port, the real engine with loopback-only
+ICE; the server fixtures of tests/web are reused).
+
+Chromium is driven by the ``playwright`` Python package with
+``executable_path=/usr/bin/chromium`` (never a browser download). Its sync API
+runs in one dedicated thread (``Browser.call``), so the trio tests keep their
+event loop free for the server they talk to.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import trio
+
+CHROMIUM = os.environ.get("APPLIANCE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+DESKTOP = {"width": 1280, "height": 860}
+PHONE = {"width": 390, "height": 844}
+
+
+class Browser:
+    """Headless Chromium owned by one worker thread; ``await call(fn, ...)``
+    runs ``fn(browser, ...)`` there."""
+
+    def __init__(self, user_data_dir: Path):
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chromium")
+        self._pool.submit(self._start, user_data_dir).result(timeout=60)
+
+    def _start(self, user_data_dir: Path) -> None:
+        from playwright.sync_api import sync_playwright
+        self._pw = sync_playwright().start()
+        # a persistent context with our own fresh profile directory
+        self.context = self._pw.chromium.launch_persistent_context(
+            str(user_data_dir), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport=DESKTOP, ignore_default_args=["--mute-audio"])
+
+    def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._pool.submit(fn, self, *args).result()
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        future = self._pool.submit(fn, self, *args)
+        return await trio.to_thread.run_sync(future.result)
+
+    def new_page(self, size: dict[str, int] = DESKTOP,
+                 on_dialog: Callable[[Any], None] | None = None) -> Any:
+        page = self.context.new_page()
+        page.set_viewport_size(size)
+        page.on("dialog", on_dialog or (lambda dialog: dialog.accept()))
+        return page
+
+    def close(self) -> None:
+        def stop() -> None:
+            self.context.close()
+            self._pw.stop()
+        try:
+            self._pool.submit(stop).result(timeout=30)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
+    pytest.importorskip("playwright.sync_api")
+    b = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def node_available() -> bool:
+    return shutil.which("node") is not None
+
+
+# The real server of tests/web (hypercorn + app + engine, loopback ICE).
+from tests.web.conftest import server  # noqa: E402,F401  (a fixture)

@@ -1,0 +1,110 @@
+"""The HAT mixer (pyalsaaudio) against a private PulseAudio daemon: the admin
+page shows and sets its controls, the settings persist and come back at
+start."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import alsaaudio
+import pytest
+import trio
+
+from tests.e2e.conftest import Browser
+from tests.support.audio_sim import PulseDaemon, use_asoundrc
+from tests.web.conftest import make_config, open_server
+
+pytestmark = pytest.mark.trio
+
+
+@pytest.fixture
+def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    if shutil.which("pulseaudio") is None:
+        pytest.skip("pulseaudio is not installed (make test installs it)")
+    daemon = PulseDaemon(tmp_path / "pulse")
+    daemon.start()
+    # the "HAT": the ALSA default control device is the daemon's mixer
+    use_asoundrc(monkeypatch, tmp_path / "asoundrc", daemon.asoundrc()
+                 + f'ctl.!default {{ type pulse server "unix:{daemon.socket}" }}\n')
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def master() -> list[int]:
+    m = alsaaudio.Mixer("Master", device="hat")
+    try:
+        return m.getvolume()
+    finally:
+        m.close()
+
+
+def set_master(percent: int) -> None:
+    m = alsaaudio.Mixer("Master", device="hat")
+    try:
+        m.setvolume(percent)
+    finally:
+        m.close()
+
+
+async def test_mixer_api_reads_writes_and_validates(tmp_path, pulse):
+    async with open_server(make_config(tmp_path / "state")) as server:
+        body = (await server.client.get("/api/mixer")).json()
+        assert body["available"] and body["device"] == "default"
+        names = {c["name"]: c for c in body["controls"]}
+        assert set(names) == {"Master", "Capture"}
+        assert "volume" in names["Master"]["playback"] and "mute" in names["Master"]["playback"]
+        assert "volume" in names["Capture"]["capture"]
+
+        r = await server.client.patch("/api/mixer/controls/Capture", json={"capture_volume": 35})
+        assert r.status_code == 200, r.text
+        assert r.json()["capture"]["volume"] == [35]
+        r = await server.client.patch("/api/mixer/controls/Master", json={"playback_mute": True})
+        assert r.json()["playback"]["mute"] == [True, True]
+        for bad in ({"playback_volume": 101}, {"capture_volume": 10}, {"nope": 1}, {"enum": "x"}):
+            r = await server.client.patch("/api/mixer/controls/Master", json=bad)
+            assert r.status_code == 400, (bad, r.text)
+        assert (await server.client.patch("/api/mixer/controls/Nope",
+                                          json={"playback_volume": 5})).status_code == 404
+        assert (await server.client.patch("/api/mixer", json={"device": "hat"})).status_code == 200
+        assert (await server.client.patch("/api/mixer", json={"device": "nope"})).status_code == 400
+        assert (await server.client.get("/api/mixer")).json()["device"] == "hat"
+        saved = json.loads((tmp_path / "state" / "state.json").read_text())["sections"]["mixer"]
+        assert saved["device"] == "hat"
+        assert saved["controls"]["Capture"]["capture_volume"] == [35]
+
+
+@pytest.mark.browser
+async def test_the_admin_page_sets_the_mixer_and_it_is_restored_at_start(tmp_path, pulse, browser):
+    state = tmp_path / "state"
+    async with open_server(make_config(state)) as server:
+        def move_master(b: Browser):
+            page = b.new_page()
+            page.goto(server.url + "/admin")
+            slider = page.locator('[data-mixer="Master:playback_volume"]')
+            slider.wait_for()
+            slider.evaluate("(el) => { el.value = '40'; el.dispatchEvent(new Event('input')); }")
+            return page
+
+        page = await browser.call(move_master)
+        with trio.fail_after(10):
+            while master() != [40, 40]:  # the page debounces, then PATCHes
+                await trio.sleep(0.05)
+        await browser.call(lambda b: page.close())
+        saved = json.loads((state / "state.json").read_text())["sections"]["mixer"]
+        assert saved["controls"]["Master"]["playback_volume"] == [40, 40]
+
+    set_master(90)  # someone (or a reboot) changed it
+    async with open_server(make_config(state)) as server:
+        assert master() == [40, 40]  # restored before serving
+        body = (await server.client.get("/api/mixer")).json()
+        assert {c["name"]: c for c in body["controls"]}["Master"]["playback"]["volume"] == [40, 40]
+
+
+async def test_without_a_mixer_the_api_says_so(tmp_path, monkeypatch):
+    use_asoundrc(monkeypatch, tmp_path / "asoundrc", "ctl.!default { type hw card 99 }\n")
+    async with open_server(make_config(tmp_path / "state")) as server:
+        body = (await server.client.get("/api/mixer")).json()
+        assert body["available"] is False and body["controls"] == [] and body["error"]

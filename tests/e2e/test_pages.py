@@ -1,0 +1,217 @@
+"""The listen and admin pages in headless Chromium against the real app."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.e2e.conftest import DESKTOP, PHONE, Browser
+from tests.web.conftest import IDLE, make_config, open_server
+
+pytestmark = [pytest.mark.trio, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def open_listen(b: Browser, url: str, size=DESKTOP):
+    page = b.new_page(size)
+    page.goto(url)
+    page.wait_for_selector('.channel[data-sink="main"] button.listen')
+    return page
+
+
+def press_listen_and_wait(page, sink: str = "main") -> None:
+    page.click(f'.channel[data-sink="{sink}"] button.listen')
+    page.wait_for_selector(f'.channel[data-sink="{sink}"] .state[data-state="playing"]', timeout=15000)
+    # audio packets arrive (getStats, polled once a second by the page)
+    page.wait_for_function(
+        "s => (window.applianceDebug.stats(s) || {packetsReceived: 0}).packetsReceived > 30",
+        arg=sink, timeout=10000)
+
+
+async def wait_for(predicate, timeout: float = 10.0, step: float = 0.05):
+    """Poll something outside our control (a browser, a server census)."""
+    with trio.fail_after(timeout):
+        while True:
+            value = await predicate()
+            if value:
+                return value
+            await trio.sleep(step)
+
+
+async def test_listen_plays_the_tone_meters_move_and_stop_frees_the_listener(server, browser):
+    url = server.url + "/"
+
+    def start(b: Browser):
+        page = open_listen(b, url)
+        press_listen_and_wait(page)
+        level = page.evaluate("applianceDebug.analyse('main', 600)")
+        stats = page.evaluate("applianceDebug.stats('main')")
+        settings = page.evaluate("applianceDebug.receiverSettings('main')")
+        meter = page.locator('.channel[data-sink="main"] .meter')
+        updates = int(meter.get_attribute("data-updates"))
+        return page, level, stats, settings, updates
+
+    page, level, stats, settings, updates = await browser.call(start)
+    # the default graph: a 440 Hz tone at -12 dBFS peak (-15 dBFS RMS) into "main"
+    assert abs(level["frequencyHz"] - 440.0) < 5.0, level
+    assert -22.0 < level["rmsDbfs"] < -10.0, level
+    assert stats["packetsReceived"] > 30 and stats["rttMs"] is not None
+    assert settings and settings[0]["jitterBufferTarget"] == 0  # low latency is on by default
+    status = (await server.client.get("/api/status")).json()
+    assert status["listeners"]["sinks"]["main"] == 1
+
+    def after_a_while(b: Browser, page):
+        # the count (SSE) and the meters (SSE levels, ~20/s) update without polling
+        page.wait_for_selector('.channel[data-sink="main"] .badge[data-count="1"]', timeout=5000)
+        page.wait_for_timeout(1000)
+        meter = page.locator('.channel[data-sink="main"] .meter')
+        return int(meter.get_attribute("data-updates")), float(meter.get_attribute("data-rms")), \
+            page.locator('.channel[data-sink="main"] .stats').inner_text()
+
+    later, rms, stats_text = await browser.call(after_a_while, page)
+    assert later - updates >= 10, "at least 10 level updates a second"
+    assert -17.0 < rms < -13.0
+    assert "Round trip" in stats_text and "jitter" in stats_text
+
+    await browser.call(lambda b: page.click('.channel[data-sink="main"] button.listen'))
+
+    async def idle():
+        return server.service.census() == IDLE
+    await wait_for(idle)
+    status = (await server.client.get("/api/status")).json()
+    assert status["listeners"]["total"] == 0
+
+    def stopped(b: Browser):
+        page.wait_for_selector('.channel[data-sink="main"] .badge[data-count="0"]', timeout=5000)
+        text = page.locator('.channel[data-sink="main"] button.listen').inner_text()
+        page.close()
+        return text
+    assert (await browser.call(stopped)).strip() == "Listen"
+
+
+async def test_a_gain_change_in_the_admin_page_changes_the_level_heard(server, browser):
+    def start(b: Browser):
+        listen = open_listen(b, server.url + "/")
+        press_listen_and_wait(listen)
+        before = listen.evaluate("applianceDebug.analyse('main', 500)")
+        admin = b.new_page()
+        admin.goto(server.url + "/admin")
+        admin.wait_for_selector('[data-gain="tone-main"]')
+        gain = admin.locator('[data-gain="tone-main"]')
+        gain.fill("-20")
+        gain.dispatch_event("change")
+        return listen, admin, before
+
+    listen, admin, before = await browser.call(start)
+
+    async def applied():
+        return (await server.client.get("/api/routes/tone-main")).json()["gain_db"] == -20.0
+    await wait_for(applied)
+
+    def after(b: Browser):
+        listen.wait_for_timeout(400)  # let the quieter audio reach the analyser
+        level = listen.evaluate("applianceDebug.analyse('main', 500)")
+        # the admin page's meters follow the change too
+        admin.wait_for_function(
+            "() => Number(document.querySelector('[data-sink=\"main\"] .meter').dataset.rms) < -30",
+            timeout=5000)
+        source_rms = float(admin.locator('[data-source="tone"] .meter').get_attribute("data-rms"))
+        facts = admin.locator("#facts").inner_text()
+        listen.click('.channel[data-sink="main"] button.listen')
+        listen.close()
+        admin.close()
+        return level, source_rms, facts
+
+    level, source_rms, facts = await browser.call(after)
+    assert before["rmsDbfs"] - level["rmsDbfs"] == pytest.approx(20.0, abs=3.0), (before, level)
+    assert abs(level["frequencyHz"] - 440.0) < 5.0
+    assert -17.0 < source_rms < -13.0  # the source itself is unchanged
+    assert "Uptime" in facts and "Xruns" in facts and "0.1.0" in facts
+    await wait_for(lambda: _idle(server))
+
+
+async def _idle(server) -> bool:
+    return server.service.census() == IDLE
+
+
+async def test_the_listen_page_reconnects_when_the_session_is_lost(server, browser):
+    def start(b: Browser):
+        page = open_listen(b, server.url + "/")
+        press_listen_and_wait(page)
+        return page, page.evaluate("applianceDebug.state('main').session")
+
+    page, session = await browser.call(start)
+    # the server ends the session under the page's feet (as after a reboot or
+    # a network drop long enough for it to expire)
+    path = "/" + session.split("/", 3)[3]
+    assert (await server.client.delete(path)).status_code == 200
+
+    def reconnected(b: Browser):
+        page.wait_for_function(
+            "old => { const s = applianceDebug.state('main'); return s.state === 'playing' && s.session && s.session !== old; }",
+            arg=session, timeout=25000)
+        page.wait_for_function(
+            "() => (applianceDebug.stats('main') || {packetsReceived: 0}).packetsReceived > 30",
+            timeout=10000)
+        return page.evaluate("applianceDebug.analyse('main', 400)")
+
+    level = await browser.call(reconnected)
+    assert abs(level["frequencyHz"] - 440.0) < 5.0
+    await browser.call(lambda b: (page.click('.channel[data-sink="main"] button.listen'), page.close()))
+    await wait_for(lambda: _idle(server))
+
+
+async def test_with_a_token_the_pages_ask_for_it_and_listening_works(tmp_path, browser):
+    async with open_server(make_config(tmp_path, token="s3cret")) as server:
+        assert (await server.client.get("/api/sinks")).status_code == 401
+
+        def run(b: Browser):
+            asked = []
+            page = b.new_page(on_dialog=lambda d: (asked.append(d.message), d.accept("s3cret")))
+            page.goto(server.url + "/")
+            page.wait_for_selector('.channel[data-sink="main"] button.listen', timeout=10000)
+            press_listen_and_wait(page)
+            stored = page.evaluate("localStorage.getItem('appliance.token')")
+            page.click('.channel[data-sink="main"] button.listen')
+            page.close()
+            return asked, stored
+
+        asked, stored = await browser.call(run)
+        assert asked and "token" in asked[0]
+        assert stored == "s3cret"
+        await wait_for(lambda: _idle(server))
+
+
+async def test_screenshots_of_both_pages(server, browser, tmp_path):
+    """Desktop and phone screenshots; UPDATE_SCREENSHOTS=1 writes them to docs/."""
+    out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+
+    def shoot(b: Browser):
+        files = []
+        for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
+            page = open_listen(b, server.url + "/", size)
+            press_listen_and_wait(page)
+            page.wait_for_timeout(1500)  # a stats line and moving meters
+            path = out / f"ui-listen-{label}.png"
+            page.screenshot(path=str(path), full_page=True)
+            files.append(path)
+            admin = b.new_page(size)
+            admin.goto(server.url + "/admin")
+            admin.wait_for_selector('[data-gain="tone-main"]')
+            admin.wait_for_selector("#share-qr svg")
+            admin.wait_for_timeout(800)
+            path = out / f"ui-admin-{label}.png"
+            admin.screenshot(path=str(path), full_page=True)
+            files.append(path)
+            admin.close()
+            page.click('.channel[data-sink="main"] button.listen')
+            page.close()
+        return files
+
+    files = await browser.call(shoot)
+    for f in files:
+        assert f.stat().st_size > 10_000
+    await wait_for(lambda: _idle(server))
