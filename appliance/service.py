@@ -712,6 +712,8 @@ class Service:
             rx_age = stats.last_rx_age_s if stats.last_rx_age_s is not None \
                 else now - session.created
             if min(rx_age, now - session.last_heartbeat) > timeout:
+                log.info("session %s expired: last packet %.1f s ago, last heartbeat %.1f s ago",
+                         session.id[:8], rx_age, now - session.last_heartbeat)
                 session.end("expired")
                 return
 
