@@ -1,0 +1,125 @@
+"""Config: one frozen object from TOML; unknown keys are refused by name."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from appliance.config import (
+    Config, ConfigError, IceServer, detect_sound_cards, load_config, parse_config,
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_sound_card_are_a_tone_routed_to_main():
+    config = load_config(None, cards=[])
+    assert config.server.host == "0.0.0.0" and config.server.port == 8080
+    assert [(s.id, s.spec.kind) for s in config.sources] == [("tone", "tone")]
+    assert [(s.id, s.spec.kind) for s in config.sinks] == [("main", "opus")]
+    assert [(r.spec.source_id, r.spec.sink_id) for r in config.routes] == [("tone", "main")]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.name = "x"  # type: ignore[misc]
+
+
+def test_with_a_sound_card_the_default_captures_from_it(tmp_path):
+    cards = tmp_path / "cards"
+    cards.write_text(" 0 [sndrpihifiberry]: HifiberryDacp - snd_rpi_hifiberry_dacplus\n"
+                     "                      snd_rpi_hifiberry_dacplus\n")
+    assert detect_sound_cards(str(cards)) == ["sndrpihifiberry"]
+    assert detect_sound_cards(str(tmp_path / "none")) == []
+    config = load_config(None, cards=["sndrpihifiberry"])
+    (source,) = config.sources
+    assert source.spec.kind == "alsa" and source.spec.device == "plughw:CARD=sndrpihifiberry"
+    assert source.spec.allow_absent
+    assert config.routes[0].spec.sink_id == "main"
+
+
+def test_a_full_file(tmp_path):
+    config = load_config(write(tmp_path, '''
+name = "Hall A"
+state_dir = "~/state"
+[server]
+host = "127.0.0.1"
+port = 9000
+token = "t"
+ice_servers = ["stun:stun.example.net:3478", {url = "turn:t.example.net", username = "u", credential = "c"}]
+max_listeners = 20
+[engine]
+gather_timeout_ms = 500
+ice_addresses = ["127.0.0.1"]
+[[sources]]
+id = "in"
+name = "Line in"
+kind = "alsa"
+device = "hw:0"
+channels = 2
+[[sinks]]
+id = "en"
+kind = "opus"
+bitrate = 64000
+[[routes]]
+id = "in-en"
+source_id = "in"
+sink_id = "en"
+gain_db = -3
+source_channel = 1
+'''), cards=[])
+    assert isinstance(config, Config) and config.name == "Hall A"
+    assert config.state_dir == Path("~/state").expanduser()
+    assert config.server.port == 9000 and config.server.token == "t"
+    assert config.server.ice_servers == (IceServer("stun:stun.example.net:3478"),
+                                         IceServer("turn:t.example.net", "u", "c"))
+    assert config.engine.gather_timeout_ms == 500
+    assert config.engine.ice_addresses == ("127.0.0.1",)
+    assert config.engine.stun_server == "stun://stun.example.net:3478"
+    assert config.sources[0].name == "Line in" and config.sources[0].spec.device == "hw:0"
+    assert config.sinks[0].name == "en" and config.sinks[0].spec.bitrate == 64000
+    assert config.routes[0].spec.gain_db == -3.0 and config.routes[0].spec.source_channel == 1
+
+
+@pytest.mark.parametrize("text, key", [
+    ('nmae = "x"', "'nmae'"),
+    ('[server]\nprot = 1', "'server.prot'"),
+    ('[engine]\nsample_rte = 1', "'engine.sample_rte'"),
+    ('[[sources]]\nid = "a"\nkind = "tone"\ntone = 3', "'sources[0].tone'"),
+    ('[[routes]]\nid = "r"\nsource_id = "a"\nsink_id = "b"\ngian_db = 1', "'routes[0].gian_db'"),
+    ('[server]\nice_servers = [{url = "stun:x", user = "u"}]', "'server.ice_servers[0].user'"),
+])
+def test_unknown_keys_are_refused_by_name(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=f"unknown config key {key}".replace("[", r"\[")
+                       .replace("]", r"\]")):
+        load_config(write(tmp_path, text), cards=[])
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"server": {"port": "80"}}, "server.port must be an integer"),
+    ({"server": {"port": 70000}}, "server.port"),
+    ({"server": {"max_listeners": 0}}, "server.max_listeners"),
+    ({"server": {"ice_servers": ["http://x"]}}, "stun:"),
+    ({"engine": {"upnp": 1}}, "engine.upnp must be true or false"),
+    ({"sources": [{"id": "a", "kind": "laser"}]}, "sources[0].kind must be one of"),
+    ({"sources": [{"kind": "tone"}]}, "sources[0].id is missing"),
+    ({"sources": [{"id": "a b", "kind": "tone"}]}, "sources[0].id"),
+    ({"sources": [{"id": "a", "kind": "tone"}, {"id": "a", "kind": "tone"}]}, "used twice"),
+    ({"sinks": [{"id": "route", "kind": "opus"}]}, "reserved"),
+    ({"sources": [{"id": "a", "kind": "tone"}],
+      "routes": [{"id": "r", "source_id": "a", "sink_id": "zz"}]}, "'zz' is not a sink"),
+    ({"server": 3}, "server must be a table"),
+])
+def test_bad_values_name_the_key(data, words):
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, cards=[])
+    assert words in str(error.value)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="appliance.toml"):
+        load_config(write(tmp_path, "name = "))
