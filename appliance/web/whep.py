@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from ..service import (
-    BadRequestError, PreconditionFailedError, PreconditionRequiredError, Session,
+    BadRequestError, NotFoundError, PreconditionFailedError, PreconditionRequiredError, Session,
     UnsupportedError, parse_sdpfrag,
 )
 from .common import UnsupportedMediaTypeError, client_address, media_type, read_body, \
@@ -34,7 +34,7 @@ def _preflight(methods: str, *, endpoint: bool) -> Response:
     if endpoint:
         response.headers["Accept-Post"] = SDP
     else:
-        response.headers["Accept-Patch"] = f"{SDP.replace('sdp', 'trickle-ice-sdpfrag')}, application/json"
+        response.headers["Accept-Patch"] = f"{SDPFRAG}, application/json"
     return _links(response)
 
 
@@ -44,7 +44,7 @@ async def _post(kind: str, ident: str) -> Response:
         return _preflight("OPTIONS, POST", endpoint=True)
     registry = {"sink": svc.sinks, "source": svc.sources, "route": svc.routes}[kind]
     if ident not in registry:
-        return Response(f"no {kind} {ident!r}\n", status=404, content_type="text/plain")
+        raise NotFoundError(f"no {kind} {ident!r}")
     if media_type() != SDP:
         raise UnsupportedMediaTypeError(f"the offer must be sent as {SDP}")
     svc.check_post_rate(client_address())
