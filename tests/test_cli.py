@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ import trio
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
 
 APPLIANCE = [sys.executable, "-m", "appliance.cli"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_check_config_names_an_unknown_key(tmp_path):
@@ -46,7 +48,7 @@ async def test_run_serves_then_stops_cleanly_on_a_signal(tmp_path, signum):
     notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await notify.bind(str(tmp_path / "notify"))
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"),
-           "PYTHONPATH": os.getcwd()}
+           "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "log", "wb")
     with notify, log:
         process = await trio.lowlevel.open_process(

@@ -91,6 +91,13 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
                 "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After")
             if config.server.cors_origin != "*":
                 response.headers["Vary"] = "Origin"
+            if request.method == "OPTIONS" and "Access-Control-Allow-Methods" not in response.headers:
+                # Quart's automatic OPTIONS (admin, candidates): make it a CORS preflight
+                response.headers["Access-Control-Allow-Methods"] = response.headers.get(
+                    "Allow", "GET, POST, PATCH, DELETE, OPTIONS")
+                response.headers["Access-Control-Allow-Headers"] = (
+                    "Authorization, Content-Type, If-Match")
+                response.headers["Access-Control-Max-Age"] = "600"
         return response
 
     @app.errorhandler(ServiceError)

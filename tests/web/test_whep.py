@@ -146,6 +146,11 @@ async def test_options_and_link_headers(tmp_path):
         r = await server.client.options(response.headers["Location"])
         assert r.status_code == 204 and "PATCH" in r.headers["Allow"]
         assert "application/trickle-ice-sdpfrag" in r.headers["Accept-Patch"]
+        for path in (response.headers["Location"] + "/candidates", "/api/routes/tone-main"):
+            r = await server.client.options(path)  # preflights of the other endpoints
+            assert r.status_code == 200, path
+            assert "GET" in r.headers["Access-Control-Allow-Methods"]
+            assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
         assert (await server.client.delete(response.headers["Location"])).status_code == 200
 
 
