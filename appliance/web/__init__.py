@@ -13,9 +13,7 @@ are public.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Callable
 
 import trio
 from quart import Blueprint, Response, request
@@ -29,12 +27,11 @@ from .common import plain
 
 __all__ = ["create_app", "BLUEPRINTS", "plain"]
 
-log = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parent.parent
 
 # Every blueprint of the app, in registration order. The web UI adds its own
 # here (pages, static assets, mixer); each is a ``quart.Blueprint``.
-BLUEPRINTS: list[Callable[[], Blueprint] | Blueprint] = [
+BLUEPRINTS: list[Blueprint] = [
     whep.blueprint,
     admin.blueprint,
     events.blueprint,
@@ -118,7 +115,6 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
                 response.headers["Allow"] = ", ".join(allowed)
         return response
 
-    for item in BLUEPRINTS:
-        blueprint = item() if callable(item) and not isinstance(item, Blueprint) else item
+    for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     return app

@@ -72,8 +72,10 @@ IDLE = {"sessions": 0, "by_listener": 0, "engine_listeners": 0, "engine_stats_li
 
 
 @asynccontextmanager
-async def open_server(config: Config) -> AsyncIterator[Server]:
-    app = create_app(config)
+async def open_server(config: Config, *, service: Service | None = None) -> AsyncIterator[Server]:
+    """Serve ``create_app(config)`` (its lifespan owns engine and service),
+    or ``create_app(config, service=service)`` when the test owns one."""
+    app = create_app(config, service=service)
     stop, done = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
         async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:

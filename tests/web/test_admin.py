@@ -6,6 +6,7 @@ import json
 import pytest
 
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener, synthetic_offer
+from appliance.service import open_service
 from tests.web.conftest import IDLE, make_config, open_server
 
 pytestmark = pytest.mark.trio
@@ -131,3 +132,16 @@ async def test_state_from_an_older_config_graph_is_replaced(tmp_path):
     async with open_server(make_config(tmp_path, data=data)) as server:
         routes = (await server.client.get("/api/routes")).json()
         assert [(r["id"], r["gain_db"]) for r in routes] == [("t2-main", 0.0)]
+
+
+async def test_an_app_on_a_service_the_caller_owns(tmp_path):
+    config = make_config(tmp_path)
+    async with open_service(config) as service:
+        async with open_server(config, service=service) as server:
+            assert server.service is service
+            r = await server.post_offer(synthetic_offer())
+            assert r.status_code == 201
+            assert service.census()["sessions"] == 1
+        # the server stopped; the service (the caller's) still runs its session
+        assert service.census()["sessions"] == 1
+    assert service.sessions == {}
