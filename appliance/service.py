@@ -134,7 +134,7 @@ class Session:
         return self.mids[mline] if 0 <= mline < len(self.mids) else str(mline)
 
     def end(self, reason: str) -> None:
-        """Ask the session to end (any thread-free context); cleanup follows."""
+        """Ask the session to end (from the trio thread); its cleanup follows."""
         if self.end_reason is None:
             self.end_reason = reason
         self.cancel_scope.cancel()
@@ -626,12 +626,14 @@ class Service:
                     async with trio.open_nursery() as watchers:
                         watchers.start_soon(self._watch_events, session)
                         watchers.start_soon(self._watch_liveness, session)
-                except Exception:
+                except* Exception as crash:  # never into the service nursery; Cancelled passes
                     session.end_reason = session.end_reason or "crashed"
-                    log.exception("listener session %s crashed", session.id[:8])
-            if not session.answered:  # ended (shutdown) while waiting for the answer
-                raise CapacityError(f"the session ended before its answer: {session.end_reason}",
-                                    headers={"Retry-After": "10"})
+                    log.error("listener session %s crashed", session.id[:8], exc_info=crash)
+            if not session.answered:  # ended while it waited for the answer
+                if session.end_reason == "shutdown":
+                    raise CapacityError("the appliance is shutting down",
+                                        headers={"Retry-After": "10"})
+                raise ServiceError(f"the session ended before its answer: {session.end_reason}")
         finally:
             if session.end_reason is None:
                 session.end_reason = "shutdown" if self.closing else "ended"
@@ -737,6 +739,8 @@ class Service:
                 if error.code != ErrorCode.NOT_FOUND:
                     log.error("session %s: removing its %s failed: %s",
                               session.id[:8], what, error)
+            except Exception:  # the next steps must still run
+                log.exception("session %s: removing its %s failed", session.id[:8], what)
         log.info("session %s on %s ended: %s", session.id[:8], session.sink_id, session.end_reason)
         session.done.set()
         if session.answered:
