@@ -105,7 +105,8 @@ async def serve(config: Config, *, app: Any = None,
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="appliance", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="appliance", description="Listening appliance: line-in to every browser on the LAN.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve the web app and the audio engine")
     run.add_argument("--config", metavar="FILE", help="TOML config file")
