@@ -5,7 +5,15 @@ from __future__ import annotations
 import enum
 from typing import Any, Callable
 
-from ._engine_cffi import ffi, lib
+import os
+
+# GLib's slice allocator (bookworm's GLib 2.74) keeps freed blocks in
+# per-thread magazines for good: with hundreds of listener threads, memory
+# would stay at the high-water mark after listeners leave. Plain malloc
+# returns it. Set before GLib first allocates, i.e. before any engine exists.
+os.environ.setdefault("G_SLICE", "always-malloc")
+
+from ._engine_cffi import ffi, lib  # noqa: E402
 
 __all__ = ["ffi", "lib", "EngineError", "ErrorCode", "call", "check", "handle_key",
            "set_event_sink", "text"]

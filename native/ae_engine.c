@@ -4,6 +4,7 @@
 #include "ae_internal.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -473,6 +474,10 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
         (cfg.max_port && cfg.min_port > cfg.max_port))
         return ae_fail(AE_ERR_INVALID, "bad ICE port range %d-%d", cfg.min_port, cfg.max_port);
 
+    /* Every GStreamer thread would otherwise get a malloc arena of its own
+     * (up to 8 per core), and memory freed in one is not reused by the
+     * others: with hundreds of listener threads that is most of the RSS. */
+    if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 2);
     GError *err = NULL;
     if (!gst_init_check(NULL, NULL, &err)) {
         int rc = ae_fail(AE_ERR_MEDIA, "GStreamer would not start: %s",

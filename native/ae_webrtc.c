@@ -1,7 +1,7 @@
 /* ae_webrtc.c: an Opus sink's fan-out to WebRTC listeners.
  *
- *   mixer --Opus--> appsrc --> tee --> queue --> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
- *                                   \-> queue --> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
+ *   mixer --Opus--> appsrc --> tee --> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
+ *                                   \-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
  *
  * Opus is encoded once per sink (in the mixer); each listener only adds a
  * payloader (its own, since browsers pick different payload types) and a
@@ -14,7 +14,9 @@
 #include <gst/app/gstappsrc.h>
 #include <gst/sdp/sdp.h>
 #include <gst/webrtc/webrtc.h>
+#include <malloc.h>
 #include <nice/agent.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,8 +32,11 @@ struct ae_listener {
     atomic_bool closing;
     char *offer;
     int pt;
-    GstElement *queue, *pay, *webrtc;
+    GstElement *pay, *webrtc;
     GstPad *tee_pad;
+    gulong gate_probe;
+    GstPad *rx_pad;                      /* nicesrc's, with our probe on it */
+    gulong rx_probe;
     GSource *gather_timeout;
     /* negotiation progress, glib thread only */
     bool local_set, gathered, answered;
@@ -40,6 +45,7 @@ struct ae_listener {
     GPtrArray *candidates;               /* "mline\ncandidate:..." strings */
     /* statistics, written by streaming threads */
     _Atomic int state;
+    atomic_bool media_open;              /* DTLS is up: let media through */
     _Atomic int64_t last_rx_us;
     _Atomic uint64_t packets_sent, bytes_sent;
     _Atomic uint64_t last_in_offset;
@@ -81,6 +87,25 @@ static gboolean on_bus(GstBus *bus, GstMessage *msg, gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+/* The fan-out thread (appsrc's) is on the audio path: give it the audio
+ * threads' real-time priority. Stream-status ENTER is posted from the new
+ * thread itself, so the sync handler runs in it. */
+static GstBusSyncReply on_bus_sync(GstBus *bus, GstMessage *msg, gpointer data)
+{
+    (void)bus;
+    ae_sink *k = data;
+    if (GST_MESSAGE_TYPE(msg) != GST_MESSAGE_STREAM_STATUS) return GST_BUS_PASS;
+    GstStreamStatusType type;
+    GstElement *owner = NULL;
+    gst_message_parse_stream_status(msg, &type, &owner);
+    int prio = k->engine->cfg.realtime_priority;
+    if (type == GST_STREAM_STATUS_TYPE_ENTER && owner == k->appsrc && prio > 0) {
+        struct sched_param sp = {.sched_priority = prio};
+        pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+    }
+    return GST_BUS_DROP;
+}
+
 static int pipeline_start(void *data)
 {
     ae_sink *k = data;
@@ -107,6 +132,7 @@ static int pipeline_start(void *data)
     if (!gst_element_link(k->appsrc, k->tee))
         return ae_fail(AE_ERR_MEDIA, "cannot link appsrc to tee");
     GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(k->pipeline));
+    gst_bus_set_sync_handler(bus, on_bus_sync, k, NULL);
     GSource *src = gst_bus_create_watch(bus);
     g_source_set_callback(src, (GSourceFunc)(void (*)(void))on_bus, k, NULL);
     k->bus_watch = g_source_attach(src, e->ctx);
@@ -358,6 +384,23 @@ static GstPadProbeReturn on_pay_out(GstPad *pad, GstPadProbeInfo *info, gpointer
     return GST_PAD_PROBE_REMOVE;
 }
 
+static GstPadProbeReturn gate_until_connected(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    (void)pad;
+    (void)info;
+    ae_listener *l = data;
+    return atomic_load(&l->media_open) ? GST_PAD_PROBE_OK : GST_PAD_PROBE_DROP;
+}
+
+static void on_peer_connection_state(GObject *obj, GParamSpec *ps, gpointer data)
+{
+    (void)ps;
+    ae_listener *l = data;
+    GstWebRTCPeerConnectionState s;
+    g_object_get(obj, "connection-state", &s, NULL);
+    atomic_store(&l->media_open, s == GST_WEBRTC_PEER_CONNECTION_STATE_CONNECTED);
+}
+
 static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer data)
 {
     (void)bin;
@@ -373,11 +416,19 @@ static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpoi
         gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST,
                           on_sending, listener_ref(l), listener_unref);
         gst_object_unref(pad);
-    } else if (!strcmp(name, "nicesrc")) {
-        GstPad *pad = gst_element_get_static_pad(el, "src");
-        gst_pad_add_probe(pad, GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST,
-                          on_received, listener_ref(l), listener_unref);
-        gst_object_unref(pad);
+    } else if (!strcmp(name, "queue")) {
+        /* webrtcbin's own send queue already puts a thread between the tee
+         * and the network; leaky and short, a stalled peer loses its own
+         * packets instead of holding up the tee. */
+        g_object_set(el, "leaky", 2 /* downstream */, "max-size-buffers", 16u,
+                     "max-size-bytes", 0u, "max-size-time", (guint64)0, "silent", TRUE, NULL);
+    } else if (!strcmp(name, "nicesrc") && !l->rx_pad) {
+        /* Kept so detach can take the probe off: webrtcbin (1.22) does not
+         * always let go of its nicesrc, and the probe would keep us alive. */
+        l->rx_pad = gst_element_get_static_pad(el, "src");
+        l->rx_probe = gst_pad_add_probe(l->rx_pad,
+                                        GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST,
+                                        on_received, listener_ref(l), listener_unref);
     }
 }
 
@@ -560,7 +611,11 @@ static void link_to_tee(ae_listener *l)
     /* Elements are PLAYING already; link the tee last, so a new branch can
      * never stall the ones that are running. */
     l->tee_pad = gst_element_request_pad_simple(l->sink->tee, "src_%u");
-    GstPad *sinkpad = gst_element_get_static_pad(l->queue, "sink");
+    /* Nothing passes until DTLS is up: until then webrtcbin blocks its
+     * input, which would block the tee and with it every listener. */
+    l->gate_probe = gst_pad_add_probe(l->tee_pad, GST_PAD_PROBE_TYPE_BUFFER,
+                                      gate_until_connected, listener_ref(l), listener_unref);
+    GstPad *sinkpad = gst_element_get_static_pad(l->pay, "sink");
     if (gst_pad_link(l->tee_pad, sinkpad) != GST_PAD_LINK_OK)
         answer_failed(l, AE_ERR_MEDIA, "cannot link the listener to its sink");
     gst_object_unref(sinkpad);
@@ -584,15 +639,18 @@ static void on_answer_created(ae_listener *l, GstPromise *p)
         answer_failed(l, AE_ERR_SDP, "webrtcbin could not answer the offer");
         return;
     }
-    g_signal_emit_by_name(l->webrtc, "set-local-description", answer,
-                          promise_then(l, on_local_set));
+    GstPromise *p2 = promise_then(l, on_local_set);
+    g_signal_emit_by_name(l->webrtc, "set-local-description", answer, p2);
+    gst_promise_unref(p2);
     gst_webrtc_session_description_free(answer);
 }
 
 static void on_remote_set(ae_listener *l, GstPromise *p)
 {
     if (promise_failed(l, p, "setting the offer")) return;
-    g_signal_emit_by_name(l->webrtc, "create-answer", NULL, promise_then(l, on_answer_created));
+    GstPromise *next = promise_then(l, on_answer_created);
+    g_signal_emit_by_name(l->webrtc, "create-answer", NULL, next);
+    gst_promise_unref(next);
 }
 
 static void configure_ice(ae_listener *l)
@@ -629,24 +687,16 @@ static void configure_ice(ae_listener *l)
 static int start_listener(ae_listener *l)
 {
     ae_engine *e = l->engine;
-    l->queue = gst_element_factory_make("queue", NULL);
     l->pay = gst_element_factory_make("rtpopuspay", NULL);
     l->webrtc = gst_element_factory_make("webrtcbin", NULL);
-    if (!l->queue || !l->pay || !l->webrtc) {
-        if (l->queue) gst_object_unref(l->queue);
+    if (!l->pay || !l->webrtc) {
         if (l->pay) gst_object_unref(l->pay);
         if (l->webrtc) gst_object_unref(l->webrtc);
-        l->queue = l->pay = l->webrtc = NULL;
-        return ae_fail(AE_ERR_MEDIA, "cannot create queue/rtpopuspay/webrtcbin");
+        l->pay = l->webrtc = NULL;
+        return ae_fail(AE_ERR_MEDIA, "cannot create rtpopuspay/webrtcbin");
     }
-    gst_object_ref_sink(l->queue);
     gst_object_ref_sink(l->pay);
     gst_object_ref_sink(l->webrtc);
-    /* webrtcbin holds media back until DTLS is up, and a peer can stall:
-     * a small leaky queue keeps one listener from ever stalling the tee,
-     * and so every other listener. */
-    g_object_set(l->queue, "leaky", 2 /* downstream */, "max-size-buffers", 8u,
-                 "max-size-bytes", 0u, "max-size-time", (guint64)0, "silent", TRUE, NULL);
     g_object_set(l->pay, "pt", (guint)l->pt, NULL);
     g_object_set(l->webrtc, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, NULL);
     if (e->stun_server) g_object_set(l->webrtc, "stun-server", e->stun_server, NULL);
@@ -660,6 +710,9 @@ static int start_listener(ae_listener *l)
     g_signal_connect_data(l->webrtc, "notify::ice-connection-state",
                           G_CALLBACK(on_connection_state), listener_ref(l),
                           (GClosureNotify)(void (*)(void))listener_unref, 0);
+    g_signal_connect_data(l->webrtc, "notify::connection-state",
+                          G_CALLBACK(on_peer_connection_state), listener_ref(l),
+                          (GClosureNotify)(void (*)(void))listener_unref, 0);
     g_signal_connect_data(l->webrtc, "deep-element-added", G_CALLBACK(on_deep_element_added),
                           listener_ref(l), (GClosureNotify)(void (*)(void))listener_unref, 0);
 
@@ -671,9 +724,7 @@ static int start_listener(ae_listener *l)
     gst_pad_add_probe(payout, GST_PAD_PROBE_TYPE_BUFFER, on_pay_out, listener_ref(l),
                       listener_unref);
 
-    gst_bin_add_many(GST_BIN(l->sink->pipeline), l->queue, l->pay, l->webrtc, NULL);
-    if (!gst_element_link(l->queue, l->pay))
-        return ae_fail(AE_ERR_MEDIA, "cannot link queue to payloader");
+    gst_bin_add_many(GST_BIN(l->sink->pipeline), l->pay, l->webrtc, NULL);
     /* A send-only transceiver that offers exactly the client's Opus payload
      * type, stereo: browsers downmix unless the answer says stereo=1. */
     GstPad *wsink = gst_element_request_pad_simple(l->webrtc, "sink_%u");
@@ -696,7 +747,6 @@ static int start_listener(ae_listener *l)
     gst_object_unref(payout);
     gst_object_unref(wsink);
     if (lr != GST_PAD_LINK_OK) return ae_fail(AE_ERR_MEDIA, "cannot link payloader to webrtcbin");
-    gst_element_sync_state_with_parent(l->queue);
     gst_element_sync_state_with_parent(l->pay);
     gst_element_sync_state_with_parent(l->webrtc);
 
@@ -705,8 +755,9 @@ static int start_listener(ae_listener *l)
     gst_sdp_message_parse_buffer((const guint8 *)l->offer, (guint)strlen(l->offer), sdp);
     GstWebRTCSessionDescription *offer =
         gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp);
-    g_signal_emit_by_name(l->webrtc, "set-remote-description", offer,
-                          promise_then(l, on_remote_set));
+    GstPromise *promise = promise_then(l, on_remote_set);
+    g_signal_emit_by_name(l->webrtc, "set-remote-description", offer, promise);
+    gst_promise_unref(promise);
     gst_webrtc_session_description_free(offer);
 
     l->gather_timeout = g_timeout_source_new((guint)e->cfg.gather_timeout_ms);
@@ -852,6 +903,7 @@ static int detach_listener(void *data)
         g_cond_init(&w.cond);
         w.peer = gst_pad_get_peer(l->tee_pad);
         gst_pad_add_probe(l->tee_pad, GST_PAD_PROBE_TYPE_IDLE, unlink_when_idle, &w, NULL);
+        gst_pad_remove_probe(l->tee_pad, l->gate_probe);
         gint64 deadline = g_get_monotonic_time() + G_TIME_SPAN_SECOND;
         g_mutex_lock(&w.lock);
         while (!w.done && g_cond_wait_until(&w.cond, &w.lock, deadline)) {
@@ -868,10 +920,14 @@ static int detach_listener(void *data)
     }
     if (l->webrtc) {
         g_signal_handlers_disconnect_matched(l->webrtc, G_SIGNAL_MATCH_DATA, 0, 0, NULL, NULL, l);
+        if (l->rx_pad) {
+            gst_pad_remove_probe(l->rx_pad, l->rx_probe);
+            gst_object_unref(l->rx_pad);
+            l->rx_pad = NULL;
+        }
         gst_bin_remove(GST_BIN(l->sink->pipeline), l->webrtc);
     }
     if (l->pay) gst_bin_remove(GST_BIN(l->sink->pipeline), l->pay);
-    if (l->queue) gst_bin_remove(GST_BIN(l->sink->pipeline), l->queue);
     return AE_OK;
 }
 
@@ -895,15 +951,17 @@ int ae_listener_destroy(ae_listener *l)
     if (rc == AE_OK) {
         if (l->webrtc) gst_element_set_state(l->webrtc, GST_STATE_NULL);
         if (l->pay) gst_element_set_state(l->pay, GST_STATE_NULL);
-        if (l->queue) gst_element_set_state(l->queue, GST_STATE_NULL);
         if (l->webrtc) gst_object_unref(l->webrtc);
         if (l->pay) gst_object_unref(l->pay);
-        if (l->queue) gst_object_unref(l->queue);
-        l->webrtc = l->pay = l->queue = NULL;
+        l->webrtc = l->pay = NULL;
     }
     atomic_fetch_sub(&l->sink->listeners, 1);
     atomic_fetch_sub(&e->nlisteners, 1);
     listener_unref(l);
+    /* A listener frees about a megabyte in many small blocks across
+     * threads' arenas; hand it back to the system rather than keep the
+     * high-water mark. */
+    malloc_trim(0);
     return rc;
 }
 

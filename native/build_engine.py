@@ -12,7 +12,8 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = sorted(str(p) for p in HERE.glob("ae_*.c"))
+# setuptools wants paths relative to the project root
+SOURCES = sorted(str(p.relative_to(HERE.parent)) for p in HERE.glob("ae_*.c"))
 PKG_CONFIG = ["gstreamer-1.0", "gstreamer-app-1.0", "gstreamer-webrtc-1.0",
               "gstreamer-sdp-1.0", "nice", "alsa", "opus"]
 

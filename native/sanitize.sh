@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-.venv/bin/python}
 out=build/asan
-rm -rf "$out" && mkdir -p "$out/appliance"
+rm -rf "$out" && mkdir -p "$out/appliance" "$out/cffi"
+ln -s "$PWD/native" "$out/cffi/native"   # cffi compiles from its tmpdir; sources are project-relative
 cp appliance/*.py "$out/appliance/"
 flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -O1"
 AE_EXTRA_CFLAGS="$flags" AE_EXTRA_LDFLAGS="-fsanitize=address,undefined" "$python" - "$out" <<'PY'
