@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Literal
 
 import trio
@@ -139,7 +139,6 @@ def live_engine_threads() -> int:
 class _Entity:
     handle: Any
     spec: Any
-    keepalive: list = field(default_factory=list)  # cdata the C side still points at
 
 
 class Engine:
@@ -285,15 +284,13 @@ class Engine:
         self._require_open()
         self._check_new(self._sources, "source", source_id)
         cfg = ffi.new("ae_source_config *")
-        keep: list = [cfg]
         kinds = {"alsa": lib.AE_SOURCE_ALSA, "tone": lib.AE_SOURCE_TONE,
                  "clicks": lib.AE_SOURCE_TONE, "file": lib.AE_SOURCE_FILE}
         if spec.kind not in kinds:
             raise EngineError(ErrorCode.INVALID, f"unknown source kind {spec.kind!r}")
         cfg.kind = kinds[spec.kind]
         cfg.channels = spec.channels
-        device = ffi.new("char[]", spec.device.encode())
-        keep.append(device)
+        device = ffi.new("char[]", spec.device.encode())  # lives until the call returns
         cfg.device = device
         cfg.period_frames = spec.period_frames
         cfg.buffer_periods = spec.buffer_periods
@@ -301,10 +298,8 @@ class Engine:
         cfg.tone_hz = spec.tone_hz
         cfg.tone_dbfs = spec.tone_dbfs if spec.tone_dbfs != 0 else -1e-9
         cfg.click_interval_ms = spec.click_interval_ms if spec.kind == "clicks" else 0
-        if spec.path is not None:
-            path = ffi.new("char[]", spec.path.encode())
-            keep.append(path)
-            cfg.path = path
+        path = ffi.new("char[]", spec.path.encode()) if spec.path is not None else ffi.NULL
+        cfg.path = path
         out = ffi.new("ae_source **")
         engine = self._handle
         await trio.to_thread.run_sync(call, lib.ae_source_create, engine, cfg, out)
@@ -313,6 +308,7 @@ class Engine:
     def set_tone(self, source_id: str, hz: float, dbfs: float) -> None:
         entity = self._lookup(self._sources, "source", source_id)
         check(lib.ae_source_set_tone(entity.handle, hz, dbfs if dbfs != 0 else -1e-9))
+        entity.spec = replace(entity.spec, tone_hz=hz, tone_dbfs=dbfs)
 
     def source_click_times(self, source_id: str, limit: int = 256) -> list[float]:
         """Monotonic times (seconds, same clock as time.monotonic) of recent
@@ -387,19 +383,15 @@ class Engine:
     def update_route(self, route_id: str, *, gain_db: float | None = None,
                      muted: bool | None = None) -> RouteSpec:
         entity = self._lookup(self._routes, "route", route_id)
-        spec: RouteSpec = entity.spec
         if gain_db is not None:
             if not math.isfinite(gain_db):
                 raise EngineError(ErrorCode.INVALID, "gain must be a finite number of dB")
             check(lib.ae_route_set_gain(entity.handle, gain_db))
-            spec = RouteSpec(spec.source_id, spec.sink_id, gain_db, spec.muted,
-                             spec.source_channel)
+            entity.spec = replace(entity.spec, gain_db=gain_db)
         if muted is not None:
             check(lib.ae_route_set_muted(entity.handle, int(muted)))
-            spec = RouteSpec(spec.source_id, spec.sink_id, spec.gain_db, muted,
-                             spec.source_channel)
-        entity.spec = spec
-        return spec
+            entity.spec = replace(entity.spec, muted=muted)
+        return entity.spec
 
     async def remove_route(self, route_id: str) -> None:
         entity = self._lookup(self._routes, "route", route_id)
