@@ -385,6 +385,16 @@ async def test_file_source_plays(engine, tmp_path):
 
 
 @pytest.mark.trio
+async def test_raw_file_source_plays(engine, tmp_path):
+    raw = tmp_path / "take.raw"   # headerless S16LE at the engine's rate
+    raw.write_bytes((tone(300.0, 0.5, dbfs=-9.0) * 32767).astype("<i2").tobytes())
+    await engine.add_source("take", SourceSpec(kind="file", path=str(raw)))
+    await engine.add_sink("main", SinkSpec(kind="opus"))
+    await engine.add_route("r", RouteSpec("take", "main"))
+    assert abs(await levels_of(engine, "source", "take") - -9.0) < 0.3
+
+
+@pytest.mark.trio
 async def test_device_loss_keeps_listeners_fed_and_recovers(monkeypatch, tmp_path):
     pulse = PulseDaemon(tmp_path / "pulse", sine_hz=700)
     pulse.start()
