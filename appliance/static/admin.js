@@ -138,7 +138,8 @@ function routeItem(r) {
   return el("div", { class: "item", "data-route": r.id },
     el("div", { class: "title" }, el("strong", { text: `${src ? src.name : r.source_id} → ${dst ? dst.name : r.sink_id}` }),
       el("span", { class: "id", text: r.id + (r.source_channel ? ` · input channel ${r.source_channel}` : "") })),
-    el("div", { class: "row" }, el("label", { text: "Gain" }), slider, number, el("span", { class: "hint", text: "dB" }),
+    el("div", { class: "row" },
+      el("div", { class: "gain" }, el("label", { text: "Gain" }), slider, number, el("span", { class: "hint", text: "dB" })),
       el("label", { class: "toggle" }, mute, "Mute"), remove));
 }
 

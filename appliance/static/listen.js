@@ -262,14 +262,21 @@ class Player {
       rttMs: pair && pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime * 1000 : null,
       jitterBufferDelay: inbound ? inbound.jitterBufferDelay || 0 : 0,
       jitterBufferEmittedCount: inbound ? inbound.jitterBufferEmittedCount || 0 : 0,
+      jitterBufferTargetDelay: inbound ? inbound.jitterBufferTargetDelay || 0 : 0,
+      removedSamplesForAcceleration: inbound ? inbound.removedSamplesForAcceleration || 0 : 0,
+      insertedSamplesForDeceleration: inbound ? inbound.insertedSamplesForDeceleration || 0 : 0,
       concealedSamples: inbound ? inbound.concealedSamples || 0 : 0,
       totalSamplesReceived: inbound ? inbound.totalSamplesReceived || 0 : 0,
       audioLevel: inbound ? inbound.audioLevel : null,
       bufferMs: null,
+      targetMs: null,
     };
     if (prev) {
       const dc = out.jitterBufferEmittedCount - prev.jitterBufferEmittedCount;
-      if (dc > 0) out.bufferMs = ((out.jitterBufferDelay - prev.jitterBufferDelay) / dc) * 1000;
+      if (dc > 0) {
+        out.bufferMs = ((out.jitterBufferDelay - prev.jitterBufferDelay) / dc) * 1000;
+        out.targetMs = ((out.jitterBufferTargetDelay - prev.jitterBufferTargetDelay) / dc) * 1000;
+      }
     }
     this.stats = out;
     this.onchange(this);
@@ -442,12 +449,13 @@ class Card {
     const s = p.stats;
     if (on && s) {
       const f = (v, d = 0) => (v === null || v === undefined ? "–" : v.toFixed(d));
-      this.stats.innerHTML = "";
-      this.stats.append(
-        "Round trip ", el("b", { text: `${f(s.rttMs, 1)} ms` }),
-        " · jitter ", el("b", { text: `${f(s.jitterMs, 1)} ms` }),
-        " · buffer ", el("b", { text: `${f(s.bufferMs)} ms` }),
-        ` · ${s.packetsReceived} packets` + (s.packetsLost > 0 ? `, ${s.packetsLost} lost` : ""));
+      const stat = (k, v, title) => el("div", { class: "stat", title }, el("span", { class: "k", text: k }), el("span", { class: "v", text: v }));
+      this.stats.replaceChildren(
+        stat("RTT", `${f(s.rttMs, 1)} ms`, "network round-trip time (ICE)"),
+        stat("Jitter", `${f(s.jitterMs, 1)} ms`, "packet arrival jitter (RTP)"),
+        stat("Buffer", `${f(s.bufferMs)} ms`, "audio held in the jitter buffer"),
+        stat("Lost", `${s.packetsLost}`, `${s.packetsReceived} packets received`));
+      this.stats.dataset.packets = String(s.packetsReceived);
     } else {
       this.stats.textContent = "";
     }

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import trio
 
+from tests.support.audio_sim import PulseDaemon, use_asoundrc
+
 CHROMIUM = os.environ.get("APPLIANCE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -33,17 +35,24 @@ class Browser:
     """Headless Chromium owned by one worker thread; ``await call(fn, ...)``
     runs ``fn(browser, ...)`` there."""
 
-    def __init__(self, user_data_dir: Path):
+    def __init__(self, user_data_dir: Path, *, pulse_server: str | None = None,
+                 executable: str | None = None):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chromium")
-        self._pool.submit(self._start, user_data_dir).result(timeout=60)
+        self._pool.submit(self._start, user_data_dir, pulse_server,
+                          executable or CHROMIUM).result(timeout=60)
 
-    def _start(self, user_data_dir: Path) -> None:
+    def _start(self, user_data_dir: Path, pulse_server: str | None, executable: str) -> None:
         from playwright.sync_api import sync_playwright
         self._pw = sync_playwright().start()
+        env = dict(os.environ)
+        if pulse_server:
+            # a real, clocked audio output (a PulseAudio null sink) instead of
+            # headless Chromium's fake one
+            env["PULSE_SERVER"] = pulse_server
         # a persistent context with our own fresh profile directory
         self.context = self._pw.chromium.launch_persistent_context(
-            str(user_data_dir), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport=DESKTOP, ignore_default_args=["--mute-audio"])
+            str(user_data_dir), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+            viewport=DESKTOP, ignore_default_args=["--mute-audio"], env=env)
 
     def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self._pool.submit(fn, self, *args).result()
@@ -81,8 +90,19 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
         b.close()
 
 
-def node_available() -> bool:
-    return shutil.which("node") is not None
+@pytest.fixture
+def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    if shutil.which("pulseaudio") is None:
+        pytest.skip("pulseaudio is not installed (make test installs it)")
+    daemon = PulseDaemon(tmp_path / "pulse")
+    daemon.start()
+    # the "HAT": the ALSA default control device is the daemon's mixer
+    use_asoundrc(monkeypatch, tmp_path / "asoundrc", daemon.asoundrc()
+                 + f'ctl.!default {{ type pulse server "unix:{daemon.socket}" }}\n')
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 # The real server of tests/web (hypercorn + app + engine, loopback ICE).

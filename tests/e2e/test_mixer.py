@@ -4,7 +4,6 @@ start."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import alsaaudio
@@ -12,25 +11,10 @@ import pytest
 import trio
 
 from tests.e2e.conftest import Browser
-from tests.support.audio_sim import PulseDaemon, use_asoundrc
+from tests.support.audio_sim import use_asoundrc
 from tests.web.conftest import make_config, open_server
 
 pytestmark = pytest.mark.trio
-
-
-@pytest.fixture
-def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    if shutil.which("pulseaudio") is None:
-        pytest.skip("pulseaudio is not installed (make test installs it)")
-    daemon = PulseDaemon(tmp_path / "pulse")
-    daemon.start()
-    # the "HAT": the ALSA default control device is the daemon's mixer
-    use_asoundrc(monkeypatch, tmp_path / "asoundrc", daemon.asoundrc()
-                 + f'ctl.!default {{ type pulse server "unix:{daemon.socket}" }}\n')
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 def master() -> list[int]:
