@@ -103,6 +103,10 @@ static GstBusSyncReply on_bus_sync(GstBus *bus, GstMessage *msg, gpointer data)
         struct sched_param sp = {.sched_priority = prio};
         pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
     }
+    /* Dropping means owning: a stream-status message left alive keeps its
+     * element and task alive (every listener's nicesrc, its ICE agent and
+     * sockets: 4 file descriptors a listener, measured). */
+    gst_message_unref(msg);
     return GST_BUS_DROP;
 }
 
@@ -423,8 +427,8 @@ static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpoi
         g_object_set(el, "leaky", 2 /* downstream */, "max-size-buffers", 16u,
                      "max-size-bytes", 0u, "max-size-time", (guint64)0, "silent", TRUE, NULL);
     } else if (!strcmp(name, "nicesrc") && !l->rx_pad) {
-        /* Kept so detach can take the probe off: webrtcbin (1.22) does not
-         * always let go of its nicesrc, and the probe would keep us alive. */
+        /* Kept so detach can take the probe (and its reference to us) off
+         * at once, rather than whenever webrtcbin frees its nicesrc. */
         l->rx_pad = gst_element_get_static_pad(el, "src");
         l->rx_probe = gst_pad_add_probe(l->rx_pad,
                                         GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST,

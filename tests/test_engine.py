@@ -570,3 +570,33 @@ async def test_no_threads_or_listeners_left_after_many_listeners():
         assert e.stats().listeners == 0
     assert live_engine_threads() == 0
     await wait_for_threads(baseline)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.trio
+async def test_listeners_leave_no_file_descriptors_or_threads_behind(engine):
+    """Each listener opens ICE sockets and starts threads; all of them must go
+    with it, round after round (a dropped-but-unreffed bus message once kept 4
+    sockets per listener alive)."""
+    await tone_graph(engine)
+
+    async def round_of(n: int) -> None:
+        ids = {engine.add_listener("main", synthetic_offer()) for _ in range(n)}
+        waiting = set(ids)
+        while waiting:   # answered: webrtcbin has opened its sockets and threads
+            ev = await next_event(engine, (AnswerReady, AnswerFailed))
+            waiting.discard(ev.listener_id)
+        for lid in ids:
+            await engine.remove_listener(lid)
+
+    await round_of(5)                     # first use loads plugins, certificates
+    fds, threads = open_fds(), process_threads()
+    for _ in range(3):
+        await round_of(20)
+        assert open_fds() == fds
+        await wait_for_threads(threads)
+    assert engine.stats().listeners == 0
+
