@@ -607,8 +607,8 @@ int ae_engine_stats_get(ae_engine *e, ae_engine_stats *out)
     out->sinks = e->nsinks;
     out->routes = e->nroutes;
     out->threads = 3;
-    for (ae_source *s = e->sources; s; s = s->next) out->threads += s->thread_started;
-    for (ae_sink *k = e->sinks; k; k = k->next) out->threads += k->thread_started;
+    for (ae_source *s = e->sources; s; s = s->next) out->threads += s->dev.thread_started;
+    for (ae_sink *k = e->sinks; k; k = k->next) out->threads += k->dev.thread_started;
     pthread_mutex_unlock(&e->graph_lock);
     out->listeners = atomic_load(&e->nlisteners);
     pthread_mutex_lock(&e->ev_lock);

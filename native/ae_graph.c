@@ -80,54 +80,54 @@ int64_t ae_ring_time_of(const ae_ring *r, uint64_t pos, int rate)
 
 /* ---- device threads ----------------------------------------------------- */
 
-typedef struct device_loop {
+/* Who a device thread reports for. */
+typedef struct device_ctx {
     ae_engine *e;
     ae_source *source;
     ae_sink *sink;
-    ae_pcm *pcm;
-    const char *device;
-    snd_pcm_stream_t stream;
-    int channels, period_frames, buffer_periods;
-    atomic_bool *stop;
-    uint64_t *xruns;
-    bool lost;
-    int64_t retry_at, backoff;
-    int64_t silence_t;
-} device_loop;
+    ae_device *d;
+} device_ctx;
 
-static void post_device(device_loop *d, int type, const char *text, uint64_t count)
+static void post_device(device_ctx *c, int type, const char *text, uint64_t count)
 {
     ae_event ev = {0};
     ev.type = type;
-    ev.source = d->source;
-    ev.sink = d->sink;
+    ev.source = c->source;
+    ev.sink = c->sink;
     ev.text = text;
     ev.count = count;
-    ae_post(d->e, &ev);
+    ae_post(c->e, &ev);
 }
 
-static void mark_lost(device_loop *d, const char *why)
+static void mark_lost(device_ctx *c, const char *why)
 {
+    ae_device *d = c->d;
     char msg[300];
-    snprintf(msg, sizeof msg, "%s: %s", d->device, why);
-    ae_pcm_close(d->pcm);
+    snprintf(msg, sizeof msg, "%s: %s", d->name, why);
+    ae_pcm_close(&d->pcm);
     d->lost = true;
     d->backoff = RETRY_MIN_US;
     d->retry_at = ae_now_us() + d->backoff;
     d->silence_t = ae_now_us();
-    post_device(d, AE_EVENT_DEVICE_LOST, msg, 0);
+    post_device(c, AE_EVENT_DEVICE_LOST, msg, 0);
 }
 
-/* While the device is gone: retry with backoff, and let the caller keep
- * time with silence. Returns true when the device is back. */
-static bool try_restore(device_loop *d)
+static int device_open_pcm(ae_engine *e, ae_device *d)
 {
+    return ae_pcm_open(&d->pcm, d->name, d->stream, e->cfg.sample_rate, d->channels,
+                       d->period_frames, d->buffer_periods);
+}
+
+/* While the device is gone: retry with backoff; the caller keeps time with
+ * silence meanwhile. Returns true when the device is back. */
+static bool try_restore(device_ctx *c)
+{
+    ae_device *d = c->d;
     int64_t now = ae_now_us();
     if (now < d->retry_at) return false;
-    if (ae_pcm_open(d->pcm, d->device, d->stream, d->e->cfg.sample_rate, d->channels,
-                    d->period_frames, d->buffer_periods) == AE_OK) {
+    if (device_open_pcm(c->e, d) == AE_OK) {
         d->lost = false;
-        post_device(d, AE_EVENT_DEVICE_RESTORED, NULL, 0);
+        post_device(c, AE_EVENT_DEVICE_RESTORED, NULL, 0);
         return true;
     }
     d->backoff = d->backoff * 2 > RETRY_MAX_US ? RETRY_MAX_US : d->backoff * 2;
@@ -135,60 +135,65 @@ static bool try_restore(device_loop *d)
     return false;
 }
 
+/* Sleep through one period of silence while the device is gone. */
+static void keep_time(device_ctx *c, int frames)
+{
+    c->d->silence_t += (int64_t)frames * 1000000 / c->e->cfg.sample_rate;
+    ae_sleep_until_us(c->d->silence_t);
+}
+
 /* One step of device I/O; returns false when the device is lost. */
-static bool handle_io_result(device_loop *d, int n, int *stalls)
+static bool handle_io_result(device_ctx *c, int n, int *stalls)
 {
     if (n > 0) {
         *stalls = 0;
         return true;
     }
     if (n == -EPIPE) {
-        (*d->xruns)++;
-        post_device(d, AE_EVENT_XRUN, NULL, *d->xruns);
+        c->d->xruns++;
+        post_device(c, AE_EVENT_XRUN, NULL, c->d->xruns);
         return true;
     }
     if (n == 0) {
         /* Timed out: a device that delivers nothing for a second is gone. */
         if (++*stalls * 100 >= 1000) {
-            mark_lost(d, "the device stopped delivering audio");
+            mark_lost(c, "the device stopped delivering audio");
             *stalls = 0;
             return false;
         }
         return true;
     }
-    mark_lost(d, snd_strerror(n));
+    mark_lost(c, snd_strerror(n));
     return false;
 }
+
+/* Largest period a device may choose (we ask for period_frames). */
+static size_t max_period(const ae_device *d) { return (size_t)d->period_frames * 4; }
 
 static void *capture_main(void *arg)
 {
     ae_source *s = arg;
     ae_engine *e = s->engine;
-    device_loop d = {.e = e, .source = s, .pcm = &s->pcm, .device = s->device,
-                     .stream = SND_PCM_STREAM_CAPTURE, .channels = s->channels,
-                     .period_frames = s->period_frames, .buffer_periods = s->buffer_periods,
-                     .stop = &s->stop, .xruns = &s->xruns};
-    size_t max_period = (size_t)s->period_frames * 4;
-    float *buf = calloc(max_period * (size_t)s->channels, sizeof(float));
-    if (!s->pcm.pcm) mark_lost(&d, "not present at start");
+    ae_device *d = &s->dev;
+    device_ctx c = {.e = e, .source = s, .d = d};
+    float *buf = calloc(max_period(d) * (size_t)s->channels, sizeof(float));
+    if (!d->pcm.pcm) mark_lost(&c, "not present at start");
     int stalls = 0;
-    while (buf && !atomic_load(&s->stop)) {
-        if (d.lost && !try_restore(&d)) {
+    while (buf && !atomic_load(&d->stop)) {
+        if (d->lost && !try_restore(&c)) {
             /* Keep the sinks fed with silence, on time. */
-            int frames = s->period_frames;
-            d.silence_t += (int64_t)frames * 1000000 / e->cfg.sample_rate;
-            ae_sleep_until_us(d.silence_t);
-            memset(buf, 0, (size_t)frames * (size_t)s->channels * sizeof(float));
-            ae_ring_write(&s->ring, buf, (uint64_t)frames, d.silence_t);
+            keep_time(&c, d->period_frames);
+            memset(buf, 0, (size_t)d->period_frames * (size_t)s->channels * sizeof(float));
+            ae_ring_write(&s->ring, buf, (uint64_t)d->period_frames, d->silence_t);
             ae_wake_mixer(e);
             continue;
         }
-        if (s->pcm.period > max_period) {
-            mark_lost(&d, "the device chose a period larger than asked");
+        if (d->pcm.period > max_period(d)) {
+            mark_lost(&c, "the device chose a period larger than asked");
             continue;
         }
-        int n = ae_pcm_read_period(&s->pcm, buf, 100);
-        if (!handle_io_result(&d, n, &stalls) || n <= 0) continue;
+        int n = ae_pcm_read_period(&d->pcm, buf, 100);
+        if (!handle_io_result(&c, n, &stalls) || n <= 0) continue;
         int64_t captured = ae_now_us() - (int64_t)n * 1000000 / e->cfg.sample_rate;
         ae_levels_add(&s->levels, buf, n);
         ae_ring_write(&s->ring, buf, (uint64_t)n, captured);
@@ -203,18 +208,15 @@ static void *playback_main(void *arg)
 {
     ae_sink *k = arg;
     ae_engine *e = k->engine;
-    device_loop d = {.e = e, .sink = k, .pcm = &k->pcm, .device = k->device,
-                     .stream = SND_PCM_STREAM_PLAYBACK, .channels = k->channels,
-                     .period_frames = k->period_frames, .buffer_periods = k->buffer_periods,
-                     .stop = &k->stop, .xruns = &k->xruns};
-    size_t max_period = (size_t)k->period_frames * 4;
-    float *buf = calloc(max_period * (size_t)k->channels, sizeof(float));
-    if (!k->pcm.pcm) mark_lost(&d, "not present at start");
+    ae_device *d = &k->dev;
+    device_ctx c = {.e = e, .sink = k, .d = d};
+    float *buf = calloc(max_period(d) * (size_t)k->channels, sizeof(float));
+    if (!d->pcm.pcm) mark_lost(&c, "not present at start");
     int stalls = 0;
-    while (buf && !atomic_load(&k->stop)) {
-        int frames = d.lost ? k->period_frames : (int)k->pcm.period;
-        if (!d.lost && (size_t)frames > max_period) {
-            mark_lost(&d, "the device chose a period larger than asked");
+    while (buf && !atomic_load(&d->stop)) {
+        int frames = d->lost ? d->period_frames : (int)d->pcm.period;
+        if (!d->lost && (size_t)frames > max_period(d)) {
+            mark_lost(&c, "the device chose a period larger than asked");
             continue;
         }
         /* Take one period from the mixer's output, or silence. */
@@ -228,17 +230,53 @@ static void *playback_main(void *arg)
         } else {
             memset(buf, 0, (size_t)frames * (size_t)k->channels * sizeof(float));
         }
-        if (d.lost && !try_restore(&d)) {
-            d.silence_t += (int64_t)frames * 1000000 / e->cfg.sample_rate;
-            ae_sleep_until_us(d.silence_t);
+        if (d->lost && !try_restore(&c)) {
+            keep_time(&c, frames);
             continue;
         }
-        int n = ae_pcm_write_period(&k->pcm, buf, 100);
-        handle_io_result(&d, n, &stalls);
+        int n = ae_pcm_write_period(&d->pcm, buf, 100);
+        handle_io_result(&c, n, &stalls);
     }
     free(buf);
     ae_thread_exiting();
     return NULL;
+}
+
+/* Configure and open a device; with allow_absent a missing device is not an
+ * error (its thread starts in the lost state and retries). */
+static int device_open(ae_engine *e, ae_device *d, const char *name, snd_pcm_stream_t stream,
+                       int channels, int period_frames, int buffer_periods, int allow_absent)
+{
+    d->period_frames = period_frames ? period_frames : 128;
+    d->buffer_periods = buffer_periods ? buffer_periods : 4;
+    if (d->period_frames < 16 || d->period_frames > 8192 || d->buffer_periods < 2 ||
+        d->buffer_periods > 64)
+        return ae_fail(AE_ERR_INVALID, "period must be 16..8192 frames and buffer 2..64 periods");
+    d->name = strdup(name && *name ? name : "default");
+    d->stream = stream;
+    d->channels = channels;
+    int rc = device_open_pcm(e, d);
+    return rc != AE_OK && allow_absent ? AE_OK : rc;
+}
+
+static int device_start(ae_engine *e, ae_device *d, const char *thread_name,
+                        void *(*fn)(void *), void *owner)
+{
+    int rc = ae_thread_start(&d->thread, thread_name, fn, owner, e->cfg.realtime_priority);
+    d->thread_started = rc == AE_OK;
+    return rc;
+}
+
+static void device_close(ae_device *d)
+{
+    if (d->thread_started) {
+        atomic_store(&d->stop, true);
+        pthread_join(d->thread, NULL);
+        d->thread_started = false;
+    }
+    ae_pcm_close(&d->pcm);
+    free(d->name);
+    d->name = NULL;
 }
 
 /* ---- sources ------------------------------------------------------------ */
@@ -361,7 +399,7 @@ static void source_free(ae_source *s)
 {
     ae_ring_free(&s->ring);
     free(s->file_data);
-    free(s->device);
+    free(s->dev.name);
     pthread_mutex_destroy(&s->levels.lock);
     free(s);
 }
@@ -407,23 +445,12 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
         }
         rc = load_wav(s, cfg->path, e->cfg.sample_rate, cfg->raw_rate);
         break;
-    case AE_SOURCE_ALSA: {
-        const char *dev = cfg->device && *cfg->device ? cfg->device : "default";
-        s->period_frames = cfg->period_frames ? cfg->period_frames : 128;
-        s->buffer_periods = cfg->buffer_periods ? cfg->buffer_periods : 4;
-        if (s->period_frames < 16 || s->period_frames > 8192 || s->buffer_periods < 2 ||
-            s->buffer_periods > 64) {
-            rc = ae_fail(AE_ERR_INVALID, "period must be 16..8192 frames and buffer 2..64 periods");
-            break;
-        }
-        s->device = strdup(dev);
+    case AE_SOURCE_ALSA:
         rc = ae_ring_init(&s->ring, channels, (uint64_t)e->cfg.sample_rate);
-        if (rc != AE_OK) break;
-        rc = ae_pcm_open(&s->pcm, dev, SND_PCM_STREAM_CAPTURE, e->cfg.sample_rate, channels,
-                         s->period_frames, s->buffer_periods);
-        if (rc != AE_OK && cfg->allow_absent) rc = AE_OK;  /* the thread retries */
+        if (rc == AE_OK)
+            rc = device_open(e, &s->dev, cfg->device, SND_PCM_STREAM_CAPTURE, channels,
+                             cfg->period_frames, cfg->buffer_periods, cfg->allow_absent);
         break;
-    }
     default: rc = ae_fail(AE_ERR_INVALID, "unknown source kind %d", cfg->kind);
     }
     if (rc != AE_OK) {
@@ -432,14 +459,10 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
     }
     ae_levels_init(&s->levels, s->channels);
     link_source(e, s);
-    if (s->kind == AE_SOURCE_ALSA) {
-        rc = ae_thread_start(&s->thread, "ae-capture", capture_main, s, e->cfg.realtime_priority);
-        if (rc != AE_OK) {
-            s->thread_started = false;
-            ae_source_destroy(s);
-            return rc;
-        }
-        s->thread_started = true;
+    if (s->kind == AE_SOURCE_ALSA &&
+        (rc = device_start(e, &s->dev, "ae-capture", capture_main, s)) != AE_OK) {
+        ae_source_destroy(s);
+        return rc;
     }
     *out = s;
     return AE_OK;
@@ -489,11 +512,7 @@ int ae_source_destroy(ae_source *s)
         }
     }
     pthread_mutex_unlock(&e->graph_lock);
-    if (s->thread_started) {
-        atomic_store(&s->stop, true);
-        pthread_join(s->thread, NULL);
-    }
-    ae_pcm_close(&s->pcm);
+    device_close(&s->dev);
     ae_events_forget(e, s);
     ae_events_release(e, s);
     source_free(s);
@@ -513,7 +532,7 @@ static void sink_free(ae_sink *k)
     ae_ring_free(&k->out_ring);
     free(k->mix);
     free(k->tmp);
-    free(k->device);
+    free(k->dev.name);
     pthread_mutex_destroy(&k->levels.lock);
     pthread_mutex_destroy(&k->latency.lock);
     free(k);
@@ -570,21 +589,10 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
         }
         if (rc == AE_OK) rc = ae_opus_pipeline_start(k);
     } else if (rc == AE_OK) {
-        const char *dev = cfg->device && *cfg->device ? cfg->device : "default";
-        k->period_frames = cfg->period_frames ? cfg->period_frames : 128;
-        k->buffer_periods = cfg->buffer_periods ? cfg->buffer_periods : 4;
-        if (k->period_frames < 16 || k->period_frames > 8192 || k->buffer_periods < 2 ||
-            k->buffer_periods > 64)
-            rc = ae_fail(AE_ERR_INVALID, "period must be 16..8192 frames and buffer 2..64 periods");
-        if (rc == AE_OK) {
-            k->device = strdup(dev);
-            rc = ae_ring_init(&k->out_ring, channels, (uint64_t)e->cfg.sample_rate);
-        }
-        if (rc == AE_OK) {
-            rc = ae_pcm_open(&k->pcm, dev, SND_PCM_STREAM_PLAYBACK, e->cfg.sample_rate, channels,
-                             k->period_frames, k->buffer_periods);
-            if (rc != AE_OK && cfg->allow_absent) rc = AE_OK;
-        }
+        rc = ae_ring_init(&k->out_ring, channels, (uint64_t)e->cfg.sample_rate);
+        if (rc == AE_OK)
+            rc = device_open(e, &k->dev, cfg->device, SND_PCM_STREAM_PLAYBACK, channels,
+                             cfg->period_frames, cfg->buffer_periods, cfg->allow_absent);
     }
     if (rc != AE_OK) {
         if (k->pipeline) ae_opus_pipeline_stop(k);
@@ -596,13 +604,10 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
     e->sinks = k;
     e->nsinks++;
     pthread_mutex_unlock(&e->graph_lock);
-    if (k->kind == AE_SINK_ALSA) {
-        rc = ae_thread_start(&k->thread, "ae-playback", playback_main, k, e->cfg.realtime_priority);
-        if (rc != AE_OK) {
-            ae_sink_destroy(k);
-            return rc;
-        }
-        k->thread_started = true;
+    if (k->kind == AE_SINK_ALSA &&
+        (rc = device_start(e, &k->dev, "ae-playback", playback_main, k)) != AE_OK) {
+        ae_sink_destroy(k);
+        return rc;
     }
     ae_wake_mixer(e);
     *out = k;
@@ -629,11 +634,7 @@ int ae_sink_destroy(ae_sink *k)
         }
     }
     pthread_mutex_unlock(&e->graph_lock);
-    if (k->thread_started) {
-        atomic_store(&k->stop, true);
-        pthread_join(k->thread, NULL);
-    }
-    ae_pcm_close(&k->pcm);
+    device_close(&k->dev);
     if (k->pipeline) ae_opus_pipeline_stop(k);
     ae_events_forget(e, k);
     ae_events_release(e, k);

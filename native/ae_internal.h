@@ -81,6 +81,21 @@ void ae_pcm_close(ae_pcm *p);
 int ae_pcm_read_period(ae_pcm *p, float *out, int timeout_ms);
 int ae_pcm_write_period(ae_pcm *p, const float *in, int timeout_ms);
 
+/* An ALSA device and its thread: what capture sources and playback sinks
+ * share. The loss and retry fields belong to the device thread. */
+typedef struct ae_device {
+    ae_pcm pcm;
+    char *name;
+    snd_pcm_stream_t stream;
+    int channels, period_frames, buffer_periods;
+    pthread_t thread;
+    bool thread_started;
+    atomic_bool stop;
+    uint64_t xruns;
+    bool lost;
+    int64_t retry_at, backoff, silence_t;
+} ae_device;
+
 /* ---- graph ---- */
 typedef struct ae_ring {
     float *data;                         /* interleaved */
@@ -117,13 +132,7 @@ struct ae_source {
     uint64_t file_frames;
     /* ALSA */
     ae_ring ring;
-    ae_pcm pcm;
-    char *device;
-    int period_frames, buffer_periods;
-    pthread_t thread;
-    bool thread_started;
-    atomic_bool stop;
-    uint64_t xruns;
+    ae_device dev;
 };
 
 struct ae_route {
@@ -175,13 +184,7 @@ struct ae_sink {
     /* ALSA playback */
     ae_ring out_ring;
     _Atomic uint64_t out_rpos;
-    ae_pcm pcm;
-    char *device;
-    int period_frames, buffer_periods;
-    pthread_t thread;
-    bool thread_started;
-    atomic_bool stop;
-    uint64_t xruns;
+    ae_device dev;
 };
 
 /* ---- events (ae_engine.c) ---- */
