@@ -1,0 +1,91 @@
+# Step 10 (default base): a Debian arm64 root from Debian's archive with
+# mmdebstrap --mode=unshare (no root needed), customised by step 20 inside
+# it, written as a tarball and unpacked under fakeroot so ownership survives.
+# shellcheck shell=bash
+
+RUNTIME_PACKAGES_COMMON="systemd systemd-sysv udev dbus kmod iproute2 netbase \
+avahi-daemon openssh-server sudo python3 python3-venv alsa-utils libasound2 \
+libopus0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+gstreamer1.0-plugins-bad gstreamer1.0-nice"
+RUNTIME_PACKAGES_DEBIAN="wpasupplicant wireless-regdb firmware-brcm80211 \
+initramfs-tools zstd dosfstools"
+APP_BUILD_PACKAGES="gcc pkg-config python3-dev libasound2-dev libopus-dev \
+libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev \
+libgstreamer-plugins-bad1.0-dev libnice-dev"
+KERNEL_PACKAGES="linux-image-arm64 raspi-firmware"
+
+# stage_in DIR: what step 20 finds at /tmp/appliance-build inside the root.
+stage_in() {
+    local d=$1
+    rm -rf "$d" && mkdir -p "$d"
+    cp "$IMAGE_DIR/stages/20-customise-chroot.sh" "$d/"
+    cp /etc/ssl/certs/ca-certificates.crt "$d/ca.crt"
+    {
+        printf 'BASE=%q\nAPP=%q\nSOURCE_DATE_EPOCH=%q\n' "$BASE" "$APP" "$SOURCE_DATE_EPOCH"
+        local runtime=$RUNTIME_PACKAGES_COMMON
+        [ "$BASE" = debian ] && runtime="$runtime $RUNTIME_PACKAGES_DEBIAN"
+        printf 'RUNTIME_PACKAGES=%q\n' "$(echo $runtime ${EXTRA_PACKAGES//,/ })"
+        printf 'APP_BUILD_PACKAGES=%q\nKERNEL_PACKAGES=%q\n' "$(echo $APP_BUILD_PACKAGES)" "$KERNEL_PACKAGES"
+    } >"$d/build.env"
+    if [ "$APP" = source ]; then
+        info "app: copying $APP_SOURCE (files git knows or would add)"
+        mkdir -p "$d/app"
+        (cd "$APP_SOURCE" && git ls-files -z --cached --others --exclude-standard \
+            | grep -zv -e '^image/' -e '^tests/' -e '^bench/' \
+            | xargs -0 -r cp --parents -t "$d/app") 
+        [ -f "$d/app/pyproject.toml" ] || die "APP_SOURCE=$APP_SOURCE has no pyproject.toml"
+    else
+        cp -r "$IMAGE_DIR/stub-app" "$d/stub-app"
+    fi
+    chmod -R a+rX "$d"
+}
+
+ensure_binfmt() {
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && return 0
+    [ "$(id -u)" = 0 ] || die "arm64 programs cannot run here: binfmt_misc has no qemu-aarch64 entry (as root: mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; update-binfmts --enable qemu-aarch64)"
+    [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    update-binfmts --enable qemu-aarch64 >/dev/null
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "could not enable qemu-aarch64 in binfmt_misc"
+}
+
+stage_bootstrap() {
+    step "10 bootstrap: Debian $SUITE $ARCH (kernel from $KERNEL_SUITE) with mmdebstrap"
+    need_tools mmdebstrap fakeroot tar
+    ensure_binfmt
+    local sin=$WORK_DIR/stage-in tarball=$WORK_DIR/rootfs.tar out=$WORK_DIR/chroot-out
+    stage_in "$sin"
+    rm -rf "$out" && mkdir -p "$out" && chmod 1777 "$out"
+    local comps="main non-free-firmware" security=${MIRROR%/debian}/debian-security
+    local sources=("deb $MIRROR $SUITE $comps" "deb $MIRROR $SUITE-updates $comps"
+                   "deb $security $SUITE-security $comps")
+    local pin=""
+    if [ "$KERNEL_SUITE" != "$SUITE" ]; then
+        sources+=("deb $MIRROR $KERNEL_SUITE $comps")
+        pin="printf 'Package: linux-image-arm64 linux-image-*-arm64\nPin: release n=$KERNEL_SUITE\nPin-Priority: 990\n' > \"\$1/etc/apt/preferences.d/kernel\""
+    fi
+    local runtime
+    runtime=$(. "$sin/build.env"; echo "$RUNTIME_PACKAGES")
+    info "packages: $runtime"
+    # Progress: mmdebstrap prints each phase; step 20 prints its own.
+    mmdebstrap --mode=unshare --variant=minbase --arch="$ARCH" \
+        --include="${runtime// /,}" \
+        --aptopt='Acquire::Retries "3"' \
+        ${pin:+--setup-hook="$pin"} \
+        --customize-hook='mkdir -p "$1/tmp/appliance-build"' \
+        --customize-hook="sync-in $sin /tmp/appliance-build" \
+        --customize-hook='chroot "$1" env -i HOME=/root TERM=dumb /bin/sh /tmp/appliance-build/20-customise-chroot.sh' \
+        --customize-hook="copy-out /tmp/appliance-build/pip-freeze.txt $out" \
+        --customize-hook='rm -rf "$1/tmp/appliance-build" "$1/etc/apt/preferences.d/kernel"' \
+        "$SUITE" "$tarball" "${sources[@]}"
+    cp "$out/pip-freeze.txt" "$WORK_DIR/pip-freeze.txt"
+    step "10 unpacking the root under fakeroot"
+    in_fakeroot tar -xpf "$tarball" -C "$WORK_DIR/root" --numeric-owner
+}
+
+# --stub-root: a prepared tree stands in for steps 10 and 20.
+stage_stub_root() {
+    step "10 stub root: $1"
+    [ -d "$1" ] || die "--stub-root $1: not a directory"
+    in_fakeroot cp -a "$1/." "$WORK_DIR/root/"
+    : >"$WORK_DIR/pip-freeze.txt"
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Step 30, the part that runs under fakeroot (see 30-overlay.sh).
+set -euo pipefail
+R=$WORK_DIR/root B=$WORK_DIR/boot D=$WORK_DIR/data
+PARTUUID=${DISK_ID#0x}
+info() { printf '    %s\n' "$*" >&2; }
+die() { printf 'image: error: %s\n' "$*" >&2; exit 1; }
+[ -d "$R/etc" ] || die "the root has no /etc: $R"
+
+info "files: image/files/common${BASE:+ and image/files/$BASE}"
+for layer in common "$BASE"; do
+    [ -d "$IMAGE_DIR/files/$layer" ] || continue
+    tar -C "$IMAGE_DIR/files/$layer" --owner=0 --group=0 --numeric-owner -cf - . \
+        | tar -C "$R" --no-overwrite-dir -xpf -
+done
+chmod 0755 "$R/usr/local/sbin/appliance-firstboot"
+chmod 0440 "$R/etc/sudoers.d/admin"
+printf '%s\n' "$BASE" >"$R/etc/appliance-base"
+printf 'appliance image %s (base %s)\n' "$VERSION" "$BASE" >"$R/etc/appliance-release"
+
+# wants LINK_DIR UNIT [TARGET]: what `systemctl enable` would do.
+wants() {
+    mkdir -p "$R/etc/systemd/system/$1"
+    ln -sfn "${3:-/etc/systemd/system/$2}" "$R/etc/systemd/system/$1/$2"
+}
+unwant() { rm -f "$R/etc/systemd/system/$1/$2"; }
+mask() { ln -sfn /dev/null "$R/etc/systemd/system/$1"; }
+
+info "units: appliance, appliance-firstboot; SSH and timers that write to / off"
+wants multi-user.target.wants appliance.service
+wants sysinit.target.wants appliance-firstboot.service
+unwant multi-user.target.wants ssh.service
+rm -f "$R/etc/systemd/system/sshd.service" "$R"/etc/ssh/ssh_host_*
+for t in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer \
+         fstrim.timer man-db.timer; do
+    unwant timers.target.wants "$t"
+done
+mkdir -p "$R/etc/systemd/system-preset"
+cat >"$R/etc/systemd/system-preset/10-appliance.preset" <<'P'
+# Presets run at first boot would otherwise turn SSH on.
+enable appliance.service
+enable appliance-firstboot.service
+disable ssh.service
+P
+if [ "$BASE" = debian ]; then
+    wants multi-user.target.wants systemd-networkd.service /lib/systemd/system/systemd-networkd.service
+    wants sockets.target.wants systemd-networkd.socket /lib/systemd/system/systemd-networkd.socket
+else
+    # Raspberry Pi OS: no console wizard asking for a user and password, no
+    # "ssh" file on the boot partition turning SSH on, no resize at boot.
+    for u in userconfig.service sshswitch.service rpi-resize.service \
+             rpi-resize-swap-file.service dphys-swapfile.service; do
+        mask "$u"
+    done
+fi
+
+info "read-only root: fstab, tmpfs for /tmp /var/tmp /var/lib/systemd, state on partition 3"
+cat >"$R/etc/fstab" <<F
+# The root file system is read-only; only the state partition is written
+# (atomically, by the appliance). appliance-firstboot remounts / for a moment
+# when appliance.toml changed.
+PARTUUID=$PARTUUID-02  /                   ext4   ro,noatime,errors=remount-ro  0 1
+PARTUUID=$PARTUUID-01  /boot/firmware      vfat   ro,noatime,fmask=0022,dmask=0022,flush  0 2
+PARTUUID=$PARTUUID-03  /var/lib/appliance  ext4   rw,noatime,nodev,nosuid,noexec,data=journal,commit=5  0 2
+tmpfs  /tmp              tmpfs  nosuid,nodev,mode=1777,size=64M  0 0
+tmpfs  /var/tmp          tmpfs  nosuid,nodev,mode=1777,size=16M  0 0
+tmpfs  /var/lib/systemd  tmpfs  nosuid,nodev,mode=0755,size=8M   0 0
+F
+mkdir -p "$R/var/lib/appliance" "$R/boot/firmware" "$R/tmp" "$R/var/tmp"
+: >"$R/etc/machine-id"
+rm -f "$R/var/lib/dbus/machine-id"
+printf '%s\n' "$HOSTNAME" >"$R/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
+    "$HOSTNAME" >"$R/etc/hosts"
+if [ -e "$R/usr/share/zoneinfo/$TIMEZONE" ]; then
+    ln -sfn "/usr/share/zoneinfo/$TIMEZONE" "$R/etc/localtime"
+    printf '%s\n' "$TIMEZONE" >"$R/etc/timezone"
+fi
+appl=$(awk -F: '$1 == "appliance" { print $3 ":" $4 }' "$R/etc/passwd")
+[ -n "$appl" ] || die "the root has no user 'appliance' (step 20 creates it)"
+chown "$appl" "$R/var/lib/appliance"
+chmod 0750 "$R/var/lib/appliance"
+printf '%s\n' "$appl" >"$WORK_DIR/data-owner"
+
+info "boot partition"
+if [ -d "$R/boot/firmware" ] && [ -n "$(ls -A "$R/boot/firmware")" ]; then
+    cp -r "$R/boot/firmware/." "$B/"
+    find "$R/boot/firmware" -mindepth 1 -delete
+fi
+[ -f "$B/config.txt" ] || die "no config.txt for the boot partition (raspi-firmware or the base image provides it)"
+[ -f "$B/cmdline.txt" ] || die "no cmdline.txt for the boot partition"
+# One line; our root, read-only; Raspberry Pi OS's resize-at-first-boot off.
+python3 - "$B/cmdline.txt" "$PARTUUID" <<'PY'
+import sys
+path, partuuid = sys.argv[1], sys.argv[2]
+drop = ("root=", "rootfstype=", "init=", "rootflags=")
+words = [w for w in open(path).read().split()
+         if not w.startswith(drop) and w not in ("ro", "rw", "quiet")]
+words += [f"root=PARTUUID={partuuid}-02", "rootfstype=ext4", "ro", "rootwait", "quiet"]
+for must in ("fsck.repair=yes",):
+    if must not in words:
+        words.append(must)
+open(path, "w").write(" ".join(words) + "\n")
+PY
+cp "$IMAGE_DIR/hats.tsv" "$B/hats.txt"
+sed "s/@HOSTNAME@/$HOSTNAME/" "$IMAGE_DIR/appliance.toml.template" >"$B/appliance.toml"
+printf 'appliance image %s (base %s)\n' "$VERSION" "$BASE" >"$B/appliance-release.txt"
+
+find "$D" -mindepth 1 -delete
+for d in "$R" "$B" "$D"; do
+    find "$d" -newermt "@$SOURCE_DATE_EPOCH" -print0 \
+        | xargs -0 -r touch --no-dereference --date="@$SOURCE_DATE_EPOCH"
+done

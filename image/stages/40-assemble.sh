@@ -1,0 +1,60 @@
+# Step 40: the disk image, without loop mounts or root. Each file system is
+# made in its own file (mkfs.vfat + mcopy; mkfs.ext4 -d under fakeroot), then
+# copied into place in an image file partitioned with sfdisk.
+#
+#   1  bootfs   FAT32  firmware, kernel, config.txt, appliance.toml  (ro)
+#   2  rootfs   ext4   the system                                     (ro)
+#   3  appdata  ext4   the appliance's state, data=journal            (rw)
+# shellcheck shell=bash
+
+stage_assemble() {
+    step "40 assemble: $IMG"
+    need_tools sfdisk mkfs.vfat mcopy mkfs.ext4 fakeroot dd
+    local w=$WORK_DIR mib=2048 # sectors per MiB
+    local root_mb=$ROOT_SIZE_MB
+    if [ "$root_mb" = 0 ]; then
+        # Contents plus 10% for ext4's own metadata, plus the headroom asked for.
+        local kib; kib=$(du -sk --apparent-size "$w/root" | cut -f1)
+        root_mb=$(( kib * 11 / 10 / 1024 + ROOT_EXTRA_MB + 16 ))
+    fi
+    local boot_start=$((4 * mib)) boot_sectors=$((BOOT_SIZE_MB * mib))
+    local root_start=$((boot_start + boot_sectors)) root_sectors=$((root_mb * mib))
+    local data_start=$((root_start + root_sectors)) data_sectors=$((DATA_SIZE_MB * mib))
+    local total=$((data_start + data_sectors))
+    info "layout: boot ${BOOT_SIZE_MB} MiB, root ${root_mb} MiB, state ${DATA_SIZE_MB} MiB, total $((total / mib)) MiB"
+
+    info "bootfs: mkfs.vfat + mcopy"
+    rm -f "$w/boot.vfat"
+    mkfs.vfat -F 32 -n bootfs -i "$BOOT_VOLID" --invariant -C "$w/boot.vfat" $((BOOT_SIZE_MB * 1024)) >/dev/null 2>"$w/mkfs.vfat.log" \
+        || { cat "$w/mkfs.vfat.log" >&2; die "mkfs.vfat failed"; }
+    # mtools stamps what it creates with SOURCE_DATE_EPOCH (exported in step 00).
+    (cd "$w/boot" && mcopy -s -p -m -Q -i "$w/boot.vfat" ./* ::)
+
+    info "rootfs: mkfs.ext4 -d under fakeroot"
+    rm -f "$w/root.ext4" "$w/data.ext4"
+    in_fakeroot mkfs.ext4 -q -F -b 4096 -L rootfs -U "$ROOT_UUID" \
+        -E "hash_seed=$ROOT_UUID,root_owner=0:0" -d "$w/root" "$w/root.ext4" "${root_mb}M" >/dev/null \
+        || die "mkfs.ext4 of the root failed (is ROOT_SIZE_MB too small?)"
+    info "appdata: mkfs.ext4, owned by the appliance user"
+    in_fakeroot mkfs.ext4 -q -F -b 4096 -L appdata -U "$DATA_UUID" \
+        -E "hash_seed=$DATA_UUID,root_owner=$(cat "$w/data-owner")" -d "$w/data" "$w/data.ext4" "${DATA_SIZE_MB}M" >/dev/null
+
+    info "partition table: sfdisk"
+    rm -f "$IMG"
+    truncate -s $((total * 512)) "$IMG"
+    sfdisk --quiet --no-reread --no-tell-kernel "$IMG" <<EOF
+label: dos
+label-id: $DISK_ID
+unit: sectors
+
+start=$boot_start, size=$boot_sectors, type=c, bootable
+start=$root_start, size=$root_sectors, type=83
+start=$data_start, size=$data_sectors, type=83
+EOF
+    info "copying the file systems into place"
+    dd if="$w/boot.vfat" of="$IMG" bs=1M seek=$((boot_start / mib)) conv=notrunc,sparse status=none
+    dd if="$w/root.ext4" of="$IMG" bs=1M seek=$((root_start / mib)) conv=notrunc,sparse status=progress
+    dd if="$w/data.ext4" of="$IMG" bs=1M seek=$((data_start / mib)) conv=notrunc,sparse status=none
+    rm -f "$w/boot.vfat" "$w/root.ext4" "$w/data.ext4"
+    touch --date="@$SOURCE_DATE_EPOCH" "$IMG"
+}
