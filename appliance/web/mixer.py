@@ -28,7 +28,14 @@ blueprint = Blueprint("mixer", __name__, url_prefix="/api")
 
 SECTION = "mixer"
 DEFAULT_DEVICE = "default"
-_lock = trio.Lock()  # one mixer conversation at a time
+
+
+def _lock() -> trio.Lock:
+    """One mixer conversation at a time (per app)."""
+    lock = getattr(current_app, "_mixer_lock", None)
+    if lock is None:
+        lock = current_app._mixer_lock = trio.Lock()  # type: ignore[attr-defined]
+    return lock
 
 
 def _saved() -> dict[str, Any]:
@@ -70,7 +77,7 @@ async def restore_mixer() -> None:
 @blueprint.route("/mixer", methods=["GET"])
 async def get_mixer() -> Response:
     device = _device()
-    async with _lock:
+    async with _lock():
         try:
             controls = await trio.to_thread.run_sync(mixer.list_controls, device)
         except mixer.MixerError as error:
@@ -86,7 +93,7 @@ async def set_device() -> Response:
             or not body["device"].strip():
         raise BadRequestError('the body must be {"device": "<ALSA ctl name>"}')
     device = body["device"].strip()
-    async with _lock:
+    async with _lock():
         try:
             controls = await _persist(device)
         except mixer.MixerError as error:
@@ -105,7 +112,7 @@ async def set_control(name: str) -> Response:
     except ValueError:
         raise BadRequestError(f"bad control {name!r}") from None
     device = _device()
-    async with _lock:
+    async with _lock():
         try:
             known = await trio.to_thread.run_sync(mixer.list_controls, device)
         except mixer.MixerError as error:
