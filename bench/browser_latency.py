@@ -99,11 +99,13 @@ async def measure(server, browser: Browser, mode: str, seconds: float,
         page.wait_for_selector('.channel[data-sink="main"] .state[data-state="playing"]',
                                timeout=15000)
         info = page.evaluate("applianceDebug.probe('main', 0.1)")
+        info["track_probe"] = page.evaluate("applianceDebug.probeTrack('main', 0.1)")
         if mode not in ("default", "low"):
             page.evaluate(f"""() => {{ for (const r of applianceDebug.cards.get('main').player.pc
                 .getReceivers()) r.jitterBufferTarget = {float(mode)}; }}""")
         page.wait_for_timeout(warmup * 1000)  # let the jitter buffer settle
         page.evaluate("applianceDebug.clicks('main')")  # drop the warm-up clicks
+        page.evaluate("applianceDebug.trackClicks('main')")
         return page, info
 
     page, info = await browser.call(start)
@@ -120,27 +122,29 @@ async def measure(server, browser: Browser, mode: str, seconds: float,
     def finish(b: Browser):
         offset, error = clock_offset(page)
         clicks = page.evaluate("applianceDebug.clicks('main')")
+        track_clicks = page.evaluate("applianceDebug.trackClicks('main')")
         stats = page.evaluate("applianceDebug.stats('main')")
         settings = page.evaluate("applianceDebug.receiverSettings('main')")
         page.click('.channel[data-sink="main"] button.listen')
         page.close()
-        return offset, error, clicks, stats, settings
+        return offset, error, clicks, track_clicks, stats, settings
 
-    offset, error, clicks, stats, settings = await browser.call(finish)
+    offset, error, clicks, track_clicks, stats, settings = await browser.call(finish)
     sent = sorted(t for t in emitted if t >= window_start - 1.0)
     out: dict = {"mode": mode, "clicks_emitted": len([t for t in sent if t >= window_start]), "clicks_detected": len(clicks),
                  "clock_sync_error_ms": error * 1000, "audio_context": info,
                  "receiver": settings, "jitter_buffer_ms": stats and stats.get("bufferMs"),
                  "jitter_buffer_target_ms": stats and stats.get("targetMs"), "stats": stats}
-    for key in ("renderMs", "messageMs", "outputMs"):
+    for key in ("trackMs", "renderMs", "messageMs", "outputMs"):
         lat = []
-        for click in clicks:
+        for click in (track_clicks if key == "trackMs" else clicks):
             t = click[key] / 1000 + offset
             # the newest click emitted before it arrived (interval >> latency)
             earlier = [s for s in sent if s <= t]
             if earlier and t - earlier[-1] < interval_ms / 1000:
                 lat.append((t - earlier[-1]) * 1000)
-        name = {"renderMs": "render", "messageMs": "message", "outputMs": "speaker"}[key]
+        name = {"trackMs": "decode", "renderMs": "render", "messageMs": "message",
+                "outputMs": "speaker"}[key]
         out[name] = {"n": len(lat), "series": [round(v, 1) for v in lat], "p50": pct(lat, 0.5), "p95": pct(lat, 0.95),
                      "min": min(lat, default=float("nan")), "max": max(lat, default=float("nan"))}
     sink = engine.sink_stats("main")
@@ -200,7 +204,8 @@ def report(r: dict) -> None:
           f"engine capture->send p50 {r['engine_send_p50_ms']:.1f} ms, "
           f"load average {r['loadavg_1min']:.1f} on {r['cpus']} CPUs"
           + (f", Chromium at nice {r['nice']}" if r['nice'] else ""))
-    for key, what in (("render", "capture -> browser decode (Web Audio render)"),
+    for key, what in (("decode", "capture -> browser decode (track, no Web Audio)"),
+                      ("render", "capture -> Web Audio render (AudioWorklet)"),
                       ("message", "capture -> worklet message on the page"),
                       ("speaker", "capture -> due at the output device")):
         s = r[key]

@@ -352,6 +352,8 @@ function measure(analyser, sampleRate) {
   };
 }
 
+const trackProbes = new Map();
+
 // Hooks for tests and the latency benchmark (harmless for people).
 window.applianceDebug = {
   cards,
@@ -389,6 +391,38 @@ window.applianceDebug = {
     return { sampleRate: ctx.sampleRate, baseLatency: ctx.baseLatency, outputLatency: ctx.outputLatency, timeOrigin: performance.timeOrigin };
   },
   clicks(sinkId) { const e = debugAudio.nodes.get(sinkId); return e && e.clicks ? e.clicks.splice(0) : []; },
+  /** Click detection on the track itself (MediaStreamTrackProcessor, where
+   *  the browser has it): each 10 ms chunk arrives as the audio renderer
+   *  pulls it out of the jitter buffer and decoder, before any Web Audio
+   *  buffering. Stamped with performance.now() at arrival. */
+  probeTrack(sinkId, threshold = 0.05) {
+    const player = cards.get(sinkId)?.player;
+    if (!player || !player.stream || typeof MediaStreamTrackProcessor === "undefined") return false;
+    const track = player.stream.getAudioTracks()[0];
+    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    const found = [];
+    trackProbes.set(sinkId, found);
+    let quiet = Infinity;
+    (async () => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const now = performance.now();
+        const n = value.numberOfFrames;
+        const rate = value.sampleRate;
+        const data = new Float32Array(n);
+        try { value.copyTo(data, { planeIndex: 0, format: "f32-planar" }); } finally { value.close(); }
+        for (let i = 0; i < n; i++) {
+          if (Math.abs(data[i]) >= threshold) {
+            if (quiet >= rate * 0.1) found.push({ trackMs: now, index: i, frames: n, rate });
+            quiet = 0;
+          } else quiet++;
+        }
+      }
+    })();
+    return true;
+  },
+  trackClicks(sinkId) { const f = trackProbes.get(sinkId); return f ? f.splice(0) : []; },
   now() { return performance.now(); },
   setLowLatency(on) { lowLatencyBox.checked = on; lowLatencyBox.dispatchEvent(new Event("change")); },
   receiverSettings(sinkId) {
