@@ -39,7 +39,9 @@
 # Environment: FLASH_SYSROOT=DIR reads DIR/sys and DIR/proc instead of /sys
 # and /proc (lsblk --sysroot) and writes /dev/NAME as DIR/dev/NAME: this is
 # how the tests build fake card readers. FLASH_NO_BMAPTOOL=1 uses the
-# built-in bmap copy even when bmaptool is installed.
+# built-in bmap copy even when bmaptool is installed. FLASH_UMOUNT=CMD
+# replaces umount, and FLASH_TEST_DAMAGE_AT=OFFSET (only with FLASH_SYSROOT)
+# damages the written card before the read-back, for the tests.
 set -euo pipefail
 export LC_ALL=C MTOOLS_SKIP_CHECK=1
 PROG=flash.sh
@@ -358,8 +360,8 @@ flush_target() {
 
 # The bmap copy and read-back check; used when bmaptool is missing (copy)
 # and always for the read-back (bmaptool checks the image, not the card).
-bmap_py() { # MODE(copy|verify) BMAP SOURCE(- for stdin) TARGET
-    python3 - "$@" <<'PY'
+# (The program is in a variable: python3's stdin is the image stream.)
+read -r -d '' BMAP_PY <<'PY' || true
 import hashlib, os, re, sys
 mode, bmap, src, dst = sys.argv[1:5]
 text = open(bmap, encoding="utf-8").read()
@@ -419,6 +421,10 @@ if mode == "copy":
         pos = end
         if h.hexdigest() != ck:
             sys.exit(f"\nimage is corrupt: blocks {a}-{b} do not match the bmap's checksum")
+    # Read the stream to its end: the tail is unmapped, but xz checks its
+    # integrity only there, and it must not die of a broken pipe.
+    while fin.read(1 << 20):
+        pass
     os.fsync(fout)
     os.close(fout)
 else:
@@ -439,6 +445,8 @@ else:
             sys.exit(f"\nverify failed: blocks {a}-{b} on the card differ from the image")
 print(file=sys.stderr)
 PY
+bmap_py() { # MODE(copy|verify) BMAP SOURCE(- for stdin) TARGET
+    python3 -c "$BMAP_PY" "$@"
 }
 
 if [ -n "$image" ]; then
@@ -485,6 +493,10 @@ if [ -n "$image" ]; then
     flush_target
     say "written in $(( $(date +%s) - t0 ))s"
 
+    if [ -n "$SYSROOT" ] && [ -n "${FLASH_TEST_DAMAGE_AT:-}" ]; then
+        # Tests only (fake devices): a card that lost a byte of what was written.
+        printf '\377' | dd of="$target" bs=1 seek="$FLASH_TEST_DAMAGE_AT" conv=notrunc status=none
+    fi
     if [ "$verify" = 1 ]; then
         say "verifying: reading the card back"
         if [ -n "$bmap" ]; then

@@ -7,6 +7,24 @@
 #   3  appdata  ext4   the appliance's state, data=journal            (rw)
 # shellcheck shell=bash
 
+# mkfs.ext4 -d copies each file's ctime and atime, which are "now" whatever
+# we do to the tree (reading a file for the copy sets its atime); set them to
+# SOURCE_DATE_EPOCH afterwards so the image is reproducible.
+ext4_pin_ctime() {
+    local fs=$1 dir=$2 n
+    (cd "$dir" && find . -printf '%P\n') | LC_ALL=C sort | awk -v t="$SOURCE_DATE_EPOCH" '
+        BEGIN { print "sif / ctime @" t; print "sif / atime @" t }
+        $0 != "" && $0 !~ /["\\]/ { print "sif \"/" $0 "\" ctime @" t; print "sif \"/" $0 "\" atime @" t }' >"$WORK_DIR/ctime.cmds"
+    n=$(wc -l <"$WORK_DIR/ctime.cmds")
+    debugfs -w -f "$WORK_DIR/ctime.cmds" "$fs" >/dev/null 2>"$WORK_DIR/ctime.log" \
+        || { cat "$WORK_DIR/ctime.log" >&2; die "debugfs could not pin ctimes in $fs"; }
+    if grep -v '^debugfs' "$WORK_DIR/ctime.log" | grep -q .; then
+        head -5 "$WORK_DIR/ctime.log" >&2
+        die "debugfs could not pin ctimes in $fs"
+    fi
+    info "ctime and atime of $((n / 2)) inodes pinned to $SOURCE_DATE_EPOCH"
+}
+
 stage_assemble() {
     step "40 assemble: $IMG"
     need_tools sfdisk mkfs.vfat mcopy mkfs.ext4 fakeroot dd
@@ -38,6 +56,9 @@ stage_assemble() {
     info "appdata: mkfs.ext4, owned by the appliance user"
     in_fakeroot mkfs.ext4 -q -F -b 4096 -L appdata -U "$DATA_UUID" \
         -E "hash_seed=$DATA_UUID,root_owner=$(cat "$w/data-owner")" -d "$w/data" "$w/data.ext4" "${DATA_SIZE_MB}M" >/dev/null
+
+    ext4_pin_ctime "$w/root.ext4" "$w/root"
+    ext4_pin_ctime "$w/data.ext4" "$w/data"
 
     info "partition table: sfdisk"
     rm -f "$IMG"

@@ -1,20 +1,11 @@
-"""Helpers for the image and flash.sh tests: fake sysfs trees (card readers
-that lsblk --sysroot believes in), small stub roots, and running scripts."""
+"""Fixtures for the image and flash.sh tests; the helpers are in
+image_helpers.py."""
 import os
 import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-FLASH = REPO / "flash.sh"
-BUILD = REPO / "image" / "build.sh"
-
-# Tools these tests run; Debian packages in the Makefile's DEB_TEST. A
-# missing one is a failure, not a skip.
-TOOLS = ["sfdisk", "mkfs.vfat", "mcopy", "mdir", "mtype", "mkfs.ext4", "e2fsck",
-         "debugfs", "fakeroot", "xz", "bmaptool", "lsblk", "dpkg-query"]
+from image_helpers import TOOLS, FakeSys, build, make_stub_root
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,112 +15,15 @@ def _tools_present():
     assert not missing, f"missing tools {missing}: run `make test` (installs DEB_TEST)"
 
 
-def run(cmd, *, env=None, input=None, check=False, timeout=120):
-    full_env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin"}
-    full_env.update(env or {})
-    p = subprocess.run([str(c) for c in cmd], env=full_env, input=input, text=True,
-                       capture_output=True, timeout=timeout)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{cmd} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
-    return p
-
-
-class FakeSys:
-    """A sysfs + procfs tree for `lsblk --sysroot` with /dev nodes as files."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.minor = 0
-        self.mounts = []
-        for d in ("sys/block", "sys/dev/block", "dev", "proc/self"):
-            (root / d).mkdir(parents=True, exist_ok=True)
-        self._write_proc()
-
-    def _write_proc(self):
-        lines = [f"{20 + i} 1 {mm} / {mp} rw,relatime shared:1 - {fs} {src} rw"
-                 for i, (mm, mp, fs, src) in enumerate(self.mounts)]
-        (self.root / "proc/self/mountinfo").write_text("".join(l + "\n" for l in lines))
-        (self.root / "proc/swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n")
-
-    def add_disk(self, name, size, *, bus="usb", removable=False, model="SD/MMC Reader",
-                 vendor="Generic", ro=False, partitions=0, scsi_type=None, node="file"):
-        """bus: usb (hot-pluggable), ata (fixed), virtual (loop/ram/zram), mmc."""
-        major = {"loop": 7, "sr": 11, "ram": 1, "zram": 252, "mmcblk": 179}.get(
-            next((p for p in ("loop", "sr", "zram", "ram", "mmcblk") if name.startswith(p)), ""), 8)
-        minor = self.minor
-        self.minor += 16
-        if bus == "usb":
-            parent = "devices/pci0000:00/0000:00:14.0/usb2/2-1"
-            dev = f"{parent}/2-1:1.0/host6/target6:0:0/6:0:0:{minor}/block/{name}"
-            (self.root / "sys" / parent).mkdir(parents=True, exist_ok=True)
-            (self.root / "sys" / parent / "removable").write_text("removable\n")
-        elif bus == "ata":
-            dev = f"devices/pci0000:00/0000:00:17.0/ata1/host0/target0:0:0/0:0:0:{minor}/block/{name}"
-        elif bus == "mmc":
-            dev = f"devices/platform/fe340000.mmc/mmc_host/mmc0/mmc0:0001/block/{name}"
-        else:
-            dev = f"devices/virtual/block/{name}"
-        d = self.root / "sys" / dev
-        (d / "device").mkdir(parents=True, exist_ok=True)
-        (d / "dev").write_text(f"{major}:{minor}\n")
-        (d / "size").write_text(f"{size // 512}\n")
-        (d / "removable").write_text("1\n" if removable else "0\n")
-        (d / "ro").write_text("1\n" if ro else "0\n")
-        (d / "device/model").write_text(model + "\n")
-        (d / "device/vendor").write_text(vendor + "\n")
-        if scsi_type is not None:
-            (d / "device/type").write_text(f"{scsi_type}\n")
-        self._subsystems(dev)
-        os.symlink(f"../{dev}", self.root / "sys/block" / name)
-        os.symlink(f"../../{dev}", self.root / "sys/dev/block" / f"{major}:{minor}")
-        for i in range(1, partitions + 1):
-            pname = f"{name}p{i}" if name[-1].isdigit() else f"{name}{i}"
-            p = d / pname
-            p.mkdir()
-            (p / "dev").write_text(f"{major}:{minor + i}\n")
-            (p / "partition").write_text(f"{i}\n")
-            (p / "start").write_text(f"{8192 * i}\n")
-            (p / "size").write_text("8192\n")
-            os.symlink(f"../../{dev}/{pname}", self.root / "sys/dev/block" / f"{major}:{minor + i}")
-        path = self.root / "dev" / name
-        if node == "file":
-            with open(path, "wb") as f:
-                f.truncate(size)
-        elif node:
-            os.symlink(node, path)
-        return path
-
-    def _subsystems(self, dev):
-        """Each level's `subsystem` link: lsblk walks them to tell hot-plug
-        buses (usb, mmc) from fixed ones."""
-        parts = dev.split("/")
-        for i in range(2, len(parts) + 1):
-            comp = parts[i - 1]
-            if comp == "block":
-                continue
-            d = self.root / "sys" / "/".join(parts[:i])
-            if parts[i - 2] == "block":
-                sub = "class/block"
-            elif comp.startswith("usb") or comp[0].isdigit() and "-" in comp:
-                sub = "bus/usb"
-            elif comp.startswith(("host", "target")) or comp.count(":") == 3:
-                sub = "bus/scsi"
-            elif comp.startswith("mmc0:"):
-                sub = "bus/mmc"
-            elif comp.startswith("mmc"):
-                sub = "class/mmc_host"
-            elif comp.startswith(("pci", "0000:")):
-                sub = "bus/pci"
-            else:
-                sub = "bus/platform"
-            d.mkdir(parents=True, exist_ok=True)
-            link = d / "subsystem"
-            if not link.is_symlink():
-                os.symlink(str(self.root / "sys" / sub), link)
-
-    def mount(self, devname, mountpoint, majmin, fstype="vfat"):
-        self.mounts.append((majmin, mountpoint, fstype, f"/dev/{devname}"))
-        self._write_proc()
+@pytest.fixture(scope="session")
+def stub_build(tmp_path_factory):
+    """One image from a stub root, shared by the assembly and flash tests
+    (which only read it): tmp dir, stub root, .img path, build process."""
+    tmp = tmp_path_factory.mktemp("assemble")
+    stub = make_stub_root(tmp / "stub")
+    p, img = build(tmp, stub)
+    assert p.returncode == 0, p.stderr
+    return tmp, stub, img, p
 
 
 @pytest.fixture

@@ -1,0 +1,203 @@
+"""Image assembly from a small stub root (image/build.sh --stub-root): the
+same steps 00, 30, 40 and 50 as the full build, checked from the outside
+with sfdisk -J, mdir/mtype, e2fsck and debugfs."""
+import hashlib
+import json
+import lzma
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from image_helpers import BUILD, SMALL, build, make_stub_root, run
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def built(stub_build):
+    return stub_build
+
+
+def partitions(img):
+    t = json.loads(run(["sfdisk", "-J", img], check=True).stdout)["partitiontable"]
+    return t, t["partitions"]
+
+
+def offset(img, n):
+    return partitions(img)[1][n - 1]["start"] * 512
+
+
+def debugfs(img, n, cmd):
+    return run(["debugfs", "-R", cmd, f"{img}?offset={offset(img, n)}"], check=True).stdout
+
+
+def cat(img, n, path):
+    return debugfs(img, n, f"cat {path}")
+
+
+def stat(img, n, path):
+    out = debugfs(img, n, f"stat {path}")
+    mode = int(re.search(r"Mode:\s+(\d+)", out).group(1), 8)
+    uid = int(re.search(r"User:\s+(\d+)", out).group(1))
+    gid = int(re.search(r"Group:\s+(\d+)", out).group(1))
+    return mode, uid, gid, out
+
+
+def test_build_shows_progress_by_numbered_steps(built):
+    _, _, _, p = built
+    steps = re.findall(r"==> \[\s*\d+s\] (\d\d) ", p.stderr)
+    assert steps == ["00", "10", "30", "40", "50"], p.stderr
+
+
+def test_partition_table(built):
+    _, _, img, _ = built
+    table, parts = partitions(img)
+    assert table["label"] == "dos"
+    assert table["id"] == "0x4170706c"
+    assert [p["type"] for p in parts] == ["c", "83", "83"]
+    assert parts[0].get("bootable") is True
+    for p in parts:
+        assert p["start"] * 512 % (4 * MIB) == 0, "partitions start on 4 MiB boundaries"
+    assert parts[0]["size"] * 512 == 36 * MIB
+    assert parts[2]["size"] * 512 == 8 * MIB
+    assert parts[2]["start"] + parts[2]["size"] == img.stat().st_size // 512
+
+
+def test_boot_partition(built):
+    _, _, img, _ = built
+    at = f"{img}@@{offset(img, 1)}"
+    listing = run(["mdir", "-i", at, "-b", "::"], check=True).stdout
+    names = {Path(l.strip()).name for l in listing.splitlines()}
+    assert {"config.txt", "cmdline.txt", "hats.txt", "appliance.toml", "appliance-release.txt",
+            "vmlinuz-6.12.0-0-arm64", "overlays"} <= names, listing
+    cmdline = run(["mtype", "-i", at, "::cmdline.txt"], check=True).stdout
+    words = cmdline.split()
+    assert len(cmdline.strip().splitlines()) == 1
+    assert "root=PARTUUID=4170706c-02" in words and "ro" in words and "rw" not in words
+    assert "console=tty0" in words and not any(w.startswith(("init=", "root=LABEL")) for w in words)
+    settings = tomllib.loads(run(["mtype", "-i", at, "::appliance.toml"], check=True).stdout)
+    assert settings == {"hostname": "appliance", "wifi_country": "", "wifi_ssid": "",
+                        "wifi_psk": "", "hat": "none", "token": "", "ssh_key": ""}
+    label = run(["mlabel", "-i", at, "-s", "::"], check=True).stdout
+    assert "BOOTFS" in label.upper()
+
+
+def test_file_systems_are_clean(built, tmp_path):
+    _, _, img, _ = built
+    for n in (2, 3):
+        p = run(["e2fsck", "-fn", f"{img}?offset={offset(img, n)}"])
+        assert p.returncode == 0, p.stdout + p.stderr
+    boot = partitions(img)[1][0]
+    with open(img, "rb") as f:
+        f.seek(boot["start"] * 512)
+        (tmp_path / "boot.vfat").write_bytes(f.read(boot["size"] * 512))
+    p = run(["fsck.vfat", "-n", tmp_path / "boot.vfat"])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_root_file_system_contents(built):
+    _, _, img, _ = built
+    assert "volume name:   rootfs" in debugfs(img, 2, "stats").lower()
+    unit = cat(img, 2, "/etc/systemd/system/appliance.service")
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=appliance",
+                 "SupplementaryGroups=audio", "LimitRTPRIO=", "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+                 "--port 80"):
+        assert line in unit
+    assert "-> /etc/systemd/system/appliance.service" in debugfs(
+        img, 2, "stat /etc/systemd/system/multi-user.target.wants/appliance.service") or \
+        "appliance.service" in debugfs(img, 2, "ls -l /etc/systemd/system/multi-user.target.wants")
+    wants = debugfs(img, 2, "ls /etc/systemd/system/multi-user.target.wants")
+    assert "ssh.service" not in wants, "SSH stays off until a key is given"
+    assert "appliance-firstboot.service" in debugfs(img, 2, "ls /etc/systemd/system/sysinit.target.wants")
+    assert "_http._tcp" in cat(img, 2, "/etc/avahi/services/appliance.service")
+    journald = cat(img, 2, "/etc/systemd/journald.conf.d/appliance.conf")
+    assert "Storage=volatile" in journald and "RuntimeMaxUse=" in journald
+    fstab = cat(img, 2, "/etc/fstab")
+    root_line = next(l for l in fstab.splitlines() if l.startswith("PARTUUID=4170706c-02"))
+    assert " / " in root_line and " ro," in root_line
+    assert "/var/lib/appliance" in fstab and "data=journal" in fstab
+    assert cat(img, 2, "/etc/machine-id") == ""
+    assert "ssh_host_" not in debugfs(img, 2, "ls /etc/ssh")
+    assert cat(img, 2, "/etc/appliance-base").strip() == "debian"
+    mode, uid, gid, _ = stat(img, 2, "/etc/sudoers.d/admin")
+    assert (mode & 0o7777, uid, gid) == (0o440, 0, 0)
+    mode, uid, _, _ = stat(img, 2, "/usr/local/sbin/appliance-firstboot")
+    assert (mode & 0o7777, uid) == (0o755, 0)
+    mode, uid, gid, _ = stat(img, 2, "/var/lib/appliance")
+    assert (mode & 0o7777, uid, gid) == (0o750, 999, 995)
+    # Reproducible: every time is the pinned date.
+    _, _, _, out = stat(img, 2, "/usr/bin/hello")
+    assert "2025" in re.search(r"mtime:.*", out).group(0)
+
+
+def test_state_partition(built):
+    _, _, img, _ = built
+    stats = debugfs(img, 3, "stats")
+    assert "volume name:   appdata" in stats.lower()
+    assert "9a5d0a7e-3e0b-4d6c-8a51-6170706c0003" in stats
+    mode, uid, gid, _ = stat(img, 3, "/")
+    assert (uid, gid) == (999, 995)
+
+
+def test_release_files(built):
+    _, _, img, _ = built
+    out = img.parent
+    data = img.read_bytes()
+    assert lzma.decompress((out / "appliance-0.1.0.img.xz").read_bytes()) == data
+    p = run(["sha256sum", "-c", "appliance-0.1.0.sha256"], check=False, env={})
+    sums = (out / "appliance-0.1.0.sha256").read_text()
+    assert hashlib.sha256(data).hexdigest() + "  appliance-0.1.0.img" in sums
+    assert "appliance-0.1.0.img.xz" in sums
+    bmap = (out / "appliance-0.1.0.bmap").read_text()
+    assert int(re.search(r"<ImageSize>\s*(\d+)", bmap).group(1)) == len(data)
+    mapped = int(re.search(r"<MappedBlocksCount>\s*(\d+)", bmap).group(1))
+    total = int(re.search(r"<BlocksCount>\s*(\d+)", bmap).group(1))
+    assert 0 < mapped < total, "the image is sparse; the bmap skips the holes"
+    packages = (out / "appliance-0.1.0.packages").read_text()
+    assert "stub-base\t1.0-1\tarm64" in packages
+    del p
+
+
+def test_reproducible(built):
+    tmp, stub, img, _ = built
+    p, again = build(tmp, stub, name="again")
+    assert p.returncode == 0, p.stderr
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(img.read_bytes()).hexdigest()
+    assert (again.parent / "appliance-0.1.0.img.xz").read_bytes() == \
+        (img.parent / "appliance-0.1.0.img.xz").read_bytes()
+
+
+@pytest.mark.parametrize("config, message", [
+    ("FOO=1\n", "unknown key 'FOO'"),
+    ("HOSTNAME=Bad_Name\n", "bad value for 'HOSTNAME'"),
+    ("BOOT_SIZE_MB=12\n", "bad value for 'BOOT_SIZE_MB'"),
+    ("APP=whatever\n", "bad value for 'APP'"),
+    ("just words\n", "expected KEY=value"),
+])
+def test_config_is_checked_before_anything_runs(tmp_path, config, message):
+    cfg = tmp_path / "my.conf"
+    cfg.write_text("# a comment\n\n" + config)
+    p = run([BUILD, "--config", cfg, "--stub-root", tmp_path / "nothing",
+             "--set", f"OUT_DIR={tmp_path}/o", "--set", f"WORK_DIR={tmp_path}/w"])
+    assert p.returncode != 0
+    assert message in p.stderr
+    if "FOO" in message:
+        assert f"{cfg}:3" in p.stderr, "the error names the file and line"
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_set_key_and_option(tmp_path):
+    p = run([BUILD, "--set", "NOPE=1"])
+    assert p.returncode != 0 and "unknown key 'NOPE'" in p.stderr
+    p = run([BUILD, "--frobnicate"])
+    assert p.returncode != 0 and "unknown option '--frobnicate'" in p.stderr
+
+
+def test_root_too_small_is_an_error(tmp_path):
+    stub = make_stub_root(tmp_path / "stub")
+    (stub / "big").write_bytes(b"\1" * (3 * MIB))
+    p, _ = build(tmp_path, stub, "--set", "ROOT_SIZE_MB=2")
+    assert p.returncode != 0
+    assert "ROOT_SIZE_MB" in p.stderr
