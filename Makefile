@@ -18,7 +18,11 @@ DEB_BUILD := gcc make pkg-config python3-dev python3-venv libasound2-dev libopus
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev \
 	libnice-dev
 DEB_TEST := pulseaudio iproute2 sox chromium \
-	fdisk dosfstools mtools e2fsprogs fakeroot xz-utils
+	fdisk dosfstools mtools e2fsprogs fakeroot xz-utils bmap-tools
+# The SD-card image: arm64 root under qemu-user, assembly, and the boot test.
+DEB_IMAGE := mmdebstrap qemu-user-static binfmt-support uidmap arch-test ca-certificates git \
+	fdisk dosfstools mtools e2fsprogs fakeroot xz-utils bmap-tools qemu-system-arm
+IMAGE_ARGS ?=
 ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup.py pyproject.toml
 
 .PHONY: run test test-slow bench sanitize native-check deps clean
@@ -32,6 +36,13 @@ test: $(STAMPS)/engine $(STAMPS)/deb-test
 # Image build, boot test and soak: minutes to an hour.
 test-slow: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
+
+# The SD-card image in image/out/ (docs/IMAGE.md), 25+ minutes. Options go
+# in IMAGE_ARGS, e.g. IMAGE_ARGS="--base raspios-lite.img.xz --set VERSION=1.0".
+.PHONY: image
+image:
+	$(call apt_ensure,$(DEB_IMAGE))
+	image/build.sh $(IMAGE_ARGS)
 
 bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/engine_bench.py
