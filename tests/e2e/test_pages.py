@@ -238,3 +238,44 @@ async def test_screenshots_of_both_pages(tmp_path, pulse, browser):
         for f in files:
             assert f.stat().st_size > 10_000
         await wait_for(lambda: _idle(server))
+
+
+async def test_the_share_link_and_qr_code_open_one_channel(tmp_path, browser):
+    async with open_server(make_config(tmp_path / "state", data=SHOWCASE)) as server:
+        def run(b: Browser):
+            admin = b.new_page()
+            admin.goto(server.url + "/admin")
+            admin.wait_for_selector("#share-qr svg")
+            admin.select_option("#share-sink", "fr")
+            link = admin.locator("#share-qr").get_attribute("data-link")
+            svg = admin.locator("#share-qr").inner_html()
+            admin.close()
+            page = b.new_page()
+            page.goto(link)
+            page.wait_for_selector('.channel[data-sink="fr"] button.listen')
+            shown = page.eval_on_selector_all(".channel", "cs => cs.map(c => c.dataset.sink)")
+            page.close()
+            return link, svg, shown
+
+        link, svg, shown = await browser.call(run)
+        assert link == f"{server.url}/listen/fr"
+        assert svg.startswith("<svg") and 'aria-label="QR code"' in svg
+        assert shown == ["fr"]
+
+
+async def test_the_latency_probe_sees_clicks_on_the_engine_clock(tmp_path, browser):
+    """A short run of bench/browser_latency.py's measurement, so the benchmark
+    keeps working: every click is found and the latency is plausible."""
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    import browser_latency
+
+    config = make_config(tmp_path / "state", data=browser_latency.graph(10.0, 500))
+    async with open_server(config) as server:
+        result = await browser_latency.measure(server, browser, "low", seconds=4.0,
+                                               interval_ms=500, warmup=2.0)
+        await wait_for(lambda: _idle(server))
+    for key in ("decode", "render"):
+        assert result[key]["n"] >= 5, result
+        assert 5.0 < result[key]["p50"] < 500.0, result
+    assert result["receiver"][0]["jitterBufferTarget"] == 0
