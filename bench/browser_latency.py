@@ -2,30 +2,36 @@
 browser, for the listen page's default and low-latency settings.
 
     .venv/bin/python bench/browser_latency.py [--seconds 20] [--frame-ms 10]
-                                              [--targets default,low] [--json]
+        [--targets default,low] [--nice -10] [--output pulse|fake] [--json]
 
 The real app (hypercorn, the engine, the listen page) on loopback, with a
 click source (a 1 ms burst every --interval-ms) routed to an Opus sink.
-Debian's headless Chromium opens the listen page and presses Listen; an
-AudioWorklet (appliance/static/probe-worklet.js) on the decoded stream
-reports the frame at which each click starts. The engine records when it
-emitted each click (CLOCK_MONOTONIC, ``engine.source_click_times``).
+Debian's headless Chromium opens the listen page and presses Listen; the
+page's debug probes find where each click starts in the decoded audio. The
+engine records when it emitted each click (CLOCK_MONOTONIC,
+``engine.source_click_times``).
 
 Clocks: the page's performance.now() is mapped to time.monotonic() by a
 clock-sync exchange (min-RTT of 20 evaluate round trips: error < 1 ms on
 loopback). What each number includes:
 
-- ``render``: engine capture -> Opus encode -> RTP/SRTP -> loopback ->
-  Chromium's NetEq jitter buffer and Opus decoder -> the WebRTC audio sink
-  -> the Web Audio graph, up to the start of the render quantum (128 frames,
-  2.7 ms) that held the click's first sample. Estimated from
-  ``getOutputTimestamp()`` minus ``outputLatency`` and ``baseLatency``, so it
-  is the moment the decoded sample was being processed, not heard.
-- ``message``: when the worklet's message about it reached the page: an
-  upper bound for ``render`` (adds up to one quantum plus a thread hop).
+- ``decode`` (the headline): engine capture -> Opus encode -> RTP/SRTP ->
+  loopback -> Chromium's NetEq jitter buffer and Opus decoder -> the 10 ms
+  chunk the audio renderer pulls, seen on the track through
+  MediaStreamTrackProcessor and stamped when it reaches the page. What the
+  <audio> element plays, before the output device's buffer.
+- ``render``: the same click found by an AudioWorklet
+  (appliance/static/probe-worklet.js), at the start of the render quantum
+  (128 frames) that held it, from getOutputTimestamp() minus outputLatency
+  and baseLatency. Adds Chrome's MediaStreamAudioSourceNode FIFO.
+- ``message``: when the worklet's message reached the page (upper bound
+  for ``render``).
 - ``speaker``: when that sample is due at the output device per
-  ``getOutputTimestamp()`` (adds the output buffer; headless Chromium has a
-  fake output device, so this is indicative only).
+  getOutputTimestamp() (adds the output buffer; indicative only).
+
+Chromium plays into a private PulseAudio null sink (a clocked output) unless
+``--output fake``. ``--nice -10`` runs Chromium at a higher priority and the
+engine's audio threads SCHED_FIFO: the same box with less contention.
 """
 from __future__ import annotations
 
