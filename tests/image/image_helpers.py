@@ -38,6 +38,7 @@ def make_stub_root(root: Path) -> Path:
         "appliance:x:999:995::/var/lib/appliance:/usr/sbin/nologin\n"
         "admin:x:1000:1000::/home/admin:/bin/bash\n")
     (root / "etc/group").write_text("root:x:0:\naudio:x:29:appliance,admin\n")
+    (root / "etc/os-release").write_text('PRETTY_NAME="Stub GNU/Linux 12 (bookworm)"\nID=debian\n')
     (root / "etc/ssh").mkdir()
     (root / "etc/ssh/ssh_host_ed25519_key").write_text("must not ship\n")
     (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)

@@ -2,6 +2,7 @@
 same steps 00, 30, 40 and 50 as the full build, checked from the outside
 with sfdisk -J, mdir/mtype, e2fsck and debugfs."""
 import hashlib
+import os
 import json
 import lzma
 import re
@@ -201,3 +202,35 @@ def test_root_too_small_is_an_error(tmp_path):
     p, _ = build(tmp_path, stub, "--set", "ROOT_SIZE_MB=2")
     assert p.returncode != 0
     assert "ROOT_SIZE_MB" in p.stderr
+
+
+def test_base_image_is_unpacked_and_customised_without_mounts(built, tmp_path):
+    """--base: a Raspberry Pi OS-like image (here: our stub image, with the
+    first-boot resize in its cmdline.txt) unpacked with mcopy and debugfs
+    rdump and rebuilt with our layout. The chroot step is skipped: it needs
+    the real arm64 root. debugfs keeps owners only for root."""
+    assert os.geteuid() == 0, "the --base path (debugfs rdump with owners) needs root"
+    _, _, img, _ = built
+    base = tmp_path / "raspios-lite.img"
+    base.write_bytes(img.read_bytes())
+    at = f"{base}@@{offset(base, 1)}"
+    cmdline = run(["mtype", "-i", at, "::cmdline.txt"], check=True).stdout.strip()
+    (tmp_path / "cmdline.txt").write_text(cmdline.replace(" ro ", " rw ") +
+                                          " init=/usr/lib/raspberrypi-sys-mods/firstboot\n")
+    run(["mcopy", "-o", "-i", at, tmp_path / "cmdline.txt", "::cmdline.txt"], check=True)
+    p = run([BUILD, "--base", base, "--set", f"OUT_DIR={tmp_path}/out", "--set", f"WORK_DIR={tmp_path}/w",
+             *SMALL], env={"BASE_SKIP_CHROOT": "1"})
+    assert p.returncode == 0, p.stderr
+    assert "11 base" in p.stderr and "debugfs rdump" in p.stderr
+    new = tmp_path / "out/appliance-0.1.0.img"
+    assert [q["type"] for q in partitions(new)[1]] == ["c", "83", "83"]
+    assert run(["e2fsck", "-fn", f"{new}?offset={offset(new, 2)}"]).returncode == 0
+    words = run(["mtype", "-i", f"{new}@@{offset(new, 1)}", "::cmdline.txt"], check=True).stdout.split()
+    assert "ro" in words and not any(w.startswith("init=") for w in words)
+    assert cat(new, 2, "/etc/appliance-base").strip() == "raspios"
+    assert "/dev/null" in debugfs(new, 2, "stat /etc/systemd/system/userconfig.service")
+    assert "/dev/null" in debugfs(new, 2, "stat /etc/systemd/system/sshswitch.service")
+    mode, uid, gid, _ = stat(new, 2, "/var/lib/appliance")
+    assert (uid, gid) == (999, 995), "owners survive rdump"
+    p = run([BUILD, "--base", tmp_path / "missing.img"])
+    assert p.returncode != 0 and "no such file" in p.stderr
