@@ -31,7 +31,8 @@ struct ae_listener {
     _Atomic int refs;
     atomic_bool closing;
     char *offer;
-    int pt;
+    char *fmtp;                          /* the offer's Opus parameters, or NULL */
+    int pt, mline;
     GstElement *pay, *webrtc;
     GstPad *tee_pad;
     gulong gate_probe;
@@ -68,6 +69,7 @@ static void listener_unref(gpointer p)
     if (l->candidates) g_ptr_array_unref(l->candidates);
     g_mutex_clear(&l->cand_lock);
     free(l->offer);
+    free(l->fmtp);
     free(l);
 }
 
@@ -213,7 +215,7 @@ static bool has_attr(const GstSDPMessage *msg, const GstSDPMedia *m, const char 
 
 /* Find the first audio m-line we can send Opus to; returns its payload type
  * or an AE_ERR_SDP code with the reason set. */
-static int validate_offer(const char *sdp, int *mline_out)
+static int validate_offer(const char *sdp, int *mline_out, char **fmtp_out)
 {
     if (!sdp || !*sdp) return ae_fail(AE_ERR_SDP, "the offer is empty");
     if (strncmp(sdp, "v=0", 3) != 0) return ae_fail(AE_ERR_SDP, "the offer is not SDP (no v=0 line)");
@@ -262,6 +264,14 @@ static int validate_offer(const char *sdp, int *mline_out)
                     if (!strcmp(gst_sdp_media_get_format(m, f), pts)) listed = true;
                 if (!listed) continue;
                 *mline_out = (int)i;
+                *fmtp_out = NULL;
+                size_t plen = strlen(pts);
+                for (guint b = 0; b < gst_sdp_media_attributes_len(m); b++) {
+                    const GstSDPAttribute *fa = gst_sdp_media_get_attribute(m, b);
+                    if (!g_strcmp0(fa->key, "fmtp") && fa->value && !strncmp(fa->value, pts, plen) &&
+                        fa->value[plen] == ' ')
+                        *fmtp_out = strdup(fa->value + plen + 1);
+                }
                 gst_sdp_message_free(msg);
                 ae_clear_error();
                 return pt;
@@ -643,6 +653,15 @@ static void on_answer_created(ae_listener *l, GstPromise *p)
         answer_failed(l, AE_ERR_SDP, "webrtcbin could not answer the offer");
         return;
     }
+    const GstSDPMedia *m = (guint)l->mline < gst_sdp_message_medias_len(answer->sdp)
+                               ? gst_sdp_message_get_media(answer->sdp, (guint)l->mline)
+                               : NULL;
+    if (!m || !gst_sdp_media_get_port(m) || gst_sdp_media_get_attribute_val(m, "inactive")) {
+        /* Never send an answer that connects and then plays nothing. */
+        gst_webrtc_session_description_free(answer);
+        answer_failed(l, AE_ERR_SDP, "could not agree on Opus with the offer's parameters");
+        return;
+    }
     GstPromise *p2 = promise_then(l, on_local_set);
     g_signal_emit_by_name(l->webrtc, "set-local-description", answer, p2);
     gst_promise_unref(p2);
@@ -686,6 +705,39 @@ static void configure_ice(ae_listener *l)
         }
     }
     gst_object_unref(ice);
+}
+
+/* What we send, as webrtcbin must match it against the offer: the client's
+ * payload type and its own Opus parameters verbatim (webrtcbin answers
+ * a=inactive when a parameter differs: Chromium offers useinbandfec=1,
+ * Firefox stereo=1), plus stereo when the client did not say: browsers play
+ * stereo Opus as mono unless the answer says stereo=1. */
+static GstCaps *opus_caps(const ae_listener *l)
+{
+    GstCaps *caps = gst_caps_new_simple(
+        "application/x-rtp", "media", G_TYPE_STRING, "audio", "encoding-name", G_TYPE_STRING,
+        "OPUS", "clock-rate", G_TYPE_INT, 48000, "payload", G_TYPE_INT, l->pt,
+        "encoding-params", G_TYPE_STRING, "2", NULL);
+    GstStructure *st = gst_caps_get_structure(caps, 0);
+    if (l->fmtp) {
+        char **params = g_strsplit(l->fmtp, ";", -1);
+        for (char **p = params; *p; p++) {
+            char *eq = strchr(*p, '=');
+            if (!eq) continue;
+            *eq = '\0';
+            char *key = g_strstrip(*p), *value = g_strstrip(eq + 1);
+            if (*key && *value && g_utf8_validate(key, -1, NULL) &&
+                g_utf8_validate(value, -1, NULL))
+                gst_structure_set(st, key, G_TYPE_STRING, value, NULL);
+        }
+        g_strfreev(params);
+    }
+    const char *stereo = l->sink->channels == 2 ? "1" : "0";
+    if (!gst_structure_has_field(st, "stereo"))
+        gst_structure_set(st, "stereo", G_TYPE_STRING, stereo, NULL);
+    if (!gst_structure_has_field(st, "sprop-stereo"))
+        gst_structure_set(st, "sprop-stereo", G_TYPE_STRING, stereo, NULL);
+    return caps;
 }
 
 static int start_listener(ae_listener *l)
@@ -735,13 +787,7 @@ static int start_listener(ae_listener *l)
     GstWebRTCRTPTransceiver *trans = NULL;
     g_object_get(wsink, "transceiver", &trans, NULL);
     if (trans) {
-        GstCaps *caps = gst_caps_new_simple(
-            "application/x-rtp", "media", G_TYPE_STRING, "audio", "encoding-name", G_TYPE_STRING,
-            "OPUS", "clock-rate", G_TYPE_INT, 48000, "payload", G_TYPE_INT, l->pt,
-            "encoding-params", G_TYPE_STRING, "2", "minptime", G_TYPE_STRING, "10",
-            "useinbandfec", G_TYPE_STRING, "0", "stereo", G_TYPE_STRING,
-            l->sink->channels == 2 ? "1" : "0", "sprop-stereo", G_TYPE_STRING,
-            l->sink->channels == 2 ? "1" : "0", NULL);
+        GstCaps *caps = opus_caps(l);
         g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY,
                      "codec-preferences", caps, NULL);
         gst_caps_unref(caps);
@@ -787,22 +833,27 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     if (k->kind != AE_SINK_OPUS) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
     if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     int mline = 0;
-    int pt = validate_offer(offer_sdp, &mline);
+    char *fmtp = NULL;
+    int pt = validate_offer(offer_sdp, &mline, &fmtp);
     if (pt < 0) return pt;
     if (atomic_fetch_add(&e->nlisteners, 1) >= e->cfg.max_listeners) {
         atomic_fetch_sub(&e->nlisteners, 1);
+        free(fmtp);
         return ae_fail(AE_ERR_LIMIT, "%d listeners is the most this engine serves",
                        e->cfg.max_listeners);
     }
     ae_listener *l = calloc(1, sizeof *l);
     if (!l) {
         atomic_fetch_sub(&e->nlisteners, 1);
+        free(fmtp);
         return ae_fail(AE_ERR_NOMEM, "out of memory");
     }
     l->engine = e;
     l->sink = k;
     l->refs = 1;
     l->pt = pt;
+    l->mline = mline;
+    l->fmtp = fmtp;
     l->offer = strdup(offer_sdp);
     g_mutex_init(&l->cand_lock);
     l->candidates = g_ptr_array_new_with_free_func(g_free);

@@ -165,7 +165,7 @@ async def test_listeners_with_different_payload_types_share_one_encoder(engine):
     own payloader after the one shared encoder, so both hear the stream."""
     await tone_graph(engine, hz=880.0)
     async with open_aiortc_listener() as a, open_aiortc_listener() as b:
-        offer_b = (await b.create_offer()).replace("96", "111")
+        offer_b = chromium_like((await b.create_offer()).replace("96", "111"), 111)
         lid_a = await connect(engine, a)
         lid_b = await connect(engine, b, offer=offer_b)
         for peer in (a, b):
@@ -180,6 +180,39 @@ async def test_listeners_with_different_payload_types_share_one_encoder(engine):
         assert abs(dominant_frequency(samples) - 880.0) < 5.0
         await engine.remove_listener(lid_b)
     assert engine.stats().listeners == 0
+
+
+def chromium_like(offer: str, pt: int, fmtp: str = "minptime=10;useinbandfec=1") -> str:
+    """The offer with Opus parameters as a browser sends them."""
+    line = f"a=rtpmap:{pt} opus/48000/2"
+    assert line in offer
+    return offer.replace(line, f"{line}\r\na=fmtp:{pt} {fmtp}")
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("channels, fmtp", [
+    (2, "minptime=10;useinbandfec=1"),                        # Chromium
+    (1, "maxplaybackrate=48000;stereo=1;useinbandfec=1"),     # Firefox, to a mono sink
+])
+async def test_browser_opus_parameters_are_answered_not_refused(engine, channels, fmtp):
+    """webrtcbin answers a=inactive (connected, silent) when our codec
+    parameters differ from the offer's; the engine must take the offer's."""
+    await engine.add_source("tone", SourceSpec(kind="tone", tone_hz=660.0))
+    await engine.add_sink("main", SinkSpec(kind="opus", channels=channels))
+    await engine.add_route("r", RouteSpec("tone", "main"))
+    async with open_aiortc_listener() as peer:
+        offer = chromium_like(await peer.create_offer(), 96, fmtp)
+        lid = engine.add_listener("main", offer)
+        answer = await next_event(engine, (AnswerReady, AnswerFailed),
+                                  lambda e: e.listener_id == lid)
+        assert isinstance(answer, AnswerReady), answer
+        assert "a=sendonly" in answer.sdp and "a=inactive" not in answer.sdp
+        assert "useinbandfec=1" in answer.sdp
+        await peer.accept_answer(answer.sdp)
+        await peer.wait_connected(timeout=10)
+        samples = await peer.record(seconds=0.5)
+        assert abs(dominant_frequency(samples) - 660.0) < 3.0
+        await engine.remove_listener(lid)
 
 
 @pytest.mark.trio

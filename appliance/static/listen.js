@@ -59,14 +59,6 @@ function preferOpus(transceiver) {
   } catch (err) { console.warn("setCodecPreferences", err); }
 }
 
-/** The offer as sent to the appliance. Its engine (GStreamer webrtcbin)
- *  answers a=inactive when the offer's Opus fmtp says useinbandfec=1 (it
- *  pins useinbandfec=0 in its codec preferences, and the two do not
- *  intersect). The appliance sends no FEC anyway, so ask for none. */
-export function offerForServer(sdp) {
-  return sdp.replace(/^(a=fmtp:\d+ .*)useinbandfec=1/gm, "$1useinbandfec=0");
-}
-
 function waitGathering(pc, ms) {
   return new Promise((resolve) => {
     if (pc.iceGatheringState === "complete") return resolve();
@@ -206,7 +198,7 @@ class Player {
       await waitGathering(pc, 600);
       if (!current()) return;
       const response = await fetch(`/api/whep/${encodeURIComponent(this.sinkId)}`, {
-        method: "POST", headers: authHeaders({ "Content-Type": "application/sdp" }), body: offerForServer(pc.localDescription.sdp),
+        method: "POST", headers: authHeaders({ "Content-Type": "application/sdp" }), body: pc.localDescription.sdp,
       });
       if (!current()) {
         if (response.status === 201) fetch(response.headers.get("Location"), { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
