@@ -301,8 +301,11 @@ class Engine:
         path = ffi.new("char[]", spec.path.encode()) if spec.path is not None else ffi.NULL
         cfg.path = path
         out = ffi.new("ae_source **")
-        engine = self._handle
-        await trio.to_thread.run_sync(call, lib.ae_source_create, engine, cfg, out)
+        # Called from the trio thread, not a worker: the source's first event
+        # (DeviceLost for an absent device) can then only be handled after it
+        # is registered. Creating waits for no engine thread, and ALSA devices
+        # are opened non-blocking.
+        call(lib.ae_source_create, self._handle, cfg, out)
         self._register(self._sources, "source", source_id, _Entity(out[0], spec))
 
     def set_tone(self, source_id: str, hz: float, dbfs: float) -> None:
@@ -347,7 +350,7 @@ class Engine:
         cfg.buffer_periods = spec.buffer_periods
         cfg.allow_absent = int(spec.allow_absent)
         out = ffi.new("ae_sink **")
-        await trio.to_thread.run_sync(call, lib.ae_sink_create, self._handle, cfg, out)
+        call(lib.ae_sink_create, self._handle, cfg, out)  # in this thread: see add_source
         self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec))
 
     async def remove_sink(self, sink_id: str) -> None:
