@@ -50,11 +50,11 @@ stage_assemble() {
 
     info "rootfs: mkfs.ext4 -d under fakeroot"
     rm -f "$w/root.ext4" "$w/data.ext4"
-    in_fakeroot mkfs.ext4 -q -F -b 4096 -L rootfs -U "$ROOT_UUID" \
+    in_fakeroot_read mkfs.ext4 -q -F -b 4096 -L rootfs -U "$ROOT_UUID" \
         -E "hash_seed=$ROOT_UUID,root_owner=0:0" -d "$w/root" "$w/root.ext4" "${root_mb}M" >/dev/null \
         || die "mkfs.ext4 of the root failed (is ROOT_SIZE_MB too small?)"
     info "appdata: mkfs.ext4, owned by the appliance user"
-    in_fakeroot mkfs.ext4 -q -F -b 4096 -L appdata -U "$DATA_UUID" \
+    in_fakeroot_read mkfs.ext4 -q -F -b 4096 -L appdata -U "$DATA_UUID" \
         -E "hash_seed=$DATA_UUID,root_owner=$(cat "$w/data-owner")" -d "$w/data" "$w/data.ext4" "${DATA_SIZE_MB}M" >/dev/null
 
     ext4_pin_ctime "$w/root.ext4" "$w/root"
