@@ -96,8 +96,8 @@ path, partuuid = sys.argv[1], sys.argv[2]
 drop = ("root=", "rootfstype=", "init=", "rootflags=")
 words = [w for w in open(path).read().split()
          if not w.startswith(drop) and w not in ("ro", "rw", "quiet")]
-words += [f"root=PARTUUID={partuuid}-02", "rootfstype=ext4", "ro", "rootwait", "quiet"]
-for must in ("fsck.repair=yes",):
+words += [f"root=PARTUUID={partuuid}-02", "rootfstype=ext4", "ro"]
+for must in ("rootwait", "fsck.repair=yes", "quiet"):
     if must not in words:
         words.append(must)
 open(path, "w").write(" ".join(words) + "\n")

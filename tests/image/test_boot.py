@@ -106,3 +106,4 @@ def test_image_boots_and_serves_status(tmp_path, capsys):
         except subprocess.TimeoutExpired:
             vm.kill()
             vm.wait()
+        vm.stdout.close()
