@@ -24,7 +24,7 @@ stage_config() {
     export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
     IMG=$OUT_DIR/$IMAGE_NAME-$VERSION.img
     mkdir -p "$OUT_DIR" "$WORK_DIR"
-    rm -rf "$WORK_DIR/root" "$WORK_DIR/boot" "$WORK_DIR/data" "$WORK_DIR/fakeroot.state"
+    rm -rf "${WORK_DIR:?}/root" "${WORK_DIR:?}/boot" "${WORK_DIR:?}/data" "${WORK_DIR:?}/fakeroot.state"
     mkdir -p "$WORK_DIR/root" "$WORK_DIR/boot" "$WORK_DIR/data"
     : >"$WORK_DIR/fakeroot.state"
     for key in "${CONFIG_KEYS[@]}"; do info "$key=${!key}"; done
