@@ -34,6 +34,9 @@ $APT install $RUNTIME_PACKAGES
 say "app: building the wheels for arm64 ($APP)"
 python3 -m venv /opt/appliance/venv
 PIP="env PIP_CERT=$B/ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_PROGRESS_BAR=off /opt/appliance/venv/bin/pip"
+# bookworm's venv has pip 23.0 and no wheel: sdists without a pyproject.toml
+# (pyalsaaudio) then fail with "invalid command 'bdist_wheel'".
+$PIP install -q --upgrade pip setuptools wheel
 if [ "$APP" = source ]; then
     # shellcheck disable=SC2086
     $APT install $APP_BUILD_PACKAGES
