@@ -39,10 +39,11 @@ def build_image(tmp_path):
     args = ["--set", f"OUT_DIR={out}", "--set", f"WORK_DIR={work}",
             *shlex.split(os.environ.get("APPLIANCE_IMAGE_ARGS", ""))]
     t0 = time.monotonic()
-    p = subprocess.run(["make", "-C", str(REPO), "image", "IMAGE_ARGS=" + shlex.join(args)],
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=3 * 3600)
-    (tmp_path / "build.log").write_text(p.stdout)
-    assert p.returncode == 0, p.stdout[-5000:]
+    log = tmp_path / "build.log"  # written as the build goes: tail -f it
+    with open(log, "w") as f:
+        p = subprocess.run(["make", "-C", str(REPO), "image", "IMAGE_ARGS=" + shlex.join(args)],
+                           stdout=f, stderr=subprocess.STDOUT, timeout=3 * 3600)
+    assert p.returncode == 0, log.read_text(errors="replace")[-5000:]
     print(f"image built in {time.monotonic() - t0:.0f} s")
     images = sorted(out.glob("*.img"))
     assert len(images) == 1, images
