@@ -96,7 +96,7 @@ def test_image_boots_and_serves_status(tmp_path, capsys):
         assert status is not None, f"no /api/status within {BOOT_TIMEOUT} s; serial console:\n{log[-6000:]}"
         with capsys.disabled():
             print(f"\nimage {img.name}: power-on to /api/status ready in {ready:.1f} s "
-                  f"(qemu -M virt -cpu cortex-a72, emulated)")
+                  f"(qemu -M virt -cpu cortex-a72, emulated)\n/api/status: {json.dumps(status)[:400]}")
         assert isinstance(status, dict)
         assert "appliance-firstboot" in log, "first-boot settings ran"
         assert "Failed to start appliance" not in log
