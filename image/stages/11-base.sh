@@ -20,7 +20,7 @@ stage_base() {
     step "11 base: Raspberry Pi OS image $src"
     [ "$(id -u)" = 0 ] || die "--base needs root: debugfs keeps file owners only for root, and the arm64 chroot needs /proc and /dev"
     [ -f "$src" ] || die "--base $src: no such file"
-    need_tools sfdisk mcopy debugfs xz unshare chroot
+    need_tools sfdisk mcopy debugfs xz unshare chroot hardlink
     case $src in
         *.xz) info "decompressing"; xz -dcv "$src" >"$img" ;;
         *) cp --sparse=always "$src" "$img" ;;
@@ -43,6 +43,9 @@ stage_base() {
         debugfs -R "rdump /$e $WORK_DIR/root" "$img?offset=$roff" 2>/dev/null
     done
     [ -f "$WORK_DIR/root/etc/os-release" ] || die "rdump of $src failed"
+    # rdump writes each hard link as a copy of its own: mesa's drivers alone
+    # (one file, ~40 names) grew the root from 1.1 to 2.1 GB. Link them again.
+    hardlink -q -s 1M "$WORK_DIR/root/usr" || warn "hardlink failed; the root stays larger"
     mkdir -p "$WORK_DIR/root/boot/firmware"
     rm -f "$img"
 
