@@ -86,7 +86,8 @@ def serve(source: str, period: int) -> None:
                     s = engine.sink_stats("main")
                     reply({"tag": cmd["tag"], "listeners": engine.stats().listeners,
                            "p50": s.send_latency_p50_ms, "p95": s.send_latency_p95_ms,
-                           "samples": s.send_latency_samples, "packets": s.packets_out})
+                           "samples": s.send_latency_samples, "packets": s.packets_out,
+                           "frames": s.frames_encoded})
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(dispatch)
@@ -216,19 +217,23 @@ async def cost_run(counts: list[int], seconds: float, env: dict) -> None:
     peers: list[tuple[Peer, int]] = []
     rows = []
     print(f"  {'listeners':>9} {'CPU % of a core':>16} {'RSS MiB':>9} {'threads':>8}"
-          f" {'send p50':>9} {'send p95':>9}")
+          f" {'send p50':>9} {'send p95':>9} {'sent/expected':>15}")
     for n in counts:
         while len(peers) < n:
             batch = [Peer() for _ in range(min(10, n - len(peers)))]
             ids = await asyncio.gather(*(p.connect(engine) for p in batch))
             peers += list(zip(batch, ids))
         await asyncio.sleep(2)  # settle: handshakes done, queues steady
+        before = await engine.ask(op="stats")
         cpu, rss, threads = await measure(engine, seconds)
         s = await engine.ask(op="stats")
+        # Every frame encoded in the window must have left once per listener.
+        sent = s["packets"] - before["packets"]
+        expected = (s["frames"] - before["frames"]) * n
         assert s["listeners"] == n, s
         rows.append((n, cpu, rss, threads))
         print(f"  {n:>9} {cpu:>16.2f} {rss / 1024:>9.1f} {threads:>8}"
-              f" {s['p50']:>8.2f}ms {s['p95']:>8.2f}ms" if n else
+              f" {s['p50']:>8.2f}ms {s['p95']:>8.2f}ms {sent:>7}/{expected:<7}" if n else
               f"  {n:>9} {cpu:>16.2f} {rss / 1024:>9.1f} {threads:>8}")
     async def drop_all() -> tuple[int, int]:
         for peer, lid in peers:
