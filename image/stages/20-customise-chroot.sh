@@ -49,7 +49,10 @@ $PIP freeze --all >"$B/pip-freeze.txt"
 if [ "$APP" = source ]; then
     # shellcheck disable=SC2086
     $APT purge $APP_BUILD_PACKAGES
-    $APT autoremove --purge
+    # Everything here was installed without Recommends, so nothing needed is
+    # held only by one; without this gcc-12, binutils and libc6-dev stayed.
+    $APT -o APT::AutoRemove::RecommendsImportant=false \
+        -o APT::AutoRemove::SuggestsImportant=false autoremove --purge
 fi
 test -x /opt/appliance/venv/bin/appliance
 
