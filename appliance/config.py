@@ -129,12 +129,25 @@ class RouteConfig:
     spec: RouteSpec
 
 
+# The appliance runs its audio threads at real-time priority where it may
+# (the image's service unit allows it); elsewhere the engine quietly runs them
+# at normal priority.
+APP_REALTIME_PRIORITY = 20
+
+
+def app_engine_settings(table: Any) -> EngineSettings:
+    if isinstance(table, dict):
+        table = {"realtime_priority": APP_REALTIME_PRIORITY, **table}
+    engine, _ = _build(EngineSettings, table, "engine")  # _build reports a non-table
+    return engine
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = "Listening appliance"
     state_dir: Path = field(default_factory=lambda: default_state_dir())
     server: ServerConfig = ServerConfig()
-    engine: EngineSettings = EngineSettings()
+    engine: EngineSettings = field(default_factory=lambda: app_engine_settings({}))
     sources: tuple[SourceConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
@@ -322,7 +335,7 @@ def parse_config(data: Mapping[str, Any], *, cards: list[str] | None = None) -> 
         if not getattr(server, name) > 0:
             raise ConfigError(f"server.{name} must be positive")
     kwargs["server"] = server
-    engine, _ = _build(EngineSettings, data.get("engine", {}), "engine")
+    engine = app_engine_settings(data.get("engine", {}))
     if engine.stun_server is None:
         stun = next((s.url for s in ice if s.url.startswith("stun:")), None)
         if stun:
