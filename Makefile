@@ -44,8 +44,11 @@ image:
 	$(call apt_ensure,$(DEB_IMAGE))
 	image/build.sh $(IMAGE_ARGS)
 
+# All three benchmarks (about 5 minutes); their results are in BENCHMARKS.md.
 bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/engine_bench.py
+	$(BIN)/python bench/whep_bench.py
+	$(BIN)/python bench/browser_latency.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test
 
