@@ -1,8 +1,10 @@
 /* ae_webrtc.c: an Opus sink's fan-out to WebRTC listeners.
  *
- *   mixer --Opus--> appsrc --> tee --> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
- *                                   \-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
+ *   mixer --Opus--> appsrc --> tee -[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
+ *                                   \-[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
  *
+ * The gate (a probe on the tee pad) drops packets until the listener's DTLS
+ * is up: webrtcbin blocks its input until then, which would stall the tee.
  * Opus is encoded once per sink (in the mixer); each listener only adds a
  * payloader (its own, since browsers pick different payload types) and a
  * webrtcbin. Every GStreamer control call runs on the engine's glib thread.
@@ -39,8 +41,9 @@ struct ae_listener {
     GstPad *rx_pad;                      /* nicesrc's, with our probe on it */
     gulong rx_probe;
     GSource *gather_timeout;
-    /* negotiation progress, glib thread only */
-    bool local_set, gathered, answered;
+    /* negotiation progress, glib thread (answered is also read elsewhere) */
+    bool local_set, gathered;
+    atomic_bool answered;
     /* candidates gathered locally, for the answer (webrtcbin's thread) */
     GMutex cand_lock;
     GPtrArray *candidates;               /* "mline\ncandidate:..." strings */
