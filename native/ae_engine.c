@@ -282,24 +282,21 @@ static void undead(ae_engine *e, const void *entity)
 
 void ae_events_release(ae_engine *e, const void *entity) { undead(e, entity); }
 
+static void post_levels(ae_engine *e, ae_levels *lv, ae_source *source, ae_sink *sink)
+{
+    ae_event ev = {0};
+    ev.type = AE_EVENT_LEVELS;
+    ev.source = source;
+    ev.sink = sink;
+    ev.channels = lv->channels;
+    if (ae_levels_take(lv, ev.peak_dbfs, ev.rms_dbfs)) ae_post(e, &ev);
+}
+
 static void sample_levels(ae_engine *e)
 {
-    ae_event ev;
     pthread_mutex_lock(&e->graph_lock);
-    for (ae_source *s = e->sources; s; s = s->next) {
-        memset(&ev, 0, sizeof ev);
-        ev.type = AE_EVENT_LEVELS;
-        ev.source = s;
-        ev.channels = s->levels.channels;
-        if (ae_levels_take(&s->levels, ev.peak_dbfs, ev.rms_dbfs)) ae_post(e, &ev);
-    }
-    for (ae_sink *k = e->sinks; k; k = k->next) {
-        memset(&ev, 0, sizeof ev);
-        ev.type = AE_EVENT_LEVELS;
-        ev.sink = k;
-        ev.channels = k->levels.channels;
-        if (ae_levels_take(&k->levels, ev.peak_dbfs, ev.rms_dbfs)) ae_post(e, &ev);
-    }
+    for (ae_source *s = e->sources; s; s = s->next) post_levels(e, &s->levels, s, NULL);
+    for (ae_sink *k = e->sinks; k; k = k->next) post_levels(e, &k->levels, NULL, k);
     pthread_mutex_unlock(&e->graph_lock);
 }
 
