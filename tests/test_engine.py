@@ -60,7 +60,13 @@ async def next_event(engine: Engine, kind, where=lambda ev: True, timeout: float
 
 
 async def levels_of(engine: Engine, kind: str, entity_id: str, count: int = 3):
-    """Average peak over a few fresh level events of one entity."""
+    """Average peak over a few fresh level events of one entity: what was
+    measured before the call (still queued) is drained first."""
+    while True:
+        try:
+            engine.events.receive_nowait()
+        except trio.WouldBlock:
+            break
     peaks = []
     while len(peaks) < count:
         ev = await next_event(engine, LevelsMeasured,
