@@ -55,7 +55,7 @@ async def test_mixer_api_reads_writes_and_validates(tmp_path, pulse):
         assert (await server.client.patch("/api/mixer", json={"device": "hat"})).status_code == 200
         assert (await server.client.patch("/api/mixer", json={"device": "nope"})).status_code == 400
         assert (await server.client.get("/api/mixer")).json()["device"] == "hat"
-        saved = json.loads((tmp_path / "state" / "state.json").read_text())["sections"]["mixer"]
+        saved = await saved_mixer(tmp_path / "state")
         assert saved["device"] == "hat"
         assert saved["controls"]["Capture"]["capture_volume"] == [35]
 
@@ -77,7 +77,7 @@ async def test_the_admin_page_sets_the_mixer_and_it_is_restored_at_start(tmp_pat
             while master() != [40, 40]:  # the page debounces, then PATCHes
                 await trio.sleep(0.05)
         await browser.call(lambda b: page.close())
-        saved = json.loads((state / "state.json").read_text())["sections"]["mixer"]
+        saved = await saved_mixer(state)
         assert saved["controls"]["Master"]["playback_volume"] == [40, 40]
 
     set_master(90)  # someone (or a reboot) changed it
@@ -92,3 +92,16 @@ async def test_without_a_mixer_the_api_says_so(tmp_path, monkeypatch):
     async with open_server(make_config(tmp_path / "state")) as server:
         body = (await server.client.get("/api/mixer")).json()
         assert body["available"] is False and body["controls"] == [] and body["error"]
+
+
+async def saved_mixer(state_dir, timeout: float = 5.0) -> dict:
+    """The mixer section of the saved state, once the service has written it
+    (it persists after applying the change: poll the file it writes)."""
+    path = state_dir / "state.json"
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                return json.loads(path.read_text())["sections"]["mixer"]
+            except (FileNotFoundError, KeyError, ValueError):
+                await trio.sleep(0.02)
+
