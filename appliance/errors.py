@@ -1,0 +1,67 @@
+"""The errors the appliance's layers raise, named for the state a caller
+branches on. None of them knows about HTTP: the one table that maps them to
+statuses and headers is ``appliance.web.errors``."""
+from __future__ import annotations
+
+__all__ = ["ApplianceError", "InvalidError", "NotFoundError", "ExistsError", "InUseError",
+           "FullError", "RateLimitedError", "AnswerTimeoutError", "RestartRequiredError",
+           "StaleError", "UnsupportedError", "NotSavedError", "ClosingError"]
+
+
+class ApplianceError(Exception):
+    """Base class. ``message`` is plain text meant for the caller;
+    ``retry_after_s`` says when trying again makes sense, where that is known."""
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidError(ApplianceError, ValueError):
+    """The input is malformed or a value is out of range; the message names
+    the field or the problem."""
+
+
+class NotFoundError(ApplianceError):
+    """No such entity, session or resource."""
+
+
+class ExistsError(ApplianceError):
+    """An entity with that id exists already."""
+
+
+class InUseError(ApplianceError):
+    """The entity is still used (by routes or listeners)."""
+
+
+class FullError(ApplianceError):
+    """A cap is reached (listeners); try again later."""
+
+
+class ClosingError(ApplianceError):
+    """The appliance is shutting down."""
+
+
+class RateLimitedError(ApplianceError):
+    """Too many requests from one client."""
+
+
+class AnswerTimeoutError(ApplianceError):
+    """The engine did not answer an offer in time."""
+
+
+class RestartRequiredError(ApplianceError):
+    """An ICE restart was asked for without naming the session's version (If-Match)."""
+
+
+class StaleError(ApplianceError):
+    """The caller's version of the session (If-Match) is not the current one."""
+
+
+class UnsupportedError(ApplianceError):
+    """A well-formed request this appliance does not implement (ICE restart)."""
+
+
+class NotSavedError(ApplianceError):
+    """The change is live but could not be persisted."""
