@@ -15,7 +15,7 @@ os.environ.setdefault("G_SLICE", "always-malloc")
 
 from ._engine_cffi import ffi, lib  # noqa: E402
 
-__all__ = ["ffi", "lib", "EngineError", "ErrorCode", "call", "check", "handle_key",
+__all__ = ["ffi", "lib", "EngineError", "ErrorCode", "RawEvent", "call", "check",
            "set_event_sink", "text"]
 
 
@@ -67,27 +67,25 @@ def call(fn: Callable[..., int], *args: Any) -> int:
     return rc
 
 
-def handle_key(handle: Any) -> int:
-    return int(ffi.cast("uintptr_t", handle))
+class RawEvent:
+    """An engine event copied out of C memory (its payload dies when the
+    callback returns): the ``ae_event`` struct, owned by Python, and its text."""
+    __slots__ = ("struct", "text")
+
+    def __init__(self, event: Any):
+        self.struct = ffi.new("ae_event *", event[0])
+        self.text = text(event.text)
+        self.struct.text = ffi.NULL
 
 
-def copy_event(ev: Any) -> tuple:
-    """Copy an event out of C memory (its payload dies when the callback
-    returns) into plain Python values."""
-    n = max(0, min(ev.channels, lib.AE_MAX_CHANNELS))
-    return (ev.type, handle_key(ev.listener), handle_key(ev.source), handle_key(ev.sink),
-            text(ev.text), ev.mline, ev.state, ev.code, ev.count,
-            tuple(ev.peak_dbfs[i] for i in range(n)), tuple(ev.rms_dbfs[i] for i in range(n)))
-
-
-_EventSink = Callable[[tuple], None]
+_EventSink = Callable[[RawEvent], None]
 
 
 @ffi.def_extern(onerror=lambda *exc: None)
 def ae_python_event_cb(user: Any, event: Any) -> None:
     # Runs on the engine's event thread. Never raises into C (onerror).
     sink: _EventSink = ffi.from_handle(user)
-    sink(copy_event(event))
+    sink(RawEvent(event))
 
 
 def set_event_sink(sink: _EventSink) -> Any:

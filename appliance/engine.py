@@ -22,14 +22,14 @@ from typing import Any, AsyncIterator, Literal
 import trio
 
 from . import _native
-from ._native import EngineError, ErrorCode, call, check, ffi, handle_key, lib
+from ._native import EngineError, ErrorCode, RawEvent, call, check, ffi, lib
 from .events import (
     DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
-    DeviceRestored, Event, LevelsMeasured, ListenerState, ListenerStateChanged,
-    XrunOccurred,
+    DeviceRestored, Event, LevelsMeasured, ListenerEvent, ListenerState,
+    ListenerStateChanged, XrunOccurred,
 )
 
-__all__ = ["open_engine", "Engine", "EngineSettings", "SourceSpec", "SinkSpec",
+__all__ = ["open_engine", "Engine", "Listener", "EngineSettings", "SourceSpec", "SinkSpec",
            "RouteSpec", "EngineStats", "SinkStats", "ListenerStats", "EngineError",
            "ErrorCode", "live_engine_threads"]
 
@@ -139,6 +139,55 @@ def live_engine_threads() -> int:
 class _Entity:
     handle: Any
     spec: Any
+    event_id: int   # the engine's id for it in events
+
+
+class Listener:
+    """One WebRTC listener on a sink. Its events (``AnswerReady`` or
+    ``AnswerFailed`` first, then candidates and state changes) arrive on
+    ``events``, in order and never dropped. Get one with
+    ``Engine.open_listener`` (or ``start_listener`` + ``aclose``)."""
+
+    def __init__(self, engine: "Engine", handle: Any, sink_id: str):
+        self._engine = engine
+        self._handle = handle
+        self.id: int = lib.ae_listener_id(handle)   # never reused
+        self.sink_id = sink_id
+        # few events per listener (an answer, its candidates, state changes)
+        self._send, self.events = trio.open_memory_channel[ListenerEvent](math.inf)
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def _require(self) -> Any:
+        if self._handle is None:
+            raise EngineError(ErrorCode.NOT_FOUND, f"listener {self.id} is closed")
+        return self._handle
+
+    def add_candidate(self, mline_index: int, candidate: str) -> None:
+        """A remote candidate ("candidate:..."); "" is end-of-candidates."""
+        check(lib.ae_listener_add_candidate(self._require(), mline_index, candidate.encode()))
+
+    def stats(self) -> ListenerStats:
+        out = ffi.new("ae_listener_stats *")
+        check(lib.ae_listener_stats_get(self._require(), out))
+        age = None
+        if out.last_rx_us:
+            age = max(0.0, _monotonic_us() - out.last_rx_us) / 1e6
+        return ListenerStats(_STATES.get(out.state, ListenerState.FAILED), age,
+                             out.packets_sent, out.bytes_sent)
+
+    async def aclose(self) -> None:
+        """Remove the listener. Once this returns no event for it is delivered;
+        calling it again does nothing, so every cleanup path may call it."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        self._engine._listeners.pop(self.id, None)
+        self._send.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(call, lib.ae_listener_destroy, handle)
 
 
 class Engine:
@@ -152,9 +201,8 @@ class Engine:
         self._sources: dict[str, _Entity] = {}
         self._sinks: dict[str, _Entity] = {}
         self._routes: dict[str, _Entity] = {}
-        self._listeners: dict[int, _Entity] = {}
-        self._by_handle: dict[int, tuple[str, Any]] = {}  # handle -> (kind, id)
-        self._next_listener_id = 1
+        self._listeners: dict[int, Listener] = {}
+        self._names: dict[int, tuple[str, str]] = {}  # event id -> (kind, id)
         self.dropped_events = 0
 
     # ---- lifecycle -----------------------------------------------------
@@ -185,16 +233,19 @@ class Engine:
         # Close our side first: an event thread waiting for room in a full
         # channel is released at once, so destroy cannot wait on it.
         self._send.close()
+        for listener in list(self._listeners.values()):
+            listener._handle = None   # ae_engine_destroy removes them
+            listener._send.close()
         handle, self._handle = self._handle, None
         if handle is not None:
             await trio.to_thread.run_sync(call, lib.ae_engine_destroy, handle)
         for registry in (self._listeners, self._routes, self._sinks, self._sources):
             registry.clear()
-        self._by_handle.clear()
+        self._names.clear()
 
     # ---- events (engine event thread -> trio) ----------------------------
 
-    def _on_raw_event(self, raw: tuple) -> None:
+    def _on_raw_event(self, raw: RawEvent) -> None:
         """Runs on the engine's event thread."""
         try:
             pending = trio.from_thread.run_sync(self._deliver, raw, trio_token=self._token)
@@ -204,10 +255,20 @@ class Engine:
                 trio.Cancelled):
             pass
 
-    def _deliver(self, raw: tuple) -> Event | None:
-        """Runs in the trio thread: names the entities and offers the event.
-        Returns the event when it must not be dropped and the channel is full."""
-        event = self._translate(raw)
+    def _deliver(self, raw: RawEvent) -> Event | None:
+        """Runs in the trio thread: hands a listener's event to its listener,
+        names the entity of any other and offers it on ``events``. Returns
+        the event when it must not be dropped and the channel is full."""
+        ev = raw.struct
+        if ev.listener_id:
+            listener = self._listeners.get(ev.listener_id)
+            if listener is not None:  # else a late event for a listener that is gone
+                try:
+                    listener._send.send_nowait(self._listener_event(raw))
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+            return None
+        event = self._entity_event(raw)
         if event is None:
             return None
         try:
@@ -221,33 +282,33 @@ class Engine:
             pass
         return None
 
-    def _translate(self, raw: tuple) -> Event | None:
-        (etype, listener, source, sink, text, mline, state, code, count, peaks, rmss) = raw
-        if etype in (lib.AE_EVENT_ANSWER_READY, lib.AE_EVENT_ANSWER_FAILED,
-                     lib.AE_EVENT_CANDIDATE_GATHERED, lib.AE_EVENT_LISTENER_STATE):
-            owner = self._by_handle.get(listener)
-            if owner is None:
-                return None  # a late event for a listener that is gone
-            lid = owner[1]
-            if etype == lib.AE_EVENT_ANSWER_READY:
-                return AnswerReady(lid, text or "")
-            if etype == lib.AE_EVENT_ANSWER_FAILED:
-                return AnswerFailed(lid, code, text or "")
-            if etype == lib.AE_EVENT_CANDIDATE_GATHERED:
-                return CandidateGathered(lid, mline, text or "")
-            return ListenerStateChanged(lid, _STATES.get(state, ListenerState.FAILED))
-        owner = self._by_handle.get(source) or self._by_handle.get(sink)
+    @staticmethod
+    def _listener_event(raw: RawEvent) -> ListenerEvent:
+        ev, lid, text = raw.struct, raw.struct.listener_id, raw.text or ""
+        if ev.type == lib.AE_EVENT_ANSWER_READY:
+            return AnswerReady(lid, text)
+        if ev.type == lib.AE_EVENT_ANSWER_FAILED:
+            return AnswerFailed(lid, ev.code, text)
+        if ev.type == lib.AE_EVENT_CANDIDATE_GATHERED:
+            return CandidateGathered(lid, ev.mline, text)
+        return ListenerStateChanged(lid, _STATES.get(ev.state, ListenerState.FAILED))
+
+    def _entity_event(self, raw: RawEvent) -> Event | None:
+        ev = raw.struct
+        owner = self._names.get(ev.source_id or ev.sink_id)
         if owner is None:
-            return None
+            return None  # a late event for an entity that is gone
         kind, eid = owner
-        if etype == lib.AE_EVENT_DEVICE_LOST:
-            return DeviceLost(kind, eid, text or "")
-        if etype == lib.AE_EVENT_DEVICE_RESTORED:
+        if ev.type == lib.AE_EVENT_DEVICE_LOST:
+            return DeviceLost(kind, eid, raw.text or "")
+        if ev.type == lib.AE_EVENT_DEVICE_RESTORED:
             return DeviceRestored(kind, eid)
-        if etype == lib.AE_EVENT_XRUN:
-            return XrunOccurred(kind, eid, count)
-        if etype == lib.AE_EVENT_LEVELS:
-            return LevelsMeasured(kind, eid, peaks, rmss)
+        if ev.type == lib.AE_EVENT_XRUN:
+            return XrunOccurred(kind, eid, ev.count)
+        if ev.type == lib.AE_EVENT_LEVELS:
+            n = max(0, min(ev.channels, lib.AE_MAX_CHANNELS))
+            return LevelsMeasured(kind, eid, tuple(ev.peak_dbfs[0:n]), tuple(ev.rms_dbfs[0:n]),
+                                  since=ev.since_us / 1e6, measured_at=ev.time_us / 1e6)
         return None
 
     # ---- helpers -------------------------------------------------------
@@ -256,16 +317,16 @@ class Engine:
         if self._handle is None:
             raise EngineError(ErrorCode.CLOSED, "the engine is closed")
 
-    def _register(self, registry: dict, kind: str, key: Any, entity: _Entity) -> None:
+    def _register(self, registry: dict, kind: str, key: str, entity: _Entity) -> None:
         registry[key] = entity
-        self._by_handle[handle_key(entity.handle)] = (kind, key)
+        self._names[entity.event_id] = (kind, key)
 
-    def _unregister(self, registry: dict, key: Any) -> None:
+    def _unregister(self, registry: dict, key: str) -> None:
         entity = registry.pop(key)
-        self._by_handle.pop(handle_key(entity.handle), None)
+        self._names.pop(entity.event_id, None)
 
     @staticmethod
-    def _lookup(registry: dict, kind: str, key: Any) -> _Entity:
+    def _lookup(registry: dict, kind: str, key: Any) -> Any:
         try:
             return registry[key]
         except KeyError:
@@ -306,7 +367,8 @@ class Engine:
         # is registered. Creating waits for no engine thread, and ALSA devices
         # are opened non-blocking.
         call(lib.ae_source_create, self._handle, cfg, out)
-        self._register(self._sources, "source", source_id, _Entity(out[0], spec))
+        self._register(self._sources, "source", source_id,
+                       _Entity(out[0], spec, lib.ae_source_id(out[0])))
 
     def set_tone(self, source_id: str, hz: float, dbfs: float) -> None:
         entity = self._lookup(self._sources, "source", source_id)
@@ -351,7 +413,7 @@ class Engine:
         cfg.allow_absent = int(spec.allow_absent)
         out = ffi.new("ae_sink **")
         call(lib.ae_sink_create, self._handle, cfg, out)  # in this thread: see add_source
-        self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec))
+        self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec, lib.ae_sink_id(out[0])))
 
     async def remove_sink(self, sink_id: str) -> None:
         entity = self._lookup(self._sinks, "sink", sink_id)
@@ -381,7 +443,7 @@ class Engine:
         cfg.source_channel = spec.source_channel
         out = ffi.new("ae_route **")
         check(lib.ae_route_create(source.handle, sink.handle, cfg, out))
-        self._register(self._routes, "route", route_id, _Entity(out[0], spec))
+        self._routes[route_id] = _Entity(out[0], spec, 0)  # routes post no events
 
     def update_route(self, route_id: str, *, gain_db: float | None = None,
                      muted: bool | None = None) -> RouteSpec:
@@ -399,49 +461,33 @@ class Engine:
     async def remove_route(self, route_id: str) -> None:
         entity = self._lookup(self._routes, "route", route_id)
         check(lib.ae_route_destroy(entity.handle))
-        self._unregister(self._routes, route_id)
+        del self._routes[route_id]
 
     # ---- listeners -------------------------------------------------------
 
-    def add_listener(self, sink_id: str, offer_sdp: str) -> int:
-        """Start answering an offer; returns the listener id. AnswerReady or
-        AnswerFailed for that id follows on ``events``."""
+    def start_listener(self, sink_id: str, offer_sdp: str) -> Listener:
+        """Start answering an offer; ``AnswerReady`` or ``AnswerFailed``
+        follows on the listener's ``events``. The caller must ``aclose`` it."""
         self._require_open()
         sink = self._lookup(self._sinks, "sink", sink_id)
         if not isinstance(offer_sdp, str):
             raise EngineError(ErrorCode.SDP, "the offer must be text")
         out = ffi.new("ae_listener **")
         check(lib.ae_listener_create(sink.handle, offer_sdp.encode("utf-8", "replace"), out))
-        listener_id = self._next_listener_id
-        self._next_listener_id += 1
-        self._register(self._listeners, "listener", listener_id, _Entity(out[0], sink_id))
-        return listener_id
+        # no checkpoint since the create: its first event cannot have been delivered
+        listener = Listener(self, out[0], sink_id)
+        self._listeners[listener.id] = listener
+        return listener
 
-    def add_listener_candidate(self, listener_id: int, mline_index: int, candidate: str) -> None:
-        entity = self._lookup(self._listeners, "listener", listener_id)
-        check(lib.ae_listener_add_candidate(entity.handle, mline_index, candidate.encode()))
-
-    def listener_stats(self, listener_id: int) -> ListenerStats:
-        entity = self._lookup(self._listeners, "listener", listener_id)
-        out = ffi.new("ae_listener_stats *")
-        check(lib.ae_listener_stats_get(entity.handle, out))
-        age = None
-        if out.last_rx_us:
-            age = max(0.0, _monotonic_us() - out.last_rx_us) / 1e6
-        return ListenerStats(_STATES.get(out.state, ListenerState.FAILED), age,
-                             out.packets_sent, out.bytes_sent)
-
-    async def remove_listener(self, listener_id: int) -> None:
-        """Remove a listener. Once this returns the engine delivers no more
-        events for it (some may still wait in ``events`` from before: consumers
-        ignore ids they no longer track). Unknown ids are ignored, so every
-        cleanup path may call this."""
-        entity = self._listeners.get(listener_id)
-        if entity is None:
-            return
-        # Unregister first: events still in flight for it are dropped.
-        self._unregister(self._listeners, listener_id)
-        await trio.to_thread.run_sync(call, lib.ae_listener_destroy, entity.handle)
+    @asynccontextmanager
+    async def open_listener(self, sink_id: str, offer_sdp: str) -> AsyncIterator[Listener]:
+        """A listener for the duration of the block; leaving it (any way)
+        removes the listener from the engine."""
+        listener = self.start_listener(sink_id, offer_sdp)
+        try:
+            yield listener
+        finally:
+            await listener.aclose()
 
     # ---- introspection -------------------------------------------------
 
@@ -456,7 +502,7 @@ class Engine:
 
     def listeners(self) -> dict[int, str]:
         """Listener id -> sink id."""
-        return {k: v.spec for k, v in self._listeners.items()}
+        return {k: v.sink_id for k, v in self._listeners.items()}
 
     def stats(self) -> EngineStats:
         self._require_open()

@@ -78,10 +78,15 @@ class XrunOccurred:
 
 @dataclass(frozen=True, slots=True)
 class LevelsMeasured:
+    """Peak and RMS of the audio added between ``since`` and ``measured_at``
+    (monotonic seconds, the clock of ``time.monotonic``): a change made at
+    time t shows in the events whose ``since`` is after t."""
     kind: EntityKind
     entity_id: str
     peak_dbfs: tuple[float, ...]
     rms_dbfs: tuple[float, ...]
+    since: float = 0.0
+    measured_at: float = 0.0
 
 
 ListenerEvent = AnswerReady | AnswerFailed | CandidateGathered | ListenerStateChanged

@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +40,7 @@ def serve(source: str, period: int) -> None:
     lines on stdin, answering on stdout."""
     import trio
 
-    from appliance import (
-        AnswerFailed, AnswerReady, EngineSettings, RouteSpec, SinkSpec, SourceSpec,
-        open_engine,
-    )
+    from appliance import EngineSettings, RouteSpec, SinkSpec, SourceSpec, open_engine
 
     async def main() -> None:
         # Real-time priority for the audio path, as the appliance's service
@@ -57,30 +55,22 @@ def serve(source: str, period: int) -> None:
             await engine.add_source("in", spec)
             await engine.add_sink("main", SinkSpec(kind="opus"))
             await engine.add_route("r", RouteSpec("in", "main"))
-            waiting: dict[int, trio.MemorySendChannel] = {}
+            listeners: dict[int, Any] = {}
             out = sys.stdout
 
             def reply(obj: dict) -> None:
                 out.write(json.dumps(obj) + "\n")
                 out.flush()
 
-            async def dispatch() -> None:
-                async for ev in engine.events:
-                    if isinstance(ev, (AnswerReady, AnswerFailed)):
-                        chan = waiting.pop(ev.listener_id, None)
-                        if chan:
-                            chan.send_nowait(ev)
-
             async def handle(cmd: dict) -> None:
                 if cmd["op"] == "listen":
-                    send, recv = trio.open_memory_channel(1)
-                    lid = engine.add_listener("main", cmd["offer"])
-                    waiting[lid] = send
-                    ev = await recv.receive()
-                    reply({"tag": cmd["tag"], "id": lid,
+                    listener = engine.start_listener("main", cmd["offer"])
+                    listeners[listener.id] = listener
+                    ev = await listener.events.receive()   # AnswerReady or AnswerFailed
+                    reply({"tag": cmd["tag"], "id": listener.id,
                            "answer": getattr(ev, "sdp", None), "error": getattr(ev, "reason", None)})
                 elif cmd["op"] == "drop":
-                    await engine.remove_listener(cmd["id"])
+                    await listeners.pop(cmd["id"]).aclose()
                     reply({"tag": cmd["tag"]})
                 elif cmd["op"] == "stats":
                     s = engine.sink_stats("main")
@@ -90,7 +80,6 @@ def serve(source: str, period: int) -> None:
                            "frames": s.frames_encoded})
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(dispatch)
                 stdin = trio.lowlevel.FdStream(os.dup(0))
                 buf = b""
                 while True:

@@ -118,6 +118,7 @@ void ae_levels_add(ae_levels *lv, const float *x, int frames)
         }
     }
     pthread_mutex_lock(&lv->lock);
+    if (lv->frames == 0) lv->since_us = ae_now_us();
     for (int c = 0; c < ch; c++) {
         if (peak[c] > lv->peak[c]) lv->peak[c] = peak[c];
         lv->sumsq[c] += sumsq[c];
@@ -131,10 +132,11 @@ static double to_db(double amplitude)
     return amplitude > 1e-10 ? 20.0 * log10(amplitude) : -200.0;
 }
 
-int ae_levels_take(ae_levels *lv, double *peak_db, double *rms_db)
+int ae_levels_take(ae_levels *lv, double *peak_db, double *rms_db, int64_t *since_us)
 {
     pthread_mutex_lock(&lv->lock);
     uint64_t n = lv->frames;
+    *since_us = lv->since_us;
     for (int c = 0; c < lv->channels; c++) {
         peak_db[c] = to_db(lv->peak[c]);
         rms_db[c] = n ? to_db(sqrt(lv->sumsq[c] / (double)n)) : -200.0;
@@ -154,32 +156,34 @@ struct ae_event_node {
     ae_event_node *next;
 };
 
-static bool is_dead(ae_engine *e, const void *p)
+static bool names(const ae_event *ev, uint64_t id)
 {
-    for (int i = 0; i < e->ndead; i++)
-        if (e->dead[i] == p) return true;
-    return false;
+    return id && (ev->listener_id == id || ev->source_id == id || ev->sink_id == id);
 }
 
-static bool event_names(const ae_event *ev, const void *p)
+static bool same_entity(const ae_event *a, const ae_event *b)
 {
-    return p && ((const void *)ev->listener == p || (const void *)ev->source == p ||
-                 (const void *)ev->sink == p);
+    return a->listener_id == b->listener_id && a->source_id == b->source_id &&
+           a->sink_id == b->sink_id;
 }
 
-void ae_post(ae_engine *e, const ae_event *ev)
+uint64_t ae_new_id(void)
+{
+    static _Atomic uint64_t next = 1;
+    return atomic_fetch_add(&next, 1);
+}
+
+void ae_post_unless(ae_engine *e, const ae_event *ev, const atomic_bool *muted)
 {
     pthread_mutex_lock(&e->ev_lock);
-    if (e->ev_stop || is_dead(e, ev->listener) || is_dead(e, ev->source) ||
-        is_dead(e, ev->sink)) {
+    if (e->ev_stop || (muted && atomic_load(muted))) {
         pthread_mutex_unlock(&e->ev_lock);
         return;
     }
     if (ev->type == AE_EVENT_LEVELS) {
         /* Coalesce: a newer measurement replaces a pending one. */
         for (ae_event_node *n = e->ev_head; n; n = n->next) {
-            if (n->ev.type == AE_EVENT_LEVELS && n->ev.source == ev->source &&
-                n->ev.sink == ev->sink) {
+            if (n->ev.type == AE_EVENT_LEVELS && same_entity(&n->ev, ev)) {
                 n->ev = *ev;
                 n->ev.text = NULL;
                 e->events_coalesced++;
@@ -198,7 +202,7 @@ void ae_post(ae_engine *e, const ae_event *ev)
     if (!n->ev.time_us) n->ev.time_us = ae_now_us();
 
     pthread_mutex_lock(&e->ev_lock);
-    if (e->ev_stop) {
+    if (e->ev_stop || (muted && atomic_load(muted))) {
         pthread_mutex_unlock(&e->ev_lock);
         free(n->text);
         free(n);
@@ -212,6 +216,8 @@ void ae_post(ae_engine *e, const ae_event *ev)
     pthread_mutex_unlock(&e->ev_lock);
 }
 
+void ae_post(ae_engine *e, const ae_event *ev) { ae_post_unless(e, ev, NULL); }
+
 static void free_nodes(ae_event_node *n)
 {
     while (n) {
@@ -222,25 +228,14 @@ static void free_nodes(ae_event_node *n)
     }
 }
 
-void ae_events_forget(ae_engine *e, const void *entity)
+void ae_events_forget(ae_engine *e, uint64_t id)
 {
     pthread_mutex_lock(&e->ev_lock);
-    if (!is_dead(e, entity)) {
-        if (e->ndead == e->cap_dead) {
-            int cap = e->cap_dead ? e->cap_dead * 2 : 64;
-            void **d = realloc(e->dead, (size_t)cap * sizeof *d);
-            if (d) {
-                e->dead = d;
-                e->cap_dead = cap;
-            }
-        }
-        if (e->ndead < e->cap_dead) e->dead[e->ndead++] = (void *)entity;
-    }
     ae_event_node *keep_head = NULL, *keep_tail = NULL, *drop = NULL;
     for (ae_event_node *n = e->ev_head, *next; n; n = next) {
         next = n->next;
         n->next = NULL;
-        if (event_names(&n->ev, entity)) {
+        if (names(&n->ev, id)) {
             n->next = drop;
             drop = n;
         } else {
@@ -256,8 +251,8 @@ void ae_events_forget(ae_engine *e, const void *entity)
     if (!pthread_equal(pthread_self(), e->event_thread) || !e->event_started) {
         for (;;) {
             bool busy = false;
-            for (int i = 0; i < 4; i++)
-                if (e->ev_delivering[i] == entity) busy = true;
+            for (int i = 0; i < 3; i++)
+                if (e->ev_delivering[i] == id) busy = true;
             if (!busy) break;
             pthread_cond_wait(&e->ev_done, &e->ev_lock);
         }
@@ -266,37 +261,21 @@ void ae_events_forget(ae_engine *e, const void *entity)
     free_nodes(drop);
 }
 
-/* Forget the dead entity's address once it can no longer be named: called
- * when the memory is freed, so a new entity at the same address is live. */
-static void undead(ae_engine *e, const void *entity)
-{
-    pthread_mutex_lock(&e->ev_lock);
-    for (int i = 0; i < e->ndead; i++) {
-        if (e->dead[i] == entity) {
-            e->dead[i] = e->dead[--e->ndead];
-            break;
-        }
-    }
-    pthread_mutex_unlock(&e->ev_lock);
-}
-
-void ae_events_release(ae_engine *e, const void *entity) { undead(e, entity); }
-
-static void post_levels(ae_engine *e, ae_levels *lv, ae_source *source, ae_sink *sink)
+static void post_levels(ae_engine *e, ae_levels *lv, uint64_t source_id, uint64_t sink_id)
 {
     ae_event ev = {0};
     ev.type = AE_EVENT_LEVELS;
-    ev.source = source;
-    ev.sink = sink;
+    ev.source_id = source_id;
+    ev.sink_id = sink_id;
     ev.channels = lv->channels;
-    if (ae_levels_take(lv, ev.peak_dbfs, ev.rms_dbfs)) ae_post(e, &ev);
+    if (ae_levels_take(lv, ev.peak_dbfs, ev.rms_dbfs, &ev.since_us)) ae_post(e, &ev);
 }
 
 static void sample_levels(ae_engine *e)
 {
     pthread_mutex_lock(&e->graph_lock);
-    for (ae_source *s = e->sources; s; s = s->next) post_levels(e, &s->levels, s, NULL);
-    for (ae_sink *k = e->sinks; k; k = k->next) post_levels(e, &k->levels, NULL, k);
+    for (ae_source *s = e->sources; s; s = s->next) post_levels(e, &s->levels, s->id, 0);
+    for (ae_sink *k = e->sinks; k; k = k->next) post_levels(e, &k->levels, 0, k->id);
     pthread_mutex_unlock(&e->graph_lock);
 }
 
@@ -330,9 +309,9 @@ static void *event_main(void *arg)
         if (!n) continue;
         e->ev_head = n->next;
         if (!e->ev_head) e->ev_tail = NULL;
-        e->ev_delivering[0] = n->ev.listener;
-        e->ev_delivering[1] = n->ev.source;
-        e->ev_delivering[2] = n->ev.sink;
+        e->ev_delivering[0] = n->ev.listener_id;
+        e->ev_delivering[1] = n->ev.source_id;
+        e->ev_delivering[2] = n->ev.sink_id;
         pthread_mutex_unlock(&e->ev_lock);
 
         e->callback(e->user, &n->ev);
@@ -443,7 +422,6 @@ static void engine_free(ae_engine *e)
     if (e->loop) g_main_loop_unref(e->loop);
     free(e->stun_server);
     free(e->ice_addresses);
-    free(e->dead);
     pthread_mutex_destroy(&e->graph_lock);
     pthread_mutex_destroy(&e->ev_lock);
     pthread_mutex_destroy(&e->listeners_lock);

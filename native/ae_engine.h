@@ -22,11 +22,18 @@
  *    but blocking it delays later events. Its payload is valid only during the
  *    call. No callback runs after ae_engine_destroy() returns, and none runs
  *    for a listener after ae_listener_destroy() returns.
+ *  - Events name sources, sinks and listeners by an id (ae_source_id() ...)
+ *    that the engine never reuses, so a late event can never point at freed
+ *    memory and the caller needs no table of dead handles.
  */
 #ifndef AE_ENGINE_H
 #define AE_ENGINE_H
 
+/* The cffi build reads this header through the C preprocessor with
+ * AE_CFFI_CDEF defined: cffi knows the fixed-width types itself. */
+#ifndef AE_CFFI_CDEF
 #include <stdint.h>
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -79,13 +86,13 @@ typedef enum ae_listener_state {
     AE_LISTENER_CLOSED = 6
 } ae_listener_state;
 
-#define AE_MAX_CHANNELS 8
+enum { AE_MAX_CHANNELS = 8 };
 
 typedef struct ae_event {
     int type;                 /* ae_event_type */
-    ae_listener *listener;    /* or NULL */
-    ae_source *source;        /* or NULL */
-    ae_sink *sink;            /* or NULL */
+    uint64_t listener_id;     /* ae_listener_id(), or 0 */
+    uint64_t source_id;       /* ae_source_id(), or 0 */
+    uint64_t sink_id;         /* ae_sink_id(), or 0 */
     const char *text;         /* SDP, candidate or reason; or NULL */
     int mline;
     int state;                /* ae_listener_state */
@@ -95,6 +102,7 @@ typedef struct ae_event {
     double peak_dbfs[AE_MAX_CHANNELS];
     double rms_dbfs[AE_MAX_CHANNELS];
     int64_t time_us;          /* CLOCK_MONOTONIC when the event was raised */
+    int64_t since_us;         /* LEVELS: CLOCK_MONOTONIC of the first audio measured */
 } ae_event;
 
 typedef void (*ae_event_cb)(void *user, const ae_event *event);
@@ -161,6 +169,8 @@ typedef struct ae_source_config {
 } ae_source_config;
 
 int ae_source_create(ae_engine *engine, const ae_source_config *config, ae_source **out);
+/* The source's event id: unique in the engine, never reused. */
+uint64_t ae_source_id(const ae_source *source);
 int ae_source_set_tone(ae_source *source, double hz, double dbfs);
 /* AE_ERR_BUSY while routes use the source. */
 int ae_source_destroy(ae_source *source);
@@ -205,6 +215,8 @@ typedef struct ae_sink_stats {
 } ae_sink_stats;
 
 int ae_sink_stats_get(ae_sink *sink, ae_sink_stats *out);
+/* The sink's event id: unique in the engine, never reused. */
+uint64_t ae_sink_id(const ae_sink *sink);
 
 /* ---- routes ------------------------------------------------------------ */
 
@@ -227,6 +239,8 @@ int ae_route_destroy(ae_route *route);
 /* Validates the offer at once (AE_ERR_SDP with a reason), then answers in the
  * background: AE_EVENT_ANSWER_READY or AE_EVENT_ANSWER_FAILED follows. */
 int ae_listener_create(ae_sink *sink, const char *offer_sdp, ae_listener **out);
+/* The listener's event id: unique in the engine, never reused. */
+uint64_t ae_listener_id(const ae_listener *listener);
 /* candidate: "candidate:..." or "a=candidate:..."; an empty string means
  * end-of-candidates. */
 int ae_listener_add_candidate(ae_listener *listener, int mline, const char *candidate);

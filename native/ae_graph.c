@@ -10,10 +10,13 @@
 #include "ae_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define RETRY_MIN_US 100000
 #define RETRY_MAX_US 2000000
@@ -92,8 +95,8 @@ static void post_device(device_ctx *c, int type, const char *text, uint64_t coun
 {
     ae_event ev = {0};
     ev.type = type;
-    ev.source = c->source;
-    ev.sink = c->sink;
+    ev.source_id = c->source ? c->source->id : 0;
+    ev.sink_id = c->sink ? c->sink->id : 0;
     ev.text = text;
     ev.count = count;
     ae_post(c->e, &ev);
@@ -285,22 +288,35 @@ static float db_to_amp(double db) { return (float)pow(10.0, db / 20.0); }
 
 static int load_wav(ae_source *s, const char *path, int engine_rate, int raw_rate)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ae_fail(AE_ERR_FILE, "cannot open '%s': %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (size <= 0 || (unsigned long)size > MAX_FILE_SAMPLES * 4ul) {
-        fclose(f);
+    /* Called on the caller's (trio's) thread: a FIFO or a device must fail at
+     * once, not block it, and a symlink swapped in after the caller checked
+     * the path must not be followed. So open without blocking or following,
+     * then judge what was opened. One message for every refusal: it must not
+     * tell whether something exists at the path. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0) close(fd);
+        return ae_fail(AE_ERR_FILE, "'%s' is not a readable regular file", path);
+    }
+    if (st.st_size <= 0 || (unsigned long long)st.st_size > MAX_FILE_SAMPLES * 4ull) {
+        close(fd);
         return ae_fail(AE_ERR_FILE, "'%s' is empty or too large", path);
     }
+    long size = (long)st.st_size;
     unsigned char *bytes = malloc((size_t)size);
-    if (!bytes || fread(bytes, 1, (size_t)size, f) != (size_t)size) {
+    size_t got = 0;
+    while (bytes && got < (size_t)size) {
+        ssize_t n = read(fd, bytes + got, (size_t)size - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;   /* an error, or the file shrank meanwhile */
+        got += (size_t)n;
+    }
+    close(fd);
+    if (!bytes || got != (size_t)size) {
         free(bytes);
-        fclose(f);
         return ae_fail(AE_ERR_FILE, "cannot read '%s'", path);
     }
-    fclose(f);
 
     int channels = s->channels, bits = 16, is_float = 0, rate = raw_rate ? raw_rate : engine_rate;
     const unsigned char *data = bytes;
@@ -417,6 +433,7 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
     ae_source *s = calloc(1, sizeof *s);
     if (!s) return ae_fail(AE_ERR_NOMEM, "out of memory");
     s->engine = e;
+    s->id = ae_new_id();
     s->kind = cfg->kind;
     s->channels = channels;
     int rc = AE_OK;
@@ -468,6 +485,10 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
     return AE_OK;
 }
 
+uint64_t ae_source_id(const ae_source *s) { return s ? s->id : 0; }
+
+uint64_t ae_sink_id(const ae_sink *k) { return k ? k->id : 0; }
+
 int ae_source_set_tone(ae_source *s, double hz, double dbfs)
 {
     ae_clear_error();
@@ -513,8 +534,7 @@ int ae_source_destroy(ae_source *s)
     }
     pthread_mutex_unlock(&e->graph_lock);
     device_close(&s->dev);
-    ae_events_forget(e, s);
-    ae_events_release(e, s);
+    ae_events_forget(e, s->id);
     source_free(s);
     return AE_OK;
 }
@@ -559,6 +579,7 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
     ae_sink *k = calloc(1, sizeof *k);
     if (!k) return ae_fail(AE_ERR_NOMEM, "out of memory");
     k->engine = e;
+    k->id = ae_new_id();
     k->kind = cfg->kind;
     k->channels = channels;
     k->frame_us = frame_us;
@@ -636,8 +657,7 @@ int ae_sink_destroy(ae_sink *k)
     pthread_mutex_unlock(&e->graph_lock);
     device_close(&k->dev);
     if (k->pipeline) ae_opus_pipeline_stop(k);
-    ae_events_forget(e, k);
-    ae_events_release(e, k);
+    ae_events_forget(e, k->id);
     sink_free(k);
     return AE_OK;
 }

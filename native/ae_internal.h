@@ -49,12 +49,14 @@ typedef struct ae_levels {
     float peak[AE_MAX_CHANNELS];
     double sumsq[AE_MAX_CHANNELS];
     uint64_t frames;
+    int64_t since_us;                   /* when the first of those frames was added */
 } ae_levels;
 
 void ae_levels_init(ae_levels *lv, int channels);
 void ae_levels_add(ae_levels *lv, const float *interleaved, int frames);
 /* Returns 0 when nothing was measured since the last take. */
-int ae_levels_take(ae_levels *lv, double *peak_db, double *rms_db);
+/* since_us gets the time the first measured frame was added. */
+int ae_levels_take(ae_levels *lv, double *peak_db, double *rms_db, int64_t *since_us);
 
 /* ---- ALSA device (ae_alsa.c) ---- */
 typedef struct ae_pcm {
@@ -118,6 +120,7 @@ int64_t ae_ring_time_of(const ae_ring *r, uint64_t pos, int rate);
 struct ae_source {
     ae_engine *engine;
     ae_source *next;
+    uint64_t id;                        /* names it in events */
     int kind;
     int channels;
     int nroutes;
@@ -159,6 +162,7 @@ typedef struct ae_lat_stats {
 struct ae_sink {
     ae_engine *engine;
     ae_sink *next;
+    uint64_t id;                        /* names it in events */
     int kind;
     int channels;
     int frame_samples;
@@ -191,13 +195,17 @@ struct ae_sink {
 typedef struct ae_event_node ae_event_node;
 
 /* Post an event; text is copied. Never blocks for long: safe on audio
- * threads. Events for an entity marked dead are discarded. */
+ * threads. With `muted` given, the event is dropped when *muted is set: it
+ * is read under the queue's lock, so an event posted by a thread racing
+ * ae_events_forget() is either removed by it or never queued. */
 void ae_post(ae_engine *e, const ae_event *ev);
-/* Remove an entity's queued events, refuse new ones, and wait until an
- * event being delivered for it has returned. */
-void ae_events_forget(ae_engine *e, const void *entity);
-/* The entity's memory is about to be freed: its address may be reused. */
-void ae_events_release(ae_engine *e, const void *entity);
+void ae_post_unless(ae_engine *e, const ae_event *ev, const atomic_bool *muted);
+/* Remove the queued events naming `id` and wait until an event being
+ * delivered for it has returned. Whoever may still post for it must have
+ * stopped, or post through ae_post_unless() with a flag set before this. */
+void ae_events_forget(ae_engine *e, uint64_t id);
+/* A new event id: unique in the process, never reused. */
+uint64_t ae_new_id(void);
 
 /* ---- engine ---- */
 struct ae_engine {
@@ -226,12 +234,10 @@ struct ae_engine {
     pthread_cond_t ev_cond;             /* new event, or stop */
     pthread_cond_t ev_done;             /* a delivery finished */
     ae_event_node *ev_head, *ev_tail;
-    const void *ev_delivering[4];       /* entities of the event being delivered */
+    uint64_t ev_delivering[3];          /* ids named by the event being delivered */
     uint64_t ev_delivered;
     bool ev_stop;
     int64_t events_posted, events_coalesced;
-    void **dead;                        /* entities whose events are refused */
-    int ndead, cap_dead;
 
     /* glib */
     GMainContext *ctx;

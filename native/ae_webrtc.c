@@ -30,6 +30,7 @@ struct ae_listener {
     ae_engine *engine;
     ae_sink *sink;
     ae_listener *next;
+    uint64_t id;                         /* names it in events */
     _Atomic int refs;
     atomic_bool closing;
     char *offer;
@@ -68,7 +69,6 @@ static void listener_unref(gpointer p)
 {
     ae_listener *l = p;
     if (atomic_fetch_sub(&l->refs, 1) != 1) return;
-    ae_events_release(l->engine, l);
     if (l->candidates) g_ptr_array_unref(l->candidates);
     g_mutex_clear(&l->cand_lock);
     free(l->offer);
@@ -292,15 +292,14 @@ static int validate_offer(const char *sdp, int *mline_out, char **fmtp_out)
 static void post_listener(ae_listener *l, int type, const char *text, int mline, int state,
                           int code)
 {
-    if (atomic_load(&l->closing)) return;
     ae_event ev = {0};
     ev.type = type;
-    ev.listener = l;
+    ev.listener_id = l->id;
     ev.text = text;
     ev.mline = mline;
     ev.state = state;
     ev.code = code;
-    ae_post(l->engine, &ev);
+    ae_post_unless(l->engine, &ev, &l->closing);
 }
 
 static void answer_failed(ae_listener *l, int code, const char *why)
@@ -852,6 +851,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
         return ae_fail(AE_ERR_NOMEM, "out of memory");
     }
     l->engine = e;
+    l->id = ae_new_id();
     l->sink = k;
     l->refs = 1;
     l->pt = pt;
@@ -869,6 +869,8 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     *out = l;
     return AE_OK;
 }
+
+uint64_t ae_listener_id(const ae_listener *l) { return l ? l->id : 0; }
 
 typedef struct candidate_call {
     ae_listener *listener;
@@ -996,7 +998,7 @@ int ae_listener_destroy(ae_listener *l)
     ae_engine *e = l->engine;
     if (atomic_exchange(&l->closing, true))
         return ae_fail(AE_ERR_INVALID, "the listener is already being destroyed");
-    ae_events_forget(e, l);
+    ae_events_forget(e, l->id);
     pthread_mutex_lock(&e->listeners_lock);
     for (ae_listener **pp = &e->listeners; *pp; pp = &(*pp)->next) {
         if (*pp == l) {

@@ -4,7 +4,6 @@ with the engine's C sources. Wired into the package build by setup.py."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -25,20 +24,14 @@ def _pkg_config(flag: str) -> list[str]:
 
 
 def _cdef_from_header() -> str:
-    """The header minus what cffi's parser does not take (comments,
-    preprocessor lines, extern "C" guards). Numeric #defines are kept as
-    literal constants and substituted where they size arrays."""
-    text = re.sub(r"/\*.*?\*/", "", (HERE / "ae_engine.h").read_text(), flags=re.S)
-    defines = dict(re.findall(r"^#define\s+(AE_\w+)\s+(\d+)\s*$", text, flags=re.M))
-    lines = [f"#define {name} {value}" for name, value in defines.items()]
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#") or stripped in ('extern "C" {', "}"):
-            continue
-        for name, value in defines.items():
-            line = re.sub(rf"\[{name}\]", f"[{value}]", line)
-        lines.append(line)
-    return "\n".join(lines) + '\nextern "Python" void ae_python_event_cb(void *, const ae_event *);\n'
+    """The public header as cffi's parser takes it: the C preprocessor drops
+    the comments, the include guard and the C++ guard; the header leaves out
+    <stdint.h> when AE_CFFI_CDEF is defined (cffi knows those types)."""
+    cpp = os.environ.get("CPP", "cpp")
+    text = subprocess.run([cpp, "-P", "-undef", "-nostdinc", "-DAE_CFFI_CDEF",
+                           str(HERE / "ae_engine.h")],
+                          check=True, capture_output=True, text=True).stdout
+    return text + '\nextern "Python" void ae_python_event_cb(void *, const ae_event *);\n'
 
 
 ffibuilder = FFI()

@@ -17,7 +17,7 @@ from appliance import (
     EngineSettings, ErrorCode, LevelsMeasured, ListenerState, ListenerStateChanged,
     RouteSpec, SinkSpec, SourceSpec, live_engine_threads, open_engine,
 )
-from appliance.engine import Engine
+from appliance.engine import Engine, Listener
 
 from support.audio_sim import (
     PulseDaemon, read_wav, tone, use_asoundrc, write_raw_s32, write_wav,
@@ -59,20 +59,22 @@ async def next_event(engine: Engine, kind, where=lambda ev: True, timeout: float
     raise AssertionError("the event channel closed")
 
 
-async def levels_of(engine: Engine, kind: str, entity_id: str, count: int = 3):
-    """Average peak over a few fresh level events of one entity: what was
-    measured before the call (still queued) is drained first."""
-    while True:
-        try:
-            engine.events.receive_nowait()
-        except trio.WouldBlock:
-            break
+# A route's gain change ramps over one mixer frame or so: leave it this long.
+SETTLE_S = 0.05
+
+
+async def levels_of(engine: Engine, kind: str, entity_id: str, count: int = 2):
+    """Average peak of one entity over level events that measured only audio
+    mixed after this call (plus SETTLE_S): what was measured before a change,
+    however late its event is read, is never part of it."""
+    changed_at = time.monotonic() + SETTLE_S
     peaks = []
     while len(peaks) < count:
         ev = await next_event(engine, LevelsMeasured,
-                              lambda e: e.kind == kind and e.entity_id == entity_id)
+                              lambda e: e.kind == kind and e.entity_id == entity_id
+                              and e.since > changed_at)
         peaks.append(max(ev.peak_dbfs))
-    return sum(peaks[1:]) / (count - 1)  # the first may straddle a change
+    return sum(peaks) / count
 
 
 async def tone_graph(engine: Engine, hz: float = 1000.0, dbfs: float = -12.0) -> None:
@@ -81,15 +83,24 @@ async def tone_graph(engine: Engine, hz: float = 1000.0, dbfs: float = -12.0) ->
     await engine.add_route("tone-main", RouteSpec("tone", "main"))
 
 
-async def connect(engine: Engine, peer, sink_id: str = "main", offer: str | None = None) -> int:
+async def first_answer(listener: Listener, timeout: float = 5.0):
+    """The listener's AnswerReady or AnswerFailed (its first event)."""
+    with trio.fail_after(timeout):
+        async for ev in listener.events:
+            if isinstance(ev, (AnswerReady, AnswerFailed)):
+                return ev
+    raise AssertionError("the listener's channel closed")
+
+
+async def connect(engine: Engine, peer, sink_id: str = "main",
+                  offer: str | None = None) -> Listener:
     """Answer a peer's offer through the engine and wait until it is up."""
-    lid = engine.add_listener(sink_id, offer or await peer.create_offer())
-    answer = await next_event(engine, (AnswerReady, AnswerFailed),
-                              lambda e: e.listener_id == lid)
+    listener = engine.start_listener(sink_id, offer or await peer.create_offer())
+    answer = await first_answer(listener)
     assert isinstance(answer, AnswerReady), answer
     await peer.accept_answer(answer.sdp)
     await peer.wait_connected(timeout=10)
-    return lid
+    return listener
 
 
 # ---- graph ----------------------------------------------------------------------
@@ -151,16 +162,16 @@ async def test_sink_encodes_in_real_time_without_listeners(engine):
 async def test_tone_reaches_a_real_webrtc_peer(engine):
     await tone_graph(engine, hz=1000.0)
     async with open_aiortc_listener() as peer:
-        lid = await connect(engine, peer)
+        listener = await connect(engine, peer)
         samples = await peer.record(seconds=1.0)
         assert abs(dominant_frequency(samples) - 1000.0) < 2.0
         assert abs(rms_dbfs(samples) - -15.0) < 1.5   # -12 dBFS peak sine
-        stats = engine.listener_stats(lid)
+        stats = listener.stats()
         assert stats.state.is_live and stats.packets_sent > 50
         assert stats.last_rx_age_s is not None and stats.last_rx_age_s < 5
         sink = engine.sink_stats("main")
         assert sink.listeners == 1 and sink.send_latency_samples > 0
-        await engine.remove_listener(lid)
+        await listener.aclose()
     assert engine.stats().listeners == 0
     assert engine.sink_stats("main").listeners == 0
 
@@ -172,8 +183,8 @@ async def test_listeners_with_different_payload_types_share_one_encoder(engine):
     await tone_graph(engine, hz=880.0)
     async with open_aiortc_listener() as a, open_aiortc_listener() as b:
         offer_b = chromium_like((await b.create_offer()).replace("96", "111"), 111)
-        lid_a = await connect(engine, a)
-        lid_b = await connect(engine, b, offer=offer_b)
+        listener_a = await connect(engine, a)
+        listener_b = await connect(engine, b, offer=offer_b)
         for peer in (a, b):
             samples = await peer.record(seconds=0.5)
             assert abs(dominant_frequency(samples) - 880.0) < 3.0
@@ -181,10 +192,10 @@ async def test_listeners_with_different_payload_types_share_one_encoder(engine):
         frames = engine.sink_stats("main").frames_encoded
         await trio.sleep(0.5)
         assert engine.sink_stats("main").frames_encoded - frames <= 53
-        await engine.remove_listener(lid_a)
+        await listener_a.aclose()
         samples = await b.record(seconds=0.3)   # the other one carries on
         assert abs(dominant_frequency(samples) - 880.0) < 5.0
-        await engine.remove_listener(lid_b)
+        await listener_b.aclose()
     assert engine.stats().listeners == 0
 
 
@@ -208,9 +219,8 @@ async def test_browser_opus_parameters_are_answered_not_refused(engine, channels
     await engine.add_route("r", RouteSpec("tone", "main"))
     async with open_aiortc_listener() as peer:
         offer = chromium_like(await peer.create_offer(), 96, fmtp)
-        lid = engine.add_listener("main", offer)
-        answer = await next_event(engine, (AnswerReady, AnswerFailed),
-                                  lambda e: e.listener_id == lid)
+        listener = engine.start_listener("main", offer)
+        answer = await first_answer(listener)
         assert isinstance(answer, AnswerReady), answer
         assert "a=sendonly" in answer.sdp and "a=inactive" not in answer.sdp
         assert "useinbandfec=1" in answer.sdp
@@ -218,7 +228,7 @@ async def test_browser_opus_parameters_are_answered_not_refused(engine, channels
         await peer.wait_connected(timeout=10)
         samples = await peer.record(seconds=0.5)
         assert abs(dominant_frequency(samples) - 660.0) < 3.0
-        await engine.remove_listener(lid)
+        await listener.aclose()
 
 
 @pytest.mark.trio
@@ -227,30 +237,29 @@ async def test_a_listener_that_never_connects_stalls_nobody(engine):
     must not hold back the tee, and so every other listener."""
     await tone_graph(engine)
     async with open_aiortc_listener() as peer:
-        lid = await connect(engine, peer)
-        dead = [engine.add_listener("main", synthetic_offer()) for _ in range(3)]
-        await next_event(engine, AnswerReady, lambda e: e.listener_id == dead[-1])
+        listener = await connect(engine, peer)
+        dead = [engine.start_listener("main", synthetic_offer()) for _ in range(3)]
+        for d in dead:
+            assert isinstance(await first_answer(d), AnswerReady)
         before = peer.packets_received
         samples = await peer.record(seconds=1.0)
         assert peer.packets_received - before >= 90
         assert abs(dominant_frequency(samples) - 1000.0) < 2.0
         with trio.fail_after(1):   # nothing wedged: removal is immediate
             for d in dead:
-                await engine.remove_listener(d)
-        await engine.remove_listener(lid)
+                await d.aclose()
+        await listener.aclose()
 
 
 @pytest.mark.trio
 async def test_listener_events_arrive_in_order(engine):
     await tone_graph(engine)
     async with open_aiortc_listener() as peer:
-        lid = engine.add_listener("main", await peer.create_offer())
+        listener = engine.start_listener("main", await peer.create_offer())
         seen = []
         with trio.fail_after(10):
-            async for ev in engine.events:
-                if isinstance(ev, LevelsMeasured):
-                    continue
-                assert ev.listener_id == lid
+            async for ev in listener.events:
+                assert ev.listener_id == listener.id
                 seen.append(ev)
                 if isinstance(ev, AnswerReady):
                     await peer.accept_answer(ev.sdp)
@@ -262,7 +271,7 @@ async def test_listener_events_arrive_in_order(engine):
         assert states[0] == ListenerState.CHECKING and states[-1].is_live
         assert all(not s.is_final for s in states)
         assert not any(isinstance(ev, AnswerFailed) for ev in seen)
-        await engine.remove_listener(lid)
+        await listener.aclose()
 
 
 @pytest.mark.trio
@@ -271,17 +280,17 @@ async def test_remote_candidates_can_trickle(engine):
     async with open_aiortc_listener() as peer:
         offer = await peer.create_offer(trickle=True)
         assert "a=candidate" not in offer
-        lid = engine.add_listener("main", offer)
-        answer = await next_event(engine, AnswerReady, lambda e: e.listener_id == lid)
+        listener = engine.start_listener("main", offer)
+        answer = await first_answer(listener)
         assert "a=candidate:" in answer.sdp and "a=end-of-candidates" in answer.sdp
         for _mid, candidate in peer.candidates:
-            engine.add_listener_candidate(lid, 0, candidate)
-        engine.add_listener_candidate(lid, 0, "")   # end of candidates
+            listener.add_candidate(0, candidate)
+        listener.add_candidate(0, "")   # end of candidates
         await peer.accept_answer(answer.sdp)
         await peer.wait_connected(timeout=10)
         samples = await peer.record(seconds=0.3)
         assert abs(dominant_frequency(samples) - 1000.0) < 5.0
-        await engine.remove_listener(lid)
+        await listener.aclose()
 
 
 @pytest.mark.trio
@@ -298,7 +307,7 @@ async def test_remote_candidates_can_trickle(engine):
 async def test_bad_offers_are_refused_with_a_reason(engine, offer, reason):
     await tone_graph(engine)
     with pytest.raises(EngineError) as err:
-        engine.add_listener("main", offer)
+        engine.start_listener("main", offer)
     assert err.value.code == ErrorCode.SDP
     assert reason.lower() in err.value.message.lower()
     assert engine.stats().listeners == 0
@@ -340,17 +349,17 @@ async def test_bad_calls_raise_and_the_engine_carries_on(engine, tmp_path):
     with pytest.raises(EngineError) as err:
         await engine.add_source("x", SourceSpec(kind="file", path=str(tmp_path / "junk.wav")))
     assert err.value.code == ErrorCode.FILE
+    listener = engine.start_listener("main", synthetic_offer())
     with pytest.raises(EngineError) as err:
-        engine.add_listener_candidate(12345, 0, "candidate:1 1 udp 1 127.0.0.1 9 typ host")
-    assert err.value.code == ErrorCode.NOT_FOUND
-    lid = engine.add_listener("main", synthetic_offer())
-    with pytest.raises(EngineError) as err:
-        engine.add_listener_candidate(lid, 0, "not a candidate")
+        listener.add_candidate(0, "not a candidate")
     assert err.value.code == ErrorCode.INVALID
-    await engine.remove_listener(lid)
-    await engine.remove_listener(lid)  # twice is harmless: cleanup paths may overlap
+    await listener.aclose()
+    await listener.aclose()  # twice is harmless: cleanup paths may overlap
     with pytest.raises(EngineError) as err:
-        engine.add_listener("tone", synthetic_offer())
+        listener.add_candidate(0, "candidate:1 1 udp 1 127.0.0.1 9 typ host")
+    assert err.value.code == ErrorCode.NOT_FOUND
+    with pytest.raises(EngineError) as err:
+        engine.start_listener("tone", synthetic_offer())
     assert err.value.code == ErrorCode.NOT_FOUND
     # Still working after all that.
     assert abs(await levels_of(engine, "sink", "main") - -12.0) < 0.2
@@ -361,12 +370,12 @@ async def test_bad_calls_raise_and_the_engine_carries_on(engine, tmp_path):
 async def test_listener_cap():
     async with open_engine(EngineSettings(ice_addresses=("127.0.0.1",), max_listeners=2)) as e:
         await tone_graph(e)
-        first = [e.add_listener("main", synthetic_offer()) for _ in range(2)]
+        first = [e.start_listener("main", synthetic_offer()) for _ in range(2)]
         with pytest.raises(EngineError) as err:
-            e.add_listener("main", synthetic_offer())
+            e.start_listener("main", synthetic_offer())
         assert err.value.code == ErrorCode.LIMIT
-        await e.remove_listener(first[0])
-        e.add_listener("main", synthetic_offer())
+        await first[0].aclose()
+        e.start_listener("main", synthetic_offer())
 
 
 # ---- ALSA capture and playback ---------------------------------------------------
@@ -397,10 +406,10 @@ async def test_capture_from_a_clockless_alsa_pcm_runs_in_real_time(monkeypatch, 
         frames = e.sink_stats("main").frames_encoded - start
         assert abs(frames - (trio.current_time() - t0) * 100) <= 5, frames
         async with open_aiortc_listener() as peer:
-            lid = await connect(e, peer)
+            listener = await connect(e, peer)
             samples = await peer.record(seconds=0.5)
             assert abs(dominant_frequency(samples) - 700.0) < 3.0
-            await e.remove_listener(lid)
+            await listener.aclose()
         await e.remove_route("line-speaker")
         await e.remove_sink("speaker")
     played, rate = read_wav(out)
@@ -417,10 +426,10 @@ async def test_file_source_plays(engine, tmp_path):
     await engine.add_route("r", RouteSpec("music", "main"))
     assert abs(await levels_of(engine, "source", "music") - -3.0) < 0.3
     async with open_aiortc_listener() as peer:
-        lid = await connect(engine, peer)
+        listener = await connect(engine, peer)
         samples = await peer.record(seconds=1.0)   # longer than the file: it loops
         assert abs(dominant_frequency(samples) - 523.25) < 3.0
-        await engine.remove_listener(lid)
+        await listener.aclose()
 
 
 @pytest.mark.trio
@@ -444,7 +453,7 @@ async def test_device_loss_keeps_listeners_fed_and_recovers(monkeypatch, tmp_pat
             await e.add_sink("main", SinkSpec(kind="opus"))
             await e.add_route("r", RouteSpec("hat", "main"))
             async with open_aiortc_listener() as peer:
-                lid = await connect(e, peer)
+                listener = await connect(e, peer)
                 samples = await peer.record(seconds=0.5)
                 assert abs(dominant_frequency(samples) - 700.0) < 3.0
 
@@ -457,14 +466,14 @@ async def test_device_loss_keeps_listeners_fed_and_recovers(monkeypatch, tmp_pat
                 assert rms_dbfs(quiet[-RATE // 4:]) < -60   # (after what was in flight)
                 assert e.sink_stats("main").frames_encoded - frames >= 45
                 assert peer.packets_received - received >= 45
-                assert e.listener_stats(lid).state.is_live
+                assert listener.stats().state.is_live
 
                 pulse.start()  # and back
                 restored = await next_event(e, DeviceRestored, timeout=10)
                 assert restored.entity_id == "hat"
                 samples = await peer.record(seconds=0.5)
                 assert abs(dominant_frequency(samples) - 700.0) < 3.0
-                await e.remove_listener(lid)
+                await listener.aclose()
     finally:
         pulse.stop()
 
@@ -508,24 +517,26 @@ async def test_close_during_an_event_storm_leaves_nothing_behind():
             assert stats.events_posted + stats.events_coalesced > 500
             # Now nobody reads: the channel fills and the event thread waits.
             for i in range(12):
-                e.add_listener(f"k{i}", synthetic_offer())   # their events pile up too
+                e.start_listener(f"k{i}", synthetic_offer())   # their events pile up too
             await trio.sleep(0.2)
     assert live_engine_threads() == 0
     await wait_for_threads(threads_before)
 
 
 @pytest.mark.trio
-async def test_close_with_lifecycle_events_waiting_for_room():
+async def test_close_with_lifecycle_events_waiting_for_room(monkeypatch, tmp_path):
     """A full channel makes the event thread wait (lifecycle events are never
     dropped); closing must release it rather than wait for a reader."""
+    pulse = PulseDaemon(tmp_path / "pulse")
+    use_asoundrc(monkeypatch, tmp_path / "asoundrc", pulse.asoundrc())
     settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1, event_buffer=1)
     with trio.fail_after(20):
         async with open_engine(settings) as e:
-            await tone_graph(e)
-            for _ in range(5):
-                e.add_listener("main", synthetic_offer())
+            for i in range(4):   # absent devices: a DeviceLost each, nobody reading
+                await e.add_source(f"hat{i}", SourceSpec(kind="alsa", device="hatin",
+                                                         allow_absent=True))
             with trio.fail_after(5):
-                while e.stats().events_posted < 5:   # answers were posted
+                while e.stats().events_posted < 4:
                     await trio.sleep(0.01)
     assert live_engine_threads() == 0
 
@@ -535,32 +546,27 @@ async def test_lifecycle_events_are_never_dropped():
     settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1, event_buffer=1)
     async with open_engine(settings) as e:
         await tone_graph(e)
-        ids = [e.add_listener("main", synthetic_offer()) for _ in range(8)]
-        answered = set()
-        with trio.fail_after(10):
-            async for ev in e.events:
-                if isinstance(ev, AnswerReady):
-                    answered.add(ev.listener_id)
-                    if answered == set(ids):
-                        break
-        for lid in ids:
-            await e.remove_listener(lid)
+        listeners = [e.start_listener("main", synthetic_offer()) for _ in range(8)]
+        for listener in listeners:   # each has its own channel: nothing crowds it out
+            assert isinstance(await first_answer(listener, timeout=10), AnswerReady)
+        for listener in listeners:
+            await listener.aclose()
         assert e.stats().listeners == 0
 
 
 @pytest.mark.trio
 async def test_no_event_for_a_listener_after_it_is_removed(engine):
     await tone_graph(engine)
-    ids = [engine.add_listener("main", synthetic_offer()) for _ in range(10)]
-    for lid in ids:
-        await engine.remove_listener(lid)
-    # What was delivered before the removals may still sit in the channel
-    # (consumers ignore ids they no longer track); nothing may come after.
-    while True:
-        try:
-            engine.events.receive_nowait()
-        except trio.WouldBlock:
-            break
+    listeners = [engine.start_listener("main", synthetic_offer()) for _ in range(10)]
+    for listener in listeners:
+        await listener.aclose()
+    # The engine's channel never carries listener events, and a removed
+    # listener's own channel is closed: nothing can arrive for it.
+    for listener in listeners:
+        assert listener.id not in engine.listeners()
+        with pytest.raises((trio.EndOfChannel, trio.WouldBlock)):
+            while True:
+                listener.events.receive_nowait()
     with trio.move_on_after(1.0):
         async for ev in engine.events:
             assert not isinstance(ev, (AnswerReady, AnswerFailed, CandidateGathered,
@@ -600,12 +606,12 @@ async def test_no_threads_or_listeners_left_after_many_listeners():
     async with open_engine(LOOPBACK) as e:
         await tone_graph(e)
         async with open_aiortc_listener() as peer:
-            lid = await connect(e, peer)
+            listener = await connect(e, peer)
             await peer.record(seconds=0.2)
-            ids = [e.add_listener("main", synthetic_offer()) for _ in range(20)]
-            await e.remove_listener(lid)
-        for lid in ids:
-            await e.remove_listener(lid)
+            others = [e.start_listener("main", synthetic_offer()) for _ in range(20)]
+            await listener.aclose()
+        for other in others:
+            await other.aclose()
         assert e.stats().listeners == 0
     assert live_engine_threads() == 0
     await wait_for_threads(baseline)
@@ -623,13 +629,11 @@ async def test_listeners_leave_no_file_descriptors_or_threads_behind(engine):
     await tone_graph(engine)
 
     async def round_of(n: int) -> None:
-        ids = {engine.add_listener("main", synthetic_offer()) for _ in range(n)}
-        waiting = set(ids)
-        while waiting:   # answered: webrtcbin has opened its sockets and threads
-            ev = await next_event(engine, (AnswerReady, AnswerFailed))
-            waiting.discard(ev.listener_id)
-        for lid in ids:
-            await engine.remove_listener(lid)
+        listeners = [engine.start_listener("main", synthetic_offer()) for _ in range(n)]
+        for listener in listeners:   # answered: webrtcbin has opened its sockets and threads
+            await first_answer(listener)
+        for listener in listeners:
+            await listener.aclose()
 
     await round_of(5)                     # first use loads plugins, certificates
     fds, threads = open_fds(), process_threads()
