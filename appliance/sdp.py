@@ -1,0 +1,510 @@
+"""What the Python side knows about SDP: checking a WHEP offer before any
+transport sees it, and reading trickle-ICE fragments and candidates.
+
+Why so strict: webrtcbin trusts its input. An offer whose first m-line is a
+data channel and whose BUNDLE tag is the audio behind it makes webrtcbin fail
+``g_assert`` in ``_connect_rtpfunnel`` and abort the whole process (measured
+2026-12-01, GStreamer 1.22). A GLib assertion cannot be caught, so the engine
+only ever receives offers of the shapes the tests throw at it: the Opus audio
+we send on is m-line 0, every m-line has a unique mid, a BUNDLE group starts
+with the audio, and every line and value is within plain limits. Everything
+else is refused with an ``InvalidError`` whose message names the problem.
+
+Pure: the standard library and ``appliance.errors`` only.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidError
+
+__all__ = ["Offer", "check_offer", "parse_sdpfrag", "check_candidate", "parse_candidates_json",
+           "MAX_OFFER_CHARS", "MAX_LINES", "MAX_LINE_CHARS", "MAX_MLINES"]
+
+# Real offers (tests/support/offers): 1.2-3.6 KB, 30-75 lines, 1-2 m-lines,
+# longest line ~210 characters (a sha-512 fingerprint).
+MAX_OFFER_CHARS = 32 * 1024
+MAX_LINES = 500
+MAX_LINE_CHARS = 1024
+MAX_MLINES = 8
+MAX_FRAGMENT_CHARS = 16 * 1024
+MAX_CANDIDATE_CHARS = 512
+MAX_JSON_CANDIDATES = 64
+
+SESSION_TYPES = frozenset("vosiuepcbtrza")
+MEDIA_TYPES = frozenset("icba")
+RTP_PROTO = "UDP/TLS/RTP/SAVPF"
+DATA_PROTO = "UDP/DTLS/SCTP"
+FINGERPRINT_BYTES = {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
+SETUP_ROLES = frozenset({"actpass", "active"})
+DIRECTIONS = frozenset({"sendrecv", "sendonly", "recvonly", "inactive"})
+# fmtp keys that would overwrite the caps the engine builds from them
+RESERVED_FMTP = frozenset({"media", "payload", "clock-rate", "encoding-name", "encoding-params",
+                           "ssrc", "timestamp-offset", "seqnum-offset"})
+
+_ATTR = re.compile(r"a=([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?::(.*))?\Z")
+_MID = re.compile(r"[A-Za-z0-9_.~+-]{1,32}\Z")
+_ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+\Z")
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
+_HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*\Z")
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?\Z")
+_FMTP_PARAM = re.compile(r"([A-Za-z][A-Za-z0-9-]{0,31})=([A-Za-z0-9.-]{0,32})\Z")
+_RTPMAP = re.compile(r"(\d{1,3}) ([A-Za-z0-9_.-]{1,32})/(\d{1,6})(?:/(\d{1,2}))?\Z")
+_DIGITS = re.compile(r"\d{1,10}\Z")
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A checked offer. ``sdp`` is the text to hand the engine (CRLF line
+    ends, no blank lines); ``mids`` the mids by m-line index; the audio the
+    server sends on is always m-line 0, ``mids[0]``."""
+    sdp: str
+    mids: list[str]
+    ice_ufrag: str | None
+    ice_pwd: str
+    opus_pt: int
+    opus_fmtp: str | None
+    fingerprints: tuple[tuple[str, str], ...]   # (hash, hex pairs), as offered
+    setup: str
+    datachannel: bool
+    bundle: tuple[str, ...]                      # the BUNDLE group's mids; () without one
+
+
+# ---- lines ------------------------------------------------------------------------
+
+def _printable(text: str, what: str) -> None:
+    """Refuses control characters (NUL, CR inside a line, ESC...), lone
+    surrogates and other unprintable code points."""
+    if not text.isprintable():
+        bad = next(c for c in text if not c.isprintable())
+        raise InvalidError(f"{what} contains the control or unprintable character U+{ord(bad):04X}")
+
+
+def _lines(text: Any, *, what: str, max_chars: int) -> list[str]:
+    if not isinstance(text, str):
+        raise InvalidError(f"the {what} is not text")
+    if len(text) > max_chars:
+        raise InvalidError(f"the {what} is longer than {max_chars} characters")
+    lines = []
+    for raw in text.split("\n"):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        line = line.rstrip(" ")
+        if not line:
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            raise InvalidError(f"a line of the {what} is longer than {MAX_LINE_CHARS} characters")
+        _printable(line, f"the {what}")
+        if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
+            raise InvalidError(f"not an SDP line (x=...): {line[:60]!r}")
+        lines.append(line)
+        if len(lines) > MAX_LINES:
+            raise InvalidError(f"the {what} has more than {MAX_LINES} lines")
+    return lines
+
+
+def _attribute(line: str) -> tuple[str, str | None]:
+    match = _ATTR.match(line)
+    if not match:
+        raise InvalidError(f"not an SDP attribute: {line[:60]!r}")
+    return match.group(1).lower(), match.group(2)
+
+
+# ---- candidates --------------------------------------------------------------------
+
+def _address(text: str, what: str) -> None:
+    try:
+        ipaddress.ip_address(text)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(text) or text.replace(".", "").isdigit():
+        raise InvalidError(f"{what}: {text[:60]!r} is not an address or host name")
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+        raise InvalidError(f"{what}: {text[:20]!r} is not a port")
+    return int(text)
+
+
+def check_candidate(text: Any) -> str:
+    """Check one ICE candidate (RFC 8839 grammar; with or without ``a=``);
+    returns it as ``candidate:...``, or "" for end-of-candidates."""
+    if not isinstance(text, str):
+        raise InvalidError("a candidate must be a string")
+    if len(text) > MAX_CANDIDATE_CHARS:
+        raise InvalidError(f"a candidate is longer than {MAX_CANDIDATE_CHARS} characters")
+    if not text.isascii():
+        raise InvalidError("a candidate must be ASCII")
+    _printable(text, "a candidate")
+    text = text.strip()
+    if text.startswith("a="):
+        text = text[2:]
+    if text in ("", "end-of-candidates"):
+        return ""
+    if not text.startswith("candidate:"):
+        raise InvalidError(f"not an ICE candidate: {text[:60]!r}")
+    fields = text[len("candidate:"):].split(" ")
+    if len(fields) < 8 or len(fields) % 2:
+        raise InvalidError(f"an ICE candidate needs 8 fields and name/value pairs: {text[:60]!r}")
+    foundation, component, transport, priority, address, port, typ, kind = fields[:8]
+    if not 1 <= len(foundation) <= 32 or not _ICE_CHARS.match(foundation):
+        raise InvalidError("candidate: bad foundation")
+    if not component.isdigit() or not 1 <= int(component[:4]) <= 256:
+        raise InvalidError("candidate: bad component id")
+    if transport.lower() not in ("udp", "tcp"):
+        raise InvalidError(f"candidate: transport must be UDP or TCP, not {transport[:20]!r}")
+    if not _DIGITS.match(priority) or int(priority) >= 2**32:
+        raise InvalidError("candidate: bad priority")
+    _address(address, "candidate")
+    _port(port, "candidate")
+    if typ != "typ" or kind not in ("host", "srflx", "prflx", "relay"):
+        raise InvalidError("candidate: expected 'typ host|srflx|prflx|relay'")
+    extensions = fields[8:]
+    if len(extensions) > 32:
+        raise InvalidError("candidate: too many extensions")
+    for name, value in zip(extensions[::2], extensions[1::2]):
+        if name == "raddr":
+            _address(value, "candidate raddr")
+        elif name == "rport":
+            _port(value, "candidate rport")
+        elif not _TOKEN.match(name) or not _TOKEN.match(value):
+            raise InvalidError(f"candidate: bad extension {name[:30]!r}")
+    return text
+
+
+def _check_mid(mid: str) -> str:
+    if not _MID.match(mid):
+        raise InvalidError(f"a=mid must be 1-32 letters, digits or _.~+-, not {mid[:40]!r}")
+    return mid
+
+
+def parse_sdpfrag(text: Any) -> tuple[str | None, str | None, list[tuple[str | None, int | None, str]]]:
+    """Parse an RFC 8840 trickle-ice-sdpfrag: returns (ufrag, pwd, [(mid,
+    m-line index within the fragment, candidate)]); candidate "" is
+    end-of-candidates. Every candidate is checked (``check_candidate``)."""
+    ufrag = pwd = None
+    out: list[tuple[str | None, int | None, str]] = []
+    mid: str | None = None
+    section: int | None = None
+    lines = _lines(text, what="SDP fragment", max_chars=MAX_FRAGMENT_CHARS)
+    if not lines:
+        raise InvalidError("empty SDP fragment")
+    for line in lines:
+        if line.startswith("m="):
+            section = 0 if section is None else section + 1
+            if section >= MAX_MLINES:
+                raise InvalidError(f"the fragment has more than {MAX_MLINES} m-lines")
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = _check_mid(line[len("a=mid:"):].strip())
+            # a=mid may follow the candidates of its section
+            out = [(mid if (s == section and m is None) else m, s, c) for m, s, c in out]
+        elif line.startswith("a=ice-ufrag:"):
+            ufrag = line[len("a=ice-ufrag:"):].strip()
+        elif line.startswith("a=ice-pwd:"):
+            pwd = line[len("a=ice-pwd:"):].strip()
+        elif line.startswith("a=candidate:"):
+            out.append((mid, section, check_candidate(line[2:])))
+        elif line.startswith("a=end-of-candidates"):
+            out.append((mid, section, ""))
+    return ufrag, pwd, out
+
+
+def parse_candidates_json(body: Any) -> list[tuple[str | None, int | None, str]]:
+    """The JSON trickle form: one ``{"candidate", "sdpMid", "sdpMLineIndex"}``
+    object or a list of them; returns [(mid, index, candidate)] like
+    ``parse_sdpfrag``."""
+    items = body if isinstance(body, list) else [body]
+    if len(items) > MAX_JSON_CANDIDATES:
+        raise InvalidError(f"at most {MAX_JSON_CANDIDATES} candidates per request")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or "candidate" not in item:
+            raise InvalidError('expected {"candidate": ..., "sdpMid": ...}')
+        cand = item.get("candidate") or ""
+        mid = item.get("sdpMid")
+        index = item.get("sdpMLineIndex")
+        if not isinstance(cand, str) or (mid is not None and not isinstance(mid, str)) \
+                or (index is not None and (isinstance(index, bool) or not isinstance(index, int))):
+            raise InvalidError("candidate and sdpMid must be strings, sdpMLineIndex an integer")
+        if mid is not None:
+            _check_mid(mid)
+        if index is not None and not 0 <= index < MAX_MLINES:
+            raise InvalidError(f"no m-line {index}")
+        out.append((mid, index, check_candidate(cand)))
+    return out
+
+
+# ---- offers ----------------------------------------------------------------------------
+
+@dataclass
+class _Section:
+    index: int
+    media: str
+    port: int
+    proto: str
+    formats: list[str]
+    attrs: list[tuple[str, str | None]]
+
+    def values(self, name: str) -> list[str | None]:
+        return [v for k, v in self.attrs if k == name]
+
+    def one(self, name: str) -> str | None:
+        values = self.values(name)
+        if len(values) > 1:
+            raise InvalidError(f"m-line {self.index} has more than one a={name}")
+        return values[0] if values else None
+
+
+def _mline(line: str, index: int) -> _Section:
+    parts = line[2:].split(" ")
+    if len(parts) < 4:
+        raise InvalidError(f"m-line {index} needs media, port, protocol and formats")
+    media, port, proto, formats = parts[0], parts[1], parts[2], parts[3:]
+    if media not in ("audio", "video", "application"):
+        raise InvalidError(f"m-line {index}: media {media[:20]!r} is not audio, video "
+                           "or application")
+    number = _port(port, f"m-line {index}")
+    if len(formats) > 32:
+        raise InvalidError(f"m-line {index} lists more than 32 formats")
+    if media == "application":
+        if proto != DATA_PROTO or formats != ["webrtc-datachannel"]:
+            raise InvalidError(f"m-line {index}: a data channel must be "
+                               f"'{DATA_PROTO} webrtc-datachannel'")
+    else:
+        if proto != RTP_PROTO:
+            raise InvalidError(f"m-line {index}: {media} must use {RTP_PROTO} (DTLS-SRTP), "
+                               f"not {proto[:30]!r}")
+        if any(not f.isdigit() or len(f) > 3 or int(f) > 127 for f in formats) \
+                or len(set(formats)) != len(formats):
+            raise InvalidError(f"m-line {index}: formats must be distinct payload types 0-127")
+    return _Section(index, media, number, proto, formats, [])
+
+
+def _session_line(line: str) -> None:
+    kind, value = line[0], line[2:]
+    if kind == "o":
+        fields = value.split(" ")
+        if len(fields) != 6 or fields[3] != "IN" or fields[4] not in ("IP4", "IP6") \
+                or not fields[1].isdigit() or len(fields[1]) > 20 \
+                or not fields[2].isdigit() or len(fields[2]) > 20:
+            raise InvalidError("o= must be '<user> <session id> <version> IN IP4|IP6 <address>'")
+    elif kind == "t":
+        fields = value.split(" ")
+        if len(fields) != 2 or not all(f.isdigit() and len(f) <= 20 for f in fields):
+            raise InvalidError("t= must be two integers")
+
+
+def _connection(value: str, where: str) -> None:
+    fields = value.split(" ")
+    if len(fields) != 3 or fields[0] != "IN" or fields[1] not in ("IP4", "IP6"):
+        raise InvalidError(f"{where}: c= must be 'IN IP4|IP6 <address>'")
+    _address(fields[2], f"{where} c=")
+
+
+def _bandwidth(value: str, where: str) -> None:
+    kind, _, number = value.partition(":")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,15}", kind) or not _DIGITS.match(number):
+        raise InvalidError(f"{where}: b= must be '<type>:<number>'")
+
+
+def _opus(section: _Section) -> tuple[int, str | None]:
+    """The Opus payload type the engine will pick (the first listed Opus
+    rtpmap, as ae_webrtc.c does) and its fmtp."""
+    rtpmaps: dict[str, str] = {}
+    opus: int | None = None
+    for value in section.values("rtpmap"):
+        match = _RTPMAP.match(value or "")
+        if not match:
+            raise InvalidError(f"m-line 0: bad a=rtpmap {str(value)[:40]!r}")
+        pt = match.group(1)
+        if pt in rtpmaps:
+            raise InvalidError(f"m-line 0: two a=rtpmap lines for payload type {pt}")
+        rtpmaps[pt] = value or ""
+        if opus is None and pt in section.formats and match.group(2).lower() == "opus" \
+                and match.group(3) == "48000":
+            if match.group(4) not in (None, "2"):
+                raise InvalidError("m-line 0: Opus must be opus/48000/2")
+            opus = int(pt)
+    if opus is None:
+        raise InvalidError("the audio m-line offers no Opus/48000 the server can send")
+    if not (35 <= opus <= 63 or 96 <= opus <= 127):
+        raise InvalidError(f"Opus payload type {opus} is not a dynamic one (35-63, 96-127)")
+    fmtp = None
+    for value in section.values("fmtp"):
+        pt, _, params = (value or "").partition(" ")
+        if pt != str(opus):
+            continue
+        if fmtp is not None:
+            raise InvalidError(f"m-line 0: two a=fmtp lines for payload type {opus}")
+        if len(params) > 256:
+            raise InvalidError("the Opus a=fmtp is longer than 256 characters")
+        for param in params.split(";"):
+            match = _FMTP_PARAM.match(param.strip())
+            if not match:
+                raise InvalidError(f"the Opus a=fmtp has a bad parameter {param[:40]!r}")
+            if match.group(1).lower() in RESERVED_FMTP:
+                raise InvalidError(f"the Opus a=fmtp may not set {match.group(1)!r}")
+        fmtp = params
+    return opus, fmtp
+
+
+def _fingerprint(value: str | None) -> tuple[str, str]:
+    algorithm, _, digest = (value or "").partition(" ")
+    size = FINGERPRINT_BYTES.get(algorithm.lower())
+    if size is None:
+        raise InvalidError(f"a=fingerprint: unknown hash {algorithm[:20]!r}")
+    if not _HEX_PAIRS.match(digest) or len(digest) != 3 * size - 1:
+        raise InvalidError(f"a=fingerprint: a {algorithm} digest is {size} hex pairs")
+    return algorithm.lower(), digest
+
+
+def _ice(value: str | None, what: str, low: int) -> str:
+    value = value or ""
+    if not low <= len(value) <= 256 or not _ICE_CHARS.match(value):
+        raise InvalidError(f"a={what} must be {low}-256 characters of A-Z a-z 0-9 + /")
+    return value
+
+
+def check_offer(text: Any) -> Offer:
+    """Parse and check a WHEP offer; returns the ``Offer`` to hand the
+    engine, or raises ``InvalidError`` with a plain reason."""
+    lines = _lines(text, what="offer", max_chars=MAX_OFFER_CHARS)
+    if not lines or lines[0] != "v=0":
+        raise InvalidError("the body is not an SDP offer: it must start with v=0")
+    session: list[tuple[str, str | None]] = []
+    sections: list[_Section] = []
+    seen = set()
+    for line in lines[1:]:
+        kind = line[0]
+        if kind == "m":
+            if len(sections) >= MAX_MLINES:
+                raise InvalidError(f"the offer has more than {MAX_MLINES} m-lines")
+            sections.append(_mline(line, len(sections)))
+            continue
+        if kind == "v":
+            raise InvalidError("the offer has a second v= line")
+        if kind == "a":
+            (sections[-1].attrs if sections else session).append(_attribute(line))
+        elif kind == "c":
+            _connection(line[2:], f"m-line {len(sections) - 1}" if sections else "session")
+        elif kind == "b":
+            _bandwidth(line[2:], f"m-line {len(sections) - 1}" if sections else "session")
+        elif sections:
+            if kind not in MEDIA_TYPES:
+                raise InvalidError(f"{kind}= is not allowed inside an m-line section")
+        else:
+            if kind not in SESSION_TYPES:
+                raise InvalidError(f"{kind}= is not an SDP session line")
+            if kind in "ost" and kind in seen:
+                raise InvalidError(f"the offer has a second {kind}= line")
+            _session_line(line)
+        seen.add(kind)
+    for kind in "ost":
+        if kind not in seen:
+            raise InvalidError(f"the offer has no {kind}= line")
+    if not sections:
+        raise InvalidError("the offer has no m-line")
+
+    # every m-line: a unique, well-formed mid
+    mids = []
+    for section in sections:
+        mid = section.one("mid")
+        if mid is None:
+            raise InvalidError(f"m-line {section.index} has no a=mid")
+        if _check_mid(mid) in mids:
+            raise InvalidError(f"mid {mid!r} is used by two m-lines")
+        mids.append(mid)
+
+    def session_value(name: str) -> str | None:
+        values = [v for k, v in session if k == name]
+        if len(values) > 1:
+            raise InvalidError(f"the offer has more than one session-level a={name}")
+        return values[0] if values else None
+
+    # shapes webrtcbin has not been tested with
+    for name in ("ice-lite", "ice-mismatch"):
+        if session_value(name) is not None or any(s.values(name) for s in sections):
+            raise InvalidError(f"a={name} offers are not supported")
+    if sum(s.media == "application" for s in sections) > 1:
+        raise InvalidError("the offer has more than one data channel m-line")
+
+    # BUNDLE: one group at most, starting with the audio, naming every live m-line
+    bundle: tuple[str, ...] = ()
+    for value in [v for k, v in session if k == "group"]:
+        semantics, *group = (value or "").split(" ")
+        if not group or len(set(group)) != len(group):
+            raise InvalidError(f"a=group:{semantics[:20]} must name distinct mids")
+        for mid in group:
+            if mid not in mids:
+                raise InvalidError(f"a=group:{semantics[:20]} names an unknown mid {mid[:40]!r}")
+        if semantics == "BUNDLE":
+            if bundle:
+                raise InvalidError("the offer has more than one BUNDLE group")
+            bundle = tuple(group)
+        elif semantics != "LS":
+            raise InvalidError(f"a=group:{semantics[:20]!r} is not supported")
+    for section in sections:
+        if section.values("group"):
+            raise InvalidError("a=group belongs at session level")
+
+    audio = sections[0]
+    if audio.media != "audio":
+        raise InvalidError("the first m-line must be the audio the server sends (Opus); "
+                           f"it is {audio.media}")
+    if audio.port == 0:
+        raise InvalidError("the audio m-line is rejected (port 0)")
+    if bundle:
+        if bundle[0] != mids[0]:
+            raise InvalidError("the BUNDLE group must start with the audio m-line's mid")
+        for section in sections[1:]:
+            if section.port != 0 and mids[section.index] not in bundle:
+                raise InvalidError(f"m-line {section.index} is neither bundled nor rejected")
+    elif len(sections) > 1:
+        raise InvalidError("an offer with several m-lines needs a BUNDLE group")
+
+    direction = None
+    for name in DIRECTIONS:
+        if audio.values(name):
+            direction = direction or name
+            if direction != name or len(audio.values(name)) > 1:
+                raise InvalidError("the audio m-line has more than one direction")
+    if direction is None:
+        direction = next((k for k, _ in session if k in DIRECTIONS), "sendrecv")
+    if direction not in ("recvonly", "sendrecv"):
+        raise InvalidError(f"the audio m-line is {direction}: there is nothing to receive")
+    opus_pt, opus_fmtp = _opus(audio)
+
+    # ICE and DTLS: on each m-line or at session level; bundled m-lines share them
+    def transport(section: _Section) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
+        ufrag = section.one("ice-ufrag") or session_value("ice-ufrag")
+        pwd = section.one("ice-pwd") or session_value("ice-pwd")
+        setup = section.one("setup") or session_value("setup")
+        prints = tuple(_fingerprint(v) for v in section.values("fingerprint")) or \
+            tuple(_fingerprint(v) for k, v in session if k == "fingerprint")
+        if ufrag is None or pwd is None:
+            raise InvalidError(f"m-line {section.index} has no a=ice-ufrag / a=ice-pwd")
+        if not prints:
+            raise InvalidError(f"m-line {section.index} has no a=fingerprint")
+        if setup not in SETUP_ROLES:
+            raise InvalidError(f"m-line {section.index}: a=setup must be actpass or active, "
+                               f"not {str(setup)[:20]!r}")
+        return _ice(ufrag, "ice-ufrag", 4), _ice(pwd, "ice-pwd", 22), setup, prints
+
+    ufrag, pwd, setup, fingerprints = transport(audio)
+    for section in sections[1:]:
+        if section.port == 0 and section.one("ice-ufrag") is None:
+            continue  # rejected or bundle-only: it has no transport of its own
+        if transport(section) != (ufrag, pwd, setup, fingerprints):
+            raise InvalidError(f"m-line {section.index} is bundled but has other ICE or DTLS "
+                               "parameters than the audio")
+    for name, value in session + [a for s in sections for a in s.attrs]:
+        if name == "candidate":
+            check_candidate("candidate:" + (value or ""))
+    return Offer(sdp="\r\n".join(lines) + "\r\n", mids=mids, ice_ufrag=ufrag, ice_pwd=pwd,
+                 opus_pt=opus_pt, opus_fmtp=opus_fmtp, fingerprints=fingerprints, setup=setup,
+                 datachannel=any(s.media == "application" for s in sections), bundle=bundle)

@@ -1,0 +1,261 @@
+"""appliance.sdp: real offers pass, every shape outside the tested ones is
+refused with a reason that names the problem."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import InvalidError
+from appliance.sdp import (
+    MAX_LINE_CHARS, MAX_LINES, MAX_MLINES, MAX_OFFER_CHARS, Offer, check_candidate,
+    check_offer, parse_candidates_json, parse_sdpfrag,
+)
+from tests.support.webrtc import synthetic_offer
+
+OFFERS = Path(__file__).parent / "support" / "offers"
+REAL = sorted(p.name for p in OFFERS.glob("*.sdp") if p.name != "datachannel-first.sdp")
+
+
+def load(name: str) -> str:
+    return (OFFERS / name).read_bytes().decode("utf-8")
+
+
+CHROMIUM = load("chromium-audio.sdp")
+CHROMIUM_DC = load("chromium-audio-datachannel.sdp")
+
+
+def refused(text: object, reason: str) -> None:
+    with pytest.raises(InvalidError) as info:
+        check_offer(text)
+    assert reason in info.value.message, info.value.message
+
+
+def test_real_offers_are_accepted_and_described() -> None:
+    assert len(REAL) == 6
+    expected_pt = {"chromium": 111, "firefox": 109, "aiortc": 96}
+    for name in REAL:
+        offer = check_offer(load(name))
+        assert isinstance(offer, Offer)
+        assert offer.mids == (["0", "1"] if "datachannel" in name else ["0"]), name
+        assert offer.datachannel == ("datachannel" in name)
+        assert offer.opus_pt == expected_pt[name.split("-")[0]]
+        assert offer.ice_ufrag and offer.ice_ufrag in load(name)
+        assert offer.setup == "actpass"
+        assert offer.bundle == tuple(offer.mids)
+        assert offer.sdp.endswith("\r\n") and "\n\n" not in offer.sdp
+
+
+def test_the_synthetic_test_offer_is_accepted() -> None:
+    offer = check_offer(synthetic_offer(candidate_port=9))
+    assert offer.mids == ["0"] and offer.opus_pt == 111
+    assert offer.opus_fmtp == "minptime=10;useinbandfec=1"
+
+
+def test_lf_line_ends_and_blank_lines_are_normalised() -> None:
+    lf = CHROMIUM.replace("\r\n", "\n").replace("a=mid:0\n", "a=mid:0\n\n")
+    offer = check_offer(lf)
+    assert offer.sdp == CHROMIUM
+
+
+def test_the_data_channel_first_shape_is_refused() -> None:
+    refused(load("datachannel-first.sdp"), "the first m-line must be the audio")
+
+
+def _swap(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new)
+
+
+@pytest.mark.parametrize("text, reason", [
+    (b"v=0\r\n", "not text"),
+    (None, "not text"),
+    ("", "must start with v=0"),
+    ("hello", "not an SDP line"),
+    ("o=- 1 1 IN IP4 0.0.0.0\r\nv=0\r\n", "must start with v=0"),
+    ("v=1\r\n", "must start with v=0"),
+    ("v=0\r\nnot sdp at all\r\n", "not an SDP line"),
+    ("v=0\r\nA=x\r\n", "not an SDP line"),
+    ("v=0\r\n=x\r\n", "not an SDP line"),
+    ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n", "no m-line"),
+    ("x" * (MAX_OFFER_CHARS + 1), "longer than"),
+])
+def test_what_is_not_sdp_is_refused(text: object, reason: str) -> None:
+    refused(text, reason)
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\x1b", "\x7f", "\ud800", "\r", "\t", "\u2028"])
+def test_control_characters_are_refused(bad: str) -> None:
+    refused(_swap(CHROMIUM, "s=-", f"s=-{bad}x"), "control or unprintable")
+
+
+def test_absurd_sizes_are_refused() -> None:
+    refused(_swap(CHROMIUM, "s=-", "s=" + "x" * MAX_LINE_CHARS), "longer than")
+    refused(CHROMIUM + "a=x\r\n" * MAX_LINES, "more than")
+    audio = CHROMIUM[CHROMIUM.index("m=audio"):]
+    many = CHROMIUM.replace("a=group:BUNDLE 0", "a=group:BUNDLE " + " ".join(
+        str(i) for i in range(MAX_MLINES + 1))) + "".join(
+        audio.replace("a=mid:0", f"a=mid:{i}") for i in range(1, MAX_MLINES + 1))
+    refused(many, f"more than {MAX_MLINES} m-lines")
+    refused(_swap(CHROMIUM, "o=- 5709698796385562019", "o=- " + "9" * 40), "o= must be")
+    refused(_swap(CHROMIUM, "m=audio 9 ", "m=audio 99999999 "), "is not a port")
+
+
+@pytest.mark.parametrize("old, new, reason", [
+    ("m=audio 9 UDP/TLS/RTP/SAVPF", "m=video 9 UDP/TLS/RTP/SAVPF", "first m-line must be the audio"),
+    ("m=audio 9 ", "m=audio 0 ", "rejected (port 0)"),
+    ("UDP/TLS/RTP/SAVPF", "RTP/AVP", "must use UDP/TLS/RTP/SAVPF"),
+    ("m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=text 9 UDP/TLS/RTP/SAVPF 111", "is not audio, video"),
+    ("m=audio 9 UDP/TLS/RTP/SAVPF 111 63", "m=audio 9 UDP/TLS/RTP/SAVPF 111 111", "distinct"),
+    ("m=audio 9 UDP/TLS/RTP/SAVPF 111 63", "m=audio 9 UDP/TLS/RTP/SAVPF 111 999", "0-127"),
+    ("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 PCMU/8000", "no Opus/48000"),
+    ("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/44100/2", "no Opus/48000"),
+    ("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/48000/7", "opus/48000/2"),
+    ("m=audio 9 UDP/TLS/RTP/SAVPF 111 ", "m=audio 9 UDP/TLS/RTP/SAVPF ", "no Opus/48000"),
+    ("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/48000/2\r\na=rtpmap:111 opus/48000/2",
+     "two a=rtpmap"),
+    ("a=rtpmap:111 opus", "a=rtpmap:111  opus", "bad a=rtpmap"),
+    ("a=fmtp:111 minptime=10;useinbandfec=1", "a=fmtp:111 payload=96", "may not set"),
+    ("a=fmtp:111 minptime=10;useinbandfec=1", "a=fmtp:111 minptime=10;x y=1",
+     "bad parameter"),
+    ("a=fmtp:111 minptime=10;useinbandfec=1",
+     "a=fmtp:111 minptime=10\r\na=fmtp:111 useinbandfec=1", "two a=fmtp"),
+    ("a=recvonly", "a=sendonly", "nothing to receive"),
+    ("a=recvonly", "a=inactive", "nothing to receive"),
+    ("a=recvonly", "a=recvonly\r\na=sendrecv", "more than one direction"),
+    ("a=mid:0", "a=mid:", "a=mid must be"),
+    ("a=mid:0", "a=mid:0 0", "a=mid must be"),
+    ("a=mid:0\r\n", "", "has no a=mid"),
+    ("a=mid:0", "a=mid:0\r\na=mid:1", "more than one a=mid"),
+    ("a=group:BUNDLE 0", "a=group:BUNDLE 0 7", "unknown mid"),
+    ("a=group:BUNDLE 0", "a=group:BUNDLE 0 0", "distinct mids"),
+    ("a=group:BUNDLE 0", "a=group:BUNDLE", "distinct mids"),
+    ("a=group:BUNDLE 0", "a=group:BUNDLE 0\r\na=group:BUNDLE 0", "more than one BUNDLE"),
+    ("a=group:BUNDLE 0", "a=group:FID 0", "not supported"),
+    ("a=ice-ufrag:YxEM\r\n", "", "no a=ice-ufrag"),
+    ("a=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D\r\n", "", "no a=ice-ufrag / a=ice-pwd"),
+    ("a=ice-ufrag:YxEM", "a=ice-ufrag:Y!", "a=ice-ufrag must be"),
+    ("a=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D", "a=ice-pwd:short", "a=ice-pwd must be"),
+    ("a=ice-ufrag:YxEM", "a=ice-ufrag:YxEM\r\na=ice-ufrag:abcd", "more than one a=ice-ufrag"),
+    ("a=fingerprint:sha-256 14:EC", "a=fingerprint:md5 14:EC", "unknown hash"),
+    ("a=fingerprint:sha-256 14:EC:", "a=fingerprint:sha-256 ", "hex pairs"),
+    ("a=setup:actpass", "a=setup:passive", "actpass or active"),
+    ("a=setup:actpass", "a=setup:holdconn", "actpass or active"),
+    ("a=setup:actpass\r\n", "", "actpass or active, not 'None'"),
+    ("a=ice-options:trickle", "a=ice-lite", "ice-lite"),
+    ("t=0 0", "t=now", "t= must be"),
+    ("c=IN IP4 0.0.0.0", "c=IN IP4 nowhere!", "not an address"),
+    ("c=IN IP4 0.0.0.0", "c=IN IP9 0.0.0.0", "c= must be"),
+    ("s=-", "k=clear:secret", "not an SDP session line"),
+    ("a=rtcp-mux", "s=second", "not allowed inside an m-line"),
+    ("s=-\r\n", "", "no s= line"),
+    ("a=rtcp-mux", "a=rtcp-mux\r\nv=0", "second v= line"),
+    ("a=rtcp-mux", "a=group:BUNDLE 0", "session level"),
+    ("a=rtcp-mux", "a=~bad", "not an SDP attribute"),
+    ("a=rtcp-mux", "b=AS", "b= must be"),
+])
+def test_bad_audio_shapes_are_refused(old: str, new: str, reason: str) -> None:
+    refused(_swap(CHROMIUM, old, new), reason)
+
+
+@pytest.mark.parametrize("old, new", [
+    ("generation 0 network-cost 999", "generation 0 network-cost"),
+    ("typ host", "typ nothing"),
+    ("udp 2113937151", "sctp 2113937151"),
+    ("udp 2113937151", "udp 99999999999"),
+    (".local 58411", ".local 70000"),
+    ("44067940-36f6-469a-bf89-0f6a9684bfd5.local", "-bad-.local"),
+    ("44067940-36f6-469a-bf89-0f6a9684bfd5.local", "1.2.3.999"),
+    ("a=candidate:3274648277 1", "a=candidate:3274648277 0"),
+    ("a=candidate:3274648277", "a=candidate:é"),
+])
+def test_bad_candidates_in_the_offer_are_refused(old: str, new: str) -> None:
+    refused(_swap(CHROMIUM, old, new), "candidate")
+
+
+def test_data_channel_shapes() -> None:
+    # audio first with a data channel is a real, tested shape
+    assert check_offer(CHROMIUM_DC).datachannel
+    refused(_swap(CHROMIUM_DC, "a=group:BUNDLE 0 1", "a=group:BUNDLE 1 0"),
+            "must start with the audio")
+    refused(_swap(CHROMIUM_DC, "a=group:BUNDLE 0 1", "a=group:BUNDLE 0"),
+            "neither bundled nor rejected")
+    refused(_swap(CHROMIUM_DC, "a=group:BUNDLE 0 1\r\n", ""), "needs a BUNDLE group")
+    refused(_swap(CHROMIUM_DC, "a=mid:1", "a=mid:0"), "used by two m-lines")
+    refused(_swap(CHROMIUM_DC, "SCTP webrtc-datachannel", "SCTP 5000"), "data channel must be")
+    app = CHROMIUM_DC[CHROMIUM_DC.index("m=application"):]
+    two = _swap(CHROMIUM_DC, "a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2") + \
+        app.replace("a=mid:1", "a=mid:2")
+    refused(two, "more than one data channel")
+    # a bundled m-line with other credentials than the audio
+    head, _, tail = CHROMIUM_DC.rpartition("a=ice-ufrag:")
+    refused(head + "a=ice-ufrag:ZZZZ" + tail[tail.index("\r\n"):], "other ICE or DTLS parameters")
+    # a rejected m-line (port 0) without a transport of its own is fine
+    rejected = CHROMIUM_DC[:CHROMIUM_DC.index("m=application")] + \
+        "m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\n"
+    assert check_offer(_swap(rejected, "a=group:BUNDLE 0 1", "a=group:BUNDLE 0")).mids == ["0", "1"]
+
+
+def test_real_candidates_pass_and_are_returned_without_a_prefix() -> None:
+    for name in REAL:
+        for line in load(name).split("\r\n"):
+            if line.startswith("a=candidate:"):
+                assert check_candidate(line) == line[2:]
+    assert check_candidate("") == ""
+    assert check_candidate("a=end-of-candidates") == ""
+    ipv6 = "candidate:1 1 udp 2122262783 2001:db8::1 50000 typ srflx raddr :: rport 0"
+    assert check_candidate(ipv6) == ipv6
+
+
+@pytest.mark.parametrize("bad", [
+    5, None, "candidate:", "candidate:1 1 udp 1 127.0.0.1 9 typ", "hello",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host\x00", "candidate:1 1 udp 1 127.0.0.1 9 typ host\r\nx",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host raddr", "candidate:1 1 udp 1 127.0.0.1 9 typ host ext é",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host raddr x..y rport 1",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host rport 123456",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host " + "a b " * 20,
+    "candidate:1 1 udp 1 " + "a" * 600 + " 9 typ host",
+    "candidate:1 99999 udp 1 127.0.0.1 9 typ host",
+    "candidate:1  1 udp 1 127.0.0.1 9 typ host",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host \ud800 x",
+])
+def test_bad_candidates_are_refused(bad: object) -> None:
+    with pytest.raises(InvalidError):
+        check_candidate(bad)
+
+
+def test_parse_sdpfrag() -> None:
+    fragment = ("a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\nm=audio 9 RTP/AVP 0\r\n"
+                "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=mid:0\r\n"
+                "a=end-of-candidates\r\n")
+    ufrag, pwd, found = parse_sdpfrag(fragment)
+    assert (ufrag, pwd) == ("abcd", "0123456789012345678901")
+    assert found == [("0", 0, "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"),
+                     ("0", 0, "")]
+    # no m-line: mid and index unknown
+    assert parse_sdpfrag("a=candidate:1 1 udp 1 ::1 9 typ host\n")[2] == \
+        [(None, None, "candidate:1 1 udp 1 ::1 9 typ host")]
+    for bad, reason in [("", "empty"), ("\r\n  \r\n", "empty"), ("hello", "not an SDP line"),
+                        (b"a=x", "not text"), ("a=candidate:1 1 udp 1 x 9 typ nope", "typ"),
+                        ("a=candidate:1\x00", "control"), ("a=mid:\x01", "control"),
+                        ("a=mid:a b", "a=mid must be"), ("m=x\r\n" * 9, "m-lines"),
+                        ("a=x\r\n" * (MAX_LINES + 1), "lines"),
+                        ("a=candidate:" + "x" * MAX_LINE_CHARS, "longer than")]:
+        with pytest.raises(InvalidError) as info:
+            parse_sdpfrag(bad)
+        assert reason in info.value.message, (bad[:20], info.value.message)
+
+
+def test_parse_candidates_json() -> None:
+    cand = "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"
+    assert parse_candidates_json({"candidate": cand, "sdpMid": "0"}) == [("0", None, cand)]
+    assert parse_candidates_json([{"candidate": "", "sdpMLineIndex": 0}]) == [(None, 0, "")]
+    for bad in [[], 5, "x", [5], {"sdpMid": "0"}, {"candidate": 5}, {"candidate": cand, "sdpMid": 0},
+                {"candidate": cand, "sdpMLineIndex": True}, {"candidate": cand, "sdpMLineIndex": 2**70},
+                {"candidate": cand, "sdpMid": "\x00"}, {"candidate": "candidate:nope"},
+                [{"candidate": cand}] * 65]:
+        if bad == []:
+            assert parse_candidates_json(bad) == []
+            continue
+        with pytest.raises(InvalidError):
+            parse_candidates_json(bad)
