@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
+from ..errors import InvalidError
+from ..sdp import check_offer
 from ..service import (
     BadRequestError, NotFoundError, PreconditionFailedError, PreconditionRequiredError, Session,
     UnsupportedError, parse_sdpfrag,
@@ -48,10 +50,13 @@ async def _post(kind: str, ident: str) -> Response:
     if media_type() != SDP:
         raise UnsupportedMediaTypeError(f"the offer must be sent as {SDP}")
     svc.check_post_rate(client_address())
-    offer = await read_body()
-    if "m=" not in offer or not offer.lstrip().startswith("v="):
-        raise BadRequestError("the body is not an SDP offer")
-    session, answer = await svc.open_session((kind, ident), offer, client_address())
+    try:
+        # checked before any transport sees it: webrtcbin aborts the process on some shapes
+        offer = check_offer(await read_body())
+    except InvalidError as error:
+        # until appliance.web maps appliance.errors to statuses itself
+        raise BadRequestError(error.message) from None
+    session, answer = await svc.open_session((kind, ident), offer.sdp, client_address())
     response = Response(answer, status=201, content_type=SDP)
     response.headers["Location"] = session.url
     response.headers["ETag"] = session.etag
