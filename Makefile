@@ -10,18 +10,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ARGS ?=
 PYTEST_ARGS ?=
 
-# Debian packages: what the appliance needs at run time, to build the engine,
-# and to test it.
-DEB_RUN := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-nice libasound2 libasound2-plugins libopus0 alsa-utils
-DEB_BUILD := gcc make pkg-config python3-dev python3-venv libasound2-dev libopus-dev \
-	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstreamer-plugins-bad1.0-dev \
-	libnice-dev
-DEB_TEST := pulseaudio iproute2 sox chromium \
-	fdisk dosfstools mtools e2fsprogs fakeroot xz-utils bmap-tools
+# Debian packages: one list per purpose in packages/ (one name a line, `#`
+# comments), read here and by the image build (image/stages/).
+packages = $(strip $(shell sed 's/\#.*//' $(addprefix packages/,$(1))))
+DEB_RUN_LISTS := packages/run.txt packages/build.txt
+DEB_TEST_LISTS := packages/test.txt
+DEB_RUN := $(call packages,run.txt)
+DEB_BUILD := $(call packages,build.txt)
+DEB_TEST := $(call packages,test.txt)
 # The SD-card image: arm64 root under qemu-user, assembly, and the boot test.
-DEB_IMAGE := mmdebstrap qemu-user-static binfmt-support uidmap arch-test ca-certificates git \
-	fdisk dosfstools mtools e2fsprogs fakeroot xz-utils bmap-tools qemu-system-arm
+DEB_IMAGE := $(call packages,image-host.txt)
 IMAGE_ARGS ?=
 ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup.py pyproject.toml
 
@@ -63,13 +61,13 @@ define apt_ensure
 	fi
 endef
 
-$(STAMPS)/deb-run: Makefile
+$(STAMPS)/deb-run: Makefile $(DEB_RUN_LISTS)
 	$(call apt_ensure,$(DEB_RUN) $(DEB_BUILD))
 	@mkdir -p $(STAMPS) && touch $@
 
 # Node and npm from Debian only when the machine has none of its own
 # (Debian's nodejs conflicts with other builds of it).
-$(STAMPS)/deb-test: Makefile
+$(STAMPS)/deb-test: Makefile $(DEB_TEST_LISTS)
 	$(call apt_ensure,$(DEB_TEST) $(if $(shell command -v npm),,nodejs npm))
 	@mkdir -p $(STAMPS) && touch $@
 

@@ -19,8 +19,13 @@
 #   --wifi-psk PASS       Wi-Fi passphrase (8-63 characters)
 #   --wifi-country CC     two-letter country code (GB, DE, US, ...)
 #   --hat NAME            sound card HAT (the card's hats.txt lists them)
-#   --token TOKEN         access token browsers must give (empty: none)
 #   --ssh-key KEY|FILE    SSH public key for user "admin" (SSH stays off without)
+#   --admin-password      the admin page's password, asked for twice on the
+#                         terminal, or one line of stdin, or $FLASH_ADMIN_PASSWORD;
+#                         only its scrypt hash is written (never give it in argv)
+#   --token TOKEN         admin token for scripts (Authorization: Bearer ...)
+# The settings' rules live in appliance/firstboot.py next to this script,
+# shared with the appliance's first boot.
 #
 # Safety:
 #   --yes                 no typed confirmation (scripts)
@@ -42,10 +47,12 @@
 # built-in bmap copy even when bmaptool is installed. FLASH_UMOUNT=CMD
 # replaces umount, and FLASH_TEST_DAMAGE_AT=OFFSET (only with FLASH_SYSROOT)
 # damages the written card before the read-back, for the tests.
+# FLASH_ADMIN_PASSWORD=PASS is read by --admin-password.
 set -euo pipefail
 export LC_ALL=C MTOOLS_SKIP_CHECK=1
 PROG=flash.sh
 SYSROOT=${FLASH_SYSROOT:-}
+SETTINGS_PY=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/appliance/firstboot.py
 
 die() { printf '%s: %s\n' "$PROG" "$*" >&2; exit 1; }
 refuse() { printf '%s: refusing: %s\n' "$PROG" "$*" >&2; exit 2; }
@@ -58,7 +65,7 @@ human() { # bytes -> "31.9 GB"
 }
 
 list=0 yes=0 unmount=0 allow_file=0 size_limit_gb=128 allow_large=0 verify=1 eject=1
-use_bmap=1 settings_only=0
+use_bmap=1 settings_only=0 admin_password=0
 declare -A set=()
 args=()
 while [ $# -gt 0 ]; do
@@ -74,6 +81,7 @@ while [ $# -gt 0 ]; do
         --no-eject) eject=0; shift ;;
         --no-bmap) use_bmap=0; shift ;;
         --settings-only) settings_only=1; shift ;;
+        --admin-password) admin_password=1; shift ;;
         --hostname|--wifi-ssid|--wifi-psk|--wifi-country|--hat|--token|--ssh-key)
             [ $# -ge 2 ] || die "$1 needs a value"
             key=${1#--}; set[${key//-/_}]=$2; shift 2 ;;
@@ -187,56 +195,43 @@ else
 fi
 
 # --- first-boot settings: checked before anything is written --------------
-toml_escape() { # a TOML basic string body; control characters are refused
-    local v=$1
-    [[ $v =~ [[:cntrl:]] ]] && return 1
-    v=${v//\\/\\\\}; v=${v//\"/\\\"}
-    printf '%s' "$v"
+# appliance/firstboot.py holds the rules; the values go to it on stdin as
+# NUL-separated option=value pairs (no secret in any argv).
+settings_pairs() {
+    local key
+    for key in "${!set[@]}"; do printf '%s=%s\0' "$key" "${set[$key]}"; done
 }
-check_settings() {
-    local v
-    if [ -n "${set[hostname]+x}" ]; then
-        [[ ${set[hostname]} =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] \
-            || die "--hostname '${set[hostname]}': use 1-63 of a-z, 0-9 and '-' (not first or last)"
+settings_py() { # check | card DIR | hash-password; dies with its message
+    local out err rc=0
+    err=$(mktemp)
+    out=$(python3 "$SETTINGS_PY" "$@" 2>"$err") || rc=$?
+    if [ $rc != 0 ]; then
+        local msg; msg=$(head -c 2000 "$err"); rm -f "$err"
+        die "${msg:-appliance/firstboot.py $1 failed}"
     fi
-    if [ -n "${set[wifi_country]+x}" ]; then
-        set[wifi_country]=${set[wifi_country]^^}
-        [[ ${set[wifi_country]} =~ ^([A-Z]{2})?$ ]] \
-            || die "--wifi-country '${set[wifi_country]}': use a two-letter code like GB, DE or US"
-    fi
-    if [ -n "${set[wifi_ssid]:-}" ]; then
-        [ -n "${set[wifi_country]:-}" ] || die "--wifi-ssid needs --wifi-country (Wi-Fi stays off without a country)"
-        v=${set[wifi_ssid]}
-        [ "$(printf '%s' "$v" | wc -c)" -le 32 ] || die "--wifi-ssid: longer than 32 bytes"
-        toml_escape "$v" >/dev/null || die "--wifi-ssid: control characters are not allowed"
-    fi
-    if [ -n "${set[wifi_psk]:-}" ]; then
-        [ -n "${set[wifi_ssid]:-}" ] || die "--wifi-psk needs --wifi-ssid"
-        v=${set[wifi_psk]}
-        [[ $v =~ ^[\ -~]{8,63}$ || $v =~ ^[0-9a-fA-F]{64}$ ]] \
-            || die "--wifi-psk: must be 8-63 printable ASCII characters (or 64 hex digits)"
-    fi
-    if [ -n "${set[token]+x}" ]; then
-        [[ ${set[token]} =~ ^[!-~]{0,256}$ && ${set[token]} != *[\"\\]* ]] \
-            || die "--token: use up to 256 printable ASCII characters, no spaces, quotes or backslashes"
-    fi
-    if [ -n "${set[hat]+x}" ]; then
-        [[ ${set[hat]} =~ ^[a-z0-9][a-z0-9-]*$ ]] || die "--hat '${set[hat]}': not a HAT name (see hats.txt on the card)"
-    fi
-    if [ -n "${set[ssh_key]+x}" ]; then
-        v=${set[ssh_key]}
-        if [ -f "$v" ]; then
-            v=$(grep -v '^[[:space:]]*\(#\|$\)' "$v") || die "--ssh-key ${set[ssh_key]}: the file holds no key"
-        fi
-        while IFS= read -r line; do
-            [[ $line =~ ^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)\ [A-Za-z0-9+/=]+(\ .*)?$ ]] \
-                || die "--ssh-key: not an OpenSSH public key (give the .pub file or its line): ${line:0:40}"
-        done <<<"$v"
-        grep -q 'PRIVATE KEY' <<<"$v" && die "--ssh-key: that is a private key; give the .pub file"
-        set[ssh_key]=$v
-    fi
+    rm -f "$err"
+    printf '%s' "$out"
 }
-check_settings
+if [ ${#set[@]} -gt 0 ] || [ $admin_password = 1 ]; then
+    [ -f "$SETTINGS_PY" ] || die "needs $SETTINGS_PY for the settings (flash.sh runs from a checkout of the project)"
+fi
+if [ $admin_password = 1 ]; then
+    if [ -n "${FLASH_ADMIN_PASSWORD+x}" ]; then
+        pw=$FLASH_ADMIN_PASSWORD
+    elif [ -t 0 ]; then
+        read -rs -p "$PROG: admin password for the appliance: " pw; echo >&2
+        read -rs -p "$PROG: the same again: " pw2; echo >&2
+        [ "$pw" = "$pw2" ] || die "--admin-password: the two passwords differ"
+        unset pw2
+    else
+        IFS= read -r pw || [ -n "${pw:-}" ] || die "--admin-password: no password on stdin (or set FLASH_ADMIN_PASSWORD)"
+    fi
+    set[admin_password_hash]=$(printf '%s' "$pw" | settings_py hash-password)
+    unset pw FLASH_ADMIN_PASSWORD
+fi
+if [ ${#set[@]} -gt 0 ]; then
+    settings_pairs | settings_py check
+fi
 if [ "$settings_only" = 1 ] && [ ${#set[@]} -eq 0 ]; then
     die "--settings-only without any setting to change (--hostname, --wifi-ssid, ...)"
 fi
@@ -528,62 +523,18 @@ print(p["start"] * t.get("sectorsize", 512))') \
     img_at="$target@@$boot_off"
     tmp=${tmp:-$(mktemp -d)}
     trap 'rm -rf "$tmp"' EXIT
-    mtype -i "$img_at" ::appliance.toml >"$tmp/appliance.toml" 2>/dev/null \
-        || die "no appliance.toml on the first partition of $target: not an appliance card"
-    mtype -i "$img_at" ::hats.txt >"$tmp/hats.txt" 2>/dev/null || : >"$tmp/hats.txt"
-    mtype -i "$img_at" ::config.txt >"$tmp/config.txt" 2>/dev/null || die "no config.txt on the card"
-    base=$(mtype -i "$img_at" ::appliance-release.txt 2>/dev/null | sed -n 's/.*(base \([a-z]*\)).*/\1/p')
-    if [ -n "${set[hat]+x}" ]; then
-        line=$(awk -F'\t' -v h="${set[hat]}" '!/^#/ && $1 == h' "$tmp/hats.txt")
-        [ -n "$line" ] || die "--hat '${set[hat]}' is not known to this image; it knows: $(awk -F'\t' '!/^#/ && NF { printf "%s ", $1 }' "$tmp/hats.txt")"
-        bases=$(cut -f2 <<<"$line")
-        [[ ,$bases, == *",${base:-debian},"* ]] \
-            || die "--hat '${set[hat]}' does not work on this image (base ${base:-debian}); it needs an image built with: ${bases}. See docs/IMAGE.md"
-        overlay=$(cut -f3 <<<"$line")
-        python3 - "$tmp/config.txt" "$overlay" <<'PY'
-import sys
-path, lines = sys.argv[1], [l for l in sys.argv[2].split(";") if l]
-BEGIN = "# >>> appliance hat (managed by flash.sh and appliance-firstboot)"
-END = "# <<< appliance hat"
-out, skip = [], False
-for line in open(path, encoding="utf-8").read().splitlines():
-    if line.strip() == BEGIN:
-        skip = True
-        continue
-    if skip:
-        skip = line.strip() != END
-        continue
-    out.append(line)
-while out and not out[-1].strip():
-    out.pop()
-if lines:
-    out += ["", BEGIN, "[all]", *lines, END]
-open(path, "w", encoding="utf-8").write("\n".join(out) + "\n")
-PY
-        mcopy -o -i "$img_at" "$tmp/config.txt" ::config.txt || die "could not write config.txt on the card"
-    fi
-    cp "$tmp/appliance.toml" "$tmp/new.toml"
-    for key in hostname wifi_country wifi_ssid wifi_psk hat token ssh_key; do
-        [ -n "${set[$key]+x}" ] || continue
-        v=${set[$key]}
-        if [ "$key" = ssh_key ]; then
-            # Several keys become one TOML string with \n between them.
-            v=$(printf '%s' "$v" | tr '\n' '\001')
-            esc=$(toml_escape "${v//$'\001'/ }") || die "--ssh-key: control characters are not allowed"
-            esc=$(v=${v//\\/\\\\}; v=${v//\"/\\\"}; printf '%s' "${v//$'\001'/\\n}")
-        else
-            esc=$(toml_escape "$v") || die "--${key//_/-}: control characters are not allowed"
-        fi
-        KEY=$key VAL="$key = \"$esc\"" awk '
-            BEGIN { done = 0 }
-            $0 ~ "^[ \t]*" ENVIRON["KEY"] "[ \t]*=" { if (!done) print ENVIRON["VAL"]; done = 1; next }
-            { print }
-            END { if (!done) print ENVIRON["VAL"] }' "$tmp/new.toml" >"$tmp/new2.toml"
-        mv "$tmp/new2.toml" "$tmp/new.toml"
+    # The card's files through appliance/firstboot.py, which checks the
+    # whole result (the HAT against the card's hats.txt and base) and edits
+    # appliance.toml and config.txt; only what changed goes back.
+    mkdir -p "$tmp/card"
+    for f in appliance.toml hats.txt config.txt appliance-release.txt; do
+        mtype -i "$img_at" "::$f" >"$tmp/card/$f" 2>/dev/null || rm -f "$tmp/card/$f"
     done
-    python3 -c 'import sys, tomllib; tomllib.load(open(sys.argv[1], "rb"))' "$tmp/new.toml" \
-        || die "internal error: the new appliance.toml is not valid TOML"
-    mcopy -o -i "$img_at" "$tmp/new.toml" ::appliance.toml || die "could not write appliance.toml on the card"
+    [ -f "$tmp/card/appliance.toml" ] || die "no appliance.toml on the first partition of $target: not an appliance card"
+    changed=$(settings_pairs | settings_py card "$tmp/card")
+    for f in $changed; do
+        mcopy -o -i "$img_at" "$tmp/card/$f" "::$f" || die "could not write $f on the card"
+    done
     say "settings written to appliance.toml on the card: ${!set[*]}"
 fi
 

@@ -19,7 +19,19 @@ info() { printf '    %s\n' "$*" >&2; }
 need_tools() {
     local t missing=()
     for t in "$@"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
-    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (make image installs them: see DEB_IMAGE in the Makefile)"
+    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (make image installs them: packages/image-host.txt)"
+}
+
+# packages NAME...: the Debian packages in packages/NAME.txt (shared with the
+# Makefile), one line, comments dropped.
+packages() {
+    local n f out=()
+    for n in "$@"; do
+        f=$REPO_DIR/packages/$n.txt
+        [ -f "$f" ] || die "no package list $f"
+        out+=($(sed 's/#.*//' "$f"))
+    done
+    echo "${out[*]}"
 }
 
 # Value patterns: the one place that says what each key accepts.

@@ -3,16 +3,7 @@
 # it, written as a tarball and unpacked under fakeroot so ownership survives.
 # shellcheck shell=bash
 
-RUNTIME_PACKAGES_COMMON="systemd systemd-sysv udev dbus kmod iproute2 netbase \
-avahi-daemon openssh-server sudo python3 python3-venv alsa-utils libasound2 \
-libopus0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-gstreamer1.0-plugins-bad gstreamer1.0-nice"
-RUNTIME_PACKAGES_DEBIAN="wpasupplicant wireless-regdb firmware-brcm80211 \
-initramfs-tools zstd dosfstools"
-APP_BUILD_PACKAGES="gcc pkg-config python3-dev libasound2-dev libopus-dev \
-libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev \
-libgstreamer-plugins-bad1.0-dev libnice-dev"
-KERNEL_PACKAGES="linux-image-arm64 raspi-firmware"
+# Package lists: packages/*.txt, shared with the Makefile.
 
 # stage_in DIR: what step 20 finds at /tmp/appliance-build inside the root.
 stage_in() {
@@ -22,10 +13,11 @@ stage_in() {
     cp /etc/ssl/certs/ca-certificates.crt "$d/ca.crt"
     {
         printf 'BASE=%q\nAPP=%q\nSOURCE_DATE_EPOCH=%q\n' "$BASE" "$APP" "$SOURCE_DATE_EPOCH"
-        local runtime=$RUNTIME_PACKAGES_COMMON
-        [ "$BASE" = debian ] && runtime="$runtime $RUNTIME_PACKAGES_DEBIAN"
+        local runtime
+        runtime=$(packages image-system run)
+        [ "$BASE" = debian ] && runtime="$runtime $(packages image-debian)"
         printf 'RUNTIME_PACKAGES=%q\n' "$(echo $runtime ${EXTRA_PACKAGES//,/ })"
-        printf 'APP_BUILD_PACKAGES=%q\nKERNEL_PACKAGES=%q\n' "$(echo $APP_BUILD_PACKAGES)" "$KERNEL_PACKAGES"
+        printf 'APP_BUILD_PACKAGES=%q\nKERNEL_PACKAGES=%q\n' "$(packages build)" "$(packages image-kernel)"
     } >"$d/build.env"
     if [ "$APP" = source ]; then
         info "app: copying $APP_SOURCE (files git knows or would add)"
@@ -36,6 +28,10 @@ stage_in() {
         [ -f "$d/app/pyproject.toml" ] || die "APP_SOURCE=$APP_SOURCE has no pyproject.toml"
     else
         cp -r "$IMAGE_DIR/stub-app" "$d/stub-app"
+        # appliance-firstboot loads the settings schema from the app's venv.
+        mkdir -p "$d/stub-app/appliance"
+        : >"$d/stub-app/appliance/__init__.py"
+        cp "$REPO_DIR/appliance/firstboot.py" "$REPO_DIR/appliance/passwords.py" "$d/stub-app/appliance/"
     fi
     chmod -R a+rX "$d"
 }

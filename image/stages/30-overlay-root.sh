@@ -26,9 +26,10 @@ wants() {
 unwant() { rm -f "$R/etc/systemd/system/$1/$2"; }
 mask() { ln -sfn /dev/null "$R/etc/systemd/system/$1"; }
 
-info "units: appliance, appliance-firstboot; SSH and timers that write to / off"
+info "units: appliance, appliance-firstboot, appliance-setup-code.path; SSH and timers that write to / off"
 wants multi-user.target.wants appliance.service
 wants sysinit.target.wants appliance-firstboot.service
+wants paths.target.wants appliance-setup-code.path
 unwant multi-user.target.wants ssh.service
 rm -f "$R/etc/systemd/system/sshd.service" "$R"/etc/ssh/ssh_host_*
 for t in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer \
@@ -40,6 +41,7 @@ cat >"$R/etc/systemd/system-preset/10-appliance.preset" <<'P'
 # Presets run at first boot would otherwise turn SSH on.
 enable appliance.service
 enable appliance-firstboot.service
+enable appliance-setup-code.path
 disable ssh.service
 P
 if [ "$BASE" = debian ]; then

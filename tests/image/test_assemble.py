@@ -80,7 +80,8 @@ def test_boot_partition(built):
     assert "console=tty0" in words and not any(w.startswith(("init=", "root=LABEL")) for w in words)
     settings = tomllib.loads(run(["mtype", "-i", at, "::appliance.toml"], check=True).stdout)
     assert settings == {"hostname": "appliance", "wifi_country": "", "wifi_ssid": "",
-                        "wifi_psk": "", "hat": "none", "token": "", "ssh_key": ""}
+                        "wifi_psk": "", "hat": "none", "ssh_key": "",
+                        "admin": {"password_hash": "", "token": ""}}
     label = run(["mlabel", "-i", at, "-s", "::"], check=True).stdout
     assert "BOOTFS" in label.upper()
 

@@ -1,15 +1,21 @@
 """appliance-firstboot (runs on the appliance at boot) applied to a
 directory tree with --root: what each setting in appliance.toml changes, and
-that a bad file changes nothing and says why next to itself."""
+that a bad file changes nothing and says why next to itself. It loads the
+settings' schema (appliance/firstboot.py) from the app's venv in the tree,
+where the image installs it."""
 import hashlib
 import os
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from image_helpers import REPO, run
+
+sys.path.insert(0, str(REPO))
+from appliance.passwords import hash_password, verify_password  # noqa: E402
 
 FIRSTBOOT = REPO / "image/files/common/usr/local/sbin/appliance-firstboot"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0a2V5Zm9ydGVzdHNvbmx5MTIzNDU2Nzg5MA me@laptop"
@@ -31,12 +37,20 @@ def tree(tmp_path):
     (r / "etc/appliance-base").write_text("debian\n")
     (r / "var/lib/appliance").mkdir(parents=True)
     (r / "home/admin").mkdir(parents=True)
+    # The app's venv, as step 20 installs it: the schema is appliance/firstboot.py.
+    pkg = r / "opt/appliance/venv/lib/python3.11/site-packages/appliance"
+    pkg.mkdir(parents=True)
+    for name in ("__init__.py", "firstboot.py", "passwords.py"):
+        shutil.copy(REPO / "appliance" / name, pkg / name)
     return r
 
 
 def settings(tree, **kv):
-    lines = [f'{k} = "{v}"' for k, v in kv.items()]
-    (tree / "boot/firmware/appliance.toml").write_text("\n".join(lines) + "\n")
+    """Top-level keys; admin_token and admin_password_hash go into [admin]."""
+    top = [f'{k} = "{v}"' for k, v in kv.items() if not k.startswith("admin_")]
+    admin = [f'{k[6:]} = "{v}"' for k, v in kv.items() if k.startswith("admin_")]
+    text = "\n".join(top + (["[admin]", *admin] if admin else []))
+    (tree / "boot/firmware/appliance.toml").write_text(text + "\n")
 
 
 def firstboot(tree):
@@ -52,7 +66,9 @@ def config(tree):
 def test_defaults_give_a_working_configuration(tree):
     out = firstboot(tree)
     assert config(tree) == {"name": "appliance", "state_dir": "/var/lib/appliance",
-                            "server": {"host": "0.0.0.0", "port": 80, "token": ""}}
+                            "server": {"host": "0.0.0.0", "port": 80},
+                            "admin": {"token": "", "password_hash": "",
+                                      "setup_code_file": "/var/lib/appliance/setup-code.txt"}}
     assert (tree / "etc/hostname").read_text() == "appliance\n"
     assert "ssh" not in out or "ssh: off" in out
     assert not (tree / "home/admin/.ssh/authorized_keys").exists()
@@ -65,7 +81,7 @@ def test_defaults_give_a_working_configuration(tree):
 
 def test_every_setting_applied(tree):
     settings(tree, hostname="studio", wifi_country="gb", wifi_ssid="Home Net", wifi_psk="correct horse",
-             hat="none", token="t0ken", ssh_key=KEY)
+             hat="none", admin_token="t0ken", ssh_key=KEY)
     firstboot(tree)
     assert (tree / "etc/hostname").read_text() == "studio\n"
     hosts = (tree / "etc/hosts").read_text()
@@ -81,7 +97,7 @@ def test_every_setting_applied(tree):
     assert (tree / "home/admin/.ssh/authorized_keys").read_text() == KEY + "\n"
     assert os.readlink(tree / "etc/systemd/system/multi-user.target.wants/ssh.service") \
         == "/lib/systemd/system/ssh.service"
-    assert config(tree)["server"]["token"] == "t0ken" and config(tree)["name"] == "studio"
+    assert config(tree)["admin"]["token"] == "t0ken" and config(tree)["name"] == "studio"
     # Taking the key and the Wi-Fi out again turns SSH and Wi-Fi off.
     settings(tree, hostname="studio")
     firstboot(tree)
@@ -96,7 +112,9 @@ def test_networkmanager_base_gets_a_connection_file(tree):
     settings(tree, wifi_country="DE", wifi_ssid="Buero", wifi_psk="geheim123")
     firstboot(tree)
     nm = tree / "etc/NetworkManager/system-connections/appliance-wifi.nmconnection"
-    assert "ssid=Buero" in nm.read_text() and nm.stat().st_mode & 0o777 == 0o600
+    text = nm.read_text()
+    assert "ssid=66;117;101;114;111;\n" in text and nm.stat().st_mode & 0o777 == 0o600
+    assert "psk=geheim123\n" in text
 
 
 def test_hat_overlay_on_raspios_base(tree):
@@ -112,18 +130,24 @@ def test_hat_overlay_on_raspios_base(tree):
 
 
 @pytest.mark.parametrize("content, why", [
-    ('hostname = "x"\ncolour = "red"\n', "unknown key 'colour'"),
+    ('hostname = "x"\ncolour = "red"\n', "colour: unknown key"),
     ('hostname = "Not Valid"\n', "hostname 'Not Valid'"),
-    ('wifi_ssid = "x"\n', "wifi_country is empty"),
-    ('wifi_ssid = "x"\nwifi_country = "GB"\nwifi_psk = "short"\n', "wifi_psk must be 8-63"),
+    ('wifi_ssid = "x"\n', "wifi_ssid: needs wifi_country"),
+    ('wifi_ssid = "x"\nwifi_country = "GB"\nwifi_psk = "short"\n', "wifi_psk: must be 8-63"),
     ('hat = "hifiberry-dacplusadc"\n', "does not work on this image's base (debian)"),
-    ('hat = "nope"\n', "hat 'nope' is not known"),
+    ('hat = "nope"\n', "hat 'nope': is not known"),
     ('ssh_key = "hello"\n', "not an OpenSSH public key"),
-    ('token = 5\n', "'token' must be a string"),
+    ('[admin]\ntoken = 5\n', "admin.token 5: must be a string"),
+    ('token = "old-style"\n', "token: unknown key"),
+    ('[admin]\npassword_hash = "hunter2hunter2"\n', "admin.password_hash: not a password hash"),
     ('hostname = "unterminated\n', "not applied"),
+    ('hostname = "a\\nb"\n', "hostname 'a\\nb'"),
+    ('wifi_ssid = "x\\n[admin]"\nwifi_country = "GB"\n', "control characters"),
+    ('hostname = "' + "a" * 100_000 + '"\n', "larger than 64 KiB"),
+    ('admin = "x"\n', "must be a table"),
 ])
 def test_bad_file_changes_nothing_and_says_why(tree, content, why):
-    settings(tree, hostname="first", token="keep")
+    settings(tree, hostname="first", admin_token="keep")
     firstboot(tree)
     (tree / "boot/firmware/appliance.toml").write_text(content)
     out = firstboot(tree)
@@ -131,7 +155,8 @@ def test_bad_file_changes_nothing_and_says_why(tree, content, why):
     error = (tree / "boot/firmware/appliance-error.txt").read_text()
     assert why in error and "Fix appliance.toml" in error
     assert (tree / "etc/hostname").read_text() == "first\n"
-    assert config(tree)["server"]["token"] == "keep"
+    assert config(tree)["admin"]["token"] == "keep"
+    assert "hunter2" not in out and "hunter2" not in error, "a clear password is never echoed"
     # Fixed: applied, and the error file goes away.
     settings(tree, hostname="second")
     firstboot(tree)
@@ -144,3 +169,35 @@ def test_bad_file_on_first_boot_still_gives_a_configuration(tree):
     firstboot(tree)
     assert config(tree)["name"] == "appliance"
     assert (tree / "boot/firmware/appliance-error.txt").exists()
+
+
+def test_admin_password_hash_reaches_the_config_and_no_password_does(tree):
+    stored = hash_password("correct horse battery")
+    settings(tree, hostname="hall", admin_password_hash=stored, admin_token="s3cret-token")
+    out = firstboot(tree)
+    cfg = tree / "var/lib/appliance/config.toml"
+    admin = config(tree)["admin"]
+    assert admin["password_hash"] == stored and admin["token"] == "s3cret-token"
+    assert verify_password("correct horse battery", admin["password_hash"])
+    assert "correct horse" not in cfg.read_text() and "correct horse" not in out
+    assert cfg.stat().st_mode & 0o777 == 0o640, "only root and the appliance read the hash"
+
+
+def test_setup_code_is_mirrored_to_the_boot_partition(tree):
+    code = tree / "var/lib/appliance/setup-code.txt"
+    on_boot = tree / "boot/firmware/appliance-setup-code.txt"
+    p = run(["python3", FIRSTBOOT, "--root", tree, "--setup-code"])
+    assert p.returncode == 0 and not on_boot.exists()
+    code.write_text("123-456\n")
+    p = run(["python3", FIRSTBOOT, "--root", tree, "--setup-code"])
+    assert p.returncode == 0, p.stderr
+    assert on_boot.read_text() == "123-456\n" and "written" in p.stdout
+    code.unlink()  # the password was chosen
+    p = run(["python3", FIRSTBOOT, "--root", tree, "--setup-code"])
+    assert not on_boot.exists() and "removed" in p.stdout
+
+
+def test_without_the_app_it_says_so(tree):
+    shutil.rmtree(tree / "opt")
+    p = run(["python3", FIRSTBOOT, "--root", tree])
+    assert p.returncode != 0 and "is the appliance installed?" in p.stderr

@@ -7,13 +7,17 @@ import re
 import select
 import shutil
 import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from image_helpers import FLASH, FakeSys, run
+from image_helpers import FLASH, REPO, FakeSys, run
+
+sys.path.insert(0, str(REPO))
+from appliance.passwords import verify_password  # noqa: E402
 
 GB = 1000 ** 3
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0a2V5Zm9ydGVzdHNvbmx5MTIzNDU2Nzg5MA test@laptop"
@@ -339,7 +343,8 @@ def test_every_setting_is_written(sysroot, release, tmp_path):
     assert p.returncode == 0, p.stderr
     settings, config = settings_on(sysroot.root / "dev/sdb")
     assert settings == {"hostname": "studio-2", "wifi_country": "DE", "wifi_ssid": 'Caf\u00e9 "5G" \\ net',
-                        "wifi_psk": "pass word 1", "hat": "none", "token": "s3cr3t-t0ken", "ssh_key": KEY}
+                        "wifi_psk": "pass word 1", "hat": "none", "ssh_key": KEY,
+                        "admin": {"password_hash": "", "token": "s3cr3t-t0ken"}}
     assert "appliance hat" not in config, "no HAT: no overlay block"
     assert "settings written" in p.stderr
 
@@ -353,7 +358,7 @@ def test_settings_only_changes_one_key_and_keeps_the_rest(sysroot, release, tmp_
               "--ssh-key", KEY + "\n" + KEY.replace("test@laptop", "second@pc"))
     assert p.returncode == 0, p.stderr
     settings, _ = settings_on(target)
-    assert settings["hostname"] == "one" and settings["token"] == "tok"
+    assert settings["hostname"] == "one" and settings["admin"]["token"] == "tok"
     assert settings["ssh_key"].splitlines() == [KEY, KEY.replace("test@laptop", "second@pc")]
     assert "# First-boot settings" in run(
         ["mtype", "-i", f"{target}@@{4 << 20}", "::appliance.toml"]).stdout, "comments are kept"
@@ -369,7 +374,7 @@ def test_hat_needs_its_base(release, tmp_path):
     shutil.copy(release / IMG, target)
     p = flash(None, "--allow-file", "--settings-only", target, "--hat", "hifiberry-dacplusadc")
     assert p.returncode == 1
-    assert "does not work on this image (base debian)" in p.stderr and "raspios" in p.stderr
+    assert "does not work on this image's base (debian)" in p.stderr and "raspios" in p.stderr
     p = flash(None, "--allow-file", "--settings-only", target, "--hat", "no-such-hat")
     assert p.returncode == 1 and "is not known to this image" in p.stderr and "hifiberry-dacplusadc" in p.stderr
 
@@ -398,16 +403,26 @@ def test_hat_sets_overlay_on_raspios_base(release, tmp_path):
 @pytest.mark.parametrize("args, why", [
     (["--hostname", "Bad_Name"], "--hostname 'Bad_Name': use 1-63 of a-z"),
     (["--hostname", "-x"], "--hostname '-x'"),
-    (["--wifi-ssid", "net"], "--wifi-ssid needs --wifi-country"),
+    (["--wifi-ssid", "net"], "--wifi-ssid: needs --wifi-country"),
     (["--wifi-country", "GBR"], "--wifi-country 'GBR'"),
-    (["--wifi-ssid", "x" * 33, "--wifi-country", "GB"], "longer than 32 bytes"),
-    (["--wifi-psk", "12345678"], "--wifi-psk needs --wifi-ssid"),
+    (["--wifi-ssid", "x" * 33, "--wifi-country", "GB"], "longer than 32 characters"),
+    (["--wifi-ssid", "\u00e9" * 17, "--wifi-country", "GB"], "longer than 32 bytes"),
+    (["--wifi-psk", "12345678"], "--wifi-psk: needs --wifi-ssid"),
     (["--wifi-ssid", "n", "--wifi-country", "GB", "--wifi-psk", "short"], "8-63 printable"),
     (["--token", "has space"], "--token: use up to 256"),
     (["--token", 'q"uote'], "--token: use up to 256"),
     (["--hat", "Bad Hat"], "not a HAT name"),
     (["--ssh-key", "not a key"], "not an OpenSSH public key"),
-    (["--ssh-key", "-----BEGIN OPENSSH PRIVATE KEY-----"], "not an OpenSSH public key"),
+    (["--ssh-key", "-----BEGIN OPENSSH PRIVATE KEY-----"], "that is a private key"),
+    # values that would add lines to appliance.toml or config.txt
+    (["--wifi-ssid", 'x"\n[admin]\npassword_hash = "', "--wifi-country", "GB"],
+     "--wifi-ssid 'x\"\\n[admin]"),
+    (["--hostname", "x\ndtoverlay=evil"], "--hostname 'x\\ndtoverlay=evil'"),
+    (["--hat", "none\ndtoverlay=evil"], "--hat 'none\\ndtoverlay=evil'"),
+    (["--ssh-key", KEY + "\rcommand=x"], "--ssh-key"),
+    (["--token", "a\u2028b"], "--token: use up to 256"),
+    (["--hostname", "a" * 100_000], "is longer than 63 characters"),
+
     (["--hostname"], "--hostname needs a value"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_settings_refused_before_writing(sysroot, release, args, why):
@@ -415,6 +430,80 @@ def test_bad_settings_refused_before_writing(sysroot, release, args, why):
     assert p.returncode == 1
     assert why in p.stderr, p.stderr
     assert untouched(sysroot.root / "dev/sdb")
+
+
+# --- the admin password --------------------------------------------------------------
+
+def admin_hash(target):
+    return settings_on(target)[0]["admin"]["password_hash"]
+
+
+def test_admin_password_from_the_environment_or_stdin_only_its_hash(release, tmp_path):
+    target = tmp_path / "card.img"
+    shutil.copy(release / IMG, target)
+    p = flash(None, "--allow-file", "--settings-only", target, "--admin-password",
+              env={"FLASH_ADMIN_PASSWORD": "correct horse battery"})
+    assert p.returncode == 0, p.stderr
+    stored = admin_hash(target)
+    assert stored.startswith("scrypt$") and verify_password("correct horse battery", stored)
+    card = target.read_bytes()
+    assert b"correct horse" not in card, "the clear password is nowhere on the card"
+    assert "correct horse" not in p.stdout + p.stderr
+    p = flash(None, "--allow-file", "--settings-only", target, "--admin-password",
+              input="another good one\n")
+    assert p.returncode == 0, p.stderr
+    assert verify_password("another good one", admin_hash(target))
+    assert b"another good one" not in target.read_bytes()
+    # A second run changes only the hash; the other settings stay.
+    assert settings_on(target)[0]["hostname"] == "appliance"
+
+
+@pytest.mark.parametrize("password, why", [
+    ("short", "--admin-password: must be at least 8 characters"),
+    ("tab\tinside it", "--admin-password: control characters"),
+    ("x" * 2000, "--admin-password: is longer than 1024 characters"),
+    ("", "must be at least 8 characters"),
+])
+def test_bad_admin_password_refused_before_writing(sysroot, release, password, why):
+    p = flash(sysroot, "--yes", release / IMG, "sdb", "--admin-password",
+              env={"FLASH_ADMIN_PASSWORD": password})
+    assert p.returncode == 1
+    assert why in p.stderr, p.stderr
+    assert password not in p.stderr or not password
+    assert untouched(sysroot.root / "dev/sdb")
+
+
+def test_admin_password_asked_twice_on_the_terminal(sysroot, release, tmp_path):
+    target = tmp_path / "card.img"
+    shutil.copy(release / IMG, target)
+    master, slave = os.openpty()
+    p = subprocess.Popen([str(FLASH), "--allow-file", "--settings-only", str(target), "--admin-password"],
+                         stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PATH": os.environ["PATH"] + ":/usr/sbin:/sbin"})
+    os.close(slave)
+    err = b""
+    for prompt, answer in ((b"admin password for the appliance: ", b"typed secret 1"),
+                           (b"the same again: ", b"typed secret 1")):
+        while prompt not in err:
+            r, _, _ = select.select([p.stderr], [], [], 60)
+            assert r, f"no prompt: {err!r}"
+            chunk = os.read(p.stderr.fileno(), 4096)
+            assert chunk, f"no prompt: {err!r}"
+            err += chunk
+        os.write(master, answer + b"\n")
+    _, rest = p.communicate(timeout=60)
+    os.close(master)
+    assert p.returncode == 0, (err + rest).decode()
+    assert verify_password("typed secret 1", admin_hash(target))
+
+
+def test_admin_password_is_never_taken_from_argv(release, tmp_path):
+    target = tmp_path / "card.img"
+    shutil.copy(release / IMG, target)
+    p = flash(None, "--allow-file", "--settings-only", "--admin-password", "hunter2hunter2", target,
+              input="")
+    assert p.returncode == 1
+    assert admin_hash(target) == ""
 
 
 def test_settings_only_needs_a_setting_and_an_appliance_card(sysroot, tmp_path):
@@ -428,5 +517,5 @@ def test_help_lists_every_option():
     p = run([FLASH, "--help"])
     assert p.returncode == 0
     for opt in ("--list", "--hostname", "--wifi-ssid", "--wifi-psk", "--wifi-country", "--hat", "--token",
-                "--ssh-key", "--yes", "--unmount", "--allow-file", "--size-limit", "FLASH_SYSROOT"):
+                "--ssh-key", "--admin-password", "FLASH_ADMIN_PASSWORD", "--yes", "--unmount", "--allow-file", "--size-limit", "FLASH_SYSROOT"):
         assert opt in p.stdout
