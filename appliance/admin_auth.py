@@ -1,0 +1,340 @@
+"""Who may change the appliance and who may listen, without any web framework
+(``appliance.web.auth`` and ``appliance.web.login`` put it on HTTP).
+
+- The admin password: a scrypt hash from the config (``[admin] password_hash``,
+  set by flash.sh or appliance.toml) or, when none was configured, chosen
+  once on the admin page with a one-time **setup code**. That code is written
+  to a file (``[admin] setup_code_file``, on the image the card's FAT
+  partition) and logged; it stays the same across restarts until it is used,
+  so it can be read from the card and typed in after the next boot. The
+  chosen password's hash is kept in ``<state_dir>/admin-password``.
+- Browser sessions: random ids (only their SHA-256 is kept), each with its
+  own CSRF token, a sliding expiry and a bounded table.
+- The venue PIN (``[server] listen_pin``) grants listening only; a browser
+  keeps proof of it in a cookie whose value is an HMAC of the PIN.
+- ``Throttle``: failed guesses (password, setup code, PIN, token) are slowed
+  down per client address without ever sleeping a request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import time
+import unicodedata
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+from .passwords import hash_password, is_password_hash, verify_password
+from .store import atomic_write
+
+__all__ = ["AdminAuth", "AdminSession", "Sessions", "Throttle", "check_password_text",
+           "normalise_code", "PASSWORD_FILE", "PASSWORD_MIN", "PASSWORD_MAX"]
+
+log = logging.getLogger("appliance.auth")
+
+PASSWORD_FILE = "admin-password"
+PASSWORD_MIN = 8
+PASSWORD_MAX = 256
+# no 0/O, 1/I/L: the code is read off a screen or a file and typed on a phone
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+CODE_LENGTH = 12  # 31^12 ≈ 2^59: not guessable, even without the throttle
+
+
+def normalise_code(text: str) -> str:
+    """A setup code as typed (any case, spaces or dashes) → its canonical form."""
+    return "".join(ch for ch in text.upper() if ch not in " -\t")
+
+
+def _format_code(code: str) -> str:
+    return "-".join(code[i:i + 4] for i in range(0, len(code), 4))
+
+
+def check_password_text(password: str) -> str | None:
+    """Why ``password`` cannot be an admin password, or None if it can."""
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return f"the password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long"
+    # lone surrogates and control characters cannot be typed reliably and
+    # would hash differently depending on the client
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Cn") for ch in password):
+        return "the password may not contain control characters or invalid text"
+    return None
+
+
+def client_key(address: str) -> str:
+    """The unit the throttle counts: an IPv4 address, or an IPv6 /64 (one
+    host usually owns a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+@dataclasses.dataclass
+class _Client:
+    failures: int = 0
+    until: float = 0.0      # no attempt before this (monotonic)
+    busy: bool = False      # an attempt is being checked (a slow hash)
+    seen: float = 0.0
+
+
+class Throttle:
+    """The first ``free`` failures in a row cost nothing (a typo); after the
+    n-th a client must wait ``base_s * 2**(n-free-1)`` seconds (at most
+    ``cap_s``) before its next attempt; attempts in that
+    window, and attempts while one of its attempts is still being checked,
+    are refused at once with the time to wait. A success forgets the client;
+    so does ``forget_s`` without failures. At most ``max_clients`` are
+    remembered (the least recently seen go first), so memory stays bounded."""
+
+    def __init__(self, *, free: int = 2, base_s: float = 1.0, cap_s: float = 60.0,
+                 forget_s: float = 900.0, max_clients: int = 4096,
+                 clock: Callable[[], float] = time.monotonic):
+        self.free, self.base_s, self.cap_s, self.forget_s = free, base_s, cap_s, forget_s
+        self.max_clients = max_clients
+        self.clock = clock
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def acquire(self, address: str) -> float:
+        """0.0 if ``address`` may try now (the attempt is then in flight until
+        ``release``); otherwise the seconds it must wait."""
+        now = self.clock()
+        key = client_key(address)
+        entry = self._clients.get(key)
+        if entry is not None and now - entry.seen > self.forget_s and not entry.busy:
+            del self._clients[key]
+            entry = None
+        if entry is None:
+            entry = _Client(seen=now)
+            self._clients[key] = entry
+            while len(self._clients) > self.max_clients:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(key)
+        if entry.busy:
+            return max(self.base_s, entry.until - now)
+        if now < entry.until:
+            return entry.until - now
+        entry.busy = True
+        entry.seen = now
+        return 0.0
+
+    def release(self, address: str, ok: bool) -> None:
+        key = client_key(address)
+        entry = self._clients.get(key)
+        if entry is None:  # evicted meanwhile
+            return
+        entry.busy = False
+        if ok:
+            del self._clients[key]
+            return
+        now = self.clock()
+        entry.failures += 1
+        entry.seen = now
+        over = entry.failures - self.free
+        if over > 0:
+            entry.until = now + min(self.cap_s, self.base_s * 2 ** min(over - 1, 32))
+
+
+@dataclasses.dataclass
+class AdminSession:
+    csrf: str
+    expires: float
+
+
+class Sessions:
+    """Logged-in browsers. Ids are 256-bit random; only their SHA-256 is kept
+    (no timing leak from the dictionary lookup). Each use extends the session
+    by ``idle_s``; at most ``max_sessions`` live at once (the one nearest its
+    end goes first)."""
+
+    def __init__(self, *, idle_s: float = 12 * 3600.0, max_sessions: int = 32,
+                 clock: Callable[[], float] = time.monotonic):
+        self.idle_s = idle_s
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self._table: dict[bytes, AdminSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @staticmethod
+    def _key(session_id: str) -> bytes:
+        return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).digest()
+
+    def create(self) -> tuple[str, AdminSession]:
+        now = self.clock()
+        self._expire(now)
+        while len(self._table) >= self.max_sessions:
+            oldest = min(self._table, key=lambda k: self._table[k].expires)
+            del self._table[oldest]
+        session_id = secrets.token_urlsafe(32)
+        session = AdminSession(csrf=secrets.token_urlsafe(32), expires=now + self.idle_s)
+        self._table[self._key(session_id)] = session
+        return session_id, session
+
+    def get(self, session_id: str) -> AdminSession | None:
+        if not session_id or len(session_id) > 128:
+            return None
+        key = self._key(session_id)
+        session = self._table.get(key)
+        now = self.clock()
+        if session is None:
+            return None
+        if now >= session.expires:
+            del self._table[key]
+            return None
+        session.expires = now + self.idle_s
+        return session
+
+    def end(self, session_id: str) -> None:
+        self._table.pop(self._key(session_id), None)
+
+    def clear(self) -> None:
+        self._table.clear()
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, s in self._table.items() if now >= s.expires]:
+            del self._table[key]
+
+
+class AdminAuth:
+    """The credentials of one appliance. ``open_setup()`` must run once at
+    start (it writes the setup code when one is needed)."""
+
+    def __init__(self, *, state_dir: Path, token: str = "", password_hash: str = "",
+                 setup_code_file: str = "", listen_pin: str = "",
+                 clock: Callable[[], float] = time.monotonic):
+        self.token = token
+        self.listen_pin = listen_pin
+        self.password_file = Path(state_dir) / PASSWORD_FILE
+        self.code_file = Path(setup_code_file) if setup_code_file else \
+            Path(state_dir) / "setup-code.txt"
+        self.configured_hash = password_hash
+        self.sessions = Sessions(clock=clock)
+        self.throttle = Throttle(clock=clock)
+        self._hash = password_hash or self._load_saved_hash()
+        self._code: str | None = None
+        # proof of the PIN in a cookie; a new key at every start (the page asks again)
+        self._pin_key = secrets.token_bytes(32)
+
+    # -- the admin password ------------------------------------------------
+
+    @property
+    def password_set(self) -> bool:
+        return bool(self._hash)
+
+    @property
+    def setup_open(self) -> bool:
+        return self._code is not None and not self.password_set
+
+    def _load_saved_hash(self) -> str:
+        try:
+            text = self.password_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return ""
+        except (OSError, UnicodeDecodeError) as error:
+            log.error("cannot read %s (%s): the admin password must be set again", self.password_file, error)
+            return ""
+        if not is_password_hash(text):
+            log.error("%s does not hold a password hash: the admin password must be set again",
+                      self.password_file)
+            return ""
+        return text
+
+    def open_setup(self) -> str | None:
+        """When no password is set: make sure a setup code exists (the one in
+        the file if it is well-formed, else a new one), write it and log it.
+        Returns the code, or None when a password is set."""
+        if self.password_set:
+            self._remove_code_file()
+            return None
+        code = self._read_code_file() or "".join(
+            secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+        self._code = code
+        text = (f"{_format_code(code)}\n\n"
+                "The appliance's admin setup code. Open the appliance's admin page (/admin),\n"
+                "enter this code and choose the admin password. The code works once.\n")
+        try:
+            atomic_write(self.code_file, text.encode("ascii"))
+        except OSError as error:
+            log.error("cannot write the setup code to %s: %s", self.code_file, error)
+        log.warning("no admin password is set: the setup code is %s (also in %s)",
+                    _format_code(code), self.code_file)
+        return code
+
+    def _read_code_file(self) -> str | None:
+        try:
+            with open(self.code_file, "rb") as f:
+                first = f.read(256).decode("ascii").splitlines()
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        code = normalise_code(first[0]) if first else ""
+        if len(code) == CODE_LENGTH and all(ch in CODE_ALPHABET for ch in code):
+            return code
+        return None
+
+    def _remove_code_file(self) -> None:
+        try:
+            os.unlink(self.code_file)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            log.error("cannot remove %s (the code no longer works): %s", self.code_file, error)
+
+    def check_setup_code(self, given: str) -> bool:
+        if not self.setup_open or self._code is None:
+            return False
+        return hmac.compare_digest(normalise_code(given).encode("utf-8", "surrogatepass"),
+                                   self._code.encode())
+
+    def check_password(self, password: str) -> bool:
+        """Slow (scrypt, ~50 ms): run it in a worker thread."""
+        stored = self._hash
+        return bool(stored) and verify_password(password, stored)
+
+    def set_password(self, password: str) -> None:
+        """Hash and persist the first password (slow: a worker thread), then
+        invalidate the setup code. The caller has checked the code and holds
+        a lock so this happens once."""
+        problem = check_password_text(password)
+        if problem:
+            raise ValueError(problem)
+        stored = hash_password(password)
+        atomic_write(self.password_file, (stored + "\n").encode("ascii"))
+        self._hash = stored
+        self._code = None
+        self._remove_code_file()
+        log.warning("the admin password was set with the setup code")
+
+    # -- bearer token and PIN ----------------------------------------------
+
+    def token_ok(self, given: str) -> bool:
+        return bool(self.token) and hmac.compare_digest(
+            given.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass"))
+
+    def pin_ok(self, given: str) -> bool:
+        return bool(self.listen_pin) and hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogatepass"),
+            self.listen_pin.encode("utf-8", "surrogatepass"))
+
+    def listen_proof(self) -> str:
+        """The listen cookie's value: proves the PIN without holding it."""
+        return hmac.new(self._pin_key, self.listen_pin.encode("utf-8", "surrogatepass"),
+                        hashlib.sha256).hexdigest()
+
+    def listen_proof_ok(self, given: str) -> bool:
+        return bool(self.listen_pin) and hmac.compare_digest(
+            given.encode("utf-8", "surrogatepass"), self.listen_proof().encode())
