@@ -219,8 +219,8 @@ if [ $admin_password = 1 ]; then
     if [ -n "${FLASH_ADMIN_PASSWORD+x}" ]; then
         pw=$FLASH_ADMIN_PASSWORD
     elif [ -t 0 ]; then
-        read -rs -p "$PROG: admin password for the appliance: " pw; echo >&2
-        read -rs -p "$PROG: the same again: " pw2; echo >&2
+        IFS= read -rs -p "$PROG: admin password for the appliance: " pw || die "--admin-password: no password typed"; echo >&2
+        IFS= read -rs -p "$PROG: the same again: " pw2 || die "--admin-password: no password typed"; echo >&2
         [ "$pw" = "$pw2" ] || die "--admin-password: the two passwords differ"
         unset pw2
     else

@@ -1,0 +1,332 @@
+"""appliance/firstboot.py: the one schema of the card's first-boot settings
+(appliance.toml), its checks, the TOML and config.txt edits, and the command
+line flash.sh runs. Every refusal names the field; no value can add a line to
+appliance.toml, config.txt or any file written from them."""
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from appliance import firstboot as fb
+from appliance.passwords import hash_password, verify_password
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE = REPO / "appliance" / "firstboot.py"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh0ZXN0a2V5Zm9ydGVzdHNvbmx5MTIzNDU2Nzg5MA me@laptop"
+HATS = fb.read_hats((REPO / "image/hats.tsv").read_text())
+TEMPLATE = (REPO / "image/appliance.toml.template").read_text().replace("@HOSTNAME@", "appliance")
+
+
+def refused(raw, field, *, hats=None, base=None):
+    with pytest.raises(fb.SettingsError) as e:
+        fb.validate(raw, hats, base)
+    assert e.value.field == field, str(e.value)
+    assert str(e.value).startswith(field), str(e.value)
+    return str(e.value)
+
+
+def test_defaults():
+    s = fb.validate({})
+    assert s == fb.Settings()
+    assert s.hostname == "appliance" and s.hat == "none" and s.ssh_keys == ()
+    assert set(s.values()) == {f.name for f in fb.FIELDS}
+    # the template on the card is exactly the defaults
+    assert fb.validate(tomllib.loads(TEMPLATE), HATS, "debian") == s
+
+
+def test_every_field_accepts_a_good_value():
+    stored = hash_password("a good password")
+    s = fb.validate({"hostname": "hall-2", "wifi_country": "gb", "wifi_ssid": 'Caf\u00e9 "5G" \\ net',
+                     "wifi_psk": "pass word 1", "hat": "iqaudio-codec", "ssh_key": f"{KEY}\n\n{KEY}2\n",
+                     "admin": {"token": "t0k-en", "password_hash": stored}}, HATS, "raspios")
+    assert s.wifi_country == "GB"
+    assert s.ssh_keys == (KEY, KEY + "2")
+    assert s.admin_password_hash == stored and s.admin_token == "t0k-en"
+    # dotted names work as well as tables (flash.sh gives dotted ones)
+    assert fb.validate({"admin.token": "x"}).admin_token == "x"
+
+
+FIELDS = [f.name for f in fb.FIELDS]
+
+
+GOOD = {"hostname": "hall", "wifi_country": "GB", "wifi_ssid": "net", "wifi_psk": "passphrase",
+        "hat": "none", "ssh_key": KEY, "admin.token": "tok",
+        "admin.password_hash": hash_password("a good password")}
+
+
+def put(field, value):
+    """Good values everywhere but in ``field`` (so only that one can fail)."""
+    raw = {**GOOD, field: value}
+    assert fb.validate({**GOOD}), "the good values are good"
+    return raw
+
+
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("bad", [
+    "a\nb", "a\rb", "a\0b", "a\x1bb", "a\x7fb", "a\x85b", "a\u2028b", "a\u2029b", "a\u200eb",
+    '"\n[admin]\npassword_hash = "', "x\ndtoverlay=evil",
+], ids=repr)
+def test_control_characters_and_injected_lines_refused_in_every_field(field, bad):
+    if field == "ssh_key":
+        bad = KEY + " " + bad   # in a key's comment (a newline separates keys: each must be one)
+    message = refused(put(field, bad), field)
+    assert "needs" not in message
+
+
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("size", [300, 70_000, 5_000_000])
+def test_huge_values_refused_in_every_field(field, size):
+    message = refused(put(field, "a" * size), field)
+    assert len(message) < 400, "the message shows only the start of a huge value"
+
+
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("bad", [5, 1.5, True, ["x"], {"x": "y"}], ids=repr)
+def test_non_strings_refused_in_every_field(field, bad):
+    assert "must be a string" in refused(put(field, bad), field)
+
+
+@pytest.mark.parametrize("raw, field, why", [
+    ({"hostname": "Not_Valid"}, "hostname", "use 1-63 of a-z"),
+    ({"hostname": "-x"}, "hostname", "use 1-63"),
+    ({"hostname": "a" * 64}, "hostname", "longer than 63"),
+    ({"hostname": 'a"b'}, "hostname", "use 1-63"),
+    ({"hostname": "h\u00e9"}, "hostname", "use 1-63"),
+    ({"wifi_country": "GBR"}, "wifi_country", "longer than 2"),
+    ({"wifi_country": "1A"}, "wifi_country", "two-letter"),
+    ({"wifi_ssid": "x"}, "wifi_ssid", "needs wifi_country"),
+    ({"wifi_ssid": "\u00e9" * 17, "wifi_country": "GB"}, "wifi_ssid", "longer than 32 bytes"),
+    ({"wifi_psk": "12345678"}, "wifi_psk", "needs wifi_ssid"),
+    ({"wifi_psk": "short", "wifi_ssid": "n", "wifi_country": "GB"}, "wifi_psk", "8-63 printable"),
+    ({"wifi_psk": "pass\u00e9word", "wifi_ssid": "n", "wifi_country": "GB"}, "wifi_psk", "8-63 printable"),
+    ({"hat": "Bad Hat"}, "hat", "not a HAT name"),
+    ({"hat": "../../etc"}, "hat", "not a HAT name"),
+    ({"ssh_key": "hello"}, "ssh_key", "not an OpenSSH public key"),
+    ({"ssh_key": 'command="rm -rf /" ' + KEY}, "ssh_key", "not an OpenSSH public key"),
+    ({"ssh_key": "-----BEGIN OPENSSH PRIVATE KEY-----"}, "ssh_key", "private key"),
+    ({"ssh_key": "\n".join([KEY] * 33)}, "ssh_key", "more than 32 keys"),
+    ({"admin": {"token": "has space"}}, "admin.token", "use up to 256"),
+    ({"admin": {"token": 'q"uote'}}, "admin.token", "use up to 256"),
+    ({"admin": {"token": "back\\slash"}}, "admin.token", "use up to 256"),
+    ({"admin": {"password_hash": "scrypt$1$1$1$AAAA$AAAA"}}, "admin.password_hash", "not a password hash"),
+    ({"admin": {"password_hash": "scrypt$16384$8$1$c2FsdHNhbHQ=$" + "A" * 40 + "\n"}},
+     "admin.password_hash", "not a password hash"),
+    ({"colour": "red"}, "colour", "unknown key"),
+    ({"admin": {"colour": "red"}}, "admin.colour", "unknown key"),
+    ({"admin": "x"}, "admin", "must be a table"),
+    ({"token": "old"}, "token", "unknown key"),
+])
+def test_bad_values_refused_naming_the_field(raw, field, why):
+    assert why in refused(raw, field)
+
+
+def test_secrets_are_never_echoed():
+    for raw, secret in [({"admin": {"password_hash": "my clear password"}}, "my clear password"),
+                        ({"wifi_psk": "\u00e9\u00e9secret\u00e9", "wifi_ssid": "n", "wifi_country": "GB"},
+                         "secret"),
+                        ({"admin": {"token": "secret with space"}}, "secret")]:
+        with pytest.raises(fb.SettingsError) as e:
+            fb.validate(raw)
+        assert secret not in str(e.value)
+
+
+def test_hat_must_be_known_and_work_on_the_base():
+    assert "is not known to this image" in refused({"hat": "nope"}, "hat", hats=HATS)
+    assert "hifiberry-dacplusadc" in refused({"hat": "nope"}, "hat", hats=HATS), "lists the known ones"
+    message = refused({"hat": "hifiberry-dacplusadc"}, "hat", hats=HATS, base="debian")
+    assert "does not work on this image's base (debian)" in message and "raspios" in message
+    assert fb.validate({"hat": "hifiberry-dacplusadc"}, HATS, "raspios").hat == "hifiberry-dacplusadc"
+    assert fb.validate({"hat": "none"}, HATS, "debian").hat == "none"
+
+
+def test_errors_render_for_flash_sh_options():
+    with pytest.raises(fb.SettingsError) as e:
+        fb.validate({"wifi_ssid": "x"})
+    assert e.value.render(fb.option_label) == \
+        "--wifi-ssid: needs --wifi-country (Wi-Fi stays off without a country)"
+    with pytest.raises(fb.SettingsError) as e:
+        fb.validate({"admin": {"token": "a b"}})
+    assert e.value.render(fb.option_label).startswith("--token: ")
+    # a value that looks like a placeholder stays a value
+    with pytest.raises(fb.SettingsError) as e:
+        fb.validate({"hostname": "{wifi_ssid}"})
+    assert "'{wifi_ssid}'" in e.value.render(fb.option_label)
+
+
+# --- writing appliance.toml -------------------------------------------------------
+
+@pytest.mark.parametrize("value", ['Caf\u00e9 "5G" \\ net', "'''", '"""', "\\u0041", "# not a comment",
+                                   "x = 1", "[admin]", "\t tab", "\U0001f3b5"])
+def test_toml_strings_read_back_as_written(value):
+    text = fb.edit_settings(TEMPLATE, {"wifi_ssid": value})
+    parsed = tomllib.loads(text)
+    assert parsed["wifi_ssid"] == value
+    assert set(parsed) == set(tomllib.loads(TEMPLATE)), "no key added or lost"
+    assert parsed["admin"] == {"password_hash": "", "token": ""}
+
+
+def test_toml_str_escapes_every_control_character():
+    every = "".join(chr(c) for c in range(0x00, 0x250)) + "\u2028\u2029\u200e"
+    assert tomllib.loads(f"v = {fb.toml_str(every)}")["v"] == every
+    assert "\n" not in fb.toml_str(every) and "\r" not in fb.toml_str(every)
+
+
+def test_edit_keeps_comments_and_order_and_finds_the_tables():
+    stored = hash_password("a good password")
+    text = fb.edit_settings(TEMPLATE, {"hostname": "studio", "admin.password_hash": stored,
+                                       "admin.token": "tok"})
+    assert text.splitlines()[0] == "# First-boot settings of the listening appliance."
+    assert text.count("\n") == TEMPLATE.count("\n"), "replaced in place, line for line"
+    parsed = tomllib.loads(text)
+    assert parsed["hostname"] == "studio" and parsed["admin"] == {"password_hash": stored, "token": "tok"}
+    assert text.index("[admin]") < text.index(stored)
+
+
+@pytest.mark.parametrize("before", [
+    "", "# only a comment\n", 'hostname = "x"\n', '[admin]\ntoken = "a"\n',
+    'hostname = "x"\n\n[admin]\n# comment\n',
+    'ssh_key = """\nssh-ed25519 AAAA a\nhostname = "fake"\n"""\n',   # a multi-line string
+])
+def test_edit_inserts_missing_keys_where_they_belong(before):
+    changes = {"hostname": "h", "wifi_psk": "p", "admin.token": "t", "admin.password_hash": "x"}
+    parsed = tomllib.loads(fb.edit_settings(before, changes))
+    want = {**tomllib.loads(before), "hostname": "h", "wifi_psk": "p"}
+    want["admin"] = {**tomllib.loads(before).get("admin", {}), "token": "t", "password_hash": "x"}
+    assert parsed == want
+
+
+# --- hats.txt and config.txt --------------------------------------------------------
+
+def test_hats_file_of_the_image():
+    assert HATS["none"].lines == () and set(HATS["none"].bases) == {"debian", "raspios"}
+    assert HATS["hifiberry-dacplusadc"].lines == ("dtoverlay=hifiberry-dacplusadc",)
+
+
+@pytest.mark.parametrize("line", [
+    "evil\tdebian\tdtoverlay=x;[all]\tinjects a section",
+    "evil\tdebian\tdtoverlay=x y\tspace",
+    "evil\tdebian\tdtoverlay=\"x\"\tquotes",
+    "evil\tdebian\tdtoverlay=x\textra\tcolumns",
+    "Evil Name\tdebian\t\tbad name",
+])
+def test_hats_file_lines_are_checked(line):
+    with pytest.raises(fb.SettingsError) as e:
+        fb.read_hats("# header\n" + line + "\n")
+    assert e.value.field == "hats.txt" and "line 2" in str(e.value)
+
+
+def test_hat_overlay_block_added_replaced_removed():
+    base = "arm_64bit=1\n# my own\ndtparam=audio=on\n\n"
+    one = fb.set_hat_overlay(base, ["dtoverlay=hifiberry-dacplusadc"])
+    assert one == ("arm_64bit=1\n# my own\ndtparam=audio=on\n\n" + fb.HAT_BEGIN +
+                   "\n[all]\ndtoverlay=hifiberry-dacplusadc\n" + fb.HAT_END + "\n")
+    two = fb.set_hat_overlay(one, ["dtoverlay=iqaudio-codec"])
+    assert two.count(fb.HAT_BEGIN) == 1 and "hifiberry" not in two and "dtoverlay=iqaudio-codec" in two
+    assert fb.set_hat_overlay(two, []) == "arm_64bit=1\n# my own\ndtparam=audio=on\n"
+    assert fb.set_hat_overlay(fb.set_hat_overlay(two, []), []) == fb.set_hat_overlay(two, [])
+
+
+def test_hat_overlay_keeps_an_unterminated_block_and_refuses_bad_lines():
+    text = "a=1\n" + fb.HAT_BEGIN + "\nmine=1\n"
+    assert "mine=1" in fb.set_hat_overlay(text, [])
+    with pytest.raises(fb.SettingsError) as e:
+        fb.set_hat_overlay("a=1\n", ["dtoverlay=x\n[pi4]"])
+    assert e.value.field == "hat"
+
+
+def test_card_base():
+    assert fb.card_base("appliance image 0.1.0 (base raspios)\n") == "raspios"
+    assert fb.card_base("") == "debian"
+
+
+# --- the command line (what flash.sh runs) -------------------------------------------
+
+def cli(*args, stdin=b""):
+    # -S -I: no site-packages, no current directory: only the standard library
+    return subprocess.run([sys.executable, "-S", "-I", str(MODULE), *map(str, args)], input=stdin,
+                          capture_output=True, timeout=60)
+
+
+def pairs(**kv):
+    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in kv.items())
+
+
+def test_cli_check_runs_on_the_standard_library_alone():
+    p = cli("check", stdin=pairs(hostname="ok", token="tok"))
+    assert p.returncode == 0, p.stderr
+    p = cli("check", stdin=pairs(hostname="Bad_Name"))
+    assert p.returncode == 1
+    assert p.stderr.decode().strip() == "--hostname 'Bad_Name': use 1-63 of a-z, 0-9 and '-' (not first or last)"
+    p = cli("check", stdin=pairs(colour="red"))
+    assert p.returncode == 1 and b"colour: not a setting flash.sh knows" in p.stderr
+    p = cli("check", stdin=b"wifi_ssid=\xff\xfe\0")
+    assert p.returncode == 1 and b"--wifi-ssid: is not UTF-8 text" in p.stderr
+    assert cli().returncode == 2 and cli("frob").returncode == 2
+
+
+def test_cli_reads_ssh_keys_from_a_file(tmp_path):
+    f = tmp_path / "id.pub"
+    f.write_text(f"# my key\n\n{KEY}\n")
+    assert cli("check", stdin=pairs(ssh_key=f)).returncode == 0
+    f.write_text("# nothing\n")
+    p = cli("check", stdin=pairs(ssh_key=f))
+    assert p.returncode == 1 and b"the file holds no key" in p.stderr
+
+
+def test_cli_hash_password():
+    p = cli("hash-password", stdin=b"a good password\n")
+    assert p.returncode == 0, p.stderr
+    assert verify_password("a good password", p.stdout.decode().strip())
+    p = cli("hash-password", stdin=b"short")
+    assert p.returncode == 1 and p.stderr.decode().strip() == "--admin-password: must be at least 8 characters"
+    p = cli("hash-password", stdin=b"\xff" * 10)
+    assert p.returncode == 1 and b"UTF-8" in p.stderr
+
+
+def card_dir(tmp_path, base="debian"):
+    d = tmp_path / "card"
+    d.mkdir()
+    (d / "appliance.toml").write_text(TEMPLATE)
+    (d / "hats.txt").write_text((REPO / "image/hats.tsv").read_text())
+    (d / "config.txt").write_text("arm_64bit=1\n")
+    (d / "appliance-release.txt").write_text(f"appliance image 0.1.0 (base {base})\n")
+    return d
+
+
+def test_cli_card_edits_only_what_changed(tmp_path):
+    d = card_dir(tmp_path, "raspios")
+    stored = hash_password("a good password")
+    p = cli("card", d, stdin=pairs(hostname="hall", wifi_country="de", admin_password_hash=stored))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().split() == ["appliance.toml"]
+    parsed = tomllib.loads((d / "appliance.toml").read_text())
+    assert parsed["hostname"] == "hall" and parsed["wifi_country"] == "DE"
+    assert parsed["admin"]["password_hash"] == stored
+    p = cli("card", d, stdin=pairs(hat="pisound"))
+    assert p.stdout.decode().split() == ["appliance.toml", "config.txt"]
+    assert (d / "config.txt").read_text().endswith("dtoverlay=pisound\n" + fb.HAT_END + "\n")
+    p = cli("card", d, stdin=pairs(hat="pisound"))
+    assert p.returncode == 0 and p.stdout == b"", "nothing changed, nothing to write"
+
+
+def test_cli_card_refuses_and_writes_nothing(tmp_path):
+    d = card_dir(tmp_path)
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    for stdin, why in [(pairs(hat="pisound"), "does not work on this image's base (debian)"),
+                       (pairs(hat="nope"), "--hat 'nope': is not known to this image"),
+                       (pairs(wifi_ssid="x"), "--wifi-ssid: needs --wifi-country")]:
+        p = cli("card", d, stdin=stdin)
+        assert p.returncode == 1 and why in p.stderr.decode(), p.stderr
+    (d / "appliance.toml").write_text('hostname = "x"\nbogus = 1\n')
+    p = cli("card", d, stdin=pairs(hostname="y"))
+    assert p.returncode == 1 and b"bogus: unknown key" in p.stderr
+    (d / "appliance.toml").write_text("hostname = \n")
+    p = cli("card", d, stdin=pairs(hostname="y"))
+    assert p.returncode == 1 and b"appliance.toml: is not valid TOML" in p.stderr
+    (d / "appliance.toml").write_bytes(before["appliance.toml"])
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before
+    (d / "appliance.toml").unlink()
+    p = cli("card", d, stdin=pairs(hostname="y"))
+    assert p.returncode == 1 and b"not an appliance card" in p.stderr
