@@ -12,7 +12,7 @@ from image_helpers import TOOLS, FakeSys, build, make_stub_root
 def _tools_present():
     missing = [t for t in TOOLS if shutil.which(t) is None
                and not os.path.exists(f"/usr/sbin/{t}") and not os.path.exists(f"/sbin/{t}")]
-    assert not missing, f"missing tools {missing}: run `make test` (installs DEB_TEST)"
+    assert not missing, f"missing tools {missing}: run `make test` (installs packages/test.txt)"
 
 
 @pytest.fixture(scope="session")

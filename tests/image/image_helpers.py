@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[2]
 FLASH = REPO / "flash.sh"
 BUILD = REPO / "image" / "build.sh"
 
-# Tools these tests run; Debian packages in the Makefile's DEB_TEST. A
+# Tools these tests run; Debian packages in packages/test.txt. A
 # missing one is a failure, not a skip.
 TOOLS = ["sfdisk", "mkfs.vfat", "mcopy", "mdir", "mtype", "mkfs.ext4", "e2fsck",
          "debugfs", "fakeroot", "xz", "bmaptool", "lsblk", "dpkg-query"]
