@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..config import Config
 from ..service import Service, ServiceError, open_service
-from . import admin, auth, events, mixer, ui, whep
+from . import admin, auth, events, health, mixer, ui, whep
 from .common import plain
 
 __all__ = ["create_app", "BLUEPRINTS", "plain"]
@@ -37,6 +37,7 @@ BLUEPRINTS: list[Blueprint] = [
     events.blueprint,
     mixer.blueprint,
     ui.blueprint,
+    health.blueprint,
 ]
 
 
