@@ -6,9 +6,13 @@
     [server]
     host = "0.0.0.0"
     port = 8080
-    token = ""                      # bearer token for WHEP and admin; "" = none
+    listen_pin = ""                 # a PIN that grants listening only; "" = open
     ice_servers = ["stun:stun.example.net:3478"]
     max_listeners = 100
+
+    [admin]
+    token = ""                      # bearer token for scripts; "" = none
+    password_hash = "scrypt$..."    # appliance.passwords; "" = set up with a one-time code
 
     [engine]                        # any EngineSettings field
     gather_timeout_ms = 2000
@@ -29,9 +33,12 @@
     source_id = "line_in"
     sink_id = "main"                # any RouteSpec field
 
-A key the schema does not know is an error that names it. The sources, sinks
-and routes seed the audio graph; see ``appliance.store`` for how they combine
-with changes made through the admin API.
+A key the schema does not know is an error that names it; every value is
+checked by ``appliance.model`` (the same checks as the saved state and the
+admin API). The sources, sinks and routes seed the audio graph; see
+``appliance.store`` for how they combine with changes made through the admin
+API. Nothing here imports the engine: ``appliance check-config`` works
+without the C build.
 """
 from __future__ import annotations
 
@@ -43,39 +50,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine import EngineSettings, RouteSpec, SinkSpec, SourceSpec
+from .errors import InvalidError
+from .model import (
+    EngineSettings, Graph, RouteConfig, RouteSpec, SinkConfig, SinkSpec, SourceConfig,
+    SourceSpec, build, check_text,
+)
 
-__all__ = ["Config", "ServerConfig", "IceServer", "SourceConfig", "SinkConfig",
-           "RouteConfig", "ConfigError", "load_config", "parse_config", "default_config",
-           "default_state_dir", "detect_sound_cards", "RESERVED_IDS", "check_id"]
-
-# Words that cannot be sink ids because they are path segments of the API.
-RESERVED_IDS = frozenset({"source", "route"})
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+__all__ = ["Config", "ServerConfig", "AdminConfig", "IceServer", "ConfigError", "load_config",
+           "parse_config", "default_config", "default_state_dir", "detect_sound_cards"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidError):
     """The configuration is not valid; the message names the offending key."""
-
-
-def check_id(kind: str, value: Any) -> str:
-    """An id usable in URLs: letters, digits, '.', '_', '-', not starting with
-    a punctuation mark (ids starting with '_' are the service's own)."""
-    if not isinstance(value, str) or not _ID.match(value):
-        raise ConfigError(f"{kind} id {value!r} must be 1-64 letters, digits, '.', '_' "
-                          "or '-', starting with a letter or digit")
-    if kind == "sink" and value in RESERVED_IDS:
-        raise ConfigError(f"sink id {value!r} is reserved")
-    return value
 
 
 @dataclass(frozen=True)
 class IceServer:
     """A STUN or TURN server given to clients (WHEP Link headers) and, for
     STUN, to the engine."""
-    url: str
-    username: str | None = None
-    credential: str | None = None
+    url: str = field(metadata={"max_len": 256})
+    username: str | None = field(default=None, metadata={"max_len": 256})
+    credential: str | None = field(default=None, metadata={"max_len": 256})
 
     def link_header(self) -> str:
         value = f'<{self.url}>; rel="ice-server"'
@@ -86,47 +81,44 @@ class IceServer:
         return value
 
 
+def _r(lo: float, hi: float) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    token: str = ""
+    host: str = field(default="0.0.0.0", metadata={"max_len": 255})
+    port: int = field(default=8080, metadata=_r(0, 65535))
+    # a PIN that grants listening only (WHEP); "" = anyone on the network may listen
+    listen_pin: str = field(default="", metadata={"max_len": 64})
     ice_servers: tuple[IceServer, ...] = ()
-    max_listeners: int = 100
-    max_body_bytes: int = 64 * 1024
+    max_listeners: int = field(default=100, metadata=_r(1, 100000))
+    max_body_bytes: int = field(default=64 * 1024, metadata=_r(1024, 16 << 20))
     # a session ends when for this long neither a heartbeat nor any packet
     # (ICE consent, RTCP) came from its peer
-    session_timeout_s: float = 15.0
-    answer_timeout_s: float = 5.0
+    session_timeout_s: float = field(default=15.0, metadata=_r(1, 3600))
+    answer_timeout_s: float = field(default=5.0, metadata=_r(0.1, 60))
     # POST /api/whep/... per client address: a token bucket
-    post_rate_per_s: float = 10.0
-    post_burst: int = 30
-    cors_origin: str = "*"
-    shutdown_timeout_s: float = 10.0
+    post_rate_per_s: float = field(default=10.0, metadata=_r(0.01, 100000))
+    post_burst: int = field(default=30, metadata=_r(1, 100000))
+    cors_origin: str = field(default="*", metadata={"max_len": 255})
+    shutdown_timeout_s: float = field(default=10.0, metadata=_r(0.1, 300))
     # opus settings of the temporary sinks made for listening to a source or route
-    listen_frame_ms: float = 10.0
-    listen_bitrate: int = 128000
+    listen_frame_ms: float = field(default=10.0, metadata={"choices": (2.5, 5.0, 10.0, 20.0,
+                                                                       40.0, 60.0)})
+    listen_bitrate: int = field(default=128000, metadata=_r(6000, 510000))
 
 
 @dataclass(frozen=True)
-class SourceConfig:
-    id: str
-    name: str
-    spec: SourceSpec
-
-
-@dataclass(frozen=True)
-class SinkConfig:
-    id: str
-    name: str
-    spec: SinkSpec
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    id: str
-    name: str
-    spec: RouteSpec
+class AdminConfig:
+    """Who may change things. The admin page logs in with the password;
+    scripts send ``Authorization: Bearer <token>``."""
+    # "" = no bearer token (scripts cannot change anything)
+    token: str = field(default="", metadata={"max_len": 256})
+    # appliance.passwords hash; "" = set with a one-time setup code
+    password_hash: str = field(default="", metadata={"max_len": 512})
+    # where that code is written; "" = <state_dir>/setup-code.txt
+    setup_code_file: str = field(default="", metadata={"max_len": 1024})
 
 
 # The appliance runs its audio threads at real-time priority where it may
@@ -135,22 +127,34 @@ class RouteConfig:
 APP_REALTIME_PRIORITY = 20
 
 
-def app_engine_settings(table: Any) -> EngineSettings:
-    if isinstance(table, dict):
+def app_engine_settings(table: Any = None) -> EngineSettings:
+    table = {} if table is None else table
+    if isinstance(table, Mapping):
         table = {"realtime_priority": APP_REALTIME_PRIORITY, **table}
-    engine, _ = _build(EngineSettings, table, "engine")  # _build reports a non-table
-    return engine
+    return build(EngineSettings, table, "engine")
 
 
 @dataclass(frozen=True)
 class Config:
     name: str = "Listening appliance"
     state_dir: Path = field(default_factory=lambda: default_state_dir())
+    # file sources play only files in here; None = <state_dir>/media
+    media_dir: Path | None = None
     server: ServerConfig = ServerConfig()
-    engine: EngineSettings = field(default_factory=lambda: app_engine_settings({}))
+    admin: AdminConfig = AdminConfig()
+    engine: EngineSettings = field(default_factory=app_engine_settings)
     sources: tuple[SourceConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+
+    @property
+    def media_folder(self) -> Path:
+        return self.media_dir if self.media_dir is not None else self.state_dir / "media"
+
+    @property
+    def graph(self) -> Graph:
+        """The graph the config seeds."""
+        return Graph(self.sources, self.sinks, self.routes)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -179,9 +183,7 @@ def detect_sound_cards(path: str = "/proc/asound/cards") -> list[str]:
     return ids
 
 
-def default_graph(cards: list[str] | None = None) -> tuple[tuple[SourceConfig, ...],
-                                                              tuple[SinkConfig, ...],
-                                                              tuple[RouteConfig, ...]]:
+def default_graph(cards: list[str] | None = None) -> Graph:
     """With a sound card: its capture routed to sink ``main``. Without one (a
     laptop, CI): a test tone routed to ``main``, so a listener hears something."""
     cards = detect_sound_cards() if cards is None else cards
@@ -193,167 +195,78 @@ def default_graph(cards: list[str] | None = None) -> tuple[tuple[SourceConfig, .
         source = SourceConfig("tone", "Test tone", SourceSpec(kind="tone"))
     route = RouteConfig(f"{source.id}-main", f"{source.name} to Main",
                         RouteSpec(source_id=source.id, sink_id="main"))
-    return (source,), (sink,), (route,)
+    return Graph((source,), (sink,), (route,))
 
 
 def default_config(cards: list[str] | None = None) -> Config:
-    sources, sinks, routes = default_graph(cards)
-    return Config(sources=sources, sinks=sinks, routes=routes)
+    return parse_config({}, cards=cards)
 
 
 # ---- parsing -----------------------------------------------------------------
 
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _coerce(where: str, value: Any, annotation: str) -> Any:
-    """Check a TOML value against a dataclass field's (string) annotation."""
-    ann = annotation.replace(" ", "")
-    if ann.startswith("tuple[str"):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings")
-        return tuple(value)
-    if ann in ("bool",):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false")
-        return value
-    if ann in ("int",):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer")
-        return value
-    if ann in ("float",):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number")
-        return float(value)
-    if ann in ("str",) or ann.startswith("Literal["):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string")
-        if ann.startswith("Literal["):
-            allowed = re.findall(r"'([^']*)'|\"([^\"]*)\"", ann)
-            choices = [a or b for a, b in allowed]
-            if value not in choices:
-                raise ConfigError(f"{where} must be one of {', '.join(choices)}")
-        return value
-    if ann in ("str|None",):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string")
-        return value
-    raise ConfigError(f"{where}: cannot be set from the config file")
-
-
-def _build(cls: type, table: Any, where: str, *, skip: tuple[str, ...] = (),
-           extra: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
-    """Make ``cls`` from a TOML table; unknown keys are an error. Keys in
-    ``extra`` are returned separately instead of being passed to ``cls``."""
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    known = {k: f for k, f in _fields(cls).items() if k not in skip}
-    kwargs: dict[str, Any] = {}
-    others: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{where}.{key}" if where else key
-        if key in extra:
-            others[key] = value
-        elif key not in known:
-            raise ConfigError(f"unknown config key {name!r}")
-        else:
-            kwargs[key] = _coerce(name, value, str(known[key].type))
-    try:
-        return cls(**kwargs), others
-    except TypeError as error:  # a required field is missing
-        raise ConfigError(f"{where}: {error}") from None
-
-
 def _ice_servers(value: Any, where: str) -> tuple[IceServer, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{where} must be a list")
+    if not isinstance(value, list) or len(value) > 16:
+        raise ConfigError(f"{where} must be a list of at most 16 servers")
     out = []
     for i, item in enumerate(value):
         here = f"{where}[{i}]"
-        if isinstance(item, str):
-            server = IceServer(item)
-        else:
-            server, _ = _build(IceServer, item, here)
-        if not re.match(r"^(stun|stuns|turn|turns):", server.url):
+        server = build(IceServer, {"url": item} if isinstance(item, str) else item, here)
+        if not re.match(r"^(stun|stuns|turn|turns):[^\s<>\"]+$", server.url):
             raise ConfigError(f"{here} must be a stun:, stuns:, turn: or turns: URL")
+        for key in ("username", "credential"):
+            if '"' in (getattr(server, key) or ""):
+                raise ConfigError(f"{here}.{key} must not contain '\"'")
         out.append(server)
     return tuple(out)
 
 
-def _entities(value: Any, where: str, spec_cls: type, make: type) -> tuple[Any, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{where} must be an array of tables ([[{where}]])")
-    out = []
-    seen = set()
-    kind = where.rstrip("s")
-    for i, item in enumerate(value):
-        here = f"{where}[{i}]"
-        spec, others = _build(spec_cls, item, here, extra=("id", "name"))
-        if "id" not in others:
-            raise ConfigError(f"{here}.id is missing")
-        try:
-            entity_id = check_id(kind, others["id"])
-        except ConfigError as error:
-            raise ConfigError(f"{here}.id: {error}") from None
-        if entity_id in seen:
-            raise ConfigError(f"{here}.id {entity_id!r} is used twice")
-        seen.add(entity_id)
-        name = others.get("name", entity_id)
-        if not isinstance(name, str):
-            raise ConfigError(f"{here}.name must be a string")
-        out.append(make(entity_id, name, spec))
-    return tuple(out)
+def _path(value: Any, where: str) -> Path:
+    return Path(check_text(value, where, max_len=1024)).expanduser()
 
 
 def parse_config(data: Mapping[str, Any], *, cards: list[str] | None = None) -> Config:
     """Make a Config from parsed TOML. Without any sources, sinks and routes
     the default graph is used (see ``default_graph``)."""
-    known = {"name", "state_dir", "server", "engine", "sources", "sinks", "routes"}
+    try:
+        return _parse(data, cards)
+    except ConfigError:
+        raise
+    except InvalidError as error:
+        raise ConfigError(error.message) from None
+
+
+def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
+    known = {"name", "state_dir", "media_dir", "server", "admin", "engine", "sources", "sinks",
+             "routes"}
     for key in data:
         if key not in known:
             raise ConfigError(f"unknown config key {key!r}")
     kwargs: dict[str, Any] = {}
     if "name" in data:
-        kwargs["name"] = _coerce("name", data["name"], "str")
+        kwargs["name"] = check_text(data["name"], "name", max_len=100)
     if "state_dir" in data:
-        kwargs["state_dir"] = Path(_coerce("state_dir", data["state_dir"], "str")).expanduser()
-    server_table = dict(data.get("server", {})) if isinstance(data.get("server", {}), Mapping) \
-        else data["server"]
-    ice = ()
-    if isinstance(server_table, dict) and "ice_servers" in server_table:
-        ice = _ice_servers(server_table.pop("ice_servers"), "server.ice_servers")
-    server, _ = _build(ServerConfig, server_table, "server", skip=("ice_servers",))
-    server = dataclasses.replace(server, ice_servers=ice)
-    if not 0 <= server.port <= 65535:
-        raise ConfigError("server.port must be 0..65535")
-    for name in ("max_listeners", "max_body_bytes", "post_burst"):
-        if getattr(server, name) <= 0:
-            raise ConfigError(f"server.{name} must be positive")
-    for name in ("session_timeout_s", "answer_timeout_s", "post_rate_per_s",
-                 "shutdown_timeout_s"):
-        if not getattr(server, name) > 0:
-            raise ConfigError(f"server.{name} must be positive")
-    kwargs["server"] = server
+        kwargs["state_dir"] = _path(data["state_dir"], "state_dir")
+    if "media_dir" in data:
+        kwargs["media_dir"] = _path(data["media_dir"], "media_dir")
+    server_table = data.get("server", {})
+    ice: tuple[IceServer, ...] = ()
+    if isinstance(server_table, Mapping) and "ice_servers" in server_table:
+        ice = _ice_servers(server_table["ice_servers"], "server.ice_servers")
+        server_table = {k: v for k, v in server_table.items() if k != "ice_servers"}
+    server = build(ServerConfig, server_table, "server", skip=("ice_servers",))
+    kwargs["server"] = dataclasses.replace(server, ice_servers=ice)
+    kwargs["admin"] = build(AdminConfig, data.get("admin", {}), "admin")
     engine = app_engine_settings(data.get("engine", {}))
     if engine.stun_server is None:
         stun = next((s.url for s in ice if s.url.startswith("stun:")), None)
         if stun:
             engine = dataclasses.replace(engine, stun_server="stun://" + stun[len("stun:"):])
     kwargs["engine"] = engine
-    sources = _entities(data.get("sources", []), "sources", SourceSpec, SourceConfig)
-    sinks = _entities(data.get("sinks", []), "sinks", SinkSpec, SinkConfig)
-    routes = _entities(data.get("routes", []), "routes", RouteSpec, RouteConfig)
-    if not (sources or sinks or routes):
-        sources, sinks, routes = default_graph(cards)
-    source_ids = {s.id for s in sources}
-    sink_ids = {s.id for s in sinks}
-    for i, route in enumerate(routes):
-        if route.spec.source_id not in source_ids:
-            raise ConfigError(f"routes[{i}].source_id {route.spec.source_id!r} is not a source")
-        if route.spec.sink_id not in sink_ids:
-            raise ConfigError(f"routes[{i}].sink_id {route.spec.sink_id!r} is not a sink")
-    kwargs.update(sources=sources, sinks=sinks, routes=routes)
+    graph = Graph.from_json({key: data[key] for key in ("sources", "sinks", "routes")
+                             if key in data}, where="")
+    if not (graph.sources or graph.sinks or graph.routes):
+        graph = default_graph(cards)
+    kwargs.update(sources=graph.sources, sinks=graph.sinks, routes=graph.routes)
     return Config(**kwargs)
 
 
@@ -365,8 +278,12 @@ def load_config(path: str | os.PathLike | None = None, *,
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
+    except IsADirectoryError:
+        raise ConfigError(f"cannot read {path}: it is a directory") from None
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: {error}") from None
     return parse_config(data, cards=cards)

@@ -17,76 +17,25 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator
 
 import trio
 
 from . import _native
 from ._native import EngineError, ErrorCode, RawEvent, call, check, ffi, lib
+from .errors import (
+    ApplianceError, ClosingError, ExistsError, FullError, InUseError, InvalidError, NotFoundError,
+)
+from .model import EngineSettings, RouteSpec, SinkSpec, SourceSpec
 from .events import (
     DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
     DeviceRestored, Event, LevelsMeasured, ListenerEvent, ListenerState,
     ListenerStateChanged, XrunOccurred,
 )
 
-__all__ = ["open_engine", "Engine", "Listener", "EngineSettings", "SourceSpec", "SinkSpec",
+__all__ = ["open_engine", "Engine", "Listener", "appliance_error", "EngineSettings", "SourceSpec", "SinkSpec",
            "RouteSpec", "EngineStats", "SinkStats", "ListenerStats", "EngineError",
            "ErrorCode", "live_engine_threads"]
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    sample_rate: int = 48000
-    level_interval_ms: int = 50
-    gather_timeout_ms: int = 2000
-    max_listeners: int = 500
-    ice_tcp: bool = False
-    upnp: bool = False
-    stun_server: str | None = None
-    min_port: int = 0
-    max_port: int = 0
-    realtime_priority: int = 0
-    # local addresses to gather ICE candidates on; empty = every non-loopback
-    # interface. Tests use ("127.0.0.1",) so nothing leaves the machine.
-    ice_addresses: tuple[str, ...] = ()
-    event_buffer: int = 1024
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    kind: Literal["alsa", "tone", "clicks", "file"]
-    channels: int = 2
-    device: str = "default"
-    period_frames: int = 128
-    buffer_periods: int = 4
-    allow_absent: bool = False
-    tone_hz: float = 440.0
-    tone_dbfs: float = -12.0
-    click_interval_ms: int = 500
-    path: str | None = None
-
-
-@dataclass(frozen=True)
-class SinkSpec:
-    kind: Literal["opus", "alsa"]
-    channels: int = 2
-    frame_ms: float = 10.0
-    bitrate: int = 128000
-    low_delay: bool = True
-    complexity: int = 5
-    device: str = "default"
-    period_frames: int = 128
-    buffer_periods: int = 4
-    allow_absent: bool = False
-
-
-@dataclass(frozen=True)
-class RouteSpec:
-    source_id: str
-    sink_id: str
-    gain_db: float = 0.0
-    muted: bool = False
-    source_channel: int = 0  # 0 = all channels; 1..N = just that one
 
 
 @dataclass(frozen=True)
@@ -510,6 +459,24 @@ class Engine:
         check(lib.ae_engine_stats_get(self._handle, out))
         return EngineStats(out.sources, out.sinks, out.routes, out.listeners, out.threads,
                            out.events_posted, out.events_coalesced)
+
+
+def appliance_error(error: EngineError) -> ApplianceError:
+    """The engine's refusal as the error a caller of the service branches on."""
+    if error.code == ErrorCode.NOT_FOUND:
+        return NotFoundError(error.message)
+    if error.code == ErrorCode.EXISTS:
+        return ExistsError(error.message)
+    if error.code == ErrorCode.BUSY:
+        return InUseError(error.message)
+    if error.code in (ErrorCode.INVALID, ErrorCode.SDP, ErrorCode.CODEC, ErrorCode.FILE,
+                      ErrorCode.DEVICE):
+        return InvalidError(error.message)
+    if error.code == ErrorCode.LIMIT:
+        return FullError(error.message, retry_after_s=10)
+    if error.code == ErrorCode.CLOSED:
+        return ClosingError(error.message, retry_after_s=10)
+    return ApplianceError(error.message)
 
 
 def _monotonic_us() -> float:

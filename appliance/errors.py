@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __all__ = ["ApplianceError", "InvalidError", "NotFoundError", "ExistsError", "InUseError",
            "FullError", "RateLimitedError", "AnswerTimeoutError", "RestartRequiredError",
-           "StaleError", "UnsupportedError", "NotSavedError", "ClosingError"]
+           "StaleError", "UnsupportedError", "UnsupportedMediaError", "NotSavedError", "ClosingError"]
 
 
 class ApplianceError(Exception):
@@ -21,6 +21,10 @@ class ApplianceError(Exception):
 class InvalidError(ApplianceError, ValueError):
     """The input is malformed or a value is out of range; the message names
     the field or the problem."""
+
+
+class UnsupportedMediaError(ApplianceError):
+    """The body is not of a media type the endpoint takes."""
 
 
 class NotFoundError(ApplianceError):

@@ -17,24 +17,27 @@ web UI's mixer settings, for example) under their own names.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .config import Config, ConfigError, RouteConfig, SinkConfig, SourceConfig, check_id
-from .engine import RouteSpec, SinkSpec, SourceSpec
+from .config import Config
+from .errors import InvalidError
+from .model import Graph
 
-__all__ = ["Store", "Graph", "atomic_write", "graph_from_config", "StoreError"]
+__all__ = ["Store", "atomic_write", "StoreError", "MAX_STATE_BYTES"]
 
 log = logging.getLogger(__name__)
 VERSION = 1
+# far above any real graph; a larger file is damage, not state
+MAX_STATE_BYTES = 4 << 20
 
 
 class StoreError(Exception):
@@ -66,44 +69,28 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-@dataclasses.dataclass(frozen=True)
-class Graph:
-    sources: tuple[SourceConfig, ...]
-    sinks: tuple[SinkConfig, ...]
-    routes: tuple[RouteConfig, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        def one(entity: Any) -> dict[str, Any]:
-            return {"id": entity.id, "name": entity.name, **dataclasses.asdict(entity.spec)}
-        return {"sources": [one(s) for s in self.sources],
-                "sinks": [one(s) for s in self.sinks],
-                "routes": [one(r) for r in self.routes]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Graph":
-        def many(key: str, spec_cls: type, make: type, kind: str) -> tuple[Any, ...]:
-            out = []
-            for item in data.get(key, []):
-                item = dict(item)
-                entity_id = check_id(kind, item.pop("id"))
-                name = str(item.pop("name", entity_id))
-                names = {f.name for f in dataclasses.fields(spec_cls)}
-                unknown = set(item) - names
-                if unknown:
-                    raise ConfigError(f"{key}: unknown field {sorted(unknown)[0]!r}")
-                out.append(make(entity_id, name, spec_cls(**item)))
-            return tuple(out)
-        return cls(many("sources", SourceSpec, SourceConfig, "source"),
-                   many("sinks", SinkSpec, SinkConfig, "sink"),
-                   many("routes", RouteSpec, RouteConfig, "route"))
-
-    def digest(self) -> str:
-        text = json.dumps(self.to_json(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+def graph_digest(graph: Graph) -> str:
+    text = json.dumps(graph.to_json(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def graph_from_config(config: Config) -> Graph:
-    return Graph(config.sources, config.sinks, config.routes)
+def _check_state(data: Any) -> dict[str, Any]:
+    """The parsed state file, checked; InvalidError names what is wrong."""
+    if not isinstance(data, dict):
+        raise InvalidError("the file must hold a JSON object")
+    if data.get("version") != VERSION:
+        raise InvalidError(f"version must be {VERSION}")
+    unknown = set(data) - {"version", "seed", "graph", "sections"}
+    if unknown:
+        raise InvalidError(f"unknown key {sorted(unknown)[0]!r}")
+    if data.get("seed") is not None and not isinstance(data["seed"], str):
+        raise InvalidError("seed must be a string")
+    if data.get("graph") is not None:
+        Graph.from_json(data["graph"])
+    sections = data.setdefault("sections", {})
+    if not isinstance(sections, dict):
+        raise InvalidError("sections must be an object")
+    return data
 
 
 class Store:
@@ -116,33 +103,65 @@ class Store:
                                       "sections": {}}
         self._lock = trio.Lock()
         self.writes = 0
+        self.set_aside: Path | None = None   # where a damaged file went, this start
 
     def load(self) -> None:
-        """Read the file if there is one; a damaged file is set aside (renamed
-        to ``state.json.bad``) rather than stopping the appliance."""
+        """Read the file if there is one. A damaged file (any type error, any
+        shape, too large, not a file) is set aside under a unique name with
+        the reason logged, rather than stopping the appliance; temp files
+        that a power cut left behind are removed."""
+        self._remove_orphans()
         try:
-            raw = self.path.read_bytes()
+            if not self.path.is_file() and self.path.exists():
+                raise InvalidError("it is not a regular file")
+            with open(self.path, "rb") as f:
+                raw = f.read(MAX_STATE_BYTES + 1)
         except FileNotFoundError:
             return
-        try:
-            data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("version") != VERSION:
-                raise ValueError("unknown version")
-            if data.get("graph") is not None:
-                Graph.from_json(data["graph"])  # validate now
-        except (ValueError, KeyError, TypeError, ConfigError) as error:
-            bad = self.path.with_name(self.path.name + ".bad")
-            log.error("state file %s is damaged (%s); moved to %s", self.path, error, bad)
-            os.replace(self.path, bad)
+        except InvalidError as error:
+            self._set_aside(error.message)
             return
-        data.setdefault("sections", {})
-        self._data = data
+        try:
+            if len(raw) > MAX_STATE_BYTES:
+                raise InvalidError(f"it is larger than {MAX_STATE_BYTES} bytes")
+            try:
+                data = json.loads(raw)
+            except (ValueError, RecursionError) as error:   # UnicodeDecodeError is one
+                raise InvalidError(f"not JSON: {error}") from None
+            self._data = _check_state(data)
+        except InvalidError as error:
+            self._set_aside(error.message)
+
+    def _remove_orphans(self) -> None:
+        prefix = f".{self.path.name}."
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name.endswith(".tmp"):
+                try:
+                    os.unlink(self.path.parent / name)
+                    log.warning("removed %s, left by an interrupted write", name)
+                except OSError:
+                    pass
+
+    def _set_aside(self, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for n in range(1000):
+            bad = self.path.with_name(f"{self.path.name}.bad-{stamp}" + (f"-{n}" if n else ""))
+            if not os.path.lexists(bad):
+                break
+        log.error("state file %s is damaged (%s); moved to %s, starting from the config",
+                  self.path, reason, bad)
+        os.replace(self.path, bad)
+        self.set_aside = bad
 
     def graph_for(self, config: Config) -> Graph:
         """The graph to start with: the persisted one unless the config's graph
         changed since it was seeded."""
-        seed = graph_from_config(config)
-        if self._data.get("graph") is not None and self._data.get("seed") == seed.digest():
+        seed = config.graph
+        if self._data.get("graph") is not None and self._data.get("seed") == graph_digest(seed):
             return Graph.from_json(self._data["graph"])
         return seed
 
@@ -151,7 +170,7 @@ class Store:
 
     async def save_graph(self, config: Config, graph: Graph) -> None:
         async with self._lock:
-            self._data["seed"] = graph_from_config(config).digest()
+            self._data["seed"] = graph_digest(config.graph)
             self._data["graph"] = graph.to_json()
             await self._write()
 

@@ -27,7 +27,7 @@ def test_check_config_names_an_unknown_key(tmp_path):
     result = subprocess.run([*APPLIANCE, "check-config", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2
-    assert "unknown config key 'server.prot'" in result.stderr
+    assert "unknown key 'server.prot'" in result.stderr
     result = subprocess.run([*APPLIANCE, "run", "--config", str(path)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "server.prot" in result.stderr

@@ -47,9 +47,11 @@ state_dir = "~/state"
 [server]
 host = "127.0.0.1"
 port = 9000
-token = "t"
+listen_pin = "1234"
 ice_servers = ["stun:stun.example.net:3478", {url = "turn:t.example.net", username = "u", credential = "c"}]
 max_listeners = 20
+[admin]
+token = "t"
 [engine]
 gather_timeout_ms = 500
 ice_addresses = ["127.0.0.1"]
@@ -72,7 +74,8 @@ source_channel = 1
 '''), cards=[])
     assert isinstance(config, Config) and config.name == "Hall A"
     assert config.state_dir == Path("~/state").expanduser()
-    assert config.server.port == 9000 and config.server.token == "t"
+    assert config.server.port == 9000 and config.admin.token == "t"
+    assert config.server.listen_pin == "1234"
     assert config.server.ice_servers == (IceServer("stun:stun.example.net:3478"),
                                          IceServer("turn:t.example.net", "u", "c"))
     assert config.engine.gather_timeout_ms == 500
@@ -92,9 +95,9 @@ source_channel = 1
     ('[server]\nice_servers = [{url = "stun:x", user = "u"}]', "'server.ice_servers[0].user'"),
 ])
 def test_unknown_keys_are_refused_by_name(tmp_path, text, key):
-    with pytest.raises(ConfigError, match=f"unknown config key {key}".replace("[", r"\[")
-                       .replace("]", r"\]")):
+    with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, text), cards=[])
+    assert "unknown" in str(error.value) and key in str(error.value)
 
 
 @pytest.mark.parametrize("data, words", [
@@ -111,6 +114,21 @@ def test_unknown_keys_are_refused_by_name(tmp_path, text, key):
     ({"sources": [{"id": "a", "kind": "tone"}],
       "routes": [{"id": "r", "source_id": "a", "sink_id": "zz"}]}, "'zz' is not a sink"),
     ({"server": 3}, "server must be a table"),
+    # infinite and absurd values are refused, not taken
+    ({"server": {"session_timeout_s": float("inf")}}, "server.session_timeout_s must be a finite"),
+    ({"server": {"answer_timeout_s": float("nan")}}, "server.answer_timeout_s"),
+    ({"server": {"max_listeners": 2 ** 63 - 1}}, "server.max_listeners must be between"),
+    ({"sources": [{"id": "a", "kind": "tone", "channels": 2 ** 40}]}, "sources[0].channels"),
+    ({"sources": [{"id": "a", "kind": "tone", "channels": "2"}]},
+     "sources[0].channels must be an integer"),
+    ({"sinks": [{"id": "a", "kind": "opus", "frame_ms": 1e308}]}, "sinks[0].frame_ms must be one of"),
+    ({"sources": [{"id": "a\n", "kind": "tone"}]}, "sources[0].id"),
+    ({"sources": [{"id": "a", "kind": "file", "path": 5}]}, "sources[0].path must be a string"),
+    ({"sources": [{"id": "a", "kind": "alsa", "device": "\ud800"}]}, "sources[0].device"),
+    ({"sources": [{"id": "a", "kind": ["tone"]}]}, "sources[0].kind must be one of"),
+    ({"name": "x\x1b[2J"}, "name must not contain control characters"),
+    ({"admin": {"token": 5}}, "admin.token must be a string"),
+    ({"server": {"ice_servers": [{"url": "stun:x", "username": 'a"b'}]}}, "username"),
 ])
 def test_bad_values_name_the_key(data, words):
     with pytest.raises(ConfigError) as error:
@@ -121,5 +139,10 @@ def test_bad_values_name_the_key(data, words):
 def test_unreadable_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="directory"):
+        load_config(tmp_path)
+    (tmp_path / "latin1.toml").write_bytes('name = "Salle \xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.toml"):
+        load_config(tmp_path / "latin1.toml")
     with pytest.raises(ConfigError, match="appliance.toml"):
         load_config(write(tmp_path, "name = "))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
 
-from ..service import BadRequestError
-from .common import read_json, service
+from .common import read_object, service
 
 __all__ = ["blueprint"]
 
@@ -18,13 +17,6 @@ def _kind(collection: str) -> str:
     return KINDS[collection]
 
 
-async def _object() -> dict:
-    body = await read_json()
-    if not isinstance(body, dict):
-        raise BadRequestError("the body must be a JSON object")
-    return body
-
-
 @blueprint.route("/status", methods=["GET"])
 async def status() -> Response:
     return jsonify(service().status())
@@ -32,17 +24,13 @@ async def status() -> Response:
 
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["GET"])
 async def list_entities(collection: str) -> Response:
-    return jsonify(service().list_entities(_kind(collection)))
+    return jsonify(service().graph.list(_kind(collection)))
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["POST"])
 async def create_entity(collection: str) -> Response:
     kind = _kind(collection)
-    svc = service()
-    body = await _object()
-    create = {"source": svc.create_source, "sink": svc.create_sink,
-              "route": svc.create_route}[kind]
-    created = await create(body)
+    created = await service().graph.create(kind, await read_object())
     response = jsonify(created)
     response.status_code = 201
     response.headers["Location"] = f"/api/{collection}/{created['id']}"
@@ -51,17 +39,16 @@ async def create_entity(collection: str) -> Response:
 
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["GET"])
 async def get_entity(collection: str, entity_id: str) -> Response:
-    return jsonify(service().get_entity(_kind(collection), entity_id))
+    return jsonify(service().graph.get(_kind(collection), entity_id))
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["PATCH"])
 async def update_entity(collection: str, entity_id: str) -> Response:
     kind = _kind(collection)
-    body = await _object()
-    return jsonify(await service().update_entity(kind, entity_id, body))
+    return jsonify(await service().graph.update(kind, entity_id, await read_object()))
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["DELETE"])
 async def delete_entity(collection: str, entity_id: str) -> Response:
-    await service().delete_entity(_kind(collection), entity_id)
+    await service().graph.delete(_kind(collection), entity_id)
     return Response("", status=204)

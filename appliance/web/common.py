@@ -6,13 +6,11 @@ from typing import Any
 
 from quart import Response, current_app, request
 
-from ..service import BadRequestError, Service, ServiceError
+from ..errors import ClosingError, InvalidError, UnsupportedMediaError
+from ..service import Service
 
-__all__ = ["UnsupportedMediaTypeError", "plain", "service", "client_address", "read_body", "read_json", "media_type"]
-
-
-class UnsupportedMediaTypeError(ServiceError):
-    status = 415
+__all__ = ["plain", "service", "client_address", "read_body", "read_json", "read_object",
+           "media_type"]
 
 
 def plain(text: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -26,7 +24,7 @@ def plain(text: str, status: int, headers: dict[str, str] | None = None) -> Resp
 def service() -> Service:
     svc = current_app.service
     if svc is None:
-        raise ServiceError("the service is not running")
+        raise ClosingError("the service is not running", retry_after_s=10)
     return svc
 
 
@@ -47,13 +45,21 @@ async def read_body() -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequestError("the body is not UTF-8 text") from None
+        raise InvalidError("the body is not UTF-8 text") from None
 
 
 async def read_json() -> Any:
     if media_type() != "application/json":
-        raise UnsupportedMediaTypeError("the body must be application/json")
+        raise UnsupportedMediaError("the body must be application/json")
     try:
         return json.loads(await read_body())
-    except json.JSONDecodeError as error:
-        raise BadRequestError(f"the body is not JSON: {error}") from None
+    # ValueError: also numbers past Python's digit limit; RecursionError: deep nesting
+    except (ValueError, RecursionError) as error:
+        raise InvalidError(f"the body is not JSON: {str(error)[:200]}") from None
+
+
+async def read_object() -> dict[str, Any]:
+    body = await read_json()
+    if not isinstance(body, dict):
+        raise InvalidError("the body must be a JSON object")
+    return body

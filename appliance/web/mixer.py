@@ -18,7 +18,7 @@ import trio
 from quart import Blueprint, Response, current_app, jsonify
 
 from .. import mixer
-from ..service import BadRequestError, NotFoundError
+from ..errors import InvalidError, NotFoundError
 from .common import read_json, service
 
 __all__ = ["blueprint", "SECTION", "DEFAULT_DEVICE"]
@@ -91,13 +91,13 @@ async def set_device() -> Response:
     body = await read_json()
     if not isinstance(body, dict) or set(body) != {"device"} or not isinstance(body["device"], str) \
             or not body["device"].strip():
-        raise BadRequestError('the body must be {"device": "<ALSA ctl name>"}')
+        raise InvalidError('the body must be {"device": "<ALSA ctl name>"}')
     device = body["device"].strip()
     async with _lock():
         try:
             controls = await _persist(device)
         except mixer.MixerError as error:
-            raise BadRequestError(str(error)) from None
+            raise InvalidError(str(error)) from None
     return jsonify({"device": device, "available": True, "error": None, "controls": controls})
 
 
@@ -105,12 +105,12 @@ async def set_device() -> Response:
 async def set_control(name: str) -> Response:
     body = await read_json()
     if not isinstance(body, dict) or not body:
-        raise BadRequestError("the body must be a JSON object of changes")
+        raise InvalidError("the body must be a JSON object of changes")
     control_name, _, index_text = name.partition(",")
     try:
         index = int(index_text or 0)
     except ValueError:
-        raise BadRequestError(f"bad control {name!r}") from None
+        raise InvalidError(f"bad control {name!r}") from None
     device = _device()
     async with _lock():
         try:
@@ -123,6 +123,6 @@ async def set_control(name: str) -> Response:
             control = await trio.to_thread.run_sync(
                 mixer.write_control, device, control_name, body, index)
         except mixer.MixerError as error:
-            raise BadRequestError(str(error)) from None
+            raise InvalidError(str(error)) from None
         await _persist(device)
     return jsonify(control)

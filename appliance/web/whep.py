@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from ..errors import InvalidError
-from ..sdp import check_offer
-from ..service import (
-    BadRequestError, NotFoundError, PreconditionFailedError, PreconditionRequiredError, Session,
-    UnsupportedError, parse_sdpfrag,
+from ..errors import (
+    RestartRequiredError, StaleError, UnsupportedError, UnsupportedMediaError,
 )
-from .common import UnsupportedMediaTypeError, client_address, media_type, read_body, \
-    read_json, service
+from ..sdp import check_offer, parse_candidates_json, parse_sdpfrag
+from ..sessions import Session
+from .common import client_address, media_type, read_body, read_json, service
 
 __all__ = ["blueprint"]
 
@@ -44,19 +42,13 @@ async def _post(kind: str, ident: str) -> Response:
     svc = service()
     if request.method == "OPTIONS":
         return _preflight("OPTIONS, POST", endpoint=True)
-    registry = {"sink": svc.sinks, "source": svc.sources, "route": svc.routes}[kind]
-    if ident not in registry:
-        raise NotFoundError(f"no {kind} {ident!r}")
+    svc.graph.require(kind, ident)
     if media_type() != SDP:
-        raise UnsupportedMediaTypeError(f"the offer must be sent as {SDP}")
-    svc.check_post_rate(client_address())
-    try:
-        # checked before any transport sees it: webrtcbin aborts the process on some shapes
-        offer = check_offer(await read_body())
-    except InvalidError as error:
-        # until appliance.web maps appliance.errors to statuses itself
-        raise BadRequestError(error.message) from None
-    session, answer = await svc.open_session((kind, ident), offer.sdp, client_address())
+        raise UnsupportedMediaError(f"the offer must be sent as {SDP}")
+    svc.sessions.check_post_rate(client_address())
+    # checked before any transport sees it: webrtcbin aborts the process on some shapes
+    offer = check_offer(await read_body())
+    session, answer = await svc.open_session((kind, ident), offer, client_address())
     response = Response(answer, status=201, content_type=SDP)
     response.headers["Location"] = session.url
     response.headers["ETag"] = session.etag
@@ -86,11 +78,11 @@ def _check_if_match(session: Session, *, required: bool) -> None:
     value = request.headers.get("If-Match")
     if value is None:
         if required:
-            raise PreconditionRequiredError("an ICE restart needs If-Match")
+            raise RestartRequiredError("an ICE restart needs If-Match")
         return
     tags = [t.strip() for t in value.split(",")]
     if "*" not in tags and session.etag not in tags:
-        raise PreconditionFailedError("If-Match does not match the session's ETag")
+        raise StaleError("If-Match does not match the session's ETag")
 
 
 @blueprint.route("/<sink_id>/<session_id>", methods=["PATCH", "DELETE", "POST", "OPTIONS"])
@@ -98,11 +90,11 @@ async def session_resource(sink_id: str, session_id: str) -> Response:
     svc = service()
     if request.method == "OPTIONS":
         return _preflight("OPTIONS, PATCH, POST, DELETE", endpoint=False)
-    session = svc.find_session(sink_id, session_id)
+    session = svc.sessions.find(sink_id, session_id)
     if request.method == "DELETE":
-        await svc.close_session(session, "deleted")
+        await svc.sessions.close(session, "deleted")
         return Response("", status=200)
-    svc.heartbeat(session)  # any request on the session shows the client is there
+    session.heartbeat()  # any request on the session shows the client is there
     if request.method == "POST":  # ScreamRouter-style heartbeat
         return Response("", status=204)
     kind = media_type()
@@ -115,34 +107,20 @@ async def session_resource(sink_id: str, session_id: str) -> Response:
         if restart:
             raise UnsupportedError("ICE restart is not supported: DELETE this session "
                                    "and POST a new offer")
-        candidates = [(svc.mline_for(session, mid, index), cand) for mid, index, cand in found]
-        svc.add_candidates(session, candidates)
+        session.add_candidates((session.mline_for(mid, index), cand)
+                               for mid, index, cand in found)
         return Response("", status=204)
     if kind == "application/json":
-        body = await read_json()
-        items = body if isinstance(body, list) else [body]
-        candidates = []
-        for item in items:
-            if not isinstance(item, dict) or "candidate" not in item:
-                raise BadRequestError('expected {"candidate": ..., "sdpMid": ...}')
-            cand = item.get("candidate") or ""
-            mid = item.get("sdpMid")
-            index = item.get("sdpMLineIndex")
-            if not isinstance(cand, str) or (mid is not None and not isinstance(mid, str)) \
-                    or (index is not None and (isinstance(index, bool)
-                                               or not isinstance(index, int))):
-                raise BadRequestError("candidate and sdpMid must be strings, "
-                                      "sdpMLineIndex an integer")
-            candidates.append((svc.mline_for(session, mid, index), cand))
-        svc.add_candidates(session, candidates)
+        found = parse_candidates_json(await read_json())
+        session.add_candidates((session.mline_for(mid, index), cand)
+                               for mid, index, cand in found)
         return Response("", status=204)
-    raise UnsupportedMediaTypeError(f"PATCH takes {SDPFRAG} or application/json")
+    raise UnsupportedMediaError(f"PATCH takes {SDPFRAG} or application/json")
 
 
 @blueprint.route("/<sink_id>/<session_id>/candidates", methods=["GET"])
 async def session_candidates(sink_id: str, session_id: str) -> Response:
     """Server candidates gathered after the answer; returned once, then cleared."""
-    svc = service()
-    session = svc.find_session(sink_id, session_id)
-    svc.heartbeat(session)
-    return jsonify(svc.take_candidates(session))
+    session = service().sessions.find(sink_id, session_id)
+    session.heartbeat()
+    return jsonify(session.take_candidates())

@@ -13,24 +13,35 @@ import pytest
 import trio
 
 from appliance.cli import serve
-from appliance.config import Config, parse_config
+from appliance.config import AdminConfig, Config, parse_config
 from appliance.engine import EngineSettings
+from appliance.passwords import hash_password
 from appliance.service import Service
 from appliance.web import create_app
 
 SDP = {"Content-Type": "application/sdp"}
 
+# The admin credentials of every test server (the admin API always needs one).
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_PASSWORD = "correct horse battery staple"
+ADMIN_HASH = hash_password(ADMIN_PASSWORD)
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
 
 def make_config(state_dir: Path, *, data: dict[str, Any] | None = None,
-                **server: Any) -> Config:
+                admin: AdminConfig | None = None, **server: Any) -> Config:
     """A test config: no sound card (tone -> main), loopback ICE only,
-    generous rate limits; ``server`` overrides ServerConfig fields."""
+    generous rate limits, the admin token and password above (``admin``
+    replaces them, e.g. ``AdminConfig()`` for the default: none);
+    ``server`` overrides ServerConfig fields."""
     config = parse_config(data or {}, cards=[])
+    if admin is None:
+        admin = AdminConfig(token=ADMIN_TOKEN, password_hash=ADMIN_HASH)
     defaults = dict(host="127.0.0.1", port=0, post_rate_per_s=1000.0, post_burst=1000,
                     max_listeners=300, shutdown_timeout_s=10.0)
     defaults.update(server)
     return config.replace(
-        state_dir=state_dir,
+        state_dir=state_dir, admin=admin,
         server=dataclasses.replace(config.server, **defaults),
         engine=dataclasses.replace(config.engine, ice_addresses=("127.0.0.1",)))
 
@@ -55,26 +66,28 @@ class Server:
     async def wait_idle(self, timeout: float = 10) -> dict[str, int]:
         """Wait until every session has finished its cleanup; returns the census."""
         with trio.fail_after(timeout):
-            for session in list(self.service.sessions.values()):
+            for session in list(self.service.sessions):
                 await session.done.wait()
         return self.service.census()
 
     def session_for(self, response: httpx.Response):
-        return self.service.sessions[response.headers["Location"].rsplit("/", 1)[1]]
+        return self.service.sessions.by_id[response.headers["Location"].rsplit("/", 1)[1]]
 
     async def shutdown(self) -> None:
         self.stop.set()
         await self.done.wait()
 
 
-IDLE = {"sessions": 0, "by_listener": 0, "engine_listeners": 0, "engine_stats_listeners": 0,
+IDLE = {"sessions": 0, "engine_listeners": 0, "engine_stats_listeners": 0,
         "temporary_sinks": 0, "temporary_routes": 0}
 
 
 @asynccontextmanager
-async def open_server(config: Config, *, service: Service | None = None) -> AsyncIterator[Server]:
+async def open_server(config: Config, *, service: Service | None = None,
+                      headers: dict[str, str] | None = None) -> AsyncIterator[Server]:
     """Serve ``create_app(config)`` (its lifespan owns engine and service),
-    or ``create_app(config, service=service)`` when the test owns one."""
+    or ``create_app(config, service=service)`` when the test owns one.
+    ``server.client`` sends ``headers`` (default: the admin token)."""
     app = create_app(config, service=service)
     stop, done = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
@@ -85,7 +98,8 @@ async def open_server(config: Config, *, service: Service | None = None) -> Asyn
                 done.set()
 
         binds = await nursery.start(run)
-        async with httpx.AsyncClient(base_url=binds[0], timeout=15) as client:
+        async with httpx.AsyncClient(base_url=binds[0], timeout=15,
+                                     headers=ADMIN if headers is None else headers) as client:
             server = Server(binds[0], app, client, stop, done)
             try:
                 yield server

@@ -90,7 +90,18 @@ async def test_bad_admin_requests(server):
     client = server.client
     cases = [
         ("POST", "/api/sources", {"id": "x", "kind": "tone", "volume": 3}, 400, "volume"),
-        ("POST", "/api/sources", {"id": "x", "kind": "laser"}, 400, "laser"),
+        ("POST", "/api/sources", {"id": "x", "kind": "laser"}, 400, "source.kind must be one of"),
+        # values that once answered 500 (or created the entity first)
+        ("POST", "/api/sources", {"id": "x", "kind": "file", "path": 5}, 400,
+         "source.path must be a string"),
+        ("POST", "/api/sources", {"id": "x", "kind": ["tone"]}, 400, "source.kind"),
+        ("POST", "/api/sources", {"id": "x", "kind": "tone", "channels": 2147483648}, 400,
+         "source.channels must be between"),
+        ("POST", "/api/sinks", {"id": "x", "kind": "opus", "frame_ms": 1e308}, 400,
+         "sink.frame_ms must be one of"),
+        ("POST", "/api/sources", {"id": "abc\n", "kind": "tone"}, 400, "source.id must be"),
+        ("POST", "/api/sources", {"id": "x", "kind": "tone", "name": "a\x00b"}, 400, "name"),
+        ("PATCH", "/api/routes/tone-main", {"gain_db": 1e308}, 400, "gain_db"),
         ("POST", "/api/sources", {"id": "bad id!", "kind": "tone"}, 400, "id"),
         ("POST", "/api/sources", {"kind": "tone"}, 400, "id"),
         ("POST", "/api/sources", {"id": "tone", "kind": "tone"}, 409, "exists"),
@@ -116,6 +127,12 @@ async def test_bad_admin_requests(server):
     assert r.status_code == 415
     r = await client.post("/api/sources", json=[1, 2])
     assert r.status_code == 400
+    json_type = {"Content-Type": "application/json"}
+    for raw in ('{"id": "x", "kind": "alsa", "device": "\\ud800"}',   # a lone surrogate
+                "[" * 30000 + "]" * 30000,                               # nested 30,000 deep
+                '{"id": "x", "kind": "tone", "channels": ' + "9" * 5000 + "}"):
+        r = await client.post("/api/sources", content=raw, headers=json_type)
+        assert r.status_code == 400, (raw[:40], r.status_code, r.text)
     # nothing of that changed the graph or left a state file behind
     assert set(server.service.engine.sources()) == {"tone"}
     assert set(server.service.engine.sinks()) == {"main"}
@@ -144,4 +161,4 @@ async def test_an_app_on_a_service_the_caller_owns(tmp_path):
             assert service.census()["sessions"] == 1
         # the server stopped; the service (the caller's) still runs its session
         assert service.census()["sessions"] == 1
-    assert service.sessions == {}
+    assert len(service.sessions) == 0

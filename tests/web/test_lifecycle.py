@@ -10,10 +10,8 @@ import httpx
 import pytest
 import trio
 
-from appliance import (
-    AnswerFailed, AnswerReady, CandidateGathered, ListenerState, ListenerStateChanged,
-    live_engine_threads,
-)
+from appliance import live_engine_threads
+from appliance._native import RawEvent, ffi, lib
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener, synthetic_offer
 from tests.web.conftest import IDLE, make_config, open_server
 
@@ -94,7 +92,7 @@ async def test_answer_timeout_gives_500_and_leaves_nothing(tmp_path):
 async def test_a_crash_inside_a_session_is_cleaned_up_and_the_service_goes_on(server):
     r = await server.post_offer(synthetic_offer(), "/api/whep/source/tone")
     session = server.session_for(r)
-    session._send.send_nowait("not an engine event")  # the session's watcher raises
+    session.listener._send.send_nowait("not an engine event")  # the session's watcher raises
     with trio.fail_after(5):
         await session.done.wait()
     assert session.end_reason == "crashed"
@@ -116,7 +114,7 @@ async def test_a_client_that_vanishes_during_its_post_leaves_nothing(server):
                 with trio.fail_after(5):
                     while not service.sessions:  # the POST reached the service
                         await trio.sleep(0)
-                session = next(iter(service.sessions.values()))
+                session = next(iter(service.sessions))
                 nursery.cancel_scope.cancel()  # the client goes away mid-request
         with trio.fail_after(5):
             await session.done.wait()
@@ -127,14 +125,17 @@ async def test_a_client_that_vanishes_during_its_post_leaves_nothing(server):
 async def test_late_engine_events_for_a_gone_listener_are_ignored(server):
     r = await server.post_offer(synthetic_offer())
     session = server.session_for(r)
-    listener_id = session.listener_id
+    listener = session.listener
     assert (await server.client.delete(r.headers["Location"])).status_code == 200
-    ignored = server.service.events_ignored
-    for event in (AnswerReady(listener_id, "v=0"), AnswerFailed(listener_id, -4, "x"),
-                  CandidateGathered(listener_id, 0, "candidate:1 1 udp 1 127.0.0.1 9 typ host"),
-                  ListenerStateChanged(listener_id, ListenerState.FAILED)):
-        server.service._dispatch_one(event)  # as the dispatcher would, late
-    assert server.service.events_ignored == ignored + 4
+    assert listener.closed and listener.id not in server.service.engine.listeners()
+    for etype in (lib.AE_EVENT_ANSWER_READY, lib.AE_EVENT_ANSWER_FAILED,
+                  lib.AE_EVENT_CANDIDATE_GATHERED, lib.AE_EVENT_LISTENER_STATE):
+        raw = ffi.new("ae_event *", {"type": etype, "listener_id": listener.id,
+                                     "state": lib.AE_LISTENER_FAILED})
+        # as the engine's event thread would hand it over, late
+        assert server.service.engine._deliver(RawEvent(raw)) is None
+    with pytest.raises(trio.EndOfChannel):
+        listener.events.receive_nowait()
     assert session.candidates == [] and server.service.census() == IDLE
     assert (await server.client.get("/api/status")).status_code == 200
 
@@ -158,12 +159,12 @@ async def test_shutdown_with_listeners_connected_cleans_everything(tmp_path):
             await _connect(server, b, "/api/whep/source/tone")
             for _ in range(5):
                 assert (await server.post_offer(synthetic_offer())).status_code == 201
-            sessions = list(service.sessions.values())
+            sessions = list(service.sessions)
             assert len(sessions) == 7 and service.engine.stats().listeners == 7
             with trio.fail_after(15):
                 await server.shutdown()
             assert all(s.done.is_set() and s.end_reason == "shutdown" for s in sessions)
-            assert service.sessions == {} and service.by_listener == {}
+            assert len(service.sessions) == 0 and service.engine.listeners() == {}
             assert service.closing
     assert live_engine_threads() == 0
 

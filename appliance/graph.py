@@ -1,0 +1,230 @@
+"""The audio graph with names: one registry per kind (sources, sinks,
+routes), creating, changing and deleting entities in the engine, persisting
+every change, and remembering what could not start this time (a device
+missing at boot is kept, not forgotten).
+
+Every value comes through ``appliance.model`` (the same checks as the config
+file and the saved state); ALSA devices must be ones the appliance
+enumerated and file sources files inside the media folder, both checked here
+for the API and for a saved graph alike.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import trio
+
+from . import devices, media
+from .config import Config
+from .engine import Engine, EngineError, appliance_error
+from .errors import ExistsError, InUseError, InvalidError, NotFoundError, NotSavedError
+from .model import KINDS, Graph, entity_from_dict, entity_to_dict
+from .sessions import Sessions
+from .store import Store, StoreError
+
+__all__ = ["GraphRegistry", "CHANGEABLE"]
+
+log = logging.getLogger(__name__)
+
+# What may change on a live entity, by kind.
+CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs"}),
+              "sink": frozenset({"name"}),
+              "route": frozenset({"name", "gain_db", "muted"})}
+
+
+class GraphRegistry:
+    """The named graph of one service. ``entity_extras(kind, id)`` adds live
+    state (device, xruns, listeners) to what ``get``/``list`` return;
+    ``deleted(kind, id)`` is told when an entity is gone."""
+
+    def __init__(self, config: Config, engine: Engine, store: Store, sessions: Sessions,
+                 entity_extras: Callable[[str, str], dict[str, Any]] = lambda k, i: {},
+                 deleted: Callable[[str, str], None] = lambda k, i: None):
+        self.config = config
+        self.engine = engine
+        self.store = store
+        self.sessions = sessions
+        self._extras = entity_extras
+        self._deleted = deleted
+        self.registries: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+        self.left_out: list[tuple[str, Any]] = []
+        self._lock = trio.Lock()
+
+    def registry(self, kind: str) -> dict[str, Any]:
+        return self.registries[kind]
+
+    def __contains__(self, target: tuple[str, str]) -> bool:
+        kind, ident = target
+        return ident in self.registries[kind]
+
+    def require(self, kind: str, entity_id: str) -> Any:
+        try:
+            return self.registries[kind][entity_id]
+        except KeyError:
+            raise NotFoundError(f"no {kind} {entity_id!r}") from None
+
+    # ---- checks the engine cannot make ---------------------------------------------
+
+    def _check_resources(self, kind: str, entity: Any) -> Any:
+        """Devices from the enumerated list, files inside the media folder;
+        returns the entity with its file path resolved for the engine."""
+        spec = entity.spec
+        if kind in ("source", "sink") and spec.kind == "alsa":
+            devices.check_device(spec.device, "capture" if kind == "source" else "playback")
+        if kind == "source" and spec.kind == "file":
+            if spec.path is None:
+                raise InvalidError("a file source needs path (a file in the media folder)")
+            media.resolve_media(self.config.media_folder, spec.path)
+        return entity
+
+    def _engine_spec(self, kind: str, spec: Any) -> Any:
+        if kind == "source" and spec.kind == "file":
+            path = media.resolve_media(self.config.media_folder, spec.path)
+            return dataclasses.replace(spec, path=str(path))
+        return spec
+
+    async def _add_to_engine(self, kind: str, entity: Any) -> None:
+        add = {"source": self.engine.add_source, "sink": self.engine.add_sink,
+               "route": self.engine.add_route}[kind]
+        await add(entity.id, self._engine_spec(kind, entity.spec))
+
+    # ---- start -------------------------------------------------------------------
+
+    async def load(self, graph: Graph) -> None:
+        """Start the graph. An entity refused (a device that is gone, a file
+        that moved, one not allowed) is logged and left out, with the routes
+        that need it, so the appliance still comes up."""
+        for kind in KINDS:
+            for entity in graph.of(kind):
+                if kind == "route" and (entity.spec.source_id not in self.registries["source"]
+                                        or entity.spec.sink_id not in self.registries["sink"]):
+                    log.error("route %s left out: its source or sink is missing", entity.id)
+                    self.left_out.append((kind, entity))
+                    continue
+                try:
+                    self._check_resources(kind, entity)
+                    await self._add_to_engine(kind, entity)
+                except (EngineError, InvalidError) as error:
+                    log.error("%s %s left out: %s", kind, entity.id, error)
+                    self.left_out.append((kind, entity))
+                    continue
+                self.registries[kind][entity.id] = entity
+
+    # ---- reading -------------------------------------------------------------------
+
+    def graph(self) -> Graph:
+        """The graph to persist: what runs, plus what could not start this
+        time."""
+        def both(kind: str) -> tuple[Any, ...]:
+            registry = self.registries[kind]
+            return tuple(registry.values()) + tuple(
+                e for k, e in self.left_out if k == kind and e.id not in registry)
+        return Graph(both("source"), both("sink"), both("route"))
+
+    def describe(self, kind: str, entity: Any) -> dict[str, Any]:
+        return {**entity_to_dict(entity), **self._extras(kind, entity.id)}
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        return [self.describe(kind, e) for e in self.registries[kind].values()]
+
+    def get(self, kind: str, entity_id: str) -> dict[str, Any]:
+        return self.describe(kind, self.require(kind, entity_id))
+
+    # ---- changing ------------------------------------------------------------------
+
+    async def _persist(self) -> None:
+        try:
+            await self.store.save_graph(self.config, self.graph())
+        except StoreError as error:
+            log.error("%s", error)
+            raise NotSavedError(f"the change is live but was not saved: {error}") from None
+
+    def _forget_left_out(self, kind: str, entity_id: str) -> bool:
+        before = len(self.left_out)
+        self.left_out = [(k, e) for k, e in self.left_out if (k, e.id) != (kind, entity_id)]
+        return len(self.left_out) != before
+
+    async def create(self, kind: str, body: Any) -> dict[str, Any]:
+        entity = entity_from_dict(kind, body, kind)
+        registry = self.registries[kind]
+        async with self._lock:
+            if entity.id in registry:
+                raise ExistsError(f"{kind} {entity.id!r} exists already")
+            if kind == "route":   # the body names them: a bad body, not a missing resource
+                for end in ("source", "sink"):
+                    if getattr(entity.spec, f"{end}_id") not in self.registries[end]:
+                        raise InvalidError(f"no {end} {getattr(entity.spec, f'{end}_id')!r}")
+            self._check_resources(kind, entity)
+            try:
+                await self._add_to_engine(kind, entity)
+            except EngineError as error:
+                raise appliance_error(error) from None
+            registry[entity.id] = entity
+            self._forget_left_out(kind, entity.id)
+            await self._persist()
+        return self.get(kind, entity.id)
+
+    async def update(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
+        """Change a name, a route's gain_db/muted, or a tone source's
+        tone_hz/tone_dbfs. Other fields cannot change on a live entity."""
+        if not isinstance(body, dict):
+            raise InvalidError("the body must be a JSON object")
+        allowed = CHANGEABLE[kind]
+        for key in body:
+            if key not in allowed:
+                raise InvalidError(f"{kind} field {key!r} cannot be changed "
+                                   f"(changeable: {', '.join(sorted(allowed))})")
+        async with self._lock:
+            entity = self.require(kind, entity_id)
+            changed = entity_from_dict(kind, {**entity_to_dict(entity), **body}, kind)
+            changes = {k: v for k, v in body.items() if k != "name"}
+            try:
+                if kind == "route" and changes:
+                    self._update_route(entity_id, changed.spec)
+                elif kind == "source" and changes:
+                    if changed.spec.kind not in ("tone", "clicks"):
+                        raise InvalidError("only tone sources have tone_hz/tone_dbfs")
+                    self.engine.set_tone(entity_id, changed.spec.tone_hz, changed.spec.tone_dbfs)
+            except EngineError as error:
+                raise appliance_error(error) from None
+            self.registries[kind][entity_id] = changed
+            await self._persist()
+        return self.get(kind, entity_id)
+
+    def _update_route(self, route_id: str, spec: Any) -> None:
+        self.engine.update_route(route_id, gain_db=spec.gain_db, muted=spec.muted)
+        for session in self.sessions:   # listeners to this route hear the change too
+            if session.target == ("route", route_id) and session.temp_route:
+                try:
+                    self.engine.update_route(session.temp_route, gain_db=spec.gain_db,
+                                             muted=spec.muted)
+                except EngineError:
+                    pass  # the session is ending
+
+    async def delete(self, kind: str, entity_id: str) -> None:
+        registry = self.registries[kind]
+        async with self._lock:
+            if entity_id not in registry:
+                if self._forget_left_out(kind, entity_id):
+                    await self._persist()
+                    return
+                raise NotFoundError(f"no {kind} {entity_id!r}")
+            listening = sum(1 for s in self.sessions.answered()
+                            if s.target == (kind, entity_id))
+            if listening:
+                raise InUseError(f"{kind} {entity_id!r} has {listening} listener(s)")
+            users = [r.id for r in self.registries["route"].values()
+                     if kind != "route" and getattr(r.spec, f"{kind}_id") == entity_id]
+            if users:
+                raise InUseError(f"{kind} {entity_id!r} is used by route(s) {', '.join(users)}")
+            remove = {"source": self.engine.remove_source, "sink": self.engine.remove_sink,
+                      "route": self.engine.remove_route}[kind]
+            try:
+                await remove(entity_id)
+            except EngineError as error:
+                raise appliance_error(error) from None
+            del registry[entity_id]
+            self._deleted(kind, entity_id)
+            await self._persist()

@@ -1,0 +1,308 @@
+"""The one model of the audio graph and the settings, and the one place that
+checks them: the config file, the saved state and the admin API all turn
+plain data (TOML tables, JSON objects) into these frozen values through
+``build``, so they agree on every type and range.
+
+Pure: it imports neither the engine nor the compiled module, so a config can
+be checked on a machine without the C build. Errors are ``InvalidError``
+whose message names the field and what it must be.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from .errors import InvalidError
+
+__all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "SourceConfig",
+           "SinkConfig", "RouteConfig", "Graph", "KINDS", "RESERVED_IDS", "build",
+           "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class"]
+
+# Words that cannot be sink ids because they are path segments of the API.
+RESERVED_IDS = frozenset({"source", "route"})
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_TEXT = 4096
+
+
+def _range(lo: float, hi: float) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+def _limit(max_len: int) -> dict[str, Any]:
+    return {"max_len": max_len}
+
+
+# ---- the engine's settings and the graph's specs ---------------------------------
+
+@dataclass(frozen=True)
+class EngineSettings:
+    sample_rate: int = field(default=48000, metadata=_range(8000, 192000))
+    level_interval_ms: int = field(default=50, metadata=_range(-1, 10000))
+    gather_timeout_ms: int = field(default=2000, metadata=_range(0, 60000))
+    max_listeners: int = field(default=500, metadata=_range(1, 100000))
+    ice_tcp: bool = False
+    upnp: bool = False
+    stun_server: str | None = None
+    min_port: int = field(default=0, metadata=_range(0, 65535))
+    max_port: int = field(default=0, metadata=_range(0, 65535))
+    realtime_priority: int = field(default=0, metadata=_range(0, 99))
+    # local addresses to gather ICE candidates on; empty = every non-loopback
+    # interface. Tests use ("127.0.0.1",) so nothing leaves the machine.
+    ice_addresses: tuple[str, ...] = ()
+    event_buffer: int = field(default=1024, metadata=_range(1, 1 << 20))
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: Literal["alsa", "tone", "clicks", "file"]
+    channels: int = field(default=2, metadata=_range(1, 8))
+    # an ALSA device the appliance enumerated (appliance.devices), never free-form
+    device: str = field(default="default", metadata=_limit(128))
+    period_frames: int = field(default=128, metadata=_range(16, 8192))
+    buffer_periods: int = field(default=4, metadata=_range(2, 64))
+    allow_absent: bool = False
+    tone_hz: float = field(default=440.0, metadata=_range(1.0, 24000.0))
+    tone_dbfs: float = field(default=-12.0, metadata=_range(-120.0, 0.0))
+    click_interval_ms: int = field(default=500, metadata=_range(1, 60000))
+    # relative to the media folder (appliance.media)
+    path: str | None = field(default=None, metadata=_limit(1024))
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    kind: Literal["opus", "alsa"]
+    channels: int = field(default=2, metadata=_range(1, 8))
+    frame_ms: float = field(default=10.0, metadata={"choices": (2.5, 5.0, 10.0, 20.0, 40.0,
+                                                                60.0)})
+    bitrate: int = field(default=128000, metadata=_range(6000, 510000))
+    low_delay: bool = True
+    complexity: int = field(default=5, metadata=_range(1, 10))
+    device: str = field(default="default", metadata=_limit(128))
+    period_frames: int = field(default=128, metadata=_range(16, 8192))
+    buffer_periods: int = field(default=4, metadata=_range(2, 64))
+    allow_absent: bool = False
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    source_id: str = field(metadata={"id": "source"})
+    sink_id: str = field(metadata={"id": "sink"})
+    gain_db: float = field(default=0.0, metadata=_range(-120.0, 24.0))
+    muted: bool = False
+    # 0 = all channels; 1..N = just that one
+    source_channel: int = field(default=0, metadata=_range(0, 8))
+
+
+# ---- named entities and the graph -------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceConfig:
+    id: str
+    name: str
+    spec: SourceSpec
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    id: str
+    name: str
+    spec: SinkSpec
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    id: str
+    name: str
+    spec: RouteSpec
+
+
+EntityConfig = SourceConfig | SinkConfig | RouteConfig
+
+# kind -> (spec class, entity class): the one table of the three kinds
+KINDS: dict[str, tuple[type, type]] = {
+    "source": (SourceSpec, SourceConfig),
+    "sink": (SinkSpec, SinkConfig),
+    "route": (RouteSpec, RouteConfig),
+}
+
+
+def spec_class(kind: str) -> type:
+    return KINDS[kind][0]
+
+
+@dataclass(frozen=True)
+class Graph:
+    sources: tuple[SourceConfig, ...] = ()
+    sinks: tuple[SinkConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+
+    def of(self, kind: str) -> tuple[Any, ...]:
+        return getattr(self, kind + "s")
+
+    def to_json(self) -> dict[str, Any]:
+        return {kind + "s": [entity_to_dict(e) for e in self.of(kind)] for kind in KINDS}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "graph") -> "Graph":
+        """Check a graph read from JSON or TOML: every entity, unique ids,
+        routes that name existing sources and sinks."""
+        if not isinstance(data, Mapping):
+            raise InvalidError(f"{where} must be an object")
+        unknown = set(data) - {kind + "s" for kind in KINDS}
+        if unknown:
+            raise InvalidError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        at = f"{where}." if where else ""
+        parts: dict[str, tuple[Any, ...]] = {}
+        for kind in KINDS:
+            key = kind + "s"
+            items = data.get(key, [])
+            if not isinstance(items, list):
+                raise InvalidError(f"{at}{key} must be a list")
+            seen: set[str] = set()
+            out = []
+            for i, item in enumerate(items):
+                entity = entity_from_dict(kind, item, f"{at}{key}[{i}]")
+                if entity.id in seen:
+                    raise InvalidError(f"{at}{key}[{i}].id {entity.id!r} is used twice")
+                seen.add(entity.id)
+                out.append(entity)
+            parts[key] = tuple(out)
+        graph = cls(**parts)
+        sources = {s.id for s in graph.sources}
+        sinks = {s.id for s in graph.sinks}
+        for i, route in enumerate(graph.routes):
+            if route.spec.source_id not in sources:
+                raise InvalidError(f"{at}routes[{i}].source_id {route.spec.source_id!r} "
+                                   "is not a source")
+            if route.spec.sink_id not in sinks:
+                raise InvalidError(f"{at}routes[{i}].sink_id {route.spec.sink_id!r} "
+                                   "is not a sink")
+        return graph
+
+
+def entity_to_dict(entity: Any) -> dict[str, Any]:
+    return {"id": entity.id, "name": entity.name, **dataclasses.asdict(entity.spec)}
+
+
+def entity_from_dict(kind: str, data: Any, where: str) -> Any:
+    """A named entity from ``{"id": ..., "name": ..., <spec fields>}``."""
+    if not isinstance(data, Mapping):
+        raise InvalidError(f"{where} must be an object")
+    fields = dict(data)
+    if "id" not in fields:
+        raise InvalidError(f"{where}.id is missing")
+    entity_id = check_id(kind, fields.pop("id"), f"{where}.id")
+    name = check_text(fields.pop("name", entity_id), f"{where}.name", max_len=100)
+    if not name.strip():
+        raise InvalidError(f"{where}.name must not be empty")
+    spec_cls, entity_cls = KINDS[kind]
+    return entity_cls(entity_id, name, build(spec_cls, fields, where))
+
+
+# ---- checking ---------------------------------------------------------------------
+
+def check_id(kind: str, value: Any, where: str | None = None) -> str:
+    """An id usable in URLs: 1-64 letters, digits, '.', '_', '-', starting
+    with a letter or digit (ids starting with '_' are the service's own)."""
+    where = where or f"{kind} id"
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidError(f"{where} must be 1-64 letters, digits, '.', '_' or '-', "
+                           "starting with a letter or digit")
+    if kind == "sink" and value in RESERVED_IDS:
+        raise InvalidError(f"{where}: {value!r} is reserved")
+    return value
+
+
+def check_text(value: Any, where: str, *, max_len: int = MAX_TEXT) -> str:
+    """A string of printable text: no control characters, no lone
+    surrogates (they cannot be written as UTF-8), at most ``max_len``."""
+    if not isinstance(value, str):
+        raise InvalidError(f"{where} must be a string")
+    if len(value) > max_len:
+        raise InvalidError(f"{where} must be at most {max_len} characters")
+    if any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or 0xd800 <= ord(c) <= 0xdfff
+           for c in value):
+        raise InvalidError(f"{where} must not contain control characters or lone surrogates")
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _check_number(value: Any, where: str, ann: Any, meta: Mapping[str, Any]) -> Any:
+    if ann is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidError(f"{where} must be an integer")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise InvalidError(f"{where} must be a finite number")
+    else:
+        value = float(value)
+    if "range" in meta:
+        lo, hi = meta["range"]
+        if not lo <= value <= hi:
+            raise InvalidError(f"{where} must be between {lo:g} and {hi:g}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise InvalidError(f"{where} must be one of {', '.join(f'{c:g}' for c in meta['choices'])}")
+    return value
+
+
+def _check_value(value: Any, where: str, ann: Any, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        choices = typing.get_args(ann)
+        if not isinstance(value, str) or value not in choices:
+            raise InvalidError(f"{where} must be one of {', '.join(choices)}")
+        return value
+    if origin in (types.UnionType, typing.Union):   # X | None
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(ann) if a is not type(None)]
+        return _check_value(value, where, inner, meta)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) > 64:
+            raise InvalidError(f"{where} must be a list of at most 64 strings")
+        return tuple(check_text(v, f"{where}[{i}]", max_len=256) for i, v in enumerate(value))
+    if ann is bool:
+        if not isinstance(value, bool):
+            raise InvalidError(f"{where} must be true or false")
+        return value
+    if ann in (int, float):
+        return _check_number(value, where, ann, meta)
+    if ann is str:
+        if "id" in meta:
+            return check_id(meta["id"], value, where)
+        return check_text(value, where, max_len=meta.get("max_len", MAX_TEXT))
+    raise InvalidError(f"{where} cannot be set here")
+
+
+def build(cls: type, data: Any, where: str, *, skip: tuple[str, ...] = ()) -> Any:
+    """Make the frozen dataclass ``cls`` from a mapping: every key must be a
+    field (not one in ``skip``), every value of the field's type and range,
+    every field without a default present."""
+    if not isinstance(data, Mapping):
+        raise InvalidError(f"{where} must be a table or object")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise InvalidError(f"unknown key {name!r}")
+        kwargs[key] = _check_value(value, name, hints[key], fields[key].metadata)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING \
+                and f.default_factory is dataclasses.MISSING:
+            raise InvalidError(f"{where}.{name} is missing" if where else f"{name} is missing")
+    return cls(**kwargs)

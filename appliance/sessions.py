@@ -1,0 +1,343 @@
+"""A listener's whole life: WHEP sessions from the offer to the last cleanup.
+
+    Sessions.open(target, offer)
+      service nursery
+        session task (one per listener)      started with nursery.start()
+          engine.open_listener(...)          its own event channel
+          wait for the answer (bounded)      -> task_status.started(answer)
+          watchers nursery                   engine events, liveness
+          finally (shielded, deadline)       the one cleanup path
+
+Every way a session ends (DELETE, expiry, ICE failed/closed, answer timeout,
+a crash inside it, shutdown) goes through the same ``finally``: the engine
+listener, its temporary sink and route, the registry entry. Also here: the
+listener cap and the per-address POST rate limit.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import trio
+
+from .config import Config
+from .engine import Engine, EngineError, ErrorCode, Listener, appliance_error
+from .errors import (
+    AnswerTimeoutError, ApplianceError, ClosingError, FullError, InvalidError, NotFoundError,
+    RateLimitedError,
+)
+from .events import (
+    AnswerFailed, AnswerReady, CandidateGathered, ListenerState, ListenerStateChanged,
+)
+from .model import RouteSpec, SinkSpec
+from .sdp import Offer
+
+__all__ = ["Session", "Sessions", "TEMP_PREFIX", "CLEANUP_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
+
+CLEANUP_TIMEOUT_S = 5.0
+# ids of the temporary sinks and routes of listeners to a source or a route
+TEMP_PREFIX = "_listen-"
+RETRY_AFTER_S = 10
+
+
+@dataclass(eq=False)
+class Session:
+    """One WHEP listener. ``id`` is the unguessable last segment of its URL."""
+    id: str
+    sink_id: str
+    target: tuple[str, str]          # ("sink"|"source"|"route", id)
+    client: str
+    offer: Offer
+    etag: str = field(default_factory=lambda: f'"{secrets.token_hex(12)}"')
+    created: float = field(default_factory=time.monotonic)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    listener: Listener | None = None
+    temp_sink: str | None = None
+    temp_route: str | None = None
+    state: ListenerState = ListenerState.NEW
+    answered: bool = False
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    end_reason: str | None = None
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def url(self) -> str:
+        return f"/api/whep/{self.sink_id}/{self.id}"
+
+    @property
+    def remote_ufrag(self) -> str | None:
+        return self.offer.ice_ufrag
+
+    def mid_for(self, mline: int) -> str:
+        mids = self.offer.mids
+        return mids[mline] if 0 <= mline < len(mids) else str(mline)
+
+    def mline_for(self, mid: str | None, index: int | None) -> int:
+        """The m-line a trickled candidate is for, by mid or index."""
+        mids = self.offer.mids
+        if mid is not None:
+            if mid not in mids:
+                raise InvalidError(f"no m-line with mid {mid!r}")
+            return mids.index(mid)
+        if index is not None:
+            if not 0 <= index < len(mids):
+                raise InvalidError(f"no m-line {index}")
+            return index
+        return 0
+
+    def end(self, reason: str) -> None:
+        """Ask the session to end (from the trio thread); its cleanup follows."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.cancel_scope.cancel()
+
+    def heartbeat(self) -> None:
+        self.last_heartbeat = time.monotonic()
+
+    def add_candidates(self, candidates: Iterable[tuple[int, str]]) -> None:
+        for mline, candidate in candidates:
+            try:
+                if self.listener is None:
+                    raise EngineError(ErrorCode.NOT_FOUND, "no such session")
+                self.listener.add_candidate(mline, candidate)
+            except EngineError as error:
+                if error.code == ErrorCode.NOT_FOUND:
+                    raise NotFoundError("no such session") from None
+                raise InvalidError(f"candidate refused: {error.message}") from None
+
+    def take_candidates(self) -> list[dict[str, Any]]:
+        """Server candidates gathered after the answer; each returned once."""
+        out, self.candidates = self.candidates, []
+        return out
+
+
+class Sessions:
+    """The listener sessions of one service. ``changed`` is called whenever
+    the set of answered sessions changes (the live feed's listener counts)."""
+
+    def __init__(self, config: Config, engine: Engine, nursery: trio.Nursery,
+                 changed: Callable[[], None] = lambda: None):
+        self.config = config
+        self.engine = engine
+        self._nursery = nursery
+        self._changed = changed
+        self.by_id: dict[str, Session] = {}
+        self.closing = False
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def __iter__(self):
+        return iter(list(self.by_id.values()))
+
+    def answered(self) -> list[Session]:
+        return [s for s in self.by_id.values() if s.answered]
+
+    def find(self, sink_id: str, session_id: str) -> Session:
+        session = self.by_id.get(session_id)
+        if session is None or session.sink_id != sink_id or not session.answered:
+            raise NotFoundError("no such session")
+        return session
+
+    # ---- admission -------------------------------------------------------------
+
+    def check_post_rate(self, client: str) -> None:
+        """A token bucket per client address for WHEP POSTs."""
+        cfg = self.config.server
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(client, (float(cfg.post_burst), now))
+        tokens = min(float(cfg.post_burst), tokens + (now - stamp) * cfg.post_rate_per_s)
+        if tokens < 1.0:
+            retry = max(1, math.ceil((1.0 - tokens) / cfg.post_rate_per_s))
+            self._buckets[client] = (tokens, now)
+            raise RateLimitedError("too many requests from this address", retry_after_s=retry)
+        self._buckets[client] = (tokens - 1.0, now)
+        if len(self._buckets) > 4096:  # forget clients whose buckets are full again
+            full = [c for c, (t, s) in self._buckets.items()
+                    if t + (now - s) * cfg.post_rate_per_s >= cfg.post_burst]
+            for c in full:
+                del self._buckets[c]
+
+    async def open(self, target: tuple[str, str], offer: Offer, client: str,
+                   temporary_route: RouteSpec | None = None) -> tuple[Session, str]:
+        """Start a listener for ``target`` (("sink"|"source"|"route", id));
+        returns the session and its answer once the engine answered. A
+        listener to a source or a route gets a temporary sink fed by
+        ``temporary_route`` (whose sink_id is filled in here)."""
+        if self.closing:
+            raise ClosingError("the appliance is shutting down", retry_after_s=RETRY_AFTER_S)
+        if len(self.by_id) >= self.config.server.max_listeners:
+            raise FullError("the listener limit is reached", retry_after_s=RETRY_AFTER_S)
+        kind, ident = target
+        sink_id = ident if kind == "sink" else f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+        session = Session(id=secrets.token_urlsafe(24), sink_id=sink_id, target=target,
+                          client=client, offer=offer)
+        self.by_id[session.id] = session
+        try:
+            answer = await self._nursery.start(self._run, session, temporary_route)
+        except BaseException:
+            # the task ended before it started: its cleanup has run
+            self.by_id.pop(session.id, None)
+            raise
+        return session, answer
+
+    # ---- one session's life ----------------------------------------------------
+
+    async def _run(self, session: Session, temporary_route: RouteSpec | None, *,
+                   task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with session.cancel_scope:
+                if temporary_route is not None:
+                    await self._make_temporary(session, temporary_route)
+                try:
+                    session.listener = self.engine.start_listener(session.sink_id,
+                                                                  session.offer.sdp)
+                except EngineError as error:
+                    raise appliance_error(error) from None
+                answer = await self._wait_answer(session)
+                session.answered = True
+                session.heartbeat()
+                task_status.started(answer)
+                self._changed()
+                try:
+                    async with trio.open_nursery() as watchers:
+                        watchers.start_soon(self._watch_events, session)
+                        watchers.start_soon(self._watch_liveness, session)
+                except* Exception as crash:  # never into the service nursery; Cancelled passes
+                    session.end_reason = session.end_reason or "crashed"
+                    log.error("listener session %s crashed", session.id[:8], exc_info=crash)
+            if not session.answered:  # ended while it waited for the answer
+                if session.end_reason == "shutdown":
+                    raise ClosingError("the appliance is shutting down",
+                                       retry_after_s=RETRY_AFTER_S)
+                raise ApplianceError(f"the session ended before its answer: "
+                                     f"{session.end_reason}")
+        finally:
+            if session.end_reason is None:
+                session.end_reason = "shutdown" if self.closing else "ended"
+            with trio.CancelScope(shield=True) as shield:
+                shield.deadline = trio.current_time() + CLEANUP_TIMEOUT_S
+                await self._cleanup(session)
+            if shield.cancelled_caught:
+                log.error("cleanup of session %s timed out", session.id[:8])
+
+    async def _make_temporary(self, session: Session, route: RouteSpec) -> None:
+        cfg = self.config.server
+        try:
+            await self.engine.add_sink(session.sink_id, SinkSpec(
+                kind="opus", frame_ms=cfg.listen_frame_ms, bitrate=cfg.listen_bitrate))
+            session.temp_sink = session.sink_id
+            await self.engine.add_route(session.sink_id, RouteSpec(
+                route.source_id, session.sink_id, route.gain_db, route.muted,
+                route.source_channel))
+            session.temp_route = session.sink_id
+        except EngineError as error:
+            raise appliance_error(error) from None
+
+    async def _wait_answer(self, session: Session) -> str:
+        assert session.listener is not None
+        timeout = self.config.server.answer_timeout_s
+        with trio.move_on_after(timeout):
+            async for event in session.listener.events:
+                if isinstance(event, AnswerReady):
+                    return event.sdp
+                if isinstance(event, AnswerFailed):
+                    session.end_reason = "answer failed"
+                    if event.code == ErrorCode.SDP:
+                        raise InvalidError(event.reason or "the offer was refused")
+                    raise ApplianceError(f"the engine could not answer: {event.reason}")
+                self._on_event(session, event)
+        session.end_reason = "answer timeout"
+        raise AnswerTimeoutError(f"no answer within {timeout:g} s")
+
+    def _on_event(self, session: Session, event: Any) -> None:
+        if isinstance(event, CandidateGathered):
+            session.candidates.append({"candidate": event.candidate,
+                                       "sdpMid": session.mid_for(event.mline_index),
+                                       "sdpMLineIndex": event.mline_index})
+            del session.candidates[:-64]   # a client that never polls holds at most this
+        elif isinstance(event, ListenerStateChanged):
+            session.state = event.state
+            if event.state.is_final:
+                session.end(f"ice {event.state.value}")
+        elif not isinstance(event, (AnswerReady, AnswerFailed)):   # those: late duplicates
+            raise TypeError(f"unexpected event for a listener: {event!r}")
+
+    async def _watch_events(self, session: Session) -> None:
+        assert session.listener is not None
+        async for event in session.listener.events:
+            self._on_event(session, event)
+
+    async def _watch_liveness(self, session: Session) -> None:
+        """End the session after ``session_timeout_s`` with neither a heartbeat
+        nor any packet from the peer (ICE consent checks, RTCP)."""
+        assert session.listener is not None
+        timeout = self.config.server.session_timeout_s
+        interval = min(1.0, timeout / 5)
+        while True:
+            await trio.sleep(interval)
+            try:
+                stats = session.listener.stats()
+            except EngineError:
+                session.end("engine lost the listener")
+                return
+            session.state = stats.state
+            if stats.state.is_final:
+                session.end(f"ice {stats.state.value}")
+                return
+            now = time.monotonic()
+            rx_age = stats.last_rx_age_s if stats.last_rx_age_s is not None \
+                else now - session.created
+            if min(rx_age, now - session.last_heartbeat) > timeout:
+                log.info("session %s expired: last packet %.1f s ago, last heartbeat %.1f s ago",
+                         session.id[:8], rx_age, now - session.last_heartbeat)
+                session.end("expired")
+                return
+
+    async def _cleanup(self, session: Session) -> None:
+        self.by_id.pop(session.id, None)
+        session.candidates.clear()
+        steps: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
+        if session.listener is not None:
+            steps.append(("listener", session.listener.aclose, ()))
+        if session.temp_route is not None:
+            steps.append(("route", self.engine.remove_route, (session.temp_route,)))
+        if session.temp_sink is not None:
+            steps.append(("sink", self.engine.remove_sink, (session.temp_sink,)))
+        for what, remove, args in steps:
+            try:
+                await remove(*args)
+            except EngineError as error:
+                if error.code != ErrorCode.NOT_FOUND:
+                    log.error("session %s: removing its %s failed: %s",
+                              session.id[:8], what, error)
+            except Exception:  # the next steps must still run
+                log.exception("session %s: removing its %s failed", session.id[:8], what)
+        log.info("session %s on %s ended: %s", session.id[:8], session.sink_id, session.end_reason)
+        session.done.set()
+        if session.answered:
+            self._changed()
+
+    async def close(self, session: Session, reason: str = "deleted") -> None:
+        """End a session and wait until it is cleaned up."""
+        session.end(reason)
+        with trio.move_on_after(CLEANUP_TIMEOUT_S + 1):
+            await session.done.wait()
+
+    async def aclose(self) -> None:
+        """Refuse new sessions, end every one and wait (bounded) for cleanup."""
+        self.closing = True
+        sessions = list(self.by_id.values())
+        for session in sessions:
+            session.end("shutdown")
+        with trio.move_on_after(self.config.server.shutdown_timeout_s):
+            for session in sessions:
+                await session.done.wait()
