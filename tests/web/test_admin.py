@@ -162,3 +162,20 @@ async def test_an_app_on_a_service_the_caller_owns(tmp_path):
         # the server stopped; the service (the caller's) still runs its session
         assert service.census()["sessions"] == 1
     assert len(service.sessions) == 0
+
+
+@pytest.mark.parametrize("state", [
+    {"version": 1, "graph": {"sources": [{"id": "tone", "kind": "tone", "channels": "2"}]}},
+    {"version": 1, "graph": {"sources": [{"id": "tone", "kind": "tone", "tone_hz": "440"}]}},
+    {"version": 1, "graph": []},
+])
+async def test_a_damaged_state_file_never_stops_the_appliance(tmp_path, state):
+    """It once stopped the start with a cffi TypeError; now it is set aside
+    and the appliance comes up on the config's seed graph."""
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    async with open_server(make_config(tmp_path)) as server:
+        sources = (await server.client.get("/api/sources")).json()
+        assert [(s["id"], s["channels"], s["tone_hz"]) for s in sources] == [("tone", 2, 440.0)]
+        assert (await server.post_offer(synthetic_offer())).status_code == 201
+    aside = list(tmp_path.glob("state.json.bad*"))
+    assert len(aside) == 1 and json.loads(aside[0].read_text()) == state
