@@ -113,6 +113,10 @@ def test_root_file_system_contents(built):
     wants = debugfs(img, 2, "ls /etc/systemd/system/multi-user.target.wants")
     assert "ssh.service" not in wants, "SSH stays off until a key is given"
     assert "appliance-firstboot.service" in debugfs(img, 2, "ls /etc/systemd/system/sysinit.target.wants")
+    assert "appliance-setup-code.path" in debugfs(img, 2, "ls /etc/systemd/system/paths.target.wants")
+    assert "PathChanged=/var/lib/appliance/setup-code.txt" in cat(
+        img, 2, "/etc/systemd/system/appliance-setup-code.path")
+    assert "--setup-code" in cat(img, 2, "/etc/systemd/system/appliance-setup-code.service")
     assert "_http._tcp" in cat(img, 2, "/etc/avahi/services/appliance.service")
     journald = cat(img, 2, "/etc/systemd/journald.conf.d/appliance.conf")
     assert "Storage=volatile" in journald and "RuntimeMaxUse=" in journald

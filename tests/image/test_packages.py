@@ -1,0 +1,59 @@
+"""The Debian package lists in packages/: one file per purpose, read by the
+Makefile and by the image build, so a package is named in one place."""
+import re
+
+import pytest
+
+from image_helpers import REPO, run
+
+NAME = re.compile(r"[a-z0-9][a-z0-9.+-]+")
+
+
+def listed(name):
+    out = []
+    for line in (REPO / "packages" / f"{name}.txt").read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        assert len(words) <= 1, f"packages/{name}.txt: one package a line: {line!r}"
+        out += words
+    return out
+
+
+def make_database():
+    p = run(["make", "-C", REPO, "-pn", "--eval", "x-nothing: ; @:", "x-nothing"], check=True)
+    return p.stdout
+
+
+@pytest.mark.parametrize("name", ["run", "build", "test", "image-host", "image-system",
+                                  "image-debian", "image-kernel"])
+def test_lists_hold_package_names(name):
+    packages = listed(name)
+    assert packages and all(NAME.fullmatch(p) for p in packages), packages
+    assert len(set(packages)) == len(packages), "no package twice in a list"
+
+
+def test_what_the_next_steps_need_is_listed():
+    assert {"libsrtp2-dev", "libssl-dev"} <= set(listed("build"))
+    assert {"libsrtp2-1", "libssl3"} <= set(listed("run"))
+    assert "firefox-esr" in listed("test")
+
+
+def test_the_makefile_reads_the_lists_and_its_stamps_depend_on_them():
+    db = make_database()
+    for var, name in [("DEB_RUN", "run"), ("DEB_BUILD", "build"), ("DEB_TEST", "test"),
+                      ("DEB_IMAGE", "image-host")]:
+        value = re.search(rf"^{var} := (.*)$", db, re.M).group(1)
+        assert value.split() == listed(name), var
+    deb_run = re.search(r"^\.venv/\.stamps/deb-run: (.*)$", db, re.M).group(1).split()
+    assert {"packages/run.txt", "packages/build.txt"} <= set(deb_run)
+    deb_test = re.search(r"^\.venv/\.stamps/deb-test: (.*)$", db, re.M).group(1).split()
+    assert "packages/test.txt" in deb_test
+
+
+def test_the_image_build_reads_the_same_lists():
+    p = run(["bash", "-c", '. "$1/image/lib/common.sh"; packages image-system run; packages build; '
+             'packages image-kernel; packages nope', "sh", REPO], env={"REPO_DIR": str(REPO)})
+    lines = p.stdout.splitlines()
+    assert lines[0].split() == listed("image-system") + listed("run")
+    assert lines[1].split() == listed("build")
+    assert lines[2].split() == listed("image-kernel")
+    assert p.returncode != 0 and "no package list" in p.stderr
