@@ -17,20 +17,19 @@ import logging
 import signal
 import sys
 from functools import partial
-from typing import Any, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__, systemd
 from .config import Config, ConfigError, load_config
 
+if TYPE_CHECKING:
+    from .web.server import Limits
+
 __all__ = ["main", "serve"]
 
 log = logging.getLogger("appliance")
-
-GRACEFUL_TIMEOUT_S = 2.0  # open HTTP requests (and event streams) after a stop
 
 
 def _bind(host: str, port: int) -> str:
@@ -39,21 +38,23 @@ def _bind(host: str, port: int) -> str:
 
 async def serve(config: Config, *, app: Any = None,
                 shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+                limits: Limits | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve ``app`` (default: ``create_app(config)``) until SIGTERM/SIGINT, or
     until ``shutdown_trigger`` returns when one is given (signals are then left
-    alone); ``task_status`` gets the bound addresses ("http://127.0.0.1:8080")."""
-    from .web import create_app
+    alone); ``task_status`` gets the bound addresses ("http://127.0.0.1:8080").
+    ``limits`` bound how long a client may hold a connection (default:
+    ``Limits()``). The systemd watchdog is fed while ``GET /healthz``
+    answers through the server."""
+    from .web import create_app, health
+    from .web.server import Limits, serve_app
+
+    limits = Limits() if limits is None else limits
 
     if app is None:
         app = create_app(config)
-    hyper = HypercornConfig()
-    hyper.bind = [_bind(config.server.host, config.server.port)]
-    hyper.graceful_timeout = GRACEFUL_TIMEOUT_S
-    hyper.accesslog = None
-    hyper.errorlog = logging.getLogger("hypercorn.error")
     stop = trio.Event()
-    deadline = config.server.shutdown_timeout_s + GRACEFUL_TIMEOUT_S + 5
+    deadline = config.server.shutdown_timeout_s + limits.graceful_s + 5
 
     async def on_stop() -> None:
         await stop.wait()
@@ -65,8 +66,8 @@ async def serve(config: Config, *, app: Any = None,
     async with trio.open_nursery() as nursery:
         async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await hypercorn_serve(app, hyper, shutdown_trigger=on_stop,  # type: ignore[arg-type]
-                                      task_status=task_status)
+                await serve_app(app, [_bind(config.server.host, config.server.port)], limits,
+                                shutdown_trigger=on_stop, task_status=task_status)
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -100,7 +101,7 @@ async def serve(config: Config, *, app: Any = None,
         binds = await nursery.start(run_server)
         log.info("serving %s on %s", config.name, ", ".join(binds))
         systemd.notify("READY=1", f"STATUS=serving on {', '.join(binds)}")
-        nursery.start_soon(partial(systemd.run_watchdog, lambda: app.service is not None))
+        nursery.start_soon(systemd.run_watchdog, partial(health.answers, binds[0]))
         task_status.started(binds)
 
 

@@ -3,6 +3,7 @@
 a no-op when not started by systemd ($NOTIFY_SOCKET unset)."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Awaitable, Callable
@@ -10,6 +11,8 @@ from typing import Awaitable, Callable
 import trio
 
 __all__ = ["notify", "watchdog_interval", "run_watchdog"]
+
+log = logging.getLogger("appliance.systemd")
 
 
 def notify(*states: str, env: dict[str, str] | None = None) -> bool:
@@ -49,14 +52,28 @@ def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
 async def run_watchdog(healthy: Callable[[], bool | Awaitable[bool]] = lambda: True,
                        env: dict[str, str] | None = None) -> None:
     """Ping the watchdog while ``healthy()`` says so; returns at once when
-    there is no watchdog. A stuck trio loop stops the pings by itself."""
+    there is no watchdog. Pings keep a steady pace (half of WatchdogSec);
+    ``healthy()`` gets half of that: a check that hangs or raises counts as
+    unhealthy, so systemd restarts a process whose check stays bad. A stuck
+    trio loop stops the pings by itself."""
     interval = watchdog_interval(env)
     if interval is None:
         return
+    was_ok = True
     while True:
-        ok = healthy()
-        if not isinstance(ok, bool):
-            ok = await ok
+        next_ping = trio.current_time() + interval
+        ok = False
+        with trio.move_on_after(interval / 2):
+            try:
+                result = healthy()
+                ok = result if isinstance(result, bool) else bool(await result)
+            except Exception:
+                log.exception("the health check failed")
         if ok:
             notify("WATCHDOG=1", env=env)
-        await trio.sleep(interval)
+        if was_ok and not ok:
+            log.warning("not healthy: watchdog pings withheld")
+        elif ok and not was_ok:
+            log.info("healthy again: watchdog pings resumed")
+        was_ok = ok
+        await trio.sleep_until(next_ping)

@@ -1,0 +1,222 @@
+"""Hypercorn's trio worker with bounded connections.
+
+``serve_app(app, limits, ...)`` runs hypercorn (``hypercorn.trio.serve``) with
+our ``Connection`` in place of its ``TCPServer``. Measured with hypercorn
+0.18.0, whose ``TCPServer`` closes a connection from whichever task asks for
+it, unshielded and outside its send lock:
+
+- A response sent before the request body was read (404, 405, 415, 429, ...)
+  asks to close from the app's task, which Quart-Trio cancels at that moment
+  (the ``http.disconnect`` it gets ends its body reader, which cancels the
+  request's nursery). The close never happens: the connection is neither
+  read (a second request is never answered) nor closed (CLOSE-WAIT for good,
+  one fd per request). ``Connection: close`` and HTTP/1.0 take the same path.
+- The keep-alive timer is re-armed after a response from that same
+  cancelled task, so it never is: an idle keep-alive connection stays open.
+- ``send_eof`` from one task while another is in ``send_all`` raises
+  ``trio.BusyResourceError`` (a half-closed request with a short body); the
+  error escapes ``TCPServer.run`` into ``serve_listeners`` and the whole
+  server exits.
+
+``Connection`` keeps hypercorn's protocol code and changes only the ending:
+asking to close cancels the connection's own scope (its reader, its idle
+timer, its app tasks), and only then, with nobody else touching the socket,
+the connection sends its FIN, reads and discards what the client still sends
+for a moment (so a client still sending a body it was refused gets the answer
+instead of a reset) and closes the socket. Every send has a deadline, so a
+client that never reads cannot hold a task. An exception in one connection is
+logged and ends that connection, never the server.
+
+``guard(app)`` answers 400 for a ``Host`` header that Werkzeug cannot encode
+(a label longer than 63 characters, an empty label): Werkzeug raises that
+while Quart builds the request context, outside Quart's error handlers, which
+made it a 500.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import hypercorn.trio.run as _hypercorn_run
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Event, RawData, Updated
+from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from werkzeug.exceptions import BadHost
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["Limits", "Connection", "serve_app", "guard"]
+
+log = logging.getLogger("appliance.web.server")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a client may hold a connection (see docs/API.md)."""
+    # idle between requests, and from connecting (or the last response) to
+    # the end of the next request's headers: slow headers time out with it
+    keep_alive_s: float = 10.0
+    # one write to a client that does not read
+    send_s: float = 30.0
+    # after our FIN, how long we still read (and drop) what the client sends
+    linger_s: float = 2.0
+    linger_bytes: int = 1 << 20
+    # request line and headers
+    max_header_bytes: int = 16 * 1024
+    # open requests (and event streams) when the server stops
+    graceful_s: float = 2.0
+
+
+class _Config(HypercornConfig):
+    """Hypercorn's config plus the limits only ``Connection`` reads."""
+    send_timeout: float = Limits.send_s
+    linger_timeout: float = Limits.linger_s
+    linger_bytes: int = Limits.linger_bytes
+
+
+def hypercorn_config(binds: list[str], limits: Limits) -> HypercornConfig:
+    config = _Config()
+    config.bind = binds
+    config.keep_alive_timeout = limits.keep_alive_s
+    config.h11_max_incomplete_size = limits.max_header_bytes
+    config.graceful_timeout = limits.graceful_s
+    config.send_timeout = limits.send_s
+    config.linger_timeout = limits.linger_s
+    config.linger_bytes = limits.linger_bytes
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+class Connection(TCPServer):
+    """One client connection; hypercorn's ``TCPServer`` with a sound ending."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._scope = trio.CancelScope()  # everything that may use the socket
+
+    async def run(self) -> None:
+        try:
+            with self._scope:
+                await super().run()  # its ``finally`` calls ``_close``
+        except Exception:
+            log.exception("connection from %s failed", _peer(self.stream))
+        except BaseExceptionGroup as group:  # Cancelled (server stopping) with errors
+            cancelled, errors = group.split(trio.Cancelled)
+            if errors is not None:
+                log.error("connection from %s failed", _peer(self.stream), exc_info=errors)
+            if cancelled is not None:
+                raise cancelled from None
+        finally:
+            await self._linger_and_close()
+
+    async def _close(self) -> None:
+        # Called by any task (the app's, the reader, run's finally): end them
+        # all; the socket is shut down once they are gone (run's finally).
+        self._scope.cancel()
+
+    async def _initiate_server_close(self) -> None:  # the keep-alive timer
+        self._scope.cancel()
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):
+            # (Re)arming the keep-alive timer comes from the app's task right
+            # after the response, when Quart-Trio has just cancelled it: the
+            # timer was never armed and an idle connection stayed for good.
+            with trio.CancelScope(shield=True):
+                await super().protocol_send(event)
+            return
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            # shielded so a cancel never cuts a response in half; bounded so
+            # a client that never reads cannot hold this task
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.config.send_timeout
+                try:
+                    await self.stream.send_all(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    scope.cancel()
+        if scope.cancel_called:  # the client is gone or does not read: end it all
+            self._scope.cancel()
+
+    async def _linger_and_close(self) -> None:
+        try:
+            with trio.move_on_after(self.config.linger_timeout):
+                await self.stream.send_eof()  # our FIN: the response is complete
+                dropped = 0
+                while dropped < self.config.linger_bytes:
+                    data = await self.stream.receive_some(MAX_RECV)
+                    if not data:
+                        break
+                    dropped += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
+            pass  # already gone; AttributeError: a TLS stream has no send_eof
+        finally:
+            await self.stream.aclose()  # closes the fd before its checkpoint
+
+
+def _peer(stream: Any) -> str:
+    try:
+        return str(stream.socket.getpeername())
+    except (AttributeError, OSError):
+        return "?"
+
+
+def _install() -> None:
+    """Make hypercorn's trio worker use ``Connection`` (it looks ``TCPServer``
+    up in its ``run`` module). Checked against the version it was measured on."""
+    if _hypercorn_run.TCPServer is Connection:
+        return
+    if _hypercorn_run.TCPServer is not TCPServer:
+        raise RuntimeError("hypercorn.trio.run.TCPServer is not hypercorn's TCPServer")
+    _hypercorn_run.TCPServer = Connection
+
+
+def guard(app: Any) -> Callable[..., Awaitable[None]]:
+    """``app`` behind a check of the ``Host`` header (the rule is Werkzeug's
+    own: ``url_map.bind`` raises ``BadHost``)."""
+    async def guarded(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]],
+                      send: Callable[..., Awaitable[None]]) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
+            try:
+                app.url_map.bind(host.decode("latin-1"))
+            except BadHost:
+                await _refuse(scope, send, b"the Host header is not a valid host name\n")
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+async def _refuse(scope: dict[str, Any], send: Callable[..., Awaitable[None]],
+                  reason: bytes) -> None:
+    """Answer 400 with ``reason`` at the ASGI level (a websocket handshake
+    through hypercorn's ``websocket.http.response`` extension)."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close"})  # an HTTP 403
+        return
+    prefix = "http" if scope["type"] == "http" else "websocket.http"
+    await send({"type": f"{prefix}.response.start", "status": 400,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(reason)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": f"{prefix}.response.body", "body": reason})
+
+
+async def serve_app(app: Any, binds: list[str], limits: Limits = Limits(), *,
+                    shutdown_trigger: Callable[[], Awaitable[None]],
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` (a Quart app) on ``binds`` ("127.0.0.1:8080") until
+    ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs."""
+    _install()
+    await hypercorn_serve(guard(app), hypercorn_config(binds, limits),  # type: ignore[arg-type]
+                          shutdown_trigger=shutdown_trigger, mode="asgi", task_status=task_status)
+
