@@ -6,24 +6,27 @@ there (pages, static files, a mixer API, ...). A blueprint reaches the
 service as ``current_app.service`` (an ``appliance.service.Service``), the
 config as ``current_app.appliance_config``, and persists its own state with
 ``await current_app.service.store.save_section(name, value)`` /
-``current_app.service.store.section(name)``. Every ``/api/...`` request
-except OPTIONS needs the bearer token when one is configured
-(``auth.require_token`` runs before each request); pages outside ``/api``
-are public.
+``current_app.service.store.section(name)``. Who may reach a route is
+decided in one place (``auth.check_request`` before each request): a route
+is admin-only unless ``auth`` marks it public or listening; only listening
+answers carry CORS headers.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import trio
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..config import Config
-from ..service import Service, ServiceError, open_service
-from . import admin, auth, events, health, mixer, ui, whep
+from ..errors import ApplianceError
+from ..service import Service, open_service
+from ..admin_auth import AdminAuth
+from . import admin, auth, events, health, listening, login, mixer, ui, whep
 from .common import plain
+from .errors import error_response
 
 __all__ = ["create_app", "BLUEPRINTS", "plain"]
 
@@ -37,6 +40,8 @@ BLUEPRINTS: list[Blueprint] = [
     events.blueprint,
     mixer.blueprint,
     ui.blueprint,
+    login.blueprint,
+    listening.blueprint,
     health.blueprint,
 ]
 
@@ -49,6 +54,11 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
                     template_folder=str(PACKAGE / "templates"))
     app.appliance_config = config
     app.service = service
+    app.admin_auth = AdminAuth(
+        state_dir=config.state_dir, token=config.admin.token,
+        password_hash=config.admin.password_hash,
+        setup_code_file=config.admin.setup_code_file, listen_pin=config.server.listen_pin)
+    app.admin_setup_lock = trio.Lock()
     # Quart enforces this while the body streams in (413 before buffering it all).
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = config.server.shutdown_timeout_s + 2
@@ -79,28 +89,17 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
             with trio.move_on_after(config.server.shutdown_timeout_s + 1):
                 await stopped.wait()
 
-    app.before_request(auth.require_token)
+    @app.before_serving
+    async def open_setup() -> None:
+        # writes (and logs) the one-time setup code when no password is set
+        await trio.to_thread.run_sync(app.admin_auth.open_setup)
 
-    @app.after_request
-    async def cors(response: Response) -> Response:
-        if request.path.startswith("/api/"):
-            response.headers["Access-Control-Allow-Origin"] = config.server.cors_origin
-            response.headers["Access-Control-Expose-Headers"] = (
-                "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After")
-            if config.server.cors_origin != "*":
-                response.headers["Vary"] = "Origin"
-            if request.method == "OPTIONS" and "Access-Control-Allow-Methods" not in response.headers:
-                # Quart's automatic OPTIONS (admin, candidates): make it a CORS preflight
-                response.headers["Access-Control-Allow-Methods"] = response.headers.get(
-                    "Allow", "GET, POST, PATCH, DELETE, OPTIONS")
-                response.headers["Access-Control-Allow-Headers"] = (
-                    "Authorization, Content-Type, If-Match")
-                response.headers["Access-Control-Max-Age"] = "600"
-        return response
+    app.before_request(auth.check_request)
+    app.after_request(auth.cors)
 
-    @app.errorhandler(ServiceError)
-    async def service_error(error: ServiceError) -> Response:
-        return plain(error.message, error.status, error.headers)
+    @app.errorhandler(ApplianceError)
+    async def appliance_error(error: ApplianceError) -> Response:
+        return error_response(error)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

@@ -1,36 +1,187 @@
-"""Bearer-token check for every ``/api/`` request when a token is configured.
+"""Two roles, decided in one place before every request.
 
-The token comes as ``Authorization: Bearer <token>`` or, for clients that
-cannot set headers (``EventSource``, a shared link), as ``?token=<token>``.
-CORS preflights (OPTIONS) carry no credentials and are not checked.
+Every endpoint is one of:
+
+- **public**: the pages, static files, ``/healthz`` and the login endpoints
+  (``login.py``): no credential.
+- **listening**: WHEP (the ``whep`` blueprint) and the listen page's data
+  (``listening.py``): open to anyone, or, when ``[server] listen_pin`` is
+  set, to whoever shows the PIN (``Authorization: Bearer <pin>`` or the
+  listen cookie) or the admin credential. Any origin may listen (CORS).
+- **admin**: everything else, always. ``Authorization: Bearer <[admin]
+  token>``, or the admin session cookie plus ``X-CSRF-Token`` on every
+  state-changing request. Never cross-origin: a request whose ``Origin`` (or
+  ``Sec-Fetch-Site``) says it comes from another site is refused, and no CORS
+  header is sent.
+
+An endpoint is admin unless it is marked here (``PUBLIC_ENDPOINTS``,
+``LISTENING_BLUEPRINTS``) or with ``@public`` / ``@listening``: a new route
+is protected until someone decides otherwise.
 """
 from __future__ import annotations
 
 import hmac
+from typing import Any, Callable, TypeVar
 
-from quart import Response, current_app, request
+from quart import Response, current_app, g, request
 
-from .common import plain
+from ..admin_auth import AdminAuth, AdminSession
+from .common import client_address, plain
 
-__all__ = ["require_token", "token_ok"]
+__all__ = ["PUBLIC", "LISTENING", "ADMIN", "public", "listening", "role_of", "check_request",
+           "cors", "same_origin", "admin_session", "SESSION_COOKIE", "LISTEN_COOKIE",
+           "CSRF_HEADER", "retry_later"]
+
+PUBLIC, LISTENING, ADMIN = "public", "listening", "admin"
+
+SESSION_COOKIE = "appliance_admin"
+LISTEN_COOKIE = "appliance_listen"
+CSRF_HEADER = "X-CSRF-Token"
+
+# Endpoints of blueprints this module does not own; everything else is marked
+# with the decorators below, or is admin.
+PUBLIC_ENDPOINTS = frozenset({"static", "ui.listen", "ui.listen_one", "ui.admin"})
+PUBLIC_RULES = frozenset({"/healthz"})
+LISTENING_BLUEPRINTS = frozenset({"whep"})
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_ROLE_ATTR = "appliance_role"
+View = TypeVar("View", bound=Callable[..., Any])
 
 
-def token_ok(expected: str) -> bool:
-    given = ""
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer":
-        given = value.strip()
-    elif "token" in request.args:
-        given = request.args.get("token", "")
-    return hmac.compare_digest(given.encode(), expected.encode())
+def public(view: View) -> View:
+    """Mark a view as reachable without any credential."""
+    setattr(view, _ROLE_ATTR, PUBLIC)
+    return view
 
 
-async def require_token() -> Response | None:
-    expected = current_app.appliance_config.server.token
-    if not expected or request.method == "OPTIONS" or not request.path.startswith("/api/"):
+def listening(view: View) -> View:
+    """Mark a view as part of listening (open, or behind the venue PIN)."""
+    setattr(view, _ROLE_ATTR, LISTENING)
+    return view
+
+
+def role_of(endpoint: str | None, rule: str | None = None) -> str:
+    """The role an endpoint needs. No endpoint (404/405: nothing runs) is public."""
+    if endpoint is None:
+        return PUBLIC
+    view = current_app.view_functions.get(endpoint)
+    marked = getattr(view, _ROLE_ATTR, None)
+    if marked in (PUBLIC, LISTENING):
+        return marked
+    if endpoint in PUBLIC_ENDPOINTS or rule in PUBLIC_RULES:
+        return PUBLIC
+    if endpoint.partition(".")[0] in LISTENING_BLUEPRINTS and "." in endpoint:
+        return LISTENING
+    return ADMIN
+
+
+def _auth() -> AdminAuth:
+    return current_app.admin_auth
+
+
+def _bearer() -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def same_origin() -> bool:
+    """False when the browser says the request comes from another site. A
+    request without ``Origin`` (curl, a same-origin GET) passes."""
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site in ("cross-site", "same-site"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return origin.lower() == f"{request.scheme}://{request.host}".lower()
+
+
+def admin_session() -> AdminSession | None:
+    return _auth().sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+
+
+def retry_later(wait_s: float, what: str) -> Response:
+    seconds = max(1, int(wait_s + 0.999))
+    return plain(f"too many wrong {what}: try again in {seconds} s", 429,
+                 {"Retry-After": str(seconds)})
+
+
+def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
+    """A presented bearer credential: the admin token (or, for listening, the
+    PIN). Wrong ones count as failed guesses for the client's address."""
+    auth = _auth()
+    address = client_address()
+    wait = auth.throttle.acquire(address)
+    if wait:
+        return retry_later(wait, "credentials")
+    ok = auth.token_ok(given) or (pin_too and auth.pin_ok(given))
+    auth.throttle.release(address, ok)
+    if ok:
         return None
-    if token_ok(expected):
+    return plain("the bearer credential is wrong", 401, {"WWW-Authenticate": 'Bearer realm="appliance"'})
+
+
+def _check_listening() -> Response | None:
+    auth = _auth()
+    if not auth.listen_pin or request.method == "OPTIONS":  # preflights carry no credentials
         return None
-    return plain("a valid bearer token is required", 401,
-                 {"WWW-Authenticate": 'Bearer realm="appliance"'})
+    given = _bearer()
+    if given is not None:
+        return _check_bearer(given, pin_too=True)
+    if auth.listen_proof_ok(request.cookies.get(LISTEN_COOKIE, "")) or admin_session() is not None:
+        return None
+    return plain("this appliance needs the venue PIN to listen", 401,
+                 {"WWW-Authenticate": 'Bearer realm="listen"', "X-Appliance-Auth": "pin"})
+
+
+def _check_admin() -> Response | None:
+    if not same_origin():
+        return plain("admin requests are accepted only from the appliance's own pages", 403)
+    given = _bearer()
+    if given is not None:
+        return _check_bearer(given, pin_too=False)
+    session = admin_session()
+    if session is None:
+        return plain("log in as admin first", 401,
+                     {"WWW-Authenticate": 'Bearer realm="appliance"', "X-Appliance-Auth": "admin"})
+    if request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), session.csrf.encode()):
+            return plain(f"missing or wrong {CSRF_HEADER} header", 403)
+    return None
+
+
+async def check_request() -> Response | None:
+    """The one before_request hook: classify, then check."""
+    rule = request.url_rule.rule if request.url_rule is not None else None
+    role = role_of(request.endpoint, rule)
+    g.appliance_role = role
+    if role == LISTENING:
+        return _check_listening()
+    if role == ADMIN:
+        return _check_admin()
+    if request.path.startswith("/api/") and not same_origin():
+        # the login endpoints: no logging in (or out) from another site
+        return plain("requests are accepted only from the appliance's own pages", 403)
+    return None
+
+
+async def cors(response: Response) -> Response:
+    """after_request: CORS for listening only (any origin may listen)."""
+    if getattr(g, "appliance_role", None) != LISTENING:
+        return response
+    origin = current_app.appliance_config.server.cors_origin
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = (
+        "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After")
+    if origin != "*":
+        response.headers["Vary"] = "Origin"
+    if request.method == "OPTIONS" and "Access-Control-Allow-Methods" not in response.headers:
+        # Quart's automatic OPTIONS (candidates): make it a CORS preflight
+        response.headers["Access-Control-Allow-Methods"] = response.headers.get(
+            "Allow", "GET, POST, PATCH, DELETE, OPTIONS")
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response

@@ -8,14 +8,14 @@ current ``listeners``, ``device`` and ``levels`` state. See docs/API.md.
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import trio
 from quart import Blueprint, Response
 
 from .common import service
 
-__all__ = ["blueprint", "format_event"]
+__all__ = ["blueprint", "format_event", "event_stream"]
 
 blueprint = Blueprint("events", __name__, url_prefix="/api")
 
@@ -29,13 +29,22 @@ def format_event(name: str, data: Any) -> bytes:
 
 @blueprint.route("/events", methods=["GET"])
 async def events() -> Response:
+    return event_stream()
+
+
+def event_stream(select: Callable[[str, Any], Any] | None = None) -> Response:
+    """The SSE response; ``select(name, data)`` may narrow each event's data
+    (None drops the event): the listen page's feed uses it."""
     svc = service()
 
     async def stream() -> AsyncIterator[bytes]:
-        async with svc.subscribe() as sub:
+        async with svc.feed.subscribe() as sub:
             yield b"retry: 2000\n\n"
             while not sub.closed:
                 batch = await sub.next_batch(KEEPALIVE_S)
+                if select is not None:
+                    picked = ((name, select(name, data)) for name, data in batch)
+                    batch = [(name, data) for name, data in picked if data is not None]
                 if not batch:
                     yield b": keepalive\n\n"
                     continue

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from tests.support.webrtc import synthetic_offer
-from tests.web.conftest import make_config, open_server
+from tests.web.conftest import ADMIN, make_config, open_server
 
 pytestmark = pytest.mark.trio
 
@@ -66,11 +66,13 @@ class EventStream:
 
 
 @asynccontextmanager
-async def open_events(url: str, path: str = "/api/events") -> AsyncIterator[EventStream]:
+async def open_events(url: str, path: str = "/api/events",
+                      headers: dict[str, str] = ADMIN) -> AsyncIterator[EventStream]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     stream = await trio.open_tcp_stream(host, int(port))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
                               "Accept: text/event-stream\r\n\r\n".encode())
         events = EventStream(stream)
         while b"\r\n\r\n" not in events.buffer:
@@ -125,11 +127,11 @@ async def test_levels_listeners_and_mute_arrive_on_the_stream(server):
         assert sink["rms_dbfs"] == [-120.0, -120.0] or max(sink["rms_dbfs"]) <= -100
 
 
-async def test_the_stream_takes_the_token_in_the_url_and_ends_at_shutdown(tmp_path):
-    async with open_server(make_config(tmp_path, token="tok")) as server:
-        async with open_events(server.url) as events:
+async def test_the_stream_needs_the_admin_token_and_ends_at_shutdown(tmp_path):
+    async with open_server(make_config(tmp_path)) as server:
+        async with open_events(server.url, headers={}) as events:
             assert events.status == 401
-        async with open_events(server.url, "/api/events?token=tok") as events:
+        async with open_events(server.url) as events:
             assert events.status == 200
             await next_event(events, "levels")
             server.stop.set()

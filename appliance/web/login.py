@@ -1,0 +1,150 @@
+"""The admin page's login: ``/api/admin/session`` (am I logged in, is the
+setup code needed), ``/api/admin/login`` (password), ``/api/admin/setup``
+(setup code + first password), ``/api/admin/logout``. See docs/API.md,
+"Authentication".
+
+These are public endpoints (no credential needed to reach them); the auth
+hook still refuses them from another site. Bodies are small JSON objects,
+read and checked here so that no value can make them fail with a 500.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, current_app, jsonify, request
+
+from ..admin_auth import AdminAuth, check_password_text
+from .auth import CSRF_HEADER, SESSION_COOKIE, admin_session, public, retry_later
+from .common import client_address, media_type, plain
+
+__all__ = ["blueprint", "read_fields", "set_cookie"]
+
+blueprint = Blueprint("login", __name__, url_prefix="/api/admin")
+
+MAX_BODY = 4096
+
+
+def _auth() -> AdminAuth:
+    return current_app.admin_auth
+
+
+async def read_fields(*names: str) -> dict[str, str] | Response:
+    """A JSON object with exactly these string fields, or a 4xx response."""
+    if media_type() != "application/json":
+        return plain("the body must be application/json", 415)
+    data = await request.get_data(as_text=False)
+    if len(data) > MAX_BODY:
+        return plain(f"the body is larger than {MAX_BODY} bytes", 413)
+    try:
+        body: Any = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return plain("the body is not a JSON object", 400)
+    if not isinstance(body, dict):
+        return plain("the body is not a JSON object", 400)
+    fields: dict[str, str] = {}
+    for name in names:
+        value = body.get(name)
+        if not isinstance(value, str):
+            return plain(f"{name!r} must be a string", 400)
+        fields[name] = value
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        return plain(f"unknown field {str(unknown[0])[:40]!r}", 400)
+    return fields
+
+
+def set_cookie(response: Response, name: str, value: str) -> None:
+    """HttpOnly, SameSite=Strict, Path=/. Not Secure: the appliance is served
+    over plain http on the LAN (a Secure cookie would never come back)."""
+    response.set_cookie(name, value, path="/", httponly=True, samesite="Strict")
+
+
+def _logged_in(session_id: str, csrf: str) -> Response:
+    response = jsonify({"admin": True, "csrf": csrf})
+    set_cookie(response, SESSION_COOKIE, session_id)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.route("/session", methods=["GET"])
+@public
+async def state() -> Response:
+    """What the admin page should show: the app (with its CSRF token), the
+    login form, or the first-time setup form."""
+    auth = _auth()
+    session = admin_session()
+    response = jsonify({
+        "admin": session is not None,
+        "csrf": session.csrf if session is not None else None,
+        "password_set": auth.password_set,
+        "setup_code_file": None if auth.password_set else auth.code_file.name,
+        "csrf_header": CSRF_HEADER,
+    })
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.route("/login", methods=["POST"])
+@public
+async def login() -> Response:
+    fields = await read_fields("password")
+    if isinstance(fields, Response):
+        return fields
+    auth = _auth()
+    if not auth.password_set:
+        return plain("no admin password is set yet: use the setup code", 409)
+    address = client_address()
+    wait = auth.throttle.acquire(address)
+    if wait:
+        return retry_later(wait, "passwords")
+    ok = False
+    try:
+        # scrypt takes ~50 ms and 16 MiB: off the event loop
+        ok = await trio.to_thread.run_sync(auth.check_password, fields["password"])
+    finally:
+        auth.throttle.release(address, ok)
+    if not ok:
+        return plain("wrong password", 401)
+    session_id, session = auth.sessions.create()
+    return _logged_in(session_id, session.csrf)
+
+
+@blueprint.route("/setup", methods=["POST"])
+@public
+async def setup() -> Response:
+    """The first password, allowed once, with the setup code."""
+    fields = await read_fields("code", "password")
+    if isinstance(fields, Response):
+        return fields
+    problem = check_password_text(fields["password"])
+    if problem:
+        return plain(problem, 400)
+    auth = _auth()
+    async with current_app.admin_setup_lock:  # two right codes at once: one wins
+        if auth.password_set:
+            return plain("the admin password is already set: log in", 409)
+        address = client_address()
+        wait = auth.throttle.acquire(address)
+        if wait:
+            return retry_later(wait, "setup codes")
+        ok = auth.check_setup_code(fields["code"])
+        auth.throttle.release(address, ok)
+        if not ok:
+            return plain("wrong setup code", 401)
+        try:
+            await trio.to_thread.run_sync(auth.set_password, fields["password"])
+        except OSError as error:
+            return plain(f"the password could not be saved: {error.strerror}", 503)
+    session_id, session = auth.sessions.create()
+    return _logged_in(session_id, session.csrf)
+
+
+@blueprint.route("/logout", methods=["POST"])
+@public
+async def logout() -> Response:
+    _auth().sessions.end(request.cookies.get(SESSION_COOKIE, ""))
+    response = Response("", status=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict")
+    return response
