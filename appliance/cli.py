@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 import trio
 
 from . import __version__, systemd
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, prepare_dirs
 
 if TYPE_CHECKING:
     from .web.server import Limits
@@ -138,15 +138,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
+        server = config.server
+        if args.host is not None:
+            server = dataclasses.replace(server, host=args.host)
+        if args.port is not None:
+            if not 0 <= args.port <= 65535:
+                raise ConfigError("--port must be between 0 and 65535")
+            server = dataclasses.replace(server, port=args.port)
+        config = config.replace(server=server)
+        prepare_dirs(config)
     except ConfigError as error:
         print(f"appliance: {error}", file=sys.stderr)
         return 2
-    server = config.server
-    if args.host is not None:
-        server = dataclasses.replace(server, host=args.host)
-    if args.port is not None:
-        server = dataclasses.replace(server, port=args.port)
-    config = config.replace(server=server)
     try:
         trio.run(serve, config)
     except OSError as error:  # the port is taken, the address is not ours

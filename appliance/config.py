@@ -57,7 +57,7 @@ from .model import (
 )
 
 __all__ = ["Config", "ServerConfig", "AdminConfig", "IceServer", "ConfigError", "load_config",
-           "parse_config", "default_config", "default_state_dir", "detect_sound_cards"]
+           "parse_config", "default_config", "default_state_dir", "detect_sound_cards", "prepare_dirs"]
 
 
 class ConfigError(InvalidError):
@@ -268,6 +268,20 @@ def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
         graph = default_graph(cards)
     kwargs.update(sources=graph.sources, sinks=graph.sinks, routes=graph.routes)
     return Config(**kwargs)
+
+
+def prepare_dirs(config: Config) -> None:
+    """Make the state and media folders; a ConfigError says plainly why one
+    cannot be used (a file in the way, no permission)."""
+    for key, folder in (("state_dir", config.state_dir), ("media_dir", config.media_folder)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ConfigError(f"{key} {str(folder)!r} is not a directory") from None
+        except OSError as error:
+            raise ConfigError(f"{key} {str(folder)!r} cannot be made: {error.strerror}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key} {str(folder)!r} is not writable")
 
 
 def load_config(path: str | os.PathLike | None = None, *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -33,6 +34,30 @@ def test_check_config_names_an_unknown_key(tmp_path):
     assert result.returncode == 2 and "server.prot" in result.stderr
     result = subprocess.run([*APPLIANCE, "version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "0.1.0"
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('state_dir = "{file}"\n', "state_dir"),
+    ('state_dir = "{dir}"\nmedia_dir = "{file}"\n', "media_dir"),
+    ('[server]\nsession_timeout_s = inf\n', "server.session_timeout_s"),
+    ('[server]\nmax_listeners = 9223372036854775807\n', "server.max_listeners"),
+    (b'name = "Salle \xe9"\n', "not UTF-8"),
+])
+def test_bad_configs_are_messages_with_exit_code_2_never_tracebacks(tmp_path, toml, words):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    path = tmp_path / "a.toml"
+    if isinstance(toml, bytes):
+        path.write_bytes(toml)
+    else:
+        path.write_text(toml.format(file=a_file, dir=tmp_path / "state"))
+    for command in (["check-config", str(path)], ["run", "--config", str(path)]):
+        result = subprocess.run([*APPLIANCE, *command], capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+        if command[0] == "check-config" and words in ("state_dir", "media_dir"):
+            continue   # folders are made (and judged) only when the appliance runs
+        assert result.returncode == 2, (command, result.stderr)
+        assert words in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.trio
@@ -81,3 +106,91 @@ async def test_run_serves_then_stops_cleanly_on_a_signal(tmp_path, signum):
     text = (tmp_path / "log").read_text()
     assert re.search(r"session \S+ on main ended: shutdown", text), text
     assert "stopped" in text and "Traceback" not in text, text
+
+
+
+FD_LIMIT = 128  # the server needs ~20 fds of its own
+
+
+@pytest.mark.trio
+async def test_the_watchdog_stops_while_the_server_cannot_answer(tmp_path):
+    """Out of fds, the process and its trio loop still run but nothing is
+    accepted or answered (measured in issue 9: the old watchdog kept pinging
+    a useless server). The pings stop, so systemd restarts it; here the
+    client lets go and they resume."""
+    config = tmp_path / "appliance.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                      '[engine]\nice_addresses = ["127.0.0.1"]\n')
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "PYTHONPATH": str(ROOT),
+           "WATCHDOG_USEC": "1000000"}  # a check every 0.5 s, each given 0.25 s
+    log_path = tmp_path / "log"
+
+    async def logged(text: str) -> None:
+        with trio.fail_after(15):
+            while text not in log_path.read_text():
+                await trio.sleep(0.05)  # a file: nothing to wait on
+
+    held: list[trio.SocketStream] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as drain, \
+            open(log_path, "wb") as log:
+        drain.bind(str(tmp_path / "notify"))
+        drain.setblocking(False)
+        notify = trio.socket.from_stdlib_socket(drain.dup())
+
+        async def next_message() -> str:
+            with trio.fail_after(30):
+                return (await notify.recv(4096)).decode()
+
+        process = await trio.lowlevel.open_process(
+            [*APPLIANCE, "run", "--config", str(config), "--host", "127.0.0.1", "--port", "0"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
+        try:
+            ready = await next_message()
+            assert "READY=1" in ready, ready
+            port = int(re.search(r"http://127\.0\.0\.1:(\d+)", ready).group(1))
+            assert await next_message() == "WATCHDOG=1"
+            # every fd the server can get, then its listen backlog
+            with trio.fail_after(20):
+                while True:
+                    with trio.move_on_after(1) as connecting:
+                        held.append(await trio.open_tcp_stream("127.0.0.1", port))
+                    if connecting.cancelled_caught:
+                        break
+            assert len(held) > FD_LIMIT // 2
+            await logged("not healthy: watchdog pings withheld")
+            with pytest.raises(BlockingIOError):
+                while True:  # pings from checks made before: not the ones we wait for
+                    drain.recv(4096)
+            with trio.move_on_after(2):  # four checks
+                message = await next_message()
+                pytest.fail(f"the server could not answer and still sent {message!r}")
+            for stream in held:
+                await stream.aclose()
+            held.clear()
+            assert await next_message() == "WATCHDOG=1"
+            await logged("healthy again: watchdog pings resumed")
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                assert await process.wait() == 0
+        finally:
+            notify.close()
+            for stream in held:
+                await stream.aclose()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert "connection from" not in log_path.read_text()  # no connection failed
+
+
+def test_check_config_works_without_the_c_build(tmp_path):
+    path = tmp_path / "a.toml"
+    path.write_text('name = "Hall A"\n[[sources]]\nid = "t"\nkind = "tone"\n'
+                    '[[sinks]]\nid = "main"\nkind = "opus"\n')
+    # the compiled module cannot be imported: as on a machine without the C build
+    code = ("import sys; sys.modules['appliance._engine_cffi'] = None; "
+            "from appliance.cli import main; sys.exit(main(['check-config', sys.argv[1]]))")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Hall A" in result.stdout
