@@ -31,7 +31,6 @@ Command line, for flash.sh (settings arrive on stdin as NUL-separated
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import re

@@ -25,11 +25,12 @@ need_tools() {
 # packages NAME...: the Debian packages in packages/NAME.txt (shared with the
 # Makefile), one line, comments dropped.
 packages() {
-    local n f out=()
+    local n f words out=()
     for n in "$@"; do
         f=$REPO_DIR/packages/$n.txt
         [ -f "$f" ] || die "no package list $f"
-        out+=($(sed 's/#.*//' "$f"))
+        read -r -d '' -a words < <(sed 's/#.*//' "$f") || true
+        out+=("${words[@]}")
     done
     echo "${out[*]}"
 }

@@ -1,7 +1,6 @@
 """Helpers for the image and flash.sh tests (tests/image/): fake sysfs trees (card readers
 that lsblk --sysroot believes in), small stub roots, and running scripts."""
 import os
-import shutil
 import subprocess
 from pathlib import Path
 

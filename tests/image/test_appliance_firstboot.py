@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import tomllib
-from pathlib import Path
 
 import pytest
 
