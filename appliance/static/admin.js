@@ -1,6 +1,6 @@
 // The admin page: status, sources/sinks/routes (gain, mute), the HAT's
 // mixer, live meters and a share link with a QR code for each channel.
-import { Meter, api, el, openEvents, plural, token } from "./common.js";
+import { Meter, api, el, openEvents, plural, setCsrf, whenUnauthorized } from "./common.js";
 import { qrSvg } from "./qr.js";
 
 const $ = (id) => document.getElementById(id);
@@ -22,16 +22,76 @@ function meterFor(kind, id, label) {
   return m;
 }
 
-// ---- token -----------------------------------------------------------------
-const tokenInput = $("token");
-tokenInput.value = token.get();
-function tokenState() { $("token-state").textContent = token.get() ? "token saved in this browser" : ""; }
-tokenState();
-$("token-save").addEventListener("click", () => {
-  token.set(tokenInput.value.trim());
-  tokenState();
-  events.reconnect();
-  refreshAll();
+// ---- login, first-time setup, logout ------------------------------------------
+// The session is an HttpOnly cookie; its CSRF token goes with every change.
+let started = false;
+
+function showLogin(state) {
+  setCsrf("");
+  $("app").hidden = true;
+  $("login").hidden = false;
+  const setup = !state.password_set;
+  $("login-title").textContent = setup ? "First-time setup" : "Log in";
+  $("login-form").hidden = setup;
+  $("setup-form").hidden = !setup;
+  if (state.setup_code_file) $("setup-file").textContent = state.setup_code_file;
+  (setup ? $("setup-code") : $("login-password")).focus();
+}
+
+function loggedIn(csrf) {
+  setCsrf(csrf);
+  $("login").hidden = true;
+  $("login-error").textContent = "";
+  $("app").hidden = false;
+  if (!started) { started = true; start(); }
+}
+
+async function checkSession() {
+  try {
+    const state = await api("/api/admin/session");
+    if (state.admin) loggedIn(state.csrf); else showLogin(state);
+  } catch (err) {
+    $("login").hidden = false;
+    $("login-error").textContent = `Cannot reach the appliance: ${err.message}`;
+    setTimeout(checkSession, 3000);
+  }
+}
+
+async function submit(path, body) {
+  $("login-error").textContent = "";
+  try {
+    const result = await api(path, { method: "POST", json: body });
+    loggedIn(result.csrf);
+  } catch (err) {
+    $("login-error").textContent = err.message;
+    if (err.status === 409) checkSession();  // the password was set meanwhile
+  }
+}
+
+$("login-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  submit("/api/admin/login", { password: $("login-password").value }).then(() => { $("login-password").value = ""; });
+});
+$("setup-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if ($("setup-password").value !== $("setup-confirm").value) {
+    $("login-error").textContent = "The two passwords differ.";
+    return;
+  }
+  submit("/api/admin/setup", { code: $("setup-code").value, password: $("setup-password").value });
+});
+$("logout").addEventListener("click", async () => {
+  try { await api("/api/admin/logout", { method: "POST" }); } catch { /* logged out anyway */ }
+  if (events) events.close();
+  started = false;
+  location.reload();
+});
+// a 401 on any call: the session ended (expired, restart, logout elsewhere)
+whenUnauthorized(() => {
+  if (!$("login").hidden) return;  // a wrong password: the form shows it
+  if (events) events.close();
+  started = false;
+  checkSession();
 });
 
 // ---- status ------------------------------------------------------------------
@@ -167,17 +227,14 @@ $("route-add").addEventListener("submit", async (e) => {
 // ---- share link and QR code -------------------------------------------------------
 function renderShare() {
   const id = $("share-sink").value;
-  $("share-token-label").hidden = !token.get();
   if (!id) { $("share-link").textContent = "No channel to share."; $("share-qr").replaceChildren(); return; }
-  let link = `${location.origin}/listen/${encodeURIComponent(id)}`;
-  if (token.get() && $("share-token").checked) link += `?token=${encodeURIComponent(token.get())}`;
+  const link = `${location.origin}/listen/${encodeURIComponent(id)}`;
   $("share-link").textContent = link;
   $("share-open").href = link;
   $("share-qr").innerHTML = qrSvg(link);
   $("share-qr").dataset.link = link;
 }
 $("share-sink").addEventListener("change", renderShare);
-$("share-token").addEventListener("change", renderShare);
 $("share-copy").addEventListener("click", async () => {
   const text = $("share-link").textContent;
   try {
@@ -244,7 +301,8 @@ $("mixer-device-set").addEventListener("click", async () => {
 
 // ---- live events ----------------------------------------------------------------
 const live = $("live");
-const events = openEvents({
+let events = null;
+const openAdminEvents = () => openEvents({
   levels: (data) => {
     for (const kind of ["sources", "sinks"]) {
       for (const [id, level] of Object.entries(data[kind] || {})) meterFor(kind, id, id).update(level);
@@ -266,8 +324,15 @@ const events = openEvents({
     const e = list.find((x) => x.id === data.id);
     if (e) e.xruns = data.total;
   },
-}, (on) => { live.className = "dot " + (on ? "live" : "down"); });
+}, (on) => { live.className = "dot " + (on ? "live" : "down"); },
+{ onDenied: async () => { events.close(); started = false; checkSession(); } });
 
 function refreshAll() { refreshStatus(); refreshGraph(); refreshMixer(); }
-refreshAll();
-setInterval(refreshStatus, 10000);
+let statusTimer = null;
+function start() {
+  events = openAdminEvents();
+  refreshAll();
+  clearInterval(statusTimer);
+  statusTimer = setInterval(refreshStatus, 10000);
+}
+checkSession();

@@ -1,41 +1,34 @@
-// Shared by the listen and admin pages: the access token, API calls, the
-// live event stream (Server-Sent Events) and level meters.
+// Shared by the listen and admin pages: API calls (the admin session is an
+// HttpOnly cookie plus a CSRF token sent in a header; the venue PIN is a
+// cookie too), the live event stream (Server-Sent Events) and level meters.
 
-const TOKEN_KEY = "appliance.token";
+let csrfToken = "";
+/** The admin session's CSRF token (from /api/admin/session or a login). */
+export function setCsrf(value) { csrfToken = value || ""; }
 
-export const token = {
-  get() { try { return localStorage.getItem(TOKEN_KEY) || ""; } catch { return ""; } },
-  set(value) {
-    try { value ? localStorage.setItem(TOKEN_KEY, value) : localStorage.removeItem(TOKEN_KEY); } catch { /* private mode */ }
-  },
-};
-
-// A share link may carry ?token=...: keep it, and take it out of the address bar.
-(() => {
-  const url = new URL(location.href);
-  const given = url.searchParams.get("token");
-  if (given) {
-    token.set(given);
-    url.searchParams.delete("token");
-    history.replaceState(null, "", url.pathname + url.search + url.hash);
-  }
-})();
-
-export function authHeaders(headers = {}) {
-  const t = token.get();
-  return t ? { ...headers, Authorization: `Bearer ${t}` } : headers;
+/** Headers for a request; credentials travel as cookies, so nothing to add
+ *  but the CSRF token on state-changing admin requests. */
+export function authHeaders(headers = {}, method = "GET") {
+  return csrfToken && !["GET", "HEAD", "OPTIONS"].includes(method)
+    ? { ...headers, "X-CSRF-Token": csrfToken } : headers;
 }
 
 let asking = null;
-/** Ask the person for the token (once at a time); resolves true if one was given. */
-export function askToken(reason = "This appliance needs an access token.") {
+/** Ask for the venue PIN (once at a time) and send it; resolves true when
+ *  the appliance accepted it (it then sets a cookie). */
+export function askPin(reason = "This appliance needs the venue PIN to listen.") {
   if (!asking) {
     asking = new Promise((resolve) => {
-      setTimeout(() => {
-        const value = window.prompt(`${reason}\nEnter the access token:`, "");
+      setTimeout(async () => {
+        const value = window.prompt(`${reason}\nEnter the PIN:`, "");
+        let ok = false;
+        if (value) {
+          const r = await fetch("/api/listen/pin", { method: "POST", headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ pin: value.trim() }) }).catch(() => null);
+          ok = Boolean(r && r.ok);
+        }
         asking = null;
-        if (value) token.set(value.trim());
-        resolve(Boolean(value));
+        resolve(ok);
       }, 0);
     });
   }
@@ -46,9 +39,13 @@ export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-/** fetch() on the API with the token; on 401 asks for the token and retries once. */
-export async function api(path, { method = "GET", json, headers = {}, body, raw = false, retry = true } = {}) {
-  const init = { method, headers: authHeaders(headers), cache: "no-store" };
+/** Called with the ApiError of every 401 (the admin page shows its login). */
+let onUnauthorized = () => {};
+export function whenUnauthorized(fn) { onUnauthorized = fn; }
+
+/** fetch() on the API (JSON in and out, errors as ApiError). */
+export async function api(path, { method = "GET", json, headers = {}, body, raw = false } = {}) {
+  const init = { method, headers: authHeaders(headers, method), cache: "no-store", credentials: "same-origin" };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
     init.headers["Content-Type"] = "application/json";
@@ -56,11 +53,12 @@ export async function api(path, { method = "GET", json, headers = {}, body, raw 
     init.body = body;
   }
   const response = await fetch(path, init);
-  if (response.status === 401 && retry && await askToken()) {
-    return api(path, { method, json, headers, body, raw, retry: false });
-  }
   if (raw) return response;
-  if (!response.ok) throw new ApiError(response.status, (await response.text()).trim() || response.statusText);
+  if (!response.ok) {
+    const error = new ApiError(response.status, (await response.text()).trim() || response.statusText);
+    if (response.status === 401) onUnauthorized(error);
+    throw error;
+  }
   if (response.status === 204) return null;
   const type = response.headers.get("Content-Type") || "";
   return type.includes("json") ? response.json() : response.text();
@@ -69,20 +67,23 @@ export async function api(path, { method = "GET", json, headers = {}, body, raw 
 /** The live event stream. `handlers` maps event names to functions of the
  *  parsed data; `onstate(live)` follows the connection. EventSource
  *  reconnects by itself (the server asks for 2 s). */
-export function openEvents(handlers, onstate = () => {}) {
+export function openEvents(handlers, onstate = () => {}, { path = "/api/events", onDenied = async () => {} } = {}) {
   let source = null;
   let failures = 0;
+  let closed = false;
   const connect = () => {
-    const t = token.get();
-    source = new EventSource("/api/events" + (t ? `?token=${encodeURIComponent(t)}` : ""));
+    if (closed) return;
+    source = new EventSource(path);
     source.onopen = () => { failures = 0; onstate(true); };
     source.onerror = async () => {
       onstate(false);
       if (source.readyState === EventSource.CLOSED) {
-        // closed for good: a 401 (wrong token) or the server went away
+        // closed for good: a 401 (logged out, PIN needed) or the server went away
         failures += 1;
-        const probe = await fetch("/api/status", { headers: authHeaders(), cache: "no-store" }).catch(() => null);
-        if (probe && probe.status === 401) await askToken();
+        const stop = new AbortController();
+        const probe = await fetch(path, { cache: "no-store", signal: stop.signal }).catch(() => null);
+        stop.abort();
+        if (probe && probe.status === 401) await onDenied();
         setTimeout(connect, Math.min(10000, 1000 * failures));
       }
     };
@@ -91,7 +92,10 @@ export function openEvents(handlers, onstate = () => {}) {
     }
   };
   connect();
-  return { close: () => source && source.close(), reconnect: () => { source && source.close(); connect(); } };
+  return {
+    close: () => { closed = true; if (source) source.close(); },
+    reconnect: () => { closed = false; if (source) source.close(); connect(); },
+  };
 }
 
 export function el(tag, attrs = {}, ...children) {

@@ -3,7 +3,7 @@
 // slider, live levels and listener counts (from /api/events), and the
 // measured round trip and jitter. Works on plain http:// (no secure-context
 // APIs) and starts playback inside the click handler for Safari/iOS.
-import { Meter, api, authHeaders, askToken, el, openEvents, plural, token } from "./common.js";
+import { Meter, api, authHeaders, askPin, el, openEvents, plural } from "./common.js";
 
 const LOW_LATENCY_KEY = "appliance.lowLatency";
 const VOLUME_KEY = "appliance.volume";
@@ -205,9 +205,9 @@ class Player {
         return;
       }
       if (response.status === 401) {
-        if (await askToken()) return this.retry("token needed");
+        if (await askPin()) return this.retry("PIN accepted");
         this.wanted = false;
-        return this.setState("error", "an access token is needed");
+        return this.setState("error", "the venue PIN is needed to listen");
       }
       if (response.status !== 201) {
         const text = (await response.text()).trim();
@@ -491,8 +491,9 @@ class Card {
 async function loadChannels() {
   let sinks;
   try {
-    sinks = await api("/api/sinks");
+    sinks = await api("/api/listen/channels");
   } catch (err) {
+    if (err.status === 401 && await askPin()) return loadChannels();
     channelsBox.replaceChildren(el("p", { class: "error", text: `Cannot load the channels: ${err.message}` }));
     setTimeout(loadChannels, 3000);
     return;
@@ -533,7 +534,8 @@ openEvents({
       cards.get(id)?.meter.update(level);
     }
   },
-}, (on) => { live.className = "dot " + (on ? "live" : "down"); live.title = on ? "live" : "reconnecting"; });
+}, (on) => { live.className = "dot " + (on ? "live" : "down"); live.title = on ? "live" : "reconnecting"; },
+{ path: "/api/listen/events", onDenied: () => askPin() });
 
 window.addEventListener("pagehide", () => {
   for (const card of cards.values()) {
@@ -542,5 +544,4 @@ window.addEventListener("pagehide", () => {
   }
 });
 
-void token;
 loadChannels();

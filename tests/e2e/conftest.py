@@ -106,4 +106,18 @@ def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 # The real server of tests/web (hypercorn + app + engine, loopback ICE).
-from tests.web.conftest import server  # noqa: E402,F401  (a fixture)
+from tests.web.conftest import ADMIN_PASSWORD, server  # noqa: E402,F401  (a fixture)
+
+
+def open_admin(b: Browser, url: str, size: dict[str, int] = DESKTOP) -> Any:
+    """The admin page at ``url`` (the server's base URL), logged in through
+    its own form with the test servers' admin password (unless this browser
+    is logged in already: the cookie is shared by its pages)."""
+    page = b.new_page(size)
+    page.goto(url + "/admin")
+    page.wait_for_selector("#app:not([hidden]), #login:not([hidden])")
+    if page.is_visible("#login"):
+        page.fill("#login-password", ADMIN_PASSWORD)
+        page.click('#login-form button[type="submit"]')
+        page.wait_for_selector("#app:not([hidden])")
+    return page

@@ -10,7 +10,7 @@ import alsaaudio
 import pytest
 import trio
 
-from tests.e2e.conftest import Browser
+from tests.e2e.conftest import Browser, open_admin
 from tests.support.audio_sim import use_asoundrc
 from tests.web.conftest import make_config, open_server
 
@@ -65,8 +65,7 @@ async def test_the_admin_page_sets_the_mixer_and_it_is_restored_at_start(tmp_pat
     state = tmp_path / "state"
     async with open_server(make_config(state)) as server:
         def move_master(b: Browser):
-            page = b.new_page()
-            page.goto(server.url + "/admin")
+            page = open_admin(b, server.url)
             slider = page.locator('[data-mixer="Master:playback_volume"]')
             slider.wait_for()
             slider.evaluate("(el) => { el.value = '40'; el.dispatchEvent(new Event('input')); }")

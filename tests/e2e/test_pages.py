@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.e2e.conftest import DESKTOP, PHONE, Browser
+from tests.e2e.conftest import DESKTOP, PHONE, Browser, open_admin
 from tests.web.conftest import IDLE, make_config, open_server
 
 pytestmark = [pytest.mark.trio, pytest.mark.browser]
@@ -97,8 +97,7 @@ async def test_a_gain_change_in_the_admin_page_changes_the_level_heard(server, b
         listen = open_listen(b, server.url + "/")
         press_listen_and_wait(listen)
         before = listen.evaluate("applianceDebug.analyse('main', 500)")
-        admin = b.new_page()
-        admin.goto(server.url + "/admin")
+        admin = open_admin(b, server.url)
         admin.wait_for_selector('[data-gain="tone-main"]')
         gain = admin.locator('[data-gain="tone-main"]')
         gain.fill("-20")
@@ -164,24 +163,26 @@ async def test_the_listen_page_reconnects_when_the_session_is_lost(server, brows
     await wait_for(lambda: _idle(server))
 
 
-async def test_with_a_token_the_pages_ask_for_it_and_listening_works(tmp_path, browser):
-    async with open_server(make_config(tmp_path, token="s3cret")) as server:
-        assert (await server.client.get("/api/sinks")).status_code == 401
+async def test_with_a_pin_the_listen_page_asks_for_it_and_listening_works(tmp_path, browser):
+    async with open_server(make_config(tmp_path, listen_pin="4711"), headers={}) as server:
+        assert (await server.client.get("/api/listen/channels")).status_code == 401
 
         def run(b: Browser):
             asked = []
-            page = b.new_page(on_dialog=lambda d: (asked.append(d.message), d.accept("s3cret")))
+            page = b.new_page(on_dialog=lambda d: (asked.append(d.message), d.accept("4711")))
             page.goto(server.url + "/")
             page.wait_for_selector('.channel[data-sink="main"] button.listen', timeout=10000)
             press_listen_and_wait(page)
-            stored = page.evaluate("localStorage.getItem('appliance.token')")
+            cookies = b.context.cookies(server.url)
             page.click('.channel[data-sink="main"] button.listen')
             page.close()
-            return asked, stored
+            return asked, cookies
 
-        asked, stored = await browser.call(run)
-        assert asked and "token" in asked[0]
-        assert stored == "s3cret"
+        asked, cookies = await browser.call(run)
+        assert asked and "PIN" in asked[0]
+        proof = [c for c in cookies if c["name"] == "appliance_listen"]
+        assert proof and proof[0]["httpOnly"] and proof[0]["sameSite"] == "Strict"
+        assert "4711" not in proof[0]["value"]
         await wait_for(lambda: _idle(server))
 
 
@@ -219,8 +220,7 @@ async def test_screenshots_of_both_pages(tmp_path, pulse, browser):
             path = out / f"ui-listen-{label}.png"
             page.screenshot(path=str(path), full_page=True)
             files.append(path)
-            admin = b.new_page(size)
-            admin.goto(url + "/admin")
+            admin = open_admin(b, url, size)
             admin.wait_for_selector('[data-gain="lectern-fr"]')
             admin.wait_for_selector("#share-qr svg")
             admin.wait_for_selector('[data-mixer="Master:playback_volume"]')
@@ -243,8 +243,7 @@ async def test_screenshots_of_both_pages(tmp_path, pulse, browser):
 async def test_the_share_link_and_qr_code_open_one_channel(tmp_path, browser):
     async with open_server(make_config(tmp_path / "state", data=SHOWCASE)) as server:
         def run(b: Browser):
-            admin = b.new_page()
-            admin.goto(server.url + "/admin")
+            admin = open_admin(b, server.url)
             admin.wait_for_selector("#share-qr svg")
             admin.select_option("#share-sink", "fr")
             link = admin.locator("#share-qr").get_attribute("data-link")
