@@ -200,3 +200,14 @@ def test_without_the_app_it_says_so(tree):
     shutil.rmtree(tree / "opt")
     p = run(["python3", FIRSTBOOT, "--root", tree])
     assert p.returncode != 0 and "is the appliance installed?" in p.stderr
+
+
+def test_the_appliance_reads_the_config_first_boot_writes(tree):
+    from appliance.config import load_config
+    stored = hash_password("correct horse battery")
+    settings(tree, hostname="hall", admin_password_hash=stored, admin_token="tok")
+    firstboot(tree)
+    c = load_config(tree / "var/lib/appliance/config.toml")
+    assert c.name == "hall" and c.server.port == 80
+    assert (c.admin.token, c.admin.password_hash) == ("tok", stored)
+    assert c.admin.setup_code_file == "/var/lib/appliance/setup-code.txt"
