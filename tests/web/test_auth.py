@@ -380,3 +380,19 @@ async def test_a_stale_or_forged_session_cookie_gives_401_not_500(tmp_path):
         r = await server.client.post("/api/admin/logout",
                                      headers={"Cookie": f"{auth.SESSION_COOKIE}=nonsense"})
         assert r.status_code == 204
+
+
+async def test_odd_host_and_origin_headers_are_refused_not_500(tmp_path):
+    async with open_server(make_config(tmp_path)) as server:
+        for headers in ({"Host": "a" * 64 + ".local", "Origin": "http://x"},
+                        {"Host": "a" * 64 + ".local"},
+                        {"Origin": "http://" + "\u00e9" * 10},
+                        {"Origin": "http://127.0.0.1:1/" + "x" * 5000},
+                        {"Origin": ""}, {"Sec-Fetch-Site": "\u00e9"}):
+            encoded = {k: v.encode("utf-8") for k, v in headers.items()}
+            for method, path in (("GET", "/api/status"), ("POST", "/api/admin/login"),
+                                 ("POST", "/api/whep/main")):
+                r = await server.client.request(method, path, headers=encoded, json={})
+                assert r.status_code < 500, (headers, method, path, r.status_code)
+                if "Origin" in headers or method == "POST":  # foreign, or a bad body
+                    assert r.status_code >= 400, (headers, method, path, r.status_code)
