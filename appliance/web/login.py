@@ -30,6 +30,15 @@ def _auth() -> AdminAuth:
     return current_app.admin_auth
 
 
+def _hashing() -> trio.CapacityLimiter:
+    """scrypt needs 16 MiB per hash: at most two at once, however many
+    addresses are guessing (the throttle counts per address)."""
+    limiter = getattr(current_app, "admin_hash_limiter", None)
+    if limiter is None:
+        limiter = current_app.admin_hash_limiter = trio.CapacityLimiter(2)
+    return limiter
+
+
 async def read_fields(*names: str) -> dict[str, str] | Response:
     """A JSON object with exactly these string fields, or a 4xx response."""
     if media_type() != "application/json":
@@ -102,7 +111,8 @@ async def login() -> Response:
     ok = False
     try:
         # scrypt takes ~50 ms and 16 MiB: off the event loop
-        ok = await trio.to_thread.run_sync(auth.check_password, fields["password"])
+        ok = await trio.to_thread.run_sync(auth.check_password, fields["password"],
+                                           limiter=_hashing())
     finally:
         auth.throttle.release(address, ok)
     if not ok:
@@ -134,7 +144,8 @@ async def setup() -> Response:
         if not ok:
             return plain("wrong setup code", 401)
         try:
-            await trio.to_thread.run_sync(auth.set_password, fields["password"])
+            await trio.to_thread.run_sync(auth.set_password, fields["password"],
+                                          limiter=_hashing())
         except OSError as error:
             return plain(f"the password could not be saved: {error.strerror}", 503)
     session_id, session = auth.sessions.create()

@@ -396,3 +396,36 @@ async def test_odd_host_and_origin_headers_are_refused_not_500(tmp_path):
                 assert r.status_code < 500, (headers, method, path, r.status_code)
                 if "Origin" in headers or method == "POST":  # foreign, or a bad body
                     assert r.status_code >= 400, (headers, method, path, r.status_code)
+
+
+async def test_a_crowd_of_guessers_hashes_at_most_two_passwords_at_once(tmp_path):
+    """scrypt takes 16 MiB each: many addresses guessing at once must not
+    take the box's memory."""
+    async with open_server(make_config(tmp_path), headers={}) as server:
+        admin_auth = server.app.admin_auth
+        check = admin_auth.check_password
+        running, most = 0, 0
+
+        def counted(password: str) -> bool:  # runs in a worker thread
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                return check(password)
+            finally:
+                running -= 1
+
+        admin_auth.check_password = counted
+        statuses: list[int] = []
+
+        async def guess(n: int) -> None:
+            transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{10 + n}")
+            async with httpx.AsyncClient(base_url=server.url, transport=transport) as c:
+                r = await c.post("/api/admin/login", json={"password": f"guess {n:04d}"})
+                statuses.append(r.status_code)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(12):
+                nursery.start_soon(guess, n)
+        assert statuses == [401] * 12
+        assert 1 <= most <= 2
