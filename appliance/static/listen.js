@@ -1,6 +1,6 @@
 // The listen page: one card per channel (an Opus sink) with a Listen/Stop
 // button that plays it over WHEP with a plain RTCPeerConnection, a volume
-// slider, live levels and listener counts (from /api/events), and the
+// slider, live levels and listener counts (from /api/listen/events), and the
 // measured round trip and jitter. Works on plain http:// (no secure-context
 // APIs) and starts playback inside the click handler for Safari/iOS.
 import { Meter, api, authHeaders, askPin, el, openEvents, plural } from "./common.js";

@@ -1,7 +1,7 @@
 """The web UI's pages: ``/`` (listen), ``/listen/{sink}`` (one channel, what a
 share link opens) and ``/admin``. The pages are public; the data they show
-comes from ``/api/...`` (token-protected when a token is set; the pages ask
-for it and keep it in localStorage). Static files are served from
+comes from ``/api/...`` (the admin page logs in first; the listen page asks
+for the venue PIN when one is set: see ``auth``). Static files are served from
 ``appliance/static`` by the app itself (no CDN)."""
 from __future__ import annotations
 
