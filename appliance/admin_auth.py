@@ -25,12 +25,14 @@ import logging
 import os
 import secrets
 import time
-import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from .passwords import hash_password, is_password_hash, verify_password
+from .passwords import (
+    PASSWORD_MAX, PASSWORD_MIN, hash_password, is_password_hash, password_problem,
+    verify_password,
+)
 from .store import atomic_write
 
 __all__ = ["AdminAuth", "AdminSession", "Sessions", "Throttle", "check_password_text",
@@ -39,8 +41,6 @@ __all__ = ["AdminAuth", "AdminSession", "Sessions", "Throttle", "check_password_
 log = logging.getLogger("appliance.auth")
 
 PASSWORD_FILE = "admin-password"
-PASSWORD_MIN = 8
-PASSWORD_MAX = 256
 # no 0/O, 1/I/L: the code is read off a screen or a file and typed on a phone
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 12  # 31^12 ≈ 2^59: not guessable, even without the throttle
@@ -57,13 +57,7 @@ def _format_code(code: str) -> str:
 
 def check_password_text(password: str) -> str | None:
     """Why ``password`` cannot be an admin password, or None if it can."""
-    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
-        return f"the password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long"
-    # lone surrogates and control characters cannot be typed reliably and
-    # would hash differently depending on the client
-    if any(unicodedata.category(ch) in ("Cc", "Cs", "Cn") for ch in password):
-        return "the password may not contain control characters or invalid text"
-    return None
+    return password_problem(password)
 
 
 def client_key(address: str) -> str:

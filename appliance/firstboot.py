@@ -451,14 +451,11 @@ def load_settings_text(data: bytes) -> dict[str, Any]:
 # --- the admin password --------------------------------------------------------------
 
 def check_password(password: str) -> str:
-    """The rule for a new admin password (the clear text is never stored);
-    the same as the admin page's (appliance.admin_auth.check_password_text)."""
-    if len(password) < 8:
-        raise SettingsError("admin.password", "must be at least 8 characters", secret=True)
-    _length("admin.password", password, 256, secret=True)
-    if any(unicodedata.category(ch) in ("Cc", "Cs", "Cn") for ch in password):
-        raise SettingsError("admin.password", "control characters or invalid text are not allowed",
-                            secret=True)
+    """The rule for a new admin password (the clear text is never stored):
+    the admin page's too (appliance.passwords.password_problem)."""
+    problem = passwords.password_problem(password)
+    if problem:
+        raise SettingsError("admin.password", problem, secret=True)
     return password
 
 

@@ -10,12 +10,29 @@ import base64
 import hashlib
 import hmac
 import secrets
+import unicodedata
 
-__all__ = ["hash_password", "verify_password", "is_password_hash"]
+__all__ = ["hash_password", "verify_password", "is_password_hash", "password_problem",
+           "PASSWORD_MIN", "PASSWORD_MAX"]
+
+# The rule for a new admin password, for the admin page and flash.sh alike.
+PASSWORD_MIN = 8
+PASSWORD_MAX = 256
 
 # 16 MiB of memory per hash (128 * r * n bytes): slow for a guesser, ~50 ms here.
 _N, _R, _P = 2 ** 14, 8, 1
 _MAXMEM = 64 * 1024 * 1024
+
+
+def password_problem(password: str) -> str | None:
+    """Why ``password`` cannot be an admin password, or None if it can."""
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return f"the password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long"
+    # lone surrogates and control characters cannot be typed reliably and
+    # would hash differently depending on the client
+    if any(unicodedata.category(ch) in ("Cc", "Cs", "Cn") for ch in password):
+        return "the password may not contain control characters or invalid text"
+    return None
 
 
 def _b64(data: bytes) -> str:

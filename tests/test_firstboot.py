@@ -280,7 +280,8 @@ def test_cli_hash_password():
     assert p.returncode == 0, p.stderr
     assert verify_password("a good password", p.stdout.decode().strip())
     p = cli("hash-password", stdin=b"short")
-    assert p.returncode == 1 and p.stderr.decode().strip() == "--admin-password: must be at least 8 characters"
+    assert p.returncode == 1 and p.stderr.decode().strip() == (
+        "--admin-password: the password must be 8 to 256 characters long")
     p = cli("hash-password", stdin=b"\xff" * 10)
     assert p.returncode == 1 and b"UTF-8" in p.stderr
 
