@@ -62,17 +62,17 @@ async def run_watchdog(healthy: Callable[[], bool | Awaitable[bool]] = lambda: T
     was_ok = True
     while True:
         next_ping = trio.current_time() + interval
-        ok = False
+        ok, error = False, None
         with trio.move_on_after(interval / 2):
             try:
                 result = healthy()
                 ok = result if isinstance(result, bool) else bool(await result)
-            except Exception:
-                log.exception("the health check failed")
+            except Exception as exc:
+                error = exc
         if ok:
             notify("WATCHDOG=1", env=env)
-        if was_ok and not ok:
-            log.warning("not healthy: watchdog pings withheld")
+        if was_ok and not ok:  # logged once per bad spell, not at every check
+            log.warning("not healthy: watchdog pings withheld", exc_info=error)
         elif ok and not was_ok:
             log.info("healthy again: watchdog pings resumed")
         was_ok = ok
