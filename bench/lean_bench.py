@@ -1,0 +1,491 @@
+"""Listener transport benchmark: up to 1000 listeners, side by side in one run.
+
+For each server (the appliance with its webrtcbin transport, the appliance
+with the lean transport when it has one, Janus's streaming plugin) this
+starts the server as its own process on loopback, then holds N listeners on
+it with ``bench/loadgen`` (one C process, a fixed number of threads; see
+bench/loadgen/README.md) and measures, from the server process's
+/proc/<pid>/stat and /status:
+
+- CPU (% of one core, utime + stime over a window), RSS and threads at
+  N = 0 / 100 / 250 / 500 / 1000 (listeners come in bursts of 50
+  simultaneous POSTs; the first burst after start is measured too);
+- POST -> 201 and POST -> first audio packet (p50 / p95) for those bursts;
+- packet loss over every window (sequence numbers, per listener), and the
+  pitch a sample of listeners decodes (the source is a 440 Hz tone);
+- RSS after every listener has left, against before the first came.
+
+    .venv/bin/python bench/lean_bench.py [--levels 0,100,250,500,1000]
+        [--servers webrtcbin,lean,janus] [--window 10]
+
+A server that cannot hold a level (answers fail, or listeners do not
+connect) stops there and the table says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADGEN_DIR = ROOT / "bench" / "loadgen"
+LOADGEN = LOADGEN_DIR / "loadgen"
+TOKEN = "bench-token-0123456789"
+TONE_HZ = 440.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def build_loadgen() -> Path:
+    """Build the C client (make decides whether anything changed)."""
+    subprocess.run(["make", "-s", "-C", str(LOADGEN_DIR)], check=True)
+    return LOADGEN
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# ---- the load generator ----------------------------------------------------------
+
+class LoadgenError(Exception):
+    pass
+
+
+class Loadgen:
+    """One loadgen process: listeners by integer id; replies are matched to
+    requests by (event, id)."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self._waiting: dict[int, tuple[str, trio.MemorySendChannel]] = {}
+        self._stats: list[dict[str, Any]] = []
+        self._stats_done: trio.Event | None = None
+        self._summary: trio.MemorySendChannel | None = None
+        self.first: dict[int, float] = {}        # id -> monotonic time of the first RTP
+        self.errors: dict[int, str] = {}
+        self.closed: dict[int, dict[str, Any]] = {}
+        self._lock = trio.Lock()
+
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, workers: int = 2,
+                    sample_every: int = 50) -> "Loadgen":
+        process = await trio.lowlevel.open_process(
+            [str(build_loadgen()), "-w", str(workers), "-s", str(sample_every)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self = cls(process)
+        ready = trio.Event()
+        nursery.start_soon(self._read, ready)
+        with trio.fail_after(10):
+            await ready.wait()
+        return self
+
+    async def _read(self, ready: trio.Event) -> None:
+        buf = b""
+        assert self.process.stdout is not None
+        while True:
+            chunk = await self.process.stdout.receive_some(1 << 16)
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                msg = json.loads(line)
+                self._dispatch(msg, ready)
+
+    def _dispatch(self, msg: dict[str, Any], ready: trio.Event) -> None:
+        event, ident = msg["event"], msg.get("id", -1)
+        if event == "ready":
+            ready.set()
+        elif event == "first":
+            self.first[ident] = msg["t"]
+        elif event == "stats":
+            self._stats.append(msg)
+        elif event == "stats-end":
+            assert self._stats_done is not None
+            self._stats_done.set()
+        elif event == "summary":
+            assert self._summary is not None
+            self._summary.send_nowait(msg)
+        elif event == "closed":
+            self.closed[ident] = msg
+        if event == "error":
+            self.errors[ident] = msg["message"]
+        waiter = self._waiting.get(ident)
+        if waiter is not None and event in (waiter[0], "error"):
+            del self._waiting[ident]
+            waiter[1].send_nowait(msg)
+
+    async def _send(self, text: bytes) -> None:
+        assert self.process.stdin is not None
+        async with self._lock:
+            await self.process.stdin.send_all(text)
+
+    async def _request(self, key: tuple[str, int], text: bytes) -> dict[str, Any]:
+        """Send a command; wait for the reply ``key`` = (event, id) or an error."""
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiting[key[1]] = (key[0], send)
+        await self._send(text)
+        with trio.fail_after(10):
+            msg = await receive.receive()
+        if msg["event"] == "error":
+            raise LoadgenError(f"listener {key[1]}: {msg['message']}")
+        return msg
+
+    async def offer(self, ident: int) -> str:
+        return (await self._request(("offer", ident), b"offer %d\n" % ident))["sdp"]
+
+    async def answer(self, ident: int, sdp: str) -> None:
+        body = sdp.encode()
+        await self._send(b"answer %d %d\n" % (ident, len(body)) + body)
+
+    async def remote_offer(self, ident: int, sdp: str) -> str:
+        body = sdp.encode()
+        msg = await self._request(("answer", ident), b"remote-offer %d %d\n" % (ident, len(body))
+                                  + body)
+        return msg["sdp"]
+
+    async def close(self, ident: int) -> None:
+        await self._send(b"close %d\n" % ident)
+
+    async def stats(self) -> list[dict[str, Any]]:
+        self._stats = []
+        self._stats_done = trio.Event()
+        await self._send(b"stats\n")
+        with trio.fail_after(30):
+            await self._stats_done.wait()
+        return self._stats
+
+    async def summary(self) -> dict[str, Any]:
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._summary = send
+        await self._send(b"summary\n")
+        with trio.fail_after(10):
+            return await receive.receive()
+
+    async def wait_first(self, idents: list[int], timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while not all(i in self.first for i in idents):
+                await trio.sleep(0.02)
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        try:
+            await self._send(b"quit\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        with trio.move_on_after(5):
+            await self.process.wait()
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+# ---- server processes --------------------------------------------------------------
+
+def proc_sample(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, RSS KiB, threads) of a process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
+    return cpu, rss, threads
+
+
+@dataclass
+class Server:
+    """A running server under test: how to add and remove one listener."""
+    name: str
+    pid: int
+    loadgen: Loadgen
+    client: httpx.AsyncClient
+    sessions: dict[int, Any] = field(default_factory=dict)
+
+    async def add(self, ident: int, gate: trio.Event, times: dict[str, list[float]]) -> None:
+        raise NotImplementedError
+
+    async def remove(self, ident: int) -> None:
+        raise NotImplementedError
+
+
+class ApplianceServer(Server):
+    async def add(self, ident: int, gate: trio.Event, times: dict[str, list[float]]) -> None:
+        offer = await self.loadgen.offer(ident)
+        await gate.wait()
+        t0 = time.monotonic()
+        r = await self.client.post("/api/whep/main", content=offer,
+                                   headers={"Content-Type": "application/sdp",
+                                            "Authorization": f"Bearer {TOKEN}"})
+        t201 = time.monotonic()
+        if r.status_code != 201:
+            await self.loadgen.close(ident)
+            raise LoadgenError(f"POST gave {r.status_code}: {r.text[:200]}")
+        self.sessions[ident] = r.headers["Location"]
+        await self.loadgen.answer(ident, r.text)
+        times["post_201"].append(t201 - t0)
+        times.setdefault("t0", []).append((ident, t0))  # type: ignore[arg-type]
+
+    async def remove(self, ident: int) -> None:
+        location = self.sessions.pop(ident, None)
+        await self.loadgen.close(ident)
+        if location is not None:
+            await self.client.delete(location, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def start_appliance(nursery: trio.Nursery, tmp: Path, transport: str | None,
+                          max_listeners: int) -> tuple[trio.Process, str]:
+    config = tmp / "bench.toml"
+    engine = f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n'
+    if transport is not None:
+        engine += f'transport = "{transport}"\n'
+    config.write_text(
+        f'state_dir = "{tmp}/state"\n'
+        f'[server]\nhost = "127.0.0.1"\nmax_listeners = {max_listeners}\n'
+        f'post_rate_per_s = 100000.0\npost_burst = 100000\n'
+        f'[admin]\ntoken = "{TOKEN}"\n'
+        f'[engine]\n{engine}'
+        f'[[sources]]\nid = "tone"\nname = "Tone"\nkind = "tone"\ntone_hz = {TONE_HZ}\n'
+        f'[[sinks]]\nid = "main"\nname = "Main"\nkind = "opus"\n'
+        f'[[routes]]\nid = "tone-main"\nsource_id = "tone"\nsink_id = "main"\n')
+    notify_path = tmp / "notify"
+    notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await notify.bind(str(notify_path))
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONPATH": str(ROOT)}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "appliance.cli", "run", "--config", str(config),
+         "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
+        env=env, cwd=str(ROOT))
+    try:
+        with trio.fail_after(60):
+            while True:
+                ready = (await notify.recv(4096)).decode()
+                if "READY=1" in ready:
+                    break
+    finally:
+        notify.close()
+    url = re.search(r"http://127\.0\.0\.1:\d+", ready).group(0)
+    return process, url
+
+
+async def stop_process(process: trio.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(2)
+        with trio.move_on_after(20):
+            await process.wait()
+    if process.returncode is None:
+        process.kill()
+        await process.wait()
+
+
+# ---- the measurement -------------------------------------------------------------
+
+@dataclass
+class Row:
+    n: int
+    cpu_pct: float
+    rss_kib: int
+    threads: int
+    lost: int
+    packets: int
+    note: str = ""
+
+
+async def measure_window(server: Server, window: float) -> tuple[float, int, int, int, int]:
+    s0 = await server.loadgen.summary()
+    c0, _, _ = proc_sample(server.pid)
+    t0 = time.monotonic()
+    await trio.sleep(window)
+    c1, rss, threads = proc_sample(server.pid)
+    t1 = time.monotonic()
+    s1 = await server.loadgen.summary()
+    return (100 * (c1 - c0) / (t1 - t0), rss, threads, s1["lost"] - s0["lost"],
+            s1["packets"] - s0["packets"])
+
+
+async def add_burst(server: Server, idents: list[int], times: dict[str, list[float]]) -> list[str]:
+    """POST ``idents`` at the same moment; returns the errors."""
+    gate = trio.Event()
+    errors: list[str] = []
+    local: dict[str, list[Any]] = {"post_201": [], "t0": []}
+
+    async def one(ident: int) -> None:
+        try:
+            await server.add(ident, gate, local)
+        except (LoadgenError, httpx.HTTPError) as error:
+            errors.append(f"{ident}: {error}")
+
+    async with trio.open_nursery() as nursery:
+        for ident in idents:
+            nursery.start_soon(one, ident)
+        await trio.sleep(0.5)   # every offer is ready
+        gate.set()
+    times["post_201"].extend(local["post_201"])
+    started = dict(local["t0"])
+    await server.loadgen.wait_first(list(started), timeout=10)
+    for ident, t0 in started.items():
+        if ident in server.loadgen.first:
+            times["first_audio"].append(server.loadgen.first[ident] - t0)
+        else:
+            errors.append(f"{ident}: no audio within 10 s")
+    return errors
+
+
+async def run_server(server: Server, levels: list[int], window: float, burst: int,
+                     settle: float) -> dict[str, Any]:
+    rows: list[Row] = []
+    times: dict[str, list[float]] = {"post_201": [], "first_audio": []}
+    first_burst: dict[str, list[float]] = {"post_201": [], "first_audio": []}
+    _, rss_before, threads_before = proc_sample(server.pid)
+    note = ""
+    next_id = 0
+    for n in levels:
+        while len(server.sessions) < n:
+            count = min(burst, n - len(server.sessions))
+            idents = list(range(next_id, next_id + count))
+            next_id += count
+            errors = await add_burst(server, idents,
+                                     first_burst if not first_burst["post_201"] else times)
+            if errors:
+                note = f"stopped before N={n}: {len(errors)} of a burst failed ({errors[0]})"
+                break
+        if note:
+            break
+        await trio.sleep(settle)
+        cpu, rss, threads, lost, packets = await measure_window(server, window)
+        rows.append(Row(n, cpu, rss, threads, lost, packets))
+        print(f"  {server.name}: N={n:5d} CPU {cpu:6.2f} %  RSS {rss / 1024:7.1f} MiB  "
+              f"threads {threads:5d}  lost {lost}/{packets + lost}", flush=True)
+    stats = await server.loadgen.stats()
+    pitches = [s["pitch_hz"] for s in stats if s["decoded_s"] > 1]
+    # everyone leaves
+    ids = list(server.sessions)
+    limiter = trio.CapacityLimiter(20)
+
+    async def leave(ident: int) -> None:
+        async with limiter:
+            await server.remove(ident)
+
+    async with trio.open_nursery() as nursery:
+        for ident in ids:
+            nursery.start_soon(leave, ident)
+    await trio.sleep(settle + 3)
+    _, rss_after, threads_after = proc_sample(server.pid)
+    return {"rows": rows, "times": times, "first_burst": first_burst, "note": note,
+            "rss_before": rss_before, "rss_after": rss_after, "threads_before": threads_before,
+            "threads_after": threads_after, "pitches": pitches}
+
+
+def slope(rows: list[Row], attr: str) -> float:
+    """Least-squares slope of ``attr`` over N."""
+    xs = [r.n for r in rows]
+    ys = [getattr(r, attr) for r in rows]
+    if len(xs) < 2:
+        return float("nan")
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else float("nan")
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    rows: list[Row] = result["rows"]
+    print(f"\n{name}")
+    print("  listeners  CPU % of a core   RSS MiB  threads   lost / packets")
+    for r in rows:
+        print(f"  {r.n:9d}  {r.cpu_pct:15.2f}  {r.rss_kib / 1024:8.1f}  {r.threads:7d}   "
+              f"{r.lost} / {r.packets + r.lost}")
+    if result["note"]:
+        print(f"  {result['note']}")
+    print(f"  per listener (least squares over N): {slope(rows, 'cpu_pct'):.4f} % of a core, "
+          f"{slope(rows, 'rss_kib'):.1f} KiB, {slope(rows, 'threads'):.2f} threads")
+    for label, times in (("first burst after start", result["first_burst"]),
+                         ("later bursts", result["times"])):
+        if times["post_201"]:
+            ms201 = [t * 1000 for t in times["post_201"]]
+            msfa = [t * 1000 for t in times["first_audio"]]
+            print(f"  {label} ({len(ms201)} POSTs): POST->201 p50 {statistics.median(ms201):.1f} "
+                  f"ms p95 {pct(ms201, 95):.1f} ms; POST->first audio p50 "
+                  f"{statistics.median(msfa) if msfa else float('nan'):.1f} ms "
+                  f"p95 {pct(msfa, 95):.1f} ms")
+    print(f"  RSS before {result['rss_before'] / 1024:.1f} MiB, after all left "
+          f"{result['rss_after'] / 1024:.1f} MiB "
+          f"({(result['rss_after'] - result['rss_before']) / 1024:+.1f} MiB); threads "
+          f"{result['threads_before']} -> {result['threads_after']}")
+    pitches = result["pitches"]
+    if pitches:
+        print(f"  pitch heard by {len(pitches)} sampled listeners: "
+              f"{min(pitches):.1f}-{max(pitches):.1f} Hz (source {TONE_HZ:g} Hz)")
+
+
+async def bench_appliance(args: argparse.Namespace, transport: str | None) -> dict[str, Any]:
+    name = f"appliance ({transport or 'default transport'})"
+    with tempfile.TemporaryDirectory() as tmp:
+        async with trio.open_nursery() as nursery:
+            process, url = await start_appliance(nursery, Path(tmp), transport,
+                                                 max(args.levels) + 100)
+            loadgen = await Loadgen.start(nursery, workers=args.workers)
+            try:
+                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+                async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+                    server = ApplianceServer(name, process.pid, loadgen, client)
+                    result = await run_server(server, args.levels, args.window, args.burst,
+                                              args.settle)
+            finally:
+                await loadgen.aclose()
+                await stop_process(process)
+            nursery.cancel_scope.cancel()
+    return result
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    print(f"listener transport benchmark, {os.cpu_count()} cores, loopback, loadgen "
+          f"({args.workers} threads), levels {args.levels}, {args.window:g} s windows", flush=True)
+    results = {}
+    for name in args.servers:
+        if name == "janus":
+            results["Janus streaming plugin"] = await bench_janus(args)
+        else:
+            transport = None if name == "default" else name
+            results[f"appliance, {name} transport"] = await bench_appliance(args, transport)
+    for name, result in results.items():
+        report(name, result)
+
+
+async def bench_janus(args: argparse.Namespace) -> dict[str, Any]:
+    raise NotImplementedError("janus: not yet")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--levels", default="0,100,250,500,1000",
+                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--servers", default="default,janus", type=lambda s: s.split(","))
+    parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--settle", type=float, default=2.0)
+    parser.add_argument("--burst", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2)
+    trio.run(main_async, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
