@@ -230,6 +230,18 @@ async def test_a_client_that_never_reads_is_dropped(box):
                        f"the server kept the connection: {open_fds() - before} fds")
 
 
+@pytest.mark.parametrize("headers", [("X-Big: " + "a" * 100_000,), ("X-Many: a",) * 20_000],
+                         ids=["one-long", "many"])
+async def test_huge_headers_are_refused(box, headers):
+    async with await connect(box) as stream:
+        try:
+            await stream.send_all(request("GET", "/healthz", *headers))
+        except trio.BrokenResourceError:
+            pass  # refused before we were done: the answer is still there
+        data = await read_to_eof(stream)
+    assert statuses(data) == [431], data[:200]
+
+
 # --- the defects measured in issue 9 ---------------------------------------
 
 async def test_half_closed_requests_with_a_short_body_never_stop_the_server(box):
