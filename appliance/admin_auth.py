@@ -29,14 +29,11 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from .passwords import (
-    PASSWORD_MAX, PASSWORD_MIN, hash_password, is_password_hash, password_problem,
-    verify_password,
-)
+from .passwords import hash_password, is_password_hash, password_problem, verify_password
 from .store import atomic_write
 
-__all__ = ["AdminAuth", "AdminSession", "Sessions", "Throttle", "check_password_text",
-           "normalise_code", "PASSWORD_FILE", "PASSWORD_MIN", "PASSWORD_MAX"]
+__all__ = ["AdminAuth", "AdminSession", "Sessions", "Throttle", "normalise_code",
+           "PASSWORD_FILE"]
 
 log = logging.getLogger("appliance.auth")
 
@@ -53,11 +50,6 @@ def normalise_code(text: str) -> str:
 
 def _format_code(code: str) -> str:
     return "-".join(code[i:i + 4] for i in range(0, len(code), 4))
-
-
-def check_password_text(password: str) -> str | None:
-    """Why ``password`` cannot be an admin password, or None if it can."""
-    return password_problem(password)
 
 
 def client_key(address: str) -> str:
@@ -303,7 +295,7 @@ class AdminAuth:
         """Hash and persist the first password (slow: a worker thread), then
         invalidate the setup code. The caller has checked the code and holds
         a lock so this happens once."""
-        problem = check_password_text(password)
+        problem = password_problem(password)
         if problem:
             raise ValueError(problem)
         stored = hash_password(password)

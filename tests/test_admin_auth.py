@@ -7,10 +7,10 @@ import logging
 import pytest
 
 from appliance.admin_auth import (
-    CODE_LENGTH, PASSWORD_FILE, AdminAuth, Sessions, Throttle, check_password_text, client_key,
+    CODE_LENGTH, PASSWORD_FILE, AdminAuth, Sessions, Throttle, client_key,
     normalise_code,
 )
-from appliance.passwords import hash_password, is_password_hash
+from appliance.passwords import hash_password, is_password_hash, password_problem
 
 
 class Clock:
@@ -82,9 +82,9 @@ def test_sessions_expire_slide_and_stay_bounded():
 
 
 def test_password_rules():
-    assert check_password_text("long enough") is None
+    assert password_problem("long enough") is None
     for bad in ("short", "x" * 257, "password\x00", "pass\nword12", "pass\ud800word"):
-        assert check_password_text(bad), bad
+        assert password_problem(bad), bad
     assert normalise_code(" abcd-efgh jkmn ") == "ABCDEFGHJKMN"
 
 

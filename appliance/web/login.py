@@ -15,7 +15,8 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from ..admin_auth import AdminAuth, check_password_text
+from ..admin_auth import AdminAuth
+from ..passwords import password_problem
 from .auth import CSRF_HEADER, SESSION_COOKIE, admin_session, public, retry_later
 from .common import client_address, media_type, plain
 
@@ -128,7 +129,7 @@ async def setup() -> Response:
     fields = await read_fields("code", "password")
     if isinstance(fields, Response):
         return fields
-    problem = check_password_text(fields["password"])
+    problem = password_problem(fields["password"])
     if problem:
         return plain(problem, 400)
     auth = _auth()
