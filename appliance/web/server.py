@@ -1,6 +1,6 @@
 """Hypercorn's trio worker with bounded connections.
 
-``serve_app(app, limits, ...)`` runs hypercorn (``hypercorn.trio.serve``) with
+``serve_app(app, binds, limits, ...)`` runs hypercorn (``hypercorn.trio.serve``) with
 our ``Connection`` in place of its ``TCPServer``. Measured with hypercorn
 0.18.0, whose ``TCPServer`` closes a connection from whichever task asks for
 it, unshielded and outside its send lock:
@@ -35,7 +35,6 @@ made it a 500.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -46,9 +45,6 @@ from hypercorn.events import Event, RawData, Updated
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from werkzeug.exceptions import BadHost
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["Limits", "Connection", "serve_app", "guard"]
 
