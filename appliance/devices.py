@@ -9,7 +9,8 @@ exactly one of:
 - ``default``;
 - ``hw:CARD=<id>,DEV=<n>`` and ``plughw:CARD=<id>,DEV=<n>`` for each card
   and PCM device the kernel lists in ``/proc/asound`` (``cards`` and
-  ``pcm``, which say whether a device plays, captures or both);
+  ``pcm``, which say whether a device plays, captures or both), and for
+  device 0 also the short ``hw:CARD=<id>`` / ``plughw:CARD=<id>``;
 - a PCM the appliance's own ALSA configuration defines by name (what
   alsa-lib's device hints list: ``hatin``, ``null``, ...), when the name is a
   plain word: no ``:`` arguments, no braces, quotes, pipes or spaces.
@@ -52,9 +53,13 @@ class Device:
     id: str            # the ALSA name, exactly as the engine opens it
     description: str
     direction: str     # "capture" or "playback"
+    # Other exact names for the same device ("plughw:CARD=x" is DEV=0), so
+    # configs and saved graphs written before the list existed still load.
+    aliases: tuple[str, ...] = ()
 
-    def as_json(self) -> dict[str, str]:
-        return {"id": self.id, "description": self.description, "direction": self.direction}
+    def as_json(self) -> dict[str, object]:
+        return {"id": self.id, "description": self.description, "direction": self.direction,
+                "aliases": list(self.aliases)}
 
 
 def parse_cards(text: str) -> dict[int, tuple[str, str]]:
@@ -107,12 +112,13 @@ def hardware_devices(direction: str, asound_dir: Path = ASOUND_DIR) -> list[Devi
             continue
         card_id, card_name = cards[card]
         where = f"{card_name}: {name}" if name and name != card_name else card_name
+        short = dev == 0   # ALSA's hw and plughw default DEV to 0
         hw.append(Device(f"hw:CARD={card_id},DEV={dev}",
                          f"{where} (card {card}, device {dev}; the card's own formats)",
-                         direction))
+                         direction, (f"hw:CARD={card_id}",) if short else ()))
         plug.append(Device(f"plughw:CARD={card_id},DEV={dev}",
                            f"{where} (card {card}, device {dev}; converts format and rate)",
-                           direction))
+                           direction, (f"plughw:CARD={card_id}",) if short else ()))
     return hw + plug
 
 
@@ -156,17 +162,18 @@ def available_devices(direction: str, *, asound_dir: Path = ASOUND_DIR,
 
 def check_device(name: object, direction: str, available: Iterable[Device] | None = None,
                  *, field: str = "device") -> str:
-    """``name`` if it is exactly one of the ``available`` devices (default:
-    ``available_devices(direction)``), else ``InvalidError`` naming ``field``
-    and a few valid choices. The name itself is never echoed: it may be
-    anything an attacker sent."""
+    """``name`` if it is exactly the id or an alias of one of the
+    ``available`` devices (default: ``available_devices(direction)``), else
+    ``InvalidError`` naming ``field`` and a few valid choices. The name itself
+    is never echoed: it may be anything an attacker sent."""
     _check_direction(direction)
-    devices = list(available_devices(direction) if available is None else available)
-    ids = [d.id for d in devices if d.direction == direction]
+    devices = [d for d in (available_devices(direction) if available is None else available)
+               if d.direction == direction]
+    ids = [d.id for d in devices]
     if not isinstance(name, str):
         raise InvalidError(f"{field}: must be a string naming a {direction} device "
                            f"({_choices(ids)})")
-    if name not in ids:
+    if not any(name == d.id or name in d.aliases for d in devices):
         raise InvalidError(f"{field}: not a {direction} device of this appliance "
                            f"({_choices(ids)}; GET /api/devices lists them all)")
     return name

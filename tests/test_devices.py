@@ -41,7 +41,9 @@ ATTACKS = [
     "|touch {marker}",
     "plug:{{slave.pcm {{type file file \"|touch {marker}\" slave.pcm null}}}}",
     "{{type file file \"|touch {marker}\" slave.pcm null}}",
-    "hw:0", "hw:0,0", "plughw:0,0", "hw:CARD=Device", "hw:CARD=Device,DEV=0,SUBDEV=1",
+    "hw:0", "hw:0,0", "plughw:0,0", "hw:CARD=Nope", "hw:CARD=device",
+    "hw:CARD=Device,DEV=0,SUBDEV=1",
+    "hw:CARD=Device,DEV=1", "plughw:CARD=Device,DEV=00", "plughw:CARD=Device,",
     "hw:CARD=Nope,DEV=0", "default:CARD=Device", "sysdefault", "dmix", "filecap:x",
     "filecap ", " filecap", "FILECAP", "default\n", "default\x00", "\ud800", "", "x" * 10000,
 ]
@@ -72,7 +74,7 @@ def test_cards_and_their_directions_come_from_proc_asound(tmp_path):
     usb = next(d for d in capture if d.id == "hw:CARD=Device,DEV=0")
     assert "USB Audio" in usb.description and "card 2" in usb.description
     assert usb.as_json() == {"id": usb.id, "description": usb.description,
-                             "direction": "capture"}
+                             "direction": "capture", "aliases": ["hw:CARD=Device"]}
 
 
 def test_no_sound_support_leaves_default_and_named_pcms(tmp_path):
@@ -113,6 +115,9 @@ def test_only_exact_names_from_the_list_are_accepted(tmp_path):
     for dev in play:
         assert check_device(dev.id, "playback", play) == dev.id
     assert check_device("hw:CARD=Device,DEV=0", "capture", capture) == "hw:CARD=Device,DEV=0"
+    # device 0's short names, as configs written before the list used them
+    assert check_device("plughw:CARD=Device", "capture", capture) == "plughw:CARD=Device"
+    assert check_device("hw:CARD=sndrpihifiberry", "playback", play) == "hw:CARD=sndrpihifiberry"
     # a playback-only card is not a capture device, and lists don't mix
     with pytest.raises(InvalidError):
         check_device("hw:CARD=Headphones,DEV=0", "capture", capture)
@@ -169,7 +174,7 @@ async def test_api_lists_the_devices(tmp_path, monkeypatch):
         assert set(body) == {"capture", "playback"}
         for direction, listed in body.items():
             assert listed[0] == {"id": "default", "description": listed[0]["description"],
-                                 "direction": direction}
+                                 "direction": direction, "aliases": []}
             assert "hatin" in [d["id"] for d in listed]
             assert all(":" not in d["id"] or d["id"].startswith(("hw:CARD=", "plughw:CARD="))
                        for d in listed)
