@@ -18,6 +18,9 @@
 #   --wifi-ssid SSID      Wi-Fi network (needs --wifi-country)
 #   --wifi-psk PASS       Wi-Fi passphrase (8-63 characters)
 #   --wifi-country CC     two-letter country code (GB, DE, US, ...)
+#   --wifi-mode MODE      client (join --wifi-ssid) or hotspot (be the access
+#                         point --wifi-ssid; phones open the listen page)
+#   --wifi-channel N      hotspot channel: 1-13, 36, 40, 44, 48 (default 6)
 #   --hat NAME            sound card HAT (the card's hats.txt lists them)
 #   --ssh-key KEY|FILE    SSH public key for user "admin" (SSH stays off without)
 #   --admin-password      the admin page's password, asked for twice on the
@@ -82,7 +85,7 @@ while [ $# -gt 0 ]; do
         --no-bmap) use_bmap=0; shift ;;
         --settings-only) settings_only=1; shift ;;
         --admin-password) admin_password=1; shift ;;
-        --hostname|--wifi-ssid|--wifi-psk|--wifi-country|--hat|--token|--ssh-key)
+        --hostname|--wifi-ssid|--wifi-psk|--wifi-country|--wifi-mode|--wifi-channel|--hat|--token|--ssh-key)
             [ $# -ge 2 ] || die "$1 needs a value"
             key=${1#--}; set[${key//-/_}]=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;

@@ -8,6 +8,8 @@ the network and who administers it::
     wifi_country = "GB"
     wifi_ssid = "Home"
     wifi_psk = "passphrase"
+    wifi_mode = "client"             # or "hotspot": its own Wi-Fi network
+    wifi_channel = ""                # hotspot only; empty: 6
     hat = "none"
     ssh_key = "ssh-ed25519 AAAA... me@laptop"
 
@@ -31,6 +33,7 @@ Command line, for flash.sh (settings arrive on stdin as NUL-separated
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -53,7 +56,8 @@ else:
 
 __all__ = ["Settings", "SettingsError", "Hat", "validate", "read_hats", "set_hat_overlay",
            "edit_settings", "toml_str", "card_base", "check_password", "FIELDS",
-           "HAT_BEGIN", "HAT_END", "MAX_FILE_BYTES"]
+           "HAT_BEGIN", "HAT_END", "MAX_FILE_BYTES", "hotspot_files", "wifi_psk_hex",
+           "HOTSPOT_ADDRESS", "HOTSPOT_INTERFACE"]
 
 HAT_BEGIN = "# >>> appliance hat (managed by flash.sh and appliance-firstboot)"
 HAT_END = "# <<< appliance hat"
@@ -145,6 +149,29 @@ def _wifi_psk(v: str) -> str:
     return v
 
 
+WIFI_MODES = ("client", "hotspot")
+# 2.4 GHz channels 1-13, and the 5 GHz ones that need no radar detection
+# (DFS): what every country allows an access point to use.
+_CHANNELS_24 = tuple(str(c) for c in range(1, 14))
+_CHANNELS_5 = ("36", "40", "44", "48")
+
+
+def _wifi_mode(v: str) -> str:
+    _length("wifi_mode", v, 16)
+    if v not in WIFI_MODES:
+        raise SettingsError("wifi_mode", "use \"client\" (join wifi_ssid) or \"hotspot\" "
+                            "(be the access point wifi_ssid)", v)
+    return v
+
+
+def _wifi_channel(v: str) -> str:
+    _length("wifi_channel", v, 3)
+    if v and v not in _CHANNELS_24 + _CHANNELS_5:
+        raise SettingsError("wifi_channel", "use 1-13 (2.4 GHz) or 36, 40, 44, 48 (5 GHz), "
+                            "or leave it empty", v)
+    return v
+
+
 def _hat(v: str) -> str:
     _length("hat", v, 63)
     if not _HAT.fullmatch(v):
@@ -194,6 +221,8 @@ FIELDS: tuple[Field, ...] = (
     Field("wifi_country", "", _wifi_country),
     Field("wifi_ssid", "", _wifi_ssid),
     Field("wifi_psk", "", _wifi_psk),
+    Field("wifi_mode", "client", _wifi_mode),
+    Field("wifi_channel", "", _wifi_channel),
     Field("hat", "none", _hat),
     Field("ssh_key", "", _ssh_key),
     Field("admin.token", "", _token),
@@ -209,6 +238,8 @@ class Settings:
     wifi_country: str = ""
     wifi_ssid: str = ""
     wifi_psk: str = ""
+    wifi_mode: str = "client"
+    wifi_channel: str = ""
     hat: str = "none"
     ssh_key: str = ""
     admin_token: str = ""
@@ -267,6 +298,11 @@ def validate(raw: Mapping[str, Any], hats: Mapping[str, Hat] | None = None,
         raise SettingsError("wifi_ssid", "needs {wifi_country} (Wi-Fi stays off without a country)")
     if values["wifi_psk"] and not values["wifi_ssid"]:
         raise SettingsError("wifi_psk", "needs {wifi_ssid}")
+    if values["wifi_mode"] == "hotspot" and not values["wifi_ssid"]:
+        raise SettingsError("wifi_mode", "hotspot needs {wifi_ssid} (the name of its network)")
+    if values["wifi_channel"] and values["wifi_mode"] != "hotspot":
+        raise SettingsError("wifi_channel", "only for wifi_mode = \"hotspot\" (a client follows "
+                            "its network's channel)")
     if hats is not None:
         hat = hats.get(values["hat"])
         if hat is None:
@@ -333,6 +369,108 @@ def card_base(release_text: str) -> str:
     """The base named in appliance-release.txt ("... (base raspios)")."""
     m = re.search(r"\(base ([a-z]+)\)", release_text)
     return m.group(1) if m else "debian"
+
+
+# --- the hotspot (wifi_mode = "hotspot") --------------------------------------------
+#
+# The appliance is the access point: hostapd on wlan0, dnsmasq answering DHCP
+# and every DNS name with its own address, nftables sending the clients'
+# plain HTTP and DNS to it whatever address they asked for. The appliance's
+# web app answers a request for another host with a redirect to its listen
+# page, which is what makes phones open it (captive-portal detection).
+# Ethernet is left alone: DHCP client as before, no DHCP server there.
+
+HOTSPOT_INTERFACE = "wlan0"
+HOTSPOT_ADDRESS = "10.42.0.1"
+HOTSPOT_PREFIX = 24
+_HOTSPOT_DHCP = ("10.42.0.10", "10.42.0.250")
+HOTSPOT_DIR = "/etc/appliance/hotspot"
+
+
+def wifi_psk_hex(ssid: str, psk: str) -> str:
+    """The WPA2 key (64 hex digits) of a passphrase: what is stored on the
+    appliance, never the passphrase itself."""
+    if len(psk) == 64:
+        return psk.lower()
+    return hashlib.pbkdf2_hmac("sha1", psk.encode(), ssid.encode(), 4096, 32).hex()
+
+
+def _line_safe(name: str, value: str) -> str:
+    # Every value is checked by validate(); this is the last guard before a
+    # config file line, for a Settings built by hand.
+    if not value or any(unicodedata.category(ch)[0] in "CZ" and ch != " " for ch in value) \
+            or any(ch in value for ch in "\"'\\#= "):
+        raise SettingsError(name, "cannot be written into a configuration line", value)
+    return value
+
+
+def hotspot_files(s: Settings) -> dict[str, str]:
+    """The hotspot's configuration from checked settings: file name (in
+    HOTSPOT_DIR) -> contents. No user text reaches a file as text: the SSID
+    goes in hex, the passphrase as its derived key; the country and the
+    channel are from fixed sets."""
+    if s.wifi_mode != "hotspot":
+        raise SettingsError("wifi_mode", "is not \"hotspot\"", s.wifi_mode)
+    country = _line_safe("wifi_country", _wifi_country(s.wifi_country))
+    channel = _line_safe("wifi_channel", _wifi_channel(s.wifi_channel) or "6")
+    ssid = _wifi_ssid(s.wifi_ssid)
+    if not ssid:
+        raise SettingsError("wifi_ssid", "the hotspot needs a network name")
+    _wifi_psk(s.wifi_psk)
+    band = "a" if channel in _CHANNELS_5 else "g"
+    lines = [
+        "# Written by appliance-firstboot from appliance.toml (wifi_mode = \"hotspot\").",
+        f"interface={HOTSPOT_INTERFACE}", "driver=nl80211", "ctrl_interface=/run/hostapd",
+        # hex: no character of the name can be read as configuration
+        f"ssid2={ssid.encode().hex()}", "utf8_ssid=1",
+        f"country_code={country}", "ieee80211d=1",
+        f"hw_mode={band}", f"channel={channel}", "ieee80211n=1", "wmm_enabled=1",
+        "auth_algs=1", "ignore_broadcast_ssid=0",
+        # Listeners need the appliance, not each other.
+        "ap_isolate=1",
+    ]
+    if s.wifi_psk:
+        lines += ["wpa=2", "wpa_key_mgmt=WPA-PSK", "rsn_pairwise=CCMP",
+                  f"wpa_psk={wifi_psk_hex(ssid, s.wifi_psk)}"]
+    hostapd = "\n".join(lines) + "\n"
+    lo, hi = _HOTSPOT_DHCP
+    dnsmasq = "\n".join([
+        "# Written by appliance-firstboot: DHCP and DNS for the hotspot only.",
+        f"interface={HOTSPOT_INTERFACE}", "bind-dynamic",
+        "no-resolv", "no-hosts", "no-poll",
+        # Every name is the appliance: a phone's captive-portal probe
+        # (captive.apple.com, connectivitycheck.gstatic.com, ...) reaches it.
+        f"address=/#/{HOTSPOT_ADDRESS}",
+        f"dhcp-range={lo},{hi},255.255.255.0,1h",
+        f"dhcp-option=option:router,{HOTSPOT_ADDRESS}",
+        f"dhcp-option=option:dns-server,{HOTSPOT_ADDRESS}",
+        "dhcp-authoritative", "dhcp-rapid-commit",
+        "dhcp-leasefile=/run/appliance-hotspot/dnsmasq.leases",
+        "",
+    ])
+    a = HOTSPOT_ADDRESS
+    nft = "\n".join([
+        "# Written by appliance-firstboot: the hotspot's clients reach only the appliance.",
+        "table inet appliance_hotspot",
+        "delete table inet appliance_hotspot",
+        "table inet appliance_hotspot {",
+        "\tchain prerouting {",
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+        # Plain HTTP and DNS to any address (a probe by address, a phone
+        # with its own DNS server) go to the appliance.
+        f"\t\tiifname \"{HOTSPOT_INTERFACE}\" ip daddr != {a} tcp dport 80 dnat ip to {a}:80",
+        f"\t\tiifname \"{HOTSPOT_INTERFACE}\" ip daddr != {a} meta l4proto {{ tcp, udp }} th dport 53 dnat ip to {a}:53",
+        "\t}",
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter; policy accept;",
+        # Never a way from the hotspot into the venue's network.
+        f"\t\tiifname \"{HOTSPOT_INTERFACE}\" drop",
+        f"\t\toifname \"{HOTSPOT_INTERFACE}\" drop",
+        "\t}",
+        "}",
+        "",
+    ])
+    return {"hostapd.conf": hostapd, "dnsmasq.conf": dnsmasq, "hotspot.nft": nft}
 
 
 # --- writing appliance.toml ---------------------------------------------------------
@@ -463,7 +601,8 @@ def check_password(password: str) -> str:
 
 # flash.sh option (without --) -> dotted field
 _OPTIONS = {"hostname": "hostname", "wifi_country": "wifi_country", "wifi_ssid": "wifi_ssid",
-            "wifi_psk": "wifi_psk", "hat": "hat", "ssh_key": "ssh_key", "token": "admin.token",
+            "wifi_psk": "wifi_psk", "wifi_mode": "wifi_mode", "wifi_channel": "wifi_channel",
+            "hat": "hat", "ssh_key": "ssh_key", "token": "admin.token",
             "admin_password_hash": "admin.password_hash"}
 _LABELS = {v: "--" + k.replace("_", "-") for k, v in _OPTIONS.items()}
 _LABELS.update({"admin.password_hash": "--admin-password", "admin.password": "--admin-password"})

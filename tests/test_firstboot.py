@@ -2,6 +2,8 @@
 (appliance.toml), its checks, the TOML and config.txt edits, and the command
 line flash.sh runs. Every refusal names the field; no value can add a line to
 appliance.toml, config.txt or any file written from them."""
+import dataclasses
+import hashlib
 import subprocess
 import sys
 import tomllib
@@ -331,3 +333,116 @@ def test_cli_card_refuses_and_writes_nothing(tmp_path):
     (d / "appliance.toml").unlink()
     p = cli("card", d, stdin=pairs(hostname="y"))
     assert p.returncode == 1 and b"not an appliance card" in p.stderr
+
+
+# --- the hotspot (wifi_mode = "hotspot") ----------------------------------------------
+
+HOTSPOT = {"wifi_mode": "hotspot", "wifi_ssid": "Listen here", "wifi_country": "gb",
+           "wifi_psk": "a passphrase"}
+HOSTAPD_KEYS = {"interface", "driver", "ctrl_interface", "ssid2", "utf8_ssid", "country_code",
+                "ieee80211d", "hw_mode", "channel", "ieee80211n", "wmm_enabled", "auth_algs",
+                "ignore_broadcast_ssid", "ap_isolate"}
+WPA_KEYS = {"wpa", "wpa_key_mgmt", "rsn_pairwise", "wpa_psk"}
+
+
+def conf_lines(text):
+    """key=value lines of a hostapd/dnsmasq file, comments dropped."""
+    out = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            out.append(line.split("=", 1) if "=" in line else [line, None])
+    return out
+
+
+def test_hotspot_settings_and_their_files():
+    s = fb.validate(HOTSPOT)
+    assert (s.wifi_mode, s.wifi_country, s.wifi_channel) == ("hotspot", "GB", "")
+    files = fb.hotspot_files(s)
+    assert set(files) == {"hostapd.conf", "dnsmasq.conf", "hotspot.nft"}
+    hostapd = dict(conf_lines(files["hostapd.conf"]))
+    assert set(hostapd) == HOSTAPD_KEYS | WPA_KEYS
+    assert bytes.fromhex(hostapd["ssid2"]).decode() == "Listen here"
+    assert (hostapd["interface"], hostapd["country_code"], hostapd["hw_mode"], hostapd["channel"]) \
+        == ("wlan0", "GB", "g", "6")
+    assert hostapd["wpa"] == "2" and hostapd["wpa_key_mgmt"] == "WPA-PSK"
+    # the derived key (what `wpa_passphrase "Listen here" "a passphrase"` prints), never the passphrase
+    assert hostapd["wpa_psk"] == hashlib.pbkdf2_hmac("sha1", b"a passphrase", b"Listen here",
+                                                     4096, 32).hex()
+    assert all("passphrase" not in text for text in files.values())
+    dns = conf_lines(files["dnsmasq.conf"])
+    assert ["interface", "wlan0"] in dns and ["address", "/#/10.42.0.1"] in dns
+    assert ["dhcp-range", "10.42.0.10,10.42.0.250,255.255.255.0,1h"] in dns
+    assert ["dhcp-option", "option:router,10.42.0.1"] in dns
+    assert ["no-resolv", None] in dns and ["bind-dynamic", None] in dns
+    assert not any(k in ("except-interface", "listen-address", "server") for k, _ in dns)
+    nft = files["hotspot.nft"]
+    assert 'iifname "wlan0" ip daddr != 10.42.0.1 tcp dport 80 dnat ip to 10.42.0.1:80' in nft
+    assert "th dport 53 dnat ip to 10.42.0.1:53" in nft
+
+
+def test_hotspot_open_network_5ghz_and_hex_key():
+    s = fb.validate({**HOTSPOT, "wifi_psk": "", "wifi_channel": "36"})
+    hostapd = dict(conf_lines(fb.hotspot_files(s)["hostapd.conf"]))
+    assert set(hostapd) == HOSTAPD_KEYS, "open: no WPA lines"
+    assert (hostapd["hw_mode"], hostapd["channel"]) == ("a", "36")
+    key = "AB" * 32
+    s = fb.validate({**HOTSPOT, "wifi_psk": key, "wifi_channel": "13"})
+    hostapd = dict(conf_lines(fb.hotspot_files(s)["hostapd.conf"]))
+    assert hostapd["wpa_psk"] == key.lower() and hostapd["channel"] == "13"
+
+
+@pytest.mark.parametrize("ssid", ['"; rm -rf /', "a\\nchannel=1", "x' y", "ssid2=6161",
+                                  "#", "\u00e9\u00e9 = \\", " lead and trail "])
+def test_hotspot_ssid_only_ever_in_hex(ssid):
+    s = fb.validate({**HOTSPOT, "wifi_ssid": ssid})
+    files = fb.hotspot_files(s)
+    lines = conf_lines(files["hostapd.conf"])
+    assert {k for k, _ in lines} == HOSTAPD_KEYS | WPA_KEYS and len(lines) == len(HOSTAPD_KEYS | WPA_KEYS)
+    assert bytes.fromhex(dict(lines)["ssid2"]).decode() == ssid
+    assert all(ssid not in t for t in files.values() if len(ssid) > 2)
+
+
+@pytest.mark.parametrize("raw, field, why", [
+    ({"wifi_mode": "ap"}, "wifi_mode", 'use "client"'),
+    ({"wifi_mode": "Hotspot"}, "wifi_mode", 'use "client"'),
+    ({"wifi_mode": "hotspot\n"}, "wifi_mode", 'use "client"'),
+    ({"wifi_mode": "hotspot", "wifi_country": "GB"}, "wifi_mode", "needs wifi_ssid"),
+    ({"wifi_mode": "hotspot", "wifi_ssid": "n"}, "wifi_ssid", "needs wifi_country"),
+    ({"wifi_channel": "6", "wifi_ssid": "n", "wifi_country": "GB"}, "wifi_channel", "only for"),
+    ({**HOTSPOT, "wifi_channel": "14"}, "wifi_channel", "use 1-13"),
+    ({**HOTSPOT, "wifi_channel": "0"}, "wifi_channel", "use 1-13"),
+    ({**HOTSPOT, "wifi_channel": "06"}, "wifi_channel", "use 1-13"),
+    ({**HOTSPOT, "wifi_channel": "52"}, "wifi_channel", "use 1-13"),   # DFS: radar detection
+    ({**HOTSPOT, "wifi_channel": "6\n"}, "wifi_channel", "use 1-13"),
+    ({**HOTSPOT, "wifi_channel": "6;"}, "wifi_channel", "use 1-13"),
+    ({**HOTSPOT, "wifi_channel": "1234"}, "wifi_channel", "longer than 3"),
+    ({**HOTSPOT, "wifi_psk": "short"}, "wifi_psk", "8-63 printable"),
+])
+def test_bad_hotspot_settings_refused_naming_the_field(raw, field, why):
+    assert why in refused(raw, field)
+
+
+@pytest.mark.parametrize("change", [
+    {"wifi_country": "G\nB"}, {"wifi_country": 'G"'}, {"wifi_channel": "6\ninterface=eth0"},
+    {"wifi_channel": "1 "}, {"wifi_ssid": "a\nb"}, {"wifi_ssid": "a\0b"}, {"wifi_ssid": ""},
+    {"wifi_psk": "pass\nword1"}, {"wifi_psk": "x" * 65}, {"wifi_mode": "client"},
+], ids=repr)
+def test_hotspot_files_refuse_settings_that_skipped_the_checks(change):
+    # A Settings built by hand (not through validate) still cannot inject a line.
+    s = dataclasses.replace(fb.validate(HOTSPOT), **change)
+    with pytest.raises(fb.SettingsError) as e:
+        fb.hotspot_files(s)
+    assert e.value.field in change
+
+
+def test_hotspot_options_for_flash_sh(tmp_path):
+    d = card_dir(tmp_path)
+    p = cli("card", d, stdin=pairs(wifi_mode="hotspot", wifi_ssid="Hall", wifi_country="de",
+                                   wifi_channel="11"))
+    assert p.returncode == 0, p.stderr
+    parsed = tomllib.loads((d / "appliance.toml").read_text())
+    assert (parsed["wifi_mode"], parsed["wifi_channel"], parsed["wifi_country"]) == ("hotspot", "11", "DE")
+    p = cli("card", d, stdin=pairs(wifi_mode="ap"))
+    assert p.returncode == 1 and b"--wifi-mode 'ap': use" in p.stderr
+    p = cli("card", d, stdin=pairs(wifi_mode="client"))
+    assert p.returncode == 1 and b"--wifi-channel: only for" in p.stderr

@@ -44,6 +44,10 @@ enable appliance-firstboot.service
 enable appliance-setup-code.path
 disable ssh.service
 P
+# The hotspot runs hostapd and dnsmasq under units of its own
+# (appliance-hotspot*.service), only when appliance.toml asks for it.
+mask hostapd.service
+mask dnsmasq.service
 if [ "$BASE" = debian ]; then
     wants multi-user.target.wants systemd-networkd.service /lib/systemd/system/systemd-networkd.service
     wants sockets.target.wants systemd-networkd.socket /lib/systemd/system/systemd-networkd.socket
