@@ -414,6 +414,14 @@ static void apply_defaults(ae_engine_config *c)
     if (c->level_interval_ms == 0) c->level_interval_ms = 50;
     if (c->gather_timeout_ms <= 0) c->gather_timeout_ms = 2000;
     if (c->max_listeners <= 0) c->max_listeners = 500;
+    if (c->consent_timeout_ms <= 0) c->consent_timeout_ms = 30000;
+    /* A test and benchmark knob: run a whole suite on one transport
+     * without touching its settings. Only when the setting says auto. */
+    const char *forced = getenv("AE_TRANSPORT");
+    if (c->transport == AE_TRANSPORT_AUTO && forced) {
+        if (!strcmp(forced, "lean")) c->transport = AE_TRANSPORT_LEAN;
+        else if (!strcmp(forced, "webrtcbin")) c->transport = AE_TRANSPORT_WEBRTCBIN;
+    }
 }
 
 static void engine_free(ae_engine *e)
@@ -448,6 +456,10 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     if (cfg.min_port < 0 || cfg.max_port < 0 || cfg.max_port > 65535 ||
         (cfg.max_port && cfg.min_port > cfg.max_port))
         return ae_fail(AE_ERR_INVALID, "bad ICE port range %d-%d", cfg.min_port, cfg.max_port);
+    if (cfg.transport < AE_TRANSPORT_AUTO || cfg.transport > AE_TRANSPORT_WEBRTCBIN)
+        return ae_fail(AE_ERR_INVALID, "unknown transport %d", cfg.transport);
+    if (cfg.lean_port < 0 || cfg.lean_port > 65535)
+        return ae_fail(AE_ERR_INVALID, "bad UDP port %d for listeners", cfg.lean_port);
 
     /* Every GStreamer thread would otherwise get a malloc arena of its own
      * (up to 8 per core), and memory freed in one is not reused by the
@@ -498,8 +510,9 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
         return ae_fail(AE_ERR_NOMEM, "cannot start the media thread");
     }
     int rc = ae_thread_start(&e->event_thread, "ae-events", event_main, e, 0);
+    if (rc == AE_OK) e->event_started = true;
+    if (rc == AE_OK && cfg.transport != AE_TRANSPORT_WEBRTCBIN) rc = ae_lean_start(e, &e->lean);
     if (rc == AE_OK) {
-        e->event_started = true;
         rc = ae_thread_start(&e->mixer_thread, "ae-mixer", ae_mixer_main, e, cfg.realtime_priority);
         if (rc == AE_OK) e->mixer_started = true;
     }
@@ -512,6 +525,13 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     return AE_OK;
 }
 
+/* Runs on the glib thread: quits the loop it runs in. */
+static gboolean quit_loop(gpointer data)
+{
+    g_main_loop_quit(data);
+    return G_SOURCE_REMOVE;
+}
+
 static int stop_threads(ae_engine *e)
 {
     atomic_store(&e->stopping, true);
@@ -520,6 +540,8 @@ static int stop_threads(ae_engine *e)
         pthread_join(e->mixer_thread, NULL);
         e->mixer_started = false;
     }
+    ae_lean_stop(e->lean); /* after the mixer: it pushes packets to it */
+    e->lean = NULL;
     pthread_mutex_lock(&e->ev_lock);
     e->ev_stop = true;
     pthread_cond_broadcast(&e->ev_cond);
@@ -533,7 +555,15 @@ static int stop_threads(ae_engine *e)
     e->ev_head = e->ev_tail = NULL;
     pthread_mutex_unlock(&e->ev_lock);
     if (e->glib_thread) {
-        g_main_loop_quit(e->loop);
+        /* Not g_main_loop_quit() from here: a quit that lands before the
+         * glib thread has entered g_main_loop_run() is forgotten (run sets
+         * the loop running again) and the join waits forever. A source on
+         * the loop's own context quits it whenever it runs. */
+        GSource *quit = g_idle_source_new();
+        g_source_set_priority(quit, G_PRIORITY_HIGH);
+        g_source_set_callback(quit, quit_loop, e->loop, NULL);
+        g_source_attach(quit, e->ctx);
+        g_source_unref(quit);
         g_thread_join(e->glib_thread);
         e->glib_thread = NULL;
     }
@@ -581,11 +611,12 @@ int ae_engine_stats_get(ae_engine *e, ae_engine_stats *out)
     out->sources = e->nsources;
     out->sinks = e->nsinks;
     out->routes = e->nroutes;
-    out->threads = 3;
+    out->threads = 3 + (e->lean != NULL);
     for (ae_source *s = e->sources; s; s = s->next) out->threads += s->dev.thread_started;
     for (ae_sink *k = e->sinks; k; k = k->next) out->threads += k->dev.thread_started;
     pthread_mutex_unlock(&e->graph_lock);
     out->listeners = atomic_load(&e->nlisteners);
+    ae_lean_stats(e->lean, out);
     pthread_mutex_lock(&e->ev_lock);
     out->events_posted = e->events_posted;
     out->events_coalesced = e->events_coalesced;

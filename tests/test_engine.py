@@ -643,3 +643,14 @@ async def test_listeners_leave_no_file_descriptors_or_threads_behind(engine):
         await wait_for_threads(threads)
     assert engine.stats().listeners == 0
 
+
+
+@pytest.mark.trio
+async def test_an_engine_closed_at_once_after_opening_never_hangs():
+    """A quit sent before the glib thread entered its loop was forgotten and
+    the close waited forever (seen twice in ten runs of a fast test)."""
+    with trio.fail_after(30):
+        for _ in range(200):
+            async with open_engine(LOOPBACK):
+                pass
+    assert live_engine_threads() == 0
