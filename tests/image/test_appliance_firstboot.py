@@ -116,6 +116,53 @@ def test_networkmanager_base_gets_a_connection_file(tree):
     assert "psk=geheim123\n" in text
 
 
+HOTSPOT_LINK = "etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/appliance-hotspot.service"
+
+
+def test_hotspot_mode_replaces_the_client_and_goes_again(tree):
+    settings(tree, wifi_country="gb", wifi_ssid="Home Net", wifi_psk="correct horse")
+    firstboot(tree)
+    wpa = tree / "etc/wpa_supplicant/wpa_supplicant-wlan0.conf"
+    assert wpa.exists()
+    settings(tree, wifi_country="gb", wifi_ssid="Listen here", wifi_psk="correct horse",
+             wifi_mode="hotspot", wifi_channel="11")
+    out = firstboot(tree)
+    assert "hotspot 'Listen here' in GB, channel 11, WPA2, at 10.42.0.1" in out
+    assert not wpa.exists(), "wlan0 is the access point, not a client"
+    assert not (tree / "etc/systemd/system/multi-user.target.wants/wpa_supplicant@wlan0.service").exists()
+    hdir = tree / "etc/appliance/hotspot"
+    assert sorted(p.name for p in hdir.iterdir()) == ["dnsmasq.conf", "hostapd.conf", "hotspot.nft"]
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in hdir.iterdir())
+    hostapd = (hdir / "hostapd.conf").read_text()
+    assert f"ssid2={'Listen here'.encode().hex()}\n" in hostapd and "channel=11\n" in hostapd
+    assert "correct horse" not in hostapd
+    assert os.readlink(tree / HOTSPOT_LINK) == "/etc/systemd/system/appliance-hotspot.service"
+    network = (tree / "etc/systemd/network/24-appliance-hotspot.network").read_text()
+    assert "Name=wlan0\n" in network and "Address=10.42.0.1/24\n" in network
+    # The unit the link names is in the image, and reads the files written here.
+    unit = (REPO / "image/files/common/etc/systemd/system/appliance-hotspot.service").read_text()
+    assert "/etc/appliance/hotspot/hostapd.conf" in unit and "/etc/appliance/hotspot/hotspot.nft" in unit
+    dns_unit = (REPO / "image/files/common/etc/systemd/system/appliance-hotspot-dns.service").read_text()
+    assert "--conf-file=/etc/appliance/hotspot/dnsmasq.conf" in dns_unit
+    # Back to Ethernet only: every trace of the hotspot goes.
+    settings(tree, hostname="appliance")
+    assert "wifi: hotspot removed" in firstboot(tree)
+    assert not hdir.exists() or not any(hdir.iterdir())
+    assert not (tree / HOTSPOT_LINK).exists()
+    assert not (tree / "etc/systemd/network/24-appliance-hotspot.network").exists()
+
+
+def test_hotspot_on_networkmanager_base_unmanages_wlan0(tree):
+    (tree / "usr/sbin").mkdir(parents=True)
+    (tree / "usr/sbin/NetworkManager").write_text("")
+    settings(tree, wifi_country="DE", wifi_ssid="Saal", wifi_mode="hotspot")
+    firstboot(tree)
+    assert (tree / "etc/NetworkManager/conf.d/appliance-hotspot.conf").read_text() \
+        == "[keyfile]\nunmanaged-devices=interface-name:wlan0\n"
+    assert not (tree / "etc/NetworkManager/system-connections/appliance-wifi.nmconnection").exists()
+    assert "wpa=" not in (tree / "etc/appliance/hotspot/hostapd.conf").read_text(), "open network"
+
+
 def test_hat_overlay_on_raspios_base(tree):
     (tree / "etc/appliance-base").write_text("raspios\n")
     settings(tree, hat="iqaudio-codec")
