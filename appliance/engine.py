@@ -47,6 +47,14 @@ class EngineStats:
     threads: int
     events_posted: int
     events_coalesced: int
+    # the lean transport: its UDP port (0 = not running) and what it refused
+    lean_port: int = 0
+    lean_datagrams_in: int = 0
+    lean_stun_rejected: int = 0    # bad MESSAGE-INTEGRITY, unknown ufrag, malformed
+    lean_dtls_rejected: int = 0    # DTLS from an address that never passed ICE
+    lean_rtcp_rejected: int = 0    # RTP/RTCP from an unknown address, or failing SRTCP
+    lean_junk: int = 0             # neither STUN, DTLS nor RTP/RTCP
+    lean_send_dropped: int = 0     # packets the socket would not take
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,17 @@ class ListenerStats:
     last_rx_age_s: float | None  # seconds since the peer last sent anything
     packets_sent: int
     bytes_sent: int
+    transport: str = "webrtcbin"          # "lean" or "webrtcbin"
+    # from the peer's RTCP receiver reports (lean transport); None until one came
+    rtcp_reports: int = 0
+    fraction_lost: float | None = None    # 0..1 over the last report's interval
+    packets_lost: int | None = None       # cumulative, as the peer counts them
+    jitter_ms: float | None = None
+    rtt_ms: float | None = None           # round-trip time from LSR/DLSR
+
+
+_TRANSPORTS = {"auto": lib.AE_TRANSPORT_AUTO, "lean": lib.AE_TRANSPORT_LEAN,
+               "webrtcbin": lib.AE_TRANSPORT_WEBRTCBIN}
 
 
 _STATES = {
@@ -124,8 +143,15 @@ class Listener:
         age = None
         if out.last_rx_us:
             age = max(0.0, _monotonic_us() - out.last_rx_us) / 1e6
-        return ListenerStats(_STATES.get(out.state, ListenerState.FAILED), age,
-                             out.packets_sent, out.bytes_sent)
+        reports = out.rtcp_reports
+        return ListenerStats(
+            _STATES.get(out.state, ListenerState.FAILED), age, out.packets_sent, out.bytes_sent,
+            transport="lean" if out.transport == lib.AE_TRANSPORT_LEAN else "webrtcbin",
+            rtcp_reports=reports,
+            fraction_lost=out.fraction_lost if reports else None,
+            packets_lost=out.packets_lost if reports else None,
+            jitter_ms=out.jitter_ms if reports else None,
+            rtt_ms=out.rtt_ms if out.rtt_ms >= 0 else None)
 
     async def aclose(self) -> None:
         """Remove the listener. Once this returns no event for it is delivered;
@@ -172,6 +198,9 @@ class Engine:
         addresses = ffi.new("char[]", ",".join(s.ice_addresses).encode()) \
             if s.ice_addresses else ffi.NULL
         cfg.ice_addresses = addresses
+        cfg.transport = _TRANSPORTS[s.transport]
+        cfg.lean_port = s.lean_port
+        cfg.consent_timeout_ms = max(1, round(s.consent_timeout_s * 1000))
         self._config_keepalive = (cfg, stun, addresses)
         self._user = _native.set_event_sink(self._on_raw_event)
         out = ffi.new("ae_engine **")
@@ -458,7 +487,9 @@ class Engine:
         out = ffi.new("ae_engine_stats *")
         check(lib.ae_engine_stats_get(self._handle, out))
         return EngineStats(out.sources, out.sinks, out.routes, out.listeners, out.threads,
-                           out.events_posted, out.events_coalesced)
+                           out.events_posted, out.events_coalesced, out.lean_port,
+                           out.lean_datagrams_in, out.lean_stun_rejected, out.lean_dtls_rejected,
+                           out.lean_rtcp_rejected, out.lean_junk, out.lean_send_dropped)
 
 
 def appliance_error(error: EngineError) -> ApplianceError:

@@ -27,6 +27,11 @@ __all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "SourceConfi
 RESERVED_IDS = frozenset({"source", "route"})
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_TEXT = 4096
+# A BCP 47 language tag, well-formed in the common shape: language (2-3
+# letters), optional script, region, variants ("fr", "pt-BR", "zh-Hant-TW",
+# "de-CH-1996"); "" = not said.
+LANGUAGE_TAG = re.compile(r"(?:[A-Za-z]{2,3}(?:-[A-Za-z]{4})?(?:-(?:[A-Za-z]{2}|[0-9]{3}))?"
+                          r"(?:-(?:[A-Za-z0-9]{5,8}|[0-9][A-Za-z0-9]{3}))*)?")
 
 
 def _range(lo: float, hi: float) -> dict[str, Any]:
@@ -55,6 +60,13 @@ class EngineSettings:
     # interface. Tests use ("127.0.0.1",) so nothing leaves the machine.
     ice_addresses: tuple[str, ...] = ()
     event_buffer: int = field(default=1024, metadata=_range(1, 1 << 20))
+    # which transport serves listeners: "auto" = the lean one (ICE-lite,
+    # DTLS-SRTP, one UDP port) unless an offer needs webrtcbin (a data channel)
+    transport: Literal["auto", "lean", "webrtcbin"] = "auto"
+    # the lean transport's one UDP port for every listener; 0 = any free port
+    lean_port: int = field(default=0, metadata=_range(0, 65535))
+    # a lean listener whose peer sent no ICE consent check for this long ends
+    consent_timeout_s: float = field(default=30.0, metadata=_range(0.1, 3600.0))
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,10 @@ class SinkSpec:
     period_frames: int = field(default=128, metadata=_range(16, 8192))
     buffer_periods: int = field(default=4, metadata=_range(2, 64))
     allow_absent: bool = False
+    # what listeners see (the listen page, the signs); the engine ignores them
+    language: str = field(default="", metadata={"max_len": 35, "pattern": LANGUAGE_TAG,
+                                                "what": "a BCP 47 language tag like fr or pt-BR"})
+    description: str = field(default="", metadata=_limit(200))
 
 
 @dataclass(frozen=True)
@@ -283,7 +299,10 @@ def _check_value(value: Any, where: str, ann: Any, meta: Mapping[str, Any]) -> A
     if ann is str:
         if "id" in meta:
             return check_id(meta["id"], value, where)
-        return check_text(value, where, max_len=meta.get("max_len", MAX_TEXT))
+        value = check_text(value, where, max_len=meta.get("max_len", MAX_TEXT))
+        if "pattern" in meta and not meta["pattern"].fullmatch(value):
+            raise InvalidError(f"{where} must be {meta['what']} (or empty)")
+        return value
     raise InvalidError(f"{where} cannot be set here")
 
 

@@ -3,8 +3,9 @@
  *
  * Moves audio from ALSA capture devices and built-in test sources through
  * routes (gain, mute) into sinks. A sink either plays to an ALSA device or
- * encodes Opus once and fans the packets out to WebRTC listeners served by
- * GStreamer's webrtcbin.
+ * encodes Opus once and fans the packets out to WebRTC listeners, served by
+ * the lean transport (ICE-lite, DTLS-SRTP, one UDP port for all) or, for
+ * offers it declines, by GStreamer's webrtcbin.
  *
  * Conventions
  *  - Every name carries the prefix ae_ / AE_. Handles are opaque and typed.
@@ -122,7 +123,18 @@ typedef struct ae_engine_config {
      * NULL = every non-loopback interface (libnice's default) */
     const char *ice_addresses;
     int realtime_priority;    /* SCHED_FIFO priority for audio threads; 0 = normal */
+    int transport;            /* ae_transport: 0 = auto (lean unless the offer needs webrtcbin) */
+    int lean_port;            /* the lean transport's one UDP port; 0 = any free port */
+    int consent_timeout_ms;   /* 0 = 30000: a lean listener with no ICE consent check for
+                               * this long has failed (RFC 7675) */
 } ae_engine_config;
+
+/* Which transport serves a listener. AE_TRANSPORT_AUTO is only a setting. */
+typedef enum ae_transport {
+    AE_TRANSPORT_AUTO = 0,
+    AE_TRANSPORT_LEAN = 1,    /* ICE-lite + DTLS-SRTP on the shared port, no thread per listener */
+    AE_TRANSPORT_WEBRTCBIN = 2
+} ae_transport;
 
 int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void *user,
                      ae_engine **out);
@@ -135,6 +147,14 @@ typedef struct ae_engine_stats {
     int sources, sinks, routes, listeners;
     int threads;              /* threads the engine itself started and that still run */
     int64_t events_posted, events_coalesced;
+    /* the lean transport: its UDP port (0 = not running) and what arrived */
+    int lean_port;
+    uint64_t lean_datagrams_in;
+    uint64_t lean_stun_rejected;   /* bad MESSAGE-INTEGRITY, unknown ufrag, malformed STUN */
+    uint64_t lean_dtls_rejected;   /* DTLS from an address that never passed ICE */
+    uint64_t lean_rtcp_rejected;   /* RTP/RTCP from an unknown address or failing SRTCP */
+    uint64_t lean_junk;            /* datagrams that are none of STUN, DTLS, RTP/RTCP */
+    uint64_t lean_send_dropped;    /* packets the socket would not take (buffer full) */
 } ae_engine_stats;
 
 int ae_engine_stats_get(ae_engine *engine, ae_engine_stats *out);
@@ -249,6 +269,13 @@ typedef struct ae_listener_stats {
     int state;                /* ae_listener_state */
     int64_t last_rx_us;       /* monotonic time of the last packet from the peer, 0 = none */
     uint64_t packets_sent, bytes_sent;
+    int transport;            /* ae_transport serving it */
+    /* from the peer's RTCP receiver reports (lean transport); rtcp_reports = 0: none yet */
+    uint64_t rtcp_reports;
+    double fraction_lost;     /* 0..1, over the last report's interval */
+    int64_t packets_lost;     /* cumulative, as the peer counts them */
+    double jitter_ms;
+    double rtt_ms;            /* round-trip time from LSR/DLSR; < 0 = unknown */
 } ae_listener_stats;
 
 int ae_listener_stats_get(ae_listener *listener, ae_listener_stats *out);

@@ -182,7 +182,8 @@ struct ae_sink {
     bool pts_started;
     int64_t frame_capture_us[AE_FRAME_RING];
     uint64_t frame_index_at[AE_FRAME_RING];
-    _Atomic int listeners;
+    _Atomic int listeners;               /* all transports */
+    _Atomic int lean_listeners;          /* of those, on the lean transport */
     _Atomic uint64_t packets_out;
     ae_lat_stats latency;
     /* ALSA playback */
@@ -245,6 +246,8 @@ struct ae_engine {
     GThread *glib_thread;
     pthread_mutex_t listeners_lock;      /* the listener list */
     ae_listener *listeners;
+
+    struct ae_lean *lean;                /* the lean transport, or NULL */
 };
 
 /* Run fn(data) on the engine's glib thread and wait (bounded) for it. */
@@ -253,6 +256,55 @@ void ae_wake_mixer(ae_engine *e);
 
 /* ---- audio graph (ae_graph.c) ---- */
 void *ae_mixer_main(void *arg);
+
+/* ---- offers (ae_sdp.c) ---- */
+#define AE_OFFER_MAX_FINGERPRINTS 4
+#define AE_OFFER_MAX_MLINES 16
+
+typedef struct ae_offer {
+    int pt, mline;                       /* the Opus payload type and its m-line */
+    char *fmtp;                          /* its Opus parameters, or NULL */
+    char mid[64];                        /* the audio m-line's mid, "" = none */
+    bool bundle;                         /* the offer has a BUNDLE group */
+    char ice_ufrag[257], ice_pwd[257];
+    char setup[16];                      /* "" when absent */
+    bool rtcp_mux, datachannel;
+    int nfingerprints;
+    struct {
+        char alg[16];                    /* "sha-256", ... */
+        unsigned char md[64];
+        unsigned len;
+    } fingerprints[AE_OFFER_MAX_FINGERPRINTS];
+    int nmlines;                         /* every m-line, for the answer to reject the others */
+    struct {
+        char media[16], proto[48], fmt[16], mid[64];
+    } mlines[AE_OFFER_MAX_MLINES];
+    bool too_many_mlines;
+} ae_offer;
+
+/* Parse and check an offer: AE_OK, or AE_ERR_SDP with the reason set. */
+int ae_offer_parse(const char *sdp, ae_offer *o);
+void ae_offer_clear(ae_offer *o);
+
+/* ---- the lean transport (ae_lean.c) ---- */
+typedef struct ae_lean ae_lean;
+typedef struct ae_lean_peer ae_lean_peer;
+
+int ae_lean_start(ae_engine *e, ae_lean **out);
+void ae_lean_stop(ae_lean *t);
+void ae_lean_stats(ae_lean *t, ae_engine_stats *out);
+/* NULL when the lean transport can serve the offer, else why not. */
+const char *ae_lean_declines(const ae_offer *o);
+/* The answer is ready at once (malloc'd into *answer). Events are posted
+ * under listener_id unless *closing is set. */
+int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atomic_bool *closing,
+                        const ae_offer *o, char **answer, ae_lean_peer **out);
+/* Waits (bounded) until the network thread has let go of it, then frees it. */
+void ae_lean_peer_destroy(ae_lean *t, ae_lean_peer *p);
+void ae_lean_peer_stats(ae_lean_peer *p, ae_listener_stats *out);
+/* Mixer thread: one Opus packet of a sink for its lean listeners. */
+void ae_lean_push(ae_lean *t, ae_sink *k, const unsigned char *data, int len, uint64_t index,
+                  int64_t capture_us);
 
 /* ---- WebRTC fan-out (ae_webrtc.c) ---- */
 int ae_opus_pipeline_start(ae_sink *sink);

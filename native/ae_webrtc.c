@@ -8,7 +8,11 @@
  * Opus is encoded once per sink (in the mixer); each listener only adds a
  * payloader (its own, since browsers pick different payload types) and a
  * webrtcbin. Every GStreamer control call runs on the engine's glib thread.
- * This file is the one seam a leaner listener transport would replace. */
+ *
+ * This file is also the listener seam: ae_listener_create reads the offer
+ * once and hands it to the lean transport (ae_lean.c) unless the offer needs
+ * something only webrtcbin does (a data channel, ...) or a setting forces
+ * one transport. */
 #define _GNU_SOURCE
 #define GST_USE_UNSTABLE_API /* webrtcbin's library API is marked unstable */
 #include "ae_internal.h"
@@ -33,6 +37,8 @@ struct ae_listener {
     uint64_t id;                         /* names it in events */
     _Atomic int refs;
     atomic_bool closing;
+    int transport;                       /* AE_TRANSPORT_LEAN or AE_TRANSPORT_WEBRTCBIN */
+    ae_lean_peer *lean;                  /* the lean transport's side of it, or NULL */
     char *offer;
     char *fmtp;                          /* the offer's Opus parameters, or NULL */
     int pt, mline;
@@ -69,8 +75,10 @@ static void listener_unref(gpointer p)
 {
     ae_listener *l = p;
     if (atomic_fetch_sub(&l->refs, 1) != 1) return;
-    if (l->candidates) g_ptr_array_unref(l->candidates);
-    g_mutex_clear(&l->cand_lock);
+    if (l->candidates) {
+        g_ptr_array_unref(l->candidates);
+        g_mutex_clear(&l->cand_lock);
+    }
     free(l->offer);
     free(l->fmtp);
     free(l);
@@ -183,7 +191,9 @@ void ae_opus_push(ae_sink *k, const unsigned char *data, int len, uint64_t index
 {
     k->frame_capture_us[index % AE_FRAME_RING] = capture_us;
     k->frame_index_at[index % AE_FRAME_RING] = index;
-    if (atomic_load(&k->listeners) == 0) return;
+    int lean = atomic_load(&k->lean_listeners);
+    if (lean > 0 && k->engine->lean) ae_lean_push(k->engine->lean, k, data, len, index, capture_us);
+    if (atomic_load(&k->listeners) - lean <= 0) return; /* nobody on webrtcbin */
     GstBuffer *buf = gst_buffer_new_memdup(data, (gsize)len);
     GstClockTime dur = (GstClockTime)k->frame_us * GST_USECOND;
     /* Perfect timestamps, frame after frame: the payloader derives RTP
@@ -207,84 +217,6 @@ void ae_opus_push(ae_sink *k, const unsigned char *data, int len, uint64_t index
     GST_BUFFER_OFFSET(buf) = index * (uint64_t)k->frame_samples;
     GST_BUFFER_OFFSET_END(buf) = (index + 1) * (uint64_t)k->frame_samples;
     gst_app_src_push_buffer(GST_APP_SRC(k->appsrc), buf);
-}
-
-/* ---- offer validation --------------------------------------------------- */
-
-static bool has_attr(const GstSDPMessage *msg, const GstSDPMedia *m, const char *key)
-{
-    return gst_sdp_media_get_attribute_val(m, key) || gst_sdp_message_get_attribute_val(msg, key);
-}
-
-/* Find the first audio m-line we can send Opus to; returns its payload type
- * or an AE_ERR_SDP code with the reason set. */
-static int validate_offer(const char *sdp, int *mline_out, char **fmtp_out)
-{
-    if (!sdp || !*sdp) return ae_fail(AE_ERR_SDP, "the offer is empty");
-    if (strncmp(sdp, "v=0", 3) != 0) return ae_fail(AE_ERR_SDP, "the offer is not SDP (no v=0 line)");
-    GstSDPMessage *msg = NULL;
-    gst_sdp_message_new(&msg);
-    if (gst_sdp_message_parse_buffer((const guint8 *)sdp, (guint)strlen(sdp), msg) != GST_SDP_OK) {
-        gst_sdp_message_free(msg);
-        return ae_fail(AE_ERR_SDP, "the offer is not valid SDP");
-    }
-    int rc = ae_fail(AE_ERR_SDP, "the offer has no audio to receive");
-    bool saw_audio = false;
-    for (guint i = 0; i < gst_sdp_message_medias_len(msg); i++) {
-        const GstSDPMedia *m = gst_sdp_message_get_media(msg, i);
-        if (g_strcmp0(gst_sdp_media_get_media(m), "audio") != 0) continue;
-        saw_audio = true;
-        if (gst_sdp_media_get_port(m) == 0) continue;
-        if (gst_sdp_media_get_attribute_val(m, "sendonly") ||
-            gst_sdp_media_get_attribute_val(m, "inactive")) {
-            rc = ae_fail(AE_ERR_SDP, "the offer's audio is sendonly or inactive: nothing to receive");
-            continue;
-        }
-        const char *proto = gst_sdp_media_get_proto(m);
-        if (!proto || !strstr(proto, "SAVPF")) {
-            rc = ae_fail(AE_ERR_SDP, "the offer's audio is not DTLS-SRTP (%s)", proto ? proto : "?");
-            continue;
-        }
-        if (!has_attr(msg, m, "ice-ufrag") || !has_attr(msg, m, "ice-pwd")) {
-            rc = ae_fail(AE_ERR_SDP, "the offer has no ICE credentials");
-            continue;
-        }
-        if (!has_attr(msg, m, "fingerprint")) {
-            rc = ae_fail(AE_ERR_SDP, "the offer has no DTLS fingerprint");
-            continue;
-        }
-        for (guint a = 0; a < gst_sdp_media_attributes_len(m); a++) {
-            const GstSDPAttribute *attr = gst_sdp_media_get_attribute(m, a);
-            if (g_strcmp0(attr->key, "rtpmap") != 0 || !attr->value) continue;
-            int pt = -1;
-            char codec[64] = {0};
-            if (sscanf(attr->value, "%d %63[^/]/48000", &pt, codec) == 2 &&
-                !strcasecmp(codec, "opus") && pt >= 0 && pt < 128) {
-                char pts[8];
-                snprintf(pts, sizeof pts, "%d", pt);
-                bool listed = false;
-                for (guint f = 0; f < gst_sdp_media_formats_len(m); f++)
-                    if (!strcmp(gst_sdp_media_get_format(m, f), pts)) listed = true;
-                if (!listed) continue;
-                *mline_out = (int)i;
-                *fmtp_out = NULL;
-                size_t plen = strlen(pts);
-                for (guint b = 0; b < gst_sdp_media_attributes_len(m); b++) {
-                    const GstSDPAttribute *fa = gst_sdp_media_get_attribute(m, b);
-                    if (!g_strcmp0(fa->key, "fmtp") && fa->value && !strncmp(fa->value, pts, plen) &&
-                        fa->value[plen] == ' ')
-                        *fmtp_out = strdup(fa->value + plen + 1);
-                }
-                gst_sdp_message_free(msg);
-                ae_clear_error();
-                return pt;
-            }
-        }
-        rc = ae_fail(AE_ERR_SDP, "the offer's audio does not include Opus/48000");
-    }
-    gst_sdp_message_free(msg);
-    if (!saw_audio) return ae_fail(AE_ERR_SDP, "the offer has no audio m-line");
-    return rc;
 }
 
 /* ---- events from a listener --------------------------------------------- */
@@ -826,6 +758,23 @@ static gboolean start_listener_main(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* Which transport serves this offer: AE_TRANSPORT_LEAN, _WEBRTCBIN, or an
+ * AE_ERR_SDP code when the setting forces one that cannot serve it. */
+static int choose_transport(ae_engine *e, const ae_offer *o)
+{
+    const char *why = e->lean ? ae_lean_declines(o) : "the lean transport is not running";
+    switch (e->cfg.transport) {
+    case AE_TRANSPORT_WEBRTCBIN: return AE_TRANSPORT_WEBRTCBIN;
+    case AE_TRANSPORT_LEAN:
+        if (why) return ae_fail(AE_ERR_SDP, "the lean transport cannot serve this offer: %s", why);
+        return AE_TRANSPORT_LEAN;
+    default:
+        if (!why) return AE_TRANSPORT_LEAN;
+        g_printerr("ae: a listener goes to webrtcbin: %s\n", why);
+        return AE_TRANSPORT_WEBRTCBIN;
+    }
+}
+
 int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
 {
     ae_clear_error();
@@ -834,38 +783,64 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     ae_engine *e = k->engine;
     if (k->kind != AE_SINK_OPUS) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
     if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
-    int mline = 0;
-    char *fmtp = NULL;
-    int pt = validate_offer(offer_sdp, &mline, &fmtp);
-    if (pt < 0) return pt;
+    ae_offer offer;
+    int rc = ae_offer_parse(offer_sdp, &offer);
+    if (rc != AE_OK) return rc;
+    int transport = choose_transport(e, &offer);
+    if (transport < 0) {
+        ae_offer_clear(&offer);
+        return transport;
+    }
     if (atomic_fetch_add(&e->nlisteners, 1) >= e->cfg.max_listeners) {
         atomic_fetch_sub(&e->nlisteners, 1);
-        free(fmtp);
+        ae_offer_clear(&offer);
         return ae_fail(AE_ERR_LIMIT, "%d listeners is the most this engine serves",
                        e->cfg.max_listeners);
     }
     ae_listener *l = calloc(1, sizeof *l);
     if (!l) {
         atomic_fetch_sub(&e->nlisteners, 1);
-        free(fmtp);
+        ae_offer_clear(&offer);
         return ae_fail(AE_ERR_NOMEM, "out of memory");
     }
     l->engine = e;
     l->id = ae_new_id();
     l->sink = k;
     l->refs = 1;
-    l->pt = pt;
-    l->mline = mline;
-    l->fmtp = fmtp;
-    l->offer = strdup(offer_sdp);
-    g_mutex_init(&l->cand_lock);
-    l->candidates = g_ptr_array_new_with_free_func(g_free);
+    l->transport = transport;
+    l->pt = offer.pt;
+    l->mline = offer.mline;
+    char *answer = NULL;
+    if (transport == AE_TRANSPORT_LEAN) {
+        rc = ae_lean_peer_create(e->lean, k, l->id, &l->closing, &offer, &answer, &l->lean);
+        ae_offer_clear(&offer);
+        if (rc != AE_OK) {
+            atomic_fetch_sub(&e->nlisteners, 1);
+            free(l);
+            return rc;
+        }
+        atomic_fetch_add(&k->lean_listeners, 1);
+    } else {
+        l->fmtp = offer.fmtp; /* taken over */
+        offer.fmtp = NULL;
+        ae_offer_clear(&offer);
+        l->offer = strdup(offer_sdp);
+        g_mutex_init(&l->cand_lock);
+        l->candidates = g_ptr_array_new_with_free_func(g_free);
+    }
     atomic_fetch_add(&k->listeners, 1);
     pthread_mutex_lock(&e->listeners_lock);
     l->next = e->listeners;
     e->listeners = l;
     pthread_mutex_unlock(&e->listeners_lock);
-    invoke(l, start_listener_main);
+    if (answer) {
+        /* ICE-lite: nothing to gather, the answer is ready now */
+        l->answered = true;
+        post_listener(l, AE_EVENT_ANSWER_READY, answer, 0, 0, 0);
+        free(answer);
+    } else {
+        invoke(l, start_listener_main);
+    }
     *out = l;
     return AE_OK;
 }
@@ -905,6 +880,7 @@ int ae_listener_add_candidate(ae_listener *l, int mline, const char *candidate)
     if (strncmp(candidate, "candidate:", 10) != 0 || strlen(candidate) > 1024 ||
         strpbrk(candidate, "\r\n"))
         return ae_fail(AE_ERR_INVALID, "not an ICE candidate line: '%.60s'", candidate);
+    if (l->lean) return AE_OK; /* ICE-lite learns the peer's addresses from its checks */
     candidate_call *c = g_new0(candidate_call, 1);
     c->listener = listener_ref(l);
     c->mline = (guint)mline;
@@ -918,6 +894,13 @@ int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
 {
     ae_clear_error();
     if (!l || !out) return ae_fail(AE_ERR_INVALID, "listener and out are required");
+    memset(out, 0, sizeof *out);
+    if (l->lean) {
+        ae_lean_peer_stats(l->lean, out);
+        return AE_OK;
+    }
+    out->transport = AE_TRANSPORT_WEBRTCBIN;
+    out->rtt_ms = -1;
     out->state = atomic_load(&l->state);
     out->last_rx_us = atomic_load(&l->last_rx_us);
     out->packets_sent = atomic_load(&l->packets_sent);
@@ -1007,6 +990,16 @@ int ae_listener_destroy(ae_listener *l)
         }
     }
     pthread_mutex_unlock(&e->listeners_lock);
+    if (l->lean) {
+        ae_lean_peer_destroy(e->lean, l->lean);
+        l->lean = NULL;
+        atomic_fetch_sub(&l->sink->lean_listeners, 1);
+        atomic_fetch_sub(&l->sink->listeners, 1);
+        atomic_fetch_sub(&e->nlisteners, 1);
+        listener_unref(l);
+        malloc_trim(0);
+        return AE_OK;
+    }
     int rc = ae_glib_call(e, detach_listener, l, GLIB_CALL_TIMEOUT_MS);
     if (rc == AE_OK) {
         if (l->webrtc) gst_element_set_state(l->webrtc, GST_STATE_NULL);
