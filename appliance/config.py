@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .devices import parse_cards
 from .errors import InvalidError
 from .model import (
     EngineSettings, Graph, RouteConfig, RouteSpec, SinkConfig, SinkSpec, SourceConfig,
@@ -172,15 +173,10 @@ def default_state_dir() -> Path:
 def detect_sound_cards(path: str = "/proc/asound/cards") -> list[str]:
     """ALSA card ids ("sndrpihifiberry", ...) of the cards the kernel has."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    ids = []
-    for line in text.splitlines():
-        m = re.match(r"^\s*\d+\s+\[(\S+)\s*\]", line)
-        if m:
-            ids.append(m.group(1))
-    return ids
+    return [card_id for _, (card_id, _) in sorted(parse_cards(text).items())]
 
 
 def default_graph(cards: list[str] | None = None) -> Graph:

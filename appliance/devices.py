@@ -31,7 +31,8 @@ from typing import Iterable, Literal
 from .errors import InvalidError
 
 __all__ = ["Device", "Direction", "DIRECTIONS", "ASOUND_DIR", "available_devices",
-           "check_device", "hardware_devices", "named_pcms", "parse_cards", "parse_pcm"]
+           "check_device", "check_mixer_device", "hardware_devices", "named_pcms", "parse_cards",
+           "parse_pcm"]
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,19 @@ def check_device(name: object, direction: str, available: Iterable[Device] | Non
         raise InvalidError(f"{field}: not a {direction} device of this appliance "
                            f"({_choices(ids)}; GET /api/devices lists them all)")
     return name
+
+
+def check_mixer_device(name: object, *, asound_dir: Path = ASOUND_DIR,
+                       field: str = "device") -> str:
+    """An ALSA ctl device for the mixer: ``default``, ``hw:CARD=<id>`` of a
+    card the kernel has, or a plain name (one the ALSA configuration defines:
+    ALSA looks nothing else up for it). Never plugin or file syntax."""
+    cards = {card_id for card_id, _ in parse_cards(_read(asound_dir / "cards")).values()}
+    if isinstance(name, str) and (_PCM_NAME.fullmatch(name) or (
+            name.startswith("hw:CARD=") and name[len("hw:CARD="):] in cards)):
+        return name
+    choices = ["default", *(f"hw:CARD={c}" for c in sorted(cards))]
+    raise InvalidError(f"{field}: not a mixer device of this appliance ({_choices(choices)})")
 
 
 def _choices(ids: list[str]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, jsonify
 
-from .. import mixer
+from .. import devices, mixer
 from ..errors import InvalidError, NotFoundError
 from .common import read_json, service
 
@@ -44,8 +44,12 @@ def _saved() -> dict[str, Any]:
 
 
 def _device() -> str:
+    """The saved device, checked again: the state file is not trusted."""
     device = _saved().get("device")
-    return device if isinstance(device, str) and device else DEFAULT_DEVICE
+    try:
+        return devices.check_mixer_device(device)
+    except InvalidError:
+        return DEFAULT_DEVICE
 
 
 async def _persist(device: str) -> list[dict[str, Any]]:
@@ -64,8 +68,8 @@ async def restore_mixer() -> None:
     saved = svc.store.section(SECTION) or {}
     if not isinstance(saved, dict) or not isinstance(saved.get("controls"), dict):
         return
-    device = saved.get("device") or DEFAULT_DEVICE
     try:
+        device = devices.check_mixer_device(saved.get("device") or DEFAULT_DEVICE)
         problems = await trio.to_thread.run_sync(mixer.restore, device, saved["controls"])
     except Exception as error:  # never keep the appliance from starting
         log.error("mixer settings not restored: %s", error)
@@ -92,7 +96,7 @@ async def set_device() -> Response:
     if not isinstance(body, dict) or set(body) != {"device"} or not isinstance(body["device"], str) \
             or not body["device"].strip():
         raise InvalidError('the body must be {"device": "<ALSA ctl name>"}')
-    device = body["device"].strip()
+    device = devices.check_mixer_device(body["device"].strip())
     async with _lock():
         try:
             controls = await _persist(device)
