@@ -86,10 +86,10 @@ class Loadgen:
         self._lock = trio.Lock()
 
     @classmethod
-    async def start(cls, nursery: trio.Nursery, workers: int = 2,
-                    sample_every: int = 50) -> "Loadgen":
+    async def start(cls, nursery: trio.Nursery, workers: int = 2, sample_every: int = 50,
+                    address: str = "127.0.0.1") -> "Loadgen":
         process = await trio.lowlevel.open_process(
-            [str(build_loadgen()), "-w", str(workers), "-s", str(sample_every)],
+            [str(build_loadgen()), "-w", str(workers), "-s", str(sample_every), "-a", address],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self = cls(process)
         ready = trio.Event()
@@ -343,11 +343,18 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
     times["post_201"].extend(local["post_201"])
     started = dict(local["t0"])
     await server.loadgen.wait_first(list(started), timeout=10)
+    missing = []
     for ident, t0 in started.items():
         if ident in server.loadgen.first:
             times["first_audio"].append(server.loadgen.first[ident] - t0)
         else:
-            errors.append(f"{ident}: no audio within 10 s")
+            missing.append(ident)
+    if missing:
+        state = {s["id"]: s for s in await server.loadgen.stats()}.get(missing[0], {})
+        detail = {k: state.get(k) for k in ("ice", "dtls", "stun_in", "stun_bad", "packets",
+                                             "unprotect_fail", "rtcp_in")}
+        errors.append(f"{len(missing)} without audio within 10 s; listener {missing[0]}: "
+                      f"{detail} {server.loadgen.errors.get(missing[0], '')}")
     return errors
 
 
@@ -462,8 +469,9 @@ async def main_async(args: argparse.Namespace) -> None:
           f"({args.workers} threads), levels {args.levels}, {args.window:g} s windows", flush=True)
     results = {}
     for name in args.servers:
-        if name == "janus":
-            results["Janus streaming plugin"] = await bench_janus(args)
+        if name in ("janus", "janus-lite"):
+            results[f"Janus 1.1.2 streaming plugin, {'ICE-lite' if name == 'janus-lite' else 'full ICE'}"] \
+                = await bench_janus(args, lite=name == "janus-lite")
         else:
             transport = None if name == "default" else name
             results[f"appliance, {name} transport"] = await bench_appliance(args, transport)
@@ -471,8 +479,187 @@ async def main_async(args: argparse.Namespace) -> None:
         report(name, result)
 
 
-async def bench_janus(args: argparse.Namespace) -> dict[str, Any]:
-    raise NotImplementedError("janus: not yet")
+# ---- Janus -------------------------------------------------------------------------
+
+JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
+JANUS_PLUGINS_OFF = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip",
+                     "textroom", "videocall", "videoroom", "voicemail")
+JANUS_TRANSPORTS_OFF = ("mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets")
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def host_address() -> str:
+    """This machine's own IPv4 address on its default route (no packet is
+    sent). Janus does not gather on loopback and binds its ICE sockets to
+    the interface, so they cannot answer 127.0.0.1; both sides use this
+    address instead, and the traffic still never leaves the machine."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("198.51.100.1", 9))
+        return s.getsockname()[0]
+
+
+def write_janus_config(conf: Path, http_port: int, audio_port: int, lite: bool,
+                       address: str) -> Path:
+    conf.mkdir()
+    off = ",".join(f"libjanus_{p}.so" for p in JANUS_PLUGINS_OFF)
+    toff = ",".join(f"libjanus_{t}.so" for t in JANUS_TRANSPORTS_OFF)
+    (conf / "janus.jcfg").write_text(f"""general: {{
+  configs_folder = "{conf}"
+  plugins_folder = "{JANUS_LIB}/plugins"
+  transports_folder = "{JANUS_LIB}/transports"
+  events_folder = "{JANUS_LIB}/events"
+  loggers_folder = "{JANUS_LIB}/loggers"
+  debug_level = 3
+  session_timeout = 0
+}}
+certificates: {{}}
+media: {{ rtp_port_range = "20000-60000" }}
+nat: {{ ice_lite = {"true" if lite else "false"}, ice_enforce_list = "{address}" }}
+plugins: {{ disable = "{off}" }}
+transports: {{ disable = "{toff}" }}
+loggers: {{ disable = "libjanus_jsonlog.so" }}
+events: {{ broadcast = false }}
+""")
+    (conf / "janus.transport.http.jcfg").write_text(
+        f'general: {{ json = "plain", base_path = "/janus", http = true, port = {http_port}, '
+        f'ip = "127.0.0.1", https = false }}\nadmin: {{ admin_http = false }}\n')
+    (conf / "janus.plugin.streaming.jcfg").write_text(f"""general: {{ events = false }}
+tone: {{
+  type = "rtp"
+  id = 1
+  description = "tone"
+  audio = true
+  video = false
+  audioport = {audio_port}
+  audiopt = 111
+  audiocodec = "opus"
+  audiortpmap = "opus/48000/2"
+}}
+""")
+    return conf / "janus.jcfg"
+
+
+class JanusServer(Server):
+    """Listeners through the HTTP API: attach to janus.plugin.streaming,
+    ``watch`` (Janus offers), the loadgen answers, ``start``. Listeners share
+    one Janus session per burst (one long poll each) to keep the Python side
+    light; each has its own handle, PeerConnection, ICE agent and DTLS."""
+
+    def __init__(self, *args: Any, nursery: trio.Nursery, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.nursery = nursery
+        self.janus_sessions: dict[int, int] = {}      # burst number -> session id
+        self.pending: dict[str, trio.MemorySendChannel] = {}
+        self.tx = 0
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.tx += 1
+        body = {**body, "transaction": f"t{self.tx}"}
+        r = await self.client.post(path, json=body)
+        reply = r.json()
+        if reply.get("janus") not in ("success", "ack"):
+            raise LoadgenError(f"janus: {reply}")
+        return reply
+
+    async def _poll(self, session: int) -> None:
+        while True:
+            r = await self.client.get(f"/janus/{session}", params={"maxev": 50}, timeout=60)
+            events = r.json()
+            for event in events if isinstance(events, list) else [events]:
+                waiter = self.pending.pop(event.get("transaction", ""), None)
+                if waiter is not None and "jsep" in event:
+                    waiter.send_nowait(event)
+
+    async def _session(self, ident: int) -> int:
+        group = ident // 50
+        if group not in self.janus_sessions:
+            self.janus_sessions[group] = -1
+            reply = await self._post("/janus", {"janus": "create"})
+            self.janus_sessions[group] = reply["data"]["id"]
+            self.nursery.start_soon(self._poll, reply["data"]["id"])
+        while self.janus_sessions[group] < 0:
+            await trio.sleep(0.01)
+        return self.janus_sessions[group]
+
+    async def add(self, ident: int, gate: trio.Event, times: dict[str, list[float]]) -> None:
+        session = await self._session(ident)
+        reply = await self._post(f"/janus/{session}", {"janus": "attach",
+                                                       "plugin": "janus.plugin.streaming"})
+        handle = f"/janus/{session}/{reply['data']['id']}"
+        self.sessions[ident] = handle
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        await gate.wait()
+        t0 = time.monotonic()
+        self.pending[f"t{self.tx + 1}"] = send
+        await self._post(handle, {"janus": "message", "body": {"request": "watch", "id": 1}})
+        with trio.fail_after(10):
+            event = await receive.receive()
+        t_offer = time.monotonic()
+        answer = await self.loadgen.remote_offer(ident, event["jsep"]["sdp"])
+        await self._post(handle, {"janus": "message", "body": {"request": "start"},
+                                  "jsep": {"type": "answer", "sdp": answer}})
+        times["post_201"].append(t_offer - t0)
+        times.setdefault("t0", []).append((ident, t0))  # type: ignore[arg-type]
+
+    async def remove(self, ident: int) -> None:
+        handle = self.sessions.pop(ident, None)
+        await self.loadgen.close(ident)
+        if handle is not None:
+            await self._post(handle, {"janus": "detach"})
+
+
+async def bench_janus(args: argparse.Namespace, lite: bool) -> dict[str, Any]:
+    if shutil.which("janus") is None or shutil.which("gst-launch-1.0") is None:
+        raise SystemExit("janus and gst-launch-1.0 are needed (Debian packages janus, "
+                         "gstreamer1.0-tools)")
+    name = f"Janus {'ICE-lite' if lite else 'full ICE'}"
+    with tempfile.TemporaryDirectory() as tmp:
+        http_port, audio_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+        address = host_address()
+        config = write_janus_config(Path(tmp) / "conf", http_port, audio_port, lite, address)
+        log = open(Path(tmp) / "janus.log", "wb")
+        janus = await trio.lowlevel.open_process(
+            ["janus", "-C", str(config), "-F", str(config.parent), "-o"], stdout=log,
+            stderr=subprocess.STDOUT)
+        # the same stream as the appliance's: 440 Hz at -12 dBFS, stereo,
+        # 10 ms Opus frames, 128 kbit/s, restricted low delay
+        feeder = await trio.lowlevel.open_process(
+            ["gst-launch-1.0", "-q", "audiotestsrc", "is-live=true", "wave=sine",
+             f"freq={TONE_HZ}", "volume=0.25", "!", "audio/x-raw,rate=48000,channels=2", "!",
+             "opusenc", "frame-size=10", "bitrate=128000", "audio-type=restricted-lowdelay",
+             "complexity=5", "!", "rtpopuspay", "pt=111", "!", "udpsink", "host=127.0.0.1",
+             f"port={audio_port}"])
+        url = f"http://127.0.0.1:{http_port}"
+        try:
+            async with trio.open_nursery() as nursery:
+                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+                async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+                    with trio.fail_after(30):
+                        while True:
+                            try:
+                                if (await client.get("/janus/info")).status_code == 200:
+                                    break
+                            except httpx.TransportError:
+                                pass
+                            await trio.sleep(0.1)
+                    loadgen = await Loadgen.start(nursery, workers=args.workers, address=address)
+                    try:
+                        server = JanusServer(name, janus.pid, loadgen, client, nursery=nursery)
+                        result = await run_server(server, args.levels, args.window, args.burst,
+                                                  args.settle)
+                    finally:
+                        await loadgen.aclose()
+                    nursery.cancel_scope.cancel()
+        finally:
+            await stop_process(feeder)
+            await stop_process(janus)
+            log.close()
+    return result
 
 
 def main() -> None:
