@@ -22,6 +22,7 @@ from typing import Any
 from .errors import InvalidError
 
 __all__ = ["Offer", "check_offer", "parse_sdpfrag", "check_candidate", "parse_candidates_json",
+           "is_hostname_candidate",
            "MAX_OFFER_CHARS", "MAX_LINES", "MAX_LINE_CHARS", "MAX_MLINES"]
 
 # Real offers (tests/support/offers): 1.2-3.6 KB, 30-75 lines, 1-2 m-lines,
@@ -59,8 +60,9 @@ _DIGITS = re.compile(r"\d{1,10}\Z")
 @dataclass(frozen=True)
 class Offer:
     """A checked offer. ``sdp`` is the text to hand the engine (CRLF line
-    ends, no blank lines); ``mids`` the mids by m-line index; the audio the
-    server sends on is always m-line 0, ``mids[0]``."""
+    ends, no blank lines, no host-name candidates: see
+    ``is_hostname_candidate``); ``mids`` the mids by m-line index; the audio
+    the server sends on is always m-line 0, ``mids[0]``."""
     sdp: str
     mids: list[str]
     ice_ufrag: str | None
@@ -130,6 +132,25 @@ def _port(text: str, what: str) -> int:
     return int(text)
 
 
+def is_hostname_candidate(candidate: str) -> bool:
+    """Whether a checked candidate names its address by a host name (mDNS
+    ``.local`` from browsers) instead of an IP literal. Such candidates are
+    dropped: webrtcbin resolves them through the system resolver, each lookup
+    held ~4 fds for tens of seconds (measured 2026-12-01: 10 Chromium offers,
+    +40 fds after every session had ended), so a flood of them exhausts the
+    fds, and any name in an offer would make the box send DNS queries.
+    Without them the connection still comes up through the peer-reflexive
+    candidates the browser's checks create."""
+    fields = candidate.split(" ")
+    if len(fields) < 5:
+        return False
+    try:
+        ipaddress.ip_address(fields[4])
+        return False
+    except ValueError:
+        return True
+
+
 def check_candidate(text: Any) -> str:
     """Check one ICE candidate (RFC 8839 grammar; with or without ``a=``);
     returns it as ``candidate:...``, or "" for end-of-candidates."""
@@ -185,7 +206,8 @@ def _check_mid(mid: str) -> str:
 def parse_sdpfrag(text: Any) -> tuple[str | None, str | None, list[tuple[str | None, int | None, str]]]:
     """Parse an RFC 8840 trickle-ice-sdpfrag: returns (ufrag, pwd, [(mid,
     m-line index within the fragment, candidate)]); candidate "" is
-    end-of-candidates. Every candidate is checked (``check_candidate``)."""
+    end-of-candidates. Every candidate is checked (``check_candidate``);
+    host-name candidates are left out (``is_hostname_candidate``)."""
     ufrag = pwd = None
     out: list[tuple[str | None, int | None, str]] = []
     mid: str | None = None
@@ -208,7 +230,9 @@ def parse_sdpfrag(text: Any) -> tuple[str | None, str | None, list[tuple[str | N
         elif line.startswith("a=ice-pwd:"):
             pwd = line[len("a=ice-pwd:"):].strip()
         elif line.startswith("a=candidate:"):
-            out.append((mid, section, check_candidate(line[2:])))
+            candidate = check_candidate(line[2:])
+            if not is_hostname_candidate(candidate):  # see is_hostname_candidate
+                out.append((mid, section, candidate))
         elif line.startswith("a=end-of-candidates"):
             out.append((mid, section, ""))
     return ufrag, pwd, out
@@ -235,7 +259,9 @@ def parse_candidates_json(body: Any) -> list[tuple[str | None, int | None, str]]
             _check_mid(mid)
         if index is not None and not 0 <= index < MAX_MLINES:
             raise InvalidError(f"no m-line {index}")
-        out.append((mid, index, check_candidate(cand)))
+        candidate = check_candidate(cand)
+        if not is_hostname_candidate(candidate):  # see is_hostname_candidate
+            out.append((mid, index, candidate))
     return out
 
 
@@ -479,11 +505,23 @@ def check_offer(text: Any) -> Offer:
         raise InvalidError(f"the audio m-line is {direction}: there is nothing to receive")
     opus_pt, opus_fmtp = _opus(audio)
 
-    # ICE and DTLS: on each m-line or at session level; bundled m-lines share them
+    # ICE and DTLS: on each m-line or at session level; bundled m-lines share
+    # them. webrtcbin takes ufrag and pwd as a pair from the m-line, else from
+    # the session (it asserts there is one of each there, and passes NULL on
+    # when only one is found), so they must come in pairs, once per place.
+    session_ufrag, session_pwd = session_value("ice-ufrag"), session_value("ice-pwd")
+    session_setup = session_value("setup")
+    if (session_ufrag is None) != (session_pwd is None):
+        raise InvalidError("a=ice-ufrag and a=ice-pwd must come together at session level")
+
     def transport(section: _Section) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
-        ufrag = section.one("ice-ufrag") or session_value("ice-ufrag")
-        pwd = section.one("ice-pwd") or session_value("ice-pwd")
-        setup = section.one("setup") or session_value("setup")
+        ufrag, pwd = section.one("ice-ufrag"), section.one("ice-pwd")
+        if (ufrag is None) != (pwd is None):
+            raise InvalidError(f"m-line {section.index}: a=ice-ufrag and a=ice-pwd must "
+                               "come together")
+        if ufrag is None:
+            ufrag, pwd = session_ufrag, session_pwd
+        setup = section.one("setup") or session_setup
         prints = tuple(_fingerprint(v) for v in section.values("fingerprint")) or \
             tuple(_fingerprint(v) for k, v in session if k == "fingerprint")
         if ufrag is None or pwd is None:
@@ -497,7 +535,8 @@ def check_offer(text: Any) -> Offer:
 
     ufrag, pwd, setup, fingerprints = transport(audio)
     for section in sections[1:]:
-        if section.port == 0 and section.one("ice-ufrag") is None:
+        if section.port == 0 and section.one("ice-ufrag") is None \
+                and section.one("ice-pwd") is None:
             continue  # rejected or bundle-only: it has no transport of its own
         if transport(section) != (ufrag, pwd, setup, fingerprints):
             raise InvalidError(f"m-line {section.index} is bundled but has other ICE or DTLS "
@@ -505,6 +544,9 @@ def check_offer(text: Any) -> Offer:
     for name, value in session + [a for s in sections for a in s.attrs]:
         if name == "candidate":
             check_candidate("candidate:" + (value or ""))
-    return Offer(sdp="\r\n".join(lines) + "\r\n", mids=mids, ice_ufrag=ufrag, ice_pwd=pwd,
+    # what the engine gets: CRLF, no blank lines, no host-name candidates
+    kept = [line for line in lines
+            if not (line.startswith("a=candidate:") and is_hostname_candidate(line[2:]))]
+    return Offer(sdp="\r\n".join(kept) + "\r\n", mids=mids, ice_ufrag=ufrag, ice_pwd=pwd,
                  opus_pt=opus_pt, opus_fmtp=opus_fmtp, fingerprints=fingerprints, setup=setup,
                  datachannel=any(s.media == "application" for s in sections), bundle=bundle)

@@ -9,12 +9,15 @@ import pytest
 from appliance.errors import InvalidError
 from appliance.sdp import (
     MAX_LINE_CHARS, MAX_LINES, MAX_MLINES, MAX_OFFER_CHARS, Offer, check_candidate,
-    check_offer, parse_candidates_json, parse_sdpfrag,
+    check_offer, is_hostname_candidate, parse_candidates_json, parse_sdpfrag,
 )
 from tests.support.webrtc import synthetic_offer
 
 OFFERS = Path(__file__).parent / "support" / "offers"
-REAL = sorted(p.name for p in OFFERS.glob("*.sdp") if p.name != "datachannel-first.sdp")
+# shapes that aborted the process before appliance.sdp
+ABORTS = {"datachannel-first.sdp": "the first m-line must be the audio",
+          "session-ufrag-twice.sdp": "more than one session-level a=ice-ufrag"}
+REAL = sorted(p.name for p in OFFERS.glob("*.sdp") if p.name not in ABORTS)
 
 
 def load(name: str) -> str:
@@ -53,13 +56,33 @@ def test_the_synthetic_test_offer_is_accepted() -> None:
 
 
 def test_lf_line_ends_and_blank_lines_are_normalised() -> None:
-    lf = CHROMIUM.replace("\r\n", "\n").replace("a=mid:0\n", "a=mid:0\n\n")
-    offer = check_offer(lf)
-    assert offer.sdp == CHROMIUM
+    aiortc = load("aiortc-audio.sdp")
+    lf = aiortc.replace("\r\n", "\n").replace("a=mid:0\n", "a=mid:0\n\n")
+    assert check_offer(lf).sdp == aiortc
 
 
-def test_the_data_channel_first_shape_is_refused() -> None:
-    refused(load("datachannel-first.sdp"), "the first m-line must be the audio")
+def test_host_name_candidates_are_left_out() -> None:
+    """Chromium's and Firefox's mDNS candidates never reach the engine: each
+    one cost a system resolver lookup that held fds for tens of seconds."""
+    for name in REAL:
+        text = load(name)
+        sdp = check_offer(text).sdp
+        kept = [line for line in text.split("\r\n") if ".local " not in line]
+        assert sdp.split("\r\n") == kept, name
+        assert ("a=candidate:" in sdp) == name.startswith("aiortc"), name
+    assert is_hostname_candidate("candidate:1 1 udp 1 abc.local 9 typ host")
+    assert is_hostname_candidate("candidate:1 1 udp 1 example.com 9 typ host")
+    assert not is_hostname_candidate("candidate:1 1 udp 1 10.0.0.1 9 typ host")
+    assert not is_hostname_candidate("candidate:1 1 udp 1 fe80::1 9 typ host")
+    fragment = ("a=mid:0\r\na=candidate:1 1 udp 1 abc.local 9 typ host\r\n"
+                "a=candidate:2 1 udp 1 10.0.0.1 9 typ host\r\n")
+    assert parse_sdpfrag(fragment)[2] == [("0", None, "candidate:2 1 udp 1 10.0.0.1 9 typ host")]
+    assert parse_candidates_json({"candidate": "candidate:1 1 udp 1 abc.local 9 typ host"}) == []
+
+
+def test_the_shapes_that_aborted_the_process_are_refused() -> None:
+    for name, reason in ABORTS.items():
+        refused(load(name), reason)
 
 
 def _swap(text: str, old: str, new: str) -> str:
@@ -132,9 +155,14 @@ def test_absurd_sizes_are_refused() -> None:
     ("a=group:BUNDLE 0", "a=group:BUNDLE", "distinct mids"),
     ("a=group:BUNDLE 0", "a=group:BUNDLE 0\r\na=group:BUNDLE 0", "more than one BUNDLE"),
     ("a=group:BUNDLE 0", "a=group:FID 0", "not supported"),
-    ("a=ice-ufrag:YxEM\r\n", "", "no a=ice-ufrag"),
-    ("a=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D\r\n", "", "no a=ice-ufrag / a=ice-pwd"),
+    ("a=ice-ufrag:YxEM\r\na=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D\r\n", "", "no a=ice-ufrag / a=ice-pwd"),
+    ("a=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D\r\n", "", "must come together"),
     ("a=ice-ufrag:YxEM", "a=ice-ufrag:Y!", "a=ice-ufrag must be"),
+    # webrtcbin: g_assert on a second session-level ufrag, NULL pwd on half a pair
+    ("a=ice-ufrag:YxEM\r\n", "", "must come together"),
+    ("s=-", "s=-\r\na=ice-ufrag:abcd\r\na=ice-ufrag:efgh\r\na=ice-pwd:0123456789012345678901",
+     "more than one session-level a=ice-ufrag"),
+    ("s=-", "s=-\r\na=ice-ufrag:abcd", "must come together at session level"),
     ("a=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D", "a=ice-pwd:short", "a=ice-pwd must be"),
     ("a=ice-ufrag:YxEM", "a=ice-ufrag:YxEM\r\na=ice-ufrag:abcd", "more than one a=ice-ufrag"),
     ("a=fingerprint:sha-256 14:EC", "a=fingerprint:md5 14:EC", "unknown hash"),
