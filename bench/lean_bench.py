@@ -222,7 +222,7 @@ class Server:
     client: httpx.AsyncClient
     sessions: dict[int, Any] = field(default_factory=dict)
 
-    async def add(self, ident: int, gate: trio.Event, times: dict[str, list[float]]) -> None:
+    async def add(self, ident: int, gate: Gate, times: dict[str, list[float]]) -> None:
         raise NotImplementedError
 
     async def remove(self, ident: int) -> None:
@@ -230,7 +230,7 @@ class Server:
 
 
 class ApplianceServer(Server):
-    async def add(self, ident: int, gate: trio.Event, times: dict[str, list[float]]) -> None:
+    async def add(self, ident: int, gate: Gate, times: dict[str, list[float]]) -> None:
         offer = await self.loadgen.offer(ident)
         await gate.wait()
         t0 = time.monotonic()
@@ -253,18 +253,35 @@ class ApplianceServer(Server):
             await self.client.delete(location, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
+def transport_setting() -> tuple[str, str] | None:
+    """(table, key) of the setting that forces the appliance's listener
+    transport, if this version of the appliance has one."""
+    import dataclasses
+
+    from appliance.config import ServerConfig
+    from appliance.model import EngineSettings
+    for table, cls in (("engine", EngineSettings), ("server", ServerConfig)):
+        for f in dataclasses.fields(cls):
+            if "transport" in f.name:
+                return table, f.name
+    return None
+
+
 async def start_appliance(nursery: trio.Nursery, tmp: Path, transport: str | None,
                           max_listeners: int) -> tuple[trio.Process, str]:
     config = tmp / "bench.toml"
-    engine = f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n'
+    tables = {"engine": f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n',
+              "server": f'host = "127.0.0.1"\nmax_listeners = {max_listeners}\n'
+                        f'post_rate_per_s = 100000.0\npost_burst = 100000\n'}
     if transport is not None:
-        engine += f'transport = "{transport}"\n'
+        setting = transport_setting()
+        assert setting is not None
+        tables[setting[0]] += f'{setting[1]} = "{transport}"\n'
     config.write_text(
         f'state_dir = "{tmp}/state"\n'
-        f'[server]\nhost = "127.0.0.1"\nmax_listeners = {max_listeners}\n'
-        f'post_rate_per_s = 100000.0\npost_burst = 100000\n'
+        f'[server]\n{tables["server"]}'
         f'[admin]\ntoken = "{TOKEN}"\n'
-        f'[engine]\n{engine}'
+        f'[engine]\n{tables["engine"]}'
         f'[[sources]]\nid = "tone"\nname = "Tone"\nkind = "tone"\ntone_hz = {TONE_HZ}\n'
         f'[[sinks]]\nid = "main"\nname = "Main"\nkind = "opus"\n'
         f'[[routes]]\nid = "tone-main"\nsource_id = "tone"\nsink_id = "main"\n')
@@ -308,24 +325,44 @@ class Row:
     threads: int
     lost: int
     packets: int
-    note: str = ""
+    loadgen_cpu_pct: float
 
 
-async def measure_window(server: Server, window: float) -> tuple[float, int, int, int, int]:
+async def measure_window(server: Server, n: int, window: float) -> Row:
     s0 = await server.loadgen.summary()
     c0, _, _ = proc_sample(server.pid)
+    g0, _, _ = proc_sample(server.loadgen.process.pid)
     t0 = time.monotonic()
     await trio.sleep(window)
     c1, rss, threads = proc_sample(server.pid)
+    g1, _, _ = proc_sample(server.loadgen.process.pid)
     t1 = time.monotonic()
     s1 = await server.loadgen.summary()
-    return (100 * (c1 - c0) / (t1 - t0), rss, threads, s1["lost"] - s0["lost"],
-            s1["packets"] - s0["packets"])
+    return Row(n, 100 * (c1 - c0) / (t1 - t0), rss, threads, s1["lost"] - s0["lost"],
+               s1["packets"] - s0["packets"], 100 * (g1 - g0) / (t1 - t0))
+
+
+class Gate:
+    """Opens when every one of ``count`` listeners has its request ready, so
+    that their POSTs leave at the same moment."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.opened = trio.Event()
+
+    def failed(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.opened.set()
+
+    async def wait(self) -> None:
+        self.failed()   # this one is ready
+        await self.opened.wait()
 
 
 async def add_burst(server: Server, idents: list[int], times: dict[str, list[float]]) -> list[str]:
     """POST ``idents`` at the same moment; returns the errors."""
-    gate = trio.Event()
+    gate = Gate(len(idents))
     errors: list[str] = []
     local: dict[str, list[Any]] = {"post_201": [], "t0": []}
 
@@ -334,12 +371,11 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
             await server.add(ident, gate, local)
         except (LoadgenError, httpx.HTTPError) as error:
             errors.append(f"{ident}: {error}")
+            gate.failed()
 
     async with trio.open_nursery() as nursery:
         for ident in idents:
             nursery.start_soon(one, ident)
-        await trio.sleep(0.5)   # every offer is ready
-        gate.set()
     times["post_201"].extend(local["post_201"])
     started = dict(local["t0"])
     await server.loadgen.wait_first(list(started), timeout=10)
@@ -359,7 +395,7 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
 
 
 async def run_server(server: Server, levels: list[int], window: float, burst: int,
-                     settle: float) -> dict[str, Any]:
+                     settle: float, max_loss: float) -> dict[str, Any]:
     rows: list[Row] = []
     times: dict[str, list[float]] = {"post_201": [], "first_audio": []}
     first_burst: dict[str, list[float]] = {"post_201": [], "first_audio": []}
@@ -379,12 +415,20 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
         if note:
             break
         await trio.sleep(settle)
-        cpu, rss, threads, lost, packets = await measure_window(server, window)
-        rows.append(Row(n, cpu, rss, threads, lost, packets))
-        print(f"  {server.name}: N={n:5d} CPU {cpu:6.2f} %  RSS {rss / 1024:7.1f} MiB  "
-              f"threads {threads:5d}  lost {lost}/{packets + lost}", flush=True)
+        row = await measure_window(server, n, window)
+        rows.append(row)
+        print(f"  {server.name}: N={n:5d} CPU {row.cpu_pct:6.2f} %  RSS {row.rss_kib / 1024:7.1f} "
+              f"MiB  threads {row.threads:5d}  lost {row.lost}/{row.packets + row.lost}  "
+              f"(loadgen CPU {row.loadgen_cpu_pct:.1f} %)", flush=True)
+        if row.lost > max_loss * (row.packets + row.lost):
+            note = (f"stopped after N={n}: {row.lost} of {row.packets + row.lost} packets lost "
+                    f"in the window (more than {max_loss:.1%})")
+            break
     stats = await server.loadgen.stats()
     pitches = [s["pitch_hz"] for s in stats if s["decoded_s"] > 1]
+    total_lost = sum(s["lost"] for s in stats)
+    total_packets = sum(s["packets"] for s in stats)
+    unprotect_fail = sum(s["unprotect_fail"] for s in stats)
     # everyone leaves
     ids = list(server.sessions)
     limiter = trio.CapacityLimiter(20)
@@ -396,9 +440,11 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
     async with trio.open_nursery() as nursery:
         for ident in ids:
             nursery.start_soon(leave, ident)
-    await trio.sleep(settle + 3)
+    await trio.sleep(settle + 3)   # the server frees what it frees in the background
     _, rss_after, threads_after = proc_sample(server.pid)
     return {"rows": rows, "times": times, "first_burst": first_burst, "note": note,
+            "total_lost": total_lost, "total_packets": total_packets,
+            "unprotect_fail": unprotect_fail,
             "rss_before": rss_before, "rss_after": rss_after, "threads_before": threads_before,
             "threads_after": threads_after, "pitches": pitches}
 
@@ -417,10 +463,10 @@ def slope(rows: list[Row], attr: str) -> float:
 def report(name: str, result: dict[str, Any]) -> None:
     rows: list[Row] = result["rows"]
     print(f"\n{name}")
-    print("  listeners  CPU % of a core   RSS MiB  threads   lost / packets")
+    print("  listeners  CPU % of a core   RSS MiB  threads   lost / packets   loadgen CPU %")
     for r in rows:
         print(f"  {r.n:9d}  {r.cpu_pct:15.2f}  {r.rss_kib / 1024:8.1f}  {r.threads:7d}   "
-              f"{r.lost} / {r.packets + r.lost}")
+              f"{r.lost:4d} / {r.packets + r.lost:<9d}  {r.loadgen_cpu_pct:12.1f}")
     if result["note"]:
         print(f"  {result['note']}")
     print(f"  per listener (least squares over N): {slope(rows, 'cpu_pct'):.4f} % of a core, "
@@ -438,6 +484,9 @@ def report(name: str, result: dict[str, Any]) -> None:
           f"{result['rss_after'] / 1024:.1f} MiB "
           f"({(result['rss_after'] - result['rss_before']) / 1024:+.1f} MiB); threads "
           f"{result['threads_before']} -> {result['threads_after']}")
+    print(f"  whole run, every listener from its first packet to the end: "
+          f"{result['total_lost']} of {result['total_lost'] + result['total_packets']} lost, "
+          f"{result['unprotect_fail']} failed SRTP")
     pitches = result["pitches"]
     if pitches:
         print(f"  pitch heard by {len(pitches)} sampled listeners: "
@@ -445,7 +494,7 @@ def report(name: str, result: dict[str, Any]) -> None:
 
 
 async def bench_appliance(args: argparse.Namespace, transport: str | None) -> dict[str, Any]:
-    name = f"appliance ({transport or 'default transport'})"
+    name = f"appliance ({transport or 'webrtcbin'})"
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
             process, url = await start_appliance(nursery, Path(tmp), transport,
@@ -456,7 +505,7 @@ async def bench_appliance(args: argparse.Namespace, transport: str | None) -> di
                 async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
                     server = ApplianceServer(name, process.pid, loadgen, client)
                     result = await run_server(server, args.levels, args.window, args.burst,
-                                              args.settle)
+                                              args.settle, args.max_loss)
             finally:
                 await loadgen.aclose()
                 await stop_process(process)
@@ -468,15 +517,24 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"listener transport benchmark, {os.cpu_count()} cores, loopback, loadgen "
           f"({args.workers} threads), levels {args.levels}, {args.window:g} s windows", flush=True)
     results = {}
+    setting = transport_setting()
+    skipped = []
     for name in args.servers:
         if name in ("janus", "janus-lite"):
-            results[f"Janus 1.1.2 streaming plugin, {'ICE-lite' if name == 'janus-lite' else 'full ICE'}"] \
-                = await bench_janus(args, lite=name == "janus-lite")
+            label = f"Janus 1.1.2 streaming plugin, {'ICE-lite' if name == 'janus-lite' else 'full ICE'}"
+            results[label] = await bench_janus(args, lite=name == "janus-lite")
+        elif setting is not None:
+            results[f"appliance, {name} transport"] = await bench_appliance(args, name)
+        elif name == "webrtcbin":   # the only transport there is
+            results["appliance, webrtcbin transport (no transport setting yet)"] = \
+                await bench_appliance(args, None)
         else:
-            transport = None if name == "default" else name
-            results[f"appliance, {name} transport"] = await bench_appliance(args, transport)
+            skipped.append(f"appliance, {name} transport: this appliance has no setting "
+                           "to choose its listener transport yet")
     for name, result in results.items():
         report(name, result)
+    for line in skipped:
+        print(f"\nskipped: {line}")
 
 
 # ---- Janus -------------------------------------------------------------------------
@@ -586,7 +644,7 @@ class JanusServer(Server):
             await trio.sleep(0.01)
         return self.janus_sessions[group]
 
-    async def add(self, ident: int, gate: trio.Event, times: dict[str, list[float]]) -> None:
+    async def add(self, ident: int, gate: Gate, times: dict[str, list[float]]) -> None:
         session = await self._session(ident)
         reply = await self._post(f"/janus/{session}", {"janus": "attach",
                                                        "plugin": "janus.plugin.streaming"})
@@ -651,7 +709,7 @@ async def bench_janus(args: argparse.Namespace, lite: bool) -> dict[str, Any]:
                     try:
                         server = JanusServer(name, janus.pid, loadgen, client, nursery=nursery)
                         result = await run_server(server, args.levels, args.window, args.burst,
-                                                  args.settle)
+                                                  args.settle, args.max_loss)
                     finally:
                         await loadgen.aclose()
                     nursery.cancel_scope.cancel()
@@ -666,11 +724,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--levels", default="0,100,250,500,1000",
                         type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--servers", default="default,janus", type=lambda s: s.split(","))
+    parser.add_argument("--servers", default="webrtcbin,lean,janus",
+                        type=lambda s: s.split(","),
+                        help="any of webrtcbin, lean (the appliance's two listener transports), "
+                             "janus, janus-lite (Janus with ice_lite = true)")
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--burst", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="loadgen threads")
+    parser.add_argument("--max-loss", type=float, default=0.01,
+                        help="stop adding listeners when a window loses more than this fraction")
     trio.run(main_async, parser.parse_args())
 
 
