@@ -47,6 +47,7 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/engine_bench.py
 	$(BIN)/python bench/whep_bench.py
 	$(BIN)/python bench/browser_latency.py
+	$(BIN)/python bench/lean_bench.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test
 
