@@ -295,13 +295,16 @@ async def _fuzz(tmp_path: Path, offers: int, fragments: int, seed: int,
         fragment_inputs = hostile_fragments(seed + 1, fragments)
         async with httpx.AsyncClient(base_url=server.url, timeout=30,
                                      limits=httpx.Limits(max_connections=concurrency)) as client:
-            # sessions the trickle fragments are sent to
-            targets = []
-            for _ in range(4):
+            # sessions the trickle fragments are sent to; one whose ICE failed
+            # on fuzzed candidates has ended (404) and is replaced
+            async def new_target() -> str:
                 r = await client.post("/api/whep/main", content=synthetic_offer(),
                                       headers={"Content-Type": SDP})
                 assert r.status_code == 201, r.text
-                targets.append(r.headers["Location"])
+                return r.headers["Location"]
+
+            targets = [await new_target() for _ in range(4)]
+            every_target = list(targets)
 
             async def post(body: bytes) -> None:
                 r = await client.post("/api/whep/main", content=body,
@@ -313,12 +316,20 @@ async def _fuzz(tmp_path: Path, offers: int, fragments: int, seed: int,
                     d = await client.delete(r.headers["Location"])
                     assert d.status_code == 200, d.text
 
+            replacing: set[int] = set()
+
             async def patch(i: int, kind: str, body: bytes) -> None:
-                r = await client.patch(targets[i % len(targets)], content=body,
-                                       headers={"Content-Type": kind})
+                slot = i % len(targets)
+                target = targets[slot]
+                r = await client.patch(target, content=body, headers={"Content-Type": kind})
                 statuses[r.status_code] += 1
                 if r.status_code >= 500:
                     server_errors.append((r.status_code, body[:300], r.text[:200]))
+                elif r.status_code == 404 and slot not in replacing and targets[slot] == target:
+                    replacing.add(slot)
+                    targets[slot] = await new_target()
+                    every_target.append(targets[slot])
+                    replacing.discard(slot)
 
             jobs: list[Callable[[], object]] = [lambda b=b: post(b) for b in inputs]
             jobs += [lambda i=i, k=k, b=b: patch(i, k, b)
@@ -333,7 +344,7 @@ async def _fuzz(tmp_path: Path, offers: int, fragments: int, seed: int,
             async with trio.open_nursery() as nursery:
                 for job in jobs:
                     nursery.start_soon(run, job)
-            for target in targets:
+            for target in every_target:
                 # a session may have ended already: its ICE failed on fuzzed candidates
                 assert (await client.delete(target)).status_code in (200, 404)
         # the process is alive and still answers
