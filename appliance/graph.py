@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # What may change on a live entity, by kind.
 CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs"}),
-              "sink": frozenset({"name"}),
+              "sink": frozenset({"name", "language", "description"}),
               "route": frozenset({"name", "gain_db", "muted"})}
 
 

@@ -1,29 +1,55 @@
 // The listen page: one card per channel (an Opus sink) with a Listen/Stop
-// button that plays it over WHEP with a plain RTCPeerConnection, a volume
-// slider, live levels and listener counts (from /api/listen/events), and the
-// measured round trip and jitter. Works on plain http:// (no secure-context
-// APIs) and starts playback inside the click handler for Safari/iOS.
-import { Meter, api, authHeaders, askPin, el, openEvents, plural } from "./common.js";
+// button that plays it over WHEP with a plain RTCPeerConnection into an
+// <audio> element (never Web Audio: iOS suspends that in the background), a
+// volume slider, live levels, listener counts and the channel's source state
+// (from /api/listen/events), and this phone's measured delay.
+//
+// What it shows is what is true: "Playing" only while the media element
+// plays and packets arrive; a refused autoplay says "Tap to play" until a tap
+// plays it. It recovers by itself (a fresh WHEP session, with backoff) when
+// the appliance restarts, the Wi-Fi roams or the phone wakes, and says so.
+// Works on plain http:// (no secure-context APIs; never the microphone).
+// Every word comes from the message catalogues (static/i18n/<lang>.json).
+import { Meter, api, authHeaders, askPin, el, openEvents } from "./common.js";
+import * as i18n from "./i18n/i18n.js";
+import { t, tn } from "./i18n/i18n.js";
 
 const LOW_LATENCY_KEY = "appliance.lowLatency";
 const VOLUME_KEY = "appliance.volume";
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
-const DISCONNECTED_GRACE_MS = 2500;
+const STATS_MS = 500;
+// connected but no packet for this long: the appliance or the path is gone
+const STALL_MS = 2000;
+const DISCONNECTED_GRACE_MS = 2000;
 const CONNECT_TIMEOUT_MS = 10000;
+const STEADY_MS = 10000; // connected this long: the backoff starts over
+// a channel this quiet for this long is said to be silent (dBFS, ms)
+const SILENT_DBFS = -70;
+const SILENT_MS = 4000;
 // low latency: ask the jitter buffer for as little delay as it can manage
 const LOW_LATENCY_TARGET_MS = 0;
+const BLUETOOTH = /bluetooth|airpods|buds|headset|hands-?free|\bbt\b/i;
 
+const hasWebRTC = typeof window.RTCPeerConnection === "function";
 const channelsBox = document.getElementById("channels");
 const focus = channelsBox.dataset.focus || "";
+const venue = channelsBox.dataset.venue || document.title;
 const lowLatencyBox = document.getElementById("lowlatency");
+const notice = document.getElementById("notice");
 const cards = new Map(); // sink id -> Card
 const sinkLevels = new Map();
-let knownSinks = new Set(); // every sink id, listenable or not
+const engineLatency = new Map(); // sink id -> ms (capture -> send, from the feed)
+let knownSinks = new Set(); // every channel id
+let lastChannels = [];
+let bluetooth = false;
 
 function readBool(key, fallback) {
   try { const v = localStorage.getItem(key); return v === null ? fallback : v === "1"; } catch { return fallback; }
 }
 function writeValue(key, value) { try { localStorage.setItem(key, value); } catch { /* private mode */ } }
+function localStorageGet(key, fallback) {
+  try { return localStorage.getItem(key) ?? fallback; } catch { return fallback; }
+}
 
 lowLatencyBox.checked = readBool(LOW_LATENCY_KEY, true);
 lowLatencyBox.addEventListener("change", () => {
@@ -68,30 +94,88 @@ function waitGathering(pc, ms) {
   });
 }
 
-/** One WHEP playback of a sink, with reconnection. */
+/** ±20 %, so a crowd sent away at once does not come back at once. */
+function jitter(ms) { return Math.round(ms * (0.8 + 0.4 * Math.random())); }
+
+/** The lock screen: what plays and the play/stop buttons (where the browser
+ *  has a Media Session). The last channel started owns it. */
+const lockScreen = {
+  owner: null,
+  claim(player) {
+    this.owner = player;
+    const session = navigator.mediaSession;
+    if (!session) return;
+    try {
+      if (typeof MediaMetadata === "function") {
+        session.metadata = new MediaMetadata({ title: player.name, artist: venue, album: player.description || "" });
+      }
+      const handlers = {
+        play: () => this.owner && this.owner.resume(),
+        pause: () => this.owner && this.owner.stop(),
+        stop: () => this.owner && this.owner.stop(),
+      };
+      for (const [action, fn] of Object.entries(handlers)) {
+        try { session.setActionHandler(action, fn); } catch { /* an action this browser lacks */ }
+      }
+    } catch (err) { console.warn("mediaSession", err); }
+  },
+  update(player) {
+    if (player !== this.owner || !navigator.mediaSession) return;
+    navigator.mediaSession.playbackState = player.state === "playing" ? "playing" : player.wanted ? "paused" : "none";
+  },
+  release(player) {
+    if (player !== this.owner) return;
+    this.owner = null;
+    if (navigator.mediaSession) { navigator.mediaSession.metadata = null; navigator.mediaSession.playbackState = "none"; }
+  },
+};
+
+/** One WHEP playback of a sink, with reconnection. Its `state` is derived
+ *  from the facts (wanted, the connection, the media element, the packets),
+ *  never set ahead of them:
+ *  idle | connecting | playing | blocked | retrying | error | unsupported. */
 class Player {
-  constructor(sinkId, onchange) {
-    this.sinkId = sinkId;
+  constructor(sink, onchange) {
+    this.sinkId = sink.id;
+    this.name = sink.name;
+    this.description = sink.description || "";
     this.onchange = onchange;
     this.audio = el("audio", { playsinline: true, autoplay: true });
     this.audio.setAttribute("playsinline", "");
+    this.audio.dataset.sink = sink.id;
     document.body.append(this.audio);
     this.audio.volume = Number(localStorageGet(VOLUME_KEY, "1"));
+    for (const name of ["playing", "ended", "emptied"]) this.audio.addEventListener(name, () => this.changed());
+    // paused by someone else (the OS, a call, the browser): play again, which
+    // may be refused ("Tap to play")
+    this.audio.addEventListener("pause", () => { if (this.wanted && this.phase === "connected") this.tryPlay(); this.changed(); });
     this.wanted = false;
+    this.phase = "idle"; // idle | connecting | connected | retrying | error
+    this.problem = null; // {key, values}: why it is retrying or stopped
+    this.blocked = false; // the browser refused play()
     this.pc = null;
     this.session = null;
     this.stream = null;
     this.attempt = 0;
-    this.state = "idle";
-    this.detail = "";
     this.stats = null;
+    this.flowing = false; // packets arrived since the last check
+    this.lastPacketAt = 0;
     this.timers = new Set();
     this.generation = 0;
+    this.statsTimer = null;
   }
 
-  setState(state, detail = "") {
-    this.state = state;
-    this.detail = detail;
+  get state() {
+    if (!hasWebRTC) return "unsupported";
+    if (!this.wanted) return this.phase === "error" ? "error" : "idle";
+    if (this.phase === "retrying") return "retrying";
+    if (this.blocked) return "blocked";
+    if (this.phase === "connected" && this.flowing && !this.audio.paused) return "playing";
+    return "connecting";
+  }
+
+  changed() {
+    lockScreen.update(this);
     this.onchange(this);
   }
 
@@ -103,18 +187,51 @@ class Player {
 
   clearTimers() { for (const t of this.timers) clearTimeout(t); this.timers.clear(); }
 
+  /** play() on the media element; a refusal (autoplay policy) is "blocked"
+   *  until a tap plays it. */
+  tryPlay() {
+    let promise;
+    try { promise = this.audio.play(); } catch (err) { promise = Promise.reject(err); }
+    Promise.resolve(promise).then(() => {
+      if (this.blocked) { this.blocked = false; this.changed(); }
+    }, (err) => {
+      // AbortError: a newer source replaced this one; its own play() decides
+      if (!this.wanted || (err && err.name === "AbortError")) return;
+      this.blocked = true;
+      this.changed();
+    });
+  }
+
   /** Must run inside the click handler: that is what lets Safari/iOS play. */
   start() {
+    if (!hasWebRTC) return;
     this.wanted = true;
     this.attempt = 0;
+    this.problem = null;
+    this.blocked = false;
+    // iOS: a media session that keeps playing with the silent switch on and
+    // the screen locked (Safari 16.4+)
+    if (navigator.audioSession) { try { navigator.audioSession.type = "playback"; } catch { /* read-only */ } }
     this.audio.srcObject = new MediaStream();
-    this.audio.play().catch(() => {});
+    this.tryPlay();
     debugAudio.unlock();
+    lockScreen.claim(this);
     this.connect();
+  }
+
+  /** The button while blocked, or the lock screen's play: play now (in the
+   *  gesture), reconnecting first if the session is gone. */
+  resume() {
+    if (!this.wanted) return this.start();
+    this.tryPlay();
+    if (this.phase === "retrying") { this.clearTimers(); this.connect(); }
   }
 
   async stop() {
     this.wanted = false;
+    this.phase = "idle";
+    this.problem = null;
+    this.blocked = false;
     this.clearTimers();
     clearInterval(this.statsTimer);
     await this.teardown();
@@ -122,7 +239,8 @@ class Player {
     this.audio.srcObject = null;
     this.stream = null;
     this.stats = null;
-    this.setState("idle");
+    lockScreen.release(this);
+    this.changed();
   }
 
   async teardown() {
@@ -130,19 +248,36 @@ class Player {
     const { pc, session } = this;
     this.pc = null;
     this.session = null;
+    this.flowing = false;
     if (pc) { pc.ontrack = null; pc.onconnectionstatechange = null; pc.oniceconnectionstatechange = null; pc.close(); }
     if (session) {
       await fetch(session, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
     }
   }
 
-  retry(reason) {
+  /** Start over with a fresh session after a wait (backoff, or the
+   *  server's Retry-After); `key` says why, in the listener's words. */
+  retry(key, values = {}, waitMs = null) {
     if (!this.wanted) return;
-    const wait = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    const wait = waitMs ?? jitter(BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)]);
     this.attempt += 1;
-    this.setState("retrying", `${reason} — trying again in ${(wait / 1000).toFixed(wait < 1000 ? 1 : 0)} s`);
+    this.phase = "retrying";
+    this.problem = { key, values: { ...values, s: Math.max(1, Math.round(wait / 1000)) } };
     this.teardown();
+    this.changed();
     this.later(() => this.connect(), wait);
+  }
+
+  fail(key, values = {}) {
+    this.wanted = false;
+    this.phase = "error";
+    this.problem = { key, values };
+    this.clearTimers();
+    clearInterval(this.statsTimer);
+    this.teardown();
+    this.audio.pause();
+    lockScreen.release(this);
+    this.changed();
   }
 
   applyLatency() {
@@ -162,16 +297,24 @@ class Player {
     if (!this.wanted) return;
     const generation = ++this.generation;
     const current = () => this.wanted && generation === this.generation;
-    this.setState("connecting", this.attempt ? "reconnecting…" : "connecting…");
-    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    this.phase = "connecting";
+    this.stats = null; // the counters start over with the new connection
+    this.changed();
+    let pc;
+    try {
+      pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
+    } catch (err) {
+      return this.fail("no_webrtc");
+    }
     this.pc = pc;
     const transceiver = pc.addTransceiver("audio", { direction: "recvonly" });
     preferOpus(transceiver);
     this.applyLatency();
     pc.ontrack = (event) => {
+      if (!current()) return;
       this.stream = event.streams[0] || new MediaStream([event.track]);
-      this.audio.srcObject = this.stream;
-      this.audio.play().catch((err) => this.setState("blocked", `press Listen again to allow sound (${err.name})`));
+      if (this.audio.srcObject !== this.stream) this.audio.srcObject = this.stream;
+      this.tryPlay();
       debugAudio.attach(this);
     };
     const late = [];
@@ -183,50 +326,59 @@ class Player {
     pc.oniceconnectionstatechange = () => {
       if (!current()) return;
       const s = pc.iceConnectionState;
-      if (s === "failed") this.retry("connection lost");
+      if (s === "failed") this.retry("lost");
       else if (s === "disconnected") {
-        this.setState("connecting", "network interrupted…");
-        this.later(() => { if (current() && pc.iceConnectionState === "disconnected") this.retry("connection lost"); }, DISCONNECTED_GRACE_MS);
-      } else if (s === "connected" || s === "completed") {
-        this.setState("playing");
-        // a connection that holds for 10 s resets the backoff
-        this.later(() => { if (current() && this.state === "playing") this.attempt = 0; }, 10000);
+        this.later(() => { if (current() && pc.iceConnectionState === "disconnected") this.retry("lost"); }, DISCONNECTED_GRACE_MS);
+      } else if ((s === "connected" || s === "completed") && this.phase !== "connected") {
+        this.phase = "connected";
+        this.lastPacketAt = performance.now(); // the stall clock starts now
+        this.changed();
+        this.later(() => { if (current() && this.state === "playing") this.attempt = 0; }, STEADY_MS);
       }
     };
+    let response;
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await waitGathering(pc, 600);
       if (!current()) return;
-      const response = await fetch(`/api/whep/${encodeURIComponent(this.sinkId)}`, {
+      response = await fetch(`/api/whep/${encodeURIComponent(this.sinkId)}`, {
         method: "POST", headers: authHeaders({ "Content-Type": "application/sdp" }), body: pc.localDescription.sdp,
       });
-      if (!current()) {
-        if (response.status === 201) fetch(response.headers.get("Location"), { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
-        return;
-      }
-      if (response.status === 401) {
-        if (await askPin()) return this.retry("PIN accepted");
-        this.wanted = false;
-        return this.setState("error", "the venue PIN is needed to listen");
-      }
-      if (response.status !== 201) {
-        const text = (await response.text()).trim();
-        if (response.status === 404) { this.wanted = false; await this.teardown(); return this.setState("error", text || "no such channel"); }
-        return this.retry(response.status === 503 ? "the appliance is full" : `server said ${response.status}`);
-      }
+    } catch (err) {
+      if (current()) this.retry("offline");
+      return;
+    }
+    if (!current()) {
+      if (response.status === 201) fetch(response.headers.get("Location"), { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
+      return;
+    }
+    if (response.status === 401) {
+      if (await askPin(t("pin_prompt"))) return this.retry("connecting", {}, 0);
+      return this.fail("pin_needed");
+    }
+    if (response.status === 404) return this.fail("gone");
+    if (response.status !== 201) {
+      // 503: the listener cap (or the appliance stopping); it says when to come back
+      const after = Number(response.headers.get("Retry-After"));
+      const wait = Number.isFinite(after) && after > 0 ? jitter(Math.min(after, 10) * 1000) : null;
+      if (response.status === 503) return this.retry("full", {}, wait);
+      return this.retry("server_error", { code: response.status }, wait);
+    }
+    try {
       this.session = new URL(response.headers.get("Location"), location.href).href;
       const servers = iceServersFrom(response);
       if (servers.length) { try { pc.setConfiguration({ ...pc.getConfiguration(), iceServers: servers }); } catch { /* fine on a LAN */ } }
       await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
-      if (late.length) this.patch(late.splice(0));
-      this.later(() => {
-        if (current() && !["connected", "completed"].includes(pc.iceConnectionState)) this.retry("no connection");
-      }, CONNECT_TIMEOUT_MS);
-      clearInterval(this.statsTimer);
-      this.statsTimer = setInterval(() => this.updateStats(), 1000);
     } catch (err) {
-      if (current()) this.retry(err && err.message ? err.message : "network error");
+      if (current()) this.retry("offline");
+      return;
     }
+    if (late.length) this.patch(late.splice(0));
+    this.later(() => {
+      if (current() && this.phase !== "connected") this.retry("lost");
+    }, CONNECT_TIMEOUT_MS);
+    clearInterval(this.statsTimer);
+    this.statsTimer = setInterval(() => this.updateStats(), STATS_MS);
   }
 
   patch(candidates) {
@@ -239,6 +391,7 @@ class Player {
     if (!pc) return;
     let report;
     try { report = await pc.getStats(); } catch { return; }
+    if (pc !== this.pc) return;
     let inbound = null, pair = null, transport = null;
     report.forEach((s) => {
       if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s;
@@ -248,8 +401,8 @@ class Player {
     if (!pair) report.forEach((s) => { if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
     const prev = this.stats;
     const out = {
-      packetsReceived: inbound ? inbound.packetsReceived : 0,
-      packetsLost: inbound ? inbound.packetsLost : 0,
+      packetsReceived: inbound ? inbound.packetsReceived || 0 : 0,
+      packetsLost: inbound ? inbound.packetsLost || 0 : 0,
       jitterMs: inbound && inbound.jitter !== undefined ? inbound.jitter * 1000 : null,
       rttMs: pair && pair.currentRoundTripTime !== undefined ? pair.currentRoundTripTime * 1000 : null,
       jitterBufferDelay: inbound ? inbound.jitterBufferDelay || 0 : 0,
@@ -260,8 +413,10 @@ class Player {
       concealedSamples: inbound ? inbound.concealedSamples || 0 : 0,
       totalSamplesReceived: inbound ? inbound.totalSamplesReceived || 0 : 0,
       audioLevel: inbound ? inbound.audioLevel : null,
-      bufferMs: null,
-      targetMs: null,
+      bufferMs: prev ? prev.bufferMs : null,
+      targetMs: prev ? prev.targetMs : null,
+      engineMs: engineLatency.get(this.sinkId) ?? null,
+      delayMs: null,
     };
     if (prev) {
       const dc = out.jitterBufferEmittedCount - prev.jitterBufferEmittedCount;
@@ -270,13 +425,21 @@ class Player {
         out.targetMs = ((out.jitterBufferTargetDelay - prev.jitterBufferTargetDelay) / dc) * 1000;
       }
     }
+    // what this phone can measure: the engine's capture -> send, half the
+    // round trip, the jitter buffer (the output device's own delay is not
+    // visible to a page: see the Bluetooth note)
+    if (out.bufferMs !== null) out.delayMs = (out.engineMs ?? 0) + (out.rttMs ?? 0) / 2 + out.bufferMs;
     this.stats = out;
-    this.onchange(this);
+    const now = performance.now();
+    const moved = out.packetsReceived > (prev ? prev.packetsReceived : 0);
+    if (moved) { this.lastPacketAt = now; this.flowing = true; }
+    if (this.phase === "connected" && !moved && now - this.lastPacketAt > STALL_MS) {
+      // the appliance restarted or the path broke: ICE takes ~10 s to say so
+      this.flowing = false;
+      return this.retry("lost");
+    }
+    this.changed();
   }
-}
-
-function localStorageGet(key, fallback) {
-  try { return localStorage.getItem(key) ?? fallback; } catch { return fallback; }
 }
 
 /** Web Audio used only for measuring what the page decodes (tests, the
@@ -349,7 +512,10 @@ const trackProbes = new Map();
 // Hooks for tests and the latency benchmark (harmless for people).
 window.applianceDebug = {
   cards,
-  state(sinkId) { const p = cards.get(sinkId)?.player; return p ? { state: p.state, detail: p.detail, session: p.session } : null; },
+  state(sinkId) {
+    const p = cards.get(sinkId)?.player;
+    return p ? { state: p.state, reason: p.problem ? p.problem.key : null, session: p.session, paused: p.audio.paused, blocked: p.blocked } : null;
+  },
   stats(sinkId) { return cards.get(sinkId)?.player.stats || null; },
   async analyse(sinkId, ms = 500) {
     const entry = debugAudio.analyser(sinkId);
@@ -416,76 +582,147 @@ window.applianceDebug = {
   },
   trackClicks(sinkId) { const f = trackProbes.get(sinkId); return f ? f.splice(0) : []; },
   now() { return performance.now(); },
-  setLowLatency(on) { lowLatencyBox.checked = on; lowLatencyBox.dispatchEvent(new Event("change")); },
   receiverSettings(sinkId) {
     const pc = cards.get(sinkId)?.player.pc;
     return pc ? pc.getReceivers().map((r) => ({ jitterBufferTarget: r.jitterBufferTarget ?? null, playoutDelayHint: r.playoutDelayHint ?? null })) : [];
   },
 };
 
+const f0 = (v, d = 0) => (v === null || v === undefined || !Number.isFinite(v) ? "–" : i18n.num(v, d));
+
 /** The card of one channel. */
 class Card {
   constructor(sink) {
     this.sink = sink;
-    this.player = new Player(sink.id, () => this.render());
-    this.title = el("h2", { text: sink.name });
+    this.player = new Player(sink, () => this.render());
+    this.title = el("h2", {});
+    this.language = el("span", { class: "lang" });
+    this.suggested = el("span", { class: "suggested" });
     this.count = el("span", { class: "badge" });
+    this.description = el("p", { class: "description" });
     this.meter = new Meter(sink.name);
     this.button = el("button", { class: "listen", type: "button", onclick: () => this.toggle() });
     this.status = el("div", { class: "state", role: "status", "aria-live": "polite" });
+    this.notice = el("div", { class: "notice", role: "status", "aria-live": "polite" });
+    this.volumeLabel = el("label", {});
     this.volume = el("input", { type: "range", min: "0", max: "1", step: "0.01", value: String(this.player.audio.volume),
-      "aria-label": `${sink.name} volume`, oninput: (e) => {
+      oninput: (e) => {
         this.player.audio.volume = Number(e.target.value);
         writeValue(VOLUME_KEY, e.target.value);
       } });
     this.stats = el("div", { class: "stats" });
+    this.bluetooth = el("p", { class: "hint bluetooth", hidden: true });
     this.node = el("article", { class: "channel", "data-sink": sink.id },
       el("div", { class: "head" }, this.title, this.count),
+      el("div", { class: "meta" }, this.language, this.suggested),
+      this.description,
       this.meter.node,
       this.button,
       this.status,
-      el("div", { class: "row" }, el("label", { text: "Volume" }), this.volume),
-      this.stats);
+      this.notice,
+      el("div", { class: "row" }, this.volumeLabel, this.volume),
+      this.stats,
+      this.bluetooth);
+    this.silentSince = null;
+    this.source = sink.source || "ok";
+    this.update(sink);
+  }
+
+  update(sink) {
+    this.sink = sink;
+    this.player.name = sink.name;
+    this.player.description = sink.description || "";
+    this.source = sink.source || this.source;
     this.setCount(sink.listeners || 0);
     this.render();
   }
 
   setCount(n) {
     this.listeners = n;
-    this.count.textContent = plural(n, "listener", "listeners");
     this.count.dataset.count = String(n);
+    this.count.textContent = tn("listeners", n);
   }
 
   toggle() {
-    if (this.player.wanted) this.player.stop();
-    else this.player.start();
+    const p = this.player;
+    if (!p.wanted) p.start();
+    else if (p.state === "blocked") p.resume(); // the tap that lets it play
+    else p.stop();
+  }
+
+  level(level) {
+    this.meter.update(level);
+    const peak = Math.max(-120, ...(level.peak_dbfs || [-120]));
+    const now = performance.now();
+    if (peak > SILENT_DBFS) this.silentSince = null;
+    else if (this.silentSince === null) this.silentSince = now;
+    const silent = this.silentSince !== null && now - this.silentSince >= SILENT_MS;
+    if (silent !== (this.node.dataset.silent === "1")) { this.node.dataset.silent = silent ? "1" : "0"; this.render(); }
   }
 
   render() {
     const p = this.player;
+    const state = p.state;
+    const sink = this.sink;
+    this.title.textContent = sink.name;
+    this.title.lang = sink.language || "";
+    this.language.textContent = i18n.languageName(sink.language);
+    this.suggested.textContent = this.node.dataset.suggested === "1" ? t("your_language") : "";
+    this.description.textContent = sink.description || "";
+    this.description.lang = sink.language || "";
+    this.volumeLabel.textContent = t("volume");
+    this.volume.setAttribute("aria-label", t("volume_of", { name: sink.name }));
+    this.count.textContent = tn("listeners", this.listeners);
+    this.node.classList.toggle("playing", state === "playing");
     const on = p.wanted;
-    this.node.classList.toggle("playing", on && p.state === "playing");
-    this.button.classList.toggle("stop", on);
-    this.button.replaceChildren(el("span", { class: "icon" }), el("span", { text: on ? "Stop" : "Listen" }));
+    const label = { unsupported: "cannot_play", blocked: "tap_to_play" }[state] || (on ? "stop" : "listen");
+    this.button.classList.toggle("stop", on && state !== "blocked");
+    this.button.classList.toggle("blocked", state === "blocked");
+    this.button.disabled = state === "unsupported";
+    this.button.replaceChildren(el("span", { class: "icon" }), el("span", { text: t(label) }));
     this.button.setAttribute("aria-pressed", on ? "true" : "false");
-    const texts = { idle: "", connecting: p.detail, playing: "Playing", retrying: p.detail, error: p.detail, blocked: p.detail };
-    this.status.textContent = texts[p.state] ?? p.detail;
-    this.status.className = "state" + (p.state === "playing" ? " ok" : ["error", "blocked"].includes(p.state) ? " bad" : "");
-    this.status.dataset.state = p.state;
+    this.button.dataset.label = label;
+    const texts = {
+      idle: "", unsupported: "", playing: t("playing"), blocked: t("blocked"),
+      connecting: t(p.attempt ? "reconnecting" : "connecting"),
+    };
+    this.status.textContent = state in texts ? texts[state] : (p.problem ? t(p.problem.key, p.problem.values) : "");
+    this.status.className = "state" + (state === "playing" ? " ok" : ["error", "blocked", "retrying"].includes(state) ? " bad" : "");
+    this.status.dataset.state = state;
+    this.status.dataset.reason = p.problem ? p.problem.key : "";
+    // the channel itself: its source gone, nothing routed, or quiet
+    const why = this.source === "lost" ? "source_lost" : this.source === "none" ? "source_none"
+      : this.node.dataset.silent === "1" ? "silent" : "";
+    this.notice.textContent = why ? t(why) : "";
+    this.notice.dataset.notice = why;
     const s = p.stats;
     if (on && s) {
-      const f = (v, d = 0) => (v === null || v === undefined ? "–" : v.toFixed(d));
-      const stat = (k, v, title) => el("div", { class: "stat", title }, el("span", { class: "k", text: k }), el("span", { class: "v", text: v }));
+      const stat = (k, v, title, cls = "") => el("div", { class: "stat " + cls, title }, el("span", { class: "k", text: k }), el("span", { class: "v", text: v }));
+      const ms = (v, d = 0) => t("ms", { v: f0(v, d) });
       this.stats.replaceChildren(
-        stat("RTT", `${f(s.rttMs, 1)} ms`, "network round-trip time (ICE)"),
-        stat("Jitter", `${f(s.jitterMs, 1)} ms`, "packet arrival jitter (RTP)"),
-        stat("Buffer", `${f(s.bufferMs)} ms`, "audio held in the jitter buffer"),
-        stat("Lost", `${s.packetsLost}`, `${s.packetsReceived} packets received`));
+        stat(t("delay"), ms(s.delayMs), t("delay_title", { engine: f0(s.engineMs, 1), network: f0(s.rttMs === null ? null : s.rttMs / 2, 1), buffer: f0(s.bufferMs) }), "delay"),
+        stat(t("rtt"), ms(s.rttMs, 1), t("rtt_title")),
+        stat(t("jitter"), ms(s.jitterMs, 1), t("jitter_title")),
+        stat(t("buffer"), ms(s.bufferMs), t("buffer_title")),
+        stat(t("lost_packets"), f0(s.packetsLost), t("received_title", { n: f0(s.packetsReceived) })));
       this.stats.dataset.packets = String(s.packetsReceived);
+      this.stats.dataset.delay = s.delayMs === null ? "" : s.delayMs.toFixed(1);
     } else {
       this.stats.textContent = "";
     }
+    this.bluetooth.hidden = !(on && bluetooth);
+    this.bluetooth.textContent = t("bluetooth_detected");
   }
+}
+
+/** Channels in the listener's languages first (the page's language, then
+ *  the phone's), the rest in the appliance's order; the best is marked. */
+function order(list) {
+  const preferred = [i18n.current(), ...(navigator.languages || [navigator.language || ""])];
+  const ranked = list.map((s, i) => ({ s, i, r: i18n.rank(s.language, preferred) }));
+  ranked.sort((a, b) => (a.r - b.r) || (a.i - b.i));
+  const best = ranked.length > 1 && Number.isFinite(ranked[0].r) ? ranked[0].s.id : null;
+  return { list: ranked.map((x) => x.s), best };
 }
 
 async function loadChannels() {
@@ -493,55 +730,132 @@ async function loadChannels() {
   try {
     sinks = await api("/api/listen/channels");
   } catch (err) {
-    if (err.status === 401 && await askPin()) return loadChannels();
-    channelsBox.replaceChildren(el("p", { class: "error", text: `Cannot load the channels: ${err.message}` }));
+    if (err.status === 401 && await askPin(t("pin_prompt"))) return loadChannels();
+    const message = err.status === 401 ? t("pin_needed") : t("channels_error", { error: err.status || err.message });
+    channelsBox.replaceChildren(el("p", { class: "error", text: message }));
     setTimeout(loadChannels, 3000);
     return;
   }
+  lastChannels = sinks;
   knownSinks = new Set(sinks.map((s) => s.id));
-  let list = sinks.filter((s) => s.kind === "opus");
+  for (const s of sinks) if (s.engine_latency_ms !== null && s.engine_latency_ms !== undefined) engineLatency.set(s.id, s.engine_latency_ms);
+  showChannels();
+}
+
+function showChannels() {
+  let list = lastChannels.filter((s) => s.kind === "opus");
   if (focus) list = list.filter((s) => s.id === focus);
+  const { list: ordered, best } = order(list);
   const seen = new Set();
-  for (const sink of list) {
+  for (const sink of ordered) {
     seen.add(sink.id);
     let card = cards.get(sink.id);
     if (!card) { card = new Card(sink); cards.set(sink.id, card); }
-    else { card.title.textContent = sink.name; card.setCount(sink.listeners || 0); }
+    card.node.dataset.suggested = sink.id === best ? "1" : "0";
+    card.update(sink);
   }
   for (const [id, card] of cards) {
     if (!seen.has(id)) { card.player.stop(); card.node.remove(); cards.delete(id); }
   }
-  if (!list.length) {
-    channelsBox.replaceChildren(el("p", { class: "hint", text: focus ? `There is no channel “${focus}”.` : "No channels yet." }));
+  if (!ordered.length) {
+    channelsBox.replaceChildren(el("p", { class: "hint", text: focus ? t("no_channel", { name: focus }) : t("no_channels") }));
   } else {
-    channelsBox.replaceChildren(...list.map((s) => cards.get(s.id).node));
+    channelsBox.replaceChildren(...ordered.map((s) => cards.get(s.id).node));
   }
-  for (const [id, level] of sinkLevels) cards.get(id)?.meter.update(level);
+  for (const [id, level] of sinkLevels) cards.get(id)?.level(level);
 }
 
-const live = document.getElementById("live");
-openEvents({
-  listeners: (data) => {
-    const counts = data.sinks || {};
-    for (const [id, card] of cards) card.setCount(counts[id] || 0);
-    // a channel added or removed in the admin page shows up here
-    const known = new Set(Object.keys(counts));
-    if ([...known].some((id) => !knownSinks.has(id)) || [...knownSinks].some((id) => !known.has(id))) loadChannels();
-  },
-  levels: (data) => {
-    for (const [id, level] of Object.entries(data.sinks || {})) {
-      sinkLevels.set(id, level);
-      cards.get(id)?.meter.update(level);
-    }
-  },
-}, (on) => { live.className = "dot " + (on ? "live" : "down"); live.title = on ? "live" : "reconnecting"; },
-{ path: "/api/listen/events", onDenied: () => askPin() });
+/** Where the browser names its output devices (only after a permission we
+ *  never ask for, so rarely), a Bluetooth one is worth a warning. */
+async function detectBluetooth() {
+  try {
+    const devices = navigator.mediaDevices && navigator.mediaDevices.enumerateDevices
+      ? await navigator.mediaDevices.enumerateDevices() : [];
+    const outputs = devices.filter((d) => d.kind === "audiooutput" && d.label);
+    const current = outputs.find((d) => d.deviceId === "default") || outputs[0];
+    bluetooth = Boolean(current && BLUETOOTH.test(current.label));
+  } catch { bluetooth = false; }
+  for (const card of cards.values()) card.render();
+}
 
-window.addEventListener("pagehide", () => {
-  for (const card of cards.values()) {
-    const session = card.player.session;
-    if (session) fetch(session, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
-  }
+/** The language switch: every message re-rendered, the choice remembered
+ *  (a cookie, so the server renders the next page in it too). */
+function languageSwitch() {
+  const select = document.getElementById("language");
+  if (!select) return;
+  select.replaceChildren(...Object.entries(i18n.languages).map(([code, name]) =>
+    el("option", { value: code, text: name, lang: code, selected: code === i18n.current() })));
+  select.addEventListener("change", async () => {
+    await i18n.use(select.value, { remember: true });
+    showChannels();
+    for (const card of cards.values()) card.render();
+    showNotice();
+  });
+}
+
+function showNotice() {
+  notice.hidden = hasWebRTC;
+  notice.textContent = hasWebRTC ? "" : t("no_webrtc");
+}
+
+// Hooks for tests and the latency benchmark (harmless for people).
+window.applianceDebug = Object.assign(window.applianceDebug, {
+  ready: false,
+  setLowLatency(on) { lowLatencyBox.checked = on; lowLatencyBox.dispatchEvent(new Event("change")); },
+  language() { return i18n.current(); },
 });
 
-loadChannels();
+async function main() {
+  await i18n.use(i18n.current()).catch((err) => console.warn("messages", err));
+  languageSwitch();
+  showNotice();
+  const live = document.getElementById("live");
+  openEvents({
+    listeners: (data) => {
+      const counts = data.sinks || {};
+      for (const [id, card] of cards) card.setCount(counts[id] || 0);
+      // a channel added or removed in the admin page shows up here
+      const known = new Set(Object.keys(counts));
+      if ([...known].some((id) => !knownSinks.has(id)) || [...knownSinks].some((id) => !known.has(id))) loadChannels();
+    },
+    levels: (data) => {
+      for (const [id, level] of Object.entries(data.sinks || {})) {
+        sinkLevels.set(id, level);
+        cards.get(id)?.level(level);
+      }
+      for (const [id, ms] of Object.entries(data.latency_ms || {})) {
+        if (ms === null) engineLatency.delete(id); else engineLatency.set(id, ms);
+      }
+    },
+    device: (data) => {
+      for (const [id, state] of Object.entries(data.sinks || {})) {
+        const card = cards.get(id);
+        if (card) { card.source = state; card.render(); }
+      }
+    },
+  }, (on) => { live.className = "dot " + (on ? "live" : "down"); live.title = on ? "live" : "reconnecting"; },
+  { path: "/api/listen/events", onDenied: () => askPin(t("pin_prompt")) });
+
+  // back from the pocket, the Wi-Fi back: retry now instead of at the end of a backoff
+  const wake = () => {
+    for (const card of cards.values()) {
+      const p = card.player;
+      if (p.wanted && p.phase === "retrying") { p.clearTimers(); p.connect(); }
+      else if (p.wanted && p.phase === "connected" && p.audio.paused) p.tryPlay();
+    }
+  };
+  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") wake(); });
+  window.addEventListener("online", wake);
+  window.addEventListener("pagehide", () => {
+    for (const card of cards.values()) {
+      const session = card.player.session;
+      if (session) fetch(session, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
+    }
+  });
+  if (navigator.mediaDevices && "ondevicechange" in navigator.mediaDevices) navigator.mediaDevices.addEventListener("devicechange", detectBluetooth);
+  await loadChannels();
+  detectBluetooth();
+  window.applianceDebug.ready = true;
+}
+
+main();

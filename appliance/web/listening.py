@@ -1,8 +1,10 @@
 """What the listen page needs besides WHEP, in the listening role (open, or
 behind the venue PIN): ``GET /api/listen/channels`` (the channels: Opus
-sinks), ``GET /api/listen/events`` (their listener counts and levels as
-Server-Sent Events) and ``POST /api/listen/pin`` (the PIN form: sets the
-listen cookie). The admin API itself stays admin-only. See docs/API.md.
+sinks, with their language, description and whether their sound source is
+there), ``GET /api/listen/events`` (listener counts, levels, the engine's
+capture-to-send latency and source states as Server-Sent Events) and ``POST
+/api/listen/pin`` (the PIN form: sets the listen cookie). The admin API
+itself stays admin-only. See docs/API.md.
 """
 from __future__ import annotations
 
@@ -11,19 +13,42 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, jsonify
 
+from ..engine import EngineError
 from .auth import LISTEN_COOKIE, listening, public, retry_later
 from .common import client_address, plain, service
 from .events import event_stream
 from .login import read_fields, set_cookie
 
-__all__ = ["blueprint"]
+__all__ = ["blueprint", "channels_of"]
 
 blueprint = Blueprint("listening", __name__, url_prefix="/api/listen")
 
-CHANNEL_FIELDS = ("id", "name", "kind", "listeners")
+CHANNEL_FIELDS = ("id", "name", "kind", "listeners", "language", "description")
 
 
-def _channels(svc: Any) -> list[dict[str, Any]]:
+def _source_state(svc: Any, sink_id: str) -> str:
+    """"ok"; "lost" when every route into the channel comes from a source
+    whose device is lost; "none" when nothing is routed to it."""
+    routes = [r for r in svc.graph.registry("route").values() if r.spec.sink_id == sink_id]
+    if not routes:
+        return "none"
+    lost = all(svc.feed.devices.get(("source", r.spec.source_id), {}).get("state") == "lost"
+               for r in routes)
+    return "lost" if lost else "ok"
+
+
+def _engine_latency_ms(svc: Any, sink_id: str) -> float | None:
+    """The engine's capture-to-send latency (median of the packets sent
+    lately), None when nothing was sent."""
+    try:
+        stats = svc.engine.sink_stats(sink_id)
+    except EngineError:
+        return None
+    return round(stats.send_latency_p50_ms, 2) if stats.send_latency_samples else None
+
+
+def channels_of(svc: Any) -> list[dict[str, Any]]:
+    """The channels a listener may see, in the graph's order."""
     return [{k: sink.get(k) for k in CHANNEL_FIELDS} for sink in svc.graph.list("sink")
             if sink.get("kind") == "opus" and not str(sink.get("id", "")).startswith("_")]
 
@@ -31,33 +56,45 @@ def _channels(svc: Any) -> list[dict[str, Any]]:
 @blueprint.route("/channels", methods=["GET"])
 @listening
 async def channels() -> Response:
-    return jsonify(_channels(service()))
+    svc = service()
+    return jsonify([{**c, "source": _source_state(svc, c["id"]),
+                     "engine_latency_ms": _engine_latency_ms(svc, c["id"])}
+                    for c in channels_of(svc)])
 
 
 @blueprint.route("/events", methods=["GET"])
 @listening
 async def events() -> Response:
     """The admin stream narrowed to what a listener may see: listener counts
-    and levels of the channels."""
+    and levels of the channels; with the levels, at most once a second, the
+    engine's latency per channel; ``device`` (every channel's source
+    state) when a device is lost or comes back."""
     svc = service()  # the stream outlives the request's app context
-    cache: dict[str, Any] = {"at": float("-inf"), "ids": frozenset()}
+    cache: dict[str, Any] = {"at": float("-inf"), "ids": frozenset(), "latency_at": float("-inf")}
 
     def channel_ids(fresh: bool) -> frozenset[str]:
         # listing the sinks walks every session: for levels (20 a second) at
         # most once a second; listener changes (rare) always look again
         now = trio.current_time()
         if fresh or now - cache["at"] > 1.0:
-            cache["at"], cache["ids"] = now, frozenset(c["id"] for c in _channels(svc))
+            cache["at"], cache["ids"] = now, frozenset(c["id"] for c in channels_of(svc))
         return cache["ids"]
 
     def select(name: str, data: Any) -> Any:
+        if name == "device":   # a device lost or back: every channel's source state
+            return {"sinks": {i: _source_state(svc, i) for i in sorted(channel_ids(True))}}
         if name not in ("listeners", "levels"):
             return None
         ids = channel_ids(name == "listeners")
         sinks = {k: v for k, v in (data.get("sinks") or {}).items() if k in ids}
         if name == "levels" and not sinks:
             return None
-        return {"sinks": sinks}
+        out: dict[str, Any] = {"sinks": sinks}
+        now = trio.current_time()
+        if name == "levels" and now - cache["latency_at"] >= 1.0:
+            cache["latency_at"] = now
+            out["latency_ms"] = {i: _engine_latency_ms(svc, i) for i in sorted(ids)}
+        return out
 
     return event_stream(select)
 

@@ -1,39 +1,107 @@
 """The web UI's pages: ``/`` (listen), ``/listen/{sink}`` (one channel, what a
-share link opens) and ``/admin``. The pages are public; the data they show
-comes from ``/api/...`` (the admin page logs in first; the listen page asks
-for the venue PIN when one is set: see ``auth``). Static files are served from
-``appliance/static`` by the app itself (no CDN)."""
+share link or a sign's QR code opens) and ``/admin``. The pages are public;
+the data they show comes from ``/api/...`` (the admin page logs in first; the
+listen page asks for the venue PIN when one is set: see ``auth``). Static
+files are served from ``appliance/static`` by the app itself (no CDN).
+
+The listen page speaks the listener's language: the ``appliance_lang``
+cookie (the page's language switch) or else the best of ``Accept-Language``
+among the message catalogues in ``static/i18n/<lang>.json``; the same
+catalogues give the page's own text here and its live text in the browser.
+"""
 from __future__ import annotations
 
-from quart import Blueprint, Response, current_app, render_template
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from quart import Blueprint, Response, current_app, render_template, request
 
 from .. import __version__
 
-__all__ = ["blueprint"]
+__all__ = ["blueprint", "LANGUAGES", "catalogue", "page_language", "translate", "LANG_COOKIE",
+           "no_store", "page_args"]
 
 blueprint = Blueprint("ui", __name__)
 
+I18N = Path(__file__).resolve().parent.parent / "static" / "i18n"
+DEFAULT_LANGUAGE = "en"
+LANG_COOKIE = "appliance_lang"
 
-def _page_args(**extra: object) -> dict[str, object]:
-    return {"name": current_app.appliance_config.name, "version": __version__, **extra}
+
+@functools.cache
+def catalogue(lang: str) -> dict[str, Any]:
+    """The messages of one language (read once; they ship with the code)."""
+    return json.loads((I18N / f"{lang}.json").read_text(encoding="utf-8"))
 
 
-def _no_store(response: Response) -> Response:
+# code -> its own name ("fr" -> "Français"), for the language switch
+LANGUAGES: dict[str, str] = {p.stem: catalogue(p.stem)["_name"] for p in sorted(I18N.glob("*.json"))}
+
+
+def _supported(tag: str) -> str | None:
+    """The catalogue for a language tag: exact ("pt") or by its primary
+    subtag ("pt-BR" -> "pt"); None without one."""
+    tag = tag.strip().lower()
+    for candidate in (tag, tag.split("-")[0]):
+        if candidate in LANGUAGES:
+            return candidate
+    return None
+
+
+def page_language() -> str:
+    """The page's language: the switch's cookie, else Accept-Language."""
+    chosen = _supported(request.cookies.get(LANG_COOKIE, ""))
+    if chosen:
+        return chosen
+    # werkzeug sorts by quality; "*" and junk are skipped
+    for tag, quality in request.accept_languages:
+        found = _supported(tag) if quality > 0 else None
+        if found:
+            return found
+    return DEFAULT_LANGUAGE
+
+
+def translate(lang: str, key: str, **values: Any) -> str:
+    """One message (English when a catalogue lacks it), ``{name}`` filled."""
+    text = catalogue(lang).get(key, catalogue(DEFAULT_LANGUAGE).get(key, key))
+    if isinstance(text, dict):   # plural forms: the page picks; "other" here
+        text = text["other"]
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", str(value))
+    return text
+
+
+def page_args(lang: str = DEFAULT_LANGUAGE, **extra: object) -> dict[str, object]:
+    return {"name": current_app.appliance_config.name, "version": __version__, "lang": lang,
+            "dir": catalogue(lang)["_dir"], "t": functools.partial(translate, lang), **extra}
+
+
+def no_store(response: Response) -> Response:
     # the pages are tiny; always fetch the newest after an update
     response.headers["Cache-Control"] = "no-cache"
     return response
 
 
+async def _listen_page(focus: str | None) -> Response:
+    lang = page_language()
+    response = Response(await render_template(
+        "listen.html", **page_args(lang, focus=focus, languages=json.dumps(LANGUAGES))))
+    response.headers["Vary"] = "Accept-Language, Cookie"
+    return no_store(response)
+
+
 @blueprint.route("/", methods=["GET"])
 async def listen() -> Response:
-    return _no_store(Response(await render_template("listen.html", **_page_args(focus=None))))
+    return await _listen_page(None)
 
 
 @blueprint.route("/listen/<sink_id>", methods=["GET"])
 async def listen_one(sink_id: str) -> Response:
-    return _no_store(Response(await render_template("listen.html", **_page_args(focus=sink_id))))
+    return await _listen_page(sink_id)
 
 
 @blueprint.route("/admin", methods=["GET"])
 async def admin() -> Response:
-    return _no_store(Response(await render_template("admin.html", **_page_args())))
+    return no_store(Response(await render_template("admin.html", **page_args())))

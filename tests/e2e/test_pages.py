@@ -74,7 +74,8 @@ async def test_listen_plays_the_tone_meters_move_and_stop_frees_the_listener(ser
     later, rms, stats_text = await browser.call(after_a_while, page)
     assert later - updates >= 10, "at least 10 level updates a second"
     assert -17.0 < rms < -13.0
-    assert "rtt" in stats_text.lower() and "jitter" in stats_text.lower()
+    assert "round trip" in stats_text.lower() and "jitter" in stats_text.lower()
+    assert "delay" in stats_text.lower()
 
     await browser.call(lambda b: page.click('.channel[data-sink="main"] button.listen'))
 
