@@ -22,6 +22,9 @@ const STATS_MS = 500;
 const STALL_MS = 2000;
 const DISCONNECTED_GRACE_MS = 2000;
 const CONNECT_TIMEOUT_MS = 10000;
+// full (503): come back after the server's Retry-After, at most this (s), or
+// as soon as the listener count drops (someone left: a free slot)
+const FULL_RETRY_S = 5;
 const STEADY_MS = 10000; // connected this long: the backoff starts over
 // a channel this quiet for this long is said to be silent (dBFS, ms)
 const SILENT_DBFS = -70;
@@ -41,6 +44,7 @@ const sinkLevels = new Map();
 const engineLatency = new Map(); // sink id -> ms (capture -> send, from the feed)
 let knownSinks = new Set(); // every channel id
 let lastChannels = [];
+let listenersTotal = Infinity;
 let bluetooth = false;
 
 function readBool(key, fallback) {
@@ -140,7 +144,8 @@ class Player {
     this.name = sink.name;
     this.description = sink.description || "";
     this.onchange = onchange;
-    this.audio = el("audio", { playsinline: true, autoplay: true });
+    // no autoplay attribute: only our play() starts it, so a refusal is seen
+    this.audio = el("audio", { playsinline: true });
     this.audio.setAttribute("playsinline", "");
     this.audio.dataset.sink = sink.id;
     document.body.append(this.audio);
@@ -360,7 +365,7 @@ class Player {
     if (response.status !== 201) {
       // 503: the listener cap (or the appliance stopping); it says when to come back
       const after = Number(response.headers.get("Retry-After"));
-      const wait = Number.isFinite(after) && after > 0 ? jitter(Math.min(after, 10) * 1000) : null;
+      const wait = Number.isFinite(after) && after > 0 ? jitter(Math.min(after, FULL_RETRY_S) * 1000) : null;
       if (response.status === 503) return this.retry("full", {}, wait);
       return this.retry("server_error", { code: response.status }, wait);
     }
@@ -814,6 +819,19 @@ async function main() {
     listeners: (data) => {
       const counts = data.sinks || {};
       for (const [id, card] of cards) card.setCount(counts[id] || 0);
+      const total = Object.values(counts).reduce((a, b) => a + b, 0);
+      if (total < listenersTotal) {
+        // a slot freed: a page waiting because the appliance was full tries
+        // now (spread over a second, so a crowd does not come back at once)
+        for (const card of cards.values()) {
+          const p = card.player;
+          if (p.wanted && p.phase === "retrying" && p.problem && p.problem.key === "full") {
+            p.clearTimers();
+            p.later(() => p.connect(), Math.round(Math.random() * 1000));
+          }
+        }
+      }
+      listenersTotal = total;
       // a channel added or removed in the admin page shows up here
       const known = new Set(Object.keys(counts));
       if ([...known].some((id) => !knownSinks.has(id)) || [...knownSinks].some((id) => !known.has(id))) loadChannels();

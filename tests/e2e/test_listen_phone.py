@@ -1,0 +1,239 @@
+"""The listen page on phones (headless Chromium with a phone's viewport,
+touch and language) against the real app: it keeps playing in the
+background, sets the lock screen, says "Tap to play" when autoplay is
+refused, says plainly when the browser has no WebRTC, speaks the listener's
+language (Arabic right to left) and puts their channel first, and waits
+kindly when the appliance is full."""
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.e2e.phone import Phone, card, phone, problems, tap_listen, wait_playing  # noqa: F401
+from tests.web.conftest import IDLE, make_config, open_server
+
+pytestmark = [pytest.mark.trio, pytest.mark.browser]
+
+VENUE = "Lecture Hall A"
+DATA = {
+    "name": VENUE,
+    "sources": [{"id": "tone", "kind": "tone"}],
+    "sinks": [{"id": "main", "name": "Floor", "kind": "opus", "language": "en",
+               "description": "The lectern, as spoken"},
+              {"id": "fr", "name": "Français", "kind": "opus", "language": "fr",
+               "description": "Interprétation simultanée"}],
+    "routes": [{"id": "tone-main", "source_id": "tone", "sink_id": "main"},
+               {"id": "tone-fr", "source_id": "tone", "sink_id": "fr", "gain_db": -6.0}],
+}
+
+
+async def idle(server) -> None:
+    with trio.fail_after(10):
+        while server.service.census() != IDLE:
+            await trio.sleep(0.05)
+
+
+@pytest.fixture
+async def venue(tmp_path):
+    async with open_server(make_config(tmp_path, data=DATA)) as server:
+        yield server
+
+
+async def test_hidden_page_keeps_playing_and_the_lock_screen_shows_the_channel(venue, phone):
+    def run(p: Phone):
+        page = p.open(venue.url + "/listen/fr")
+        tap_listen(page, "fr")
+        wait_playing(page, "fr")
+        session = page.evaluate("""() => ({
+            title: navigator.mediaSession.metadata && navigator.mediaSession.metadata.title,
+            artist: navigator.mediaSession.metadata && navigator.mediaSession.metadata.artist,
+            album: navigator.mediaSession.metadata && navigator.mediaSession.metadata.album,
+            state: navigator.mediaSession.playbackState})""")
+        # the page goes to the background (a locked phone, another app): the
+        # browser says so to the page; nothing of ours may pause the element
+        before = page.evaluate("applianceDebug.stats('fr').packetsReceived")
+        page.evaluate("""() => {
+            Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "hidden"});
+            Object.defineProperty(document, "hidden", {configurable: true, get: () => true});
+            document.dispatchEvent(new Event("visibilitychange"));
+            window.dispatchEvent(new Event("blur"));
+        }""")
+        page.wait_for_function(
+            "n => applianceDebug.stats('fr').packetsReceived > n + 100", arg=before, timeout=5000)
+        hidden = page.evaluate("""() => ({paused: document.querySelector('audio[data-sink="fr"]').paused,
+            state: applianceDebug.state('fr').state, visibility: document.visibilityState})""")
+        # the phone sleeps (the page frozen for a second) and wakes up
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Page.setWebLifecycleState", {"state": "frozen"})
+        page.wait_for_timeout(1000)
+        cdp.send("Page.setWebLifecycleState", {"state": "active"})
+        page.evaluate("""() => {
+            Object.defineProperty(document, "visibilityState", {configurable: true, get: () => "visible"});
+            Object.defineProperty(document, "hidden", {configurable: true, get: () => false});
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""")
+        after = page.evaluate("applianceDebug.stats('fr').packetsReceived")
+        page.wait_for_function(
+            "n => applianceDebug.stats('fr').packetsReceived > n + 50", arg=after, timeout=5000)
+        woke = page.evaluate("""() => ({paused: document.querySelector('audio[data-sink="fr"]').paused,
+            state: applianceDebug.state('fr').state})""")
+        # Stop from the lock screen's handler: the same as the button
+        page.tap(f"{card('fr')} button.listen")
+        page.wait_for_selector(f'{card("fr")} .state[data-state="idle"]')
+        cleared = page.evaluate("[navigator.mediaSession.metadata, navigator.mediaSession.playbackState]")
+        found = problems(page)
+        Phone.close(page)
+        return session, hidden, woke, cleared, found
+
+    session, hidden, woke, cleared, found = await phone.call(run)
+    assert session == {"title": "Français", "artist": VENUE,
+                       "album": "Interprétation simultanée", "state": "playing"}
+    assert hidden == {"paused": False, "state": "playing", "visibility": "hidden"}
+    assert woke == {"paused": False, "state": "playing"}
+    assert cleared == [None, "none"]
+    assert found == []   # no errors, and never the microphone
+    await idle(venue)
+
+
+async def test_a_refused_autoplay_says_tap_to_play_until_a_tap_plays_it(venue, phone):
+    # the browser refuses play() (as Firefox and Safari do when the gesture
+    # is used up by the time the track arrives) until the listener taps again
+    refuse = """
+    window.__refusePlay = true;
+    const realPlay = HTMLMediaElement.prototype.play;
+    HTMLMediaElement.prototype.play = function () {
+      if (window.__refusePlay) return Promise.reject(new DOMException("not allowed", "NotAllowedError"));
+      return realPlay.call(this);
+    };"""
+
+    def run(p: Phone):
+        page = p.open(venue.url + "/listen/main", init=refuse)
+        # every state the page shows, in order
+        page.evaluate("""() => { window.__states = [];
+            const s = document.querySelector('.channel[data-sink="main"] .state');
+            new MutationObserver(() => __states.push(s.dataset.state)).observe(s, {attributes: true}); }""")
+        tap_listen(page)
+        # connected and receiving: the moment the old page said "Playing"
+        page.wait_for_function("() => (applianceDebug.stats('main') || {packetsReceived: 0}).packetsReceived > 50",
+                               timeout=15000)
+        page.wait_for_timeout(300)
+        blocked = page.evaluate("""() => ({state: applianceDebug.state('main').state,
+            paused: document.querySelector('audio[data-sink="main"]').paused,
+            label: document.querySelector('.channel[data-sink="main"] button.listen').innerText.trim(),
+            states: [...new Set(__states)]})""")
+        page.evaluate("window.__refusePlay = false")
+        tap_listen(page)
+        wait_playing(page)
+        played = page.evaluate("""() => ({state: applianceDebug.state('main').state,
+            paused: document.querySelector('audio[data-sink="main"]').paused,
+            label: document.querySelector('.channel[data-sink="main"] button.listen').innerText.trim(),
+            session: applianceDebug.state('main').session})""")
+        tap_listen(page)   # now it is Stop
+        page.wait_for_selector(f'{card("main")} .state[data-state="idle"]')
+        found = problems(page)
+        Phone.close(page)
+        return blocked, played, found
+
+    blocked, played, found = await phone.call(run)
+    assert blocked["state"] == "blocked" and blocked["paused"] is True, blocked
+    assert blocked["label"] == "Tap to play"
+    assert "playing" not in blocked["states"], blocked["states"]
+    assert played["state"] == "playing" and played["paused"] is False and played["label"] == "Stop"
+    assert found == []
+    await idle(venue)
+
+
+async def test_without_webrtc_the_page_says_which_browser_to_use(venue, phone):
+    gone = "delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;"
+
+    def run(p: Phone):
+        page = p.open(venue.url + "/", init=gone, locale="de-DE")
+        page.wait_for_selector("#notice:not([hidden])")
+        notice = page.inner_text("#notice")
+        button = page.locator(f'{card("main")} button.listen')
+        disabled, label = button.is_disabled(), button.inner_text().strip()
+        page.wait_for_timeout(300)
+        found = problems(page)
+        Phone.close(page)
+        return notice, disabled, label, found
+
+    notice, disabled, label, found = await phone.call(run)
+    assert "WebRTC" in notice and "Firefox" in notice and "Safari" in notice
+    assert "Dieser Browser" in notice   # in the listener's language
+    assert disabled and label == "Hier nicht abspielbar"
+    assert found == []
+
+
+async def test_arabic_lays_out_right_to_left_and_french_comes_first_for_french(venue, phone):
+    def run(p: Phone):
+        out = {}
+        page = p.open(venue.url + "/", locale="ar-EG")
+        out["ar"] = page.evaluate("""() => {
+            const c = document.querySelector('.channel');
+            const box = c.getBoundingClientRect(), title = c.querySelector('h2').getBoundingClientRect();
+            const badge = c.querySelector('.badge').getBoundingClientRect();
+            return {dir: document.documentElement.dir, lang: document.documentElement.lang,
+                    direction: getComputedStyle(document.body).direction,
+                    titleAtRight: box.right - title.right < 40, badgeLeftOfTitle: badge.right <= title.left,
+                    button: c.querySelector('button.listen').innerText.trim(),
+                    count: c.querySelector('.badge').innerText.trim(),
+                    order: [...document.querySelectorAll('.channel')].map(x => x.dataset.sink)}; }""")
+        Phone.close(page)
+        page = p.open(venue.url + "/", locale="fr-CA")
+        out["fr"] = page.evaluate("""() => ({
+            order: [...document.querySelectorAll('.channel')].map(x => x.dataset.sink),
+            suggested: document.querySelector('.channel[data-sink="fr"] .suggested').innerText.trim(),
+            language: document.querySelector('.channel[data-sink="fr"] .lang').innerText.trim(),
+            button: document.querySelector('.channel button.listen').innerText.trim(),
+            dir: document.documentElement.dir})""")
+        # the switch: the page changes language at once and remembers it
+        page.select_option("#language", "ar")
+        page.wait_for_function("() => document.documentElement.dir === 'rtl'")
+        out["switched"] = page.evaluate("document.querySelector('.channel button.listen').innerText.trim()")
+        page.reload()
+        page.wait_for_function("() => window.applianceDebug && window.applianceDebug.ready")
+        out["remembered"] = page.evaluate("[document.documentElement.lang, document.documentElement.dir]")
+        Phone.close(page)
+        return out
+
+    out = await phone.call(run)
+    ar = out["ar"]
+    assert (ar["dir"], ar["lang"], ar["direction"]) == ("rtl", "ar", "rtl")
+    assert ar["titleAtRight"] and ar["badgeLeftOfTitle"], ar
+    assert ar["button"] == "استمع" and ar["count"] == "لا مستمعين"
+    assert ar["order"] == ["main", "fr"]   # no Arabic channel: the appliance's order
+    fr = out["fr"]
+    assert fr["order"] == ["fr", "main"] and fr["suggested"] == "Votre langue"
+    assert fr["language"] == "français" and fr["button"] == "Écouter" and fr["dir"] == "ltr"
+    assert out["switched"] == "استمع" and out["remembered"] == ["ar", "rtl"]
+
+
+async def test_a_full_appliance_says_so_and_the_page_gets_in_when_a_slot_frees(tmp_path, phone):
+    async with open_server(make_config(tmp_path, data=DATA, max_listeners=1)) as server:
+        def first(p: Phone):
+            page = p.open(server.url + "/listen/main")
+            tap_listen(page)
+            wait_playing(page)
+            waiting = p.open(server.url + "/listen/main", locale="es-ES")
+            tap_listen(waiting)
+            waiting.wait_for_selector(f'{card("main")} .state[data-reason="full"]', timeout=10000)
+            text = waiting.inner_text(f'{card("main")} .state')
+            return page, waiting, text
+
+        page, waiting, text = await phone.call(first)
+        assert "lleno" in text and "volverá a intentarlo" in text
+        assert server.service.listener_counts()["total"] == 1
+
+        def free_a_slot(p: Phone):
+            tap_listen(page)   # the first listener leaves
+            # the waiting page gets in by itself, well before its backoff ends
+            wait_playing(waiting, timeout=6000)
+            text = waiting.inner_text(f'{card("main")} .state')
+            tap_listen(waiting)
+            waiting.wait_for_selector(f'{card("main")} .state[data-state="idle"]')
+            Phone.close(page)
+            Phone.close(waiting)
+            return text
+
+        assert await phone.call(free_a_slot) == "Sonando"
+        await idle(server)
