@@ -3,8 +3,9 @@ transport sees it, and reading trickle-ICE fragments and candidates.
 
 Why so strict: webrtcbin trusts its input. An offer whose first m-line is a
 data channel and whose BUNDLE tag is the audio behind it makes webrtcbin fail
-``g_assert`` in ``_connect_rtpfunnel`` and abort the whole process (measured
-2026-12-01, GStreamer 1.22). A GLib assertion cannot be caught, so the engine
+``g_assert`` in ``_connect_rtpfunnel`` and abort the whole process; so does an
+offer with two session-level ``a=ice-ufrag`` lines (measured 2026-12-01,
+GStreamer 1.22; tests/support/offers). A GLib assertion cannot be caught, so the engine
 only ever receives offers of the shapes the tests throw at it: the Opus audio
 we send on is m-line 0, every m-line has a unique mid, a BUNDLE group starts
 with the audio, and every line and value is within plain limits. Everything
@@ -53,8 +54,8 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
 _HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*\Z")
 _HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?\Z")
 _FMTP_PARAM = re.compile(r"([A-Za-z][A-Za-z0-9-]{0,31})=([A-Za-z0-9.-]{0,32})\Z")
-_RTPMAP = re.compile(r"(\d{1,3}) ([A-Za-z0-9_.-]{1,32})/(\d{1,6})(?:/(\d{1,2}))?\Z")
-_DIGITS = re.compile(r"\d{1,10}\Z")
+_RTPMAP = re.compile(r"([0-9]{1,3}) ([A-Za-z0-9_.-]{1,32})/([0-9]{1,6})(?:/([0-9]{1,2}))?\Z")
+_DIGITS = re.compile(r"[0-9]{1,10}\Z")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class Offer:
 
 
 # ---- lines ------------------------------------------------------------------------
+
+def _number(text: str, digits: int) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²', which int() refuses."""
+    return 1 <= len(text) <= digits and text.isascii() and text.isdigit()
+
 
 def _printable(text: str, what: str) -> None:
     """Refuses control characters (NUL, CR inside a line, ESC...), lone
@@ -122,12 +128,12 @@ def _address(text: str, what: str) -> None:
         return
     except ValueError:
         pass
-    if not _HOSTNAME.match(text) or text.replace(".", "").isdigit():
+    if not _HOSTNAME.match(text) or _number(text.replace(".", ""), 253):
         raise InvalidError(f"{what}: {text[:60]!r} is not an address or host name")
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+    if not _number(text, 5) or int(text) > 65535:
         raise InvalidError(f"{what}: {text[:20]!r} is not a port")
     return int(text)
 
@@ -174,7 +180,7 @@ def check_candidate(text: Any) -> str:
     foundation, component, transport, priority, address, port, typ, kind = fields[:8]
     if not 1 <= len(foundation) <= 32 or not _ICE_CHARS.match(foundation):
         raise InvalidError("candidate: bad foundation")
-    if not component.isdigit() or not 1 <= int(component[:4]) <= 256:
+    if not _number(component, 3) or not 1 <= int(component) <= 256:
         raise InvalidError("candidate: bad component id")
     if transport.lower() not in ("udp", "tcp"):
         raise InvalidError(f"candidate: transport must be UDP or TCP, not {transport[:20]!r}")
@@ -305,7 +311,7 @@ def _mline(line: str, index: int) -> _Section:
         if proto != RTP_PROTO:
             raise InvalidError(f"m-line {index}: {media} must use {RTP_PROTO} (DTLS-SRTP), "
                                f"not {proto[:30]!r}")
-        if any(not f.isdigit() or len(f) > 3 or int(f) > 127 for f in formats) \
+        if any(not _number(f, 3) or int(f) > 127 for f in formats) \
                 or len(set(formats)) != len(formats):
             raise InvalidError(f"m-line {index}: formats must be distinct payload types 0-127")
     return _Section(index, media, number, proto, formats, [])
@@ -316,12 +322,11 @@ def _session_line(line: str) -> None:
     if kind == "o":
         fields = value.split(" ")
         if len(fields) != 6 or fields[3] != "IN" or fields[4] not in ("IP4", "IP6") \
-                or not fields[1].isdigit() or len(fields[1]) > 20 \
-                or not fields[2].isdigit() or len(fields[2]) > 20:
+                or not _number(fields[1], 20) or not _number(fields[2], 20):
             raise InvalidError("o= must be '<user> <session id> <version> IN IP4|IP6 <address>'")
     elif kind == "t":
         fields = value.split(" ")
-        if len(fields) != 2 or not all(f.isdigit() and len(f) <= 20 for f in fields):
+        if len(fields) != 2 or not all(_number(f, 20) for f in fields):
             raise InvalidError("t= must be two integers")
 
 

@@ -122,6 +122,12 @@ def test_absurd_sizes_are_refused() -> None:
     refused(many, f"more than {MAX_MLINES} m-lines")
     refused(_swap(CHROMIUM, "o=- 5709698796385562019", "o=- " + "9" * 40), "o= must be")
     refused(_swap(CHROMIUM, "m=audio 9 ", "m=audio 99999999 "), "is not a port")
+    # digits int() does not take, and digits that are not ASCII
+    refused(_swap(CHROMIUM, "m=audio 9 ", "m=audio \u00b2 "), "is not a port")
+    refused(_swap(CHROMIUM, "m=audio 9 ", "m=audio \u0663 "), "is not a port")
+    refused(_swap(CHROMIUM, "SAVPF 111 63", "SAVPF 111 \u00b2"), "payload types")
+    refused(_swap(CHROMIUM, "t=0 0", "t=0 \u00b2"), "t= must be")
+    refused(_swap(CHROMIUM, "a=rtpmap:111 opus", "a=rtpmap:\u0661\u0661\u0661 opus"), "a=rtpmap")
 
 
 @pytest.mark.parametrize("old, new, reason", [
@@ -246,6 +252,7 @@ def test_real_candidates_pass_and_are_returned_without_a_prefix() -> None:
     "candidate:1 99999 udp 1 127.0.0.1 9 typ host",
     "candidate:1  1 udp 1 127.0.0.1 9 typ host",
     "candidate:1 1 udp 1 127.0.0.1 9 typ host \ud800 x",
+    "candidate:1 \u00b2 udp 1 127.0.0.1 9 typ host", "candidate:1 1 udp 1 127.0.0.1 \u00b2 typ host",
 ])
 def test_bad_candidates_are_refused(bad: object) -> None:
     with pytest.raises(InvalidError):

@@ -117,7 +117,8 @@ def _swap(rng: random.Random, lines: list[str]) -> list[str]:
 
 
 HUGE = ["9" * 40, "4294967296", "-1", "65536", "0", "1e308", "NaN", "x" * 2000, "", " ",
-        "127", "128", "64", "\u00e9", "%s%n", "../../etc/passwd", "'|touch pwned'"]
+        "127", "128", "64", "\u00e9", "\u00b2", "\u0663", "%s%n", "../../etc/passwd",
+        "'|touch pwned'"]
 
 
 def _huge(rng: random.Random, lines: list[str]) -> list[str]:
