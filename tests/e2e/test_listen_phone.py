@@ -6,6 +6,8 @@ language (Arabic right to left) and puts their channel first, and waits
 kindly when the appliance is full."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 
@@ -236,4 +238,37 @@ async def test_a_full_appliance_says_so_and_the_page_gets_in_when_a_slot_frees(t
             return text
 
         assert await phone.call(free_a_slot) == "Sonando"
+        await idle(server)
+
+
+async def test_after_the_appliance_restarts_the_page_says_so_and_comes_back(tmp_path, phone):
+    config = make_config(tmp_path, data=DATA)
+    async with open_server(config) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+
+        def start(p: Phone):
+            page = p.open(server.url + "/listen/main")
+            tap_listen(page)
+            wait_playing(page)
+            return page
+
+        page = await phone.call(start)
+        await server.shutdown()
+    stopped = trio.current_time()
+
+    def noticed(p: Phone):
+        page.wait_for_selector(f'{card("main")} .state[data-state="retrying"]', timeout=5000)
+        return page.evaluate("applianceDebug.state('main').reason")
+
+    reason = await phone.call(noticed)
+    assert trio.current_time() - stopped < 3.0   # no packet for 2 s: not ICE's ~10 s
+    assert reason in ("lost", "offline")
+    # the same appliance again, on the same port
+    async with open_server(config.replace(server=dataclasses.replace(config.server, port=port))) as server:
+        def back(p: Phone):
+            wait_playing(page, timeout=20000)
+            tap_listen(page)
+            page.wait_for_selector(f'{card("main")} .state[data-state="idle"]')
+            Phone.close(page)
+        await phone.call(back)
         await idle(server)
