@@ -24,7 +24,7 @@ from ..config import Config
 from ..errors import ApplianceError
 from ..service import Service, open_service
 from ..admin_auth import AdminAuth
-from . import admin, auth, devices, events, health, listening, login, mixer, ui, whep
+from . import admin, auth, devices, events, health, listening, login, mixer, signs, ui, whep
 from .common import plain
 from .errors import error_response
 
@@ -44,6 +44,7 @@ BLUEPRINTS: list[Blueprint] = [
     login.blueprint,
     listening.blueprint,
     health.blueprint,
+    signs.blueprint,
 ]
 
 

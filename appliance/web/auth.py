@@ -40,7 +40,7 @@ CSRF_HEADER = "X-CSRF-Token"
 
 # Endpoints of blueprints this module does not own; everything else is marked
 # with the decorators below, or is admin.
-PUBLIC_ENDPOINTS = frozenset({"static", "ui.listen", "ui.listen_one", "ui.admin"})
+PUBLIC_ENDPOINTS = frozenset({"static", "ui.listen", "ui.listen_one", "ui.admin", "signs.signs"})
 PUBLIC_RULES = frozenset({"/healthz"})
 LISTENING_BLUEPRINTS = frozenset({"whep"})
 

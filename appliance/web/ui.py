@@ -20,8 +20,8 @@ from quart import Blueprint, Response, current_app, render_template, request
 
 from .. import __version__
 
-__all__ = ["blueprint", "LANGUAGES", "catalogue", "page_language", "translate", "LANG_COOKIE",
-           "no_store", "page_args"]
+__all__ = ["blueprint", "LANGUAGES", "catalogue", "page_language", "supported", "translate",
+           "LANG_COOKIE", "no_store", "page_args"]
 
 blueprint = Blueprint("ui", __name__)
 
@@ -40,7 +40,7 @@ def catalogue(lang: str) -> dict[str, Any]:
 LANGUAGES: dict[str, str] = {p.stem: catalogue(p.stem)["_name"] for p in sorted(I18N.glob("*.json"))}
 
 
-def _supported(tag: str) -> str | None:
+def supported(tag: str) -> str | None:
     """The catalogue for a language tag: exact ("pt") or by its primary
     subtag ("pt-BR" -> "pt"); None without one."""
     tag = tag.strip().lower()
@@ -52,12 +52,12 @@ def _supported(tag: str) -> str | None:
 
 def page_language() -> str:
     """The page's language: the switch's cookie, else Accept-Language."""
-    chosen = _supported(request.cookies.get(LANG_COOKIE, ""))
+    chosen = supported(request.cookies.get(LANG_COOKIE, ""))
     if chosen:
         return chosen
     # werkzeug sorts by quality; "*" and junk are skipped
     for tag, quality in request.accept_languages:
-        found = _supported(tag) if quality > 0 else None
+        found = supported(tag) if quality > 0 else None
         if found:
             return found
     return DEFAULT_LANGUAGE

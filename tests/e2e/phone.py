@@ -50,10 +50,12 @@ class Phone:
         return await trio.to_thread.run_sync(future.result)
 
     def open(self, url: str, *, locale: str = "en-US", init: str = "",
-             size: dict[str, int] = PHONE, wait: str = ".channel button.listen") -> Any:
+             size: dict[str, int] = PHONE, wait: str = ".channel button.listen",
+             ready: str = "() => window.applianceDebug && window.applianceDebug.ready") -> Any:
         """A page at ``url`` on a new phone (its own context: cookies,
         language); closing the page's context is ``close(page)``."""
-        context = self.browser.new_context(viewport=size, is_mobile=True, has_touch=True,
+        mobile = size["width"] < 800
+        context = self.browser.new_context(viewport=size, is_mobile=mobile, has_touch=mobile,
                                            device_scale_factor=2, locale=locale)
         context.add_init_script(WATCH + init)
         page = context.new_page()
@@ -61,7 +63,8 @@ class Phone:
         page.goto(url)
         if wait:
             page.wait_for_selector(wait, timeout=10000)
-        page.wait_for_function("() => window.applianceDebug && window.applianceDebug.ready")
+        if ready:
+            page.wait_for_function(ready, timeout=10000)
         return page
 
     @staticmethod

@@ -1,0 +1,69 @@
+"""``GET /signs``: printable signs, one A4/Letter page per channel, with the
+venue's name, the channel's name, a large QR code to
+``http://<hostname>.local/listen/<channel>`` and that address in words, so
+a listener joins without typing (or types what the sign says). Printed or
+saved as PDF from the browser's print dialog; the admin page has a button
+for it.
+
+A public page (``auth.PUBLIC_ENDPOINTS``); when the appliance has a venue
+PIN the channel list is listening data, so it is shown only to someone who
+has the PIN's cookie or is logged in as admin. The signs speak each
+channel's language when there is a catalogue for it, else the reader's.
+"""
+from __future__ import annotations
+
+import re
+import socket
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from quart import Blueprint, Response, current_app, render_template, request
+
+from .auth import LISTEN_COOKIE, admin_session
+from .common import service
+from .listening import channels_of
+from .ui import catalogue, no_store, page_args, page_language, supported, translate
+
+__all__ = ["blueprint", "listen_base"]
+
+blueprint = Blueprint("signs", __name__)
+
+
+def listen_base() -> str:
+    """``http://<hostname>.local[:port]``: the name the appliance announces
+    over mDNS (avahi publishes the hostname), and the port it serves on
+    (the configured one, or the one this request came to)."""
+    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    port: int | None = current_app.appliance_config.server.port or None
+    if port is None:
+        try:
+            port = urlsplit("//" + request.host).port
+        except ValueError:
+            port = None
+    return f"http://{host or 'appliance'}.local" + (f":{port}" if port and port != 80 else "")
+
+
+def _allowed() -> bool:
+    auth = current_app.admin_auth
+    return (not auth.listen_pin or admin_session() is not None
+            or auth.listen_proof_ok(request.cookies.get(LISTEN_COOKIE, "")))
+
+
+@blueprint.route("/signs", methods=["GET"])
+async def signs() -> Response:
+    lang = page_language()
+    base = listen_base()
+    channels: list[dict[str, Any]] = []
+    allowed = _allowed()
+    if allowed:
+        for channel in channels_of(service()):
+            sign_lang = supported(channel["language"] or "") or lang
+            url = f"{base}/listen/{quote(channel['id'], safe='')}"
+            channels.append({**channel, "url": url, "sign_lang": sign_lang,
+                             "dir": catalogue(sign_lang)["_dir"],
+                             "say": {key: translate(sign_lang, key)
+                                     for key in ("sign_scan", "sign_type", "sign_wifi")}})
+    response = Response(await render_template(
+        "signs.html", **page_args(lang, channels=channels, allowed=allowed)))
+    response.headers["Vary"] = "Accept-Language, Cookie"
+    return no_store(response)
