@@ -67,6 +67,8 @@ async def test_run_serves_then_stops_cleanly_on_a_signal(tmp_path, signum):
     config.write_text(textwrap.dedent(f'''
         name = "Test box"
         state_dir = "{tmp_path / 'state'}"
+        [admin]
+        token = "cli-test-token"
         [engine]
         ice_addresses = ["127.0.0.1"]
     '''))
@@ -84,9 +86,12 @@ async def test_run_serves_then_stops_cleanly_on_a_signal(tmp_path, signum):
                 ready = (await notify.recv(4096)).decode()
             assert "READY=1" in ready, ready
             url = re.search(r"http://127\.0\.0\.1:\d+", ready).group(0)
+            admin = {"Authorization": "Bearer cli-test-token"}
             async with httpx.AsyncClient(base_url=url) as client, \
                     open_aiortc_listener() as peer:
-                assert (await client.get("/api/status")).json()["name"] == "Test box"
+                assert (await client.get("/api/status")).status_code == 401   # no credential
+                status = await client.get("/api/status", headers=admin)
+                assert status.json()["name"] == "Test box"
                 r = await client.post("/api/whep/main", content=await peer.create_offer(),
                                       headers={"Content-Type": "application/sdp"})
                 assert r.status_code == 201, r.text
