@@ -93,6 +93,8 @@ class Service:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "listeners": self.listener_counts(),
             "max_listeners": self.config.server.max_listeners,
+            # each listener's health: loss, jitter and round-trip time from its RTCP reports
+            "sessions": [s.health() for s in self.sessions.answered()],
             "devices": devices,
             "xruns": {"total": sum(feed.xruns.values()),
                       "sources": {i: n for (k, i), n in feed.xruns.items() if k == "source"},

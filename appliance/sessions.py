@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 import trio
 
 from .config import Config
-from .engine import Engine, EngineError, ErrorCode, Listener, appliance_error
+from .engine import Engine, EngineError, ErrorCode, Listener, ListenerStats, appliance_error
 from .errors import (
     AnswerTimeoutError, ApplianceError, ClosingError, FullError, InvalidError, NotFoundError,
     RateLimitedError,
@@ -61,6 +61,7 @@ class Session:
     temp_sink: str | None = None
     temp_route: str | None = None
     state: ListenerState = ListenerState.NEW
+    stats: ListenerStats | None = None   # the latest, read by the liveness watcher
     answered: bool = False
     candidates: list[dict[str, Any]] = field(default_factory=list)
     end_reason: str | None = None
@@ -97,6 +98,18 @@ class Session:
         if self.end_reason is None:
             self.end_reason = reason
         self.cancel_scope.cancel()
+
+    def health(self) -> dict[str, Any]:
+        """What the admin page shows of one listener (no secrets: the id is cut)."""
+        s = self.stats
+        return {"session": self.id[:8], "kind": self.target[0], "id": self.target[1],
+                "client": self.client, "state": self.state.value,
+                "age_s": round(time.monotonic() - self.created, 1),
+                "transport": s.transport if s else None,
+                "packets_sent": s.packets_sent if s else 0,
+                "fraction_lost": s.fraction_lost if s else None,
+                "jitter_ms": s.jitter_ms if s else None,
+                "rtt_ms": s.rtt_ms if s else None}
 
     def heartbeat(self) -> None:
         self.last_heartbeat = time.monotonic()
@@ -289,7 +302,7 @@ class Sessions:
             except EngineError:
                 session.end("engine lost the listener")
                 return
-            session.state = stats.state
+            session.state, session.stats = stats.state, stats
             if stats.state.is_final:
                 session.end(f"ice {stats.state.value}")
                 return

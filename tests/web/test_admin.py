@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import trio
 
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener, synthetic_offer
 from appliance.service import open_service
@@ -179,3 +180,23 @@ async def test_a_damaged_state_file_never_stops_the_appliance(tmp_path, state):
         assert (await server.post_offer(synthetic_offer())).status_code == 201
     aside = list(tmp_path.glob("state.json.bad*"))
     assert len(aside) == 1 and json.loads(aside[0].read_text()) == state
+
+
+async def test_status_shows_each_listeners_health(server):
+    async with open_aiortc_listener() as peer:
+        r = await server.post_offer(await peer.create_offer())
+        assert r.status_code == 201
+        await peer.accept_answer(r.text)
+        await peer.wait_connected()
+        with trio.fail_after(15):   # the peer's RTCP receiver reports arrive about once a second
+            while True:
+                (health,) = (await server.client.get("/api/status")).json()["sessions"]
+                if health["jitter_ms"] is not None and health["rtt_ms"] is not None:
+                    break
+                await trio.sleep(0.2)
+        assert health["kind"] == "sink" and health["id"] == "main"
+        assert health["transport"] in ("lean", "webrtcbin") and health["state"] == "connected"
+        assert health["packets_sent"] > 0 and 0 <= health["fraction_lost"] <= 1
+        assert 0 <= health["rtt_ms"] < 1000 and health["session"] in r.headers["Location"]
+    await server.client.delete(r.headers["Location"])
+    assert (await server.client.get("/api/status")).json()["sessions"] == []
