@@ -1022,6 +1022,8 @@ static void housekeep(ae_lean *t, int64_t now)
     for (guint i = 0; i < t->peers->len; i++) {
         ae_lean_peer *p = g_ptr_array_index(t->peers, i);
         if (p->ended) continue;
+        /* the consent clock starts with the answer: a peer that never
+         * checks has never consented */
         if (now - p->last_consent_us > t->consent_us) {
             peer_end(t, p, AE_LISTENER_FAILED, "consent expired");
             continue;
