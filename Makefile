@@ -42,6 +42,14 @@ image:
 	$(call apt_ensure,$(DEB_IMAGE))
 	image/build.sh $(IMAGE_ARGS)
 
+# A signed update bundle (RAUC) of the image built last, next to it:
+# image/out/*.raucb (docs/IMAGE.md). Options go in BUNDLE_ARGS, e.g.
+# BUNDLE_ARGS="--cert project.crt --key project.key".
+.PHONY: bundle
+bundle:
+	$(call apt_ensure,$(DEB_IMAGE))
+	image/bundle.sh $(BUNDLE_ARGS)
+
 # All three benchmarks (about 5 minutes); their results are in BENCHMARKS.md.
 bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/engine_bench.py

@@ -2,6 +2,7 @@
 
     appliance run [--config FILE] [--host HOST] [--port PORT] [--log-level LEVEL]
     appliance check-config FILE
+    appliance update FILE [--no-reboot]
     appliance version
 
 ``run`` serves the web app with hypercorn's trio worker until SIGTERM or
@@ -117,8 +118,41 @@ def _parser() -> argparse.ArgumentParser:
                      choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file")
+    update = sub.add_parser("update", help="install a signed update bundle (.raucb) into the "
+                            "other root slot and reboot into it on trial (as root, on the appliance)")
+    update.add_argument("file")
+    update.add_argument("--no-reboot", action="store_true",
+                        help="install only; the next `boot-slot reboot-trial` tries it")
     sub.add_parser("version", help="print the version")
     return parser
+
+
+# The image's boot selector (image/files/common/usr/lib/appliance/boot-slot).
+BOOT_SLOT = "/usr/lib/appliance/boot-slot"
+
+
+def _update(file: str, reboot: bool) -> int:
+    """RAUC checks the signature and the compatible string, writes the slot
+    we are not running from and names it for one trial boot."""
+    import os
+    import shutil
+    import subprocess
+    path = os.path.abspath(file)   # never read as an option
+    if not os.path.isfile(path):
+        print(f"appliance: update: {file!r} is not a file", file=sys.stderr)
+        return 2
+    if shutil.which("rauc") is None:
+        print("appliance: update: rauc is not installed (only the appliance image has it)",
+              file=sys.stderr)
+        return 2
+    if subprocess.run(["rauc", "install", path]).returncode != 0:
+        print("appliance: update refused or failed; nothing changed", file=sys.stderr)
+        return 1
+    if not reboot:
+        print(f"installed; `{BOOT_SLOT} reboot-trial` boots it once on trial")
+        return 0
+    print("installed; rebooting into it on trial (kept only if it comes up healthy)")
+    return subprocess.run([BOOT_SLOT, "reboot-trial"]).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "update":
+        return _update(args.file, not args.no_reboot)
     if args.command == "check-config":
         try:
             config = load_config(args.file)

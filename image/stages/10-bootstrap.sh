@@ -12,12 +12,13 @@ stage_in() {
     cp "$IMAGE_DIR/stages/20-customise-chroot.sh" "$d/"
     cp /etc/ssl/certs/ca-certificates.crt "$d/ca.crt"
     {
-        printf 'BASE=%q\nAPP=%q\nSOURCE_DATE_EPOCH=%q\n' "$BASE" "$APP" "$SOURCE_DATE_EPOCH"
+        printf 'BASE=%q\nAPP=%q\nSOURCE_DATE_EPOCH=%q\nLEAN=%q\n' "$BASE" "$APP" "$SOURCE_DATE_EPOCH" "$LEAN"
         local runtime
         runtime=$(packages image-system run)
         [ "$BASE" = debian ] && runtime="$runtime $(packages image-debian)"
-        printf 'RUNTIME_PACKAGES=%q\n' "$(echo $runtime ${EXTRA_PACKAGES//,/ })"
+        printf 'RUNTIME_PACKAGES=%q\n' "$(t64_names $runtime ${EXTRA_PACKAGES//,/ })"
         printf 'APP_BUILD_PACKAGES=%q\nKERNEL_PACKAGES=%q\n' "$(packages build)" "$(packages image-kernel)"
+        printf 'DROP_PACKAGES=%q\n' "$(set -f; packages image-drop)"
     } >"$d/build.env"
     if [ "$APP" = source ]; then
         info "app: copying $APP_SOURCE (files git knows or would add)"
@@ -35,6 +36,30 @@ stage_in() {
     fi
     chmod -R a+rX "$d"
 }
+
+# t64_names NAME...: the names on SUITE (packages/image-t64.txt: libraries
+# renamed by trixie's 64-bit time_t transition; bookworm keeps the old ones).
+t64_names() {
+    if [ "$SUITE" = bookworm ]; then echo "$*"; return; fi
+    local n old new out=()
+    for n in "$@"; do
+        while read -r old new; do
+            [ "$n" = "$old" ] && n=$new
+        done < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$REPO_DIR/packages/image-t64.txt")
+        out+=("$n")
+    done
+    echo "${out[*]}"
+}
+
+# What LEAN=yes keeps dpkg from unpacking at all: documentation, man pages,
+# translations and icons (the copyright files stay).
+LEAN_DPKG_OPTS=(
+    'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright'
+    'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*'
+    'path-exclude=/usr/share/locale/*' 'path-include=/usr/share/locale/locale.alias'
+    'path-exclude=/usr/share/icons/*' 'path-exclude=/usr/share/lintian/*'
+    'path-exclude=/usr/share/gtk-doc/*' 'path-exclude=/usr/share/help/*'
+)
 
 ensure_binfmt() {
     [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && return 0
@@ -63,8 +88,12 @@ stage_bootstrap() {
     runtime=$(. "$sin/build.env"; echo "$RUNTIME_PACKAGES")
     info "packages: $runtime"
     # Progress: mmdebstrap prints each phase; step 20 prints its own.
+    local lean=()
+    if [ "$LEAN" = yes ]; then
+        local o; for o in "${LEAN_DPKG_OPTS[@]}"; do lean+=(--dpkgopt="$o"); done
+    fi
     mmdebstrap --mode=unshare --variant=minbase --arch="$ARCH" \
-        --include="${runtime// /,}" \
+        --include="${runtime// /,}" "${lean[@]}" \
         --aptopt='Acquire::Retries "3"' \
         ${pin:+--setup-hook="$pin"} \
         --customize-hook='mkdir -p "$1/tmp/appliance-build"' \

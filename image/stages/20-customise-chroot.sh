@@ -72,6 +72,63 @@ if [ "$BASE" = debian ]; then
         || { echo "raspi-firmware did not put the kernel on the boot partition" >&2; exit 1; }
 fi
 
+# GStreamer's plugin registry, made once here: the appliance reads it and
+# never scans the plugins at boot (GST_REGISTRY_UPDATE=no in its unit; the
+# root is read-only and an update brings a registry of its own).
+gst_registry() {
+    mkdir -p /usr/lib/appliance
+    rm -f /usr/lib/appliance/gst-registry.bin
+    GST_REGISTRY=/usr/lib/appliance/gst-registry.bin GST_REGISTRY_FORK=no python3 - <<'PY'
+import ctypes, sys
+gst = ctypes.CDLL("libgstreamer-1.0.so.0")
+gst.gst_init(None, None)
+gst.gst_element_factory_find.restype = ctypes.c_void_p
+# What the engine checks at start (native/ae_engine.c) and what webrtcbin
+# creates inside itself.
+need = ["webrtcbin", "rtpopuspay", "appsrc", "tee", "nicesink", "nicesrc", "rtpbin",
+        "dtlssrtpenc", "dtlssrtpdec", "srtpenc", "srtpdec", "rtpfunnel", "rtpstorage",
+        "sctpenc", "sctpdec", "capsfilter", "queue", "funnel"]
+missing = [n for n in need if not gst.gst_element_factory_find(n.encode())]
+if missing:
+    sys.exit(f"GStreamer elements missing after the lean-out: {missing}")
+print(f"    [chroot] gst registry: {len(need)} needed elements present")
+PY
+    test -s /usr/lib/appliance/gst-registry.bin
+}
+
+if [ "$LEAN" = yes ]; then
+    # shellcheck disable=SC2086
+    drop=$(dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' $DROP_PACKAGES 2>/dev/null \
+        | awk '$1 ~ /^ii/ { print $2 }' | sort -u | tr '\n' ' ')
+    say "lean: purging $(echo $drop | wc -w) packages only unused plugins need: $drop"
+    # shellcheck disable=SC2086
+    [ -z "$drop" ] || dpkg --purge --force-depends $drop >/dev/null
+    printf '%s\n' $drop >/var/lib/appliance-dropped-packages
+    gdir=$(dirname "$(find /usr/lib -name libgstcoreelements.so | head -1)")
+    for so in "$gdir"/*.so; do
+        if LC_ALL=C ldd "$so" 2>&1 | grep -q 'not found'; then
+            say "lean: plugin $(basename "$so") needs a purged library: deleted"
+            rm -f "$so"
+        fi
+    done
+    # Only the broadcom device trees (the Pi's); the boot partition has its own copy.
+    for d in /usr/lib/linux-image-*; do
+        [ -d "$d/broadcom" ] || continue
+        find "$d" -mindepth 1 -maxdepth 1 ! -name broadcom -exec rm -rf {} +
+    done
+    rm -f /boot/System.map-* /boot/config-*
+    rm -rf /usr/share/doc/*/changelog* /usr/share/doc/*/NEWS* /var/cache/debconf/*-old
+fi
+if [ "$APP" = source ]; then
+    engine_libs=$(find /opt/appliance/venv -name '*.so' -path '*appliance*')
+    for so in $engine_libs; do
+        if LC_ALL=C ldd "$so" 2>&1 | grep 'not found'; then
+            echo "the engine $so lost a library" >&2; exit 1
+        fi
+    done
+fi
+gst_registry
+
 say "SSH off until a key is given; no host keys in the image"
 systemctl disable ssh.service >/dev/null 2>&1 || true
 rm -f /etc/ssh/ssh_host_*

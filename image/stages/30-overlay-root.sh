@@ -65,7 +65,8 @@ cat >"$R/etc/fstab" <<F
 # The root file system is read-only; only the state partition is written
 # (atomically, by the appliance). appliance-firstboot remounts / for a moment
 # when appliance.toml changed.
-PARTUUID=$PARTUUID-02  /                   ext4   ro,noatime,errors=remount-ro  0 1
+# No line for /: it is slot A (partition 2) or B (partition 4), mounted
+# read-only by the kernel (root=PARTUUID=... ro on the slot's command line).
 PARTUUID=$PARTUUID-01  /boot/firmware      vfat   ro,noatime,fmask=0022,dmask=0022,flush  0 2
 PARTUUID=$PARTUUID-03  /var/lib/appliance  ext4   rw,noatime,nodev,nosuid,noexec,data=journal,commit=5  0 2
 tmpfs  /tmp              tmpfs  nosuid,nodev,mode=1777,size=64M  0 0
@@ -88,6 +89,38 @@ chown "$appl" "$R/var/lib/appliance"
 chmod 0750 "$R/var/lib/appliance"
 printf '%s\n' "$appl" >"$WORK_DIR/data-owner"
 
+info "signed A/B updates: RAUC slots A (partition 2) and B (partition 4), keyring"
+mkdir -p "$R/etc/rauc"
+cp "$RAUC_KEYRING" "$R/etc/rauc/keyring.pem"
+cat >"$R/etc/rauc/system.conf" <<C
+# Signed A/B updates (docs/IMAGE.md). Bundles must be signed by a key whose
+# certificate is in keyring.pem and name this compatible string.
+[system]
+compatible=$IMAGE_NAME-$BASE-arm64
+bootloader=custom
+mountprefix=/run/rauc
+bundle-formats=-plain
+data-directory=/var/lib/appliance/rauc
+
+[keyring]
+path=/etc/rauc/keyring.pem
+
+[handlers]
+bootloader-custom-backend=/usr/lib/appliance/boot-slot
+
+[slot.rootfs.0]
+device=/dev/disk/by-partuuid/$PARTUUID-02
+type=ext4
+bootname=A
+
+[slot.rootfs.1]
+device=/dev/disk/by-partuuid/$PARTUUID-04
+type=ext4
+bootname=B
+C
+chmod 0755 "$R/usr/lib/appliance/boot-slot" "$R/usr/lib/appliance/update-check"
+wants multi-user.target.wants appliance-update-check.service
+
 info "boot partition"
 if [ -d "$R/boot/firmware" ] && [ -n "$(ls -A "$R/boot/firmware")" ]; then
     cp -r "$R/boot/firmware/." "$B/"
@@ -107,6 +140,35 @@ for must in ("rootwait", "fsck.repair=yes", "quiet"):
     if must not in words:
         words.append(must)
 open(path, "w").write(" ".join(words) + "\n")
+PY
+# Slot A's kernel, initramfs, device trees, overlays and command line live
+# in slot-a/ (config.txt: os_prefix=slot-a/); an update puts slot B's in
+# slot-b/ and names it in tryboot.txt, which the firmware reads instead of
+# config.txt for one boot (see /usr/lib/appliance/boot-slot).
+mkdir -p "$B/slot-a"
+for f in "$B"/vmlinuz-* "$B"/initrd.img-* "$B"/*.dtb "$B"/overlays "$B"/cmdline.txt \
+         "$B"/kernel*.img; do
+    [ -e "$f" ] && mv "$f" "$B/slot-a/"
+done
+python3 - "$B/slot-a/cmdline.txt" <<'PY'
+import sys
+path = sys.argv[1]
+words = [w for w in open(path).read().split() if not w.startswith("rauc.slot=")]
+open(path, "w").write(" ".join(words + ["rauc.slot=A"]) + "\n")
+PY
+# The kernel and initramfs go by one name in every slot directory (an
+# update may bring another kernel version): slot-a/vmlinuz, slot-a/initrd.img.
+for f in "$B"/slot-a/vmlinuz-* "$B"/slot-a/initrd.img-*; do
+    [ -e "$f" ] && mv "$f" "$B/slot-a/$(basename "$f" | sed 's/-[0-9].*//')"
+done
+python3 - "$B/config.txt" <<'PY'
+import re, sys
+path = sys.argv[1]
+lines = [l for l in open(path).read().splitlines() if not l.startswith("os_prefix=")]
+lines = [re.sub(r"^kernel=vmlinuz-\S+", "kernel=vmlinuz", l) for l in lines]
+lines = [re.sub(r"^initramfs initrd\.img-\S+", "initramfs initrd.img", l) for l in lines]
+# Last, in [all]: the slot the firmware boots (kernel, initramfs, dtbs, cmdline.txt).
+open(path, "w").write("\n".join(lines + ["", "[all]", "os_prefix=slot-a/"]) + "\n")
 PY
 cp "$IMAGE_DIR/hats.tsv" "$B/hats.txt"
 sed "s/@HOSTNAME@/$HOSTNAME/" "$IMAGE_DIR/appliance.toml.template" >"$B/appliance.toml"

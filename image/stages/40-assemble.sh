@@ -5,6 +5,8 @@
 #   1  bootfs   FAT32  firmware, kernel, config.txt, appliance.toml  (ro)
 #   2  rootfs   ext4   the system                                     (ro)
 #   3  appdata  ext4   the appliance's state, data=journal            (rw)
+#   4  rootfs B        the second root slot for A/B updates: empty (RAUC
+#                      writes an update there); as large as partition 2
 # shellcheck shell=bash
 
 # mkfs.ext4 -d copies each file's ctime and atime, which are "now" whatever
@@ -38,8 +40,9 @@ stage_assemble() {
     local boot_start=$((4 * mib)) boot_sectors=$((BOOT_SIZE_MB * mib))
     local root_start=$((boot_start + boot_sectors)) root_sectors=$((root_mb * mib))
     local data_start=$((root_start + root_sectors)) data_sectors=$((DATA_SIZE_MB * mib))
-    local total=$((data_start + data_sectors))
-    info "layout: boot ${BOOT_SIZE_MB} MiB, root ${root_mb} MiB, state ${DATA_SIZE_MB} MiB, total $((total / mib)) MiB"
+    local rootb_start=$((data_start + data_sectors)) rootb_sectors=$root_sectors
+    local total=$((rootb_start + rootb_sectors))
+    info "layout: boot ${BOOT_SIZE_MB} MiB, root A ${root_mb} MiB, state ${DATA_SIZE_MB} MiB, root B ${root_mb} MiB, total $((total / mib)) MiB"
 
     info "bootfs: mkfs.vfat + mcopy"
     rm -f "$w/boot.vfat"
@@ -71,6 +74,7 @@ unit: sectors
 start=$boot_start, size=$boot_sectors, type=c, bootable
 start=$root_start, size=$root_sectors, type=83
 start=$data_start, size=$data_sectors, type=83
+start=$rootb_start, size=$rootb_sectors, type=83
 EOF
     info "copying the file systems into place"
     dd if="$w/boot.vfat" of="$IMG" bs=1M seek=$((boot_start / mib)) conv=notrunc,sparse status=none

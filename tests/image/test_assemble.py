@@ -57,13 +57,16 @@ def test_partition_table(built):
     table, parts = partitions(img)
     assert table["label"] == "dos"
     assert table["id"] == "0x4170706c"
-    assert [p["type"] for p in parts] == ["c", "83", "83"]
+    assert [p["type"] for p in parts] == ["c", "83", "83", "83"]
     assert parts[0].get("bootable") is True
     for p in parts:
         assert p["start"] * 512 % (4 * MIB) == 0, "partitions start on 4 MiB boundaries"
     assert parts[0]["size"] * 512 == 36 * MIB
     assert parts[2]["size"] * 512 == 8 * MIB
-    assert parts[2]["start"] + parts[2]["size"] == img.stat().st_size // 512
+    # Root slot B (A/B updates): as large as slot A, after the state, empty.
+    assert parts[3]["size"] == parts[1]["size"]
+    assert parts[3]["start"] == parts[2]["start"] + parts[2]["size"]
+    assert parts[3]["start"] + parts[3]["size"] == img.stat().st_size // 512
 
 
 def test_boot_partition(built):
@@ -71,16 +74,23 @@ def test_boot_partition(built):
     at = f"{img}@@{offset(img, 1)}"
     listing = run(["mdir", "-i", at, "-b", "::"], check=True).stdout
     names = {Path(l.strip()).name for l in listing.splitlines()}
-    assert {"config.txt", "cmdline.txt", "hats.txt", "appliance.toml", "appliance-release.txt",
-            "vmlinuz-6.12.0-0-arm64", "overlays"} <= names, listing
-    cmdline = run(["mtype", "-i", at, "::cmdline.txt"], check=True).stdout
+    assert {"config.txt", "hats.txt", "appliance.toml", "appliance-release.txt", "slot-a"} <= names, listing
+    assert not names & {"cmdline.txt", "tryboot.txt", "slot-b"}, listing
+    # Slot A's kernel, overlays and command line are in slot-a/, which config.txt names.
+    slot = {Path(l.strip()).name for l in run(["mdir", "-i", at, "-b", "::slot-a"], check=True).stdout.splitlines()}
+    assert {"vmlinuz", "cmdline.txt", "overlays"} <= slot, slot
+    config_txt = run(["mtype", "-i", at, "::config.txt"], check=True).stdout
+    assert config_txt.splitlines()[-2:] == ["[all]", "os_prefix=slot-a/"]
+    cmdline = run(["mtype", "-i", at, "::slot-a/cmdline.txt"], check=True).stdout
     words = cmdline.split()
     assert len(cmdline.strip().splitlines()) == 1
     assert "root=PARTUUID=4170706c-02" in words and "ro" in words and "rw" not in words
+    assert "rauc.slot=A" in words
     assert "console=tty0" in words and not any(w.startswith(("init=", "root=LABEL")) for w in words)
     settings = tomllib.loads(run(["mtype", "-i", at, "::appliance.toml"], check=True).stdout)
     assert settings == {"hostname": "appliance", "wifi_country": "", "wifi_ssid": "",
-                        "wifi_psk": "", "hat": "none", "ssh_key": "",
+                        "wifi_psk": "", "wifi_mode": "client", "wifi_channel": "",
+                        "hat": "none", "ssh_key": "",
                         "admin": {"password_hash": "", "token": ""}}
     label = run(["mlabel", "-i", at, "-s", "::"], check=True).stdout
     assert "BOOTFS" in label.upper()
@@ -121,8 +131,8 @@ def test_root_file_system_contents(built):
     journald = cat(img, 2, "/etc/systemd/journald.conf.d/appliance.conf")
     assert "Storage=volatile" in journald and "RuntimeMaxUse=" in journald
     fstab = cat(img, 2, "/etc/fstab")
-    root_line = next(l for l in fstab.splitlines() if l.startswith("PARTUUID=4170706c-02"))
-    assert " / " in root_line and " ro," in root_line
+    # No line for /: it is slot A or B, mounted read-only by the kernel.
+    assert not any(l.split()[1:2] == ["/"] for l in fstab.splitlines() if not l.startswith("#"))
     assert "/var/lib/appliance" in fstab and "data=journal" in fstab
     assert cat(img, 2, "/etc/machine-id") == ""
     assert "ssh_host_" not in debugfs(img, 2, "ls /etc/ssh")
@@ -168,8 +178,12 @@ def test_release_files(built):
 
 def test_reproducible(built):
     tmp, stub, img, _ = built
-    p, again = build(tmp, stub, name="again")
+    # The same signing certificate (the first build made a development pair).
+    keys = tmp / "work-out/rauc-dev"
+    p, again = build(tmp, stub, "--set", f"RAUC_CERT={keys / 'cert.pem'}",
+                     "--set", f"RAUC_KEY={keys / 'key.pem'}", name="again")
     assert p.returncode == 0, p.stderr
+    assert "development key" not in p.stderr
     assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(img.read_bytes()).hexdigest()
     assert (again.parent / "appliance-0.1.0.img.xz").read_bytes() == \
         (img.parent / "appliance-0.1.0.img.xz").read_bytes()
@@ -219,7 +233,7 @@ def test_base_image_is_unpacked_and_customised_without_mounts(built, tmp_path):
     base = tmp_path / "raspios-lite.img"
     base.write_bytes(img.read_bytes())
     at = f"{base}@@{offset(base, 1)}"
-    cmdline = run(["mtype", "-i", at, "::cmdline.txt"], check=True).stdout.strip()
+    cmdline = run(["mtype", "-i", at, "::slot-a/cmdline.txt"], check=True).stdout.strip()
     (tmp_path / "cmdline.txt").write_text(cmdline.replace(" ro ", " rw ") +
                                           " init=/usr/lib/raspberrypi-sys-mods/firstboot\n")
     run(["mcopy", "-o", "-i", at, tmp_path / "cmdline.txt", "::cmdline.txt"], check=True)
@@ -228,9 +242,9 @@ def test_base_image_is_unpacked_and_customised_without_mounts(built, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "11 base" in p.stderr and "debugfs rdump" in p.stderr
     new = tmp_path / "out/appliance-0.1.0.img"
-    assert [q["type"] for q in partitions(new)[1]] == ["c", "83", "83"]
+    assert [q["type"] for q in partitions(new)[1]] == ["c", "83", "83", "83"]
     assert run(["e2fsck", "-fn", f"{new}?offset={offset(new, 2)}"]).returncode == 0
-    words = run(["mtype", "-i", f"{new}@@{offset(new, 1)}", "::cmdline.txt"], check=True).stdout.split()
+    words = run(["mtype", "-i", f"{new}@@{offset(new, 1)}", "::slot-a/cmdline.txt"], check=True).stdout.split()
     assert "ro" in words and not any(w.startswith("init=") for w in words)
     assert cat(new, 2, "/etc/appliance-base").strip() == "raspios"
     assert "/dev/null" in debugfs(new, 2, "stat /etc/systemd/system/userconfig.service")

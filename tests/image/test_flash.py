@@ -338,11 +338,13 @@ def test_every_setting_is_written(sysroot, release, tmp_path):
     keyfile.write_text(KEY + "\n")
     p = flash(sysroot, "--yes", release / XZ, "sdb",
               "--hostname", "studio-2", "--wifi-ssid", 'Caf\u00e9 "5G" \\ net', "--wifi-psk", "pass word 1",
-              "--wifi-country", "de", "--hat", "none", "--token", "s3cr3t-t0ken", "--ssh-key", keyfile)
+              "--wifi-country", "de", "--wifi-mode", "hotspot", "--wifi-channel", "11",
+              "--hat", "none", "--token", "s3cr3t-t0ken", "--ssh-key", keyfile)
     assert p.returncode == 0, p.stderr
     settings, config = settings_on(sysroot.root / "dev/sdb")
     assert settings == {"hostname": "studio-2", "wifi_country": "DE", "wifi_ssid": 'Caf\u00e9 "5G" \\ net',
-                        "wifi_psk": "pass word 1", "hat": "none", "ssh_key": KEY,
+                        "wifi_psk": "pass word 1", "wifi_mode": "hotspot", "wifi_channel": "11",
+                        "hat": "none", "ssh_key": KEY,
                         "admin": {"password_hash": "", "token": "s3cr3t-t0ken"}}
     assert "appliance hat" not in config, "no HAT: no overlay block"
     assert "settings written" in p.stderr
