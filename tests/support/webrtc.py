@@ -145,11 +145,14 @@ class AiortcListener:
 
     # ---- the trio-facing API -----------------------------------------------
 
-    async def create_offer(self, *, trickle: bool = False) -> str:
+    async def create_offer(self, *, trickle: bool = False, data_channel: bool = False) -> str:
         """Create the offer (recvonly Opus audio) with every ICE candidate in
         it. With ``trickle=True`` the candidate lines are left out (use
-        ``candidates`` to send them separately, e.g. by PATCH)."""
+        ``candidates`` to send them separately, e.g. by PATCH); with
+        ``data_channel=True`` a data channel m-line follows the audio."""
         async def offer() -> str:
+            if data_channel:
+                self._pc.createDataChannel("chat")
             await self._pc.setLocalDescription(await self._pc.createOffer())
             return self._pc.localDescription.sdp
 
@@ -225,6 +228,18 @@ class AiortcListener:
         """Close the peer connection (what a tab that is closed does: no
         DELETE, the server notices by itself)."""
         await self._run(self._close, timeout=10)
+
+    async def vanish(self) -> None:
+        """Go silent without a goodbye (a phone that lost the network): the
+        peer's ICE sockets close, so no consent check, RTCP or DTLS
+        close_notify leaves it any more."""
+        async def cut() -> None:
+            for transceiver in self._pc.getTransceivers():
+                connection = transceiver.receiver.transport.transport._connection
+                for protocol in connection._protocols:
+                    if protocol.transport is not None:
+                        protocol.transport.close()
+        await self._run(cut, timeout=10)
 
 
 def _frame_to_mono(frame: Any) -> np.ndarray:

@@ -1,0 +1,254 @@
+"""The lean listener transport, as a peer and as an attacker meet it: one UDP
+port and one network thread for every listener, ICE-lite answers at once,
+DTLS-SRTP to real aiortc peers, consent freshness, DTLS close, receiver
+reports; forged STUN, DTLS from strangers and random datagrams are dropped,
+counted, and change nothing for the listeners that are there."""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import aioice.ice
+import pytest
+import trio
+from aioice import stun
+
+from appliance import (
+    AnswerReady, EngineError, EngineSettings, ErrorCode, ListenerState, ListenerStateChanged,
+    open_engine,
+)
+from appliance.engine import Listener
+
+from support.webrtc import dominant_frequency, open_aiortc_listener, synthetic_offer
+from test_engine import connect, first_answer, process_threads, tone_graph
+
+pytestmark = pytest.mark.trio
+
+LEAN = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1, transport="lean")
+
+
+@pytest.fixture
+async def engine():
+    async with open_engine(LEAN) as e:
+        await tone_graph(e, hz=1000.0)
+        yield e
+
+
+def ice_credentials(sdp: str) -> tuple[str, str]:
+    return (re.search(r"a=ice-ufrag:(\S+)", sdp).group(1),
+            re.search(r"a=ice-pwd:(\S+)", sdp).group(1))
+
+
+def candidate_ports(sdp: str) -> set[int]:
+    return {int(m.group(1)) for m in re.finditer(r"a=candidate:\S+ 1 udp \d+ \S+ (\d+) typ host", sdp)}
+
+
+async def state_change(listener: Listener, timeout: float) -> ListenerState:
+    """The listener's next state change, skipping CHECKING/CONNECTED."""
+    with trio.fail_after(timeout):
+        async for ev in listener.events:
+            if isinstance(ev, ListenerStateChanged) and ev.state.is_final:
+                return ev.state
+    raise AssertionError("the listener's channel closed")
+
+
+async def until(predicate, timeout: float = 5.0, what: str = "condition"):
+    """Poll engine-side counters (no event carries them) until true."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def binding_request(username: str, password: str | None, *, use_candidate: bool = True) -> bytes:
+    msg = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    msg.attributes["USERNAME"] = username
+    msg.attributes["PRIORITY"] = 1853817087
+    msg.attributes["ICE-CONTROLLING"] = 0x1234567890
+    if use_candidate:
+        msg.attributes["USE-CANDIDATE"] = None
+    if password is not None:
+        msg.add_message_integrity(password.encode())
+    msg.add_fingerprint()
+    return bytes(msg), msg.transaction_id
+
+
+# ---- peers ----------------------------------------------------------------------
+
+
+async def test_a_real_peer_hears_the_tone_and_reports_its_health(engine):
+    threads = engine.stats().threads
+    async with open_aiortc_listener() as peer:
+        listener = await connect(engine, peer)
+        samples = await peer.record(seconds=1.0)
+        assert abs(dominant_frequency(samples) - 1000.0) < 2.0
+        stats = listener.stats()
+        assert stats.transport == "lean" and stats.state == ListenerState.CONNECTED
+        assert stats.packets_sent > 50 and stats.bytes_sent > 50 * 40
+        assert stats.last_rx_age_s is not None and stats.last_rx_age_s < 5
+        # aiortc reports about once a second; the RTT needs one of our
+        # sender reports echoed in it
+        await until(lambda: listener.stats().rtt_ms is not None, timeout=6)
+        health = listener.stats()
+        assert health.rtcp_reports >= 1
+        assert 0 <= health.rtt_ms < 100             # loopback
+        assert health.fraction_lost == 0 and health.packets_lost == 0
+        assert 0 <= health.jitter_ms < 20
+        sink = engine.sink_stats("main")
+        assert sink.send_latency_samples > 0 and sink.send_latency_p95_ms < 50
+        assert engine.stats().threads == threads     # no thread for a listener
+        await listener.aclose()
+    assert engine.stats().listeners == 0 and engine.sink_stats("main").listeners == 0
+
+
+async def test_one_port_and_no_thread_or_socket_per_listener(engine):
+    stats = engine.stats()
+    port, threads, fds, task_threads = stats.lean_port, stats.threads, open_fds(), \
+        process_threads()
+    assert port > 0
+    listeners = [engine.start_listener("main", synthetic_offer()) for _ in range(50)]
+    ufrags = set()
+    for listener in listeners:
+        answer = await first_answer(listener, timeout=1)   # no gathering wait
+        ufrags.add(ice_credentials(answer.sdp)[0])
+        assert isinstance(answer, AnswerReady), answer
+        assert "a=ice-lite" in answer.sdp and "a=setup:passive" in answer.sdp
+        assert candidate_ports(answer.sdp) == {port}
+        assert re.search(r"a=fingerprint:sha-256 ([0-9A-F]{2}:){31}[0-9A-F]{2}\r\n", answer.sdp)
+    assert len(ufrags) == 50
+    stats = engine.stats()
+    assert stats.listeners == 50 and stats.threads == threads
+    assert open_fds() == fds and process_threads() == task_threads
+    for listener in listeners:
+        await listener.aclose()
+    assert open_fds() == fds and engine.stats().listeners == 0
+
+
+async def test_an_offer_with_a_data_channel_goes_to_webrtcbin_and_plays():
+    auto = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1)
+    async with open_engine(auto) as engine, open_aiortc_listener() as peer, \
+            open_aiortc_listener() as plain:
+        await tone_graph(engine, hz=1000.0)
+        with_channel = await connect(engine, peer,
+                                     offer=await peer.create_offer(data_channel=True))
+        without = await connect(engine, plain)
+        assert with_channel.stats().transport == "webrtcbin"
+        assert without.stats().transport == "lean"
+        for p in (peer, plain):
+            assert abs(dominant_frequency(await p.record(seconds=0.5)) - 1000.0) < 3.0
+        await with_channel.aclose()
+        await without.aclose()
+
+
+async def test_forcing_the_lean_transport_refuses_what_it_cannot_serve(engine):
+    async with open_aiortc_listener() as peer:
+        with pytest.raises(EngineError) as err:
+            engine.start_listener("main", await peer.create_offer(data_channel=True))
+        assert err.value.code == ErrorCode.SDP and "data channel" in str(err.value)
+    no_mux = synthetic_offer().replace("a=rtcp-mux\r\n", "")
+    with pytest.raises(EngineError) as err:
+        engine.start_listener("main", no_mux)
+    assert "rtcp-mux" in str(err.value)
+    assert engine.stats().listeners == 0
+
+
+async def test_dtls_close_ends_the_listener_at_once(engine):
+    async with open_aiortc_listener() as peer:
+        listener = await connect(engine, peer)
+        await peer.close()    # aiortc sends close_notify; consent would take 30 s
+        assert await state_change(listener, timeout=3) == ListenerState.CLOSED
+        assert listener.stats().state == ListenerState.CLOSED
+        await listener.aclose()
+
+
+async def test_a_vanished_peer_ends_by_consent_expiry(monkeypatch):
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)   # aiortc checks every ~0.2 s
+    settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1,
+                              transport="lean", consent_timeout_s=1.0)
+    async with open_engine(settings) as engine, open_aiortc_listener() as peer:
+        await tone_graph(engine, hz=1000.0)
+        never = engine.start_listener("main", synthetic_offer())   # never checks at all
+        listener = await connect(engine, peer)
+        # checks keep it alive well past the timeout
+        assert abs(dominant_frequency(await peer.record(seconds=1.5)) - 1000.0) < 2.0
+        assert listener.stats().state == ListenerState.CONNECTED
+        assert await state_change(never, timeout=3) == ListenerState.FAILED
+        await peer.vanish()
+        gone = time.monotonic()
+        assert await state_change(listener, timeout=4) == ListenerState.FAILED
+        assert time.monotonic() - gone > 0.5     # consent ran out; nothing said goodbye
+        await never.aclose()
+        await listener.aclose()
+
+
+# ---- attackers ------------------------------------------------------------------
+
+
+async def test_forged_and_stray_datagrams_are_dropped_counted_and_harm_nobody(engine):
+    async with open_aiortc_listener() as peer:
+        victim = await connect(engine, peer)
+        offer = synthetic_offer()
+        offer_ufrag = ice_credentials(offer)[0]
+        target = engine.start_listener("main", offer)
+        answer = await first_answer(target)
+        ours, pwd = ice_credentials(answer.sdp)
+        port = engine.stats().lean_port
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        server = ("127.0.0.1", port)
+        before = engine.stats()
+
+        forged = [
+            binding_request(f"{ours}:{offer_ufrag}", "wrong-password-0123456789")[0],
+            binding_request(f"{ours}:{offer_ufrag}", None)[0],            # no integrity
+            binding_request(f"nosuchufrag:{offer_ufrag}", pwd)[0],       # unknown ufrag
+            binding_request(f"{ours}:someoneelse", pwd)[0],              # not the offer's
+            b"\x00\x01\x00\x00" + os.urandom(40),                        # not STUN at all
+        ]
+        for datagram in forged:
+            await sock.sendto(datagram, server)
+        await sock.sendto(bytes([22, 0xFE, 0xFD]) + os.urandom(60), server)   # ClientHello-ish
+        await sock.sendto(bytes([0x80, 200]) + os.urandom(60), server)        # RTCP, stranger
+        await sock.sendto(bytes([100]) + os.urandom(60), server)              # nothing at all
+        flood = 2000
+        for i in range(flood):
+            await sock.sendto(bytes([i % 256]) + os.urandom(i % 200), server)
+        total = len(forged) + 3 + flood
+        await until(lambda: engine.stats().lean_datagrams_in - before.lean_datagrams_in >= total)
+        after = engine.stats()
+        counted = sum(getattr(after, f) - getattr(before, f) for f in
+                      ("lean_stun_rejected", "lean_dtls_rejected", "lean_rtcp_rejected",
+                       "lean_junk"))
+        assert counted == total   # every one dropped and counted
+        assert after.lean_stun_rejected - before.lean_stun_rejected >= len(forged)
+        assert after.lean_dtls_rejected - before.lean_dtls_rejected >= 1
+        assert after.lean_rtcp_rejected - before.lean_rtcp_rejected >= 1
+        assert after.lean_junk - before.lean_junk >= 1
+        # nothing answered any of them
+        with trio.move_on_after(0.2):
+            data = await sock.recv(2048)
+            raise AssertionError(f"the server answered a forged datagram: {data[:20]!r}")
+        assert target.stats().state == ListenerState.NEW
+
+        # the one with the right credentials is answered, with our own address
+        request, tid = binding_request(f"{ours}:{offer_ufrag}", pwd)
+        await sock.sendto(request, server)
+        with trio.fail_after(2):
+            data = await sock.recv(2048)
+        reply = stun.parse_message(data)
+        assert reply.message_class == stun.Class.RESPONSE and reply.transaction_id == tid
+        assert reply.attributes["XOR-MAPPED-ADDRESS"] == sock.getsockname()
+        assert reply.check_message_integrity(pwd.encode())
+
+        # the real listener never noticed
+        received = peer.packets_received
+        assert abs(dominant_frequency(await peer.record(seconds=0.5)) - 1000.0) < 2.0
+        assert peer.packets_received - received >= 45
+        assert victim.stats().state == ListenerState.CONNECTED
+        sock.close()
+        await target.aclose()
+        await victim.aclose()
