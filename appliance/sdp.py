@@ -52,7 +52,8 @@ _MID = re.compile(r"[A-Za-z0-9_.~+-]{1,32}\Z")
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+\Z")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
 _HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*\Z")
-_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?\Z")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?\Z")
 _FMTP_PARAM = re.compile(r"([A-Za-z][A-Za-z0-9-]{0,31})=([A-Za-z0-9.-]{0,32})\Z")
 _RTPMAP = re.compile(r"([0-9]{1,3}) ([A-Za-z0-9_.-]{1,32})/([0-9]{1,6})(?:/([0-9]{1,2}))?\Z")
 _DIGITS = re.compile(r"[0-9]{1,10}\Z")
@@ -117,7 +118,9 @@ def _attribute(line: str) -> tuple[str, str | None]:
     match = _ATTR.match(line)
     if not match:
         raise InvalidError(f"not an SDP attribute: {line[:60]!r}")
-    return match.group(1).lower(), match.group(2)
+    # case kept: GStreamer matches attribute names exactly, so "a=ICE-UFRAG"
+    # is no ufrag to webrtcbin and must be none here either
+    return match.group(1), match.group(2)
 
 
 # ---- candidates --------------------------------------------------------------------
@@ -209,13 +212,16 @@ def _check_mid(mid: str) -> str:
     return mid
 
 
-def parse_sdpfrag(text: Any) -> tuple[str | None, str | None, list[tuple[str | None, int | None, str]]]:
+Found = list[tuple[str | None, int | None, str]]   # (mid, m-line index, candidate)
+
+
+def parse_sdpfrag(text: Any) -> tuple[str | None, str | None, Found]:
     """Parse an RFC 8840 trickle-ice-sdpfrag: returns (ufrag, pwd, [(mid,
     m-line index within the fragment, candidate)]); candidate "" is
     end-of-candidates. Every candidate is checked (``check_candidate``);
     host-name candidates are left out (``is_hostname_candidate``)."""
     ufrag = pwd = None
-    out: list[tuple[str | None, int | None, str]] = []
+    out: Found = []
     mid: str | None = None
     section: int | None = None
     lines = _lines(text, what="SDP fragment", max_chars=MAX_FRAGMENT_CHARS)
@@ -244,7 +250,7 @@ def parse_sdpfrag(text: Any) -> tuple[str | None, str | None, list[tuple[str | N
     return ufrag, pwd, out
 
 
-def parse_candidates_json(body: Any) -> list[tuple[str | None, int | None, str]]:
+def parse_candidates_json(body: Any) -> Found:
     """The JSON trickle form: one ``{"candidate", "sdpMid", "sdpMLineIndex"}``
     object or a list of them; returns [(mid, index, candidate)] like
     ``parse_sdpfrag``."""

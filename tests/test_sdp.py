@@ -131,7 +131,8 @@ def test_absurd_sizes_are_refused() -> None:
 
 
 @pytest.mark.parametrize("old, new, reason", [
-    ("m=audio 9 UDP/TLS/RTP/SAVPF", "m=video 9 UDP/TLS/RTP/SAVPF", "first m-line must be the audio"),
+    ("m=audio 9 UDP/TLS/RTP/SAVPF", "m=video 9 UDP/TLS/RTP/SAVPF",
+     "first m-line must be the audio"),
     ("m=audio 9 ", "m=audio 0 ", "rejected (port 0)"),
     ("UDP/TLS/RTP/SAVPF", "RTP/AVP", "must use UDP/TLS/RTP/SAVPF"),
     ("m=audio 9 UDP/TLS/RTP/SAVPF 111", "m=text 9 UDP/TLS/RTP/SAVPF 111", "is not audio, video"),
@@ -161,7 +162,8 @@ def test_absurd_sizes_are_refused() -> None:
     ("a=group:BUNDLE 0", "a=group:BUNDLE", "distinct mids"),
     ("a=group:BUNDLE 0", "a=group:BUNDLE 0\r\na=group:BUNDLE 0", "more than one BUNDLE"),
     ("a=group:BUNDLE 0", "a=group:FID 0", "not supported"),
-    ("a=ice-ufrag:YxEM\r\na=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D\r\n", "", "no a=ice-ufrag / a=ice-pwd"),
+    ("a=ice-ufrag:YxEM\r\na=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D\r\n", "",
+     "no a=ice-ufrag / a=ice-pwd"),
     ("a=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D\r\n", "", "must come together"),
     ("a=ice-ufrag:YxEM", "a=ice-ufrag:Y!", "a=ice-ufrag must be"),
     # webrtcbin: g_assert on a second session-level ufrag, NULL pwd on half a pair
@@ -171,6 +173,9 @@ def test_absurd_sizes_are_refused() -> None:
     ("s=-", "s=-\r\na=ice-ufrag:abcd", "must come together at session level"),
     ("a=ice-pwd:SYqn+qNN84P6Ezs0LWoHPY8D", "a=ice-pwd:short", "a=ice-pwd must be"),
     ("a=ice-ufrag:YxEM", "a=ice-ufrag:YxEM\r\na=ice-ufrag:abcd", "more than one a=ice-ufrag"),
+    # names are case-sensitive, as in GStreamer: this is no ufrag at all
+    ("a=ice-ufrag:YxEM", "a=ICE-UFRAG:YxEM", "must come together"),
+    ("a=mid:0", "a=MID:0", "has no a=mid"),
     ("a=fingerprint:sha-256 14:EC", "a=fingerprint:md5 14:EC", "unknown hash"),
     ("a=fingerprint:sha-256 14:EC:", "a=fingerprint:sha-256 ", "hex pairs"),
     ("a=setup:actpass", "a=setup:passive", "actpass or active"),
@@ -244,7 +249,8 @@ def test_real_candidates_pass_and_are_returned_without_a_prefix() -> None:
 @pytest.mark.parametrize("bad", [
     5, None, "candidate:", "candidate:1 1 udp 1 127.0.0.1 9 typ", "hello",
     "candidate:1 1 udp 1 127.0.0.1 9 typ host\x00", "candidate:1 1 udp 1 127.0.0.1 9 typ host\r\nx",
-    "candidate:1 1 udp 1 127.0.0.1 9 typ host raddr", "candidate:1 1 udp 1 127.0.0.1 9 typ host ext é",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host raddr",
+    "candidate:1 1 udp 1 127.0.0.1 9 typ host ext é",
     "candidate:1 1 udp 1 127.0.0.1 9 typ host raddr x..y rport 1",
     "candidate:1 1 udp 1 127.0.0.1 9 typ host rport 123456",
     "candidate:1 1 udp 1 127.0.0.1 9 typ host " + "a b " * 20,
@@ -252,7 +258,8 @@ def test_real_candidates_pass_and_are_returned_without_a_prefix() -> None:
     "candidate:1 99999 udp 1 127.0.0.1 9 typ host",
     "candidate:1  1 udp 1 127.0.0.1 9 typ host",
     "candidate:1 1 udp 1 127.0.0.1 9 typ host \ud800 x",
-    "candidate:1 \u00b2 udp 1 127.0.0.1 9 typ host", "candidate:1 1 udp 1 127.0.0.1 \u00b2 typ host",
+    "candidate:1 \u00b2 udp 1 127.0.0.1 9 typ host",
+    "candidate:1 1 udp 1 127.0.0.1 \u00b2 typ host",
 ])
 def test_bad_candidates_are_refused(bad: object) -> None:
     with pytest.raises(InvalidError):
@@ -285,8 +292,9 @@ def test_parse_candidates_json() -> None:
     cand = "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host"
     assert parse_candidates_json({"candidate": cand, "sdpMid": "0"}) == [("0", None, cand)]
     assert parse_candidates_json([{"candidate": "", "sdpMLineIndex": 0}]) == [(None, 0, "")]
-    for bad in [[], 5, "x", [5], {"sdpMid": "0"}, {"candidate": 5}, {"candidate": cand, "sdpMid": 0},
-                {"candidate": cand, "sdpMLineIndex": True}, {"candidate": cand, "sdpMLineIndex": 2**70},
+    for bad in [[], 5, "x", [5], {"sdpMid": "0"}, {"candidate": 5},
+                {"candidate": cand, "sdpMid": 0}, {"candidate": cand, "sdpMLineIndex": True},
+                {"candidate": cand, "sdpMLineIndex": 2**70},
                 {"candidate": cand, "sdpMid": "\x00"}, {"candidate": "candidate:nope"},
                 [{"candidate": cand}] * 65]:
         if bad == []:

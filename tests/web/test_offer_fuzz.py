@@ -9,6 +9,7 @@ down with it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -183,6 +184,13 @@ def _extra_section(rng: random.Random, lines: list[str]) -> list[str]:
     return _join(head, sections)
 
 
+def _case(rng: random.Random, lines: list[str]) -> list[str]:
+    out = list(lines)
+    i = rng.randrange(len(out))
+    out[i] = rng.choice([str.upper, str.lower, str.swapcase, str.title])(out[i])
+    return out
+
+
 def _whitespace(rng: random.Random, lines: list[str]) -> list[str]:
     out = list(lines)
     i = rng.randrange(len(out))
@@ -193,7 +201,7 @@ def _whitespace(rng: random.Random, lines: list[str]) -> list[str]:
 
 MUTATIONS: list[Callable[[random.Random, list[str]], list[str]]] = [
     _reorder, _datachannel_first, _bundle, _drop, _duplicate, _swap, _huge, _attribute_value,
-    _direction, _media, _extra_section, _whitespace,
+    _direction, _media, _extra_section, _case, _whitespace,
 ]
 
 
@@ -279,9 +287,10 @@ async def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-async def _fuzz(tmp_path: Path, offers: int, fragments: int, seed: int,
+async def _fuzz(tmp_path: Path, offers: int, fragments: int, seed: int, transport: str,
                 concurrency: int = 24) -> dict[str, object]:
     config = make_config(tmp_path, post_rate_per_s=1e6, post_burst=10**6, max_listeners=200)
+    config = config.replace(engine=dataclasses.replace(config.engine, transport=transport))
     async with open_server(config) as server:
         # warm up what is created once (GStreamer registry, engine threads, a session)
         warm = await server.post_offer(synthetic_offer())
@@ -359,7 +368,8 @@ async def _fuzz(tmp_path: Path, offers: int, fragments: int, seed: int,
         flat = await _wait_until(lambda: _fd_count() <= fds_before,
                                  limits.keep_alive_s + limits.linger_s + 5)
         flat_after_s = round(trio.current_time() - started, 1)
-        return {"inputs": len(inputs) + len(fragment_inputs) + 4, "statuses": dict(statuses),
+        return {"transport": transport, "inputs": len(inputs) + len(fragment_inputs) + 4,
+                "statuses": dict(statuses),
                 "server_errors": server_errors, "census": census, "fds_before": fds_before,
                 "fds_after": _fd_count(), "flat": flat, "flat_after_s": flat_after_s}
 
@@ -394,17 +404,26 @@ def _is_utf8(body: bytes) -> bool:
         return False
 
 
+# "auto" serves audio-only offers with the lean transport and data-channel
+# offers with webrtcbin; "webrtcbin" (the fallback) gets every accepted shape
+TRANSPORTS = ["auto", "webrtcbin"]
+
+
 @pytest.mark.trio
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_hostile_offers_and_fragments_never_break_the_server(
-        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    _check(await _fuzz(tmp_path, offers=1200, fragments=300, seed=20261201), capfd)
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], transport: str) -> None:
+    _check(await _fuzz(tmp_path, offers=600, fragments=150, seed=20261201,
+                       transport=transport), capfd)
 
 
 @pytest.mark.slow
 @pytest.mark.trio
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_hostile_offers_and_fragments_never_break_the_server_long(
-        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    _check(await _fuzz(tmp_path, offers=16000, fragments=4000, seed=1), capfd)
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], transport: str) -> None:
+    _check(await _fuzz(tmp_path, offers=16000, fragments=4000, seed=1, transport=transport),
+           capfd)
 
 
 # ---- the offer that used to abort the process ------------------------------------------
