@@ -151,7 +151,7 @@ def _update(file: str, reboot: bool) -> int:
     if not reboot:
         print(f"installed; `{BOOT_SLOT} reboot-trial` boots it once on trial")
         return 0
-    print("installed; rebooting into it on trial (kept only if it comes up healthy)")
+    print("installed; rebooting into it on trial (kept only if it comes up healthy)", flush=True)
     return subprocess.run([BOOT_SLOT, "reboot-trial"]).returncode
 
 

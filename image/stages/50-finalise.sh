@@ -6,16 +6,10 @@ stage_finalise() {
     step "50 finalise: package list, .bmap, .img.xz, .sha256"
     need_tools bmaptool xz sha256sum dpkg-query
     local base=${IMG%.img}
-    {
-        printf '# Debian packages (name, version, architecture)\n'
-        if [ -f "$WORK_DIR/root/var/lib/dpkg/status" ]; then
-            dpkg-query --admindir="$WORK_DIR/root/var/lib/dpkg" -W \
-                -f='${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n' \
-                | awk -F'\t' '$1 ~ /^ii/ { print $2 "\t" $3 "\t" $4 }' | LC_ALL=C sort
-        fi
-        printf '# Python packages in /opt/appliance/venv\n'
-        LC_ALL=C sort "$WORK_DIR/pip-freeze.txt"
-    } >"$base.packages"
+    # What is there and why (packages/*.txt's comments, or which listed
+    # package needs it), what LEAN=yes took out, the venv's Python packages.
+    python3 "$IMAGE_DIR/lib/package-list.py" "$WORK_DIR/root" "$REPO_DIR" "$WORK_DIR/pip-freeze.txt" \
+        >"$base.packages" || die "could not write the package list"
     info "$(grep -vc '^#' "$base.packages") packages listed in $(basename "$base").packages"
     bmaptool -q create -o "$base.bmap" "$IMG"
     info "compressing (xz -$XZ_LEVEL)"

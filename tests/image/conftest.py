@@ -2,6 +2,7 @@
 image_helpers.py."""
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +30,15 @@ def stub_build(tmp_path_factory):
 @pytest.fixture
 def fakesys(tmp_path):
     return FakeSys(tmp_path / "sysroot")
+
+
+@pytest.fixture(scope="session")
+def appliance_image(tmp_path_factory):
+    """The full image for the QEMU tests (slow): APPLIANCE_TEST_IMAGE, or
+    built once with `make image`. Its signing key pair is in the build's
+    WORK_DIR/rauc-dev/ (APPLIANCE_TEST_WORK_DIR with a given image)."""
+    from image_vm import build_image
+    tmp = tmp_path_factory.mktemp("image")
+    img = build_image(tmp)
+    work = Path(os.environ.get("APPLIANCE_TEST_WORK_DIR", tmp / "work"))
+    return img, work

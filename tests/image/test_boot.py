@@ -1,110 +1,92 @@
 """The slow proof: build the full image (make image), boot it in
-qemu-system-aarch64 -M virt -cpu cortex-a72 with user networking, and reach
-the appliance's /api/status through a port forwarded on 127.0.0.1.
+qemu-system-aarch64 -M virt -cpu cortex-a72 with user networking, reach the
+appliance's /api/status through a port forwarded on 127.0.0.1, and measure
+power-on to ready against the floor: a minimal Debian of the same release
+booted the same way whose only service answers /api/status from a file.
 
     make test-slow PYTEST_ARGS="tests/image/test_boot.py"
 
 APPLIANCE_TEST_IMAGE=path/to/appliance-X.img boots an image already built
 instead of building one (the build takes 25+ minutes on 2 cores);
-APPLIANCE_IMAGE_ARGS adds image/build.sh options (e.g. "--set APP=stub").
+APPLIANCE_IMAGE_ARGS adds image/build.sh options (e.g. "--set APP=stub");
+APPLIANCE_FLOOR_IMAGE reuses a floor image (an ext4 file).
 """
 import json
-import os
-import shlex
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from image_helpers import REPO, run
+from image_helpers import run
+from image_vm import VM, Card, boot_floor, build_floor, partitions, ssh_key
 
-BOOT_TIMEOUT = 900  # seconds; emulated cortex-a72 on 2 host cores
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+MIB = 1024 * 1024
+XZ_BUDGET = 250 * MIB
+ROOT_BUDGET = 700 * MIB
 
 
-def build_image(tmp_path):
-    given = os.environ.get("APPLIANCE_TEST_IMAGE")
-    if given:
-        return Path(given)
-    out, work = tmp_path / "out", tmp_path / "work"
-    args = ["--set", f"OUT_DIR={out}", "--set", f"WORK_DIR={work}",
-            *shlex.split(os.environ.get("APPLIANCE_IMAGE_ARGS", ""))]
-    t0 = time.monotonic()
-    log = tmp_path / "build.log"  # written as the build goes: tail -f it
-    with open(log, "w") as f:
-        p = subprocess.run(["make", "-C", str(REPO), "image", "IMAGE_ARGS=" + shlex.join(args)],
-                           stdout=f, stderr=subprocess.STDOUT, timeout=3 * 3600)
-    assert p.returncode == 0, log.read_text(errors="replace")[-5000:]
-    print(f"image built in {time.monotonic() - t0:.0f} s")
-    images = sorted(out.glob("*.img"))
-    assert len(images) == 1, images
-    return images[0]
+def root_used(img):
+    """Bytes the root file system (slot A) uses."""
+    off = partitions(img)[1]["start"] * 512
+    stats = run(["debugfs", "-R", "stats", f"{img}?offset={off}"], check=True).stdout
+    field = lambda name: int(next(l.split(":")[1] for l in stats.splitlines() if l.startswith(name)))
+    return (field("Block count") - field("Free blocks")) * field("Block size")
 
 
 @pytest.mark.slow
-def test_image_boots_and_serves_status(tmp_path, capsys):
-    img = build_image(tmp_path)
-    parts = json.loads(run(["sfdisk", "-J", img], check=True).stdout)["partitiontable"]["partitions"]
-    at = f"{img}@@{parts[0]['start'] * 512}"
-    names = run(["mdir", "-i", at, "-b", "::"], check=True).stdout.split()
-    kernel = next(Path(n).name for n in names if Path(n).name.startswith("vmlinuz-"))
-    initrd = next(Path(n).name for n in names if Path(n).name.startswith("initrd.img-"))
-    for name in (kernel, initrd):
-        run(["mcopy", "-n", "-i", at, f"::{name}", tmp_path / name], check=True)
-    cmdline = run(["mtype", "-i", at, "::cmdline.txt"], check=True).stdout.split()
-    # The image's own command line (root=PARTUUID=…, ro), with QEMU's console.
-    append = " ".join([w for w in cmdline if not w.startswith("console=") and w != "quiet"]
-                      + ["console=ttyAMA0"])
-    assert "ro" in append.split() and "root=PARTUUID=4170706c-02" in append
-
-    port = free_port()
-    serial = tmp_path / "serial.log"
-    cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024",
-           "-nographic", "-monitor", "none", "-serial", f"file:{serial}",
-           "-kernel", tmp_path / kernel, "-initrd", tmp_path / initrd, "-append", append,
-           "-drive", f"file={img},if=none,format=raw,id=d0,snapshot=on",
-           "-device", "virtio-blk-pci,drive=d0",
-           "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80",
-           "-device", "virtio-net-pci,netdev=n0,romfile=",
-           "-device", "virtio-rng-pci"]
-    t0 = time.monotonic()
-    vm = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    status = None
+def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
+    img, _ = appliance_image
+    card = Card(img, tmp_path / "card.img")
+    key = ssh_key(tmp_path)
+    # The user's way in: a key in appliance.toml (flash.sh --settings-only).
+    card.settings("--ssh-key", f"{key}.pub")
+    vm = VM(card, tmp_path, key)
+    report = []
     try:
-        while time.monotonic() - t0 < BOOT_TIMEOUT:
-            assert vm.poll() is None, f"qemu exited: {vm.stdout.read().decode()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=5) as r:
-                    if r.status == 200:
-                        status = json.loads(r.read())
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(1)
-        ready = time.monotonic() - t0
-        log = serial.read_text(errors="replace") if serial.exists() else ""
-        assert status is not None, f"no /api/status within {BOOT_TIMEOUT} s; serial console:\n{log[-6000:]}"
-        with capsys.disabled():
-            print(f"\nimage {img.name}: power-on to /api/status ready in {ready:.1f} s "
-                  f"(qemu -M virt -cpu cortex-a72, emulated)\n/api/status: {json.dumps(status)[:400]}")
+        slot, source = vm.boot()
+        assert (slot, source) == ("A", "config.txt")
+        first, status = vm.wait_status()
         assert isinstance(status, dict)
+        log = vm.log()
         assert "appliance-firstboot" in log, "first-boot settings ran"
         assert "Failed to start appliance" not in log
+        vm.wait_ssh()
+        chain_first = vm.ssh("systemd-analyze critical-chain appliance.service --no-pager", check=False).stdout
+        # A second power-on: settings already applied, what every later boot costs.
+        vm.ssh("sudo systemctl reboot", check=False)
+        vm.wait_exit()
+        vm.boot()
+        second, status = vm.wait_status()
+        vm.wait_ssh()
+        chain = vm.ssh("systemd-analyze critical-chain appliance.service --no-pager", check=False).stdout
+        blame = vm.ssh("systemd-analyze blame --no-pager | head -15", check=False).stdout
+        total = vm.ssh("systemd-analyze --no-pager", check=False).stdout
+        gst = vm.ssh("systemctl show appliance.service -p Environment", check=False).stdout
+        assert "GST_REGISTRY_UPDATE=no" in gst
+        vm.stop()
+        kernel, initrd = tmp_path / "vmlinuz-1", tmp_path / "initrd-1"
+        floor = build_floor(tmp_path, img)
+        floor_t = boot_floor(floor, kernel, initrd, tmp_path)
     finally:
-        vm.terminate()
-        try:
-            vm.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            vm.kill()
-            vm.wait()
-        vm.stdout.close()
+        vm.stop()
+    xz = img.with_suffix(".img.xz")
+    used = root_used(img)
+    report += [
+        f"image {img.name}: {img.stat().st_size / MIB:.0f} MiB .img"
+        + (f", {xz.stat().st_size / MIB:.0f} MiB .img.xz" if xz.exists() else "")
+        + f", root file system {used / MIB:.0f} MiB used",
+        f"power-on to /api/status ready (qemu -M virt -cpu cortex-a72 -smp 2, emulated):",
+        f"  appliance, first boot (applies appliance.toml): {first:.1f} s",
+        f"  appliance, second boot:                        {second:.1f} s",
+        f"  floor (minimal Debian, same kernel and initrd): {floor_t:.1f} s",
+        f"  appliance - floor:                              {second - floor_t:.1f} s",
+        f"/api/status: {json.dumps(status)[:300]}",
+        "systemd-analyze:", total.strip(),
+        "critical chain (second boot):", chain.strip(),
+        "critical chain (first boot):", chain_first.strip(),
+        "blame (second boot):", blame.rstrip(),
+    ]
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
+    (tmp_path / "boot-report.txt").write_text("\n".join(report) + "\n")
+    assert used <= ROOT_BUDGET, f"root uses {used / MIB:.0f} MiB, budget {ROOT_BUDGET / MIB:.0f}"
+    if xz.exists():
+        assert xz.stat().st_size <= XZ_BUDGET, f".img.xz is {xz.stat().st_size / MIB:.0f} MiB"

@@ -57,3 +57,40 @@ def test_the_image_build_reads_the_same_lists():
     assert lines[1].split() == listed("build")
     assert lines[2].split() == listed("image-kernel")
     assert p.returncode != 0 and "no package list" in p.stderr
+
+
+def test_the_image_package_list_says_why_each_package_is_there(tmp_path):
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    st = lambda name, deps="", extra="": (f"Package: {name}\nStatus: install ok installed\nVersion: 1\n"
+                                         f"Architecture: arm64\nInstalled-Size: 10\n"
+                                         + (f"Depends: {deps}\n" if deps else "") + extra)
+    (root / "var/lib/dpkg/status").write_text("\n".join([
+        st("avahi-daemon", "libavahi-core7 (>= 0.8), adduser"),
+        st("libavahi-core7", "libdaemon0 | libfake"),
+        st("libdaemon0"),
+        st("python3", "libpython3-stdlib (= 3.13)"),
+        st("libpython3-stdlib"),
+        st("libasound2t64", "", "Provides: libasound2 (= 1.2)\n"),
+        st("hostapd", "libssl3"),
+        st("libssl3t64", "", "Provides: libssl3 (= 3.5)\n"),
+        st("bash"),
+        "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n",
+    ]))
+    (root / "var/lib/appliance-dropped-packages").write_text("libllvm19\nmesa-libgallium\n")
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("trio==0.27\nappliance==0.1.0\n")
+    p = run(["python3", REPO / "image/lib/package-list.py", root, REPO, freeze], check=True)
+    rows = {l.split("\t")[0]: l.split("\t") for l in p.stdout.splitlines() if not l.startswith("#")
+            and "\t" in l}
+    assert rows["avahi-daemon"][4].startswith("listed in image-system.txt: http://<hostname>.local/")
+    assert rows["libavahi-core7"][4] == "for avahi-daemon (needed by avahi-daemon)"
+    assert rows["libdaemon0"][4] == "for avahi-daemon (needed by libavahi-core7)"
+    assert rows["libpython3-stdlib"][4] == "for python3 (needed by python3)"
+    assert rows["libasound2t64"][4].startswith("listed in run.txt"), "the t64 name of a listed library"
+    assert rows["libssl3t64"][4].startswith("listed in run.txt")
+    assert rows["bash"][4] == "base system (essential or required)"
+    assert "gone" not in rows
+    assert rows["hostapd"][:4] == ["hostapd", "1", "arm64", "10"]
+    assert "# dropped\tlibllvm19" in p.stdout and "# dropped\tmesa-libgallium" in p.stdout
+    assert p.stdout.rstrip().endswith("appliance==0.1.0\ntrio==0.27")
