@@ -1,0 +1,220 @@
+"""The listen flow in a second browser engine: Debian's Firefox ESR, driven
+through its built-in Marionette (PyPI ``marionette_driver``), headless,
+against the real app: Listen plays (WHEP, the media element, packets), Stop
+frees the listener, and a refused play() says "Tap to play" until a click
+plays it.
+
+Firefox ESR gathers no loopback ICE candidates (not even with
+``media.peerconnection.ice.loopback``) and does not pair its own host
+candidates with a loopback one, so here the appliance's ICE uses this
+machine's own non-loopback address: packets between two local addresses
+never leave the kernel (Linux routes them over ``lo``), so nothing goes on
+the network. Host addresses are not hidden behind mDNS names, autoplay is
+allowed (the refused case is made by the page's own play() being refused,
+the same in both engines), and Firefox asks for French first. One Firefox
+per module, owned by one worker thread.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import gc
+import json
+import os
+import shutil
+import subprocess
+import time
+import warnings
+from typing import Any, Callable, Iterator
+
+import pytest
+import trio
+
+from tests.web.conftest import IDLE, make_config, open_server
+
+pytestmark = [pytest.mark.trio, pytest.mark.browser]
+
+FIREFOX = os.environ.get("APPLIANCE_FIREFOX", "/usr/bin/firefox-esr")
+PREFS = {
+    "media.peerconnection.ice.loopback": True,
+    "media.peerconnection.ice.obfuscate_host_addresses": False,
+    "media.peerconnection.ice.default_address_only": False,
+    "media.autoplay.default": 0,
+    "media.autoplay.blocking_policy": 0,
+    "intl.accept_languages": "fr-FR, fr, en",
+    "browser.shell.checkDefaultBrowser": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+}
+
+
+class Firefox:
+    """Headless Firefox ESR under Marionette in its own thread."""
+
+    def __init__(self, log: str) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="firefox")
+        self._pool.submit(self._start, log).result(timeout=90)
+
+    def _start(self, log: str) -> None:
+        # marionette_driver (3.7) warns at import (distro, telnetlib) and
+        # leaks the sockets of its port probes while Firefox starts: not ours
+        # to fix, kept out of the suite's warnings-are-errors here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from marionette_driver.marionette import Marionette
+            self.m = Marionette(bin=FIREFOX, headless=True, port=0, gecko_log=log, prefs=PREFS,
+                                startup_timeout=60)
+            gc.collect()
+        self.m.start_session()
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        future = self._pool.submit(fn, self, *args)
+        return await trio.to_thread.run_sync(future.result)
+
+    def js(self, script: str, *args: Any) -> Any:
+        # sandbox=None: in the page's own scope (its window.applianceDebug)
+        return self.m.execute_script(script, script_args=list(args), sandbox=None)
+
+    def wait(self, script: str, *args: Any, timeout: float = 15.0) -> Any:
+        """Poll ``script`` (a function body returning a value) until truthy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.js(script, *args)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out: {script} (last {value!r})")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        def stop() -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    self.m.cleanup()   # ends the session, stops Firefox, removes the profile
+                finally:
+                    # the runner keeps the profile, whose finaliser would try
+                    # again at interpreter exit: let it run now
+                    if self.m.instance is not None:
+                        self.m.instance.runner = None
+                        self.m.instance._profile = None
+                    self.m.instance = None
+                    gc.collect()
+        try:
+            self._pool.submit(stop).result(timeout=60)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="module")
+def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
+    if not shutil.which(FIREFOX):
+        pytest.skip(f"{FIREFOX} is missing (make test installs Debian's firefox-esr)")
+    pytest.importorskip("marionette_driver")
+    browser = Firefox(str(tmp_path_factory.mktemp("firefox") / "gecko.log"))
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+def local_address() -> str | None:
+    """One of this machine's own global IPv4 addresses, or None."""
+    try:
+        out = subprocess.run(["ip", "-j", "-4", "addr", "show", "scope", "global"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for link in json.loads(out or "[]"):
+        for info in link.get("addr_info", []):
+            if info.get("local"):
+                return info["local"]
+    return None
+
+
+@pytest.fixture
+def config(tmp_path):
+    address = local_address()
+    if address is None:
+        pytest.skip("no non-loopback local address: Firefox ESR gathers no loopback ICE candidates")
+    config = make_config(tmp_path)
+    return config.replace(engine=dataclasses.replace(config.engine, ice_addresses=(address,)))
+
+
+STATE = "return window.applianceDebug && applianceDebug.state(arguments[0]);"
+PLAYING = """const s = window.applianceDebug && applianceDebug.state(arguments[0]);
+const st = s && applianceDebug.stats(arguments[0]);
+return s && s.state === 'playing' && st && st.packetsReceived > 20 && !s.paused;"""
+
+
+def open_page(f: Firefox, url: str) -> None:
+    f.m.navigate(url)
+    f.wait("return window.applianceDebug && applianceDebug.ready && "
+           "document.querySelector('.channel button.listen') !== null;")
+
+
+def click_listen(f: Firefox, sink: str = "main") -> None:
+    from marionette_driver.by import By
+    f.m.find_element(By.CSS_SELECTOR, f'.channel[data-sink="{sink}"] button.listen').click()
+
+
+async def idle(server) -> None:
+    with trio.fail_after(10):
+        while server.service.census() != IDLE:
+            await trio.sleep(0.05)
+
+
+async def test_firefox_plays_a_channel_and_stop_frees_it(config, firefox):
+    async with open_server(config) as server:
+        def run(f: Firefox):
+            open_page(f, server.url + "/listen/main")
+            lang = f.js("return [document.documentElement.lang, "
+                        "document.querySelector('.channel button.listen').innerText.trim()];")
+            click_listen(f)
+            f.wait(PLAYING, "main")
+            state = f.js(STATE, "main")
+            label = f.js("return document.querySelector('.channel button.listen').innerText.trim();")
+            return lang, state, label
+
+        lang, state, label = await firefox.call(run)
+        assert lang == ["fr", "Écouter"]       # Firefox's Accept-Language, French
+        assert state["state"] == "playing" and state["paused"] is False and state["session"]
+        assert label == "Arrêter"
+        assert server.service.listener_counts()["total"] == 1
+
+        def stop(f: Firefox):
+            click_listen(f)
+            f.wait("return applianceDebug.state('main').state === 'idle';")
+        await firefox.call(stop)
+        await idle(server)
+
+
+async def test_firefox_refused_autoplay_says_tap_to_play(config, firefox):
+    async with open_server(config) as server:
+        def run(f: Firefox):
+            open_page(f, server.url + "/listen/main")
+            f.js("""window.__refusePlay = true; window.__states = [];
+                const realPlay = HTMLMediaElement.prototype.play;
+                HTMLMediaElement.prototype.play = function () {
+                  if (window.__refusePlay) return Promise.reject(new DOMException("not allowed", "NotAllowedError"));
+                  return realPlay.call(this);
+                };
+                const s = document.querySelector('.channel[data-sink="main"] .state');
+                new MutationObserver(() => __states.push(s.dataset.state)).observe(s, {attributes: true});""")
+            click_listen(f)
+            f.wait("const st = applianceDebug.stats('main'); return st && st.packetsReceived > 50;")
+            blocked = f.js("""return {state: applianceDebug.state('main').state,
+                paused: document.querySelector('audio[data-sink="main"]').paused,
+                label: document.querySelector('.channel[data-sink="main"] button.listen').innerText.trim(),
+                states: [...new Set(window.__states)]};""")
+            f.js("window.__refusePlay = false;")
+            click_listen(f)
+            f.wait(PLAYING, "main")
+            click_listen(f)
+            f.wait("return applianceDebug.state('main').state === 'idle';")
+            return blocked
+
+        blocked = await firefox.call(run)
+        assert blocked["state"] == "blocked" and blocked["paused"] is True, blocked
+        assert blocked["label"] == "Touchez pour écouter"
+        assert "playing" not in blocked["states"], blocked["states"]
+        await idle(server)
