@@ -78,7 +78,7 @@ fi
 gst_registry() {
     mkdir -p /usr/lib/appliance
     rm -f /usr/lib/appliance/gst-registry.bin
-    GST_REGISTRY=/usr/lib/appliance/gst-registry.bin GST_REGISTRY_FORK=no python3 - <<'PY'
+    GST_REGISTRY=/usr/lib/appliance/gst-registry.bin python3 - <<'PY'
 import ctypes, sys
 gst = ctypes.CDLL("libgstreamer-1.0.so.0")
 gst.gst_init(None, None)
@@ -97,9 +97,11 @@ PY
 }
 
 if [ "$LEAN" = yes ]; then
+    set -f  # the list's patterns are for dpkg-query, not the shell
     # shellcheck disable=SC2086
     drop=$(dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' $DROP_PACKAGES 2>/dev/null \
         | awk '$1 ~ /^ii/ { print $2 }' | sort -u | tr '\n' ' ')
+    set +f
     say "lean: purging $(echo $drop | wc -w) packages only unused plugins need: $drop"
     # shellcheck disable=SC2086
     [ -z "$drop" ] || dpkg --purge --force-depends $drop >/dev/null
