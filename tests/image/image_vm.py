@@ -190,6 +190,33 @@ def ssh_key(tmp_path):
     return key
 
 
+FLOOR_HOOK = (
+    'mkdir -p "$1/srv/api" && echo "{\\"floor\\": true}" > "$1/srv/api/status"; '
+    'printf "[Unit]\\nDescription=floor\\nAfter=network.target\\n[Service]\\n'
+    'ExecStart=/usr/bin/python3 -m http.server 80 --directory /srv\\n'
+    '[Install]\\nWantedBy=multi-user.target\\n" > "$1/etc/systemd/system/floor.service"; '
+    'mkdir -p "$1/etc/systemd/system/multi-user.target.wants"; '
+    'ln -s /etc/systemd/system/floor.service "$1/etc/systemd/system/multi-user.target.wants/floor.service"; '
+    'printf "[Match]\\nName=en*\\n[Network]\\nDHCP=yes\\n" > "$1/etc/systemd/network/20-wired.network"; '
+    'ln -sf /lib/systemd/system/systemd-networkd.service '
+    '"$1/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"; '
+    'echo floor > "$1/etc/hostname"')
+
+
+def floor_tar(tmp_path, suite):
+    """The floor's root as a tarball (mmdebstrap, a few minutes);
+    APPLIANCE_FLOOR_TAR reuses one."""
+    given = os.environ.get("APPLIANCE_FLOOR_TAR")
+    if given:
+        return Path(given)
+    tar = tmp_path / "floor.tar"
+    p = run(["mmdebstrap", "--mode=unshare", "--variant=minbase", "--arch=arm64",
+             "--include=systemd-sysv,udev,dbus,kmod,iproute2,python3",
+             f"--customize-hook={FLOOR_HOOK}", suite, tar], timeout=3600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tar
+
+
 def build_floor(tmp_path, img):
     """The floor: a minimal Debian of the image's release booted the same way
     (same kernel, initramfs and modules, same QEMU machine, systemd and
@@ -202,33 +229,19 @@ def build_floor(tmp_path, img):
     release = run(["debugfs", "-R", "cat /etc/os-release", f"{img}?offset={root_off}"],
                   check=True).stdout
     suite = re.search(r"^VERSION_CODENAME=(\S+)", release, re.M).group(1)
-    tree, tar = tmp_path / "floor-root", tmp_path / "floor.tar"
-    modules = tmp_path / "floor-modules"
-    modules.mkdir(exist_ok=True)
-    run(["debugfs", "-R", f"rdump /usr/lib/modules {modules}", f"{img}?offset={root_off}"], check=True)
-    hook = (
-        'mkdir -p "$1/srv/api" && echo "{\\"floor\\": true}" > "$1/srv/api/status"; '
-        'printf "[Unit]\\nDescription=floor\\nAfter=network.target\\n[Service]\\n'
-        'ExecStart=/usr/bin/python3 -m http.server 80 --directory /srv\\n'
-        '[Install]\\nWantedBy=multi-user.target\\n" > "$1/etc/systemd/system/floor.service"; '
-        'ln -s /etc/systemd/system/floor.service "$1/etc/systemd/system/multi-user.target.wants/floor.service"; '
-        'printf "[Match]\\nName=en*\\n[Network]\\nDHCP=yes\\n" > "$1/etc/systemd/network/20-wired.network"; '
-        'ln -sf /lib/systemd/system/systemd-networkd.service '
-        '"$1/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"; '
-        f'cp -a {modules}/modules "$1/usr/lib/"; echo floor > "$1/etc/hostname"')
     t0 = time.monotonic()
-    p = run(["mmdebstrap", "--mode=unshare", "--variant=minbase", "--arch=arm64",
-             "--include=systemd-sysv,udev,dbus,kmod,iproute2,python3",
-             f"--customize-hook={hook}", suite, tar], timeout=3600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    tar = floor_tar(tmp_path, suite)
+    tree = tmp_path / "floor-root"
     tree.mkdir()
-    run(["tar", "-xpf", tar, "-C", tree, "--numeric-owner"], check=True)
+    run(["tar", "-xpf", tar, "-C", tree, "--numeric-owner"], check=True, timeout=600)
+    # The appliance's kernel modules (its kernel boots the floor).
+    run(["debugfs", "-R", f"rdump /usr/lib/modules {tree / 'usr/lib'}", f"{img}?offset={root_off}"],
+        check=True, timeout=600)
     floor = tmp_path / "floor.ext4"
     run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", "floor", "-d", tree, floor, "1200M"],
         check=True, timeout=600)
-    print(f"floor image built in {time.monotonic() - t0:.0f} s")
+    print(f"floor image made in {time.monotonic() - t0:.0f} s")
     shutil.rmtree(tree, ignore_errors=True)
-    tar.unlink()
     return floor
 
 
