@@ -446,3 +446,25 @@ def test_hotspot_options_for_flash_sh(tmp_path):
     assert p.returncode == 1 and b"--wifi-mode 'ap': use" in p.stderr
     p = cli("card", d, stdin=pairs(wifi_mode="client"))
     assert p.returncode == 1 and b"--wifi-channel: only for" in p.stderr
+
+
+@pytest.mark.parametrize("ssid, psk, channel", [("Listen here", "a passphrase", ""),
+                                                ('"; x=1 \\ #', "", "40")])
+def test_hotspot_files_pass_the_tools_own_checks(tmp_path, ssid, psk, channel):
+    """dnsmasq --test and nft -c read what we generate (Debian's nftables and
+    dnsmasq-base; hostapd has no check mode, the QEMU test runs it)."""
+    import shutil
+    tools = {t: shutil.which(t) or shutil.which(f"/usr/sbin/{t}") for t in ("nft", "dnsmasq")}
+    if not all(tools.values()):
+        pytest.skip(f"needs nftables and dnsmasq-base installed: {tools}")
+    files = fb.hotspot_files(fb.validate({**HOTSPOT, "wifi_ssid": ssid, "wifi_psk": psk,
+                                          "wifi_channel": channel}))
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    p = subprocess.run([tools["dnsmasq"], "--test", "-C", tmp_path / "dnsmasq.conf"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "syntax check OK" in p.stderr, p.stderr
+    p = subprocess.run([tools["nft"], "-c", "-f", tmp_path / "hotspot.nft"], capture_output=True, text=True)
+    if p.returncode != 0 and "Operation not permitted" in p.stderr:
+        pytest.skip("nft -c needs CAP_NET_ADMIN")
+    assert p.returncode == 0, p.stderr
