@@ -7,6 +7,8 @@ kindly when the appliance is full."""
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
 import trio
@@ -16,6 +18,7 @@ from tests.web.conftest import IDLE, make_config, open_server
 
 pytestmark = [pytest.mark.trio, pytest.mark.browser]
 
+ROOT = Path(__file__).resolve().parents[2]
 VENUE = "Lecture Hall A"
 DATA = {
     "name": VENUE,
@@ -272,3 +275,62 @@ async def test_after_the_appliance_restarts_the_page_says_so_and_comes_back(tmp_
             Phone.close(page)
         await phone.call(back)
         await idle(server)
+
+
+async def test_a_lost_source_and_silence_are_said_while_playing_goes_on(venue, phone):
+    from appliance.events import DeviceLost, DeviceRestored
+
+    def start(p: Phone):
+        page = p.open(venue.url + "/listen/main", locale="it-IT")
+        tap_listen(page)
+        wait_playing(page)
+        return page
+
+    page = await phone.call(start)
+    venue.service.feed._on_event(DeviceLost("source", "tone", "unplugged"))
+
+    def lost(p: Phone):
+        page.wait_for_selector(f'{card("main")} .notice[data-notice="source_lost"]', timeout=5000)
+        return page.inner_text(f'{card("main")} .notice'), page.evaluate("applianceDebug.state('main').state")
+
+    text, state = await phone.call(lost)
+    assert text.startswith("La sorgente audio è scollegata") and state == "playing"
+    venue.service.feed._on_event(DeviceRestored("source", "tone"))
+    assert (await venue.client.patch("/api/routes/tone-main", json={"muted": True})).status_code == 200
+
+    def quiet(p: Phone):
+        page.wait_for_selector(f'{card("main")} .notice[data-notice=""]', state="attached", timeout=5000)
+        page.wait_for_selector(f'{card("main")} .notice[data-notice="silent"]', timeout=8000)
+        text = page.inner_text(f'{card("main")} .notice')
+        tap_listen(page)
+        Phone.close(page)
+        return text
+
+    assert await phone.call(quiet) == "In questo momento c’è silenzio su questo canale."
+    await idle(venue)
+
+
+async def test_screenshots_of_the_listen_page_on_a_phone_in_french_and_arabic(venue, phone, tmp_path):
+    """UPDATE_SCREENSHOTS=1 writes them to docs/."""
+    out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+
+    def shoot(p: Phone):
+        files = []
+        for lang, locale in (("fr", "fr-FR"), ("ar", "ar")):
+            page = p.open(venue.url + "/", locale=locale)
+            first = page.evaluate("document.querySelector('.channel').dataset.sink")
+            tap_listen(page, first)
+            wait_playing(page, first)
+            page.wait_for_function(
+                "s => document.querySelector(`.channel[data-sink=\"${s}\"] .stats .stat.delay`)", arg=first)
+            page.wait_for_timeout(1200)   # moving meters, a second stats sample
+            path = out / f"ui-listen-phone-{lang}.png"
+            page.screenshot(path=str(path), full_page=True)
+            files.append(path)
+            tap_listen(page, first)
+            Phone.close(page)
+        return files
+
+    for f in await phone.call(shoot):
+        assert f.stat().st_size > 10_000
+    await idle(venue)
