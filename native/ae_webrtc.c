@@ -63,6 +63,13 @@ struct ae_listener {
     atomic_bool rtp_base_known;
     uint32_t rtp_base_ts;
     uint64_t rtp_base_offset;
+    /* the peer's receiver reports, from webrtcbin's get-stats (asked for at
+     * most once a second, when someone reads the stats) */
+    pthread_mutex_t health_lock;
+    uint64_t health_reports;
+    double fraction_lost, jitter_ms, rtt_ms;
+    int64_t packets_lost;
+    _Atomic int64_t health_asked_us;
 };
 
 static ae_listener *listener_ref(ae_listener *l)
@@ -79,6 +86,7 @@ static void listener_unref(gpointer p)
         g_ptr_array_unref(l->candidates);
         g_mutex_clear(&l->cand_lock);
     }
+    pthread_mutex_destroy(&l->health_lock);
     free(l->offer);
     free(l->fmtp);
     free(l);
@@ -808,6 +816,8 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     l->sink = k;
     l->refs = 1;
     l->transport = transport;
+    pthread_mutex_init(&l->health_lock, NULL);
+    l->rtt_ms = -1;
     l->pt = offer.pt;
     l->mline = offer.mline;
     char *answer = NULL;
@@ -816,6 +826,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
         ae_offer_clear(&offer);
         if (rc != AE_OK) {
             atomic_fetch_sub(&e->nlisteners, 1);
+            pthread_mutex_destroy(&l->health_lock);
             free(l);
             return rc;
         }
@@ -890,6 +901,51 @@ int ae_listener_add_candidate(ae_listener *l, int mline, const char *candidate)
     return AE_OK;
 }
 
+/* ---- the peer's health, from webrtcbin's statistics ------------------- */
+
+static gboolean read_remote_inbound(GQuark field, const GValue *value, gpointer data)
+{
+    (void)field;
+    ae_listener *l = data;
+    if (!GST_VALUE_HOLDS_STRUCTURE(value)) return TRUE;
+    const GstStructure *st = gst_value_get_structure(value);
+    gint type = 0;
+    if (!gst_structure_get_enum(st, "type", GST_TYPE_WEBRTC_STATS_TYPE, &type) ||
+        type != GST_WEBRTC_STATS_REMOTE_INBOUND_RTP)
+        return TRUE;
+    double fraction = 0, jitter = 0, rtt = -1;
+    gint64 lost = 0;
+    gst_structure_get_double(st, "fraction-lost", &fraction);
+    gst_structure_get_double(st, "jitter", &jitter);
+    gst_structure_get_int64(st, "packets-lost", &lost);
+    if (!gst_structure_get_double(st, "round-trip-time", &rtt)) rtt = -1;
+    pthread_mutex_lock(&l->health_lock);
+    l->health_reports++;
+    l->fraction_lost = fraction;
+    l->jitter_ms = jitter * 1000.0;
+    l->packets_lost = lost;
+    if (rtt >= 0) l->rtt_ms = rtt * 1000.0;
+    pthread_mutex_unlock(&l->health_lock);
+    return TRUE;
+}
+
+static void on_stats(GstPromise *promise, gpointer data)
+{
+    if (gst_promise_wait(promise) != GST_PROMISE_RESULT_REPLIED) return;
+    const GstStructure *reply = gst_promise_get_reply(promise);
+    if (reply) gst_structure_foreach(reply, read_remote_inbound, data);
+}
+
+static gboolean ask_stats_main(gpointer data)
+{
+    ae_listener *l = data;
+    if (atomic_load(&l->closing) || !l->webrtc) return G_SOURCE_REMOVE;
+    GstPromise *p = gst_promise_new_with_change_func(on_stats, listener_ref(l), listener_unref);
+    g_signal_emit_by_name(l->webrtc, "get-stats", NULL, p);
+    gst_promise_unref(p);
+    return G_SOURCE_REMOVE;
+}
+
 int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
 {
     ae_clear_error();
@@ -900,7 +956,17 @@ int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
         return AE_OK;
     }
     out->transport = AE_TRANSPORT_WEBRTCBIN;
-    out->rtt_ms = -1;
+    pthread_mutex_lock(&l->health_lock);
+    out->rtcp_reports = l->health_reports;
+    out->fraction_lost = l->fraction_lost;
+    out->packets_lost = l->packets_lost;
+    out->jitter_ms = l->jitter_ms;
+    out->rtt_ms = l->rtt_ms;
+    pthread_mutex_unlock(&l->health_lock);
+    int64_t now = ae_now_us(), asked = atomic_load(&l->health_asked_us);
+    if (atomic_load(&l->media_open) && now - asked > 1000000 &&
+        atomic_compare_exchange_strong(&l->health_asked_us, &asked, now))
+        invoke(l, ask_stats_main); /* the answer lands in the next read */
     out->state = atomic_load(&l->state);
     out->last_rx_us = atomic_load(&l->last_rx_us);
     out->packets_sent = atomic_load(&l->packets_sent);
