@@ -720,10 +720,12 @@ class Card {
   }
 }
 
-/** Channels in the listener's languages first (the page's language, then
- *  the phone's), the rest in the appliance's order; the best is marked. */
+/** Channels in the listener's languages first (the page's language when
+ *  they chose it with the switch, then the phone's), the rest in the
+ *  appliance's order; the best is marked. */
 function order(list) {
-  const preferred = [i18n.current(), ...(navigator.languages || [navigator.language || ""])];
+  const phone = navigator.languages || [navigator.language || ""];
+  const preferred = i18n.chosen() ? [i18n.current(), ...phone] : phone;
   const ranked = list.map((s, i) => ({ s, i, r: i18n.rank(s.language, preferred) }));
   ranked.sort((a, b) => (a.r - b.r) || (a.i - b.i));
   const best = ranked.length > 1 && Number.isFinite(ranked[0].r) ? ranked[0].s.id : null;

@@ -184,6 +184,12 @@ async def test_arabic_lays_out_right_to_left_and_french_comes_first_for_french(v
                     count: c.querySelector('.badge').innerText.trim(),
                     order: [...document.querySelectorAll('.channel')].map(x => x.dataset.sink)}; }""")
         Phone.close(page)
+        # a Swedish phone: no Swedish catalogue (the page falls back to
+        # English) and no Swedish channel, so no channel is "yours"
+        page = p.open(venue.url + "/", locale="sv-SE")
+        out["sv"] = page.evaluate("""() => [document.documentElement.lang,
+            [...document.querySelectorAll('.channel')].map(x => x.dataset.suggested)]""")
+        Phone.close(page)
         page = p.open(venue.url + "/", locale="fr-CA")
         out["fr"] = page.evaluate("""() => ({
             order: [...document.querySelectorAll('.channel')].map(x => x.dataset.sink),
@@ -207,6 +213,7 @@ async def test_arabic_lays_out_right_to_left_and_french_comes_first_for_french(v
     assert ar["titleAtRight"] and ar["badgeLeftOfTitle"], ar
     assert ar["button"] == "استمع" and ar["count"] == "لا مستمعين"
     assert ar["order"] == ["main", "fr"]   # no Arabic channel: the appliance's order
+    assert out["sv"] == ["en", ["0", "0"]]
     fr = out["fr"]
     assert fr["order"] == ["fr", "main"] and fr["suggested"] == "Votre langue"
     assert fr["language"] == "français" and fr["button"] == "Écouter" and fr["dir"] == "ltr"

@@ -14,6 +14,10 @@ export const languages = JSON.parse(root.dataset.languages || '{"en": "English"}
 
 export function current() { return lang; }
 
+/** True when the listener picked the language with the switch (not just
+ *  the browser's Accept-Language). */
+export function chosen() { return document.cookie.split(/;\s*/).some((c) => c.startsWith(`${COOKIE}=`)); }
+
 async function fetchCatalogue(code) {
   const response = await fetch(`/static/i18n/${code}.json`, { cache: "no-cache" });
   if (!response.ok) throw new Error(`${code}: ${response.status}`);
