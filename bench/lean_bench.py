@@ -84,6 +84,7 @@ class Loadgen:
         self.errors: dict[int, str] = {}
         self.closed: dict[int, dict[str, Any]] = {}
         self._lock = trio.Lock()
+        self.exited: str | None = None
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, workers: int = 2, sample_every: int = 50,
@@ -104,6 +105,14 @@ class Loadgen:
         while True:
             chunk = await self.process.stdout.receive_some(1 << 16)
             if not chunk:
+                await self.process.wait()
+                self.exited = f"loadgen exited with status {self.process.returncode}"
+                for _, waiter in self._waiting.values():
+                    waiter.send_nowait({"event": "error", "message": self.exited})
+                if self._stats_done is not None:
+                    self._stats_done.set()
+                if self._summary is not None:
+                    self._summary.send_nowait({"event": "error", "message": self.exited})
                 return
             buf += chunk
             *lines, buf = buf.split(b"\n")
@@ -136,6 +145,8 @@ class Loadgen:
 
     async def _send(self, text: bytes) -> None:
         assert self.process.stdin is not None
+        if self.exited:
+            raise LoadgenError(self.exited)
         async with self._lock:
             await self.process.stdin.send_all(text)
 
@@ -172,6 +183,8 @@ class Loadgen:
         await self._send(b"stats\n")
         with trio.fail_after(30):
             await self._stats_done.wait()
+        if self.exited:
+            raise LoadgenError(self.exited)
         return self._stats
 
     async def summary(self) -> dict[str, Any]:
@@ -179,7 +192,10 @@ class Loadgen:
         self._summary = send
         await self._send(b"summary\n")
         with trio.fail_after(10):
-            return await receive.receive()
+            msg = await receive.receive()
+        if msg["event"] == "error":
+            raise LoadgenError(msg["message"])
+        return msg
 
     async def wait_first(self, idents: list[int], timeout: float) -> bool:
         with trio.move_on_after(timeout):
@@ -211,6 +227,20 @@ def proc_sample(pid: int) -> tuple[float, int, int]:
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
     threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
     return cpu, rss, threads
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds by thread name (threads of one name summed)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 @dataclass
@@ -326,10 +356,13 @@ class Row:
     lost: int
     packets: int
     loadgen_cpu_pct: float
+    client_dropped: int     # of ``lost``: dropped by the loadgen's own full sockets
+    top_threads: str = ""   # where the server's CPU went
 
 
 async def measure_window(server: Server, n: int, window: float) -> Row:
     s0 = await server.loadgen.summary()
+    th0 = thread_cpu(server.pid)
     c0, _, _ = proc_sample(server.pid)
     g0, _, _ = proc_sample(server.loadgen.process.pid)
     t0 = time.monotonic()
@@ -337,9 +370,13 @@ async def measure_window(server: Server, n: int, window: float) -> Row:
     c1, rss, threads = proc_sample(server.pid)
     g1, _, _ = proc_sample(server.loadgen.process.pid)
     t1 = time.monotonic()
+    th1 = thread_cpu(server.pid)
     s1 = await server.loadgen.summary()
+    busiest = sorted(((th1[k] - th0.get(k, 0.0), k) for k in th1), reverse=True)[:3]
+    top = ", ".join(f"{name} {100 * cpu / (t1 - t0):.1f}" for cpu, name in busiest if cpu > 0)
     return Row(n, 100 * (c1 - c0) / (t1 - t0), rss, threads, s1["lost"] - s0["lost"],
-               s1["packets"] - s0["packets"], 100 * (g1 - g0) / (t1 - t0))
+               s1["packets"] - s0["packets"], 100 * (g1 - g0) / (t1 - t0),
+               s1["rx_dropped"] - s0["rx_dropped"], top)
 
 
 class Gate:
@@ -389,6 +426,9 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
         state = {s["id"]: s for s in await server.loadgen.stats()}.get(missing[0], {})
         detail = {k: state.get(k) for k in ("ice", "dtls", "stun_in", "stun_bad", "packets",
                                              "unprotect_fail", "rtcp_in")}
+        for k in ("t_ice", "t_dtls", "t_first"):   # seconds after the answer came
+            if state.get(k):
+                detail[k] = round(state[k] - state["t_started"], 3)
         errors.append(f"{len(missing)} without audio within 10 s; listener {missing[0]}: "
                       f"{detail} {server.loadgen.errors.get(missing[0], '')}")
     return errors
@@ -418,8 +458,10 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
         row = await measure_window(server, n, window)
         rows.append(row)
         print(f"  {server.name}: N={n:5d} CPU {row.cpu_pct:6.2f} %  RSS {row.rss_kib / 1024:7.1f} "
-              f"MiB  threads {row.threads:5d}  lost {row.lost}/{row.packets + row.lost}  "
-              f"(loadgen CPU {row.loadgen_cpu_pct:.1f} %)", flush=True)
+              f"MiB  threads {row.threads:5d}  lost {row.lost}/{row.packets + row.lost} "
+              f"({row.client_dropped} in loadgen sockets)  "
+              f"(loadgen CPU {row.loadgen_cpu_pct:.1f} %; busiest server threads, %: "
+              f"{row.top_threads}; load average {os.getloadavg()[0]:.1f})", flush=True)
         if row.lost > max_loss * (row.packets + row.lost):
             note = (f"stopped after N={n}: {row.lost} of {row.packets + row.lost} packets lost "
                     f"in the window (more than {max_loss:.1%})")
@@ -429,6 +471,7 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
     total_lost = sum(s["lost"] for s in stats)
     total_packets = sum(s["packets"] for s in stats)
     unprotect_fail = sum(s["unprotect_fail"] for s in stats)
+    client_dropped = sum(s["rx_dropped"] for s in stats)
     # everyone leaves
     ids = list(server.sessions)
     limiter = trio.CapacityLimiter(20)
@@ -444,7 +487,7 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
     _, rss_after, threads_after = proc_sample(server.pid)
     return {"rows": rows, "times": times, "first_burst": first_burst, "note": note,
             "total_lost": total_lost, "total_packets": total_packets,
-            "unprotect_fail": unprotect_fail,
+            "unprotect_fail": unprotect_fail, "client_dropped": client_dropped,
             "rss_before": rss_before, "rss_after": rss_after, "threads_before": threads_before,
             "threads_after": threads_after, "pitches": pitches}
 
@@ -486,7 +529,8 @@ def report(name: str, result: dict[str, Any]) -> None:
           f"{result['threads_before']} -> {result['threads_after']}")
     print(f"  whole run, every listener from its first packet to the end: "
           f"{result['total_lost']} of {result['total_lost'] + result['total_packets']} lost, "
-          f"{result['unprotect_fail']} failed SRTP")
+          f"{result['unprotect_fail']} failed SRTP, {result['client_dropped']} dropped by the "
+          f"loadgen's own sockets")
     pitches = result["pitches"]
     if pitches:
         print(f"  pitch heard by {len(pitches)} sampled listeners: "

@@ -19,6 +19,8 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -78,6 +80,7 @@ typedef struct listener {
     uint32_t rr_ssrc;
     /* receive statistics */
     uint64_t packets, bytes, unprotect_fail, reordered, stun_in, stun_bad, rtcp_in;
+    uint32_t rx_dropped;               /* by our socket, full buffer (SO_RXQ_OVFL) */
     uint32_t ssrc;
     bool have_seq;
     int64_t first_ext, max_ext;
@@ -97,6 +100,10 @@ typedef struct listener {
 typedef struct worker {
     pthread_t thread;
     pthread_mutex_t mu;
+    /* threads waiting for mu: a busy worker lets them in before it takes it
+     * again (mutexes are not fair; without this a command could wait for
+     * seconds while the worker always has packets to read) */
+    atomic_int waiters;
     int ep;
     listener *head;
     int count;
@@ -172,14 +179,14 @@ static void format_stats(const listener *l, char *buf, size_t size, const char *
     snprintf(buf, size,
              "{\"event\":\"%s\",\"id\":%d,\"t\":%.6f,\"ice\":%s,\"dtls\":\"%s\",\"packets\":%llu,"
              "\"bytes\":%llu,\"expected\":%lld,\"lost\":%lld,\"reordered\":%llu,"
-             "\"unprotect_fail\":%llu,\"stun_in\":%llu,\"stun_bad\":%llu,\"rtcp_in\":%llu,"
+             "\"unprotect_fail\":%llu,\"rx_dropped\":%u,\"stun_in\":%llu,\"stun_bad\":%llu,\"rtcp_in\":%llu,"
              "\"t_started\":%.6f,\"t_ice\":%.6f,\"t_dtls\":%.6f,\"t_first\":%.6f,\"t_last\":%.6f,"
              "\"decoded_s\":%.3f,\"pitch_hz\":%.2f,\"peak\":%.4f,\"decode_errors\":%d}",
              event, l->id, now_s(), l->ice_ok ? "true" : "false",
              (const char *[]){"none", "handshake", "up", "failed", "closed"}[l->dtls],
              (unsigned long long)l->packets, (unsigned long long)l->bytes, (long long)expected,
              (long long)lost, (unsigned long long)l->reordered,
-             (unsigned long long)l->unprotect_fail, (unsigned long long)l->stun_in,
+             (unsigned long long)l->unprotect_fail, l->rx_dropped, (unsigned long long)l->stun_in,
              (unsigned long long)l->stun_bad, (unsigned long long)l->rtcp_in, l->t_started,
              l->t_ice, l->t_dtls, l->t_first, l->t_last, (double)l->decoded / SAMPLE_RATE,
              pitch_hz(l), l->peak, l->decode_errors);
@@ -283,8 +290,10 @@ static listener *listener_new(int id)
         free(l);
         return NULL;
     }
-    int rcvbuf = 256 * 1024;
+    int rcvbuf = 256 * 1024, one = 1;
     setsockopt(l->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    /* tells loss in our own socket buffer from loss before it */
+    setsockopt(l->fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
     l->local.sin_family = AF_INET;
     inet_pton(AF_INET, bind_addr, &l->local.sin_addr);
     socklen_t len = sizeof l->local;
@@ -693,6 +702,10 @@ static void on_readable(listener *l)
     struct mmsghdr msgs[RX_BATCH];
     struct iovec iov[RX_BATCH];
     struct sockaddr_in from[RX_BATCH];
+    union {
+        char buf[CMSG_SPACE(sizeof(uint32_t))];
+        struct cmsghdr align;
+    } control[RX_BATCH];
     for (;;) {
         for (int i = 0; i < RX_BATCH; i++) {
             iov[i].iov_base = bufs[i];
@@ -702,6 +715,8 @@ static void on_readable(listener *l)
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &from[i];
             msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+            msgs[i].msg_hdr.msg_control = control[i].buf;
+            msgs[i].msg_hdr.msg_controllen = sizeof control[i].buf;
         }
         int n = recvmmsg(l->fd, msgs, RX_BATCH, MSG_DONTWAIT, NULL);
         if (n <= 0)
@@ -710,6 +725,10 @@ static void on_readable(listener *l)
         for (int i = 0; i < n; i++) {
             uint8_t *b = bufs[i];
             int len = msgs[i].msg_len;
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c;
+                 c = CMSG_NXTHDR(&msgs[i].msg_hdr, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL)
+                    memcpy(&l->rx_dropped, CMSG_DATA(c), sizeof l->rx_dropped);
             if (len < 1)
                 continue;
             if (b[0] < 4)
@@ -733,6 +752,13 @@ static void worker_remove(worker *w, listener *l)
         *p = l->wnext;
     w->count--;
     epoll_ctl(w->ep, EPOLL_CTL_DEL, l->fd, NULL);
+}
+
+static void worker_lock(worker *w)
+{
+    atomic_fetch_add(&w->waiters, 1);
+    pthread_mutex_lock(&w->mu);
+    atomic_fetch_sub(&w->waiters, 1);
 }
 
 static void *worker_main(void *arg)
@@ -771,6 +797,8 @@ static void *worker_main(void *arg)
             next_sweep = t + 0.01;
         }
         pthread_mutex_unlock(&w->mu);
+        while (atomic_load(&w->waiters) > 0)
+            sched_yield();
     }
     return NULL;
 }
@@ -778,7 +806,7 @@ static void *worker_main(void *arg)
 static void activate(listener *l)
 {
     worker *w = &workers[l->id % nworkers];
-    pthread_mutex_lock(&w->mu);
+    worker_lock(w);
     l->worker = w;
     l->active = true;
     l->t_started = now_s();
@@ -952,7 +980,7 @@ static char *read_body(long len)
 
 static void snapshot_stats(worker *w, int only_id)
 {
-    pthread_mutex_lock(&w->mu);
+    worker_lock(w);
     for (listener *l = w->head; l; l = l->wnext) {
         if (only_id >= 0 && l->id != only_id)
             continue;
@@ -966,10 +994,11 @@ static void snapshot_stats(worker *w, int only_id)
 static void summary(void)
 {
     /* totals over all active listeners: what a benchmark polls */
-    unsigned long long packets = 0, lost = 0, connected = 0, up = 0, failed = 0, count = 0;
+    unsigned long long packets = 0, lost = 0, connected = 0, up = 0, failed = 0, count = 0,
+                       dropped = 0;
     for (int i = 0; i < nworkers; i++) {
         worker *w = &workers[i];
-        pthread_mutex_lock(&w->mu);
+        worker_lock(w);
         for (listener *l = w->head; l; l = l->wnext) {
             count++;
             packets += l->packets;
@@ -979,14 +1008,15 @@ static void summary(void)
             connected += l->ice_ok;
             up += l->dtls == DTLS_UP;
             failed += l->dtls == DTLS_FAILED;
+            dropped += l->rx_dropped;
         }
         pthread_mutex_unlock(&w->mu);
     }
     char line[512];
     snprintf(line, sizeof line,
              "{\"event\":\"summary\",\"t\":%.6f,\"listeners\":%llu,\"ice\":%llu,\"dtls_up\":%llu,"
-             "\"dtls_failed\":%llu,\"packets\":%llu,\"lost\":%llu}",
-             now_s(), count, connected, up, failed, packets, lost);
+             "\"dtls_failed\":%llu,\"packets\":%llu,\"lost\":%llu,\"rx_dropped\":%llu}",
+             now_s(), count, connected, up, failed, packets, lost, dropped);
     emit_line(line);
 }
 
@@ -1074,7 +1104,7 @@ static void command(char *line)
             listener_free(l);
             return;
         }
-        pthread_mutex_lock(&l->worker->mu);
+        worker_lock(l->worker);
         l->closing = true;
         pthread_mutex_unlock(&l->worker->mu);
     } else if (!strcmp(cmd, "stats")) {
