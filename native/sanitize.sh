@@ -39,7 +39,7 @@ sys.exit(pytest.main(sys.argv[1:]))
 PY
 }
 status=0
-run -q -p no:cacheprovider tests/test_engine.py "${@:2}" || status=$?
+run -q -p no:cacheprovider tests/test_engine.py tests/test_lean.py "${@:2}" || status=$?
 unset LD_PRELOAD
 if compgen -G "$report/*" >/dev/null; then
     echo "sanitizer reports:"; cat "$report"/*; status=1
