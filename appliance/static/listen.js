@@ -395,7 +395,7 @@ class Player {
     const pc = this.pc;
     if (!pc) return;
     let report;
-    try { report = await pc.getStats(); } catch { return; }
+    try { report = await pc.getStats(); } catch { report = new Map(); }
     if (pc !== this.pc) return;
     let inbound = null, pair = null, transport = null;
     report.forEach((s) => {
@@ -436,6 +436,12 @@ class Player {
     if (out.bufferMs !== null) out.delayMs = (out.engineMs ?? 0) + (out.rttMs ?? 0) / 2 + out.bufferMs;
     this.stats = out;
     const now = performance.now();
+    if (!report.size) {
+      // getStats failed or gave nothing: trust the connection, and leave
+      // noticing a dead one to ICE
+      this.flowing = this.phase === "connected";
+      return this.changed();
+    }
     const moved = out.packetsReceived > (prev ? prev.packetsReceived : 0);
     if (moved) { this.lastPacketAt = now; this.flowing = true; }
     if (this.phase === "connected" && !moved && now - this.lastPacketAt > STALL_MS) {
