@@ -18,8 +18,11 @@ const LOW_LATENCY_KEY = "appliance.lowLatency";
 const VOLUME_KEY = "appliance.volume";
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
 const STATS_MS = 500;
-// connected but no packet for this long: the appliance or the path is gone
-const STALL_MS = 2000;
+// connected but no packet for this long (plus at most one stats interval:
+// noticed within 2 s): the appliance or the path is gone
+const STALL_MS = 1500;
+// the first packet after ICE connects waits for DTLS too: a longer grace
+const FIRST_PACKET_MS = 5000;
 const DISCONNECTED_GRACE_MS = 2000;
 const CONNECT_TIMEOUT_MS = 10000;
 // full (503): come back after the server's Retry-After, at most this (s), or
@@ -444,7 +447,7 @@ class Player {
     }
     const moved = out.packetsReceived > (prev ? prev.packetsReceived : 0);
     if (moved) { this.lastPacketAt = now; this.flowing = true; }
-    if (this.phase === "connected" && !moved && now - this.lastPacketAt > STALL_MS) {
+    if (this.phase === "connected" && !moved && now - this.lastPacketAt > (this.flowing ? STALL_MS : FIRST_PACKET_MS)) {
       // the appliance restarted or the path broke: ICE takes ~10 s to say so
       this.flowing = false;
       return this.retry("lost");
