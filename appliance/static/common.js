@@ -16,11 +16,11 @@ export function authHeaders(headers = {}, method = "GET") {
 let asking = null;
 /** Ask for the venue PIN (once at a time) and send it; resolves true when
  *  the appliance accepted it (it then sets a cookie). */
-export function askPin(reason = "This appliance needs the venue PIN to listen.") {
+export function askPin(reason = "This appliance needs the venue PIN to listen.", ask = "Enter the PIN:") {
   if (!asking) {
     asking = new Promise((resolve) => {
       setTimeout(async () => {
-        const value = window.prompt(`${reason}\nEnter the PIN:`, "");
+        const value = window.prompt(`${reason}\n${ask}`, "");
         let ok = false;
         if (value) {
           const r = await fetch("/api/listen/pin", { method: "POST", headers: { "Content-Type": "application/json" },

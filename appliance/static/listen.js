@@ -361,7 +361,7 @@ class Player {
       return;
     }
     if (response.status === 401) {
-      if (await askPin(t("pin_prompt"))) return this.retry("connecting", {}, 0);
+      if (await askPin(t("pin_prompt"), t("pin_enter"))) return this.retry("connecting", {}, 0);
       return this.fail("pin_needed");
     }
     if (response.status === 404) return this.fail("gone");
@@ -746,7 +746,7 @@ async function loadChannels() {
   try {
     sinks = await api("/api/listen/channels");
   } catch (err) {
-    if (err.status === 401 && await askPin(t("pin_prompt"))) return loadChannels();
+    if (err.status === 401 && await askPin(t("pin_prompt"), t("pin_enter"))) return loadChannels();
     const message = err.status === 401 ? t("pin_needed") : t("channels_error", { error: err.status || err.message });
     channelsBox.replaceChildren(el("p", { class: "error", text: message }));
     setTimeout(loadChannels, 3000);
@@ -863,7 +863,7 @@ async function main() {
       }
     },
   }, (on) => { live.className = "dot " + (on ? "live" : "down"); live.title = on ? "live" : "reconnecting"; },
-  { path: "/api/listen/events", onDenied: () => askPin(t("pin_prompt")) });
+  { path: "/api/listen/events", onDenied: () => askPin(t("pin_prompt"), t("pin_enter")) });
 
   // back from the pocket, the Wi-Fi back: retry now instead of at the end of a backoff
   const wake = () => {

@@ -51,7 +51,8 @@ class Phone:
 
     def open(self, url: str, *, locale: str = "en-US", init: str = "",
              size: dict[str, int] = PHONE, wait: str = ".channel button.listen",
-             ready: str = "() => window.applianceDebug && window.applianceDebug.ready") -> Any:
+             ready: str = "() => window.applianceDebug && window.applianceDebug.ready",
+             on_dialog: Callable[[Any], None] | None = None) -> Any:
         """A page at ``url`` on a new phone (its own context: cookies,
         language); closing the page's context is ``close(page)``."""
         mobile = size["width"] < 800
@@ -59,7 +60,7 @@ class Phone:
                                            device_scale_factor=2, locale=locale)
         context.add_init_script(WATCH + init)
         page = context.new_page()
-        page.on("dialog", lambda dialog: dialog.dismiss())
+        page.on("dialog", on_dialog or (lambda dialog: dialog.dismiss()))
         page.goto(url)
         if wait:
             page.wait_for_selector(wait, timeout=10000)

@@ -341,3 +341,21 @@ async def test_screenshots_of_the_listen_page_on_a_phone_in_french_and_arabic(ve
     for f in await phone.call(shoot):
         assert f.stat().st_size > 10_000
     await idle(venue)
+
+
+async def test_the_venue_pin_is_asked_for_in_the_listeners_language(tmp_path, phone):
+    async with open_server(make_config(tmp_path, data=DATA, listen_pin="2468")) as server:
+        def run(p: Phone):
+            asked = []
+            page = p.open(server.url + "/listen/main", locale="de-DE",
+                          on_dialog=lambda d: (asked.append(d.message), d.accept("2468")))
+            tap_listen(page)
+            wait_playing(page)
+            tap_listen(page)
+            page.wait_for_selector(f'{card("main")} .state[data-state="idle"]')
+            Phone.close(page)
+            return asked
+
+        asked = await phone.call(run)
+        assert asked == ["Dieser Ort verlangt eine PIN zum Zuhören.\nPIN eingeben:"]
+        await idle(server)
