@@ -428,15 +428,19 @@ async def test_hostile_offers_and_fragments_never_break_the_server_long(
 
 # ---- the offer that used to abort the process ------------------------------------------
 
+# webrtcbin for every offer: the shapes below aborted it, whatever "auto" picks
 CHILD = textwrap.dedent("""
-    import sys, tempfile
+    import dataclasses, sys, tempfile
     from pathlib import Path
     import trio
     from tests.web.conftest import make_config, open_server
 
     async def main():
         with tempfile.TemporaryDirectory() as d:
-            async with open_server(make_config(Path(d))) as server:
+            config = make_config(Path(d))
+            config = config.replace(
+                engine=dataclasses.replace(config.engine, transport="webrtcbin"))
+            async with open_server(config) as server:
                 print(server.url, flush=True)
                 await trio.to_thread.run_sync(sys.stdin.read)
                 await server.shutdown()
