@@ -359,3 +359,47 @@ async def test_the_venue_pin_is_asked_for_in_the_listeners_language(tmp_path, ph
         asked = await phone.call(run)
         assert asked == ["Dieser Ort verlangt eine PIN zum Zuhören.\nPIN eingeben:"]
         await idle(server)
+
+
+async def test_a_real_autoplay_refusal_in_chromium(venue):
+    """Chromium's own policy this time (no simulation): Listen pressed from a
+    script is no user gesture, so play() is refused; the page says "Tap to
+    play", and a real tap plays."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, PHONE
+
+    args = [a for a in CHROMIUM_ARGS if not a.startswith("--autoplay-policy")]
+    args.append("--autoplay-policy=document-user-activation-required")
+
+    def run():
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args,
+                                         ignore_default_args=["--mute-audio"])
+            try:
+                context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+                # the page presses Listen itself once ready: no user activation
+                # (Playwright's own evaluate() would count as a gesture)
+                context.add_init_script("""const t = setInterval(() => {
+                    if (!(window.applianceDebug && applianceDebug.ready)) return;
+                    clearInterval(t); document.querySelector('.channel button.listen').click(); }, 50);""")
+                page = context.new_page()
+                page.goto(venue.url + "/listen/main")
+                page.wait_for_selector(f'{card("main")} .state[data-state="blocked"]', timeout=15000)
+                page.wait_for_function(
+                    "() => (applianceDebug.stats('main') || {packetsReceived: 0}).packetsReceived > 50",
+                    timeout=15000)
+                blocked = page.evaluate("""() => ({state: applianceDebug.state('main').state,
+                    paused: document.querySelector('audio[data-sink="main"]').paused,
+                    label: document.querySelector('.channel button.listen').innerText.trim()})""")
+                page.tap(f"{card('main')} button.listen")
+                wait_playing(page)
+                page.tap(f"{card('main')} button.listen")
+                page.wait_for_selector(f'{card("main")} .state[data-state="idle"]')
+                return blocked
+            finally:
+                browser.close()
+
+    blocked = await trio.to_thread.run_sync(run)
+    assert blocked == {"state": "blocked", "paused": True, "label": "Tap to play"}
+    await idle(venue)
