@@ -218,3 +218,37 @@ async def test_firefox_refused_autoplay_says_tap_to_play(config, firefox):
         assert blocked["label"] == "Touchez pour écouter"
         assert "playing" not in blocked["states"], blocked["states"]
         await idle(server)
+
+
+def set_pref(f: Firefox, name: str, value: int) -> None:
+    with f.m.using_context("chrome"):
+        f.m.execute_script("Services.prefs.setIntPref(arguments[0], arguments[1]);",
+                           script_args=[name, value])
+
+
+async def test_firefox_own_autoplay_block_says_tap_to_play(config, firefox):
+    """Firefox's own policy (media.autoplay.default = 1: audible autoplay
+    blocked): Listen pressed from a script is no user gesture, so play() is
+    refused; a real click plays."""
+    async with open_server(config) as server:
+        def run(f: Firefox):
+            set_pref(f, "media.autoplay.default", 1)
+            try:
+                open_page(f, server.url + "/listen/main")
+                f.js("document.querySelector('.channel button.listen').click();")
+                f.wait("return applianceDebug.state('main').state === 'blocked';")
+                f.wait("const st = applianceDebug.stats('main'); return st && st.packetsReceived > 50;")
+                blocked = f.js("""return {state: applianceDebug.state('main').state,
+                    paused: document.querySelector('audio[data-sink="main"]').paused,
+                    label: document.querySelector('.channel button.listen').innerText.trim()};""")
+                click_listen(f)
+                f.wait(PLAYING, "main")
+                click_listen(f)
+                f.wait("return applianceDebug.state('main').state === 'idle';")
+                return blocked
+            finally:
+                set_pref(f, "media.autoplay.default", 0)
+
+        blocked = await firefox.call(run)
+        assert blocked == {"state": "blocked", "paused": True, "label": "Touchez pour écouter"}
+        await idle(server)
