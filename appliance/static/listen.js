@@ -803,6 +803,7 @@ function languageSwitch() {
     el("option", { value: code, text: name, lang: code, selected: code === i18n.current() })));
   select.addEventListener("change", async () => {
     await i18n.use(select.value, { remember: true });
+    document.title = `${t("listen_title")} · ${venue}`;
     showChannels();
     for (const card of cards.values()) card.render();
     showNotice();
@@ -862,7 +863,7 @@ async function main() {
         if (card) { card.source = state; card.render(); }
       }
     },
-  }, (on) => { live.className = "dot " + (on ? "live" : "down"); live.title = on ? "live" : "reconnecting"; },
+  }, (on) => { live.className = "dot " + (on ? "live" : "down"); live.title = t(on ? "live" : "reconnecting"); },
   { path: "/api/listen/events", onDenied: () => askPin(t("pin_prompt"), t("pin_enter")) });
 
   // back from the pocket, the Wi-Fi back: retry now instead of at the end of a backoff
