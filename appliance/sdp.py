@@ -489,6 +489,22 @@ def check_offer(text: Any) -> Offer:
         if section.values("group"):
             raise InvalidError("a=group belongs at session level")
 
+    for section in sections:
+        if section.media == "application":
+            if section.port == 0:
+                continue  # rejected
+            port = section.one("sctp-port")
+            if port is None or not _number(port, 5) or not 0 < int(port) <= 65535:
+                raise InvalidError(f"m-line {section.index}: a=sctp-port must be a port")
+            size = section.one("max-message-size")
+            if size is not None and not _number(size, 19):
+                raise InvalidError(f"m-line {section.index}: a=max-message-size must be a number")
+            continue
+        mapped = {(v or "").split(" ", 1)[0] for v in section.values("rtpmap")}
+        for fmt in section.formats:
+            if int(fmt) >= 35 and fmt not in mapped:  # dynamic: only a=rtpmap names it
+                raise InvalidError(f"m-line {section.index}: payload type {fmt} has no a=rtpmap")
+
     audio = sections[0]
     if audio.media != "audio":
         raise InvalidError("the first m-line must be the audio the server sends (Opus); "
@@ -501,6 +517,10 @@ def check_offer(text: Any) -> Offer:
         for section in sections[1:]:
             if section.port != 0 and mids[section.index] not in bundle:
                 raise InvalidError(f"m-line {section.index} is neither bundled nor rejected")
+            # webrtcbin then makes an answer it cannot apply itself
+            if section.port == 0 and mids[section.index] in bundle:
+                raise InvalidError(f"m-line {section.index} is rejected (port 0) but in the "
+                                   "BUNDLE group")
     elif len(sections) > 1:
         raise InvalidError("an offer with several m-lines needs a BUNDLE group")
 
@@ -511,7 +531,9 @@ def check_offer(text: Any) -> Offer:
             if direction != name or len(audio.values(name)) > 1:
                 raise InvalidError("the audio m-line has more than one direction")
     if direction is None:
-        direction = next((k for k, _ in session if k in DIRECTIONS), "sendrecv")
+        # SDP's default would be the session's direction, else sendrecv, but
+        # webrtcbin reads only the m-line's and then cannot agree on Opus
+        raise InvalidError("the audio m-line needs a=recvonly (or a=sendrecv)")
     if direction not in ("recvonly", "sendrecv"):
         raise InvalidError(f"the audio m-line is {direction}: there is nothing to receive")
     opus_pt, opus_fmtp = _opus(audio)
@@ -521,7 +543,6 @@ def check_offer(text: Any) -> Offer:
     # the session (it asserts there is one of each there, and passes NULL on
     # when only one is found), so they must come in pairs, once per place.
     session_ufrag, session_pwd = session_value("ice-ufrag"), session_value("ice-pwd")
-    session_setup = session_value("setup")
     if (session_ufrag is None) != (session_pwd is None):
         raise InvalidError("a=ice-ufrag and a=ice-pwd must come together at session level")
 
@@ -532,7 +553,7 @@ def check_offer(text: Any) -> Offer:
                                "come together")
         if ufrag is None:
             ufrag, pwd = session_ufrag, session_pwd
-        setup = section.one("setup") or session_setup
+        setup = section.one("setup")  # webrtcbin reads it from the m-line only
         prints = tuple(_fingerprint(v) for v in section.values("fingerprint")) or \
             tuple(_fingerprint(v) for k, v in session if k == "fingerprint")
         if ufrag is None or pwd is None:

@@ -139,6 +139,7 @@ def test_absurd_sizes_are_refused() -> None:
     ("m=audio 9 UDP/TLS/RTP/SAVPF 111 63", "m=audio 9 UDP/TLS/RTP/SAVPF 111 111", "distinct"),
     ("m=audio 9 UDP/TLS/RTP/SAVPF 111 63", "m=audio 9 UDP/TLS/RTP/SAVPF 111 999", "0-127"),
     ("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 PCMU/8000", "no Opus/48000"),
+    ("a=rtpmap:63 red/48000/2\r\n", "", "payload type 63 has no a=rtpmap"),
     ("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/44100/2", "no Opus/48000"),
     ("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus/48000/7", "opus/48000/2"),
     ("m=audio 9 UDP/TLS/RTP/SAVPF 111 ", "m=audio 9 UDP/TLS/RTP/SAVPF ", "no Opus/48000"),
@@ -153,6 +154,7 @@ def test_absurd_sizes_are_refused() -> None:
     ("a=recvonly", "a=sendonly", "nothing to receive"),
     ("a=recvonly", "a=inactive", "nothing to receive"),
     ("a=recvonly", "a=recvonly\r\na=sendrecv", "more than one direction"),
+    ("a=recvonly\r\n", "", "needs a=recvonly"),
     ("a=mid:0", "a=mid:", "a=mid must be"),
     ("a=mid:0", "a=mid:0 0", "a=mid must be"),
     ("a=mid:0\r\n", "", "has no a=mid"),
@@ -212,6 +214,14 @@ def test_bad_candidates_in_the_offer_are_refused(old: str, new: str) -> None:
     refused(_swap(CHROMIUM, old, new), "candidate")
 
 
+def test_session_level_direction_or_setup_is_not_enough() -> None:
+    # webrtcbin reads both from the m-line only (and then answers inactive,
+    # or fails to set the offer)
+    for line, reason in [("a=recvonly", "needs a=recvonly"), ("a=setup:actpass", "a=setup")]:
+        moved = _swap(_swap(CHROMIUM, line + "\r\n", ""), "s=-\r\n", f"s=-\r\n{line}\r\n")
+        refused(moved, reason)
+
+
 def test_data_channel_shapes() -> None:
     # audio first with a data channel is a real, tested shape
     assert check_offer(CHROMIUM_DC).datachannel
@@ -220,8 +230,14 @@ def test_data_channel_shapes() -> None:
     refused(_swap(CHROMIUM_DC, "a=group:BUNDLE 0 1", "a=group:BUNDLE 0"),
             "neither bundled nor rejected")
     refused(_swap(CHROMIUM_DC, "a=group:BUNDLE 0 1\r\n", ""), "needs a BUNDLE group")
+    refused(_swap(CHROMIUM_DC, "m=application 9", "m=application 0"),
+            "rejected (port 0) but in the BUNDLE group")
     refused(_swap(CHROMIUM_DC, "a=mid:1", "a=mid:0"), "used by two m-lines")
     refused(_swap(CHROMIUM_DC, "SCTP webrtc-datachannel", "SCTP 5000"), "data channel must be")
+    refused(_swap(CHROMIUM_DC, "a=sctp-port:5000", "a=sctp-port:x"), "a=sctp-port must be a port")
+    refused(_swap(CHROMIUM_DC, "a=sctp-port:5000\r\n", ""), "a=sctp-port must be a port")
+    refused(_swap(CHROMIUM_DC, "a=max-message-size:262144", "a=max-message-size:-1"),
+            "a=max-message-size must be a number")
     app = CHROMIUM_DC[CHROMIUM_DC.index("m=application"):]
     two = _swap(CHROMIUM_DC, "a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2") + \
         app.replace("a=mid:1", "a=mid:2")

@@ -413,7 +413,7 @@ TRANSPORTS = ["auto", "webrtcbin"]
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_hostile_offers_and_fragments_never_break_the_server(
         tmp_path: Path, capfd: pytest.CaptureFixture[str], transport: str) -> None:
-    _check(await _fuzz(tmp_path, offers=600, fragments=150, seed=20261201,
+    _check(await _fuzz(tmp_path, offers=420, fragments=100, seed=20261201,
                        transport=transport), capfd)
 
 
