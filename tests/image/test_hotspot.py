@@ -103,13 +103,13 @@ def test_phone_joins_the_hotspot_and_is_sent_to_the_listen_page(appliance_image,
             print(f"\nhotspot: lease {lease['ip']}/{lease.get('mask')} router {lease['router']}; "
                   f"probe: {json.dumps(out)[:600]}")
         assert out["resolved"] == out["resolved_apple"] == "10.42.0.1", "every name is the appliance"
+        # The admin's Ethernet still works.
+        vm.wait_status(timeout=60)
         # Captive-portal detection: the probe gets a redirect to the listen page
         # (the app's rule for a Host that is not its own, docs/IMAGE.md).
         assert out["probe"]["status"] == 302, out["probe"]
         assert out["probe"]["location"].startswith("http://"), out["probe"]
         assert out["by_address"]["status"] == 302, "a probe by address is redirected too"
         assert out["page"]["status"] == 200 and "<html" in out["page"]["body"].lower()
-        # The admin's Ethernet still works.
-        vm.wait_status(timeout=60)
     finally:
         vm.stop()
