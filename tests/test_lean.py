@@ -165,6 +165,18 @@ async def test_dtls_close_ends_the_listener_at_once(engine):
         await listener.aclose()
 
 
+async def test_removing_a_connected_listener_tells_its_peer(engine):
+    """Our close_notify: the browser learns at once that the session is over
+    (DELETE, shutdown), instead of after its own consent checks fail."""
+    async with open_aiortc_listener() as peer, open_aiortc_listener() as other:
+        listener = await connect(engine, peer)
+        stays = await connect(engine, other)
+        await listener.aclose()
+        await until(lambda: peer.connection_state == "closed", timeout=3)
+        assert abs(dominant_frequency(await other.record(seconds=0.3)) - 1000.0) < 3.0
+        await stays.aclose()
+
+
 async def test_a_vanished_peer_ends_by_consent_expiry(monkeypatch):
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)   # aiortc checks every ~0.2 s
     settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1,
