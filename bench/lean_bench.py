@@ -47,6 +47,9 @@ LOADGEN = LOADGEN_DIR / "loadgen"
 TOKEN = "bench-token-0123456789"
 TONE_HZ = 440.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# the appliance closes a keep-alive connection idle for 10 s; a client must
+# not reuse one just then (the request would fail), so it lets go sooner
+KEEPALIVE_S = 5.0
 
 
 def build_loadgen() -> Path:
@@ -479,9 +482,14 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
     ids = list(server.sessions)
     limiter = trio.CapacityLimiter(20)
 
+    leave_errors: list[str] = []
+
     async def leave(ident: int) -> None:
         async with limiter:
-            await server.remove(ident)
+            try:
+                await server.remove(ident)
+            except (LoadgenError, httpx.HTTPError) as error:
+                leave_errors.append(f"{ident}: {error!r}")
 
     async with trio.open_nursery() as nursery:
         for ident in ids:
@@ -492,7 +500,7 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
             "total_lost": total_lost, "total_packets": total_packets,
             "unprotect_fail": unprotect_fail, "client_dropped": client_dropped,
             "rss_before": rss_before, "rss_after": rss_after, "threads_before": threads_before,
-            "threads_after": threads_after, "pitches": pitches}
+            "threads_after": threads_after, "pitches": pitches, "leave_errors": leave_errors}
 
 
 def slope(rows: list[Row], attr: str) -> float:
@@ -534,6 +542,9 @@ def report(name: str, result: dict[str, Any]) -> None:
           f"{result['total_lost']} of {result['total_lost'] + result['total_packets']} lost, "
           f"{result['unprotect_fail']} failed SRTP, {result['client_dropped']} dropped by the "
           f"loadgen's own sockets")
+    if result["leave_errors"]:
+        print(f"  {len(result['leave_errors'])} listeners could not leave: "
+              f"{result['leave_errors'][0]}")
     pitches = result["pitches"]
     if pitches:
         print(f"  pitch heard by {len(pitches)} sampled listeners: "
@@ -548,7 +559,8 @@ async def bench_appliance(args: argparse.Namespace, transport: str | None) -> di
                                                  max(args.levels) + 100)
             loadgen = await Loadgen.start(nursery, workers=args.workers)
             try:
-                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200,
+                                      keepalive_expiry=KEEPALIVE_S)
                 async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
                     server = ApplianceServer(name, process.pid, loadgen, client)
                     result = await run_server(server, args.levels, args.window, args.burst,
@@ -757,7 +769,8 @@ async def bench_janus(args: argparse.Namespace, lite: bool) -> dict[str, Any] | 
         url = f"http://127.0.0.1:{http_port}"
         try:
             async with trio.open_nursery() as nursery:
-                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200,
+                                      keepalive_expiry=KEEPALIVE_S)
                 async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
                     with trio.fail_after(30):
                         while True:
