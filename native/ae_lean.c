@@ -634,7 +634,7 @@ static bool peer_new_ssl(ae_lean *t, ae_lean_peer *p)
     BIO_set_mem_eof_return(p->rbio, -1);
     BIO_set_data(wbio, p);
     SSL_set_bio(p->ssl, p->rbio, wbio);
-    SSL_set_options(p->ssl, SSL_OP_NO_QUERY_MTU);
+    SSL_set_options(p->ssl, SSL_OP_NO_QUERY_MTU | SSL_OP_NO_RENEGOTIATION);
     DTLS_set_link_mtu(p->ssl, DTLS_MTU);
     SSL_set_accept_state(p->ssl);
     return true;
@@ -862,8 +862,13 @@ static void flush(ae_lean *t)
     while (done < n) {
         int r = sendmmsg(t->batch_fd, t->msgs + done, (unsigned)(n - done), MSG_DONTWAIT);
         if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+            /* the socket buffer is full: the rest of this batch is lost */
+            atomic_fetch_add(&t->send_dropped, (uint64_t)(n - done));
+            break;
+        }
         if (r <= 0) {
-            /* this one would not go (buffer full, unreachable): skip it */
+            /* this one would not go (unreachable, refused): skip it */
             atomic_fetch_add(&t->send_dropped, 1);
             done++;
             continue;
@@ -1076,8 +1081,14 @@ static void *net_main(void *arg)
         drain_packets(t);
         /* media first; then one batch from each socket, so a flood of
          * datagrams cannot hold the media back by more than a batch */
-        for (int i = 1; i < nfds; i++)
+        for (int i = 1; i < nfds; i++) {
             if (fds[i].revents & POLLIN) receive(t, fds[i].fd);
+            if (fds[i].revents & POLLERR) { /* take a pending ICMP error, or poll spins */
+                int err;
+                socklen_t len = sizeof err;
+                getsockopt(fds[i].fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            }
+        }
         drain_packets(t);
         now = ae_now_us();
         if (now >= t->next_housekeep_us) {
