@@ -264,3 +264,34 @@ async def test_forged_and_stray_datagrams_are_dropped_counted_and_harm_nobody(en
         sock.close()
         await target.aclose()
         await victim.aclose()
+
+
+async def test_ipv6_on_the_same_port():
+    """Both families share the one port number; a check over IPv6 is answered
+    with the peer's IPv6 address."""
+    settings = EngineSettings(ice_addresses=("127.0.0.1", "::1"), level_interval_ms=-1,
+                              transport="lean")
+    async with open_engine(settings) as engine:
+        await tone_graph(engine)
+        offer = synthetic_offer()
+        listener = engine.start_listener("main", offer)
+        answer = await first_answer(listener)
+        port = engine.stats().lean_port
+        assert f"a=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host" in answer.sdp
+        assert f"::1 {port} typ host" in answer.sdp
+        ours, pwd = ice_credentials(answer.sdp)
+        sock = trio.socket.socket(trio.socket.AF_INET6, trio.socket.SOCK_DGRAM)
+        await sock.bind(("::1", 0))
+        request, tid = binding_request(f"{ours}:{ice_credentials(offer)[0]}", pwd)
+        await sock.sendto(request, ("::1", port))
+        with trio.fail_after(2):
+            reply = stun.parse_message(await sock.recv(2048))
+        assert reply.transaction_id == tid
+        assert reply.attributes["XOR-MAPPED-ADDRESS"] == sock.getsockname()[:2]
+        with trio.fail_after(2):
+            async for ev in listener.events:
+                if isinstance(ev, ListenerStateChanged):
+                    assert ev.state == ListenerState.CHECKING
+                    break
+        sock.close()
+        await listener.aclose()
