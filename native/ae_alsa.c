@@ -5,7 +5,7 @@
  * (more frames than real time plus one buffer could explain) and from then on
  * pace from the monotonic clock, so simulated capture runs in real time. */
 #define _GNU_SOURCE
-#include "ae_internal.h"
+#include "ae_alsa.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -99,7 +99,7 @@ static void post_device(device_ctx *c, int type, const char *text, uint64_t coun
     ev.sink_id = c->sink ? c->sink->id : 0;
     ev.text = text;
     ev.count = count;
-    ae_post(c->e, &ev);
+    ae_post(&c->e->events, &ev);
 }
 
 static void mark_lost(device_ctx *c, const char *why)
@@ -534,7 +534,7 @@ int ae_source_destroy(ae_source *s)
     }
     pthread_mutex_unlock(&e->graph_lock);
     device_close(&s->dev);
-    ae_events_forget(e, s->id);
+    ae_events_forget(&e->events, s->id);
     source_free(s);
     return AE_OK;
 }
@@ -657,7 +657,7 @@ int ae_sink_destroy(ae_sink *k)
     pthread_mutex_unlock(&e->graph_lock);
     device_close(&k->dev);
     if (k->pipeline) ae_opus_pipeline_stop(k);
-    ae_events_forget(e, k->id);
+    ae_events_forget(&e->events, k->id);
     sink_free(k);
     return AE_OK;
 }

@@ -1,4 +1,11 @@
-/* ae_internal.h: the engine's private structures, shared by its C files.
+/* ae_internal.h: the engine's upper layers, shared by their C files: the
+ * graph (ae_graph.c), the fan-out and webrtcbin transport (ae_webrtc.c), the
+ * lean transport (ae_lean.c) and the engine itself (ae_engine.c).
+ *
+ * Below them, a one-way chain of modules with a header each, none of which
+ * knows the engine: ae_core (errors, time, threads, ids, levels) ->
+ * ae_events (event queue and its thread, glib loop) -> ae_alsa (one PCM),
+ * ae_sdp (offers).
  *
  * Threads and locks
  *  - glib thread: runs the engine's GMainContext; every GStreamer/webrtcbin
@@ -6,7 +13,9 @@
  *  - event thread: drains the event queue into the user's callback and
  *    samples levels on a timer.
  *  - mixer thread: pulls sources through routes into sinks, encodes Opus
- *    and hands packets to each sink's appsrc. Real-time; never calls out.
+ *    and hands packets to each sink's appsrc and the lean transport.
+ *    Real-time; never calls out.
+ *  - network thread (ae-net): the lean transport, for all its listeners.
  *  - one capture thread per ALSA source, one playback thread per ALSA sink.
  *  - graph_lock guards the source/sink/route lists and route parameters. The
  *    mixer holds it only while producing a frame (microseconds); control
@@ -15,7 +24,10 @@
 #ifndef AE_INTERNAL_H
 #define AE_INTERNAL_H
 
-#include "ae_engine.h"
+#include "ae_alsa.h"
+#include "ae_core.h"
+#include "ae_events.h"
+#include "ae_sdp.h"
 
 #include <alsa/asoundlib.h>
 #include <gst/gst.h>
@@ -28,60 +40,6 @@
 #define AE_LAT_RING 1024      /* send-latency samples kept per sink */
 #define AE_FRAME_RING 1024    /* capture times of recent frames per sink */
 #define AE_CLICK_RING 256
-
-/* ---- errors (ae_engine.c) ---- */
-int ae_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void ae_clear_error(void);
-
-/* ---- time ---- */
-int64_t ae_now_us(void);                 /* CLOCK_MONOTONIC */
-void ae_sleep_until_us(int64_t t_us);
-
-/* ---- threads ---- */
-int ae_thread_start(pthread_t *thread, const char *name, void *(*fn)(void *), void *arg,
-                    int rt_priority);
-void ae_thread_exiting(void);            /* call as a thread's last act */
-
-/* ---- levels ---- */
-typedef struct ae_levels {
-    pthread_mutex_t lock;
-    int channels;
-    float peak[AE_MAX_CHANNELS];
-    double sumsq[AE_MAX_CHANNELS];
-    uint64_t frames;
-    int64_t since_us;                   /* when the first of those frames was added */
-} ae_levels;
-
-void ae_levels_init(ae_levels *lv, int channels);
-void ae_levels_add(ae_levels *lv, const float *interleaved, int frames);
-/* Returns 0 when nothing was measured since the last take. */
-/* since_us gets the time the first measured frame was added. */
-int ae_levels_take(ae_levels *lv, double *peak_db, double *rms_db, int64_t *since_us);
-
-/* ---- ALSA device (ae_alsa.c) ---- */
-typedef struct ae_pcm {
-    snd_pcm_t *pcm;
-    char *device;
-    snd_pcm_stream_t stream;
-    int rate, channels;
-    snd_pcm_uframes_t period, buffer;
-    snd_pcm_format_t format;
-    void *raw;                           /* one period in the device format */
-    /* pacing: devices without a clock of their own are paced from the
-     * monotonic clock */
-    bool unpaced;
-    int64_t t0_us;
-    uint64_t frames_done;
-} ae_pcm;
-
-int ae_pcm_open(ae_pcm *p, const char *device, snd_pcm_stream_t stream, int rate,
-                int channels, int period_frames, int buffer_periods);
-void ae_pcm_close(ae_pcm *p);
-/* Read or write one period of float samples. Returns frames moved, 0 on a
- * timeout, -EPIPE after a recovered xrun, or another negative errno when the
- * device is gone. */
-int ae_pcm_read_period(ae_pcm *p, float *out, int timeout_ms);
-int ae_pcm_write_period(ae_pcm *p, const float *in, int timeout_ms);
 
 /* An ALSA device and its thread: what capture sources and playback sinks
  * share. The loss and retry fields belong to the device thread. */
@@ -192,29 +150,11 @@ struct ae_sink {
     ae_device dev;
 };
 
-/* ---- events (ae_engine.c) ---- */
-typedef struct ae_event_node ae_event_node;
-
-/* Post an event; text is copied. Never blocks for long: safe on audio
- * threads. With `muted` given, the event is dropped when *muted is set: it
- * is read under the queue's lock, so an event posted by a thread racing
- * ae_events_forget() is either removed by it or never queued. */
-void ae_post(ae_engine *e, const ae_event *ev);
-void ae_post_unless(ae_engine *e, const ae_event *ev, const atomic_bool *muted);
-/* Remove the queued events naming `id` and wait until an event being
- * delivered for it has returned. Whoever may still post for it must have
- * stopped, or post through ae_post_unless() with a flag set before this. */
-void ae_events_forget(ae_engine *e, uint64_t id);
-/* A new event id: unique in the process, never reused. */
-uint64_t ae_new_id(void);
-
 /* ---- engine ---- */
 struct ae_engine {
     ae_engine_config cfg;
     char *stun_server;
     char *ice_addresses;
-    ae_event_cb callback;
-    void *user;
 
     pthread_mutex_t graph_lock;
     ae_source *sources;
@@ -228,22 +168,8 @@ struct ae_engine {
     sem_t mixer_wake;
     atomic_bool stopping;
 
-    /* events */
-    pthread_t event_thread;
-    bool event_started;
-    pthread_mutex_t ev_lock;
-    pthread_cond_t ev_cond;             /* new event, or stop */
-    pthread_cond_t ev_done;             /* a delivery finished */
-    ae_event_node *ev_head, *ev_tail;
-    uint64_t ev_delivering[3];          /* ids named by the event being delivered */
-    uint64_t ev_delivered;
-    bool ev_stop;
-    int64_t events_posted, events_coalesced;
-
-    /* glib */
-    GMainContext *ctx;
-    GMainLoop *loop;
-    GThread *glib_thread;
+    ae_events events;                    /* the queue and its thread */
+    ae_loop glib;                        /* the glib thread */
     pthread_mutex_t listeners_lock;      /* the listener list */
     ae_listener *listeners;
 
@@ -251,40 +177,14 @@ struct ae_engine {
 };
 
 /* Run fn(data) on the engine's glib thread and wait (bounded) for it. */
-int ae_glib_call(ae_engine *e, int (*fn)(void *), void *data, int timeout_ms);
+static inline int ae_glib_call(ae_engine *e, int (*fn)(void *), void *data, int timeout_ms)
+{
+    return ae_loop_call(&e->glib, fn, data, timeout_ms);
+}
 void ae_wake_mixer(ae_engine *e);
 
 /* ---- audio graph (ae_graph.c) ---- */
 void *ae_mixer_main(void *arg);
-
-/* ---- offers (ae_sdp.c) ---- */
-#define AE_OFFER_MAX_FINGERPRINTS 4
-#define AE_OFFER_MAX_MLINES 16
-
-typedef struct ae_offer {
-    int pt, mline;                       /* the Opus payload type and its m-line */
-    char *fmtp;                          /* its Opus parameters, or NULL */
-    char mid[64];                        /* the audio m-line's mid, "" = none */
-    bool bundle;                         /* the offer has a BUNDLE group */
-    char ice_ufrag[257], ice_pwd[257];
-    char setup[16];                      /* "" when absent */
-    bool rtcp_mux, datachannel;
-    int nfingerprints;
-    struct {
-        char alg[16];                    /* "sha-256", ... */
-        unsigned char md[64];
-        unsigned len;
-    } fingerprints[AE_OFFER_MAX_FINGERPRINTS];
-    int nmlines;                         /* every m-line, for the answer to reject the others */
-    struct {
-        char media[16], proto[48], fmt[16], mid[64];
-    } mlines[AE_OFFER_MAX_MLINES];
-    bool too_many_mlines;
-} ae_offer;
-
-/* Parse and check an offer: AE_OK, or AE_ERR_SDP with the reason set. */
-int ae_offer_parse(const char *sdp, ae_offer *o);
-void ae_offer_clear(ae_offer *o);
 
 /* ---- the lean transport (ae_lean.c) ---- */
 typedef struct ae_lean ae_lean;

@@ -270,7 +270,7 @@ static void post_state(ae_lean *t, ae_lean_peer *p, int state)
     ev.type = AE_EVENT_LISTENER_STATE;
     ev.listener_id = p->listener_id;
     ev.state = state;
-    ae_post_unless(t->e, &ev, p->closing);
+    ae_post_unless(&t->e->events, &ev, p->closing);
 }
 
 static void wake(ae_lean *t)

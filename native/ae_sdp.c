@@ -4,7 +4,7 @@
  * outside the tested ones; this is the engine's own check (its API is public)
  * and the parse that tells which transport can serve the offer. */
 #define _GNU_SOURCE
-#include "ae_internal.h"
+#include "ae_sdp.h"
 
 #include <gst/sdp/sdp.h>
 #include <stdio.h>

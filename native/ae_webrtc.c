@@ -160,7 +160,7 @@ static int pipeline_start(void *data)
     gst_bus_set_sync_handler(bus, on_bus_sync, k, NULL);
     GSource *src = gst_bus_create_watch(bus);
     g_source_set_callback(src, (GSourceFunc)(void (*)(void))on_bus, k, NULL);
-    k->bus_watch = g_source_attach(src, e->ctx);
+    k->bus_watch = g_source_attach(src, e->glib.ctx);
     g_source_unref(src);
     gst_object_unref(bus);
     if (gst_element_set_state(k->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
@@ -177,7 +177,7 @@ static int pipeline_stop(void *data)
 {
     ae_sink *k = data;
     if (k->bus_watch) {
-        GSource *src = g_main_context_find_source_by_id(k->engine->ctx, k->bus_watch);
+        GSource *src = g_main_context_find_source_by_id(k->engine->glib.ctx, k->bus_watch);
         if (src) g_source_destroy(src);
         k->bus_watch = 0;
     }
@@ -239,7 +239,7 @@ static void post_listener(ae_listener *l, int type, const char *text, int mline,
     ev.mline = mline;
     ev.state = state;
     ev.code = code;
-    ae_post_unless(l->engine, &ev, &l->closing);
+    ae_post_unless(&l->engine->events, &ev, &l->closing);
 }
 
 static void answer_failed(ae_listener *l, int code, const char *why)
@@ -252,7 +252,7 @@ static void answer_failed(ae_listener *l, int code, const char *why)
 /* Run fn on the glib thread with a reference to the listener. */
 static void invoke(ae_listener *l, GSourceFunc fn)
 {
-    g_main_context_invoke_full(l->engine->ctx, G_PRIORITY_DEFAULT, fn, listener_ref(l),
+    g_main_context_invoke_full(l->engine->glib.ctx, G_PRIORITY_DEFAULT, fn, listener_ref(l),
                                listener_unref);
 }
 
@@ -522,7 +522,7 @@ static void on_promise(GstPromise *promise, gpointer data)
     copy->listener = listener_ref(s->listener);
     copy->promise = gst_promise_ref(promise);
     copy->next = s->next;
-    g_main_context_invoke_full(s->listener->engine->ctx, G_PRIORITY_DEFAULT, promise_step_main,
+    g_main_context_invoke_full(s->listener->engine->glib.ctx, G_PRIORITY_DEFAULT, promise_step_main,
                                copy, promise_step_free);
 }
 
@@ -754,7 +754,7 @@ static int start_listener(ae_listener *l)
 
     l->gather_timeout = g_timeout_source_new((guint)e->cfg.gather_timeout_ms);
     g_source_set_callback(l->gather_timeout, on_gather_timeout, listener_ref(l), listener_unref);
-    g_source_attach(l->gather_timeout, e->ctx);
+    g_source_attach(l->gather_timeout, e->glib.ctx);
     return AE_OK;
 }
 
@@ -896,7 +896,7 @@ int ae_listener_add_candidate(ae_listener *l, int mline, const char *candidate)
     c->listener = listener_ref(l);
     c->mline = (guint)mline;
     c->candidate = g_strdup(candidate);
-    g_main_context_invoke_full(l->engine->ctx, G_PRIORITY_DEFAULT, add_candidate_main, c,
+    g_main_context_invoke_full(l->engine->glib.ctx, G_PRIORITY_DEFAULT, add_candidate_main, c,
                                candidate_call_free);
     return AE_OK;
 }
@@ -1047,7 +1047,7 @@ int ae_listener_destroy(ae_listener *l)
     ae_engine *e = l->engine;
     if (atomic_exchange(&l->closing, true))
         return ae_fail(AE_ERR_INVALID, "the listener is already being destroyed");
-    ae_events_forget(e, l->id);
+    ae_events_forget(&e->events, l->id);
     pthread_mutex_lock(&e->listeners_lock);
     for (ae_listener **pp = &e->listeners; *pp; pp = &(*pp)->next) {
         if (*pp == l) {

@@ -1,0 +1,35 @@
+/* ae_sdp.h: an offer, read once for both listener transports. */
+#ifndef AE_SDP_H
+#define AE_SDP_H
+
+#include "ae_core.h"
+
+#define AE_OFFER_MAX_FINGERPRINTS 4
+#define AE_OFFER_MAX_MLINES 16
+
+typedef struct ae_offer {
+    int pt, mline;                       /* the Opus payload type and its m-line */
+    char *fmtp;                          /* its Opus parameters, or NULL */
+    char mid[64];                        /* the audio m-line's mid, "" = none */
+    bool bundle;                         /* the offer has a BUNDLE group */
+    char ice_ufrag[257], ice_pwd[257];
+    char setup[16];                      /* "" when absent */
+    bool rtcp_mux, datachannel;
+    int nfingerprints;
+    struct {
+        char alg[16];                    /* "sha-256", ... */
+        unsigned char md[64];
+        unsigned len;
+    } fingerprints[AE_OFFER_MAX_FINGERPRINTS];
+    int nmlines;                         /* every m-line, for the answer to reject the others */
+    struct {
+        char media[16], proto[48], fmt[16], mid[64];
+    } mlines[AE_OFFER_MAX_MLINES];
+    bool too_many_mlines;
+} ae_offer;
+
+/* Parse and check an offer: AE_OK, or AE_ERR_SDP with the reason set. */
+int ae_offer_parse(const char *sdp, ae_offer *o);
+void ae_offer_clear(ae_offer *o);
+
+#endif
