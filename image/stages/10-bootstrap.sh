@@ -52,12 +52,14 @@ t64_names() {
 }
 
 # What LEAN=yes keeps dpkg from unpacking at all: documentation, man pages,
-# translations and icons (the copyright files stay).
+# translations (the copyright files stay). Not icons: adwaita-icon-theme's
+# postinst registers a file under /usr/share/icons and fails without it;
+# the icon themes go with GTK in step 20 (packages/image-drop.txt).
 LEAN_DPKG_OPTS=(
     'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright'
     'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*'
     'path-exclude=/usr/share/locale/*' 'path-include=/usr/share/locale/locale.alias'
-    'path-exclude=/usr/share/icons/*' 'path-exclude=/usr/share/lintian/*'
+    'path-exclude=/usr/share/lintian/*'
     'path-exclude=/usr/share/gtk-doc/*' 'path-exclude=/usr/share/help/*'
 )
 
