@@ -548,13 +548,12 @@ static int valid_frame_us(int us)
 
 static void sink_free(ae_sink *k)
 {
-    if (k->encoder) opus_encoder_destroy(k->encoder);
+    ae_fanout_destroy(k->fanout);
     ae_ring_free(&k->out_ring);
     free(k->mix);
     free(k->tmp);
     free(k->dev.name);
     pthread_mutex_destroy(&k->levels.lock);
-    pthread_mutex_destroy(&k->latency.lock);
     free(k);
 }
 
@@ -586,29 +585,11 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
     k->frame_samples = (int)((int64_t)e->cfg.sample_rate * frame_us / 1000000);
     k->mix = calloc((size_t)k->frame_samples * (size_t)channels, sizeof(float));
     k->tmp = calloc((size_t)k->frame_samples * AE_MAX_CHANNELS, sizeof(float));
-    pthread_mutex_init(&k->latency.lock, NULL);
     ae_levels_init(&k->levels, channels);
     int rc = (k->mix && k->tmp) ? AE_OK : ae_fail(AE_ERR_NOMEM, "out of memory");
 
     if (rc == AE_OK && k->kind == AE_SINK_OPUS) {
-        int app = cfg->low_delay >= 0 ? OPUS_APPLICATION_RESTRICTED_LOWDELAY
-                                      : OPUS_APPLICATION_AUDIO;
-        int err = 0;
-        k->encoder = opus_encoder_create(e->cfg.sample_rate, channels, app, &err);
-        if (!k->encoder) {
-            rc = ae_fail(AE_ERR_CODEC, "Opus encoder: %s", opus_strerror(err));
-        } else {
-            int bitrate = cfg->bitrate ? cfg->bitrate : 128000;
-            int complexity = cfg->complexity ? cfg->complexity : 5;
-            if (bitrate < 6000 || bitrate > 510000 || complexity < 0 || complexity > 10)
-                rc = ae_fail(AE_ERR_INVALID, "Opus needs 6000..510000 bit/s and complexity 0..10");
-            else if (opus_encoder_ctl(k->encoder, OPUS_SET_BITRATE(bitrate)) != OPUS_OK ||
-                opus_encoder_ctl(k->encoder, OPUS_SET_COMPLEXITY(complexity)) != OPUS_OK)
-                rc = ae_fail(AE_ERR_CODEC, "Opus refused bitrate %d or complexity %d", bitrate,
-                             complexity);
-            opus_encoder_ctl(k->encoder, OPUS_SET_SIGNAL(OPUS_SIGNAL_MUSIC));
-        }
-        if (rc == AE_OK) rc = ae_opus_pipeline_start(k);
+        rc = ae_fanout_create(k, cfg, &k->fanout);
     } else if (rc == AE_OK) {
         rc = ae_ring_init(&k->out_ring, channels, (uint64_t)e->cfg.sample_rate);
         if (rc == AE_OK)
@@ -616,7 +597,6 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
                              cfg->period_frames, cfg->buffer_periods, cfg->allow_absent);
     }
     if (rc != AE_OK) {
-        if (k->pipeline) ae_opus_pipeline_stop(k);
         sink_free(k);
         return rc;
     }
@@ -641,8 +621,8 @@ int ae_sink_destroy(ae_sink *k)
     if (!k) return ae_fail(AE_ERR_INVALID, "no sink");
     ae_engine *e = k->engine;
     pthread_mutex_lock(&e->graph_lock);
-    if (k->nroutes > 0 || atomic_load(&k->listeners) > 0) {
-        int routes = k->nroutes, listeners = atomic_load(&k->listeners);
+    if (k->nroutes > 0 || ae_fanout_listeners(k->fanout) > 0) {
+        int routes = k->nroutes, listeners = ae_fanout_listeners(k->fanout);
         pthread_mutex_unlock(&e->graph_lock);
         return ae_fail(AE_ERR_BUSY, "the sink still has %d route(s) and %d listener(s)", routes,
                        listeners);
@@ -656,7 +636,6 @@ int ae_sink_destroy(ae_sink *k)
     }
     pthread_mutex_unlock(&e->graph_lock);
     device_close(&k->dev);
-    if (k->pipeline) ae_opus_pipeline_stop(k);
     ae_events_forget(&e->events, k->id);
     sink_free(k);
     return AE_OK;
@@ -667,31 +646,11 @@ int ae_sink_stats_get(ae_sink *k, ae_sink_stats *out)
     ae_clear_error();
     if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
     memset(out, 0, sizeof *out);
-    out->listeners = atomic_load(&k->listeners);
     pthread_mutex_lock(&k->engine->graph_lock);
     out->frames_encoded = k->frames;
     out->underruns = k->underruns;
     pthread_mutex_unlock(&k->engine->graph_lock);
-    out->packets_out = atomic_load(&k->packets_out);
-    int64_t sorted[AE_LAT_RING];
-    pthread_mutex_lock(&k->latency.lock);
-    int n = k->latency.count < AE_LAT_RING ? (int)k->latency.count : AE_LAT_RING;
-    memcpy(sorted, k->latency.samples, (size_t)n * sizeof *sorted);
-    pthread_mutex_unlock(&k->latency.lock);
-    for (int i = 1; i < n; i++) { /* insertion sort: n <= 1024, called rarely */
-        int64_t v = sorted[i];
-        int j = i - 1;
-        while (j >= 0 && sorted[j] > v) {
-            sorted[j + 1] = sorted[j];
-            j--;
-        }
-        sorted[j + 1] = v;
-    }
-    out->send_latency_samples = n;
-    if (n) {
-        out->send_latency_p50_us = sorted[n / 2];
-        out->send_latency_p95_us = sorted[(n * 95) / 100 < n ? (n * 95) / 100 : n - 1];
-    }
+    ae_fanout_stats(k->fanout, out);
     return AE_OK;
 }
 
@@ -888,8 +847,7 @@ static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
     ae_levels_add(&k->levels, k->mix, fs);
     uint64_t index = k->frames++;
     if (k->kind == AE_SINK_OPUS) {
-        int len = opus_encode_float(k->encoder, k->mix, fs, k->packet, sizeof k->packet);
-        if (len > 0) ae_opus_push(k, k->packet, len, index, frame_time_us);
+        ae_fanout_frame(k->fanout, k->mix, index, frame_time_us);
     } else {
         ae_ring_write(&k->out_ring, k->mix, (uint64_t)fs, frame_time_us);
     }

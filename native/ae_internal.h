@@ -1,11 +1,19 @@
 /* ae_internal.h: the engine's upper layers, shared by their C files: the
- * graph (ae_graph.c), the fan-out and webrtcbin transport (ae_webrtc.c), the
- * lean transport (ae_lean.c) and the engine itself (ae_engine.c).
+ * graph (ae_graph.c), the fan-out (ae_fanout.c: a sink's encoder and what
+ * sends its packets on), the webrtcbin transport and the listener seam
+ * (ae_webrtc.c), the lean transport (ae_lean.c) and the engine itself
+ * (ae_engine.c).
  *
  * Below them, a one-way chain of modules with a header each, none of which
  * knows the engine: ae_core (errors, time, threads, ids, levels) ->
  * ae_events (event queue and its thread, glib loop) -> ae_alsa (one PCM),
- * ae_sdp (offers).
+ * ae_sdp (offers). A sink holds its fan-out as an opaque pointer: the graph
+ * calls only ae_fanout.h's functions.
+ *
+ * Still to cut (the upper layers share struct ae_engine): the graph and
+ * devices behind an ae_graph context of their own, the public create calls
+ * for sinks and listeners in the engine layer, so that graph -> fan-out ->
+ * transports -> engine is one-way too.
  *
  * Threads and locks
  *  - glib thread: runs the engine's GMainContext; every GStreamer/webrtcbin
@@ -27,6 +35,7 @@
 #include "ae_alsa.h"
 #include "ae_core.h"
 #include "ae_events.h"
+#include "ae_fanout.h"
 #include "ae_sdp.h"
 
 #include <alsa/asoundlib.h>
@@ -37,8 +46,6 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-#define AE_LAT_RING 1024      /* send-latency samples kept per sink */
-#define AE_FRAME_RING 1024    /* capture times of recent frames per sink */
 #define AE_CLICK_RING 256
 
 /* An ALSA device and its thread: what capture sources and playback sinks
@@ -111,12 +118,6 @@ struct ae_route {
     uint64_t gen_pos;                    /* file / clicks: frames generated */
 };
 
-typedef struct ae_lat_stats {
-    pthread_mutex_t lock;
-    int64_t samples[AE_LAT_RING];
-    uint64_t count;
-} ae_lat_stats;
-
 struct ae_sink {
     ae_engine *engine;
     ae_sink *next;
@@ -131,19 +132,8 @@ struct ae_sink {
     ae_levels levels;
     int64_t next_due_us;                 /* pacing when no capture source clocks it */
     uint64_t frames, underruns;
-    /* Opus */
-    OpusEncoder *encoder;
-    unsigned char packet[4000];
-    GstElement *pipeline, *appsrc, *tee;
-    guint bus_watch;
-    GstClockTimeDiff base_pts;
-    bool pts_started;
-    int64_t frame_capture_us[AE_FRAME_RING];
-    uint64_t frame_index_at[AE_FRAME_RING];
-    _Atomic int listeners;               /* all transports */
-    _Atomic int lean_listeners;          /* of those, on the lean transport */
-    _Atomic uint64_t packets_out;
-    ae_lat_stats latency;
+    /* Opus: the encoder and what sends its packets on (ae_fanout.c) */
+    ae_fanout *fanout;
     /* ALSA playback */
     ae_ring out_ring;
     _Atomic uint64_t out_rpos;
@@ -203,14 +193,10 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
 void ae_lean_peer_destroy(ae_lean *t, ae_lean_peer *p);
 void ae_lean_peer_stats(ae_lean_peer *p, ae_listener_stats *out);
 /* Mixer thread: one Opus packet of a sink for its lean listeners. */
-void ae_lean_push(ae_lean *t, ae_sink *k, const unsigned char *data, int len, uint64_t index,
+void ae_lean_push(ae_lean *t, ae_fanout *f, const unsigned char *data, int len, uint64_t index,
                   int64_t capture_us);
 
 /* ---- WebRTC fan-out (ae_webrtc.c) ---- */
-int ae_opus_pipeline_start(ae_sink *sink);
-void ae_opus_pipeline_stop(ae_sink *sink);
-void ae_opus_push(ae_sink *sink, const unsigned char *data, int len, uint64_t frame_index,
-                  int64_t capture_us);
 void ae_listener_destroy_all(ae_engine *e);
 
 #endif

@@ -888,18 +888,11 @@ static void flush(ae_lean *t)
             ae_lean_peer *p = t->batch_peer[i];
             atomic_fetch_add(&p->packets_sent, 1);
             atomic_fetch_add(&p->bytes_sent, t->msgs[i].msg_len);
-            atomic_fetch_add(&p->sink->packets_out, 1);
+            atomic_fetch_add(&p->sink->fanout->packets_out, 1);
         }
         done += r;
     }
     t->nbatch = 0;
-}
-
-static void record_latency(ae_sink *k, int64_t lat)
-{
-    pthread_mutex_lock(&k->latency.lock);
-    k->latency.samples[k->latency.count++ % AE_LAT_RING] = lat;
-    pthread_mutex_unlock(&k->latency.lock);
 }
 
 /* One Opus packet to every connected listener of its sink: the header is
@@ -942,10 +935,10 @@ static void send_packet(ae_lean *t, stream *s, const pkt *in)
     s->last_ts = ts;
     s->last_send_us = now;
     s->sent_any = true;
-    if (s->live->len) record_latency(s->sink, now - in->capture_us);
+    if (s->live->len) ae_fanout_record_latency(s->sink->fanout, now - in->capture_us);
 }
 
-void ae_lean_push(ae_lean *t, ae_sink *k, const unsigned char *data, int len, uint64_t index,
+void ae_lean_push(ae_lean *t, ae_fanout *k, const unsigned char *data, int len, uint64_t index,
                   int64_t capture_us)
 {
     if (len <= 0 || len > PKT_MAX) return;
@@ -955,7 +948,7 @@ void ae_lean_push(ae_lean *t, ae_sink *k, const unsigned char *data, int len, ui
         return;
     }
     pkt *slot = &t->ring[h % PKT_SLOTS];
-    slot->sink_id = k->id;
+    slot->sink_id = k->sink_id;
     slot->index = index;
     slot->capture_us = capture_us;
     slot->len = len;

@@ -1,6 +1,7 @@
-/* ae_webrtc.c: an Opus sink's fan-out to WebRTC listeners.
+/* ae_webrtc.c: the webrtcbin listener transport, on the fan-out's pipeline
+ * (ae_fanout.c), and the listener seam.
  *
- *   mixer --Opus--> appsrc --> tee -[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
+ *   fan-out --Opus--> appsrc --> tee -[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
  *                                   \-[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
  *
  * The gate (a probe on the tee pad) drops packets until the listener's DTLS
@@ -17,7 +18,6 @@
 #define GST_USE_UNSTABLE_API /* webrtcbin's library API is marked unstable */
 #include "ae_internal.h"
 
-#include <gst/app/gstappsrc.h>
 #include <gst/sdp/sdp.h>
 #include <gst/webrtc/webrtc.h>
 #include <malloc.h>
@@ -92,141 +92,6 @@ static void listener_unref(gpointer p)
     free(l);
 }
 
-/* ---- the sink's pipeline ------------------------------------------------ */
-
-static gboolean on_bus(GstBus *bus, GstMessage *msg, gpointer data)
-{
-    (void)bus;
-    ae_sink *k = data;
-    if (GST_MESSAGE_TYPE(msg) == GST_MESSAGE_ERROR) {
-        GError *err = NULL;
-        gst_message_parse_error(msg, &err, NULL);
-        g_printerr("ae: pipeline of sink %p: %s: %s\n", (void *)k,
-                   GST_OBJECT_NAME(GST_MESSAGE_SRC(msg)), err ? err->message : "?");
-        g_clear_error(&err);
-    }
-    return G_SOURCE_CONTINUE;
-}
-
-/* The fan-out thread (appsrc's) is on the audio path: give it the audio
- * threads' real-time priority. Stream-status ENTER is posted from the new
- * thread itself, so the sync handler runs in it. */
-static GstBusSyncReply on_bus_sync(GstBus *bus, GstMessage *msg, gpointer data)
-{
-    (void)bus;
-    ae_sink *k = data;
-    if (GST_MESSAGE_TYPE(msg) != GST_MESSAGE_STREAM_STATUS) return GST_BUS_PASS;
-    GstStreamStatusType type;
-    GstElement *owner = NULL;
-    gst_message_parse_stream_status(msg, &type, &owner);
-    int prio = k->engine->cfg.realtime_priority;
-    if (type == GST_STREAM_STATUS_TYPE_ENTER && owner == k->appsrc && prio > 0) {
-        struct sched_param sp = {.sched_priority = prio};
-        pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
-    }
-    /* Dropping means owning: a stream-status message left alive keeps its
-     * element and task alive (every listener's nicesrc, its ICE agent and
-     * sockets: 4 file descriptors a listener, measured). */
-    gst_message_unref(msg);
-    return GST_BUS_DROP;
-}
-
-static int pipeline_start(void *data)
-{
-    ae_sink *k = data;
-    ae_engine *e = k->engine;
-    k->pipeline = gst_pipeline_new(NULL);
-    k->appsrc = gst_element_factory_make("appsrc", NULL);
-    k->tee = gst_element_factory_make("tee", NULL);
-    if (!k->pipeline || !k->appsrc || !k->tee) {
-        if (k->appsrc) gst_object_unref(k->appsrc);
-        if (k->tee) gst_object_unref(k->tee);
-        return ae_fail(AE_ERR_MEDIA, "cannot create the sink's appsrc and tee");
-    }
-    GstCaps *caps = gst_caps_new_simple("audio/x-opus", "rate", G_TYPE_INT, e->cfg.sample_rate,
-                                        "channels", G_TYPE_INT, k->channels,
-                                        "channel-mapping-family", G_TYPE_INT, 0, NULL);
-    /* Live, timestamped by us, and never blocking the mixer: when the
-     * fan-out falls behind, the oldest packets go. */
-    g_object_set(k->appsrc, "caps", caps, "is-live", TRUE, "format", GST_FORMAT_TIME,
-                 "do-timestamp", FALSE, "block", FALSE, "max-buffers", (guint64)50,
-                 "leaky-type", 2 /* downstream */, NULL);
-    gst_caps_unref(caps);
-    g_object_set(k->tee, "allow-not-linked", TRUE, NULL);
-    gst_bin_add_many(GST_BIN(k->pipeline), k->appsrc, k->tee, NULL);
-    if (!gst_element_link(k->appsrc, k->tee))
-        return ae_fail(AE_ERR_MEDIA, "cannot link appsrc to tee");
-    GstBus *bus = gst_pipeline_get_bus(GST_PIPELINE(k->pipeline));
-    gst_bus_set_sync_handler(bus, on_bus_sync, k, NULL);
-    GSource *src = gst_bus_create_watch(bus);
-    g_source_set_callback(src, (GSourceFunc)(void (*)(void))on_bus, k, NULL);
-    k->bus_watch = g_source_attach(src, e->glib.ctx);
-    g_source_unref(src);
-    gst_object_unref(bus);
-    if (gst_element_set_state(k->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
-        return ae_fail(AE_ERR_MEDIA, "the sink's pipeline would not start");
-    return AE_OK;
-}
-
-int ae_opus_pipeline_start(ae_sink *k)
-{
-    return ae_glib_call(k->engine, pipeline_start, k, GLIB_CALL_TIMEOUT_MS);
-}
-
-static int pipeline_stop(void *data)
-{
-    ae_sink *k = data;
-    if (k->bus_watch) {
-        GSource *src = g_main_context_find_source_by_id(k->engine->glib.ctx, k->bus_watch);
-        if (src) g_source_destroy(src);
-        k->bus_watch = 0;
-    }
-    if (k->pipeline) {
-        gst_element_set_state(k->pipeline, GST_STATE_NULL);
-        gst_object_unref(k->pipeline);
-        k->pipeline = NULL;
-    }
-    return AE_OK;
-}
-
-void ae_opus_pipeline_stop(ae_sink *k)
-{
-    ae_glib_call(k->engine, pipeline_stop, k, GLIB_CALL_TIMEOUT_MS);
-}
-
-void ae_opus_push(ae_sink *k, const unsigned char *data, int len, uint64_t index,
-                  int64_t capture_us)
-{
-    k->frame_capture_us[index % AE_FRAME_RING] = capture_us;
-    k->frame_index_at[index % AE_FRAME_RING] = index;
-    int lean = atomic_load(&k->lean_listeners);
-    if (lean > 0 && k->engine->lean) ae_lean_push(k->engine->lean, k, data, len, index, capture_us);
-    if (atomic_load(&k->listeners) - lean <= 0) return; /* nobody on webrtcbin */
-    GstBuffer *buf = gst_buffer_new_memdup(data, (gsize)len);
-    GstClockTime dur = (GstClockTime)k->frame_us * GST_USECOND;
-    /* Perfect timestamps, frame after frame: the payloader derives RTP
-     * timestamps from them, and receivers need those to step by exactly one
-     * frame. Anchored to running time once; nothing downstream syncs to the
-     * clock, so slow drift against it does no harm. */
-    if (!k->pts_started) {
-        GstClock *clock = gst_element_get_clock(k->pipeline);
-        GstClockTime now = 0;
-        if (clock) {
-            GstClockTime t = gst_clock_get_time(clock), base = gst_element_get_base_time(k->pipeline);
-            now = t > base ? t - base : 0;
-            gst_object_unref(clock);
-        }
-        k->base_pts = (GstClockTimeDiff)now - (GstClockTimeDiff)(index * dur);
-        k->pts_started = true;
-    }
-    GstClockTimeDiff pts = k->base_pts + (GstClockTimeDiff)(index * dur);
-    GST_BUFFER_PTS(buf) = pts > 0 ? (GstClockTime)pts : 0;
-    GST_BUFFER_DURATION(buf) = dur;
-    GST_BUFFER_OFFSET(buf) = index * (uint64_t)k->frame_samples;
-    GST_BUFFER_OFFSET_END(buf) = (index + 1) * (uint64_t)k->frame_samples;
-    gst_app_src_push_buffer(GST_APP_SRC(k->appsrc), buf);
-}
-
 /* ---- events from a listener --------------------------------------------- */
 
 static void post_listener(ae_listener *l, int type, const char *text, int mline, int state,
@@ -269,18 +134,14 @@ static void count_sent(ae_listener *l, GstBuffer *buf)
         (b[1] & 0x7f) == l->pt) {
         atomic_fetch_add(&l->packets_sent, 1);
         atomic_fetch_add(&l->bytes_sent, map.size);
-        atomic_fetch_add(&l->sink->packets_out, 1);
+        atomic_fetch_add(&l->sink->fanout->packets_out, 1);
         if (atomic_load(&l->rtp_base_known)) {
             uint32_t ts = (uint32_t)b[4] << 24 | (uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7];
             uint64_t offset = l->rtp_base_offset + (uint32_t)(ts - l->rtp_base_ts);
-            ae_sink *k = l->sink;
+            ae_fanout *k = l->sink->fanout;
             uint64_t index = offset / (uint64_t)k->frame_samples;
-            if (k->frame_index_at[index % AE_FRAME_RING] == index) {
-                int64_t lat = ae_now_us() - k->frame_capture_us[index % AE_FRAME_RING];
-                pthread_mutex_lock(&k->latency.lock);
-                k->latency.samples[k->latency.count++ % AE_LAT_RING] = lat;
-                pthread_mutex_unlock(&k->latency.lock);
-            }
+            if (k->frame_index_at[index % AE_FRAME_RING] == index)
+                ae_fanout_record_latency(k, ae_now_us() - k->frame_capture_us[index % AE_FRAME_RING]);
         }
     }
     gst_buffer_unmap(buf, &map);
@@ -566,7 +427,7 @@ static void link_to_tee(ae_listener *l)
 {
     /* Elements are PLAYING already; link the tee last, so a new branch can
      * never stall the ones that are running. */
-    l->tee_pad = gst_element_request_pad_simple(l->sink->tee, "src_%u");
+    l->tee_pad = gst_element_request_pad_simple(l->sink->fanout->tee, "src_%u");
     /* Nothing passes until DTLS is up: until then webrtcbin blocks its
      * input, which would block the tee and with it every listener. */
     l->gate_probe = gst_pad_add_probe(l->tee_pad, GST_PAD_PROBE_TYPE_BUFFER,
@@ -722,7 +583,7 @@ static int start_listener(ae_listener *l)
     gst_pad_add_probe(payout, GST_PAD_PROBE_TYPE_BUFFER, on_pay_out, listener_ref(l),
                       listener_unref);
 
-    gst_bin_add_many(GST_BIN(l->sink->pipeline), l->pay, l->webrtc, NULL);
+    gst_bin_add_many(GST_BIN(l->sink->fanout->pipeline), l->pay, l->webrtc, NULL);
     /* A send-only transceiver that offers exactly the client's Opus payload
      * type, stereo: browsers downmix unless the answer says stereo=1. */
     GstPad *wsink = gst_element_request_pad_simple(l->webrtc, "sink_%u");
@@ -789,7 +650,8 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
     *out = NULL;
     ae_engine *e = k->engine;
-    if (k->kind != AE_SINK_OPUS) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
+    if (k->kind != AE_SINK_OPUS || !k->fanout)
+        return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
     if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     ae_offer offer;
     int rc = ae_offer_parse(offer_sdp, &offer);
@@ -830,7 +692,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
             free(l);
             return rc;
         }
-        atomic_fetch_add(&k->lean_listeners, 1);
+        atomic_fetch_add(&k->fanout->lean_listeners, 1);
     } else {
         l->fmtp = offer.fmtp; /* taken over */
         offer.fmtp = NULL;
@@ -839,7 +701,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
         g_mutex_init(&l->cand_lock);
         l->candidates = g_ptr_array_new_with_free_func(g_free);
     }
-    atomic_fetch_add(&k->listeners, 1);
+    atomic_fetch_add(&k->fanout->listeners, 1);
     pthread_mutex_lock(&e->listeners_lock);
     l->next = e->listeners;
     e->listeners = l;
@@ -1023,7 +885,7 @@ static int detach_listener(void *data)
         if (w.peer) gst_object_unref(w.peer);
         g_mutex_clear(&w.lock);
         g_cond_clear(&w.cond);
-        gst_element_release_request_pad(l->sink->tee, l->tee_pad);
+        gst_element_release_request_pad(l->sink->fanout->tee, l->tee_pad);
         gst_object_unref(l->tee_pad);
         l->tee_pad = NULL;
     }
@@ -1034,9 +896,9 @@ static int detach_listener(void *data)
             gst_object_unref(l->rx_pad);
             l->rx_pad = NULL;
         }
-        gst_bin_remove(GST_BIN(l->sink->pipeline), l->webrtc);
+        gst_bin_remove(GST_BIN(l->sink->fanout->pipeline), l->webrtc);
     }
-    if (l->pay) gst_bin_remove(GST_BIN(l->sink->pipeline), l->pay);
+    if (l->pay) gst_bin_remove(GST_BIN(l->sink->fanout->pipeline), l->pay);
     return AE_OK;
 }
 
@@ -1059,8 +921,8 @@ int ae_listener_destroy(ae_listener *l)
     if (l->lean) {
         ae_lean_peer_destroy(e->lean, l->lean);
         l->lean = NULL;
-        atomic_fetch_sub(&l->sink->lean_listeners, 1);
-        atomic_fetch_sub(&l->sink->listeners, 1);
+        atomic_fetch_sub(&l->sink->fanout->lean_listeners, 1);
+        atomic_fetch_sub(&l->sink->fanout->listeners, 1);
         atomic_fetch_sub(&e->nlisteners, 1);
         listener_unref(l);
         malloc_trim(0);
@@ -1074,7 +936,7 @@ int ae_listener_destroy(ae_listener *l)
         if (l->pay) gst_object_unref(l->pay);
         l->webrtc = l->pay = NULL;
     }
-    atomic_fetch_sub(&l->sink->listeners, 1);
+    atomic_fetch_sub(&l->sink->fanout->listeners, 1);
     atomic_fetch_sub(&e->nlisteners, 1);
     listener_unref(l);
     /* A listener frees about a megabyte in many small blocks across
