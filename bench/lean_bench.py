@@ -50,6 +50,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # the appliance closes a keep-alive connection idle for 10 s; a client must
 # not reuse one just then (the request would fail), so it lets go sooner
 KEEPALIVE_S = 5.0
+PACKETS_PER_S = 100     # 10 ms Opus frames, every server
 
 
 def build_loadgen() -> Path:
@@ -360,6 +361,8 @@ class Row:
     packets: int
     loadgen_cpu_pct: float
     client_dropped: int     # of ``lost``: dropped by the loadgen's own full sockets
+    delivered: float        # packets received / (N x 100 per s x window): a server that
+                            # falls behind before numbering packets loses no sequence numbers
     top_threads: str = ""   # where the server's CPU went
 
 
@@ -379,7 +382,9 @@ async def measure_window(server: Server, n: int, window: float) -> Row:
     top = ", ".join(f"{name} {100 * cpu / (t1 - t0):.1f}" for cpu, name in busiest if cpu > 0)
     return Row(n, 100 * (c1 - c0) / (t1 - t0), rss, threads, s1["lost"] - s0["lost"],
                s1["packets"] - s0["packets"], 100 * (g1 - g0) / (t1 - t0),
-               s1["rx_dropped"] - s0["rx_dropped"], top)
+               s1["rx_dropped"] - s0["rx_dropped"],
+               (s1["packets"] - s0["packets"]) / (n * PACKETS_PER_S * (s1["t"] - s0["t"]))
+               if n else 1.0, top)
 
 
 class Gate:
@@ -465,12 +470,16 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
         rows.append(row)
         print(f"  {server.name}: N={n:5d} CPU {row.cpu_pct:6.2f} %  RSS {row.rss_kib / 1024:7.1f} "
               f"MiB  threads {row.threads:5d}  lost {row.lost}/{row.packets + row.lost} "
-              f"({row.client_dropped} in loadgen sockets)  "
+              f"({row.client_dropped} in loadgen sockets), delivered {row.delivered:.1%}  "
               f"(loadgen CPU {row.loadgen_cpu_pct:.1f} %; busiest server threads, %: "
               f"{row.top_threads}; load average {os.getloadavg()[0]:.1f})", flush=True)
         if row.lost > max_loss * (row.packets + row.lost):
             note = (f"stopped after N={n}: {row.lost} of {row.packets + row.lost} packets lost "
                     f"in the window (more than {max_loss:.1%})")
+            break
+        if row.delivered < 1 - max_loss:
+            note = (f"stopped after N={n}: only {row.delivered:.1%} of the stream's packets "
+                    "arrived in the window")
             break
     stats = await server.loadgen.stats()
     pitches = [s["pitch_hz"] for s in stats if s["decoded_s"] > 1]
@@ -517,10 +526,12 @@ def slope(rows: list[Row], attr: str) -> float:
 def report(name: str, result: dict[str, Any]) -> None:
     rows: list[Row] = result["rows"]
     print(f"\n{name}")
-    print("  listeners  CPU % of a core   RSS MiB  threads   lost / packets   loadgen CPU %")
+    print("  listeners  CPU % of a core   RSS MiB  threads   lost / packets   delivered  "
+          "loadgen CPU %")
     for r in rows:
         print(f"  {r.n:9d}  {r.cpu_pct:15.2f}  {r.rss_kib / 1024:8.1f}  {r.threads:7d}   "
-              f"{r.lost:4d} / {r.packets + r.lost:<9d}  {r.loadgen_cpu_pct:12.1f}")
+              f"{r.lost:4d} / {r.packets + r.lost:<9d}  {r.delivered:8.1%}  "
+              f"{r.loadgen_cpu_pct:12.1f}")
     if result["note"]:
         print(f"  {result['note']}")
     print(f"  per listener (least squares over N): {slope(rows, 'cpu_pct'):.4f} % of a core, "
