@@ -14,7 +14,22 @@
 #include <string.h>
 #include <time.h>
 
-void ae_wake_mixer(ae_engine *e) { sem_post(&e->mixer_wake); }
+/* ---- the public create calls for the graph's entities ------------------- */
+
+int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
+{
+    ae_clear_error();
+    if (!e) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
+    return ae_graph_source_create(&e->graph, cfg, out);
+}
+
+/* An Opus sink's output is its fan-out (encoder, transports). */
+int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
+{
+    ae_clear_error();
+    if (!e) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
+    return ae_graph_sink_create(&e->graph, cfg, ae_fanout_attach, e, out);
+}
 
 /* ---- levels, sampled on the event thread ------------------------------ */
 
@@ -32,10 +47,10 @@ static void post_levels(ae_engine *e, ae_levels *lv, uint64_t source_id, uint64_
 static void sample_levels(void *ctx)
 {
     ae_engine *e = ctx;
-    pthread_mutex_lock(&e->graph_lock);
-    for (ae_source *s = e->sources; s; s = s->next) post_levels(e, &s->levels, s->id, 0);
-    for (ae_sink *k = e->sinks; k; k = k->next) post_levels(e, &k->levels, 0, k->id);
-    pthread_mutex_unlock(&e->graph_lock);
+    pthread_mutex_lock(&e->graph.lock);
+    for (ae_source *s = e->graph.sources; s; s = s->next) post_levels(e, &s->levels, s->id, 0);
+    for (ae_sink *k = e->graph.sinks; k; k = k->next) post_levels(e, &k->levels, 0, k->id);
+    pthread_mutex_unlock(&e->graph.lock);
 }
 
 /* ---- engine ------------------------------------------------------------ */
@@ -60,10 +75,9 @@ static void engine_free(ae_engine *e)
 {
     free(e->stun_server);
     free(e->ice_addresses);
-    pthread_mutex_destroy(&e->graph_lock);
+    ae_graph_destroy(&e->graph);
     pthread_mutex_destroy(&e->listeners_lock);
     ae_events_destroy(&e->events);
-    sem_destroy(&e->mixer_wake);
     free(e);
 }
 
@@ -114,9 +128,8 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     if (cfg.ice_addresses && *cfg.ice_addresses) e->ice_addresses = strdup(cfg.ice_addresses);
     e->cfg.stun_server = e->stun_server;
     e->cfg.ice_addresses = e->ice_addresses;
-    pthread_mutex_init(&e->graph_lock, NULL);
+    ae_graph_init(&e->graph, cfg.sample_rate, cfg.realtime_priority, &e->events);
     pthread_mutex_init(&e->listeners_lock, NULL);
-    sem_init(&e->mixer_wake, 0, 0);
     ae_events_init(&e->events, callback, user, sample_levels, e, cfg.level_interval_ms);
 
     int rc = ae_loop_start(&e->glib);
@@ -127,8 +140,7 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     rc = ae_events_start(&e->events);
     if (rc == AE_OK && cfg.transport != AE_TRANSPORT_WEBRTCBIN) rc = ae_lean_start(e, &e->lean);
     if (rc == AE_OK) {
-        rc = ae_thread_start(&e->mixer_thread, "ae-mixer", ae_mixer_main, e, cfg.realtime_priority);
-        if (rc == AE_OK) e->mixer_started = true;
+        rc = ae_graph_start(&e->graph);
     }
     if (rc != AE_OK) {
         stop_threads(e);
@@ -141,12 +153,7 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
 
 static int stop_threads(ae_engine *e)
 {
-    atomic_store(&e->stopping, true);
-    if (e->mixer_started) {
-        ae_wake_mixer(e);
-        pthread_join(e->mixer_thread, NULL);
-        e->mixer_started = false;
-    }
+    ae_graph_stop(&e->graph);
     ae_lean_stop(e->lean); /* after the mixer: it pushes packets to it */
     e->lean = NULL;
     ae_events_stop(&e->events);
@@ -163,18 +170,18 @@ int ae_engine_destroy(ae_engine *e)
     /* Listeners first (they hang off sinks), then routes, sinks, sources. */
     ae_listener_destroy_all(e);
     for (;;) {
-        pthread_mutex_lock(&e->graph_lock);
+        pthread_mutex_lock(&e->graph.lock);
         ae_route *r = NULL;
-        for (ae_sink *k = e->sinks; k && !r; k = k->next) r = k->routes;
-        pthread_mutex_unlock(&e->graph_lock);
+        for (ae_sink *k = e->graph.sinks; k && !r; k = k->next) r = k->routes;
+        pthread_mutex_unlock(&e->graph.lock);
         if (!r) break;
         ae_route_destroy(r);
     }
-    while (e->sinks) {
-        if (ae_sink_destroy(e->sinks) != AE_OK) break;
+    while (e->graph.sinks) {
+        if (ae_sink_destroy(e->graph.sinks) != AE_OK) break;
     }
-    while (e->sources) {
-        if (ae_source_destroy(e->sources) != AE_OK) break;
+    while (e->graph.sources) {
+        if (ae_source_destroy(e->graph.sources) != AE_OK) break;
     }
     stop_threads(e);
     engine_free(e);
@@ -191,14 +198,14 @@ int ae_engine_stats_get(ae_engine *e, ae_engine_stats *out)
     ae_clear_error();
     if (!e || !out) return ae_fail(AE_ERR_INVALID, "engine and out are required");
     memset(out, 0, sizeof *out);
-    pthread_mutex_lock(&e->graph_lock);
-    out->sources = e->nsources;
-    out->sinks = e->nsinks;
-    out->routes = e->nroutes;
+    pthread_mutex_lock(&e->graph.lock);
+    out->sources = e->graph.nsources;
+    out->sinks = e->graph.nsinks;
+    out->routes = e->graph.nroutes;
     out->threads = 3 + (e->lean != NULL);
-    for (ae_source *s = e->sources; s; s = s->next) out->threads += s->dev.thread_started;
-    for (ae_sink *k = e->sinks; k; k = k->next) out->threads += k->dev.thread_started;
-    pthread_mutex_unlock(&e->graph_lock);
+    for (ae_source *s = e->graph.sources; s; s = s->next) out->threads += s->dev.thread_started;
+    for (ae_sink *k = e->graph.sinks; k; k = k->next) out->threads += k->dev.thread_started;
+    pthread_mutex_unlock(&e->graph.lock);
     out->listeners = atomic_load(&e->nlisteners);
     ae_lean_stats(e->lean, out);
     ae_events_counts(&e->events, &out->events_posted, &out->events_coalesced);

@@ -144,10 +144,14 @@ static void push(ae_fanout *k, const unsigned char *data, int len, uint64_t inde
 
 /* ---- the fan-out --------------------------------------------------------- */
 
-int ae_fanout_create(ae_sink *k, const ae_sink_config *cfg, ae_fanout **out)
+static void fanout_destroy(void *self);
+static void fanout_frame(void *self, const float *mix, uint64_t index, int64_t capture_us);
+static int fanout_listeners(void *self);
+static void fanout_stats(void *self, ae_sink_stats *out);
+
+int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *engine)
 {
-    *out = NULL;
-    ae_engine *e = k->engine;
+    ae_engine *e = engine;
     ae_fanout *f = calloc(1, sizeof *f);
     if (!f) return ae_fail(AE_ERR_NOMEM, "out of memory");
     f->sink = k;
@@ -160,7 +164,7 @@ int ae_fanout_create(ae_sink *k, const ae_sink_config *cfg, ae_fanout **out)
     int rc = AE_OK;
     int app = cfg->low_delay >= 0 ? OPUS_APPLICATION_RESTRICTED_LOWDELAY : OPUS_APPLICATION_AUDIO;
     int err = 0;
-    f->encoder = opus_encoder_create(e->cfg.sample_rate, k->channels, app, &err);
+    f->encoder = opus_encoder_create(k->graph->rate, k->channels, app, &err);
     if (!f->encoder) {
         rc = ae_fail(AE_ERR_CODEC, "Opus encoder: %s", opus_strerror(err));
     } else {
@@ -176,29 +180,41 @@ int ae_fanout_create(ae_sink *k, const ae_sink_config *cfg, ae_fanout **out)
     }
     if (rc == AE_OK) rc = ae_glib_call(e, pipeline_start, f, GLIB_CALL_TIMEOUT_MS);
     if (rc != AE_OK) {
-        ae_fanout_destroy(f);
+        fanout_destroy(f);
         return rc;
     }
-    *out = f;
+    k->output = (ae_sink_output){.self = f, .frame = fanout_frame, .listeners = fanout_listeners,
+                                 .stats = fanout_stats, .destroy = fanout_destroy};
     return AE_OK;
 }
 
-void ae_fanout_destroy(ae_fanout *f)
+ae_fanout *ae_fanout_of(ae_sink *k)
 {
-    if (!f) return;
+    return k && k->kind == AE_SINK_OPUS && k->output.frame == fanout_frame ? k->output.self : NULL;
+}
+
+static void fanout_destroy(void *self)
+{
+    ae_fanout *f = self;
     if (f->pipeline) ae_glib_call(f->engine, pipeline_stop, f, GLIB_CALL_TIMEOUT_MS);
     if (f->encoder) opus_encoder_destroy(f->encoder);
     pthread_mutex_destroy(&f->latency.lock);
     free(f);
 }
 
-void ae_fanout_frame(ae_fanout *f, const float *mix, uint64_t index, int64_t capture_us)
+/* Mixer thread: encode one mixed frame and send it on. */
+static void fanout_frame(void *self, const float *mix, uint64_t index, int64_t capture_us)
 {
+    ae_fanout *f = self;
     int len = opus_encode_float(f->encoder, mix, f->frame_samples, f->packet, sizeof f->packet);
     if (len > 0) push(f, f->packet, len, index, capture_us);
 }
 
-int ae_fanout_listeners(ae_fanout *f) { return f ? atomic_load(&f->listeners) : 0; }
+static int fanout_listeners(void *self)
+{
+    ae_fanout *f = self;
+    return atomic_load(&f->listeners);
+}
 
 void ae_fanout_record_latency(ae_fanout *f, int64_t latency_us)
 {
@@ -207,9 +223,10 @@ void ae_fanout_record_latency(ae_fanout *f, int64_t latency_us)
     pthread_mutex_unlock(&f->latency.lock);
 }
 
-void ae_fanout_stats(ae_fanout *f, ae_sink_stats *out)
+/* listeners, packets_out and the send latency of ae_sink_stats */
+static void fanout_stats(void *self, ae_sink_stats *out)
 {
-    if (!f) return;
+    ae_fanout *f = self;
     out->listeners = atomic_load(&f->listeners);
     out->packets_out = atomic_load(&f->packets_out);
     int64_t sorted[AE_LAT_RING];

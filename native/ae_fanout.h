@@ -2,12 +2,14 @@
  * takes its packets to listeners: the ring to the lean transport's network
  * thread, and the appsrc/tee pipeline feeding webrtcbin listeners.
  *
- * The graph sees only the functions below (a sink holds an opaque
- * ae_fanout); the struct is for the transports built on it. */
+ * It sits above the graph: it attaches itself to an Opus sink as the sink's
+ * output (ae_sink_output), so the graph never calls it by name. The struct
+ * is for the transports built on it. */
 #ifndef AE_FANOUT_H
 #define AE_FANOUT_H
 
 #include "ae_core.h"
+#include "ae_graph.h"
 
 #include <gst/gst.h>
 #include <opus/opus.h>
@@ -17,14 +19,10 @@
 
 typedef struct ae_fanout ae_fanout;
 
-/* For an Opus sink (k's id, channels and frame size are set). */
-int ae_fanout_create(ae_sink *k, const ae_sink_config *cfg, ae_fanout **out);
-void ae_fanout_destroy(ae_fanout *f);
-/* Mixer thread: encode one mixed frame and send it on. */
-void ae_fanout_frame(ae_fanout *f, const float *mix, uint64_t index, int64_t capture_us);
-int ae_fanout_listeners(ae_fanout *f);
-/* listeners, packets_out and the send latency of ae_sink_stats */
-void ae_fanout_stats(ae_fanout *f, ae_sink_stats *out);
+/* An ae_output_maker for Opus sinks: ctx is the engine. */
+int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *engine);
+/* The fan-out of an Opus sink, or NULL. */
+ae_fanout *ae_fanout_of(ae_sink *k);
 
 typedef struct ae_lat_stats {
     pthread_mutex_t lock;

@@ -7,7 +7,7 @@
  * is gone keeps writing silence on time, so its sinks and their listeners
  * carry on and nobody downstream has to know. */
 #define _GNU_SOURCE
-#include "ae_internal.h"
+#include "ae_graph.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -85,7 +85,7 @@ int64_t ae_ring_time_of(const ae_ring *r, uint64_t pos, int rate)
 
 /* Who a device thread reports for. */
 typedef struct device_ctx {
-    ae_engine *e;
+    ae_graph *e;
     ae_source *source;
     ae_sink *sink;
     ae_device *d;
@@ -99,7 +99,7 @@ static void post_device(device_ctx *c, int type, const char *text, uint64_t coun
     ev.sink_id = c->sink ? c->sink->id : 0;
     ev.text = text;
     ev.count = count;
-    ae_post(&c->e->events, &ev);
+    ae_post(c->e->events, &ev);
 }
 
 static void mark_lost(device_ctx *c, const char *why)
@@ -115,9 +115,9 @@ static void mark_lost(device_ctx *c, const char *why)
     post_device(c, AE_EVENT_DEVICE_LOST, msg, 0);
 }
 
-static int device_open_pcm(ae_engine *e, ae_device *d)
+static int device_open_pcm(ae_graph *e, ae_device *d)
 {
-    return ae_pcm_open(&d->pcm, d->name, d->stream, e->cfg.sample_rate, d->channels,
+    return ae_pcm_open(&d->pcm, d->name, d->stream, e->rate, d->channels,
                        d->period_frames, d->buffer_periods);
 }
 
@@ -141,7 +141,7 @@ static bool try_restore(device_ctx *c)
 /* Sleep through one period of silence while the device is gone. */
 static void keep_time(device_ctx *c, int frames)
 {
-    c->d->silence_t += (int64_t)frames * 1000000 / c->e->cfg.sample_rate;
+    c->d->silence_t += (int64_t)frames * 1000000 / c->e->rate;
     ae_sleep_until_us(c->d->silence_t);
 }
 
@@ -176,7 +176,7 @@ static size_t max_period(const ae_device *d) { return (size_t)d->period_frames *
 static void *capture_main(void *arg)
 {
     ae_source *s = arg;
-    ae_engine *e = s->engine;
+    ae_graph *e = s->graph;
     ae_device *d = &s->dev;
     device_ctx c = {.e = e, .source = s, .d = d};
     float *buf = calloc(max_period(d) * (size_t)s->channels, sizeof(float));
@@ -188,7 +188,7 @@ static void *capture_main(void *arg)
             keep_time(&c, d->period_frames);
             memset(buf, 0, (size_t)d->period_frames * (size_t)s->channels * sizeof(float));
             ae_ring_write(&s->ring, buf, (uint64_t)d->period_frames, d->silence_t);
-            ae_wake_mixer(e);
+            ae_graph_wake(e);
             continue;
         }
         if (d->pcm.period > max_period(d)) {
@@ -197,10 +197,10 @@ static void *capture_main(void *arg)
         }
         int n = ae_pcm_read_period(&d->pcm, buf, 100);
         if (!handle_io_result(&c, n, &stalls) || n <= 0) continue;
-        int64_t captured = ae_now_us() - (int64_t)n * 1000000 / e->cfg.sample_rate;
+        int64_t captured = ae_now_us() - (int64_t)n * 1000000 / e->rate;
         ae_levels_add(&s->levels, buf, n);
         ae_ring_write(&s->ring, buf, (uint64_t)n, captured);
-        ae_wake_mixer(e);
+        ae_graph_wake(e);
     }
     free(buf);
     ae_thread_exiting();
@@ -210,7 +210,7 @@ static void *capture_main(void *arg)
 static void *playback_main(void *arg)
 {
     ae_sink *k = arg;
-    ae_engine *e = k->engine;
+    ae_graph *e = k->graph;
     ae_device *d = &k->dev;
     device_ctx c = {.e = e, .sink = k, .d = d};
     float *buf = calloc(max_period(d) * (size_t)k->channels, sizeof(float));
@@ -247,7 +247,7 @@ static void *playback_main(void *arg)
 
 /* Configure and open a device; with allow_absent a missing device is not an
  * error (its thread starts in the lost state and retries). */
-static int device_open(ae_engine *e, ae_device *d, const char *name, snd_pcm_stream_t stream,
+static int device_open(ae_graph *e, ae_device *d, const char *name, snd_pcm_stream_t stream,
                        int channels, int period_frames, int buffer_periods, int allow_absent)
 {
     d->period_frames = period_frames ? period_frames : 128;
@@ -262,10 +262,10 @@ static int device_open(ae_engine *e, ae_device *d, const char *name, snd_pcm_str
     return rc != AE_OK && allow_absent ? AE_OK : rc;
 }
 
-static int device_start(ae_engine *e, ae_device *d, const char *thread_name,
+static int device_start(ae_graph *e, ae_device *d, const char *thread_name,
                         void *(*fn)(void *), void *owner)
 {
-    int rc = ae_thread_start(&d->thread, thread_name, fn, owner, e->cfg.realtime_priority);
+    int rc = ae_thread_start(&d->thread, thread_name, fn, owner, e->rt_priority);
     d->thread_started = rc == AE_OK;
     return rc;
 }
@@ -402,13 +402,13 @@ static int load_wav(ae_source *s, const char *path, int engine_rate, int raw_rat
     return AE_OK;
 }
 
-static void link_source(ae_engine *e, ae_source *s)
+static void link_source(ae_graph *e, ae_source *s)
 {
-    pthread_mutex_lock(&e->graph_lock);
+    pthread_mutex_lock(&e->lock);
     s->next = e->sources;
     e->sources = s;
     e->nsources++;
-    pthread_mutex_unlock(&e->graph_lock);
+    pthread_mutex_unlock(&e->lock);
 }
 
 static void source_free(ae_source *s)
@@ -420,7 +420,7 @@ static void source_free(ae_source *s)
     free(s);
 }
 
-int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
+int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source **out)
 {
     ae_clear_error();
     if (!e || !cfg || !out) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
@@ -432,7 +432,7 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
                        channels);
     ae_source *s = calloc(1, sizeof *s);
     if (!s) return ae_fail(AE_ERR_NOMEM, "out of memory");
-    s->engine = e;
+    s->graph = e;
     s->id = ae_new_id();
     s->kind = cfg->kind;
     s->channels = channels;
@@ -441,9 +441,9 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
     case AE_SOURCE_TONE: {
         double hz = cfg->tone_hz ? cfg->tone_hz : 440.0;
         double db = cfg->tone_dbfs ? cfg->tone_dbfs : -12.0;
-        if (!(hz > 0 && hz < e->cfg.sample_rate / 2.0) || !(db <= 0 && db > -200)) {
+        if (!(hz > 0 && hz < e->rate / 2.0) || !(db <= 0 && db > -200)) {
             rc = ae_fail(AE_ERR_INVALID, "tone needs 0 < Hz < %d and -200 < dBFS <= 0",
-                         e->cfg.sample_rate / 2);
+                         e->rate / 2);
             break;
         }
         if (cfg->click_interval_ms < 0 || cfg->click_interval_ms > 60000) {
@@ -460,10 +460,10 @@ int ae_source_create(ae_engine *e, const ae_source_config *cfg, ae_source **out)
             rc = ae_fail(AE_ERR_INVALID, "a file source needs a path");
             break;
         }
-        rc = load_wav(s, cfg->path, e->cfg.sample_rate, cfg->raw_rate);
+        rc = load_wav(s, cfg->path, e->rate, cfg->raw_rate);
         break;
     case AE_SOURCE_ALSA:
-        rc = ae_ring_init(&s->ring, channels, (uint64_t)e->cfg.sample_rate);
+        rc = ae_ring_init(&s->ring, channels, (uint64_t)e->rate);
         if (rc == AE_OK)
             rc = device_open(e, &s->dev, cfg->device, SND_PCM_STREAM_CAPTURE, channels,
                              cfg->period_frames, cfg->buffer_periods, cfg->allow_absent);
@@ -493,12 +493,12 @@ int ae_source_set_tone(ae_source *s, double hz, double dbfs)
 {
     ae_clear_error();
     if (!s || s->kind != AE_SOURCE_TONE) return ae_fail(AE_ERR_INVALID, "not a tone source");
-    if (!(hz > 0 && hz < s->engine->cfg.sample_rate / 2.0) || !(dbfs <= 0 && dbfs > -200))
+    if (!(hz > 0 && hz < s->graph->rate / 2.0) || !(dbfs <= 0 && dbfs > -200))
         return ae_fail(AE_ERR_INVALID, "tone needs 0 < Hz < Nyquist and -200 < dBFS <= 0");
-    pthread_mutex_lock(&s->engine->graph_lock);
+    pthread_mutex_lock(&s->graph->lock);
     s->tone_hz = hz;
     s->tone_amp = db_to_amp(dbfs);
-    pthread_mutex_unlock(&s->engine->graph_lock);
+    pthread_mutex_unlock(&s->graph->lock);
     return AE_OK;
 }
 
@@ -506,12 +506,12 @@ int ae_source_click_times(ae_source *s, int64_t *out, int max)
 {
     ae_clear_error();
     if (!s || !out || max < 0) return ae_fail(AE_ERR_INVALID, "bad arguments");
-    pthread_mutex_lock(&s->engine->graph_lock);
+    pthread_mutex_lock(&s->graph->lock);
     uint64_t n = atomic_load(&s->clicks);
     uint64_t take = n < (uint64_t)max ? n : (uint64_t)max;
     if (take > AE_CLICK_RING) take = AE_CLICK_RING;
     for (uint64_t i = 0; i < take; i++) out[i] = s->click_times[(n - take + i) % AE_CLICK_RING];
-    pthread_mutex_unlock(&s->engine->graph_lock);
+    pthread_mutex_unlock(&s->graph->lock);
     return (int)take;
 }
 
@@ -519,10 +519,10 @@ int ae_source_destroy(ae_source *s)
 {
     ae_clear_error();
     if (!s) return ae_fail(AE_ERR_INVALID, "no source");
-    ae_engine *e = s->engine;
-    pthread_mutex_lock(&e->graph_lock);
+    ae_graph *e = s->graph;
+    pthread_mutex_lock(&e->lock);
     if (s->nroutes > 0) {
-        pthread_mutex_unlock(&e->graph_lock);
+        pthread_mutex_unlock(&e->lock);
         return ae_fail(AE_ERR_BUSY, "the source still has %d route(s)", s->nroutes);
     }
     for (ae_source **pp = &e->sources; *pp; pp = &(*pp)->next) {
@@ -532,9 +532,9 @@ int ae_source_destroy(ae_source *s)
             break;
         }
     }
-    pthread_mutex_unlock(&e->graph_lock);
+    pthread_mutex_unlock(&e->lock);
     device_close(&s->dev);
-    ae_events_forget(&e->events, s->id);
+    ae_events_forget(e->events, s->id);
     source_free(s);
     return AE_OK;
 }
@@ -548,7 +548,7 @@ static int valid_frame_us(int us)
 
 static void sink_free(ae_sink *k)
 {
-    ae_fanout_destroy(k->fanout);
+    if (k->output.destroy) k->output.destroy(k->output.self);
     ae_ring_free(&k->out_ring);
     free(k->mix);
     free(k->tmp);
@@ -557,7 +557,8 @@ static void sink_free(ae_sink *k)
     free(k);
 }
 
-int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
+int ae_graph_sink_create(ae_graph *e, const ae_sink_config *cfg, ae_output_maker make,
+                         void *ctx, ae_sink **out)
 {
     ae_clear_error();
     if (!e || !cfg || !out) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
@@ -577,21 +578,21 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
 
     ae_sink *k = calloc(1, sizeof *k);
     if (!k) return ae_fail(AE_ERR_NOMEM, "out of memory");
-    k->engine = e;
+    k->graph = e;
     k->id = ae_new_id();
     k->kind = cfg->kind;
     k->channels = channels;
     k->frame_us = frame_us;
-    k->frame_samples = (int)((int64_t)e->cfg.sample_rate * frame_us / 1000000);
+    k->frame_samples = (int)((int64_t)e->rate * frame_us / 1000000);
     k->mix = calloc((size_t)k->frame_samples * (size_t)channels, sizeof(float));
     k->tmp = calloc((size_t)k->frame_samples * AE_MAX_CHANNELS, sizeof(float));
     ae_levels_init(&k->levels, channels);
     int rc = (k->mix && k->tmp) ? AE_OK : ae_fail(AE_ERR_NOMEM, "out of memory");
 
     if (rc == AE_OK && k->kind == AE_SINK_OPUS) {
-        rc = ae_fanout_create(k, cfg, &k->fanout);
+        rc = make ? make(k, cfg, ctx) : ae_fail(AE_ERR_INVALID, "no output for an Opus sink");
     } else if (rc == AE_OK) {
-        rc = ae_ring_init(&k->out_ring, channels, (uint64_t)e->cfg.sample_rate);
+        rc = ae_ring_init(&k->out_ring, channels, (uint64_t)e->rate);
         if (rc == AE_OK)
             rc = device_open(e, &k->dev, cfg->device, SND_PCM_STREAM_PLAYBACK, channels,
                              cfg->period_frames, cfg->buffer_periods, cfg->allow_absent);
@@ -600,17 +601,17 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
         sink_free(k);
         return rc;
     }
-    pthread_mutex_lock(&e->graph_lock);
+    pthread_mutex_lock(&e->lock);
     k->next = e->sinks;
     e->sinks = k;
     e->nsinks++;
-    pthread_mutex_unlock(&e->graph_lock);
+    pthread_mutex_unlock(&e->lock);
     if (k->kind == AE_SINK_ALSA &&
         (rc = device_start(e, &k->dev, "ae-playback", playback_main, k)) != AE_OK) {
         ae_sink_destroy(k);
         return rc;
     }
-    ae_wake_mixer(e);
+    ae_graph_wake(e);
     *out = k;
     return AE_OK;
 }
@@ -619,11 +620,12 @@ int ae_sink_destroy(ae_sink *k)
 {
     ae_clear_error();
     if (!k) return ae_fail(AE_ERR_INVALID, "no sink");
-    ae_engine *e = k->engine;
-    pthread_mutex_lock(&e->graph_lock);
-    if (k->nroutes > 0 || ae_fanout_listeners(k->fanout) > 0) {
-        int routes = k->nroutes, listeners = ae_fanout_listeners(k->fanout);
-        pthread_mutex_unlock(&e->graph_lock);
+    ae_graph *e = k->graph;
+    pthread_mutex_lock(&e->lock);
+    int listeners = k->output.listeners ? k->output.listeners(k->output.self) : 0;
+    if (k->nroutes > 0 || listeners > 0) {
+        int routes = k->nroutes;
+        pthread_mutex_unlock(&e->lock);
         return ae_fail(AE_ERR_BUSY, "the sink still has %d route(s) and %d listener(s)", routes,
                        listeners);
     }
@@ -634,9 +636,9 @@ int ae_sink_destroy(ae_sink *k)
             break;
         }
     }
-    pthread_mutex_unlock(&e->graph_lock);
+    pthread_mutex_unlock(&e->lock);
     device_close(&k->dev);
-    ae_events_forget(&e->events, k->id);
+    ae_events_forget(e->events, k->id);
     sink_free(k);
     return AE_OK;
 }
@@ -646,11 +648,11 @@ int ae_sink_stats_get(ae_sink *k, ae_sink_stats *out)
     ae_clear_error();
     if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
     memset(out, 0, sizeof *out);
-    pthread_mutex_lock(&k->engine->graph_lock);
+    pthread_mutex_lock(&k->graph->lock);
     out->frames_encoded = k->frames;
     out->underruns = k->underruns;
-    pthread_mutex_unlock(&k->engine->graph_lock);
-    ae_fanout_stats(k->fanout, out);
+    pthread_mutex_unlock(&k->graph->lock);
+    if (k->output.stats) k->output.stats(k->output.self, out);
     return AE_OK;
 }
 
@@ -661,7 +663,7 @@ int ae_route_create(ae_source *s, ae_sink *k, const ae_route_config *cfg, ae_rou
     ae_clear_error();
     if (!s || !k || !out) return ae_fail(AE_ERR_INVALID, "source, sink and out are required");
     *out = NULL;
-    if (s->engine != k->engine) return ae_fail(AE_ERR_INVALID, "source and sink of different engines");
+    if (s->graph != k->graph) return ae_fail(AE_ERR_INVALID, "source and sink of different engines");
     ae_route_config c = {0};
     if (cfg) c = *cfg;
     if (!isfinite(c.gain_db) || c.gain_db > 40 || c.gain_db < -200)
@@ -678,8 +680,8 @@ int ae_route_create(ae_source *s, ae_sink *k, const ae_route_config *cfg, ae_rou
     r->gain_target = r->muted ? 0.0f : db_to_amp(c.gain_db);
     r->gain_now = r->gain_target;
     r->source_channel = c.source_channel > 0 ? c.source_channel : 0;
-    ae_engine *e = s->engine;
-    pthread_mutex_lock(&e->graph_lock);
+    ae_graph *e = s->graph;
+    pthread_mutex_lock(&e->lock);
     if (s->kind == AE_SOURCE_ALSA)
         r->rpos = atomic_load_explicit(&s->ring.wpos, memory_order_acquire);
     /* Append, so the first capture route stays the sink's clock. */
@@ -689,8 +691,8 @@ int ae_route_create(ae_source *s, ae_sink *k, const ae_route_config *cfg, ae_rou
     k->nroutes++;
     s->nroutes++;
     e->nroutes++;
-    pthread_mutex_unlock(&e->graph_lock);
-    ae_wake_mixer(e);
+    pthread_mutex_unlock(&e->lock);
+    ae_graph_wake(e);
     *out = r;
     return AE_OK;
 }
@@ -701,10 +703,10 @@ int ae_route_set_gain(ae_route *r, double gain_db)
     if (!r) return ae_fail(AE_ERR_INVALID, "no route");
     if (!isfinite(gain_db) || gain_db > 40 || gain_db < -200)
         return ae_fail(AE_ERR_INVALID, "gain must be between -200 and +40 dB");
-    pthread_mutex_lock(&r->source->engine->graph_lock);
+    pthread_mutex_lock(&r->source->graph->lock);
     r->gain_db = gain_db;
     r->gain_target = r->muted ? 0.0f : db_to_amp(gain_db);
-    pthread_mutex_unlock(&r->source->engine->graph_lock);
+    pthread_mutex_unlock(&r->source->graph->lock);
     return AE_OK;
 }
 
@@ -712,10 +714,10 @@ int ae_route_set_muted(ae_route *r, int muted)
 {
     ae_clear_error();
     if (!r) return ae_fail(AE_ERR_INVALID, "no route");
-    pthread_mutex_lock(&r->source->engine->graph_lock);
+    pthread_mutex_lock(&r->source->graph->lock);
     r->muted = muted != 0;
     r->gain_target = r->muted ? 0.0f : db_to_amp(r->gain_db);
-    pthread_mutex_unlock(&r->source->engine->graph_lock);
+    pthread_mutex_unlock(&r->source->graph->lock);
     return AE_OK;
 }
 
@@ -723,8 +725,8 @@ int ae_route_destroy(ae_route *r)
 {
     ae_clear_error();
     if (!r) return ae_fail(AE_ERR_INVALID, "no route");
-    ae_engine *e = r->source->engine;
-    pthread_mutex_lock(&e->graph_lock);
+    ae_graph *e = r->source->graph;
+    pthread_mutex_lock(&e->lock);
     for (ae_route **pp = &r->sink->routes; *pp; pp = &(*pp)->next_in_sink) {
         if (*pp == r) {
             *pp = r->next_in_sink;
@@ -734,7 +736,7 @@ int ae_route_destroy(ae_route *r)
     r->sink->nroutes--;
     r->source->nroutes--;
     e->nroutes--;
-    pthread_mutex_unlock(&e->graph_lock);
+    pthread_mutex_unlock(&e->lock);
     free(r);
     return AE_OK;
 }
@@ -747,7 +749,7 @@ static int pull(ae_route *r, float *dst, int fs, int64_t frame_time_us, bool clo
 {
     ae_source *s = r->source;
     int ch = s->channels;
-    int rate = s->engine->cfg.sample_rate;
+    int rate = s->graph->rate;
     switch (s->kind) {
     case AE_SOURCE_ALSA: {
         uint64_t w = atomic_load_explicit(&s->ring.wpos, memory_order_acquire);
@@ -834,7 +836,7 @@ static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
     int fs = k->frame_samples, kch = k->channels;
     memset(k->mix, 0, (size_t)fs * (size_t)kch * sizeof(float));
     if (clock) frame_time_us = ae_ring_time_of(&clock->source->ring, clock->rpos,
-                                               k->engine->cfg.sample_rate);
+                                               k->graph->rate);
     for (ae_route *r = k->routes; r; r = r->next_in_sink) {
         int got = pull(r, k->tmp, fs, frame_time_us, r == clock);
         if (got < fs && r->source->kind == AE_SOURCE_ALSA) k->underruns++;
@@ -847,7 +849,7 @@ static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
     ae_levels_add(&k->levels, k->mix, fs);
     uint64_t index = k->frames++;
     if (k->kind == AE_SINK_OPUS) {
-        ae_fanout_frame(k->fanout, k->mix, index, frame_time_us);
+        k->output.frame(k->output.self, k->mix, index, frame_time_us);
     } else {
         ae_ring_write(&k->out_ring, k->mix, (uint64_t)fs, frame_time_us);
     }
@@ -860,13 +862,13 @@ static ae_route *clock_route(ae_sink *k)
     return NULL;
 }
 
-void *ae_mixer_main(void *arg)
+static void *mixer_main(void *arg)
 {
-    ae_engine *e = arg;
+    ae_graph *e = arg;
     while (!atomic_load(&e->stopping)) {
         int64_t now = ae_now_us();
         int64_t wake = now + 100000;
-        pthread_mutex_lock(&e->graph_lock);
+        pthread_mutex_lock(&e->lock);
         for (ae_sink *k = e->sinks; k; k = k->next) {
             ae_route *clock = clock_route(k);
             if (clock) {
@@ -887,11 +889,48 @@ void *ae_mixer_main(void *arg)
             }
             if (k->next_due_us < wake) wake = k->next_due_us;
         }
-        pthread_mutex_unlock(&e->graph_lock);
+        pthread_mutex_unlock(&e->lock);
         struct timespec ts = {.tv_sec = wake / 1000000, .tv_nsec = (wake % 1000000) * 1000};
-        while (sem_clockwait(&e->mixer_wake, CLOCK_MONOTONIC, &ts) != 0 && errno == EINTR) {
+        while (sem_clockwait(&e->wake, CLOCK_MONOTONIC, &ts) != 0 && errno == EINTR) {
         }
     }
     ae_thread_exiting();
     return NULL;
 }
+
+/* ---- the graph ----------------------------------------------------------- */
+
+void ae_graph_init(ae_graph *g, int rate, int rt_priority, ae_events *events)
+{
+    memset(g, 0, sizeof *g);
+    g->rate = rate;
+    g->rt_priority = rt_priority;
+    g->events = events;
+    pthread_mutex_init(&g->lock, NULL);
+    sem_init(&g->wake, 0, 0);
+}
+
+int ae_graph_start(ae_graph *g)
+{
+    int rc = ae_thread_start(&g->mixer_thread, "ae-mixer", mixer_main, g, g->rt_priority);
+    g->mixer_started = rc == AE_OK;
+    return rc;
+}
+
+void ae_graph_stop(ae_graph *g)
+{
+    atomic_store(&g->stopping, true);
+    if (g->mixer_started) {
+        ae_graph_wake(g);
+        pthread_join(g->mixer_thread, NULL);
+        g->mixer_started = false;
+    }
+}
+
+void ae_graph_destroy(ae_graph *g)
+{
+    pthread_mutex_destroy(&g->lock);
+    sem_destroy(&g->wake);
+}
+
+void ae_graph_wake(ae_graph *g) { sem_post(&g->wake); }

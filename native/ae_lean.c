@@ -74,6 +74,7 @@ typedef struct stream stream;
 struct ae_lean_peer {
     ae_lean *t;
     ae_sink *sink;
+    ae_fanout *fanout;                   /* the sink's */
     uint64_t listener_id, sink_id;
     const atomic_bool *closing;
     int pt;
@@ -888,7 +889,7 @@ static void flush(ae_lean *t)
             ae_lean_peer *p = t->batch_peer[i];
             atomic_fetch_add(&p->packets_sent, 1);
             atomic_fetch_add(&p->bytes_sent, t->msgs[i].msg_len);
-            atomic_fetch_add(&p->sink->fanout->packets_out, 1);
+            atomic_fetch_add(&p->fanout->packets_out, 1);
         }
         done += r;
     }
@@ -935,7 +936,7 @@ static void send_packet(ae_lean *t, stream *s, const pkt *in)
     s->last_ts = ts;
     s->last_send_us = now;
     s->sent_any = true;
-    if (s->live->len) ae_fanout_record_latency(s->sink->fanout, now - in->capture_us);
+    if (s->live->len) ae_fanout_record_latency(ae_fanout_of(s->sink), now - in->capture_us);
 }
 
 void ae_lean_push(ae_lean *t, ae_fanout *k, const unsigned char *data, int len, uint64_t index,
@@ -1347,6 +1348,7 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
     }
     p->t = t;
     p->sink = k;
+    p->fanout = ae_fanout_of(k);
     p->sink_id = k->id;
     p->listener_id = listener_id;
     p->closing = closing;

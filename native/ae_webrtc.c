@@ -33,6 +33,7 @@
 struct ae_listener {
     ae_engine *engine;
     ae_sink *sink;
+    ae_fanout *fanout;                   /* the sink's */
     ae_listener *next;
     uint64_t id;                         /* names it in events */
     _Atomic int refs;
@@ -134,11 +135,11 @@ static void count_sent(ae_listener *l, GstBuffer *buf)
         (b[1] & 0x7f) == l->pt) {
         atomic_fetch_add(&l->packets_sent, 1);
         atomic_fetch_add(&l->bytes_sent, map.size);
-        atomic_fetch_add(&l->sink->fanout->packets_out, 1);
+        atomic_fetch_add(&l->fanout->packets_out, 1);
         if (atomic_load(&l->rtp_base_known)) {
             uint32_t ts = (uint32_t)b[4] << 24 | (uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7];
             uint64_t offset = l->rtp_base_offset + (uint32_t)(ts - l->rtp_base_ts);
-            ae_fanout *k = l->sink->fanout;
+            ae_fanout *k = l->fanout;
             uint64_t index = offset / (uint64_t)k->frame_samples;
             if (k->frame_index_at[index % AE_FRAME_RING] == index)
                 ae_fanout_record_latency(k, ae_now_us() - k->frame_capture_us[index % AE_FRAME_RING]);
@@ -427,7 +428,7 @@ static void link_to_tee(ae_listener *l)
 {
     /* Elements are PLAYING already; link the tee last, so a new branch can
      * never stall the ones that are running. */
-    l->tee_pad = gst_element_request_pad_simple(l->sink->fanout->tee, "src_%u");
+    l->tee_pad = gst_element_request_pad_simple(l->fanout->tee, "src_%u");
     /* Nothing passes until DTLS is up: until then webrtcbin blocks its
      * input, which would block the tee and with it every listener. */
     l->gate_probe = gst_pad_add_probe(l->tee_pad, GST_PAD_PROBE_TYPE_BUFFER,
@@ -583,7 +584,7 @@ static int start_listener(ae_listener *l)
     gst_pad_add_probe(payout, GST_PAD_PROBE_TYPE_BUFFER, on_pay_out, listener_ref(l),
                       listener_unref);
 
-    gst_bin_add_many(GST_BIN(l->sink->fanout->pipeline), l->pay, l->webrtc, NULL);
+    gst_bin_add_many(GST_BIN(l->fanout->pipeline), l->pay, l->webrtc, NULL);
     /* A send-only transceiver that offers exactly the client's Opus payload
      * type, stereo: browsers downmix unless the answer says stereo=1. */
     GstPad *wsink = gst_element_request_pad_simple(l->webrtc, "sink_%u");
@@ -649,10 +650,10 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     ae_clear_error();
     if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
     *out = NULL;
-    ae_engine *e = k->engine;
-    if (k->kind != AE_SINK_OPUS || !k->fanout)
-        return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
-    if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    ae_fanout *f = ae_fanout_of(k);
+    if (!f) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
+    ae_engine *e = f->engine;
+    if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     ae_offer offer;
     int rc = ae_offer_parse(offer_sdp, &offer);
     if (rc != AE_OK) return rc;
@@ -676,6 +677,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     l->engine = e;
     l->id = ae_new_id();
     l->sink = k;
+    l->fanout = f;
     l->refs = 1;
     l->transport = transport;
     pthread_mutex_init(&l->health_lock, NULL);
@@ -692,7 +694,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
             free(l);
             return rc;
         }
-        atomic_fetch_add(&k->fanout->lean_listeners, 1);
+        atomic_fetch_add(&f->lean_listeners, 1);
     } else {
         l->fmtp = offer.fmtp; /* taken over */
         offer.fmtp = NULL;
@@ -701,7 +703,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
         g_mutex_init(&l->cand_lock);
         l->candidates = g_ptr_array_new_with_free_func(g_free);
     }
-    atomic_fetch_add(&k->fanout->listeners, 1);
+    atomic_fetch_add(&f->listeners, 1);
     pthread_mutex_lock(&e->listeners_lock);
     l->next = e->listeners;
     e->listeners = l;
@@ -885,7 +887,7 @@ static int detach_listener(void *data)
         if (w.peer) gst_object_unref(w.peer);
         g_mutex_clear(&w.lock);
         g_cond_clear(&w.cond);
-        gst_element_release_request_pad(l->sink->fanout->tee, l->tee_pad);
+        gst_element_release_request_pad(l->fanout->tee, l->tee_pad);
         gst_object_unref(l->tee_pad);
         l->tee_pad = NULL;
     }
@@ -896,9 +898,9 @@ static int detach_listener(void *data)
             gst_object_unref(l->rx_pad);
             l->rx_pad = NULL;
         }
-        gst_bin_remove(GST_BIN(l->sink->fanout->pipeline), l->webrtc);
+        gst_bin_remove(GST_BIN(l->fanout->pipeline), l->webrtc);
     }
-    if (l->pay) gst_bin_remove(GST_BIN(l->sink->fanout->pipeline), l->pay);
+    if (l->pay) gst_bin_remove(GST_BIN(l->fanout->pipeline), l->pay);
     return AE_OK;
 }
 
@@ -921,8 +923,8 @@ int ae_listener_destroy(ae_listener *l)
     if (l->lean) {
         ae_lean_peer_destroy(e->lean, l->lean);
         l->lean = NULL;
-        atomic_fetch_sub(&l->sink->fanout->lean_listeners, 1);
-        atomic_fetch_sub(&l->sink->fanout->listeners, 1);
+        atomic_fetch_sub(&l->fanout->lean_listeners, 1);
+        atomic_fetch_sub(&l->fanout->listeners, 1);
         atomic_fetch_sub(&e->nlisteners, 1);
         listener_unref(l);
         malloc_trim(0);
@@ -936,7 +938,7 @@ int ae_listener_destroy(ae_listener *l)
         if (l->pay) gst_object_unref(l->pay);
         l->webrtc = l->pay = NULL;
     }
-    atomic_fetch_sub(&l->sink->fanout->listeners, 1);
+    atomic_fetch_sub(&l->fanout->listeners, 1);
     atomic_fetch_sub(&e->nlisteners, 1);
     listener_unref(l);
     /* A listener frees about a megabyte in many small blocks across
