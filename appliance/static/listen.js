@@ -154,13 +154,18 @@ class Player {
     document.body.append(this.audio);
     this.audio.volume = Number(localStorageGet(VOLUME_KEY, "1"));
     for (const name of ["playing", "ended", "emptied"]) this.audio.addEventListener(name, () => this.changed());
-    // paused by someone else (the OS, a call, the browser): play again, which
-    // may be refused ("Tap to play")
-    this.audio.addEventListener("pause", () => { if (this.wanted && this.phase === "connected") this.tryPlay(); this.changed(); });
+    // paused by someone else (the OS, a call): play again, which may be
+    // refused ("Tap to play"). Not while a play() is pending or was refused:
+    // Chromium fires "pause" for a refused play(), which would loop.
+    this.audio.addEventListener("pause", () => {
+      if (this.wanted && this.phase === "connected" && !this.playing && !this.blocked) this.tryPlay();
+      this.changed();
+    });
     this.wanted = false;
     this.phase = "idle"; // idle | connecting | connected | retrying | error
     this.problem = null; // {key, values}: why it is retrying or stopped
     this.blocked = false; // the browser refused play()
+    this.playing = false; // a play() is pending
     this.pc = null;
     this.session = null;
     this.stream = null;
@@ -199,8 +204,9 @@ class Player {
    *  until a tap plays it. */
   tryPlay() {
     let promise;
+    this.playing = true; // a play() is pending
     try { promise = this.audio.play(); } catch (err) { promise = Promise.reject(err); }
-    Promise.resolve(promise).then(() => {
+    Promise.resolve(promise).finally(() => { this.playing = false; }).then(() => {
       if (this.blocked) { this.blocked = false; this.changed(); }
     }, (err) => {
       // AbortError: a newer source replaced this one; its own play() decides

@@ -381,17 +381,22 @@ async def test_a_real_autoplay_refusal_in_chromium(venue):
                                          ignore_default_args=["--mute-audio"])
             try:
                 context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
-                # the page presses Listen itself once ready: no user activation
-                # (Playwright's own evaluate() would count as a gesture)
-                context.add_init_script("""const t = setInterval(() => {
-                    if (!(window.applianceDebug && applianceDebug.ready)) return;
-                    clearInterval(t); document.querySelector('.channel button.listen').click(); }, 50);""")
+                # the page presses Listen itself once ready, and reports its
+                # state on the console: no user activation from the test until
+                # the tap (Playwright's evaluate() and waits count as a gesture)
+                context.add_init_script("""const seen = new Set(); const t = setInterval(() => {
+                    const d = window.applianceDebug;
+                    if (!(d && d.ready)) return;
+                    if (!seen.size) document.querySelector('.channel button.listen').click();
+                    const st = d.stats('main'), key = d.state('main').state
+                      + (st && st.packetsReceived > 50 ? '+packets' : '');
+                    if (!seen.has(key)) { seen.add(key); console.log('state ' + key); }
+                    if (key.endsWith('+packets')) clearInterval(t); }, 50);""")
                 page = context.new_page()
-                page.goto(venue.url + "/listen/main")
-                page.wait_for_selector(f'{card("main")} .state[data-state="blocked"]', timeout=15000)
-                page.wait_for_function(
-                    "() => (applianceDebug.stats('main') || {packetsReceived: 0}).packetsReceived > 50",
-                    timeout=15000)
+                states = []
+                page.on("console", lambda m: states.append(m.text))
+                with page.expect_console_message(lambda m: m.text.endswith("+packets"), timeout=20000):
+                    page.goto(venue.url + "/listen/main")
                 blocked = page.evaluate("""() => ({state: applianceDebug.state('main').state,
                     paused: document.querySelector('audio[data-sink="main"]').paused,
                     label: document.querySelector('.channel button.listen').innerText.trim()})""")
@@ -399,10 +404,13 @@ async def test_a_real_autoplay_refusal_in_chromium(venue):
                 wait_playing(page)
                 page.tap(f"{card('main')} button.listen")
                 page.wait_for_selector(f'{card("main")} .state[data-state="idle"]')
-                return blocked
+                return blocked, states
             finally:
                 browser.close()
 
-    blocked = await trio.to_thread.run_sync(run)
+    blocked, states = await trio.to_thread.run_sync(run)
     assert blocked == {"state": "blocked", "paused": True, "label": "Tap to play"}
+    # what the page showed before the tap: never Playing
+    assert states[-1] == "state blocked+packets", states
+    assert not any("playing" in s for s in states), states
     await idle(venue)
