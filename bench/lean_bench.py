@@ -92,9 +92,10 @@ class Loadgen:
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, workers: int = 2, sample_every: int = 50,
-                    address: str = "127.0.0.1") -> "Loadgen":
+                    address: str = "127.0.0.1", unprotect_every: int = 1) -> "Loadgen":
         process = await trio.lowlevel.open_process(
-            [str(build_loadgen()), "-w", str(workers), "-s", str(sample_every), "-a", address],
+            [str(build_loadgen()), "-w", str(workers), "-s", str(sample_every), "-a", address,
+             "-u", str(unprotect_every)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self = cls(process)
         ready = trio.Event()
@@ -568,7 +569,8 @@ async def bench_appliance(args: argparse.Namespace, transport: str | None) -> di
         async with trio.open_nursery() as nursery:
             process, url = await start_appliance(nursery, Path(tmp), transport,
                                                  max(args.levels) + 100)
-            loadgen = await Loadgen.start(nursery, workers=args.workers)
+            loadgen = await Loadgen.start(nursery, workers=args.workers,
+                                          unprotect_every=args.unprotect_every)
             try:
                 limits = httpx.Limits(max_connections=200, max_keepalive_connections=200,
                                       keepalive_expiry=KEEPALIVE_S)
@@ -791,7 +793,8 @@ async def bench_janus(args: argparse.Namespace, lite: bool) -> dict[str, Any] | 
                             except httpx.TransportError:
                                 pass
                             await trio.sleep(0.1)
-                    loadgen = await Loadgen.start(nursery, workers=args.workers, address=address)
+                    loadgen = await Loadgen.start(nursery, workers=args.workers, address=address,
+                                                  unprotect_every=args.unprotect_every)
                     try:
                         server = JanusServer(name, janus.pid, loadgen, client, nursery=nursery)
                         result = await run_server(server, args.levels, args.window, args.burst,
@@ -818,6 +821,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2, help="loadgen threads")
+    parser.add_argument("--unprotect-every", type=int, default=10,
+                        help="loadgen: SRTP-unprotect one packet in this many (decoding "
+                             "listeners: all); loss needs only the clear RTP header")
     parser.add_argument("--nice", type=int, default=-10,
                         help="run the benchmark, its servers and the loadgen at this niceness "
                              "(the build machine is shared; needs root, else ignored)")
