@@ -138,7 +138,7 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
         return rc;
     }
     rc = ae_events_start(&e->events);
-    if (rc == AE_OK && cfg.transport != AE_TRANSPORT_WEBRTCBIN) rc = ae_lean_start(e, &e->lean);
+    if (rc == AE_OK && cfg.transport != AE_TRANSPORT_WEBRTCBIN) rc = ae_lean_start(&e->events, &e->cfg, &e->lean);
     if (rc == AE_OK) {
         rc = ae_graph_start(&e->graph);
     }

@@ -12,7 +12,13 @@
  *      sink hands its frames to an opaque ae_sink_output)
  *   -> ae_fanout (the encoder, the lean ring, the webrtcbin pipeline: it
  *      attaches itself as an Opus sink's output)
- *   -> the transports -> the engine.
+ *   -> ae_lean (the lean transport: knows the event queue, the fan-out and
+ *      offers, not the engine)
+ *   -> ae_webrtc.c (webrtcbin and the listener seam) and ae_engine.c, which
+ *      share this header's struct ae_engine.
+ * Left to cut: the fan-out still reaches the engine for its glib loop and
+ * the lean transport's ring; webrtcbin listeners and the seam share one
+ * file.
  *
  * Threads and locks
  *  - glib thread: runs the engine's GMainContext; every GStreamer/webrtcbin
@@ -36,6 +42,7 @@
 #include "ae_events.h"
 #include "ae_fanout.h"
 #include "ae_graph.h"
+#include "ae_lean.h"
 #include "ae_sdp.h"
 
 #include <alsa/asoundlib.h>
@@ -68,27 +75,7 @@ static inline int ae_glib_call(ae_engine *e, int (*fn)(void *), void *data, int 
     return ae_loop_call(&e->glib, fn, data, timeout_ms);
 }
 
-/* ---- the lean transport (ae_lean.c) ---- */
-typedef struct ae_lean ae_lean;
-typedef struct ae_lean_peer ae_lean_peer;
-
-int ae_lean_start(ae_engine *e, ae_lean **out);
-void ae_lean_stop(ae_lean *t);
-void ae_lean_stats(ae_lean *t, ae_engine_stats *out);
-/* NULL when the lean transport can serve the offer, else why not. */
-const char *ae_lean_declines(const ae_offer *o);
-/* The answer is ready at once (malloc'd into *answer). Events are posted
- * under listener_id unless *closing is set. */
-int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atomic_bool *closing,
-                        const ae_offer *o, char **answer, ae_lean_peer **out);
-/* Waits (bounded) until the network thread has let go of it, then frees it. */
-void ae_lean_peer_destroy(ae_lean *t, ae_lean_peer *p);
-void ae_lean_peer_stats(ae_lean_peer *p, ae_listener_stats *out);
-/* Mixer thread: one Opus packet of a sink for its lean listeners. */
-void ae_lean_push(ae_lean *t, ae_fanout *f, const unsigned char *data, int len, uint64_t index,
-                  int64_t capture_us);
-
-/* ---- WebRTC fan-out (ae_webrtc.c) ---- */
+/* ---- listeners (ae_webrtc.c) ---- */
 void ae_listener_destroy_all(ae_engine *e);
 
 #endif

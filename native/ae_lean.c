@@ -21,7 +21,7 @@
  * the network thread: control calls hand it commands and wait for the ones
  * that must finish (a listener's removal). Statistics are atomics. */
 #define _GNU_SOURCE
-#include "ae_internal.h"
+#include "ae_lean.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -140,7 +140,8 @@ typedef struct cmd {
 } cmd;
 
 struct ae_lean {
-    ae_engine *e;
+    ae_events *events;
+    char *ice_addresses;                 /* the host candidates, or NULL: every interface */
     int fd4, fd6, wake_fd, port;
     pthread_t thread;
     bool started;
@@ -271,7 +272,7 @@ static void post_state(ae_lean *t, ae_lean_peer *p, int state)
     ev.type = AE_EVENT_LISTENER_STATE;
     ev.listener_id = p->listener_id;
     ev.state = state;
-    ae_post_unless(&t->e->events, &ev, p->closing);
+    ae_post_unless(t->events, &ev, p->closing);
 }
 
 static void wake(ae_lean *t)
@@ -1115,16 +1116,17 @@ static bool srtp_ready;
 
 static void srtp_start(void) { srtp_ready = srtp_init() == srtp_err_status_ok; }
 
-int ae_lean_start(ae_engine *e, ae_lean **out)
+int ae_lean_start(ae_events *events, const ae_engine_config *cfg, ae_lean **out)
 {
     *out = NULL;
     pthread_once(&srtp_once, srtp_start);
     if (!srtp_ready) return ae_fail(AE_ERR_MEDIA, "libsrtp would not start");
     ae_lean *t = calloc(1, sizeof *t);
     if (!t) return ae_fail(AE_ERR_NOMEM, "out of memory");
-    t->e = e;
+    t->events = events;
+    if (cfg->ice_addresses && *cfg->ice_addresses) t->ice_addresses = strdup(cfg->ice_addresses);
     t->fd4 = t->fd6 = t->wake_fd = -1;
-    t->consent_us = (int64_t)e->cfg.consent_timeout_ms * 1000;
+    t->consent_us = (int64_t)cfg->consent_timeout_ms * 1000;
     pthread_mutex_init(&t->cmd_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1150,8 +1152,8 @@ int ae_lean_start(ae_engine *e, ae_lean **out)
     int rc = (t->ring && t->bufs && t->rbufs) ? AE_OK : ae_fail(AE_ERR_NOMEM, "out of memory");
     if (rc == AE_OK && t->wake_fd < 0) rc = ae_fail(AE_ERR_NOMEM, "no eventfd: %s", strerror(errno));
     if (rc == AE_OK) rc = make_dtls_context(t);
-    if (rc == AE_OK) rc = open_sockets(t, e->cfg.lean_port);
-    if (rc == AE_OK) rc = ae_thread_start(&t->thread, "ae-net", net_main, t, e->cfg.realtime_priority);
+    if (rc == AE_OK) rc = open_sockets(t, cfg->lean_port);
+    if (rc == AE_OK) rc = ae_thread_start(&t->thread, "ae-net", net_main, t, cfg->realtime_priority);
     if (rc != AE_OK) {
         ae_lean_stop(t);
         return rc;
@@ -1185,6 +1187,7 @@ void ae_lean_stop(ae_lean *t)
     free(t->ring);
     free(t->bufs);
     free(t->rbufs);
+    free(t->ice_addresses);
     pthread_mutex_destroy(&t->cmd_lock);
     pthread_cond_destroy(&t->cmd_done);
     free(t);
@@ -1232,7 +1235,7 @@ const char *ae_lean_declines(const ae_offer *o)
 static int local_addresses(ae_lean *t, char (*out)[INET6_ADDRSTRLEN], int *families, int max)
 {
     int n = 0;
-    const char *conf = t->e->ice_addresses;
+    const char *conf = t->ice_addresses;
     if (conf) {
         char **list = g_strsplit(conf, ",", -1);
         for (char **a = list; *a && n < max; a++) {
