@@ -394,7 +394,7 @@ async def test_a_real_autoplay_refusal_in_chromium(venue):
                     if (key.endsWith('+packets')) clearInterval(t); }, 50);""")
                 page = context.new_page()
                 states = []
-                page.on("console", lambda m: states.append(m.text))
+                page.on("console", lambda m: m.text.startswith("state ") and states.append(m.text))
                 with page.expect_console_message(lambda m: m.text.endswith("+packets"), timeout=20000):
                     page.goto(venue.url + "/listen/main")
                 blocked = page.evaluate("""() => ({state: applianceDebug.state('main').state,
