@@ -263,10 +263,16 @@ class Player {
     this.pc = null;
     this.session = null;
     this.flowing = false;
-    if (pc) { pc.ontrack = null; pc.onconnectionstatechange = null; pc.oniceconnectionstatechange = null; pc.close(); }
+    if (pc) { pc.ontrack = null; pc.onconnectionstatechange = null; pc.oniceconnectionstatechange = null; }
+    // DELETE first, then close: closing sends DTLS close_notify, which ends
+    // the session on the appliance too, and the DELETE would find it gone
     if (session) {
-      await fetch(session, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), 1500);
+      await fetch(session, { method: "DELETE", headers: authHeaders(), keepalive: true, signal: abort.signal }).catch(() => {});
+      clearTimeout(timer);
     }
+    if (pc) pc.close();
   }
 
   /** Start over with a fresh session after a wait (backoff, or the
