@@ -37,6 +37,8 @@ const LOW_LATENCY_TARGET_MS = 0;
 const BLUETOOTH = /bluetooth|airpods|buds|headset|hands-?free|\bbt\b/i;
 
 const hasWebRTC = typeof window.RTCPeerConnection === "function";
+// iOS ignores audio.volume (the phone's buttons set it): no slider there
+const volumeWorks = (() => { const a = document.createElement("audio"); a.volume = 0.5; return a.volume === 0.5; })();
 const channelsBox = document.getElementById("channels");
 const focus = channelsBox.dataset.focus || "";
 const venue = channelsBox.dataset.venue || document.title;
@@ -646,7 +648,7 @@ class Card {
       this.button,
       this.status,
       this.notice,
-      el("div", { class: "row" }, this.volumeLabel, this.volume),
+      volumeWorks ? el("div", { class: "row" }, this.volumeLabel, this.volume) : null,
       this.stats,
       this.bluetooth);
     this.silentSince = null;
