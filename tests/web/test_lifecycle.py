@@ -268,7 +268,9 @@ async def test_200_listeners_torn_down_in_random_order(tmp_path):
             with trio.fail_after(20):
                 for session in sessions:
                     await session.done.wait()
-            assert {s.end_reason for s in sessions} == {"deleted", "expired"}
+            # a real peer that vanishes says goodbye over DTLS on the lean transport
+            reasons = {s.end_reason for s in sessions}
+            assert {"deleted", "expired"} <= reasons <= {"deleted", "expired", "ice closed"}
             assert service.census() == IDLE
             status = (await client.get("/api/status")).json()
             assert status["listeners"]["total"] == 0
