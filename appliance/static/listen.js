@@ -248,15 +248,14 @@ class Player {
     this.phase = "idle";
     this.problem = null;
     this.blocked = false;
+    this.stats = null;
     this.clearTimers();
     clearInterval(this.statsTimer);
-    await this.teardown();
     this.audio.pause();
-    this.audio.srcObject = null;
-    this.stream = null;
-    this.stats = null;
     lockScreen.release(this);
-    this.changed();
+    this.changed(); // silent and "Listen" at once; the goodbye follows
+    await this.teardown();
+    if (!this.wanted) { this.audio.srcObject = null; this.stream = null; }
   }
 
   async teardown() {
