@@ -646,9 +646,15 @@ static bool peer_new_ssl(ae_lean *t, ae_lean_peer *p)
     return true;
 }
 
+/* RFC 8122 section 5: of the hash functions the offer used, take the
+ * strongest; the certificate must match one fingerprint made with it. */
 static bool fingerprint_matches(ae_lean_peer *p, X509 *cert)
 {
+    unsigned strongest = 0;
+    for (int i = 0; i < p->nfp; i++)
+        if (p->fp[i].len > strongest) strongest = p->fp[i].len;
     for (int i = 0; i < p->nfp; i++) {
+        if (p->fp[i].len != strongest) continue;
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned n = 0;
         if (X509_digest(cert, p->fp[i].md, md, &n) && n == p->fp[i].len &&

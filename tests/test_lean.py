@@ -200,6 +200,26 @@ async def test_a_vanished_peer_ends_by_consent_expiry(monkeypatch):
 # ---- attackers ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("forge", ["sha-512", "every"])
+async def test_a_certificate_that_is_not_the_offers_fails_and_gets_no_audio(engine, forge):
+    """Whoever completes DTLS must hold the certificate the offer named: a
+    man in the middle with the right ICE credentials but his own key gets
+    nothing. aiortc offers sha-256, -384 and -512 fingerprints; the
+    strongest must match (RFC 8122), so forging it alone is enough."""
+    async with open_aiortc_listener() as peer:
+        offer = await peer.create_offer()
+        for alg, value in re.findall(r"a=fingerprint:(\S+) (\S+)", offer):
+            if forge in ("every", alg):
+                forged = ":".join(f"{b:02X}" for b in os.urandom(len(value.split(":"))))
+                offer = offer.replace(value, forged)
+        listener = engine.start_listener("main", offer)
+        answer = await first_answer(listener)
+        await peer.accept_answer(answer.sdp)
+        assert await state_change(listener, timeout=10) == ListenerState.FAILED
+        assert listener.stats().packets_sent == 0
+        await listener.aclose()
+
+
 async def test_forged_and_stray_datagrams_are_dropped_counted_and_harm_nobody(engine):
     async with open_aiortc_listener() as peer:
         victim = await connect(engine, peer)
