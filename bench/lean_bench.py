@@ -1,25 +1,31 @@
 """Listener transport benchmark: up to 1000 listeners, side by side in one run.
 
 For each server (the appliance with its webrtcbin transport, the appliance
-with the lean transport when it has one, Janus's streaming plugin) this
-starts the server as its own process on loopback, then holds N listeners on
-it with ``bench/loadgen`` (one C process, a fixed number of threads; see
+with its lean transport, Janus's streaming plugin) this starts the server as
+its own process on loopback, then holds N listeners on it with
+``bench/loadgen`` (one C process, a fixed number of threads; see
 bench/loadgen/README.md) and measures, from the server process's
-/proc/<pid>/stat and /status:
+/proc/<pid>/stat, /status and /task:
 
-- CPU (% of one core, utime + stime over a window), RSS and threads at
-  N = 0 / 100 / 250 / 500 / 1000 (listeners come in bursts of 50
-  simultaneous POSTs; the first burst after start is measured too);
-- POST -> 201 and POST -> first audio packet (p50 / p95) for those bursts;
-- packet loss over every window (sequence numbers, per listener), and the
-  pitch a sample of listeners decodes (the source is a 440 Hz tone);
-- RSS after every listener has left, against before the first came.
+- CPU (% of one core, utime + stime over a window), RSS, threads and the
+  busiest threads at N = 0 / 100 / 250 / 500 / 1000 (listeners come in
+  bursts of 50 simultaneous POSTs; the first burst after start is reported
+  apart);
+- POST -> 201 (Janus: watch -> offer) and POST -> first audio packet
+  (p50 / p95) for those bursts;
+- per window: packets lost (sequence gaps, per listener; how many of them
+  the loadgen's own sockets dropped) and delivered (received / N x 100 per
+  second); the pitch a sample of listeners decodes (the source is 440 Hz);
+- RSS and threads after every listener has left, against before.
 
     .venv/bin/python bench/lean_bench.py [--levels 0,100,250,500,1000]
-        [--servers webrtcbin,lean,janus] [--window 10]
+        [--servers webrtcbin,lean,janus,janus-lite] [--window 10]
 
-A server that cannot hold a level (answers fail, or listeners do not
-connect) stops there and the table says so.
+A server that cannot hold a level (a burst's listener without audio within
+10 s, over 1 % lost or under 99 % delivered in a window) stops there and
+the table says so. The whole session runs at nice -10 (``--nice``): the
+build machine is shared, and without it other jobs starve the server and
+the loadgen alike. Results and how to read them: BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -257,7 +263,10 @@ class Server:
     client: httpx.AsyncClient
     sessions: dict[int, Any] = field(default_factory=dict)
 
-    async def add(self, ident: int, gate: Gate, times: dict[str, list[float]]) -> None:
+    async def add(self, ident: int, gate: Gate) -> tuple[float, float]:
+        """Connect listener ``ident``: make its request, wait at ``gate``,
+        send it; returns when it was sent and when the answer (or Janus's
+        offer) came."""
         raise NotImplementedError
 
     async def remove(self, ident: int) -> None:
@@ -265,7 +274,7 @@ class Server:
 
 
 class ApplianceServer(Server):
-    async def add(self, ident: int, gate: Gate, times: dict[str, list[float]]) -> None:
+    async def add(self, ident: int, gate: Gate) -> tuple[float, float]:
         offer = await self.loadgen.offer(ident)
         await gate.wait()
         t0 = time.monotonic()
@@ -278,8 +287,7 @@ class ApplianceServer(Server):
             raise LoadgenError(f"POST gave {r.status_code}: {r.text[:200]}")
         self.sessions[ident] = r.headers["Location"]
         await self.loadgen.answer(ident, r.text)
-        times["post_201"].append(t201 - t0)
-        times.setdefault("t0", []).append((ident, t0))  # type: ignore[arg-type]
+        return t0, t201
 
     async def remove(self, ident: int) -> None:
         location = self.sessions.pop(ident, None)
@@ -302,8 +310,7 @@ def transport_setting() -> tuple[str, str] | None:
     return None
 
 
-async def start_appliance(nursery: trio.Nursery, tmp: Path, transport: str | None,
-                          max_listeners: int) -> tuple[trio.Process, str]:
+async def start_appliance(tmp: Path, transport: str | None, max_listeners: int) -> tuple[trio.Process, str]:
     config = tmp / "bench.toml"
     tables = {"engine": f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n',
               "server": f'host = "127.0.0.1"\nmax_listeners = {max_listeners}\n'
@@ -410,11 +417,13 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
     """POST ``idents`` at the same moment; returns the errors."""
     gate = Gate(len(idents))
     errors: list[str] = []
-    local: dict[str, list[Any]] = {"post_201": [], "t0": []}
+    started: dict[int, float] = {}
 
     async def one(ident: int) -> None:
         try:
-            await server.add(ident, gate, local)
+            t0, t_answer = await server.add(ident, gate)
+            started[ident] = t0
+            times["post_201"].append(t_answer - t0)
         except (LoadgenError, httpx.HTTPError) as error:
             errors.append(f"{ident}: {error}")
             gate.failed()
@@ -422,8 +431,6 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
     async with trio.open_nursery() as nursery:
         for ident in idents:
             nursery.start_soon(one, ident)
-    times["post_201"].extend(local["post_201"])
-    started = dict(local["t0"])
     await server.loadgen.wait_first(list(started), timeout=10)
     missing = []
     for ident, t0 in started.items():
@@ -567,8 +574,7 @@ async def bench_appliance(args: argparse.Namespace, transport: str | None) -> di
     name = f"appliance ({transport or 'webrtcbin'})"
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
-            process, url = await start_appliance(nursery, Path(tmp), transport,
-                                                 max(args.levels) + 100)
+            process, url = await start_appliance(Path(tmp), transport, max(args.levels) + 100)
             loadgen = await Loadgen.start(nursery, workers=args.workers,
                                           unprotect_every=args.unprotect_every)
             try:
@@ -732,7 +738,7 @@ class JanusServer(Server):
             await trio.sleep(0.01)
         return self.janus_sessions[group]
 
-    async def add(self, ident: int, gate: Gate, times: dict[str, list[float]]) -> None:
+    async def add(self, ident: int, gate: Gate) -> tuple[float, float]:
         session = await self._session(ident)
         reply = await self._post(f"/janus/{session}", {"janus": "attach",
                                                        "plugin": "janus.plugin.streaming"})
@@ -749,8 +755,7 @@ class JanusServer(Server):
         answer = await self.loadgen.remote_offer(ident, event["jsep"]["sdp"])
         await self._post(handle, {"janus": "message", "body": {"request": "start"},
                                   "jsep": {"type": "answer", "sdp": answer}})
-        times["post_201"].append(t_offer - t0)
-        times.setdefault("t0", []).append((ident, t0))  # type: ignore[arg-type]
+        return t0, t_offer
 
     async def remove(self, ident: int) -> None:
         handle = self.sessions.pop(ident, None)

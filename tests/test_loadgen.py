@@ -24,7 +24,7 @@ PACKETS = 200   # 2 s of 10 ms frames
 @pytest.mark.parametrize("transport", ["lean", "webrtcbin"])
 async def test_loadgen_holds_listeners_without_loss(tmp_path, transport):
     async with trio.open_nursery() as nursery:
-        process, url = await lean_bench.start_appliance(nursery, tmp_path, transport, 20)
+        process, url = await lean_bench.start_appliance(tmp_path, transport, 20)
         loadgen = await lean_bench.Loadgen.start(nursery, sample_every=1)
         try:
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
