@@ -81,11 +81,7 @@ struct ae_lean_peer {
     char ufrag[16], pwd[32];             /* ours */
     char remote_ufrag[257];
     int nfp;
-    struct {
-        const EVP_MD *md;
-        unsigned char value[64];
-        unsigned len;
-    } fp[AE_OFFER_MAX_FINGERPRINTS];
+    ae_fingerprint fp[AE_OFFER_MAX_FINGERPRINTS];
     /* network thread only */
     stream *stream;
     bool attached, ice_started, connected, ended;
@@ -646,22 +642,13 @@ static bool peer_new_ssl(ae_lean *t, ae_lean_peer *p)
     return true;
 }
 
-/* RFC 8122 section 5: of the hash functions the offer used, take the
- * strongest; the certificate must match one fingerprint made with it. */
 static bool fingerprint_matches(ae_lean_peer *p, X509 *cert)
 {
-    unsigned strongest = 0;
-    for (int i = 0; i < p->nfp; i++)
-        if (p->fp[i].len > strongest) strongest = p->fp[i].len;
-    for (int i = 0; i < p->nfp; i++) {
-        if (p->fp[i].len != strongest) continue;
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned n = 0;
-        if (X509_digest(cert, p->fp[i].md, md, &n) && n == p->fp[i].len &&
-            CRYPTO_memcmp(md, p->fp[i].value, n) == 0)
-            return true;
-    }
-    return false;
+    unsigned char *der = NULL;
+    int len = i2d_X509(cert, &der);
+    bool ok = len > 0 && ae_cert_matches(p->fp, p->nfp, der, len);
+    OPENSSL_free(der);
+    return ok;
 }
 
 static bool make_srtp(srtp_t *out, int profile, const unsigned char *key, const unsigned char *salt,
@@ -1211,18 +1198,6 @@ void ae_lean_stats(ae_lean *t, ae_engine_stats *out)
     out->lean_send_dropped = atomic_load(&t->send_dropped);
 }
 
-static const EVP_MD *digest_named(const char *alg)
-{
-    /* SDP says "sha-256", OpenSSL "sha256" */
-    char name[16];
-    size_t j = 0;
-    for (const char *c = alg; *c && j + 1 < sizeof name; c++)
-        if (*c != '-') name[j++] = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
-    name[j] = '\0';
-    if (strncmp(name, "sha", 3) != 0) return NULL;
-    return EVP_get_digestbyname(name);
-}
-
 const char *ae_lean_declines(const ae_offer *o)
 {
     if (o->datachannel) return "the offer has a data channel";
@@ -1232,7 +1207,7 @@ const char *ae_lean_declines(const ae_offer *o)
         return "the offer does not let us be the DTLS server (a=setup)";
     if (!o->ice_ufrag[0] || !o->ice_pwd[0]) return "the offer has no ICE credentials";
     for (int i = 0; i < o->nfingerprints; i++)
-        if (digest_named(o->fingerprints[i].alg)) return NULL;
+        if (ae_fingerprint_usable(&o->fingerprints[i])) return NULL;
     return "the offer has no fingerprint the lean transport can check";
 }
 
@@ -1368,14 +1343,8 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
     random_ice_text(p->ufrag, 12);
     random_ice_text(p->pwd, 24);
     snprintf(p->remote_ufrag, sizeof p->remote_ufrag, "%s", o->ice_ufrag);
-    for (int i = 0; i < o->nfingerprints; i++) {
-        const EVP_MD *md = digest_named(o->fingerprints[i].alg);
-        if (!md || (unsigned)EVP_MD_get_size(md) != o->fingerprints[i].len) continue;
-        p->fp[p->nfp].md = md;
-        p->fp[p->nfp].len = o->fingerprints[i].len;
-        memcpy(p->fp[p->nfp].value, o->fingerprints[i].md, o->fingerprints[i].len);
-        p->nfp++;
-    }
+    for (int i = 0; i < o->nfingerprints; i++)
+        if (ae_fingerprint_usable(&o->fingerprints[i])) p->fp[p->nfp++] = o->fingerprints[i];
     if (!p->nfp) {
         pthread_mutex_destroy(&p->rr_lock);
         free(p);

@@ -7,6 +7,8 @@
 #include "ae_sdp.h"
 
 #include <gst/sdp/sdp.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,4 +180,43 @@ int ae_offer_parse(const char *sdp, ae_offer *o)
     if (!saw_audio) rc = ae_fail(AE_ERR_SDP, "the offer has no audio m-line");
     ae_offer_clear(o);
     return rc;
+}
+
+/* "sha-256" (SDP) -> "sha256" (OpenSSL) */
+static const EVP_MD *digest_named(const char *alg)
+{
+    char name[16];
+    size_t j = 0;
+    for (const char *c = alg; *c && j + 1 < sizeof name; c++)
+        if (*c != '-') name[j++] = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+    name[j] = '\0';
+    if (strncmp(name, "sha", 3) != 0) return NULL;
+    const EVP_MD *md = EVP_get_digestbyname(name);
+    return md;
+}
+
+bool ae_cert_matches(const ae_fingerprint *fps, int n, const unsigned char *der, int der_len)
+{
+    int strongest = 0;
+    for (int i = 0; i < n; i++) {
+        const EVP_MD *md = digest_named(fps[i].alg);
+        if (md && (unsigned)EVP_MD_get_size(md) == fps[i].len && EVP_MD_get_size(md) > strongest)
+            strongest = EVP_MD_get_size(md);
+    }
+    for (int i = 0; i < n && strongest; i++) {
+        const EVP_MD *md = digest_named(fps[i].alg);
+        if (!md || EVP_MD_get_size(md) != strongest || fps[i].len != (unsigned)strongest) continue;
+        unsigned char out[EVP_MAX_MD_SIZE];
+        unsigned len = 0;
+        if (EVP_Digest(der, (size_t)der_len, out, &len, md, NULL) && len == fps[i].len &&
+            CRYPTO_memcmp(out, fps[i].md, len) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool ae_fingerprint_usable(const ae_fingerprint *fp)
+{
+    const EVP_MD *md = digest_named(fp->alg);
+    return md && (unsigned)EVP_MD_get_size(md) == fp->len;
 }

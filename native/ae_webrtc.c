@@ -22,6 +22,9 @@
 #include <gst/webrtc/webrtc.h>
 #include <malloc.h>
 #include <nice/agent.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +46,9 @@ struct ae_listener {
     char *offer;
     char *fmtp;                          /* the offer's Opus parameters, or NULL */
     int pt, mline;
+    ae_fingerprint fp[AE_OFFER_MAX_FINGERPRINTS]; /* the offer's, for its DTLS certificate */
+    int nfp;
+    atomic_bool cert_refused;            /* its certificate is not the offer's */
     GstElement *pay, *webrtc;
     GstPad *tee_pad;
     gulong gate_probe;
@@ -210,13 +216,50 @@ static GstPadProbeReturn gate_until_connected(GstPad *pad, GstPadProbeInfo *info
     return atomic_load(&l->media_open) ? GST_PAD_PROBE_OK : GST_PAD_PROBE_DROP;
 }
 
+/* webrtcbin (1.22) accepts any peer certificate; the offer's a=fingerprint
+ * is what vouches for it, so check it before media flows. */
+static bool peer_certificate_matches(ae_listener *l)
+{
+    GstWebRTCRTPTransceiver *trans = NULL;
+    g_signal_emit_by_name(l->webrtc, "get-transceiver", 0, &trans);
+    GstWebRTCRTPSender *sender = NULL;
+    GstWebRTCDTLSTransport *dtls = NULL;
+    char *pem = NULL;
+    if (trans) g_object_get(trans, "sender", &sender, NULL);
+    if (sender) g_object_get(sender, "transport", &dtls, NULL);
+    if (dtls) g_object_get(dtls, "remote-certificate", &pem, NULL);
+    bool ok = false;
+    if (pem) {
+        BIO *bio = BIO_new_mem_buf(pem, -1);
+        X509 *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+        unsigned char *der = NULL;
+        int len = cert ? i2d_X509(cert, &der) : 0;
+        ok = len > 0 && ae_cert_matches(l->fp, l->nfp, der, len);
+        OPENSSL_free(der);
+        X509_free(cert);
+        BIO_free(bio);
+        ERR_clear_error();
+    }
+    g_free(pem);
+    if (dtls) gst_object_unref(dtls);
+    if (sender) gst_object_unref(sender);
+    if (trans) gst_object_unref(trans);
+    return ok;
+}
+
 static void on_peer_connection_state(GObject *obj, GParamSpec *ps, gpointer data)
 {
     (void)ps;
     ae_listener *l = data;
     GstWebRTCPeerConnectionState s;
     g_object_get(obj, "connection-state", &s, NULL);
-    atomic_store(&l->media_open, s == GST_WEBRTC_PEER_CONNECTION_STATE_CONNECTED);
+    bool open = s == GST_WEBRTC_PEER_CONNECTION_STATE_CONNECTED;
+    if (open && !atomic_load(&l->cert_refused) && !peer_certificate_matches(l)) {
+        atomic_store(&l->cert_refused, true);
+        atomic_store(&l->state, AE_LISTENER_FAILED);
+        post_listener(l, AE_EVENT_LISTENER_STATE, NULL, 0, AE_LISTENER_FAILED, 0);
+    }
+    atomic_store(&l->media_open, open && !atomic_load(&l->cert_refused));
 }
 
 static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpointer data)
@@ -269,6 +312,7 @@ static void on_connection_state(GObject *obj, GParamSpec *ps, gpointer data)
     ae_listener *l = data;
     GstWebRTCICEConnectionState s;
     g_object_get(obj, "ice-connection-state", &s, NULL);
+    if (atomic_load(&l->cert_refused)) return; /* it has failed for good */
     atomic_store(&l->state, (int)s);
     post_listener(l, AE_EVENT_LISTENER_STATE, NULL, 0, (int)s, 0);
 }
@@ -696,6 +740,8 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
         }
         atomic_fetch_add(&f->lean_listeners, 1);
     } else {
+        l->nfp = offer.nfingerprints;
+        memcpy(l->fp, offer.fingerprints, sizeof l->fp);
         l->fmtp = offer.fmtp; /* taken over */
         offer.fmtp = NULL;
         ae_offer_clear(&offer);
