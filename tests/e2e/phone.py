@@ -61,6 +61,11 @@ class Phone:
         context.add_init_script(WATCH + init)
         page = context.new_page()
         page.on("dialog", on_dialog or (lambda dialog: dialog.dismiss()))
+        # answers that say the page asked for something wrong (a Stop whose
+        # DELETE found the session gone, a missing catalogue, ...)
+        page.failed_requests = failed = []
+        page.on("response", lambda r: r.status >= 400 and failed.append(
+            f"{r.request.method} {r.url} {r.status}"))
         page.goto(url)
         if wait:
             page.wait_for_selector(wait, timeout=10000)
@@ -110,4 +115,6 @@ def wait_playing(page: Any, sink: str = "main", packets: int = 20, timeout: int 
 
 
 def problems(page: Any) -> list[str]:
-    return page.evaluate("window.__problems")
+    """Uncaught errors, unhandled rejections, microphone requests and
+    answers >= 400 so far."""
+    return page.evaluate("window.__problems") + page.failed_requests
