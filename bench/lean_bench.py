@@ -440,16 +440,23 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
             missing.append(ident)
     if missing:
         try:
-            state = {s["id"]: s for s in await server.loadgen.stats()}.get(missing[0], {})
+            states = {s["id"]: s for s in await server.loadgen.stats()}
         except (LoadgenError, trio.TooSlowError):
-            state = {}
+            states = {}
+        state = states.get(missing[0], {})
+        stages: dict[str, int] = {}   # how far the late ones got
+        for ident in missing:
+            st = states.get(ident, {})
+            stage = ("no ICE" if not st.get("ice") else f"DTLS {st.get('dtls')}"
+                     if st.get("dtls") != "up" else "up, audio late")
+            stages[stage] = stages.get(stage, 0) + 1
         detail = {k: state.get(k) for k in ("ice", "dtls", "stun_in", "stun_bad", "packets",
                                              "unprotect_fail", "rtcp_in")}
         for k in ("t_ice", "t_dtls", "t_first"):   # seconds after the answer came
             if state.get(k):
                 detail[k] = round(state[k] - state["t_started"], 3)
-        errors.append(f"{len(missing)} without audio within 10 s; listener {missing[0]}: "
-                      f"{detail} {server.loadgen.errors.get(missing[0], '')}")
+        errors.append(f"{len(missing)} without audio within 10 s {stages}; listener "
+                      f"{missing[0]}: {detail} {server.loadgen.errors.get(missing[0], '')}")
     return errors
 
 
