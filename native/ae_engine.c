@@ -28,7 +28,7 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
 {
     ae_clear_error();
     if (!e) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
-    return ae_graph_sink_create(&e->graph, cfg, ae_fanout_attach, e, out);
+    return ae_graph_sink_create(&e->graph, cfg, ae_fanout_attach, &e->fanout_env, out);
 }
 
 /* ---- levels, sampled on the event thread ------------------------------ */
@@ -140,6 +140,9 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     rc = ae_events_start(&e->events);
     if (rc == AE_OK && cfg.transport != AE_TRANSPORT_WEBRTCBIN) rc = ae_lean_start(&e->events, &e->cfg, &e->lean);
     if (rc == AE_OK) {
+        e->fanout_env = (ae_fanout_env){.glib = &e->glib, .rt_priority = cfg.realtime_priority,
+                                        .owner = e, .push = e->lean ? ae_lean_push : NULL,
+                                        .push_ctx = e->lean};
         rc = ae_graph_start(&e->graph);
     }
     if (rc != AE_OK) {
@@ -156,6 +159,7 @@ static int stop_threads(ae_engine *e)
     ae_graph_stop(&e->graph);
     ae_lean_stop(e->lean); /* after the mixer: it pushes packets to it */
     e->lean = NULL;
+    e->fanout_env.push = NULL;
     ae_events_stop(&e->events);
     ae_loop_stop(&e->glib);
     return AE_OK;

@@ -3,7 +3,7 @@
  * (when that has listeners on this sink) and to the appsrc -> tee pipeline
  * that webrtcbin listeners hang off (when those exist). */
 #define _GNU_SOURCE
-#include "ae_internal.h"
+#include "ae_fanout.h"
 
 #include <gst/app/gstappsrc.h>
 #include <sched.h>
@@ -40,7 +40,7 @@ static GstBusSyncReply on_bus_sync(GstBus *bus, GstMessage *msg, gpointer data)
     GstStreamStatusType type;
     GstElement *owner = NULL;
     gst_message_parse_stream_status(msg, &type, &owner);
-    int prio = k->engine->cfg.realtime_priority;
+    int prio = k->env->rt_priority;
     if (type == GST_STREAM_STATUS_TYPE_ENTER && owner == k->appsrc && prio > 0) {
         struct sched_param sp = {.sched_priority = prio};
         pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
@@ -55,7 +55,6 @@ static GstBusSyncReply on_bus_sync(GstBus *bus, GstMessage *msg, gpointer data)
 static int pipeline_start(void *data)
 {
     ae_fanout *k = data;
-    ae_engine *e = k->engine;
     k->pipeline = gst_pipeline_new(NULL);
     k->appsrc = gst_element_factory_make("appsrc", NULL);
     k->tee = gst_element_factory_make("tee", NULL);
@@ -64,7 +63,7 @@ static int pipeline_start(void *data)
         if (k->tee) gst_object_unref(k->tee);
         return ae_fail(AE_ERR_MEDIA, "cannot create the sink's appsrc and tee");
     }
-    GstCaps *caps = gst_caps_new_simple("audio/x-opus", "rate", G_TYPE_INT, e->cfg.sample_rate,
+    GstCaps *caps = gst_caps_new_simple("audio/x-opus", "rate", G_TYPE_INT, k->sink->graph->rate,
                                         "channels", G_TYPE_INT, k->channels,
                                         "channel-mapping-family", G_TYPE_INT, 0, NULL);
     /* Live, timestamped by us, and never blocking the mixer: when the
@@ -81,7 +80,7 @@ static int pipeline_start(void *data)
     gst_bus_set_sync_handler(bus, on_bus_sync, k, NULL);
     GSource *src = gst_bus_create_watch(bus);
     g_source_set_callback(src, (GSourceFunc)(void (*)(void))on_bus, k, NULL);
-    k->bus_watch = g_source_attach(src, e->glib.ctx);
+    k->bus_watch = g_source_attach(src, k->env->glib->ctx);
     g_source_unref(src);
     gst_object_unref(bus);
     if (gst_element_set_state(k->pipeline, GST_STATE_PLAYING) == GST_STATE_CHANGE_FAILURE)
@@ -95,7 +94,7 @@ static int pipeline_stop(void *data)
 {
     ae_fanout *k = data;
     if (k->bus_watch) {
-        GSource *src = g_main_context_find_source_by_id(k->engine->glib.ctx, k->bus_watch);
+        GSource *src = g_main_context_find_source_by_id(k->env->glib->ctx, k->bus_watch);
         if (src) g_source_destroy(src);
         k->bus_watch = 0;
     }
@@ -115,7 +114,7 @@ static void push(ae_fanout *k, const unsigned char *data, int len, uint64_t inde
     k->frame_capture_us[index % AE_FRAME_RING] = capture_us;
     k->frame_index_at[index % AE_FRAME_RING] = index;
     int lean = atomic_load(&k->lean_listeners);
-    if (lean > 0 && k->engine->lean) ae_lean_push(k->engine->lean, k, data, len, index, capture_us);
+    if (lean > 0 && k->env->push) k->env->push(k->env->push_ctx, k, data, len, index, capture_us);
     if (atomic_load(&k->listeners) - lean <= 0) return; /* nobody on webrtcbin */
     GstBuffer *buf = gst_buffer_new_memdup(data, (gsize)len);
     GstClockTime dur = (GstClockTime)k->frame_us * GST_USECOND;
@@ -149,13 +148,12 @@ static void fanout_frame(void *self, const float *mix, uint64_t index, int64_t c
 static int fanout_listeners(void *self);
 static void fanout_stats(void *self, ae_sink_stats *out);
 
-int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *engine)
+int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *env)
 {
-    ae_engine *e = engine;
     ae_fanout *f = calloc(1, sizeof *f);
     if (!f) return ae_fail(AE_ERR_NOMEM, "out of memory");
     f->sink = k;
-    f->engine = e;
+    f->env = env;
     f->sink_id = k->id;
     f->channels = k->channels;
     f->frame_samples = k->frame_samples;
@@ -178,7 +176,7 @@ int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *engine)
                          complexity);
         opus_encoder_ctl(f->encoder, OPUS_SET_SIGNAL(OPUS_SIGNAL_MUSIC));
     }
-    if (rc == AE_OK) rc = ae_glib_call(e, pipeline_start, f, GLIB_CALL_TIMEOUT_MS);
+    if (rc == AE_OK) rc = ae_loop_call(f->env->glib, pipeline_start, f, GLIB_CALL_TIMEOUT_MS);
     if (rc != AE_OK) {
         fanout_destroy(f);
         return rc;
@@ -196,7 +194,7 @@ ae_fanout *ae_fanout_of(ae_sink *k)
 static void fanout_destroy(void *self)
 {
     ae_fanout *f = self;
-    if (f->pipeline) ae_glib_call(f->engine, pipeline_stop, f, GLIB_CALL_TIMEOUT_MS);
+    if (f->pipeline) ae_loop_call(f->env->glib, pipeline_stop, f, GLIB_CALL_TIMEOUT_MS);
     if (f->encoder) opus_encoder_destroy(f->encoder);
     pthread_mutex_destroy(&f->latency.lock);
     free(f);

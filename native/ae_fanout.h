@@ -19,8 +19,20 @@
 
 typedef struct ae_fanout ae_fanout;
 
-/* An ae_output_maker for Opus sinks: ctx is the engine. */
-int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *engine);
+/* What a fan-out needs from above it, given by the engine for every sink. */
+typedef struct ae_fanout_env {
+    ae_loop *glib;                       /* GStreamer control calls run there */
+    int rt_priority;                     /* for the pipeline's streaming thread */
+    void *owner;                         /* the engine, opaque here */
+    /* where packets for lean listeners go (the lean transport's ring) */
+    void (*push)(void *ctx, ae_fanout *f, const unsigned char *data, int len, uint64_t index,
+                 int64_t capture_us);
+    void *push_ctx;
+} ae_fanout_env;
+
+/* An ae_output_maker for Opus sinks: ctx is an ae_fanout_env that outlives
+ * the sink. */
+int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *env);
 /* The fan-out of an Opus sink, or NULL. */
 ae_fanout *ae_fanout_of(ae_sink *k);
 
@@ -32,7 +44,7 @@ typedef struct ae_lat_stats {
 
 struct ae_fanout {
     ae_sink *sink;
-    ae_engine *engine;
+    const ae_fanout_env *env;
     uint64_t sink_id;
     int channels, frame_samples;
     int64_t frame_us;

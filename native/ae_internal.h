@@ -16,9 +16,7 @@
  *      offers, not the engine)
  *   -> ae_webrtc.c (webrtcbin and the listener seam) and ae_engine.c, which
  *      share this header's struct ae_engine.
- * Left to cut: the fan-out still reaches the engine for its glib loop and
- * the lean transport's ring; webrtcbin listeners and the seam share one
- * file.
+ * Left to cut: webrtcbin listeners and the listener seam share one file.
  *
  * Threads and locks
  *  - glib thread: runs the engine's GMainContext; every GStreamer/webrtcbin
@@ -67,6 +65,7 @@ struct ae_engine {
     ae_listener *listeners;
 
     struct ae_lean *lean;                /* the lean transport, or NULL */
+    ae_fanout_env fanout_env;            /* what every Opus sink's fan-out gets */
 };
 
 /* Run fn(data) on the engine's glib thread and wait (bounded) for it. */

@@ -85,6 +85,7 @@ struct ae_lean_peer {
     /* network thread only */
     stream *stream;
     bool attached, ice_started, connected, ended;
+    bool dtls_fatal;                     /* OpenSSL reported a fatal error: no SSL_shutdown */
     int64_t created_us, last_consent_us, ice_started_us, next_sr_us;
     peer_addr addrs[MAX_ADDRS];
     int naddrs, nominated;               /* nominated: index into addrs, or -1 */
@@ -490,7 +491,12 @@ static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
     if (p->connected && p->stream) g_ptr_array_remove_fast(p->stream->live, p);
     p->connected = false;
     if (p->ssl) {
-        if (state == AE_LISTENER_CLOSED || state < 0) SSL_shutdown(p->ssl); /* close_notify back */
+        /* close_notify back, only on a connection that is whole: OpenSSL
+         * says SSL_shutdown must not follow a fatal error (it crashed in
+         * libssl here when a failed peer was removed) */
+        if ((state == AE_LISTENER_CLOSED || state < 0) && !p->dtls_fatal &&
+            SSL_is_init_finished(p->ssl) && !(SSL_get_shutdown(p->ssl) & SSL_SENT_SHUTDOWN))
+            SSL_shutdown(p->ssl);
         SSL_free(p->ssl); /* frees both BIOs */
         p->ssl = NULL;
         p->rbio = NULL;
@@ -736,6 +742,7 @@ static void on_dtls(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
         } else {
             int err = SSL_get_error(p->ssl, r);
             if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
+                p->dtls_fatal = true;
                 peer_end(t, p, AE_LISTENER_FAILED, "DTLS handshake failed");
                 return;
             }
@@ -747,8 +754,14 @@ static void on_dtls(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
         for (;;) {
             int r = SSL_read(p->ssl, sink, sizeof sink);
             if (r > 0) continue;
-            if (SSL_get_error(p->ssl, r) == SSL_ERROR_ZERO_RETURN) {
+            int err = SSL_get_error(p->ssl, r);
+            if (err == SSL_ERROR_ZERO_RETURN) {
                 peer_end(t, p, AE_LISTENER_CLOSED, "the peer closed DTLS");
+                return;
+            }
+            if (err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL) {
+                p->dtls_fatal = true;
+                peer_end(t, p, AE_LISTENER_FAILED, "DTLS failed");
                 return;
             }
             break;
@@ -933,9 +946,10 @@ static void send_packet(ae_lean *t, stream *s, const pkt *in)
     if (s->live->len) ae_fanout_record_latency(ae_fanout_of(s->sink), now - in->capture_us);
 }
 
-void ae_lean_push(ae_lean *t, ae_fanout *k, const unsigned char *data, int len, uint64_t index,
+void ae_lean_push(void *lean, ae_fanout *k, const unsigned char *data, int len, uint64_t index,
                   int64_t capture_us)
 {
+    ae_lean *t = lean;
     if (len <= 0 || len > PKT_MAX) return;
     uint64_t h = atomic_load_explicit(&t->head, memory_order_relaxed);
     if (h - atomic_load_explicit(&t->tail, memory_order_acquire) >= PKT_SLOTS) {

@@ -22,8 +22,9 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
 /* Waits (bounded) until the network thread has let go of it, then frees it. */
 void ae_lean_peer_destroy(ae_lean *t, ae_lean_peer *p);
 void ae_lean_peer_stats(ae_lean_peer *p, ae_listener_stats *out);
-/* Mixer thread: one Opus packet of a sink for its lean listeners. */
-void ae_lean_push(ae_lean *t, ae_fanout *f, const unsigned char *data, int len, uint64_t index,
+/* Mixer thread: one Opus packet of a sink for its lean listeners (an
+ * ae_fanout_env push; lean is the ae_lean). */
+void ae_lean_push(void *lean, ae_fanout *f, const unsigned char *data, int len, uint64_t index,
                   int64_t capture_us);
 
 #endif

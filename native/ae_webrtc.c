@@ -696,7 +696,7 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     *out = NULL;
     ae_fanout *f = ae_fanout_of(k);
     if (!f) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
-    ae_engine *e = f->engine;
+    ae_engine *e = f->env->owner;
     if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     ae_offer offer;
     int rc = ae_offer_parse(offer_sdp, &offer);
