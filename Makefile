@@ -50,8 +50,9 @@ bundle:
 	$(call apt_ensure,$(DEB_IMAGE))
 	image/bundle.sh $(BUNDLE_ARGS)
 
-# All three benchmarks (about 5 minutes); their results are in BENCHMARKS.md.
+# The benchmarks (about 15 minutes); their results are in BENCHMARKS.md.
 bench: $(STAMPS)/engine $(STAMPS)/deb-test
+	$(call apt_ensure,$(call packages,bench.txt))
 	$(BIN)/python bench/engine_bench.py
 	$(BIN)/python bench/whep_bench.py
 	$(BIN)/python bench/browser_latency.py
