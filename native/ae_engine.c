@@ -143,6 +143,7 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
         e->fanout_env = (ae_fanout_env){.glib = &e->glib, .rt_priority = cfg.realtime_priority,
                                         .owner = e, .push = e->lean ? ae_lean_push : NULL,
                                         .push_ctx = e->lean};
+        e->wr_env = (ae_wr_env){.glib = &e->glib, .events = &e->events, .cfg = &e->cfg};
         rc = ae_graph_start(&e->graph);
     }
     if (rc != AE_OK) {

@@ -1,22 +1,20 @@
-/* ae_internal.h: the engine's top layers, shared by their C files: the
- * listener transports (ae_webrtc.c: webrtcbin and the listener seam;
- * ae_lean.c: ICE-lite, DTLS-SRTP on one port) and the engine itself
- * (ae_engine.c: create, destroy, stats, the public create calls).
+/* ae_internal.h: the top of the engine: struct ae_engine, shared by the
+ * listener seam (ae_listener.c: which transport serves an offer, and the
+ * public listener calls) and the engine itself (ae_engine.c: create,
+ * destroy, stats, the public create calls).
  *
  * Below them, a one-way chain of modules with a header each; none knows
  * what is above it:
  *   ae_core (errors, time, threads, ids, levels)
  *   -> ae_events (event queue and its thread, glib loop)
- *   -> ae_alsa (one PCM), ae_sdp (offers)
+ *   -> ae_alsa (one PCM), ae_sdp (offers, certificate fingerprints)
  *   -> ae_graph (sources, sinks, routes, device threads, the mixer; an Opus
  *      sink hands its frames to an opaque ae_sink_output)
- *   -> ae_fanout (the encoder, the lean ring, the webrtcbin pipeline: it
- *      attaches itself as an Opus sink's output)
- *   -> ae_lean (the lean transport: knows the event queue, the fan-out and
- *      offers, not the engine)
- *   -> ae_webrtc.c (webrtcbin and the listener seam) and ae_engine.c, which
- *      share this header's struct ae_engine.
- * Left to cut: webrtcbin listeners and the listener seam share one file.
+ *   -> ae_fanout (the encoder and the webrtcbin pipeline; attaches itself as
+ *      an Opus sink's output; what it needs from above is an ae_fanout_env)
+ *   -> ae_lean, ae_webrtc (the two listener transports; each gets what it
+ *      needs from the engine at create)
+ *   -> ae_listener.c, ae_engine.c.
  *
  * Threads and locks
  *  - glib thread: runs the engine's GMainContext; every GStreamer/webrtcbin
@@ -41,6 +39,7 @@
 #include "ae_fanout.h"
 #include "ae_graph.h"
 #include "ae_lean.h"
+#include "ae_webrtc.h"
 #include "ae_sdp.h"
 
 #include <alsa/asoundlib.h>
@@ -66,6 +65,7 @@ struct ae_engine {
 
     struct ae_lean *lean;                /* the lean transport, or NULL */
     ae_fanout_env fanout_env;            /* what every Opus sink's fan-out gets */
+    ae_wr_env wr_env;                    /* what every webrtcbin listener gets */
 };
 
 /* Run fn(data) on the engine's glib thread and wait (bounded) for it. */
@@ -74,7 +74,7 @@ static inline int ae_glib_call(ae_engine *e, int (*fn)(void *), void *data, int 
     return ae_loop_call(&e->glib, fn, data, timeout_ms);
 }
 
-/* ---- listeners (ae_webrtc.c) ---- */
+/* ---- listeners (ae_listener.c) ---- */
 void ae_listener_destroy_all(ae_engine *e);
 
 #endif

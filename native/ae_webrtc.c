@@ -1,22 +1,18 @@
 /* ae_webrtc.c: the webrtcbin listener transport, on the fan-out's pipeline
- * (ae_fanout.c), and the listener seam.
+ * (ae_fanout.c).
  *
  *   fan-out --Opus--> appsrc --> tee -[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener 1)
- *                                   \-[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
+ *                                    \-[gate]-> rtpopuspay pt=<offer's> --> webrtcbin (listener N)
  *
  * The gate (a probe on the tee pad) drops packets until the listener's DTLS
- * is up: webrtcbin blocks its input until then, which would stall the tee.
- * Opus is encoded once per sink (in the mixer); each listener only adds a
- * payloader (its own, since browsers pick different payload types) and a
- * webrtcbin. Every GStreamer control call runs on the engine's glib thread.
- *
- * This file is also the listener seam: ae_listener_create reads the offer
- * once and hands it to the lean transport (ae_lean.c) unless the offer needs
- * something only webrtcbin does (a data channel, ...) or a setting forces
- * one transport. */
+ * is up and its certificate is the offer's: webrtcbin blocks its input
+ * until then, which would stall the tee. Opus is encoded once per sink;
+ * each listener only adds a payloader (its own, since browsers pick
+ * different payload types) and a webrtcbin. Every GStreamer control call
+ * runs on the engine's glib thread. */
 #define _GNU_SOURCE
 #define GST_USE_UNSTABLE_API /* webrtcbin's library API is marked unstable */
-#include "ae_internal.h"
+#include "ae_webrtc.h"
 
 #include <gst/sdp/sdp.h>
 #include <gst/webrtc/webrtc.h>
@@ -33,16 +29,13 @@
 
 #define GLIB_CALL_TIMEOUT_MS 5000
 
-struct ae_listener {
-    ae_engine *engine;
+struct ae_wr {
+    const ae_wr_env *env;
     ae_sink *sink;
     ae_fanout *fanout;                   /* the sink's */
-    ae_listener *next;
     uint64_t id;                         /* names it in events */
     _Atomic int refs;
-    atomic_bool closing;
-    int transport;                       /* AE_TRANSPORT_LEAN or AE_TRANSPORT_WEBRTCBIN */
-    ae_lean_peer *lean;                  /* the lean transport's side of it, or NULL */
+    atomic_bool closing;                 /* set (ae_wr_close) when it is being removed */
     char *offer;
     char *fmtp;                          /* the offer's Opus parameters, or NULL */
     int pt, mline;
@@ -79,7 +72,7 @@ struct ae_listener {
     _Atomic int64_t health_asked_us;
 };
 
-static ae_listener *listener_ref(ae_listener *l)
+static ae_wr *listener_ref(ae_wr *l)
 {
     atomic_fetch_add(&l->refs, 1);
     return l;
@@ -87,7 +80,7 @@ static ae_listener *listener_ref(ae_listener *l)
 
 static void listener_unref(gpointer p)
 {
-    ae_listener *l = p;
+    ae_wr *l = p;
     if (atomic_fetch_sub(&l->refs, 1) != 1) return;
     if (l->candidates) {
         g_ptr_array_unref(l->candidates);
@@ -101,7 +94,7 @@ static void listener_unref(gpointer p)
 
 /* ---- events from a listener --------------------------------------------- */
 
-static void post_listener(ae_listener *l, int type, const char *text, int mline, int state,
+static void post_listener(ae_wr *l, int type, const char *text, int mline, int state,
                           int code)
 {
     ae_event ev = {0};
@@ -111,10 +104,10 @@ static void post_listener(ae_listener *l, int type, const char *text, int mline,
     ev.mline = mline;
     ev.state = state;
     ev.code = code;
-    ae_post_unless(&l->engine->events, &ev, &l->closing);
+    ae_post_unless(l->env->events, &ev, &l->closing);
 }
 
-static void answer_failed(ae_listener *l, int code, const char *why)
+static void answer_failed(ae_wr *l, int code, const char *why)
 {
     if (l->answered) return;
     l->answered = true;
@@ -122,15 +115,15 @@ static void answer_failed(ae_listener *l, int code, const char *why)
 }
 
 /* Run fn on the glib thread with a reference to the listener. */
-static void invoke(ae_listener *l, GSourceFunc fn)
+static void invoke(ae_wr *l, GSourceFunc fn)
 {
-    g_main_context_invoke_full(l->engine->glib.ctx, G_PRIORITY_DEFAULT, fn, listener_ref(l),
+    g_main_context_invoke_full(l->env->glib->ctx, G_PRIORITY_DEFAULT, fn, listener_ref(l),
                                listener_unref);
 }
 
 /* ---- probes: what leaves and what arrives ------------------------------- */
 
-static void count_sent(ae_listener *l, GstBuffer *buf)
+static void count_sent(ae_wr *l, GstBuffer *buf)
 {
     GstMapInfo map;
     if (!gst_buffer_map(buf, &map, GST_MAP_READ)) return;
@@ -175,7 +168,7 @@ static GstPadProbeReturn on_received(GstPad *pad, GstPadProbeInfo *info, gpointe
 {
     (void)pad;
     (void)info;
-    ae_listener *l = data;
+    ae_wr *l = data;
     atomic_store(&l->last_rx_us, ae_now_us());
     return GST_PAD_PROBE_OK;
 }
@@ -185,7 +178,7 @@ static GstPadProbeReturn on_received(GstPad *pad, GstPadProbeInfo *info, gpointe
 static GstPadProbeReturn on_pay_in(GstPad *pad, GstPadProbeInfo *info, gpointer data)
 {
     (void)pad;
-    ae_listener *l = data;
+    ae_wr *l = data;
     GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
     if (buf) atomic_store(&l->last_in_offset, GST_BUFFER_OFFSET(buf));
     return GST_PAD_PROBE_OK;
@@ -194,7 +187,7 @@ static GstPadProbeReturn on_pay_in(GstPad *pad, GstPadProbeInfo *info, gpointer 
 static GstPadProbeReturn on_pay_out(GstPad *pad, GstPadProbeInfo *info, gpointer data)
 {
     (void)pad;
-    ae_listener *l = data;
+    ae_wr *l = data;
     GstBuffer *buf = GST_PAD_PROBE_INFO_BUFFER(info);
     GstMapInfo map;
     if (!buf || !gst_buffer_map(buf, &map, GST_MAP_READ)) return GST_PAD_PROBE_OK;
@@ -212,13 +205,13 @@ static GstPadProbeReturn gate_until_connected(GstPad *pad, GstPadProbeInfo *info
 {
     (void)pad;
     (void)info;
-    ae_listener *l = data;
+    ae_wr *l = data;
     return atomic_load(&l->media_open) ? GST_PAD_PROBE_OK : GST_PAD_PROBE_DROP;
 }
 
 /* webrtcbin (1.22) accepts any peer certificate; the offer's a=fingerprint
  * is what vouches for it, so check it before media flows. */
-static bool peer_certificate_matches(ae_listener *l)
+static bool peer_certificate_matches(ae_wr *l)
 {
     GstWebRTCRTPTransceiver *trans = NULL;
     g_signal_emit_by_name(l->webrtc, "get-transceiver", 0, &trans);
@@ -250,7 +243,7 @@ static bool peer_certificate_matches(ae_listener *l)
 static void on_peer_connection_state(GObject *obj, GParamSpec *ps, gpointer data)
 {
     (void)ps;
-    ae_listener *l = data;
+    ae_wr *l = data;
     GstWebRTCPeerConnectionState s;
     g_object_get(obj, "connection-state", &s, NULL);
     bool open = s == GST_WEBRTC_PEER_CONNECTION_STATE_CONNECTED;
@@ -266,7 +259,7 @@ static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpoi
 {
     (void)bin;
     (void)sub;
-    ae_listener *l = data;
+    ae_wr *l = data;
     GstElementFactory *f = gst_element_get_factory(el);
     const char *name = f ? GST_OBJECT_NAME(f) : "";
     if (!strcmp(name, "nicesink")) {
@@ -298,7 +291,7 @@ static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpoi
 static void on_ice_candidate(GstElement *webrtc, guint mline, gchar *candidate, gpointer data)
 {
     (void)webrtc;
-    ae_listener *l = data;
+    ae_wr *l = data;
     g_mutex_lock(&l->cand_lock);
     g_ptr_array_add(l->candidates, g_strdup_printf("%u\n%s", mline, candidate));
     g_mutex_unlock(&l->cand_lock);
@@ -309,7 +302,7 @@ static void on_ice_candidate(GstElement *webrtc, guint mline, gchar *candidate, 
 static void on_connection_state(GObject *obj, GParamSpec *ps, gpointer data)
 {
     (void)ps;
-    ae_listener *l = data;
+    ae_wr *l = data;
     GstWebRTCICEConnectionState s;
     g_object_get(obj, "ice-connection-state", &s, NULL);
     if (atomic_load(&l->cert_refused)) return; /* it has failed for good */
@@ -319,7 +312,7 @@ static void on_connection_state(GObject *obj, GParamSpec *ps, gpointer data)
 
 /* The answer with every gathered candidate in it: the server cannot trickle
  * over WHEP, so the client must get them all at once. */
-static char *answer_text(ae_listener *l)
+static char *answer_text(ae_wr *l)
 {
     GstWebRTCSessionDescription *desc = NULL;
     g_object_get(l->webrtc, "local-description", &desc, NULL);
@@ -356,7 +349,7 @@ static char *answer_text(ae_listener *l)
     return text;
 }
 
-static void finish_answer(ae_listener *l)
+static void finish_answer(ae_wr *l)
 {
     if (l->answered || atomic_load(&l->closing)) return;
     if (l->gather_timeout) {
@@ -376,7 +369,7 @@ static void finish_answer(ae_listener *l)
 
 static gboolean on_gather_timeout(gpointer data)
 {
-    ae_listener *l = data;
+    ae_wr *l = data;
     l->gathered = true;
     if (l->local_set) finish_answer(l);
     return G_SOURCE_REMOVE;
@@ -384,7 +377,7 @@ static gboolean on_gather_timeout(gpointer data)
 
 static gboolean gathering_complete_main(gpointer data)
 {
-    ae_listener *l = data;
+    ae_wr *l = data;
     l->gathered = true;
     if (l->local_set) finish_answer(l);
     return G_SOURCE_REMOVE;
@@ -393,7 +386,7 @@ static gboolean gathering_complete_main(gpointer data)
 static void on_gathering_state(GObject *obj, GParamSpec *ps, gpointer data)
 {
     (void)ps;
-    ae_listener *l = data;
+    ae_wr *l = data;
     GstWebRTCICEGatheringState s;
     g_object_get(obj, "ice-gathering-state", &s, NULL);
     if (s == GST_WEBRTC_ICE_GATHERING_STATE_COMPLETE) invoke(l, gathering_complete_main);
@@ -401,9 +394,9 @@ static void on_gathering_state(GObject *obj, GParamSpec *ps, gpointer data)
 
 /* Promise replies arrive on webrtcbin's thread: carry them to ours. */
 typedef struct promise_step {
-    ae_listener *listener;
+    ae_wr *listener;
     GstPromise *promise;
-    void (*next)(ae_listener *, GstPromise *);
+    void (*next)(ae_wr *, GstPromise *);
 } promise_step;
 
 static gboolean promise_step_main(gpointer data)
@@ -428,7 +421,7 @@ static void on_promise(GstPromise *promise, gpointer data)
     copy->listener = listener_ref(s->listener);
     copy->promise = gst_promise_ref(promise);
     copy->next = s->next;
-    g_main_context_invoke_full(s->listener->engine->glib.ctx, G_PRIORITY_DEFAULT, promise_step_main,
+    g_main_context_invoke_full(s->listener->env->glib->ctx, G_PRIORITY_DEFAULT, promise_step_main,
                                copy, promise_step_free);
 }
 
@@ -439,7 +432,7 @@ static void promise_data_free(gpointer data)
     g_free(s);
 }
 
-static GstPromise *promise_then(ae_listener *l, void (*next)(ae_listener *, GstPromise *))
+static GstPromise *promise_then(ae_wr *l, void (*next)(ae_wr *, GstPromise *))
 {
     promise_step *s = g_new0(promise_step, 1);
     s->listener = listener_ref(l);
@@ -447,7 +440,7 @@ static GstPromise *promise_then(ae_listener *l, void (*next)(ae_listener *, GstP
     return gst_promise_new_with_change_func(on_promise, s, promise_data_free);
 }
 
-static bool promise_failed(ae_listener *l, GstPromise *p, const char *step)
+static bool promise_failed(ae_wr *l, GstPromise *p, const char *step)
 {
     if (gst_promise_wait(p) != GST_PROMISE_RESULT_REPLIED) {
         char msg[128];
@@ -468,7 +461,7 @@ static bool promise_failed(ae_listener *l, GstPromise *p, const char *step)
     return false;
 }
 
-static void link_to_tee(ae_listener *l)
+static void link_to_tee(ae_wr *l)
 {
     /* Elements are PLAYING already; link the tee last, so a new branch can
      * never stall the ones that are running. */
@@ -483,7 +476,7 @@ static void link_to_tee(ae_listener *l)
     gst_object_unref(sinkpad);
 }
 
-static void on_local_set(ae_listener *l, GstPromise *p)
+static void on_local_set(ae_wr *l, GstPromise *p)
 {
     if (promise_failed(l, p, "setting the local description")) return;
     l->local_set = true;
@@ -491,7 +484,7 @@ static void on_local_set(ae_listener *l, GstPromise *p)
     if (l->gathered) finish_answer(l);
 }
 
-static void on_answer_created(ae_listener *l, GstPromise *p)
+static void on_answer_created(ae_wr *l, GstPromise *p)
 {
     if (promise_failed(l, p, "creating the answer")) return;
     GstWebRTCSessionDescription *answer = NULL;
@@ -516,7 +509,7 @@ static void on_answer_created(ae_listener *l, GstPromise *p)
     gst_webrtc_session_description_free(answer);
 }
 
-static void on_remote_set(ae_listener *l, GstPromise *p)
+static void on_remote_set(ae_wr *l, GstPromise *p)
 {
     if (promise_failed(l, p, "setting the offer")) return;
     GstPromise *next = promise_then(l, on_answer_created);
@@ -524,23 +517,23 @@ static void on_remote_set(ae_listener *l, GstPromise *p)
     gst_promise_unref(next);
 }
 
-static void configure_ice(ae_listener *l)
+static void configure_ice(ae_wr *l)
 {
-    ae_engine *e = l->engine;
+    const ae_engine_config *cfg = l->env->cfg;
     GstWebRTCICE *ice = NULL;
     g_object_get(l->webrtc, "ice-agent", &ice, NULL);
     if (!ice) return;
-    g_object_set(ice, "ice-tcp", e->cfg.ice_tcp != 0, NULL);
-    if (e->cfg.min_port) g_object_set(ice, "min-rtp-port", (guint)e->cfg.min_port, NULL);
-    if (e->cfg.max_port) g_object_set(ice, "max-rtp-port", (guint)e->cfg.max_port, NULL);
+    g_object_set(ice, "ice-tcp", cfg->ice_tcp != 0, NULL);
+    if (cfg->min_port) g_object_set(ice, "min-rtp-port", (guint)cfg->min_port, NULL);
+    if (cfg->max_port) g_object_set(ice, "max-rtp-port", (guint)cfg->max_port, NULL);
     if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "agent")) {
         NiceAgent *agent = NULL;
         g_object_get(ice, "agent", &agent, NULL);
         if (agent) {
             /* UPnP-IGD lookups held answers back by seconds; a LAN needs none. */
-            g_object_set(agent, "upnp", e->cfg.upnp != 0, "ice-tcp", e->cfg.ice_tcp != 0, NULL);
-            if (e->ice_addresses) {
-                char **addrs = g_strsplit(e->ice_addresses, ",", -1);
+            g_object_set(agent, "upnp", cfg->upnp != 0, "ice-tcp", cfg->ice_tcp != 0, NULL);
+            if (cfg->ice_addresses) {
+                char **addrs = g_strsplit(cfg->ice_addresses, ",", -1);
                 for (char **a = addrs; *a; a++) {
                     NiceAddress addr;
                     nice_address_init(&addr);
@@ -560,7 +553,7 @@ static void configure_ice(ae_listener *l)
  * a=inactive when a parameter differs: Chromium offers useinbandfec=1,
  * Firefox stereo=1), plus stereo when the client did not say: browsers play
  * stereo Opus as mono unless the answer says stereo=1. */
-static GstCaps *opus_caps(const ae_listener *l)
+static GstCaps *opus_caps(const ae_wr *l)
 {
     GstCaps *caps = gst_caps_new_simple(
         "application/x-rtp", "media", G_TYPE_STRING, "audio", "encoding-name", G_TYPE_STRING,
@@ -588,9 +581,9 @@ static GstCaps *opus_caps(const ae_listener *l)
     return caps;
 }
 
-static int start_listener(ae_listener *l)
+static int start_listener(ae_wr *l)
 {
-    ae_engine *e = l->engine;
+    const ae_engine_config *cfg = l->env->cfg;
     l->pay = gst_element_factory_make("rtpopuspay", NULL);
     l->webrtc = gst_element_factory_make("webrtcbin", NULL);
     if (!l->pay || !l->webrtc) {
@@ -603,7 +596,7 @@ static int start_listener(ae_listener *l)
     gst_object_ref_sink(l->webrtc);
     g_object_set(l->pay, "pt", (guint)l->pt, NULL);
     g_object_set(l->webrtc, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, NULL);
-    if (e->stun_server) g_object_set(l->webrtc, "stun-server", e->stun_server, NULL);
+    if (cfg->stun_server) g_object_set(l->webrtc, "stun-server", cfg->stun_server, NULL);
     configure_ice(l);
 
     g_signal_connect_data(l->webrtc, "on-ice-candidate", G_CALLBACK(on_ice_candidate),
@@ -658,118 +651,56 @@ static int start_listener(ae_listener *l)
     gst_promise_unref(promise);
     gst_webrtc_session_description_free(offer);
 
-    l->gather_timeout = g_timeout_source_new((guint)e->cfg.gather_timeout_ms);
+    l->gather_timeout = g_timeout_source_new((guint)cfg->gather_timeout_ms);
     g_source_set_callback(l->gather_timeout, on_gather_timeout, listener_ref(l), listener_unref);
-    g_source_attach(l->gather_timeout, e->glib.ctx);
+    g_source_attach(l->gather_timeout, l->env->glib->ctx);
     return AE_OK;
 }
 
 static gboolean start_listener_main(gpointer data)
 {
-    ae_listener *l = data;
+    ae_wr *l = data;
     if (atomic_load(&l->closing)) return G_SOURCE_REMOVE;
     if (start_listener(l) != AE_OK) answer_failed(l, AE_ERR_MEDIA, ae_last_error());
     return G_SOURCE_REMOVE;
 }
 
-/* Which transport serves this offer: AE_TRANSPORT_LEAN, _WEBRTCBIN, or an
- * AE_ERR_SDP code when the setting forces one that cannot serve it. */
-static int choose_transport(ae_engine *e, const ae_offer *o)
-{
-    const char *why = e->lean ? ae_lean_declines(o) : "the lean transport is not running";
-    switch (e->cfg.transport) {
-    case AE_TRANSPORT_WEBRTCBIN: return AE_TRANSPORT_WEBRTCBIN;
-    case AE_TRANSPORT_LEAN:
-        if (why) return ae_fail(AE_ERR_SDP, "the lean transport cannot serve this offer: %s", why);
-        return AE_TRANSPORT_LEAN;
-    default:
-        if (!why) return AE_TRANSPORT_LEAN;
-        g_printerr("ae: a listener goes to webrtcbin: %s\n", why);
-        return AE_TRANSPORT_WEBRTCBIN;
-    }
-}
+/* ---- the webrtcbin listener's life ---------------------------------------- */
 
-int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
+int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
+                 const char *offer_sdp, ae_offer *o, ae_wr **out)
 {
-    ae_clear_error();
-    if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
     *out = NULL;
-    ae_fanout *f = ae_fanout_of(k);
-    if (!f) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
-    ae_engine *e = f->env->owner;
-    if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
-    ae_offer offer;
-    int rc = ae_offer_parse(offer_sdp, &offer);
-    if (rc != AE_OK) return rc;
-    int transport = choose_transport(e, &offer);
-    if (transport < 0) {
-        ae_offer_clear(&offer);
-        return transport;
-    }
-    if (atomic_fetch_add(&e->nlisteners, 1) >= e->cfg.max_listeners) {
-        atomic_fetch_sub(&e->nlisteners, 1);
-        ae_offer_clear(&offer);
-        return ae_fail(AE_ERR_LIMIT, "%d listeners is the most this engine serves",
-                       e->cfg.max_listeners);
-    }
-    ae_listener *l = calloc(1, sizeof *l);
-    if (!l) {
-        atomic_fetch_sub(&e->nlisteners, 1);
-        ae_offer_clear(&offer);
+    ae_wr *l = calloc(1, sizeof *l);
+    char *offer = strdup(offer_sdp);
+    if (!l || !offer) {
+        free(l);
+        free(offer);
         return ae_fail(AE_ERR_NOMEM, "out of memory");
     }
-    l->engine = e;
-    l->id = ae_new_id();
+    l->env = env;
+    l->id = id;
     l->sink = k;
     l->fanout = f;
     l->refs = 1;
-    l->transport = transport;
     pthread_mutex_init(&l->health_lock, NULL);
     l->rtt_ms = -1;
-    l->pt = offer.pt;
-    l->mline = offer.mline;
-    char *answer = NULL;
-    if (transport == AE_TRANSPORT_LEAN) {
-        rc = ae_lean_peer_create(e->lean, k, l->id, &l->closing, &offer, &answer, &l->lean);
-        ae_offer_clear(&offer);
-        if (rc != AE_OK) {
-            atomic_fetch_sub(&e->nlisteners, 1);
-            pthread_mutex_destroy(&l->health_lock);
-            free(l);
-            return rc;
-        }
-        atomic_fetch_add(&f->lean_listeners, 1);
-    } else {
-        l->nfp = offer.nfingerprints;
-        memcpy(l->fp, offer.fingerprints, sizeof l->fp);
-        l->fmtp = offer.fmtp; /* taken over */
-        offer.fmtp = NULL;
-        ae_offer_clear(&offer);
-        l->offer = strdup(offer_sdp);
-        g_mutex_init(&l->cand_lock);
-        l->candidates = g_ptr_array_new_with_free_func(g_free);
-    }
-    atomic_fetch_add(&f->listeners, 1);
-    pthread_mutex_lock(&e->listeners_lock);
-    l->next = e->listeners;
-    e->listeners = l;
-    pthread_mutex_unlock(&e->listeners_lock);
-    if (answer) {
-        /* ICE-lite: nothing to gather, the answer is ready now */
-        l->answered = true;
-        post_listener(l, AE_EVENT_ANSWER_READY, answer, 0, 0, 0);
-        free(answer);
-    } else {
-        invoke(l, start_listener_main);
-    }
+    l->pt = o->pt;
+    l->mline = o->mline;
+    l->nfp = o->nfingerprints;
+    memcpy(l->fp, o->fingerprints, sizeof l->fp);
+    l->fmtp = o->fmtp; /* taken over */
+    o->fmtp = NULL;
+    l->offer = offer;
+    g_mutex_init(&l->cand_lock);
+    l->candidates = g_ptr_array_new_with_free_func(g_free);
+    invoke(l, start_listener_main);
     *out = l;
     return AE_OK;
 }
 
-uint64_t ae_listener_id(const ae_listener *l) { return l ? l->id : 0; }
-
 typedef struct candidate_call {
-    ae_listener *listener;
+    ae_wr *listener;
     guint mline;
     char *candidate;
 } candidate_call;
@@ -790,25 +721,14 @@ static void candidate_call_free(gpointer data)
     g_free(c);
 }
 
-int ae_listener_add_candidate(ae_listener *l, int mline, const char *candidate)
+void ae_wr_add_candidate(ae_wr *l, int mline, const char *candidate)
 {
-    ae_clear_error();
-    if (!l || !candidate) return ae_fail(AE_ERR_INVALID, "listener and candidate are required");
-    if (mline < 0 || mline > 64) return ae_fail(AE_ERR_INVALID, "bad m-line index %d", mline);
-    if (atomic_load(&l->closing)) return ae_fail(AE_ERR_CLOSED, "the listener is closing");
-    if (strncmp(candidate, "a=", 2) == 0) candidate += 2;
-    if (!*candidate) return AE_OK; /* end of candidates: nothing to do */
-    if (strncmp(candidate, "candidate:", 10) != 0 || strlen(candidate) > 1024 ||
-        strpbrk(candidate, "\r\n"))
-        return ae_fail(AE_ERR_INVALID, "not an ICE candidate line: '%.60s'", candidate);
-    if (l->lean) return AE_OK; /* ICE-lite learns the peer's addresses from its checks */
     candidate_call *c = g_new0(candidate_call, 1);
     c->listener = listener_ref(l);
     c->mline = (guint)mline;
     c->candidate = g_strdup(candidate);
-    g_main_context_invoke_full(l->engine->glib.ctx, G_PRIORITY_DEFAULT, add_candidate_main, c,
+    g_main_context_invoke_full(l->env->glib->ctx, G_PRIORITY_DEFAULT, add_candidate_main, c,
                                candidate_call_free);
-    return AE_OK;
 }
 
 /* ---- the peer's health, from webrtcbin's statistics ------------------- */
@@ -816,7 +736,7 @@ int ae_listener_add_candidate(ae_listener *l, int mline, const char *candidate)
 static gboolean read_remote_inbound(GQuark field, const GValue *value, gpointer data)
 {
     (void)field;
-    ae_listener *l = data;
+    ae_wr *l = data;
     if (!GST_VALUE_HOLDS_STRUCTURE(value)) return TRUE;
     const GstStructure *st = gst_value_get_structure(value);
     gint type = 0;
@@ -848,7 +768,7 @@ static void on_stats(GstPromise *promise, gpointer data)
 
 static gboolean ask_stats_main(gpointer data)
 {
-    ae_listener *l = data;
+    ae_wr *l = data;
     if (atomic_load(&l->closing) || !l->webrtc) return G_SOURCE_REMOVE;
     GstPromise *p = gst_promise_new_with_change_func(on_stats, listener_ref(l), listener_unref);
     g_signal_emit_by_name(l->webrtc, "get-stats", NULL, p);
@@ -856,15 +776,8 @@ static gboolean ask_stats_main(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
+void ae_wr_stats(ae_wr *l, ae_listener_stats *out)
 {
-    ae_clear_error();
-    if (!l || !out) return ae_fail(AE_ERR_INVALID, "listener and out are required");
-    memset(out, 0, sizeof *out);
-    if (l->lean) {
-        ae_lean_peer_stats(l->lean, out);
-        return AE_OK;
-    }
     out->transport = AE_TRANSPORT_WEBRTCBIN;
     pthread_mutex_lock(&l->health_lock);
     out->rtcp_reports = l->health_reports;
@@ -881,7 +794,6 @@ int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
     out->last_rx_us = atomic_load(&l->last_rx_us);
     out->packets_sent = atomic_load(&l->packets_sent);
     out->bytes_sent = atomic_load(&l->bytes_sent);
-    return AE_OK;
 }
 
 /* ---- teardown ----------------------------------------------------------- */
@@ -910,7 +822,7 @@ static GstPadProbeReturn unlink_when_idle(GstPad *pad, GstPadProbeInfo *info, gp
  * caller's thread afterwards. */
 static int detach_listener(void *data)
 {
-    ae_listener *l = data;
+    ae_wr *l = data;
     if (l->gather_timeout) {
         g_source_destroy(l->gather_timeout);
         g_source_unref(l->gather_timeout);
@@ -950,33 +862,11 @@ static int detach_listener(void *data)
     return AE_OK;
 }
 
-int ae_listener_destroy(ae_listener *l)
+void ae_wr_close(ae_wr *l) { atomic_store(&l->closing, true); }
+
+int ae_wr_destroy(ae_wr *l)
 {
-    ae_clear_error();
-    if (!l) return ae_fail(AE_ERR_INVALID, "no listener");
-    ae_engine *e = l->engine;
-    if (atomic_exchange(&l->closing, true))
-        return ae_fail(AE_ERR_INVALID, "the listener is already being destroyed");
-    ae_events_forget(&e->events, l->id);
-    pthread_mutex_lock(&e->listeners_lock);
-    for (ae_listener **pp = &e->listeners; *pp; pp = &(*pp)->next) {
-        if (*pp == l) {
-            *pp = l->next;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&e->listeners_lock);
-    if (l->lean) {
-        ae_lean_peer_destroy(e->lean, l->lean);
-        l->lean = NULL;
-        atomic_fetch_sub(&l->fanout->lean_listeners, 1);
-        atomic_fetch_sub(&l->fanout->listeners, 1);
-        atomic_fetch_sub(&e->nlisteners, 1);
-        listener_unref(l);
-        malloc_trim(0);
-        return AE_OK;
-    }
-    int rc = ae_glib_call(e, detach_listener, l, GLIB_CALL_TIMEOUT_MS);
+    int rc = ae_loop_call(l->env->glib, detach_listener, l, GLIB_CALL_TIMEOUT_MS);
     if (rc == AE_OK) {
         if (l->webrtc) gst_element_set_state(l->webrtc, GST_STATE_NULL);
         if (l->pay) gst_element_set_state(l->pay, GST_STATE_NULL);
@@ -984,23 +874,6 @@ int ae_listener_destroy(ae_listener *l)
         if (l->pay) gst_object_unref(l->pay);
         l->webrtc = l->pay = NULL;
     }
-    atomic_fetch_sub(&l->fanout->listeners, 1);
-    atomic_fetch_sub(&e->nlisteners, 1);
     listener_unref(l);
-    /* A listener frees about a megabyte in many small blocks across
-     * threads' arenas; hand it back to the system rather than keep the
-     * high-water mark. */
-    malloc_trim(0);
     return rc;
-}
-
-void ae_listener_destroy_all(ae_engine *e)
-{
-    for (;;) {
-        pthread_mutex_lock(&e->listeners_lock);
-        ae_listener *l = e->listeners;
-        pthread_mutex_unlock(&e->listeners_lock);
-        if (!l) break;
-        ae_listener_destroy(l);
-    }
 }

@@ -1,0 +1,178 @@
+/* ae_listener.c: the listener seam. ae_listener_create reads the offer once
+ * and hands it to the lean transport (ae_lean.c) unless the offer needs
+ * something only webrtcbin does (a data channel, ...) or a setting forces
+ * one transport; the rest of the public listener calls dispatch to the one
+ * that serves it. */
+#define _GNU_SOURCE
+#include "ae_internal.h"
+
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ae_listener {
+    ae_engine *engine;
+    ae_sink *sink;
+    ae_fanout *fanout;                   /* the sink's */
+    ae_listener *next;
+    uint64_t id;                         /* names it in events */
+    atomic_bool closing;                 /* set first when it is removed: mutes its events */
+    int transport;                       /* AE_TRANSPORT_LEAN or AE_TRANSPORT_WEBRTCBIN */
+    ae_lean_peer *lean;
+    ae_wr *wr;
+};
+
+/* Which transport serves this offer: AE_TRANSPORT_LEAN, _WEBRTCBIN, or an
+ * AE_ERR_SDP code when the setting forces one that cannot serve it. */
+static int choose_transport(ae_engine *e, const ae_offer *o)
+{
+    const char *why = e->lean ? ae_lean_declines(o) : "the lean transport is not running";
+    switch (e->cfg.transport) {
+    case AE_TRANSPORT_WEBRTCBIN: return AE_TRANSPORT_WEBRTCBIN;
+    case AE_TRANSPORT_LEAN:
+        if (why) return ae_fail(AE_ERR_SDP, "the lean transport cannot serve this offer: %s", why);
+        return AE_TRANSPORT_LEAN;
+    default:
+        if (!why) return AE_TRANSPORT_LEAN;
+        g_printerr("ae: a listener goes to webrtcbin: %s\n", why);
+        return AE_TRANSPORT_WEBRTCBIN;
+    }
+}
+
+int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
+{
+    ae_clear_error();
+    if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
+    *out = NULL;
+    ae_fanout *f = ae_fanout_of(k);
+    if (!f) return ae_fail(AE_ERR_INVALID, "listeners need an Opus sink");
+    ae_engine *e = f->env->owner;
+    if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    ae_offer offer;
+    int rc = ae_offer_parse(offer_sdp, &offer);
+    if (rc != AE_OK) return rc;
+    int transport = choose_transport(e, &offer);
+    if (transport < 0) {
+        ae_offer_clear(&offer);
+        return transport;
+    }
+    if (atomic_fetch_add(&e->nlisteners, 1) >= e->cfg.max_listeners) {
+        atomic_fetch_sub(&e->nlisteners, 1);
+        ae_offer_clear(&offer);
+        return ae_fail(AE_ERR_LIMIT, "%d listeners is the most this engine serves",
+                       e->cfg.max_listeners);
+    }
+    ae_listener *l = calloc(1, sizeof *l);
+    if (!l) {
+        atomic_fetch_sub(&e->nlisteners, 1);
+        ae_offer_clear(&offer);
+        return ae_fail(AE_ERR_NOMEM, "out of memory");
+    }
+    l->engine = e;
+    l->id = ae_new_id();
+    l->sink = k;
+    l->fanout = f;
+    l->transport = transport;
+    char *answer = NULL;
+    if (transport == AE_TRANSPORT_LEAN)
+        rc = ae_lean_peer_create(e->lean, k, l->id, &l->closing, &offer, &answer, &l->lean);
+    else
+        rc = ae_wr_create(&e->wr_env, k, f, l->id, offer_sdp, &offer, &l->wr);
+    ae_offer_clear(&offer);
+    if (rc != AE_OK) {
+        atomic_fetch_sub(&e->nlisteners, 1);
+        free(l);
+        return rc;
+    }
+    if (l->lean) atomic_fetch_add(&f->lean_listeners, 1);
+    atomic_fetch_add(&f->listeners, 1);
+    pthread_mutex_lock(&e->listeners_lock);
+    l->next = e->listeners;
+    e->listeners = l;
+    pthread_mutex_unlock(&e->listeners_lock);
+    if (answer) {
+        /* ICE-lite: nothing to gather, the answer is ready now */
+        ae_event ev = {0};
+        ev.type = AE_EVENT_ANSWER_READY;
+        ev.listener_id = l->id;
+        ev.text = answer;
+        ae_post_unless(&e->events, &ev, &l->closing);
+        free(answer);
+    }
+    *out = l;
+    return AE_OK;
+}
+
+uint64_t ae_listener_id(const ae_listener *l) { return l ? l->id : 0; }
+
+int ae_listener_add_candidate(ae_listener *l, int mline, const char *candidate)
+{
+    ae_clear_error();
+    if (!l || !candidate) return ae_fail(AE_ERR_INVALID, "listener and candidate are required");
+    if (mline < 0 || mline > 64) return ae_fail(AE_ERR_INVALID, "bad m-line index %d", mline);
+    if (atomic_load(&l->closing)) return ae_fail(AE_ERR_CLOSED, "the listener is closing");
+    if (strncmp(candidate, "a=", 2) == 0) candidate += 2;
+    if (!*candidate) return AE_OK; /* end of candidates: nothing to do */
+    if (strncmp(candidate, "candidate:", 10) != 0 || strlen(candidate) > 1024 ||
+        strpbrk(candidate, "\r\n"))
+        return ae_fail(AE_ERR_INVALID, "not an ICE candidate line: '%.60s'", candidate);
+    /* ICE-lite learns the peer's addresses from its checks */
+    if (l->wr) ae_wr_add_candidate(l->wr, mline, candidate);
+    return AE_OK;
+}
+
+int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
+{
+    ae_clear_error();
+    if (!l || !out) return ae_fail(AE_ERR_INVALID, "listener and out are required");
+    memset(out, 0, sizeof *out);
+    if (l->lean) ae_lean_peer_stats(l->lean, out);
+    else ae_wr_stats(l->wr, out);
+    return AE_OK;
+}
+
+int ae_listener_destroy(ae_listener *l)
+{
+    ae_clear_error();
+    if (!l) return ae_fail(AE_ERR_INVALID, "no listener");
+    ae_engine *e = l->engine;
+    if (atomic_exchange(&l->closing, true))
+        return ae_fail(AE_ERR_INVALID, "the listener is already being destroyed");
+    if (l->wr) ae_wr_close(l->wr);
+    ae_events_forget(&e->events, l->id);
+    pthread_mutex_lock(&e->listeners_lock);
+    for (ae_listener **pp = &e->listeners; *pp; pp = &(*pp)->next) {
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&e->listeners_lock);
+    int rc = AE_OK;
+    if (l->lean) {
+        ae_lean_peer_destroy(e->lean, l->lean);
+        atomic_fetch_sub(&l->fanout->lean_listeners, 1);
+    } else {
+        rc = ae_wr_destroy(l->wr);
+    }
+    atomic_fetch_sub(&l->fanout->listeners, 1);
+    atomic_fetch_sub(&e->nlisteners, 1);
+    free(l);
+    /* A webrtcbin listener frees about a megabyte in many small blocks
+     * across threads' arenas; hand it back to the system rather than keep
+     * the high-water mark. */
+    malloc_trim(0);
+    return rc;
+}
+
+void ae_listener_destroy_all(ae_engine *e)
+{
+    for (;;) {
+        pthread_mutex_lock(&e->listeners_lock);
+        ae_listener *l = e->listeners;
+        pthread_mutex_unlock(&e->listeners_lock);
+        if (!l) break;
+        ae_listener_destroy(l);
+    }
+}

@@ -1,0 +1,33 @@
+/* ae_webrtc.h: the webrtcbin listener transport, for offers the lean one
+ * declines: an rtpopuspay and a webrtcbin per listener on the fan-out's
+ * pipeline. */
+#ifndef AE_WEBRTC_H
+#define AE_WEBRTC_H
+
+#include "ae_events.h"
+#include "ae_fanout.h"
+#include "ae_sdp.h"
+
+typedef struct ae_wr ae_wr;
+
+/* What webrtcbin listeners need from the engine; outlives them. */
+typedef struct ae_wr_env {
+    ae_loop *glib;                       /* every GStreamer control call runs there */
+    ae_events *events;
+    const ae_engine_config *cfg;         /* ICE settings, gather timeout */
+} ae_wr_env;
+
+/* Negotiates in the background; AE_EVENT_ANSWER_READY or _FAILED follows
+ * under `id` until ae_wr_close. Takes over o->fmtp. */
+int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
+                 const char *offer_sdp, ae_offer *o, ae_wr **out);
+/* From now on it posts no event (call before ae_events_forget). */
+void ae_wr_close(ae_wr *w);
+/* candidate: "candidate:..." (checked by the caller) */
+void ae_wr_add_candidate(ae_wr *w, int mline, const char *candidate);
+void ae_wr_stats(ae_wr *w, ae_listener_stats *out);
+/* After ae_wr_close: takes the branch off the pipeline and stops webrtcbin
+ * in the caller's thread. */
+int ae_wr_destroy(ae_wr *w);
+
+#endif
