@@ -14,9 +14,14 @@ export function authHeaders(headers = {}, method = "GET") {
 }
 
 let asking = null;
+let acceptedAt = -Infinity;
 /** Ask for the venue PIN (once at a time) and send it; resolves true when
- *  the appliance accepted it (it then sets a cookie). */
+ *  the appliance accepted it (it then sets a cookie). A request refused just
+ *  before a PIN was accepted (the channel list and the event stream start
+ *  together) gets true at once: it should try again with the new cookie,
+ *  not ask the listener a second time. */
 export function askPin(reason = "This appliance needs the venue PIN to listen.", ask = "Enter the PIN:") {
+  if (!asking && performance.now() - acceptedAt < 5000) return Promise.resolve(true);
   if (!asking) {
     asking = new Promise((resolve) => {
       setTimeout(async () => {
@@ -26,6 +31,7 @@ export function askPin(reason = "This appliance needs the venue PIN to listen.",
           const r = await fetch("/api/listen/pin", { method: "POST", headers: { "Content-Type": "application/json" },
             body: JSON.stringify({ pin: value.trim() }) }).catch(() => null);
           ok = Boolean(r && r.ok);
+          if (ok) acceptedAt = performance.now();
         }
         asking = null;
         resolve(ok);
