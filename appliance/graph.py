@@ -55,10 +55,6 @@ class GraphRegistry:
     def registry(self, kind: str) -> dict[str, Any]:
         return self.registries[kind]
 
-    def __contains__(self, target: tuple[str, str]) -> bool:
-        kind, ident = target
-        return ident in self.registries[kind]
-
     def require(self, kind: str, entity_id: str) -> Any:
         try:
             return self.registries[kind][entity_id]
