@@ -9,7 +9,7 @@
 stage_in() {
     local d=$1
     rm -rf "$d" && mkdir -p "$d"
-    cp "$IMAGE_DIR/stages/20-customise-chroot.sh" "$d/"
+    cp "$IMAGE_DIR/stages/20-customise-chroot.sh" "$IMAGE_DIR/lib/lean-orphans.py" "$d/"
     cp /etc/ssl/certs/ca-certificates.crt "$d/ca.crt"
     {
         printf 'BASE=%q\nAPP=%q\nSOURCE_DATE_EPOCH=%q\nLEAN=%q\n' "$BASE" "$APP" "$SOURCE_DATE_EPOCH" "$LEAN"

@@ -105,7 +105,16 @@ if [ "$LEAN" = yes ]; then
     say "lean: purging $(echo $drop | wc -w) packages only unused plugins need: $drop"
     # shellcheck disable=SC2086
     [ -z "$drop" ] || dpkg --purge --force-depends $drop >/dev/null
-    printf '%s\n' $drop >/var/lib/appliance-dropped-packages
+    # What only the purged packages needed (libz3 under LLVM, oneDNN under
+    # onnxruntime, a MIDI sound font, ...): apt autoremove cannot run on a
+    # root whose dependencies were broken on purpose, so the same walk by hand.
+    # shellcheck disable=SC2086
+    orphans=$(python3 "$B/lean-orphans.py" /var/lib/dpkg/status $RUNTIME_PACKAGES $KERNEL_PACKAGES \
+        | tr '\n' ' ')
+    say "lean: purging $(echo $orphans | wc -w) packages nothing left needs: $orphans"
+    # shellcheck disable=SC2086
+    [ -z "$orphans" ] || dpkg --purge --force-depends $orphans >/dev/null
+    printf '%s\n' $drop $orphans >/var/lib/appliance-dropped-packages
     gdir=$(dirname "$(find /usr/lib -name libgstcoreelements.so | head -1)")
     for so in "$gdir"/*.so; do
         if LC_ALL=C ldd "$so" 2>&1 | grep -q 'not found'; then

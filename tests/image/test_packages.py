@@ -94,3 +94,26 @@ def test_the_image_package_list_says_why_each_package_is_there(tmp_path):
     assert rows["hostapd"][:4] == ["hostapd", "1", "arm64", "10"]
     assert "# dropped\tlibllvm19" in p.stdout and "# dropped\tmesa-libgallium" in p.stdout
     assert p.stdout.rstrip().endswith("appliance==0.1.0\ntrio==0.27")
+
+
+def test_lean_orphans_are_what_only_purged_packages_needed(tmp_path):
+    st = lambda name, deps="", extra="": (f"Package: {name}\nStatus: install ok installed\n"
+                                         + (f"Depends: {deps}\n" if deps else "") + extra)
+    status = tmp_path / "status"
+    status.write_text("\n".join([
+        # gstreamer1.0-plugins-bad still depends on the purged libllvm19 and libonnx:
+        st("gstreamer1.0-plugins-bad", "libllvm19 (>= 1), libonnx, libnice10 | libnice-alt, libssl3"),
+        st("libz3-4"),                        # only libllvm19 (purged) needed it
+        st("libdnnl", "libgomp1"),            # only libonnx (purged) needed it
+        st("libgomp1"),                       # and only libdnnl needed this
+        st("libnice10", "libglib2.0-0t64"),
+        st("libglib2.0-0t64"),
+        st("libssl3t64", "", "Provides: libssl3 (= 3.5)\n"),
+        st("bash", "", "Essential: yes\n"),
+        st("ifupdown", "", "Priority: important\n"),
+        st("stray"),
+        "Package: half\nStatus: deinstall ok config-files\n",
+    ]))
+    p = run(["python3", REPO / "image/lib/lean-orphans.py", status, "gstreamer1.0-plugins-bad",
+             "not-installed"], check=True)
+    assert p.stdout.split() == ["libdnnl", "libgomp1", "libz3-4", "stray"]
