@@ -124,14 +124,16 @@ class AdminConfig:
 
 # The appliance runs its audio threads at real-time priority where it may
 # (the image's service unit allows it); elsewhere the engine quietly runs them
-# at normal priority.
+# at normal priority. Its lean listeners share one well-known UDP port (a
+# firewall rule can name it); the engine alone would take any free port.
 APP_REALTIME_PRIORITY = 20
+APP_LEAN_PORT = 8443
 
 
 def app_engine_settings(table: Any = None) -> EngineSettings:
     table = {} if table is None else table
     if isinstance(table, Mapping):
-        table = {"realtime_priority": APP_REALTIME_PRIORITY, **table}
+        table = {"realtime_priority": APP_REALTIME_PRIORITY, "lean_port": APP_LEAN_PORT, **table}
     return build(EngineSettings, table, "engine")
 
 

@@ -112,8 +112,9 @@ class _Entity:
 
 class Listener:
     """One WebRTC listener on a sink. Its events (``AnswerReady`` or
-    ``AnswerFailed`` first, then candidates and state changes) arrive on
-    ``events``, in order and never dropped. Get one with
+    ``AnswerFailed``, candidates and state changes; webrtcbin may report a
+    state change before its answer) arrive on ``events``, in order and never
+    dropped. Get one with
     ``Engine.open_listener`` (or ``start_listener`` + ``aclose``)."""
 
     def __init__(self, engine: "Engine", handle: Any, sink_id: str):

@@ -40,7 +40,9 @@ def serve(source: str, period: int) -> None:
     lines on stdin, answering on stdout."""
     import trio
 
-    from appliance import EngineSettings, RouteSpec, SinkSpec, SourceSpec, open_engine
+    from appliance import (
+        AnswerFailed, AnswerReady, EngineSettings, RouteSpec, SinkSpec, SourceSpec, open_engine,
+    )
 
     async def main() -> None:
         # Real-time priority for the audio path, as the appliance's service
@@ -66,7 +68,10 @@ def serve(source: str, period: int) -> None:
                 if cmd["op"] == "listen":
                     listener = engine.start_listener("main", cmd["offer"])
                     listeners[listener.id] = listener
-                    ev = await listener.events.receive()   # AnswerReady or AnswerFailed
+                    # a state change may come before the answer (webrtcbin)
+                    async for ev in listener.events:
+                        if isinstance(ev, (AnswerReady, AnswerFailed)):
+                            break
                     reply({"tag": cmd["tag"], "id": listener.id,
                            "answer": getattr(ev, "sdp", None), "error": getattr(ev, "reason", None)})
                 elif cmd["op"] == "drop":

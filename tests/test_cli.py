@@ -71,6 +71,7 @@ async def test_run_serves_then_stops_cleanly_on_a_signal(tmp_path, signum):
         token = "cli-test-token"
         [engine]
         ice_addresses = ["127.0.0.1"]
+        lean_port = 0
     '''))
     notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await notify.bind(str(tmp_path / "notify"))
@@ -125,7 +126,7 @@ async def test_the_watchdog_stops_while_the_server_cannot_answer(tmp_path):
     client lets go and they resume."""
     config = tmp_path / "appliance.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
-                      '[engine]\nice_addresses = ["127.0.0.1"]\n')
+                      '[engine]\nice_addresses = ["127.0.0.1"]\nlean_port = 0\n')
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "PYTHONPATH": str(ROOT),
            "WATCHDOG_USEC": "1000000"}  # a check every 0.5 s, each given 0.25 s
     log_path = tmp_path / "log"

@@ -43,7 +43,8 @@ def make_config(state_dir: Path, *, data: dict[str, Any] | None = None,
     return config.replace(
         state_dir=state_dir, admin=admin,
         server=dataclasses.replace(config.server, **defaults),
-        engine=dataclasses.replace(config.engine, ice_addresses=("127.0.0.1",)))
+        # any free port: test servers run side by side
+        engine=dataclasses.replace(config.engine, ice_addresses=("127.0.0.1",), lean_port=0))
 
 
 @dataclass
