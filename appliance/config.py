@@ -103,6 +103,9 @@ class ServerConfig:
     post_rate_per_s: float = field(default=10.0, metadata=_r(0.01, 100000))
     post_burst: int = field(default=30, metadata=_r(1, 100000))
     cors_origin: str = field(default="*", metadata={"max_len": 255})
+    # the hotspot's captive portal: a request for another host is sent here
+    # (e.g. "http://10.42.0.1/"); "" = off (first boot sets it in hotspot mode)
+    captive_redirect: str = field(default="", metadata={"max_len": 255})
     shutdown_timeout_s: float = field(default=10.0, metadata=_r(0.1, 300))
     # opus settings of the temporary sinks made for listening to a source or route
     listen_frame_ms: float = field(default=10.0, metadata={"choices": (2.5, 5.0, 10.0, 20.0,
@@ -252,6 +255,10 @@ def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
         ice = _ice_servers(server_table["ice_servers"], "server.ice_servers")
         server_table = {k: v for k, v in server_table.items() if k != "ice_servers"}
     server = build(ServerConfig, server_table, "server", skip=("ice_servers",))
+    if server.captive_redirect and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+/[^\s]*",
+                                                    server.captive_redirect):
+        raise ConfigError("server.captive_redirect must be an http:// URL such as "
+                          "\"http://10.42.0.1/\"")
     kwargs["server"] = dataclasses.replace(server, ice_servers=ice)
     kwargs["admin"] = build(AdminConfig, data.get("admin", {}), "admin")
     engine = app_engine_settings(data.get("engine", {}))

@@ -128,6 +128,9 @@ def test_unknown_keys_are_refused_by_name(tmp_path, text, key):
     ({"sources": [{"id": "a", "kind": ["tone"]}]}, "sources[0].kind must be one of"),
     ({"name": "x\x1b[2J"}, "name must not contain control characters"),
     ({"admin": {"token": 5}}, "admin.token must be a string"),
+    ({"server": {"captive_redirect": "javascript:alert(1)"}}, "server.captive_redirect"),
+    ({"server": {"captive_redirect": "http://10.42.0.1/\r\nSet-Cookie: x=1"}},
+     "server.captive_redirect"),
     ({"server": {"ice_servers": [{"url": "stun:x", "username": 'a"b'}]}}, "username"),
 ])
 def test_bad_values_name_the_key(data, words):

@@ -46,6 +46,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from werkzeug.exceptions import BadHost
 
+from . import captive
+
 __all__ = ["Limits", "Connection", "serve_app", "guard"]
 
 log = logging.getLogger("appliance.web.server")
@@ -178,10 +180,18 @@ def _install() -> None:
 def guard(app: Any) -> Callable[..., Awaitable[None]]:
     """``app`` behind a check of the ``Host`` header (the rule is Werkzeug's
     own: ``url_map.bind`` raises ``BadHost``)."""
+    config = getattr(app, "appliance_config", None)
+    captive_to = config.server.captive_redirect if config is not None else ""
+    names = captive.own_names()
+
     async def guarded(scope: dict[str, Any], receive: Callable[..., Awaitable[Any]],
                       send: Callable[..., Awaitable[None]]) -> None:
         if scope["type"] in ("http", "websocket"):
             host = next((value for name, value in scope["headers"] if name.lower() == b"host"), b"")
+            if captive_to and scope["type"] == "http" \
+                    and not captive.is_own_host(host.decode("latin-1"), names):
+                await _redirect(send, captive_to)   # before routing and authentication
+                return
             try:
                 app.url_map.bind(host.decode("latin-1"))
             except BadHost:
@@ -205,6 +215,13 @@ async def _refuse(scope: dict[str, Any], send: Callable[..., Awaitable[None]],
                             (b"content-length", str(len(reason)).encode()),
                             (b"connection", b"close")]})
     await send({"type": f"{prefix}.response.body", "body": reason})
+
+
+async def _redirect(send: Callable[..., Awaitable[None]], location: str) -> None:
+    await send({"type": "http.response.start", "status": 302,
+                "headers": [(b"location", location.encode("latin-1")),
+                            (b"cache-control", b"no-store"), (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def serve_app(app: Any, binds: list[str], limits: Limits = Limits(), *,
