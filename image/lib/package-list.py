@@ -33,6 +33,12 @@ def names(relation):
             for part in relation.split(",") for alt in part.split("|") if alt.strip()]
 
 
+def fallback(f):
+    if f.get("Essential") == "yes" or f.get("Priority") in ("required", "important"):
+        return "base system (essential or required)"
+    return "nothing listed needs it (left behind by the LEAN purge)"
+
+
 def main(root, repo, freeze):
     root, repo = Path(root), Path(repo)
     status = root / "var/lib/dpkg/status"
@@ -68,7 +74,7 @@ def main(root, repo, freeze):
                 if target in pkgs and target not in why:
                     root_reason = why[parent]
                     origin = parent if root_reason.startswith("listed") else root_reason.split("for ", 1)[-1].split(" ")[0]
-                    why[target] = f"for {origin} (needed by {parent})"
+                    why[target] = f"for {origin}" + ("" if origin == parent else f" (needed by {parent})")
                     queue.append(target)
     total = sum(int(f.get("Installed-Size", "0") or 0) for f in pkgs.values())
     print(f"# Debian packages: name, version, architecture, installed KiB, why ({len(pkgs)} packages, "
@@ -76,7 +82,7 @@ def main(root, repo, freeze):
     for name in sorted(pkgs):
         f = pkgs[name]
         print(f"{name}\t{f.get('Version', '')}\t{f.get('Architecture', '')}\t"
-              f"{f.get('Installed-Size', '0')}\t{why.get(name, 'base system (essential or required)')}")
+              f"{f.get('Installed-Size', '0')}\t{why.get(name) or fallback(f)}")
     dropped = root / "var/lib/appliance-dropped-packages"
     if dropped.exists():
         print("# Taken out again by LEAN=yes (packages/image-drop.txt: only unused GStreamer plugins need them)")

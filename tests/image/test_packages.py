@@ -74,7 +74,8 @@ def test_the_image_package_list_says_why_each_package_is_there(tmp_path):
         st("libasound2t64", "", "Provides: libasound2 (= 1.2)\n"),
         st("hostapd", "libssl3"),
         st("libssl3t64", "", "Provides: libssl3 (= 3.5)\n"),
-        st("bash"),
+        st("bash", "", "Essential: yes\n"),
+        st("libz3-4"),
         "Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n",
     ]))
     (root / "var/lib/appliance-dropped-packages").write_text("libllvm19\nmesa-libgallium\n")
@@ -84,12 +85,13 @@ def test_the_image_package_list_says_why_each_package_is_there(tmp_path):
     rows = {l.split("\t")[0]: l.split("\t") for l in p.stdout.splitlines() if not l.startswith("#")
             and "\t" in l}
     assert rows["avahi-daemon"][4].startswith("listed in image-system.txt: http://<hostname>.local/")
-    assert rows["libavahi-core7"][4] == "for avahi-daemon (needed by avahi-daemon)"
+    assert rows["libavahi-core7"][4] == "for avahi-daemon"
     assert rows["libdaemon0"][4] == "for avahi-daemon (needed by libavahi-core7)"
-    assert rows["libpython3-stdlib"][4] == "for python3 (needed by python3)"
+    assert rows["libpython3-stdlib"][4] == "for python3"
     assert rows["libasound2t64"][4].startswith("listed in run.txt"), "the t64 name of a listed library"
     assert rows["libssl3t64"][4].startswith("listed in run.txt")
     assert rows["bash"][4] == "base system (essential or required)"
+    assert rows["libz3-4"][4] == "nothing listed needs it (left behind by the LEAN purge)"
     assert "gone" not in rows
     assert rows["hostapd"][:4] == ["hostapd", "1", "arm64", "10"]
     assert "# dropped\tlibllvm19" in p.stdout and "# dropped\tmesa-libgallium" in p.stdout
