@@ -137,6 +137,8 @@ def test_hotspot_mode_replaces_the_client_and_goes_again(tree):
     assert f"ssid2={'Listen here'.encode().hex()}\n" in hostapd and "channel=11\n" in hostapd
     assert "correct horse" not in hostapd
     assert os.readlink(tree / HOTSPOT_LINK) == "/etc/systemd/system/appliance-hotspot.service"
+    # The app sends other hosts' requests (captive-portal probes) to the listen page.
+    assert config(tree)["server"]["captive_redirect"] == "http://10.42.0.1/"
     network = (tree / "etc/systemd/network/24-appliance-hotspot.network").read_text()
     assert "Name=wlan0\n" in network and "Address=10.42.0.1/24\n" in network
     # The unit the link names is in the image, and reads the files written here.
@@ -150,6 +152,7 @@ def test_hotspot_mode_replaces_the_client_and_goes_again(tree):
     assert not hdir.exists() or not any(hdir.iterdir())
     assert not (tree / HOTSPOT_LINK).exists()
     assert not (tree / "etc/systemd/network/24-appliance-hotspot.network").exists()
+    assert "captive_redirect" not in config(tree)["server"]
 
 
 def test_hotspot_on_networkmanager_base_unmanages_wlan0(tree):
@@ -258,3 +261,11 @@ def test_the_appliance_reads_the_config_first_boot_writes(tree):
     assert c.name == "hall" and c.server.port == 80
     assert (c.admin.token, c.admin.password_hash) == ("tok", stored)
     assert c.admin.setup_code_file == "/var/lib/appliance/setup-code.txt"
+
+
+def test_the_appliance_reads_the_hotspot_config_first_boot_writes(tree):
+    from appliance.config import load_config
+    settings(tree, wifi_mode="hotspot", wifi_ssid="Saal", wifi_country="DE")
+    firstboot(tree)
+    c = load_config(tree / "var/lib/appliance/config.toml")
+    assert c.server.captive_redirect == "http://10.42.0.1/"
