@@ -131,6 +131,9 @@ class GraphRegistry:
     # ---- changing ------------------------------------------------------------------
 
     async def _persist(self) -> None:
+        """Callers shield the engine change and this together: a client that
+        leaves mid-request (Quart cancels its handler) must not leave a change
+        live but unsaved, or the engine and the registry apart."""
         try:
             await self.store.save_graph(self.config, self.graph())
         except StoreError as error:
@@ -153,13 +156,14 @@ class GraphRegistry:
                     if getattr(entity.spec, f"{end}_id") not in self.registries[end]:
                         raise InvalidError(f"no {end} {getattr(entity.spec, f'{end}_id')!r}")
             self._check_resources(kind, entity)
-            try:
-                await self._add_to_engine(kind, entity)
-            except EngineError as error:
-                raise appliance_error(error) from None
-            registry[entity.id] = entity
-            self._forget_left_out(kind, entity.id)
-            await self._persist()
+            with trio.CancelScope(shield=True):   # see _persist
+                try:
+                    await self._add_to_engine(kind, entity)
+                except EngineError as error:
+                    raise appliance_error(error) from None
+                registry[entity.id] = entity
+                self._forget_left_out(kind, entity.id)
+                await self._persist()
         return self.get(kind, entity.id)
 
     async def update(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
@@ -186,7 +190,8 @@ class GraphRegistry:
             except EngineError as error:
                 raise appliance_error(error) from None
             self.registries[kind][entity_id] = changed
-            await self._persist()
+            with trio.CancelScope(shield=True):   # see _persist
+                await self._persist()
         return self.get(kind, entity_id)
 
     def _update_route(self, route_id: str, spec: Any) -> None:
@@ -217,10 +222,11 @@ class GraphRegistry:
                 raise InUseError(f"{kind} {entity_id!r} is used by route(s) {', '.join(users)}")
             remove = {"source": self.engine.remove_source, "sink": self.engine.remove_sink,
                       "route": self.engine.remove_route}[kind]
-            try:
-                await remove(entity_id)
-            except EngineError as error:
-                raise appliance_error(error) from None
-            del registry[entity_id]
-            self._deleted(kind, entity_id)
-            await self._persist()
+            with trio.CancelScope(shield=True):   # see _persist
+                try:
+                    await remove(entity_id)
+                except EngineError as error:
+                    raise appliance_error(error) from None
+                del registry[entity_id]
+                self._deleted(kind, entity_id)
+                await self._persist()

@@ -53,6 +53,9 @@ def _device() -> str:
 
 
 async def _persist(device: str) -> list[dict[str, Any]]:
+    """Save the device and its controls. Callers shield the change and this
+    together: a client that leaves (Quart cancels its request) must not leave
+    a change applied but not saved."""
     controls = await trio.to_thread.run_sync(mixer.list_controls, device)
     await service().store.save_section(SECTION, {"device": device,
                                                  "controls": mixer.snapshot(controls)})
@@ -99,7 +102,8 @@ async def set_device() -> Response:
     device = devices.check_mixer_device(body["device"].strip())
     async with _lock():
         try:
-            controls = await _persist(device)
+            with trio.CancelScope(shield=True):
+                controls = await _persist(device)
         except mixer.MixerError as error:
             raise InvalidError(str(error)) from None
     return jsonify({"device": device, "available": True, "error": None, "controls": controls})
@@ -123,10 +127,11 @@ async def set_control(name: str) -> Response:
             raise NotFoundError(str(error)) from None
         if not any(c["name"] == control_name and c["index"] == index for c in known):
             raise NotFoundError(f"no mixer control {name!r}")
-        try:
-            control = await trio.to_thread.run_sync(
-                mixer.write_control, device, control_name, body, index)
-        except mixer.MixerError as error:
-            raise InvalidError(str(error)) from None
-        await _persist(device)
+        with trio.CancelScope(shield=True):
+            try:
+                control = await trio.to_thread.run_sync(
+                    mixer.write_control, device, control_name, body, index)
+            except mixer.MixerError as error:
+                raise InvalidError(str(error)) from None
+            await _persist(device)
     return jsonify(control)

@@ -104,3 +104,29 @@ async def saved_mixer(state_dir, timeout: float = 5.0) -> dict:
             except (FileNotFoundError, KeyError, ValueError):
                 await trio.sleep(0.02)
 
+
+
+async def test_a_change_is_saved_even_when_the_client_leaves_at_once(tmp_path, pulse):
+    """The admin page closed right after moving a slider: Quart cancels the
+    request when its client goes; the change had been applied, and it must
+    be saved too (it was not, one time in four)."""
+    from tests.web.conftest import ADMIN_TOKEN
+    state = tmp_path / "state"
+    async with open_server(make_config(state)) as server:
+        host, port = server.url.rsplit("/", 1)[-1].rsplit(":", 1)
+        for percent in (31, 57, 23):
+            body = json.dumps({"playback_volume": percent}).encode()
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(
+                b"PATCH /api/mixer/controls/Master HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body)
+            with trio.fail_after(10):
+                while master() != [percent, percent]:   # applied
+                    await trio.sleep(0.01)
+            await stream.aclose()   # and gone before the answer
+            with trio.fail_after(10):
+                while (await saved_mixer(state))["controls"]["Master"]["playback_volume"] \
+                        != [percent, percent]:
+                    await trio.sleep(0.02)
