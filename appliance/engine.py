@@ -452,10 +452,16 @@ class Engine:
         if not isinstance(offer_sdp, str):
             raise EngineError(ErrorCode.SDP, "the offer must be text")
         out = ffi.new("ae_listener **")
-        check(lib.ae_listener_create(sink.handle, offer_sdp.encode("utf-8", "replace"), out))
+        answer = ffi.new("char **")
+        check(lib.ae_listener_open(sink.handle, offer_sdp.encode("utf-8", "replace"), out,
+                                   answer))
         # no checkpoint since the create: its first event cannot have been delivered
         listener = Listener(self, out[0], sink_id)
         self._listeners[listener.id] = listener
+        if answer[0] != ffi.NULL:   # answered at once: no trip through the event thread
+            text = ffi.string(answer[0]).decode("utf-8", "replace")
+            lib.ae_listener_free_answer(answer[0])
+            listener._send.send_nowait(AnswerReady(listener.id, text))
         return listener
 
     @asynccontextmanager

@@ -259,6 +259,12 @@ int ae_route_destroy(ae_route *route);
 /* Validates the offer at once (AE_ERR_SDP with a reason), then answers in the
  * background: AE_EVENT_ANSWER_READY or AE_EVENT_ANSWER_FAILED follows. */
 int ae_listener_create(ae_sink *sink, const char *offer_sdp, ae_listener **out);
+/* The same; when the transport answers at once (the lean one: ICE-lite has
+ * nothing to gather) *answer_out is the answer, to be freed with
+ * ae_listener_free_answer, and no AE_EVENT_ANSWER_READY follows. Otherwise
+ * *answer_out is NULL and the answer comes as that event. */
+int ae_listener_open(ae_sink *sink, const char *offer_sdp, ae_listener **out, char **answer_out);
+void ae_listener_free_answer(char *answer);
 /* The listener's event id: unique in the engine, never reused. */
 uint64_t ae_listener_id(const ae_listener *listener);
 /* candidate: "candidate:..." or "a=candidate:..."; an empty string means

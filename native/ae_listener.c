@@ -42,7 +42,13 @@ static int choose_transport(ae_engine *e, const ae_offer *o)
 
 int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
 {
+    return ae_listener_open(k, offer_sdp, out, NULL);
+}
+
+int ae_listener_open(ae_sink *k, const char *offer_sdp, ae_listener **out, char **answer_out)
+{
     ae_clear_error();
+    if (answer_out) *answer_out = NULL;
     if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
     *out = NULL;
     ae_fanout *f = ae_fanout_of(k);
@@ -91,8 +97,11 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     l->next = e->listeners;
     e->listeners = l;
     pthread_mutex_unlock(&e->listeners_lock);
-    if (answer) {
-        /* ICE-lite: nothing to gather, the answer is ready now */
+    if (answer && answer_out) {
+        /* ICE-lite: nothing to gather, the answer is ready now; handing it
+         * back here spares the POST a round trip through the event thread */
+        *answer_out = answer;
+    } else if (answer) {
         ae_event ev = {0};
         ev.type = AE_EVENT_ANSWER_READY;
         ev.listener_id = l->id;
@@ -103,6 +112,8 @@ int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
     *out = l;
     return AE_OK;
 }
+
+void ae_listener_free_answer(char *answer) { free(answer); }
 
 uint64_t ae_listener_id(const ae_listener *l) { return l ? l->id : 0; }
 

@@ -320,3 +320,16 @@ async def test_ipv6_on_the_same_port():
                     break
         sock.close()
         await listener.aclose()
+
+
+async def test_the_lean_answer_is_ready_when_the_listener_is_made(engine):
+    """ICE-lite has nothing to gather: the answer comes back with the create
+    call itself, not through the engine's event thread, so a POST never
+    waits on another thread for it."""
+    listener = engine.start_listener("main", synthetic_offer())
+    try:
+        event = listener.events.receive_nowait()   # no checkpoint since the create
+        assert isinstance(event, AnswerReady) and event.listener_id == listener.id
+        assert "a=ice-lite" in event.sdp and "a=setup:passive" in event.sdp
+    finally:
+        await listener.aclose()
