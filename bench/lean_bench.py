@@ -312,7 +312,9 @@ def transport_setting() -> tuple[str, str] | None:
 
 async def start_appliance(tmp: Path, transport: str | None, max_listeners: int) -> tuple[trio.Process, str]:
     config = tmp / "bench.toml"
-    tables = {"engine": f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n',
+    # any free UDP port for the lean transport: another appliance may hold 8443
+    tables = {"engine": f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n'
+                        f'lean_port = 0\n',
               "server": f'host = "127.0.0.1"\nmax_listeners = {max_listeners}\n'
                         f'post_rate_per_s = 100000.0\npost_burst = 100000\n'}
     if transport is not None:
