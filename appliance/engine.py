@@ -26,7 +26,7 @@ from ._native import EngineError, ErrorCode, RawEvent, call, check, ffi, lib
 from .errors import (
     ApplianceError, ClosingError, ExistsError, FullError, InUseError, InvalidError, NotFoundError,
 )
-from .model import EngineSettings, RouteSpec, SinkSpec, SourceSpec
+from .model import EngineSettings, RouteSpec, SinkSpec, SourceSpec, Variant
 from .events import (
     DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
     DeviceRestored, Event, LevelsMeasured, ListenerEvent, ListenerState,
@@ -390,9 +390,39 @@ class Engine:
         cfg.period_frames = spec.period_frames
         cfg.buffer_periods = spec.buffer_periods
         cfg.allow_absent = int(spec.allow_absent)
+        cfg.delay_ms = spec.delay_ms
         out = ffi.new("ae_sink **")
         call(lib.ae_sink_create, self._handle, cfg, out)  # in this thread: see add_source
         self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec, lib.ae_sink_id(out[0])))
+
+    async def add_variant(self, sink_id: str, parent_id: str, variant: Variant) -> None:
+        """A sink whose input is the Opus sink ``parent_id``'s mix (after its
+        delay) processed by ``variant``, with an encoder of its own. It
+        follows the parent's routes; the parent cannot be removed before it."""
+        self._require_open()
+        self._check_new(self._sinks, "sink", sink_id)
+        parent = self._lookup(self._sinks, "sink", parent_id)
+        vcfg = ffi.new("ae_variant_config *")
+        vcfg.mono, vcfg.clear_speech = int(variant.mono), int(variant.clear)
+        vcfg.balance = variant.balance
+        cfg = ffi.new("ae_sink_config *")
+        cfg.bitrate = parent.spec.bitrate
+        cfg.low_delay = 1 if parent.spec.low_delay else -1
+        cfg.complexity = parent.spec.complexity
+        out = ffi.new("ae_sink **")
+        call(lib.ae_sink_create_variant, parent.handle, vcfg, cfg, out)  # see add_source
+        spec = replace(parent.spec, channels=2, delay_ms=0)
+        self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec, lib.ae_sink_id(out[0])))
+
+    def set_sink_delay(self, sink_id: str, delay_ms: int) -> SinkSpec:
+        """Change a sink's alignment delay while it runs."""
+        entity = self._lookup(self._sinks, "sink", sink_id)
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) \
+                or not -2**31 <= delay_ms < 2**31:   # the engine says which range
+            raise EngineError(ErrorCode.INVALID, "the delay must be a whole number of ms")
+        check(lib.ae_sink_set_delay(entity.handle, delay_ms))
+        entity.spec = replace(entity.spec, delay_ms=delay_ms)
+        return entity.spec
 
     async def remove_sink(self, sink_id: str) -> None:
         entity = self._lookup(self._sinks, "sink", sink_id)

@@ -15,11 +15,11 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from .errors import InvalidError
 
-__all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "SourceConfig",
+__all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "Variant", "SourceConfig",
            "SinkConfig", "RouteConfig", "Graph", "KINDS", "RESERVED_IDS", "build",
            "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class"]
 
@@ -102,6 +102,9 @@ class SinkSpec:
     language: str = field(default="", metadata={"max_len": 35, "pattern": LANGUAGE_TAG,
                                                 "what": "a BCP 47 language tag like fr or pt-BR"})
     description: str = field(default="", metadata=_limit(200))
+    # alignment delay: listeners far from the stage hear the stream with the
+    # room's own sound, not before it (the engine delays the sink's mix)
+    delay_ms: int = field(default=0, metadata=_range(0, 500))
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,62 @@ class RouteSpec:
     muted: bool = False
     # 0 = all channels; 1..N = just that one
     source_channel: int = field(default=0, metadata=_range(0, 8))
+
+
+BALANCE_STEP = 25
+_BALANCE = re.compile(r"-?(?:0|[1-9][0-9]{0,2})")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A hearing variant of a channel, chosen by a listener: both ears the
+    same (``mono``), the speech band made clearer and louder (``clear``), a
+    left/right ``balance`` (-100 left only .. 100 right only, in steps of
+    ``BALANCE_STEP`` so listeners share streams). The plain variant is the
+    channel itself."""
+    mono: bool = False
+    clear: bool = False
+    balance: int = 0
+
+    @property
+    def plain(self) -> bool:
+        return self == Variant()
+
+    @property
+    def key(self) -> str:
+        """The variant's one name, the same for every way of asking for it
+        ("" for the plain channel)."""
+        parts = ["mono"] * self.mono + ["clear"] * self.clear
+        if self.balance:
+            parts.append(f"bal{self.balance:+d}")
+        return ".".join(parts)
+
+    @classmethod
+    def from_query(cls, items: Iterable[tuple[str, str]]) -> "Variant":
+        """From a request's query (every pair, repeats included):
+        ``mono=0|1``, ``clear=0|1``, ``balance=<-100..100, a multiple of 25>``;
+        any other name, a repeated one or another value is refused."""
+        seen: dict[str, str] = {}
+        for name, value in items:
+            if name not in ("mono", "clear", "balance"):
+                raise InvalidError("the query takes only mono, clear and balance")
+            if name in seen:
+                raise InvalidError(f"{name} is given twice")
+            seen[name] = value
+        out: dict[str, Any] = {}
+        for name in ("mono", "clear"):
+            if name in seen:
+                if seen[name] not in ("0", "1"):
+                    raise InvalidError(f"{name} must be 0 or 1")
+                out[name] = seen[name] == "1"
+        if "balance" in seen:
+            text = seen["balance"]
+            if not _BALANCE.fullmatch(text) or int(text) % BALANCE_STEP \
+                    or not -100 <= int(text) <= 100:
+                raise InvalidError(f"balance must be a multiple of {BALANCE_STEP} "
+                                   "from -100 to 100")
+            out["balance"] = int(text)
+        return cls(**out)
 
 
 # ---- named entities and the graph -------------------------------------------------

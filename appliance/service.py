@@ -24,7 +24,7 @@ from .config import Config
 from .engine import Engine, open_engine
 from .feed import Feed
 from .graph import GraphRegistry
-from .model import RouteSpec
+from .model import RouteSpec, Variant
 from .sdp import Offer
 from .sessions import TEMP_PREFIX, Session, Sessions
 from .store import Store
@@ -58,10 +58,10 @@ class Service:
             out["listeners"] = self.listener_counts()["sinks"].get(entity_id, 0)
         return out
 
-    async def open_session(self, target: tuple[str, str], offer: Offer,
-                           client: str) -> tuple[Session, str]:
+    async def open_session(self, target: tuple[str, str], offer: Offer, client: str,
+                           variant: Variant = Variant()) -> tuple[Session, str]:
         """A listener to a sink, or (through a temporary sink) to a source or
-        a route."""
+        a route; to a hearing variant of it when asked."""
         kind, ident = target
         entity = self.graph.require(kind, ident)
         route = None
@@ -69,7 +69,8 @@ class Service:
             route = RouteSpec(source_id=ident, sink_id="")
         elif kind == "route":
             route = entity.spec
-        return await self.sessions.open(target, offer, client, temporary_route=route)
+        return await self.sessions.open(target, offer, client, temporary_route=route,
+                                        variant=variant)
 
     # ---- status ------------------------------------------------------------------
 

@@ -10,8 +10,15 @@
 
 Every way a session ends (DELETE, expiry, ICE failed/closed, answer timeout,
 a crash inside it, shutdown) goes through the same ``finally``: the engine
-listener, its temporary sink and route, the registry entry. Also here: the
-listener cap and the per-address POST rate limit.
+listener, its temporary sink and route, its share of a hearing variant, the
+registry entry. Also here: the listener cap and the per-address POST rate
+limit.
+
+Hearing variants: a listener may ask for a ``Variant`` of its channel (mono,
+clear speech, balance). Each variant in use is one engine sink derived from
+the channel's mix (``Engine.add_variant``), shared by every listener of it:
+created by the first, removed by the cleanup of the last, counted under one
+lock so a sink is never created twice nor removed while someone joins it.
 """
 from __future__ import annotations
 
@@ -33,10 +40,10 @@ from .errors import (
 from .events import (
     AnswerFailed, AnswerReady, CandidateGathered, ListenerState, ListenerStateChanged,
 )
-from .model import RouteSpec, SinkSpec
+from .model import RouteSpec, SinkSpec, Variant
 from .sdp import Offer
 
-__all__ = ["Session", "Sessions", "TEMP_PREFIX", "CLEANUP_TIMEOUT_S"]
+__all__ = ["Session", "Sessions", "TEMP_PREFIX", "CLEANUP_TIMEOUT_S", "variant_sink_id"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +53,17 @@ TEMP_PREFIX = "_listen-"
 RETRY_AFTER_S = 10
 
 
+def variant_sink_id(base_sink: str, variant: Variant) -> str:
+    """The engine sink of a variant of ``base_sink``: one name for every way
+    of asking for it. Temporary, so it is hidden and counted like the others."""
+    return f"{TEMP_PREFIX}{base_sink}~{variant.key}"
+
+
 @dataclass(eq=False)
 class Session:
     """One WHEP listener. ``id`` is the unguessable last segment of its URL."""
     id: str
-    sink_id: str
+    sink_id: str                     # the engine sink the listener is on
     target: tuple[str, str]          # ("sink"|"source"|"route", id)
     client: str
     offer: Offer
@@ -58,8 +71,11 @@ class Session:
     created: float = field(default_factory=time.monotonic)
     last_heartbeat: float = field(default_factory=time.monotonic)
     listener: Listener | None = None
+    base_sink: str = ""              # the channel (or temporary sink) before any variant
+    variant: Variant = field(default_factory=Variant)
     temp_sink: str | None = None
     temp_route: str | None = None
+    variant_sink: str | None = None  # set while this session holds a share of it
     state: ListenerState = ListenerState.NEW
     stats: ListenerStats | None = None   # the latest, read by the liveness watcher
     answered: bool = False
@@ -144,6 +160,8 @@ class Sessions:
         self.by_id: dict[str, Session] = {}
         self.closing = False
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.variant_users: dict[str, int] = {}   # variant sink -> sessions holding it
+        self._variant_lock = trio.Lock()
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -180,19 +198,22 @@ class Sessions:
                 del self._buckets[c]
 
     async def open(self, target: tuple[str, str], offer: Offer, client: str,
-                   temporary_route: RouteSpec | None = None) -> tuple[Session, str]:
+                   temporary_route: RouteSpec | None = None,
+                   variant: Variant = Variant()) -> tuple[Session, str]:
         """Start a listener for ``target`` (("sink"|"source"|"route", id));
         returns the session and its answer once the engine answered. A
         listener to a source or a route gets a temporary sink fed by
-        ``temporary_route`` (whose sink_id is filled in here)."""
+        ``temporary_route`` (whose sink_id is filled in here); one asking
+        for a ``variant`` gets that variant's shared sink."""
         if self.closing:
             raise ClosingError("the appliance is shutting down", retry_after_s=RETRY_AFTER_S)
         if len(self.by_id) >= self.config.server.max_listeners:
             raise FullError("the listener limit is reached", retry_after_s=RETRY_AFTER_S)
         kind, ident = target
-        sink_id = ident if kind == "sink" else f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+        base = ident if kind == "sink" else f"{TEMP_PREFIX}{secrets.token_hex(6)}"
+        sink_id = base if variant.plain else variant_sink_id(base, variant)
         session = Session(id=secrets.token_urlsafe(24), sink_id=sink_id, target=target,
-                          client=client, offer=offer)
+                          client=client, offer=offer, base_sink=base, variant=variant)
         self.by_id[session.id] = session
         try:
             answer = await self._nursery.start(self._run, session, temporary_route)
@@ -210,6 +231,8 @@ class Sessions:
             with session.cancel_scope:
                 if temporary_route is not None:
                     await self._make_temporary(session, temporary_route)
+                if not session.variant.plain:
+                    await self._take_variant(session)
                 try:
                     session.listener = self.engine.start_listener(session.sink_id,
                                                                   session.offer.sdp)
@@ -244,16 +267,40 @@ class Sessions:
 
     async def _make_temporary(self, session: Session, route: RouteSpec) -> None:
         cfg = self.config.server
+        temp = session.base_sink
         try:
-            await self.engine.add_sink(session.sink_id, SinkSpec(
+            await self.engine.add_sink(temp, SinkSpec(
                 kind="opus", frame_ms=cfg.listen_frame_ms, bitrate=cfg.listen_bitrate))
-            session.temp_sink = session.sink_id
-            await self.engine.add_route(session.sink_id, RouteSpec(
-                route.source_id, session.sink_id, route.gain_db, route.muted,
-                route.source_channel))
-            session.temp_route = session.sink_id
+            session.temp_sink = temp
+            await self.engine.add_route(temp, RouteSpec(
+                route.source_id, temp, route.gain_db, route.muted, route.source_channel))
+            session.temp_route = temp
         except EngineError as error:
             raise appliance_error(error) from None
+
+    async def _take_variant(self, session: Session) -> None:
+        """A share of the session's variant sink, made by the first taker."""
+        sink_id = session.sink_id
+        async with self._variant_lock:
+            users = self.variant_users.get(sink_id, 0)
+            # a sink whose removal failed once is taken over, not made again
+            if users == 0 and sink_id not in self.engine.sinks():
+                try:
+                    await self.engine.add_variant(sink_id, session.base_sink, session.variant)
+                except EngineError as error:
+                    raise appliance_error(error) from None
+            self.variant_users[sink_id] = users + 1
+            session.variant_sink = sink_id
+
+    async def _drop_variant(self, sink_id: str) -> None:
+        """Give a share back; the last one removes the sink. Only from the
+        shielded cleanup, after the session's listener is gone."""
+        async with self._variant_lock:
+            users = self.variant_users.pop(sink_id, 1) - 1
+            if users > 0:
+                self.variant_users[sink_id] = users
+                return
+            await self.engine.remove_sink(sink_id)
 
     async def _wait_answer(self, session: Session) -> str:
         assert session.listener is not None
@@ -321,6 +368,8 @@ class Sessions:
         steps: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
         if session.listener is not None:
             steps.append(("listener", session.listener.aclose, ()))
+        if session.variant_sink is not None:   # before the temporary sink it derives from
+            steps.append(("variant", self._drop_variant, (session.variant_sink,)))
         if session.temp_route is not None:
             steps.append(("route", self.engine.remove_route, (session.temp_route,)))
         if session.temp_sink is not None:

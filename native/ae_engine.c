@@ -8,6 +8,7 @@
 #include <malloc.h>
 #include <math.h>
 #include <sched.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,17 @@ int ae_sink_create(ae_engine *e, const ae_sink_config *cfg, ae_sink **out)
     ae_clear_error();
     if (!e) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
     return ae_graph_sink_create(&e->graph, cfg, ae_fanout_attach, &e->fanout_env, out);
+}
+
+/* A variant's output is a fan-out of its own: one more encoder, not one per
+ * listener. */
+int ae_sink_create_variant(ae_sink *parent, const ae_variant_config *variant,
+                           const ae_sink_config *cfg, ae_sink **out)
+{
+    ae_clear_error();
+    if (!parent) return ae_fail(AE_ERR_INVALID, "parent, variant and out are required");
+    ae_engine *e = (ae_engine *)((char *)parent->graph - offsetof(ae_engine, graph));
+    return ae_graph_variant_create(parent, variant, cfg, ae_fanout_attach, &e->fanout_env, out);
 }
 
 /* ---- levels, sampled on the event thread ------------------------------ */
@@ -182,8 +194,12 @@ int ae_engine_destroy(ae_engine *e)
         if (!r) break;
         ae_route_destroy(r);
     }
-    while (e->graph.sinks) {
-        if (ae_sink_destroy(e->graph.sinks) != AE_OK) break;
+    for (;;) {   /* variants before their parents */
+        pthread_mutex_lock(&e->graph.lock);
+        ae_sink *k = e->graph.sinks;
+        while (k && k->variants) k = k->next;
+        pthread_mutex_unlock(&e->graph.lock);
+        if (!k || ae_sink_destroy(k) != AE_OK) break;
     }
     while (e->graph.sources) {
         if (ae_source_destroy(e->graph.sources) != AE_OK) break;

@@ -219,6 +219,9 @@ typedef struct ae_sink_config {
     int period_frames;        /* 0 = 128 */
     int buffer_periods;       /* 0 = 4 */
     int allow_absent;
+    /* alignment delay of the mix, 0..500 ms (0 = none, no copy); a variant
+     * sink is delayed with its parent and takes no delay of its own */
+    int delay_ms;
 } ae_sink_config;
 
 int ae_sink_create(ae_engine *engine, const ae_sink_config *config, ae_sink **out);
@@ -237,6 +240,26 @@ typedef struct ae_sink_stats {
 int ae_sink_stats_get(ae_sink *sink, ae_sink_stats *out);
 /* The sink's event id: unique in the engine, never reused. */
 uint64_t ae_sink_id(const ae_sink *sink);
+
+/* Changes a sink's alignment delay (0..500 ms) while it runs; the delayed
+ * audio starts after that much silence. Not for a variant sink. */
+int ae_sink_set_delay(ae_sink *sink, int delay_ms);
+
+/* A hearing variant: what a variant sink does to its parent's mix. */
+typedef struct ae_variant_config {
+    int mono;                 /* 1: both ears hear (left + right) / 2 */
+    int clear_speech;         /* 1: speech-band EQ, compressor, limiter below 0 dBFS */
+    int balance;              /* -100 (left only) .. 0 (centre) .. 100 (right only) */
+} ae_variant_config;
+
+/* A variant sink: an Opus sink (2 channels, the parent's frame size; bitrate,
+ * complexity, low_delay from config, which may be NULL) whose input is its
+ * parent's mix after that mix's delay, processed by the variant and encoded
+ * by an encoder of its own. It follows every route change of the parent;
+ * the parent is AE_ERR_BUSY to destroy while it has variants. The parent must
+ * be an Opus sink and not a variant itself. */
+int ae_sink_create_variant(ae_sink *parent, const ae_variant_config *variant,
+                           const ae_sink_config *config, ae_sink **out);
 
 /* ---- routes ------------------------------------------------------------ */
 

@@ -549,6 +549,8 @@ static int valid_frame_us(int us)
 static void sink_free(ae_sink *k)
 {
     if (k->output.destroy) k->output.destroy(k->output.self);
+    ae_delay_free(&k->delay);
+    free(k->variant);
     ae_ring_free(&k->out_ring);
     free(k->mix);
     free(k->tmp);
@@ -557,15 +559,24 @@ static void sink_free(ae_sink *k)
     free(k);
 }
 
-int ae_graph_sink_create(ae_graph *e, const ae_sink_config *cfg, ae_output_maker make,
-                         void *ctx, ae_sink **out)
+static int delay_frames(const ae_graph *e, int delay_ms)
 {
-    ae_clear_error();
-    if (!e || !cfg || !out) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
+    return (int)((int64_t)e->rate * delay_ms / 1000);
+}
+
+/* A sink, or (parent set) a variant of parent, whose cfg the caller made
+ * fit: an Opus sink of 2 channels at the parent's frame size. */
+static int sink_create(ae_graph *e, const ae_sink_config *cfg, ae_sink *parent,
+                       const ae_variant_config *vcfg, ae_output_maker make, void *ctx,
+                       ae_sink **out)
+{
     *out = NULL;
     if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     int channels = cfg->channels ? cfg->channels : 2;
     int frame_us = cfg->frame_us ? cfg->frame_us : 10000;
+    if (cfg->delay_ms < 0 || cfg->delay_ms > AE_MAX_DELAY_MS)
+        return ae_fail(AE_ERR_INVALID, "delay must be 0..%d ms, not %d", AE_MAX_DELAY_MS,
+                       cfg->delay_ms);
     if (!valid_frame_us(frame_us))
         return ae_fail(AE_ERR_INVALID, "frame must be 2.5, 5, 10, 20, 40 or 60 ms, not %d us",
                        frame_us);
@@ -588,6 +599,13 @@ int ae_graph_sink_create(ae_graph *e, const ae_sink_config *cfg, ae_output_maker
     k->tmp = calloc((size_t)k->frame_samples * AE_MAX_CHANNELS, sizeof(float));
     ae_levels_init(&k->levels, channels);
     int rc = (k->mix && k->tmp) ? AE_OK : ae_fail(AE_ERR_NOMEM, "out of memory");
+    if (rc == AE_OK && cfg->delay_ms > 0)
+        rc = ae_delay_init(&k->delay, channels, delay_frames(e, cfg->delay_ms));
+    if (rc == AE_OK && parent) {
+        k->variant = calloc(1, sizeof *k->variant);
+        rc = k->variant ? ae_variant_init(k->variant, vcfg, e->rate)
+                        : ae_fail(AE_ERR_NOMEM, "out of memory");
+    }
 
     if (rc == AE_OK && k->kind == AE_SINK_OPUS) {
         rc = make ? make(k, cfg, ctx) : ae_fail(AE_ERR_INVALID, "no output for an Opus sink");
@@ -605,6 +623,11 @@ int ae_graph_sink_create(ae_graph *e, const ae_sink_config *cfg, ae_output_maker
     k->next = e->sinks;
     e->sinks = k;
     e->nsinks++;
+    if (parent) {
+        k->parent = parent;
+        k->next_variant = parent->variants;
+        parent->variants = k;
+    }
     pthread_mutex_unlock(&e->lock);
     if (k->kind == AE_SINK_ALSA &&
         (rc = device_start(e, &k->dev, "ae-playback", playback_main, k)) != AE_OK) {
@@ -616,6 +639,56 @@ int ae_graph_sink_create(ae_graph *e, const ae_sink_config *cfg, ae_output_maker
     return AE_OK;
 }
 
+int ae_graph_sink_create(ae_graph *e, const ae_sink_config *cfg, ae_output_maker make,
+                         void *ctx, ae_sink **out)
+{
+    ae_clear_error();
+    if (!e || !cfg || !out) return ae_fail(AE_ERR_INVALID, "engine, config and out are required");
+    return sink_create(e, cfg, NULL, NULL, make, ctx, out);
+}
+
+int ae_graph_variant_create(ae_sink *parent, const ae_variant_config *variant,
+                            const ae_sink_config *cfg, ae_output_maker make, void *ctx,
+                            ae_sink **out)
+{
+    ae_clear_error();
+    if (!parent || !variant || !out)
+        return ae_fail(AE_ERR_INVALID, "parent, variant and out are required");
+    *out = NULL;
+    if (parent->kind != AE_SINK_OPUS || parent->parent)
+        return ae_fail(AE_ERR_INVALID, "a variant's parent must be an Opus sink, not a variant");
+    ae_sink_config c = {0};
+    if (cfg) c = *cfg;
+    c.kind = AE_SINK_OPUS;
+    c.channels = 2;                       /* balance needs two ears */
+    c.frame_us = (int)parent->frame_us;   /* one parent frame, one variant frame */
+    c.delay_ms = 0;                       /* the parent's mix is delayed already */
+    return sink_create(parent->graph, &c, parent, variant, make, ctx, out);
+}
+
+int ae_sink_set_delay(ae_sink *k, int delay_ms)
+{
+    ae_clear_error();
+    if (!k) return ae_fail(AE_ERR_INVALID, "no sink");
+    if (k->parent) return ae_fail(AE_ERR_INVALID, "a variant is delayed with its parent");
+    if (delay_ms < 0 || delay_ms > AE_MAX_DELAY_MS)
+        return ae_fail(AE_ERR_INVALID, "delay must be 0..%d ms, not %d", AE_MAX_DELAY_MS,
+                       delay_ms);
+    ae_graph *e = k->graph;
+    ae_delay fresh = {0}, old;
+    if (delay_ms > 0) {
+        int rc = ae_delay_init(&fresh, k->channels, delay_frames(e, delay_ms));
+        if (rc != AE_OK) return rc;
+    }
+    /* memory taken and given back outside the lock: the mixer only swaps */
+    pthread_mutex_lock(&e->lock);
+    old = k->delay;
+    k->delay = fresh;
+    pthread_mutex_unlock(&e->lock);
+    ae_delay_free(&old);
+    return AE_OK;
+}
+
 int ae_sink_destroy(ae_sink *k)
 {
     ae_clear_error();
@@ -623,17 +696,26 @@ int ae_sink_destroy(ae_sink *k)
     ae_graph *e = k->graph;
     pthread_mutex_lock(&e->lock);
     int listeners = k->output.listeners ? k->output.listeners(k->output.self) : 0;
-    if (k->nroutes > 0 || listeners > 0) {
+    if (k->nroutes > 0 || listeners > 0 || k->variants) {
         int routes = k->nroutes;
+        bool variants = k->variants != NULL;
         pthread_mutex_unlock(&e->lock);
-        return ae_fail(AE_ERR_BUSY, "the sink still has %d route(s) and %d listener(s)", routes,
-                       listeners);
+        return ae_fail(AE_ERR_BUSY, "the sink still has %d route(s) and %d listener(s)%s",
+                       routes, listeners, variants ? " and variants" : "");
     }
     for (ae_sink **pp = &e->sinks; *pp; pp = &(*pp)->next) {
         if (*pp == k) {
             *pp = k->next;
             e->nsinks--;
             break;
+        }
+    }
+    if (k->parent) {
+        for (ae_sink **pp = &k->parent->variants; *pp; pp = &(*pp)->next_variant) {
+            if (*pp == k) {
+                *pp = k->next_variant;
+                break;
+            }
         }
     }
     pthread_mutex_unlock(&e->lock);
@@ -846,12 +928,23 @@ static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
         float v = k->mix[i];
         k->mix[i] = v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v;
     }
+    if (k->delay.data) {
+        /* what goes out now was captured that much earlier */
+        ae_delay_process(&k->delay, k->mix, fs);
+        frame_time_us -= (int64_t)k->delay.delay_frames * 1000000 / k->graph->rate;
+    }
     ae_levels_add(&k->levels, k->mix, fs);
     uint64_t index = k->frames++;
     if (k->kind == AE_SINK_OPUS) {
         k->output.frame(k->output.self, k->mix, index, frame_time_us);
     } else {
         ae_ring_write(&k->out_ring, k->mix, (uint64_t)fs, frame_time_us);
+    }
+    /* each variant: the parent's frame, processed once, encoded once */
+    for (ae_sink *v = k->variants; v; v = v->next_variant) {
+        ae_variant_process(v->variant, k->mix, kch, v->mix, fs);
+        ae_levels_add(&v->levels, v->mix, fs);
+        v->output.frame(v->output.self, v->mix, v->frames++, frame_time_us);
     }
 }
 
@@ -870,6 +963,7 @@ static void *mixer_main(void *arg)
         int64_t wake = now + 100000;
         pthread_mutex_lock(&e->lock);
         for (ae_sink *k = e->sinks; k; k = k->next) {
+            if (k->parent) continue;   /* a variant runs with its parent's frame */
             ae_route *clock = clock_route(k);
             if (clock) {
                 k->next_due_us = 0;

@@ -6,6 +6,7 @@
 
 #include "ae_alsa.h"
 #include "ae_core.h"
+#include "ae_dsp.h"
 #include "ae_events.h"
 
 #include <semaphore.h>
@@ -45,6 +46,10 @@ void ae_graph_wake(ae_graph *g);
 int ae_graph_source_create(ae_graph *g, const ae_source_config *cfg, ae_source **out);
 int ae_graph_sink_create(ae_graph *g, const ae_sink_config *cfg, ae_output_maker make,
                          void *ctx, ae_sink **out);
+/* A variant sink fed by parent's (delayed) mix; see ae_sink_create_variant. */
+int ae_graph_variant_create(ae_sink *parent, const ae_variant_config *variant,
+                            const ae_sink_config *cfg, ae_output_maker make, void *ctx,
+                            ae_sink **out);
 
 #define AE_CLICK_RING 256
 
@@ -131,6 +136,14 @@ struct ae_sink {
     ae_levels levels;
     int64_t next_due_us;                 /* pacing when no capture source clocks it */
     uint64_t frames, underruns;
+    /* alignment delay of the mix (data NULL: none); swapped under the lock */
+    ae_delay delay;
+    /* hearing variants: a variant has a parent and no routes of its own; the
+     * mixer runs it right after its parent's frame (graph lock) */
+    ae_sink *parent;
+    ae_sink *variants;                   /* this sink's variants */
+    ae_sink *next_variant;               /* in the parent's list */
+    ae_variant *variant;                 /* what a variant does to the parent's mix */
     /* Opus: where mixed frames go (the fan-out above, opaque here) */
     ae_sink_output output;
     /* ALSA playback */

@@ -17,6 +17,7 @@ from appliance import (
     EngineSettings, ErrorCode, LevelsMeasured, ListenerState, ListenerStateChanged,
     RouteSpec, SinkSpec, SourceSpec, live_engine_threads, open_engine,
 )
+from appliance.model import Variant
 from appliance.engine import Engine, Listener
 
 from support.audio_sim import (
@@ -654,3 +655,155 @@ async def test_an_engine_closed_at_once_after_opening_never_hangs():
             async with open_engine(LOOPBACK):
                 pass
     assert live_engine_threads() == 0
+
+
+# ---- hearing variants and the alignment delay --------------------------------------
+
+async def channel_levels(engine: Engine, sink_id: str, count: int = 4, settle: float = 0.2):
+    """(peak dBFS of the loudest window, mean RMS dBFS) per channel of one
+    sink, over level events that measured only audio mixed after ``settle``
+    seconds from now (filters and envelopes settle meanwhile)."""
+    after = time.monotonic() + settle
+    events = []
+    while len(events) < count:
+        events.append(await next_event(engine, LevelsMeasured,
+                                       lambda e: e.kind == "sink" and e.entity_id == sink_id
+                                       and e.since > after))
+    channels = len(events[0].rms_dbfs)
+    peak = tuple(max(e.peak_dbfs[c] for e in events) for c in range(channels))
+    rms = tuple(sum(e.rms_dbfs[c] for e in events) / count for c in range(channels))
+    return peak, rms
+
+
+@pytest.mark.trio
+async def test_mono_variant_gives_both_ears_the_same(engine, tmp_path):
+    left_only = tone(1000.0, 1.0, dbfs=-12.0)
+    left_only[:, 1] = 0
+    write_wav(tmp_path / "left.wav", left_only)
+    await engine.add_source("left", SourceSpec(kind="file", path=str(tmp_path / "left.wav")))
+    await engine.add_sink("main", SinkSpec(kind="opus"))
+    await engine.add_route("r", RouteSpec("left", "main"))
+    await engine.add_variant("main~mono", "main", Variant(mono=True))
+    peak, rms = await channel_levels(engine, "main")
+    assert rms[0] > -16 and rms[1] < -100            # the channel itself: left only
+    peak, rms = await channel_levels(engine, "main~mono")
+    assert peak[0] == pytest.approx(peak[1], abs=0.01)
+    assert rms[0] == pytest.approx(rms[1], abs=0.01)
+    assert rms[0] == pytest.approx(-15.0 - 6.02, abs=0.3)   # (left + right) / 2
+
+
+@pytest.mark.trio
+async def test_balance_attenuates_one_side_by_the_expected_amount(engine):
+    await tone_graph(engine)
+    await engine.add_variant("main~right", "main", Variant(balance=50))
+    await engine.add_variant("main~left", "main", Variant(balance=-75))
+    _, rms = await channel_levels(engine, "main~right")
+    assert rms[0] - rms[1] == pytest.approx(20 * math.log10(0.5), abs=0.05)
+    assert rms[1] == pytest.approx(-15.0, abs=0.2)            # the other side as it was
+    _, rms = await channel_levels(engine, "main~left")
+    assert rms[1] - rms[0] == pytest.approx(20 * math.log10(0.25), abs=0.05)
+
+
+@pytest.mark.trio
+async def test_clear_speech_cuts_rumble_lifts_speech_and_never_clips(engine):
+    await engine.add_source("tone", SourceSpec(kind="tone", tone_hz=100.0, tone_dbfs=-20.0))
+    await engine.add_sink("main", SinkSpec(kind="opus"))
+    await engine.add_route("r", RouteSpec("tone", "main"))
+    await engine.add_variant("main~clear", "main", Variant(clear=True))
+    _, plain = await channel_levels(engine, "main")
+    _, clear = await channel_levels(engine, "main~clear")
+    assert clear[0] < plain[0] - 10                       # 100 Hz: rumble, not speech
+    # a quiet talker at 1 kHz comes up
+    engine.set_tone("tone", 1000.0, -36.0)
+    _, plain = await channel_levels(engine, "main")
+    _, clear = await channel_levels(engine, "main~clear")
+    assert clear[0] > plain[0] + 6
+    # a mix driven into clipping: the variant stays below full scale
+    engine.set_tone("tone", 2500.0, -1e-9)
+    engine.update_route("r", gain_db=12.0)
+    peak, _ = await channel_levels(engine, "main")
+    assert peak[0] > -0.01
+    peak, rms = await channel_levels(engine, "main~clear")
+    assert max(peak) <= -0.9 and rms[0] > -12
+
+
+@pytest.mark.trio
+async def test_a_variant_follows_its_parents_routes_and_holds_the_parent(engine):
+    await engine.add_source("tone", SourceSpec(kind="tone"))
+    await engine.add_sink("main", SinkSpec(kind="opus", channels=1))
+    await engine.add_variant("main~mono", "main", Variant(mono=True, balance=-25))
+    _, rms = await channel_levels(engine, "main~mono", count=2, settle=0.05)
+    assert max(rms) < -100                            # nothing routed yet
+    await engine.add_route("r", RouteSpec("tone", "main"))
+    _, rms = await channel_levels(engine, "main~mono", count=2, settle=0.05)
+    assert rms[0] == pytest.approx(-15.0, abs=0.2)    # a mono parent reaches both ears
+    assert rms[1] == pytest.approx(-15.0 + 20 * math.log10(0.75), abs=0.2)
+    engine.update_route("r", muted=True)
+    _, rms = await channel_levels(engine, "main~mono", count=2, settle=0.05)
+    assert max(rms) < -100
+    await engine.remove_route("r")
+    with pytest.raises(EngineError) as busy:
+        await engine.remove_sink("main")
+    assert busy.value.code == ErrorCode.BUSY
+    with pytest.raises(EngineError) as bad:
+        await engine.add_variant("v2", "main~mono", Variant(mono=True))
+    assert bad.value.code == ErrorCode.INVALID         # no variant of a variant
+    with pytest.raises(EngineError) as bad:
+        engine.set_sink_delay("main~mono", 100)
+    assert bad.value.code == ErrorCode.INVALID         # delayed with its parent only
+    for wrong in (-1, 501, 2**40, True, 1.5):
+        with pytest.raises(EngineError) as bad:
+            engine.set_sink_delay("main", wrong)
+        assert bad.value.code == ErrorCode.INVALID
+    with pytest.raises(EngineError):
+        await engine.add_variant("v3", "main", Variant(balance=101))
+    await engine.remove_sink("main~mono")
+    await engine.remove_sink("main")
+    assert engine.stats().sinks == 0
+
+
+async def first_loud(engine: Engine, sink_ids: set[str], after: float) -> dict[str, float]:
+    """When each sink's first level window with sound in it began."""
+    found: dict[str, float] = {}
+    with trio.fail_after(5):
+        async for ev in engine.events:
+            if isinstance(ev, LevelsMeasured) and ev.kind == "sink" \
+                    and ev.entity_id in sink_ids - found.keys() and ev.since > after - 0.05 \
+                    and max(ev.peak_dbfs) > -40:
+                found[ev.entity_id] = ev.since
+                if found.keys() == sink_ids:
+                    return found
+    raise AssertionError("the event channel closed")
+
+
+@pytest.mark.trio
+async def test_alignment_delay_delays_the_sink_and_its_variants():
+    async with open_engine(EngineSettings(ice_addresses=("127.0.0.1",),
+                                          level_interval_ms=5)) as engine:
+        await engine.add_source("tone", SourceSpec(kind="tone", tone_dbfs=-120.0))
+        await engine.add_sink("near", SinkSpec(kind="opus"))
+        await engine.add_sink("far", SinkSpec(kind="opus", delay_ms=200))
+        await engine.add_variant("far~mono", "far", Variant(mono=True))
+        for sink in ("near", "far"):
+            await engine.add_route(sink, RouteSpec("tone", sink))
+        # silence first, long enough to fill the delay line with it
+        filled = time.monotonic() + 0.25
+        await next_event(engine, LevelsMeasured, lambda e: e.entity_id == "far"
+                         and e.since > filled)
+        stepped = time.monotonic()
+        engine.set_tone("tone", 1000.0, -12.0)
+        loud = await first_loud(engine, {"near", "far", "far~mono"}, stepped)
+        assert loud["near"] - stepped < 0.05
+        assert loud["far"] - loud["near"] == pytest.approx(0.200, abs=0.03)
+        assert loud["far~mono"] == pytest.approx(loud["far"], abs=0.02)
+        # changed live: down to 50 ms, then off
+        engine.set_tone("tone", 1000.0, -120.0)
+        engine.set_sink_delay("far", 50)
+        filled = time.monotonic() + 0.1
+        await next_event(engine, LevelsMeasured, lambda e: e.entity_id == "far"
+                         and e.since > filled)
+        stepped = time.monotonic()
+        engine.set_tone("tone", 1000.0, -12.0)
+        loud = await first_loud(engine, {"near", "far"}, stepped)
+        assert loud["far"] - loud["near"] == pytest.approx(0.050, abs=0.03)
+        assert engine.sinks()["far"].delay_ms == 50

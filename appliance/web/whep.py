@@ -7,6 +7,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from ..errors import (
     RestartRequiredError, StaleError, UnsupportedError, UnsupportedMediaError,
 )
+from ..model import Variant
 from ..sdp import check_offer, parse_candidates_json, parse_sdpfrag
 from ..sessions import Session
 from .common import client_address, media_type, read_body, read_json, service
@@ -43,12 +44,14 @@ async def _post(kind: str, ident: str) -> Response:
     if request.method == "OPTIONS":
         return _preflight("OPTIONS, POST", endpoint=True)
     svc.graph.require(kind, ident)
+    # a hearing variant: ?mono=1&clear=1&balance=-25 (docs/API.md)
+    variant = Variant.from_query(request.args.items(multi=True))
     if media_type() != SDP:
         raise UnsupportedMediaError(f"the offer must be sent as {SDP}")
     svc.sessions.check_post_rate(client_address())
     # checked before any transport sees it: webrtcbin aborts the process on some shapes
     offer = check_offer(await read_body())
-    session, answer = await svc.open_session((kind, ident), offer, client_address())
+    session, answer = await svc.open_session((kind, ident), offer, client_address(), variant)
     response = Response(answer, status=201, content_type=SDP)
     response.headers["Location"] = session.url
     response.headers["ETag"] = session.etag
