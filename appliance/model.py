@@ -142,7 +142,7 @@ class Variant:
         ("" for the plain channel)."""
         parts = ["mono"] * self.mono + ["clear"] * self.clear
         if self.balance:
-            parts.append(f"bal{self.balance:+d}")
+            parts.append(f"bal{self.balance}")
         return ".".join(parts)
 
     @classmethod

@@ -1,6 +1,7 @@
 // The admin page: status, sources/sinks/routes (gain, mute), the HAT's
 // mixer, live meters and a share link with a QR code for each channel.
 import { Meter, api, el, openEvents, plural, setCsrf, whenUnauthorized } from "./common.js";
+import * as i18n from "./i18n/i18n.js";
 import { qrSvg } from "./qr.js";
 
 const $ = (id) => document.getElementById(id);
@@ -329,7 +330,9 @@ const openAdminEvents = () => openEvents({
 
 function refreshAll() { refreshStatus(); refreshGraph(); refreshMixer(); }
 let statusTimer = null;
-function start() {
+async function start() {
+  // the meters' words come from the message catalogues
+  await i18n.use(i18n.current()).catch((err) => console.warn("messages", err));
   events = openAdminEvents();
   refreshAll();
   clearInterval(statusTimer);

@@ -2,6 +2,8 @@
 // HttpOnly cookie plus a CSRF token sent in a header; the venue PIN is a
 // cookie too), the live event stream (Server-Sent Events) and level meters.
 
+import { t } from "./i18n/i18n.js";
+
 let csrfToken = "";
 /** The admin session's CSRF token (from /api/admin/session or a login). */
 export function setCsrf(value) { csrfToken = value || ""; }
@@ -130,12 +132,27 @@ export class Meter {
     this.bars = [];
     this.barsBox = el("div", { class: "bars" });
     this.db = el("span", { class: "db", text: "—" });
-    this.clip = el("span", { class: "clip", text: "CLIP", title: "a peak reached 0 dBFS" });
-    this.node = el("div", { class: "meter", role: "meter", "aria-label": label ? `${label} level` : "level" },
-      this.barsBox, this.db, this.clip);
+    this.clip = el("span", { class: "clip" });
+    this.label = label;
+    this.node = el("div", { class: "meter", role: "meter" }, this.barsBox, this.db, this.clip);
+    this.translate();
     this.clipUntil = 0;
     this.updates = 0;
     this.last = null;
+  }
+
+  /** Its words in the page's language (again after a language switch). */
+  translate() {
+    this.clip.textContent = t("meter_clip");
+    this.clip.title = t("meter_clip_title");
+    this.node.setAttribute("aria-label", this.label ? t("meter_label", { name: this.label }) : t("meter_label_plain"));
+    if (this.last) this.showDb();
+  }
+
+  showDb() {
+    const { peak, rms } = this.last;
+    this.db.textContent = peak <= -119 ? t("meter_silent") : `${rms.toFixed(1)} dB`;
+    this.db.title = t("meter_title", { peak: peak.toFixed(1), rms: rms.toFixed(1) });
   }
 
   ensure(channels) {
@@ -159,13 +176,12 @@ export class Meter {
     });
     const peak = peaks.length ? Math.max(...peaks) : -120;
     const rms = rmss.length ? Math.max(...rmss) : -120;
-    this.db.textContent = peak <= -119 ? "silent" : `${rms.toFixed(1)} dB`;
-    this.db.title = `peak ${peak.toFixed(1)} dBFS, RMS ${rms.toFixed(1)} dBFS`;
+    this.last = { peak, rms };
+    this.showDb();
     const now = performance.now();
     if (peak >= -0.1) this.clipUntil = now + 2000;
     this.clip.classList.toggle("on", now < this.clipUntil);
     this.updates += 1;
-    this.last = { peak, rms };
     this.node.dataset.peak = peak.toFixed(1);
     this.node.dataset.rms = rms.toFixed(1);
     this.node.dataset.updates = String(this.updates);

@@ -2,7 +2,9 @@
 // button that plays it over WHEP with a plain RTCPeerConnection into an
 // <audio> element (never Web Audio: iOS suspends that in the background), a
 // volume slider, live levels, listener counts and the channel's source state
-// (from /api/listen/events), and this phone's measured delay.
+// (from /api/listen/events), and this phone's measured delay. Hearing
+// settings (mono, clear speech, balance) pick a variant the appliance makes
+// once for everyone who picks the same (?mono=1&clear=1&balance=-25).
 //
 // What it shows is what is true: "Playing" only while the media element
 // plays and packets arrive; a refused autoplay says "Tap to play" until a tap
@@ -16,6 +18,8 @@ import { t, tn } from "./i18n/i18n.js";
 
 const LOW_LATENCY_KEY = "appliance.lowLatency";
 const VOLUME_KEY = "appliance.volume";
+const HEARING_KEY = "appliance.hearing";
+const BALANCE_STEP = 25; // the appliance's steps: listeners share streams
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
 const STATS_MS = 500;
 // connected but no packet for this long (plus at most one stats interval:
@@ -65,6 +69,47 @@ lowLatencyBox.addEventListener("change", () => {
   writeValue(LOW_LATENCY_KEY, lowLatencyBox.checked ? "1" : "0");
   for (const card of cards.values()) card.player.applyLatency();
 });
+
+/** The hearing settings, for every channel: remembered per browser, sent
+ *  as the WHEP query; a change reconnects what plays. */
+const hearing = (() => {
+  const boxes = { mono: document.getElementById("mono"), clear: document.getElementById("clear") };
+  const balance = document.getElementById("balance");
+  const shown = document.getElementById("balance-value");
+  let saved = {};
+  try { saved = JSON.parse(localStorageGet(HEARING_KEY, "{}")) || {}; } catch { saved = {}; }
+  const step = (v) => Math.max(-100, Math.min(100, Math.round(Number(v) / BALANCE_STEP) * BALANCE_STEP)) || 0;
+  boxes.mono.checked = saved.mono === true;
+  boxes.clear.checked = saved.clear === true;
+  balance.value = String(step(saved.balance));
+  const value = () => ({ mono: boxes.mono.checked, clear: boxes.clear.checked, balance: step(balance.value) });
+  const render = () => {
+    const b = value().balance;
+    shown.textContent = b === 0 ? t("balance_centre") : t(b < 0 ? "balance_left" : "balance_right", { n: i18n.num(Math.abs(b)) });
+  };
+  const changed = () => {
+    writeValue(HEARING_KEY, JSON.stringify(value()));
+    render();
+    for (const card of cards.values()) card.player.reconnect();
+  };
+  boxes.mono.addEventListener("change", changed);
+  boxes.clear.addEventListener("change", changed);
+  balance.addEventListener("input", render);
+  balance.addEventListener("change", changed); // on release: one reconnect, not one a step
+  return {
+    value,
+    render,
+    query() {
+      const v = value();
+      const params = new URLSearchParams();
+      if (v.mono) params.set("mono", "1");
+      if (v.clear) params.set("clear", "1");
+      if (v.balance) params.set("balance", String(v.balance));
+      const q = params.toString();
+      return q ? `?${q}` : "";
+    },
+  };
+})();
 
 /** Parse `Link: <stun:...>; rel="ice-server"` headers into RTCIceServers. */
 function iceServersFrom(response) {
@@ -289,6 +334,18 @@ class Player {
     this.later(() => this.connect(), wait);
   }
 
+  /** The hearing settings changed: a fresh session for the new variant. */
+  async reconnect() {
+    if (!this.wanted) return;
+    this.clearTimers();
+    clearInterval(this.statsTimer);
+    this.attempt = 0;
+    this.phase = "connecting";
+    this.changed();
+    await this.teardown(); // the old variant is given back before the new one is asked for
+    if (this.wanted) this.connect();
+  }
+
   fail(key, values = {}) {
     this.wanted = false;
     this.phase = "error";
@@ -362,7 +419,7 @@ class Player {
       await pc.setLocalDescription(await pc.createOffer());
       await waitGathering(pc, 600);
       if (!current()) return;
-      response = await fetch(`/api/whep/${encodeURIComponent(this.sinkId)}`, {
+      response = await fetch(`/api/whep/${encodeURIComponent(this.sinkId)}${hearing.query()}`, {
         method: "POST", headers: authHeaders({ "Content-Type": "application/sdp" }), body: pc.localDescription.sdp,
       });
     } catch (err) {
@@ -818,7 +875,8 @@ function languageSwitch() {
     await i18n.use(select.value, { remember: true });
     document.title = `${t("listen_title")} · ${venue}`;
     showChannels();
-    for (const card of cards.values()) card.render();
+    for (const card of cards.values()) { card.meter.translate(); card.render(); }
+    hearing.render();
     showNotice();
   });
 }
@@ -832,12 +890,14 @@ function showNotice() {
 window.applianceDebug = Object.assign(window.applianceDebug, {
   ready: false,
   setLowLatency(on) { lowLatencyBox.checked = on; lowLatencyBox.dispatchEvent(new Event("change")); },
+  hearing() { return hearing.value(); },
   language() { return i18n.current(); },
 });
 
 async function main() {
   await i18n.use(i18n.current()).catch((err) => console.warn("messages", err));
   languageSwitch();
+  hearing.render();
   showNotice();
   const live = document.getElementById("live");
   openEvents({
