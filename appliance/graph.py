@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # What may change on a live entity, by kind.
 CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs"}),
-              "sink": frozenset({"name", "language", "description"}),
+              "sink": frozenset({"name", "language", "description", "delay_ms"}),
               "route": frozenset({"name", "gain_db", "muted"})}
 
 
@@ -167,8 +167,9 @@ class GraphRegistry:
         return self.get(kind, entity.id)
 
     async def update(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
-        """Change a name, a route's gain_db/muted, or a tone source's
-        tone_hz/tone_dbfs. Other fields cannot change on a live entity."""
+        """Change a name, a route's gain_db/muted, a tone source's
+        tone_hz/tone_dbfs, or a sink's language, description and alignment
+        delay_ms. Other fields cannot change on a live entity."""
         if not isinstance(body, dict):
             raise InvalidError("the body must be a JSON object")
         allowed = CHANGEABLE[kind]
@@ -187,6 +188,9 @@ class GraphRegistry:
                     if changed.spec.kind not in ("tone", "clicks"):
                         raise InvalidError("only tone sources have tone_hz/tone_dbfs")
                     self.engine.set_tone(entity_id, changed.spec.tone_hz, changed.spec.tone_dbfs)
+                elif kind == "sink" and "delay_ms" in changes:
+                    # its variants hear it too: they derive from its delayed mix
+                    self.engine.set_sink_delay(entity_id, changed.spec.delay_ms)
             except EngineError as error:
                 raise appliance_error(error) from None
             self.registries[kind][entity_id] = changed

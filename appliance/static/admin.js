@@ -150,12 +150,47 @@ function renderSources() {
   fillSelect($("route-source"), sources);
 }
 
+/** What listeners see of a channel (its language and description) and its
+ *  alignment delay; the server checks every value (docs/API.md). */
+function sinkSettings(s) {
+  const field = (label, input) => el("label", { class: "field" }, el("span", { class: "hint", text: label }), input);
+  const inputs = {
+    delay_ms: el("input", { type: "number", min: "0", max: "500", step: "1", value: String(s.delay_ms ?? 0), "data-field": "delay_ms", "aria-label": `${s.name} alignment delay in ms` }),
+  };
+  if (s.kind === "opus") {
+    inputs.language = el("input", { type: "text", maxlength: "35", size: "6", placeholder: "fr, pt-BR", spellcheck: "false", value: s.language || "", "data-field": "language", "aria-label": `${s.name} language (BCP 47)` });
+    inputs.description = el("input", { type: "text", maxlength: "200", value: s.description || "", "data-field": "description", "aria-label": `${s.name} description` });
+  }
+  const saved = el("span", { class: "hint", "data-saved": s.id });
+  const form = el("form", { class: "row sink-settings", "data-settings": s.id },
+    inputs.language ? field("Language", inputs.language) : null,
+    inputs.description ? field("Description", inputs.description) : null,
+    field("Delay (ms)", inputs.delay_ms),
+    el("button", { class: "small", type: "submit", text: "Save" }), saved);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const changes = {};
+    for (const [key, input] of Object.entries(inputs)) {
+      const value = key === "delay_ms" ? Number(input.value) : input.value.trim();
+      if (value !== (s[key] ?? (key === "delay_ms" ? 0 : ""))) changes[key] = value;
+    }
+    if (!Object.keys(changes).length) return;
+    saved.textContent = "";
+    try {
+      Object.assign(s, await api(`/api/sinks/${encodeURIComponent(s.id)}`, { method: "PATCH", json: changes }));
+      saved.textContent = "Saved";
+    } catch (err) { showError(err); }
+  });
+  return form;
+}
+
 function renderSinks() {
   $("sinks").replaceChildren(...sinks.map((s) => el("div", { class: "item", "data-sink": s.id },
     el("div", { class: "title" }, el("strong", { text: s.name }), el("span", { class: "id", text: s.id }),
       el("span", { class: "id", "data-listeners": s.id, text: s.kind === "opus" ? plural(s.listeners || 0, "listener", "listeners") : "HAT output" }),
       deviceTag(s)),
-    meterFor("sinks", s.id, s.name).node)));
+    meterFor("sinks", s.id, s.name).node,
+    sinkSettings(s))));
   fillSelect($("route-sink"), sinks);
   fillSelect($("share-sink"), sinks.filter((s) => s.kind === "opus"));
   renderShare();

@@ -1,0 +1,39 @@
+"""The admin page sets what listeners see of a channel (its language and
+description) and its alignment delay, in headless Chromium against the real
+app; the server's refusal shows on the page."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Browser, open_admin
+
+pytestmark = [pytest.mark.trio, pytest.mark.browser]
+
+
+async def test_the_admin_page_sets_a_channels_language_description_and_delay(server, browser):
+    def run(b: Browser):
+        page = open_admin(b, server.url)
+        form = '[data-settings="main"]'
+        page.wait_for_selector(form)
+        page.fill(f'{form} [data-field="language"]', "not a tag")
+        page.click(f'{form} button[type="submit"]')
+        page.wait_for_function("() => document.getElementById('error').textContent.includes('language')")
+        refused = page.inner_text("#error")
+        page.fill(f'{form} [data-field="language"]', "fr")
+        page.fill(f'{form} [data-field="description"]', "Interprétation simultanée")
+        page.fill(f'{form} [data-field="delay_ms"]', "120")
+        page.click(f'{form} button[type="submit"]')
+        page.wait_for_selector('[data-saved="main"]:has-text("Saved")')
+        page.reload()
+        page.wait_for_selector(form)
+        shown = {f: page.input_value(f'{form} [data-field="{f}"]')
+                 for f in ("language", "description", "delay_ms")}
+        page.close()
+        return refused, shown
+
+    refused, shown = await browser.call(run)
+    assert "BCP 47" in refused
+    assert shown == {"language": "fr", "description": "Interprétation simultanée", "delay_ms": "120"}
+    sink = server.service.graph.require("sink", "main").spec
+    assert (sink.language, sink.description, sink.delay_ms) == ("fr", "Interprétation simultanée", 120)
+    assert server.service.engine.sinks()["main"].delay_ms == 120
