@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import httpx
 import pytest
 import trio
 
@@ -121,3 +122,48 @@ async def test_many_listeners_joining_and_leaving_at_once_share_one_variant(serv
         for location in locations[10:]:
             nursery.start_soon(server.client.delete, location)
     assert server.service.census() == IDLE and variant_sinks(server) == []
+
+
+async def test_an_answer_timeout_gives_its_variant_back(tmp_path):
+    config = make_config(tmp_path, answer_timeout_s=0.001)
+    # webrtcbin: its answer takes time (the lean transport answers at once)
+    config = config.replace(engine=dataclasses.replace(config.engine, transport="webrtcbin"))
+    async with open_server(config) as server:
+        for path in ("/api/whep/main?mono=1", "/api/whep/source/tone?clear=1&balance=100"):
+            r = await server.post_offer(synthetic_offer(), path)
+            assert r.status_code == 500, r.text
+            assert server.service.census() == IDLE and variant_sinks(server) == []
+
+
+async def test_a_crash_in_one_session_keeps_the_variant_for_the_other(server):
+    first = await server.post_offer(synthetic_offer(), "/api/whep/main?balance=-100")
+    second = await server.post_offer(synthetic_offer(), "/api/whep/main?balance=-100")
+    crashed = server.session_for(first)
+    crashed.listener._send.send_nowait("not an engine event")   # its watcher raises
+    with trio.fail_after(5):
+        await crashed.done.wait()
+    assert crashed.end_reason == "crashed"
+    assert server.service.sessions.variant_users == {f"{TEMP_PREFIX}main~bal-100": 1}
+    assert (await server.client.delete(second.headers["Location"])).status_code == 200
+    assert server.service.census() == IDLE and variant_sinks(server) == []
+
+
+async def test_a_client_that_vanishes_during_its_post_leaves_no_variant(tmp_path):
+    config = make_config(tmp_path)
+    config = config.replace(engine=dataclasses.replace(config.engine, transport="webrtcbin"))
+    async with open_server(config) as server:
+        service = server.service
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: client.post(
+                    "/api/whep/main?mono=1&clear=1", content=synthetic_offer(),
+                    headers={"Content-Type": "application/sdp"}))
+                with trio.fail_after(5):
+                    while not service.sessions:   # the POST reached the service
+                        await trio.sleep(0)
+                session = next(iter(service.sessions))
+                nursery.cancel_scope.cancel()     # the client goes away mid-request
+        with trio.fail_after(5):
+            await session.done.wait()
+        assert not session.answered
+        assert service.census() == IDLE and variant_sinks(server) == []
