@@ -4,6 +4,9 @@ sink, a change reconnects with the new variant, and the sink goes when both
 pages leave. The controls are in the listener's language and remembered."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -14,6 +17,7 @@ from tests.web.conftest import make_config, open_server
 
 pytestmark = [pytest.mark.trio, pytest.mark.browser]
 
+ROOT = Path(__file__).resolve().parents[2]
 MONO = f"{TEMP_PREFIX}main~mono"
 
 
@@ -117,3 +121,25 @@ async def test_the_hearing_controls_and_meters_speak_the_listeners_language(venu
     # right to left, but the balance slider keeps left on the left
     assert ar["legend"] == "السمع" and ar["balance"] == "في الوسط" and ar["sliderDir"] == "ltr"
     assert ar["meter"] == "مستوى Floor"
+
+
+async def test_a_screenshot_of_the_hearing_settings_on_a_phone(venue, phone, tmp_path):
+    """UPDATE_SCREENSHOTS=1 writes it to docs/."""
+    out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
+
+    def shoot(p: Phone):
+        page = p.open(venue.url + "/listen/main")
+        page.tap("#clear")
+        set_balance(page, 50)
+        tap_listen(page)
+        wait_playing(page)
+        page.wait_for_timeout(1200)   # moving meters, a second stats sample
+        path = out / "ui-listen-phone-hearing.png"
+        page.screenshot(path=str(path), full_page=True)
+        tap_listen(page)
+        Phone.close(page)
+        return path
+
+    path = await phone.call(shoot)
+    assert path.stat().st_size > 10_000
+    await idle(venue)
