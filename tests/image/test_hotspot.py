@@ -81,7 +81,8 @@ def test_phone_joins_the_hotspot_and_is_sent_to_the_listen_page(appliance_image,
                "sudo iw phy \"$(cat /sys/class/net/wlan1/phy80211/name)\" set netns name sta")
         wpa = f'network={{\n ssid="{SSID}"\n psk="{PSK}"\n key_mgmt=WPA-PSK\n}}\n'
         vm.ssh("sudo tee /run/sta-wpa.conf >/dev/null", input=wpa)
-        vm.ssh("sudo tee /run/sta-udhcpc.sh >/dev/null && sudo chmod 755 /run/sta-udhcpc.sh", input=UDHCPC)
+        # /run is mounted noexec (systemd 256 and later): the script goes to /tmp.
+        vm.ssh("sudo tee /tmp/sta-udhcpc.sh >/dev/null && sudo chmod 755 /tmp/sta-udhcpc.sh", input=UDHCPC)
         vm.ssh("sudo ip netns exec sta ip link set lo up && "
                "sudo ip netns exec sta wpa_supplicant -B -i wlan1 -c /run/sta-wpa.conf -P /run/sta-wpa.pid")
         deadline = time.monotonic() + 120
@@ -90,7 +91,7 @@ def test_phone_joins_the_hotspot_and_is_sent_to_the_listen_page(appliance_image,
                 "sudo ip netns exec sta iw dev wlan1 link; sudo journalctl -b --no-pager -u appliance-hotspot | tail -30",
                 check=False).stdout
             time.sleep(2)
-        vm.ssh("sudo ip netns exec sta busybox udhcpc -i wlan1 -n -q -t 10 -s /run/sta-udhcpc.sh")
+        vm.ssh("sudo ip netns exec sta busybox udhcpc -i wlan1 -n -q -t 10 -s /tmp/sta-udhcpc.sh")
         lease = dict(l.split("=", 1) for l in vm.ssh("sudo cat /run/sta-lease").stdout.splitlines() if "=" in l)
         assert lease["ip"].startswith("10.42.0.") and lease["router"] == "10.42.0.1"
         assert lease["dns"].split() == ["10.42.0.1"]
