@@ -14,6 +14,7 @@ import trio
 from quart import Blueprint, Response, current_app, jsonify
 
 from ..engine import EngineError
+from ..sessions import TEMP_PREFIX
 from .auth import LISTEN_COOKIE, listening, public, retry_later
 from .common import client_address, plain, service
 from .events import event_stream
@@ -39,12 +40,19 @@ def _source_state(svc: Any, sink_id: str) -> str:
 
 def _engine_latency_ms(svc: Any, sink_id: str) -> float | None:
     """The engine's capture-to-send latency (median of the packets sent
-    lately), None when nothing was sent."""
-    try:
-        stats = svc.engine.sink_stats(sink_id)
-    except EngineError:
-        return None
-    return round(stats.send_latency_p50_ms, 2) if stats.send_latency_samples else None
+    lately) of the channel, or of one of its hearing variants when only
+    those have listeners; None when nothing was sent."""
+    variants = f"{TEMP_PREFIX}{sink_id}~"
+    best = None
+    for ident in [sink_id, *(s for s in svc.engine.sinks() if s.startswith(variants))]:
+        try:
+            stats = svc.engine.sink_stats(ident)
+        except EngineError:
+            continue
+        if stats.send_latency_samples and (best is None or
+                                           stats.send_latency_samples > best.send_latency_samples):
+            best = stats
+    return round(best.send_latency_p50_ms, 2) if best else None
 
 
 def channels_of(svc: Any) -> list[dict[str, Any]]:

@@ -70,6 +70,9 @@ async def test_a_variant_listener_hears_the_channel_and_a_source_can_have_one(se
         await peer.accept_answer(response.text)
         await peer.wait_connected(timeout=10)
         assert abs(dominant_frequency(await peer.record(0.5)) - 440.0) < 2.0
+        # its only listener is on a variant: the channel's engine latency is the variant's
+        channels = (await server.client.get("/api/listen/channels")).json()
+        assert 0 < channels[0]["engine_latency_ms"] < 100
         source = await server.post_offer(synthetic_offer(), "/api/whep/source/tone?mono=1")
         assert source.status_code == 201, source.text
         census = server.service.census()
