@@ -926,7 +926,9 @@ static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
     }
     for (int i = 0; i < fs * kch; i++) {
         float v = k->mix[i];
-        k->mix[i] = v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v;
+        /* NaN (a float file can hold it) is silence: it would stay in
+         * every filter and encoder state after it */
+        k->mix[i] = v > 1.0f ? 1.0f : v < -1.0f ? -1.0f : v == v ? v : 0.0f;
     }
     if (k->delay.data) {
         /* what goes out now was captured that much earlier */

@@ -807,3 +807,31 @@ async def test_alignment_delay_delays_the_sink_and_its_variants():
         loud = await first_loud(engine, {"near", "far"}, stepped)
         assert loud["far"] - loud["near"] == pytest.approx(0.050, abs=0.03)
         assert engine.sinks()["far"].delay_ms == 50
+
+
+def write_float_wav(path: Path, samples: np.ndarray) -> None:
+    """A 32-bit float WAV (format 3), which may hold NaN and infinities."""
+    data = samples.astype("<f4").tobytes()
+    channels = samples.shape[1]
+    fmt = (b"fmt " + (16).to_bytes(4, "little") + (3).to_bytes(2, "little")
+           + channels.to_bytes(2, "little") + RATE.to_bytes(4, "little")
+           + (RATE * 4 * channels).to_bytes(4, "little") + (4 * channels).to_bytes(2, "little")
+           + (32).to_bytes(2, "little"))
+    body = b"WAVE" + fmt + b"data" + len(data).to_bytes(4, "little") + data
+    path.write_bytes(b"RIFF" + len(body).to_bytes(4, "little") + body)
+
+
+@pytest.mark.trio
+async def test_nan_in_a_float_file_is_silence_and_never_sticks_in_a_variant(engine, tmp_path):
+    samples = tone(1000.0, 0.5, dbfs=-12.0)
+    samples[1000:1100] = np.nan      # a broken stretch, once every loop
+    samples[2000, 0] = np.inf
+    write_float_wav(tmp_path / "broken.wav", samples)
+    await engine.add_source("broken", SourceSpec(kind="file", path=str(tmp_path / "broken.wav")))
+    await engine.add_sink("main", SinkSpec(kind="opus"))
+    await engine.add_route("r", RouteSpec("broken", "main"))
+    await engine.add_variant("main~clear", "main", Variant(clear=True))
+    for sink in ("main", "main~clear"):
+        peak, rms = await channel_levels(engine, sink, count=6)
+        assert all(math.isfinite(x) for x in peak + rms), (sink, peak, rms)
+        assert min(rms) > -30 and max(peak) <= 0.0   # the tone goes on around it
