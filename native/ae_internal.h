@@ -7,7 +7,8 @@
  * what is above it:
  *   ae_core (errors, time, threads, ids, levels)
  *   -> ae_events (event queue and its thread, glib loop)
- *   -> ae_alsa (one PCM), ae_sdp (offers, certificate fingerprints)
+ *   -> ae_alsa (one PCM), ae_sdp (offers, certificate fingerprints),
+ *      ae_dsp (the alignment delay line, the hearing variants' processing)
  *   -> ae_graph (sources, sinks, routes, device threads, the mixer; an Opus
  *      sink hands its frames to an opaque ae_sink_output)
  *   -> ae_fanout (the encoder and the webrtcbin pipeline; attaches itself as
