@@ -162,6 +162,9 @@ class Listener:
             return
         self._engine._listeners.pop(self.id, None)
         self._send.close()
+        if not lib.ae_listener_destroy_blocks(handle):   # lean: handed to its network thread
+            call(lib.ae_listener_destroy, handle)
+            return
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(call, lib.ae_listener_destroy, handle)
 

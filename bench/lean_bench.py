@@ -98,10 +98,11 @@ class Loadgen:
 
     @classmethod
     async def start(cls, nursery: trio.Nursery, workers: int = 2, sample_every: int = 50,
-                    address: str = "127.0.0.1", unprotect_every: int = 1) -> "Loadgen":
+                    address: str = "127.0.0.1", unprotect_every: int = 1,
+                    drop_final_flight: bool = False) -> "Loadgen":
         process = await trio.lowlevel.open_process(
             [str(build_loadgen()), "-w", str(workers), "-s", str(sample_every), "-a", address,
-             "-u", str(unprotect_every)],
+             "-u", str(unprotect_every), *(["-d"] if drop_final_flight else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self = cls(process)
         ready = trio.Event()
@@ -334,7 +335,9 @@ async def start_appliance(tmp: Path, transport: str | None, max_listeners: int) 
     await notify.bind(str(notify_path))
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONPATH": str(ROOT)}
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "appliance.cli", "run", "--config", str(config),
+        # LEAN_BENCH_WRAP: a command to run the appliance under (heaptrack -o ...)
+        [*os.environ.get("LEAN_BENCH_WRAP", "").split(),
+         sys.executable, "-m", "appliance.cli", "run", "--config", str(config),
          "--host", "127.0.0.1", "--port", "0", "--log-level", "warning"],
         env=env, cwd=str(ROOT))
     try:

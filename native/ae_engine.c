@@ -154,7 +154,8 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     if (rc == AE_OK) {
         e->fanout_env = (ae_fanout_env){.glib = &e->glib, .rt_priority = cfg.realtime_priority,
                                         .owner = e, .push = e->lean ? ae_lean_push : NULL,
-                                        .push_ctx = e->lean};
+                                        .push_ctx = e->lean,
+                                        .forget = e->lean ? ae_lean_forget : NULL};
         e->wr_env = (ae_wr_env){.glib = &e->glib, .events = &e->events, .cfg = &e->cfg};
         rc = ae_graph_start(&e->graph);
     }
@@ -173,6 +174,7 @@ static int stop_threads(ae_engine *e)
     ae_lean_stop(e->lean); /* after the mixer: it pushes packets to it */
     e->lean = NULL;
     e->fanout_env.push = NULL;
+    e->fanout_env.forget = NULL;
     ae_events_stop(&e->events);
     ae_loop_stop(&e->glib);
     return AE_OK;

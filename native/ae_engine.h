@@ -309,6 +309,12 @@ typedef struct ae_listener_stats {
 
 int ae_listener_stats_get(ae_listener *listener, ae_listener_stats *out);
 int ae_listener_destroy(ae_listener *listener);
+/* 1 when ae_listener_destroy waits for the listener's own threads (a
+ * webrtcbin listener: call it off any thread that must stay responsive);
+ * 0 when it returns at once (a lean listener is freed by the network
+ * thread; once ae_listener_destroy returns no event for it is queued, and
+ * only one being delivered at that moment may still finish). */
+int ae_listener_destroy_blocks(const ae_listener *listener);
 
 #ifdef __cplusplus
 }

@@ -105,7 +105,13 @@ bool ae_events_on_thread(const ae_events *q)
     return q->started && pthread_equal(pthread_self(), q->thread);
 }
 
-void ae_events_forget(ae_events *q, uint64_t id)
+static void forget(ae_events *q, uint64_t id, bool wait);
+
+void ae_events_forget(ae_events *q, uint64_t id) { forget(q, id, true); }
+
+void ae_events_forget_queued(ae_events *q, uint64_t id) { forget(q, id, false); }
+
+static void forget(ae_events *q, uint64_t id, bool wait)
 {
     pthread_mutex_lock(&q->lock);
     ae_event_node *keep_head = NULL, *keep_tail = NULL, *drop = NULL;
@@ -125,7 +131,7 @@ void ae_events_forget(ae_events *q, uint64_t id)
     q->tail = keep_tail;
     /* An event for it may be in the callback right now: wait it out. The
      * event thread never waits for us, so this cannot deadlock. */
-    if (!ae_events_on_thread(q)) {
+    if (wait && !ae_events_on_thread(q)) {
         for (;;) {
             bool busy = false;
             for (int i = 0; i < 3; i++)

@@ -49,6 +49,9 @@ void ae_post_unless(ae_events *q, const ae_event *ev, const atomic_bool *muted);
  * delivered for it has returned. Whoever may still post for it must have
  * stopped, or post through ae_post_unless() with a flag set before this. */
 void ae_events_forget(ae_events *q, uint64_t id);
+/* The same without waiting out a delivery in progress, for a caller that
+ * must not block (the callback may be waiting for that caller's thread). */
+void ae_events_forget_queued(ae_events *q, uint64_t id);
 
 /* The engine's own GMainContext, run by one thread ("ae-glib"): every
  * GStreamer/webrtcbin control call happens there. */

@@ -194,6 +194,7 @@ ae_fanout *ae_fanout_of(ae_sink *k)
 static void fanout_destroy(void *self)
 {
     ae_fanout *f = self;
+    if (f->env->forget) f->env->forget(f->env->push_ctx, f);
     if (f->pipeline) ae_loop_call(f->env->glib, pipeline_stop, f, GLIB_CALL_TIMEOUT_MS);
     if (f->encoder) opus_encoder_destroy(f->encoder);
     pthread_mutex_destroy(&f->latency.lock);

@@ -28,6 +28,9 @@ typedef struct ae_fanout_env {
     void (*push)(void *ctx, ae_fanout *f, const unsigned char *data, int len, uint64_t index,
                  int64_t capture_us);
     void *push_ctx;
+    /* called before a fan-out is freed, with push_ctx: returns once that
+     * transport holds nothing of it (it frees listeners in the background) */
+    void (*forget)(void *ctx, ae_fanout *f);
 } ae_fanout_env;
 
 /* An ae_output_maker for Opus sinks: ctx is an ae_fanout_env that outlives

@@ -27,6 +27,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <ifaddrs.h>
+#include <malloc.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -56,7 +57,8 @@
 #define HOUSEKEEP_US 50000     /* consent, DTLS retransmission, sender reports */
 #define SR_INTERVAL_US 1000000
 #define DTLS_DEADLINE_US 30000000 /* ICE passed but no DTLS by then: failed */
-#define REMOVE_TIMEOUT_MS 5000
+#define FORGET_TIMEOUT_MS 5000
+#define TRIM_AFTER_US 200000   /* hand freed memory back this long after the last removal */
 
 typedef struct addr_key {
     uint16_t family, port;     /* port in network order */
@@ -103,8 +105,7 @@ struct ae_lean_peer {
     uint64_t rtcp_reports;
     double fraction_lost, jitter_ms, rtt_ms;
     int64_t packets_lost;
-    /* removal handshake, under t->cmd_lock */
-    bool removed;
+    struct cmd *remove;                  /* made with it, so its removal cannot fail */
 };
 
 /* A sink's outgoing RTP stream: one SSRC and one sequence, whatever the
@@ -129,11 +130,14 @@ typedef struct pkt {
     unsigned char data[PKT_MAX];
 } pkt;
 
-typedef enum { CMD_ADD, CMD_REMOVE } cmd_type;
+typedef enum { CMD_ADD, CMD_REMOVE, CMD_NOTHING } cmd_type;
 
 typedef struct cmd {
     cmd_type type;
     ae_lean_peer *peer;
+    void (*done)(void *);                /* CMD_REMOVE: called once the peer is freed */
+    void *done_arg;
+    uint64_t seq;
     struct cmd *next;
 } cmd;
 
@@ -166,6 +170,8 @@ struct ae_lean {
     pthread_mutex_t cmd_lock;
     pthread_cond_t cmd_done;
     cmd *cmd_head, *cmd_tail;
+    uint64_t cmd_queued, cmd_finished;   /* sequence numbers, under cmd_lock */
+    int64_t trim_at_us;                  /* network thread: malloc_trim then, or 0 */
     /* packets from the mixer: single producer, single consumer */
     pkt *ring;
     _Atomic uint64_t head, tail;
@@ -278,6 +284,20 @@ static void wake(ae_lean *t)
     uint64_t one = 1;
     if (write(t->wake_fd, &one, sizeof one) < 0) { /* already pending: fine */
     }
+}
+
+/* Hands c to the network thread; returns its sequence number. */
+static uint64_t enqueue(ae_lean *t, cmd *c)
+{
+    pthread_mutex_lock(&t->cmd_lock);
+    uint64_t seq = c->seq = ++t->cmd_queued;
+    c->next = NULL;
+    if (t->cmd_tail) t->cmd_tail->next = c;
+    else t->cmd_head = c;
+    t->cmd_tail = c;
+    pthread_mutex_unlock(&t->cmd_lock);
+    wake(t);
+    return seq;
 }
 
 /* ---- DTLS: certificate, context, the BIO that sends --------------------- */
@@ -481,6 +501,16 @@ static void forget_addr(ae_lean *t, ae_lean_peer *p, int i)
     else if (p->nominated > i) p->nominated--;
 }
 
+/* The buffers SSL_free_buffers took, back before anything is written:
+ * OpenSSL's DTLS writes assume them (a read makes both; the read buffer is
+ * empty, so this one only makes them). */
+static void dtls_buffers_back(ae_lean_peer *p)
+{
+    unsigned char none[1];
+    SSL_read(p->ssl, none, sizeof none);
+    ERR_clear_error();
+}
+
 /* The listener is over: nothing more in or out, its crypto state freed.
  * state < 0: no event (it is being removed by its owner). */
 static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
@@ -496,8 +526,10 @@ static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
          * says SSL_shutdown must not follow a fatal error (it crashed in
          * libssl here when a failed peer was removed) */
         if ((state == AE_LISTENER_CLOSED || state < 0) && !p->dtls_fatal &&
-            SSL_is_init_finished(p->ssl) && !(SSL_get_shutdown(p->ssl) & SSL_SENT_SHUTDOWN))
+            SSL_is_init_finished(p->ssl) && !(SSL_get_shutdown(p->ssl) & SSL_SENT_SHUTDOWN)) {
+            dtls_buffers_back(p);
             SSL_shutdown(p->ssl);
+        }
         SSL_free(p->ssl); /* frees both BIOs */
         p->ssl = NULL;
         p->rbio = NULL;
@@ -769,6 +801,10 @@ static void on_dtls(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
         }
     }
     if (p->rbio) BIO_reset(p->rbio); /* nothing half-read carries over */
+    /* Connected, a listener's DTLS sees only the odd alert or retransmitted
+     * flight: its 16 KiB read and its write buffer go back now and are made
+     * again by the next read (it refuses while a record is half-read). */
+    if (p->ssl && p->connected) SSL_free_buffers(p->ssl);
     ERR_clear_error();
 }
 
@@ -982,25 +1018,43 @@ static void drain_packets(ae_lean *t)
 
 /* ---- the network thread -------------------------------------------------- */
 
+static void peer_free(ae_lean_peer *p)
+{
+    pthread_mutex_destroy(&p->rr_lock);
+    free(p->remove);
+    free(p);
+}
+
 static void run_commands(ae_lean *t)
 {
     pthread_mutex_lock(&t->cmd_lock);
     cmd *c = t->cmd_head;
     t->cmd_head = t->cmd_tail = NULL;
     pthread_mutex_unlock(&t->cmd_lock);
+    uint64_t last = 0;
     while (c) {
         cmd *next = c->next;
+        last = c->seq;
         if (c->type == CMD_ADD) {
             peer_add(t, c->peer);
-        } else {
+            free(c);
+        } else if (c->type == CMD_REMOVE) {
+            void (*done)(void *) = c->done;
+            void *arg = c->done_arg;
             peer_remove(t, c->peer);
-            pthread_mutex_lock(&t->cmd_lock);
-            c->peer->removed = true;
-            pthread_cond_broadcast(&t->cmd_done);
-            pthread_mutex_unlock(&t->cmd_lock);
+            peer_free(c->peer); /* frees c too */
+            if (done) done(arg);
+            t->trim_at_us = ae_now_us() + TRIM_AFTER_US;
+        } else {
+            free(c);
         }
-        free(c);
         c = next;
+    }
+    if (last) {
+        pthread_mutex_lock(&t->cmd_lock);
+        t->cmd_finished = last;
+        pthread_cond_broadcast(&t->cmd_done);
+        pthread_mutex_unlock(&t->cmd_lock);
     }
 }
 
@@ -1081,8 +1135,10 @@ static void *net_main(void *arg)
     while (!atomic_load(&t->stop)) {
         int64_t now = ae_now_us();
         int timeout = -1;
-        if (t->peers->len) {
-            int64_t wait = t->next_housekeep_us - now;
+        int64_t until = t->peers->len ? t->next_housekeep_us : 0;
+        if (t->trim_at_us && (!until || t->trim_at_us < until)) until = t->trim_at_us;
+        if (until) {
+            int64_t wait = until - now;
             timeout = wait <= 0 ? 0 : (int)((wait + 999) / 1000);
         }
         if (poll(fds, (nfds_t)nfds, timeout) < 0 && errno != EINTR) break;
@@ -1108,6 +1164,12 @@ static void *net_main(void *arg)
         if (now >= t->next_housekeep_us) {
             housekeep(t, now);
             t->next_housekeep_us = now + HOUSEKEEP_US;
+        }
+        if (t->trim_at_us && now >= t->trim_at_us) {
+            /* listeners leave in crowds: once they have, give what they
+             * held back to the system rather than keep the high-water mark */
+            t->trim_at_us = 0;
+            malloc_trim(0);
         }
     }
     /* whatever is left (the engine removes every listener first) */
@@ -1366,11 +1428,14 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
     *answer = NULL;
     ae_lean_peer *p = calloc(1, sizeof *p);
     cmd *c = calloc(1, sizeof *c);
-    if (!p || !c) {
+    cmd *remove = calloc(1, sizeof *remove);
+    if (!p || !c || !remove) {
         free(p);
         free(c);
+        free(remove);
         return ae_fail(AE_ERR_NOMEM, "out of memory");
     }
+    p->remove = remove;
     p->t = t;
     p->sink = k;
     p->fanout = ae_fanout_of(k);
@@ -1387,8 +1452,7 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
     for (int i = 0; i < o->nfingerprints; i++)
         if (ae_fingerprint_usable(&o->fingerprints[i])) p->fp[p->nfp++] = o->fingerprints[i];
     if (!p->nfp) {
-        pthread_mutex_destroy(&p->rr_lock);
-        free(p);
+        peer_free(p);
         free(c);
         return ae_fail(AE_ERR_SDP, "the offer's fingerprint does not fit its hash function");
     }
@@ -1400,41 +1464,36 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
     /* known to the network thread before the answer leaves */
     c->type = CMD_ADD;
     c->peer = p;
-    pthread_mutex_lock(&t->cmd_lock);
-    if (t->cmd_tail) t->cmd_tail->next = c;
-    else t->cmd_head = c;
-    t->cmd_tail = c;
-    pthread_mutex_unlock(&t->cmd_lock);
-    wake(t);
+    enqueue(t, c);
     *out = p;
     return AE_OK;
 }
 
-void ae_lean_peer_destroy(ae_lean *t, ae_lean_peer *p)
+void ae_lean_peer_release(ae_lean *t, ae_lean_peer *p, void (*done)(void *), void *arg)
 {
+    cmd *c = p->remove;
+    c->type = CMD_REMOVE;
+    c->peer = p;
+    c->done = done;
+    c->done_arg = arg;
+    enqueue(t, c);
+}
+
+void ae_lean_forget(void *lean, ae_fanout *f)
+{
+    (void)f; /* every command before this one is done: its listeners are gone */
+    ae_lean *t = lean;
     cmd *c = calloc(1, sizeof *c);
+    if (!c) return;
+    c->type = CMD_NOTHING;
+    uint64_t seq = enqueue(t, c);
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += REMOVE_TIMEOUT_MS / 1000;
+    deadline.tv_sec += FORGET_TIMEOUT_MS / 1000;
     pthread_mutex_lock(&t->cmd_lock);
-    if (c) {
-        c->type = CMD_REMOVE;
-        c->peer = p;
-        if (t->cmd_tail) t->cmd_tail->next = c;
-        else t->cmd_head = c;
-        t->cmd_tail = c;
-    }
-    pthread_mutex_unlock(&t->cmd_lock);
-    wake(t);
-    pthread_mutex_lock(&t->cmd_lock);
-    while (c && !p->removed) {
+    while (t->cmd_finished < seq)
         if (pthread_cond_timedwait(&t->cmd_done, &t->cmd_lock, &deadline) == ETIMEDOUT) break;
-    }
-    bool removed = p->removed;
     pthread_mutex_unlock(&t->cmd_lock);
-    if (!removed) return; /* the network thread is wedged: leak rather than free under it */
-    pthread_mutex_destroy(&p->rr_lock);
-    free(p);
 }
 
 void ae_lean_peer_stats(ae_lean_peer *p, ae_listener_stats *out)

@@ -19,8 +19,13 @@ const char *ae_lean_declines(const ae_offer *o);
  * under listener_id unless *closing is set. */
 int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atomic_bool *closing,
                         const ae_offer *o, char **answer, ae_lean_peer **out);
-/* Waits (bounded) until the network thread has let go of it, then frees it. */
-void ae_lean_peer_destroy(ae_lean *t, ae_lean_peer *p);
+/* Hands the peer to the network thread, which ends it (no event: the
+ * caller mutes them through closing first), frees it and then calls
+ * done(arg), so closing may live until then. Does not wait and cannot fail. */
+void ae_lean_peer_release(ae_lean *t, ae_lean_peer *p, void (*done)(void *), void *arg);
+/* An ae_fanout_env forget: returns once every peer released before the
+ * call is gone, so nothing of the fan-out is used after it is freed. */
+void ae_lean_forget(void *lean, ae_fanout *f);
 void ae_lean_peer_stats(ae_lean_peer *p, ae_listener_stats *out);
 /* Mixer thread: one Opus packet of a sink for its lean listeners (an
  * ae_fanout_env push; lean is the ae_lean). */

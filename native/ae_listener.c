@@ -151,7 +151,10 @@ int ae_listener_destroy(ae_listener *l)
     if (atomic_exchange(&l->closing, true))
         return ae_fail(AE_ERR_INVALID, "the listener is already being destroyed");
     if (l->wr) ae_wr_close(l->wr);
-    ae_events_forget(&e->events, l->id);
+    /* a lean listener is removed from the trio thread, which an event being
+     * delivered may be waiting for: drop the queued ones, do not wait */
+    if (l->lean) ae_events_forget_queued(&e->events, l->id);
+    else ae_events_forget(&e->events, l->id);
     pthread_mutex_lock(&e->listeners_lock);
     for (ae_listener **pp = &e->listeners; *pp; pp = &(*pp)->next) {
         if (*pp == l) {
@@ -160,13 +163,16 @@ int ae_listener_destroy(ae_listener *l)
         }
     }
     pthread_mutex_unlock(&e->listeners_lock);
-    int rc = AE_OK;
     if (l->lean) {
-        ae_lean_peer_destroy(e->lean, l->lean);
         atomic_fetch_sub(&l->fanout->lean_listeners, 1);
-    } else {
-        rc = ae_wr_destroy(l->wr);
+        atomic_fetch_sub(&l->fanout->listeners, 1);
+        atomic_fetch_sub(&e->nlisteners, 1);
+        /* the network thread ends and frees it, then l: closing keeps its
+         * events muted until then (a sink waits for it: ae_lean_forget) */
+        ae_lean_peer_release(e->lean, l->lean, free, l);
+        return AE_OK;
     }
+    int rc = ae_wr_destroy(l->wr);
     atomic_fetch_sub(&l->fanout->listeners, 1);
     atomic_fetch_sub(&e->nlisteners, 1);
     free(l);
@@ -175,6 +181,11 @@ int ae_listener_destroy(ae_listener *l)
      * the high-water mark. */
     malloc_trim(0);
     return rc;
+}
+
+int ae_listener_destroy_blocks(const ae_listener *l)
+{
+    return l && !l->lean;
 }
 
 void ae_listener_destroy_all(ae_engine *e)

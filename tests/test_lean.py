@@ -177,6 +177,26 @@ async def test_removing_a_connected_listener_tells_its_peer(engine):
         await stays.aclose()
 
 
+async def test_a_crowd_leaving_takes_no_thread_and_its_sink_can_go_at_once(engine):
+    """Removing a lean listener hands it to the network thread and returns:
+    a hundred leaving at once start no worker thread (webrtcbin's removal
+    still needs one), the connected one still gets our close_notify, and the
+    sink can go right after them (the network thread lets go of them first)."""
+    async with open_aiortc_listener() as peer:
+        connected = await connect(engine, peer)
+        listeners = [engine.start_listener("main", synthetic_offer()) for _ in range(100)]
+        threads = len(os.listdir("/proc/self/task"))
+        async with trio.open_nursery() as nursery:
+            for listener in (connected, *listeners):
+                nursery.start_soon(listener.aclose)
+        assert len(os.listdir("/proc/self/task")) <= threads
+        assert engine.stats().listeners == 0
+        await until(lambda: peer.connection_state == "closed", timeout=3)
+    await engine.remove_route("tone-main")
+    await engine.remove_sink("main")
+    assert engine.stats().sinks == 0
+
+
 async def test_a_vanished_peer_ends_by_consent_expiry(monkeypatch):
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)   # aiortc checks every ~0.2 s
     settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1,

@@ -52,3 +52,28 @@ async def test_loadgen_holds_listeners_without_loss(tmp_path, transport):
         assert final["decode_errors"] == 0
         assert abs(final["pitch_hz"] - lean_bench.TONE_HZ) < 5, final
     assert loadgen.errors == {}
+
+
+@pytest.mark.trio
+async def test_a_lost_final_flight_is_sent_again_by_the_lean_transport(tmp_path):
+    """The server's last DTLS flight (ChangeCipherSpec, Finished) lost on the
+    way: the server already counts the handshake done and has handed back its
+    buffers, yet the client's retransmission still gets that flight again."""
+    async with trio.open_nursery() as nursery:
+        process, url = await lean_bench.start_appliance(tmp_path, "lean", 20)
+        loadgen = await lean_bench.Loadgen.start(nursery, sample_every=1, drop_final_flight=True)
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+                server = lean_bench.ApplianceServer("lean", process.pid, loadgen, client)
+                times: dict[str, list[float]] = {"post_201": [], "first_audio": []}
+                assert await lean_bench.add_burst(server, [0, 1], times) == []
+                with trio.fail_after(10):
+                    while min(s["packets"] for s in await loadgen.stats()) < 50:
+                        await trio.sleep(0.05)
+                stats = await loadgen.stats()
+        finally:
+            await loadgen.aclose()
+            await lean_bench.stop_process(process)
+        nursery.cancel_scope.cancel()
+    for s in stats:
+        assert s["flights_dropped"] == 1 and s["dtls"] == "up" and s["lost"] == 0, s

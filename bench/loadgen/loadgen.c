@@ -81,6 +81,7 @@ typedef struct listener {
     /* receive statistics */
     uint64_t packets, bytes, unprotect_fail, reordered, stun_in, stun_bad, rtcp_in;
     uint32_t rx_dropped;               /* by our socket, full buffer (SO_RXQ_OVFL) */
+    int flights_dropped;               /* -d: the server's final flight, lost on purpose */
     uint64_t unprotected;              /* packets through srtp_unprotect */
     uint32_t ssrc;
     bool have_seq;
@@ -115,6 +116,7 @@ static worker workers[MAX_WORKERS];
 static int nworkers = 2;
 static int sample_every = 50;          /* decode one listener in this many */
 static int unprotect_every = 1;        /* SRTP-check one packet in this many */
+static bool drop_final_flight;         /* -d: lose the server's first ChangeCipherSpec datagram */
 static const char *bind_addr = "127.0.0.1";
 static SSL_CTX *ssl_ctx;
 static char local_fp[32 * 3];
@@ -183,7 +185,8 @@ static void format_stats(const listener *l, char *buf, size_t size, const char *
              "\"bytes\":%llu,\"expected\":%lld,\"lost\":%lld,\"reordered\":%llu,"
              "\"unprotect_fail\":%llu,\"unprotected\":%llu,\"rx_dropped\":%u,\"stun_in\":%llu,\"stun_bad\":%llu,\"rtcp_in\":%llu,"
              "\"t_started\":%.6f,\"t_ice\":%.6f,\"t_dtls\":%.6f,\"t_first\":%.6f,\"t_last\":%.6f,"
-             "\"decoded_s\":%.3f,\"pitch_hz\":%.2f,\"peak\":%.4f,\"decode_errors\":%d}",
+             "\"decoded_s\":%.3f,\"pitch_hz\":%.2f,\"peak\":%.4f,\"decode_errors\":%d,"
+             "\"flights_dropped\":%d}",
              event, l->id, now_s(), l->ice_ok ? "true" : "false",
              (const char *[]){"none", "handshake", "up", "failed", "closed"}[l->dtls],
              (unsigned long long)l->packets, (unsigned long long)l->bytes, (long long)expected,
@@ -192,7 +195,7 @@ static void format_stats(const listener *l, char *buf, size_t size, const char *
              l->rx_dropped, (unsigned long long)l->stun_in,
              (unsigned long long)l->stun_bad, (unsigned long long)l->rtcp_in, l->t_started,
              l->t_ice, l->t_dtls, l->t_first, l->t_last, (double)l->decoded / SAMPLE_RATE,
-             pitch_hz(l), l->peak, l->decode_errors);
+             pitch_hz(l), l->peak, l->decode_errors, l->flights_dropped);
 }
 
 static void emit_line(const char *line)
@@ -448,8 +451,23 @@ static bool peer_fingerprint_ok(listener *l)
     return mdlen == 32 && memcmp(md, l->rfp, 32) == 0;
 }
 
+/* A datagram that carries a ChangeCipherSpec record: the final flight of
+ * a DTLS 1.2 handshake (records: type, version, epoch, sequence, length). */
+static bool carries_ccs(const uint8_t *buf, int len)
+{
+    for (int off = 0; off + 13 <= len; off += 13 + (buf[off + 11] << 8 | buf[off + 12]))
+        if (buf[off] == 20)
+            return true;
+    return false;
+}
+
 static void on_dtls(listener *l, uint8_t *buf, int len)
 {
+    if (drop_final_flight && l->dtls == DTLS_HANDSHAKE && !l->flights_dropped &&
+        carries_ccs(buf, len)) {
+        l->flights_dropped++;   /* as a lossy network would: our timer resends our flight */
+        return;
+    }
     if (!l->ssl) {
         if (!l->dtls_server)
             return;
@@ -1135,7 +1153,7 @@ static void command(char *line)
 int main(int argc, char **argv)
 {
     int opt;
-    while ((opt = getopt(argc, argv, "w:s:a:u:")) != -1) {
+    while ((opt = getopt(argc, argv, "w:s:a:u:d")) != -1) {
         if (opt == 'w')
             nworkers = atoi(optarg);
         else if (opt == 's')
@@ -1144,8 +1162,10 @@ int main(int argc, char **argv)
             bind_addr = optarg;
         else if (opt == 'u')
             unprotect_every = atoi(optarg);
+        else if (opt == 'd')
+            drop_final_flight = true;
         else {
-            fprintf(stderr, "usage: loadgen [-w workers] [-s sample_every] [-a bind_address] [-u unprotect_every]\n");
+            fprintf(stderr, "usage: loadgen [-w workers] [-s sample_every] [-a bind_address] [-u unprotect_every] [-d]\n");
             return 2;
         }
     }
