@@ -51,6 +51,9 @@ CLEANUP_TIMEOUT_S = 5.0
 # ids of the temporary sinks and routes of listeners to a source or a route
 TEMP_PREFIX = "_listen-"
 RETRY_AFTER_S = 10
+# a silent session ends this long after its timeout at most: the watcher wakes
+# just past the moment it can expire
+EXPIRY_SLACK_S = 0.1
 
 
 def variant_sink_id(base_sink: str, variant: Variant) -> str:
@@ -77,7 +80,7 @@ class Session:
     temp_route: str | None = None
     variant_sink: str | None = None  # set while this session holds a share of it
     state: ListenerState = ListenerState.NEW
-    stats: ListenerStats | None = None   # the latest, read by the liveness watcher
+    stats: ListenerStats | None = None   # the latest read (liveness watcher, health)
     answered: bool = False
     candidates: list[dict[str, Any]] = field(default_factory=list)
     end_reason: str | None = None
@@ -115,8 +118,22 @@ class Session:
             self.end_reason = reason
         self.cancel_scope.cancel()
 
+    def read_stats(self) -> ListenerStats:
+        """The listener's stats now (one engine call); kept as ``stats``."""
+        if self.listener is None:
+            raise EngineError(ErrorCode.NOT_FOUND, "no listener yet")
+        stats = self.listener.stats()
+        self.state, self.stats = stats.state, stats
+        return stats
+
     def health(self) -> dict[str, Any]:
-        """What the admin page shows of one listener (no secrets: the id is cut)."""
+        """What the admin page shows of one listener (no secrets: the id is
+        cut). Read when asked, so it is current; the liveness watcher reads
+        the stats only when the session could have expired."""
+        try:
+            self.read_stats()
+        except EngineError:
+            pass   # the listener is gone and the session's cleanup under way: the last ones
         s = self.stats
         return {"session": self.id[:8], "kind": self.target[0], "id": self.target[1],
                 "client": self.client, "state": self.state.value,
@@ -338,29 +355,34 @@ class Sessions:
 
     async def _watch_liveness(self, session: Session) -> None:
         """End the session after ``session_timeout_s`` with neither a heartbeat
-        nor any packet from the peer (ICE consent checks, RTCP)."""
-        assert session.listener is not None
+        nor any packet from the peer (ICE consent checks, RTCP). It wakes
+        only when the session could have expired, its last sign of life plus
+        the timeout: a live peer shows one every few seconds, so a listener
+        costs one wake-up and one stats read per timeout, not five (a
+        thousand listeners kept the trio thread waking a thousand times a
+        second). State changes come by event (``_watch_events``)."""
         timeout = self.config.server.session_timeout_s
-        interval = min(1.0, timeout / 5)
+        wait = timeout   # the session has just been answered and heard from
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(wait + EXPIRY_SLACK_S)
             try:
-                stats = session.listener.stats()
+                stats = session.read_stats()
             except EngineError:
                 session.end("engine lost the listener")
                 return
-            session.state, session.stats = stats.state, stats
             if stats.state.is_final:
                 session.end(f"ice {stats.state.value}")
                 return
             now = time.monotonic()
             rx_age = stats.last_rx_age_s if stats.last_rx_age_s is not None \
                 else now - session.created
-            if min(rx_age, now - session.last_heartbeat) > timeout:
+            idle = min(rx_age, now - session.last_heartbeat)
+            if idle > timeout:
                 log.info("session %s expired: last packet %.1f s ago, last heartbeat %.1f s ago",
                          session.id[:8], rx_age, now - session.last_heartbeat)
                 session.end("expired")
                 return
+            wait = timeout - idle
 
     async def _cleanup(self, session: Session) -> None:
         self.by_id.pop(session.id, None)

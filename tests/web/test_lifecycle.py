@@ -6,6 +6,7 @@ import dataclasses
 import random
 from typing import Any
 import socket
+import time
 
 import httpx
 import pytest
@@ -77,6 +78,60 @@ async def test_sessions_expire_without_heartbeat_or_packets_and_live_peers_stay(
             assert live.end_reason in ("expired", "ice closed")
             assert kept_session.end_reason == "expired"
         assert server.service.census() == IDLE
+
+
+async def test_the_liveness_watcher_rearms_from_the_last_heartbeat_and_reads_rarely(tmp_path):
+    """A silent session kept by heartbeats past its first check expires one
+    timeout after its last heartbeat, not before and not much later; the
+    watcher reads the listener's stats about once per timeout, not five
+    times (a thousand listeners made a thousand reads a second)."""
+    timeout = 2.0
+    async with open_server(make_config(tmp_path, session_timeout_s=timeout)) as server:
+        r = await server.post_offer(synthetic_offer())
+        session = server.session_for(r)
+        listener = session.listener
+        reads = 0
+        read = listener.stats
+
+        def counted():
+            nonlocal reads
+            reads += 1
+            return read()
+
+        listener.stats = counted
+        start = time.monotonic()
+        while time.monotonic() - start < 1.5 * timeout:   # past the first check
+            assert (await server.client.post(r.headers["Location"])).status_code == 204
+            await trio.sleep(timeout / 4)
+        last = session.last_heartbeat
+        with trio.fail_after(timeout + 3):
+            await session.done.wait()
+        ended = time.monotonic()
+        assert session.end_reason == "expired"
+        assert ended - last >= timeout
+        assert ended - last < timeout + 1.5
+        # at most one read per timeout, plus the one that found it expired
+        assert reads <= (ended - start) / timeout + 2, reads
+        assert server.service.census() == IDLE
+
+
+async def test_status_shows_each_listeners_health_as_it_is_now(tmp_path):
+    """The health GET /api/status shows is read when asked: never older than
+    the engine's own count a moment before, though the liveness watcher
+    (timeout 60 s) has not looked at the listener since it started."""
+    async with open_server(make_config(tmp_path, session_timeout_s=60)) as server:
+        async with open_aiortc_listener() as peer:
+            r = await _connect(server, peer)
+            listener = server.session_for(r).listener
+            with trio.fail_after(10):
+                while listener.stats().packets_sent < 100:
+                    await peer.record(0.05)
+            sent = listener.stats().packets_sent
+            (health,) = (await server.client.get("/api/status")).json()["sessions"]
+            assert health["packets_sent"] >= sent
+            assert health["state"] in ("connected", "completed")
+            assert (await server.client.delete(r.headers["Location"])).status_code == 200
+        assert (await server.client.get("/api/status")).json()["sessions"] == []
 
 
 async def test_ice_failure_ends_the_session(tmp_path):
