@@ -104,7 +104,13 @@ class Service:
                        "listeners": stats.listeners, "threads": stats.threads,
                        "events_posted": stats.events_posted,
                        "events_coalesced": stats.events_coalesced,
-                       "events_dropped": self.engine.dropped_events},
+                       "events_dropped": self.engine.dropped_events,
+                       # the lean transport's port and what it refused (0 when it is off)
+                       "lean": {"port": stats.lean_port, "datagrams_in": stats.lean_datagrams_in,
+                                "stun_rejected": stats.lean_stun_rejected,
+                                "dtls_rejected": stats.lean_dtls_rejected,
+                                "rtcp_rejected": stats.lean_rtcp_rejected,
+                                "junk": stats.lean_junk, "send_dropped": stats.lean_send_dropped}},
         }
 
     def census(self) -> dict[str, int]:

@@ -353,3 +353,20 @@ async def test_the_lean_answer_is_ready_when_the_listener_is_made(engine):
         assert "a=ice-lite" in event.sdp and "a=setup:passive" in event.sdp
     finally:
         await listener.aclose()
+
+
+async def test_the_status_page_counts_what_the_lean_port_refused(tmp_path):
+    from tests.web.conftest import make_config, open_server
+    async with open_server(make_config(tmp_path)) as server:
+        lean = (await server.client.get("/api/status")).json()["engine"]["lean"]
+        assert lean["port"] > 0 and lean["junk"] == 0 and lean["stun_rejected"] == 0
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            await sock.sendto(b"\xff" * 40, ("127.0.0.1", lean["port"]))
+            await sock.sendto(binding_request("nobody:knows", "wrong")[0],
+                              ("127.0.0.1", lean["port"]))
+            with trio.fail_after(5):
+                while lean["junk"] < 1 or lean["stun_rejected"] < 1:
+                    await trio.sleep(0.01)
+                    lean = (await server.client.get("/api/status")).json()["engine"]["lean"]
+        assert lean["junk"] == 1 and lean["stun_rejected"] == 1 and lean["datagrams_in"] == 2
+        assert lean["dtls_rejected"] == lean["rtcp_rejected"] == lean["send_dropped"] == 0
