@@ -46,7 +46,9 @@ async def test_loadgen_holds_listeners_without_loss(tmp_path, transport):
             await lean_bench.stop_process(process)
         nursery.cancel_scope.cancel()
     for final in loadgen.closed.values():
-        assert final["dtls"] == "up"
+        # "closed": it was up and the server's close_notify (sent when the
+        # DELETE removed it) came before the loadgen's own close
+        assert final["dtls"] in ("up", "closed")
         assert final["packets"] >= PACKETS
         assert final["lost"] == 0 and final["unprotect_fail"] == 0
         assert final["decode_errors"] == 0

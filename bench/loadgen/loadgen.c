@@ -13,6 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -1150,6 +1151,23 @@ static void command(char *line)
     }
 }
 
+/* Debian's libsrtp2 runs on NSS and starts it "optimised for space": every
+ * unprotect then searches hash chains as long as the number of listeners
+ * (see nss_start in native/ae_lean.c). Start NSS first with full tables. */
+static void nss_full_tables(void)
+{
+    void *nss = dlopen("libnss3.so", RTLD_LAZY | RTLD_NOLOAD);
+    if (!nss)
+        return;
+    void *(*init)(const char *, const char *, const char *, const char *, void *, uint32_t) =
+        (void *(*)(const char *, const char *, const char *, const char *, void *, uint32_t))
+            dlsym(nss, "NSS_InitContext");
+    int (*initialized)(void) = (int (*)(void))dlsym(nss, "NSS_IsInitialized");
+    if (init && initialized && !initialized())
+        init("", "", "", "", NULL, 0x1f); /* READONLY|NOCERTDB|NOMODDB|FORCEOPEN|NOROOTINIT */
+    dlclose(nss);
+}
+
 int main(int argc, char **argv)
 {
     int opt;
@@ -1176,6 +1194,7 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    nss_full_tables();
     if (srtp_init() != srtp_err_status_ok)
         die("srtp_init failed");
     make_ssl_ctx();
