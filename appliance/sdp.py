@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidError
@@ -57,6 +57,8 @@ _HOSTNAME = re.compile(
 _FMTP_PARAM = re.compile(r"([A-Za-z][A-Za-z0-9-]{0,31})=([A-Za-z0-9.-]{0,32})\Z")
 _RTPMAP = re.compile(r"([0-9]{1,3}) ([A-Za-z0-9_.-]{1,32})/([0-9]{1,6})(?:/([0-9]{1,2}))?\Z")
 _DIGITS = re.compile(r"[0-9]{1,10}\Z")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ def _lines(text: Any, *, what: str, max_chars: int) -> list[str]:
         raise InvalidError(f"the {what} is not text")
     if len(text) > max_chars:
         raise InvalidError(f"the {what} is longer than {max_chars} characters")
+    # one look at the whole text instead of one per line (the common case):
+    # without its line ends, is it all printable?
+    body = text.replace("\r\n", "").replace("\n", "")
+    printable = (body[:-1] if text.endswith("\r") else body).isprintable()
     lines = []
     for raw in text.split("\n"):
         line = raw[:-1] if raw.endswith("\r") else raw
@@ -105,7 +111,8 @@ def _lines(text: Any, *, what: str, max_chars: int) -> list[str]:
             continue
         if len(line) > MAX_LINE_CHARS:
             raise InvalidError(f"a line of the {what} is longer than {MAX_LINE_CHARS} characters")
-        _printable(line, f"the {what}")
+        if not printable:
+            _printable(line, f"the {what}")
         if len(line) < 2 or line[1] != "=" or not "a" <= line[0] <= "z":
             raise InvalidError(f"not an SDP line (x=...): {line[:60]!r}")
         lines.append(line)
@@ -125,12 +132,21 @@ def _attribute(line: str) -> tuple[str, str | None]:
 
 # ---- candidates --------------------------------------------------------------------
 
-def _address(text: str, what: str) -> None:
+def _is_ip(text: str) -> bool:
+    """An IP literal, as ``ipaddress`` reads it; dotted-quad IPv4 (every
+    address in a typical offer) without building an address object."""
+    if _IPV4.match(text):
+        return True
     try:
         ipaddress.ip_address(text)
-        return
+        return True
     except ValueError:
-        pass
+        return False
+
+
+def _address(text: str, what: str) -> None:
+    if _is_ip(text):
+        return
     if not _HOSTNAME.match(text) or _number(text.replace(".", ""), 253):
         raise InvalidError(f"{what}: {text[:60]!r} is not an address or host name")
 
@@ -153,11 +169,7 @@ def is_hostname_candidate(candidate: str) -> bool:
     fields = candidate.split(" ")
     if len(fields) < 5:
         return False
-    try:
-        ipaddress.ip_address(fields[4])
-        return False
-    except ValueError:
-        return True
+    return not _is_ip(fields[4])
 
 
 def check_candidate(text: Any) -> str:
@@ -287,9 +299,14 @@ class _Section:
     proto: str
     formats: list[str]
     attrs: list[tuple[str, str | None]]
+    by_name: dict[str, list[str | None]] = field(default_factory=dict)
+
+    def add(self, attribute: tuple[str, str | None]) -> None:
+        self.attrs.append(attribute)
+        self.by_name.setdefault(attribute[0], []).append(attribute[1])
 
     def values(self, name: str) -> list[str | None]:
-        return [v for k, v in self.attrs if k == name]
+        return self.by_name.get(name, [])
 
     def one(self, name: str) -> str | None:
         values = self.values(name)
@@ -426,7 +443,10 @@ def check_offer(text: Any) -> Offer:
         if kind == "v":
             raise InvalidError("the offer has a second v= line")
         if kind == "a":
-            (sections[-1].attrs if sections else session).append(_attribute(line))
+            if sections:
+                sections[-1].add(_attribute(line))
+            else:
+                session.append(_attribute(line))
         elif kind == "c":
             _connection(line[2:], f"m-line {len(sections) - 1}" if sections else "session")
         elif kind == "b":
@@ -573,9 +593,9 @@ def check_offer(text: Any) -> Offer:
         if transport(section) != (ufrag, pwd, setup, fingerprints):
             raise InvalidError(f"m-line {section.index} is bundled but has other ICE or DTLS "
                                "parameters than the audio")
-    for name, value in session + [a for s in sections for a in s.attrs]:
-        if name == "candidate":
-            check_candidate("candidate:" + (value or ""))
+    for value in [v for k, v in session if k == "candidate"] + \
+            [v for s in sections for v in s.values("candidate")]:
+        check_candidate("candidate:" + (value or ""))
     # what the engine gets: CRLF, no blank lines, no host-name candidates
     kept = [line for line in lines
             if not (line.startswith("a=candidate:") and is_hostname_candidate(line[2:]))]

@@ -282,6 +282,31 @@ def test_bad_candidates_are_refused(bad: object) -> None:
         check_candidate(bad)
 
 
+@pytest.mark.parametrize("address, ip", [
+    ("192.168.1.20", True), ("0.0.0.0", True), ("255.255.255.255", True), ("::1", True),
+    ("fe80::1", True), ("2001:db8::7", True), ("host.example", False), ("abc.local", False),
+])
+def test_candidate_addresses_are_ip_literals_or_host_names(address: str, ip: bool) -> None:
+    candidate = f"candidate:1 1 udp 1 {address} 9 typ host raddr {address} rport 9"
+    assert check_candidate(candidate) == candidate
+    assert is_hostname_candidate(candidate) is not ip
+
+
+@pytest.mark.parametrize("address", ["256.1.1.1", "1.2.3.300", "01.2.3.4", "1.2.3", "1.2.3.4.5",
+                                     "1..2.3", "1.2.3.4.", "-1.2.3.4"])
+def test_what_looks_like_ipv4_but_is_not_is_refused(address: str) -> None:
+    """Digits and dots only: no host name either (the fast IPv4 check must
+    agree with ``ipaddress``, which refuses leading zeros)."""
+    with pytest.raises(InvalidError):
+        check_candidate(f"candidate:1 1 udp 1 {address} 9 typ host")
+    refused(_swap(CHROMIUM, "c=IN IP4 0.0.0.0", f"c=IN IP4 {address}"), "not an address")
+
+
+def test_a_last_line_without_its_newline_may_end_in_cr() -> None:
+    assert check_offer(CHROMIUM.rstrip("\n")).sdp == check_offer(CHROMIUM).sdp
+    refused(CHROMIUM.rstrip("\n") + "\r", "control or unprintable")
+
+
 def test_parse_sdpfrag() -> None:
     fragment = ("a=ice-ufrag:abcd\r\na=ice-pwd:0123456789012345678901\r\nm=audio 9 RTP/AVP 0\r\n"
                 "a=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=mid:0\r\n"
