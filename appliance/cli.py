@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -186,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"appliance: {error}", file=sys.stderr)
         return 2
+    # A WHEP POST makes several hundred short-lived objects, nearly all freed
+    # by their reference counts: the young generation collected every 10000
+    # allocations instead of 700 costs ~0.2 ms less CPU per POST (of ~2).
+    gc.set_threshold(10_000)
     try:
         trio.run(serve, config)
     except OSError as error:  # the port is taken, the address is not ours

@@ -30,7 +30,7 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.lean_bench import (  # noqa: E402
-    CLK_TCK, TOKEN, Loadgen, free_port, pct, start_appliance, stop_process,
+    CLK_TCK, TOKEN, Loadgen, free_port, pct, start_appliance, stop_process, thread_cpu,
 )
 
 FLOOR_APP = textwrap.dedent("""
@@ -89,8 +89,10 @@ async def read_response(stream: trio.SocketStream) -> bytes:
     return head.split(b" ", 2)[1]
 
 
-async def burst(port: int, requests: list[bytes], pid: int) -> tuple[list[float], float, set]:
-    """Every request on its own fresh connection, all released at once."""
+async def burst(port: int, requests: list[bytes], pid: int,
+                threads: dict[str, float] | None = None) -> tuple[list[float], float, set]:
+    """Every request on its own fresh connection, all released at once.
+    ``threads``, if given, gets the server's CPU seconds by thread name added."""
     go = trio.Event()
     times: list[float] = []
     statuses: set[bytes] = set()
@@ -104,12 +106,15 @@ async def burst(port: int, requests: list[bytes], pid: int) -> tuple[list[float]
             statuses.add(await read_response(stream))
         times.append((trio.current_time() - t0) * 1000)
 
-    before = cpu_seconds(pid)
+    before, by_thread = cpu_seconds(pid), thread_cpu(pid)
     async with trio.open_nursery() as nursery:
         for request in requests:
             nursery.start_soon(one, request)
         await trio.testing.wait_all_tasks_blocked()
         go.set()
+    if threads is not None:
+        for name, seconds in thread_cpu(pid).items():
+            threads[name] = threads.get(name, 0.0) + seconds - by_thread.get(name, 0.0)
     return times, (cpu_seconds(pid) - before) * 1000 / len(requests), statuses
 
 
@@ -146,14 +151,19 @@ async def main_async(args: argparse.Namespace) -> None:
             loadgen = await Loadgen.start(nursery, workers=1)
             try:
                 port = int(url.rsplit(":", 1)[1])
-                rows, ident = [], 0
+                rows, ident, threads = [], 0, {}
                 for _ in range(args.bursts):
                     requests = []
                     for _ in range(args.posts):
                         ident += 1
                         requests.append(post_request((await loadgen.offer(ident)).encode()))
-                    rows.append(await burst(port, requests, process.pid))
+                    rows.append(await burst(port, requests, process.pid, threads))
                 report("appliance (lean)", rows)
+                # the main thread runs trio (the web stack, sessions); "ae-*" are the engine's
+                posts = args.posts * args.bursts
+                print("  appliance CPU by thread over all bursts, ms/POST: " + ", ".join(
+                    f"{name} {seconds * 1000 / posts:.2f}" for name, seconds in
+                    sorted(threads.items(), key=lambda item: -item[1]) if seconds > 0), flush=True)
             finally:
                 await loadgen.aclose()
                 await stop_process(process)

@@ -132,6 +132,8 @@ class Connection(TCPServer):
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
+        if not event.data:   # the end of a body of known length: nothing to send
+            return
         async with self.send_lock:
             # shielded so a cancel never cuts a response in half; bounded so
             # a client that never reads cannot hold this task
