@@ -226,7 +226,8 @@ def build_floor(tmp_path, img):
     if given:
         return Path(given)
     root_off = partitions(img)[1]["start"] * 512
-    release = run(["debugfs", "-R", "cat /etc/os-release", f"{img}?offset={root_off}"],
+    # /etc/os-release is a symlink to it, which debugfs's cat does not follow.
+    release = run(["debugfs", "-R", "cat /usr/lib/os-release", f"{img}?offset={root_off}"],
                   check=True).stdout
     suite = re.search(r"^VERSION_CODENAME=(\S+)", release, re.M).group(1)
     t0 = time.monotonic()
