@@ -34,7 +34,7 @@ from bench.lean_bench import (  # noqa: E402
 )
 
 FLOOR_APP = textwrap.dedent("""
-    import sys, trio
+    import signal, sys, trio
     from hypercorn.config import Config
     from hypercorn.trio import serve
     if sys.argv[1] == "quart":
@@ -64,7 +64,11 @@ FLOOR_APP = textwrap.dedent("""
     config = Config()
     config.bind = [f"127.0.0.1:{sys.argv[2]}"]
     config.loglevel = "warning"
-    trio.run(serve, app, config)
+    async def stopped():  # SIGINT ends it quietly, as the appliance's own handler does
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async for _ in signals:
+                return
+    trio.run(lambda: serve(app, config, shutdown_trigger=stopped))
 """)
 
 
