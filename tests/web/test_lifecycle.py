@@ -110,8 +110,9 @@ async def test_the_liveness_watcher_rearms_from_the_last_heartbeat_and_reads_rar
         assert session.end_reason == "expired"
         assert ended - last >= timeout
         assert ended - last < timeout + 1.5
-        # at most one read per timeout, plus the one that found it expired
-        assert reads <= (ended - start) / timeout + 2, reads
+        # about one read per timeout (a late heartbeat shortens one sleep);
+        # a watcher that polls makes five
+        assert reads <= 2 * (ended - start) / timeout + 1, reads
         assert server.service.census() == IDLE
 
 
