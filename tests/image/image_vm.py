@@ -24,6 +24,9 @@ from pathlib import Path
 from image_helpers import FLASH, REPO, run
 
 BOOT_TIMEOUT = 900  # seconds; emulated cortex-a72 on 2 host cores
+# /api/status is for the admin: the tests' cards carry this token
+# (flash.sh --token) and send it as the appliance's scripts would.
+TOKEN = "image-test-token-0123456789"
 
 
 def free_port():
@@ -92,8 +95,9 @@ class Card:
 
 
 class VM:
-    def __init__(self, card: Card, workdir: Path, key: Path | None = None, extra=()):
+    def __init__(self, card: Card, workdir: Path, key: Path | None = None, extra=(), token=TOKEN):
         self.card, self.workdir, self.key, self.extra = card, workdir, key, list(extra)
+        self.token = token
         self.proc = None
         self.boots = 0
 
@@ -136,7 +140,9 @@ class VM:
             if self.proc.poll() is not None:
                 raise AssertionError(f"qemu exited ({self.proc.returncode}); serial:\n{self.log()[-4000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/status", timeout=5) as r:
+                req = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/status",
+                                             headers={"Authorization": f"Bearer {self.token}"})
+                with urllib.request.urlopen(req, timeout=5) as r:
                     if r.status == 200:
                         return time.monotonic() - self.t0, json.loads(r.read())
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):

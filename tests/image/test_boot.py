@@ -20,7 +20,7 @@ import os
 import pytest
 
 from image_helpers import run
-from image_vm import VM, Card, boot_floor, build_floor, derived_floor, partitions, ssh_key
+from image_vm import TOKEN, VM, Card, boot_floor, build_floor, derived_floor, partitions, ssh_key
 
 MIB = 1024 * 1024
 XZ_BUDGET = 250 * MIB
@@ -41,7 +41,7 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
     card = Card(img, tmp_path / "card.img")
     key = ssh_key(tmp_path)
     # The user's way in: a key in appliance.toml (flash.sh --settings-only).
-    card.settings("--ssh-key", f"{key}.pub")
+    card.settings("--ssh-key", f"{key}.pub", "--token", TOKEN)
     vm = VM(card, tmp_path, key)
     report = []
     try:

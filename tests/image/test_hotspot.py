@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from image_vm import VM, Card, ssh_key
+from image_vm import TOKEN, VM, Card, ssh_key
 
 SSID, PSK = "Listen here", "correct horse"
 
@@ -58,7 +58,7 @@ def test_phone_joins_the_hotspot_and_is_sent_to_the_listen_page(appliance_image,
     img, _ = appliance_image
     card = Card(img, tmp_path / "card.img")
     key = ssh_key(tmp_path)
-    card.settings("--ssh-key", f"{key}.pub", "--wifi-mode", "hotspot", "--wifi-ssid", SSID,
+    card.settings("--ssh-key", f"{key}.pub", "--token", TOKEN, "--wifi-mode", "hotspot", "--wifi-ssid", SSID,
                   "--wifi-psk", PSK, "--wifi-country", "GB", "--wifi-channel", "6")
     vm = VM(card, tmp_path, key)
     try:

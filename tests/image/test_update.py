@@ -223,6 +223,39 @@ def test_update_check_does_nothing_off_trial(slots, tmp_path):
     assert p.returncode == 0 and p.stdout == "", p.stdout + p.stderr
 
 
+
+@pytest.mark.parametrize("code, healthy", [(200, True), (401, True), (500, False), (503, False)])
+def test_update_check_counts_an_answering_app_healthy(tmp_path, code, healthy):
+    """/api/status is the admin's: asked without credentials, the app's 401
+    shows it is up and routing; a 5xx does not."""
+    import http.server
+    import threading
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(code)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "systemctl").write_text("#!/bin/sh\nexit 0\n")  # appliance.service is active
+    (shims / "systemctl").chmod(0o755)
+    with http.server.HTTPServer(("127.0.0.1", 0), Status) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            env = {"PATH": f"{shims}:/usr/bin:/bin",
+                   "UPDATE_CHECK_URL": f"http://127.0.0.1:{server.server_port}/api/status"}
+            code_ = f"import runpy; print(runpy.run_path({str(UPDATE_CHECK)!r}, run_name='uc')['healthy']())"
+            p = run([sys.executable, "-c", code_], env=env)
+        finally:
+            server.shutdown()
+    assert p.returncode == 0 and p.stdout.strip() == str(healthy), p.stdout + p.stderr
+
 # --- appliance update --------------------------------------------------------------
 
 def test_appliance_update_refuses_what_is_not_a_bundle_file(tmp_path):

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from image_helpers import REPO, run
-from image_vm import VM, Card, partitions, ssh_key
+from image_vm import TOKEN, VM, Card, partitions, ssh_key
 
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 
@@ -81,7 +81,7 @@ def test_update_taken_refused_and_rolled_back(appliance_image, tmp_path, capsys)
 
     card = Card(img, tmp_path / "card.img")
     sshkey = ssh_key(tmp_path)
-    card.settings("--ssh-key", f"{sshkey}.pub")
+    card.settings("--ssh-key", f"{sshkey}.pub", "--token", TOKEN)
     vm = VM(card, tmp_path, sshkey, extra=["-drive", f"file={disk},if=none,format=raw,id=d1,readonly=on",
                                            "-device", "virtio-blk-pci,drive=d1"])
     times = {}
