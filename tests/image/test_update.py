@@ -223,7 +223,6 @@ def test_update_check_does_nothing_off_trial(slots, tmp_path):
     assert p.returncode == 0 and p.stdout == "", p.stdout + p.stderr
 
 
-
 @pytest.mark.parametrize("code, healthy", [(200, True), (401, True), (500, False), (503, False)])
 def test_update_check_counts_an_answering_app_healthy(tmp_path, code, healthy):
     """/api/status is the admin's: asked without credentials, the app's 401
