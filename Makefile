@@ -57,6 +57,7 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/whep_bench.py
 	$(BIN)/python bench/browser_latency.py
 	$(BIN)/python bench/lean_bench.py
+	$(BIN)/python bench/post_burst.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test
 
