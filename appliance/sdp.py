@@ -51,6 +51,9 @@ _ATTR = re.compile(r"a=([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?::(.*))?\Z")
 _MID = re.compile(r"[A-Za-z0-9_.~+-]{1,32}\Z")
 _ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+\Z")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}\Z")
+# a candidate extension's value (RFC 8839: *VCHAR): browsers send their ICE
+# ufrag there, whose characters include "/" and "+"
+_EXTENSION_VALUE = re.compile(r"[!-~]{1,256}\Z")
 _HEX_PAIRS = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*\Z")
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*\.?\Z")
@@ -213,7 +216,7 @@ def check_candidate(text: Any) -> str:
             _address(value, "candidate raddr")
         elif name == "rport":
             _port(value, "candidate rport")
-        elif not _TOKEN.match(name) or not _TOKEN.match(value):
+        elif not _TOKEN.match(name) or not _EXTENSION_VALUE.match(value):
             raise InvalidError(f"candidate: bad extension {name[:30]!r}")
     return text
 
