@@ -58,6 +58,7 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/browser_latency.py
 	$(BIN)/python bench/lean_bench.py
 	$(BIN)/python bench/post_burst.py
+	$(BIN)/python bench/leave_rounds.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test
 
