@@ -40,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -465,6 +467,24 @@ async def add_burst(server: Server, idents: list[int], times: dict[str, list[flo
     return errors
 
 
+async def leave_all(server: Server) -> list[str]:
+    """Every listener leaves (20 at a time); returns the errors."""
+    limiter = trio.CapacityLimiter(20)
+    errors: list[str] = []
+
+    async def leave(ident: int) -> None:
+        async with limiter:
+            try:
+                await server.remove(ident)
+            except (LoadgenError, httpx.HTTPError) as error:
+                errors.append(f"{ident}: {error!r}")
+
+    async with trio.open_nursery() as nursery:
+        for ident in list(server.sessions):
+            nursery.start_soon(leave, ident)
+    return errors
+
+
 async def run_server(server: Server, levels: list[int], window: float, burst: int,
                      settle: float, max_loss: float) -> dict[str, Any]:
     rows: list[Row] = []
@@ -507,22 +527,7 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
     total_packets = sum(s["packets"] for s in stats)
     unprotect_fail = sum(s["unprotect_fail"] for s in stats)
     client_dropped = sum(s["rx_dropped"] for s in stats)
-    # everyone leaves
-    ids = list(server.sessions)
-    limiter = trio.CapacityLimiter(20)
-
-    leave_errors: list[str] = []
-
-    async def leave(ident: int) -> None:
-        async with limiter:
-            try:
-                await server.remove(ident)
-            except (LoadgenError, httpx.HTTPError) as error:
-                leave_errors.append(f"{ident}: {error!r}")
-
-    async with trio.open_nursery() as nursery:
-        for ident in ids:
-            nursery.start_soon(leave, ident)
+    leave_errors = await leave_all(server)
     await trio.sleep(settle + 3)   # the server frees what it frees in the background
     _, rss_after, threads_after = proc_sample(server.pid)
     return {"rows": rows, "times": times, "first_burst": first_burst, "note": note,
@@ -582,25 +587,41 @@ def report(name: str, result: dict[str, Any]) -> None:
               f"{min(pitches):.1f}-{max(pitches):.1f} Hz (source {TONE_HZ:g} Hz)")
 
 
-async def bench_appliance(args: argparse.Namespace, transport: str | None) -> dict[str, Any]:
-    name = f"appliance ({transport or 'webrtcbin'})"
+@asynccontextmanager
+async def running_appliance(transport: str | None, max_listeners: int, *, workers: int = 2,
+                            unprotect_every: int = 1
+                            ) -> AsyncIterator[tuple[trio.Process, str, Loadgen]]:
+    """An appliance process and a loadgen for the block; both stopped after."""
     with tempfile.TemporaryDirectory() as tmp:
         async with trio.open_nursery() as nursery:
-            process, url = await start_appliance(Path(tmp), transport, max(args.levels) + 100)
-            loadgen = await Loadgen.start(nursery, workers=args.workers,
-                                          unprotect_every=args.unprotect_every)
+            process, url = await start_appliance(Path(tmp), transport, max_listeners)
+            loadgen = await Loadgen.start(nursery, workers=workers,
+                                          unprotect_every=unprotect_every)
             try:
-                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200,
-                                      keepalive_expiry=KEEPALIVE_S)
-                async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-                    server = ApplianceServer(name, process.pid, loadgen, client)
-                    result = await run_server(server, args.levels, args.window, args.burst,
-                                              args.settle, args.max_loss)
+                yield process, url, loadgen
             finally:
                 await loadgen.aclose()
                 await stop_process(process)
             nursery.cancel_scope.cancel()
-    return result
+
+
+@asynccontextmanager
+async def appliance_client(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the appliance that many listeners share."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200,
+                          keepalive_expiry=KEEPALIVE_S)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+        yield client
+
+
+async def bench_appliance(args: argparse.Namespace, transport: str | None) -> dict[str, Any]:
+    name = f"appliance ({transport or 'webrtcbin'})"
+    async with running_appliance(transport, max(args.levels) + 100, workers=args.workers,
+                                 unprotect_every=args.unprotect_every) as (process, url, loadgen):
+        async with appliance_client(url) as client:
+            server = ApplianceServer(name, process.pid, loadgen, client)
+            return await run_server(server, args.levels, args.window, args.burst,
+                                    args.settle, args.max_loss)
 
 
 async def main_async(args: argparse.Namespace) -> None:

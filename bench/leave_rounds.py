@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lean_bench import (  # noqa: E402
-    KEEPALIVE_S, ApplianceServer, Loadgen, add_burst, proc_sample, start_appliance, stop_process,
+    ApplianceServer, add_burst, appliance_client, leave_all, proc_sample, running_appliance,
 )
 
 
@@ -37,43 +35,28 @@ async def one_round(server: ApplianceServer, first_id: int, listeners: int, burs
         ident += count
         if errors:
             raise RuntimeError(f"a burst failed: {errors[0]}")
-    limiter = trio.CapacityLimiter(20)
-
-    async def leave(key: int) -> None:
-        async with limiter:
-            await server.remove(key)
-
-    async with trio.open_nursery() as nursery:
-        for key in list(server.sessions):
-            nursery.start_soon(leave, key)
+    errors = await leave_all(server)
+    if errors:
+        raise RuntimeError(f"a listener could not leave: {errors[0]}")
     await trio.sleep(5)   # what the server frees in the background
     return ident
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        async with trio.open_nursery() as nursery:
-            process, url = await start_appliance(Path(tmp), "lean", args.listeners + 10)
-            loadgen = await Loadgen.start(nursery, workers=2, unprotect_every=10)
-            try:
-                limits = httpx.Limits(max_connections=200, max_keepalive_connections=200,
-                                      keepalive_expiry=KEEPALIVE_S)
-                async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-                    server = ApplianceServer("appliance (lean)", process.pid, loadgen, client)
-                    await trio.sleep(2)
-                    _, rss0, threads0 = proc_sample(process.pid)
-                    print(f"  before: RSS {rss0 / 1024:.1f} MiB, threads {threads0}", flush=True)
-                    ident = 0
-                    for number in range(1, args.rounds + 1):
-                        ident = await one_round(server, ident, args.listeners, args.burst)
-                        _, rss, threads = proc_sample(process.pid)
-                        print(f"  after round {number} ({args.listeners} came and left): RSS "
-                              f"{rss / 1024:.1f} MiB ({(rss - rss0) / 1024:+.1f} against before), "
-                              f"threads {threads}", flush=True)
-            finally:
-                await loadgen.aclose()
-                await stop_process(process)
-            nursery.cancel_scope.cancel()
+    async with running_appliance("lean", args.listeners + 10,
+                                 unprotect_every=10) as (process, url, loadgen):
+        async with appliance_client(url) as client:
+            server = ApplianceServer("appliance (lean)", process.pid, loadgen, client)
+            await trio.sleep(2)
+            _, rss0, threads0 = proc_sample(process.pid)
+            print(f"  before: RSS {rss0 / 1024:.1f} MiB, threads {threads0}", flush=True)
+            ident = 0
+            for number in range(1, args.rounds + 1):
+                ident = await one_round(server, ident, args.listeners, args.burst)
+                _, rss, threads = proc_sample(process.pid)
+                print(f"  after round {number} ({args.listeners} came and left): RSS "
+                      f"{rss / 1024:.1f} MiB ({(rss - rss0) / 1024:+.1f} against before), "
+                      f"threads {threads}", flush=True)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.lean_bench import (  # noqa: E402
-    CLK_TCK, TOKEN, Loadgen, free_port, pct, start_appliance, stop_process, thread_cpu,
+    CLK_TCK, TOKEN, free_port, pct, running_appliance, stop_process, thread_cpu,
 )
 
 FLOOR_APP = textwrap.dedent("""
@@ -155,51 +154,36 @@ async def first_alone(args: argparse.Namespace) -> None:
     """The very first POST after start, alone, against the next ones alone:
     what is loaded or made once must not land on the first listener."""
     for _ in range(args.starts):
-        with tempfile.TemporaryDirectory() as tmp:
-            async with trio.open_nursery() as nursery:
-                process, url = await start_appliance(Path(tmp), "lean", 40)
-                loadgen = await Loadgen.start(nursery, workers=1)
-                try:
-                    port = int(url.rsplit(":", 1)[1])
-                    times = []
-                    for ident in range(1, 31):
-                        request = post_request((await loadgen.offer(ident)).encode())
-                        times.append((await burst(port, [request], process.pid, {}))[0][0])
-                    rest = times[1:]
-                    print(f"  appliance (lean)       first POST after start {times[0]:5.1f} ms; "
-                          f"the next {len(rest)}, one at a time: p50 {statistics.median(rest):.1f} "
-                          f"ms p95 {pct(rest, 95):.1f} ms", flush=True)
-                finally:
-                    await loadgen.aclose()
-                    await stop_process(process)
-                nursery.cancel_scope.cancel()
+        async with running_appliance("lean", 40, workers=1) as (process, url, loadgen):
+            port = int(url.rsplit(":", 1)[1])
+            times = []
+            for ident in range(1, 31):
+                request = post_request((await loadgen.offer(ident)).encode())
+                times.append((await burst(port, [request], process.pid, {}))[0][0])
+            rest = times[1:]
+            print(f"  appliance (lean)       first POST after start {times[0]:5.1f} ms; "
+                  f"the next {len(rest)}, one at a time: p50 {statistics.median(rest):.1f} "
+                  f"ms p95 {pct(rest, 95):.1f} ms", flush=True)
 
 
 async def main_async(args: argparse.Namespace) -> None:
     await first_alone(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        async with trio.open_nursery() as nursery:
-            process, url = await start_appliance(Path(tmp), "lean", args.posts * args.bursts + 10)
-            loadgen = await Loadgen.start(nursery, workers=1)
-            try:
-                port = int(url.rsplit(":", 1)[1])
-                rows, ident, threads = [], 0, {}
-                for _ in range(args.bursts):
-                    requests = []
-                    for _ in range(args.posts):
-                        ident += 1
-                        requests.append(post_request((await loadgen.offer(ident)).encode()))
-                    rows.append(await burst(port, requests, process.pid, threads))
-                report("appliance (lean)", rows)
-                # the main thread runs trio (the web stack, sessions); "ae-*" are the engine's
-                posts = args.posts * args.bursts
-                print("  appliance CPU by thread over all bursts, ms/POST: " + ", ".join(
-                    f"{name} {seconds * 1000 / posts:.2f}" for name, seconds in
-                    sorted(threads.items(), key=lambda item: -item[1]) if seconds > 0), flush=True)
-            finally:
-                await loadgen.aclose()
-                await stop_process(process)
-            nursery.cancel_scope.cancel()
+    async with running_appliance("lean", args.posts * args.bursts + 10,
+                                 workers=1) as (process, url, loadgen):
+        port = int(url.rsplit(":", 1)[1])
+        rows, ident, threads = [], 0, {}
+        for _ in range(args.bursts):
+            requests = []
+            for _ in range(args.posts):
+                ident += 1
+                requests.append(post_request((await loadgen.offer(ident)).encode()))
+            rows.append(await burst(port, requests, process.pid, threads))
+        report("appliance (lean)", rows)
+        # the main thread runs trio (the web stack, sessions); "ae-*" are the engine's
+        posts = args.posts * args.bursts
+        print("  appliance CPU by thread over all bursts, ms/POST: " + ", ".join(
+            f"{name} {seconds * 1000 / posts:.2f}" for name, seconds in
+            sorted(threads.items(), key=lambda item: -item[1]) if seconds > 0), flush=True)
     offer = post_request(b"v=0\r\n" * 200)
     for kind in ("quart", "asgi"):
         port = free_port(socket.SOCK_STREAM)
