@@ -11,6 +11,10 @@ stage_in() {
     rm -rf "$d" && mkdir -p "$d"
     cp "$IMAGE_DIR/stages/20-customise-chroot.sh" "$IMAGE_DIR/lib/lean-orphans.py" "$d/"
     cp /etc/ssl/certs/ca-certificates.crt "$d/ca.crt"
+    # The initramfs settings (Debian base), in place before the kernel's
+    # postinst builds it; step 30 puts the same files in the root again.
+    cp "$IMAGE_DIR/files/debian/etc/initramfs-tools/conf.d/appliance" "$d/initramfs-conf"
+    cp "$IMAGE_DIR/files/debian/usr/share/initramfs-tools/modules.d/appliance" "$d/initramfs-modules"
     {
         printf 'BASE=%q\nAPP=%q\nSOURCE_DATE_EPOCH=%q\nLEAN=%q\n' "$BASE" "$APP" "$SOURCE_DATE_EPOCH" "$LEAN"
         local runtime
