@@ -59,6 +59,7 @@
 #define DTLS_DEADLINE_US 30000000 /* ICE passed but no DTLS by then: failed */
 #define FORGET_TIMEOUT_MS 5000
 #define TRIM_AFTER_US 200000   /* hand freed memory back this long after the last removal */
+#define RTCP_GAP_US 100000     /* SRTCP from one peer looked at no more often than this */
 
 typedef struct addr_key {
     uint16_t family, port;     /* port in network order */
@@ -95,7 +96,12 @@ struct ae_lean_peer {
     peer_addr dtls_to;                   /* where the last DTLS came from */
     SSL *ssl;
     BIO *rbio;
-    srtp_t tx, rx;
+    srtp_t tx;                           /* ours out: RTP and sender reports */
+    int srtp_profile;                    /* the DTLS-SRTP profile agreed, for rx */
+    unsigned char rx_master[SRTP_AES_ICM_128_KEY_LEN_WSALT]; /* the peer's key and salt */
+    uint32_t rtcp_index;                 /* of the last SRTCP accepted */
+    bool rtcp_any;                       /* rtcp_index is set */
+    int64_t next_rtcp_us;                /* no SRTCP looked at before this */
     uint32_t rtp_packets, rtp_octets;    /* for sender reports */
     /* read by any thread */
     _Atomic int state;
@@ -535,8 +541,8 @@ static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
         p->rbio = NULL;
     }
     if (p->tx) srtp_dealloc(p->tx);
-    if (p->rx) srtp_dealloc(p->rx);
-    p->tx = p->rx = NULL;
+    p->tx = NULL;
+    OPENSSL_cleanse(p->rx_master, sizeof p->rx_master);
     ERR_clear_error();
     (void)why;
     if (state >= 0) post_state(t, p, state);
@@ -690,12 +696,14 @@ static bool fingerprint_matches(ae_lean_peer *p, X509 *cert)
     return ok;
 }
 
-static bool make_srtp(srtp_t *out, int profile, const unsigned char *key, const unsigned char *salt,
-                      int key_len, int salt_len, srtp_ssrc_type_t direction)
+/* master: key then salt, zero-padded to 30 bytes (for GCM's 28 libsrtp
+ * pads the same way). The replay window is for RTP received, which no
+ * listener sends us: ours out needs only libsrtp's minimum (with
+ * allow_repeat_tx off it still refuses to protect an index twice), and
+ * SRTCP in has a fixed 128-packet window of its own. */
+static bool make_srtp(srtp_t *out, int profile, const unsigned char *master,
+                      srtp_ssrc_type_t type, uint32_t ssrc)
 {
-    unsigned char master[64];
-    memcpy(master, key, (size_t)key_len);
-    memcpy(master + key_len, salt, (size_t)salt_len);
     srtp_policy_t pol;
     memset(&pol, 0, sizeof pol);
     if (profile == SRTP_AEAD_AES_128_GCM) {
@@ -705,13 +713,26 @@ static bool make_srtp(srtp_t *out, int profile, const unsigned char *key, const 
         srtp_crypto_policy_set_rtp_default(&pol.rtp);
         srtp_crypto_policy_set_rtcp_default(&pol.rtcp);
     }
-    pol.ssrc.type = direction;
-    pol.key = master;
-    pol.window_size = 1024;
+    pol.ssrc.type = type;
+    pol.ssrc.value = ssrc;
+    pol.key = (unsigned char *)master;
+    pol.window_size = 64;
     pol.allow_repeat_tx = 0;
-    bool ok = srtp_create(out, &pol) == srtp_err_status_ok;
-    OPENSSL_cleanse(master, sizeof master);
-    if (!ok) *out = NULL;
+    if (srtp_create(out, &pol) == srtp_err_status_ok) return true;
+    *out = NULL;
+    return false;
+}
+
+/* The peer's SRTCP, authenticated and decrypted in place by a session made
+ * for it. A peer only sends receiver reports (about one a second): holding
+ * its session for good would cost ~18 KiB a listener (two NSS key objects,
+ * libsrtp's GCM contexts) to save ~20 us a report. */
+static bool unprotect_rtcp(ae_lean_peer *p, unsigned char *buf, int *len)
+{
+    srtp_t rx;
+    if (!make_srtp(&rx, p->srtp_profile, p->rx_master, ssrc_any_inbound, 0)) return false;
+    bool ok = srtp_unprotect_rtcp(rx, buf, len) == srtp_err_status_ok;
+    srtp_dealloc(rx);
     return ok;
 }
 
@@ -739,8 +760,20 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
     /* client key, server key, client salt, server salt; we are the server */
     const unsigned char *ckey = km, *skey = km + key_len, *csalt = km + 2 * key_len,
                         *ssalt = km + 2 * key_len + salt_len;
-    bool ok = make_srtp(&p->tx, id, skey, ssalt, key_len, salt_len, ssrc_any_outbound) &&
-              make_srtp(&p->rx, id, ckey, csalt, key_len, salt_len, ssrc_any_inbound);
+    unsigned char master[SRTP_AES_ICM_128_KEY_LEN_WSALT] = {0};
+    memcpy(master, skey, (size_t)key_len);
+    memcpy(master + key_len, ssalt, (size_t)salt_len);
+    memset(p->rx_master, 0, sizeof p->rx_master);
+    memcpy(p->rx_master, ckey, (size_t)key_len);
+    memcpy(p->rx_master + key_len, csalt, (size_t)salt_len);
+    p->srtp_profile = id;
+    /* ours: one SSRC, the sink's, so no template stream beside it; the
+     * peer's side is only checked here and made per report */
+    srtp_t rx = NULL;
+    bool ok = make_srtp(&p->tx, id, master, ssrc_specific, p->stream->ssrc) &&
+              make_srtp(&rx, id, p->rx_master, ssrc_any_inbound, 0);
+    if (rx) srtp_dealloc(rx);
+    OPENSSL_cleanse(master, sizeof master);
     OPENSSL_cleanse(km, sizeof km);
     if (!ok) {
         peer_end(t, p, AE_LISTENER_FAILED, "libsrtp refused the keys");
@@ -859,12 +892,28 @@ static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr
         atomic_fetch_add(&t->rtcp_rejected, 1);
         return;
     }
-    int n = (int)len;
-    if (srtp_unprotect_rtcp(p->rx, buf, &n) != srtp_err_status_ok) {
+    /* at most one per RTCP_GAP_US, forged or not: a session per report
+     * costs ~20 us, and a peer's reports come about once a second */
+    int64_t now = ae_now_us();
+    bool gcm = p->srtp_profile == SRTP_AEAD_AES_128_GCM;
+    size_t after_index = gcm ? 0 : 10; /* AES-CM's tag follows the index */
+    if (now < p->next_rtcp_us || len < 8 + 4 + (gcm ? 16 : after_index)) {
         atomic_fetch_add(&t->rtcp_rejected, 1);
         return;
     }
-    atomic_store(&p->last_rx_us, ae_now_us());
+    p->next_rtcp_us = now + RTCP_GAP_US;
+    /* E flag and SRTCP index: before AES-CM's tag (RFC 3711 3.4), last
+     * with GCM (RFC 7714); authenticated by the unprotect below */
+    uint32_t index = get32(buf + len - 4 - after_index) & 0x7fffffffu;
+    int n = (int)len;
+    uint32_t ahead = (index - p->rtcp_index) & 0x7fffffffu;
+    if (!unprotect_rtcp(p, buf, &n) || (p->rtcp_any && (ahead == 0 || ahead >= 0x40000000u))) {
+        atomic_fetch_add(&t->rtcp_rejected, 1); /* forged, or a replay */
+        return;
+    }
+    p->rtcp_index = index;
+    p->rtcp_any = true;
+    atomic_store(&p->last_rx_us, now);
     parse_rtcp(p, buf, n);
 }
 

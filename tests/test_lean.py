@@ -13,6 +13,7 @@ import aioice.ice
 import pytest
 import trio
 from aioice import stun
+from aiortc import rtcdtlstransport
 
 from appliance import (
     AnswerReady, EngineError, EngineSettings, ErrorCode, ListenerState, ListenerStateChanged,
@@ -103,6 +104,57 @@ async def test_a_real_peer_hears_the_tone_and_reports_its_health(engine):
         assert engine.stats().threads == threads     # no thread for a listener
         await listener.aclose()
     assert engine.stats().listeners == 0 and engine.sink_stats("main").listeners == 0
+
+
+@pytest.mark.parametrize("profile", ["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"])
+async def test_receiver_reports_with_either_srtp_profile_and_a_replay_counts_for_nothing(
+        engine, monkeypatch, profile):
+    """The peer's SRTCP is read through a libsrtp session made for each
+    report (none is kept per listener): health comes through with both
+    DTLS-SRTP profiles, and a report the peer sent, sent again, is refused."""
+    profiles = [p for p in rtcdtlstransport.SRTP_PROFILES if p.openssl_profile == profile.encode()]
+    assert len(profiles) == 1
+    monkeypatch.setattr(rtcdtlstransport, "SRTP_PROFILES", profiles)   # all the peer offers
+    async with open_aiortc_listener() as peer:
+        listener = await connect(engine, peer)
+        dtls = peer._pc.getTransceivers()[0].receiver.transport
+        ice_send, on_rtcp = dtls.transport._send, dtls._handle_rtcp_data
+        sent: list[bytes] = []
+        reports_in = [0]    # our sender reports the peer got
+        block = [False]
+
+        async def send(data: bytes) -> None:
+            if len(data) > 1 and 192 <= data[1] <= 223:     # its SRTCP
+                if block[0]:
+                    return
+                sent.append(data)
+            await ice_send(data)
+
+        async def receive_rtcp(data: bytes) -> None:
+            reports_in[0] += 1
+            await on_rtcp(data)
+
+        async def hook() -> None:
+            dtls.transport._send, dtls._handle_rtcp_data = send, receive_rtcp
+
+        await peer._run(hook)
+        await until(lambda: listener.stats().rtt_ms is not None, timeout=6)
+        assert 0 <= listener.stats().rtt_ms < 100 and listener.stats().rtcp_reports >= 1
+        block[0] = True
+        # two of our sender reports later (one a second) the last report it
+        # sent is long in, and no other comes
+        seen = reports_in[0]
+        await until(lambda: reports_in[0] >= seen + 2, timeout=4)
+        reports, rejected = listener.stats().rtcp_reports, engine.stats().lean_rtcp_rejected
+
+        async def replay() -> None:
+            await ice_send(sent[-1])
+
+        await peer._run(replay)
+        await until(lambda: engine.stats().lean_rtcp_rejected > rejected, timeout=2)
+        assert listener.stats().rtcp_reports == reports
+        assert listener.stats().state == ListenerState.CONNECTED
+        await listener.aclose()
 
 
 async def test_one_port_and_no_thread_or_socket_per_listener(engine):
