@@ -68,7 +68,10 @@ typedef struct addr_key {
 
 typedef struct peer_addr {
     addr_key key;
-    struct sockaddr_storage sa;
+    union {                              /* 28 bytes where sockaddr_storage takes 128: */
+        struct sockaddr_in in4;          /* nine of these a listener */
+        struct sockaddr_in6 in6;
+    } sa;
     socklen_t len;
     int fd;
 } peer_addr;
@@ -588,8 +591,8 @@ static int peer_learn_addr(ae_lean *t, ae_lean_peer *p, int fd, const struct soc
     if (p->naddrs == MAX_ADDRS) forget_addr(t, p, p->nominated == 0 ? 1 : 0);
     peer_addr *a = &p->addrs[p->naddrs];
     a->key = k;
-    memcpy(&a->sa, sa, len);
-    a->len = len;
+    a->len = len < sizeof a->sa ? len : sizeof a->sa;
+    memcpy(&a->sa, sa, a->len);
     a->fd = fd;
     g_hash_table_insert(t->by_addr, g_memdup2(&k, sizeof k), p);
     return p->naddrs++;
@@ -797,8 +800,8 @@ static void on_dtls(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
     }
     atomic_store(&p->last_rx_us, ae_now_us());
     p->dtls_to.fd = fd;
-    memcpy(&p->dtls_to.sa, from, fromlen);
-    p->dtls_to.len = fromlen;
+    p->dtls_to.len = fromlen < sizeof p->dtls_to.sa ? fromlen : sizeof p->dtls_to.sa;
+    memcpy(&p->dtls_to.sa, from, p->dtls_to.len);
     if (!p->ssl && (p->connected || !peer_new_ssl(t, p))) return;
     BIO_write(p->rbio, buf, (int)len);
     if (!SSL_is_init_finished(p->ssl)) {
