@@ -59,7 +59,6 @@
 #define DTLS_DEADLINE_US 30000000 /* ICE passed but no DTLS by then: failed */
 #define FORGET_TIMEOUT_MS 5000
 #define TRIM_AFTER_US 200000   /* hand freed memory back this long after the last removal */
-#define RTCP_GAP_US 100000     /* SRTCP from one peer looked at no more often than this */
 
 typedef struct addr_key {
     uint16_t family, port;     /* port in network order */
@@ -99,12 +98,7 @@ struct ae_lean_peer {
     peer_addr dtls_to;                   /* where the last DTLS came from */
     SSL *ssl;
     BIO *rbio;
-    srtp_t tx;                           /* ours out: RTP and sender reports */
-    int srtp_profile;                    /* the DTLS-SRTP profile agreed, for rx */
-    unsigned char rx_master[SRTP_AES_ICM_128_KEY_LEN_WSALT]; /* the peer's key and salt */
-    uint32_t rtcp_index;                 /* of the last SRTCP accepted */
-    bool rtcp_any;                       /* rtcp_index is set */
-    int64_t next_rtcp_us;                /* no SRTCP looked at before this */
+    srtp_t tx, rx;                       /* ours out (RTP, sender reports); the peer's reports in */
     uint32_t rtp_packets, rtp_octets;    /* for sender reports */
     /* read by any thread */
     _Atomic int state;
@@ -544,8 +538,8 @@ static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
         p->rbio = NULL;
     }
     if (p->tx) srtp_dealloc(p->tx);
-    p->tx = NULL;
-    OPENSSL_cleanse(p->rx_master, sizeof p->rx_master);
+    if (p->rx) srtp_dealloc(p->rx);
+    p->tx = p->rx = NULL;
     ERR_clear_error();
     (void)why;
     if (state >= 0) post_state(t, p, state);
@@ -726,19 +720,6 @@ static bool make_srtp(srtp_t *out, int profile, const unsigned char *master,
     return false;
 }
 
-/* The peer's SRTCP, authenticated and decrypted in place by a session made
- * for it. A peer only sends receiver reports (about one a second): holding
- * its session for good would cost ~18 KiB a listener (two NSS key objects,
- * libsrtp's GCM contexts) to save ~20 us a report. */
-static bool unprotect_rtcp(ae_lean_peer *p, unsigned char *buf, int *len)
-{
-    srtp_t rx;
-    if (!make_srtp(&rx, p->srtp_profile, p->rx_master, ssrc_any_inbound, 0)) return false;
-    bool ok = srtp_unprotect_rtcp(rx, buf, len) == srtp_err_status_ok;
-    srtp_dealloc(rx);
-    return ok;
-}
-
 static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
 {
     X509 *cert = SSL_get0_peer_certificate(p->ssl);
@@ -766,17 +747,16 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
     unsigned char master[SRTP_AES_ICM_128_KEY_LEN_WSALT] = {0};
     memcpy(master, skey, (size_t)key_len);
     memcpy(master + key_len, ssalt, (size_t)salt_len);
-    memset(p->rx_master, 0, sizeof p->rx_master);
-    memcpy(p->rx_master, ckey, (size_t)key_len);
-    memcpy(p->rx_master + key_len, csalt, (size_t)salt_len);
-    p->srtp_profile = id;
+    unsigned char peer_master[SRTP_AES_ICM_128_KEY_LEN_WSALT] = {0};
+    memcpy(peer_master, ckey, (size_t)key_len);
+    memcpy(peer_master + key_len, csalt, (size_t)salt_len);
     /* ours: one SSRC, the sink's, so no template stream beside it; the
-     * peer's side is only checked here and made per report */
-    srtp_t rx = NULL;
+     * peer's reports come from an SSRC its offer need not name. libsrtp
+     * keeps that session's replay window: SRTCP integrity stays its job. */
     bool ok = make_srtp(&p->tx, id, master, ssrc_specific, p->stream->ssrc) &&
-              make_srtp(&rx, id, p->rx_master, ssrc_any_inbound, 0);
-    if (rx) srtp_dealloc(rx);
+              make_srtp(&p->rx, id, peer_master, ssrc_any_inbound, 0);
     OPENSSL_cleanse(master, sizeof master);
+    OPENSSL_cleanse(peer_master, sizeof peer_master);
     OPENSSL_cleanse(km, sizeof km);
     if (!ok) {
         peer_end(t, p, AE_LISTENER_FAILED, "libsrtp refused the keys");
@@ -904,28 +884,12 @@ static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr
         atomic_fetch_add(&t->rtcp_rejected, 1);
         return;
     }
-    /* at most one per RTCP_GAP_US, forged or not: a session per report
-     * costs ~20 us, and a peer's reports come about once a second */
-    int64_t now = ae_now_us();
-    bool gcm = p->srtp_profile == SRTP_AEAD_AES_128_GCM;
-    size_t after_index = gcm ? 0 : 10; /* AES-CM's tag follows the index */
-    if (now < p->next_rtcp_us || len < 8 + 4 + (gcm ? 16 : after_index)) {
-        atomic_fetch_add(&t->rtcp_rejected, 1);
-        return;
-    }
-    p->next_rtcp_us = now + RTCP_GAP_US;
-    /* E flag and SRTCP index: before AES-CM's tag (RFC 3711 3.4), last
-     * with GCM (RFC 7714); authenticated by the unprotect below */
-    uint32_t index = get32(buf + len - 4 - after_index) & 0x7fffffffu;
     int n = (int)len;
-    uint32_t ahead = (index - p->rtcp_index) & 0x7fffffffu;
-    if (!unprotect_rtcp(p, buf, &n) || (p->rtcp_any && (ahead == 0 || ahead >= 0x40000000u))) {
+    if (srtp_unprotect_rtcp(p->rx, buf, &n) != srtp_err_status_ok) {
         atomic_fetch_add(&t->rtcp_rejected, 1); /* forged, or a replay */
         return;
     }
-    p->rtcp_index = index;
-    p->rtcp_any = true;
-    atomic_store(&p->last_rx_us, now);
+    atomic_store(&p->last_rx_us, ae_now_us());
     parse_rtcp(p, buf, n);
 }
 
