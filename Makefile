@@ -59,6 +59,7 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/lean_bench.py
 	$(BIN)/python bench/post_burst.py
 	$(BIN)/python bench/leave_rounds.py
+	$(BIN)/python bench/lean_memory.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test
 
