@@ -292,6 +292,11 @@ static void on_ice_candidate(GstElement *webrtc, guint mline, gchar *candidate, 
 {
     (void)webrtc;
     ae_wr *l = data;
+    /* GStreamer 1.26's webrtcbin (not 1.22's) signals the end of an
+     * m-line's gathering as an empty candidate: not one to answer with (an
+     * empty "a=candidate" line makes aiortc refuse the answer) nor to trickle;
+     * answer_text adds a=end-of-candidates itself. */
+    if (!candidate || !*candidate) return;
     g_mutex_lock(&l->cand_lock);
     g_ptr_array_add(l->candidates, g_strdup_printf("%u\n%s", mline, candidate));
     g_mutex_unlock(&l->cand_lock);
