@@ -109,9 +109,9 @@ async def test_a_real_peer_hears_the_tone_and_reports_its_health(engine):
 @pytest.mark.parametrize("profile", ["SRTP_AEAD_AES_128_GCM", "SRTP_AES128_CM_SHA1_80"])
 async def test_receiver_reports_with_either_srtp_profile_and_a_replay_counts_for_nothing(
         engine, monkeypatch, profile):
-    """The peer's SRTCP is read through a libsrtp session made for each
-    report (none is kept per listener): health comes through with both
-    DTLS-SRTP profiles, and a report the peer sent, sent again, is refused."""
+    """The peer's SRTCP goes through its libsrtp session: health comes
+    through with both DTLS-SRTP profiles, and a report the peer sent, sent
+    again, is refused by libsrtp's replay window."""
     profiles = [p for p in rtcdtlstransport.SRTP_PROFILES if p.openssl_profile == profile.encode()]
     assert len(profiles) == 1
     monkeypatch.setattr(rtcdtlstransport, "SRTP_PROFILES", profiles)   # all the peer offers
@@ -139,7 +139,9 @@ async def test_receiver_reports_with_either_srtp_profile_and_a_replay_counts_for
 
         await peer._run(hook)
         await until(lambda: listener.stats().rtt_ms is not None, timeout=6)
-        assert 0 <= listener.stats().rtt_ms < 100 and listener.stats().rtcp_reports >= 1
+        # the RTT's size is checked in the test above; this one also runs
+        # emulated (tests/image/test_engine_arm64.py), where the peer is slow
+        assert listener.stats().rtt_ms >= 0 and listener.stats().rtcp_reports >= 1
         block[0] = True
         # two of our sender reports later (one a second) the last report it
         # sent is long in, and no other comes
