@@ -40,10 +40,12 @@ from image_helpers import REPO, run
 from image_vm import partitions
 
 ENGINE_TESTS = ["tests/test_engine.py", "tests/test_lean.py"]
-# What they import or read besides themselves; pyproject.toml for the
-# pytest settings (warnings are errors, markers).
-SOURCE_PATHS = ["pyproject.toml", "tests/conftest.py", "tests/support", *ENGINE_TESTS]
-TEST_PACKAGES = ["pytest", "pytest-trio", "aiortc", "numpy"]
+# What they import or read besides themselves: pyproject.toml for the
+# pytest settings (warnings are errors, markers); tests/web/conftest.py
+# starts the whole app for test_lean.py's status page test.
+SOURCE_PATHS = ["pyproject.toml", "tests/conftest.py", "tests/support", "tests/web/conftest.py",
+                *ENGINE_TESTS]
+TEST_PACKAGES = ["pytest", "pytest-trio", "aiortc", "numpy", "httpx"]
 VENV = "/opt/appliance/venv"
 INSIDE = "/opt/engine-tests"   # in the copy of the root, never in the image
 
