@@ -693,14 +693,16 @@ static bool fingerprint_matches(ae_lean_peer *p, X509 *cert)
     return ok;
 }
 
-/* master: key then salt, zero-padded to 30 bytes (for GCM's 28 libsrtp
- * pads the same way). The replay window is for RTP received, which no
- * listener sends us: ours out needs only libsrtp's minimum (with
- * allow_repeat_tx off it still refuses to protect an index twice), and
- * SRTCP in has a fixed 128-packet window of its own. */
-static bool make_srtp(srtp_t *out, int profile, const unsigned char *master,
-                      srtp_ssrc_type_t type, uint32_t ssrc)
+/* The replay window is for RTP received, which no listener sends us: ours
+ * out needs only libsrtp's minimum (with allow_repeat_tx off it still
+ * refuses to protect an index twice), and SRTCP in has a fixed 128-packet
+ * window of its own. */
+static bool make_srtp(srtp_t *out, int profile, const unsigned char *key, const unsigned char *salt,
+                      int key_len, int salt_len, srtp_ssrc_type_t type, uint32_t ssrc)
 {
+    unsigned char master[64];
+    memcpy(master, key, (size_t)key_len);
+    memcpy(master + key_len, salt, (size_t)salt_len);
     srtp_policy_t pol;
     memset(&pol, 0, sizeof pol);
     if (profile == SRTP_AEAD_AES_128_GCM) {
@@ -712,12 +714,13 @@ static bool make_srtp(srtp_t *out, int profile, const unsigned char *master,
     }
     pol.ssrc.type = type;
     pol.ssrc.value = ssrc;
-    pol.key = (unsigned char *)master;
+    pol.key = master;
     pol.window_size = 64;
     pol.allow_repeat_tx = 0;
-    if (srtp_create(out, &pol) == srtp_err_status_ok) return true;
-    *out = NULL;
-    return false;
+    bool ok = srtp_create(out, &pol) == srtp_err_status_ok;
+    OPENSSL_cleanse(master, sizeof master);
+    if (!ok) *out = NULL;
+    return ok;
 }
 
 static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
@@ -744,19 +747,12 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
     /* client key, server key, client salt, server salt; we are the server */
     const unsigned char *ckey = km, *skey = km + key_len, *csalt = km + 2 * key_len,
                         *ssalt = km + 2 * key_len + salt_len;
-    unsigned char master[SRTP_AES_ICM_128_KEY_LEN_WSALT] = {0};
-    memcpy(master, skey, (size_t)key_len);
-    memcpy(master + key_len, ssalt, (size_t)salt_len);
-    unsigned char peer_master[SRTP_AES_ICM_128_KEY_LEN_WSALT] = {0};
-    memcpy(peer_master, ckey, (size_t)key_len);
-    memcpy(peer_master + key_len, csalt, (size_t)salt_len);
     /* ours: one SSRC, the sink's, so no template stream beside it; the
      * peer's reports come from an SSRC its offer need not name. libsrtp
      * keeps that session's replay window: SRTCP integrity stays its job. */
-    bool ok = make_srtp(&p->tx, id, master, ssrc_specific, p->stream->ssrc) &&
-              make_srtp(&p->rx, id, peer_master, ssrc_any_inbound, 0);
-    OPENSSL_cleanse(master, sizeof master);
-    OPENSSL_cleanse(peer_master, sizeof peer_master);
+    bool ok = make_srtp(&p->tx, id, skey, ssalt, key_len, salt_len, ssrc_specific,
+                        p->stream->ssrc) &&
+              make_srtp(&p->rx, id, ckey, csalt, key_len, salt_len, ssrc_any_inbound, 0);
     OPENSSL_cleanse(km, sizeof km);
     if (!ok) {
         peer_end(t, p, AE_LISTENER_FAILED, "libsrtp refused the keys");
