@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import re
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from appliance import (  # noqa: E402
     AnswerReady, EngineSettings, ListenerState, ListenerStateChanged, RouteSpec, SinkSpec,
     SourceSpec, open_engine,
 )
-from lean_bench import Loadgen  # noqa: E402
+from lean_bench import Loadgen, proc_sample  # noqa: E402
 
 
 class Mallinfo2(ctypes.Structure):
@@ -41,8 +41,7 @@ _libc.mallinfo2.restype = Mallinfo2
 def heap_and_rss() -> tuple[int, int]:
     """(bytes of heap in use, bytes of RSS) of this process."""
     info = _libc.mallinfo2()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-    return info.uordblks + info.hblkhd, rss * 1024
+    return info.uordblks + info.hblkhd, proc_sample(os.getpid())[1] * 1024
 
 
 async def connect(engine, loadgen: Loadgen, ident: int, up: list) -> None:

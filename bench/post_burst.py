@@ -32,7 +32,7 @@ import trio.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.lean_bench import (  # noqa: E402
-    CLK_TCK, TOKEN, free_port, pct, running_appliance, stop_process, thread_cpu,
+    TOKEN, free_port, pct, proc_sample, running_appliance, stop_process, thread_cpu,
 )
 
 FLOOR_APP = textwrap.dedent("""
@@ -74,12 +74,6 @@ FLOOR_APP = textwrap.dedent("""
 """)
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 async def read_response(stream: trio.SocketStream) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -112,7 +106,7 @@ async def burst(port: int, requests: list[bytes], pid: int,
             statuses.add(await read_response(stream))
         times.append((trio.current_time() - t0) * 1000)
 
-    before, by_thread = cpu_seconds(pid), thread_cpu(pid)
+    before, by_thread = proc_sample(pid)[0], thread_cpu(pid)
     async with trio.open_nursery() as nursery:
         for request in requests:
             nursery.start_soon(one, request)
@@ -121,7 +115,7 @@ async def burst(port: int, requests: list[bytes], pid: int,
     if threads is not None:
         for name, seconds in thread_cpu(pid).items():
             threads[name] = threads.get(name, 0.0) + seconds - by_thread.get(name, 0.0)
-    return times, (cpu_seconds(pid) - before) * 1000 / len(requests), statuses
+    return times, (proc_sample(pid)[0] - before) * 1000 / len(requests), statuses
 
 
 def post_request(body: bytes) -> bytes:
