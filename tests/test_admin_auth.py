@@ -2,6 +2,7 @@
 table, the setup code and the password file (a fake clock, real files)."""
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import pytest
@@ -141,7 +142,12 @@ def test_the_pin_and_its_cookie_proof(tmp_path, given):
     assert auth.pin_ok("1234") and auth.pin_ok(" 1234")
     assert auth.pin_ok(given) is (given.strip() == "1234")
     proof = auth.listen_proof()
-    assert auth.listen_proof_ok(proof) and "1234" not in proof
+    # The proof holds no PIN: it is keyed per process, so the same PIN
+    # elsewhere proves nothing here. (Not '"1234" not in proof': 64 random
+    # hex digits hold "1234" about once in a thousand runs.)
+    other = AdminAuth(state_dir=tmp_path, listen_pin="1234")
+    assert auth.listen_proof_ok(proof) and not other.listen_proof_ok(proof)
+    assert proof != hashlib.sha256(b"1234").hexdigest()
     assert not auth.listen_proof_ok(given)
     assert not AdminAuth(state_dir=tmp_path).pin_ok("")  # no PIN set: nothing to match
     assert not AdminAuth(state_dir=tmp_path).token_ok("")  # no token: bearer disabled
