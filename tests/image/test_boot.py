@@ -124,7 +124,7 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
             [sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True).stdout)
     finally:
         vm.stop()
-    second, floor_t = statistics.median(later), statistics.median(floor_times)
+    later_median, floor_median = statistics.median(later), statistics.median(floor_times)
     listed = lambda times: ", ".join(f"{t:.1f}" for t in times)
     xz = img.with_suffix(".img.xz")
     used = root_used(img)
@@ -134,13 +134,13 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
         + f", root file system {used / MIB:.0f} MiB used",
         "power-on to /api/status ready (qemu -M virt -cpu cortex-a72 -smp 2, emulated):",
         f"  appliance, first boot (applies appliance.toml): {first:.1f} s",
-        f"  appliance, later boots: {listed(later)} s; median {second:.1f} s",
-        f"  floor ({floor_kind}): {listed(floor_times)} s; median {floor_t:.1f} s",
-        f"  appliance - floor (medians):                    {second - floor_t:.1f} s",
+        f"  appliance, later boots: {listed(later)} s; median {later_median:.1f} s",
+        f"  floor ({floor_kind}): {listed(floor_times)} s; median {floor_median:.1f} s",
+        f"  appliance - floor (medians):                    {later_median - floor_median:.1f} s",
         f"emulation factor (the app's imports: {guest_import:.2f} s in the guest, "
         f"{host_import:.2f} s on this host): {guest_import / host_import:.1f}",
         f"  appliance - floor at this host's speed:         "
-        f"{(second - floor_t) * host_import / guest_import:.2f} s",
+        f"{(later_median - floor_median) * host_import / guest_import:.2f} s",
         f"/api/status: {json.dumps(status)[:300]}",
         "systemd-analyze:", total.strip(),
         "critical chain (last boot):", chain.strip(),
