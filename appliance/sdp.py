@@ -1,15 +1,21 @@
 """What the Python side knows about SDP: checking a WHEP offer before any
 transport sees it, and reading trickle-ICE fragments and candidates.
 
-Why so strict: webrtcbin trusts its input. An offer whose first m-line is a
-data channel and whose BUNDLE tag is the audio behind it makes webrtcbin fail
-``g_assert`` in ``_connect_rtpfunnel`` and abort the whole process; so does an
-offer with two session-level ``a=ice-ufrag`` lines (measured 2026-12-01,
-GStreamer 1.22; tests/support/offers). A GLib assertion cannot be caught, so the engine
-only ever receives offers of the shapes the tests throw at it: the Opus audio
-we send on is m-line 0, every m-line has a unique mid, a BUNDLE group starts
-with the audio, and every line and value is within plain limits. Everything
-else is refused with an ``InvalidError`` whose message names the problem.
+Standard players offer more than audio: a video m-line (Chromium lists ~34
+video formats in it, Firefox puts it first), a data channel, Firefox's
+``max-bundle`` marks every m-line after the first ``a=bundle-only`` with port
+0 (RFC 8843 section 6). Any mix, in any order, is accepted: the first usable
+Opus audio m-line is served and the engine rejects the others in its answer
+(port 0, as JSEP answers, RFC 8829 section 5.3.1). Only an offer with no
+audio the server can send is refused, with a message saying why.
+
+Every line and value is still checked against plain limits: webrtcbin (the
+engine's fallback transport) trusts its input, and a GLib assertion inside it
+aborts the whole process (an offer whose first m-line is a data channel did,
+measured 2026-12-01, GStreamer 1.22; tests/support/offers), so the engine
+hands it only the shapes it was tested with (``ae_wr_declines``) and the
+grammar is checked here. Everything else is refused with an ``InvalidError``
+whose message names the problem.
 
 Pure: the standard library and ``appliance.errors`` only.
 """
@@ -24,7 +30,7 @@ from .errors import InvalidError
 
 __all__ = ["Offer", "check_offer", "parse_sdpfrag", "check_candidate", "parse_candidates_json",
            "is_hostname_candidate",
-           "MAX_OFFER_CHARS", "MAX_LINES", "MAX_LINE_CHARS", "MAX_MLINES"]
+           "MAX_OFFER_CHARS", "MAX_LINES", "MAX_LINE_CHARS", "MAX_MLINES", "MAX_FORMATS"]
 
 # Real offers (tests/support/offers): 1.2-3.6 KB, 30-75 lines, 1-2 m-lines,
 # longest line ~210 characters (a sha-512 fingerprint).
@@ -32,6 +38,9 @@ MAX_OFFER_CHARS = 32 * 1024
 MAX_LINES = 500
 MAX_LINE_CHARS = 1024
 MAX_MLINES = 8
+# Chromium's video m-line lists 34 formats (VP8, VP9 profiles, H.264
+# profiles, AV1, H.265, each with rtx, red, ulpfec)
+MAX_FORMATS = 64
 MAX_FRAGMENT_CHARS = 16 * 1024
 MAX_CANDIDATE_CHARS = 512
 MAX_JSON_CANDIDATES = 64
@@ -69,9 +78,12 @@ class Offer:
     """A checked offer. ``sdp`` is the text to hand the engine (CRLF line
     ends, no blank lines, no host-name candidates: see
     ``is_hostname_candidate``); ``mids`` the mids by m-line index; the audio
-    the server sends on is always m-line 0, ``mids[0]``."""
+    the server sends on is m-line ``audio``. ``stereo``: the offer's Opus
+    parameters ask for stereo (``stereo=1``), without which Chromium decodes
+    a stereo channel as mono."""
     sdp: str
     mids: list[str]
+    audio: int
     ice_ufrag: str | None
     ice_pwd: str
     opus_pt: int
@@ -80,6 +92,11 @@ class Offer:
     setup: str
     datachannel: bool
     bundle: tuple[str, ...]                      # the BUNDLE group's mids; () without one
+    stereo: bool = False
+
+    @property
+    def audio_mid(self) -> str:
+        return self.mids[self.audio]
 
 
 # ---- lines ------------------------------------------------------------------------
@@ -327,8 +344,8 @@ def _mline(line: str, index: int) -> _Section:
         raise InvalidError(f"m-line {index}: media {media[:20]!r} is not audio, video "
                            "or application")
     number = _port(port, f"m-line {index}")
-    if len(formats) > 32:
-        raise InvalidError(f"m-line {index} lists more than 32 formats")
+    if len(formats) > MAX_FORMATS:
+        raise InvalidError(f"m-line {index} lists more than {MAX_FORMATS} formats")
     if media == "application":
         if proto != DATA_PROTO or formats != ["webrtc-datachannel"]:
             raise InvalidError(f"m-line {index}: a data channel must be "
@@ -371,24 +388,25 @@ def _bandwidth(value: str, where: str) -> None:
 
 def _opus(section: _Section) -> tuple[int, str | None]:
     """The Opus payload type the engine will pick (the first listed Opus
-    rtpmap, as ae_webrtc.c does) and its fmtp."""
+    rtpmap, as ae_sdp.c does) and its fmtp."""
+    where = f"m-line {section.index}"
     rtpmaps: dict[str, str] = {}
     opus: int | None = None
     for value in section.values("rtpmap"):
         match = _RTPMAP.match(value or "")
         if not match:
-            raise InvalidError(f"m-line 0: bad a=rtpmap {str(value)[:40]!r}")
+            raise InvalidError(f"{where}: bad a=rtpmap {str(value)[:40]!r}")
         pt = match.group(1)
         if pt in rtpmaps:
-            raise InvalidError(f"m-line 0: two a=rtpmap lines for payload type {pt}")
+            raise InvalidError(f"{where}: two a=rtpmap lines for payload type {pt}")
         rtpmaps[pt] = value or ""
         if opus is None and pt in section.formats and match.group(2).lower() == "opus" \
                 and match.group(3) == "48000":
             if match.group(4) not in (None, "2"):
-                raise InvalidError("m-line 0: Opus must be opus/48000/2")
+                raise InvalidError(f"{where}: Opus must be opus/48000/2")
             opus = int(pt)
     if opus is None:
-        raise InvalidError("the audio m-line offers no Opus/48000 the server can send")
+        raise InvalidError(f"{where} (audio) offers no Opus/48000 the server can send")
     if not (35 <= opus <= 63 or 96 <= opus <= 127):
         raise InvalidError(f"Opus payload type {opus} is not a dynamic one (35-63, 96-127)")
     fmtp = None
@@ -397,7 +415,7 @@ def _opus(section: _Section) -> tuple[int, str | None]:
         if pt != str(opus):
             continue
         if fmtp is not None:
-            raise InvalidError(f"m-line 0: two a=fmtp lines for payload type {opus}")
+            raise InvalidError(f"{where}: two a=fmtp lines for payload type {opus}")
         if len(params) > 256:
             raise InvalidError("the Opus a=fmtp is longer than 256 characters")
         for param in params.split(";"):
@@ -493,7 +511,7 @@ def check_offer(text: Any) -> Offer:
     if sum(s.media == "application" for s in sections) > 1:
         raise InvalidError("the offer has more than one data channel m-line")
 
-    # BUNDLE: one group at most, starting with the audio, naming every live m-line
+    # BUNDLE: one group at most, of known mids
     bundle: tuple[str, ...] = ()
     for value in [v for k, v in session if k == "group"]:
         semantics, *group = (value or "").split(" ")
@@ -512,9 +530,14 @@ def check_offer(text: Any) -> Offer:
         if section.values("group"):
             raise InvalidError("a=group belongs at session level")
 
+    def live(section: _Section) -> bool:
+        # port 0 with a=bundle-only is an offer to bundle it (RFC 8843 6)
+        return section.port != 0 or (bool(section.values("bundle-only"))
+                                     and mids[section.index] in bundle)
+
     for section in sections:
         if section.media == "application":
-            if section.port == 0:
+            if not live(section):
                 continue  # rejected
             port = section.one("sctp-port")
             if port is None or not _number(port, 5) or not 0 < int(port) <= 65535:
@@ -528,38 +551,24 @@ def check_offer(text: Any) -> Offer:
             if int(fmt) >= 35 and fmt not in mapped:  # dynamic: only a=rtpmap names it
                 raise InvalidError(f"m-line {section.index}: payload type {fmt} has no a=rtpmap")
 
-    audio = sections[0]
-    if audio.media != "audio":
-        raise InvalidError("the first m-line must be the audio the server sends (Opus); "
-                           f"it is {audio.media}")
-    if audio.port == 0:
-        raise InvalidError("the audio m-line is rejected (port 0)")
-    if bundle:
-        if bundle[0] != mids[0]:
-            raise InvalidError("the BUNDLE group must start with the audio m-line's mid")
-        for section in sections[1:]:
-            if section.port != 0 and mids[section.index] not in bundle:
-                raise InvalidError(f"m-line {section.index} is neither bundled nor rejected")
-            # webrtcbin then makes an answer it cannot apply itself
-            if section.port == 0 and mids[section.index] in bundle:
-                raise InvalidError(f"m-line {section.index} is rejected (port 0) but in the "
-                                   "BUNDLE group")
-    elif len(sections) > 1:
-        raise InvalidError("an offer with several m-lines needs a BUNDLE group")
-
-    direction = None
-    for name in DIRECTIONS:
-        if audio.values(name):
-            direction = direction or name
-            if direction != name or len(audio.values(name)) > 1:
-                raise InvalidError("the audio m-line has more than one direction")
-    if direction is None:
-        # SDP's default would be the session's direction, else sendrecv, but
-        # webrtcbin reads only the m-line's and then cannot agree on Opus
-        raise InvalidError("the audio m-line needs a=recvonly (or a=sendrecv)")
-    if direction not in ("recvonly", "sendrecv"):
-        raise InvalidError(f"the audio m-line is {direction}: there is nothing to receive")
-    opus_pt, opus_fmtp = _opus(audio)
+    # the audio we send on: the first audio m-line that can take it; the
+    # others are rejected in the answer
+    audio = opus = None
+    why = "the offer has no audio m-line: the server only sends audio"
+    for section in sections:
+        if section.media != "audio":
+            continue
+        try:
+            opus = _served_audio(section, live(section), bundle, mids)
+        except InvalidError as error:
+            if audio is None and why.startswith("the offer has no audio"):
+                why = str(error)
+            continue
+        audio = section
+        break
+    if audio is None or opus is None:
+        raise InvalidError(why)
+    opus_pt, opus_fmtp = opus
 
     # ICE and DTLS: on each m-line or at session level; bundled m-lines share
     # them. webrtcbin takes ufrag and pwd as a pair from the m-line, else from
@@ -589,10 +598,10 @@ def check_offer(text: Any) -> Offer:
         return _ice(ufrag, "ice-ufrag", 4), _ice(pwd, "ice-pwd", 22), setup, prints
 
     ufrag, pwd, setup, fingerprints = transport(audio)
-    for section in sections[1:]:
-        if section.port == 0 and section.one("ice-ufrag") is None \
-                and section.one("ice-pwd") is None:
-            continue  # rejected or bundle-only: it has no transport of its own
+    for section in sections:
+        if section is audio or mids[section.index] not in bundle or (
+                section.one("ice-ufrag") is None and section.one("ice-pwd") is None):
+            continue  # not bundled with the audio, or no transport of its own
         if transport(section) != (ufrag, pwd, setup, fingerprints):
             raise InvalidError(f"m-line {section.index} is bundled but has other ICE or DTLS "
                                "parameters than the audio")
@@ -602,6 +611,40 @@ def check_offer(text: Any) -> Offer:
     # what the engine gets: CRLF, no blank lines, no host-name candidates
     kept = [line for line in lines
             if not (line.startswith("a=candidate:") and is_hostname_candidate(line[2:]))]
-    return Offer(sdp="\r\n".join(kept) + "\r\n", mids=mids, ice_ufrag=ufrag, ice_pwd=pwd,
-                 opus_pt=opus_pt, opus_fmtp=opus_fmtp, fingerprints=fingerprints, setup=setup,
-                 datachannel=any(s.media == "application" for s in sections), bundle=bundle)
+    return Offer(sdp="\r\n".join(kept) + "\r\n", mids=mids, audio=audio.index,
+                 ice_ufrag=ufrag, ice_pwd=pwd, opus_pt=opus_pt, opus_fmtp=opus_fmtp,
+                 fingerprints=fingerprints, setup=setup,
+                 datachannel=any(s.media == "application" for s in sections), bundle=bundle,
+                 stereo=_asks_stereo(opus_fmtp))
+
+
+def _served_audio(section: _Section, live: bool, bundle: tuple[str, ...],
+                  mids: list[str]) -> tuple[int, str | None]:
+    """The Opus payload type and fmtp of an audio m-line the server can send
+    on, or an ``InvalidError`` saying why it cannot."""
+    where = f"the audio m-line ({section.index})"
+    if not live:
+        raise InvalidError(f"{where} is rejected (port 0)")
+    if bundle and mids[section.index] not in bundle:
+        raise InvalidError(f"{where} is not in the offer's BUNDLE group")
+    direction = None
+    for name in DIRECTIONS:
+        if section.values(name):
+            direction = direction or name
+            if direction != name or len(section.values(name)) > 1:
+                raise InvalidError(f"{where} has more than one direction")
+    if direction is None:
+        # SDP's default would be the session's direction, else sendrecv, but
+        # webrtcbin reads only the m-line's and then cannot agree on Opus
+        raise InvalidError(f"{where} needs a=recvonly (or a=sendrecv)")
+    if direction not in ("recvonly", "sendrecv"):
+        raise InvalidError(f"{where} is {direction}: there is nothing to receive")
+    return _opus(section)
+
+
+def _asks_stereo(fmtp: str | None) -> bool:
+    for param in (fmtp or "").split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "stereo":
+            return value == "1"
+    return False

@@ -1324,7 +1324,6 @@ void ae_lean_stats(ae_lean *t, ae_engine_stats *out)
 
 const char *ae_lean_declines(const ae_offer *o)
 {
-    if (o->datachannel) return "the offer has a data channel";
     if (o->too_many_mlines) return "the offer has too many m-lines";
     if (!o->rtcp_mux) return "the offer's audio does not multiplex RTCP (a=rtcp-mux)";
     if (o->setup[0] && strcmp(o->setup, "actpass") && strcmp(o->setup, "active"))
@@ -1402,14 +1401,24 @@ static char *build_answer(ae_lean *t, ae_lean_peer *p, const ae_offer *o, uint32
                            "v=0\r\no=- %" G_GUINT64_FORMAT " 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
                            "a=ice-lite\r\n",
                            session >> 1);
-    if (o->bundle && o->mid[0]) g_string_append_printf(a, "a=group:BUNDLE %s\r\n", o->mid);
+    if (o->nmlines > 1) {
+        /* at session level too, where the rejected m-lines find them: some
+         * clients (aiortc) want ICE and DTLS parameters for every m-line;
+         * the audio's own lines below stay for those that read only them
+         * (webrtcbin reads a=setup from the m-line) */
+        g_string_append_printf(a, "a=ice-ufrag:%s\r\na=ice-pwd:%s\r\n", p->ufrag, p->pwd);
+        g_string_append_printf(a, "a=fingerprint:sha-256 %s\r\na=setup:passive\r\n",
+                               t->fingerprint);
+    }
+    if (o->mlines[o->mline].bundled) g_string_append_printf(a, "a=group:BUNDLE %s\r\n", o->mid);
     for (int m = 0; m < o->nmlines; m++) {
         if (m != o->mline) {
-            /* not ours to serve: rejected */
+            /* not ours to serve (video, a data channel, a second audio):
+             * rejected in place, as JSEP answers (RFC 8829 5.3.1) */
             g_string_append_printf(a, "m=%s 0 %s %s\r\nc=IN IP4 0.0.0.0\r\n", o->mlines[m].media,
                                    o->mlines[m].proto, o->mlines[m].fmt);
             if (o->mlines[m].mid[0]) g_string_append_printf(a, "a=mid:%s\r\n", o->mlines[m].mid);
-            g_string_append(a, "a=inactive\r\n");
+            if (strcmp(o->mlines[m].media, "application")) g_string_append(a, "a=inactive\r\n");
             continue;
         }
         g_string_append_printf(a, "m=audio %d UDP/TLS/RTP/SAVPF %d\r\nc=IN %s %s\r\n", t->port,

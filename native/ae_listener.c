@@ -24,18 +24,23 @@ struct ae_listener {
 };
 
 /* Which transport serves this offer: AE_TRANSPORT_LEAN, _WEBRTCBIN, or an
- * AE_ERR_SDP code when the setting forces one that cannot serve it. */
+ * AE_ERR_SDP code when none that the setting allows can serve it. */
 static int choose_transport(ae_engine *e, const ae_offer *o)
 {
-    const char *why = e->lean ? ae_lean_declines(o) : "the lean transport is not running";
+    const char *lean_no = e->lean ? ae_lean_declines(o) : "the lean transport is not running";
+    const char *wr_no = ae_wr_declines(o);
     switch (e->cfg.transport) {
-    case AE_TRANSPORT_WEBRTCBIN: return AE_TRANSPORT_WEBRTCBIN;
+    case AE_TRANSPORT_WEBRTCBIN:
+        if (wr_no) return ae_fail(AE_ERR_SDP, "the webrtcbin transport cannot serve this offer: %s", wr_no);
+        return AE_TRANSPORT_WEBRTCBIN;
     case AE_TRANSPORT_LEAN:
-        if (why) return ae_fail(AE_ERR_SDP, "the lean transport cannot serve this offer: %s", why);
+        if (lean_no) return ae_fail(AE_ERR_SDP, "the lean transport cannot serve this offer: %s", lean_no);
         return AE_TRANSPORT_LEAN;
     default:
-        if (!why) return AE_TRANSPORT_LEAN;
-        g_printerr("ae: a listener goes to webrtcbin: %s\n", why);
+        if (!lean_no) return AE_TRANSPORT_LEAN;
+        if (wr_no)
+            return ae_fail(AE_ERR_SDP, "no transport can serve this offer: %s; and %s", lean_no, wr_no);
+        g_printerr("ae: a listener goes to webrtcbin: %s\n", lean_no);
         return AE_TRANSPORT_WEBRTCBIN;
     }
 }

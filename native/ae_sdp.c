@@ -118,10 +118,15 @@ int ae_offer_parse(const char *sdp, ae_offer *o)
         gst_sdp_message_free(msg);
         return ae_fail(AE_ERR_SDP, "the offer is not valid SDP");
     }
+    char **group = NULL;
     for (guint a = 0; a < gst_sdp_message_attributes_len(msg); a++) {
         const GstSDPAttribute *attr = gst_sdp_message_get_attribute(msg, a);
-        if (!g_strcmp0(attr->key, "group") && attr->value && !strncmp(attr->value, "BUNDLE", 6))
+        if (!o->bundle && !g_strcmp0(attr->key, "group") && attr->value &&
+            !strncmp(attr->value, "BUNDLE ", 7)) {
             o->bundle = true;
+            group = g_strsplit(attr->value + 7, " ", -1);
+            copy_text(o->bundle_tag, sizeof o->bundle_tag, group[0]);
+        }
     }
     guint nm = gst_sdp_message_medias_len(msg);
     o->too_many_mlines = nm > AE_OFFER_MAX_MLINES;
@@ -133,8 +138,15 @@ int ae_offer_parse(const char *sdp, ae_offer *o)
                   gst_sdp_media_formats_len(m) ? gst_sdp_media_get_format(m, 0) : "0");
         copy_text(o->mlines[i].mid, sizeof o->mlines[i].mid,
                   gst_sdp_media_get_attribute_val(m, "mid"));
+        o->mlines[i].bundled = group && o->mlines[i].mid[0] &&
+                               g_strv_contains((const char *const *)group, o->mlines[i].mid);
+        o->mlines[i].port0 = gst_sdp_media_get_port(m) == 0;
+        o->mlines[i].live = !o->mlines[i].port0 ||
+                            (o->mlines[i].bundled &&
+                             gst_sdp_media_get_attribute_val(m, "bundle-only") != NULL);
         o->nmlines = (int)i + 1;
     }
+    g_strfreev(group);
     int rc = ae_fail(AE_ERR_SDP, "the offer has no audio to receive");
     bool saw_audio = false;
     for (guint i = 0; i < nm; i++) {
@@ -142,7 +154,9 @@ int ae_offer_parse(const char *sdp, ae_offer *o)
         if (!g_strcmp0(gst_sdp_media_get_media(m), "application")) o->datachannel = true;
         if (g_strcmp0(gst_sdp_media_get_media(m), "audio") != 0 || o->pt >= 0) continue;
         saw_audio = true;
-        if (gst_sdp_media_get_port(m) == 0) continue;
+        /* port 0 with a=bundle-only is an offer to bundle it (Firefox's
+         * max-bundle), not a rejection */
+        if (i >= AE_OFFER_MAX_MLINES || !o->mlines[i].live) continue;
         if (gst_sdp_media_get_attribute_val(m, "sendonly") ||
             gst_sdp_media_get_attribute_val(m, "inactive")) {
             rc = ae_fail(AE_ERR_SDP, "the offer's audio is sendonly or inactive: nothing to receive");

@@ -19,6 +19,7 @@ typedef struct ae_offer {
     char *fmtp;                          /* its Opus parameters, or NULL */
     char mid[64];                        /* the audio m-line's mid, "" = none */
     bool bundle;                         /* the offer has a BUNDLE group */
+    char bundle_tag[64];                 /* the group's first mid (RFC 8843's offerer tag) */
     char ice_ufrag[257], ice_pwd[257];
     char setup[16];                      /* "" when absent */
     bool rtcp_mux, datachannel;
@@ -26,7 +27,10 @@ typedef struct ae_offer {
     ae_fingerprint fingerprints[AE_OFFER_MAX_FINGERPRINTS];
     int nmlines;                         /* every m-line, for the answer to reject the others */
     struct {
-        char media[16], proto[48], fmt[16], mid[64];
+        char media[16], proto[48], fmt[32], mid[64];   /* fmt: "webrtc-datachannel" */
+        bool port0;                      /* port 0: rejected, or bundle-only */
+        bool live;                       /* a port, or port 0 with a=bundle-only (RFC 8843) */
+        bool bundled;                    /* named in the BUNDLE group */
     } mlines[AE_OFFER_MAX_MLINES];
     bool too_many_mlines;
 } ae_offer;

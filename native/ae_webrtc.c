@@ -672,6 +672,19 @@ static gboolean start_listener_main(gpointer data)
 
 /* ---- the webrtcbin listener's life ---------------------------------------- */
 
+const char *ae_wr_declines(const ae_offer *o)
+{
+    if (o->too_many_mlines) return "the offer has too many m-lines";
+    if (o->mline != 0) return "the audio is not the first m-line";
+    if (o->bundle && strcmp(o->bundle_tag, o->mid)) return "the BUNDLE group does not start with the audio";
+    for (int m = 1; m < o->nmlines; m++) {
+        if (strcmp(o->mlines[m].media, "application")) return "the offer has video";
+        if (o->mlines[m].bundled && o->mlines[m].port0)
+            return "an m-line with port 0 is in the BUNDLE group";
+    }
+    return NULL;
+}
+
 int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
                  const char *offer_sdp, ae_offer *o, ae_wr **out)
 {

@@ -17,6 +17,11 @@ typedef struct ae_wr_env {
     const ae_engine_config *cfg;         /* ICE settings, gather timeout */
 } ae_wr_env;
 
+/* NULL when webrtcbin can take this offer, else why not. It only ever gets
+ * the shapes it was tested with: a GLib assertion inside it (an offer whose
+ * first m-line is not the audio, a rejected m-line in its BUNDLE group)
+ * aborts the whole process. */
+const char *ae_wr_declines(const ae_offer *o);
 /* Negotiates in the background; AE_EVENT_ANSWER_READY or _FAILED follows
  * under `id` until ae_wr_close. Takes over o->fmtp. */
 int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,

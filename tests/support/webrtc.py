@@ -170,6 +170,8 @@ class AiortcListener:
         return split_candidates(self.offer_sdp)[1]
 
     async def accept_answer(self, answer_sdp: str) -> None:
+        self.answer_sdp = answer_sdp
+
         async def accept() -> None:
             await self._pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         await self._run(accept, timeout=10)
