@@ -76,8 +76,8 @@ class _Client:
 
 class Throttle:
     """The first ``free`` failures in a row cost nothing (a typo); after the
-    n-th a client must wait ``base_s * 2**(n-free-1)`` seconds (at most
-    ``cap_s``) before its next attempt; attempts in that
+    n-th (n >= free) a client must wait ``base_s * 2**(n-free)`` seconds (at
+    most ``cap_s``) before its next attempt; attempts in that
     window, and attempts while one of its attempts is still being checked,
     are refused at once with the time to wait. A success forgets the client;
     so does ``forget_s`` without failures. At most ``max_clients`` are
@@ -129,9 +129,10 @@ class Throttle:
         now = self.clock()
         entry.failures += 1
         entry.seen = now
+        # the free ones spent, the next try waits (the third: docs/API.md)
         over = entry.failures - self.free
-        if over > 0:
-            entry.until = now + min(self.cap_s, self.base_s * 2 ** min(over - 1, 32))
+        if over >= 0:
+            entry.until = now + min(self.cap_s, self.base_s * 2 ** min(over, 32))
 
 
 @dataclasses.dataclass

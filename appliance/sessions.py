@@ -26,6 +26,7 @@ import logging
 import math
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -54,6 +55,11 @@ RETRY_AFTER_S = 10
 # a silent session ends this long after its timeout at most: the watcher wakes
 # just past the moment it can expire
 EXPIRY_SLACK_S = 0.1
+# a DELETE this soon after a session ended by itself (its peer's DTLS close
+# notice often comes first) is answered 200, as for a live one; at most this
+# many ended sessions are remembered
+ENDED_MEMORY_S = 60.0
+ENDED_MEMORY_COUNT = 4096
 
 
 def variant_sink_id(base_sink: str, variant: Variant) -> str:
@@ -110,7 +116,7 @@ class Session:
             if not 0 <= index < len(mids):
                 raise InvalidError(f"no m-line {index}")
             return index
-        return 0
+        return self.offer.audio
 
     def end(self, reason: str) -> None:
         """Ask the session to end (from the trio thread); its cleanup follows."""
@@ -139,6 +145,8 @@ class Session:
                 "client": self.client, "state": self.state.value,
                 "age_s": round(time.monotonic() - self.created, 1),
                 "transport": s.transport if s else None,
+                # without it Chromium plays a stereo channel as mono
+                "stereo_offered": self.offer.stereo,
                 "packets_sent": s.packets_sent if s else 0,
                 "fraction_lost": s.fraction_lost if s else None,
                 "jitter_ms": s.jitter_ms if s else None,
@@ -179,6 +187,8 @@ class Sessions:
         self._buckets: dict[str, tuple[float, float]] = {}
         self.variant_users: dict[str, int] = {}   # variant sink -> sessions holding it
         self._variant_lock = trio.Lock()
+        # session id -> (its sink, when it ended), oldest first
+        self._ended: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -194,6 +204,26 @@ class Sessions:
         if session is None or session.sink_id != sink_id or not session.answered:
             raise NotFoundError("no such session")
         return session
+
+    async def delete(self, sink_id: str, session_id: str) -> None:
+        """A client's DELETE: end the session and wait for its cleanup. One
+        that ended moments ago by itself is deleted already: no error."""
+        try:
+            session = self.find(sink_id, session_id)
+        except NotFoundError:
+            now = time.monotonic()
+            ended = self._ended.get(session_id)
+            if ended is not None and ended[0] == sink_id and now - ended[1] < ENDED_MEMORY_S:
+                return
+            raise
+        await self.close(session, "deleted")
+
+    def _remember_ended(self, session: Session) -> None:
+        now = time.monotonic()
+        self._ended[session.id] = (session.sink_id, now)
+        while self._ended and (len(self._ended) > ENDED_MEMORY_COUNT
+                               or now - next(iter(self._ended.values()))[1] > ENDED_MEMORY_S):
+            self._ended.popitem(last=False)
 
     # ---- admission -------------------------------------------------------------
 
@@ -408,6 +438,7 @@ class Sessions:
         log.info("session %s on %s ended: %s", session.id[:8], session.sink_id, session.end_reason)
         session.done.set()
         if session.answered:
+            self._remember_ended(session)
             self._changed()
 
     async def close(self, session: Session, reason: str = "deleted") -> None:

@@ -30,16 +30,18 @@ def test_the_throttle_lets_two_typos_pass_then_doubles_the_wait():
         t.release("10.0.0.1", False)
     waits = []
     for _ in range(6):
-        assert t.acquire("10.0.0.1") == 0.0
-        t.release("10.0.0.1", False)
+        # a third immediate try is not evaluated: it waits
         wait = t.acquire("10.0.0.1")
         waits.append(wait)
         clock.now += wait
+        assert t.acquire("10.0.0.1") == 0.0
+        t.release("10.0.0.1", False)
     assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     # another address is not slowed down by this one
     assert t.acquire("10.0.0.2") == 0.0
     t.release("10.0.0.2", True)
     # a success forgets the failures
+    clock.now += t.acquire("10.0.0.1")
     assert t.acquire("10.0.0.1") == 0.0
     t.release("10.0.0.1", True)
     assert t.acquire("10.0.0.1") == 0.0

@@ -120,7 +120,10 @@ def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
     auth.throttle.release(address, ok)
     if ok:
         return None
-    return plain("the bearer credential is wrong", 401, {"WWW-Authenticate": 'Bearer realm="appliance"'})
+    # which credential would do (docs/API.md): a listening client asks for the PIN
+    return plain("the bearer credential is wrong", 401,
+                 {"WWW-Authenticate": f'Bearer realm="{"listen" if pin_too else "appliance"}"',
+                  "X-Appliance-Auth": "pin" if pin_too else "admin"})
 
 
 def _check_listening() -> Response | None:

@@ -93,10 +93,10 @@ async def session_resource(sink_id: str, session_id: str) -> Response:
     svc = service()
     if request.method == "OPTIONS":
         return _preflight("OPTIONS, PATCH, POST, DELETE", endpoint=False)
-    session = svc.sessions.find(sink_id, session_id)
     if request.method == "DELETE":
-        await svc.sessions.close(session, "deleted")
+        await svc.sessions.delete(sink_id, session_id)
         return Response("", status=200)
+    session = svc.sessions.find(sink_id, session_id)
     session.heartbeat()  # any request on the session shows the client is there
     if request.method == "POST":  # ScreamRouter-style heartbeat
         return Response("", status=204)

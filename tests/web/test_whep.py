@@ -49,8 +49,24 @@ async def test_a_listener_hears_the_tone_and_delete_leaves_nothing(server):
         assert server.service.census() == IDLE
         status = (await server.client.get("/api/status")).json()
         assert status["listeners"]["total"] == 0
-        assert (await server.client.delete(location)).status_code == 404
+        # DELETE is idempotent for a session that ended moments ago; nothing else is
+        assert (await server.client.delete(location)).status_code == 200
         assert (await server.client.post(location)).status_code == 404
+        assert (await server.client.delete(location.replace("/main/", "/other/"))).status_code \
+            == 404
+
+
+async def test_delete_after_the_peer_closed_first_is_200(server):
+    """The peer's DTLS close notice often ends the session before its
+    DELETE arrives (10 of 16 browser runs): that DELETE is answered 200."""
+    async with open_aiortc_listener() as peer:
+        location = (await _listen(server, peer)).headers["Location"]
+        session = next(iter(server.service.sessions))
+    with trio.fail_after(10):
+        await session.done.wait()    # the peer closed: DTLS close_notify ended it
+    assert session.end_reason != "deleted"
+    assert (await server.client.delete(location)).status_code == 200
+    assert server.service.census() == IDLE
 
 
 async def test_two_listeners_and_a_source_listener_hear_at_once(server):
