@@ -147,6 +147,7 @@ static void fanout_destroy(void *self);
 static void fanout_frame(void *self, const float *mix, uint64_t index, int64_t capture_us);
 static int fanout_listeners(void *self);
 static void fanout_stats(void *self, ae_sink_stats *out);
+static void fanout_forget_latency(void *self);
 
 int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *env)
 {
@@ -182,7 +183,8 @@ int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *env)
         return rc;
     }
     k->output = (ae_sink_output){.self = f, .frame = fanout_frame, .listeners = fanout_listeners,
-                                 .stats = fanout_stats, .destroy = fanout_destroy};
+                                 .stats = fanout_stats, .forget_latency = fanout_forget_latency,
+                                 .destroy = fanout_destroy};
     return AE_OK;
 }
 
@@ -219,6 +221,14 @@ void ae_fanout_record_latency(ae_fanout *f, int64_t latency_us)
 {
     pthread_mutex_lock(&f->latency.lock);
     f->latency.samples[f->latency.count++ % AE_LAT_RING] = latency_us;
+    pthread_mutex_unlock(&f->latency.lock);
+}
+
+static void fanout_forget_latency(void *self)
+{
+    ae_fanout *f = self;
+    pthread_mutex_lock(&f->latency.lock);
+    f->latency.count = 0;
     pthread_mutex_unlock(&f->latency.lock);
 }
 

@@ -684,6 +684,11 @@ int ae_sink_set_delay(ae_sink *k, int delay_ms)
     pthread_mutex_lock(&e->lock);
     old = k->delay;
     k->delay = fresh;
+    /* the latency measured with the old delay would be reported until a
+     * listener sent new packets (a page showed it ~300 ms off for 3 s) */
+    if (k->output.forget_latency) k->output.forget_latency(k->output.self);
+    for (ae_sink *v = k->variants; v; v = v->next_variant)
+        if (v->output.forget_latency) v->output.forget_latency(v->output.self);
     pthread_mutex_unlock(&e->lock);
     ae_delay_free(&old);
     return AE_OK;

@@ -32,6 +32,8 @@ typedef struct ae_sink_output {
     void (*frame)(void *self, const float *mix, uint64_t index, int64_t capture_us);
     int (*listeners)(void *self);
     void (*stats)(void *self, ae_sink_stats *out);
+    /* what was measured no longer holds (the sink's delay changed) */
+    void (*forget_latency)(void *self);
     void (*destroy)(void *self);
 } ae_sink_output;
 

@@ -139,6 +139,25 @@ function preferOpus(transceiver) {
   } catch (err) { console.warn("setCodecPreferences", err); }
 }
 
+// Chromium decodes Opus in stereo only when its own offer says stereo=1 (the
+// answer's stereo=1 is not enough): every channel would play as mono, and the
+// balance would change the level instead of the side. Firefox offers it.
+function askForStereo(sdp) {
+  const lines = sdp.split("\r\n");
+  const opus = new Set(lines.map((l) => /^a=rtpmap:(\d+) opus\/48000/i.exec(l)).filter(Boolean).map((m) => m[1]));
+  const withFmtp = new Set();
+  const out = lines.map((line) => {
+    const m = /^a=fmtp:(\d+) (.*)$/.exec(line);
+    if (!m || !opus.has(m[1])) return line;
+    withFmtp.add(m[1]);
+    return /(^|;)\s*stereo=/.test(m[2]) ? line : `${line};stereo=1`;
+  });
+  return out.flatMap((line) => {
+    const m = /^a=rtpmap:(\d+) opus\/48000/i.exec(line);
+    return m && !withFmtp.has(m[1]) ? [line, `a=fmtp:${m[1]} stereo=1`] : [line];
+  }).join("\r\n");
+}
+
 function waitGathering(pc, ms) {
   return new Promise((resolve) => {
     if (pc.iceGatheringState === "complete") return resolve();
@@ -416,7 +435,8 @@ class Player {
     };
     let response;
     try {
-      await pc.setLocalDescription(await pc.createOffer());
+      const offer = await pc.createOffer();
+      await pc.setLocalDescription({ type: "offer", sdp: askForStereo(offer.sdp) });
       await waitGathering(pc, 600);
       if (!current()) return;
       response = await fetch(`/api/whep/${encodeURIComponent(this.sinkId)}${hearing.query()}`, {
@@ -679,11 +699,13 @@ class Card {
   constructor(sink) {
     this.sink = sink;
     this.player = new Player(sink, () => this.render());
-    this.title = el("h2", {});
+    // a name or description in another script than the page's (an English
+    // one on the Arabic page read "Hz tone 440"): each sets its own direction
+    this.title = el("h2", { dir: "auto" });
     this.language = el("span", { class: "lang" });
     this.suggested = el("span", { class: "suggested" });
     this.count = el("span", { class: "badge" });
-    this.description = el("p", { class: "description" });
+    this.description = el("p", { class: "description", dir: "auto" });
     this.meter = new Meter(sink.name);
     this.button = el("button", { class: "listen", type: "button", onclick: () => this.toggle() });
     this.status = el("div", { class: "state", role: "status", "aria-live": "polite" });
@@ -824,7 +846,11 @@ async function loadChannels() {
   }
   lastChannels = sinks;
   knownSinks = new Set(sinks.map((s) => s.id));
-  for (const s of sinks) if (s.engine_latency_ms !== null && s.engine_latency_ms !== undefined) engineLatency.set(s.id, s.engine_latency_ms);
+  for (const s of sinks) {
+    // null: nothing measured since the channel changed (a new delay)
+    if (s.engine_latency_ms !== null && s.engine_latency_ms !== undefined) engineLatency.set(s.id, s.engine_latency_ms);
+    else engineLatency.delete(s.id);
+  }
   showChannels();
 }
 

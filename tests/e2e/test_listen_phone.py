@@ -24,7 +24,7 @@ DATA = {
     "name": VENUE,
     "sources": [{"id": "tone", "kind": "tone"}],
     "sinks": [{"id": "main", "name": "Floor", "kind": "opus", "language": "en",
-               "description": "The lectern, as spoken"},
+               "description": "The lectern, 440 Hz as spoken"},
               {"id": "fr", "name": "Français", "kind": "opus", "language": "fr",
                "description": "Interprétation simultanée"}],
     "routes": [{"id": "tone-main", "source_id": "tone", "sink_id": "main"},
@@ -182,6 +182,7 @@ async def test_arabic_lays_out_right_to_left_and_french_comes_first_for_french(v
                     titleAtRight: box.right - title.right < 40, badgeLeftOfTitle: badge.right <= title.left,
                     button: c.querySelector('button.listen').innerText.trim(),
                     count: c.querySelector('.badge').innerText.trim(),
+                    englishDescriptionLtr: c.querySelector('.description').matches(':dir(ltr)'),
                     order: [...document.querySelectorAll('.channel')].map(x => x.dataset.sink)}; }""")
         Phone.close(page)
         # a Swedish phone: no Swedish catalogue (the page falls back to
@@ -211,6 +212,8 @@ async def test_arabic_lays_out_right_to_left_and_french_comes_first_for_french(v
     ar = out["ar"]
     assert (ar["dir"], ar["lang"], ar["direction"]) == ("rtl", "ar", "rtl")
     assert ar["titleAtRight"] and ar["badgeLeftOfTitle"], ar
+    # "440 Hz tone" read "Hz tone 440": English text keeps its own direction
+    assert ar["englishDescriptionLtr"], ar
     assert ar["button"] == "استمع" and ar["count"] == "لا مستمعين"
     assert ar["order"] == ["main", "fr"]   # no Arabic channel: the appliance's order
     assert out["sv"] == ["en", ["0", "0"]]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.support.webrtc import synthetic_offer
+from tests.support.webrtc import open_aiortc_listener, synthetic_offer
 from tests.web.conftest import IDLE, make_config, open_server
 
 pytestmark = pytest.mark.trio
@@ -58,3 +58,34 @@ async def test_channel_settings_change_live_and_survive_a_restart(tmp_path):
         assert server.service.engine.sinks()["main"].delay_ms == 40
         sink = (await server.client.get("/api/sinks/main")).json()
         assert (sink["delay_ms"], sink["description"]) == (40, "Tradução simultânea")
+
+
+async def test_a_new_delay_forgets_the_latency_measured_before_it(tmp_path):
+    """With nobody listening, the channel list kept the latency measured with
+    the old delay until a listener sent new packets: the next listener's page
+    showed it ~300 ms off for 3 s. A new delay forgets it; the next packets
+    measure the new one."""
+    async with open_server(make_config(tmp_path)) as server:
+        async def latency() -> float | None:
+            channels = (await server.client.get("/api/listen/channels")).json()
+            return channels[0]["engine_latency_ms"]
+
+        async with open_aiortc_listener() as peer:
+            r = await server.post_offer(await peer.create_offer())
+            await peer.accept_answer(r.text)
+            await peer.wait_connected(timeout=10)
+            await peer.record(0.3)
+            before = await latency()
+            assert before is not None and before < 100
+            assert (await server.client.delete(r.headers["Location"])).status_code == 200
+        r = await server.client.patch("/api/sinks/main", json={"delay_ms": 300})
+        assert r.status_code == 200
+        assert await latency() is None
+        async with open_aiortc_listener() as peer:
+            r = await server.post_offer(await peer.create_offer())
+            await peer.accept_answer(r.text)
+            await peer.wait_connected(timeout=10)
+            await peer.record(0.3)
+            assert 300 <= await latency() < 400
+            assert (await server.client.delete(r.headers["Location"])).status_code == 200
+        assert server.service.census() == IDLE
