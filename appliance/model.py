@@ -61,7 +61,7 @@ class EngineSettings:
     ice_addresses: tuple[str, ...] = ()
     event_buffer: int = field(default=1024, metadata=_range(1, 1 << 20))
     # which transport serves listeners: "auto" = the lean one (ICE-lite,
-    # DTLS-SRTP, one UDP port) unless an offer needs webrtcbin (a data channel)
+    # DTLS-SRTP, one UDP port) unless an offer needs webrtcbin (no rtcp-mux)
     transport: Literal["auto", "lean", "webrtcbin"] = "auto"
     # the lean transport's one UDP port for every listener; 0 = any free port
     lean_port: int = field(default=0, metadata=_range(0, 65535))
