@@ -22,17 +22,20 @@ DEB_TEST := $(call packages,test.txt)
 DEB_IMAGE := $(call packages,image-host.txt)
 IMAGE_ARGS ?=
 ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup.py pyproject.toml
+# The npm WHEP players of tests/e2e/test_players.py, bundled into tests/players/dist/.
+PLAYER_SOURCES := $(addprefix tests/players/,package.json package-lock.json .npmrc build.mjs) \
+	$(wildcard tests/players/src/*.js)
 
 .PHONY: run test test-slow bench sanitize native-check deps clean
 
 run: $(STAMPS)/engine
 	$(BIN)/appliance run $(ARGS)
 
-test: $(STAMPS)/engine $(STAMPS)/deb-test
+test: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Image build, boot test and soak: minutes to an hour.
-test-slow: $(STAMPS)/engine $(STAMPS)/deb-test
+test-slow: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
 	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
 
 # The SD-card image in image/out/ (docs/IMAGE.md), 25+ minutes. Options go
@@ -61,7 +64,7 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/leave_rounds.py
 	$(BIN)/python bench/lean_memory.py
 
-deps: $(STAMPS)/engine $(STAMPS)/deb-test
+deps: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
 
 # apt-get only when a package is missing, so a ready machine starts at once.
 define apt_ensure
@@ -82,6 +85,11 @@ $(STAMPS)/deb-run: Makefile $(DEB_RUN_LISTS)
 # (Debian's nodejs conflicts with other builds of it).
 $(STAMPS)/deb-test: Makefile $(DEB_TEST_LISTS)
 	$(call apt_ensure,$(DEB_TEST) $(if $(shell command -v npm),,nodejs npm))
+	@mkdir -p $(STAMPS) && touch $@
+
+# Exact versions from the lock file; no install scripts (tests/players/.npmrc).
+$(STAMPS)/players: $(STAMPS)/deb-test $(PLAYER_SOURCES)
+	cd tests/players && npm ci --no-audit --no-fund && npm run build
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/venv: $(STAMPS)/deb-run pyproject.toml

@@ -428,3 +428,14 @@ def test_parse_candidates_json() -> None:
             continue
         with pytest.raises(InvalidError):
             parse_candidates_json(bad)
+
+
+@pytest.mark.parametrize("name, audio", [
+    ("eyevinn-chromium.sdp", 1), ("mediamtx-chromium.sdp", 1), ("norsk-chromium.sdp", 1),
+    ("eyevinn-firefox.sdp", 1), ("mediamtx-firefox.sdp", 1), ("norsk-firefox.sdp", 1)])
+def test_the_offers_of_standard_players_that_carry_video_are_taken(name: str, audio: int) -> None:
+    """Real offers of three npm WHEP players (tests/e2e/test_players.py saves
+    them): video first, Chromium's with 34 video formats; all were a 400."""
+    offer = check_offer(load(name))
+    assert offer.audio == audio and offer.opus_pt in (109, 111), name
+    assert offer.stereo == ("mediamtx" in name or "firefox" in name), name

@@ -1,0 +1,4 @@
+import { WHEPClient } from '@binbat/whip-whep/whep.js';
+import { exposeWhepClient } from './whipwhep.js';
+
+exposeWhepClient('binbat', WHEPClient);

@@ -1,0 +1,4 @@
+import { WHEPClient } from 'whip-whep/whep.js';
+import { exposeWhepClient } from './whipwhep.js';
+
+exposeWhepClient('whip-whep', WHEPClient);
