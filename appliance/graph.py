@@ -29,7 +29,7 @@ __all__ = ["GraphRegistry", "CHANGEABLE"]
 log = logging.getLogger(__name__)
 
 # What may change on a live entity, by kind.
-CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs"}),
+CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs", "public"}),
               "sink": frozenset({"name", "language", "description", "delay_ms"}),
               "route": frozenset({"name", "gain_db", "muted"})}
 
@@ -167,9 +167,9 @@ class GraphRegistry:
         return self.get(kind, entity.id)
 
     async def update(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
-        """Change a name, a route's gain_db/muted, a tone source's
-        tone_hz/tone_dbfs, or a sink's language, description and alignment
-        delay_ms. Other fields cannot change on a live entity."""
+        """Change a name, a route's gain_db/muted, a source's ``public``, a
+        tone source's tone_hz/tone_dbfs, or a sink's language, description
+        and alignment delay_ms. Other fields cannot change on a live entity."""
         if not isinstance(body, dict):
             raise InvalidError("the body must be a JSON object")
         allowed = CHANGEABLE[kind]
@@ -184,7 +184,7 @@ class GraphRegistry:
             try:
                 if kind == "route" and changes:
                     self._update_route(entity_id, changed.spec)
-                elif kind == "source" and changes:
+                elif kind == "source" and set(changes) - {"public"}:
                     if changed.spec.kind not in ("tone", "clicks"):
                         raise InvalidError("only tone sources have tone_hz/tone_dbfs")
                     self.engine.set_tone(entity_id, changed.spec.tone_hz, changed.spec.tone_dbfs)

@@ -83,6 +83,10 @@ class SourceSpec:
     click_interval_ms: int = field(default=500, metadata=_range(1, 60000))
     # relative to the media folder (appliance.media)
     path: str | None = field(default=None, metadata=_limit(1024))
+    # anyone who may listen may hear this source on its own (POST
+    # /api/whep/source/<id>, or a route from it); off: only the admin may,
+    # so a backstage microphone is heard only where a channel publishes it
+    public: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import trio
 from . import __version__
 from .config import Config
 from .engine import Engine, open_engine
+from .errors import NotFoundError
 from .feed import Feed
 from .graph import GraphRegistry
 from .model import RouteSpec, Variant
@@ -57,6 +58,18 @@ class Service:
         if kind == "sink":
             out["listeners"] = self.listener_counts()["sinks"].get(entity_id, 0)
         return out
+
+    def open_to_listeners(self, kind: str, ident: str) -> bool:
+        """Whether anyone who may listen may listen to this: a channel (an
+        Opus sink) is; a source, or a route from it, only when the source is
+        ``public``. ``NotFoundError`` when there is no such thing to listen to."""
+        entity = self.graph.require(kind, ident)
+        if kind == "sink":
+            if entity.spec.kind != "opus":
+                raise NotFoundError(f"no channel {ident!r}")
+            return True
+        source_id = ident if kind == "source" else entity.spec.source_id
+        return bool(self.graph.require("source", source_id).spec.public)
 
     async def open_session(self, target: tuple[str, str], offer: Offer, client: str,
                            variant: Variant = Variant()) -> tuple[Session, str]:

@@ -30,7 +30,7 @@ from .common import client_address, plain
 
 __all__ = ["PUBLIC", "LISTENING", "ADMIN", "public", "listening", "role_of", "check_request",
            "cors", "same_origin", "admin_session", "SESSION_COOKIE", "LISTEN_COOKIE",
-           "CSRF_HEADER", "retry_later"]
+           "CSRF_HEADER", "retry_later", "check_admin_listening"]
 
 PUBLIC, LISTENING, ADMIN = "public", "listening", "admin"
 
@@ -119,11 +119,31 @@ def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
     ok = auth.token_ok(given) or (pin_too and auth.pin_ok(given))
     auth.throttle.release(address, ok)
     if ok:
+        g.appliance_bearer_checked = True
         return None
     # which credential would do (docs/API.md): a listening client asks for the PIN
     return plain("the bearer credential is wrong", 401,
                  {"WWW-Authenticate": f'Bearer realm="{"listen" if pin_too else "appliance"}"',
                   "X-Appliance-Auth": "pin" if pin_too else "admin"})
+
+
+def check_admin_listening(what: str) -> Response | None:
+    """Listening to what no channel publishes (a source, a route) is the
+    admin's right: the admin session, or the admin token as a bearer
+    (checked, and throttled, here when the PIN check did not already)."""
+    if admin_session() is not None:
+        return None
+    given = _bearer()
+    if given is not None:
+        if g.get("appliance_bearer_checked"):
+            if _auth().token_ok(given):
+                return None
+        elif (refusal := _check_bearer(given, pin_too=False)) is not None:
+            return refusal
+        else:
+            return None
+    return plain(f"only the admin may listen to {what} on its own: a channel publishes it, "
+                 "or the admin marks the source public", 403, {"X-Appliance-Auth": "admin"})
 
 
 def _check_listening() -> Response | None:

@@ -10,6 +10,7 @@ from ..errors import (
 from ..model import Variant
 from ..sdp import check_offer, parse_candidates_json, parse_sdpfrag
 from ..sessions import Session
+from .auth import check_admin_listening
 from .common import client_address, media_type, read_body, read_json, service
 
 __all__ = ["blueprint"]
@@ -43,7 +44,10 @@ async def _post(kind: str, ident: str) -> Response:
     svc = service()
     if request.method == "OPTIONS":
         return _preflight("OPTIONS, POST", endpoint=True)
-    svc.graph.require(kind, ident)
+    if not svc.open_to_listeners(kind, ident):
+        refusal = check_admin_listening(f"this {kind}")
+        if refusal is not None:
+            return refusal
     # a hearing variant: ?mono=1&clear=1&balance=-25 (docs/API.md)
     variant = Variant.from_query(request.args.items(multi=True))
     if media_type() != SDP:
