@@ -99,6 +99,12 @@ class ServerConfig:
     # (ICE consent, RTCP) came from its peer
     session_timeout_s: float = field(default=15.0, metadata=_r(1, 3600))
     answer_timeout_s: float = field(default=5.0, metadata=_r(0.1, 60))
+    # a session whose peer has not connected (DTLS done) this long after its
+    # answer gives its slot back; a browser on a LAN takes well under a second
+    connect_timeout_s: float = field(default=10.0, metadata=_r(0.5, 300))
+    # sessions still connecting per client address (IPv6: per /64): one
+    # client cannot hold the slots with offers it never connects
+    max_connecting_per_client: int = field(default=4, metadata=_r(1, 1000))
     # POST /api/whep/... per client address: a token bucket
     post_rate_per_s: float = field(default=10.0, metadata=_r(0.01, 100000))
     post_burst: int = field(default=30, metadata=_r(1, 100000))

@@ -11,8 +11,12 @@
 Every way a session ends (DELETE, expiry, ICE failed/closed, answer timeout,
 a crash inside it, shutdown) goes through the same ``finally``: the engine
 listener, its temporary sink and route, its share of a hearing variant, the
-registry entry. Also here: the listener cap and the per-address POST rate
-limit.
+registry entry. Also here: admission. The listener cap, a POST rate per
+client address, at most ``max_connecting_per_client`` sessions still
+connecting per client (IPv6: per /64), a session that has not connected
+``connect_timeout_s`` after its answer gives its slot back, and at the cap
+the oldest session still connecting is ended before a new listener is
+refused: slots go to listeners that connect.
 
 Hearing variants: a listener may ask for a ``Variant`` of its channel (mono,
 clear speech, balance). Each variant in use is one engine sink derived from
@@ -32,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 import trio
 
+from .admin_auth import client_key
 from .config import Config
 from .engine import Engine, EngineError, ErrorCode, Listener, ListenerStats, appliance_error
 from .errors import (
@@ -88,6 +93,7 @@ class Session:
     state: ListenerState = ListenerState.NEW
     stats: ListenerStats | None = None   # the latest read (liveness watcher, health)
     answered: bool = False
+    connected: bool = False          # its peer connected once (the slot is a listener's)
     candidates: list[dict[str, Any]] = field(default_factory=list)
     end_reason: str | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -244,6 +250,29 @@ class Sessions:
             for c in full:
                 del self._buckets[c]
 
+    def connecting(self) -> list[Session]:
+        """Sessions whose peer has not connected yet, oldest first."""
+        return sorted((s for s in self.by_id.values() if not s.connected and s.end_reason is None),
+                      key=lambda s: s.created)
+
+    async def _admit(self, client: str) -> None:
+        """Room for one more session from ``client``, or the error that says
+        why not. At the cap, the oldest session still connecting is ended
+        (and waited for) first: a listener that connects is worth more."""
+        cfg = self.config.server
+        key = client_key(client)
+        if sum(client_key(s.client) == key for s in self.connecting()) \
+                >= cfg.max_connecting_per_client:
+            raise RateLimitedError(f"{cfg.max_connecting_per_client} listeners from this address "
+                                   "are still connecting",
+                                   retry_after_s=max(1, math.ceil(cfg.connect_timeout_s)))
+        while len(self.by_id) >= cfg.max_listeners:
+            waiting = [s for s in self.connecting() if s.answered]
+            if not waiting:
+                raise FullError("the listener limit is reached", retry_after_s=RETRY_AFTER_S)
+            log.info("session %s evicted: still connecting at the listener cap", waiting[0].id[:8])
+            await self.close(waiting[0], "evicted")
+
     async def open(self, target: tuple[str, str], offer: Offer, client: str,
                    temporary_route: RouteSpec | None = None,
                    variant: Variant = Variant()) -> tuple[Session, str]:
@@ -254,8 +283,7 @@ class Sessions:
         for a ``variant`` gets that variant's shared sink."""
         if self.closing:
             raise ClosingError("the appliance is shutting down", retry_after_s=RETRY_AFTER_S)
-        if len(self.by_id) >= self.config.server.max_listeners:
-            raise FullError("the listener limit is reached", retry_after_s=RETRY_AFTER_S)
+        await self._admit(client)
         kind, ident = target
         base = ident if kind == "sink" else f"{TEMP_PREFIX}{secrets.token_hex(6)}"
         sink_id = base if variant.plain else variant_sink_id(base, variant)
@@ -294,6 +322,7 @@ class Sessions:
                     async with trio.open_nursery() as watchers:
                         watchers.start_soon(self._watch_events, session)
                         watchers.start_soon(self._watch_liveness, session)
+                        watchers.start_soon(self._watch_connecting, session)
                 except* Exception as crash:  # never into the service nursery; Cancelled passes
                     session.end_reason = session.end_reason or "crashed"
                     log.error("listener session %s crashed", session.id[:8], exc_info=crash)
@@ -373,6 +402,8 @@ class Sessions:
             del session.candidates[:-64]   # a client that never polls holds at most this
         elif isinstance(event, ListenerStateChanged):
             session.state = event.state
+            if event.state.is_live:
+                session.connected = True
             if event.state.is_final:
                 session.end(f"ice {event.state.value}")
         elif not isinstance(event, (AnswerReady, AnswerFailed)):   # those: late duplicates
@@ -382,6 +413,13 @@ class Sessions:
         assert session.listener is not None
         async for event in session.listener.events:
             self._on_event(session, event)
+
+    async def _watch_connecting(self, session: Session) -> None:
+        """End a session whose peer has not connected in time: its slot (and
+        whatever it holds in the engine) goes back."""
+        await trio.sleep(self.config.server.connect_timeout_s)
+        if not session.connected:
+            session.end("not connected in time")
 
     async def _watch_liveness(self, session: Session) -> None:
         """End the session after ``session_timeout_s`` with neither a heartbeat
