@@ -105,6 +105,10 @@ class ServerConfig:
     # sessions still connecting per client address (IPv6: per /64): one
     # client cannot hold the slots with offers it never connects
     max_connecting_per_client: int = field(default=4, metadata=_r(1, 1000))
+    # live-event streams (the admin and listen pages' feeds) in all and per
+    # client address (IPv6: per /64); past them 503 / 429
+    max_event_streams: int = field(default=256, metadata=_r(1, 100000))
+    max_event_streams_per_client: int = field(default=4, metadata=_r(1, 1000))
     # POST /api/whep/... per client address: a token bucket
     post_rate_per_s: float = field(default=10.0, metadata=_r(0.01, 100000))
     post_burst: int = field(default=30, metadata=_r(1, 100000))

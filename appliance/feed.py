@@ -1,6 +1,13 @@
 """The live feed: what the admin page shows as it happens. It reads the
 engine's events (levels, device lost/restored, xruns), keeps the latest
-state per source and sink, and fans it out to subscribers (SSE streams)."""
+state per source and sink, and fans it out to subscribers (SSE streams).
+
+Subscribers are bounded, since anyone who may listen may open one: at most
+``max_streams`` in all and ``max_streams_per_client`` per client address
+(IPv6: per /64), and one that has not taken what it was sent for
+``STALE_S`` (its client does not read: its stream is stuck writing) is
+dropped from the fan-out at once and its stream ends. 8,000 streams that
+never read kept the event loop so busy that /healthz took 17-35 s."""
 from __future__ import annotations
 
 import collections
@@ -11,23 +18,32 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
+from .admin_auth import client_key
 from .engine import Engine
+from .errors import FullError, RateLimitedError
 from .events import DeviceLost, DeviceRestored, Event, LevelsMeasured, XrunOccurred
 
 __all__ = ["Feed", "Subscriber"]
 
 log = logging.getLogger(__name__)
 
+# a subscriber that has not taken its events for this long is dropped
+STALE_S = 5.0
+RETRY_AFTER_S = 10
+
 
 class Subscriber:
     """One live-event stream (SSE). Level updates coalesce (the newest per
     entity wins); other events queue, the oldest dropped past ``limit``."""
 
-    def __init__(self, limit: int = 256):
+    def __init__(self, client: str = "", limit: int = 256):
+        self.client = client                 # its client_key
         self.pending: collections.deque[tuple[str, Any]] = collections.deque(maxlen=limit)
         self.levels: dict[str, dict[str, Any]] = {"sources": {}, "sinks": {}}
         self._wake = trio.Event()
         self.closed = False
+        self.waiting = False                 # in next_batch: it keeps up
+        self.taken_at = trio.current_time()  # when it last took its events
 
     def push(self, name: str, data: Any) -> None:
         self.pending.append((name, data))
@@ -43,8 +59,13 @@ class Subscriber:
 
     async def next_batch(self, timeout: float) -> list[tuple[str, Any]]:
         """Wait (at most ``timeout``) for something to send; returns it."""
-        with trio.move_on_after(timeout):
-            await self._wake.wait()
+        self.waiting = True
+        try:
+            with trio.move_on_after(timeout):
+                await self._wake.wait()
+        finally:
+            self.waiting = False
+            self.taken_at = trio.current_time()
         self._wake = trio.Event()
         out = list(self.pending)
         self.pending.clear()
@@ -64,8 +85,10 @@ class Feed:
     ``listeners`` event."""
 
     def __init__(self, engine: Engine, shown: Callable[[str, str], bool],
-                 listener_counts: Callable[[], dict[str, Any]]):
+                 listener_counts: Callable[[], dict[str, Any]], *,
+                 max_streams: int = 256, max_streams_per_client: int = 4):
         self.engine = engine
+        self.max_streams, self.max_streams_per_client = max_streams, max_streams_per_client
         self._shown = shown
         self._listener_counts = listener_counts
         self.devices: dict[tuple[str, str], dict[str, Any]] = {}
@@ -75,11 +98,35 @@ class Feed:
         self.closed = False
 
     async def run(self) -> None:
-        async for event in self.engine.events:
-            try:
-                self._on_event(event)
-            except Exception:
-                log.exception("handling %r failed", event)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drop_stale)
+            async for event in self.engine.events:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("handling %r failed", event)
+            nursery.cancel_scope.cancel()
+
+    async def _drop_stale(self) -> None:
+        """Once a second: subscribers whose client stopped reading leave the
+        fan-out (each one cost every event a push) and their streams end."""
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            for sub in [s for s in self.subscribers
+                        if not s.waiting and now - s.taken_at > STALE_S]:
+                log.info("an event stream from %s does not read: dropped", sub.client)
+                self.subscribers.discard(sub)
+                sub.close()
+
+    def check_room(self, client: str) -> None:
+        """Raise unless ``client`` may open one more stream now."""
+        if len(self.subscribers) >= self.max_streams:
+            raise FullError("too many live-event streams are open", retry_after_s=RETRY_AFTER_S)
+        key = client_key(client)
+        if sum(s.client == key for s in self.subscribers) >= self.max_streams_per_client:
+            raise RateLimitedError(f"{self.max_streams_per_client} live-event streams from this "
+                                   "address are open", retry_after_s=RETRY_AFTER_S)
 
     def _on_event(self, event: Event) -> None:
         key = (event.kind, event.entity_id)
@@ -119,18 +166,25 @@ class Feed:
             self._broadcast("listeners", self._listener_counts())
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscriber]:
+    async def subscribe(self, client: str = "") -> AsyncIterator[Subscriber]:
         """A live-event stream, starting with the current listener counts and
-        device states."""
-        sub = Subscriber()
+        device states; closed at once when there is no room for it
+        (``check_room`` tells before a response is sent)."""
+        sub = Subscriber(client_key(client) if client else "")
+        try:
+            self.check_room(client)
+            room = True
+        except (FullError, RateLimitedError):
+            room = False
         sub.push("listeners", self._listener_counts())
         for (kind, ident), state in sorted(self.devices.items()):
             sub.push("device", {"kind": kind, "id": ident, **state})
         for (kind, ident), value in self.levels.items():
             sub.push_levels(kind, ident, value)
-        if self.closed:
+        if self.closed or not room:
             sub.close()
-        self.subscribers.add(sub)
+        else:
+            self.subscribers.add(sub)
         try:
             yield sub
         finally:

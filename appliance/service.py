@@ -42,7 +42,9 @@ class Service:
         self.store = store
         self.started_at = time.monotonic()
         self.feed = Feed(engine, shown=lambda kind, ident: not ident.startswith(TEMP_PREFIX),
-                         listener_counts=self.listener_counts)
+                         listener_counts=self.listener_counts,
+                         max_streams=config.server.max_event_streams,
+                         max_streams_per_client=config.server.max_event_streams_per_client)
         self.sessions = Sessions(config, engine, nursery, changed=self.feed.listeners_changed)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self.feed.forget)

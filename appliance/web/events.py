@@ -11,9 +11,9 @@ import json
 from typing import Any, AsyncIterator, Callable
 
 import trio
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
-from .common import service
+from .common import client_address, service
 
 __all__ = ["blueprint", "format_event", "event_stream"]
 
@@ -35,10 +35,17 @@ async def events() -> Response:
 def event_stream(select: Callable[[str, Any], Any] | None = None) -> Response:
     """The SSE response; ``select(name, data)`` may narrow each event's data
     (None drops the event): the listen page's feed uses it."""
+    if request.method == "HEAD":
+        # the headers a GET would get, without a stream that never ends
+        head = Response("", status=200, content_type="text/event-stream")
+        head.headers["Cache-Control"] = "no-cache"
+        return head
     svc = service()
+    client = client_address()
+    svc.feed.check_room(client)   # 429 or 503 before the stream starts
 
     async def stream() -> AsyncIterator[bytes]:
-        async with svc.feed.subscribe() as sub:
+        async with svc.feed.subscribe(client) as sub:
             yield b"retry: 2000\n\n"
             while not sub.closed:
                 batch = await sub.next_batch(KEEPALIVE_S)
