@@ -52,6 +52,7 @@ from typing import Any, Mapping
 
 from .devices import parse_cards
 from .errors import InvalidError
+from .passwords import is_password_hash
 from .model import (
     EngineSettings, Graph, RouteConfig, RouteSpec, SinkConfig, SinkSpec, SourceConfig,
     SourceSpec, build, check_text,
@@ -270,7 +271,13 @@ def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
         raise ConfigError("server.captive_redirect must be an http:// URL such as "
                           "\"http://10.42.0.1/\"")
     kwargs["server"] = dataclasses.replace(server, ice_servers=ice)
-    kwargs["admin"] = build(AdminConfig, data.get("admin", {}), "admin")
+    admin = build(AdminConfig, data.get("admin", {}), "admin")
+    if admin.password_hash and not is_password_hash(admin.password_hash):
+        # every login would fail, and nothing would say why
+        raise ConfigError("admin.password_hash is not a password hash (scrypt$...): write the "
+                          "hash flash.sh --admin-password makes, or leave it empty and set the "
+                          "password with the setup code")
+    kwargs["admin"] = admin
     engine = app_engine_settings(data.get("engine", {}))
     if engine.stun_server is None:
         stun = next((s.url for s in ice if s.url.startswith("stun:")), None)

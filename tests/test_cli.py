@@ -42,6 +42,8 @@ def test_check_config_names_an_unknown_key(tmp_path):
     ('[server]\nsession_timeout_s = inf\n', "server.session_timeout_s"),
     ('[server]\nmax_listeners = 9223372036854775807\n', "server.max_listeners"),
     (b'name = "Salle \xe9"\n', "not UTF-8"),
+    # every login would fail silently
+    ('[admin]\npassword_hash = "hunter2"\n', "admin.password_hash is not a password hash"),
 ])
 def test_bad_configs_are_messages_with_exit_code_2_never_tracebacks(tmp_path, toml, words):
     a_file = tmp_path / "a-file"
