@@ -203,10 +203,11 @@ static void fanout_destroy(void *self)
     free(f);
 }
 
-/* Mixer thread: encode one mixed frame and send it on. */
+/* Mixer thread: encode one mixed frame and send it on, when someone hears it. */
 static void fanout_frame(void *self, const float *mix, uint64_t index, int64_t capture_us)
 {
     ae_fanout *f = self;
+    if (atomic_load_explicit(&f->heard_by, memory_order_relaxed) <= 0) return;
     int len = opus_encode_float(f->encoder, mix, f->frame_samples, f->packet, sizeof f->packet);
     if (len > 0) push(f, f->packet, len, index, capture_us);
 }
@@ -216,6 +217,8 @@ static int fanout_listeners(void *self)
     ae_fanout *f = self;
     return atomic_load(&f->listeners);
 }
+
+void ae_fanout_heard(ae_fanout *f, int delta) { atomic_fetch_add(&f->heard_by, delta); }
 
 void ae_fanout_record_latency(ae_fanout *f, int64_t latency_us)
 {

@@ -61,9 +61,15 @@ struct ae_fanout {
     uint64_t frame_index_at[AE_FRAME_RING];
     _Atomic int listeners;               /* all transports */
     _Atomic int lean_listeners;          /* of those, on the lean transport */
+    _Atomic int heard_by;                /* connected ones (lean: DTLS done; webrtcbin: all) */
     _Atomic uint64_t packets_out;
     ae_lat_stats latency;
 };
+
+/* A listener of the fan-out connected (+1) or left after connecting (-1).
+ * Nobody connected: the sink is not encoded (a session that never connects
+ * costs no encoder time). */
+void ae_fanout_heard(ae_fanout *f, int delta);
 
 /* A packet's capture-to-network latency, for ae_sink_stats. */
 void ae_fanout_record_latency(ae_fanout *f, int64_t latency_us);

@@ -522,7 +522,10 @@ static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
     p->ended = true;
     if (g_hash_table_lookup(t->by_ufrag, p->ufrag) == p) g_hash_table_remove(t->by_ufrag, p->ufrag);
     while (p->naddrs) forget_addr(t, p, p->naddrs - 1);
-    if (p->connected && p->stream) g_ptr_array_remove_fast(p->stream->live, p);
+    if (p->connected && p->stream) {
+        g_ptr_array_remove_fast(p->stream->live, p);
+        ae_fanout_heard(p->fanout, -1);
+    }
     p->connected = false;
     if (p->ssl) {
         /* close_notify back, only on a connection that is whole: OpenSSL
@@ -761,6 +764,7 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
     p->connected = true;
     p->next_sr_us = ae_now_us() + 200000;
     g_ptr_array_add(p->stream->live, p);
+    ae_fanout_heard(p->fanout, +1);
     post_state(t, p, AE_LISTENER_CONNECTED);
 }
 

@@ -97,6 +97,7 @@ int ae_listener_open(ae_sink *k, const char *offer_sdp, ae_listener **out, char 
         return rc;
     }
     if (l->lean) atomic_fetch_add(&f->lean_listeners, 1);
+    else ae_fanout_heard(f, +1);   /* its pipeline branch takes packets from now on */
     atomic_fetch_add(&f->listeners, 1);
     pthread_mutex_lock(&e->listeners_lock);
     l->next = e->listeners;
@@ -178,6 +179,7 @@ int ae_listener_destroy(ae_listener *l)
         return AE_OK;
     }
     int rc = ae_wr_destroy(l->wr);
+    ae_fanout_heard(l->fanout, -1);
     atomic_fetch_sub(&l->fanout->listeners, 1);
     atomic_fetch_sub(&e->nlisteners, 1);
     free(l);
