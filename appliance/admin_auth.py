@@ -52,6 +52,20 @@ def _format_code(code: str) -> str:
     return "-".join(code[i:i + 4] for i in range(0, len(code), 4))
 
 
+def setup_text(code: str, fingerprint: str | None = None) -> str:
+    """The setup code file: the code on the first line (read back by
+    ``AdminAuth``), how to use it, and the HTTPS certificate's fingerprint
+    so the admin can tell the box's own certificate from a stranger's."""
+    text = (f"{_format_code(code)}\n\n"
+            "The appliance's admin setup code. Open the appliance's admin page (/admin),\n"
+            "enter this code and choose the admin password. The code works once.\n")
+    if fingerprint:
+        text += ("\nThe admin page is served over HTTPS with the appliance's own certificate.\n"
+                 "Your browser warns about it once; go on only if the certificate's SHA-256\n"
+                 f"fingerprint it shows is:\n\n{fingerprint}\n")
+    return text
+
+
 def client_key(address: str) -> str:
     """The unit the throttle counts: an IPv4 address, or an IPv6 /64 (one
     host usually owns a whole /64)."""
@@ -214,6 +228,8 @@ class AdminAuth:
         self.throttle = Throttle(clock=clock)
         self._hash = password_hash or self._load_saved_hash()
         self._code: str | None = None
+        # the HTTPS certificate's SHA-256 fingerprint (set by appliance.cli.serve)
+        self.tls_fingerprint: str | None = None
         # proof of the PIN in a cookie; a new key at every start (the page asks again)
         self._pin_key = secrets.token_bytes(32)
 
@@ -251,9 +267,7 @@ class AdminAuth:
         code = self._read_code_file() or "".join(
             secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
         self._code = code
-        text = (f"{_format_code(code)}\n\n"
-                "The appliance's admin setup code. Open the appliance's admin page (/admin),\n"
-                "enter this code and choose the admin password. The code works once.\n")
+        text = setup_text(code, self.tls_fingerprint)
         try:
             atomic_write(self.code_file, text.encode("ascii"))
         except OSError as error:

@@ -1,6 +1,7 @@
 """``appliance``: the command line.
 
-    appliance run [--config FILE] [--host HOST] [--port PORT] [--log-level LEVEL]
+    appliance run [--config FILE] [--host HOST] [--port PORT] [--https-port PORT]
+                  [--log-level LEVEL]
     appliance check-config FILE
     appliance update FILE [--no-reboot]
     appliance version
@@ -8,7 +9,11 @@
 ``run`` serves the web app with hypercorn's trio worker until SIGTERM or
 SIGINT, then stops within a deadline: new requests are refused, every
 listener is cleaned up, the engine is closed. Under systemd (Type=notify) it
-reports READY=1 once listening, STOPPING=1, and pings the watchdog.
+reports READY=1 once listening, STOPPING=1, and pings the watchdog. It
+serves plain HTTP on ``[server] port`` and HTTPS on ``https_port`` (the admin
+side needs it: ``appliance.tls``); a port that is taken, a certificate that
+cannot be made, an engine that cannot start is one line on stderr and exit
+code 2.
 """
 from __future__ import annotations
 
@@ -47,7 +52,10 @@ async def serve(config: Config, *, app: Any = None,
     alone); ``task_status`` gets the bound addresses ("http://127.0.0.1:8080").
     ``limits`` bound how long a client may hold a connection (default:
     ``Limits()``). The systemd watchdog is fed while ``GET /healthz``
-    answers through the server."""
+    answers through the server. The HTTPS certificate is loaded or made
+    first (``appliance.tls``); its fingerprint is logged, goes into the setup
+    code's file and is shown on the admin page."""
+    from .tls import load_certificate
     from .web import create_app, health
     from .web.server import Limits, serve_app
 
@@ -55,6 +63,13 @@ async def serve(config: Config, *, app: Any = None,
 
     if app is None:
         app = create_app(config)
+    cert = await trio.to_thread.run_sync(partial(
+        load_certificate, config.state_dir, config.server.certfile, config.server.keyfile,
+        addresses=_certificate_addresses(config)))
+    log.info("HTTPS certificate %s%s, SHA-256 fingerprint %s", cert.certfile,
+             " (made now)" if cert.made else "", cert.fingerprint)
+    app.tls_fingerprint = cert.fingerprint
+    app.admin_auth.tls_fingerprint = cert.fingerprint   # into the setup code's file
     stop = trio.Event()
     deadline = config.server.shutdown_timeout_s + limits.graceful_s + 5
 
@@ -69,7 +84,10 @@ async def serve(config: Config, *, app: Any = None,
         async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
                 await serve_app(app, [_bind(config.server.host, config.server.port)], limits,
-                                shutdown_trigger=on_stop, task_status=task_status)
+                                shutdown_trigger=on_stop,
+                                tls_binds=[_bind(config.server.host, config.server.https_port)],
+                                certfile=str(cert.certfile), keyfile=str(cert.keyfile),
+                                task_status=task_status)
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -101,10 +119,51 @@ async def serve(config: Config, *, app: Any = None,
             nursery.start_soon(external_trigger)
         nursery.start_soon(hard_deadline)
         binds = await nursery.start(run_server)
+        app.appliance_ports = {url.partition(":")[0]: int(url.rsplit(":", 1)[1]) for url in binds}
         log.info("serving %s on %s", config.name, ", ".join(binds))
         systemd.notify("READY=1", f"STATUS=serving on {', '.join(binds)}")
         nursery.start_soon(systemd.run_watchdog, partial(health.answers, binds[0]))
         task_status.started(binds)
+
+
+def _certificate_addresses(config: Config) -> list[str]:
+    """The addresses a certificate made now names: the box's own, and the
+    hotspot's (it may not be up yet)."""
+    from urllib.parse import urlsplit
+    from .tls import local_addresses
+    addresses = local_addresses()
+    if config.server.captive_redirect:
+        host = urlsplit(config.server.captive_redirect).hostname
+        if host and host not in addresses:
+            addresses.append(host)
+    return addresses
+
+
+def _startup_error(error: BaseException) -> str | None:
+    """One line for why ``run`` could not start (a port taken, a certificate
+    or an engine that cannot be had), or None for anything else."""
+    from hypercorn.utils import LifespanFailureError
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        else:
+            leaves.append(e)
+    walk(error)
+    for leaf in leaves:
+        if isinstance(leaf, ConfigError):
+            return leaf.message
+        if isinstance(leaf, OSError):
+            return leaf.strerror or str(leaf)
+        if isinstance(leaf, LifespanFailureError):
+            cause = leaf.__cause__ or leaf.__context__
+            text = str(cause) if cause is not None else str(leaf)
+            if "UDP port" in text:
+                text += " (engine.lean_port)"
+            return f"cannot start: {text}"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,6 +174,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", help="TOML config file")
     run.add_argument("--host", help="address to listen on (default from config: 0.0.0.0)")
     run.add_argument("--port", type=int, help="port to listen on (default from config: 8080)")
+    run.add_argument("--https-port", type=int,
+                     help="HTTPS port for the admin side (default from config: 8443)")
     run.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     check = sub.add_parser("check-config", help="validate a config file and print it")
@@ -182,6 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not 0 <= args.port <= 65535:
                 raise ConfigError("--port must be between 0 and 65535")
             server = dataclasses.replace(server, port=args.port)
+        if args.https_port is not None:
+            if not 0 <= args.https_port <= 65535:
+                raise ConfigError("--https-port must be between 0 and 65535")
+            server = dataclasses.replace(server, https_port=args.https_port)
+        if server.port and server.port == server.https_port:
+            raise ConfigError("the HTTP and HTTPS ports must differ")
         config = config.replace(server=server)
         prepare_dirs(config)
     except ConfigError as error:
@@ -193,9 +260,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.set_threshold(10_000)
     try:
         trio.run(serve, config)
-    except OSError as error:  # the port is taken, the address is not ours
-        print(f"appliance: {error}", file=sys.stderr)
-        return 1
+    except BaseException as error:  # a port is taken, no certificate, no engine
+        message = _startup_error(error) if isinstance(error, Exception) else None
+        if message is None:
+            raise
+        print(f"appliance: {message}", file=sys.stderr)
+        return 2
     log.info("stopped")
     return 0
 

@@ -6,6 +6,7 @@
     [server]
     host = "0.0.0.0"
     port = 8080
+    https_port = 8443               # the admin side over HTTPS (listening on both)
     listen_pin = ""                 # a PIN that grants listening only; "" = open
     ice_servers = ["stun:stun.example.net:3478"]
     max_listeners = 100
@@ -118,6 +119,17 @@ class ServerConfig:
     # (e.g. "http://10.42.0.1/"); "" = off (first boot sets it in hotspot mode)
     captive_redirect: str = field(default="", metadata={"max_len": 255})
     shutdown_timeout_s: float = field(default=10.0, metadata=_r(0.1, 300))
+    # the admin page, its login and the admin API are served over HTTPS on
+    # this port (listening works on both); 0 = any free port
+    https_port: int = field(default=8443, metadata=_r(0, 65535))
+    # the venue's own certificate and key (PEM); "" = made at first start in
+    # <state_dir>/tls (self-signed ECDSA P-256, appliance.tls)
+    certfile: str = field(default="", metadata={"max_len": 1024})
+    keyfile: str = field(default="", metadata={"max_len": 1024})
+    # the hotspot's network and passphrase: /signs prints a Wi-Fi join QR
+    # code beside each listen code when both are set (first boot sets them)
+    wifi_ssid: str = field(default="", metadata={"max_len": 32})
+    wifi_passphrase: str = field(default="", metadata={"max_len": 64})
     # opus settings of the temporary sinks made for listening to a source or route
     listen_frame_ms: float = field(default=10.0, metadata={"choices": (2.5, 5.0, 10.0, 20.0,
                                                                        40.0, 60.0)})
@@ -270,6 +282,16 @@ def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
                                                     server.captive_redirect):
         raise ConfigError("server.captive_redirect must be an http:// URL such as "
                           "\"http://10.42.0.1/\"")
+    if bool(server.certfile) != bool(server.keyfile):
+        raise ConfigError("server.certfile and server.keyfile go together: set both or neither")
+    if server.port and server.port == server.https_port:
+        raise ConfigError("server.https_port must differ from server.port")
+    if len(server.wifi_ssid.encode()) > 32:
+        raise ConfigError("server.wifi_ssid is longer than 32 bytes")
+    if server.wifi_passphrase and not re.fullmatch(r"[ -~]{8,63}|[0-9a-fA-F]{64}",
+                                                   server.wifi_passphrase):
+        raise ConfigError("server.wifi_passphrase must be 8-63 printable ASCII characters "
+                          "(or 64 hex digits)")
     kwargs["server"] = dataclasses.replace(server, ice_servers=ice)
     admin = build(AdminConfig, data.get("admin", {}), "admin")
     if admin.password_hash and not is_password_hash(admin.password_hash):

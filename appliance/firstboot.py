@@ -57,7 +57,7 @@ else:
 __all__ = ["Settings", "SettingsError", "Hat", "validate", "read_hats", "set_hat_overlay",
            "edit_settings", "toml_str", "card_base", "check_password", "FIELDS",
            "HAT_BEGIN", "HAT_END", "MAX_FILE_BYTES", "hotspot_files", "wifi_psk_hex",
-           "HOTSPOT_ADDRESS", "HOTSPOT_INTERFACE"]
+           "HOTSPOT_ADDRESS", "HOTSPOT_INTERFACE", "HOTSPOT_FILES"]
 
 HAT_BEGIN = "# >>> appliance hat (managed by flash.sh and appliance-firstboot)"
 HAT_END = "# <<< appliance hat"
@@ -404,11 +404,19 @@ def _line_safe(name: str, value: str) -> str:
     return value
 
 
+HOTSPOT_FILES = ("hostapd.conf", "hostapd-sae.conf", "dnsmasq.conf", "hotspot.nft")
+
+
 def hotspot_files(s: Settings) -> dict[str, str]:
     """The hotspot's configuration from checked settings: file name (in
-    HOTSPOT_DIR) -> contents. No user text reaches a file as text: the SSID
-    goes in hex, the passphrase as its derived key; the country and the
-    channel are from fixed sets."""
+    HOTSPOT_DIR) -> contents. The SSID goes in hex; the country and the
+    channel are from fixed sets. With a passphrase, ``hostapd.conf`` is
+    WPA2-PSK and holds only the derived key; ``hostapd-sae.conf`` is WPA2 +
+    WPA3 (SAE, transition mode: PMF optional, required for SAE), used where
+    the radio can do SAE as an access point (the image's hotspot-hostapd
+    decides at start). SAE needs the passphrase itself, so that file holds
+    it, as checked printable ASCII on a line of its own (hostapd takes the
+    rest of a line as the value). A 64-hex-digit key allows WPA2 only."""
     if s.wifi_mode != "hotspot":
         raise SettingsError("wifi_mode", "is not \"hotspot\"", s.wifi_mode)
     country = _line_safe("wifi_country", _wifi_country(s.wifi_country))
@@ -429,10 +437,22 @@ def hotspot_files(s: Settings) -> dict[str, str]:
         # Listeners need the appliance, not each other.
         "ap_isolate=1",
     ]
+    common = list(lines)
     if s.wifi_psk:
         lines += ["wpa=2", "wpa_key_mgmt=WPA-PSK", "rsn_pairwise=CCMP",
                   f"wpa_psk={wifi_psk_hex(ssid, s.wifi_psk)}"]
     hostapd = "\n".join(lines) + "\n"
+    sae = None
+    if s.wifi_psk and len(s.wifi_psk) != 64:
+        if not re.fullmatch(r"[ -~]{8,63}", s.wifi_psk):   # the last guard before the line
+            raise SettingsError("wifi_psk", "cannot be written into a configuration line",
+                                secret=True)
+        sae = "\n".join(common + [
+            "wpa=2", "wpa_key_mgmt=WPA-PSK SAE", "rsn_pairwise=CCMP",
+            # WPA2 clients without protected management frames still join;
+            # WPA3 (SAE) ones must use them
+            "ieee80211w=1", "sae_require_mfp=1",
+            f"wpa_passphrase={s.wifi_psk}"]) + "\n"
     lo, hi = _HOTSPOT_DHCP
     dnsmasq = "\n".join([
         "# Written by appliance-firstboot: DHCP and DNS for the hotspot only.",
@@ -470,7 +490,10 @@ def hotspot_files(s: Settings) -> dict[str, str]:
         "}",
         "",
     ])
-    return {"hostapd.conf": hostapd, "dnsmasq.conf": dnsmasq, "hotspot.nft": nft}
+    files = {"hostapd.conf": hostapd, "dnsmasq.conf": dnsmasq, "hotspot.nft": nft}
+    if sae is not None:
+        files["hostapd-sae.conf"] = sae
+    return files
 
 
 # --- writing appliance.toml ---------------------------------------------------------

@@ -82,7 +82,8 @@ async def test_run_serves_then_stops_cleanly_on_a_signal(tmp_path, signum):
     log = open(tmp_path / "log", "wb")
     with notify, log:
         process = await trio.lowlevel.open_process(
-            [*APPLIANCE, "run", "--config", str(config), "--host", "127.0.0.1", "--port", "0"],
+            [*APPLIANCE, "run", "--config", str(config), "--host", "127.0.0.1", "--port", "0",
+             "--https-port", "0"],
             env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             with trio.fail_after(30):
@@ -150,7 +151,8 @@ async def test_the_watchdog_stops_while_the_server_cannot_answer(tmp_path):
                 return (await notify.recv(4096)).decode()
 
         process = await trio.lowlevel.open_process(
-            [*APPLIANCE, "run", "--config", str(config), "--host", "127.0.0.1", "--port", "0"],
+            [*APPLIANCE, "run", "--config", str(config), "--host", "127.0.0.1", "--port", "0",
+             "--https-port", "0"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
         try:
@@ -189,6 +191,34 @@ async def test_the_watchdog_stops_while_the_server_cannot_answer(tmp_path):
                 process.kill()
                 await process.wait()
     assert "connection from" not in log_path.read_text()  # no connection failed
+
+
+@pytest.mark.parametrize("busy", ["port", "https-port", "lean_port"])
+def test_run_with_a_busy_port_is_one_line_and_exit_code_2(tmp_path, busy):
+    """A port another program holds (the HTTP one, the HTTPS one, the lean
+    transport's UDP one) is a one-line message naming it, never a traceback."""
+    kind = socket.SOCK_DGRAM if busy == "lean_port" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as holder:
+        holder.bind(("127.0.0.1" if kind == socket.SOCK_STREAM else "0.0.0.0", 0))
+        if kind == socket.SOCK_STREAM:
+            holder.listen()
+        port = holder.getsockname()[1]
+        lean = port if busy == "lean_port" else 0
+        config = tmp_path / "appliance.toml"
+        config.write_text(f'state_dir = "{tmp_path / "state"}"\n'
+                          f'[engine]\nice_addresses = ["127.0.0.1"]\nlean_port = {lean}\n')
+        ports = {"port": "0", "https-port": "0", busy: str(port)}
+        result = subprocess.run(
+            [*APPLIANCE, "run", "--config", str(config), "--host", "127.0.0.1",
+             "--port", ports["port"], "--https-port", ports["https-port"]],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("appliance: ") and str(port) in last, result.stderr
+    assert {"port": "server.port", "https-port": "server.https_port",
+            "lean_port": "engine.lean_port"}[busy] in last
+    assert "in use" in last
 
 
 def test_check_config_works_without_the_c_build(tmp_path):

@@ -149,3 +149,22 @@ def test_unreadable_and_malformed_files(tmp_path):
         load_config(tmp_path / "latin1.toml")
     with pytest.raises(ConfigError, match="appliance.toml"):
         load_config(write(tmp_path, "name = "))
+
+
+def test_https_and_hotspot_keys():
+    server = parse_config({}, cards=[]).server
+    assert (server.port, server.https_port, server.certfile, server.keyfile) == (8080, 8443, "", "")
+    assert (server.wifi_ssid, server.wifi_passphrase) == ("", "")
+    server = parse_config({"server": {"https_port": 443, "certfile": "/c.pem", "keyfile": "/k.pem",
+                                      "wifi_ssid": "Hall; A", "wifi_passphrase": 'p:a"s,s;'}},
+                          cards=[]).server
+    assert (server.https_port, server.certfile, server.keyfile) == (443, "/c.pem", "/k.pem")
+    assert (server.wifi_ssid, server.wifi_passphrase) == ("Hall; A", 'p:a"s,s;')
+    for table, words in [({"https_port": 8080}, "https_port must differ"),
+                         ({"https_port": 70000}, "server.https_port"),
+                         ({"keyfile": "/k.pem"}, "go together"),
+                         ({"wifi_passphrase": "short"}, "server.wifi_passphrase"),
+                         ({"wifi_passphrase": "tab\there!"}, "server.wifi_passphrase"),
+                         ({"wifi_ssid": "é" * 17}, "longer than 32 bytes")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_config({"server": table}, cards=[])

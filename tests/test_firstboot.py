@@ -358,7 +358,7 @@ def test_hotspot_settings_and_their_files():
     s = fb.validate(HOTSPOT)
     assert (s.wifi_mode, s.wifi_country, s.wifi_channel) == ("hotspot", "GB", "")
     files = fb.hotspot_files(s)
-    assert set(files) == {"hostapd.conf", "dnsmasq.conf", "hotspot.nft"}
+    assert set(files) == {"hostapd.conf", "hostapd-sae.conf", "dnsmasq.conf", "hotspot.nft"}
     hostapd = dict(conf_lines(files["hostapd.conf"]))
     assert set(hostapd) == HOSTAPD_KEYS | WPA_KEYS
     assert bytes.fromhex(hostapd["ssid2"]).decode() == "Listen here"
@@ -368,7 +368,18 @@ def test_hotspot_settings_and_their_files():
     # the derived key (what `wpa_passphrase "Listen here" "a passphrase"` prints), never the passphrase
     assert hostapd["wpa_psk"] == hashlib.pbkdf2_hmac("sha1", b"a passphrase", b"Listen here",
                                                      4096, 32).hex()
-    assert all("passphrase" not in text for text in files.values())
+    assert all("passphrase" not in text for name, text in files.items()
+               if name != "hostapd-sae.conf")
+    # WPA3-SAE needs the passphrase itself: the transition-mode file, used
+    # where the radio can do SAE (image/.../hotspot-hostapd)
+    sae = dict(conf_lines(files["hostapd-sae.conf"]))
+    assert set(sae) == HOSTAPD_KEYS | {"wpa", "wpa_key_mgmt", "rsn_pairwise", "ieee80211w",
+                                       "sae_require_mfp", "wpa_passphrase"}
+    assert (sae["wpa"], sae["wpa_key_mgmt"], sae["ieee80211w"], sae["sae_require_mfp"]) \
+        == ("2", "WPA-PSK SAE", "1", "1")
+    assert sae["wpa_passphrase"] == "a passphrase"
+    assert {k: v for k, v in sae.items() if k in HOSTAPD_KEYS} \
+        == {k: v for k, v in hostapd.items() if k in HOSTAPD_KEYS}
     dns = conf_lines(files["dnsmasq.conf"])
     assert ["interface", "wlan0"] in dns and ["address", "/#/10.42.0.1"] in dns
     assert ["dhcp-range", "10.42.0.10,10.42.0.250,255.255.255.0,1h"] in dns
@@ -382,6 +393,7 @@ def test_hotspot_settings_and_their_files():
 
 def test_hotspot_open_network_5ghz_and_hex_key():
     s = fb.validate({**HOTSPOT, "wifi_psk": "", "wifi_channel": "36"})
+    assert "hostapd-sae.conf" not in fb.hotspot_files(s), "open: no WPA3 either"
     hostapd = dict(conf_lines(fb.hotspot_files(s)["hostapd.conf"]))
     assert set(hostapd) == HOSTAPD_KEYS, "open: no WPA lines"
     assert (hostapd["hw_mode"], hostapd["channel"]) == ("a", "36")
@@ -389,6 +401,19 @@ def test_hotspot_open_network_5ghz_and_hex_key():
     s = fb.validate({**HOTSPOT, "wifi_psk": key, "wifi_channel": "13"})
     hostapd = dict(conf_lines(fb.hotspot_files(s)["hostapd.conf"]))
     assert hostapd["wpa_psk"] == key.lower() and hostapd["channel"] == "13"
+    assert "hostapd-sae.conf" not in fb.hotspot_files(s), "SAE needs a passphrase, not a key"
+
+
+@pytest.mark.parametrize("psk", ["#starts with a hash", "ends with spaces  ", "a=b;c\\d\"e'f|g",
+                                 " " * 8, "~" * 63])
+def test_hotspot_passphrase_is_one_literal_line_for_sae(psk):
+    """hostapd takes everything after the first '=' up to the newline as the
+    value: any printable passphrase is one line, read back as itself."""
+    files = fb.hotspot_files(fb.validate({**HOTSPOT, "wifi_psk": psk}))
+    lines = [line for line in files["hostapd-sae.conf"].split("\n")
+             if line.startswith("wpa_passphrase=")]
+    assert lines == [f"wpa_passphrase={psk}"]
+    assert files["hostapd-sae.conf"].count("\n") == len(conf_lines(files["hostapd-sae.conf"])) + 1
 
 
 @pytest.mark.parametrize("ssid", ['"; rm -rf /', "a\\nchannel=1", "x' y", "ssid2=6161",
@@ -400,6 +425,8 @@ def test_hotspot_ssid_only_ever_in_hex(ssid):
     assert {k for k, _ in lines} == HOSTAPD_KEYS | WPA_KEYS and len(lines) == len(HOSTAPD_KEYS | WPA_KEYS)
     assert bytes.fromhex(dict(lines)["ssid2"]).decode() == ssid
     assert all(ssid not in t for t in files.values() if len(ssid) > 2)
+    sae = dict(conf_lines(files["hostapd-sae.conf"]))
+    assert bytes.fromhex(sae["ssid2"]).decode() == ssid
 
 
 @pytest.mark.parametrize("raw, field, why", [

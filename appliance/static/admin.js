@@ -26,6 +26,15 @@ function meterFor(kind, id, label) {
 // ---- login, first-time setup, logout ------------------------------------------
 // The session is an HttpOnly cookie; its CSRF token goes with every change.
 let started = false;
+let session = {};   // /api/admin/session: the certificate's fingerprint, the listen origin
+
+function showFingerprint() {
+  // The certificate this page came over: compare it with the one the
+  // browser shows (and with setup-code.txt / the appliance's log).
+  const fp = session.tls_fingerprint;
+  $("login-tls").hidden = !fp;
+  if (fp) $("login-tls-fp").textContent = fp;
+}
 
 function showLogin(state) {
   setCsrf("");
@@ -50,6 +59,8 @@ function loggedIn(csrf) {
 async function checkSession() {
   try {
     const state = await api("/api/admin/session");
+    session = state;
+    showFingerprint();
     if (state.admin) loggedIn(state.csrf); else showLogin(state);
   } catch (err) {
     $("login").hidden = false;
@@ -115,6 +126,7 @@ function renderStatus() {
     ["Xruns", String(status.xruns.total)],
     ["Devices", lost.length ? `${lost.length} lost` : "all ok"],
   ];
+  if (session.tls_fingerprint) facts.push(["HTTPS certificate (SHA-256)", session.tls_fingerprint]);
   $("facts").replaceChildren(...facts.map(([k, v]) => el("div", { class: "fact", "data-fact": k.toLowerCase() },
     el("div", { class: "k", text: k }), el("div", { class: "v", text: v }))));
   $("devices").replaceChildren(...(status.devices || []).map((d) =>
@@ -264,7 +276,8 @@ $("route-add").addEventListener("submit", async (e) => {
 function renderShare() {
   const id = $("share-sink").value;
   if (!id) { $("share-link").textContent = "No channel to share."; $("share-qr").replaceChildren(); return; }
-  const link = `${location.origin}/listen/${encodeURIComponent(id)}`;
+  // listeners use plain HTTP (no certificate warning on their phones)
+  const link = `${session.listen_origin || location.origin}/listen/${encodeURIComponent(id)}`;
   $("share-link").textContent = link;
   $("share-open").href = link;
   $("share-qr").innerHTML = qrSvg(link);

@@ -14,9 +14,10 @@ answers carry CORS headers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import trio
-from quart import Blueprint, Response
+from quart import Blueprint, Response, has_request_context
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -90,6 +91,22 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
             stop.set()
             with trio.move_on_after(config.server.shutdown_timeout_s + 1):
                 await stopped.wait()
+
+    logged = app.log_exception
+
+    def log_exception(exc_info: Any) -> None:
+        # a start that fails for a known reason (the engine cannot have its
+        # port, a file cannot be written) is one line; `appliance run` says
+        # it again on stderr and exits 2
+        error = exc_info[1]
+        if not has_request_context() and (
+                isinstance(error, (OSError, ApplianceError))
+                or any(c.__name__ == "EngineError" for c in type(error).__mro__)):
+            app.logger.error("cannot start: %s", error)
+            return
+        logged(exc_info)
+
+    app.log_exception = log_exception  # type: ignore[method-assign]
 
     @app.before_serving
     async def open_setup() -> None:

@@ -14,6 +14,15 @@ Every endpoint is one of:
   ``Sec-Fetch-Site``) says it comes from another site is refused, and no CORS
   header is sent.
 
+**Plain HTTP is for listening.** Admin credentials (the password and the
+setup code at login, the admin token, the admin cookie) are accepted only
+over HTTPS: a request that came over plain HTTP from another machine
+(``exposed()``) and needs or carries one is refused with ``403`` and the
+HTTPS address (body and ``Location``; ``X-Appliance-Auth: https``), and
+``/admin`` there redirects to its HTTPS twin. The admin cookie is not even
+looked at there. Loopback is exempt: nothing crosses a network between a
+script on the box and the box.
+
 An endpoint is admin unless it is marked here (``PUBLIC_ENDPOINTS``,
 ``LISTENING_BLUEPRINTS``) or with ``@public`` / ``@listening``: a new route
 is protected until someone decides otherwise.
@@ -21,7 +30,9 @@ is protected until someone decides otherwise.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 from quart import Response, current_app, g, request
 
@@ -30,7 +41,8 @@ from .common import client_address, plain
 
 __all__ = ["PUBLIC", "LISTENING", "ADMIN", "public", "listening", "role_of", "check_request",
            "cors", "same_origin", "admin_session", "SESSION_COOKIE", "LISTEN_COOKIE",
-           "CSRF_HEADER", "retry_later", "check_admin_listening"]
+           "CSRF_HEADER", "retry_later", "check_admin_listening", "exposed", "https_url",
+           "https_only", "http_origin"]
 
 PUBLIC, LISTENING, ADMIN = "public", "listening", "admin"
 
@@ -98,7 +110,74 @@ def same_origin() -> bool:
     return origin.lower() == f"{request.scheme}://{request.host}".lower()
 
 
+def exposed() -> bool:
+    """True when this request came over plain HTTP from another machine:
+    whatever it carries, a stranger on the network may have read it."""
+    if request.scheme == "https":
+        return False
+    try:
+        ip = ipaddress.ip_address(client_address())
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_loopback
+
+
+def https_url(path: str) -> str | None:
+    """``path`` on the HTTPS port, at the host this request named (None when
+    the app is not served over HTTPS)."""
+    port = getattr(current_app, "appliance_ports", {}).get("https")
+    if not port:
+        return None
+    try:
+        host = urlsplit("//" + request.host).hostname
+    except ValueError:
+        host = None
+    if not host:
+        from ..tls import host_label
+        host = host_label() + ".local"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}{'' if port == 443 else f':{port}'}{path}"
+
+
+def http_origin() -> str:
+    """``http://<the host this request named>[:port]``: where listening is
+    served without TLS (the share link of the admin page)."""
+    port = getattr(current_app, "appliance_ports", {}).get("http") \
+        or current_app.appliance_config.server.port or 80
+    try:
+        host = urlsplit("//" + request.host).hostname
+    except ValueError:
+        host = None
+    if not host:
+        from ..tls import host_label
+        host = host_label() + ".local"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}{'' if port == 80 else f':{port}'}"
+
+
+def _this_path() -> str:
+    query = request.query_string.decode("latin-1")
+    return request.path + (f"?{query}" if query else "")
+
+
+def https_only() -> Response:
+    """403 for admin credentials over plain HTTP, pointing to HTTPS."""
+    url = https_url(_this_path())
+    text = ("admin credentials (the password, the setup code, the admin token, the admin "
+            "cookie) are accepted only over HTTPS" + (f": {url}" if url else ""))
+    headers = {"X-Appliance-Auth": "https", "Cache-Control": "no-store"}
+    if url:
+        headers["Location"] = url
+    return plain(text, 403, headers)
+
+
 def admin_session() -> AdminSession | None:
+    if exposed():   # a cookie sent in the clear is not honoured
+        return None
     return _auth().sessions.get(request.cookies.get(SESSION_COOKIE, ""))
 
 
@@ -116,8 +195,11 @@ def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
     wait = auth.throttle.acquire(address)
     if wait:
         return retry_later(wait, "credentials")
-    ok = auth.token_ok(given) or (pin_too and auth.pin_ok(given))
+    token = auth.token_ok(given)
+    ok = token or (pin_too and auth.pin_ok(given))
     auth.throttle.release(address, ok)
+    if token and exposed():
+        return https_only()
     if ok:
         g.appliance_bearer_checked = True
         return None
@@ -148,6 +230,9 @@ def check_admin_listening(what: str) -> Response | None:
 
 def _check_listening() -> Response | None:
     auth = _auth()
+    given = _bearer()
+    if given is not None and exposed() and auth.token_ok(given):
+        return https_only()   # the admin token in the clear, needed or not
     if not auth.listen_pin or request.method == "OPTIONS":  # preflights carry no credentials
         return None
     given = _bearer()
@@ -181,6 +266,14 @@ async def check_request() -> Response | None:
     rule = request.url_rule.rule if request.url_rule is not None else None
     role = role_of(request.endpoint, rule)
     g.appliance_role = role
+    if exposed():
+        if request.endpoint == "ui.admin":
+            url = https_url(_this_path())
+            if url:
+                return Response("", status=302, headers={"Location": url,
+                                                         "Cache-Control": "no-store"})
+        if role == ADMIN or request.blueprint == "login":
+            return https_only()
     if role == LISTENING:
         return _check_listening()
     if role == ADMIN:

@@ -17,7 +17,8 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from ..admin_auth import AdminAuth
 from ..passwords import password_problem
-from .auth import CSRF_HEADER, SESSION_COOKIE, admin_session, public, retry_later
+from .auth import (CSRF_HEADER, SESSION_COOKIE, admin_session, http_origin, https_url, public,
+                   retry_later)
 from .common import client_address, media_type, plain
 
 __all__ = ["blueprint", "read_fields", "set_cookie"]
@@ -65,15 +66,18 @@ async def read_fields(*names: str) -> dict[str, str] | Response:
     return fields
 
 
-def set_cookie(response: Response, name: str, value: str) -> None:
-    """HttpOnly, SameSite=Strict, Path=/. Not Secure: the appliance is served
-    over plain http on the LAN (a Secure cookie would never come back)."""
-    response.set_cookie(name, value, path="/", httponly=True, samesite="Strict")
+def set_cookie(response: Response, name: str, value: str, *, secure: bool = False) -> None:
+    """HttpOnly, SameSite=Strict, Path=/; ``secure``: only ever sent back
+    over HTTPS (the admin cookie, set over HTTPS). The listen cookie is not
+    Secure: listening is served over plain HTTP."""
+    response.set_cookie(name, value, path="/", httponly=True, samesite="Strict", secure=secure)
 
 
 def _logged_in(session_id: str, csrf: str) -> Response:
     response = jsonify({"admin": True, "csrf": csrf})
-    set_cookie(response, SESSION_COOKIE, session_id)
+    # Secure over HTTPS, so a browser never sends it over plain HTTP (where
+    # the server would not take it anyway); a loopback client may use http
+    set_cookie(response, SESSION_COOKIE, session_id, secure=request.scheme == "https")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -91,6 +95,11 @@ async def state() -> Response:
         "password_set": auth.password_set,
         "setup_code_file": None if auth.password_set else auth.code_file.name,
         "csrf_header": CSRF_HEADER,
+        # the HTTPS certificate (its SHA-256, as browsers show it) and the
+        # admin side's address; where listeners go without TLS
+        "tls_fingerprint": getattr(current_app, "tls_fingerprint", None),
+        "https_url": https_url("/admin"),
+        "listen_origin": http_origin(),
     })
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -158,5 +167,6 @@ async def setup() -> Response:
 async def logout() -> Response:
     _auth().sessions.end(request.cookies.get(SESSION_COOKIE, ""))
     response = Response("", status=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict",
+                           secure=request.scheme == "https")
     return response

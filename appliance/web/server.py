@@ -27,6 +27,20 @@ instead of a reset) and closes the socket. Every send has a deadline, so a
 client that never reads cannot hold a task. An exception in one connection is
 logged and ends that connection, never the server.
 
+HTTP/1.1 only, on both ports (``_HTTP11Only``): hypercorn would otherwise
+switch a plain connection to HTTP/2 on ``Upgrade: h2c`` or on the HTTP/2
+preface (``PRI * HTTP/2.0``), and offer ``h2`` by ALPN over TLS. HTTP/2
+connections escaped every limit above (measured: 200 idle ones stayed past
+65 s, 1,100 of them used up the fds and /healthz timed out for 300 s; 40 of
+them with 100 event streams each kept the app's thread at 100 % of a core).
+Now an ``Upgrade: h2c`` is ignored (the answer is HTTP/1.1, RFC 9110 7.8),
+the preface gets ``505`` and the connection closes, and TLS offers only
+``http/1.1``. A TLS handshake must end within the keep-alive limit too.
+
+An answer sent before the request body was all received says
+``Connection: close`` (hypercorn closes such a connection after the answer;
+the header tells the client not to send another request on it).
+
 ``guard(app)`` answers 400 for a ``Host`` header that Werkzeug cannot encode
 (a label longer than 63 characters, an empty label): Werkzeug raises that
 while Quart builds the request context, outside Quart's error handlers, which
@@ -34,16 +48,23 @@ made it a 500.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
+import h11
+import hypercorn.protocol as _hypercorn_protocol
 import hypercorn.trio.run as _hypercorn_run
+import hypercorn.trio.tcp_server as _hypercorn_tcp
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Event, RawData, Updated
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig, Sockets
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol.events import Response as StreamResponse
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.run import worker_serve
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
+from hypercorn.utils import wrap_app
 from werkzeug.exceptions import BadHost
 
 from . import captive
@@ -77,9 +98,21 @@ class _Config(HypercornConfig):
     linger_bytes: int = Limits.linger_bytes
 
 
-def hypercorn_config(binds: list[str], limits: Limits) -> HypercornConfig:
+def hypercorn_config(binds: list[str], limits: Limits, *, tls_binds: Sequence[str] = (),
+                     certfile: str | None = None, keyfile: str | None = None) -> HypercornConfig:
+    """Plain HTTP on ``binds``; with ``certfile`` and ``keyfile``, HTTPS on
+    ``tls_binds`` too. HTTP/1.1 only on both."""
     config = _Config()
-    config.bind = binds
+    if certfile and keyfile and tls_binds:
+        config.bind = list(tls_binds)       # hypercorn: "bind" is TLS when a cert is set
+        config.insecure_bind = list(binds)
+        config.certfile, config.keyfile = str(certfile), str(keyfile)
+    else:
+        config.bind = list(binds)
+    config.alpn_protocols = ["http/1.1"]
+    # AES-GCM where the CPU has AES instructions, ChaCha20 for the Pi 4's (it has none)
+    config.ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20"
+    config.ssl_handshake_timeout = limits.keep_alive_s
     config.keep_alive_timeout = limits.keep_alive_s
     config.h11_max_incomplete_size = limits.max_header_bytes
     config.graceful_timeout = limits.graceful_s
@@ -89,6 +122,52 @@ def hypercorn_config(binds: list[str], limits: Limits) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
+
+
+class _Refused(Exception):
+    """The request was answered with an error and the connection must close."""
+
+
+class _H11Only(H11Protocol):
+    """hypercorn's HTTP/1.1 protocol that never becomes HTTP/2."""
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        # ``Upgrade: h2c`` is ignored (nothing to do: the request is served
+        # as HTTP/1.1); the HTTP/2 preface (prior knowledge) is refused.
+        if event.http_version not in (b"1.0", b"1.1"):
+            await self._send_error_response(505)
+            raise _Refused
+
+    async def stream_send(self, event: Any) -> None:
+        if isinstance(event, StreamResponse) and event.status_code >= 200 \
+                and self.connection.their_state not in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL) \
+                and not any(name.lower() == b"connection" for name, _ in event.headers):
+            # answered before the request body was all received: hypercorn
+            # will close after this answer, so say so (MIGHT_SWITCH_PROTOCOL:
+            # a whole request that proposed an upgrade we decline)
+            event = dataclasses.replace(event, headers=[*event.headers, (b"connection", b"close")])
+        await super().stream_send(event)
+
+
+class _HTTP11Only:
+    """hypercorn's ``ProtocolWrapper`` without its switch to HTTP/2 (h2c
+    upgrade, prior knowledge, ALPN h2)."""
+
+    def __init__(self, app: Any, config: Any, context: Any, task_group: Any, state: Any,
+                 ssl: bool, client: Any, server: Any, send: Callable[[Event], Awaitable[None]],
+                 alpn_protocol: str | None = None) -> None:
+        self.send = send
+        self.protocol = _H11Only(app, config, context, task_group, state, ssl, client, server,
+                                 send)
+
+    async def initiate(self) -> None:
+        await self.protocol.initiate()
+
+    async def handle(self, event: Event) -> None:
+        try:
+            await self.protocol.handle(event)
+        except _Refused:
+            await self.send(Closed())
 
 
 class Connection(TCPServer):
@@ -159,12 +238,15 @@ class Connection(TCPServer):
         except (trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
             pass  # already gone; AttributeError: a TLS stream has no send_eof
         finally:
-            await self.stream.aclose()  # closes the fd before its checkpoint
+            # a TLS stream sends its close_notify first: bounded like any send
+            # (trio closes the socket even when that is cancelled)
+            with trio.move_on_after(self.config.linger_timeout):
+                await self.stream.aclose()  # closes the fd before its checkpoint
 
 
 def _peer(stream: Any) -> str:
     try:
-        return str(stream.socket.getpeername())
+        return str(getattr(stream, "transport_stream", stream).socket.getpeername())
     except (AttributeError, OSError):
         return "?"
 
@@ -176,6 +258,9 @@ def _install() -> None:
         return
     if _hypercorn_run.TCPServer is not TCPServer:
         raise RuntimeError("hypercorn.trio.run.TCPServer is not hypercorn's TCPServer")
+    if _hypercorn_tcp.ProtocolWrapper is not _hypercorn_protocol.ProtocolWrapper:
+        raise RuntimeError("hypercorn.trio.tcp_server.ProtocolWrapper is not hypercorn's")
+    _hypercorn_tcp.ProtocolWrapper = _HTTP11Only  # what TCPServer.run makes per connection
     _hypercorn_run.TCPServer = Connection
 
 
@@ -226,12 +311,56 @@ async def _redirect(send: Callable[..., Awaitable[None]], location: str) -> None
     await send({"type": "http.response.body", "body": b""})
 
 
+def _listen(config: HypercornConfig, binds: Sequence[str], key: str) -> list[Any]:
+    """Listening sockets for ``binds``; an OSError names the address and the
+    config key ("cannot listen on 0.0.0.0:80 (server.port): Address already in use")."""
+    out: list[Any] = []
+    for bind in binds:
+        try:
+            out += config._create_sockets([bind])
+        except OSError as error:
+            for sock in out:
+                sock.close()
+            raise OSError(error.errno, f"cannot listen on {bind} ({key}): "
+                          f"{error.strerror or error}") from None
+    for sock in out:
+        sock.listen(config.backlog)
+    return out
+
+
 async def serve_app(app: Any, binds: list[str], limits: Limits = Limits(), *,
                     shutdown_trigger: Callable[[], Awaitable[None]],
+                    tls_binds: Sequence[str] = (), certfile: str | None = None,
+                    keyfile: str | None = None,
                     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve ``app`` (a Quart app) on ``binds`` ("127.0.0.1:8080") until
-    ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs."""
+    """Serve ``app`` (a Quart app) on ``binds`` ("127.0.0.1:8080"), and over
+    HTTPS on ``tls_binds`` with ``certfile``/``keyfile``, until
+    ``shutdown_trigger`` returns; ``task_status`` gets the bound URLs, the
+    plain ones first ("http://127.0.0.1:8080", "https://127.0.0.1:8443")."""
     _install()
-    await hypercorn_serve(guard(app), hypercorn_config(binds, limits),  # type: ignore[arg-type]
-                          shutdown_trigger=shutdown_trigger, mode="asgi", task_status=task_status)
+    config = hypercorn_config(binds, limits, tls_binds=tls_binds, certfile=certfile,
+                              keyfile=keyfile)
+    # bound here, before the app starts (the engine), each named if it fails
+    insecure = _listen(config, binds, "server.port")
+    try:
+        secure = _listen(config, tls_binds, "server.https_port") if config.ssl_enabled else []
+    except OSError:
+        for sock in insecure:
+            sock.close()
+        raise
+    sockets = Sockets(secure, insecure, [])
+
+    async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await worker_serve(wrap_app(guard(app), config.wsgi_max_body_size, "asgi"), config,
+                               sockets=sockets, shutdown_trigger=shutdown_trigger,
+                               task_status=task_status)
+        finally:
+            for sock in (*secure, *insecure):
+                sock.close()
+
+    async with trio.open_nursery() as nursery:
+        urls: list[str] = await nursery.start(run)
+        task_status.started([u for u in urls if u.startswith("http://")]
+                            + [u for u in urls if not u.startswith("http://")])
 

@@ -9,6 +9,12 @@ A public page (``auth.PUBLIC_ENDPOINTS``); when the appliance has a venue
 PIN the channel list is listening data, so it is shown only to someone who
 has the PIN's cookie or is logged in as admin. The signs speak each
 channel's language when there is a catalogue for it, else the reader's.
+
+On the appliance's own hotspot with a passphrase (``[server] wifi_ssid`` and
+``wifi_passphrase``, written by first boot), each sign also carries a Wi-Fi
+join code beside the listen code: ``WIFI:T:WPA;S:<ssid>;P:<passphrase>;;``,
+which phone cameras offer to join. The passphrase is printed on the sign for
+everyone in the room, so it is on the page too.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from .common import service
 from .listening import channels_of
 from .ui import catalogue, no_store, page_args, page_language, supported, translate
 
-__all__ = ["blueprint", "listen_base"]
+__all__ = ["blueprint", "listen_base", "wifi_qr_text"]
 
 blueprint = Blueprint("signs", __name__)
 
@@ -34,13 +40,24 @@ def listen_base() -> str:
     over mDNS (avahi publishes the hostname), and the port it serves on
     (the configured one, or the one this request came to)."""
     host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
-    port: int | None = current_app.appliance_config.server.port or None
+    # the plain HTTP port (this page may have come over HTTPS)
+    port: int | None = getattr(current_app, "appliance_ports", {}).get("http") \
+        or current_app.appliance_config.server.port or None
     if port is None:
         try:
             port = urlsplit("//" + request.host).port
         except ValueError:
             port = None
     return f"http://{host or 'appliance'}.local" + (f":{port}" if port and port != 80 else "")
+
+
+def wifi_qr_text(ssid: str, passphrase: str) -> str:
+    """The Wi-Fi join code's text: ``WIFI:T:WPA;S:<ssid>;P:<passphrase>;;``,
+    with ``\\ ; , : "`` escaped by a backslash in both fields (the format
+    phone cameras read; ``T:WPA`` covers WPA2 and WPA3)."""
+    def escape(text: str) -> str:
+        return re.sub(r'([\\;,:"])', r"\\\1", text)
+    return f"WIFI:T:WPA;S:{escape(ssid)};P:{escape(passphrase)};;"
 
 
 def _allowed() -> bool:
@@ -55,15 +72,22 @@ async def signs() -> Response:
     base = listen_base()
     channels: list[dict[str, Any]] = []
     allowed = _allowed()
+    server = current_app.appliance_config.server
+    wifi = None
+    if server.wifi_ssid and server.wifi_passphrase:
+        wifi = {"ssid": server.wifi_ssid,
+                "qr": wifi_qr_text(server.wifi_ssid, server.wifi_passphrase)}
     if allowed:
         for channel in channels_of(service()):
             sign_lang = supported(channel["language"] or "") or lang
             url = f"{base}/listen/{quote(channel['id'], safe='')}"
             channels.append({**channel, "url": url, "sign_lang": sign_lang,
                              "dir": catalogue(sign_lang)["_dir"],
-                             "say": {key: translate(sign_lang, key)
-                                     for key in ("sign_scan", "sign_type", "sign_wifi")}})
+                             "say": {key: translate(sign_lang, key, ssid=server.wifi_ssid)
+                                     for key in ("sign_scan", "sign_type", "sign_wifi",
+                                                 "sign_wifi_join")}})
     response = Response(await render_template(
-        "signs.html", **page_args(lang, channels=channels, allowed=allowed)))
+        "signs.html", **page_args(lang, channels=channels, allowed=allowed,
+                                  wifi=wifi if allowed else None)))
     response.headers["Vary"] = "Accept-Language, Cookie"
     return no_store(response)

@@ -4,6 +4,7 @@ channel's listen address, that address in words, and the channel's own
 language."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -118,3 +119,45 @@ async def test_the_admin_page_has_a_button_that_opens_the_signs(tmp_path, browse
             admin.close()
             return count
         assert await browser.call(run) == 3
+
+
+async def test_on_a_hotspot_each_sign_has_a_wifi_join_code_beside_the_listen_code(tmp_path, phone):
+    """The join code reads back (zbarimg) as the WIFI: URI phone cameras
+    join with, escapes included; both codes fit one printed page."""
+    from appliance.web.signs import wifi_qr_text
+    ssid, passphrase = "Hall; A", 'pass:word,"1"'
+    config = make_config(tmp_path / "state", data=DATA, wifi_ssid=ssid, wifi_passphrase=passphrase)
+    async with open_server(config) as server:
+        port = server.url.rsplit(":", 1)[1]
+        host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+
+        def run(p: Phone):
+            page = p.open(server.url + "/signs", size=A4_PORTRAIT, locale="en-GB",
+                          wait=".sign .qr svg", ready="() => document.documentElement.dataset.ready")
+            first = page.locator(".sign").first
+            svgs = first.locator(".qr").evaluate_all("qs => qs.map(q => q.innerHTML)")
+            caption = first.locator(".wifi-code figcaption").inner_text()
+            shots = []
+            for i in range(2):
+                path = tmp_path / f"code-{i}.png"
+                first.locator(".qr").nth(i).screenshot(path=str(path))
+                shots.append(path)
+            page.emulate_media(media="print")
+            pdf = page.pdf(format="A4", print_background=True)
+            Phone.close(page)
+            return svgs, caption, shots, pdf
+
+        svgs, caption, shots, pdf = await phone.call(run)
+
+    join = wifi_qr_text(ssid, passphrase)
+    assert join == 'WIFI:T:WPA;S:Hall\\; A;P:pass\\:word\\,\\"1\\";;'
+    assert len(svgs) == 2
+    listen = f"http://{host}.local:{port}/listen/main"
+    if importlib.util.find_spec("qrcode"):
+        assert encodes(modules(svgs[0]), listen) and encodes(modules(svgs[1]), join)
+    assert caption == f"Scan to join the Wi‑Fi “{ssid}”"
+    assert len(re.findall(rb"/Type\s*/Page\b", pdf)) == 3   # still one page per channel
+    if shutil.which("zbarimg"):
+        read = [subprocess.run(["zbarimg", "--raw", "-q", str(shot)], capture_output=True,
+                               text=True, timeout=30).stdout.strip() for shot in shots]
+        assert read == [listen, join]

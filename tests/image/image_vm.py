@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -113,7 +114,7 @@ class VM:
         cmdline = self.card.read(f"{d}/cmdline.txt").split()
         append = " ".join([w for w in cmdline if not w.startswith("console=") and w != "quiet"]
                           + ["console=ttyAMA0"])
-        self.port, self.ssh_port = free_port(), free_port()
+        self.port, self.ssh_port, self.https_port = free_port(), free_port(), free_port()
         self.serial = self.workdir / f"serial-{self.boots}.log"
         cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024",
                "-nographic", "-monitor", "none", "-serial", f"file:{self.serial}", "-no-reboot",
@@ -121,6 +122,7 @@ class VM:
                "-drive", f"file={self.card.path},if=none,format=raw,id=d0",
                "-device", "virtio-blk-pci,drive=d0",
                "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{self.port}-:80,"
+                          f"hostfwd=tcp:127.0.0.1:{self.https_port}-:443,"
                           f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
                "-device", "virtio-net-pci,netdev=n0,romfile=",
                "-device", "virtio-rng-pci", *self.extra]
@@ -139,14 +141,21 @@ class VM:
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise AssertionError(f"qemu exited ({self.proc.returncode}); serial:\n{self.log()[-4000:]}")
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{self.port}/api/status",
-                                             headers={"Authorization": f"Bearer {self.token}"})
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    if r.status == 200:
-                        return time.monotonic() - self.t0, json.loads(r.read())
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-                pass
+            # The app takes its admin token over HTTPS only (the host is not
+            # loopback to the guest); the stub app serves plain HTTP only.
+            # The guest's certificate is its own, made at its first start:
+            # not checked here (this only waits for the service).
+            unchecked = ssl.create_default_context()
+            unchecked.check_hostname, unchecked.verify_mode = False, ssl.CERT_NONE
+            for url, context in ((f"https://127.0.0.1:{self.https_port}/api/status", unchecked),
+                                 (f"http://127.0.0.1:{self.port}/api/status", None)):
+                try:
+                    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+                    with urllib.request.urlopen(req, timeout=5, context=context) as r:
+                        if r.status == 200:
+                            return time.monotonic() - self.t0, json.loads(r.read())
+                except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+                    pass
             time.sleep(0.5)
         raise AssertionError(f"no /api/status within {timeout} s; serial:\n{self.log()[-6000:]}")
 

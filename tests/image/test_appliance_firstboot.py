@@ -65,7 +65,7 @@ def config(tree):
 def test_defaults_give_a_working_configuration(tree):
     out = firstboot(tree)
     assert config(tree) == {"name": "appliance", "state_dir": "/var/lib/appliance",
-                            "server": {"host": "0.0.0.0", "port": 80},
+                            "server": {"host": "0.0.0.0", "port": 80, "https_port": 443},
                             "admin": {"token": "", "password_hash": "",
                                       "setup_code_file": "/var/lib/appliance/setup-code.txt"}}
     assert (tree / "etc/hostname").read_text() == "appliance\n"
@@ -127,11 +127,12 @@ def test_hotspot_mode_replaces_the_client_and_goes_again(tree):
     settings(tree, wifi_country="gb", wifi_ssid="Listen here", wifi_psk="correct horse",
              wifi_mode="hotspot", wifi_channel="11")
     out = firstboot(tree)
-    assert "hotspot 'Listen here' in GB, channel 11, WPA2, at 10.42.0.1" in out
+    assert "hotspot 'Listen here' in GB, channel 11, WPA2/WPA3, at 10.42.0.1" in out
     assert not wpa.exists(), "wlan0 is the access point, not a client"
     assert not (tree / "etc/systemd/system/multi-user.target.wants/wpa_supplicant@wlan0.service").exists()
     hdir = tree / "etc/appliance/hotspot"
-    assert sorted(p.name for p in hdir.iterdir()) == ["dnsmasq.conf", "hostapd.conf", "hotspot.nft"]
+    assert sorted(p.name for p in hdir.iterdir()) \
+        == ["dnsmasq.conf", "hostapd-sae.conf", "hostapd.conf", "hotspot.nft"]
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in hdir.iterdir())
     hostapd = (hdir / "hostapd.conf").read_text()
     assert f"ssid2={'Listen here'.encode().hex()}\n" in hostapd and "channel=11\n" in hostapd
@@ -139,11 +140,21 @@ def test_hotspot_mode_replaces_the_client_and_goes_again(tree):
     assert os.readlink(tree / HOTSPOT_LINK) == "/etc/systemd/system/appliance-hotspot.service"
     # The app sends other hosts' requests (captive-portal probes) to the listen page.
     assert config(tree)["server"]["captive_redirect"] == "http://10.42.0.1/"
+    # ...and prints a Wi-Fi join QR code with the hotspot's name and passphrase
+    assert (config(tree)["server"]["wifi_ssid"], config(tree)["server"]["wifi_passphrase"]) \
+        == ("Listen here", "correct horse")
     network = (tree / "etc/systemd/network/24-appliance-hotspot.network").read_text()
     assert "Name=wlan0\n" in network and "Address=10.42.0.1/24\n" in network
     # The unit the link names is in the image, and reads the files written here.
     unit = (REPO / "image/files/common/etc/systemd/system/appliance-hotspot.service").read_text()
-    assert "/etc/appliance/hotspot/hostapd.conf" in unit and "/etc/appliance/hotspot/hotspot.nft" in unit
+    assert "ExecStart=/usr/lib/appliance/hotspot-hostapd\n" in unit
+    assert "/etc/appliance/hotspot/hotspot.nft" in unit
+    assert "/etc/appliance/hotspot" in (REPO / "image/files/common/usr/lib/appliance/hotspot-hostapd").read_text()
+    # a hex key instead of a passphrase: WPA2 only, the old SAE file goes
+    settings(tree, wifi_country="gb", wifi_ssid="Listen here", wifi_psk="ab" * 32,
+             wifi_mode="hotspot")
+    assert "WPA2, at 10.42.0.1" in firstboot(tree)
+    assert not (hdir / "hostapd-sae.conf").exists()
     dns_unit = (REPO / "image/files/common/etc/systemd/system/appliance-hotspot-dns.service").read_text()
     assert "--conf-file=/etc/appliance/hotspot/dnsmasq.conf" in dns_unit
     # Back to Ethernet only: every trace of the hotspot goes.
@@ -153,6 +164,7 @@ def test_hotspot_mode_replaces_the_client_and_goes_again(tree):
     assert not (tree / HOTSPOT_LINK).exists()
     assert not (tree / "etc/systemd/network/24-appliance-hotspot.network").exists()
     assert "captive_redirect" not in config(tree)["server"]
+    assert "wifi_passphrase" not in config(tree)["server"]
 
 
 def test_hotspot_on_networkmanager_base_unmanages_wlan0(tree):
@@ -269,3 +281,44 @@ def test_the_appliance_reads_the_hotspot_config_first_boot_writes(tree):
     firstboot(tree)
     c = load_config(tree / "var/lib/appliance/config.toml")
     assert c.server.captive_redirect == "http://10.42.0.1/"
+    assert (c.server.wifi_ssid, c.server.wifi_passphrase) == ("", ""), "open: no join code"
+    settings(tree, wifi_mode="hotspot", wifi_ssid="Saal A; 1:2", wifi_country="DE",
+             wifi_psk="p;a:s,s=w#rd")
+    firstboot(tree)
+    c = load_config(tree / "var/lib/appliance/config.toml")
+    assert (c.server.wifi_ssid, c.server.wifi_passphrase) == ("Saal A; 1:2", "p;a:s,s=w#rd")
+    assert (c.server.port, c.server.https_port) == (80, 443)
+
+
+HOTSPOT_HOSTAPD = REPO / "image/files/common/usr/lib/appliance/hotspot-hostapd"
+
+
+@pytest.mark.parametrize("iw_says, sae", [
+    ("\tDevice supports SAE with AUTHENTICATE command\n", True),          # mac80211 (soft-MAC)
+    ("\tSupported extended features:\n\t\t* [ SAE_OFFLOAD_AP ]: ...\n", True),  # full-MAC firmware
+    ("\tSupported extended features:\n\t\t* [ SAE_OFFLOAD ]: station only\n", False),
+    (None, False),                                                       # no radio
+])
+def test_hotspot_uses_wpa3_only_where_the_radio_can(tmp_path, iw_says, sae):
+    hdir, net, bin_ = tmp_path / "hotspot", tmp_path / "net", tmp_path / "bin"
+    for d in (hdir, bin_):
+        d.mkdir()
+    for name in ("hostapd.conf", "hostapd-sae.conf"):
+        (hdir / name).write_text("")
+    if iw_says is not None:
+        (net / "wlan0/phy80211").mkdir(parents=True)
+        (net / "wlan0/phy80211/name").write_text("phy0\n")
+    (bin_ / "iw").write_text(f"#!/bin/sh\n[ \"$1 $2 $3\" = \"phy phy0 info\" ] && printf '%s' '{iw_says}'\n")
+    (bin_ / "hostapd").write_text("#!/bin/sh\necho \"hostapd $*\"\n")
+    for f in bin_.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOTSPOT_DIR": str(hdir), "SYS_NET": str(net),
+           "IW": str(bin_ / "iw"), "HOSTAPD": str(bin_ / "hostapd")}
+    p = run(["sh", HOTSPOT_HOSTAPD], env=env)
+    assert p.returncode == 0, p.stderr
+    conf = "hostapd-sae.conf" if sae else "hostapd.conf"
+    assert f"hostapd {hdir / conf}\n" in p.stdout
+    assert ("WPA2 and WPA3 (SAE)" in p.stdout) == sae, p.stdout
+    (hdir / "hostapd-sae.conf").unlink()   # a hex key or an open network: WPA2 or open
+    p = run(["sh", HOTSPOT_HOSTAPD], env=env)
+    assert f"hostapd {hdir / 'hostapd.conf'}\n" in p.stdout

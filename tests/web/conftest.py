@@ -30,14 +30,15 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 def make_config(state_dir: Path, *, data: dict[str, Any] | None = None,
                 admin: AdminConfig | None = None, **server: Any) -> Config:
-    """A test config: no sound card (tone -> main), loopback ICE only,
+    """A test config: no sound card (tone -> main), loopback ICE only, any
+    free HTTP and HTTPS ports,
     generous rate limits, the admin token and password above (``admin``
     replaces them, e.g. ``AdminConfig()`` for the default: none);
     ``server`` overrides ServerConfig fields."""
     config = parse_config(data or {}, cards=[])
     if admin is None:
         admin = AdminConfig(token=ADMIN_TOKEN, password_hash=ADMIN_HASH)
-    defaults = dict(host="127.0.0.1", port=0, post_rate_per_s=1000.0, post_burst=1000,
+    defaults = dict(host="127.0.0.1", port=0, https_port=0, post_rate_per_s=1000.0, post_burst=1000,
                     max_listeners=300, shutdown_timeout_s=10.0, max_connecting_per_client=1000,
                     max_event_streams_per_client=1000)
     defaults.update(server)

@@ -181,8 +181,14 @@ async def test_setup_code_flow_works_once_and_only_once(tmp_path):
         assert code_file.exists()
         code = normalise_code(code_file.read_text().splitlines()[0])
         state = (await client.get("/api/admin/session")).json()
+        https = server.app.appliance_ports["https"]
         assert state == {"admin": False, "csrf": None, "password_set": False,
-                         "setup_code_file": "setup-code.txt", "csrf_header": "X-CSRF-Token"}
+                         "setup_code_file": "setup-code.txt", "csrf_header": "X-CSRF-Token",
+                         "tls_fingerprint": server.app.tls_fingerprint,
+                         "https_url": f"https://127.0.0.1:{https}/admin",
+                         "listen_origin": server.url}
+        # the certificate's fingerprint is in the file beside the code
+        assert server.app.tls_fingerprint in code_file.read_text()
         r = await client.post("/api/admin/login", json={"password": "anything at all"})
         assert r.status_code == 409  # nothing to log in with yet
         r = await client.post("/api/admin/setup", json={"code": code, "password": "short"})

@@ -40,6 +40,7 @@ class Box:
     url: str
     port: int
     max_body_bytes: int
+    https_port: int = 0
 
 
 @pytest.fixture
@@ -52,7 +53,8 @@ async def box(tmp_path: Path) -> AsyncIterator[Box]:
         binds = await nursery.start(partial(serve, config, app=app, shutdown_trigger=stop.wait,
                                             limits=LIMITS))
         try:
-            yield Box(binds[0], int(binds[0].rsplit(":", 1)[1]), config.server.max_body_bytes)
+            yield Box(binds[0], int(binds[0].rsplit(":", 1)[1]), config.server.max_body_bytes,
+                      int(binds[1].rsplit(":", 1)[1]))
         finally:
             stop.set()
 
@@ -141,6 +143,8 @@ async def test_a_request_answered_before_its_body_closes_the_connection(box, sta
         await stream.send_all(REFUSED[status])
         got, first = await read_response(stream)
         assert got == status, first
+        # the answer says the connection ends with it
+        assert re.search(rb"(?i)\r\nconnection: *close\r\n", first), first
         # a second request on the same connection: the server already closed
         # it (a client retries on a new one), it does not leave it hanging
         try:
@@ -183,6 +187,80 @@ async def test_idle_connections_are_closed(box):
         assert (await read_response(asked_once))[0] == 200
         assert await read_to_eof(never_asked) == b""
         assert await read_to_eof(asked_once) == b""
+
+
+# --- HTTP/1.1 only (issue 23, item 2): no HTTP/2, in clear or over TLS -------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"   # an empty SETTINGS frame
+
+
+async def test_http2_with_prior_knowledge_is_refused(box):
+    async with await connect(box) as stream:
+        await stream.send_all(H2_PREFACE + H2_SETTINGS)
+        data = await read_to_eof(stream)
+    assert data.startswith(b"HTTP/1.1 505 "), data
+    assert statuses(data) == [505]
+    assert await healthy(box)
+
+
+async def test_an_h2c_upgrade_is_answered_in_http_1_1(box):
+    async with await connect(box) as stream:
+        await stream.send_all(request("GET", "/healthz", "Connection: Upgrade, HTTP2-Settings",
+                                      "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA"))
+        status, first = await read_response(stream)
+        assert status == 200 and first.startswith(b"HTTP/1.1 200 ") and first.endswith(b"ok")
+        # still HTTP/1.1 on the same connection
+        await stream.send_all(HEALTHZ)
+        assert (await read_response(stream))[0] == 200
+
+
+def tls_client(alpn: list[str]) -> "ssl.SSLContext":
+    import ssl
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(alpn)
+    return context
+
+
+async def connect_tls(box: Box, alpn: list[str]) -> trio.SSLStream:
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", box.https_port),
+                            tls_client(alpn), server_hostname="box.local")
+    with trio.fail_after(HEALTH_WITHIN_S):
+        await stream.do_handshake()
+    return stream
+
+
+async def test_tls_offers_http_1_1_only(box):
+    async with await connect_tls(box, ["h2", "http/1.1"]) as stream:
+        assert stream.selected_alpn_protocol() == "http/1.1"
+        await stream.send_all(HEALTHZ)
+        assert (await read_response(stream))[0] == 200
+    async with await connect_tls(box, ["h2"]) as stream:
+        assert stream.selected_alpn_protocol() is None     # h2 is never chosen
+        await stream.send_all(H2_PREFACE + H2_SETTINGS)
+        data = b""
+        with trio.fail_after(CLOSE_WITHIN_S):
+            try:
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            except trio.BrokenResourceError:
+                pass   # no close_notify after the answer
+        assert data.startswith(b"HTTP/1.1 505 "), data
+
+
+async def test_idle_tls_connections_are_closed(box):
+    """After the handshake, or without ever starting one: closed within the
+    same idle limit as plain HTTP/1.1."""
+    async with await trio.open_tcp_stream("127.0.0.1", box.https_port) as no_handshake, \
+            await connect_tls(box, ["http/1.1"]) as idle:
+        assert await read_to_eof(no_handshake) == b""
+        with trio.fail_after(CLOSE_WITHIN_S):
+            try:
+                assert await idle.receive_some(65536) == b""
+            except trio.BrokenResourceError:
+                pass
 
 
 async def test_slow_headers_time_out(box):

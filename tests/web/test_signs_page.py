@@ -44,3 +44,34 @@ async def test_with_a_pin_the_signs_show_channels_only_to_who_may_listen(tmp_pat
 async def test_odd_hosts_never_break_the_signs(server, host):
     r = await server.client.get("/signs", headers={"Host": host})
     assert r.status_code in (200, 400), r.status_code
+
+
+async def test_a_hotspot_with_a_passphrase_gets_a_wifi_join_code_on_every_sign(tmp_path):
+    from appliance.web.signs import wifi_qr_text
+    config = make_config(tmp_path, data=DATA, wifi_ssid='Nave "A"; 1', wifi_passphrase="pa:ss;w,rd\\x")
+    async with open_server(config, headers={}) as server:
+        r = await server.client.get("/signs", headers={"Accept-Language": "en"})
+        assert r.status_code == 200
+        # escaped per the WIFI: format, then for the HTML attribute
+        text = 'WIFI:T:WPA;S:Nave \\&#34;A\\&#34;\\; 1;P:pa\\:ss\\;w\\,rd\\\\x;;'
+        assert f'data-url="{text}"' in r.text, r.text
+        assert 'class="sign with-wifi"' in r.text
+        assert "Nave &#34;A&#34;; 1" in r.text      # named under its code, escaped
+        # the listen code is still the first one on the sign, to plain HTTP
+        port = server.url.rsplit(":", 1)[1]
+        first = r.text.index('class="qr" data-url="')
+        assert r.text[first:].startswith(f'class="qr" data-url="http://')
+        assert f".local:{port}/listen/main" in r.text
+        # over HTTPS (the admin page's button) the listen codes stay plain HTTP
+        https = server.app.appliance_ports["https"]
+        import httpx
+        async with httpx.AsyncClient(verify=False, timeout=15) as secure:
+            r = await secure.get(f"https://127.0.0.1:{https}/signs")
+        assert f".local:{port}/listen/main" in r.text
+    assert wifi_qr_text("a", "b") == "WIFI:T:WPA;S:a;P:b;;"
+    assert wifi_qr_text('x\\;,:"', "y") == 'WIFI:T:WPA;S:x\\\\\\;\\,\\:\\";P:y;;'
+    # an open hotspot (no passphrase): no join code, the old line instead
+    async with open_server(make_config(tmp_path / "open", data=DATA, wifi_ssid="Open"),
+                           headers={}) as server:
+        r = await server.client.get("/signs")
+        assert "WIFI:" not in r.text and 'class="wifi"' in r.text

@@ -1,4 +1,4 @@
-"""Stub appliance: `appliance run [--host H] [--port P] [--config FILE]`.
+"""Stub appliance: `appliance run [--host H] [--port P] [--https-port P] [--config FILE]`.
 
 Serves GET /api/status like the real app and speaks sd_notify (READY=1,
 WATCHDOG=1) so the image's systemd unit can be tested without the engine.
@@ -29,6 +29,7 @@ def main(argv=None) -> None:
     run = sub.add_parser("run")
     run.add_argument("--host", default=None)
     run.add_argument("--port", type=int, default=None)
+    run.add_argument("--https-port", type=int, default=None)   # accepted; the stub has no TLS
     run.add_argument("--config", default=None)
     args = parser.parse_args(argv)
     config = {}
