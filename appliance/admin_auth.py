@@ -89,29 +89,62 @@ class _Client:
 
 
 class Throttle:
-    """The first ``free`` failures in a row cost nothing (a typo); after the
-    n-th (n >= free) a client must wait ``base_s * 2**(n-free)`` seconds (at
-    most ``cap_s``) before its next attempt; attempts in that
-    window, and attempts while one of its attempts is still being checked,
-    are refused at once with the time to wait. A success forgets the client;
-    so does ``forget_s`` without failures. At most ``max_clients`` are
-    remembered (the least recently seen go first), so memory stays bounded."""
+    """Failed guesses are slowed down per client and counted per secret.
+
+    Per client (an address, IPv6 a /64): the first ``free`` failures in a
+    row cost nothing (a typo); after the n-th (n >= free) a client must wait
+    ``base_s * 2**(n-free)`` seconds (at most ``cap_s``) before its next
+    attempt; attempts in that window, and attempts while one of its attempts
+    is still being checked, are refused at once with the time to wait. A
+    success forgets the client; so does ``forget_s`` without failures. At
+    most ``max_clients`` are remembered (the least recently seen go first),
+    so memory stays bounded.
+
+    Per secret (the PIN, the password, ...), across all clients: at most
+    ``budget_per_min`` failed guesses a minute (a burst of ``budget_burst``),
+    since addresses are cheap (5,000 rotating ones found a 4-digit PIN in 8 s
+    with the per-client limit alone). Each attempt takes a guess from the
+    secret's budget before it is checked and a success gives it back; with
+    the budget spent, attempts at that secret are refused unchecked until it
+    refills (``attacks`` tells the admin page)."""
 
     def __init__(self, *, free: int = 2, base_s: float = 1.0, cap_s: float = 60.0,
                  forget_s: float = 900.0, max_clients: int = 4096,
+                 budget_per_min: float = 30.0, budget_burst: int = 30,
                  clock: Callable[[], float] = time.monotonic):
         self.free, self.base_s, self.cap_s, self.forget_s = free, base_s, cap_s, forget_s
         self.max_clients = max_clients
+        self.budget_per_min, self.budget_burst = budget_per_min, budget_burst
         self.clock = clock
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._budgets: dict[str, tuple[float, float]] = {}     # secret -> (guesses, at)
+        self._refused: dict[str, tuple[int, float]] = {}       # secret -> (count, last)
 
     def __len__(self) -> int:
         return len(self._clients)
 
-    def acquire(self, address: str) -> float:
-        """0.0 if ``address`` may try now (the attempt is then in flight until
-        ``release``); otherwise the seconds it must wait."""
+    def _budget(self, secret: str, now: float) -> float:
+        guesses, at = self._budgets.get(secret, (float(self.budget_burst), now))
+        return min(float(self.budget_burst), guesses + (now - at) * self.budget_per_min / 60.0)
+
+    def attacks(self, within_s: float = 300.0) -> dict[str, int]:
+        """Secrets whose budget refused guesses lately: how many it refused."""
         now = self.clock()
+        return {secret: count for secret, (count, last) in sorted(self._refused.items())
+                if now - last < within_s}
+
+    def acquire(self, address: str, secret: str = "credential") -> float:
+        """0.0 if ``address`` may try ``secret`` now (the attempt is then in
+        flight until ``release``); otherwise the seconds it must wait."""
+        now = self.clock()
+        guesses = self._budget(secret, now)
+        if guesses < 1.0:
+            count, _ = self._refused.get(secret, (0, now))
+            self._refused[secret] = (count + 1, now)
+            if count == 0:
+                log.warning("guessing at the %s from many addresses: the %s is checked at "
+                            "most %g times a minute", secret, secret, self.budget_per_min)
+            return (1.0 - guesses) * 60.0 / self.budget_per_min
         key = client_key(address)
         entry = self._clients.get(key)
         if entry is not None and now - entry.seen > self.forget_s and not entry.busy:
@@ -129,9 +162,14 @@ class Throttle:
             return entry.until - now
         entry.busy = True
         entry.seen = now
+        self._budgets[secret] = (guesses - 1.0, now)
         return 0.0
 
-    def release(self, address: str, ok: bool) -> None:
+    def release(self, address: str, ok: bool, secret: str = "credential") -> None:
+        if ok:   # no guess spent
+            now = self.clock()
+            self._budgets[secret] = (min(float(self.budget_burst),
+                                         self._budget(secret, now) + 1.0), now)
         key = client_key(address)
         entry = self._clients.get(key)
         if entry is None:  # evicted meanwhile

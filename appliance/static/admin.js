@@ -129,7 +129,12 @@ function renderStatus() {
   if (session.tls_fingerprint) facts.push(["HTTPS certificate (SHA-256)", session.tls_fingerprint]);
   $("facts").replaceChildren(...facts.map(([k, v]) => el("div", { class: "fact", "data-fact": k.toLowerCase() },
     el("div", { class: "k", text: k }), el("div", { class: "v", text: v }))));
-  $("devices").replaceChildren(...(status.devices || []).map((d) =>
+  // someone guessing a secret from many addresses (the budget refused guesses lately)
+  const guessing = Object.entries(status.guessing || {}).map(([secret, refused]) =>
+    el("div", { class: "error", "data-guessing": secret,
+      text: `Someone on the network is guessing the ${secret}: ${refused} guesses refused in the last 5 minutes. ` +
+        "It is checked at most 30 times a minute; a longer secret makes guessing hopeless." }));
+  $("devices").replaceChildren(...guessing, ...(status.devices || []).map((d) =>
     el("div", { class: d.state === "lost" ? "error" : "", text: `${d.kind} ${d.id}: ${d.state}${d.reason ? ` — ${d.reason}` : ""}` })));
 }
 

@@ -2,7 +2,7 @@
 the appliance's status. Changes are persisted atomically. See docs/API.md."""
 from __future__ import annotations
 
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response, current_app, jsonify
 
 from .common import read_object, service
 
@@ -19,7 +19,8 @@ def _kind(collection: str) -> str:
 
 @blueprint.route("/status", methods=["GET"])
 async def status() -> Response:
-    return jsonify(service().status())
+    # secrets someone is guessing at from many addresses (the admin page warns)
+    return jsonify({**service().status(), "guessing": current_app.admin_auth.throttle.attacks()})
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["GET"])

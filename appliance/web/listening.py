@@ -118,11 +118,11 @@ async def pin() -> Response:
     if not auth.listen_pin:
         return Response("", status=204)  # nothing to prove
     address = client_address()
-    wait = auth.throttle.acquire(address)
+    wait = auth.throttle.acquire(address, "PIN")
     if wait:
         return retry_later(wait, "PINs")
     ok = auth.pin_ok(fields["pin"])
-    auth.throttle.release(address, ok)
+    auth.throttle.release(address, ok, "PIN")
     if not ok:
         return plain("wrong PIN", 401, {"X-Appliance-Auth": "pin"})
     response = Response("", status=204)

@@ -115,7 +115,7 @@ async def login() -> Response:
     if not auth.password_set:
         return plain("no admin password is set yet: use the setup code", 409)
     address = client_address()
-    wait = auth.throttle.acquire(address)
+    wait = auth.throttle.acquire(address, "password")
     if wait:
         return retry_later(wait, "passwords")
     ok = False
@@ -124,7 +124,7 @@ async def login() -> Response:
         ok = await trio.to_thread.run_sync(auth.check_password, fields["password"],
                                            limiter=_hashing())
     finally:
-        auth.throttle.release(address, ok)
+        auth.throttle.release(address, ok, "password")
     if not ok:
         return plain("wrong password", 401)
     session_id, session = auth.sessions.create()
@@ -146,11 +146,11 @@ async def setup() -> Response:
         if auth.password_set:
             return plain("the admin password is already set: log in", 409)
         address = client_address()
-        wait = auth.throttle.acquire(address)
+        wait = auth.throttle.acquire(address, "setup code")
         if wait:
             return retry_later(wait, "setup codes")
         ok = auth.check_setup_code(fields["code"])
-        auth.throttle.release(address, ok)
+        auth.throttle.release(address, ok, "setup code")
         if not ok:
             return plain("wrong setup code", 401)
         try:
