@@ -57,6 +57,7 @@
 #define HOUSEKEEP_US 50000     /* consent, DTLS retransmission, sender reports */
 #define SR_INTERVAL_US 1000000
 #define DTLS_DEADLINE_US 30000000 /* ICE passed but no DTLS by then: failed */
+#define QUIET_MAX_US 6000000   /* a media path unheard from this long may move (consider_move) */
 #define FORGET_TIMEOUT_MS 5000
 #define TRIM_AFTER_US 200000   /* hand freed memory back this long after the last removal */
 
@@ -73,6 +74,9 @@ typedef struct peer_addr {
     } sa;
     socklen_t len;
     int fd;
+    int64_t consent_us;                  /* its last valid Binding request */
+    int64_t proof_us;                    /* its last SRTCP that libsrtp authenticated, or 0 */
+    bool nominated;                      /* a request from it carried USE-CANDIDATE */
 } peer_addr;
 
 typedef struct stream stream;
@@ -94,7 +98,8 @@ struct ae_lean_peer {
     bool dtls_fatal;                     /* OpenSSL reported a fatal error: no SSL_shutdown */
     int64_t created_us, last_consent_us, ice_started_us, next_sr_us;
     peer_addr addrs[MAX_ADDRS];
-    int naddrs, nominated;               /* nominated: index into addrs, or -1 */
+    int naddrs, media;                   /* media: index into addrs of where media goes, or -1
+                                          * (see consider_move) */
     peer_addr dtls_to;                   /* where the last DTLS came from */
     SSL *ssl;
     BIO *rbio;
@@ -156,6 +161,7 @@ struct ae_lean {
     char fingerprint[32 * 3];
     uint64_t tie, ssrc_salt;
     int64_t consent_us;
+    int64_t quiet_us;                    /* a media path this long unheard from may move */
     /* network thread */
     StunAgent agent;
     GHashTable *by_ufrag, *by_addr, *streams;
@@ -500,8 +506,8 @@ static void forget_addr(ae_lean *t, ae_lean_peer *p, int i)
         g_hash_table_remove(t->by_addr, &p->addrs[i].key);
     memmove(&p->addrs[i], &p->addrs[i + 1], (size_t)(p->naddrs - i - 1) * sizeof p->addrs[0]);
     p->naddrs--;
-    if (p->nominated == i) p->nominated = -1;
-    else if (p->nominated > i) p->nominated--;
+    if (p->media == i) p->media = -1;
+    else if (p->media > i) p->media--;
 }
 
 /* The buffers SSL_free_buffers took, back before anything is written:
@@ -568,10 +574,28 @@ static void peer_remove(ae_lean *t, ae_lean_peer *p)
     }
 }
 
-/* An address that passed ICE for p; returns its index. An address another
- * listener had is moved: the newer request was authenticated for p. */
+/* When the peer was last heard from on a path: a Binding request, or SRTCP
+ * that libsrtp authenticated. */
+static int64_t path_heard_us(const peer_addr *a)
+{
+    return a->consent_us > a->proof_us ? a->consent_us : a->proof_us;
+}
+
+static int addr_index(const ae_lean_peer *p, const addr_key *k)
+{
+    for (int i = 0; i < p->naddrs; i++)
+        if (!memcmp(&p->addrs[i].key, k, sizeof *k)) return i;
+    return -1;
+}
+
+/* An address that passed ICE for p; returns its index, or -1 when it stays
+ * another listener's. An address another listener had is moved (the newer
+ * request was authenticated for p), unless it is that listener's media path
+ * and still heard from: STUN alone never takes a live path. When the table
+ * is full, the address heard from longest ago goes, one that never proved
+ * itself with SRTCP first, the media path never. */
 static int peer_learn_addr(ae_lean *t, ae_lean_peer *p, int fd, const struct sockaddr_storage *sa,
-                           socklen_t len)
+                           socklen_t len, int64_t now)
 {
     addr_key k;
     key_of(sa, &k);
@@ -581,12 +605,25 @@ static int peer_learn_addr(ae_lean *t, ae_lean_peer *p, int fd, const struct soc
     if (other && other != p) {
         for (int i = 0; i < other->naddrs; i++)
             if (!memcmp(&other->addrs[i].key, &k, sizeof k)) {
+                if (i == other->media && now - path_heard_us(&other->addrs[i]) <= t->quiet_us)
+                    return -1;
                 forget_addr(t, other, i);
                 break;
             }
     }
-    if (p->naddrs == MAX_ADDRS) forget_addr(t, p, p->nominated == 0 ? 1 : 0);
+    if (p->naddrs == MAX_ADDRS) {
+        int drop = -1;
+        for (int i = 0; i < p->naddrs; i++) {
+            if (i == p->media) continue;
+            const peer_addr *a = &p->addrs[i], *d = drop >= 0 ? &p->addrs[drop] : NULL;
+            if (!d || (!a->proof_us && d->proof_us) ||
+                (!a->proof_us == !d->proof_us && path_heard_us(a) < path_heard_us(d)))
+                drop = i;
+        }
+        forget_addr(t, p, drop);
+    }
     peer_addr *a = &p->addrs[p->naddrs];
+    memset(a, 0, sizeof *a);
     a->key = k;
     a->len = len < sizeof a->sa ? len : sizeof a->sa;
     memcpy(&a->sa, sa, a->len);
@@ -595,10 +632,46 @@ static int peer_learn_addr(ae_lean *t, ae_lean_peer *p, int fd, const struct soc
     return p->naddrs++;
 }
 
+/* Where media and sender reports go: the path DTLS completed on, or the one
+ * it moved to (consider_move); nowhere before. */
 static const peer_addr *media_addr(const ae_lean_peer *p)
 {
-    if (p->nominated >= 0) return &p->addrs[p->nominated];
-    return p->dtls_to.len ? &p->dtls_to : NULL;
+    return p->media >= 0 ? &p->addrs[p->media] : NULL;
+}
+
+/* Where a connected listener's media goes moves (RFC 8445 nomination, RFC
+ * 7675 consent), without a switch a stranger holds. The credentials that
+ * pass ICE travel in cleartext in the offer and answer, so a Binding
+ * request with USE-CANDIDATE proves nothing about who sends it: media
+ * stays on the path DTLS completed on while that path is heard from (its
+ * Binding requests, or its authenticated SRTCP) within quiet_us. Only when
+ * it has gone quiet for that long may media move, and only to an address
+ * of the same listener that passed ICE and was nominated, has consent now
+ * (a request within quiet_us), and sent SRTCP that libsrtp authenticated
+ * with this session's keys after the old path was last heard from: what a
+ * peer that keeps its DTLS association sends from a new network (browsers
+ * send receiver reports on the path they select; Chromium nominates that
+ * path to an ICE-lite server), and what someone with only the
+ * credentials, or a replayed packet, cannot. */
+static void consider_move(ae_lean *t, ae_lean_peer *p, int64_t now)
+{
+    if (!p->connected || p->media < 0) return;
+    int64_t heard = path_heard_us(&p->addrs[p->media]);
+    if (now - heard <= t->quiet_us) return;
+    int best = -1;
+    for (int i = 0; i < p->naddrs; i++) {
+        const peer_addr *a = &p->addrs[i];
+        if (i == p->media || !a->nominated || a->proof_us <= heard ||
+            now - a->proof_us > t->quiet_us || now - a->consent_us > t->quiet_us)
+            continue;
+        if (best < 0 || a->proof_us > p->addrs[best].proof_us) best = i;
+    }
+    if (best < 0) return;
+    p->media = best;
+    p->dtls_to = p->addrs[best];
+    p->last_consent_us = p->addrs[best].consent_us;
+    g_printerr("ae: listener %" G_GUINT64_FORMAT ": media moves to the peer's new address\n",
+               p->listener_id);
 }
 
 /* ---- STUN (ICE-lite) ---------------------------------------------------- */
@@ -652,10 +725,16 @@ static void on_stun(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
     if (outlen) sendto(fd, out, outlen, MSG_DONTWAIT, (struct sockaddr *)from, fromlen);
     if (r != STUN_USAGE_ICE_RETURN_SUCCESS) return;
     int64_t now = ae_now_us();
-    p->last_consent_us = now;
-    atomic_store(&p->last_rx_us, now);
-    int i = peer_learn_addr(t, p, fd, from, fromlen);
-    if (stun_usage_ice_conncheck_use_candidate(&req)) p->nominated = i;
+    int i = peer_learn_addr(t, p, fd, from, fromlen, now);
+    if (i < 0) return;
+    p->addrs[i].consent_us = now;
+    if (stun_usage_ice_conncheck_use_candidate(&req)) p->addrs[i].nominated = true;
+    /* connected, only the media path's requests are the listener's consent
+     * (RFC 7675 is per path) and a sign of life: a stranger's are not */
+    if (!p->connected || i == p->media) {
+        p->last_consent_us = now;
+        atomic_store(&p->last_rx_us, now);
+    }
     if (!p->ice_started) {
         p->ice_started = true;
         p->ice_started_us = now;
@@ -761,6 +840,9 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
         peer_end(t, p, AE_LISTENER_FAILED, "libsrtp refused the keys");
         return;
     }
+    /* media goes where the handshake completed: the address that proved
+     * it holds the offer's certificate */
+    p->media = addr_index(p, &p->dtls_to.key);
     p->connected = true;
     p->next_sr_us = ae_now_us() + 200000;
     g_ptr_array_add(p->stream->live, p);
@@ -778,10 +860,17 @@ static void on_dtls(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
         atomic_fetch_add(&t->dtls_rejected, 1);
         return;
     }
-    atomic_store(&p->last_rx_us, ae_now_us());
-    p->dtls_to.fd = fd;
-    p->dtls_to.len = fromlen < sizeof p->dtls_to.sa ? fromlen : sizeof p->dtls_to.sa;
-    memcpy(&p->dtls_to.sa, from, p->dtls_to.len);
+    /* the handshake answers where its flights come from; connected, DTLS
+     * (an alert, a retransmitted flight: authenticated by OpenSSL, else
+     * dropped) is answered on the media path, and only that path's is a
+     * sign of life */
+    if (!p->connected) {
+        p->dtls_to.key = k;
+        p->dtls_to.fd = fd;
+        p->dtls_to.len = fromlen < sizeof p->dtls_to.sa ? fromlen : sizeof p->dtls_to.sa;
+        memcpy(&p->dtls_to.sa, from, p->dtls_to.len);
+    }
+    if (!p->connected || addr_index(p, &k) == p->media) atomic_store(&p->last_rx_us, ae_now_us());
     if (!p->ssl && (p->connected || !peer_new_ssl(t, p))) return;
     BIO_write(p->rbio, buf, (int)len);
     if (!SSL_is_init_finished(p->ssl)) {
@@ -889,7 +978,11 @@ static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr
         atomic_fetch_add(&t->rtcp_rejected, 1); /* forged, or a replay */
         return;
     }
-    atomic_store(&p->last_rx_us, ae_now_us());
+    int64_t now = ae_now_us();
+    atomic_store(&p->last_rx_us, now);
+    /* only this session's keys make it: the path it came on is the peer's */
+    int i = addr_index(p, &k);
+    if (i >= 0) p->addrs[i].proof_us = now;
     parse_rtcp(p, buf, n);
 }
 
@@ -1125,6 +1218,7 @@ static void housekeep(ae_lean *t, int64_t now)
         if (p->ended) continue;
         /* the consent clock starts with the answer: a peer that never
          * checks has never consented */
+        consider_move(t, p, now);
         if (now - p->last_consent_us > t->consent_us) {
             peer_end(t, p, AE_LISTENER_FAILED, "consent expired");
             continue;
@@ -1248,6 +1342,13 @@ int ae_lean_start(ae_events *events, const ae_engine_config *cfg, ae_lean **out)
     if (cfg->ice_addresses && *cfg->ice_addresses) t->ice_addresses = strdup(cfg->ice_addresses);
     t->fd4 = t->fd6 = t->wake_fd = -1;
     t->consent_us = (int64_t)cfg->consent_timeout_ms * 1000;
+    /* past the latest moment the next consent check was due: RFC 7675's
+     * checks come every 5 s randomised by 0.8-1.2, so at most 6 s apart
+     * (Chromium's on its selected path every 2.5 s), with receiver reports
+     * besides; a fifth of a shorter consent window (30 s = 6 x 5 s). A live
+     * path that loses a check may look quiet: media then moves only to an
+     * address that proved itself the same peer's (consider_move). */
+    t->quiet_us = t->consent_us / 5 < QUIET_MAX_US ? t->consent_us / 5 : QUIET_MAX_US;
     pthread_mutex_init(&t->cmd_lock, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -1477,7 +1578,7 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
     p->listener_id = listener_id;
     p->closing = closing;
     p->pt = o->pt;
-    p->nominated = -1;
+    p->media = -1;
     p->rtt_ms = -1;
     pthread_mutex_init(&p->rr_lock, NULL);
     random_ice_text(p->ufrag, 12);

@@ -14,9 +14,13 @@
 #define GST_USE_UNSTABLE_API /* webrtcbin's library API is marked unstable */
 #include "ae_webrtc.h"
 
+#include <arpa/inet.h>
 #include <gst/sdp/sdp.h>
 #include <gst/webrtc/webrtc.h>
+#include <ifaddrs.h>
 #include <malloc.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <nice/agent.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -28,6 +32,8 @@
 #include <strings.h>
 
 #define GLIB_CALL_TIMEOUT_MS 5000
+#define MAX_REMOTE_CANDIDATES 8    /* kept per m-line, from the offer and trickled together */
+#define CHECK_PACING_MS 50         /* Ta, RFC 8445 14.2's default (libnice's is 20) */
 
 struct ae_wr {
     const ae_wr_env *env;
@@ -51,6 +57,8 @@ struct ae_wr {
     /* negotiation progress, glib thread (answered is also read elsewhere) */
     bool local_set, gathered;
     atomic_bool answered;
+    /* the peer's candidates handed to webrtcbin, per m-line (glib thread) */
+    uint8_t remote_candidates[AE_OFFER_MAX_MLINES];
     /* candidates gathered locally, for the answer (webrtcbin's thread) */
     GMutex cand_lock;
     GPtrArray *candidates;               /* "mline\ncandidate:..." strings */
@@ -284,6 +292,142 @@ static void on_deep_element_added(GstBin *bin, GstBin *sub, GstElement *el, gpoi
                                         GST_PAD_PROBE_TYPE_BUFFER | GST_PAD_PROBE_TYPE_BUFFER_LIST,
                                         on_received, listener_ref(l), listener_unref);
     }
+}
+
+/* ---- the peer's candidates ------------------------------------------------ */
+
+/* webrtcbin sends connectivity checks to every candidate it is given (an
+ * offer with 200 made the box send 296 Binding requests to 100 of them, 50
+ * a second, measured), so the addresses an offer or a PATCH names are checked before
+ * any packet leaves: UDP (TCP only with ICE-TCP on), a port a peer's agent can
+ * have bound (1024 and up), never an address no peer has: unspecified,
+ * "this network" (0/8), multicast, broadcast (255.255.255.255, an
+ * interface's), the reserved 240/4, link-local (169.254/16, fe80::/10:
+ * only meaningful on one link, which SDP cannot name, and never one of our
+ * own candidates), nor one of the box's own addresses or loopback: checks
+ * aimed at the box itself. Loopback (the box's own ones included) is kept
+ * when the engine's own ICE addresses are loopback: peer and box on one
+ * machine, as in the tests. A host name is no address (the web layer drops
+ * them already). At most MAX_REMOTE_CANDIDATES per m-line are kept, from
+ * the offer and trickled together; the peer's own checks still reach us
+ * from wherever it is (peer-reflexive), so a real peer loses nothing. */
+static bool loopback_ip(int family, const unsigned char *ip)
+{
+    return family == AF_INET ? ip[0] == 127
+                             : IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)ip);
+}
+
+static bool same_ip(int family, const unsigned char *ip, const struct sockaddr *sa)
+{
+    if (!sa || sa->sa_family != family) return false;
+    if (family == AF_INET) return !memcmp(ip, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    return !memcmp(ip, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+}
+
+static bool loopback_allowed(const ae_engine_config *cfg)
+{
+    bool any = false;
+    char **addrs = cfg->ice_addresses ? g_strsplit(cfg->ice_addresses, ",", -1) : NULL;
+    for (char **a = addrs; a && *a; a++) {
+        unsigned char ip[16];
+        char *s = g_strstrip(*a);
+        if ((inet_pton(AF_INET, s, ip) == 1 && ip[0] == 127) ||
+            (inet_pton(AF_INET6, s, ip) == 1 && loopback_ip(AF_INET6, ip)))
+            any = true;
+    }
+    g_strfreev(addrs);
+    return any;
+}
+
+/* cand: "candidate:..." or the a=candidate value without it; ifs: the
+ * box's interfaces (getifaddrs), or NULL. */
+static bool candidate_allowed(const ae_engine_config *cfg, const char *cand,
+                              const struct ifaddrs *ifs)
+{
+    if (!strncmp(cand, "candidate:", 10)) cand += 10;
+    char foundation[40], transport[8], addr[64];
+    unsigned component;
+    unsigned long priority;
+    int port;
+    if (sscanf(cand, "%39s %u %7s %lu %63s %d", foundation, &component, transport, &priority,
+               addr, &port) != 6)
+        return false;
+    /* TCP only with ICE-TCP on, and with its tcptype: without one,
+     * webrtcbin 1.22 hit a GLib-CRITICAL (g_ascii_strcasecmp on NULL) */
+    bool tcp = !strcasecmp(transport, "tcp") && cfg->ice_tcp && strstr(cand, " tcptype ");
+    if ((strcasecmp(transport, "udp") && !tcp) || port < 1024 || port > 65535) return false;
+    unsigned char ip[16];
+    int family = inet_pton(AF_INET, addr, ip) == 1    ? AF_INET
+                 : inet_pton(AF_INET6, addr, ip) == 1 ? AF_INET6
+                                                      : 0;
+    if (!family) return false;
+    const struct in6_addr *in6 = (const struct in6_addr *)ip;
+    if (family == AF_INET6 && (IN6_IS_ADDR_V4MAPPED(in6) || IN6_IS_ADDR_V4COMPAT(in6))) {
+        memmove(ip, ip + 12, 4); /* the IPv4 address it stands for */
+        family = AF_INET;
+    }
+    bool loopback = loopback_ip(family, ip);
+    if (family == AF_INET) {
+        if (ip[0] == 0 || ip[0] >= 224 || (ip[0] == 169 && ip[1] == 254)) return false;
+    } else if (IN6_IS_ADDR_UNSPECIFIED(in6) || IN6_IS_ADDR_MULTICAST(in6) ||
+               IN6_IS_ADDR_LINKLOCAL(in6)) {
+        return false;
+    }
+    if (loopback) return loopback_allowed(cfg);
+    for (const struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+        if (same_ip(family, ip, i->ifa_addr)) return false;
+        if ((i->ifa_flags & IFF_BROADCAST) && same_ip(family, ip, i->ifa_broadaddr)) return false;
+    }
+    char **own = cfg->ice_addresses ? g_strsplit(cfg->ice_addresses, ",", -1) : NULL;
+    bool mine = false;
+    for (char **a = own; a && *a && !mine; a++) {
+        unsigned char o[16];
+        mine = inet_pton(family, g_strstrip(*a), o) == 1 && !memcmp(o, ip, family == AF_INET ? 4 : 16);
+    }
+    g_strfreev(own);
+    return !mine;
+}
+
+/* Whether webrtcbin gets this candidate of m-line `mline` (glib thread). */
+static bool take_remote_candidate(ae_wr *l, guint mline, const char *cand,
+                                  const struct ifaddrs *ifs)
+{
+    if (mline >= AE_OFFER_MAX_MLINES || l->remote_candidates[mline] >= MAX_REMOTE_CANDIDATES ||
+        !candidate_allowed(l->env->cfg, cand, ifs))
+        return false;
+    l->remote_candidates[mline]++;
+    return true;
+}
+
+/* The offer's candidates webrtcbin may not have are taken out of it;
+ * candidates at session level have no place there (RFC 8839) and go. */
+static void filter_offer_candidates(ae_wr *l, GstSDPMessage *sdp)
+{
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0) ifs = NULL;
+    int dropped = 0;
+    for (guint a = gst_sdp_message_attributes_len(sdp); a-- > 0;)
+        if (!g_strcmp0(gst_sdp_message_get_attribute(sdp, a)->key, "candidate")) {
+            gst_sdp_message_remove_attribute(sdp, a);
+            dropped++;
+        }
+    for (guint m = 0; m < gst_sdp_message_medias_len(sdp); m++) {
+        GstSDPMedia *media = (GstSDPMedia *)gst_sdp_message_get_media(sdp, m);
+        for (guint a = 0; a < gst_sdp_media_attributes_len(media);) {
+            const GstSDPAttribute *attr = gst_sdp_media_get_attribute(media, a);
+            if (g_strcmp0(attr->key, "candidate") ||
+                take_remote_candidate(l, m, attr->value ? attr->value : "", ifs)) {
+                a++;
+                continue;
+            }
+            gst_sdp_media_remove_attribute(media, a);
+            dropped++;
+        }
+    }
+    if (ifs) freeifaddrs(ifs);
+    if (dropped)
+        g_printerr("ae: a webrtcbin listener's offer: %d candidates left out (see "
+                   "candidate_allowed; at most %d an m-line)\n", dropped, MAX_REMOTE_CANDIDATES);
 }
 
 /* ---- negotiation -------------------------------------------------------- */
@@ -537,6 +681,10 @@ static void configure_ice(ae_wr *l)
         if (agent) {
             /* UPnP-IGD lookups held answers back by seconds; a LAN needs none. */
             g_object_set(agent, "upnp", cfg->upnp != 0, "ice-tcp", cfg->ice_tcp != 0, NULL);
+            /* its checks at most one per Ta, to at most MAX_REMOTE_CANDIDATES
+             * addresses an m-line (take_remote_candidate), each sent at most
+             * 1 + stun-max-retransmissions (3) times */
+            g_object_set(agent, "stun-pacing-timer", (guint)CHECK_PACING_MS, NULL);
             if (cfg->ice_addresses) {
                 char **addrs = g_strsplit(cfg->ice_addresses, ",", -1);
                 for (char **a = addrs; *a; a++) {
@@ -649,6 +797,7 @@ static int start_listener(ae_wr *l)
     GstSDPMessage *sdp = NULL;
     gst_sdp_message_new(&sdp);
     gst_sdp_message_parse_buffer((const guint8 *)l->offer, (guint)strlen(l->offer), sdp);
+    filter_offer_candidates(l, sdp);
     GstWebRTCSessionDescription *offer =
         gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp);
     GstPromise *promise = promise_then(l, on_remote_set);
@@ -726,8 +875,13 @@ typedef struct candidate_call {
 static gboolean add_candidate_main(gpointer data)
 {
     candidate_call *c = data;
-    if (!atomic_load(&c->listener->closing) && c->listener->webrtc)
-        g_signal_emit_by_name(c->listener->webrtc, "add-ice-candidate", c->mline, c->candidate);
+    ae_wr *l = c->listener;
+    /* its address was checked by ae_wr_add_candidate; here the count */
+    if (!atomic_load(&l->closing) && l->webrtc && c->mline < AE_OFFER_MAX_MLINES &&
+        l->remote_candidates[c->mline] < MAX_REMOTE_CANDIDATES) {
+        l->remote_candidates[c->mline]++;
+        g_signal_emit_by_name(l->webrtc, "add-ice-candidate", c->mline, c->candidate);
+    }
     return G_SOURCE_REMOVE;
 }
 
@@ -741,6 +895,11 @@ static void candidate_call_free(gpointer data)
 
 void ae_wr_add_candidate(ae_wr *l, int mline, const char *candidate)
 {
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0) ifs = NULL;
+    bool allowed = candidate_allowed(l->env->cfg, candidate, ifs);
+    if (ifs) freeifaddrs(ifs);
+    if (!allowed) return; /* see candidate_allowed */
     candidate_call *c = g_new0(candidate_call, 1);
     c->listener = listener_ref(l);
     c->mline = (guint)mline;

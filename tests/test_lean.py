@@ -366,6 +366,188 @@ async def test_forged_and_stray_datagrams_are_dropped_counted_and_harm_nobody(en
         await victim.aclose()
 
 
+# ---- where media goes: a live path is never taken by STUN alone -------------------
+
+
+def receiver_report(ssrc: int = 0x5EED5EED) -> bytes:
+    """A plain RTCP receiver report without report blocks."""
+    return bytes([0x80, 201, 0, 1]) + ssrc.to_bytes(4, "big")
+
+
+async def collect(sock, into: list[bytes]) -> None:
+    """Every datagram that reaches ``sock``, until cancelled."""
+    while True:
+        into.append(await sock.recv(2048))
+
+
+def media(datagrams: list[bytes]) -> list[bytes]:
+    """The RTP and RTCP among them (RFC 7983: first byte 128-191)."""
+    return [d for d in datagrams if d and 128 <= d[0] <= 191]
+
+
+async def packet_rate(peer, seconds: float = 1.0) -> float:
+    start = peer.packets_received
+    await trio.sleep(seconds)
+    return (peer.packets_received - start) / seconds
+
+
+async def test_one_binding_request_from_elsewhere_takes_no_audio(engine):
+    """A Binding request with the listener's credentials (both are in the
+    offer and answer, in cleartext on the LAN) and USE-CANDIDATE, from
+    another address: it is answered, as ICE must, and that is all. The
+    listener's media stays where DTLS completed, at the same rate; nothing
+    goes to the stranger. (Before: every packet went to the stranger from
+    then on, and the listener got none while it still showed connected.)"""
+    async with open_aiortc_listener() as peer:
+        listener = await connect(engine, peer)
+        ours, pwd = ice_credentials(peer.answer_sdp)
+        theirs = ice_credentials(peer.offer_sdp)[0]
+        server = ("127.0.0.1", engine.stats().lean_port)
+        before = await packet_rate(peer)
+        assert before >= 80
+        got: list[bytes] = []
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            await sock.bind(("127.0.0.2", 0))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, sock, got)
+                request, tid = binding_request(f"{ours}:{theirs}", pwd)
+                await sock.sendto(request, server)
+                after = await packet_rate(peer, 2.0)
+                nursery.cancel_scope.cancel()
+        assert [stun.parse_message(d).transaction_id for d in got] == [tid]
+        assert after >= 0.8 * before, (before, after)
+        assert abs(dominant_frequency(await peer.record(seconds=0.5)) - 1000.0) < 2.0
+        assert listener.stats().state == ListenerState.CONNECTED
+        await listener.aclose()
+
+
+async def test_a_listener_that_never_did_dtls_sends_nothing(engine):
+    """ICE passed (USE-CANDIDATE too) but no DTLS: the checking address gets
+    its Binding responses and no RTP or RTCP."""
+    offer = synthetic_offer()
+    listener = engine.start_listener("main", offer)
+    answer = await first_answer(listener)
+    ours, pwd = ice_credentials(answer.sdp)
+    got: list[bytes] = []
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+        await sock.bind(("127.0.0.2", 0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, sock, got)
+            for _ in range(5):
+                request, _tid = binding_request(f"{ours}:{ice_credentials(offer)[0]}", pwd)
+                await sock.sendto(request, ("127.0.0.1", engine.stats().lean_port))
+                await trio.sleep(0.2)
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+    assert len(got) == 5 and not media(got)
+    assert listener.stats().packets_sent == 0
+    await listener.aclose()
+
+
+async def test_a_stranger_never_gets_media_even_when_the_peer_is_gone(monkeypatch):
+    """Someone with the credentials keeps checking with USE-CANDIDATE from
+    another address and sends SRTCP from it (forged, and a real report of
+    the peer's replayed): no media leaves for it while the peer is there, nor
+    after the peer has vanished, and its checks are not the listener's
+    consent: the listener fails when the peer's path has had none for the
+    consent timeout."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.2)
+    settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1,
+                              transport="lean", consent_timeout_s=1.5)   # quiet after 0.3 s
+    async with open_engine(settings) as engine, open_aiortc_listener() as peer:
+        await tone_graph(engine, hz=1000.0)
+        listener = await connect(engine, peer)
+        ours, pwd = ice_credentials(peer.answer_sdp)
+        theirs = ice_credentials(peer.offer_sdp)[0]
+        dtls = peer._pc.getTransceivers()[0].receiver.transport
+        ice_send = dtls.transport._send
+        reports: list[bytes] = []
+
+        async def send(data: bytes) -> None:
+            if len(data) > 1 and 192 <= data[1] <= 223:
+                reports.append(data)
+            await ice_send(data)
+
+        async def hook() -> None:
+            dtls.transport._send = send
+
+        await peer._run(hook)
+        await until(lambda: len(reports) >= 1, timeout=5)
+        server = ("127.0.0.1", engine.stats().lean_port)
+        got: list[bytes] = []
+        rejected = engine.stats().lean_rtcp_rejected
+
+        async def stranger(sock) -> None:
+            while True:
+                await sock.sendto(binding_request(f"{ours}:{theirs}", pwd)[0], server)
+                await sock.sendto(reports[-1], server)                       # a replay
+                await sock.sendto(bytes([0x80, 201]) + os.urandom(40), server)   # forged
+                await trio.sleep(0.1)
+
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            await sock.bind(("127.0.0.2", 0))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, sock, got)
+                nursery.start_soon(stranger, sock)
+                assert await packet_rate(peer, 1.5) >= 80      # the peer keeps its audio
+                await peer.vanish()
+                gone = time.monotonic()
+                assert await state_change(listener, timeout=5) == ListenerState.FAILED
+                waited = time.monotonic() - gone
+                nursery.cancel_scope.cancel()
+        assert 1.0 < waited < 3.5, waited     # the peer's path's consent, not the stranger's
+        assert got and not media(got)         # Binding responses only
+        assert engine.stats().lean_rtcp_rejected - rejected >= 20
+        await listener.aclose()
+
+
+async def test_a_peer_that_really_moves_gets_its_audio_back(monkeypatch):
+    """A peer whose address changes under the same DTLS association (a
+    phone off one network onto another) sends its checks, with
+    USE-CANDIDATE, and its SRTCP receiver reports from the new address: once
+    its old path has been quiet for a fifth of the consent window (6 s by
+    default: RFC 7675's longest interval between checks), media follows it
+    there. Before that, not even authenticated SRTCP from another nominated
+    address moves a path that is still heard from."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.3)
+    settings = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1,
+                              transport="lean", consent_timeout_s=5.0)   # quiet after 1 s
+    async with open_engine(settings) as engine, open_aiortc_listener() as peer:
+        await tone_graph(engine, hz=1000.0)
+        listener = await connect(engine, peer)
+        ours, pwd = ice_credentials(peer.answer_sdp)
+        theirs = ice_credentials(peer.offer_sdp)[0]
+        server = ("127.0.0.1", engine.stats().lean_port)
+        got: list[bytes] = []
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            await sock.bind(("127.0.0.3", 0))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect, sock, got)
+                # the peer's own keys, from another nominated address, for 2 s
+                # (twice the quiet time) while its path is alive: no move
+                for _ in range(8):
+                    await sock.sendto(binding_request(f"{ours}:{theirs}", pwd)[0], server)
+                    await sock.sendto(await peer.protect_rtcp(receiver_report()), server)
+                    await trio.sleep(0.25)
+                assert await packet_rate(peer, 0.5) >= 80
+                nursery.cancel_scope.cancel()
+        assert got and not media(got)
+
+        await peer.rebind("127.0.0.2")
+        moved = time.monotonic()
+        start = peer.packets_received
+        with trio.fail_after(5):
+            while peer.packets_received < start + 50:
+                await trio.sleep(0.02)
+        regained = time.monotonic() - moved
+        assert abs(dominant_frequency(await peer.record(seconds=0.5)) - 1000.0) < 2.0
+        assert await packet_rate(peer) >= 80
+        assert listener.stats().state == ListenerState.CONNECTED
+        assert regained < 4.0, regained
+        print(f"audio back {regained:.2f} s after the move")
+        await listener.aclose()
+
+
 async def test_ipv6_on_the_same_port():
     """Both families share the one port number; a check over IPv6 is answered
     with the peer's IPv6 address."""

@@ -27,6 +27,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import numpy as np
 import trio
 
+import aioice
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -242,6 +243,41 @@ class AiortcListener:
                     if protocol.transport is not None:
                         protocol.transport.close()
         await self._run(cut, timeout=10)
+
+    async def rebind(self, host: str) -> tuple[str, int]:
+        """Move to another local address, as a phone whose Wi-Fi went away
+        does: a socket on ``host`` replaces the ICE socket, a check that
+        nominates the new path leaves from it (Chromium puts USE-CANDIDATE
+        on the checks of the connection it selects when the other side is
+        ICE-lite), the old socket closes, and from then on consent checks,
+        RTCP and media arrive on the new one. The DTLS association and its
+        SRTP keys stay. Returns the new local address."""
+        async def move() -> tuple[str, int]:
+            ice = self._pc.getTransceivers()[0].receiver.transport.transport
+            connection = ice._connection
+            pair = connection._nominated[1]
+            old = pair.protocol
+            _, protocol = await self._loop.create_datagram_endpoint(
+                lambda: aioice.ice.StunProtocol(connection), local_addr=(host, 0))
+            port = protocol.transport.get_extra_info("sockname")[1]
+            protocol.local_candidate = aioice.Candidate(
+                foundation="moved", component=1, transport="udp",
+                priority=old.local_candidate.priority, host=host, port=port, type="host")
+            connection._protocols.append(protocol)
+            pair.protocol = protocol      # before the old one closes: its loss is no pair's
+            old.transport.close()
+            request = connection.build_request(pair, nominate=True)
+            await protocol.request(request, pair.remote_addr,
+                                   integrity_key=connection.remote_password.encode())
+            return host, port
+        return await self._run(move, timeout=10)
+
+    async def protect_rtcp(self, packet: bytes) -> bytes:
+        """``packet`` (plain RTCP) protected with this peer's own SRTCP
+        session: what its DTLS keys let it send, from wherever it is."""
+        async def protect() -> bytes:
+            return self._pc.getTransceivers()[0].receiver.transport._tx_srtp.protect_rtcp(packet)
+        return await self._run(protect, timeout=10)
 
 
 def _frame_to_mono(frame: Any) -> np.ndarray:
