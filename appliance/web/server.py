@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -80,8 +81,9 @@ class Limits:
     # idle between requests, and from connecting (or the last response) to
     # the end of the next request's headers: slow headers time out with it
     keep_alive_s: float = 10.0
-    # one write to a client that does not read
-    send_s: float = 30.0
+    # one write to a client that does not read (an event stream's client
+    # that stopped reading is gone within this)
+    send_s: float = 10.0
     # after our FIN, how long we still read (and drop) what the client sends
     linger_s: float = 2.0
     linger_bytes: int = 1 << 20
@@ -89,13 +91,38 @@ class Limits:
     max_header_bytes: int = 16 * 1024
     # open requests (and event streams) when the server stops
     graceful_s: float = 2.0
+    # open connections at once; None: what the fd limit leaves after a
+    # reserve for the engine (see connection_limit). The box's own watchdog
+    # ping (from 127.0.0.1 or ::1) is never refused.
+    max_connections: int | None = None
+
+
+# fds kept for the engine (ALSA, its sockets, webrtcbin listeners) and files
+ENGINE_FD_RESERVE = 256
+_WATCHDOG_PEERS = frozenset({"127.0.0.1", "::1"})
+
+
+def connection_limit(limits: Limits) -> int:
+    """How many connections may be open: the configured number, or the fd
+    limit less a reserve for the engine (a quarter, at least 256). 1,100
+    idle connections at a 1,024-fd limit once left /healthz and WHEP
+    unanswered for 300 s."""
+    if limits.max_connections is not None:
+        return limits.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(64, soft - max(ENGINE_FD_RESERVE, soft // 4))
 
 
 class _Config(HypercornConfig):
-    """Hypercorn's config plus the limits only ``Connection`` reads."""
+    """Hypercorn's config plus the limits only ``Connection`` reads, and its
+    count of open connections."""
     send_timeout: float = Limits.send_s
     linger_timeout: float = Limits.linger_s
     linger_bytes: int = Limits.linger_bytes
+    max_connections: int = 1 << 20
+    open_connections: int = 0
 
 
 def hypercorn_config(binds: list[str], limits: Limits, *, tls_binds: Sequence[str] = (),
@@ -119,6 +146,7 @@ def hypercorn_config(binds: list[str], limits: Limits, *, tls_binds: Sequence[st
     config.send_timeout = limits.send_s
     config.linger_timeout = limits.linger_s
     config.linger_bytes = limits.linger_bytes
+    config.max_connections = connection_limit(limits)
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -178,6 +206,19 @@ class Connection(TCPServer):
         self._scope = trio.CancelScope()  # everything that may use the socket
 
     async def run(self) -> None:
+        config = self.config
+        if config.open_connections >= config.max_connections and \
+                _peer_host(self.stream) not in _WATCHDOG_PEERS:
+            # no fd to spare: closed before a byte is read or sent
+            await trio.aclose_forcefully(self.stream)
+            return
+        config.open_connections += 1
+        try:
+            await self._serve()
+        finally:
+            config.open_connections -= 1
+
+    async def _serve(self) -> None:
         try:
             with self._scope:
                 await super().run()  # its ``finally`` calls ``_close``
@@ -242,6 +283,13 @@ class Connection(TCPServer):
             # (trio closes the socket even when that is cancelled)
             with trio.move_on_after(self.config.linger_timeout):
                 await self.stream.aclose()  # closes the fd before its checkpoint
+
+
+def _peer_host(stream: Any) -> str:
+    try:
+        return str(getattr(stream, "transport_stream", stream).socket.getpeername()[0])
+    except (AttributeError, OSError, IndexError):
+        return "?"
 
 
 def _peer(stream: Any) -> str:

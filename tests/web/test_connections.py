@@ -8,8 +8,10 @@ a half-closed or reset request never stops the server; the fds of the
 process come back to where they were."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import resource
 import socket
 import struct
 from dataclasses import dataclass
@@ -19,10 +21,11 @@ from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 from appliance.cli import serve
 from appliance.web import create_app, health
-from appliance.web.server import Limits
+from appliance.web.server import Limits, connection_limit
 from tests.web.conftest import make_config
 
 pytestmark = pytest.mark.trio
@@ -452,3 +455,33 @@ async def test_2000_abusive_connections_leave_the_fds_flat(box):
     await wait_for(lambda: open_fds() <= before, CLOSE_WITHIN_S,
                    f"{open_fds() - before} fds more than before the flood")
     assert await healthy(box)
+
+
+async def test_connections_past_the_cap_are_closed_and_the_watchdog_still_gets_in(tmp_path):
+    """The connection cap stays below the fd limit (with room for the
+    engine): past it a connection is closed before anything is read, from
+    any address but the box's own watchdog's (127.0.0.1), whose /healthz
+    still answers."""
+    config = make_config(tmp_path)
+    limits = dataclasses.replace(LIMITS, keep_alive_s=30.0, max_connections=20)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait,
+                                            limits=limits))
+        port = int(binds[0].rsplit(":", 1)[1])
+        held = []
+        try:
+            for n in range(20):   # idle, from strangers' addresses
+                held.append(await trio.open_tcp_stream("127.0.0.1", port,
+                                                       local_address=f"127.0.3.{n + 1}"))
+            await trio.testing.wait_all_tasks_blocked()
+            late = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.4.1")
+            async with late:
+                assert await read_to_eof(late) == b""    # closed at once, nothing answered
+            with trio.fail_after(HEALTH_WITHIN_S):
+                assert await health.answers(binds[0])
+        finally:
+            for stream in held:
+                await stream.aclose()
+            stop.set()
+    assert connection_limit(Limits()) < resource.getrlimit(resource.RLIMIT_NOFILE)[0]
