@@ -38,6 +38,11 @@ __all__ = ["AdminAuth", "AdminSession", "Sessions", "Throttle", "normalise_code"
 log = logging.getLogger("appliance.auth")
 
 PASSWORD_FILE = "admin-password"
+# the key of the browsers' device cookies (see AdminAuth.device_proof)
+DEVICE_KEY_FILE = "device-key"
+# a bearer token this long is no guess (2^100 and more): it has no budget
+# of guesses, which anyone could spend to lock the scripts out
+UNGUESSABLE_TOKEN_CHARS = 20
 # no 0/O, 1/I/L: the code is read off a screen or a file and typed on a phone
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 CODE_LENGTH = 12  # 31^12 ≈ 2^59: not guessable, even without the throttle
@@ -133,11 +138,14 @@ class Throttle:
         return {secret: count for secret, (count, last) in sorted(self._refused.items())
                 if now - last < within_s}
 
-    def acquire(self, address: str, secret: str = "credential") -> float:
+    def acquire(self, address: str, secret: str = "credential", *, budget: bool = True) -> float:
         """0.0 if ``address`` may try ``secret`` now (the attempt is then in
-        flight until ``release``); otherwise the seconds it must wait."""
+        flight until ``release``); otherwise the seconds it must wait.
+        ``budget=False``: a try the secret's budget does not count (a
+        secret too long to guess, or a browser that proved itself before:
+        a budget anyone can spend is also a way to lock everyone out)."""
         now = self.clock()
-        guesses = self._budget(secret, now)
+        guesses = self._budget(secret, now) if budget else float(self.budget_burst)
         if guesses < 1.0:
             count, _ = self._refused.get(secret, (0, now))
             self._refused[secret] = (count + 1, now)
@@ -162,11 +170,13 @@ class Throttle:
             return entry.until - now
         entry.busy = True
         entry.seen = now
-        self._budgets[secret] = (guesses - 1.0, now)
+        if budget:
+            self._budgets[secret] = (guesses - 1.0, now)
         return 0.0
 
-    def release(self, address: str, ok: bool, secret: str = "credential") -> None:
-        if ok:   # no guess spent
+    def release(self, address: str, ok: bool, secret: str = "credential", *,
+                budget: bool = True) -> None:
+        if ok and budget:   # no guess spent
             now = self.clock()
             self._budgets[secret] = (min(float(self.budget_burst),
                                          self._budget(secret, now) + 1.0), now)
@@ -270,6 +280,44 @@ class AdminAuth:
         self.tls_fingerprint: str | None = None
         # proof of the PIN in a cookie; a new key at every start (the page asks again)
         self._pin_key = secrets.token_bytes(32)
+        self._device_key = self._load_device_key(Path(state_dir) / DEVICE_KEY_FILE)
+
+    # -- what the guess budget counts ------------------------------------------
+
+    @property
+    def token_guessable(self) -> bool:
+        return len(self.token) < UNGUESSABLE_TOKEN_CHARS
+
+    @staticmethod
+    def _load_device_key(path: Path) -> bytes:
+        """Kept across restarts, so a browser stays known; made once."""
+        try:
+            key = path.read_bytes()
+            if len(key) == 32:
+                return key
+        except OSError:
+            pass
+        key = secrets.token_bytes(32)
+        try:
+            atomic_write(path, key)
+        except OSError as error:
+            log.error("cannot keep the device key in %s (%s): browsers are known until the "
+                      "next start only", path, error)
+        return key
+
+    def device_proof(self) -> str:
+        """The device cookie of a browser that logged in: proof that it did,
+        so the password's guess budget, spent by a stranger, never locks it
+        out (OWASP's device cookies)."""
+        ident = secrets.token_hex(16)
+        return f"{ident}.{hmac.new(self._device_key, ident.encode(), hashlib.sha256).hexdigest()}"
+
+    def device_ok(self, given: str) -> bool:
+        ident, _, mac = given.partition(".")
+        if len(ident) != 32 or not ident.isascii():
+            return False
+        want = hmac.new(self._device_key, ident.encode(), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(mac.encode("ascii", "replace"), want.encode())
 
     # -- the admin password ------------------------------------------------
 

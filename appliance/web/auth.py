@@ -192,14 +192,16 @@ def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
     PIN). Wrong ones count as failed guesses for the client's address."""
     auth = _auth()
     address = client_address()
-    # a bearer may be the PIN: its guesses share the PIN's budget
+    # a bearer may be the PIN: its guesses share the PIN's budget; a long
+    # token has none (see UNGUESSABLE_TOKEN_CHARS)
     secret = "PIN" if pin_too and auth.listen_pin else "admin token"
-    wait = auth.throttle.acquire(address, secret)
+    budget = secret == "PIN" or auth.token_guessable
+    wait = auth.throttle.acquire(address, secret, budget=budget)
     if wait:
         return retry_later(wait, "credentials")
     token = auth.token_ok(given)
     ok = token or (pin_too and auth.pin_ok(given))
-    auth.throttle.release(address, ok, secret)
+    auth.throttle.release(address, ok, secret, budget=budget)
     if token and exposed():
         return https_only()
     if ok:

@@ -26,6 +26,10 @@ __all__ = ["blueprint", "read_fields", "set_cookie"]
 blueprint = Blueprint("login", __name__, url_prefix="/api/admin")
 
 MAX_BODY = 4096
+# a browser that logged in keeps this (not a credential: it only lets its
+# password tries past the guess budget that strangers may have spent)
+DEVICE_COOKIE = "appliance_device"
+DEVICE_COOKIE_S = 400 * 24 * 3600
 
 
 def _auth() -> AdminAuth:
@@ -77,7 +81,11 @@ def _logged_in(session_id: str, csrf: str) -> Response:
     response = jsonify({"admin": True, "csrf": csrf})
     # Secure over HTTPS, so a browser never sends it over plain HTTP (where
     # the server would not take it anyway); a loopback client may use http
-    set_cookie(response, SESSION_COOKIE, session_id, secure=request.scheme == "https")
+    secure = request.scheme == "https"
+    set_cookie(response, SESSION_COOKIE, session_id, secure=secure)
+    if not _auth().device_ok(request.cookies.get(DEVICE_COOKIE, "")):
+        response.set_cookie(DEVICE_COOKIE, _auth().device_proof(), max_age=DEVICE_COOKIE_S,
+                            path="/api/admin", httponly=True, samesite="Strict", secure=secure)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -115,7 +123,9 @@ async def login() -> Response:
     if not auth.password_set:
         return plain("no admin password is set yet: use the setup code", 409)
     address = client_address()
-    wait = auth.throttle.acquire(address, "password")
+    # a browser that logged in before is not held up by a stranger's guessing
+    known = auth.device_ok(request.cookies.get(DEVICE_COOKIE, ""))
+    wait = auth.throttle.acquire(address, "password", budget=not known)
     if wait:
         return retry_later(wait, "passwords")
     ok = False
@@ -124,7 +134,7 @@ async def login() -> Response:
         ok = await trio.to_thread.run_sync(auth.check_password, fields["password"],
                                            limiter=_hashing())
     finally:
-        auth.throttle.release(address, ok, "password")
+        auth.throttle.release(address, ok, "password", budget=not known)
     if not ok:
         return plain("wrong password", 401)
     session_id, session = auth.sessions.create()
@@ -146,11 +156,12 @@ async def setup() -> Response:
         if auth.password_set:
             return plain("the admin password is already set: log in", 409)
         address = client_address()
-        wait = auth.throttle.acquire(address, "setup code")
+        # 12 characters of 31 (2^59): no guess, and no budget to lock out with
+        wait = auth.throttle.acquire(address, "setup code", budget=False)
         if wait:
             return retry_later(wait, "setup codes")
         ok = auth.check_setup_code(fields["code"])
-        auth.throttle.release(address, ok, "setup code")
+        auth.throttle.release(address, ok, "setup code", budget=False)
         if not ok:
             return plain("wrong setup code", 401)
         try:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from tests.web.conftest import ADMIN_PASSWORD, make_config, open_server
+from tests.web.conftest import ADMIN, ADMIN_PASSWORD, make_config, open_server
 
 pytestmark = pytest.mark.trio
 
@@ -99,3 +99,35 @@ async def test_the_right_pin_gets_in_when_the_budget_refills(tmp_path):
                     await trio.sleep(float(r.headers["Retry-After"]))   # as the page does
             assert r.status_code == 204 and "appliance_listen" in r.headers["set-cookie"]
         assert time.monotonic() - started < 5
+
+
+async def test_a_stranger_spending_the_budget_locks_out_neither_a_known_browser_nor_scripts(tmp_path):
+    """A budget anyone may spend is also a way to lock everyone out. A
+    browser that logged in before carries a device cookie and is not held
+    up; a token too long to guess (20+ characters) has no budget at all."""
+    async with open_server(make_config(tmp_path), headers={}) as server:
+        transport = httpx.AsyncHTTPTransport(local_address="127.8.8.8")
+        async with httpx.AsyncClient(base_url=server.url, transport=transport) as admin:
+            r = await admin.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
+            assert r.status_code == 200 and "appliance_device" in admin.cookies
+            statuses, _ = await rotate(server, "/api/admin/login",
+                                       [{"password": f"guess {n}"} for n in range(60)])
+            assert 429 in statuses
+            # a browser never seen before waits like any stranger ...
+            transport = httpx.AsyncHTTPTransport(local_address="127.8.8.9")
+            async with httpx.AsyncClient(base_url=server.url, transport=transport) as fresh:
+                r = await fresh.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
+                assert r.status_code == 429
+            # ... the admin's own browser logs in, and a forged device cookie is no pass
+            r = await admin.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
+            assert r.status_code == 200
+        transport = httpx.AsyncHTTPTransport(local_address="127.8.8.10")
+        async with httpx.AsyncClient(base_url=server.url, transport=transport,
+                                     headers={"Cookie": "appliance_device=" + "0" * 32 + ".00"}
+                                     ) as forged:
+            r = await forged.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
+            assert r.status_code == 429
+        # guessing at the (long) token spends no budget: scripts elsewhere go on
+        statuses, _ = await rotate(server, "/api/status", [{} for _ in range(40)])
+        r = await server.client.get("/api/status", headers=ADMIN)
+        assert r.status_code == 200 and "admin token" not in r.json()["guessing"]
