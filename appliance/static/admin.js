@@ -160,10 +160,23 @@ function deviceTag(entity) {
   return el("span", { class: `tag ${st.state === "ok" ? "ok" : "lost"}`, text: parts.join(" · ") });
 }
 
+/** Whether anyone who may listen may hear this source on its own (off: only
+ *  where a channel publishes it; docs/API.md). */
+function publicToggle(s) {
+  const box = el("input", { type: "checkbox", "data-public": s.id, "aria-label": `${s.name}: listeners may hear it on its own` });
+  box.checked = !!s.public;
+  box.addEventListener("change", async () => {
+    try {
+      Object.assign(s, await api(`/api/sources/${encodeURIComponent(s.id)}`, { method: "PATCH", json: { public: box.checked } }));
+    } catch (err) { box.checked = !!s.public; showError(err); }
+  });
+  return el("label", { class: "hint" }, box, " Listeners may hear it on its own");
+}
+
 function renderSources() {
   $("sources").replaceChildren(...sources.map((s) => el("div", { class: "item", "data-source": s.id },
     el("div", { class: "title" }, el("strong", { text: s.name }), el("span", { class: "id", text: s.id }), deviceTag(s)),
-    meterFor("sources", s.id, s.name).node)));
+    meterFor("sources", s.id, s.name).node, publicToggle(s))));
   fillSelect($("route-source"), sources);
 }
 
