@@ -124,12 +124,9 @@ def exposed() -> bool:
     return not ip.is_loopback
 
 
-def https_url(path: str) -> str | None:
-    """``path`` on the HTTPS port, at the host this request named (None when
-    the app is not served over HTTPS)."""
-    port = getattr(current_app, "appliance_ports", {}).get("https")
-    if not port:
-        return None
+def _url_host() -> str:
+    """The host this request named, as a URL writes it (IPv6 in brackets);
+    ``<hostname>.local`` when it named none that parses."""
     try:
         host = urlsplit("//" + request.host).hostname
     except ValueError:
@@ -137,9 +134,16 @@ def https_url(path: str) -> str | None:
     if not host:
         from ..tls import host_label
         host = host_label() + ".local"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"https://{host}{'' if port == 443 else f':{port}'}{path}"
+    return f"[{host}]" if ":" in host else host
+
+
+def https_url(path: str) -> str | None:
+    """``path`` on the HTTPS port, at the host this request named (None when
+    the app is not served over HTTPS)."""
+    port = getattr(current_app, "appliance_ports", {}).get("https")
+    if not port:
+        return None
+    return f"https://{_url_host()}{'' if port == 443 else f':{port}'}{path}"
 
 
 def http_origin() -> str:
@@ -147,16 +151,7 @@ def http_origin() -> str:
     served without TLS (the share link of the admin page)."""
     port = getattr(current_app, "appliance_ports", {}).get("http") \
         or current_app.appliance_config.server.port or 80
-    try:
-        host = urlsplit("//" + request.host).hostname
-    except ValueError:
-        host = None
-    if not host:
-        from ..tls import host_label
-        host = host_label() + ".local"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}{'' if port == 80 else f':{port}'}"
+    return f"http://{_url_host()}{'' if port == 80 else f':{port}'}"
 
 
 def _this_path() -> str:
