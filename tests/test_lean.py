@@ -609,6 +609,40 @@ async def test_the_status_page_counts_what_the_lean_port_refused(tmp_path):
         assert lean["dtls_rejected"] == lean["rtcp_rejected"] == lean["send_dropped"] == 0
 
 
+async def test_a_new_listener_gets_its_first_packets_paced_not_in_a_burst(engine):
+    """From its first packet on, a new listener gets one packet a frame, in
+    order (consecutive sequence numbers, RTP timestamps one frame apart),
+    each as fresh as the later ones: nothing queued while DTLS was finishing
+    and released at once. A browser's jitter buffer keeps such a burst and
+    plays everything that late for seconds (bench/join_delay.py)."""
+    async with open_aiortc_listener() as peer:
+        arrivals: list[tuple[float, int, int]] = []  # (monotonic, seq, RTP timestamp)
+        receiver = peer._pc.getTransceivers()[0].receiver
+        inner = receiver._handle_rtp_packet
+
+        async def record(packet, arrival_time_ms: int) -> None:
+            arrivals.append((time.monotonic(), packet.sequence_number, packet.timestamp))
+            await inner(packet, arrival_time_ms=arrival_time_ms)
+
+        async def hook() -> None:
+            receiver._handle_rtp_packet = record
+
+        await peer._run(hook)
+        listener = await connect(engine, peer)
+        await until(lambda: len(arrivals) >= 60, timeout=5, what="60 packets")
+        first = arrivals[:60]
+        assert [(s - first[0][1]) % 65536 for _, s, _ in first] == list(range(60))
+        assert {(b[2] - a[2]) % 2**32 for a, b in zip(first, first[1:])} == {480}  # 10 ms
+        # how late each packet is for its media time, against the later ones:
+        # a queue released at once makes the first ones late by its length
+        late = [t - ts / 48000 for t, _, ts in first]
+        later = sorted(late[30:])[15]
+        assert max(late[:10]) - later < 0.08, [round((x - later) * 1000) for x in late[:10]]
+        # and it took the first 30 about 30 frames to come
+        assert first[29][0] - first[0][0] > 0.2
+        await listener.aclose()
+
+
 async def test_a_listener_that_never_connects_costs_no_encoding(engine):
     """A sink nobody connected to is mixed (its levels go on) but not
     encoded: 100 sessions that never connected (each listening to a source:

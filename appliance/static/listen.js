@@ -28,6 +28,9 @@ const STALL_MS = 1500;
 // the first packet after ICE connects waits for DTLS too: a longer grace
 const FIRST_PACKET_MS = 5000;
 const DISCONNECTED_GRACE_MS = 2000;
+// the longest the appliance's candidates wait for the audio output to run
+// (see outputRunning)
+const OUTPUT_WAIT_MS = 3000;
 const CONNECT_TIMEOUT_MS = 10000;
 // full (503): come back after the server's Retry-After, at most this (s), or
 // as soon as the listener count drops (someone left: a free slot)
@@ -156,6 +159,44 @@ function askForStereo(sdp) {
     const m = /^a=rtpmap:(\d+) opus\/48000/i.exec(line);
     return m && !withFmtp.has(m[1]) ? [line, `a=fmtp:${m[1]} stereo=1`] : [line];
   }).join("\r\n");
+}
+
+/** The answer without its ICE candidates, and those candidates, to add once
+ *  the audio output runs. */
+function holdCandidates(sdp) {
+  const lines = sdp.split("\r\n");
+  const candidates = [];
+  let section = -1, mids = [];
+  for (const line of lines) {
+    if (line.startsWith("m=")) section += 1;
+    else if (line.startsWith("a=mid:") && section >= 0) mids[section] = line.slice(6);
+    else if (line.startsWith("a=candidate:")) candidates.push({ candidate: line.slice(2), sdpMLineIndex: Math.max(section, 0) });
+  }
+  for (const c of candidates) if (mids[c.sdpMLineIndex] !== undefined) c.sdpMid = mids[c.sdpMLineIndex];
+  const kept = lines.filter((l) => !l.startsWith("a=candidate:") && l !== "a=end-of-candidates");
+  return { sdp: kept.join("\r\n"), candidates };
+}
+
+/** Chromium runs its jitter buffer on the audio output's clock: nothing is
+ *  taken out of it until the output device has started, and all that
+ *  arrives before is kept and then played that late, which its time
+ *  stretching takes 5-10 s to win back. A new output can take 0.1-2 s to
+ *  start (measured: Chromium into PulseAudio; Bluetooth is slow too), far
+ *  longer than ICE and DTLS. So media waits for it: resolves once the output
+ *  has played 40 ms (media-playout stats, Chromium 111+), at once where
+ *  there are no such stats (Firefox and Safari time their jitter buffer
+ *  otherwise) or nothing plays (a refused play()), after `ms` at most. */
+async function outputRunning(pc, audio, ms) {
+  const until = performance.now() + ms;
+  for (;;) {
+    if (audio.paused) return;
+    let played;
+    try {
+      (await pc.getStats()).forEach((s) => { if (s.type === "media-playout") played = s.totalSamplesDuration; });
+    } catch { return; }
+    if (played === undefined || played >= 0.04 || performance.now() >= until) return;
+    await new Promise((resolve) => setTimeout(resolve, window.__gatePollMs || 50));
+  }
 }
 
 function waitGathering(pc, ms) {
@@ -407,9 +448,16 @@ class Player {
     const transceiver = pc.addTransceiver("audio", { direction: "recvonly" });
     preferOpus(transceiver);
     this.applyLatency();
+    // its track plays from now on, before any packet: the audio output
+    // starts while the connection is made (see outputRunning)
+    if (!window.__lateOutput) {
+    this.stream = new MediaStream([transceiver.receiver.track]);
+    this.audio.srcObject = this.stream;
+    this.tryPlay();
+    }
     pc.ontrack = (event) => {
       if (!current()) return;
-      this.stream = event.streams[0] || new MediaStream([event.track]);
+      if (!this.stream || !this.stream.getTracks().includes(event.track)) this.stream = event.streams[0] || new MediaStream([event.track]);
       if (this.audio.srcObject !== this.stream) this.audio.srcObject = this.stream;
       this.tryPlay();
       debugAudio.attach(this);
@@ -433,7 +481,7 @@ class Player {
         this.later(() => { if (current() && this.state === "playing") this.attempt = 0; }, STEADY_MS);
       }
     };
-    let response;
+    let response, held;
     try {
       const offer = await pc.createOffer();
       await pc.setLocalDescription({ type: "offer", sdp: askForStereo(offer.sdp) });
@@ -466,7 +514,10 @@ class Player {
       this.session = new URL(response.headers.get("Location"), location.href).href;
       const servers = iceServersFrom(response);
       if (servers.length) { try { pc.setConfiguration({ ...pc.getConfiguration(), iceServers: servers }); } catch { /* fine on a LAN */ } }
-      await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+      // the appliance's candidates wait until the audio output runs
+      const answer = window.__lateOutput ? { sdp: await response.text(), candidates: [] } : holdCandidates(await response.text());
+      held = answer.candidates;
+      await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     } catch (err) {
       if (current()) this.retry("offline");
       return;
@@ -477,6 +528,10 @@ class Player {
     }, CONNECT_TIMEOUT_MS);
     clearInterval(this.statsTimer);
     this.statsTimer = setInterval(() => this.updateStats(), STATS_MS);
+    if (window.__holdMs !== undefined) await new Promise((r) => setTimeout(r, window.__holdMs));
+    else if (!window.__lateOutput) await outputRunning(pc, this.audio, OUTPUT_WAIT_MS);
+    if (!current()) return;
+    for (const c of held) pc.addIceCandidate(c).catch((err) => console.warn("addIceCandidate", err));
   }
 
   patch(candidates) {
