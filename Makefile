@@ -63,6 +63,8 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/post_burst.py
 	$(BIN)/python bench/leave_rounds.py
 	$(BIN)/python bench/lean_memory.py
+	$(BIN)/python bench/join_delay.py
+	$(BIN)/python bench/stream_flood.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
 
