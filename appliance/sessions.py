@@ -26,11 +26,11 @@ lock so a sink is never created twice nor removed while someone joins it.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -94,6 +94,7 @@ class Session:
     stats: ListenerStats | None = None   # the latest read (liveness watcher, health)
     answered: bool = False
     connected: bool = False          # its peer connected once (the slot is a listener's)
+    client_key: str = ""             # what admission counts it under (admin_auth.client_key)
     candidates: list[dict[str, Any]] = field(default_factory=list)
     end_reason: str | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -194,7 +195,11 @@ class Sessions:
         self.variant_users: dict[str, int] = {}   # variant sink -> sessions holding it
         self._variant_lock = trio.Lock()
         # session id -> (its sink, when it ended), oldest first
-        self._ended: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._ended: collections.OrderedDict[str, tuple[str, float]] = \
+            collections.OrderedDict()
+        # client key -> its sessions still connecting (kept as they change:
+        # admission reads it at every POST, a thousand sessions deep)
+        self._connecting: collections.Counter[str] = collections.Counter()
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -251,18 +256,28 @@ class Sessions:
                 del self._buckets[c]
 
     def connecting(self) -> list[Session]:
-        """Sessions whose peer has not connected yet, oldest first."""
-        return sorted((s for s in self.by_id.values() if not s.connected and s.end_reason is None),
-                      key=lambda s: s.created)
+        """Sessions whose peer has not connected yet, oldest first (``by_id``
+        keeps the order they were opened in)."""
+        return [s for s in self.by_id.values() if not s.connected and s.end_reason is None]
 
-    async def _admit(self, client: str) -> None:
-        """Room for one more session from ``client``, or the error that says
-        why not. At the cap, the oldest session still connecting is ended
-        (and waited for) first: a listener that connects is worth more."""
+    def _connected(self, session: Session) -> None:
+        """Its peer connected (DTLS done): its slot is a listener's now."""
+        if not session.connected:
+            session.connected = True
+            self._forget_connecting(session.client_key)
+
+    def _forget_connecting(self, key: str) -> None:
+        self._connecting[key] -= 1
+        if self._connecting[key] <= 0:
+            del self._connecting[key]
+
+    async def _admit(self, key: str) -> None:
+        """Room for one more session from the client ``key``, or the error
+        that says why not. At the cap, the oldest session still connecting
+        is ended (and waited for) first: a listener that connects is worth
+        more."""
         cfg = self.config.server
-        key = client_key(client)
-        if sum(client_key(s.client) == key for s in self.connecting()) \
-                >= cfg.max_connecting_per_client:
+        if self._connecting[key] >= cfg.max_connecting_per_client:
             raise RateLimitedError(f"{cfg.max_connecting_per_client} listeners from this address "
                                    "are still connecting",
                                    retry_after_s=max(1, math.ceil(cfg.connect_timeout_s)))
@@ -283,13 +298,16 @@ class Sessions:
         for a ``variant`` gets that variant's shared sink."""
         if self.closing:
             raise ClosingError("the appliance is shutting down", retry_after_s=RETRY_AFTER_S)
-        await self._admit(client)
+        key = client_key(client)
+        await self._admit(key)
         kind, ident = target
         base = ident if kind == "sink" else f"{TEMP_PREFIX}{secrets.token_hex(6)}"
         sink_id = base if variant.plain else variant_sink_id(base, variant)
         session = Session(id=secrets.token_urlsafe(24), sink_id=sink_id, target=target,
-                          client=client, offer=offer, base_sink=base, variant=variant)
+                          client=client, offer=offer, base_sink=base, variant=variant,
+                          client_key=key)
         self.by_id[session.id] = session
+        self._connecting[key] += 1
         try:
             answer = await self._nursery.start(self._run, session, temporary_route)
         except BaseException:
@@ -403,7 +421,7 @@ class Sessions:
         elif isinstance(event, ListenerStateChanged):
             session.state = event.state
             if event.state.is_live:
-                session.connected = True
+                self._connected(session)
             if event.state.is_final:
                 session.end(f"ice {event.state.value}")
         elif not isinstance(event, (AnswerReady, AnswerFailed)):   # those: late duplicates
@@ -453,7 +471,8 @@ class Sessions:
             wait = timeout - idle
 
     async def _cleanup(self, session: Session) -> None:
-        self.by_id.pop(session.id, None)
+        if self.by_id.pop(session.id, None) is not None and not session.connected:
+            self._forget_connecting(session.client_key)
         session.candidates.clear()
         steps: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = []
         if session.listener is not None:
