@@ -198,5 +198,15 @@ async def test_status_shows_each_listeners_health(server):
         assert health["transport"] in ("lean", "webrtcbin") and health["state"] in ("connected", "completed")
         assert health["packets_sent"] > 0 and 0 <= health["fraction_lost"] <= 1
         assert 0 <= health["rtt_ms"] < 1000 and health["session"] in r.headers["Location"]
+        # aiortc's offer does not ask for stereo (Chromium's does not either)
+        assert health["stereo_offered"] is False
+        stereo = await server.post_offer(
+            synthetic_offer().replace("minptime=10;useinbandfec=1",
+                                      "minptime=10;useinbandfec=1;stereo=1"))
+        assert stereo.status_code == 201
+        by_session = {h["session"]: h["stereo_offered"]
+                      for h in (await server.client.get("/api/status")).json()["sessions"]}
+        assert by_session[stereo.headers["Location"].rsplit("/", 1)[1][:8]] is True
+        assert (await server.client.delete(stereo.headers["Location"])).status_code == 200
     await server.client.delete(r.headers["Location"])
     assert (await server.client.get("/api/status")).json()["sessions"] == []
