@@ -106,6 +106,9 @@ async def test_a_stranger_spending_the_budget_locks_out_neither_a_known_browser_
     browser that logged in before carries a device cookie and is not held
     up; a token too long to guess (20+ characters) has no budget at all."""
     async with open_server(make_config(tmp_path), headers={}) as server:
+        # a guess back every 2 minutes, not 2 s: on a busy machine the
+        # budget refilled between the flood and the fresh browser's try
+        server.app.admin_auth.throttle.budget_per_min = 0.5
         transport = httpx.AsyncHTTPTransport(local_address="127.8.8.8")
         async with httpx.AsyncClient(base_url=server.url, transport=transport) as admin:
             r = await admin.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
