@@ -3,7 +3,7 @@ and how long it takes to reach its steady delay.
 
     .venv/bin/python bench/join_delay.py [--joins 20] [--seconds 10]
         [--browsers chromium,firefox] [--output pulse|fake] [--mode low|default]
-        [--eval JS] [-v] [--json [--raw]]
+        [--busy N] [--poll-ms 100] [--eval JS] [--ab JS] [-v] [--json [--raw]]
 
 The real app (hypercorn, the engine, the listen page) on loopback, a tone
 routed to the Opus sink ``main``. Each join opens the listen page afresh in
@@ -39,6 +39,7 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -228,15 +229,16 @@ class ChromiumJoin:
         from tests.e2e.conftest import Browser
         self.b = Browser(tmp / "chromium-profile", pulse_server=pulse_server)
 
-    async def join(self, url: str, mode: str, seconds: float) -> dict:
+    async def join(self, url: str, mode: str, seconds: float, ab: str = "") -> dict:
         def run(b):
             page = b.new_page()
             try:
                 page.goto(url)
                 page.wait_for_function(READY, timeout=15000)
                 page.evaluate(f"applianceDebug.setLowLatency({'true' if mode == 'low' else 'false'})")
-                if self.eval:
-                    page.evaluate(self.eval)
+                for script in (self.eval, ab):
+                    if script:
+                        page.evaluate(script)
                 page.evaluate(SAMPLER % {"sink": json.dumps(SINK), "seconds": seconds, "poll": self.poll_ms})
                 page.click(f'.channel[data-sink="{SINK}"] button.listen')
                 page.wait_for_function("window.__join.done", timeout=(seconds + 20) * 1000,
@@ -266,14 +268,15 @@ class FirefoxJoin:
             from tests.e2e.test_firefox import Firefox
         self.f = Firefox(str(tmp / "gecko.log"))
 
-    async def join(self, url: str, mode: str, seconds: float) -> dict:
+    async def join(self, url: str, mode: str, seconds: float, ab: str = "") -> dict:
         def run(f):
             from marionette_driver.by import By
             f.m.navigate(url)
             f.wait("return " + READY + ";")
             f.js(f"applianceDebug.setLowLatency({'true' if mode == 'low' else 'false'});")
-            if self.eval:
-                f.js(self.eval)
+            for script in (self.eval, ab):
+                if script:
+                    f.js(script)
             f.js("return " + (SAMPLER % {"sink": json.dumps(SINK), "seconds": seconds, "poll": self.poll_ms}).strip() + ";")
             f.m.find_element(By.CSS_SELECTOR,
                              f'.channel[data-sink="{SINK}"] button.listen').click()
@@ -295,7 +298,7 @@ async def run(args) -> dict:
         from tests.e2e.firefox import local_address
     except ImportError:
         from tests.e2e.test_firefox import local_address
-    results: dict[str, list[dict]] = {b: [] for b in args.browsers}
+    results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         pulse = None
@@ -315,6 +318,10 @@ async def run(args) -> dict:
         config = config.replace(engine=dataclasses.replace(
             config.engine, ice_addresses=tuple(addresses)))
         browsers = []
+        # a busy box (other test suites, an image build): --busy processes
+        # spinning at normal priority for the whole run
+        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.busy)]
         try:
             for name in args.browsers:
                 if name == "chromium":
@@ -326,21 +333,30 @@ async def run(args) -> dict:
                 browsers[-1].poll_ms = args.poll_ms
             async with open_server(config) as server:
                 url = f"{server.url}/listen/{SINK}"
+                # with --ab, every join is made twice, in turns: as the page
+                # is, and after the --ab script (reported as "<browser>+ab")
+                runs = [(b, "") for b in browsers]
+                if args.ab:
+                    runs = [(b, ab) for b in browsers for ab in ("", args.ab)]
                 for i in range(args.joins):
-                    for b in browsers:
-                        data = await b.join(url, args.mode, args.seconds)
+                    for b, ab in runs:
+                        name = b.name + ("+ab" if ab else "")
+                        data = await b.join(url, args.mode, args.seconds, ab)
                         data["browser"] = b.name
                         r = analyse(data, args.seconds)
                         if args.raw:
                             r["raw"] = data
                         r["loadavg_1min"] = os.getloadavg()[0]
-                        results[b.name].append(r)
+                        results.setdefault(name, []).append(r)
                         if args.verbose and not args.json:
-                            show_one(b.name, i, r)
+                            show_one(name, i, r)
                         with trio.fail_after(15):
                             while server.service.listener_counts()["total"]:
                                 await trio.sleep(0.05)
         finally:
+            for proc in busy:
+                proc.kill()
+                proc.wait()
             for b in browsers:
                 b.close()
             if pulse:
@@ -388,7 +404,8 @@ def summary(results: dict) -> dict:
 def report(s: dict, args) -> None:
     names = list(s)
     print(f"join delay: {args.joins} joins per browser, {args.seconds:g} s each, "
-          f"{args.mode} latency, output {args.output}, load average {os.getloadavg()[0]:.1f} "
+          f"{args.mode} latency, output {args.output}, {args.busy} busy processes, "
+          f"load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs; p50 / p95 over the joins")
     print(f"{'':34s}" + "".join(f"{n:>22s}" for n in names))
     rows = [(f"delay at {x:g} s after 1st packet (ms)", f"delay_{x}s_ms") for x in MARKS_S]
@@ -425,6 +442,11 @@ def main() -> None:
     parser.add_argument("--eval", default="",
                         help="JavaScript run in the page before Listen is pressed (to try "
                              "a change to the page without editing it)")
+    parser.add_argument("--ab", default="",
+                        help="JavaScript for an A/B comparison: every join is made twice, in "
+                             "turns, as the page is and after this script ('<browser>+ab')")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="keep this many CPU-bound processes running meanwhile")
     parser.add_argument("--poll-ms", type=int, default=100,
                         help="getStats every this many ms until the first packet")
     parser.add_argument("--verbose", "-v", action="store_true", help="one line per join")

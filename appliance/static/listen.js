@@ -180,22 +180,25 @@ function holdCandidates(sdp) {
 /** Chromium runs its jitter buffer on the audio output's clock: nothing is
  *  taken out of it until the output device has started, and all that
  *  arrives before is kept and then played that late, which its time
- *  stretching takes 5-10 s to win back. A new output can take 0.1-2 s to
- *  start (measured: Chromium into PulseAudio; Bluetooth is slow too), far
- *  longer than ICE and DTLS. So media waits for it: resolves once the output
- *  has played 40 ms (media-playout stats, Chromium 111+), at once where
- *  there are no such stats (Firefox and Safari time their jitter buffer
- *  otherwise) or nothing plays (a refused play()), after `ms` at most. */
+ *  stretching takes 5-10 s to win back. A new output can take 0.1-1.5 s to
+ *  start (measured: Chromium into PulseAudio on a busy machine), far longer
+ *  than ICE and DTLS on a LAN. So media waits for it: resolves once the
+ *  output has played 40 ms (media-playout stats, Chromium 111+, listed a
+ *  moment after the answer is set), at once where there are no such stats
+ *  (Firefox, Safari) or nothing plays (a refused play()), after `ms` at
+ *  most. Asked every 50 ms: getStats every 20 ms slowed the output's start. */
 async function outputRunning(pc, audio, ms) {
-  const until = performance.now() + ms;
+  const start = performance.now();
+  const patience = "playoutDelayHint" in RTCRtpReceiver.prototype ? 500 : 0; // Chromium's own
   for (;;) {
     if (audio.paused) return;
     let played;
     try {
       (await pc.getStats()).forEach((s) => { if (s.type === "media-playout") played = s.totalSamplesDuration; });
     } catch { return; }
-    if (played === undefined || played >= 0.04 || performance.now() >= until) return;
-    await new Promise((resolve) => setTimeout(resolve, window.__gatePollMs || 50));
+    const waited = performance.now() - start;
+    if (played >= 0.04 || waited >= ms || (played === undefined && waited >= patience)) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
 
@@ -449,11 +452,14 @@ class Player {
     preferOpus(transceiver);
     this.applyLatency();
     // its track plays from now on, before any packet: the audio output
-    // starts while the connection is made (see outputRunning)
-    if (!window.__lateOutput) {
-    this.stream = new MediaStream([transceiver.receiver.track]);
-    this.audio.srcObject = this.stream;
-    this.tryPlay();
+    // starts while the connection is made (see outputRunning).
+    // window.__lateOutput = true: the way the page started before, for
+    // bench/join_delay.py's A/B (--ab)
+    const early = !window.__lateOutput;
+    if (early) {
+      this.stream = new MediaStream([transceiver.receiver.track]);
+      this.audio.srcObject = this.stream;
+      this.tryPlay();
     }
     pc.ontrack = (event) => {
       if (!current()) return;
@@ -515,7 +521,8 @@ class Player {
       const servers = iceServersFrom(response);
       if (servers.length) { try { pc.setConfiguration({ ...pc.getConfiguration(), iceServers: servers }); } catch { /* fine on a LAN */ } }
       // the appliance's candidates wait until the audio output runs
-      const answer = window.__lateOutput ? { sdp: await response.text(), candidates: [] } : holdCandidates(await response.text());
+      const text = await response.text();
+      const answer = early ? holdCandidates(text) : { sdp: text, candidates: [] };
       held = answer.candidates;
       await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     } catch (err) {
@@ -528,8 +535,7 @@ class Player {
     }, CONNECT_TIMEOUT_MS);
     clearInterval(this.statsTimer);
     this.statsTimer = setInterval(() => this.updateStats(), STATS_MS);
-    if (window.__holdMs !== undefined) await new Promise((r) => setTimeout(r, window.__holdMs));
-    else if (!window.__lateOutput) await outputRunning(pc, this.audio, OUTPUT_WAIT_MS);
+    if (early) await outputRunning(pc, this.audio, OUTPUT_WAIT_MS);
     if (!current()) return;
     for (const c of held) pc.addIceCandidate(c).catch((err) => console.warn("addIceCandidate", err));
   }
