@@ -204,6 +204,7 @@ class Connection(TCPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._scope = trio.CancelScope()  # everything that may use the socket
+        self._idle = True                 # no request under way (the protocol's Updated)
 
     async def run(self) -> None:
         config = self.config
@@ -239,10 +240,16 @@ class Connection(TCPServer):
         self._scope.cancel()
 
     async def _initiate_server_close(self) -> None:  # the keep-alive timer
-        self._scope.cancel()
+        # A timer that ran out as a request came in (its stop cannot cancel
+        # the shielded close) must not cut that request's answer: cancelled
+        # mid-write, hypercorn then sent a 500 after the response had begun
+        # and the client got nothing (seen under load with a 0.5 s limit).
+        if self._idle:
+            self._scope.cancel()
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, Updated):
+            self._idle = event.idle
             # (Re)arming the keep-alive timer comes from the app's task right
             # after the response, when Quart-Trio has just cancelled it: the
             # timer was never armed and an idle connection stayed for good.
