@@ -375,7 +375,10 @@ class Engine:
 
     # ---- sinks -----------------------------------------------------------
 
-    async def add_sink(self, sink_id: str, spec: SinkSpec) -> None:
+    async def add_sink(self, sink_id: str, spec: SinkSpec, *, on_demand: bool = False) -> None:
+        """``on_demand``: an Opus sink mixed only while a listener hears it
+        (a listener's temporary sink, so that a session that never connects
+        costs no mixer time)."""
         self._require_open()
         self._check_new(self._sinks, "sink", sink_id)
         kinds = {"opus": lib.AE_SINK_OPUS, "alsa": lib.AE_SINK_ALSA}
@@ -394,14 +397,17 @@ class Engine:
         cfg.buffer_periods = spec.buffer_periods
         cfg.allow_absent = int(spec.allow_absent)
         cfg.delay_ms = spec.delay_ms
+        cfg.on_demand = int(on_demand)
         out = ffi.new("ae_sink **")
         call(lib.ae_sink_create, self._handle, cfg, out)  # in this thread: see add_source
         self._register(self._sinks, "sink", sink_id, _Entity(out[0], spec, lib.ae_sink_id(out[0])))
 
-    async def add_variant(self, sink_id: str, parent_id: str, variant: Variant) -> None:
+    async def add_variant(self, sink_id: str, parent_id: str, variant: Variant, *,
+                          on_demand: bool = False) -> None:
         """A sink whose input is the Opus sink ``parent_id``'s mix (after its
         delay) processed by ``variant``, with an encoder of its own. It
-        follows the parent's routes; the parent cannot be removed before it."""
+        follows the parent's routes; the parent cannot be removed before it.
+        ``on_demand`` as for ``add_sink``."""
         self._require_open()
         self._check_new(self._sinks, "sink", sink_id)
         parent = self._lookup(self._sinks, "sink", parent_id)
@@ -412,6 +418,7 @@ class Engine:
         cfg.bitrate = parent.spec.bitrate
         cfg.low_delay = 1 if parent.spec.low_delay else -1
         cfg.complexity = parent.spec.complexity
+        cfg.on_demand = int(on_demand)
         out = ffi.new("ae_sink **")
         call(lib.ae_sink_create_variant, parent.handle, vcfg, cfg, out)  # see add_source
         spec = replace(parent.spec, channels=2, delay_ms=0)

@@ -363,8 +363,11 @@ class Sessions:
         cfg = self.config.server
         temp = session.base_sink
         try:
+            # mixed only once the listener has connected (made at the POST,
+            # its answer needs the sink's stream)
             await self.engine.add_sink(temp, SinkSpec(
-                kind="opus", frame_ms=cfg.listen_frame_ms, bitrate=cfg.listen_bitrate))
+                kind="opus", frame_ms=cfg.listen_frame_ms, bitrate=cfg.listen_bitrate),
+                on_demand=True)
             session.temp_sink = temp
             await self.engine.add_route(temp, RouteSpec(
                 route.source_id, temp, route.gain_db, route.muted, route.source_channel))
@@ -380,7 +383,8 @@ class Sessions:
             # a sink whose removal failed once is taken over, not made again
             if users == 0 and sink_id not in self.engine.sinks():
                 try:
-                    await self.engine.add_variant(sink_id, session.base_sink, session.variant)
+                    await self.engine.add_variant(sink_id, session.base_sink, session.variant,
+                                                  on_demand=True)
                 except EngineError as error:
                     raise appliance_error(error) from None
             self.variant_users[sink_id] = users + 1

@@ -313,7 +313,10 @@ def transport_setting() -> tuple[str, str] | None:
     return None
 
 
-async def start_appliance(tmp: Path, transport: str | None, max_listeners: int) -> tuple[trio.Process, str]:
+async def start_appliance(tmp: Path, transport: str | None, max_listeners: int,
+                          server_settings: str = "") -> tuple[trio.Process, str]:
+    """The appliance in its own process; ``server_settings``: more lines for
+    its ``[server]`` table."""
     config = tmp / "bench.toml"
     # any free UDP port for the lean transport: another appliance may hold 8443
     tables = {"engine": f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n'
@@ -321,7 +324,8 @@ async def start_appliance(tmp: Path, transport: str | None, max_listeners: int) 
               # one load generator is one client address holding every listener
               "server": f'host = "127.0.0.1"\nmax_listeners = {max_listeners}\n'
                         f'post_rate_per_s = 100000.0\npost_burst = 100000\n'
-                        f'max_connecting_per_client = 1000\nhttps_port = 0\n'}
+                        f'max_connecting_per_client = 1000\nhttps_port = 0\n'
+                        + server_settings}
     if transport is not None:
         setting = transport_setting()
         assert setting is not None

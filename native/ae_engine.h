@@ -222,6 +222,10 @@ typedef struct ae_sink_config {
     /* alignment delay of the mix, 0..500 ms (0 = none, no copy); a variant
      * sink is delayed with its parent and takes no delay of its own */
     int delay_ms;
+    /* Opus: mixed only while a listener hears it (a listener's temporary
+     * sink or hearing variant: a session that never connects costs no mixer
+     * time). A variant's own setting; its parent is mixed while either is. */
+    int on_demand;
 } ae_sink_config;
 
 int ae_sink_create(ae_engine *engine, const ae_sink_config *config, ae_sink **out);

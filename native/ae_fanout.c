@@ -146,6 +146,7 @@ static void push(ae_fanout *k, const unsigned char *data, int len, uint64_t inde
 static void fanout_destroy(void *self);
 static void fanout_frame(void *self, const float *mix, uint64_t index, int64_t capture_us);
 static int fanout_listeners(void *self);
+static int fanout_heard(void *self);
 static void fanout_stats(void *self, ae_sink_stats *out);
 static void fanout_forget_latency(void *self);
 
@@ -183,6 +184,7 @@ int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *env)
         return rc;
     }
     k->output = (ae_sink_output){.self = f, .frame = fanout_frame, .listeners = fanout_listeners,
+                                 .heard = fanout_heard,
                                  .stats = fanout_stats, .forget_latency = fanout_forget_latency,
                                  .destroy = fanout_destroy};
     return AE_OK;
@@ -216,6 +218,12 @@ static int fanout_listeners(void *self)
 {
     ae_fanout *f = self;
     return atomic_load(&f->listeners);
+}
+
+static int fanout_heard(void *self)
+{
+    ae_fanout *f = self;
+    return atomic_load_explicit(&f->heard_by, memory_order_relaxed);
 }
 
 void ae_fanout_heard(ae_fanout *f, int delta) { atomic_fetch_add(&f->heard_by, delta); }

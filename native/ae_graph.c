@@ -595,6 +595,7 @@ static int sink_create(ae_graph *e, const ae_sink_config *cfg, ae_sink *parent,
     k->channels = channels;
     k->frame_us = frame_us;
     k->frame_samples = (int)((int64_t)e->rate * frame_us / 1000000);
+    k->on_demand = cfg->kind == AE_SINK_OPUS && cfg->on_demand;
     k->mix = calloc((size_t)k->frame_samples * (size_t)channels, sizeof(float));
     k->tmp = calloc((size_t)k->frame_samples * AE_MAX_CHANNELS, sizeof(float));
     ae_levels_init(&k->levels, channels);
@@ -918,9 +919,40 @@ static void mix_in(ae_route *r, const float *src, float *mix, int fs, int kch)
     r->gain_now = g1;
 }
 
+/* An on-demand sink that nobody hears now: not mixed, not processed. */
+static bool idle(const ae_sink *k)
+{
+    return k->on_demand && k->output.heard(k->output.self) <= 0;
+}
+
+/* A frame of an idle sink and its idle variants: its routes keep their
+ * place in their sources (a capture route stays within a frame of the
+ * newest audio, so a listener who connects hears now, not then) */
+static void skip_frame(ae_sink *k)
+{
+    int fs = k->frame_samples;
+    for (ae_route *r = k->routes; r; r = r->next_in_sink) {
+        if (r->source->kind == AE_SOURCE_ALSA) {
+            uint64_t w = atomic_load_explicit(&r->source->ring.wpos, memory_order_acquire);
+            r->rpos += w - r->rpos < (uint64_t)fs ? w - r->rpos : (uint64_t)fs;
+        } else {
+            r->gen_pos += (uint64_t)fs;
+        }
+        r->gain_now = r->gain_target;
+    }
+    k->frames++;
+    for (ae_sink *v = k->variants; v; v = v->next_variant) v->frames++;
+}
+
 static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
 {
     int fs = k->frame_samples, kch = k->channels;
+    bool heard = !idle(k);
+    for (ae_sink *v = k->variants; v && !heard; v = v->next_variant) heard = !idle(v);
+    if (!heard) {
+        skip_frame(k);
+        return;
+    }
     memset(k->mix, 0, (size_t)fs * (size_t)kch * sizeof(float));
     if (clock) frame_time_us = ae_ring_time_of(&clock->source->ring, clock->rpos,
                                                k->graph->rate);
@@ -949,6 +981,10 @@ static void produce_frame(ae_sink *k, ae_route *clock, int64_t frame_time_us)
     }
     /* each variant: the parent's frame, processed once, encoded once */
     for (ae_sink *v = k->variants; v; v = v->next_variant) {
+        if (idle(v)) {
+            v->frames++;
+            continue;
+        }
         ae_variant_process(v->variant, k->mix, kch, v->mix, fs);
         ae_levels_add(&v->levels, v->mix, fs);
         v->output.frame(v->output.self, v->mix, v->frames++, frame_time_us);
@@ -982,11 +1018,14 @@ static void *mixer_main(void *arg)
                 }
                 continue;
             }
-            if (!k->next_due_us) k->next_due_us = now + k->frame_us;
+            /* on a grid of its frame length: sinks of one frame length are
+             * due together, one wake for all of them, however many */
+            if (!k->next_due_us) k->next_due_us = (now / k->frame_us + 1) * k->frame_us;
             while (now >= k->next_due_us) {
                 produce_frame(k, NULL, k->next_due_us - k->frame_us);
                 k->next_due_us += k->frame_us;
-                if (now - k->next_due_us > 100000) k->next_due_us = now + k->frame_us;
+                if (now - k->next_due_us > 100000)
+                    k->next_due_us = (now / k->frame_us + 1) * k->frame_us;
             }
             if (k->next_due_us < wake) wake = k->next_due_us;
         }

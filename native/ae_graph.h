@@ -31,6 +31,7 @@ typedef struct ae_sink_output {
     void *self;
     void (*frame)(void *self, const float *mix, uint64_t index, int64_t capture_us);
     int (*listeners)(void *self);
+    int (*heard)(void *self);            /* of those, how many receive audio now */
     void (*stats)(void *self, ae_sink_stats *out);
     /* what was measured no longer holds (the sink's delay changed) */
     void (*forget_latency)(void *self);
@@ -146,6 +147,7 @@ struct ae_sink {
     ae_sink *variants;                   /* this sink's variants */
     ae_sink *next_variant;               /* in the parent's list */
     ae_variant *variant;                 /* what a variant does to the parent's mix */
+    bool on_demand;                      /* mixed only while heard (see ae_sink_config) */
     /* Opus: where mixed frames go (the fan-out above, opaque here) */
     ae_sink_output output;
     /* ALSA playback */
