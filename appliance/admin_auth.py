@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import hmac
@@ -289,6 +290,12 @@ class AdminAuth:
         return len(self.token) < UNGUESSABLE_TOKEN_CHARS
 
     @staticmethod
+    def guessable(given: str) -> bool:
+        """A presented listening secret that spends the PIN's budget: one
+        too short to be the venue key (or a PIN as long as a token)."""
+        return len(given.strip()) < UNGUESSABLE_TOKEN_CHARS
+
+    @staticmethod
     def _load_device_key(path: Path) -> bytes:
         """Kept across restarts, so a browser stays known; made once."""
         try:
@@ -416,6 +423,23 @@ class AdminAuth:
         return bool(self.listen_pin) and hmac.compare_digest(
             given.strip().encode("utf-8", "surrogatepass"),
             self.listen_pin.encode("utf-8", "surrogatepass"))
+
+    def venue_key(self) -> str:
+        """The PIN's long form, for the signs' listen codes (``#key=`` in the
+        address): 26 base32 characters (130 bits) made from the PIN with the
+        box's own key, so it changes with the PIN and survives restarts.
+        Nobody guesses it, so it has no guess budget: while strangers spend
+        the PIN's, a listener who scans the sign still gets in at once."""
+        if not self.listen_pin:
+            return ""
+        mac = hmac.new(self._device_key, b"venue key\0" + self.listen_pin.encode(
+            "utf-8", "surrogatepass"), hashlib.sha256).digest()
+        return base64.b32encode(mac).decode().lower()[:26]
+
+    def listen_secret_ok(self, given: str) -> bool:
+        """The PIN, or its long form from a sign."""
+        return self.pin_ok(given) or (bool(self.listen_pin) and hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogatepass"), self.venue_key().encode()))
 
     def listen_proof(self) -> str:
         """The listen cookie's value: proves the PIN without holding it."""

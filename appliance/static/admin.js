@@ -133,7 +133,8 @@ function renderStatus() {
   const guessing = Object.entries(status.guessing || {}).map(([secret, refused]) =>
     el("div", { class: "error", "data-guessing": secret,
       text: `Someone on the network is guessing the ${secret}: ${refused} guesses refused in the last 5 minutes. ` +
-        "It is checked at most 30 times a minute; a longer secret makes guessing hopeless." }));
+        "It is checked at most 30 times a minute; a longer secret makes guessing hopeless." +
+        (secret === "PIN" ? " Listeners who scan a sign's code still get in at once; a typed PIN waits its turn." : "") }));
   $("devices").replaceChildren(...guessing, ...(status.devices || []).map((d) =>
     el("div", { class: d.state === "lost" ? "error" : "", text: `${d.kind} ${d.id}: ${d.state}${d.reason ? ` — ${d.reason}` : ""}` })));
 }
@@ -296,10 +297,12 @@ function renderShare() {
   if (!id) { $("share-link").textContent = "No channel to share."; $("share-qr").replaceChildren(); return; }
   // listeners use plain HTTP (no certificate warning on their phones)
   const link = `${session.listen_origin || location.origin}/listen/${encodeURIComponent(id)}`;
+  // the code opens the channel without typing the PIN (see /signs)
+  const scanned = session.venue_key ? `${link}#key=${session.venue_key}` : link;
   $("share-link").textContent = link;
-  $("share-open").href = link;
-  $("share-qr").innerHTML = qrSvg(link);
-  $("share-qr").dataset.link = link;
+  $("share-open").href = scanned;
+  $("share-qr").innerHTML = qrSvg(scanned);
+  $("share-qr").dataset.link = scanned;
 }
 $("share-sink").addEventListener("change", renderShare);
 $("share-copy").addEventListener("click", async () => {

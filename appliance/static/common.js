@@ -43,6 +43,19 @@ export function askPin(reason = "This appliance needs the venue PIN to listen.",
   return asking;
 }
 
+/** A sign's code opens the page with the PIN's long form in the fragment
+ *  (#key=…, never sent in a request): trade it for the listen cookie and
+ *  drop it from the address (a shared link or a screenshot carries none).
+ *  It has no guess budget, so it gets in while strangers guess at the PIN. */
+export async function useVenueKey() {
+  const key = new URLSearchParams(location.hash.slice(1)).get("key");
+  if (!key) return;
+  history.replaceState(null, "", location.pathname + location.search);
+  const r = await fetch("/api/listen/pin", { method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ pin: key }) }).catch(() => null);
+  if (r && r.ok) acceptedAt = performance.now();
+}
+
 export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }

@@ -12,7 +12,7 @@
 // the appliance restarts, the Wi-Fi roams or the phone wakes, and says so.
 // Works on plain http:// (no secure-context APIs; never the microphone).
 // Every word comes from the message catalogues (static/i18n/<lang>.json).
-import { Meter, api, authHeaders, askPin, el, openEvents } from "./common.js";
+import { Meter, api, authHeaders, askPin, el, openEvents, useVenueKey } from "./common.js";
 import * as i18n from "./i18n/i18n.js";
 import { t, tn } from "./i18n/i18n.js";
 
@@ -982,6 +982,7 @@ window.applianceDebug = Object.assign(window.applianceDebug, {
 });
 
 async function main() {
+  await useVenueKey();
   await i18n.use(i18n.current()).catch((err) => console.warn("messages", err));
   languageSwitch();
   hearing.render();

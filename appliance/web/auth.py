@@ -6,8 +6,9 @@ Every endpoint is one of:
   (``login.py``): no credential.
 - **listening**: WHEP (the ``whep`` blueprint) and the listen page's data
   (``listening.py``): open to anyone, or, when ``[server] listen_pin`` is
-  set, to whoever shows the PIN (``Authorization: Bearer <pin>`` or the
-  listen cookie) or the admin credential. Any origin may listen (CORS).
+  set, to whoever shows the PIN or its long form from the signs
+  (``Authorization: Bearer <pin>`` or the listen cookie) or the admin
+  credential. Any origin may listen (CORS).
 - **admin**: everything else, always. ``Authorization: Bearer <[admin]
   token>``, or the admin session cookie plus ``X-CSRF-Token`` on every
   state-changing request. Never cross-origin: a request whose ``Origin`` (or
@@ -190,12 +191,12 @@ def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
     # a bearer may be the PIN: its guesses share the PIN's budget; a long
     # token has none (see UNGUESSABLE_TOKEN_CHARS)
     secret = "PIN" if pin_too and auth.listen_pin else "admin token"
-    budget = secret == "PIN" or auth.token_guessable
+    budget = auth.guessable(given) if secret == "PIN" else auth.token_guessable
     wait = auth.throttle.acquire(address, secret, budget=budget)
     if wait:
         return retry_later(wait, "credentials")
     token = auth.token_ok(given)
-    ok = token or (pin_too and auth.pin_ok(given))
+    ok = token or (pin_too and auth.listen_secret_ok(given))
     auth.throttle.release(address, ok, secret, budget=budget)
     if token and exposed():
         return https_only()

@@ -110,7 +110,8 @@ async def events() -> Response:
 @blueprint.route("/pin", methods=["POST"])
 @public
 async def pin() -> Response:
-    """The listen page's PIN form: 204 and the listen cookie when right."""
+    """The listen page's PIN form (or the venue key a sign's code carries):
+    204 and the listen cookie when right."""
     fields = await read_fields("pin")
     if isinstance(fields, Response):
         return fields
@@ -118,11 +119,12 @@ async def pin() -> Response:
     if not auth.listen_pin:
         return Response("", status=204)  # nothing to prove
     address = client_address()
-    wait = auth.throttle.acquire(address, "PIN")
+    budget = auth.guessable(fields["pin"])   # the venue key from a sign has none
+    wait = auth.throttle.acquire(address, "PIN", budget=budget)
     if wait:
         return retry_later(wait, "PINs")
-    ok = auth.pin_ok(fields["pin"])
-    auth.throttle.release(address, ok, "PIN")
+    ok = auth.listen_secret_ok(fields["pin"])
+    auth.throttle.release(address, ok, "PIN", budget=budget)
     if not ok:
         return plain("wrong PIN", 401, {"X-Appliance-Auth": "pin"})
     response = Response("", status=204)

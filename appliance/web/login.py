@@ -108,6 +108,8 @@ async def state() -> Response:
         "tls_fingerprint": getattr(current_app, "tls_fingerprint", None),
         "https_url": https_url("/admin"),
         "listen_origin": http_origin(),
+        # the PIN's long form for the share link's code (admin only)
+        "venue_key": auth.venue_key() if session is not None else None,
     })
     response.headers["Cache-Control"] = "no-store"
     return response

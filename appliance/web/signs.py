@@ -7,7 +7,10 @@ for it.
 
 A public page (``auth.PUBLIC_ENDPOINTS``); when the appliance has a venue
 PIN the channel list is listening data, so it is shown only to someone who
-has the PIN's cookie or is logged in as admin. The signs speak each
+has the PIN's cookie or is logged in as admin, and each listen code carries
+the PIN's long form (``#key=<venue key>``, ``AdminAuth.venue_key``): a
+fragment, so it never reaches a server log, and unguessable, so it opens
+the channel at once even while strangers spend the PIN's guess budget. The signs speak each
 channel's language when there is a catalogue for it, else the reader's.
 
 On the appliance's own hotspot with a passphrase (``[server] wifi_ssid`` and
@@ -78,10 +81,14 @@ async def signs() -> Response:
         wifi = {"ssid": server.wifi_ssid,
                 "qr": wifi_qr_text(server.wifi_ssid, server.wifi_passphrase)}
     if allowed:
+        # the code carries the PIN's long form: scanning needs no typing and
+        # spends no guess budget (the printed address asks for the PIN)
+        key = current_app.admin_auth.venue_key()
         for channel in channels_of(service()):
             sign_lang = supported(channel["language"] or "") or lang
             url = f"{base}/listen/{quote(channel['id'], safe='')}"
-            channels.append({**channel, "url": url, "sign_lang": sign_lang,
+            channels.append({**channel, "url": url, "qr": url + (f"#key={key}" if key else ""),
+                             "sign_lang": sign_lang,
                              "dir": catalogue(sign_lang)["_dir"],
                              "say": {key: translate(sign_lang, key, ssid=server.wifi_ssid)
                                      for key in ("sign_scan", "sign_type", "sign_wifi",

@@ -367,6 +367,34 @@ async def test_the_venue_pin_is_asked_for_in_the_listeners_language(tmp_path, ph
         await idle(server)
 
 
+async def test_a_signs_code_plays_without_the_pin_while_strangers_guess_at_it(tmp_path, phone):
+    """The signs' codes carry the PIN's long form in the fragment: the page
+    trades it for the listen cookie before anything else, asks nothing, and
+    drops it from the address, even with the PIN's guess budget spent."""
+    async with open_server(make_config(tmp_path, data=DATA, listen_pin="2468")) as server:
+        auth = server.app.admin_auth
+        for n in range(40):   # strangers spent the budget
+            auth.throttle.acquire(f"127.3.0.{n}", "PIN")
+            auth.throttle.release(f"127.3.0.{n}", False, "PIN")
+        assert auth.throttle.acquire("127.3.1.1", "PIN") > 0
+
+        def run(p: Phone):
+            asked = []
+            page = p.open(f"{server.url}/listen/main#key={auth.venue_key()}",
+                          on_dialog=lambda d: (asked.append(d.message), d.dismiss()))
+            tap_listen(page)
+            wait_playing(page)
+            address = page.evaluate("location.href")
+            tap_listen(page)
+            page.wait_for_selector(f'{card("main")} .state[data-state="idle"]')
+            Phone.close(page)
+            return asked, address
+
+        asked, address = await phone.call(run)
+        assert asked == [] and address == f"{server.url}/listen/main"
+        await idle(server)
+
+
 async def test_a_real_autoplay_refusal_in_chromium(venue):
     """Chromium's own policy this time (no simulation): Listen pressed from a
     script is no user gesture, so play() is refused; the page says "Tap to

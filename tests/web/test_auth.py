@@ -186,7 +186,7 @@ async def test_setup_code_flow_works_once_and_only_once(tmp_path):
                          "setup_code_file": "setup-code.txt", "csrf_header": "X-CSRF-Token",
                          "tls_fingerprint": server.app.tls_fingerprint,
                          "https_url": f"https://127.0.0.1:{https}/admin",
-                         "listen_origin": server.url}
+                         "listen_origin": server.url, "venue_key": None}
         # the certificate's fingerprint is in the file beside the code
         assert server.app.tls_fingerprint in code_file.read_text()
         r = await client.post("/api/admin/login", json={"password": "anything at all"})

@@ -5,12 +5,14 @@ addresses (30 a minute, a burst of 30): past it, guesses are refused
 unchecked, and the admin page says someone is guessing."""
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
 import pytest
 import trio
 
+from tests.support.webrtc import synthetic_offer
 from tests.web.conftest import ADMIN, ADMIN_PASSWORD, make_config, open_server
 
 pytestmark = pytest.mark.trio
@@ -134,3 +136,54 @@ async def test_a_stranger_spending_the_budget_locks_out_neither_a_known_browser_
         statuses, _ = await rotate(server, "/api/status", [{} for _ in range(40)])
         r = await server.client.get("/api/status", headers=ADMIN)
         assert r.status_code == 200 and "admin token" not in r.json()["guessing"]
+
+
+async def test_a_signs_code_opens_the_channel_at_once_while_strangers_guess_at_the_pin(tmp_path):
+    """Nothing tells a typed right PIN from a stranger's guess, so during a
+    flood it waits for the budget like them. The signs' codes carry the
+    PIN's long form (26 base32 characters, made from the PIN with the box's
+    key): no guess budget, so a listener who scans gets in at once; a wrong
+    long key is refused without spending the PIN's budget."""
+    config = make_config(tmp_path, listen_pin="4711")
+    async with open_server(config, headers={}) as server:
+        r = await server.client.post("/api/listen/pin", json={"pin": "4711"})
+        assert r.status_code == 204
+        sign = (await server.client.get("/signs")).text
+        key = re.search(r'data-url="http://[^"#]+/listen/main#key=([a-z2-7]{26})"', sign).group(1)
+        assert "key=" not in re.search(r'<p class="address"[^>]*>([^<]*)<', sign).group(1)
+        server.client.cookies.clear()
+
+        flood_refused = trio.Event()
+
+        async def flood() -> None:   # wrong PINs from rotating addresses, until cancelled
+            n = 0
+            while True:
+                statuses, _ = await rotate(server, "/api/listen/pin",
+                                           [{"pin": f"{n + i:04d}"} for i in range(32)])
+                n += 32
+                if 429 in statuses:
+                    flood_refused.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flood)
+            await flood_refused.wait()
+            transport = httpx.AsyncHTTPTransport(local_address="127.9.9.9")
+            async with httpx.AsyncClient(base_url=server.url, transport=transport,
+                                         timeout=15) as phone:
+                # the typed PIN is held up with the flood ...
+                assert (await phone.post("/api/listen/pin", json={"pin": "4711"})).status_code == 429
+                # ... a long key is checked outside the spent budget (a wrong one: 401) ...
+                wrong = await phone.post("/api/listen/pin", json={"pin": "a" * 26})
+                assert wrong.status_code == 401
+                # ... the sign's key gets in at once, as a cookie or a bearer
+                started = time.monotonic()
+                r = await phone.post("/api/listen/pin", json={"pin": key})
+                assert r.status_code == 204 and "appliance_listen" in phone.cookies
+                answer = await server.post_offer(synthetic_offer(), "/api/whep/main",
+                                                 headers={"Authorization": f"Bearer {key}"})
+                assert answer.status_code == 201, answer.text
+                assert time.monotonic() - started < 5
+                await server.client.delete(answer.headers["location"],
+                                           headers={"Authorization": f"Bearer {key}"})
+            nursery.cancel_scope.cancel()
+        await server.wait_idle()
