@@ -265,10 +265,11 @@ class AdminAuth:
     start (it writes the setup code when one is needed)."""
 
     def __init__(self, *, state_dir: Path, token: str = "", password_hash: str = "",
-                 setup_code_file: str = "", listen_pin: str = "",
+                 setup_code_file: str = "", listen_pin: str = "", metrics_token: str = "",
                  clock: Callable[[], float] = time.monotonic):
         self.token = token
         self.listen_pin = listen_pin
+        self.metrics_token = metrics_token
         self.password_file = Path(state_dir) / PASSWORD_FILE
         self.code_file = Path(setup_code_file) if setup_code_file else \
             Path(state_dir) / "setup-code.txt"
@@ -418,6 +419,11 @@ class AdminAuth:
     def token_ok(self, given: str) -> bool:
         return bool(self.token) and hmac.compare_digest(
             given.encode("utf-8", "surrogatepass"), self.token.encode("utf-8", "surrogatepass"))
+
+    def scrape_token_ok(self, given: str) -> bool:
+        """The monitoring scrape token (``/metrics`` only)."""
+        return bool(self.metrics_token) and hmac.compare_digest(
+            given.encode("utf-8", "surrogatepass"), self.metrics_token.encode())
 
     def pin_ok(self, given: str) -> bool:
         return bool(self.listen_pin) and hmac.compare_digest(

@@ -13,6 +13,7 @@
 
     [admin]
     token = ""                      # bearer token for scripts; "" = none
+    metrics_token = ""              # bearer for GET /metrics only; "" = none
     password_hash = "scrypt$..."    # appliance.passwords; "" = set up with a one-time code
 
     [engine]                        # any EngineSettings field
@@ -146,6 +147,11 @@ class AdminConfig:
     password_hash: str = field(default="", metadata={"max_len": 512})
     # where that code is written; "" = <state_dir>/setup-code.txt
     setup_code_file: str = field(default="", metadata={"max_len": 1024})
+    # a bearer for GET /metrics alone (a monitoring scraper); "" = only the
+    # admin's credentials read it. Long enough that it needs no guess budget.
+    metrics_token: str = field(default="", metadata={
+        "max_len": 256, "pattern": re.compile(r"(?:[!-~]{20,})?"),
+        "what": "at least 20 visible ASCII characters"})
 
 
 # The appliance runs its audio threads at real-time priority where it may

@@ -25,7 +25,8 @@ from ..config import Config
 from ..errors import ApplianceError
 from ..service import Service, open_service
 from ..admin_auth import AdminAuth
-from . import admin, auth, devices, events, health, listening, login, mixer, signs, ui, whep
+from . import (admin, auth, devices, events, health, listening, login, metrics, mixer, signs,
+               ui, whep)
 from .common import plain
 from .errors import error_response
 
@@ -45,6 +46,7 @@ BLUEPRINTS: list[Blueprint] = [
     login.blueprint,
     listening.blueprint,
     health.blueprint,
+    metrics.blueprint,
     signs.blueprint,
 ]
 
@@ -60,7 +62,8 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
     app.admin_auth = AdminAuth(
         state_dir=config.state_dir, token=config.admin.token,
         password_hash=config.admin.password_hash,
-        setup_code_file=config.admin.setup_code_file, listen_pin=config.server.listen_pin)
+        setup_code_file=config.admin.setup_code_file, listen_pin=config.server.listen_pin,
+        metrics_token=config.admin.metrics_token)
     app.admin_setup_lock = trio.Lock()
     # Quart enforces this while the body streams in (413 before buffering it all).
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes

@@ -2,11 +2,13 @@
 the appliance's status. Changes are persisted atomically. See docs/API.md."""
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Blueprint, Response, current_app, jsonify
 
 from .common import read_object, service
 
-__all__ = ["blueprint"]
+__all__ = ["blueprint", "status_reading"]
 
 blueprint = Blueprint("admin", __name__, url_prefix="/api")
 
@@ -17,10 +19,16 @@ def _kind(collection: str) -> str:
     return KINDS[collection]
 
 
+def status_reading() -> dict[str, Any]:
+    """What ``/api/status`` and ``/metrics`` say: the service's status and
+    the secrets someone is guessing at from many addresses (the admin page
+    warns)."""
+    return {**service().status(), "guessing": current_app.admin_auth.throttle.attacks()}
+
+
 @blueprint.route("/status", methods=["GET"])
 async def status() -> Response:
-    # secrets someone is guessing at from many addresses (the admin page warns)
-    return jsonify({**service().status(), "guessing": current_app.admin_auth.throttle.attacks()})
+    return jsonify(status_reading())
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["GET"])

@@ -9,6 +9,8 @@ Every endpoint is one of:
   set, to whoever shows the PIN or its long form from the signs
   (``Authorization: Bearer <pin>`` or the listen cookie) or the admin
   credential. Any origin may listen (CORS).
+- **scrape** (``@scrape``: ``/metrics``): admin, or the scrape token
+  (``[admin] metrics_token``) as a bearer, which opens nothing else.
 - **admin**: everything else, always. ``Authorization: Bearer <[admin]
   token>``, or the admin session cookie plus ``X-CSRF-Token`` on every
   state-changing request. Never cross-origin: a request whose ``Origin`` (or
@@ -43,9 +45,9 @@ from .common import client_address, plain
 __all__ = ["PUBLIC", "LISTENING", "ADMIN", "public", "listening", "role_of", "check_request",
            "cors", "same_origin", "admin_session", "SESSION_COOKIE", "LISTEN_COOKIE",
            "CSRF_HEADER", "retry_later", "check_admin_listening", "exposed", "https_url",
-           "https_only", "http_origin"]
+           "https_only", "http_origin", "scrape"]
 
-PUBLIC, LISTENING, ADMIN = "public", "listening", "admin"
+PUBLIC, LISTENING, ADMIN, SCRAPE = "public", "listening", "admin", "scrape"
 
 SESSION_COOKIE = "appliance_admin"
 LISTEN_COOKIE = "appliance_listen"
@@ -75,13 +77,20 @@ def listening(view: View) -> View:
     return view
 
 
+def scrape(view: View) -> View:
+    """Mark a view as the admin's that a monitoring scraper may also read
+    with the scrape token alone (``[admin] metrics_token``)."""
+    setattr(view, _ROLE_ATTR, SCRAPE)
+    return view
+
+
 def role_of(endpoint: str | None, rule: str | None = None) -> str:
     """The role an endpoint needs. No endpoint (404/405: nothing runs) is public."""
     if endpoint is None:
         return PUBLIC
     view = current_app.view_functions.get(endpoint)
     marked = getattr(view, _ROLE_ATTR, None)
-    if marked in (PUBLIC, LISTENING):
+    if marked in (PUBLIC, LISTENING, SCRAPE):
         return marked
     if endpoint in PUBLIC_ENDPOINTS or rule in PUBLIC_RULES:
         return PUBLIC
@@ -272,11 +281,13 @@ async def check_request() -> Response | None:
             if url:
                 return Response("", status=302, headers={"Location": url,
                                                          "Cache-Control": "no-store"})
-        if role == ADMIN or request.blueprint == "login":
+        if role in (ADMIN, SCRAPE) or request.blueprint == "login":
             return https_only()
     if role == LISTENING:
         return _check_listening()
-    if role == ADMIN:
+    if role == SCRAPE and _auth().scrape_token_ok(_bearer() or ""):
+        return None
+    if role in (ADMIN, SCRAPE):
         return _check_admin()
     if request.path.startswith("/api/") and not same_origin():
         # the login endpoints: no logging in (or out) from another site

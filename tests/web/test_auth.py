@@ -91,14 +91,16 @@ def cookie_attributes(response: httpx.Response, name: str) -> dict[str, str]:
 async def test_every_route_is_classified_and_no_admin_route_answers_a_stranger(tmp_path):
     async with open_server(default_config(tmp_path), headers={}) as server:
         table = await roles(server)
-        open_routes = {ep: role for (_, ep), (role, _) in table.items() if role != auth.ADMIN}
+        # scrape: the admin's, or the scrape token's (none is set here)
+        closed = (auth.ADMIN, auth.SCRAPE)
+        open_routes = {ep: role for (_, ep), (role, _) in table.items() if role not in closed}
         assert set(open_routes) <= set(OPEN), "a new public or listening route: add it to OPEN"
         assert {ep: OPEN[ep] for ep in open_routes} == open_routes
         admin_routes = [(rule, methods) for (rule, _), (role, methods) in table.items()
-                        if role == auth.ADMIN]
+                        if role in closed]
         paths = {p for rule, _ in admin_routes for p in sample_paths(rule)}
         for needed in ("/api/sources", "/api/sinks", "/api/routes", "/api/status",
-                       "/api/events", "/api/mixer", "/api/routes/tone-main"):
+                       "/api/events", "/api/mixer", "/api/routes/tone-main", "/metrics"):
             assert needed in paths, needed
         before = graph(server)
         tried = 0

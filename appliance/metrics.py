@@ -1,0 +1,149 @@
+"""``GET /metrics`` in Prometheus' text format, through ``prometheus_client``:
+what a fleet's monitoring (Prometheus, Grafana, any scraper) reads of a box.
+
+Everything comes from the same reading as ``/api/status`` (``Service.status``
+plus the guess budget's refusals), taken at each scrape, so the two never
+disagree and nothing is counted twice. Names follow Prometheus' conventions:
+``appliance_`` first, base units (seconds, ratios), ``_total`` for counters.
+The process' own CPU, memory and fds are ``prometheus_client``'s process
+collector (``process_…``).
+
+Listener health is summarised per target (a channel, or a source or route
+the admin listens to) as quantiles of what the listeners' RTCP reports say:
+``appliance_listener_rtt_seconds{kind, id, quantile}`` and the same for
+jitter and loss. A target with no report yet has none.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "scrape"]
+
+# text format 0.0.4, what every Prometheus reads
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+QUANTILES = (0.5, 0.95, 1.0)
+
+
+def _quantiles(values: list[float]) -> Iterator[tuple[str, float]]:
+    ordered = sorted(values)
+    for q in QUANTILES:
+        # nearest rank: the value at or below which q of the listeners are
+        yield f"{q:g}", ordered[max(0, min(len(ordered) - 1, round(q * len(ordered)) - 1))]
+
+
+class StatusCollector(Collector):
+    """Metric families from one status reading (``read()`` at each scrape)."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Any]:
+        status = self.read()
+        yield InfoMetricFamily("appliance", "The box's name and software version",
+                               value={"name": status["name"], "version": status["version"]})
+        yield GaugeMetricFamily("appliance_uptime_seconds", "Seconds since the service started",
+                                value=status["uptime_s"])
+        yield from self._listeners(status)
+        yield from self._devices(status)
+        yield from self._engine(status["engine"])
+        guessing = GaugeMetricFamily(
+            "appliance_guesses_refused", "Guesses at a secret refused unchecked in the last "
+            "5 minutes (someone on the network is guessing it)", labels=["secret"])
+        for secret, refused in status.get("guessing", {}).items():
+            guessing.add_metric([secret], refused)
+        yield guessing
+
+    @staticmethod
+    def _listeners(status: dict[str, Any]) -> Iterator[Any]:
+        counts = status["listeners"]
+        listeners = GaugeMetricFamily("appliance_listeners", "Listeners with an answer, by what "
+                                      "they hear (a channel is a sink)", labels=["kind", "id"])
+        for kind in ("sink", "source", "route"):
+            for ident, n in sorted(counts[kind + "s"].items()):
+                listeners.add_metric([kind, ident], n)
+        yield listeners
+        yield GaugeMetricFamily("appliance_listeners_max", "The listener cap",
+                                value=status["max_listeners"])
+        by_transport = GaugeMetricFamily("appliance_listeners_by_transport",
+                                         "Listeners by transport", labels=["transport"])
+        transports: dict[str, int] = {}
+        for session in status["sessions"]:
+            name = session["transport"] or "connecting"
+            transports[name] = transports.get(name, 0) + 1
+        for name, n in sorted(transports.items()):
+            by_transport.add_metric([name], n)
+        yield by_transport
+        # what the listeners' receiver reports say, per target
+        families = {
+            "rtt_ms": GaugeMetricFamily("appliance_listener_rtt_seconds", "Round-trip time "
+                                        "of a target's listeners", labels=["kind", "id", "quantile"]),
+            "jitter_ms": GaugeMetricFamily("appliance_listener_jitter_seconds", "Interarrival "
+                                           "jitter of a target's listeners",
+                                           labels=["kind", "id", "quantile"]),
+            "fraction_lost": GaugeMetricFamily("appliance_listener_loss_ratio", "Fraction of "
+                                               "packets lost, of a target's listeners",
+                                               labels=["kind", "id", "quantile"]),
+        }
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for session in status["sessions"]:
+            grouped.setdefault((session["kind"], session["id"]), []).append(session)
+        for (kind, ident), sessions in sorted(grouped.items()):
+            for field, family in families.items():
+                scale = 1000.0 if field.endswith("_ms") else 1.0
+                values = [s[field] / scale for s in sessions if s[field] is not None]
+                if values:
+                    for q, value in _quantiles(values):
+                        family.add_metric([kind, ident, q], value)
+        yield from families.values()
+
+    @staticmethod
+    def _devices(status: dict[str, Any]) -> Iterator[Any]:
+        up = GaugeMetricFamily("appliance_device_up", "1 while a sound device works, 0 while "
+                               "it is lost", labels=["kind", "id"])
+        for device in status["devices"]:
+            up.add_metric([device["kind"], device["id"]], 1 if device["state"] == "ok" else 0)
+        yield up
+        xruns = CounterMetricFamily("appliance_xruns", "Over- and underruns of a sound device",
+                                    labels=["kind", "id"])
+        for kind in ("source", "sink"):
+            for ident, n in sorted(status["xruns"][kind + "s"].items()):
+                xruns.add_metric([kind, ident], n)
+        yield xruns
+
+    @staticmethod
+    def _engine(engine: dict[str, Any]) -> Iterator[Any]:
+        entities = GaugeMetricFamily("appliance_engine_entities", "The engine's sources, "
+                                     "sinks, routes and listeners", labels=["kind"])
+        for kind in ("sources", "sinks", "routes", "listeners"):
+            entities.add_metric([kind], engine[kind])
+        yield entities
+        yield GaugeMetricFamily("appliance_engine_threads", "The engine's threads",
+                                value=engine["threads"])
+        events = CounterMetricFamily("appliance_engine_events", "Engine events, by fate",
+                                     labels=["fate"])
+        for fate, key in (("posted", "events_posted"), ("coalesced", "events_coalesced"),
+                          ("dropped", "events_dropped")):
+            events.add_metric([fate], engine[key])
+        yield events
+        lean = engine["lean"]
+        datagrams = CounterMetricFamily("appliance_lean_datagrams", "Datagrams on the lean "
+                                        "transport's port, and those it refused, by why",
+                                        labels=["outcome"])
+        datagrams.add_metric(["received"], lean["datagrams_in"])
+        for outcome in ("stun_rejected", "dtls_rejected", "rtcp_rejected", "junk",
+                        "send_dropped"):
+            datagrams.add_metric([outcome], lean[outcome])
+        yield datagrams
+
+
+def scrape(read_status: Callable[[], dict[str, Any]]) -> bytes:
+    """The text a scraper gets: the status' families and the process'."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(read_status))
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)
