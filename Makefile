@@ -108,7 +108,7 @@ $(STAMPS)/engine: $(STAMPS)/venv $(ENGINE_SOURCES)
 native-check: $(STAMPS)/deb-run
 	@for f in native/*.c; do \
 		gcc -std=gnu11 -Wall -Wextra -Werror -fsyntax-only -Inative $$f \
-			$$(pkg-config --cflags gstreamer-1.0 gstreamer-app-1.0 gstreamer-webrtc-1.0 gstreamer-sdp-1.0 nice alsa opus openssl libsrtp2) || exit 1; \
+			$$(pkg-config --cflags gstreamer-1.0 gstreamer-app-1.0 gstreamer-webrtc-1.0 gstreamer-sdp-1.0 nice alsa opus openssl libsrtp2 speexdsp) || exit 1; \
 	done; echo "native: clean under -Wall -Wextra -Werror"
 
 # The engine tests on an engine built with AddressSanitizer and UBSan.

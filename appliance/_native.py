@@ -31,6 +31,7 @@ class ErrorCode(enum.IntEnum):
     MEDIA = lib.AE_ERR_MEDIA
     FILE = lib.AE_ERR_FILE
     CLOSED = lib.AE_ERR_CLOSED
+    NETWORK = lib.AE_ERR_NETWORK
     # raised by the Python face, never by C
     NOT_FOUND = -100
     EXISTS = -101

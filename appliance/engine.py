@@ -34,7 +34,7 @@ from .events import (
 )
 
 __all__ = ["open_engine", "Engine", "Listener", "appliance_error", "EngineSettings", "SourceSpec", "SinkSpec",
-           "RouteSpec", "EngineStats", "SinkStats", "ListenerStats", "EngineError",
+           "RouteSpec", "EngineStats", "SinkStats", "NetSourceStats", "ListenerStats", "EngineError",
            "ErrorCode", "live_engine_threads"]
 
 
@@ -66,6 +66,25 @@ class SinkStats:
     send_latency_p50_ms: float
     send_latency_p95_ms: float
     send_latency_samples: int
+
+
+@dataclass(frozen=True)
+class NetSourceStats:
+    """What a network source took in and refused (``ae_net_source_stats``)."""
+    packets: int
+    refused: int                 # from an address ``allow_from`` does not name
+    malformed: int
+    other_program: int
+    format_changes: int
+    resyncs: int                 # the mixer started again from the target (a gap, a jump)
+    rate: int                    # the stream's format; 0 before the first packet
+    bits: int
+    channels: int
+    buffered_ms: float | None    # ahead of the mixer; None while nothing reads it
+    correction_ppm: float        # the resampler's steering against the sender's clock
+    sender: str
+    refused_from: str
+    program_refused: str
 
 
 @dataclass(frozen=True)
@@ -328,7 +347,8 @@ class Engine:
         self._check_new(self._sources, "source", source_id)
         cfg = ffi.new("ae_source_config *")
         kinds = {"alsa": lib.AE_SOURCE_ALSA, "tone": lib.AE_SOURCE_TONE,
-                 "clicks": lib.AE_SOURCE_TONE, "file": lib.AE_SOURCE_FILE}
+                 "clicks": lib.AE_SOURCE_TONE, "file": lib.AE_SOURCE_FILE,
+                 "scream": lib.AE_SOURCE_SCREAM}
         if spec.kind not in kinds:
             raise EngineError(ErrorCode.INVALID, f"unknown source kind {spec.kind!r}")
         cfg.kind = kinds[spec.kind]
@@ -343,6 +363,14 @@ class Engine:
         cfg.click_interval_ms = spec.click_interval_ms if spec.kind == "clicks" else 0
         path = ffi.new("char[]", spec.path.encode()) if spec.path is not None else ffi.NULL
         cfg.path = path
+        # network: the strings live until the call returns, like device and path
+        network = {name: ffi.new("char[]", text.encode()) for name, text in (
+            ("address", spec.address), ("interface", spec.interface),
+            ("allow_from", ",".join(spec.senders())), ("program", spec.program))}
+        for name, text in network.items():
+            setattr(cfg, name, text)
+        cfg.port = spec.port
+        cfg.latency_ms = spec.latency_ms
         out = ffi.new("ae_source **")
         # Called from the trio thread, not a worker: the source's first event
         # (DeviceLost for an absent device) can then only be handled after it
@@ -356,6 +384,21 @@ class Engine:
         entity = self._lookup(self._sources, "source", source_id)
         check(lib.ae_source_set_tone(entity.handle, hz, dbfs if dbfs != 0 else -1e-9))
         entity.spec = replace(entity.spec, tone_hz=hz, tone_dbfs=dbfs)
+
+    def net_source_stats(self, source_id: str) -> NetSourceStats:
+        entity = self._lookup(self._sources, "source", source_id)
+        out = ffi.new("ae_net_source_stats *")
+        check(lib.ae_source_net_stats(entity.handle, out))
+
+        def text(chars: Any) -> str:
+            return ffi.string(chars).decode("utf-8", "replace")
+
+        return NetSourceStats(
+            out.packets, out.refused, out.malformed, out.other_program, out.format_changes,
+            out.resyncs, out.rate, out.bits, out.channels,
+            None if out.buffered_ms < 0 else round(out.buffered_ms, 2),
+            round(out.correction_ppm, 1), text(out.sender), text(out.refused_from),
+            text(out.program_refused))
 
     def source_click_times(self, source_id: str, limit: int = 256) -> list[float]:
         """Monotonic times (seconds, same clock as time.monotonic) of recent
@@ -548,7 +591,7 @@ def appliance_error(error: EngineError) -> ApplianceError:
     if error.code == ErrorCode.BUSY:
         return InUseError(error.message)
     if error.code in (ErrorCode.INVALID, ErrorCode.SDP, ErrorCode.CODEC, ErrorCode.FILE,
-                      ErrorCode.DEVICE):
+                      ErrorCode.DEVICE, ErrorCode.NETWORK):
         return InvalidError(error.message)
     if error.code == ErrorCode.LIMIT:
         return FullError(error.message, retry_after_s=10)

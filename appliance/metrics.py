@@ -50,6 +50,7 @@ class StatusCollector(Collector):
                                 value=status["uptime_s"])
         yield from self._listeners(status)
         yield from self._devices(status)
+        yield from self._network_sources(status.get("network_sources", {}))
         yield from self._engine(status["engine"])
         guessing = GaugeMetricFamily(
             "appliance_guesses_refused", "Guesses at a secret refused unchecked in the last "
@@ -114,6 +115,30 @@ class StatusCollector(Collector):
             for ident, n in sorted(status["xruns"][kind + "s"].items()):
                 xruns.add_metric([kind, ident], n)
         yield xruns
+
+    @staticmethod
+    def _network_sources(sources: dict[str, dict[str, Any]]) -> Iterator[Any]:
+        datagrams = CounterMetricFamily("appliance_network_source_datagrams", "Datagrams at a "
+                                        "network source: taken, or refused and why",
+                                        labels=["id", "outcome"])
+        buffered = GaugeMetricFamily("appliance_network_source_buffered_seconds", "Audio kept "
+                                     "ahead of the mixer (while something reads it)",
+                                     labels=["id"])
+        steering = GaugeMetricFamily("appliance_network_source_correction_ratio", "The "
+                                     "resampler's steering against the sender's clock",
+                                     labels=["id"])
+        resyncs = CounterMetricFamily("appliance_network_source_resyncs", "Times the mixer "
+                                      "started again from the target (a gap, a jump)",
+                                      labels=["id"])
+        for ident, stats in sorted(sources.items()):
+            for outcome, key in (("taken", "packets"), ("refused", "refused"),
+                                 ("malformed", "malformed"), ("other_program", "other_program")):
+                datagrams.add_metric([ident, outcome], stats[key])
+            if stats["buffered_ms"] is not None:
+                buffered.add_metric([ident], stats["buffered_ms"] / 1000)
+            steering.add_metric([ident], stats["correction_ppm"] / 1e6)
+            resyncs.add_metric([ident], stats["resyncs"])
+        yield from (datagrams, buffered, steering, resyncs)
 
     @staticmethod
     def _engine(engine: dict[str, Any]) -> Iterator[Any]:

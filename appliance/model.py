@@ -10,6 +10,7 @@ whose message names the field and what it must be.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import types
@@ -42,6 +43,36 @@ def _limit(max_len: int) -> dict[str, Any]:
     return {"max_len": max_len}
 
 
+def _ip_address(value: str) -> str | None:
+    """A network source's address: an IP address, or "" (every local one)."""
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return "must be an IPv4 or IPv6 address (or empty: every local address)"
+    return None
+
+
+def _senders(value: tuple[str, ...]) -> str | None:
+    """Who may send to a network source: "local", addresses and prefixes."""
+    if len(value) > MAX_SENDER_PREFIXES:
+        return f"names at most {MAX_SENDER_PREFIXES} prefixes"
+    for item in value:
+        if item == "local":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"has {item[:60]!r}: not \"local\", an address or a prefix like 192.0.2.0/24"
+    return None
+
+
+# the engine's limits on a network source (native/ae_engine.h, ae_netsrc.c)
+MAX_SENDER_PREFIXES = 32
+NET_LATENCY_MS = (2, 500)
+SCREAM_PROGRAM_LEN = 30
+
+
 # ---- the engine's settings and the graph's specs ---------------------------------
 
 @dataclass(frozen=True)
@@ -71,7 +102,7 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: Literal["alsa", "tone", "clicks", "file"]
+    kind: Literal["alsa", "tone", "clicks", "file", "scream"]
     channels: int = field(default=2, metadata=_range(1, 8))
     # an ALSA device the appliance enumerated (appliance.devices), never free-form
     device: str = field(default="default", metadata=_limit(128))
@@ -87,6 +118,31 @@ class SourceSpec:
     # /api/whep/source/<id>, or a route from it); off: only the admin may,
     # so a backstage microphone is heard only where a channel publishes it
     public: bool = False
+    # network sources (kind "scream"): the multicast group joined (on
+    # ``interface``) or a local address to bind ("" = every one), the port
+    address: str = field(default="239.255.77.77", metadata={"max_len": 45, "check": _ip_address})
+    port: int = field(default=4010, metadata=_range(1, 65535))
+    interface: str = field(default="", metadata={
+        "max_len": 15, "pattern": re.compile(r"[A-Za-z0-9_.:@-]*"),
+        "what": "a network interface's name"})
+    # who may send: "local" (a subnet of ``interface``, or of any of the
+    # box's when none is named), addresses, prefixes; empty: "local" for a
+    # multicast group, nobody for unicast
+    allow_from: tuple[str, ...] = field(default=(), metadata={"check": _senders})
+    # how much audio is kept ahead of the mixer (the sender's clock is steered to it)
+    latency_ms: int = field(default=20, metadata=_range(*NET_LATENCY_MS))
+    # ScreamRouter's per-process Scream: the program tag to take; "" = plain Scream
+    program: str = field(default="", metadata={
+        "max_len": SCREAM_PROGRAM_LEN, "pattern": re.compile(r"[ -~]*"),
+        "what": "printable ASCII"})
+
+    def senders(self) -> tuple[str, ...]:
+        """Who may send to this network source: ``allow_from``, or when it is
+        empty "local" for a multicast group and nobody for unicast."""
+        if self.allow_from:
+            return self.allow_from
+        multicast = bool(self.address) and ipaddress.ip_address(self.address).is_multicast
+        return ("local",) if multicast else ()
 
 
 @dataclass(frozen=True)
@@ -383,6 +439,9 @@ def build(cls: type, data: Any, where: str, *, skip: tuple[str, ...] = ()) -> An
         if key not in fields:
             raise InvalidError(f"unknown key {name!r}")
         kwargs[key] = _check_value(value, name, hints[key], fields[key].metadata)
+        check = fields[key].metadata.get("check")
+        if check is not None and (problem := check(kwargs[key])):
+            raise InvalidError(f"{name} {problem}")
     for name, f in fields.items():
         if name not in kwargs and f.default is dataclasses.MISSING \
                 and f.default_factory is dataclasses.MISSING:

@@ -13,6 +13,8 @@ its persistence in ``graph`` and ``store``, the live state in ``feed``, SDP in
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -59,7 +61,21 @@ class Service:
         out = self.feed.entity_state(kind, entity_id)
         if kind == "sink":
             out["listeners"] = self.listener_counts()["sinks"].get(entity_id, 0)
+        if kind == "source" and (network := self.network_source(entity_id)) is not None:
+            out["network"] = network
         return out
+
+    def network_source(self, source_id: str) -> dict[str, Any] | None:
+        """What a network source took in and refused, and its buffer (None:
+        not a network source, or not in the engine)."""
+        spec = self.engine.sources().get(source_id)
+        if spec is None or spec.kind != "scream":
+            return None
+        return dataclasses.asdict(self.engine.net_source_stats(source_id))
+
+    def network_sources(self) -> dict[str, dict[str, Any]]:
+        return {source_id: stats for source_id in self.engine.sources()
+                if (stats := self.network_source(source_id)) is not None}
 
     def open_to_listeners(self, kind: str, ident: str) -> bool:
         """Whether anyone who may listen may listen to this: a channel (an
@@ -112,6 +128,7 @@ class Service:
             # each listener's health: loss, jitter and round-trip time from its RTCP reports
             "sessions": [s.health() for s in self.sessions.answered()],
             "devices": devices,
+            "network_sources": self.network_sources(),
             "xruns": {"total": sum(feed.xruns.values()),
                       "sources": {i: n for (k, i), n in feed.xruns.items() if k == "source"},
                       "sinks": {i: n for (k, i), n in feed.xruns.items() if k == "sink"}},

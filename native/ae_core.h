@@ -2,6 +2,7 @@
  *
  * Module chain (each includes only the ones before it):
  *   ae_core -> ae_events (event queue, glib loop) -> ae_alsa (one PCM)
+ *   -> ae_netsrc (a network source's receiver)
  *   -> ae_sdp (offers) -> ae_internal.h (graph, fan-out, transports, engine)
  */
 #ifndef AE_CORE_H

@@ -52,7 +52,8 @@ typedef enum ae_error {
     AE_ERR_CODEC = -8,        /* Opus refused the settings */
     AE_ERR_MEDIA = -9,        /* GStreamer refused (missing plugin, failed link) */
     AE_ERR_FILE = -10,        /* a source file could not be read */
-    AE_ERR_CLOSED = -11       /* the engine is shutting down */
+    AE_ERR_CLOSED = -11,      /* the engine is shutting down */
+    AE_ERR_NETWORK = -12      /* a network source's socket: no such interface, a group not joined */
 } ae_error;
 
 const char *ae_strerror(int code);
@@ -168,8 +169,12 @@ int ae_live_threads(void);
 typedef enum ae_source_kind {
     AE_SOURCE_ALSA = 1,       /* capture from an ALSA PCM */
     AE_SOURCE_TONE = 2,       /* sine tone, or clicks when click_interval_ms > 0 */
-    AE_SOURCE_FILE = 3        /* WAV (PCM16/24/32, float) or raw S16LE, looped */
+    AE_SOURCE_FILE = 3,       /* WAV (PCM16/24/32, float) or raw S16LE, looped */
+    AE_SOURCE_SCREAM = 4      /* Scream over UDP (and ScreamRouter's per-process variant) */
 } ae_source_kind;
+
+/* Limits of a network source (the model states the same ones). */
+enum { AE_NET_MIN_LATENCY_MS = 2, AE_NET_MAX_LATENCY_MS = 500, AE_SCREAM_PROGRAM_LEN = 30 };
 
 typedef struct ae_source_config {
     int kind;
@@ -186,7 +191,37 @@ typedef struct ae_source_config {
     /* file */
     const char *path;
     int raw_rate;             /* for raw files: sample rate, 0 = engine rate */
+    /* network (scream) */
+    const char *address;      /* a multicast group to join, or a local address to bind;
+                                 NULL or "" = every local address */
+    int port;                 /* 1..65535 */
+    const char *interface;    /* the group is joined on it; NULL or "" = as routing says */
+    /* who may send, comma-separated: "local" (a subnet of the interface's,
+     * or of any of this machine's when none is named), IPv4 or IPv6
+     * prefixes ("192.0.2.0/24", "2001:db8::/32", an address alone);
+     * NULL or "" = nobody */
+    const char *allow_from;
+    int latency_ms;           /* kept ahead of the mixer; 0 = 20 */
+    /* per-process Scream: the program tag taken (others counted and
+     * dropped); NULL or "" = plain Scream packets only */
+    const char *program;
 } ae_source_config;
+
+/* What a network source took in and refused. */
+typedef struct ae_net_source_stats {
+    uint64_t packets;         /* taken */
+    uint64_t refused;         /* from an address allow_from does not name */
+    uint64_t malformed;       /* not a packet of the protocol, or a format it does not take */
+    uint64_t other_program;   /* per-process Scream of another program */
+    uint64_t format_changes;  /* the sender changed rate, width or channels */
+    uint64_t resyncs;         /* the reader was set back to the target (a gap or a jump) */
+    int rate, bits, channels; /* the stream's format (0: nothing taken yet) */
+    double buffered_ms;       /* ahead of the reader now (-1: nobody reads) */
+    double correction_ppm;    /* the resampler's steering against the sender's clock */
+    char sender[64];          /* the last address taken from */
+    char refused_from[64];    /* the last address refused */
+    char program_refused[32]; /* the last other program's tag (AE_SCREAM_PROGRAM_LEN, a NUL) */
+} ae_net_source_stats;
 
 int ae_source_create(ae_engine *engine, const ae_source_config *config, ae_source **out);
 /* The source's event id: unique in the engine, never reused. */
@@ -198,6 +233,9 @@ int ae_source_destroy(ae_source *source);
 /* Monotonic capture times (us) of the most recent clicks a click source
  * emitted, newest last; returns how many were written. For latency tests. */
 int ae_source_click_times(ae_source *source, int64_t *out_us, int max);
+
+/* AE_ERR_INVALID for a source that is not a network source. */
+int ae_source_net_stats(ae_source *source, ae_net_source_stats *out);
 
 /* ---- sinks ------------------------------------------------------------- */
 

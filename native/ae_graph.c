@@ -413,11 +413,37 @@ static void link_source(ae_graph *e, ae_source *s)
 
 static void source_free(ae_source *s)
 {
+    ae_netsrc_close(s->net);   /* before the ring its thread writes */
     ae_ring_free(&s->ring);
     free(s->file_data);
     free(s->dev.name);
     pthread_mutex_destroy(&s->levels.lock);
     free(s);
+}
+
+/* The network receiver's thread: frames at the engine's rate, stamped with
+ * their arrival (the capture-to-listener latency starts there). */
+static void net_write(void *ctx, const float *frames, int n, int64_t arrival_us)
+{
+    ae_source *s = ctx;
+    ae_levels_add(&s->levels, frames, n);
+    ae_ring_write(&s->ring, frames, (uint64_t)n, arrival_us);
+}
+
+/* How far the newest reader is behind what arrived; -1 while nobody reads
+ * (never, or so long ago that the ring has moved on: the source is unrouted). */
+static int64_t net_buffered(void *ctx)
+{
+    ae_source *s = ctx;
+    uint64_t read = atomic_load_explicit(&s->read_pos, memory_order_acquire);
+    int64_t at = atomic_load_explicit(&s->read_at_us, memory_order_relaxed);
+    uint64_t w = atomic_load_explicit(&s->ring.wpos, memory_order_relaxed);
+    if (!read || w - read > s->ring.capacity / 2) return -1;
+    /* where the reader is now, between its frame-sized steps: the steering
+     * sees the clocks' drift, not the mixer's frame size */
+    int64_t since = (ae_now_us() - at) * s->graph->rate / 1000000;
+    int64_t ahead = (int64_t)(w - read) - (since > 0 ? since : 0);
+    return ahead > 0 ? ahead : 0;
 }
 
 int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source **out)
@@ -468,13 +494,21 @@ int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source *
             rc = device_open(e, &s->dev, cfg->device, SND_PCM_STREAM_CAPTURE, channels,
                              cfg->period_frames, cfg->buffer_periods, cfg->allow_absent);
         break;
+    case AE_SOURCE_SCREAM:
+        rc = ae_ring_init(&s->ring, channels, (uint64_t)e->rate);
+        ae_levels_init(&s->levels, s->channels);   /* the receiver measures from the start */
+        if (rc == AE_OK)
+            rc = ae_netsrc_open(cfg, e->rate, channels, e->rt_priority,
+                                (ae_netsrc_io){.ctx = s, .write = net_write,
+                                               .buffered = net_buffered}, &s->net);
+        break;
     default: rc = ae_fail(AE_ERR_INVALID, "unknown source kind %d", cfg->kind);
     }
     if (rc != AE_OK) {
         source_free(s);
         return rc;
     }
-    ae_levels_init(&s->levels, s->channels);
+    if (s->kind != AE_SOURCE_SCREAM) ae_levels_init(&s->levels, s->channels);
     link_source(e, s);
     if (s->kind == AE_SOURCE_ALSA &&
         (rc = device_start(e, &s->dev, "ae-capture", capture_main, s)) != AE_OK) {
@@ -513,6 +547,15 @@ int ae_source_click_times(ae_source *s, int64_t *out, int max)
     for (uint64_t i = 0; i < take; i++) out[i] = s->click_times[(n - take + i) % AE_CLICK_RING];
     pthread_mutex_unlock(&s->graph->lock);
     return (int)take;
+}
+
+int ae_source_net_stats(ae_source *s, ae_net_source_stats *out)
+{
+    ae_clear_error();
+    if (!s || !out || !s->net) return ae_fail(AE_ERR_INVALID, "not a network source");
+    ae_netsrc_stats(s->net, out);
+    out->resyncs = atomic_load(&s->net_resyncs);
+    return AE_OK;
 }
 
 int ae_source_destroy(ae_source *s)
@@ -850,6 +893,34 @@ static int pull(ae_route *r, float *dst, int fs, int64_t frame_time_us, bool clo
         r->rpos += (uint64_t)n;
         return n;
     }
+    case AE_SOURCE_SCREAM: {
+        /* never a clock: the receiver's resampler keeps the newest reader
+         * its target behind what arrived; a reader that ran dry (or is far
+         * off) waits until that much is there again and starts from it */
+        uint64_t w = atomic_load_explicit(&s->ring.wpos, memory_order_acquire);
+        uint64_t target = (uint64_t)ae_netsrc_target_frames(s->net);
+        uint64_t lag = w - r->rpos;
+        if (r->buffered && (lag < (uint64_t)fs || lag > 2 * target + 2 * (uint64_t)fs +
+                                                         MAX_LAG_FRAMES)) {
+            r->buffered = false;
+            atomic_fetch_add(&s->net_resyncs, 1);
+        }
+        if (!r->buffered) {
+            if (w - r->rpos < target + (uint64_t)fs) {
+                memset(dst, 0, (size_t)fs * (size_t)ch * sizeof(float));
+                return 0;
+            }
+            r->rpos = w - target - (uint64_t)fs;   /* after this frame: target behind */
+            r->buffered = true;
+        }
+        ae_ring_read(&s->ring, r->rpos, dst, (uint64_t)fs);
+        r->rpos += (uint64_t)fs;
+        if (r->rpos > atomic_load_explicit(&s->read_pos, memory_order_relaxed)) {
+            atomic_store_explicit(&s->read_at_us, ae_now_us(), memory_order_relaxed);
+            atomic_store_explicit(&s->read_pos, r->rpos, memory_order_release);
+        }
+        return fs;
+    }
     case AE_SOURCE_TONE: {
         if (s->click_interval_ms > 0) {
             uint64_t period = (uint64_t)rate * (uint64_t)s->click_interval_ms / 1000;
@@ -935,6 +1006,8 @@ static void skip_frame(ae_sink *k)
         if (r->source->kind == AE_SOURCE_ALSA) {
             uint64_t w = atomic_load_explicit(&r->source->ring.wpos, memory_order_acquire);
             r->rpos += w - r->rpos < (uint64_t)fs ? w - r->rpos : (uint64_t)fs;
+        } else if (r->source->kind == AE_SOURCE_SCREAM) {
+            r->buffered = false;   /* buffers again from the newest audio when heard */
         } else {
             r->gen_pos += (uint64_t)fs;
         }

@@ -8,6 +8,7 @@
 #include "ae_core.h"
 #include "ae_dsp.h"
 #include "ae_events.h"
+#include "ae_netsrc.h"
 
 #include <semaphore.h>
 
@@ -105,9 +106,15 @@ struct ae_source {
     /* file */
     float *file_data;
     uint64_t file_frames;
-    /* ALSA */
+    /* ALSA, network: the ring the device or the receiver writes */
     ae_ring ring;
     ae_device dev;
+    /* network: the receiver; how far the newest reader has read (its
+     * distance behind wpos steers the receiver's resampler, 0: none yet) */
+    ae_netsrc *net;
+    _Atomic uint64_t read_pos;
+    _Atomic int64_t read_at_us;          /* when it read there (the mixer's frames are steps) */
+    _Atomic uint64_t net_resyncs;
 };
 
 struct ae_route {
@@ -120,7 +127,8 @@ struct ae_route {
     bool muted;
     int source_channel;
     /* per-route reading state */
-    uint64_t rpos;                       /* ALSA: next frame to read */
+    uint64_t rpos;                       /* ALSA, network: next frame to read */
+    bool buffered;                       /* network: rpos is the target behind wpos */
     double phase;                        /* tone */
     uint64_t gen_pos;                    /* file / clicks: frames generated */
 };

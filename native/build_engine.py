@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 # setuptools wants paths relative to the project root
 SOURCES = sorted(str(p.relative_to(HERE.parent)) for p in HERE.glob("ae_*.c"))
 PKG_CONFIG = ["gstreamer-1.0", "gstreamer-app-1.0", "gstreamer-webrtc-1.0",
-              "gstreamer-sdp-1.0", "nice", "alsa", "opus", "openssl", "libsrtp2"]
+              "gstreamer-sdp-1.0", "nice", "alsa", "opus", "openssl", "libsrtp2", "speexdsp"]
 
 
 def _pkg_config(flag: str) -> list[str]:

@@ -9,7 +9,8 @@ python=${1:-.venv/bin/python}
 out=build/asan
 rm -rf "$out" && mkdir -p "$out/appliance" "$out/cffi"
 ln -s "$PWD/native" "$out/cffi/native"   # cffi compiles from its tmpdir; sources are project-relative
-cp appliance/*.py "$out/appliance/"
+# the whole package (the web app too: some engine tests serve it), its own build after
+cp -r appliance/. "$out/appliance/" && rm -f "$out"/appliance/_engine_cffi*.so
 flags="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -O1"
 AE_EXTRA_CFLAGS="$flags" AE_EXTRA_LDFLAGS="-fsanitize=address,undefined" "$python" - "$out" <<'PY'
 import sys, runpy
@@ -32,6 +33,7 @@ run() {
 import os, sys
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 sys.path[:] = [p for p in sys.path if p not in ("", os.getcwd())]
+sys.path.append(os.getcwd())   # the tests package, after the sanitized appliance
 import appliance._native
 assert "build/asan" in appliance._native.__file__, appliance._native.__file__
 import pytest
@@ -39,7 +41,7 @@ sys.exit(pytest.main(sys.argv[1:]))
 PY
 }
 status=0
-run -q -p no:cacheprovider tests/test_engine.py tests/test_lean.py "${@:2}" || status=$?
+run -q -p no:cacheprovider tests/test_engine.py tests/test_lean.py tests/test_network_sources.py "${@:2}" || status=$?
 unset LD_PRELOAD
 if compgen -G "$report/*" >/dev/null; then
     echo "sanitizer reports:"; cat "$report"/*; status=1

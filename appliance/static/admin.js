@@ -156,9 +156,27 @@ function deviceTag(entity) {
   if (entity.kind === "tone") parts.push(`${entity.tone_hz} Hz tone`);
   if (entity.kind === "clicks") parts.push(`clicks every ${entity.click_interval_ms} ms`);
   if (entity.kind === "opus") parts.push(`Opus ${Math.round(entity.bitrate / 1000)} kb/s, ${entity.frame_ms} ms`);
+  if (entity.kind === "scream") parts.push(...networkTag(entity));
   parts.push(st.state === "ok" ? "ok" : `lost: ${st.reason || ""}`);
   if (entity.xruns) parts.push(plural(entity.xruns, "xrun", "xruns"));
   return el("span", { class: `tag ${st.state === "ok" ? "ok" : "lost"}`, text: parts.join(" · ") });
+}
+
+/** A network source: where it listens, what it hears, what it refuses. */
+function networkTag(entity) {
+  const where = entity.address.includes(":") ? `[${entity.address}]` : entity.address || "*";
+  const parts = [`Scream ${where}:${entity.port}${entity.interface ? ` on ${entity.interface}` : ""}`];
+  const n = entity.network;
+  if (!n) return parts;
+  if (n.rate) parts.push(`${n.rate / 1000} kHz ${n.bits}-bit ${n.channels} ch from ${n.sender}`);
+  else parts.push("nothing heard yet");
+  if (n.buffered_ms !== null) parts.push(`${n.buffered_ms.toFixed(0)} ms buffered`);
+  if (n.refused) parts.push(`${n.refused} refused (last from ${n.refused_from}: not in allow_from)`);
+  if (!entity.allow_from.length && !n.rate && !/^(22[4-9]|23\d|ff)/i.test(entity.address))
+    parts.push("allow_from is empty: nobody may send to a unicast source");
+  if (n.malformed) parts.push(`${n.malformed} not Scream`);
+  if (n.other_program) parts.push(`${n.other_program} of another program${n.program_refused ? ` (${n.program_refused})` : ""}`);
+  return parts;
 }
 
 /** Whether anyone who may listen may hear this source on its own (off: only

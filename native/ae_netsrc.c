@@ -1,0 +1,537 @@
+/* ae_netsrc.c: a network source's receiver thread, its allow list, the
+ * Scream parser and the drift-steered resampler. See ae_netsrc.h. */
+#define _GNU_SOURCE
+#include "ae_netsrc.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <speex/speex_resampler.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define SCREAM_HEADER 5
+#define SCREAM_PAYLOAD 1152
+#define SCREAM_PACKET (SCREAM_HEADER + SCREAM_PAYLOAD)
+#define PER_PROCESS_PACKET (AE_SCREAM_PROGRAM_LEN + SCREAM_PACKET)
+#define MAX_ALLOW 32
+#define MAX_LOCAL 64
+#define LOCAL_REFRESH_US 5000000
+/* datagrams taken per wake before the stop flag is looked at again: a flood
+ * cannot keep the thread from stopping */
+#define BURST 256
+/* the steering: a buffer error is corrected over this long, at most this fast */
+#define STEER_S 2.0
+#define MAX_CORRECTION 0.002
+#define RESAMPLER_QUALITY 5
+/* one packet's frames at most (16-bit mono, and a carried frame), and what
+ * they become at most: 44.1 kHz to the engine's highest rate, 192 kHz */
+#define MAX_IN_FRAMES (SCREAM_PAYLOAD / 2 + 8)
+#define MAX_OUT_FRAMES (MAX_IN_FRAMES * 5 + 64)
+
+typedef struct prefix {
+    int family;                          /* AF_INET, AF_INET6 */
+    unsigned char addr[16], mask[16];
+} prefix;
+
+struct ae_netsrc {
+    int rate, channels;                  /* the engine's rate, the source's channels */
+    int64_t target;                      /* frames kept ahead of the reader */
+    ae_netsrc_io io;
+    int sock, wake;                      /* wake: an eventfd that ends the thread */
+    pthread_t thread;
+    bool started;
+    char program[AE_SCREAM_PROGRAM_LEN];
+    bool per_process;
+    prefix allow[MAX_ALLOW];
+    int nallow;
+    bool allow_local;
+    char ifname[IF_NAMESIZE];            /* "local" means this interface's subnets ("": all) */
+    prefix local[MAX_LOCAL];             /* those subnets, refreshed */
+    int nlocal;
+    int64_t local_at;
+    /* the stream (receiver thread only) */
+    int s_rate, s_bits, s_channels;
+    unsigned char carry[32];             /* a frame cut between two packets */
+    int ncarry;
+    struct sockaddr_storage from;
+    SpeexResamplerState *resampler;
+    uint32_t ratio_num;                  /* the sender's rate as the resampler takes it */
+    double error_avg;
+    float in[MAX_IN_FRAMES * AE_MAX_CHANNELS];
+    float mid[MAX_OUT_FRAMES * AE_MAX_CHANNELS];   /* resampled, the stream's channels */
+    float out[MAX_OUT_FRAMES * AE_MAX_CHANNELS];   /* the source's channels */
+    pthread_mutex_t lock;                /* stats */
+    ae_net_source_stats stats;
+};
+
+/* ---- addresses ----------------------------------------------------------- */
+
+static void set_mask(prefix *p, int bits)
+{
+    memset(p->mask, 0, sizeof p->mask);
+    for (int i = 0; i < 16 && bits > 0; i++, bits -= 8)
+        p->mask[i] = bits >= 8 ? 0xff : (unsigned char)(0xff << (8 - bits));
+}
+
+/* "192.0.2.0/24", "2001:db8::/32", or an address alone. */
+static int parse_prefix(const char *text, prefix *p)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    if (strlen(text) >= sizeof buf) return -1;
+    strcpy(buf, text);
+    char *slash = strchr(buf, '/');
+    int bits = -1;
+    if (slash) {
+        *slash = '\0';
+        char *end;
+        long v = strtol(slash + 1, &end, 10);
+        if (end == slash + 1 || *end || v < 0 || v > 128) return -1;
+        bits = (int)v;
+    }
+    memset(p, 0, sizeof *p);
+    if (inet_pton(AF_INET, buf, p->addr) == 1) {
+        p->family = AF_INET;
+        if (bits > 32) return -1;
+        set_mask(p, bits < 0 ? 32 : bits);
+    } else if (inet_pton(AF_INET6, buf, p->addr) == 1) {
+        p->family = AF_INET6;
+        set_mask(p, bits < 0 ? 128 : bits);
+    } else {
+        return -1;
+    }
+    for (int i = 0; i < 16; i++) p->addr[i] &= p->mask[i];
+    return 0;
+}
+
+static int parse_allow(ae_netsrc *n, const char *list)
+{
+    if (!list) return AE_OK;
+    char *copy = strdup(list);
+    if (!copy) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    int rc = AE_OK;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ", ", &save); item; item = strtok_r(NULL, ", ", &save)) {
+        if (strcmp(item, "local") == 0) {
+            n->allow_local = true;
+        } else if (n->nallow >= MAX_ALLOW) {
+            rc = ae_fail(AE_ERR_INVALID, "allow_from names more than %d prefixes", MAX_ALLOW);
+            break;
+        } else if (parse_prefix(item, &n->allow[n->nallow]) != 0) {
+            rc = ae_fail(AE_ERR_INVALID, "allow_from: %.60s is not an address or a prefix", item);
+            break;
+        } else {
+            n->nallow++;
+        }
+    }
+    free(copy);
+    return rc;
+}
+
+/* The sender as a family and 4 or 16 bytes (an IPv4-mapped IPv6 address is IPv4). */
+static int sender_bytes(const struct sockaddr_storage *ss, unsigned char out[16])
+{
+    if (ss->ss_family == AF_INET) {
+        memcpy(out, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+        return AF_INET;
+    }
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(a)) {
+        memcpy(out, &a->s6_addr[12], 4);
+        return AF_INET;
+    }
+    memcpy(out, a->s6_addr, 16);
+    return AF_INET6;
+}
+
+static bool in_prefix(const prefix *p, int family, const unsigned char *addr)
+{
+    if (p->family != family) return false;
+    int len = family == AF_INET ? 4 : 16;
+    for (int i = 0; i < len; i++)
+        if ((addr[i] & p->mask[i]) != p->addr[i]) return false;
+    return true;
+}
+
+static void refresh_local(ae_netsrc *n, int64_t now)
+{
+    if (n->local_at && now - n->local_at < LOCAL_REFRESH_US) return;
+    n->local_at = now;
+    n->nlocal = 0;
+    struct ifaddrs *all;
+    if (getifaddrs(&all) != 0) return;
+    for (struct ifaddrs *i = all; i && n->nlocal < MAX_LOCAL; i = i->ifa_next) {
+        if (!i->ifa_addr || !i->ifa_netmask) continue;
+        if (n->ifname[0] && strcmp(i->ifa_name, n->ifname) != 0) continue;
+        prefix *p = &n->local[n->nlocal];
+        memset(p, 0, sizeof *p);
+        if (i->ifa_addr->sa_family == AF_INET) {
+            p->family = AF_INET;
+            memcpy(p->addr, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, 4);
+            memcpy(p->mask, &((struct sockaddr_in *)i->ifa_netmask)->sin_addr, 4);
+        } else if (i->ifa_addr->sa_family == AF_INET6) {
+            p->family = AF_INET6;
+            memcpy(p->addr, &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, 16);
+            memcpy(p->mask, &((struct sockaddr_in6 *)i->ifa_netmask)->sin6_addr, 16);
+        } else {
+            continue;
+        }
+        for (int b = 0; b < 16; b++) p->addr[b] &= p->mask[b];
+        n->nlocal++;
+    }
+    freeifaddrs(all);
+}
+
+static bool allowed(ae_netsrc *n, const struct sockaddr_storage *from, int64_t now)
+{
+    unsigned char addr[16];
+    int family = sender_bytes(from, addr);
+    for (int i = 0; i < n->nallow; i++)
+        if (in_prefix(&n->allow[i], family, addr)) return true;
+    if (n->allow_local) {
+        refresh_local(n, now);
+        for (int i = 0; i < n->nlocal; i++)
+            if (in_prefix(&n->local[i], family, addr)) return true;
+    }
+    return false;
+}
+
+static void address_text(const struct sockaddr_storage *ss, char *out, size_t size)
+{
+    unsigned char addr[16];
+    int family = sender_bytes(ss, addr);
+    if (!inet_ntop(family, addr, out, (socklen_t)size)) snprintf(out, size, "?");
+}
+
+static bool same_sender(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family) return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* ---- the stream ---------------------------------------------------------- */
+
+static void set_ratio(ae_netsrc *n, double correction)
+{
+    /* the sender's rate as taken, in whole Hz (21 ppm steps at 48 kHz): a
+     * faster one gives fewer frames out. Whole rates keep speex's ratio
+     * small (fractions of millions of phases crash it) */
+    uint32_t in = (uint32_t)((double)n->s_rate * (1.0 + correction) + 0.5);
+    if (in == n->ratio_num) return;
+    n->ratio_num = in;
+    speex_resampler_set_rate(n->resampler, in, (uint32_t)n->rate);
+}
+
+/* A new format or a new sender: the stream starts again. */
+static bool restart_stream(ae_netsrc *n, int rate, int bits, int channels)
+{
+    if (n->resampler) speex_resampler_destroy(n->resampler);
+    int err = 0;
+    n->resampler = speex_resampler_init((spx_uint32_t)channels, (spx_uint32_t)rate,
+                                        (spx_uint32_t)n->rate, RESAMPLER_QUALITY, &err);
+    n->s_rate = rate;
+    n->s_bits = bits;
+    n->s_channels = channels;
+    n->ncarry = 0;
+    n->ratio_num = 0;
+    n->error_avg = 0;
+    if (!n->resampler) return false;
+    speex_resampler_skip_zeros(n->resampler);
+    set_ratio(n, 0.0);
+    return true;
+}
+
+static float sample_at(const unsigned char *p, int bits)
+{
+    switch (bits) {
+    case 16: return (float)(int16_t)(p[0] | p[1] << 8) / 32768.0f;
+    case 24: return (float)((int32_t)((uint32_t)p[0] << 8 | (uint32_t)p[1] << 16 |
+                                      (uint32_t)p[2] << 24) >> 8) / 8388608.0f;
+    default: return (float)(int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                                     (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24) / 2147483648.0f;
+    }
+}
+
+/* Steer the resampler by the reader's distance behind the newest frame. */
+static void steer(ae_netsrc *n)
+{
+    int64_t buffered = n->io.buffered(n->io.ctx);
+    double correction = 0.0;
+    if (buffered < 0) {
+        n->error_avg = 0;
+    } else {
+        /* averaged over packets: one packet's sawtooth is not drift */
+        n->error_avg += ((double)(buffered - n->target) - n->error_avg) * 0.05;
+        correction = n->error_avg / ((double)n->rate * STEER_S);
+        if (correction > MAX_CORRECTION) correction = MAX_CORRECTION;
+        if (correction < -MAX_CORRECTION) correction = -MAX_CORRECTION;
+    }
+    set_ratio(n, correction);
+    pthread_mutex_lock(&n->lock);
+    n->stats.buffered_ms = buffered < 0 ? -1.0 : (double)buffered * 1000.0 / n->rate;
+    n->stats.correction_ppm = correction * 1e6;
+    pthread_mutex_unlock(&n->lock);
+}
+
+/* One Scream payload: whole frames (with the carry of the last one) to the
+ * source's channels, resampled, written. */
+static void take_pcm(ae_netsrc *n, const unsigned char *pcm, int len, int64_t now)
+{
+    int width = n->s_bits / 8, stride = width * n->s_channels;
+    int frames = 0;
+    int pos = 0;
+    while (frames < MAX_IN_FRAMES) {
+        const unsigned char *frame;
+        if (n->ncarry > 0) {
+            int need = stride - n->ncarry;
+            if (len - pos < need) break;
+            memcpy(n->carry + n->ncarry, pcm + pos, (size_t)need);
+            pos += need;
+            n->ncarry = 0;
+            frame = n->carry;
+        } else {
+            if (len - pos < stride) break;
+            frame = pcm + pos;
+            pos += stride;
+        }
+        for (int c = 0; c < n->s_channels; c++)
+            n->in[frames * n->s_channels + c] = sample_at(frame + c * width, n->s_bits);
+        frames++;
+    }
+    if (len - pos > 0 && len - pos < stride) {
+        memcpy(n->carry, pcm + pos, (size_t)(len - pos));
+        n->ncarry = len - pos;
+    }
+    spx_uint32_t in_len = (spx_uint32_t)frames, out_len = MAX_OUT_FRAMES;
+    /* resampled in the stream's channels, then laid out as the source's */
+    const float *mid = n->mid;
+    speex_resampler_process_interleaved_float(n->resampler, n->in, &in_len, n->mid, &out_len);
+    int out = (int)out_len, sch = n->s_channels, ch = n->channels;
+    for (int i = 0; i < out; i++)
+        for (int c = 0; c < ch; c++)
+            n->out[i * ch + c] = sch == 1 ? mid[i] : c < sch ? mid[i * sch + c] : 0.0f;
+    if (out > 0) n->io.write(n->io.ctx, n->out, out, now);
+    steer(n);
+}
+
+static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
+                          const struct sockaddr_storage *from, int64_t now)
+{
+    if (!allowed(n, from, now)) {
+        pthread_mutex_lock(&n->lock);
+        n->stats.refused++;
+        address_text(from, n->stats.refused_from, sizeof n->stats.refused_from);
+        pthread_mutex_unlock(&n->lock);
+        return;
+    }
+    const unsigned char *h;
+    if (len == SCREAM_PACKET && !n->per_process) {
+        h = d;
+    } else if (len == PER_PROCESS_PACKET && n->per_process) {
+        if (memcmp(d, n->program, AE_SCREAM_PROGRAM_LEN) != 0) {
+            pthread_mutex_lock(&n->lock);
+            n->stats.other_program++;
+            memcpy(n->stats.program_refused, d, AE_SCREAM_PROGRAM_LEN);
+            n->stats.program_refused[AE_SCREAM_PROGRAM_LEN] = '\0';
+            pthread_mutex_unlock(&n->lock);
+            return;
+        }
+        h = d + AE_SCREAM_PROGRAM_LEN;
+    } else {
+        if (len == PER_PROCESS_PACKET || len == SCREAM_PACKET) {
+            pthread_mutex_lock(&n->lock);
+            n->stats.other_program++;
+            pthread_mutex_unlock(&n->lock);
+            return;
+        }
+        goto malformed;
+    }
+    /* rate: bit 7 picks 44.1 kHz over 48 kHz, the rest multiplies it */
+    int mult = h[0] & 0x7f, bits = h[1], channels = h[2];
+    int rate = ((h[0] & 0x80) ? 44100 : 48000) * mult;
+    if (mult < 1 || mult > 4 || (bits != 16 && bits != 24 && bits != 32) || channels < 1 ||
+        channels > AE_MAX_CHANNELS)
+        goto malformed;
+    bool restart = rate != n->s_rate || bits != n->s_bits || channels != n->s_channels;
+    if (restart || !same_sender(from, &n->from)) {
+        if (restart && n->s_rate) {
+            pthread_mutex_lock(&n->lock);
+            n->stats.format_changes++;
+            pthread_mutex_unlock(&n->lock);
+        }
+        n->from = *from;
+        if (!restart_stream(n, rate, bits, channels)) goto malformed;
+    }
+    take_pcm(n, h + SCREAM_HEADER, SCREAM_PAYLOAD, now);
+    pthread_mutex_lock(&n->lock);
+    n->stats.packets++;
+    n->stats.rate = rate;
+    n->stats.bits = bits;
+    n->stats.channels = channels;
+    address_text(from, n->stats.sender, sizeof n->stats.sender);
+    pthread_mutex_unlock(&n->lock);
+    return;
+malformed:
+    pthread_mutex_lock(&n->lock);
+    n->stats.malformed++;
+    pthread_mutex_unlock(&n->lock);
+}
+
+static void *receiver_main(void *arg)
+{
+    ae_netsrc *n = arg;
+    unsigned char buf[2048];
+    struct pollfd fds[2] = {{.fd = n->sock, .events = POLLIN}, {.fd = n->wake, .events = POLLIN}};
+    for (;;) {
+        if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+        if (fds[1].revents) break;
+        for (int i = 0; i < BURST; i++) {
+            struct sockaddr_storage from;
+            socklen_t flen = sizeof from;
+            ssize_t len = recvfrom(n->sock, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC,
+                                   (struct sockaddr *)&from, &flen);
+            if (len < 0) break;
+            if (len > (ssize_t)sizeof buf) len = 0;   /* cut short: not ours */
+            take_datagram(n, buf, len, &from, ae_now_us());
+        }
+    }
+    ae_thread_exiting();
+    return NULL;
+}
+
+/* ---- the socket ---------------------------------------------------------- */
+
+static int open_socket(ae_netsrc *n, const ae_source_config *cfg)
+{
+    const char *address = cfg->address && *cfg->address ? cfg->address : NULL;
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)cfg->port)};
+    struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)cfg->port)};
+    int family = AF_INET6;
+    if (address && inet_pton(AF_INET, address, &a4.sin_addr) == 1) family = AF_INET;
+    else if (address && inet_pton(AF_INET6, address, &a6.sin6_addr) != 1)
+        return ae_fail(AE_ERR_INVALID, "%.60s is not an IP address", address);
+    unsigned ifindex = 0;
+    if (cfg->interface && *cfg->interface && !(ifindex = if_nametoindex(cfg->interface)))
+        return ae_fail(AE_ERR_NETWORK, "no network interface %.40s", cfg->interface);
+    int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return ae_fail(AE_ERR_NETWORK, "socket: %s", strerror(errno));
+    int one = 1, zero = 0;
+    bool multicast = family == AF_INET ? IN_MULTICAST(ntohl(a4.sin_addr.s_addr))
+                                       : (address && IN6_IS_ADDR_MULTICAST(&a6.sin6_addr));
+    /* a group's port is shared with other receivers of it; a unicast port
+     * is this source's alone (a second taker would get half the datagrams) */
+    if (multicast) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (family == AF_INET6 && !address) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    int rcvbuf = 1 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    if (multicast && family == AF_INET6) a6.sin6_scope_id = ifindex;
+    int rc = family == AF_INET ? bind(fd, (struct sockaddr *)&a4, sizeof a4)
+                               : bind(fd, (struct sockaddr *)&a6, sizeof a6);
+    if (rc != 0) {
+        int err = errno;
+        close(fd);
+        return ae_fail(err == EADDRINUSE ? AE_ERR_BUSY : AE_ERR_NETWORK,
+                       "cannot take UDP port %d on %.60s: %s", cfg->port, address ? address : "*",
+                       strerror(err));
+    }
+    if (multicast) {
+        if (family == AF_INET) {
+            struct ip_mreqn m = {.imr_multiaddr = a4.sin_addr, .imr_ifindex = (int)ifindex};
+            rc = setsockopt(fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m);
+            /* only the group's traffic, not every group this port hears */
+            setsockopt(fd, IPPROTO_IP, IP_MULTICAST_ALL, &zero, sizeof zero);
+        } else {
+            struct ipv6_mreq m = {.ipv6mr_multiaddr = a6.sin6_addr, .ipv6mr_interface = ifindex};
+            rc = setsockopt(fd, IPPROTO_IPV6, IPV6_JOIN_GROUP, &m, sizeof m);
+            setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_ALL, &zero, sizeof zero);
+        }
+        if (rc != 0) {
+            int err = errno;
+            close(fd);
+            return ae_fail(AE_ERR_NETWORK, "cannot join %.60s%s%.40s: %s", address,
+                           ifindex ? " on " : "", ifindex ? cfg->interface : "", strerror(err));
+        }
+    }
+    n->sock = fd;
+    return AE_OK;
+}
+
+int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_priority,
+                   ae_netsrc_io io, ae_netsrc **out)
+{
+    *out = NULL;
+    if (cfg->kind != AE_SOURCE_SCREAM) return ae_fail(AE_ERR_INVALID, "not a network source");
+    if (cfg->port < 1 || cfg->port > 65535)
+        return ae_fail(AE_ERR_INVALID, "port must be 1..65535, not %d", cfg->port);
+    int latency = cfg->latency_ms ? cfg->latency_ms : 20;
+    if (latency < AE_NET_MIN_LATENCY_MS || latency > AE_NET_MAX_LATENCY_MS)
+        return ae_fail(AE_ERR_INVALID, "latency must be %d..%d ms, not %d", AE_NET_MIN_LATENCY_MS,
+                       AE_NET_MAX_LATENCY_MS, latency);
+    const char *program = cfg->program ? cfg->program : "";
+    if (strlen(program) > AE_SCREAM_PROGRAM_LEN)
+        return ae_fail(AE_ERR_INVALID, "a program tag has at most %d bytes",
+                       AE_SCREAM_PROGRAM_LEN);
+    ae_netsrc *n = calloc(1, sizeof *n);
+    if (!n) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    n->rate = rate;
+    n->channels = channels;
+    n->target = (int64_t)rate * latency / 1000;
+    n->io = io;
+    n->sock = n->wake = -1;
+    strncpy(n->program, program, sizeof n->program);   /* NUL-padded, as senders tag */
+    n->per_process = *program != '\0';
+    if (cfg->interface) snprintf(n->ifname, sizeof n->ifname, "%s", cfg->interface);
+    n->stats.buffered_ms = -1.0;
+    pthread_mutex_init(&n->lock, NULL);
+    int rc = parse_allow(n, cfg->allow_from);
+    if (rc == AE_OK) rc = open_socket(n, cfg);
+    if (rc == AE_OK && (n->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+        rc = ae_fail(AE_ERR_NETWORK, "eventfd: %s", strerror(errno));
+    if (rc == AE_OK) {
+        rc = ae_thread_start(&n->thread, "ae-netsrc", receiver_main, n, rt_priority);
+        n->started = rc == AE_OK;
+    }
+    if (rc != AE_OK) {
+        ae_netsrc_close(n);
+        return rc;
+    }
+    *out = n;
+    return AE_OK;
+}
+
+void ae_netsrc_close(ae_netsrc *n)
+{
+    if (!n) return;
+    if (n->started) {
+        uint64_t one = 1;
+        ssize_t w = write(n->wake, &one, sizeof one);
+        (void)w;
+        pthread_join(n->thread, NULL);
+    }
+    if (n->sock >= 0) close(n->sock);
+    if (n->wake >= 0) close(n->wake);
+    if (n->resampler) speex_resampler_destroy(n->resampler);
+    pthread_mutex_destroy(&n->lock);
+    free(n);
+}
+
+void ae_netsrc_stats(ae_netsrc *n, ae_net_source_stats *out)
+{
+    pthread_mutex_lock(&n->lock);
+    *out = n->stats;
+    pthread_mutex_unlock(&n->lock);
+}
+
+int64_t ae_netsrc_target_frames(const ae_netsrc *n) { return n->target; }

@@ -1,0 +1,98 @@
+"""A Scream sender for tests: what the Scream driver on a Windows PC (or
+ScreamRouter) sends. Each datagram is a 5-byte header (rate: bit 7 picks
+44.1 kHz over 48 kHz, the rest multiplies it; bits per sample; channels; a
+2-byte channel mask) and 1152 bytes of little-endian interleaved PCM, a byte
+stream cut every 1152 bytes (a frame may straddle two datagrams).
+ScreamRouter's per-process variant puts a 30-byte program tag first."""
+from __future__ import annotations
+
+import math
+import socket
+import struct
+
+import numpy as np
+import trio
+
+PAYLOAD = 1152
+PROGRAM_TAG = 30
+
+
+def header(rate: int, bits: int, channels: int, mask: int = 0x3) -> bytes:
+    base, flag = (44100, 0x80) if rate % 44100 == 0 else (48000, 0)
+    return bytes([flag | rate // base, bits, channels]) + struct.pack("<H", mask)
+
+
+def pcm(samples: np.ndarray, bits: int) -> bytes:
+    """Interleaved float samples (-1..1) as little-endian PCM."""
+    if bits == 16:
+        return (np.clip(samples, -1, 1 - 2**-15) * 32768).astype("<i2").tobytes()
+    ints = (np.clip(samples, -1, 1 - 2**-31) * 2**31).astype("<i4")
+    if bits == 32:
+        return ints.tobytes()
+    raw = ints.view(np.uint8).reshape(-1, 4)
+    return raw[:, 1:].tobytes()   # the top three bytes of each, little-endian
+
+
+class ScreamSender:
+    """A tone as a Scream stream to ``(host, port)`` from ``source``, paced
+    in real time on this machine's clock, ``speed`` times the nominal rate
+    (1.001: a sender whose clock runs 1000 ppm fast)."""
+
+    def __init__(self, host: str, port: int, *, source: str = "127.0.0.1", hz: float = 1000.0,
+                 rate: int = 48000, bits: int = 16, channels: int = 2, dbfs: float = -12.0,
+                 speed: float = 1.0, program: bytes | None = None,
+                 interface: str | None = None) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+        if interface is not None and family == socket.AF_INET6:   # a group's way out
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF,
+                                 socket.if_nametoindex(interface))
+        self.source, self.target = source, (host, port)
+        self.hz, self.rate, self.bits, self.channels = hz, rate, bits, channels
+        self.amplitude = 10 ** (dbfs / 20)
+        self.speed, self.program = speed, program
+        self.phase = 0.0
+        self.sent = 0           # datagrams
+        self.stream = b""       # PCM not sent yet
+
+    def set_format(self, rate: int, bits: int, channels: int) -> None:
+        self.rate, self.bits, self.channels = rate, bits, channels
+        self.stream = b""
+
+    def _frames(self, n: int) -> bytes:
+        step = 2 * math.pi * self.hz / self.rate
+        t = self.phase + step * np.arange(n)
+        self.phase = float((self.phase + step * n) % (2 * math.pi))
+        mono = self.amplitude * np.sin(t)
+        return pcm(np.repeat(mono, self.channels), self.bits)
+
+    def datagram(self) -> bytes:
+        """The next datagram of the stream."""
+        stride = self.bits // 8 * self.channels
+        while len(self.stream) < PAYLOAD:
+            self.stream += self._frames(PAYLOAD // stride + 1)
+        payload, self.stream = self.stream[:PAYLOAD], self.stream[PAYLOAD:]
+        packet = header(self.rate, self.bits, self.channels) + payload
+        if self.program is not None:
+            packet = self.program.ljust(PROGRAM_TAG, b"\0") + packet
+        return packet
+
+    async def run(self, *, packets: int | None = None) -> None:
+        """Send in real time until cancelled (or ``packets`` were sent)."""
+        await self.sock.bind((self.source, 0))
+        due = trio.current_time()
+        while packets is None or self.sent < packets:
+            frames = PAYLOAD / (self.bits // 8 * self.channels)
+            await self.sock.sendto(self.datagram(), self.target)
+            self.sent += 1
+            due += frames / (self.rate * self.speed)   # the format may change between
+            await trio.sleep_until(due)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

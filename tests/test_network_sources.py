@@ -1,0 +1,255 @@
+"""Network sources in the real engine, fed by a Scream sender on loopback
+(tests/support/scream.py: what the Scream driver or ScreamRouter sends) and
+heard by a real WebRTC peer: the stream is heard, a sender whose clock
+drifts is steered to a constant latency, and what allow_from does not name,
+what is not Scream, or another program's stream is dropped and counted
+while the listener goes on hearing."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from appliance import EngineError, EngineSettings, ErrorCode, RouteSpec, SinkSpec, SourceSpec, open_engine
+from support.scream import ScreamSender, free_udp_port
+from support.webrtc import dominant_frequency, open_aiortc_listener
+from test_engine import connect
+
+pytestmark = pytest.mark.trio
+
+LEAN = EngineSettings(ice_addresses=("127.0.0.1",), level_interval_ms=-1, transport="lean")
+
+
+async def scream_graph(engine, port: int, *, source: str = "net", sink: str = "main",
+                       **spec) -> None:
+    spec = {"address": "127.0.0.1", "allow_from": ("127.0.0.1",), **spec}
+    await engine.add_source(source, SourceSpec(kind="scream", port=port, **spec))
+    await engine.add_sink(sink, SinkSpec(kind="opus"))
+    await engine.add_route(f"{source}-{sink}", RouteSpec(source, sink))
+
+
+async def until(engine, source: str, predicate, timeout: float = 10.0):
+    """The source's stats once ``predicate`` holds for them."""
+    with trio.fail_after(timeout):
+        while not predicate(stats := engine.net_source_stats(source)):
+            await trio.sleep(0.02)
+    return stats
+
+
+@pytest.mark.parametrize("rate, bits, channels", [(48000, 16, 2), (44100, 24, 2), (96000, 32, 1),
+                                                  (48000, 24, 5)])
+async def test_a_scream_stream_is_heard_by_a_listener(rate, bits, channels):
+    """Every width and a rate that needs resampling; 24-bit 5-channel frames
+    (15 bytes) straddle the 1152-byte datagrams."""
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await scream_graph(engine, port)
+        sender = ScreamSender("127.0.0.1", port, rate=rate, bits=bits, channels=channels)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            stats = await until(engine, "net", lambda s: s.buffered_ms is not None)
+            assert (stats.rate, stats.bits, stats.channels) == (rate, bits, channels)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
+                await listener.aclose()
+            nursery.cancel_scope.cancel()
+        sender.close()
+        stats = engine.net_source_stats("net")
+        assert stats.sender == "127.0.0.1" and stats.refused == stats.malformed == 0
+
+
+async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
+    """Two senders, one 1000 ppm fast and one 1000 ppm slow, each into a
+    source of its own: the resampler's steering settles at the drift (with
+    the sign that holds the buffer), and the buffer stays at its 20 ms
+    target (its error is the drift times the steering's 2 s time constant)."""
+    ports = free_udp_port(), free_udp_port()
+    async with open_engine(LEAN) as engine:
+        for name, port in zip(("fast", "slow"), ports):
+            await scream_graph(engine, port, source=name, sink=name)
+        senders = [ScreamSender("127.0.0.1", ports[0], speed=1.001),
+                   ScreamSender("127.0.0.1", ports[1], speed=0.999)]
+        async with trio.open_nursery() as nursery:
+            for sender in senders:
+                nursery.start_soon(sender.run)
+            await until(engine, "slow", lambda s: s.packets > 6 * 48000 / 288)   # 6 s
+            samples = {"fast": [], "slow": []}
+            while len(samples["slow"]) < 50:   # the next second
+                for name in samples:
+                    samples[name].append(engine.net_source_stats(name))
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+        for sender in senders:
+            sender.close()
+    for name, drift in (("fast", 1000), ("slow", -1000)):
+        ppm = statistics.mean(s.correction_ppm for s in samples[name])
+        buffered = statistics.mean(s.buffered_ms for s in samples[name])
+        print(f"\n{name}: steering {ppm:+.0f} ppm, {buffered:.1f} ms buffered")
+        assert abs(ppm - drift) < 300, (name, ppm)
+        assert abs(buffered - 20.0) < 4.0, (name, buffered)
+        assert all(s.resyncs == 0 for s in samples[name])
+
+
+async def test_what_allow_from_does_not_name_is_dropped_and_counted():
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await scream_graph(engine, port)                       # 127.0.0.1 only
+        stranger = ScreamSender("127.0.0.1", port, source="127.0.0.2", hz=440.0)
+        friend = ScreamSender("127.0.0.1", port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stranger.run)
+            stats = await until(engine, "net", lambda s: s.refused >= 20)
+            assert stats.packets == 0 and stats.refused_from == "127.0.0.2"
+            nursery.start_soon(friend.run)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
+                await listener.aclose()
+            nursery.cancel_scope.cancel()
+        # unicast with no allow_from: nobody (a multicast group: the local subnets)
+        other = free_udp_port()
+        await engine.add_source("closed", SourceSpec(kind="scream", address="127.0.0.1",
+                                                     port=other))
+        sender = ScreamSender("127.0.0.1", other)
+        await sender.run(packets=10)
+        stats = await until(engine, "closed", lambda s: s.refused == 10)
+        assert stats.packets == 0
+        for s in (stranger, friend, sender):
+            s.close()
+
+
+async def test_junk_on_the_port_is_counted_and_the_listener_goes_on_hearing():
+    """Every size from 0 to 2,000 bytes and a flood of the right size with
+    absurd headers, from an allowed address, while the stream plays."""
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await scream_graph(engine, port)
+        sender = ScreamSender("127.0.0.1", port)
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        junk.bind(("127.0.0.1", 0))
+        rng = random.Random(7)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            await until(engine, "net", lambda s: s.packets > 10)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                sent = 0
+                for size in range(0, 2001, 7):
+                    junk.sendto(os.urandom(size), ("127.0.0.1", port))
+                    sent += 1
+                for rate_byte, bits, channels in ((0, 16, 2), (5, 16, 2), (1, 8, 2), (1, 16, 0),
+                                                   (1, 16, 9), (0x85, 24, 2), (1, 17, 2)):
+                    for _ in range(200):
+                        junk.sendto(bytes([rate_byte, bits, channels, 3, 0])
+                                    + rng.randbytes(1152), ("127.0.0.1", port))
+                        sent += 1
+                await until(engine, "net", lambda s: s.malformed == sent)
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
+                await listener.aclose()
+            nursery.cancel_scope.cancel()
+        junk.close()
+        sender.close()
+
+
+async def test_a_sender_that_changes_format_or_restarts_is_followed():
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await scream_graph(engine, port)
+        sender = ScreamSender("127.0.0.1", port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                assert abs(dominant_frequency(await peer.record(0.3)) - 1000.0) < 3.0
+                sender.set_format(44100, 24, 1)
+                await until(engine, "net", lambda s: s.format_changes == 1 and s.rate == 44100)
+                await peer.record(0.1)
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
+                # a restart: a new sender socket (another port), the same format
+                nursery.cancel_scope.cancel()
+        sender.close()
+        restarted = ScreamSender("127.0.0.1", port, rate=44100, bits=24, channels=1, hz=700.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(restarted.run)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                await peer.record(0.1)
+                assert abs(dominant_frequency(await peer.record(0.5)) - 700.0) < 3.0
+                await listener.aclose()
+            nursery.cancel_scope.cancel()
+        restarted.close()
+        assert engine.net_source_stats("net").format_changes == 1
+
+
+async def test_per_process_scream_takes_its_program_only():
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await scream_graph(engine, port, program="vlc.exe")
+        vlc = ScreamSender("127.0.0.1", port, program=b"vlc.exe", hz=1000.0)
+        game = ScreamSender("127.0.0.1", port, program=b"game.exe", hz=440.0)
+        plain = ScreamSender("127.0.0.1", port, hz=440.0)
+        async with trio.open_nursery() as nursery:
+            for sender in (vlc, game, plain):
+                nursery.start_soon(sender.run)
+            await until(engine, "net", lambda s: s.other_program > 40 and s.packets > 20)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
+                await listener.aclose()
+            nursery.cancel_scope.cancel()
+        assert engine.net_source_stats("net").program_refused == "game.exe"
+        for sender in (vlc, game, plain):
+            sender.close()
+
+
+async def test_a_source_that_cannot_have_its_port_says_why():
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await engine.add_source("a", SourceSpec(kind="scream", address="127.0.0.1", port=port))
+        # a unicast port is one source's (a second would get half the datagrams)
+        with pytest.raises(EngineError) as refused:
+            await engine.add_source("b", SourceSpec(kind="scream", address="", port=port))
+        assert refused.value.code == ErrorCode.BUSY and str(port) in refused.value.message
+        with pytest.raises(EngineError) as refused:
+            await engine.add_source("c", SourceSpec(kind="scream", address="127.0.0.1",
+                                                    port=port, interface="nosuch0"))
+        assert refused.value.code == ErrorCode.NETWORK and "nosuch0" in refused.value.message
+        with pytest.raises(EngineError) as refused:
+            await engine.add_source("d", SourceSpec(kind="scream", address="192.0.2.1", port=port))
+        assert refused.value.code == ErrorCode.NETWORK
+        with pytest.raises(EngineError) as refused:
+            await engine.add_source("e", SourceSpec(kind="scream", address="127.0.0.1", port=port,
+                                                    allow_from=("not-an-address",)))
+        assert refused.value.code == ErrorCode.INVALID
+        assert sorted(engine.sources()) == ["a"]
+
+
+def can_unshare() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
+async def test_multicast_groups_on_ipv4_and_ipv6_take_only_the_local_subnet_by_default():
+    """Two network namespaces of the test's own joined by a veth pair
+    (tests/support/multicast_check.py): a group's default allow_from takes
+    the subnets of the interface it is joined on and refuses the rest."""
+    script = Path(__file__).parent / "support" / "multicast_check.py"
+    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    stats = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert stats["v4"]["packets"] >= 50 and stats["v4"]["sender"] == "10.99.0.2"
+    assert stats["v4"]["refused"] >= 50 and stats["v4"]["refused_from"] == "198.51.100.7"
+    assert stats["v6"]["packets"] >= 50 and stats["v6"]["sender"] == "fd00:99::2"
+    assert stats["v4"]["rate"] == stats["v6"]["rate"] == 48000

@@ -1,0 +1,88 @@
+"""A network source through the admin API, as the admin adds one: made,
+routed to a channel, heard by a real listener, counted in /api/status and
+/metrics, kept across a restart; and the values a stranger to the model
+might send for it refused with the field named."""
+from __future__ import annotations
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.scream import ScreamSender, free_udp_port
+from tests.support.webrtc import dominant_frequency, open_aiortc_listener
+from tests.web.conftest import make_config, open_server
+
+pytestmark = pytest.mark.trio
+
+
+async def test_the_admin_adds_a_scream_source_and_a_channel_plays_it(tmp_path):
+    port = free_udp_port()
+    config = make_config(tmp_path)
+    async with open_server(config) as server:
+        client = server.client
+        r = await client.post("/api/sources", json={
+            "id": "pc", "name": "Lectern PC", "kind": "scream", "address": "127.0.0.1",
+            "port": port, "allow_from": ["127.0.0.1/32"], "latency_ms": 30})
+        assert r.status_code == 201, r.text
+        r = await client.post("/api/sinks", json={"id": "pc-ch", "name": "PC", "kind": "opus"})
+        assert r.status_code == 201, r.text
+        r = await client.post("/api/routes", json={"id": "pc-pc-ch", "source_id": "pc",
+                                                   "sink_id": "pc-ch"})
+        assert r.status_code == 201, r.text
+        sender = ScreamSender("127.0.0.1", port, hz=1000.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            with trio.fail_after(5):
+                while (await client.get("/api/status")).json()["network_sources"]["pc"][
+                        "buffered_ms"] is None:
+                    await trio.sleep(0.05)
+            async with open_aiortc_listener() as peer:
+                answer = await server.post_offer(await peer.create_offer(), "/api/whep/pc-ch")
+                assert answer.status_code == 201
+                await peer.accept_answer(answer.text)
+                await peer.wait_connected()
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3
+                await client.delete(answer.headers["Location"])
+            nursery.cancel_scope.cancel()
+        sender.close()
+        source = (await client.get("/api/sources/pc")).json()
+        assert source["network"]["sender"] == "127.0.0.1" and source["network"]["packets"] > 50
+        assert source["allow_from"] == ["127.0.0.1/32"] and source["latency_ms"] == 30
+        families = {f.name: f for f in text_string_to_metric_families(
+            (await client.get("/metrics")).text)}
+        taken = [s for s in families["appliance_network_source_datagrams"].samples
+                 if s.labels == {"id": "pc", "outcome": "taken"}]
+        assert taken and taken[0].value == source["network"]["packets"]
+        await server.wait_idle()
+    async with open_server(config) as server:   # kept in the saved graph
+        source = (await server.client.get("/api/sources/pc")).json()
+        assert source["kind"] == "scream" and source["port"] == port
+        assert source["network"]["packets"] == 0
+
+
+@pytest.mark.parametrize("field, value", [
+    ("address", "not an address"), ("address", "999.1.1.1"), ("port", 0), ("port", 70000),
+    ("port", "4010"), ("interface", "eth0; reboot"), ("interface", "x" * 16),
+    ("allow_from", "10.0.0.0/8"), ("allow_from", ["10.0.0.0/33"]), ("allow_from", ["evil"]),
+    ("allow_from", ["10.0.0.0/8"] * 33), ("latency_ms", 1), ("latency_ms", 501),
+    ("program", "x" * 31), ("program", "caf\u00e9"), ("program", "tab\there"),
+])
+async def test_bad_network_settings_are_refused_with_the_field_named(tmp_path, field, value):
+    async with open_server(make_config(tmp_path)) as server:
+        r = await server.client.post("/api/sources", json={
+            "id": "net", "name": "Net", "kind": "scream", "port": free_udp_port(), field: value})
+        assert r.status_code == 400, (field, value, r.status_code, r.text)
+        assert field in r.text
+        assert "net" not in server.service.engine.sources()
+
+
+async def test_a_port_another_source_holds_is_refused_and_nothing_is_left(tmp_path):
+    port = free_udp_port()
+    async with open_server(make_config(tmp_path)) as server:
+        body = {"name": "Net", "kind": "scream", "address": "127.0.0.1", "port": port}
+        assert (await server.client.post("/api/sources", json={"id": "a", **body})).status_code == 201
+        r = await server.client.post("/api/sources", json={"id": "b", **body})
+        assert r.status_code == 409 and str(port) in r.text
+        assert sorted(server.service.engine.sources()) == ["a", "tone"]
+        assert (await server.client.delete("/api/sources/a")).status_code in (200, 204)
+        assert (await server.client.post("/api/sources", json={"id": "b", **body})).status_code == 201
