@@ -77,6 +77,9 @@ class NetSourceStats:
     other_program: int
     format_changes: int
     resyncs: int                 # the mixer started again from the target (a gap, a jump)
+    late: int                    # RTP: late or repeated
+    lost: int                    # RTP: never came (silence, then a fade in)
+    restarts: int                # RTP: a new SSRC or a jump in sequence numbers
     rate: int                    # the stream's format; 0 before the first packet
     bits: int
     channels: int
@@ -348,7 +351,7 @@ class Engine:
         cfg = ffi.new("ae_source_config *")
         kinds = {"alsa": lib.AE_SOURCE_ALSA, "tone": lib.AE_SOURCE_TONE,
                  "clicks": lib.AE_SOURCE_TONE, "file": lib.AE_SOURCE_FILE,
-                 "scream": lib.AE_SOURCE_SCREAM}
+                 "scream": lib.AE_SOURCE_SCREAM, "rtp": lib.AE_SOURCE_RTP}
         if spec.kind not in kinds:
             raise EngineError(ErrorCode.INVALID, f"unknown source kind {spec.kind!r}")
         cfg.kind = kinds[spec.kind]
@@ -371,6 +374,10 @@ class Engine:
             setattr(cfg, name, text)
         cfg.port = spec.port
         cfg.latency_ms = spec.latency_ms
+        cfg.rtp_encoding = {"L16": lib.AE_RTP_L16, "L24": lib.AE_RTP_L24}[spec.encoding]
+        cfg.payload_type = spec.payload_type
+        cfg.clock_rate = spec.clock_rate
+        cfg.stream_channels = spec.stream_channels
         out = ffi.new("ae_source **")
         # Called from the trio thread, not a worker: the source's first event
         # (DeviceLost for an absent device) can then only be handled after it
@@ -395,7 +402,7 @@ class Engine:
 
         return NetSourceStats(
             out.packets, out.refused, out.malformed, out.other_program, out.format_changes,
-            out.resyncs, out.rate, out.bits, out.channels,
+            out.resyncs, out.late, out.lost, out.restarts, out.rate, out.bits, out.channels,
             None if out.buffered_ms < 0 else round(out.buffered_ms, 2),
             round(out.correction_ppm, 1), text(out.sender), text(out.refused_from),
             text(out.program_refused))

@@ -132,7 +132,8 @@ class StatusCollector(Collector):
                                       labels=["id"])
         for ident, stats in sorted(sources.items()):
             for outcome, key in (("taken", "packets"), ("refused", "refused"),
-                                 ("malformed", "malformed"), ("other_program", "other_program")):
+                                 ("malformed", "malformed"), ("other_program", "other_program"),
+                                 ("late", "late"), ("lost", "lost")):
                 datagrams.add_metric([ident, outcome], stats[key])
             if stats["buffered_ms"] is not None:
                 buffered.add_metric([ident], stats["buffered_ms"] / 1000)

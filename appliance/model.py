@@ -71,6 +71,8 @@ def _senders(value: tuple[str, ...]) -> str | None:
 MAX_SENDER_PREFIXES = 32
 NET_LATENCY_MS = (2, 500)
 SCREAM_PROGRAM_LEN = 30
+RTP_RATES = (44100, 48000, 88200, 96000)
+NETWORK_KINDS = ("scream", "rtp")
 
 
 # ---- the engine's settings and the graph's specs ---------------------------------
@@ -102,7 +104,7 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: Literal["alsa", "tone", "clicks", "file", "scream"]
+    kind: Literal["alsa", "tone", "clicks", "file", "scream", "rtp"]
     channels: int = field(default=2, metadata=_range(1, 8))
     # an ALSA device the appliance enumerated (appliance.devices), never free-form
     device: str = field(default="default", metadata=_limit(128))
@@ -118,8 +120,8 @@ class SourceSpec:
     # /api/whep/source/<id>, or a route from it); off: only the admin may,
     # so a backstage microphone is heard only where a channel publishes it
     public: bool = False
-    # network sources (kind "scream"): the multicast group joined (on
-    # ``interface``) or a local address to bind ("" = every one), the port
+    # network sources (kinds "scream", "rtp"): the multicast group joined
+    # (on ``interface``) or a local address to bind ("" = every one), the port
     address: str = field(default="239.255.77.77", metadata={"max_len": 45, "check": _ip_address})
     port: int = field(default=4010, metadata=_range(1, 65535))
     interface: str = field(default="", metadata={
@@ -135,6 +137,11 @@ class SourceSpec:
     program: str = field(default="", metadata={
         "max_len": SCREAM_PROGRAM_LEN, "pattern": re.compile(r"[ -~]*"),
         "what": "printable ASCII"})
+    # RTP: what the stream's SDP says (its a=rtpmap line): L16 or L24 (AES67)
+    encoding: Literal["L16", "L24"] = "L24"
+    payload_type: int = field(default=96, metadata=_range(0, 127))
+    clock_rate: int = field(default=48000, metadata={"choices": RTP_RATES})
+    stream_channels: int = field(default=2, metadata=_range(1, 8))
 
     def senders(self) -> tuple[str, ...]:
         """Who may send to this network source: ``allow_from``, or when it is

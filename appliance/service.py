@@ -27,7 +27,7 @@ from .engine import Engine, open_engine
 from .errors import NotFoundError
 from .feed import Feed
 from .graph import GraphRegistry
-from .model import RouteSpec, Variant
+from .model import NETWORK_KINDS, RouteSpec, Variant
 from .sdp import Offer
 from .sessions import TEMP_PREFIX, Session, Sessions
 from .store import Store
@@ -69,7 +69,7 @@ class Service:
         """What a network source took in and refused, and its buffer (None:
         not a network source, or not in the engine)."""
         spec = self.engine.sources().get(source_id)
-        if spec is None or spec.kind != "scream":
+        if spec is None or spec.kind not in NETWORK_KINDS:
             return None
         return dataclasses.asdict(self.engine.net_source_stats(source_id))
 

@@ -170,11 +170,18 @@ typedef enum ae_source_kind {
     AE_SOURCE_ALSA = 1,       /* capture from an ALSA PCM */
     AE_SOURCE_TONE = 2,       /* sine tone, or clicks when click_interval_ms > 0 */
     AE_SOURCE_FILE = 3,       /* WAV (PCM16/24/32, float) or raw S16LE, looped */
-    AE_SOURCE_SCREAM = 4      /* Scream over UDP (and ScreamRouter's per-process variant) */
+    AE_SOURCE_SCREAM = 4,     /* Scream over UDP (and ScreamRouter's per-process variant) */
+    AE_SOURCE_RTP = 5         /* RTP: L16 or L24 (AES67), as an SDP describes it */
 } ae_source_kind;
 
+typedef enum ae_rtp_encoding {
+    AE_RTP_L16 = 1,           /* RFC 3551: 16-bit, network byte order */
+    AE_RTP_L24 = 2            /* RFC 3190: 24-bit, network byte order (AES67) */
+} ae_rtp_encoding;
+
 /* Limits of a network source (the model states the same ones). */
-enum { AE_NET_MIN_LATENCY_MS = 2, AE_NET_MAX_LATENCY_MS = 500, AE_SCREAM_PROGRAM_LEN = 30 };
+enum { AE_NET_MIN_LATENCY_MS = 2, AE_NET_MAX_LATENCY_MS = 500, AE_SCREAM_PROGRAM_LEN = 30,
+       AE_RTP_MIN_RATE = 44100, AE_RTP_MAX_RATE = 96000 };
 
 typedef struct ae_source_config {
     int kind;
@@ -191,7 +198,7 @@ typedef struct ae_source_config {
     /* file */
     const char *path;
     int raw_rate;             /* for raw files: sample rate, 0 = engine rate */
-    /* network (scream) */
+    /* network (scream, rtp) */
     const char *address;      /* a multicast group to join, or a local address to bind;
                                  NULL or "" = every local address */
     int port;                 /* 1..65535 */
@@ -205,6 +212,11 @@ typedef struct ae_source_config {
     /* per-process Scream: the program tag taken (others counted and
      * dropped); NULL or "" = plain Scream packets only */
     const char *program;
+    /* rtp: what its SDP says (the a=rtpmap line) */
+    int rtp_encoding;         /* ae_rtp_encoding */
+    int payload_type;         /* 0..127 */
+    int clock_rate;           /* AE_RTP_MIN_RATE..AE_RTP_MAX_RATE */
+    int stream_channels;      /* 1..8 */
 } ae_source_config;
 
 /* What a network source took in and refused. */
@@ -212,9 +224,12 @@ typedef struct ae_net_source_stats {
     uint64_t packets;         /* taken */
     uint64_t refused;         /* from an address allow_from does not name */
     uint64_t malformed;       /* not a packet of the protocol, or a format it does not take */
-    uint64_t other_program;   /* per-process Scream of another program */
+    uint64_t other_program;   /* per-process Scream of another program; RTP of another payload type */
     uint64_t format_changes;  /* the sender changed rate, width or channels */
     uint64_t resyncs;         /* the reader was set back to the target (a gap or a jump) */
+    uint64_t late;            /* RTP: late (its place was played) or repeated */
+    uint64_t lost;            /* RTP: never came; silence in its place, then a fade in */
+    uint64_t restarts;        /* RTP: a new SSRC, or a sequence number far off */
     int rate, bits, channels; /* the stream's format (0: nothing taken yet) */
     double buffered_ms;       /* ahead of the reader now (-1: nobody reads) */
     double correction_ppm;    /* the resampler's steering against the sender's clock */

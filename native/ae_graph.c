@@ -495,6 +495,7 @@ int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source *
                              cfg->period_frames, cfg->buffer_periods, cfg->allow_absent);
         break;
     case AE_SOURCE_SCREAM:
+    case AE_SOURCE_RTP:
         rc = ae_ring_init(&s->ring, channels, (uint64_t)e->rate);
         ae_levels_init(&s->levels, s->channels);   /* the receiver measures from the start */
         if (rc == AE_OK)
@@ -508,7 +509,7 @@ int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source *
         source_free(s);
         return rc;
     }
-    if (s->kind != AE_SOURCE_SCREAM) ae_levels_init(&s->levels, s->channels);
+    if (!s->net) ae_levels_init(&s->levels, s->channels);
     link_source(e, s);
     if (s->kind == AE_SOURCE_ALSA &&
         (rc = device_start(e, &s->dev, "ae-capture", capture_main, s)) != AE_OK) {
@@ -893,7 +894,8 @@ static int pull(ae_route *r, float *dst, int fs, int64_t frame_time_us, bool clo
         r->rpos += (uint64_t)n;
         return n;
     }
-    case AE_SOURCE_SCREAM: {
+    case AE_SOURCE_SCREAM:
+    case AE_SOURCE_RTP: {
         /* never a clock: the receiver's resampler keeps the newest reader
          * its target behind what arrived; a reader that ran dry (or is far
          * off) waits until that much is there again and starts from it */
@@ -1006,7 +1008,7 @@ static void skip_frame(ae_sink *k)
         if (r->source->kind == AE_SOURCE_ALSA) {
             uint64_t w = atomic_load_explicit(&r->source->ring.wpos, memory_order_acquire);
             r->rpos += w - r->rpos < (uint64_t)fs ? w - r->rpos : (uint64_t)fs;
-        } else if (r->source->kind == AE_SOURCE_SCREAM) {
+        } else if (r->source->net) {
             r->buffered = false;   /* buffers again from the newest audio when heard */
         } else {
             r->gen_pos += (uint64_t)fs;

@@ -31,10 +31,27 @@
 #define STEER_S 2.0
 #define MAX_CORRECTION 0.002
 #define RESAMPLER_QUALITY 5
-/* one packet's frames at most (16-bit mono, and a carried frame), and what
+#define MAX_DATAGRAM 2048                /* larger ones are cut short: not ours */
+/* one datagram's frames at most (16-bit mono, and a carried frame), and what
  * they become at most: 44.1 kHz to the engine's highest rate, 192 kHz */
-#define MAX_IN_FRAMES (SCREAM_PAYLOAD / 2 + 8)
+#define MAX_IN_FRAMES (MAX_DATAGRAM / 2 + 8)
 #define MAX_OUT_FRAMES (MAX_IN_FRAMES * 5 + 64)
+/* RTP: packets held while an earlier one may still come, before it is lost */
+#define REORDER_SLOTS 8
+#define REORDER_WAIT 3
+/* RTP: a sequence number this far from the expected one is a new stream */
+#define SEQ_JUMP 100
+/* silence for lost packets at most this long at once (a longer gap is a pause) */
+#define MAX_CONCEAL_FRAMES 48000
+/* after a gap the stream comes back over this many frames, not with a click */
+#define FADE_FRAMES 48
+
+typedef struct held_packet {
+    bool used;
+    uint16_t seq;
+    int len;
+    unsigned char data[MAX_DATAGRAM];
+} held_packet;
 
 typedef struct prefix {
     int family;                          /* AF_INET, AF_INET6 */
@@ -48,8 +65,19 @@ struct ae_netsrc {
     int sock, wake;                      /* wake: an eventfd that ends the thread */
     pthread_t thread;
     bool started;
+    int kind;                            /* AE_SOURCE_SCREAM, AE_SOURCE_RTP */
     char program[AE_SCREAM_PROGRAM_LEN];
     bool per_process;
+    bool big_endian;                     /* RTP's L16 and L24 */
+    /* RTP (receiver thread only) */
+    int payload_type;
+    bool have_ssrc;
+    uint32_t ssrc;
+    uint16_t expected;                   /* the next sequence number to play */
+    int packet_frames;                   /* of the last one played: a lost one's length */
+    int fade;                            /* frames of fade-in left after a gap */
+    held_packet held[REORDER_SLOTS];
+    int nheld;
     prefix allow[MAX_ALLOW];
     int nallow;
     bool allow_local;
@@ -253,8 +281,13 @@ static bool restart_stream(ae_netsrc *n, int rate, int bits, int channels)
     return true;
 }
 
-static float sample_at(const unsigned char *p, int bits)
+static float sample_at(const unsigned char *p, int bits, bool big_endian)
 {
+    if (big_endian) {
+        if (bits == 16) return (float)(int16_t)(p[0] << 8 | p[1]) / 32768.0f;
+        return (float)((int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+                                 (uint32_t)p[2] << 8) >> 8) / 8388608.0f;
+    }
     switch (bits) {
     case 16: return (float)(int16_t)(p[0] | p[1] << 8) / 32768.0f;
     case 24: return (float)((int32_t)((uint32_t)p[0] << 8 | (uint32_t)p[1] << 16 |
@@ -285,8 +318,41 @@ static void steer(ae_netsrc *n)
     pthread_mutex_unlock(&n->lock);
 }
 
-/* One Scream payload: whole frames (with the carry of the last one) to the
- * source's channels, resampled, written. */
+/* n->in's first frames (the stream's channels): faded in after a gap,
+ * resampled, laid out as the source's channels, written. */
+static void take_frames(ae_netsrc *n, int frames, int64_t now)
+{
+    int sch = n->s_channels, ch = n->channels;
+    for (int i = 0; i < frames && n->fade > 0; i++, n->fade--) {
+        float g = 1.0f - (float)n->fade / FADE_FRAMES;
+        for (int c = 0; c < sch; c++) n->in[i * sch + c] *= g;
+    }
+    spx_uint32_t in_len = (spx_uint32_t)frames, out_len = MAX_OUT_FRAMES;
+    speex_resampler_process_interleaved_float(n->resampler, n->in, &in_len, n->mid, &out_len);
+    const float *mid = n->mid;
+    int out = (int)out_len;
+    for (int i = 0; i < out; i++)
+        for (int c = 0; c < ch; c++)
+            n->out[i * ch + c] = sch == 1 ? mid[i] : c < sch ? mid[i * sch + c] : 0.0f;
+    if (out > 0) n->io.write(n->io.ctx, n->out, out, now);
+    steer(n);
+}
+
+/* Frames of silence where packets were lost, then a fade back in. */
+static void conceal(ae_netsrc *n, int64_t frames, int64_t now)
+{
+    if (frames > MAX_CONCEAL_FRAMES) frames = MAX_CONCEAL_FRAMES;
+    while (frames > 0) {
+        int chunk = frames < MAX_IN_FRAMES ? (int)frames : MAX_IN_FRAMES;
+        memset(n->in, 0, (size_t)chunk * (size_t)n->s_channels * sizeof(float));
+        take_frames(n, chunk, now);
+        frames -= chunk;
+    }
+    n->fade = FADE_FRAMES;
+}
+
+/* One payload: whole frames (with the carry of a frame cut by the last one)
+ * decoded, then taken. */
 static void take_pcm(ae_netsrc *n, const unsigned char *pcm, int len, int64_t now)
 {
     int width = n->s_bits / 8, stride = width * n->s_channels;
@@ -307,23 +373,149 @@ static void take_pcm(ae_netsrc *n, const unsigned char *pcm, int len, int64_t no
             pos += stride;
         }
         for (int c = 0; c < n->s_channels; c++)
-            n->in[frames * n->s_channels + c] = sample_at(frame + c * width, n->s_bits);
+            n->in[frames * n->s_channels + c] = sample_at(frame + c * width, n->s_bits,
+                                                          n->big_endian);
         frames++;
     }
     if (len - pos > 0 && len - pos < stride) {
         memcpy(n->carry, pcm + pos, (size_t)(len - pos));
         n->ncarry = len - pos;
     }
-    spx_uint32_t in_len = (spx_uint32_t)frames, out_len = MAX_OUT_FRAMES;
-    /* resampled in the stream's channels, then laid out as the source's */
-    const float *mid = n->mid;
-    speex_resampler_process_interleaved_float(n->resampler, n->in, &in_len, n->mid, &out_len);
-    int out = (int)out_len, sch = n->s_channels, ch = n->channels;
-    for (int i = 0; i < out; i++)
-        for (int c = 0; c < ch; c++)
-            n->out[i * ch + c] = sch == 1 ? mid[i] : c < sch ? mid[i * sch + c] : 0.0f;
-    if (out > 0) n->io.write(n->io.ctx, n->out, out, now);
-    steer(n);
+    n->packet_frames = frames;
+    take_frames(n, frames, now);
+}
+
+/* ---- RTP: order, loss, restarts ------------------------------------------ */
+
+static void count(ae_netsrc *n, uint64_t *counter, uint64_t by)
+{
+    pthread_mutex_lock(&n->lock);
+    *counter += by;
+    pthread_mutex_unlock(&n->lock);
+}
+
+static void drop_held(ae_netsrc *n)
+{
+    for (int i = 0; i < REORDER_SLOTS; i++) n->held[i].used = false;
+    n->nheld = 0;
+}
+
+/* Play the held packet with this sequence number, if there is one. */
+static bool play_held(ae_netsrc *n, uint16_t seq, int64_t now)
+{
+    for (int i = 0; i < REORDER_SLOTS; i++) {
+        held_packet *h = &n->held[i];
+        if (h->used && h->seq == seq) {
+            take_pcm(n, h->data, h->len, now);
+            h->used = false;
+            n->nheld--;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Play the held packets that are next in order. */
+static void drain(ae_netsrc *n, int64_t now)
+{
+    while (n->nheld > 0 && play_held(n, n->expected, now)) n->expected++;
+}
+
+/* The expected packet did not come while REORDER_WAIT later ones did: it is
+ * lost (and any before the earliest held one). */
+static void skip_lost(ae_netsrc *n, int64_t now)
+{
+    int gap = SEQ_JUMP;
+    for (int i = 0; i < REORDER_SLOTS; i++) {
+        int d = (int16_t)(uint16_t)(n->held[i].seq - n->expected);
+        if (n->held[i].used && d > 0 && d < gap) gap = d;
+    }
+    count(n, &n->stats.lost, (uint64_t)gap);
+    conceal(n, (int64_t)gap * n->packet_frames, now);
+    n->expected = (uint16_t)(n->expected + gap);
+    drain(n, now);
+}
+
+static void take_rtp(ae_netsrc *n, const unsigned char *d, ssize_t len,
+                     const struct sockaddr_storage *from, int64_t now)
+{
+    /* RFC 3550 section 5.1: version 2, CSRCs, an extension, padding */
+    if (len < 12 || (d[0] >> 6) != 2) goto malformed;
+    ssize_t off = 12 + 4 * (d[0] & 0x0f), end = len;
+    if (d[0] & 0x10) {
+        if (len < off + 4) goto malformed;
+        off += 4 + 4 * (d[off + 2] << 8 | d[off + 3]);
+    }
+    if (d[0] & 0x20) end -= d[len - 1];
+    if (off >= end || (d[0] & 0x20 && d[len - 1] == 0)) goto malformed;
+    if ((d[1] & 0x7f) != n->payload_type) {
+        count(n, &n->stats.other_program, 1);
+        return;
+    }
+    int stride = n->s_bits / 8 * n->s_channels;
+    int plen = (int)(end - off);
+    if (plen % stride != 0) goto malformed;   /* L16 and L24 carry whole frames */
+    uint16_t seq = (uint16_t)(d[2] << 8 | d[3]);
+    uint32_t ssrc = (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 | (uint32_t)d[10] << 8 | d[11];
+    int ahead = (int16_t)(uint16_t)(seq - n->expected);
+    bool restart = !n->have_ssrc || ssrc != n->ssrc || ahead >= SEQ_JUMP || ahead <= -SEQ_JUMP;
+    if (restart) {
+        if (n->have_ssrc) count(n, &n->stats.restarts, 1);
+        n->have_ssrc = true;
+        n->ssrc = ssrc;
+        n->expected = seq;
+        n->from = *from;
+        drop_held(n);
+        if (n->packet_frames) n->fade = FADE_FRAMES;
+        ahead = 0;
+    }
+    pthread_mutex_lock(&n->lock);
+    n->stats.packets++;
+    address_text(from, n->stats.sender, sizeof n->stats.sender);
+    pthread_mutex_unlock(&n->lock);
+    if (ahead < 0) {                               /* late, or a repeat */
+        count(n, &n->stats.late, 1);
+        return;
+    }
+    if (ahead == 0) {
+        take_pcm(n, d + off, plen, now);
+        n->expected++;
+        drain(n, now);
+        return;
+    }
+    for (int i = 0; i < REORDER_SLOTS; i++) {
+        if (n->held[i].used && n->held[i].seq == seq) {
+            count(n, &n->stats.late, 1);           /* held already */
+            return;
+        }
+    }
+    if (ahead >= REORDER_SLOTS) {   /* too far ahead to wait for what is missing */
+        for (; n->expected != seq; n->expected++) {
+            if (!play_held(n, n->expected, now)) {
+                count(n, &n->stats.lost, 1);
+                conceal(n, n->packet_frames, now);
+            }
+        }
+        take_pcm(n, d + off, plen, now);
+        n->expected++;
+        drain(n, now);
+        return;
+    }
+    for (int i = 0; i < REORDER_SLOTS; i++) {
+        held_packet *h = &n->held[i];
+        if (!h->used) {
+            h->used = true;
+            h->seq = seq;
+            h->len = plen;
+            memcpy(h->data, d + off, (size_t)plen);
+            n->nheld++;
+            break;
+        }
+    }
+    if (n->nheld >= REORDER_WAIT) skip_lost(n, now);
+    return;
+malformed:
+    count(n, &n->stats.malformed, 1);
 }
 
 static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
@@ -334,6 +526,10 @@ static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
         n->stats.refused++;
         address_text(from, n->stats.refused_from, sizeof n->stats.refused_from);
         pthread_mutex_unlock(&n->lock);
+        return;
+    }
+    if (n->kind == AE_SOURCE_RTP) {
+        take_rtp(n, d, len, from, now);
         return;
     }
     const unsigned char *h;
@@ -392,7 +588,7 @@ malformed:
 static void *receiver_main(void *arg)
 {
     ae_netsrc *n = arg;
-    unsigned char buf[2048];
+    unsigned char buf[MAX_DATAGRAM];
     struct pollfd fds[2] = {{.fd = n->sock, .events = POLLIN}, {.fd = n->wake, .events = POLLIN}};
     for (;;) {
         if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
@@ -472,7 +668,21 @@ int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_p
                    ae_netsrc_io io, ae_netsrc **out)
 {
     *out = NULL;
-    if (cfg->kind != AE_SOURCE_SCREAM) return ae_fail(AE_ERR_INVALID, "not a network source");
+    if (cfg->kind != AE_SOURCE_SCREAM && cfg->kind != AE_SOURCE_RTP)
+        return ae_fail(AE_ERR_INVALID, "not a network source");
+    if (cfg->kind == AE_SOURCE_RTP) {
+        if (cfg->rtp_encoding != AE_RTP_L16 && cfg->rtp_encoding != AE_RTP_L24)
+            return ae_fail(AE_ERR_INVALID, "unknown RTP encoding %d", cfg->rtp_encoding);
+        if (cfg->payload_type < 0 || cfg->payload_type > 127)
+            return ae_fail(AE_ERR_INVALID, "payload type must be 0..127, not %d",
+                           cfg->payload_type);
+        if (cfg->clock_rate < AE_RTP_MIN_RATE || cfg->clock_rate > AE_RTP_MAX_RATE)
+            return ae_fail(AE_ERR_INVALID, "clock rate must be %d..%d Hz, not %d",
+                           AE_RTP_MIN_RATE, AE_RTP_MAX_RATE, cfg->clock_rate);
+        if (cfg->stream_channels < 1 || cfg->stream_channels > AE_MAX_CHANNELS)
+            return ae_fail(AE_ERR_INVALID, "an RTP stream has 1..%d channels, not %d",
+                           AE_MAX_CHANNELS, cfg->stream_channels);
+    }
     if (cfg->port < 1 || cfg->port > 65535)
         return ae_fail(AE_ERR_INVALID, "port must be 1..65535, not %d", cfg->port);
     int latency = cfg->latency_ms ? cfg->latency_ms : 20;
@@ -491,11 +701,25 @@ int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_p
     n->io = io;
     n->sock = n->wake = -1;
     strncpy(n->program, program, sizeof n->program);   /* NUL-padded, as senders tag */
+    n->kind = cfg->kind;
     n->per_process = *program != '\0';
+    n->payload_type = cfg->payload_type;
     if (cfg->interface) snprintf(n->ifname, sizeof n->ifname, "%s", cfg->interface);
     n->stats.buffered_ms = -1.0;
     pthread_mutex_init(&n->lock, NULL);
     int rc = parse_allow(n, cfg->allow_from);
+    if (rc == AE_OK && n->kind == AE_SOURCE_RTP) {
+        /* the SDP fixes the format: network byte order */
+        n->big_endian = true;
+        if (!restart_stream(n, cfg->clock_rate, cfg->rtp_encoding == AE_RTP_L24 ? 24 : 16,
+                            cfg->stream_channels))
+            rc = ae_fail(AE_ERR_NOMEM, "no resampler for %d Hz", cfg->clock_rate);
+        else {
+            n->stats.rate = n->s_rate;
+            n->stats.bits = n->s_bits;
+            n->stats.channels = n->s_channels;
+        }
+    }
     if (rc == AE_OK) rc = open_socket(n, cfg);
     if (rc == AE_OK && (n->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
         rc = ae_fail(AE_ERR_NETWORK, "eventfd: %s", strerror(errno));

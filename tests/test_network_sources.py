@@ -1,6 +1,7 @@
 """Network sources in the real engine, fed by a Scream sender on loopback
-(tests/support/scream.py: what the Scream driver or ScreamRouter sends) and
-heard by a real WebRTC peer: the stream is heard, a sender whose clock
+(tests/support/scream.py: what the Scream driver or ScreamRouter sends), by
+GStreamer's RTP payloaders and by RTP packets built by hand, and heard by a
+real WebRTC peer: the stream is heard, a sender whose clock
 drifts is steered to a constant latency, and what allow_from does not name,
 what is not Scream, or another program's stream is dropped and counted
 while the listener goes on hearing."""
@@ -14,12 +15,14 @@ import socket
 import statistics
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 
 from appliance import EngineError, EngineSettings, ErrorCode, RouteSpec, SinkSpec, SourceSpec, open_engine
+from support.rtp import Tone, gstreamer_sender, packet
 from support.scream import ScreamSender, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
 from test_engine import connect
@@ -253,3 +256,127 @@ async def test_multicast_groups_on_ipv4_and_ipv6_take_only_the_local_subnet_by_d
     assert stats["v4"]["refused"] >= 50 and stats["v4"]["refused_from"] == "198.51.100.7"
     assert stats["v6"]["packets"] >= 50 and stats["v6"]["sender"] == "fd00:99::2"
     assert stats["v4"]["rate"] == stats["v6"]["rate"] == 48000
+
+
+# ---- RTP ------------------------------------------------------------------------
+
+async def rtp_graph(engine, port: int, **spec) -> None:
+    spec = {"address": "127.0.0.1", "allow_from": ("127.0.0.1",), **spec}
+    await engine.add_source("net", SourceSpec(kind="rtp", port=port, **spec))
+    await engine.add_sink("main", SinkSpec(kind="opus"))
+    await engine.add_route("net-main", RouteSpec("net", "main"))
+
+
+@pytest.mark.parametrize("encoding, rate, channels, ptime_ms", [
+    ("L24", 48000, 2, 1.0),     # AES67's own
+    ("L24", 96000, 8, 0.25),
+    ("L16", 44100, 1, 4.0),
+])
+async def test_an_rtp_stream_from_gstreamer_is_heard(encoding, rate, channels, ptime_ms):
+    """GStreamer's own payloader (Debian's gst-launch-1.0) as the sender."""
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await rtp_graph(engine, port, encoding=encoding, clock_rate=rate,
+                        stream_channels=channels, payload_type=97)
+        command = gstreamer_sender("127.0.0.1", port, encoding=encoding, rate=rate,
+                                   channels=channels, pt=97, ptime_ms=ptime_ms)
+        async with trio.open_nursery() as nursery:
+            sender = await nursery.start(partial(trio.run_process, command, check=False))
+            await until(engine, "net", lambda s: s.buffered_ms is not None)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
+                await listener.aclose()
+            sender.kill()
+        stats = engine.net_source_stats("net")
+        assert (stats.rate, stats.bits, stats.channels) == (rate, int(encoding[1:]), channels)
+        assert stats.malformed == stats.other_program == stats.restarts == 0
+        assert stats.lost <= 2   # a live sender's first or last moments on a busy machine
+
+
+async def send_pattern(port: int, order: list[int], *, ssrc: int = 0x1234, first_seq: int = 0,
+                       frames: int = 48, tone: Tone | None = None, pt: int = 96) -> None:
+    """Packets of consecutive audio, sent in ``order`` (indexes, repeats and
+    gaps allowed), one per ``frames`` of real time."""
+    tone = tone or Tone()
+    payloads = [tone.payload(frames) for _ in range(max(order) + 1)]
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+    due = trio.current_time()
+    with sock:
+        for i in order:
+            await sock.sendto(packet(first_seq + i, i * frames, ssrc, pt, payloads[i]),
+                              ("127.0.0.1", port))
+            due += frames / tone.rate
+            await trio.sleep_until(due)
+
+
+async def test_reordered_repeated_and_lost_packets():
+    """Pairs swapped (held, then played in order: nothing lost), repeats
+    (late), and drops (silence in their place, counted); the listener hears
+    the tone through all of it."""
+    order, dropped, repeated = [], 0, 0
+    for i in range(0, 1200, 10):
+        block = [i, i + 2, i + 1, i + 3, i + 4, i + 4, i + 5, i + 7, i + 8, i + 9]
+        order += block   # 1 and 2 swapped, 4 twice, 6 lost
+        dropped += 1
+        repeated += 1
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await rtp_graph(engine, port)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_pattern, port, order)
+            await until(engine, "net", lambda s: s.packets > 50)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                assert abs(dominant_frequency(await peer.record(0.3)) - 1000.0) < 3.0
+                await listener.aclose()
+        stats = await until(engine, "net", lambda s: s.packets == len(order))
+    assert stats.lost == dropped and stats.late == repeated
+    assert stats.restarts == stats.malformed == 0
+
+
+async def test_a_new_ssrc_or_a_far_sequence_number_is_a_new_stream():
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await rtp_graph(engine, port)
+        await send_pattern(port, list(range(50)), ssrc=1)
+        await send_pattern(port, list(range(50)), ssrc=2, first_seq=30000)
+        await send_pattern(port, list(range(50)), ssrc=2, first_seq=9000)
+        stats = await until(engine, "net", lambda s: s.packets == 150)
+        assert stats.restarts == 2 and stats.lost == stats.late == 0
+        # the sequence number wraps without a restart
+        await send_pattern(port, list(range(100)), ssrc=2, first_seq=65500)
+        stats = await until(engine, "net", lambda s: s.packets == 250)
+        assert stats.restarts == 3 and stats.lost == 0
+
+
+async def test_malformed_rtp_is_counted_and_the_stream_goes_on():
+    port = free_udp_port()
+    good = Tone().payload(48)
+    bad = [b"", b"\x80" * 11,                                   # shorter than a header
+           b"\x40" + packet(1, 0, 1, 96, good)[1:],             # version 1
+           b"\x8f" + packet(1, 0, 1, 96, bytes(6))[1:],         # 15 CSRCs that are not there
+           b"\x90" + packet(1, 0, 1, 96, b"\x00\x00\xff\xff")[1:],   # an extension past the end
+           b"\xa0" + packet(1, 0, 1, 96, bytes(5) + b"\xff")[1:],   # padding past the start
+           b"\xa0" + packet(1, 0, 1, 96, good[:-1] + b"\x00")[1:],   # padding of 0
+           packet(1, 0, 1, 96, good[:-1])]                      # not whole frames
+    async with open_engine(LEAN) as engine:
+        await rtp_graph(engine, port)
+        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        junk.bind(("127.0.0.1", 0))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_pattern, port, list(range(800)))
+            await until(engine, "net", lambda s: s.packets > 20)
+            for datagram in bad * 50:
+                junk.sendto(datagram, ("127.0.0.1", port))
+            junk.sendto(packet(1, 0, 1, 0, good), ("127.0.0.1", port))   # PCMU: not ours
+            stats = await until(engine, "net", lambda s: s.malformed == len(bad) * 50)
+            assert stats.other_program == 1
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                assert abs(dominant_frequency(await peer.record(0.3)) - 1000.0) < 3.0
+                await listener.aclose()
+            nursery.cancel_scope.cancel()
+        junk.close()
+        assert engine.net_source_stats("net").restarts == 0

@@ -156,7 +156,7 @@ function deviceTag(entity) {
   if (entity.kind === "tone") parts.push(`${entity.tone_hz} Hz tone`);
   if (entity.kind === "clicks") parts.push(`clicks every ${entity.click_interval_ms} ms`);
   if (entity.kind === "opus") parts.push(`Opus ${Math.round(entity.bitrate / 1000)} kb/s, ${entity.frame_ms} ms`);
-  if (entity.kind === "scream") parts.push(...networkTag(entity));
+  if (entity.kind === "scream" || entity.kind === "rtp") parts.push(...networkTag(entity));
   parts.push(st.state === "ok" ? "ok" : `lost: ${st.reason || ""}`);
   if (entity.xruns) parts.push(plural(entity.xruns, "xrun", "xruns"));
   return el("span", { class: `tag ${st.state === "ok" ? "ok" : "lost"}`, text: parts.join(" · ") });
@@ -165,7 +165,8 @@ function deviceTag(entity) {
 /** A network source: where it listens, what it hears, what it refuses. */
 function networkTag(entity) {
   const where = entity.address.includes(":") ? `[${entity.address}]` : entity.address || "*";
-  const parts = [`Scream ${where}:${entity.port}${entity.interface ? ` on ${entity.interface}` : ""}`];
+  const what = entity.kind === "rtp" ? `RTP ${entity.encoding}/${entity.clock_rate}/${entity.stream_channels} PT ${entity.payload_type}` : "Scream";
+  const parts = [`${what} ${where}:${entity.port}${entity.interface ? ` on ${entity.interface}` : ""}`];
   const n = entity.network;
   if (!n) return parts;
   if (n.rate) parts.push(`${n.rate / 1000} kHz ${n.bits}-bit ${n.channels} ch from ${n.sender}`);
@@ -175,6 +176,7 @@ function networkTag(entity) {
   if (!entity.allow_from.length && !n.rate && !/^(22[4-9]|23\d|ff)/i.test(entity.address))
     parts.push("allow_from is empty: nobody may send to a unicast source");
   if (n.malformed) parts.push(`${n.malformed} not Scream`);
+  if (n.lost || n.late) parts.push(`${n.lost} lost, ${n.late} late`);
   if (n.other_program) parts.push(`${n.other_program} of another program${n.program_refused ? ` (${n.program_refused})` : ""}`);
   return parts;
 }

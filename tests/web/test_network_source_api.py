@@ -66,11 +66,16 @@ async def test_the_admin_adds_a_scream_source_and_a_channel_plays_it(tmp_path):
     ("allow_from", "10.0.0.0/8"), ("allow_from", ["10.0.0.0/33"]), ("allow_from", ["evil"]),
     ("allow_from", ["10.0.0.0/8"] * 33), ("latency_ms", 1), ("latency_ms", 501),
     ("program", "x" * 31), ("program", "caf\u00e9"), ("program", "tab\there"),
+    ("encoding", "L8"), ("encoding", "opus"), ("payload_type", 128), ("payload_type", -1),
+    ("clock_rate", 8000), ("clock_rate", 192000), ("stream_channels", 0),
+    ("stream_channels", 9),
 ])
 async def test_bad_network_settings_are_refused_with_the_field_named(tmp_path, field, value):
+    kind = "rtp" if field in ("encoding", "payload_type", "clock_rate", "stream_channels") \
+        else "scream"
     async with open_server(make_config(tmp_path)) as server:
         r = await server.client.post("/api/sources", json={
-            "id": "net", "name": "Net", "kind": "scream", "port": free_udp_port(), field: value})
+            "id": "net", "name": "Net", "kind": kind, "port": free_udp_port(), field: value})
         assert r.status_code == 400, (field, value, r.status_code, r.text)
         assert field in r.text
         assert "net" not in server.service.engine.sources()
