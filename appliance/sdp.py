@@ -1,5 +1,6 @@
 """What the Python side knows about SDP: checking a WHEP offer before any
-transport sees it, and reading trickle-ICE fragments and candidates.
+transport sees it, reading trickle-ICE fragments and candidates, and reading
+the description of an RTP stream a network source takes (``describe_stream``).
 
 Standard players offer more than audio: a video m-line (Chromium lists ~34
 video formats in it, Firefox puts it first), a data channel, Firefox's
@@ -29,7 +30,7 @@ from typing import Any
 from .errors import InvalidError
 
 __all__ = ["Offer", "check_offer", "parse_sdpfrag", "check_candidate", "parse_candidates_json",
-           "is_hostname_candidate",
+           "is_hostname_candidate", "StreamDescription", "describe_stream",
            "MAX_OFFER_CHARS", "MAX_LINES", "MAX_LINE_CHARS", "MAX_MLINES", "MAX_FORMATS"]
 
 # Real offers (tests/support/offers): 1.2-3.6 KB, 30-75 lines, 1-2 m-lines,
@@ -648,3 +649,150 @@ def _asks_stereo(fmtp: str | None) -> bool:
         if name.lower() == "stereo":
             return value == "1"
     return False
+
+
+# ---- a stream's description (AES67, SAP announcements, typed in) ---------------------
+
+MAX_DESCRIPTION_CHARS = 16 * 1024
+STREAM_ENCODINGS = ("L16", "L24")
+STREAM_RATES = (44100, 48000, 88200, 96000)
+STREAM_PROTO = "RTP/AVP"
+
+
+@dataclass(frozen=True)
+class StreamDescription:
+    """An RTP stream as its SDP describes it (RFC 8866; AES67 and RFC 7273
+    for the clock): the first audio m-line this box can receive."""
+    name: str                          # s=
+    origin: str                        # o='s address: the sender, usually
+    address: str                       # c= (a group, or the sender for unicast)
+    port: int
+    payload_type: int
+    encoding: str                      # L16, L24
+    clock_rate: int
+    channels: int
+    ptime_ms: float | None
+    refclk: str | None                 # a=ts-refclk: "ptp=IEEE1588-2008:<gmid>:<domain>", ...
+    senders: tuple[str, ...]           # a=source-filter: incl (RFC 4570)
+
+    def source_fields(self) -> dict[str, Any]:
+        """What an RTP source takes from it (``model.SourceSpec``)."""
+        return {"kind": "rtp", "address": self.address, "port": self.port,
+                "payload_type": self.payload_type, "encoding": self.encoding,
+                "clock_rate": self.clock_rate, "stream_channels": self.channels,
+                # "s=-" (or nothing): the session has no name to show
+                **({"name": self.name} if self.name.strip(" -") else {}),
+                **({"allow_from": list(self.senders)} if self.senders else {})}
+
+
+def _stream_connection(value: str, where: str) -> str:
+    """c=IN IP4 239.69.1.10/32 (a group's TTL, and a count that must be 1)."""
+    fields = value.split(" ")
+    if len(fields) != 3 or fields[0] != "IN" or fields[1] not in ("IP4", "IP6"):
+        raise InvalidError(f"{where}: c= must be 'IN IP4|IP6 <address>'")
+    address, *rest = fields[2].split("/")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise InvalidError(f"{where}: c= {address[:60]!r} is not an IP address") from None
+    if (ip.version == 4) != (fields[1] == "IP4"):
+        raise InvalidError(f"{where}: c= says {fields[1]} but gives {address[:60]!r}")
+    numbers = [r for r in rest if _number(r, 3)]
+    if len(numbers) != len(rest) or len(rest) > 2 or (len(rest) == 2 and rest[1] != "1"):
+        raise InvalidError(f"{where}: c= takes one address (a TTL, and a count of 1)")
+    return str(ip)
+
+
+def _source_filter(value: str, where: str) -> tuple[str, ...]:
+    """a=source-filter: incl IN IP4 <group> <source>... (RFC 4570)."""
+    fields = value.split()
+    if len(fields) < 5 or fields[0] != "incl" or fields[1] != "IN" \
+            or fields[2] not in ("IP4", "IP6"):
+        return ()   # excl, or another shape: no narrower list of senders
+    senders = []
+    for text in fields[4:16]:
+        try:
+            senders.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            raise InvalidError(f"{where}: source-filter {text[:60]!r} is not an "
+                               "IP address") from None
+    return tuple(senders)
+
+
+def describe_stream(text: Any) -> StreamDescription:
+    """The checked description of an RTP stream, from an SDP that was typed
+    in, pasted from a device's page, or announced on the network (SAP).
+    Every line is checked as an offer's is; ``InvalidError`` says what is
+    wrong, or that no m-line carries L16 or L24 this box takes."""
+    lines = _lines(text, what="stream description", max_chars=MAX_DESCRIPTION_CHARS)
+    if not lines or lines[0] != "v=0":
+        raise InvalidError("a stream description starts with v=0")
+    name, origin, session_c = "", "", None
+    session_senders: tuple[str, ...] = ()
+    sections: list[tuple[list[str], list[tuple[str, str | None]]]] = []
+    for line in lines[1:]:
+        kind, value = line[0], line[2:]
+        if kind == "m":
+            if len(sections) >= MAX_MLINES:
+                raise InvalidError(f"more than {MAX_MLINES} m-lines")
+            sections.append((value.split(" "), []))
+        elif sections:
+            if kind == "a":
+                sections[-1][1].append(_attribute(line))
+            elif kind == "c":
+                sections[-1][1].append(("c", value))
+        elif kind == "s":
+            name = value.strip()[:64]
+        elif kind == "o":
+            _session_line(line)
+            origin = value.split(" ")[5]
+        elif kind == "c":
+            session_c = value
+        elif kind == "a":
+            attribute, attr_value = _attribute(line)
+            if attribute == "source-filter" and attr_value:
+                session_senders = _source_filter(attr_value, "session")
+        elif kind == "t":
+            _session_line(line)
+    problems = []
+    for index, (m, attrs) in enumerate(sections):
+        where = f"m-line {index}"
+        if len(m) < 4 or m[0] != "audio" or m[2] != STREAM_PROTO:
+            problems.append(f"{where} is not audio over {STREAM_PROTO}")
+            continue
+        port = _port(m[1].split("/")[0], where)
+        if port == 0:
+            problems.append(f"{where} is switched off (port 0)")
+            continue
+        values: dict[str, list[str | None]] = {}
+        for attribute, value in attrs:
+            values.setdefault(attribute, []).append(value)
+        for value in values.get("rtpmap", []):
+            match = _RTPMAP.match(value or "")
+            if not match or match.group(1) not in m[3:]:
+                continue
+            pt, encoding = int(match.group(1)), match.group(2).upper()
+            rate, channels = int(match.group(3)), int(match.group(4) or 1)
+            if encoding not in STREAM_ENCODINGS or rate not in STREAM_RATES \
+                    or not 1 <= channels <= 8 or pt > 127:
+                problems.append(f"{where}: {encoding[:16]}/{rate}/{channels} is not "
+                                "L16 or L24 at 44.1, 48, 88.2 or 96 kHz with 1-8 channels")
+                continue
+            c = (values.get("c") or [session_c])[-1]
+            if c is None:
+                raise InvalidError(f"{where} has no c= line (nor the session)")
+            ptime = (values.get("ptime") or [None])[0]
+            try:
+                ptime_ms = float(ptime) if ptime else None
+            except ValueError:
+                ptime_ms = None
+            refclk = (values.get("ts-refclk") or [None])[0]
+            filters = [_source_filter(v, where) for v in values.get("source-filter", []) if v]
+            return StreamDescription(
+                name=name, origin=origin, address=_stream_connection(c, where), port=port,
+                payload_type=pt, encoding=encoding, clock_rate=rate, channels=channels,
+                ptime_ms=ptime_ms if ptime_ms and 0 < ptime_ms <= 1000 else None,
+                refclk=refclk[:128] if refclk else None,
+                senders=next((f for f in filters if f), session_senders))
+        problems.append(f"{where} has no L16 or L24 format this box takes")
+    raise InvalidError("; ".join(problems) if problems else "the description has no m-line")

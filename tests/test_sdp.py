@@ -10,7 +10,7 @@ import pytest
 from appliance.errors import InvalidError
 from appliance.sdp import (
     MAX_FORMATS, MAX_LINE_CHARS, MAX_LINES, MAX_MLINES, MAX_OFFER_CHARS, Offer, check_candidate,
-    check_offer, is_hostname_candidate, parse_candidates_json, parse_sdpfrag,
+    check_offer, describe_stream, is_hostname_candidate, parse_candidates_json, parse_sdpfrag,
 )
 from tests.support.webrtc import synthetic_offer
 
@@ -439,3 +439,69 @@ def test_the_offers_of_standard_players_that_carry_video_are_taken(name: str, au
     offer = check_offer(load(name))
     assert offer.audio == audio and offer.opus_pt in (109, 111), name
     assert offer.stereo == ("mediamtx" in name or "firefox" in name), name
+
+
+# ---- a stream's description ----------------------------------------------------------
+
+AES67 = """v=0
+o=- 1423986 1423994 IN IP4 192.168.1.10
+s=Desk ch 1-2
+c=IN IP4 239.69.1.10/32
+t=0 0
+m=audio 5004 RTP/AVP 97
+a=rtpmap:97 L24/48000/2
+a=ptime:1
+a=ts-refclk:ptp=IEEE1588-2008:00-1D-C1-FF-FE-0E-10-4C:0
+a=mediaclk:direct=0
+a=source-filter: incl IN IP4 239.69.1.10 192.168.1.10
+"""
+
+
+def test_an_aes67_description_gives_the_source_its_fields():
+    d = describe_stream(AES67)
+    assert (d.address, d.port, d.payload_type, d.encoding, d.clock_rate, d.channels) == \
+        ("239.69.1.10", 5004, 97, "L24", 48000, 2)
+    assert d.ptime_ms == 1.0 and d.refclk.startswith("ptp=IEEE1588-2008:")
+    assert d.senders == ("192.168.1.10",) and d.origin == "192.168.1.10"
+    assert d.source_fields() == {
+        "kind": "rtp", "name": "Desk ch 1-2", "address": "239.69.1.10", "port": 5004,
+        "payload_type": 97, "encoding": "L24", "clock_rate": 48000, "stream_channels": 2,
+        "allow_from": ["192.168.1.10"]}
+
+
+def test_a_description_in_other_shapes():
+    # IPv6 at media level, L16 mono (no channel count), CRLF, an unusable m-line first
+    text = ("v=0\r\no=- 1 1 IN IP6 fd00::5\r\ns=-\r\nt=0 0\r\n"
+            "m=audio 5006 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+            "m=audio 5008 RTP/AVP 98\r\nc=IN IP6 ff15::99\r\na=rtpmap:98 L16/44100\r\n")
+    d = describe_stream(text)
+    assert (d.address, d.port, d.encoding, d.clock_rate, d.channels) == \
+        ("ff15::99", 5008, "L16", 44100, 1)
+    assert "name" not in d.source_fields() and "allow_from" not in d.source_fields()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("", "starts with v=0"),
+    ("v=0\ns=x\n", "no m-line"),
+    (AES67.replace("L24/48000/2", "opus/48000/2"), "no L16 or L24"),
+    (AES67.replace("L24/48000/2", "L24/8000/2"), "is not L16 or L24"),
+    (AES67.replace("L24/48000/2", "L24/48000/9"), "is not L16 or L24"),
+    (AES67.replace("/32\n", "/32/2\n"), "one address"),
+    (AES67.replace("239.69.1.10/32", "stream.example/32"), "not an IP address"),
+    (AES67.replace("IN IP4 239.69.1.10/32", "IN IP6 239.69.1.10"), "says IP6"),
+    (AES67.replace("c=IN IP4 239.69.1.10/32\n", ""), "no c= line"),
+    (AES67.replace("m=audio 5004", "m=audio 0"), "port 0"),
+    (AES67.replace("m=audio 5004", "m=audio 99999"), "not a port"),
+    (AES67.replace("RTP/AVP", "RTP/SAVP"), "not audio over RTP/AVP"),
+    (AES67.replace("s=Desk", "s=\x1b[2JDesk"), "control"),
+    (AES67 + "a=x:" + "y" * 2000 + "\n", "longer than"),
+    ("v=0\n" + "a=x\n" * 600, "more than"),
+    ("v=0\n" + "m=audio 1 RTP/AVP 96\n" * 9, "more than 8 m-lines"),
+    (AES67.replace("incl IN IP4 239.69.1.10 192.168.1.10", "incl IN IP4 239.69.1.10 evil"),
+     "not an IP address"),
+    (b"v=0", "not text"),
+])
+def test_a_bad_description_is_refused_with_what_is_wrong(text, says):
+    with pytest.raises(InvalidError) as refused:
+        describe_stream(text)
+    assert says in str(refused.value)

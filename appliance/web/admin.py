@@ -6,6 +6,8 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, jsonify
 
+from ..errors import InvalidError
+from ..sdp import describe_stream
 from .common import read_object, service
 
 __all__ = ["blueprint", "status_reading"]
@@ -36,10 +38,24 @@ async def list_entities(collection: str) -> Response:
     return jsonify(service().graph.list(_kind(collection)))
 
 
+def _described(body: Any) -> Any:
+    """A source's body may carry an RTP stream's SDP (``"sdp"``: typed in,
+    or from a device's page) instead of its fields; fields given beside it
+    win (``interface``, ``latency_ms``, a narrower ``allow_from``)."""
+    if not isinstance(body, dict) or "sdp" not in body:
+        return body
+    try:
+        described = describe_stream(body["sdp"]).source_fields()
+    except InvalidError as error:
+        raise InvalidError(f"sdp: {error}") from None
+    return {**described, **{k: v for k, v in body.items() if k != "sdp"}}
+
+
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["POST"])
 async def create_entity(collection: str) -> Response:
     kind = _kind(collection)
-    created = await service().graph.create(kind, await read_object())
+    body = await read_object()
+    created = await service().graph.create(kind, _described(body) if kind == "source" else body)
     response = jsonify(created)
     response.status_code = 201
     response.headers["Location"] = f"/api/{collection}/{created['id']}"

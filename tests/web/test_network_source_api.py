@@ -4,10 +4,13 @@ routed to a channel, heard by a real listener, counted in /api/status and
 might send for it refused with the field named."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.rtp import gstreamer_sender
 from tests.support.scream import ScreamSender, free_udp_port
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
 from tests.web.conftest import make_config, open_server
@@ -91,3 +94,47 @@ async def test_a_port_another_source_holds_is_refused_and_nothing_is_left(tmp_pa
         assert sorted(server.service.engine.sources()) == ["a", "tone"]
         assert (await server.client.delete("/api/sources/a")).status_code in (200, 204)
         assert (await server.client.post("/api/sources", json={"id": "b", **body})).status_code == 201
+
+
+async def test_an_rtp_source_made_from_its_sdp_plays_what_gstreamer_sends(tmp_path):
+    """The admin pastes the stream's SDP (as a device's page shows it); the
+    source takes its address, port and format from it, and its source filter
+    as allow_from."""
+    port = free_udp_port()
+    sdp = (f"v=0\no=- 1 1 IN IP4 127.0.0.1\ns=Desk\nc=IN IP4 127.0.0.1\nt=0 0\n"
+           f"m=audio {port} RTP/AVP 98\na=rtpmap:98 L24/48000/2\na=ptime:1\n"
+           f"a=source-filter: incl IN IP4 127.0.0.1 127.0.0.1\n")
+    async with open_server(make_config(tmp_path)) as server:
+        client = server.client
+        r = await client.post("/api/sources", json={"id": "desk", "sdp": sdp, "latency_ms": 10})
+        assert r.status_code == 201, r.text
+        source = r.json()
+        assert (source["kind"], source["name"], source["port"], source["payload_type"],
+                source["encoding"], source["latency_ms"], source["allow_from"]) == \
+            ("rtp", "Desk", port, 98, "L24", 10, ["127.0.0.1"])
+        await client.post("/api/sinks", json={"id": "desk-ch", "kind": "opus"})
+        await client.post("/api/routes", json={"id": "r", "source_id": "desk",
+                                               "sink_id": "desk-ch"})
+        command = gstreamer_sender("127.0.0.1", port, pt=98)
+        async with trio.open_nursery() as nursery:
+            sender = await nursery.start(partial(trio.run_process, command, check=False))
+            async with open_aiortc_listener() as peer:
+                answer = await server.post_offer(await peer.create_offer(), "/api/whep/desk-ch")
+                assert answer.status_code == 201
+                await peer.accept_answer(answer.text)
+                await peer.wait_connected()
+                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3
+                await client.delete(answer.headers["Location"])
+            sender.kill()
+        network = (await client.get("/api/status")).json()["network_sources"]["desk"]
+        assert network["packets"] > 100 and network["malformed"] == 0
+        await server.wait_idle()
+
+
+@pytest.mark.parametrize("sdp", ["", "v=0\n", "v=0\nm=audio 5004 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n",
+                                 42, ["v=0"], "v=0\n" + "x" * 20000])
+async def test_an_sdp_that_describes_nothing_this_box_takes_is_refused(tmp_path, sdp):
+    async with open_server(make_config(tmp_path)) as server:
+        r = await server.client.post("/api/sources", json={"id": "desk", "sdp": sdp})
+        assert r.status_code == 400 and r.text.startswith("sdp: "), r.text
+        assert "desk" not in server.service.engine.sources()
