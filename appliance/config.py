@@ -135,6 +135,13 @@ class ServerConfig:
     listen_frame_ms: float = field(default=10.0, metadata={"choices": (2.5, 5.0, 10.0, 20.0,
                                                                        40.0, 60.0)})
     listen_bitrate: int = field(default=128000, metadata=_r(6000, 510000))
+    # SAP (RFC 2974): streams announced on the LAN, listed on the admin page;
+    # 0 = not listened for. The groups are joined on sap_interface ("" = as
+    # routing says)
+    sap_port: int = field(default=9875, metadata=_r(0, 65535))
+    sap_interface: str = field(default="", metadata={
+        "max_len": 15, "pattern": re.compile(r"[A-Za-z0-9_.:@-]*"),
+        "what": "a network interface's name"})
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .errors import NotFoundError
 from .feed import Feed
 from .graph import GraphRegistry
 from .model import NETWORK_KINDS, RouteSpec, Variant
+from .sap import SapListener
 from .sdp import Offer
 from .sessions import TEMP_PREFIX, Session, Sessions
 from .store import Store
@@ -48,6 +49,7 @@ class Service:
                          max_streams=config.server.max_event_streams,
                          max_streams_per_client=config.server.max_event_streams_per_client)
         self.sessions = Sessions(config, engine, nursery, changed=self.feed.listeners_changed)
+        self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self.feed.forget)
 
@@ -72,6 +74,11 @@ class Service:
         if spec is None or spec.kind not in NETWORK_KINDS:
             return None
         return dataclasses.asdict(self.engine.net_source_stats(source_id))
+
+    def announced_streams(self) -> dict[str, Any]:
+        """The streams announced on the LAN (SAP), for the admin page to add."""
+        return {"streams": self.sap.streams(), "counts": dict(self.sap.counts),
+                "groups": list(self.sap.joined), "port": self.sap.port}
 
     def network_sources(self) -> dict[str, dict[str, Any]]:
         return {source_id: stats for source_id in self.engine.sources()
@@ -181,6 +188,7 @@ async def open_service(config: Config, *, store: Store | None = None) -> AsyncIt
         async with trio.open_nursery() as nursery:
             service = Service(config, engine, nursery, store)
             nursery.start_soon(service.feed.run)
+            await nursery.start(service.sap.run)
             try:
                 await service.graph.load(graph)
                 yield service

@@ -296,9 +296,38 @@ async function refreshGraph() {
     const routes = await api("/api/routes");
     renderSources();
     renderSinks();
+    refreshAnnounced();
     $("routes").replaceChildren(...(routes.length ? routes.map(routeItem) : [el("p", { class: "hint", text: "No routes." })]));
   } catch (err) { showError(err); }
 }
+
+// ---- streams announced on the network (SAP) ------------------------------------------
+function sourceIdFor(name) {
+  const base = (name || "stream").toLowerCase().replace(/[^a-z0-9_.-]+/g, "-").replace(/^[^a-z0-9]+/, "").slice(0, 40) || "stream";
+  let id = base;
+  for (let n = 2; sources.some((s) => s.id === id); n++) id = `${base}-${n}`;
+  return id;
+}
+
+async function refreshAnnounced() {
+  try {
+    const { streams } = await api("/api/announcements");
+    const items = streams.map((s) => {
+      const add = el("button", { class: "small", type: "button", text: "Add as source", "data-add-stream": s.id });
+      add.addEventListener("click", async () => {
+        try {
+          await api("/api/sources", { method: "POST", json: { id: sourceIdFor(s.name), sdp: s.sdp } });
+          await refreshGraph();
+        } catch (err) { showError(err); }
+      });
+      const facts = `${s.format} · ${s.address}:${s.port} · from ${s.origin}${s.refclk && s.refclk.startsWith("ptp") ? " · PTP clock" : ""}`;
+      return el("div", { class: "item" },
+        el("div", { class: "title" }, el("strong", { text: s.name || "(no name)" }), el("span", { class: "id", text: facts })), add);
+    });
+    $("announced").replaceChildren(...(items.length ? items : [el("p", { class: "hint", text: "None heard yet." })]));
+  } catch (err) { showError(err); }
+}
+setInterval(() => { if (!document.hidden && session && session.admin) refreshAnnounced(); }, 5000);
 
 $("route-add").addEventListener("submit", async (e) => {
   e.preventDefault();

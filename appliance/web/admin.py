@@ -33,6 +33,12 @@ async def status() -> Response:
     return jsonify(status_reading())
 
 
+@blueprint.route("/announcements", methods=["GET"])
+async def announcements() -> Response:
+    """The streams announced on the LAN (SAP): added only when the admin asks."""
+    return jsonify(service().announced_streams())
+
+
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["GET"])
 async def list_entities(collection: str) -> Response:
     return jsonify(service().graph.list(_kind(collection)))

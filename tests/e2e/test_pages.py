@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -279,3 +280,29 @@ async def test_the_latency_probe_sees_clicks_on_the_engine_clock(tmp_path, brows
         assert result[key]["n"] >= 5, result
         assert 5.0 < result[key]["p50"] < 500.0, result
     assert result["receiver"][0]["jitterBufferTarget"] == 0
+
+
+async def test_an_announced_stream_is_added_from_the_admin_page(tmp_path, browser):
+    """A SAP announcement shows on the admin page (its name escaped, a
+    stranger's text), and one click makes it an RTP source."""
+    from tests.support.scream import free_udp_port
+    from tests.web.test_sap import announcement, sdp
+
+    port = free_udp_port()
+    async with open_server(make_config(tmp_path / "state", sap_port=port)) as server:
+        out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        out.sendto(announcement(sdp("<b>Desk</b> ch 1-2")), ("127.0.0.1", port))
+        out.close()
+
+        def run(b: Browser):
+            admin = open_admin(b, server.url)
+            admin.wait_for_selector("[data-add-stream]")
+            shown = admin.locator("#announced .item strong").inner_text()
+            admin.click("[data-add-stream]")
+            admin.wait_for_selector('[data-source="b-desk-b-ch-1-2"]')
+            admin.close()
+            return shown
+
+        assert await browser.call(run) == "<b>Desk</b> ch 1-2"
+        source = (await server.client.get("/api/sources/b-desk-b-ch-1-2")).json()
+        assert (source["kind"], source["address"], source["port"]) == ("rtp", "239.69.1.10", 5004)

@@ -40,7 +40,7 @@ def make_config(state_dir: Path, *, data: dict[str, Any] | None = None,
         admin = AdminConfig(token=ADMIN_TOKEN, password_hash=ADMIN_HASH)
     defaults = dict(host="127.0.0.1", port=0, https_port=0, post_rate_per_s=1000.0, post_burst=1000,
                     max_listeners=300, shutdown_timeout_s=10.0, max_connecting_per_client=1000,
-                    max_event_streams_per_client=1000)
+                    max_event_streams_per_client=1000, sap_port=0)
     defaults.update(server)
     return config.replace(
         state_dir=state_dir, admin=admin,
