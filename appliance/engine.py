@@ -374,7 +374,8 @@ class Engine:
             setattr(cfg, name, text)
         cfg.port = spec.port
         cfg.latency_ms = spec.latency_ms
-        cfg.rtp_encoding = {"L16": lib.AE_RTP_L16, "L24": lib.AE_RTP_L24}[spec.encoding]
+        cfg.rtp_encoding = {"L16": lib.AE_RTP_L16, "L24": lib.AE_RTP_L24, "opus": lib.AE_RTP_OPUS,
+                            "PCMU": lib.AE_RTP_PCMU, "PCMA": lib.AE_RTP_PCMA}[spec.encoding]
         cfg.payload_type = spec.payload_type
         cfg.clock_rate = spec.clock_rate
         cfg.stream_channels = spec.stream_channels

@@ -71,7 +71,7 @@ def _senders(value: tuple[str, ...]) -> str | None:
 MAX_SENDER_PREFIXES = 32
 NET_LATENCY_MS = (2, 500)
 SCREAM_PROGRAM_LEN = 30
-RTP_RATES = (44100, 48000, 88200, 96000)
+RTP_RATES = (8000, 44100, 48000, 88200, 96000)
 NETWORK_KINDS = ("scream", "rtp")
 
 
@@ -138,7 +138,8 @@ class SourceSpec:
         "max_len": SCREAM_PROGRAM_LEN, "pattern": re.compile(r"[ -~]*"),
         "what": "printable ASCII"})
     # RTP: what the stream's SDP says (its a=rtpmap line): L16 or L24 (AES67)
-    encoding: Literal["L16", "L24"] = "L24"
+    # at 44.1-96 kHz, Opus at 48 kHz (1 or 2 channels), G.711 at 8 kHz
+    encoding: Literal["L16", "L24", "opus", "PCMU", "PCMA"] = "L24"
     payload_type: int = field(default=96, metadata=_range(0, 127))
     clock_rate: int = field(default=48000, metadata={"choices": RTP_RATES})
     stream_channels: int = field(default=2, metadata=_range(1, 8))

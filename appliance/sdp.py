@@ -654,8 +654,14 @@ def _asks_stereo(fmtp: str | None) -> bool:
 # ---- a stream's description (AES67, SAP announcements, typed in) ---------------------
 
 MAX_DESCRIPTION_CHARS = 16 * 1024
-STREAM_ENCODINGS = ("L16", "L24")
-STREAM_RATES = (44100, 48000, 88200, 96000)
+# what this box plays: encoding -> the clock rates and channels it is carried at
+STREAM_FORMATS = {"L16": ((44100, 48000, 88200, 96000), range(1, 9)),
+                  "L24": ((44100, 48000, 88200, 96000), range(1, 9)),
+                  "OPUS": ((48000,), (2,)),          # RFC 7587: always /2 in SDP
+                  "PCMU": ((8000,), (1,)), "PCMA": ((8000,), (1,))}
+# RFC 3551's static payload types, which may come without an a=rtpmap
+STATIC_TYPES = {0: "0 PCMU/8000", 8: "8 PCMA/8000"}
+MODEL_ENCODINGS = {"OPUS": "opus"}
 STREAM_PROTO = "RTP/AVP"
 
 
@@ -668,7 +674,7 @@ class StreamDescription:
     address: str                       # c= (a group, or the sender for unicast)
     port: int
     payload_type: int
-    encoding: str                      # L16, L24
+    encoding: str                      # L16, L24, opus, PCMU, PCMA (as model.SourceSpec)
     clock_rate: int
     channels: int
     ptime_ms: float | None
@@ -767,16 +773,21 @@ def describe_stream(text: Any) -> StreamDescription:
         values: dict[str, list[str | None]] = {}
         for attribute, value in attrs:
             values.setdefault(attribute, []).append(value)
-        for value in values.get("rtpmap", []):
-            match = _RTPMAP.match(value or "")
+        mapped = {(v or "").split(" ")[0] for v in values.get("rtpmap", [])}
+        rtpmaps = [v or "" for v in values.get("rtpmap", [])] + [
+            STATIC_TYPES[int(f)] for f in m[3:]
+            if _number(f, 3) and int(f) in STATIC_TYPES and f not in mapped]
+        for value in rtpmaps:
+            match = _RTPMAP.match(value)
             if not match or match.group(1) not in m[3:]:
                 continue
             pt, encoding = int(match.group(1)), match.group(2).upper()
             rate, channels = int(match.group(3)), int(match.group(4) or 1)
-            if encoding not in STREAM_ENCODINGS or rate not in STREAM_RATES \
-                    or not 1 <= channels <= 8 or pt > 127:
-                problems.append(f"{where}: {encoding[:16]}/{rate}/{channels} is not "
-                                "L16 or L24 at 44.1, 48, 88.2 or 96 kHz with 1-8 channels")
+            rates, channel_counts = STREAM_FORMATS.get(encoding, ((), ()))
+            if rate not in rates or channels not in channel_counts or pt > 127:
+                problems.append(f"{where}: {encoding[:16]}/{rate}/{channels} is not a format "
+                                "this box plays (L16 or L24 at 44.1-96 kHz with 1-8 channels, "
+                                "opus/48000/2, PCMU/8000, PCMA/8000)")
                 continue
             c = (values.get("c") or [session_c])[-1]
             if c is None:
@@ -790,9 +801,10 @@ def describe_stream(text: Any) -> StreamDescription:
             filters = [_source_filter(v, where) for v in values.get("source-filter", []) if v]
             return StreamDescription(
                 name=name, origin=origin, address=_stream_connection(c, where), port=port,
-                payload_type=pt, encoding=encoding, clock_rate=rate, channels=channels,
+                payload_type=pt, encoding=MODEL_ENCODINGS.get(encoding, encoding),
+                clock_rate=rate, channels=channels,
                 ptime_ms=ptime_ms if ptime_ms and 0 < ptime_ms <= 1000 else None,
                 refclk=refclk[:128] if refclk else None,
                 senders=next((f for f in filters if f), session_senders))
-        problems.append(f"{where} has no L16 or L24 format this box takes")
+        problems.append(f"{where} has no format this box plays")
     raise InvalidError("; ".join(problems) if problems else "the description has no m-line")

@@ -171,17 +171,20 @@ typedef enum ae_source_kind {
     AE_SOURCE_TONE = 2,       /* sine tone, or clicks when click_interval_ms > 0 */
     AE_SOURCE_FILE = 3,       /* WAV (PCM16/24/32, float) or raw S16LE, looped */
     AE_SOURCE_SCREAM = 4,     /* Scream over UDP (and ScreamRouter's per-process variant) */
-    AE_SOURCE_RTP = 5         /* RTP: L16 or L24 (AES67), as an SDP describes it */
+    AE_SOURCE_RTP = 5         /* RTP: L16, L24 (AES67), Opus, G.711, as an SDP describes it */
 } ae_source_kind;
 
 typedef enum ae_rtp_encoding {
     AE_RTP_L16 = 1,           /* RFC 3551: 16-bit, network byte order */
-    AE_RTP_L24 = 2            /* RFC 3190: 24-bit, network byte order (AES67) */
+    AE_RTP_L24 = 2,           /* RFC 3190: 24-bit, network byte order (AES67) */
+    AE_RTP_OPUS = 3,          /* RFC 7587: 48 kHz, 1 or 2 channels; loss concealed, FEC used */
+    AE_RTP_PCMU = 4,          /* G.711 mu-law, 8 kHz */
+    AE_RTP_PCMA = 5           /* G.711 A-law, 8 kHz */
 } ae_rtp_encoding;
 
 /* Limits of a network source (the model states the same ones). */
 enum { AE_NET_MIN_LATENCY_MS = 2, AE_NET_MAX_LATENCY_MS = 500, AE_SCREAM_PROGRAM_LEN = 30,
-       AE_RTP_MIN_RATE = 44100, AE_RTP_MAX_RATE = 96000 };
+       AE_RTP_MIN_RATE = 8000, AE_RTP_MAX_RATE = 96000 };
 
 typedef struct ae_source_config {
     int kind;
@@ -230,7 +233,7 @@ typedef struct ae_net_source_stats {
     uint64_t late;            /* RTP: late (its place was played) or repeated */
     uint64_t lost;            /* RTP: never came; silence in its place, then a fade in */
     uint64_t restarts;        /* RTP: a new SSRC, or a sequence number far off */
-    int rate, bits, channels; /* the stream's format (0: nothing taken yet) */
+    int rate, bits, channels; /* the stream's format (0: nothing taken yet; bits 0: Opus) */
     double buffered_ms;       /* ahead of the reader now (-1: nobody reads) */
     double correction_ppm;    /* the resampler's steering against the sender's clock */
     char sender[64];          /* the last address taken from */

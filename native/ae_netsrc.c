@@ -9,6 +9,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <opus/opus.h>
 #include <speex/speex_resampler.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,11 +33,13 @@
 #define MAX_CORRECTION 0.002
 #define RESAMPLER_QUALITY 5
 #define MAX_DATAGRAM 2048                /* larger ones are cut short: not ours */
-/* one datagram's frames at most (16-bit mono, and a carried frame), and what
- * they become at most: 44.1 kHz to the engine's highest rate, 192 kHz */
-#define MAX_IN_FRAMES (MAX_DATAGRAM / 2 + 8)
-#define MAX_OUT_FRAMES (MAX_IN_FRAMES * 5 + 64)
-/* RTP: packets held while an earlier one may still come, before it is lost */
+/* one datagram's frames at most: Opus's longest packet (120 ms at 48 kHz),
+ * more than 8-bit G.711 or 16-bit mono PCM fill */
+#define OPUS_MAX_FRAMES 5760
+#define MAX_IN_FRAMES (OPUS_MAX_FRAMES + 8)
+#define MAX_OUT_FRAMES 4096              /* resampled a piece at a time */
+/* RTP: packets held while an earlier one may still come, before it is lost
+ * (at most REORDER_WAIT of them: see reorder_wait) */
 #define REORDER_SLOTS 8
 #define REORDER_WAIT 3
 /* RTP: a sequence number this far from the expected one is a new stream */
@@ -60,7 +63,8 @@ typedef struct prefix {
 
 struct ae_netsrc {
     int rate, channels;                  /* the engine's rate, the source's channels */
-    int64_t target;                      /* frames kept ahead of the reader */
+    int64_t target;                      /* frames kept ahead of the reader, as set */
+    _Atomic int64_t packet_target;       /* at least two of the stream's packets */
     ae_netsrc_io io;
     int sock, wake;                      /* wake: an eventfd that ends the thread */
     pthread_t thread;
@@ -69,6 +73,8 @@ struct ae_netsrc {
     char program[AE_SCREAM_PROGRAM_LEN];
     bool per_process;
     bool big_endian;                     /* RTP's L16 and L24 */
+    int encoding;                        /* RTP: ae_rtp_encoding */
+    OpusDecoder *opus;
     /* RTP (receiver thread only) */
     int payload_type;
     bool have_ssrc;
@@ -306,7 +312,7 @@ static void steer(ae_netsrc *n)
         n->error_avg = 0;
     } else {
         /* averaged over packets: one packet's sawtooth is not drift */
-        n->error_avg += ((double)(buffered - n->target) - n->error_avg) * 0.05;
+        n->error_avg += ((double)(buffered - ae_netsrc_target_frames(n)) - n->error_avg) * 0.05;
         correction = n->error_avg / ((double)n->rate * STEER_S);
         if (correction > MAX_CORRECTION) correction = MAX_CORRECTION;
         if (correction < -MAX_CORRECTION) correction = -MAX_CORRECTION;
@@ -318,23 +324,39 @@ static void steer(ae_netsrc *n)
     pthread_mutex_unlock(&n->lock);
 }
 
+static void count(ae_netsrc *n, uint64_t *counter, uint64_t by)
+{
+    pthread_mutex_lock(&n->lock);
+    *counter += by;
+    pthread_mutex_unlock(&n->lock);
+}
+
 /* n->in's first frames (the stream's channels): faded in after a gap,
  * resampled, laid out as the source's channels, written. */
 static void take_frames(ae_netsrc *n, int frames, int64_t now)
 {
     int sch = n->s_channels, ch = n->channels;
+    /* a buffer shorter than two packets runs dry between any two of them */
+    atomic_store_explicit(&n->packet_target,
+                          2 * (int64_t)n->packet_frames * n->rate / n->s_rate, memory_order_relaxed);
     for (int i = 0; i < frames && n->fade > 0; i++, n->fade--) {
         float g = 1.0f - (float)n->fade / FADE_FRAMES;
         for (int c = 0; c < sch; c++) n->in[i * sch + c] *= g;
     }
-    spx_uint32_t in_len = (spx_uint32_t)frames, out_len = MAX_OUT_FRAMES;
-    speex_resampler_process_interleaved_float(n->resampler, n->in, &in_len, n->mid, &out_len);
-    const float *mid = n->mid;
-    int out = (int)out_len;
-    for (int i = 0; i < out; i++)
-        for (int c = 0; c < ch; c++)
-            n->out[i * ch + c] = sch == 1 ? mid[i] : c < sch ? mid[i * sch + c] : 0.0f;
-    if (out > 0) n->io.write(n->io.ctx, n->out, out, now);
+    /* as much as the output holds at a time: 8 kHz G.711 grows six times */
+    const float *in = n->in, *mid = n->mid;
+    for (spx_uint32_t left = (spx_uint32_t)frames; left > 0;) {
+        spx_uint32_t in_len = left, out_len = MAX_OUT_FRAMES;
+        speex_resampler_process_interleaved_float(n->resampler, in, &in_len, n->mid, &out_len);
+        int out = (int)out_len;
+        for (int i = 0; i < out; i++)
+            for (int c = 0; c < ch; c++)
+                n->out[i * ch + c] = sch == 1 ? mid[i] : c < sch ? mid[i * sch + c] : 0.0f;
+        if (out > 0) n->io.write(n->io.ctx, n->out, out, now);
+        if (in_len == 0) break;
+        in += in_len * (spx_uint32_t)sch;
+        left -= in_len;
+    }
     steer(n);
 }
 
@@ -351,10 +373,54 @@ static void conceal(ae_netsrc *n, int64_t frames, int64_t now)
     n->fade = FADE_FRAMES;
 }
 
+/* G.711 (ITU-T G.711's expansion): mu-law and A-law bytes to linear. */
+static float ulaw(unsigned char u)
+{
+    u = (unsigned char)~u;
+    int t = (((u & 0x0f) << 3) + 0x84) << ((u & 0x70) >> 4);
+    return (float)((u & 0x80) ? 0x84 - t : t - 0x84) / 32768.0f;
+}
+
+static float alaw(unsigned char a)
+{
+    a ^= 0x55;
+    int t = (a & 0x0f) << 4, segment = (a & 0x70) >> 4;
+    t += segment ? 0x108 : 8;
+    if (segment > 1) t <<= segment - 1;
+    return (float)((a & 0x80) ? t : -t) / 32768.0f;
+}
+
+/* An Opus packet decoded (data NULL: a lost one concealed by the decoder;
+ * fec: the lost one before data, from data's redundancy). */
+static void take_opus(ae_netsrc *n, const unsigned char *data, int len, int fec, int64_t now)
+{
+    int frames = opus_decode_float(n->opus, data, data ? len : 0, n->in,
+                                   data && !fec ? OPUS_MAX_FRAMES : n->packet_frames, fec);
+    if (frames < 0) {
+        count(n, &n->stats.malformed, 1);
+        return;
+    }
+    if (data && !fec) n->packet_frames = frames;
+    take_frames(n, frames, now);
+}
+
 /* One payload: whole frames (with the carry of a frame cut by the last one)
  * decoded, then taken. */
 static void take_pcm(ae_netsrc *n, const unsigned char *pcm, int len, int64_t now)
 {
+    if (n->encoding == AE_RTP_OPUS) {
+        take_opus(n, pcm, len, 0, now);
+        return;
+    }
+    if (n->encoding == AE_RTP_PCMU || n->encoding == AE_RTP_PCMA) {
+        int frames = len / n->s_channels;
+        if (frames > MAX_IN_FRAMES) frames = MAX_IN_FRAMES;
+        for (int i = 0; i < frames * n->s_channels; i++)
+            n->in[i] = n->encoding == AE_RTP_PCMU ? ulaw(pcm[i]) : alaw(pcm[i]);
+        n->packet_frames = frames;
+        take_frames(n, frames, now);
+        return;
+    }
     int width = n->s_bits / 8, stride = width * n->s_channels;
     int frames = 0;
     int pos = 0;
@@ -387,13 +453,6 @@ static void take_pcm(ae_netsrc *n, const unsigned char *pcm, int len, int64_t no
 
 /* ---- RTP: order, loss, restarts ------------------------------------------ */
 
-static void count(ae_netsrc *n, uint64_t *counter, uint64_t by)
-{
-    pthread_mutex_lock(&n->lock);
-    *counter += by;
-    pthread_mutex_unlock(&n->lock);
-}
-
 static void drop_held(ae_netsrc *n)
 {
     for (int i = 0; i < REORDER_SLOTS; i++) n->held[i].used = false;
@@ -421,17 +480,47 @@ static void drain(ae_netsrc *n, int64_t now)
     while (n->nheld > 0 && play_held(n, n->expected, now)) n->expected++;
 }
 
-/* The expected packet did not come while REORDER_WAIT later ones did: it is
- * lost (and any before the earliest held one). */
+/* Packets that never came, before next (the one after them, if here):
+ * Opus's decoder conceals them, the last from next's redundancy (FEC);
+ * PCM becomes silence and then fades back in. */
+static void lose(ae_netsrc *n, int packets, const unsigned char *next, int next_len,
+                 int64_t now)
+{
+    count(n, &n->stats.lost, (uint64_t)packets);
+    if (n->encoding != AE_RTP_OPUS) {
+        conceal(n, (int64_t)packets * n->packet_frames, now);
+        return;
+    }
+    for (int i = 0; i < packets && n->packet_frames > 0; i++) {
+        bool last = i == packets - 1 && next;
+        take_opus(n, last ? next : NULL, last ? next_len : 0, last, now);
+    }
+}
+
+/* How many later packets may come before a missing one is lost: up to
+ * REORDER_WAIT, as long as waiting for them takes at most half the buffer
+ * (1 ms AES67 packets: 3; 20 ms Opus packets: 1). */
+static int reorder_wait(const ae_netsrc *n)
+{
+    int64_t half = ae_netsrc_target_frames(n) * n->s_rate / n->rate / 2;
+    int64_t packets = n->packet_frames > 0 ? half / n->packet_frames : REORDER_WAIT;
+    return packets < 1 ? 1 : packets > REORDER_WAIT ? REORDER_WAIT : (int)packets;
+}
+
+/* The expected packet did not come while later ones did (reorder_wait of
+ * them): it is lost (and any before the earliest held one). */
 static void skip_lost(ae_netsrc *n, int64_t now)
 {
     int gap = SEQ_JUMP;
+    const held_packet *next = NULL;
     for (int i = 0; i < REORDER_SLOTS; i++) {
         int d = (int16_t)(uint16_t)(n->held[i].seq - n->expected);
-        if (n->held[i].used && d > 0 && d < gap) gap = d;
+        if (n->held[i].used && d > 0 && d < gap) {
+            gap = d;
+            next = &n->held[i];
+        }
     }
-    count(n, &n->stats.lost, (uint64_t)gap);
-    conceal(n, (int64_t)gap * n->packet_frames, now);
+    lose(n, gap, next ? next->data : NULL, next ? next->len : 0, now);
     n->expected = (uint16_t)(n->expected + gap);
     drain(n, now);
 }
@@ -452,9 +541,10 @@ static void take_rtp(ae_netsrc *n, const unsigned char *d, ssize_t len,
         count(n, &n->stats.other_program, 1);
         return;
     }
-    int stride = n->s_bits / 8 * n->s_channels;
     int plen = (int)(end - off);
-    if (plen % stride != 0) goto malformed;   /* L16 and L24 carry whole frames */
+    bool pcm = n->encoding == AE_RTP_L16 || n->encoding == AE_RTP_L24;
+    if (pcm && plen % (n->s_bits / 8 * n->s_channels) != 0)
+        goto malformed;   /* L16 and L24 carry whole frames */
     uint16_t seq = (uint16_t)(d[2] << 8 | d[3]);
     uint32_t ssrc = (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 | (uint32_t)d[10] << 8 | d[11];
     int ahead = (int16_t)(uint16_t)(seq - n->expected);
@@ -467,6 +557,7 @@ static void take_rtp(ae_netsrc *n, const unsigned char *d, ssize_t len,
         n->from = *from;
         drop_held(n);
         if (n->packet_frames) n->fade = FADE_FRAMES;
+        if (n->opus) opus_decoder_ctl(n->opus, OPUS_RESET_STATE);
         ahead = 0;
     }
     pthread_mutex_lock(&n->lock);
@@ -491,10 +582,9 @@ static void take_rtp(ae_netsrc *n, const unsigned char *d, ssize_t len,
     }
     if (ahead >= REORDER_SLOTS) {   /* too far ahead to wait for what is missing */
         for (; n->expected != seq; n->expected++) {
-            if (!play_held(n, n->expected, now)) {
-                count(n, &n->stats.lost, 1);
-                conceal(n, n->packet_frames, now);
-            }
+            if (!play_held(n, n->expected, now))
+                lose(n, 1, (uint16_t)(n->expected + 1) == seq ? d + off : NULL,
+                     (int)(end - off), now);
         }
         take_pcm(n, d + off, plen, now);
         n->expected++;
@@ -512,7 +602,7 @@ static void take_rtp(ae_netsrc *n, const unsigned char *d, ssize_t len,
             break;
         }
     }
-    if (n->nheld >= REORDER_WAIT) skip_lost(n, now);
+    if (n->nheld >= reorder_wait(n)) skip_lost(n, now);
     return;
 malformed:
     count(n, &n->stats.malformed, 1);
@@ -671,8 +761,16 @@ int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_p
     if (cfg->kind != AE_SOURCE_SCREAM && cfg->kind != AE_SOURCE_RTP)
         return ae_fail(AE_ERR_INVALID, "not a network source");
     if (cfg->kind == AE_SOURCE_RTP) {
-        if (cfg->rtp_encoding != AE_RTP_L16 && cfg->rtp_encoding != AE_RTP_L24)
+        if (cfg->rtp_encoding < AE_RTP_L16 || cfg->rtp_encoding > AE_RTP_PCMA)
             return ae_fail(AE_ERR_INVALID, "unknown RTP encoding %d", cfg->rtp_encoding);
+        int e = cfg->rtp_encoding;
+        if ((e == AE_RTP_OPUS && (cfg->clock_rate != 48000 || cfg->stream_channels > 2)) ||
+            ((e == AE_RTP_PCMU || e == AE_RTP_PCMA) && cfg->clock_rate != 8000) ||
+            ((e == AE_RTP_L16 || e == AE_RTP_L24) && cfg->clock_rate < 44100))
+            return ae_fail(AE_ERR_INVALID, "%s is not carried at %d Hz with %d channels",
+                           e == AE_RTP_OPUS ? "Opus" : e == AE_RTP_PCMU ? "PCMU" :
+                           e == AE_RTP_PCMA ? "PCMA" : "L16/L24", cfg->clock_rate,
+                           cfg->stream_channels);
         if (cfg->payload_type < 0 || cfg->payload_type > 127)
             return ae_fail(AE_ERR_INVALID, "payload type must be 0..127, not %d",
                            cfg->payload_type);
@@ -711,8 +809,16 @@ int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_p
     if (rc == AE_OK && n->kind == AE_SOURCE_RTP) {
         /* the SDP fixes the format: network byte order */
         n->big_endian = true;
-        if (!restart_stream(n, cfg->clock_rate, cfg->rtp_encoding == AE_RTP_L24 ? 24 : 16,
-                            cfg->stream_channels))
+        n->encoding = cfg->rtp_encoding;
+        int err = OPUS_OK;
+        if (n->encoding == AE_RTP_OPUS &&
+            !(n->opus = opus_decoder_create(48000, cfg->stream_channels, &err)))
+            rc = ae_fail(AE_ERR_CODEC, "no Opus decoder: %s", opus_strerror(err));
+        /* the samples' width on the wire (Opus: none, it is coded) */
+        int bits = n->encoding == AE_RTP_L24 ? 24 : n->encoding == AE_RTP_L16 ? 16 :
+                   n->encoding == AE_RTP_OPUS ? 0 : 8;
+        if (rc != AE_OK) {
+        } else if (!restart_stream(n, cfg->clock_rate, bits, cfg->stream_channels))
             rc = ae_fail(AE_ERR_NOMEM, "no resampler for %d Hz", cfg->clock_rate);
         else {
             n->stats.rate = n->s_rate;
@@ -747,6 +853,7 @@ void ae_netsrc_close(ae_netsrc *n)
     if (n->sock >= 0) close(n->sock);
     if (n->wake >= 0) close(n->wake);
     if (n->resampler) speex_resampler_destroy(n->resampler);
+    if (n->opus) opus_decoder_destroy(n->opus);
     pthread_mutex_destroy(&n->lock);
     free(n);
 }
@@ -758,4 +865,8 @@ void ae_netsrc_stats(ae_netsrc *n, ae_net_source_stats *out)
     pthread_mutex_unlock(&n->lock);
 }
 
-int64_t ae_netsrc_target_frames(const ae_netsrc *n) { return n->target; }
+int64_t ae_netsrc_target_frames(const ae_netsrc *n)
+{
+    int64_t packets = atomic_load_explicit(&n->packet_target, memory_order_relaxed);
+    return packets > n->target ? packets : n->target;
+}

@@ -472,7 +472,7 @@ def test_an_aes67_description_gives_the_source_its_fields():
 def test_a_description_in_other_shapes():
     # IPv6 at media level, L16 mono (no channel count), CRLF, an unusable m-line first
     text = ("v=0\r\no=- 1 1 IN IP6 fd00::5\r\ns=-\r\nt=0 0\r\n"
-            "m=audio 5006 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+            "m=audio 5006 RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n"
             "m=audio 5008 RTP/AVP 98\r\nc=IN IP6 ff15::99\r\na=rtpmap:98 L16/44100\r\n")
     d = describe_stream(text)
     assert (d.address, d.port, d.encoding, d.clock_rate, d.channels) == \
@@ -480,12 +480,22 @@ def test_a_description_in_other_shapes():
     assert "name" not in d.source_fields() and "allow_from" not in d.source_fields()
 
 
+def test_opus_and_g711_descriptions_with_and_without_rtpmap():
+    opus = describe_stream(AES67.replace("L24/48000/2", "opus/48000/2"))
+    assert (opus.encoding, opus.clock_rate, opus.channels) == ("opus", 48000, 2)
+    static = describe_stream("v=0\ns=Phone\nc=IN IP4 239.1.1.1\nm=audio 5004 RTP/AVP 8 0\n")
+    assert (static.encoding, static.payload_type, static.clock_rate, static.channels) == \
+        ("PCMA", 8, 8000, 1)
+
+
 @pytest.mark.parametrize("text, says", [
     ("", "starts with v=0"),
     ("v=0\ns=x\n", "no m-line"),
-    (AES67.replace("L24/48000/2", "opus/48000/2"), "no L16 or L24"),
-    (AES67.replace("L24/48000/2", "L24/8000/2"), "is not L16 or L24"),
-    (AES67.replace("L24/48000/2", "L24/48000/9"), "is not L16 or L24"),
+    (AES67.replace("L24/48000/2", "G722/8000"), "no format this box plays"),
+    (AES67.replace("L24/48000/2", "L24/8000/2"), "is not a format"),
+    (AES67.replace("L24/48000/2", "L24/48000/9"), "is not a format"),
+    (AES67.replace("L24/48000/2", "opus/48000/1"), "is not a format"),
+    (AES67.replace("L24/48000/2", "PCMU/16000"), "is not a format"),
     (AES67.replace("/32\n", "/32/2\n"), "one address"),
     (AES67.replace("239.69.1.10/32", "stream.example/32"), "not an IP address"),
     (AES67.replace("IN IP4 239.69.1.10/32", "IN IP6 239.69.1.10"), "says IP6"),

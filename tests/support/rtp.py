@@ -35,13 +35,23 @@ class Tone:
         return ints[:, 1:].tobytes()   # the low three bytes of each, big-endian
 
 
+# GStreamer's encoder and payloader for each encoding (Debian's plugins)
+PAYLOADERS = {"L24": ("S24BE", [], "rtpL24pay"), "L16": ("S16BE", [], "rtpL16pay"),
+              "opus": ("S16LE", ["opusenc", "!"], "rtpopuspay"),
+              "PCMU": ("S16LE", ["mulawenc", "!"], "rtppcmupay"),
+              "PCMA": ("S16LE", ["alawenc", "!"], "rtppcmapay")}
+
+
 def gstreamer_sender(host: str, port: int, *, encoding: str = "L24", rate: int = 48000,
                      channels: int = 2, pt: int = 96, ptime_ms: float = 1.0,
                      hz: float = 1000.0) -> list[str]:
-    """gst-launch-1.0 sending a tone as AES67 does (L24, 1 ms packets) or as L16."""
-    fmt = {"L24": "S24BE", "L16": "S16BE"}[encoding]
+    """gst-launch-1.0 sending a tone (-12 dBFS peak) as AES67 does (L24, 1 ms
+    packets), or as L16, Opus or G.711."""
+    fmt, encoder, payloader = PAYLOADERS[encoding]
     ptime = str(int(ptime_ms * 1_000_000))
+    timing = [] if encoding == "opus" else [f"min-ptime={ptime}", f"max-ptime={ptime}"]
     return ["gst-launch-1.0", "-q", "audiotestsrc", f"freq={hz}", "volume=0.25", "is-live=true",
-            "!", "audioconvert", "!", f"audio/x-raw,format={fmt},rate={rate},channels={channels}",
-            "!", f"rtp{encoding}pay", f"pt={pt}", f"min-ptime={ptime}", f"max-ptime={ptime}",
+            "!", "audioconvert", "!", "audioresample", "!",
+            f"audio/x-raw,format={fmt},rate={rate},channels={channels}", "!", *encoder,
+            payloader, f"pt={pt}", *timing,
             "!", "udpsink", f"host={host}", f"port={port}", f"bind-address={host}"]

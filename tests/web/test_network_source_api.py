@@ -69,8 +69,8 @@ async def test_the_admin_adds_a_scream_source_and_a_channel_plays_it(tmp_path):
     ("allow_from", "10.0.0.0/8"), ("allow_from", ["10.0.0.0/33"]), ("allow_from", ["evil"]),
     ("allow_from", ["10.0.0.0/8"] * 33), ("latency_ms", 1), ("latency_ms", 501),
     ("program", "x" * 31), ("program", "caf\u00e9"), ("program", "tab\there"),
-    ("encoding", "L8"), ("encoding", "opus"), ("payload_type", 128), ("payload_type", -1),
-    ("clock_rate", 8000), ("clock_rate", 192000), ("stream_channels", 0),
+    ("encoding", "L8"), ("encoding", "G722"), ("payload_type", 128), ("payload_type", -1),
+    ("clock_rate", 16000), ("clock_rate", 192000), ("stream_channels", 0),
     ("stream_channels", 9),
 ])
 async def test_bad_network_settings_are_refused_with_the_field_named(tmp_path, field, value):
@@ -138,3 +138,17 @@ async def test_an_sdp_that_describes_nothing_this_box_takes_is_refused(tmp_path,
         r = await server.client.post("/api/sources", json={"id": "desk", "sdp": sdp})
         assert r.status_code == 400 and r.text.startswith("sdp: "), r.text
         assert "desk" not in server.service.engine.sources()
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"encoding": "opus", "clock_rate": 44100}, "Opus is not carried at 44100 Hz"),
+    ({"encoding": "opus", "stream_channels": 6}, "Opus is not carried"),
+    ({"encoding": "PCMU", "clock_rate": 48000}, "PCMU is not carried at 48000 Hz"),
+    ({"encoding": "L24", "clock_rate": 8000}, "L16/L24 is not carried at 8000 Hz"),
+])
+async def test_a_format_its_encoding_is_never_carried_in_is_refused(tmp_path, fields, says):
+    async with open_server(make_config(tmp_path)) as server:
+        r = await server.client.post("/api/sources", json={
+            "id": "net", "kind": "rtp", "port": free_udp_port(), **fields})
+        assert r.status_code == 400 and says in r.text, r.text
+        assert "net" not in server.service.engine.sources()
