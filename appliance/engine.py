@@ -80,6 +80,9 @@ class NetSourceStats:
     late: int                    # RTP: late or repeated
     lost: int                    # RTP: never came (silence, then a fade in)
     restarts: int                # RTP: a new SSRC or a jump in sequence numbers
+    reordered: int               # RTP: came after later ones, still in time
+    jitter_ms: float             # RTP: interarrival jitter (RFC 3550)
+    receiving: bool              # something came in the last second
     rate: int                    # the stream's format; 0 before the first packet
     bits: int
     channels: int
@@ -403,7 +406,8 @@ class Engine:
 
         return NetSourceStats(
             out.packets, out.refused, out.malformed, out.other_program, out.format_changes,
-            out.resyncs, out.late, out.lost, out.restarts, out.rate, out.bits, out.channels,
+            out.resyncs, out.late, out.lost, out.restarts, out.reordered,
+            round(out.jitter_ms, 2), bool(out.receiving), out.rate, out.bits, out.channels,
             None if out.buffered_ms < 0 else round(out.buffered_ms, 2),
             round(out.correction_ppm, 1), text(out.sender), text(out.refused_from),
             text(out.program_refused))

@@ -130,16 +130,23 @@ class StatusCollector(Collector):
         resyncs = CounterMetricFamily("appliance_network_source_resyncs", "Times the mixer "
                                       "started again from the target (a gap, a jump)",
                                       labels=["id"])
+        receiving = GaugeMetricFamily("appliance_network_source_receiving", "1 while the "
+                                      "stream comes (something in the last second)",
+                                      labels=["id"])
+        jitter = GaugeMetricFamily("appliance_network_source_jitter_seconds", "RTP "
+                                   "interarrival jitter (RFC 3550)", labels=["id"])
         for ident, stats in sorted(sources.items()):
             for outcome, key in (("taken", "packets"), ("refused", "refused"),
                                  ("malformed", "malformed"), ("other_program", "other_program"),
-                                 ("late", "late"), ("lost", "lost")):
+                                 ("late", "late"), ("lost", "lost"), ("reordered", "reordered")):
                 datagrams.add_metric([ident, outcome], stats[key])
             if stats["buffered_ms"] is not None:
                 buffered.add_metric([ident], stats["buffered_ms"] / 1000)
             steering.add_metric([ident], stats["correction_ppm"] / 1e6)
             resyncs.add_metric([ident], stats["resyncs"])
-        yield from (datagrams, buffered, steering, resyncs)
+            receiving.add_metric([ident], 1 if stats["receiving"] else 0)
+            jitter.add_metric([ident], stats["jitter_ms"] / 1000)
+        yield from (datagrams, buffered, steering, resyncs, receiving, jitter)
 
     @staticmethod
     def _engine(engine: dict[str, Any]) -> Iterator[Any]:

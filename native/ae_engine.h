@@ -233,6 +233,9 @@ typedef struct ae_net_source_stats {
     uint64_t late;            /* RTP: late (its place was played) or repeated */
     uint64_t lost;            /* RTP: never came; silence in its place, then a fade in */
     uint64_t restarts;        /* RTP: a new SSRC, or a sequence number far off */
+    uint64_t reordered;       /* RTP: came after later ones, in time to be played in order */
+    double jitter_ms;         /* RTP: interarrival jitter (RFC 3550) */
+    int receiving;            /* something was taken in the last second */
     int rate, bits, channels; /* the stream's format (0: nothing taken yet; bits 0: Opus) */
     double buffered_ms;       /* ahead of the reader now (-1: nobody reads) */
     double correction_ppm;    /* the resampler's steering against the sender's clock */

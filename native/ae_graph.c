@@ -430,6 +430,15 @@ static void net_write(void *ctx, const float *frames, int n, int64_t arrival_us)
     ae_ring_write(&s->ring, frames, (uint64_t)n, arrival_us);
 }
 
+/* The stream came, or stopped coming: the source is found or lost, as a
+ * capture device is (its channels say so to their listeners). */
+static void net_state(void *ctx, bool receiving, const char *why)
+{
+    ae_source *s = ctx;
+    device_ctx c = {.e = s->graph, .source = s};
+    post_device(&c, receiving ? AE_EVENT_DEVICE_RESTORED : AE_EVENT_DEVICE_LOST, why, 0);
+}
+
 /* How far the newest reader is behind what arrived; -1 while nobody reads
  * (never, or so long ago that the ring has moved on: the source is unrouted). */
 static int64_t net_buffered(void *ctx)
@@ -501,7 +510,8 @@ int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source *
         if (rc == AE_OK)
             rc = ae_netsrc_open(cfg, e->rate, channels, e->rt_priority,
                                 (ae_netsrc_io){.ctx = s, .write = net_write,
-                                               .buffered = net_buffered}, &s->net);
+                                               .buffered = net_buffered,
+                                               .state = net_state}, &s->net);
         break;
     default: rc = ae_fail(AE_ERR_INVALID, "unknown source kind %d", cfg->kind);
     }

@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ifaddrs.h>
+#include <math.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -48,6 +49,9 @@
 #define MAX_CONCEAL_FRAMES 48000
 /* after a gap the stream comes back over this many frames, not with a click */
 #define FADE_FRAMES 48
+/* nothing taken for this long: the source is lost (its channel says so) */
+#define SILENT_US 1000000
+#define POLL_MS 250
 
 typedef struct held_packet {
     bool used;
@@ -84,6 +88,13 @@ struct ae_netsrc {
     int fade;                            /* frames of fade-in left after a gap */
     held_packet held[REORDER_SLOTS];
     int nheld;
+    uint32_t last_ts;                    /* RTP timestamp and arrival of the last in order */
+    int64_t last_arrival_us;
+    double jitter;                       /* RFC 3550 6.4.1, in the stream's clock units */
+    /* whether anything is coming (receiver thread only) */
+    bool receiving;
+    int64_t last_taken_us;
+    _Atomic int64_t last_taken_atomic_us; /* the same, for the stats' reader */
     prefix allow[MAX_ALLOW];
     int nallow;
     bool allow_local;
@@ -256,6 +267,26 @@ static bool same_sender(const struct sockaddr_storage *a, const struct sockaddr_
 }
 
 /* ---- the stream ---------------------------------------------------------- */
+
+/* A datagram of the stream was taken: it is coming (again). */
+static void taken(ae_netsrc *n, int64_t now)
+{
+    n->last_taken_us = now;
+    atomic_store_explicit(&n->last_taken_atomic_us, now, memory_order_relaxed);
+    if (!n->receiving) {
+        n->receiving = true;
+        n->io.state(n->io.ctx, true, NULL);
+    }
+}
+
+/* Between datagrams: a stream that stopped coming is lost. */
+static void check_silence(ae_netsrc *n, int64_t now)
+{
+    if (n->receiving && now - n->last_taken_us > SILENT_US) {
+        n->receiving = false;
+        n->io.state(n->io.ctx, false, "nothing received for a second");
+    }
+}
 
 static void set_ratio(ae_netsrc *n, double correction)
 {
@@ -560,15 +591,31 @@ static void take_rtp(ae_netsrc *n, const unsigned char *d, ssize_t len,
         if (n->opus) opus_decoder_ctl(n->opus, OPUS_RESET_STATE);
         ahead = 0;
     }
+    taken(n, now);
     pthread_mutex_lock(&n->lock);
     n->stats.packets++;
     address_text(from, n->stats.sender, sizeof n->stats.sender);
     pthread_mutex_unlock(&n->lock);
+    uint32_t ts = (uint32_t)d[4] << 24 | (uint32_t)d[5] << 16 | (uint32_t)d[6] << 8 | d[7];
+    if (ahead == 0 && !restart && n->last_arrival_us) {
+        /* interarrival jitter: the arrival spacing against the timestamps' */
+        double transit = (double)(now - n->last_arrival_us) * n->s_rate / 1e6 -
+                         (double)(int32_t)(ts - n->last_ts);
+        n->jitter += (fabs(transit) - n->jitter) / 16.0;
+        pthread_mutex_lock(&n->lock);
+        n->stats.jitter_ms = n->jitter * 1000.0 / n->s_rate;
+        pthread_mutex_unlock(&n->lock);
+    }
+    if (ahead == 0) {
+        n->last_ts = ts;
+        n->last_arrival_us = now;
+    }
     if (ahead < 0) {                               /* late, or a repeat */
         count(n, &n->stats.late, 1);
         return;
     }
     if (ahead == 0) {
+        if (n->nheld > 0) count(n, &n->stats.reordered, 1);   /* later ones came first */
         take_pcm(n, d + off, plen, now);
         n->expected++;
         drain(n, now);
@@ -661,6 +708,7 @@ static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
         if (!restart_stream(n, rate, bits, channels)) goto malformed;
     }
     take_pcm(n, h + SCREAM_HEADER, SCREAM_PAYLOAD, now);
+    taken(n, now);
     pthread_mutex_lock(&n->lock);
     n->stats.packets++;
     n->stats.rate = rate;
@@ -680,9 +728,11 @@ static void *receiver_main(void *arg)
     ae_netsrc *n = arg;
     unsigned char buf[MAX_DATAGRAM];
     struct pollfd fds[2] = {{.fd = n->sock, .events = POLLIN}, {.fd = n->wake, .events = POLLIN}};
+    n->io.state(n->io.ctx, false, "nothing received yet");
     for (;;) {
-        if (poll(fds, 2, -1) < 0 && errno != EINTR) break;
+        if (poll(fds, 2, POLL_MS) < 0 && errno != EINTR) break;
         if (fds[1].revents) break;
+        check_silence(n, ae_now_us());
         for (int i = 0; i < BURST; i++) {
             struct sockaddr_storage from;
             socklen_t flen = sizeof from;
@@ -863,6 +913,7 @@ void ae_netsrc_stats(ae_netsrc *n, ae_net_source_stats *out)
     pthread_mutex_lock(&n->lock);
     *out = n->stats;
     pthread_mutex_unlock(&n->lock);
+    out->receiving = ae_now_us() - atomic_load(&n->last_taken_atomic_us) <= SILENT_US;
 }
 
 int64_t ae_netsrc_target_frames(const ae_netsrc *n)

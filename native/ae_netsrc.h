@@ -23,6 +23,8 @@ typedef struct ae_netsrc_io {
     void (*write)(void *ctx, const float *frames, int n, int64_t arrival_us);
     /* frames written that the newest reader has not read; < 0: nobody reads */
     int64_t (*buffered)(void *ctx);
+    /* receiver thread: the stream came (why NULL) or stopped coming */
+    void (*state)(void *ctx, bool receiving, const char *why);
 } ae_netsrc_io;
 
 /* Opens the socket and starts the thread; the config's network fields. */

@@ -25,13 +25,13 @@ import pytest
 import trio
 
 from appliance import (
-    EngineError, EngineSettings, ErrorCode, LevelsMeasured, RouteSpec, SinkSpec, SourceSpec,
-    open_engine,
+    DeviceLost, DeviceRestored, EngineError, EngineSettings, ErrorCode, LevelsMeasured, RouteSpec,
+    SinkSpec, SourceSpec, open_engine,
 )
 from support.rtp import Tone, gstreamer_sender, packet
 from support.scream import ScreamSender, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
-from test_engine import connect
+from test_engine import connect, next_event
 
 pytestmark = pytest.mark.trio
 
@@ -91,9 +91,9 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
         async with trio.open_nursery() as nursery:
             for sender in senders:
                 nursery.start_soon(sender.run)
-            await until(engine, "slow", lambda s: s.packets > 6 * 48000 / 288)   # 6 s
+            await until(engine, "slow", lambda s: s.packets > 7 * 48000 / 288)   # 7 s
             samples = {"fast": [], "slow": []}
-            while len(samples["slow"]) < 50:   # the next second
+            while len(samples["slow"]) < 75:   # the next 1.5 s
                 for name in samples:
                     samples[name].append(engine.net_source_stats(name))
                 await trio.sleep(0.02)
@@ -104,7 +104,7 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
         ppm = statistics.mean(s.correction_ppm for s in samples[name])
         buffered = statistics.mean(s.buffered_ms for s in samples[name])
         print(f"\n{name}: steering {ppm:+.0f} ppm, {buffered:.1f} ms buffered")
-        assert abs(ppm - drift) < 300, (name, ppm)
+        assert abs(ppm - drift) < 350, (name, ppm)
         assert abs(buffered - 20.0) < 4.0, (name, buffered)
         assert all(s.resyncs == 0 for s in samples[name])
 
@@ -342,10 +342,11 @@ async def test_reordered_repeated_and_lost_packets():
     """Pairs swapped (held, then played in order: nothing lost), repeats
     (late), and drops (silence in their place, counted); the listener hears
     the tone through all of it."""
-    order, dropped, repeated = [], 0, 0
+    order, dropped, repeated, swapped = [], 0, 0, 0
     for i in range(0, 1200, 10):
         block = [i, i + 2, i + 1, i + 3, i + 4, i + 4, i + 5, i + 7, i + 8, i + 9]
         order += block   # 1 and 2 swapped, 4 twice, 6 lost
+        swapped += 1
         dropped += 1
         repeated += 1
     port = free_udp_port()
@@ -359,7 +360,7 @@ async def test_reordered_repeated_and_lost_packets():
                 assert abs(dominant_frequency(await peer.record(0.3)) - 1000.0) < 3.0
                 await listener.aclose()
         stats = await until(engine, "net", lambda s: s.packets == len(order))
-    assert stats.lost == dropped and stats.late == repeated
+    assert stats.lost == dropped and stats.late == repeated and stats.reordered == swapped
     assert stats.restarts == stats.malformed == 0
 
 
@@ -461,3 +462,25 @@ async def test_lost_opus_packets_are_concealed_by_the_decoder_not_by_silence():
     print(f"\nquietest 10 ms: {rms_db.min() - rms_db.mean():.1f} dB from the mean")
     assert rms_db.min() > rms_db.mean() - 20, (rms_db.min(), rms_db.mean())
     assert stats.lost >= 5 and stats.malformed == 0
+
+
+async def test_a_source_whose_stream_stops_is_lost_and_comes_back_by_itself():
+    """The channel's listeners are told as for an unplugged HAT: DeviceLost
+    while nothing comes (from the start, and a second after it stops),
+    DeviceRestored when it comes again."""
+    port = free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await rtp_graph(engine, port)
+        lost = await next_event(engine, DeviceLost, lambda e: e.entity_id == "net")
+        assert "nothing received" in lost.reason
+        assert not engine.net_source_stats("net").receiving
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_pattern, port, list(range(300)))
+            await next_event(engine, DeviceRestored, lambda e: e.entity_id == "net")
+            assert engine.net_source_stats("net").receiving
+        lost = await next_event(engine, DeviceLost, lambda e: e.entity_id == "net", timeout=5)
+        assert "for a second" in lost.reason and not engine.net_source_stats("net").receiving
+        await send_pattern(port, list(range(300, 320)))
+        await next_event(engine, DeviceRestored, lambda e: e.entity_id == "net")
+        stats = engine.net_source_stats("net")
+        assert stats.jitter_ms > 0 and stats.reordered == 0   # measured (a Python sender's)

@@ -169,14 +169,16 @@ function networkTag(entity) {
   const parts = [`${what} ${where}:${entity.port}${entity.interface ? ` on ${entity.interface}` : ""}`];
   const n = entity.network;
   if (!n) return parts;
-  if (n.rate) parts.push(`${n.rate / 1000} kHz ${n.bits}-bit ${n.channels} ch from ${n.sender}`);
-  else parts.push("nothing heard yet");
+  if (!n.receiving) parts.push(n.rate && n.sender ? `not receiving (last from ${n.sender})` : "nothing received yet");
+  else parts.push(`${n.rate / 1000} kHz${n.bits ? ` ${n.bits}-bit` : ""} ${n.channels} ch from ${n.sender}`);
+  if (n.jitter_ms) parts.push(`jitter ${n.jitter_ms.toFixed(1)} ms`);
+  if (n.correction_ppm) parts.push(`sender's clock ${n.correction_ppm > 0 ? "+" : ""}${n.correction_ppm.toFixed(0)} ppm`);
   if (n.buffered_ms !== null) parts.push(`${n.buffered_ms.toFixed(0)} ms buffered`);
   if (n.refused) parts.push(`${n.refused} refused (last from ${n.refused_from}: not in allow_from)`);
   if (!entity.allow_from.length && !n.rate && !/^(22[4-9]|23\d|ff)/i.test(entity.address))
     parts.push("allow_from is empty: nobody may send to a unicast source");
   if (n.malformed) parts.push(`${n.malformed} not Scream`);
-  if (n.lost || n.late) parts.push(`${n.lost} lost, ${n.late} late`);
+  if (n.lost || n.late || n.reordered) parts.push(`${n.lost} lost, ${n.late} late, ${n.reordered} reordered`);
   if (n.other_program) parts.push(`${n.other_program} of another program${n.program_refused ? ` (${n.program_refused})` : ""}`);
   return parts;
 }
