@@ -65,6 +65,8 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/lean_memory.py
 	$(BIN)/python bench/join_delay.py
 	$(BIN)/python bench/stream_flood.py
+	$(BIN)/python bench/idle_sessions.py
+	$(BIN)/python bench/network_sources.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
 
