@@ -143,6 +143,10 @@ class SourceSpec:
     payload_type: int = field(default=96, metadata=_range(0, 127))
     clock_rate: int = field(default=48000, metadata={"choices": RTP_RATES})
     stream_channels: int = field(default=2, metadata=_range(1, 8))
+    # the sender's reference clock as its SDP names it (a=ts-refclk, RFC
+    # 7273: "ptp=IEEE1588-2008:<grandmaster>:<domain>"); shown, not followed
+    refclk: str = field(default="", metadata={
+        "max_len": 128, "pattern": re.compile(r"[!-~]*"), "what": "visible ASCII"})
 
     def senders(self) -> tuple[str, ...]:
         """Who may send to this network source: ``allow_from``, or when it is

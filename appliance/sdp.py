@@ -70,6 +70,7 @@ _HOSTNAME = re.compile(
 _FMTP_PARAM = re.compile(r"([A-Za-z][A-Za-z0-9-]{0,31})=([A-Za-z0-9.-]{0,32})\Z")
 _RTPMAP = re.compile(r"([0-9]{1,3}) ([A-Za-z0-9_.-]{1,32})/([0-9]{1,6})(?:/([0-9]{1,2}))?\Z")
 _DIGITS = re.compile(r"[0-9]{1,10}\Z")
+_VISIBLE = re.compile(r"[!-~]{1,128}\Z")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
 
@@ -688,7 +689,9 @@ class StreamDescription:
                 "clock_rate": self.clock_rate, "stream_channels": self.channels,
                 # "s=-" (or nothing): the session has no name to show
                 **({"name": self.name} if self.name.strip(" -") else {}),
-                **({"allow_from": list(self.senders)} if self.senders else {})}
+                **({"allow_from": list(self.senders)} if self.senders else {}),
+                **({"refclk": self.refclk} if self.refclk and _VISIBLE.match(self.refclk)
+                   else {})}
 
 
 def _stream_connection(value: str, where: str) -> str:

@@ -17,6 +17,7 @@ import dataclasses
 
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import trio
@@ -73,7 +74,12 @@ class Service:
         spec = self.engine.sources().get(source_id)
         if spec is None or spec.kind not in NETWORK_KINDS:
             return None
-        return dataclasses.asdict(self.engine.net_source_stats(source_id))
+        out = dataclasses.asdict(self.engine.net_source_stats(source_id))
+        if spec.refclk.startswith("ptp="):
+            # the sender follows a PTP clock; this box does not (PTP is not a
+            # dependency), but says whether linuxptp runs here
+            out["ptp"] = {"clock": spec.refclk[4:], "linuxptp_running": ptp4l_running()}
+        return out
 
     def announced_streams(self) -> dict[str, Any]:
         """The streams announced on the LAN (SAP), for the admin page to add."""
@@ -174,6 +180,28 @@ class Service:
         """End every session and wait (bounded) for their cleanup."""
         self.begin_close()
         await self.sessions.aclose()
+
+
+_ptp4l_seen: tuple[float, bool] = (-1e9, False)
+
+
+def ptp4l_running() -> bool:
+    """Whether linuxptp's ptp4l runs on this machine (looked up at most
+    every 5 s: /proc has a directory per process)."""
+    global _ptp4l_seen
+    at, running = _ptp4l_seen
+    now = time.monotonic()
+    if now - at > 5.0:
+        running = False
+        for comm in Path("/proc").glob("[0-9]*/comm"):
+            try:
+                if comm.read_text().strip() == "ptp4l":
+                    running = True
+                    break
+            except OSError:
+                continue   # it ended meanwhile
+        _ptp4l_seen = (now, running)
+    return running
 
 
 @asynccontextmanager

@@ -466,7 +466,7 @@ def test_an_aes67_description_gives_the_source_its_fields():
     assert d.source_fields() == {
         "kind": "rtp", "name": "Desk ch 1-2", "address": "239.69.1.10", "port": 5004,
         "payload_type": 97, "encoding": "L24", "clock_rate": 48000, "stream_channels": 2,
-        "allow_from": ["192.168.1.10"]}
+        "allow_from": ["192.168.1.10"], "refclk": "ptp=IEEE1588-2008:00-1D-C1-FF-FE-0E-10-4C:0"}
 
 
 def test_a_description_in_other_shapes():

@@ -4,6 +4,7 @@ routed to a channel, heard by a real listener, counted in /api/status and
 might send for it refused with the field named."""
 from __future__ import annotations
 
+import shutil
 from functools import partial
 
 import pytest
@@ -152,3 +153,29 @@ async def test_a_format_its_encoding_is_never_carried_in_is_refused(tmp_path, fi
             "id": "net", "kind": "rtp", "port": free_udp_port(), **fields})
         assert r.status_code == 400 and says in r.text, r.text
         assert "net" not in server.service.engine.sources()
+
+
+async def test_a_stream_on_a_ptp_clock_says_so_and_whether_linuxptp_runs_here(tmp_path,
+                                                                              monkeypatch):
+    from appliance import service as service_module
+
+    sdp = ("v=0\no=- 1 1 IN IP4 127.0.0.1\ns=Desk\nc=IN IP4 239.69.1.10/32\nt=0 0\n"
+           "m=audio 5004 RTP/AVP 97\na=rtpmap:97 L24/48000/2\n"
+           "a=ts-refclk:ptp=IEEE1588-2008:00-1D-C1-FF-FE-0E-10-4C:0\n")
+    async with open_server(make_config(tmp_path)) as server:
+        r = await server.client.post("/api/sources", json={"id": "desk", "sdp": sdp,
+                                                           "port": free_udp_port()})
+        assert r.status_code == 201 and r.json()["refclk"].startswith("ptp=IEEE1588-2008:")
+        ptp = (await server.client.get("/api/status")).json()["network_sources"]["desk"]["ptp"]
+        assert ptp == {"clock": "IEEE1588-2008:00-1D-C1-FF-FE-0E-10-4C:0",
+                       "linuxptp_running": False}
+        # a process called ptp4l (this one is sleep under that name)
+        fake = tmp_path / "ptp4l"
+        fake.symlink_to(shutil.which("sleep"))
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(partial(trio.run_process, [str(fake), "30"],
+                                                  check=False))
+            monkeypatch.setattr(service_module, "_ptp4l_seen", (-1e9, False))
+            status = (await server.client.get("/api/status")).json()
+            assert status["network_sources"]["desk"]["ptp"]["linuxptp_running"] is True
+            process.kill()
