@@ -199,9 +199,43 @@ function publicToggle(s) {
 function renderSources() {
   $("sources").replaceChildren(...sources.map((s) => el("div", { class: "item", "data-source": s.id },
     el("div", { class: "title" }, el("strong", { text: s.name }), el("span", { class: "id", text: s.id }), deviceTag(s)),
-    meterFor("sources", s.id, s.name).node, publicToggle(s))));
+    meterFor("sources", s.id, s.name).node, publicToggle(s),
+    s.kind === "scream" || s.kind === "rtp" ? removeButton(s) : null)));
   fillSelect($("route-source"), sources);
 }
+
+/** A network source is removed here (refused while routes use it). */
+function removeButton(s) {
+  return el("button", { class: "small", type: "button", text: "Remove", "data-remove-source": s.id,
+    onclick: async () => {
+      try {
+        await api(`/api/sources/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+        await refreshGraph();
+      } catch (err) { showError(err); }
+    } });
+}
+
+// ---- adding a network source ----------------------------------------------------------
+function showNetKind() {
+  for (const node of document.querySelectorAll("[data-net]")) node.hidden = node.dataset.net !== $("net-kind").value;
+}
+$("net-kind").addEventListener("change", showNetKind);
+showNetKind();
+$("net-add").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = { id: $("net-id").value.trim() };
+  if ($("net-name").value.trim()) body.name = $("net-name").value.trim();
+  if ($("net-kind").value === "rtp") body.sdp = $("net-sdp").value;
+  else Object.assign(body, { kind: "scream", address: $("net-address").value.trim(), port: Number($("net-port").value) });
+  if ($("net-interface").value.trim()) body.interface = $("net-interface").value.trim();
+  const allow = $("net-allow").value.split(/[\s,]+/).filter(Boolean);
+  if (allow.length) body.allow_from = allow;
+  try {
+    await api("/api/sources", { method: "POST", json: body });
+    $("net-id").value = "";
+    await refreshGraph();
+  } catch (err) { showError(err); }
+});
 
 /** What listeners see of a channel (its language and description) and its
  *  alignment delay; the server checks every value (docs/API.md). */

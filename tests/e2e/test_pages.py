@@ -306,3 +306,41 @@ async def test_an_announced_stream_is_added_from_the_admin_page(tmp_path, browse
         assert await browser.call(run) == "<b>Desk</b> ch 1-2"
         source = (await server.client.get("/api/sources/b-desk-b-ch-1-2")).json()
         assert (source["kind"], source["address"], source["port"]) == ("rtp", "239.69.1.10", 5004)
+
+
+async def test_a_network_source_is_added_and_removed_from_the_admin_page(tmp_path, browser):
+    """The form makes a Scream source (its fields) and an RTP source (a
+    pasted SDP); a refused value is shown, not swallowed; Remove deletes."""
+    from tests.support.scream import free_udp_port
+
+    scream_port, rtp_port = free_udp_port(), free_udp_port()
+    sdp = (f"v=0\no=- 1 1 IN IP4 127.0.0.1\ns=Desk\nc=IN IP4 239.69.1.10/32\nt=0 0\n"
+           f"m=audio {rtp_port} RTP/AVP 97\na=rtpmap:97 L24/48000/2\n")
+    async with open_server(make_config(tmp_path / "state")) as server:
+        def run(b: Browser):
+            admin = open_admin(b, server.url)
+            admin.fill("#net-id", "pc")
+            admin.fill("#net-name", "Lectern PC")
+            admin.fill("#net-address", "127.0.0.1")
+            admin.fill("#net-port", str(scream_port))
+            admin.fill("#net-allow", "127.0.0.1, ::1")
+            admin.click('#net-add button[type="submit"]')
+            admin.wait_for_selector('[data-source="pc"]')
+            admin.select_option("#net-kind", "rtp")
+            admin.fill("#net-id", "desk")
+            admin.fill("#net-sdp", sdp.replace("L24/48000/2", "G722/8000"))
+            admin.click('#net-add button[type="submit"]')
+            admin.wait_for_function("() => document.querySelector('#error').textContent.includes('sdp:')")
+            admin.fill("#net-sdp", sdp)
+            admin.click('#net-add button[type="submit"]')
+            admin.wait_for_selector('[data-source="desk"]')
+            tag = admin.locator('[data-source="desk"] .tag').inner_text()
+            admin.click('[data-remove-source="pc"]')
+            admin.wait_for_selector('[data-source="pc"]', state="detached")
+            admin.close()
+            return tag
+
+        tag = await browser.call(run)
+        assert "RTP L24/48000/2" in tag and "nothing received yet" in tag
+        sources = {s["id"]: s for s in (await server.client.get("/api/sources")).json()}
+        assert "pc" not in sources and sources["desk"]["address"] == "239.69.1.10"
