@@ -252,7 +252,9 @@ def can_unshare() -> bool:
 async def test_multicast_groups_on_ipv4_and_ipv6_take_only_the_local_subnet_by_default():
     """Two network namespaces of the test's own joined by a veth pair
     (tests/support/multicast_check.py): a group's default allow_from takes
-    the subnets of the interface it is joined on and refuses the rest."""
+    the subnets of the interface it is joined on and refuses the rest; and
+    an AES67 stream from GStreamer, announced by SAP, is found and added
+    from its announcement."""
     script = Path(__file__).parent / "support" / "multicast_check.py"
     done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
                                   capture_stdout=True, capture_stderr=True, check=False)
@@ -262,6 +264,11 @@ async def test_multicast_groups_on_ipv4_and_ipv6_take_only_the_local_subnet_by_d
     assert stats["v4"]["refused"] >= 50 and stats["v4"]["refused_from"] == "198.51.100.7"
     assert stats["v6"]["packets"] >= 50 and stats["v6"]["sender"] == "fd00:99::2"
     assert stats["v4"]["rate"] == stats["v6"]["rate"] == 48000
+    # GStreamer's AES67 sender to its group, added from its SAP announcement
+    assert stats["announced"] == {"name": "Desk", "address": "239.69.1.10",
+                                  "format": "L24/48000/2"}
+    assert stats["desk"]["packets"] >= 500 and stats["desk"]["sender"] == "10.99.0.2"
+    assert stats["desk"]["lost"] == stats["desk"]["malformed"] == 0
 
 
 # ---- RTP ------------------------------------------------------------------------

@@ -286,7 +286,7 @@ async def test_an_announced_stream_is_added_from_the_admin_page(tmp_path, browse
     """A SAP announcement shows on the admin page (its name escaped, a
     stranger's text), and one click makes it an RTP source."""
     from tests.support.scream import free_udp_port
-    from tests.web.test_sap import announcement, sdp
+    from tests.support.sap import announcement, sdp
 
     port = free_udp_port()
     async with open_server(make_config(tmp_path / "state", sap_port=port)) as server:

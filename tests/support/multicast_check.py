@@ -12,17 +12,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import trio  # noqa: E402
 
+from appliance.sap import SAP_GROUPS, SapListener  # noqa: E402
+from appliance.sdp import describe_stream  # noqa: E402
+from tests.support.rtp import gstreamer_sender  # noqa: E402
+from tests.support.sap import announcement  # noqa: E402
 from tests.support.scream import ScreamSender  # noqa: E402
 
 PORT = 4010
+AES67_GROUP, AES67_PORT = "239.69.1.10", 5004
+AES67_SDP = (f"v=0\r\no=- 1 1 IN IP4 10.99.0.2\r\ns=Desk\r\nc=IN IP4 {AES67_GROUP}/32\r\n"
+             f"t=0 0\r\nm=audio {AES67_PORT} RTP/AVP 97\r\na=rtpmap:97 L24/48000/2\r\n"
+             "a=ptime:1\r\n")
 PACKETS = 100    # each sender; a few may go before the link is up on both sides
 ENOUGH = 50
 V4, V6 = "239.255.77.77", "ff15::77"
@@ -56,9 +66,21 @@ async def senders() -> None:
     streams = [ScreamSender(V4, PORT, source="10.99.0.2"),
                ScreamSender(V4, PORT, source="198.51.100.7", hz=440.0),
                ScreamSender(V6, PORT, source="fd00:99::2", interface="v1")]
+    # the desk: GStreamer's AES67 sender to its group, and its SAP announcement
+    desk = gstreamer_sender(AES67_GROUP, AES67_PORT, pt=97)
+    desk[desk.index("bind-address=" + AES67_GROUP)] = "multicast-iface=v1"
+    announcer = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await announcer.bind(("10.99.0.2", 0))
     async with trio.open_nursery() as nursery:
+        gst = await nursery.start(partial(trio.run_process, desk, check=False, env=TOOL_ENV))
         for stream in streams:
             nursery.start_soon(lambda s=stream: s.run(packets=PACKETS))
+        for _ in range(5):
+            await announcer.sendto(announcement(AES67_SDP), (SAP_GROUPS[0], 9875))
+            await trio.sleep(0.1)
+        sys.stdin.readline()   # the receiver has heard enough
+        gst.kill()
+    announcer.close()
     for stream in streams:
         stream.close()
 
@@ -71,7 +93,8 @@ async def receiver() -> None:
          # a way back to the stranger's subnet: its datagrams arrive, not as martians
          "ip route add 198.51.100.0/24 dev v0"])
     async with open_engine(EngineSettings(ice_addresses=("127.0.0.1",),
-                                          level_interval_ms=-1)) as engine:
+                                          level_interval_ms=-1)) as engine, \
+            trio.open_nursery() as nursery:
         # a group's default allow_from: the subnets of the interface it is joined on
         await engine.add_source("v4", SourceSpec(kind="scream", address=V4, port=PORT,
                                                  interface="v0"))
@@ -80,6 +103,9 @@ async def receiver() -> None:
         await engine.add_sink("main", SinkSpec(kind="opus"))
         for source in ("v4", "v6"):
             await engine.add_route(source, RouteSpec(source, "main"))
+        # the desk's stream, added from its announcement below
+        sap = SapListener(9875, interface="v0")
+        await nursery.start(sap.run)
         side = await trio.lowlevel.open_process(
             ["unshare", "-n", sys.executable, __file__, "senders"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE)
@@ -87,15 +113,27 @@ async def receiver() -> None:
             assert (await side.stdout.receive_some(64)).startswith(b"ready")
         run([f"ip link set v1 netns {side.pid}"])
         await side.stdin.send_all(b"go\n")
-        if await side.wait() != 0:
-            raise SystemExit("the senders failed")
-        with trio.fail_after(5):
+        with trio.fail_after(10):
+            while not sap.streams():
+                await trio.sleep(0.02)
+        announced = sap.streams()[0]
+        fields = describe_stream(announced["sdp"]).source_fields()
+        fields.pop("name", None)   # the entity's, not the engine's
+        await engine.add_source("desk", SourceSpec(**fields, interface="v0"))
+        await engine.add_route("desk", RouteSpec("desk", "main"))
+        with trio.fail_after(10):
             while (engine.net_source_stats("v4").packets < ENOUGH
                    or engine.net_source_stats("v4").refused < ENOUGH
-                   or engine.net_source_stats("v6").packets < ENOUGH):
+                   or engine.net_source_stats("v6").packets < ENOUGH
+                   or engine.net_source_stats("desk").packets < 10 * ENOUGH):
                 await trio.sleep(0.02)
-        print(json.dumps({name: dataclasses.asdict(engine.net_source_stats(name))
-                          for name in ("v4", "v6")}))
+        await side.stdin.send_all(b"done\n")
+        if await side.wait() != 0:
+            raise SystemExit("the senders failed")
+        nursery.cancel_scope.cancel()
+        print(json.dumps({**{name: dataclasses.asdict(engine.net_source_stats(name))
+                             for name in ("v4", "v6", "desk")},
+                          "announced": {k: announced[k] for k in ("name", "address", "format")}}))
 
 
 if __name__ == "__main__":
