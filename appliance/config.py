@@ -182,6 +182,8 @@ class Config:
     state_dir: Path = field(default_factory=lambda: default_state_dir())
     # file sources play only files in here; None = <state_dir>/media
     media_dir: Path | None = None
+    # where the board's health is read (appliance.board): "/" on the box
+    board_root: Path = Path("/")
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
     engine: EngineSettings = field(default_factory=app_engine_settings)
@@ -273,8 +275,8 @@ def parse_config(data: Mapping[str, Any], *, cards: list[str] | None = None) -> 
 
 
 def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
-    known = {"name", "state_dir", "media_dir", "server", "admin", "engine", "sources", "sinks",
-             "routes"}
+    known = {"name", "state_dir", "media_dir", "board_root", "server", "admin", "engine",
+             "sources", "sinks", "routes"}
     for key in data:
         if key not in known:
             raise ConfigError(f"unknown config key {key!r}")
@@ -285,6 +287,8 @@ def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
         kwargs["state_dir"] = _path(data["state_dir"], "state_dir")
     if "media_dir" in data:
         kwargs["media_dir"] = _path(data["media_dir"], "media_dir")
+    if "board_root" in data:
+        kwargs["board_root"] = _path(data["board_root"], "board_root")
     server_table = data.get("server", {})
     ice: tuple[IceServer, ...] = ()
     if isinstance(server_table, Mapping) and "ice_servers" in server_table:

@@ -21,12 +21,15 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from .board import FLAGS
+
 __all__ = ["CONTENT_TYPE", "scrape"]
 
 # text format 0.0.4, what every Prometheus reads
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 QUANTILES = (0.5, 0.95, 1.0)
+FLAG_NAMES = tuple(FLAGS)
 
 
 def _quantiles(values: list[float]) -> Iterator[tuple[str, float]]:
@@ -51,6 +54,7 @@ class StatusCollector(Collector):
         yield from self._listeners(status)
         yield from self._devices(status)
         yield from self._network_sources(status.get("network_sources", {}))
+        yield from self._board(status.get("board"))
         yield from self._engine(status["engine"])
         guessing = GaugeMetricFamily(
             "appliance_guesses_refused", "Guesses at a secret refused unchecked in the last "
@@ -147,6 +151,29 @@ class StatusCollector(Collector):
             receiving.add_metric([ident], 1 if stats["receiving"] else 0)
             jitter.add_metric([ident], stats["jitter_ms"] / 1000)
         yield from (datagrams, buffered, steering, resyncs, receiving, jitter)
+
+    @staticmethod
+    def _board(board: dict[str, Any] | None) -> Iterator[Any]:
+        if board is None:
+            return
+        flags = GaugeMetricFamily("appliance_board_flag", "The firmware's flags (1: set), now "
+                                  "and since boot; none on a board without them",
+                                  labels=["flag", "when"])
+        for when in ("now", "since_boot"):
+            if board[when] is not None:
+                for flag in FLAG_NAMES:
+                    flags.add_metric([flag, when], 1 if flag in board[when] else 0)
+        yield flags
+        temperature = GaugeMetricFamily("appliance_board_temperature_celsius",
+                                        "Each thermal zone", labels=["zone"])
+        for zone, celsius in sorted(board["thermal_zones"].items()):
+            temperature.add_metric([zone], celsius)
+        yield temperature
+        yield GaugeMetricFamily("appliance_board_clock_synchronized", "1 once network time "
+                                "set the clock", value=1 if board["clock_synchronized"] else 0)
+        if board["disk_free_bytes"] is not None:
+            yield GaugeMetricFamily("appliance_board_disk_free_bytes", "Free space of the state "
+                                    "folder's file system", value=board["disk_free_bytes"])
 
     @staticmethod
     def _engine(engine: dict[str, Any]) -> Iterator[Any]:

@@ -29,6 +29,7 @@ from .errors import NotFoundError
 from .feed import Feed
 from .graph import GraphRegistry
 from .model import NETWORK_KINDS, RouteSpec, Variant
+from .board import Board
 from .sap import SapListener
 from .sdp import Offer
 from .sessions import TEMP_PREFIX, Session, Sessions
@@ -51,6 +52,7 @@ class Service:
                          max_streams_per_client=config.server.max_event_streams_per_client)
         self.sessions = Sessions(config, engine, nursery, changed=self.feed.listeners_changed)
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
+        self.board = Board(config.board_root, config.state_dir)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self.feed.forget)
 
@@ -142,6 +144,8 @@ class Service:
             "sessions": [s.health() for s in self.sessions.answered()],
             "devices": devices,
             "network_sources": self.network_sources(),
+            # the power supply, heat, the clock, the disk (appliance.board)
+            "board": self.board.read().as_dict(),
             "xruns": {"total": sum(feed.xruns.values()),
                       "sources": {i: n for (k, i), n in feed.xruns.items() if k == "source"},
                       "sinks": {i: n for (k, i), n in feed.xruns.items() if k == "sink"}},

@@ -135,7 +135,9 @@ function renderStatus() {
       text: `Someone on the network is guessing the ${secret}: ${refused} guesses refused in the last 5 minutes. ` +
         "It is checked at most 30 times a minute; a longer secret makes guessing hopeless." +
         (secret === "PIN" ? " Listeners who scan a sign's code still get in at once; a typed PIN waits its turn." : "") }));
-  $("devices").replaceChildren(...guessing, ...(status.devices || []).map((d) =>
+  // the board: a weak power supply, heat, the clock, the disk (what to do)
+  const board = ((status.board || {}).advice || []).map((text) => el("div", { class: "error", "data-board": "", text }));
+  $("devices").replaceChildren(...guessing, ...board, ...(status.devices || []).map((d) =>
     el("div", { class: d.state === "lost" ? "error" : "", text: `${d.kind} ${d.id}: ${d.state}${d.reason ? ` — ${d.reason}` : ""}` })));
 }
 
