@@ -2,10 +2,12 @@
 the appliance's status. Changes are persisted atomically. See docs/API.md."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from quart import Blueprint, Response, current_app, jsonify
 
+from .. import logs
 from ..errors import InvalidError
 from ..sdp import describe_stream
 from .common import read_object, service
@@ -31,6 +33,16 @@ def status_reading() -> dict[str, Any]:
 @blueprint.route("/status", methods=["GET"])
 async def status() -> Response:
     return jsonify(status_reading())
+
+
+@blueprint.route("/logs", methods=["GET"])
+async def download_logs() -> Response:
+    """The last hour of the appliance's log, as a file for support."""
+    where, text = await logs.last_hour()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Response(text, content_type="text/plain; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="appliance-{stamp}.log"',
+        "X-Appliance-Log": where, "Cache-Control": "no-store"})
 
 
 @blueprint.route("/announcements", methods=["GET"])

@@ -210,3 +210,32 @@ async def test_status_shows_each_listeners_health(server):
         assert (await server.client.delete(stereo.headers["Location"])).status_code == 200
     await server.client.delete(r.headers["Location"])
     assert (await server.client.get("/api/status")).json()["sessions"] == []
+
+
+async def test_the_last_hour_of_the_log_downloads_for_the_admin_only(tmp_path, monkeypatch):
+    """Where there is no journal (not under systemd: here) the process's own
+    last hour; under systemd, journalctl's for the unit (a stand-in on PATH
+    checks what it is asked)."""
+    import logging
+    import os
+
+    async with open_server(make_config(tmp_path)) as server:
+        logging.getLogger("appliance.test").warning("a line for support %d", 4711)
+        r = await server.client.get("/api/logs")
+        assert r.status_code == 200 and r.headers["X-Appliance-Log"] == "process"
+        assert "attachment" in r.headers["content-disposition"]
+        assert "a line for support 4711" in r.text
+        stranger = await server.client.get("/api/logs", headers={"Authorization": "Bearer x"})
+        assert stranger.status_code == 401
+        # under systemd: the unit's journal
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        journalctl = bin_dir / "journalctl"
+        journalctl.write_text('#!/bin/sh\necho "journal asked: $*"\n')
+        journalctl.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+        monkeypatch.setenv("INVOCATION_ID", "0" * 32)
+        monkeypatch.setattr("appliance.logs._unit", lambda: "appliance.service")
+        r = await server.client.get("/api/logs")
+        assert r.headers["X-Appliance-Log"] == "journal"
+        assert r.text.startswith("journal asked: --unit appliance.service --since -1h")
