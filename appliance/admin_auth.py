@@ -30,6 +30,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
+from .errors import InvalidError
 from .passwords import hash_password, is_password_hash, password_problem, verify_password
 from .store import atomic_write
 
@@ -399,6 +400,23 @@ class AdminAuth:
         """Slow (scrypt, ~50 ms): run it in a worker thread."""
         stored = self._hash
         return bool(stored) and verify_password(password, stored)
+
+    def restore_hash(self, stored: str) -> None:
+        """Take a password hash from a backup (``appliance.backup`` checked
+        its form). The config file's hash, when set, is not overridden."""
+        if self.configured_hash:
+            raise InvalidError("the admin password is set in the config file "
+                               "([admin] password_hash): the backup's is not taken")
+        atomic_write(self.password_file, (stored + "\n").encode("ascii"))
+        self._hash = stored
+        self._code = None
+        self._remove_code_file()
+        log.warning("the admin password was restored from a backup")
+
+    @property
+    def password_hash(self) -> str:
+        """The hash in force (for a backup that asks for it)."""
+        return self._hash
 
     def set_password(self, password: str) -> None:
         """Hash and persist the first password (slow: a worker thread), then

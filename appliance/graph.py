@@ -198,6 +198,62 @@ class GraphRegistry:
                 await self._persist()
         return self.get(kind, entity_id)
 
+    def plan(self, target: Graph) -> dict[str, dict[str, list[str]]]:
+        """What replacing the graph with ``target`` changes, by kind: the ids
+        added, removed, changed in place (only changeable fields differ) and
+        made again (another field differs: removed and added). Refuses what
+        may not be made here (a device or a media file) as create would."""
+        out = {}
+        for kind in KINDS:
+            now = self.registries[kind]
+            wanted = {e.id: e for e in target.of(kind)}
+            changed = [i for i in wanted if i in now and wanted[i] != now[i]]
+            def in_place(i: str) -> bool:
+                a, b = entity_to_dict(now[i]), entity_to_dict(wanted[i])
+                return {k for k in a if a[k] != b[k]} <= CHANGEABLE[kind]
+            out[kind] = {"added": sorted(set(wanted) - set(now)),
+                         "removed": sorted(set(now) - set(wanted)),
+                         "changed": sorted(i for i in changed if in_place(i)),
+                         "made_again": sorted(i for i in changed if not in_place(i))}
+            # devices and media files checked before anything goes
+            for i in out[kind]["added"] + out[kind]["made_again"]:
+                self._check_resources(kind, wanted[i])
+        return out
+
+    async def replace_all(self, target: Graph) -> dict[str, dict[str, list[str]]]:
+        """Make the graph ``target`` (a restore), through the same create,
+        update and delete as the admin API. Refused before anything changes
+        when a listener hears what would be removed or made again."""
+        plan = self.plan(target)
+        going = [(kind, i) for kind in KINDS
+                 for i in plan[kind]["removed"] + plan[kind]["made_again"]]
+        for kind, i in going:
+            listening = sum(1 for s in self.sessions.answered() if s.target == (kind, i))
+            if listening:
+                raise InUseError(f"{kind} {i!r} has {listening} listener(s): the restore would "
+                                 "remove it; nothing was changed")
+        wanted = {kind: {e.id: e for e in target.of(kind)} for kind in KINDS}
+        going_set = set(going)
+        # routes first (they hold sources and sinks), and any route of a
+        # source or sink that goes
+        for route in list(self.registries["route"].values()):
+            if ("route", route.id) in going_set or ("source", route.spec.source_id) in going_set \
+                    or ("sink", route.spec.sink_id) in going_set:
+                await self.delete("route", route.id)
+        for kind in ("sink", "source"):
+            for i in plan[kind]["removed"] + plan[kind]["made_again"]:
+                await self.delete(kind, i)
+        for kind in ("source", "sink", "route"):
+            for i, entity in wanted[kind].items():
+                if i not in self.registries[kind]:
+                    await self.create(kind, entity_to_dict(entity))
+                elif i in plan[kind]["changed"]:
+                    now = entity_to_dict(self.registries[kind][i])
+                    body = {k: v for k, v in entity_to_dict(entity).items()
+                            if k != "id" and now.get(k) != v}
+                    await self.update(kind, i, body)
+        return plan
+
     def _update_route(self, route_id: str, spec: Any) -> None:
         self.engine.update_route(route_id, gain_db=spec.gain_db, muted=spec.muted)
         for session in self.sessions:   # listeners to this route hear the change too

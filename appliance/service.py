@@ -29,6 +29,7 @@ from .errors import NotFoundError
 from .feed import Feed
 from .graph import GraphRegistry
 from .model import NETWORK_KINDS, RouteSpec, Variant
+from .backup import SECTIONS, Backup, make_backup
 from .board import Board
 from .sap import SapListener
 from .sdp import Offer
@@ -82,6 +83,25 @@ class Service:
             # dependency), but says whether linuxptp runs here
             out["ptp"] = {"clock": spec.refclk[4:], "linuxptp_running": ptp4l_running()}
         return out
+
+    def backup(self, password_hash: str | None = None) -> dict[str, Any]:
+        """The settings as one file (``appliance.backup``)."""
+        sections = {name: self.store.section(name) for name in SECTIONS
+                    if self.store.section(name) is not None}
+        return make_backup(self.config.name, self.graph.graph(), sections, password_hash)
+
+    def restore_plan(self, backup: Backup) -> dict[str, Any]:
+        """What restoring ``backup`` would change (nothing is changed)."""
+        return self.graph.plan(backup.graph)
+
+    async def restore(self, backup: Backup) -> dict[str, Any]:
+        """Make ``backup`` the state: the graph through the admin API's own
+        changes, the sections saved (their owners apply them at the next
+        start). Returns what changed."""
+        plan = await self.graph.replace_all(backup.graph)
+        for name, value in backup.sections.items():
+            await self.store.save_section(name, value)
+        return plan
 
     def announced_streams(self) -> dict[str, Any]:
         """The streams announced on the LAN (SAP), for the admin page to add."""

@@ -217,6 +217,27 @@ function removeButton(s) {
     } });
 }
 
+// ---- backup and restore -----------------------------------------------------------------
+function planText(changes) {
+  const lines = [];
+  for (const [kind, c] of Object.entries(changes)) {
+    for (const [what, ids] of Object.entries(c)) if (ids.length) lines.push(`${kind}s ${what.replace("_", " ")}: ${ids.join(", ")}`);
+  }
+  return lines.length ? lines.join("\n") : "Nothing changes.";
+}
+$("restore").addEventListener("change", async (e) => {
+  const file = e.target.files[0];
+  e.target.value = "";
+  if (!file) return;
+  try {
+    const backup = JSON.parse(await file.text());
+    const plan = await api("/api/restore?dry_run=1", { method: "POST", json: backup });
+    if (!window.confirm(`Restore ${file.name}?\n\n${planText(plan.changes)}`)) return;
+    await api("/api/restore", { method: "POST", json: backup });
+    await refreshGraph();
+  } catch (err) { showError(err); }
+});
+
 // ---- adding a network source ----------------------------------------------------------
 function showNetKind() {
   for (const node of document.querySelectorAll("[data-net]")) node.hidden = node.dataset.net !== $("net-kind").value;

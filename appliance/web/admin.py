@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Response, current_app, jsonify, request
 
 from .. import logs
+from ..backup import read_backup
 from ..errors import InvalidError
 from ..sdp import describe_stream
 from .common import read_object, service
@@ -33,6 +34,39 @@ def status_reading() -> dict[str, Any]:
 @blueprint.route("/status", methods=["GET"])
 async def status() -> Response:
     return jsonify(status_reading())
+
+
+@blueprint.route("/backup", methods=["GET"])
+async def download_backup() -> Response:
+    """The settings as one file; the admin password's hash only with
+    ``?include=password``."""
+    auth = current_app.admin_auth
+    with_password = request.args.get("include") == "password"
+    data = service().backup(auth.password_hash if with_password else None)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    response = jsonify(data)
+    response.headers["Content-Disposition"] = f'attachment; filename="appliance-{stamp}.json"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@blueprint.route("/restore", methods=["POST"])
+async def restore() -> Response:
+    """A backup made the state (``?dry_run=1``: only what would change)."""
+    dry_run = request.args.get("dry_run") in ("1", "true")
+    backup = read_backup(await read_object())
+    auth = current_app.admin_auth
+    if backup.password_hash and auth.configured_hash:
+        raise InvalidError("the admin password is set in the config file ([admin] "
+                           "password_hash): restore a backup made without it")
+    if dry_run:
+        plan = service().restore_plan(backup)
+    else:
+        plan = await service().restore(backup)
+        if backup.password_hash:
+            auth.restore_hash(backup.password_hash)
+    return jsonify({"dry_run": dry_run, "version": backup.version, "changes": plan,
+                    "password": backup.password_hash is not None})
 
 
 @blueprint.route("/logs", methods=["GET"])

@@ -1,6 +1,7 @@
 """The listen and admin pages in headless Chromium against the real app."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -344,3 +345,24 @@ async def test_a_network_source_is_added_and_removed_from_the_admin_page(tmp_pat
         assert "RTP L24/48000/2" in tag and "nothing received yet" in tag
         sources = {s["id"]: s for s in (await server.client.get("/api/sources")).json()}
         assert "pc" not in sources and sources["desk"]["address"] == "239.69.1.10"
+
+
+async def test_a_backup_is_restored_from_the_admin_page_after_its_plan_is_shown(tmp_path, browser):
+    async with open_server(make_config(tmp_path / "state")) as server:
+        backup = (await server.client.get("/api/backup")).json()
+        await server.client.delete("/api/routes/tone-main")
+        path = tmp_path / "appliance-backup.json"
+        path.write_text(json.dumps(backup))
+
+        def run(b: Browser):
+            admin = open_admin(b, server.url)
+            asked = []
+            admin.on("dialog", lambda d: (asked.append(d.message), d.accept()))
+            admin.set_input_files("#restore", str(path))
+            admin.wait_for_selector('[data-gain="tone-main"]')
+            admin.close()
+            return asked
+
+        asked = await browser.call(run)
+        assert len(asked) == 1 and "routes added: tone-main" in asked[0]
+        assert (await server.client.get("/api/routes/tone-main")).status_code == 200
