@@ -491,3 +491,49 @@ async def test_a_source_whose_stream_stops_is_lost_and_comes_back_by_itself():
         await next_event(engine, DeviceRestored, lambda e: e.entity_id == "net")
         stats = engine.net_source_stats("net")
         assert stats.jitter_ms > 0 and stats.reordered == 0   # measured (a Python sender's)
+
+
+async def test_a_flood_on_one_sources_port_stalls_neither_the_mixer_nor_another_source():
+    """A stranger floods one network source's port (from an address it does
+    not allow, and from one it does with junk) as fast as this process can
+    send, while a listener hears a channel fed by another network source:
+    its packets keep coming at the channel's rate and the tone stays whole."""
+    flooded, played = free_udp_port(), free_udp_port()
+    async with open_engine(LEAN) as engine:
+        await scream_graph(engine, played)
+        await engine.add_source("victim", SourceSpec(kind="scream", address="127.0.0.1",
+                                                     port=flooded, allow_from=("127.0.0.1",)))
+        sender = ScreamSender("127.0.0.1", played)
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind(("127.0.0.2", 0))
+        insider = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        insider.bind(("127.0.0.1", 0))
+        junk = os.urandom(1157)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender.run)
+            async with open_aiortc_listener() as peer:
+                listener = await connect(engine, peer)
+                await peer.record(0.2)
+                before = peer.packets_received
+                started = trio.current_time()
+
+                async def flood() -> None:
+                    while True:
+                        for _ in range(200):
+                            stranger.sendto(junk, ("127.0.0.1", flooded))
+                            insider.sendto(junk, ("127.0.0.1", flooded))
+                        await trio.sleep(0)
+                nursery.start_soon(flood)
+                audio = await peer.record(1.0)
+                rate = (peer.packets_received - before) / (trio.current_time() - started)
+                await listener.aclose()
+            nursery.cancel_scope.cancel()
+        stranger.close()
+        insider.close()
+        sender.close()
+        victim = engine.net_source_stats("victim")
+    print(f"\nflood: {victim.refused} refused, {victim.malformed} malformed; "
+          f"the other channel {rate:.0f} packets/s")
+    assert victim.refused > 1000 and victim.malformed > 1000 and victim.packets == 0
+    assert rate > 90   # 10 ms packets: 100 a second
+    assert abs(dominant_frequency(audio) - 1000.0) < 3.0
