@@ -178,6 +178,14 @@ class SinkSpec:
     # room's own sound, not before it (the engine delays the sink's mix)
     delay_ms: int = field(default=0, metadata=_range(0, 500))
 
+    def problem(self) -> str | None:
+        """What is wrong across fields (``build`` asks). Opus for listeners
+        is mono or stereo (the engine refuses more; an ALSA sink may have up
+        to 8): said when the value comes in, not only at start."""
+        if self.kind == "opus" and self.channels > 2:
+            return f"channels: an Opus sink has 1 or 2 channels, not {self.channels}"
+        return None
+
 
 @dataclass(frozen=True)
 class RouteSpec:
@@ -458,4 +466,8 @@ def build(cls: type, data: Any, where: str, *, skip: tuple[str, ...] = ()) -> An
         if name not in kwargs and f.default is dataclasses.MISSING \
                 and f.default_factory is dataclasses.MISSING:
             raise InvalidError(f"{where}.{name} is missing" if where else f"{name} is missing")
-    return cls(**kwargs)
+    value = cls(**kwargs)
+    problem = value.problem() if hasattr(value, "problem") else None   # across fields
+    if problem:
+        raise InvalidError(f"{where}.{problem}" if where else problem)
+    return value

@@ -168,3 +168,12 @@ def test_https_and_hotspot_keys():
                          ({"wifi_ssid": "é" * 17}, "longer than 32 bytes")]:
         with pytest.raises(ConfigError, match=words):
             parse_config({"server": table}, cards=[])
+
+
+def test_an_opus_sink_of_more_than_two_channels_is_refused_by_the_model_as_by_the_engine():
+    """The model took 1..8 for every sink and the engine refused an Opus sink
+    of 3 at start: a config that checked out did not start."""
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"sinks": [{"id": "main", "kind": "opus", "channels": 3}]}, cards=[])
+    assert "sinks[0].channels: an Opus sink has 1 or 2 channels" in str(refused.value)
+    parse_config({"sinks": [{"id": "hat", "kind": "alsa", "channels": 8}]}, cards=[])
