@@ -26,13 +26,18 @@ ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup
 PLAYER_SOURCES := $(addprefix tests/players/,package.json package-lock.json .npmrc build.mjs) \
 	$(wildcard tests/players/src/*.js)
 
-.PHONY: run test test-slow bench sanitize native-check deps clean
+.PHONY: run test test-slow bench sanitize native-check lint deps clean
 
 run: $(STAMPS)/engine
 	$(BIN)/appliance run $(ARGS)
 
-test: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
+test: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The house's habits, both clean (pyproject.toml says which rules and why).
+.PHONY: lint
+lint: $(STAMPS)/venv native-check
+	$(BIN)/ruff check appliance tests bench native
 
 # Image build, boot test and soak: minutes to an hour.
 test-slow: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players

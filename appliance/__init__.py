@@ -19,7 +19,7 @@ _LAZY = {
                 "ListenerStateChanged", "XrunOccurred"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
-__all__ = ["__version__", *_WHERE]
+__all__ = ["__version__", *_WHERE]  # noqa: PLE0604 (the lazy names, all strings)
 
 
 def __getattr__(name: str) -> Any:

@@ -653,7 +653,7 @@ def _read_pairs(data: bytes) -> dict[str, str]:
             # --ssh-key FILE: the file's keys, without comments and blank lines
             with open(text, "rb") as f:
                 body = f.read(64 * 1024 + 1).decode("utf-8", "replace")
-            text = "\n".join(l for l in body.splitlines() if l.strip() and not l.lstrip().startswith("#"))
+            text = "\n".join(line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#"))
             if not text:
                 raise SettingsError("ssh_key", "the file holds no key", value.decode("utf-8", "replace"))
         out[name] = text

@@ -203,18 +203,20 @@ class GraphRegistry:
         added, removed, changed in place (only changeable fields differ) and
         made again (another field differs: removed and added). Refuses what
         may not be made here (a device or a media file) as create would."""
+        def in_place(kind: str, now: Any, wanted: Any) -> bool:
+            a, b = entity_to_dict(now), entity_to_dict(wanted)
+            return {k for k in a if a[k] != b[k]} <= CHANGEABLE[kind]
+
         out = {}
         for kind in KINDS:
             now = self.registries[kind]
             wanted = {e.id: e for e in target.of(kind)}
             changed = [i for i in wanted if i in now and wanted[i] != now[i]]
-            def in_place(i: str) -> bool:
-                a, b = entity_to_dict(now[i]), entity_to_dict(wanted[i])
-                return {k for k in a if a[k] != b[k]} <= CHANGEABLE[kind]
+            live = {i for i in changed if in_place(kind, now[i], wanted[i])}
             out[kind] = {"added": sorted(set(wanted) - set(now)),
                          "removed": sorted(set(now) - set(wanted)),
-                         "changed": sorted(i for i in changed if in_place(i)),
-                         "made_again": sorted(i for i in changed if not in_place(i))}
+                         "changed": sorted(live),
+                         "made_again": sorted(set(changed) - live)}
             # devices and media files checked before anything goes
             for i in out[kind]["added"] + out[kind]["made_again"]:
                 self._check_resources(kind, wanted[i])

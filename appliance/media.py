@@ -50,7 +50,7 @@ def media_folder(config: object) -> Path:
     configured = getattr(config, "media_dir", None)
     if configured:
         return Path(configured)
-    return Path(getattr(config, "state_dir")) / "media"
+    return Path(config.state_dir) / "media"
 
 
 def check_media_path(path: object, *, field: str = "path") -> str:

@@ -230,7 +230,7 @@ def check_candidate(text: Any) -> str:
     extensions = fields[8:]
     if len(extensions) > 32:
         raise InvalidError("candidate: too many extensions")
-    for name, value in zip(extensions[::2], extensions[1::2]):
+    for name, value in zip(extensions[::2], extensions[1::2], strict=False):   # a lone name is checked below
         if name == "raddr":
             _address(value, "candidate raddr")
         elif name == "rport":

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -216,7 +215,7 @@ async def cost_run(counts: list[int], seconds: float, env: dict) -> None:
         while len(peers) < n:
             batch = [Peer() for _ in range(min(10, n - len(peers)))]
             ids = await asyncio.gather(*(p.connect(engine) for p in batch))
-            peers += list(zip(batch, ids))
+            peers += list(zip(batch, ids, strict=True))
         await asyncio.sleep(2)  # settle: handshakes done, queues steady
         before = await engine.ask(op="stats")
         cpu, rss, threads = await measure(engine, seconds)
@@ -243,7 +242,8 @@ async def cost_run(counts: list[int], seconds: float, env: dict) -> None:
     top = counts[-1]
     while len(peers) < top:
         batch = [Peer() for _ in range(min(10, top - len(peers)))]
-        peers += list(zip(batch, await asyncio.gather(*(p.connect(engine) for p in batch))))
+        peers += list(zip(batch, await asyncio.gather(*(p.connect(engine) for p in batch)),
+                          strict=True))
     rss_again, _ = await drop_all()
     await engine.quit()
     (n1, c1, r1, t1), (n2, c2, r2, t2) = rows[-2], rows[-1]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import statistics
@@ -140,7 +141,7 @@ def analyse(data: dict, seconds: float) -> dict:
     # the first packet arrived between the last empty sample and this one
     t_first = (before + samples[first]["t"]) / 2
     intervals = []  # (end time s, delay ms, target ms, packets)
-    for a, b in zip(samples, samples[1:]):
+    for a, b in itertools.pairwise(samples):
         if a["jbCount"] is None or b["jbCount"] is None:
             continue
         dn = b["jbCount"] - a["jbCount"]

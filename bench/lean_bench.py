@@ -551,7 +551,7 @@ def slope(rows: list[Row], attr: str) -> float:
         return float("nan")
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else float("nan")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
 
 
 def report(name: str, result: dict[str, Any]) -> None:

@@ -311,7 +311,7 @@ async def test_remote_candidates_can_trickle(engine):
     (synthetic_offer().replace("a=recvonly", "a=sendonly"), "sendonly"),
     (synthetic_offer(payload_type=0, opus=False), "Opus"),
     (synthetic_offer().replace("UDP/TLS/RTP/SAVPF", "RTP/AVP"), "DTLS"),
-    ("\n".join(l for l in synthetic_offer().splitlines() if "ice-pwd" not in l), "ICE"),
+    ("\n".join(line for line in synthetic_offer().splitlines() if "ice-pwd" not in line), "ICE"),
     ("v=0\r\n" + "a=" + "x" * 100000 + "\r\n", "no audio"),
 ])
 async def test_bad_offers_are_refused_with_a_reason(engine, offer, reason):

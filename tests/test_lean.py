@@ -5,6 +5,7 @@ reports; forged STUN, DTLS from strangers and random datagrams are dropped,
 counted, and change nothing for the listeners that are there."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -17,7 +18,7 @@ from aioice import stun
 from aiortc import rtcdtlstransport
 
 from appliance import (
-    AnswerReady, EngineError, EngineSettings, ErrorCode, LevelsMeasured, ListenerState,
+    AnswerReady, EngineError, EngineSettings, LevelsMeasured, ListenerState,
     ListenerStateChanged, RouteSpec, SinkSpec, open_engine,
 )
 from appliance.engine import Listener
@@ -330,9 +331,10 @@ async def test_forged_and_stray_datagrams_are_dropped_counted_and_harm_nobody(en
         for i in range(flood):
             await sock.sendto(bytes([i % 256]) + os.urandom(i % 200), server)
         total = len(forged) + 3 + flood
-        counted = lambda stats: sum(getattr(stats, f) - getattr(before, f) for f in
-                                    ("lean_stun_rejected", "lean_dtls_rejected",
-                                     "lean_rtcp_rejected", "lean_junk"))
+        def counted(stats) -> int:
+            return sum(getattr(stats, f) - getattr(before, f) for f in
+                       ("lean_stun_rejected", "lean_dtls_rejected", "lean_rtcp_rejected",
+                        "lean_junk"))
         # Not lean_datagrams_in: the victim's consent checks and reports arrive
         # there too while the flood is sent (seconds of it under qemu-user).
         await until(lambda: counted(engine.stats()) >= total)
@@ -634,7 +636,7 @@ async def test_a_new_listener_gets_its_first_packets_paced_not_in_a_burst(engine
         await until(lambda: len(arrivals) >= 60, timeout=5, what="60 packets")
         first = arrivals[:60]
         assert [(s - first[0][1]) % 65536 for _, s, _ in first] == list(range(60))
-        assert {(b[2] - a[2]) % 2**32 for a, b in zip(first, first[1:])} == {480}  # 10 ms
+        assert {(b[2] - a[2]) % 2**32 for a, b in itertools.pairwise(first)} == {480}  # 10 ms
         # how late each packet is for its media time, against the later ones:
         # a queue released at once makes the first ones late by its length
         late = [t - ts / 48000 for t, _, ts in first]

@@ -32,6 +32,7 @@ from support.rtp import Tone, gstreamer_sender, packet
 from support.scream import ScreamSender, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
 from test_engine import connect, next_event
+import trio.lowlevel
 
 pytestmark = pytest.mark.trio
 
@@ -84,7 +85,7 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
     target (its error is the drift times the steering's 2 s time constant)."""
     ports = free_udp_port(), free_udp_port()
     async with open_engine(LEAN) as engine:
-        for name, port in zip(("fast", "slow"), ports):
+        for name, port in zip(("fast", "slow"), ports, strict=True):
             await scream_graph(engine, port, source=name, sink=name)
         senders = [ScreamSender("127.0.0.1", ports[0], speed=1.001),
                    ScreamSender("127.0.0.1", ports[1], speed=0.999)]
@@ -522,7 +523,7 @@ async def test_a_flood_on_one_sources_port_stalls_neither_the_mixer_nor_another_
                         for _ in range(200):
                             stranger.sendto(junk, ("127.0.0.1", flooded))
                             insider.sendto(junk, ("127.0.0.1", flooded))
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
                 nursery.start_soon(flood)
                 audio = await peer.record(1.0)
                 rate = (peer.packets_received - before) / (trio.current_time() - started)

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-import trio
 
 from appliance.config import parse_config
 from appliance.model import Graph

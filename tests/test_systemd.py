@@ -89,7 +89,7 @@ async def test_the_watchdog_withholds_pings_while_the_check_fails_hangs_or_raise
         server.setblocking(False)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(systemd.run_watchdog, check, env)
-            for mode in ("no", "hang", "raise"):
+            for mode in ("no", "hang", "raise"):  # noqa: B007 (check() reads it)
                 await calls_after(3)
                 with pytest.raises(BlockingIOError):
                     server.recv(100)  # not a single ping

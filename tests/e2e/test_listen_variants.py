@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import trio
 
 from appliance.sessions import TEMP_PREFIX
 from tests.e2e.phone import Phone, card, phone, problems, tap_listen, wait_playing  # noqa: F401

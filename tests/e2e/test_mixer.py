@@ -4,7 +4,6 @@ start."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import alsaaudio
 import pytest

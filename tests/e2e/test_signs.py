@@ -98,7 +98,7 @@ async def test_one_sign_per_channel_whose_qr_code_opens_that_channel(tmp_path, p
         assert len(re.findall(rb"/Type\s*/Page\b", pdf)) == 3, fmt
     # the pixels, read back by a real QR reader where one is installed
     if shutil.which("zbarimg"):
-        for sign, shot in zip(signs, shots):
+        for sign, shot in zip(signs, shots, strict=True):
             read = subprocess.run(["zbarimg", "--raw", "-q", str(shot)], capture_output=True,
                                   text=True, timeout=30)
             assert read.stdout.strip().splitlines() == [base + sign["sink"]]

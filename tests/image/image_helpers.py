@@ -84,7 +84,7 @@ class FakeSys:
     def _write_proc(self):
         lines = [f"{20 + i} 1 {mm} / {mp} rw,relatime shared:1 - {fs} {src} rw"
                  for i, (mm, mp, fs, src) in enumerate(self.mounts)]
-        (self.root / "proc/self/mountinfo").write_text("".join(l + "\n" for l in lines))
+        (self.root / "proc/self/mountinfo").write_text("".join(line + "\n" for line in lines))
         (self.root / "proc/swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n")
 
     def add_disk(self, name, size, *, bus="usb", removable=False, model="SD/MMC Reader",

@@ -73,11 +73,11 @@ def test_boot_partition(built):
     _, _, img, _ = built
     at = f"{img}@@{offset(img, 1)}"
     listing = run(["mdir", "-i", at, "-b", "::"], check=True).stdout
-    names = {Path(l.strip()).name for l in listing.splitlines()}
+    names = {Path(line.strip()).name for line in listing.splitlines()}
     assert {"config.txt", "hats.txt", "appliance.toml", "appliance-release.txt", "slot-a"} <= names, listing
     assert not names & {"cmdline.txt", "tryboot.txt", "slot-b"}, listing
     # Slot A's kernel, overlays and command line are in slot-a/, which config.txt names.
-    slot = {Path(l.strip()).name for l in run(["mdir", "-i", at, "-b", "::slot-a"], check=True).stdout.splitlines()}
+    slot = {Path(line.strip()).name for line in run(["mdir", "-i", at, "-b", "::slot-a"], check=True).stdout.splitlines()}
     assert {"vmlinuz", "cmdline.txt", "overlays"} <= slot, slot
     config_txt = run(["mtype", "-i", at, "::config.txt"], check=True).stdout
     assert config_txt.splitlines()[-2:] == ["[all]", "os_prefix=slot-a/"]
@@ -132,7 +132,7 @@ def test_root_file_system_contents(built):
     assert "Storage=volatile" in journald and "RuntimeMaxUse=" in journald
     fstab = cat(img, 2, "/etc/fstab")
     # No line for /: it is slot A or B, mounted read-only by the kernel.
-    assert not any(l.split()[1:2] == ["/"] for l in fstab.splitlines() if not l.startswith("#"))
+    assert not any(line.split()[1:2] == ["/"] for line in fstab.splitlines() if not line.startswith("#"))
     assert "/var/lib/appliance" in fstab and "data=journal" in fstab
     assert cat(img, 2, "/etc/machine-id") == ""
     assert "ssh_host_" not in debugfs(img, 2, "ls /etc/ssh")

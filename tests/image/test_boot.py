@@ -47,7 +47,8 @@ def root_used(img):
     """Bytes the root file system (slot A) uses."""
     off = partitions(img)[1]["start"] * 512
     stats = run(["debugfs", "-R", "stats", f"{img}?offset={off}"], check=True).stdout
-    field = lambda name: int(next(l.split(":")[1] for l in stats.splitlines() if l.startswith(name)))
+    def field(name: str) -> int:
+        return int(next(line.split(":")[1] for line in stats.splitlines() if line.startswith(name)))
     return (field("Block count") - field("Free blocks")) * field("Block size")
 
 
@@ -125,7 +126,8 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
     finally:
         vm.stop()
     later_median, floor_median = statistics.median(later), statistics.median(floor_times)
-    listed = lambda times: ", ".join(f"{t:.1f}" for t in times)
+    def listed(times: list[float]) -> str:
+        return ", ".join(f"{t:.1f}" for t in times)
     xz = img.with_suffix(".img.xz")
     used = root_used(img)
     report += [

@@ -123,7 +123,7 @@ def wheel_pins(present: set[str], py: str) -> list[str]:
         try:
             dist = distribution(name)
         except PackageNotFoundError:
-            raise AssertionError(f"{name} is not in the host venv (make test installs it)")
+            raise AssertionError(f"{name} is not in the host venv (make test installs it)") from None
         pins[name] = dist.version
         for line in dist.requires or []:
             req = Requirement(line)
@@ -202,16 +202,16 @@ def test_engine_tests_pass_inside_the_arm64_root(appliance_image, tmp_path, caps
     log = tmp_path / "engine-tests.log"
     log.write_text(p.stdout + "\n---- stderr ----\n" + p.stderr)
     lines = p.stdout.splitlines()
-    summary = next((l for l in reversed(lines) if re.match(r"\d+ \w+.* in [\d.]+s", l)), "")
+    summary = next((line for line in reversed(lines) if re.match(r"\d+ \w+.* in [\d.]+s", line)), "")
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|deselected|skipped)",
                                                summary)}
-    failures = [l for l in lines if l.startswith(("FAILED ", "ERROR "))]
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
     with capsys.disabled():
         print(f"\nengine tests in the arm64 root ({img.name}), prepared in {prepared:.0f} s "
               f"(test-only wheels: {', '.join(pins)}), run in {ran:.0f} s:\n{summary}")
         for node, why in DESELECT.items():
             print(f"  deselected {node}: {why}")
-        print("".join(f"  {l}\n" for l in failures) + f"  whole output: {log}")
+        print("".join(f"  {line}\n" for line in failures) + f"  whole output: {log}")
     assert p.returncode == 0 and summary, f"{summary}\n" + "\n".join(failures) + f"\n(see {log})"
     assert counts.get("deselected") == len(DESELECT), f"a deselected test is gone: {summary}"
     assert counts.get("passed", 0) >= 30 and not counts.get("failed"), summary

@@ -94,7 +94,7 @@ def settings_on(target):
 def test_list_offers_only_card_readers(sysroot):
     p = flash(sysroot, "--list")
     assert p.returncode == 0, p.stderr
-    offered = [l.split()[0] for l in p.stdout.splitlines()[1:]]
+    offered = [line.split()[0] for line in p.stdout.splitlines()[1:]]
     assert sorted(offered) == ["/dev/mmcblk0", "/dev/sdb", "/dev/sdc", "/dev/sdg", "/dev/sdh"]
     assert "Generic SD/MMC Reader" in p.stdout and "1.0 GB" in p.stdout
     assert "/media/me/bootfs" in p.stdout, "mounted cards are shown with their mount points"

@@ -92,7 +92,7 @@ def test_phone_joins_the_hotspot_and_is_sent_to_the_listen_page(appliance_image,
                 check=False).stdout
             time.sleep(2)
         vm.ssh("sudo ip netns exec sta busybox udhcpc -i wlan1 -n -q -t 10 -s /tmp/sta-udhcpc.sh")
-        lease = dict(l.split("=", 1) for l in vm.ssh("sudo cat /run/sta-lease").stdout.splitlines() if "=" in l)
+        lease = dict(line.split("=", 1) for line in vm.ssh("sudo cat /run/sta-lease").stdout.splitlines() if "=" in line)
         assert lease["ip"].startswith("10.42.0.") and lease["router"] == "10.42.0.1"
         assert lease["dns"].split() == ["10.42.0.1"]
         p = vm.ssh("sudo ip netns exec sta unshare -m sh -c "

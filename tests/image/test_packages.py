@@ -62,9 +62,10 @@ def test_the_image_build_reads_the_same_lists():
 def test_the_image_package_list_says_why_each_package_is_there(tmp_path):
     root = tmp_path / "root"
     (root / "var/lib/dpkg").mkdir(parents=True)
-    st = lambda name, deps="", extra="": (f"Package: {name}\nStatus: install ok installed\nVersion: 1\n"
-                                         f"Architecture: arm64\nInstalled-Size: 10\n"
-                                         + (f"Depends: {deps}\n" if deps else "") + extra)
+    def st(name: str, deps: str = "", extra: str = "") -> str:
+        return (f"Package: {name}\nStatus: install ok installed\nVersion: 1\n"
+                f"Architecture: arm64\nInstalled-Size: 10\n"
+                + (f"Depends: {deps}\n" if deps else "") + extra)
     (root / "var/lib/dpkg/status").write_text("\n".join([
         st("avahi-daemon", "libavahi-core7 (>= 0.8), adduser"),
         st("libavahi-core7", "libdaemon0 | libfake"),
@@ -82,8 +83,8 @@ def test_the_image_package_list_says_why_each_package_is_there(tmp_path):
     freeze = tmp_path / "freeze.txt"
     freeze.write_text("trio==0.27\nappliance==0.1.0\n")
     p = run(["python3", REPO / "image/lib/package-list.py", root, REPO, freeze], check=True)
-    rows = {l.split("\t")[0]: l.split("\t") for l in p.stdout.splitlines() if not l.startswith("#")
-            and "\t" in l}
+    rows = {line.split("\t")[0]: line.split("\t") for line in p.stdout.splitlines() if not line.startswith("#")
+            and "\t" in line}
     assert rows["avahi-daemon"][4].startswith("listed in image-system.txt: http://<hostname>.local/")
     assert rows["libavahi-core7"][4] == "for avahi-daemon"
     assert rows["libdaemon0"][4] == "for avahi-daemon (needed by libavahi-core7)"
@@ -99,8 +100,9 @@ def test_the_image_package_list_says_why_each_package_is_there(tmp_path):
 
 
 def test_lean_orphans_are_what_only_purged_packages_needed(tmp_path):
-    st = lambda name, deps="", extra="": (f"Package: {name}\nStatus: install ok installed\n"
-                                         + (f"Depends: {deps}\n" if deps else "") + extra)
+    def st(name: str, deps: str = "", extra: str = "") -> str:
+        return (f"Package: {name}\nStatus: install ok installed\n"
+                + (f"Depends: {deps}\n" if deps else "") + extra)
     status = tmp_path / "status"
     status.write_text("\n".join([
         # gstreamer1.0-plugins-bad still depends on the purged libllvm19 and libonnx:

@@ -4,10 +4,8 @@ the right and a wrong keyring, a damaged bundle, the boot selector
 (boot-slot, on a boot partition in a directory) and `appliance update`'s
 refusals. Booting an update, keeping it and rolling it back are QEMU tests
 (test_boot.py, slow)."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

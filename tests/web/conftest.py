@@ -14,7 +14,6 @@ import trio
 
 from appliance.cli import serve
 from appliance.config import AdminConfig, Config, parse_config
-from appliance.engine import EngineSettings
 from appliance.passwords import hash_password
 from appliance.service import Service
 from appliance.web import create_app

@@ -13,6 +13,7 @@ import os
 import re
 import resource
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from functools import partial
@@ -218,8 +219,7 @@ async def test_an_h2c_upgrade_is_answered_in_http_1_1(box):
         assert (await read_response(stream))[0] == 200
 
 
-def tls_client(alpn: list[str]) -> "ssl.SSLContext":
-    import ssl
+def tls_client(alpn: list[str]) -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

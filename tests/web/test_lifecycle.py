@@ -16,6 +16,7 @@ from appliance import live_engine_threads
 from appliance._native import RawEvent, ffi, lib
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener, synthetic_offer
 from tests.web.conftest import ADMIN, IDLE, make_config, open_server
+import trio.lowlevel
 
 pytestmark = pytest.mark.trio
 
@@ -182,11 +183,11 @@ async def _vanish_during_post(server):
     for path in ("/api/whep/main", "/api/whep/route/tone-main"):
         async with httpx.AsyncClient(base_url=server.url, headers=ADMIN) as client:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(lambda: client.post(
+                nursery.start_soon(lambda path=path: client.post(
                     path, content=synthetic_offer(), headers={"Content-Type": "application/sdp"}))
                 with trio.fail_after(5):
                     while not service.sessions:  # the POST reached the service
-                        await trio.sleep(0)
+                        await trio.lowlevel.checkpoint()
                 session = next(iter(service.sessions))
                 nursery.cancel_scope.cancel()  # the client goes away mid-request
         with trio.fail_after(5):
@@ -292,7 +293,7 @@ async def test_200_listeners_torn_down_in_random_order(tmp_path):
             for peer in (p1, p2, p3):  # 200 idle listeners do not disturb them
                 assert abs(dominant_frequency(await peer.record(0.3)) - 440) < 2
 
-            everyone = [(r, None) for r in responses] + list(zip(real, (p1, p2, p3)))
+            everyone = [(r, None) for r in responses] + list(zip(real, (p1, p2, p3), strict=True))
             rng.shuffle(everyone)
             sessions = [server.session_for(r) for r, _ in everyone]
             actions = {"delete": 0, "vanish": 0, "heartbeat-delete": 0, "delete-twice": 0}
@@ -322,7 +323,7 @@ async def test_200_listeners_torn_down_in_random_order(tmp_path):
                 for r, peer in everyone:
                     nursery.start_soon(limited, r, peer)
                     if rng.random() < 0.1:
-                        await trio.sleep(0)  # interleave starts and ends
+                        await trio.lowlevel.checkpoint()  # interleave starts and ends
             assert min(actions.values()) > 10
             with trio.fail_after(20):
                 for session in sessions:

@@ -12,7 +12,7 @@ from appliance.config import AdminConfig
 from appliance.errors import InvalidError
 from appliance.model import build
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
-from tests.web.conftest import ADMIN, ADMIN_HASH, ADMIN_TOKEN, make_config, open_server
+from tests.web.conftest import ADMIN_HASH, ADMIN_TOKEN, make_config, open_server
 from tests.web.test_https import https_base, other_address, pinned
 
 pytestmark = pytest.mark.trio

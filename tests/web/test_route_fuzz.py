@@ -20,6 +20,7 @@ import trio
 
 from tests.support.webrtc import synthetic_offer
 from tests.web.conftest import ADMIN, IDLE, make_config, open_server
+import trio.lowlevel
 
 pytestmark = pytest.mark.trio
 
@@ -176,7 +177,7 @@ async def _fuzz(tmp_path: Path, requests: int, datagrams: int, seed: int,
                         except BlockingIOError:
                             pass
                         if i % 64 == 0:
-                            await trio.sleep(0)
+                            await trio.lowlevel.checkpoint()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(udp)

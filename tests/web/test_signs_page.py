@@ -60,7 +60,7 @@ async def test_a_hotspot_with_a_passphrase_gets_a_wifi_join_code_on_every_sign(t
         # the listen code is still the first one on the sign, to plain HTTP
         port = server.url.rsplit(":", 1)[1]
         first = r.text.index('class="qr" data-url="')
-        assert r.text[first:].startswith(f'class="qr" data-url="http://')
+        assert r.text[first:].startswith('class="qr" data-url="http://')
         assert f".local:{port}/listen/main" in r.text
         # over HTTPS (the admin page's button) the listen codes stay plain HTTP
         https = server.app.appliance_ports["https"]
