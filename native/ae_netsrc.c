@@ -366,6 +366,7 @@ static void count(ae_netsrc *n, uint64_t *counter, uint64_t by)
  * resampled, laid out as the source's channels, written. */
 static void take_frames(ae_netsrc *n, int frames, int64_t now)
 {
+    if (!n->resampler) return;   /* its making failed (no memory): the stream is dropped */
     int sch = n->s_channels, ch = n->channels;
     /* a buffer shorter than two packets runs dry between any two of them */
     atomic_store_explicit(&n->packet_target,
