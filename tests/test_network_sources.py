@@ -47,6 +47,16 @@ async def scream_graph(engine, port: int, *, source: str = "net", sink: str = "m
     await engine.add_route(f"{source}-{sink}", RouteSpec(source, sink))
 
 
+async def heard_hz(engine, sink: str = "main", *, seconds: float) -> float:
+    """What a real WebRTC peer hears on a sink for ``seconds``: its
+    dominant frequency (the peer connects, records and leaves)."""
+    async with open_aiortc_listener() as peer:
+        listener = await connect(engine, peer, sink)
+        heard = dominant_frequency(await peer.record(seconds))
+        await listener.aclose()
+    return heard
+
+
 async def until(engine, source: str, predicate, timeout: float = 10.0):
     """The source's stats once ``predicate`` holds for them."""
     with trio.fail_after(timeout):
@@ -68,10 +78,7 @@ async def test_a_scream_stream_is_heard_by_a_listener(rate, bits, channels):
             nursery.start_soon(sender.run)
             stats = await until(engine, "net", lambda s: s.buffered_ms is not None)
             assert (stats.rate, stats.bits, stats.channels) == (rate, bits, channels)
-            async with open_aiortc_listener() as peer:
-                listener = await connect(engine, peer)
-                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
-                await listener.aclose()
+            assert abs(await heard_hz(engine, seconds=0.5) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
         sender.close()
         stats = engine.net_source_stats("net")
@@ -121,10 +128,7 @@ async def test_what_allow_from_does_not_name_is_dropped_and_counted():
             stats = await until(engine, "net", lambda s: s.refused >= 20)
             assert stats.packets == 0 and stats.refused_from == "127.0.0.2"
             nursery.start_soon(friend.run)
-            async with open_aiortc_listener() as peer:
-                listener = await connect(engine, peer)
-                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
-                await listener.aclose()
+            assert abs(await heard_hz(engine, seconds=0.5) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
         # unicast with no allow_from: nobody (a multicast group: the local subnets)
         other = free_udp_port()
@@ -212,10 +216,7 @@ async def test_per_process_scream_takes_its_program_only():
             for sender in (vlc, game, plain):
                 nursery.start_soon(sender.run)
             await until(engine, "net", lambda s: s.other_program > 40 and s.packets > 20)
-            async with open_aiortc_listener() as peer:
-                listener = await connect(engine, peer)
-                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
-                await listener.aclose()
+            assert abs(await heard_hz(engine, seconds=0.5) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
         assert engine.net_source_stats("net").program_refused == "game.exe"
         for sender in (vlc, game, plain):
@@ -302,10 +303,7 @@ async def test_an_rtp_stream_from_gstreamer_is_heard(encoding, rate, channels, p
         async with trio.open_nursery() as nursery:
             sender = await nursery.start(partial(trio.run_process, command, check=False))
             await until(engine, "net", lambda s: s.buffered_ms is not None)
-            async with open_aiortc_listener() as peer:
-                listener = await connect(engine, peer)
-                assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
-                await listener.aclose()
+            assert abs(await heard_hz(engine, seconds=0.5) - 1000.0) < 3.0
             rms = await source_rms(engine, "net")
             sender.kill()
         assert all(abs(r + 15.0) < 1.0 for r in rms), rms
@@ -363,10 +361,7 @@ async def test_reordered_repeated_and_lost_packets():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_pattern, port, order)
             await until(engine, "net", lambda s: s.packets > 50)
-            async with open_aiortc_listener() as peer:
-                listener = await connect(engine, peer)
-                assert abs(dominant_frequency(await peer.record(0.3)) - 1000.0) < 3.0
-                await listener.aclose()
+            assert abs(await heard_hz(engine, seconds=0.3) - 1000.0) < 3.0
         stats = await until(engine, "net", lambda s: s.packets == len(order))
     assert stats.lost == dropped and stats.late == repeated and stats.reordered == swapped
     assert stats.restarts == stats.malformed == 0
@@ -409,10 +404,7 @@ async def test_malformed_rtp_is_counted_and_the_stream_goes_on():
             junk.sendto(packet(1, 0, 1, 0, good), ("127.0.0.1", port))   # PCMU: not ours
             stats = await until(engine, "net", lambda s: s.malformed == len(bad) * 50)
             assert stats.other_program == 1
-            async with open_aiortc_listener() as peer:
-                listener = await connect(engine, peer)
-                assert abs(dominant_frequency(await peer.record(0.3)) - 1000.0) < 3.0
-                await listener.aclose()
+            assert abs(await heard_hz(engine, seconds=0.3) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
         junk.close()
         assert engine.net_source_stats("net").restarts == 0

@@ -17,6 +17,7 @@ from appliance.config import AdminConfig, Config, parse_config
 from appliance.passwords import hash_password
 from appliance.service import Service
 from appliance.web import create_app
+from tests.support.webrtc import dominant_frequency, open_aiortc_listener
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -82,6 +83,19 @@ class Server:
 
 IDLE = {"sessions": 0, "engine_listeners": 0, "engine_stats_listeners": 0,
         "temporary_sinks": 0, "temporary_routes": 0}
+
+
+async def heard_hz(server: Server, path: str = "/api/whep/main", *, seconds: float = 0.5) -> float:
+    """What a real WebRTC peer hears through ``path`` for ``seconds``: its
+    dominant frequency (it posts its offer, connects, records, leaves)."""
+    async with open_aiortc_listener() as peer:
+        answer = await server.post_offer(await peer.create_offer(), path)
+        assert answer.status_code == 201, answer.text
+        await peer.accept_answer(answer.text)
+        await peer.wait_connected()
+        heard = dominant_frequency(await peer.record(seconds))
+        await server.client.delete(answer.headers["Location"])
+    return heard
 
 
 @asynccontextmanager
