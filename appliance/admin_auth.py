@@ -401,12 +401,17 @@ class AdminAuth:
         stored = self._hash
         return bool(stored) and verify_password(password, stored)
 
+    def check_hash_restorable(self) -> None:
+        """A backup's password hash is refused while the config file sets
+        the password (its hash would win again at the next start)."""
+        if self.configured_hash:
+            raise InvalidError("the admin password is set in the config file ([admin] "
+                               "password_hash): restore a backup made without it")
+
     def restore_hash(self, stored: str) -> None:
         """Take a password hash from a backup (``appliance.backup`` checked
-        its form). The config file's hash, when set, is not overridden."""
-        if self.configured_hash:
-            raise InvalidError("the admin password is set in the config file "
-                               "([admin] password_hash): the backup's is not taken")
+        its form)."""
+        self.check_hash_restorable()
         atomic_write(self.password_file, (stored + "\n").encode("ascii"))
         self._hash = stored
         self._code = None

@@ -198,6 +198,10 @@ class GraphRegistry:
                 await self._persist()
         return self.get(kind, entity_id)
 
+    def _listening(self, kind: str, entity_id: str) -> int:
+        """How many listeners hear this entity itself."""
+        return sum(1 for s in self.sessions.answered() if s.target == (kind, entity_id))
+
     def plan(self, target: Graph) -> dict[str, dict[str, list[str]]]:
         """What replacing the graph with ``target`` changes, by kind: the ids
         added, removed, changed in place (only changeable fields differ) and
@@ -230,7 +234,7 @@ class GraphRegistry:
         going = [(kind, i) for kind in KINDS
                  for i in plan[kind]["removed"] + plan[kind]["made_again"]]
         for kind, i in going:
-            listening = sum(1 for s in self.sessions.answered() if s.target == (kind, i))
+            listening = self._listening(kind, i)
             if listening:
                 raise InUseError(f"{kind} {i!r} has {listening} listener(s): the restore would "
                                  "remove it; nothing was changed")
@@ -274,8 +278,7 @@ class GraphRegistry:
                     await self._persist()
                     return
                 raise NotFoundError(f"no {kind} {entity_id!r}")
-            listening = sum(1 for s in self.sessions.answered()
-                            if s.target == (kind, entity_id))
+            listening = self._listening(kind, entity_id)
             if listening:
                 raise InUseError(f"{kind} {entity_id!r} has {listening} listener(s)")
             users = [r.id for r in self.registries["route"].values()

@@ -14,7 +14,6 @@ its persistence in ``graph`` and ``store``, the live state in ``feed``, SDP in
 from __future__ import annotations
 
 import dataclasses
-
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,9 +27,9 @@ from .engine import Engine, open_engine
 from .errors import NotFoundError
 from .feed import Feed
 from .graph import GraphRegistry
-from .model import NETWORK_KINDS, RouteSpec, Variant
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
+from .model import NETWORK_KINDS, RouteSpec, SourceSpec, Variant
 from .sap import SapListener
 from .sdp import Offer
 from .sessions import TEMP_PREFIX, Session, Sessions
@@ -67,16 +66,13 @@ class Service:
         out = self.feed.entity_state(kind, entity_id)
         if kind == "sink":
             out["listeners"] = self.listener_counts()["sinks"].get(entity_id, 0)
-        if kind == "source" and (network := self.network_source(entity_id)) is not None:
-            out["network"] = network
+        spec = self.engine.sources().get(entity_id) if kind == "source" else None
+        if spec is not None and spec.kind in NETWORK_KINDS:
+            out["network"] = self._network_source(entity_id, spec)
         return out
 
-    def network_source(self, source_id: str) -> dict[str, Any] | None:
-        """What a network source took in and refused, and its buffer (None:
-        not a network source, or not in the engine)."""
-        spec = self.engine.sources().get(source_id)
-        if spec is None or spec.kind not in NETWORK_KINDS:
-            return None
+    def _network_source(self, source_id: str, spec: SourceSpec) -> dict[str, Any]:
+        """What a network source took in and refused, and its buffer."""
         out = dataclasses.asdict(self.engine.net_source_stats(source_id))
         if spec.refclk.startswith("ptp="):
             # the sender follows a PTP clock; this box does not (PTP is not a
@@ -86,8 +82,8 @@ class Service:
 
     def backup(self, password_hash: str | None = None) -> dict[str, Any]:
         """The settings as one file (``appliance.backup``)."""
-        sections = {name: self.store.section(name) for name in SECTIONS
-                    if self.store.section(name) is not None}
+        saved = {name: self.store.section(name) for name in SECTIONS}
+        sections = {name: value for name, value in saved.items() if value is not None}
         return make_backup(self.config.name, self.graph.graph(), sections, password_hash)
 
     def restore_plan(self, backup: Backup) -> dict[str, Any]:
@@ -109,8 +105,9 @@ class Service:
                 "groups": list(self.sap.joined), "port": self.sap.port}
 
     def network_sources(self) -> dict[str, dict[str, Any]]:
-        return {source_id: stats for source_id in self.engine.sources()
-                if (stats := self.network_source(source_id)) is not None}
+        return {source_id: self._network_source(source_id, spec)
+                for source_id, spec in self.engine.sources().items()
+                if spec.kind in NETWORK_KINDS}
 
     def open_to_listeners(self, kind: str, ident: str) -> bool:
         """Whether anyone who may listen may listen to this: a channel (an

@@ -36,17 +36,21 @@ async def status() -> Response:
     return jsonify(status_reading())
 
 
+def _attachment(suffix: str) -> dict[str, str]:
+    """Headers that make an answer a file to keep, named by the time."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return {"Content-Disposition": f'attachment; filename="appliance-{stamp}.{suffix}"',
+            "Cache-Control": "no-store"}
+
+
 @blueprint.route("/backup", methods=["GET"])
 async def download_backup() -> Response:
     """The settings as one file; the admin password's hash only with
     ``?include=password``."""
     auth = current_app.admin_auth
     with_password = request.args.get("include") == "password"
-    data = service().backup(auth.password_hash if with_password else None)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    response = jsonify(data)
-    response.headers["Content-Disposition"] = f'attachment; filename="appliance-{stamp}.json"'
-    response.headers["Cache-Control"] = "no-store"
+    response = jsonify(service().backup(auth.password_hash if with_password else None))
+    response.headers.update(_attachment("json"))
     return response
 
 
@@ -56,9 +60,8 @@ async def restore() -> Response:
     dry_run = request.args.get("dry_run") in ("1", "true")
     backup = read_backup(await read_object())
     auth = current_app.admin_auth
-    if backup.password_hash and auth.configured_hash:
-        raise InvalidError("the admin password is set in the config file ([admin] "
-                           "password_hash): restore a backup made without it")
+    if backup.password_hash:   # before anything changes
+        auth.check_hash_restorable()
     if dry_run:
         plan = service().restore_plan(backup)
     else:
@@ -73,10 +76,8 @@ async def restore() -> Response:
 async def download_logs() -> Response:
     """The last hour of the appliance's log, as a file for support."""
     where, text = await logs.last_hour()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Response(text, content_type="text/plain; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="appliance-{stamp}.log"',
-        "X-Appliance-Log": where, "Cache-Control": "no-store"})
+    return Response(text, content_type="text/plain; charset=utf-8",
+                    headers={**_attachment("log"), "X-Appliance-Log": where})
 
 
 @blueprint.route("/announcements", methods=["GET"])

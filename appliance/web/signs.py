@@ -10,7 +10,8 @@ PIN the channel list is listening data, so it is shown only to someone who
 has the PIN's cookie or is logged in as admin, and each listen code carries
 the PIN's long form (``#key=<venue key>``, ``AdminAuth.venue_key``): a
 fragment, so it never reaches a server log, and unguessable, so it opens
-the channel at once even while strangers spend the PIN's guess budget. The signs speak each
+the channel at once even while strangers spend the PIN's guess budget.
+The signs speak each
 channel's language when there is a catalogue for it, else the reader's.
 
 On the appliance's own hotspot with a passphrase (``[server] wifi_ssid`` and
