@@ -685,9 +685,7 @@ static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
         h = d + AE_SCREAM_PROGRAM_LEN;
     } else {
         if (len == PER_PROCESS_PACKET || len == SCREAM_PACKET) {
-            pthread_mutex_lock(&n->lock);
-            n->stats.other_program++;
-            pthread_mutex_unlock(&n->lock);
+            count(n, &n->stats.other_program, 1);
             return;
         }
         goto malformed;
@@ -701,9 +699,7 @@ static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
     bool restart = rate != n->s_rate || bits != n->s_bits || channels != n->s_channels;
     if (restart || !same_sender(from, &n->from)) {
         if (restart && n->s_rate) {
-            pthread_mutex_lock(&n->lock);
-            n->stats.format_changes++;
-            pthread_mutex_unlock(&n->lock);
+            count(n, &n->stats.format_changes, 1);
         }
         n->from = *from;
         if (!restart_stream(n, rate, bits, channels)) goto malformed;
@@ -719,9 +715,7 @@ static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
     pthread_mutex_unlock(&n->lock);
     return;
 malformed:
-    pthread_mutex_lock(&n->lock);
-    n->stats.malformed++;
-    pthread_mutex_unlock(&n->lock);
+    count(n, &n->stats.malformed, 1);
 }
 
 static void *receiver_main(void *arg)
