@@ -354,7 +354,8 @@ class Engine:
         cfg = ffi.new("ae_source_config *")
         kinds = {"alsa": lib.AE_SOURCE_ALSA, "tone": lib.AE_SOURCE_TONE,
                  "clicks": lib.AE_SOURCE_TONE, "file": lib.AE_SOURCE_FILE,
-                 "scream": lib.AE_SOURCE_SCREAM, "rtp": lib.AE_SOURCE_RTP}
+                 "scream": lib.AE_SOURCE_SCREAM, "rtp": lib.AE_SOURCE_RTP,
+                 "whip": lib.AE_SOURCE_WHIP}
         if spec.kind not in kinds:
             raise EngineError(ErrorCode.INVALID, f"unknown source kind {spec.kind!r}")
         cfg.kind = kinds[spec.kind]
@@ -559,6 +560,25 @@ class Engine:
             listener._send.send_nowait(AnswerReady(listener.id, text))
         return listener
 
+    def start_publisher(self, source_id: str, offer_sdp: str) -> Listener:
+        """A publisher (WHIP) into the whip source ``source_id``: its answer is
+        the first of its ``events`` at once (``AnswerReady``). The caller must
+        ``aclose`` it."""
+        self._require_open()
+        source = self._lookup(self._sources, "source", source_id)
+        if not isinstance(offer_sdp, str):
+            raise EngineError(ErrorCode.SDP, "the offer must be text")
+        out = ffi.new("ae_listener **")
+        answer = ffi.new("char **")
+        check(lib.ae_publisher_open(source.handle, offer_sdp.encode("utf-8", "replace"), out,
+                                    answer))
+        publisher = Listener(self, out[0], source_id)
+        self._listeners[publisher.id] = publisher
+        text = ffi.string(answer[0]).decode("utf-8", "replace")
+        lib.ae_listener_free_answer(answer[0])
+        publisher._send.send_nowait(AnswerReady(publisher.id, text))
+        return publisher
+
     @asynccontextmanager
     async def open_listener(self, sink_id: str, offer_sdp: str) -> AsyncIterator[Listener]:
         """A listener for the duration of the block; leaving it (any way)
@@ -581,7 +601,7 @@ class Engine:
         return {k: v.spec for k, v in self._routes.items()}
 
     def listeners(self) -> dict[int, str]:
-        """Listener id -> sink id."""
+        """Listener id -> sink id (a publisher's: its source id)."""
         return {k: v.sink_id for k, v in self._listeners.items()}
 
     def stats(self) -> EngineStats:

@@ -153,7 +153,7 @@ typedef struct ae_engine_stats {
     uint64_t lean_datagrams_in;
     uint64_t lean_stun_rejected;   /* bad MESSAGE-INTEGRITY, unknown ufrag, malformed STUN */
     uint64_t lean_dtls_rejected;   /* DTLS from an address that never passed ICE */
-    uint64_t lean_rtcp_rejected;   /* RTP/RTCP from an unknown address or failing SRTCP */
+    uint64_t lean_rtcp_rejected;   /* RTP/RTCP from an unknown address or failing SRTP/SRTCP */
     uint64_t lean_junk;            /* datagrams that are none of STUN, DTLS, RTP/RTCP */
     uint64_t lean_send_dropped;    /* packets the socket would not take (buffer full) */
 } ae_engine_stats;
@@ -171,7 +171,8 @@ typedef enum ae_source_kind {
     AE_SOURCE_TONE = 2,       /* sine tone, or clicks when click_interval_ms > 0 */
     AE_SOURCE_FILE = 3,       /* WAV (PCM16/24/32, float) or raw S16LE, looped */
     AE_SOURCE_SCREAM = 4,     /* Scream over UDP (and ScreamRouter's per-process variant) */
-    AE_SOURCE_RTP = 5         /* RTP: L16, L24 (AES67), Opus, G.711, as an SDP describes it */
+    AE_SOURCE_RTP = 5,        /* RTP: L16, L24 (AES67), Opus, G.711, as an SDP describes it */
+    AE_SOURCE_WHIP = 6        /* Opus published over WebRTC (WHIP): see ae_publisher_open */
 } ae_source_kind;
 
 typedef enum ae_rtp_encoding {
@@ -211,7 +212,7 @@ typedef struct ae_source_config {
      * prefixes ("192.0.2.0/24", "2001:db8::/32", an address alone);
      * NULL or "" = nobody */
     const char *allow_from;
-    int latency_ms;           /* kept ahead of the mixer; 0 = 20 */
+    int latency_ms;           /* kept ahead of the mixer; 0 = 20 (also whip) */
     /* per-process Scream: the program tag taken (others counted and
      * dropped); NULL or "" = plain Scream packets only */
     const char *program;
@@ -351,6 +352,13 @@ int ae_listener_create(ae_sink *sink, const char *offer_sdp, ae_listener **out);
  * *answer_out is NULL and the answer comes as that event. */
 int ae_listener_open(ae_sink *sink, const char *offer_sdp, ae_listener **out, char **answer_out);
 void ae_listener_free_answer(char *answer);
+/* A publisher into a whip source (WHIP): the offer sends Opus, which is
+ * decoded and mixed like any network source's. Always the lean transport,
+ * answered at once (*answer_out, as above). It is an ae_listener for
+ * everything else (events, candidates, stats, destroy) but not counted
+ * among the listeners. AE_ERR_INVALID for a source of another kind. */
+int ae_publisher_open(ae_source *source, const char *offer_sdp, ae_listener **out,
+                      char **answer_out);
 /* The listener's event id: unique in the engine, never reused. */
 uint64_t ae_listener_id(const ae_listener *listener);
 /* candidate: "candidate:..." or "a=candidate:..."; an empty string means

@@ -505,6 +505,7 @@ int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source *
         break;
     case AE_SOURCE_SCREAM:
     case AE_SOURCE_RTP:
+    case AE_SOURCE_WHIP:
         rc = ae_ring_init(&s->ring, channels, (uint64_t)e->rate);
         ae_levels_init(&s->levels, s->channels);   /* the receiver measures from the start */
         if (rc == AE_OK)
@@ -558,6 +559,11 @@ int ae_source_click_times(ae_source *s, int64_t *out, int max)
     for (uint64_t i = 0; i < take; i++) out[i] = s->click_times[(n - take + i) % AE_CLICK_RING];
     pthread_mutex_unlock(&s->graph->lock);
     return (int)take;
+}
+
+int ae_source_feed_fd(ae_source *s)
+{
+    return s && s->kind == AE_SOURCE_WHIP ? ae_netsrc_feed_fd(s->net) : -1;
 }
 
 int ae_source_net_stats(ae_source *s, ae_net_source_stats *out)
@@ -905,7 +911,8 @@ static int pull(ae_route *r, float *dst, int fs, int64_t frame_time_us, bool clo
         return n;
     }
     case AE_SOURCE_SCREAM:
-    case AE_SOURCE_RTP: {
+    case AE_SOURCE_RTP:
+    case AE_SOURCE_WHIP: {
         /* never a clock: the receiver's resampler keeps the newest reader
          * its target behind what arrived; a reader that ran dry (or is far
          * off) waits until that much is there again and starts from it */

@@ -55,6 +55,10 @@ int ae_graph_variant_create(ae_sink *parent, const ae_variant_config *variant,
                             const ae_sink_config *cfg, ae_output_maker make, void *ctx,
                             ae_sink **out);
 
+/* A whip source: a new descriptor its publisher's transport writes RTP to
+ * (the caller closes it), or -1. */
+int ae_source_feed_fd(ae_source *s);
+
 #define AE_CLICK_RING 256
 
 /* An ALSA device and its thread: what capture sources and playback sinks

@@ -17,6 +17,11 @@
  * 7675): none for consent_timeout_ms and the listener has failed. No
  * cryptography, STUN integrity or DTLS is written here: only the plumbing.
  *
+ * A publisher (WHIP into a whip source) is a peer the other way round: its
+ * SRTP is unprotected here, and its Opus, rewritten to AE_NETSRC_FED_PT,
+ * goes to its source's receiver (ae_netsrc) through a socket pair; the
+ * media it sends, authenticated, is its sign of life.
+ *
  * All per-listener protocol state (tables, SSL, SRTP sessions) belongs to
  * the network thread: control calls hand it commands and wait for the ones
  * that must finish (a listener's removal). Statistics are atomics. */
@@ -83,8 +88,10 @@ typedef struct stream stream;
 
 struct ae_lean_peer {
     ae_lean *t;
-    ae_sink *sink;
+    ae_sink *sink;                       /* a listener's; NULL for a publisher */
     ae_fanout *fanout;                   /* the sink's */
+    int feed_fd;                         /* a publisher's: its source's receiver, else -1 */
+    int channels;                        /* what the answer says of stereo */
     uint64_t listener_id, sink_id;
     const atomic_bool *closing;
     int pt;
@@ -556,8 +563,10 @@ static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
 
 static void peer_add(ae_lean *t, ae_lean_peer *p)
 {
-    p->stream = stream_for(t, p->sink);
-    p->stream->attached++;
+    if (p->sink) {
+        p->stream = stream_for(t, p->sink);
+        p->stream->attached++;
+    }
     p->attached = true;
     g_hash_table_insert(t->by_ufrag, p->ufrag, p);
     g_ptr_array_add(t->peers, p);
@@ -568,7 +577,8 @@ static void peer_remove(ae_lean *t, ae_lean_peer *p)
     peer_end(t, p, -1, NULL);
     if (p->attached) {
         g_ptr_array_remove_fast(t->peers, p);
-        if (--p->stream->attached == 0) g_hash_table_remove(t->streams, &p->stream->sink_id);
+        if (p->stream && --p->stream->attached == 0)
+            g_hash_table_remove(t->streams, &p->stream->sink_id);
         p->stream = NULL;
         p->attached = false;
     }
@@ -829,11 +839,12 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
     /* client key, server key, client salt, server salt; we are the server */
     const unsigned char *ckey = km, *skey = km + key_len, *csalt = km + 2 * key_len,
                         *ssalt = km + 2 * key_len + salt_len;
-    /* ours: one SSRC, the sink's, so no template stream beside it; the
-     * peer's reports come from an SSRC its offer need not name. libsrtp
-     * keeps that session's replay window: SRTCP integrity stays its job. */
-    bool ok = make_srtp(&p->tx, id, skey, ssalt, key_len, salt_len, ssrc_specific,
-                        p->stream->ssrc) &&
+    /* ours: one SSRC, the sink's, so no template stream beside it (a
+     * publisher gets nothing from us); the peer's media and reports come
+     * from SSRCs its offer need not name. libsrtp keeps that session's
+     * replay window: SRTP and SRTCP integrity stay its job. */
+    bool ok = (!p->stream || make_srtp(&p->tx, id, skey, ssalt, key_len, salt_len,
+                                       ssrc_specific, p->stream->ssrc)) &&
               make_srtp(&p->rx, id, ckey, csalt, key_len, salt_len, ssrc_any_inbound, 0);
     OPENSSL_cleanse(km, sizeof km);
     if (!ok) {
@@ -845,8 +856,10 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
     p->media = addr_index(p, &p->dtls_to.key);
     p->connected = true;
     p->next_sr_us = ae_now_us() + 200000;
-    g_ptr_array_add(p->stream->live, p);
-    ae_fanout_heard(p->fanout, +1);
+    if (p->stream) {
+        g_ptr_array_add(p->stream->live, p);
+        ae_fanout_heard(p->fanout, +1);
+    }
     post_state(t, p, AE_LISTENER_CONNECTED);
 }
 
@@ -963,18 +976,31 @@ static void parse_rtcp(ae_lean_peer *p, const unsigned char *b, int n)
     }
 }
 
+/* A publisher's Opus, authenticated, to its source's receiver: only the
+ * payload type its offer gave Opus (RED, comfort noise, DTMF stay here). */
+static void publish(ae_lean_peer *p, unsigned char *buf, int n)
+{
+    if (n < 12 || (buf[1] & 0x7f) != p->pt) return;
+    buf[1] = (unsigned char)((buf[1] & 0x80) | AE_NETSRC_FED_PT);
+    ssize_t w = send(p->feed_fd, buf, (size_t)n, MSG_DONTWAIT);   /* full or gone: dropped */
+    (void)w;
+}
+
 static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr_storage *from)
 {
     addr_key k;
     key_of(from, &k);
     ae_lean_peer *p = g_hash_table_lookup(t->by_addr, &k);
-    /* Listeners only receive: RTCP is all a peer may send here. */
-    if (!p || !p->connected || len < 8 || buf[1] < 192 || buf[1] > 223) {
+    /* A listener only receives: RTCP is all it may send here. A publisher
+     * sends RTP too. */
+    bool rtcp = len >= 2 && buf[1] >= 192 && buf[1] <= 223;
+    if (!p || !p->connected || len < 8 || (!rtcp && (p->feed_fd < 0 || len < 12))) {
         atomic_fetch_add(&t->rtcp_rejected, 1);
         return;
     }
     int n = (int)len;
-    if (srtp_unprotect_rtcp(p->rx, buf, &n) != srtp_err_status_ok) {
+    if ((rtcp ? srtp_unprotect_rtcp(p->rx, buf, &n) : srtp_unprotect(p->rx, buf, &n)) !=
+        srtp_err_status_ok) {
         atomic_fetch_add(&t->rtcp_rejected, 1); /* forged, or a replay */
         return;
     }
@@ -983,7 +1009,11 @@ static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr
     /* only this session's keys make it: the path it came on is the peer's */
     int i = addr_index(p, &k);
     if (i >= 0) p->addrs[i].proof_us = now;
-    parse_rtcp(p, buf, n);
+    /* a publisher's media on its media path is its consent: it is sent to,
+     * never flooded by us (some send no Binding requests once connected) */
+    if (p->feed_fd >= 0 && i >= 0 && i == p->media) p->last_consent_us = now;
+    if (!rtcp) publish(p, buf, n);
+    else parse_rtcp(p, buf, n);
 }
 
 static void send_sender_report(ae_lean_peer *p, int64_t now)
@@ -1139,6 +1169,7 @@ static void drain_packets(ae_lean *t)
 static void peer_free(ae_lean_peer *p)
 {
     pthread_mutex_destroy(&p->rr_lock);
+    if (p->feed_fd >= 0) close(p->feed_fd);
     free(p->remove);
     free(p);
 }
@@ -1236,7 +1267,7 @@ static void housekeep(ae_lean *t, int64_t now)
             }
             ERR_clear_error();
         }
-        if (p->connected && now >= p->next_sr_us) {
+        if (p->connected && p->stream && now >= p->next_sr_us) {
             send_sender_report(p, now);
             p->next_sr_us = now + SR_INTERVAL_US;
         }
@@ -1532,11 +1563,12 @@ static char *build_answer(ae_lean *t, ae_lean_peer *p, const ae_offer *o, uint32
         g_string_append_printf(a, "a=fingerprint:sha-256 %s\r\na=setup:passive\r\n",
                                t->fingerprint);
         if (o->mid[0]) g_string_append_printf(a, "a=mid:%s\r\n", o->mid);
-        g_string_append(a, "a=sendonly\r\na=rtcp-mux\r\n");
+        g_string_append(a, p->sink ? "a=sendonly\r\na=rtcp-mux\r\n" : "a=recvonly\r\na=rtcp-mux\r\n");
         g_string_append_printf(a, "a=rtpmap:%d opus/48000/2\r\n", o->pt);
         /* the client's own Opus parameters, and stereo unless it said:
-         * browsers play stereo Opus as mono without stereo=1 */
-        const char *stereo = p->sink->channels == 2 ? "1" : "0";
+         * browsers play stereo Opus as mono without stereo=1 (and a
+         * publisher sends mono without it) */
+        const char *stereo = p->channels == 2 ? "1" : "0";
         g_string_append_printf(a, "a=fmtp:%d ", o->pt);
         if (o->fmtp && *o->fmtp) g_string_append(a, o->fmtp);
         if (!o->fmtp || !strstr(o->fmtp, "stereo="))
@@ -1544,7 +1576,7 @@ static char *build_answer(ae_lean *t, ae_lean_peer *p, const ae_offer *o, uint32
         if (!o->fmtp || !strstr(o->fmtp, "sprop-stereo="))
             g_string_append_printf(a, ";sprop-stereo=%s", stereo);
         g_string_append(a, "\r\n");
-        g_string_append_printf(a, "a=ssrc:%u cname:%s\r\n", ssrc, cname);
+        if (p->sink) g_string_append_printf(a, "a=ssrc:%u cname:%s\r\n", ssrc, cname);
         for (int i = 0; i < n; i++)
             g_string_append_printf(a, "a=candidate:%d 1 udp %u %s %d typ host\r\n", i + 1,
                                    (126u << 24) | ((uint32_t)(65535 - i) << 8) | 255u, addrs[i],
@@ -1556,8 +1588,11 @@ static char *build_answer(ae_lean *t, ae_lean_peer *p, const ae_offer *o, uint32
     return text;
 }
 
-int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atomic_bool *closing,
-                        const ae_offer *o, char **answer, ae_lean_peer **out)
+/* A peer of either direction, its answer made and handed to the network
+ * thread; sink or feed_fd says which. */
+static int peer_create(ae_lean *t, ae_sink *k, int feed_fd, int channels, uint64_t listener_id,
+                       const atomic_bool *closing, const ae_offer *o, char **answer,
+                       ae_lean_peer **out)
 {
     *out = NULL;
     *answer = NULL;
@@ -1568,13 +1603,16 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
         free(p);
         free(c);
         free(remove);
+        if (feed_fd >= 0) close(feed_fd);
         return ae_fail(AE_ERR_NOMEM, "out of memory");
     }
     p->remove = remove;
     p->t = t;
     p->sink = k;
-    p->fanout = ae_fanout_of(k);
-    p->sink_id = k->id;
+    p->fanout = k ? ae_fanout_of(k) : NULL;
+    p->sink_id = k ? k->id : 0;
+    p->feed_fd = feed_fd;
+    p->channels = channels;
     p->listener_id = listener_id;
     p->closing = closing;
     p->pt = o->pt;
@@ -1592,7 +1630,7 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
         return ae_fail(AE_ERR_SDP, "the offer's fingerprint does not fit its hash function");
     }
     p->created_us = p->last_consent_us = ae_now_us();
-    uint32_t ssrc = (uint32_t)mix64(k->id ^ t->ssrc_salt) | 1; /* as stream_for makes it */
+    uint32_t ssrc = k ? (uint32_t)mix64(k->id ^ t->ssrc_salt) | 1 : 0; /* as stream_for makes it */
     char cname[24];
     snprintf(cname, sizeof cname, "ae-%08x", ssrc);
     *answer = build_answer(t, p, o, ssrc, cname);
@@ -1602,6 +1640,19 @@ int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atom
     enqueue(t, c);
     *out = p;
     return AE_OK;
+}
+
+int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atomic_bool *closing,
+                        const ae_offer *o, char **answer, ae_lean_peer **out)
+{
+    return peer_create(t, k, -1, k->channels, listener_id, closing, o, answer, out);
+}
+
+int ae_lean_publisher_create(ae_lean *t, int feed_fd, int channels, uint64_t listener_id,
+                             const atomic_bool *closing, const ae_offer *o, char **answer,
+                             ae_lean_peer **out)
+{
+    return peer_create(t, NULL, feed_fd, channels, listener_id, closing, o, answer, out);
 }
 
 void ae_lean_peer_release(ae_lean *t, ae_lean_peer *p, void (*done)(void *), void *arg)

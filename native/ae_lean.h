@@ -1,4 +1,4 @@
-/* ae_lean.h: the lean listener transport (ICE-lite, DTLS-SRTP, one UDP
+/* ae_lean.h: the lean listener (and publisher) transport (ICE-lite, DTLS-SRTP, one UDP
  * port and one thread for every listener), on the fan-out's packets. */
 #ifndef AE_LEAN_H
 #define AE_LEAN_H
@@ -19,6 +19,12 @@ const char *ae_lean_declines(const ae_offer *o);
  * under listener_id unless *closing is set. */
 int ae_lean_peer_create(ae_lean *t, ae_sink *k, uint64_t listener_id, const atomic_bool *closing,
                         const ae_offer *o, char **answer, ae_lean_peer **out);
+/* A publisher (WHIP): the peer sends Opus, which goes, authenticated and
+ * rewritten to AE_NETSRC_FED_PT, to feed_fd (its source's receiver: taken
+ * over, closed with the peer, even on failure). channels: 2 asks for stereo. */
+int ae_lean_publisher_create(ae_lean *t, int feed_fd, int channels, uint64_t listener_id,
+                             const atomic_bool *closing, const ae_offer *o, char **answer,
+                             ae_lean_peer **out);
 /* Hands the peer to the network thread, which ends it (no event: the
  * caller mutes them through closing first), frees it and then calls
  * done(arg), so closing may live until then. Does not wait and cannot fail. */

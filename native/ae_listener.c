@@ -2,19 +2,22 @@
  * and hands it to the lean transport (ae_lean.c) unless the offer needs
  * something only webrtcbin does (a data channel, ...) or a setting forces
  * one transport; the rest of the public listener calls dispatch to the one
- * that serves it. */
+ * that serves it. A publisher (ae_publisher_open) is a listener the other
+ * way round, on a whip source, always lean. */
 #define _GNU_SOURCE
 #include "ae_internal.h"
 
 #include <malloc.h>
+#include <stddef.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct ae_listener {
     ae_engine *engine;
-    ae_sink *sink;
-    ae_fanout *fanout;                   /* the sink's */
+    ae_sink *sink;                       /* NULL for a publisher */
+    ae_fanout *fanout;                   /* the sink's, NULL for a publisher */
     ae_listener *next;
     uint64_t id;                         /* names it in events */
     atomic_bool closing;                 /* set first when it is removed: mutes its events */
@@ -43,6 +46,14 @@ static int choose_transport(ae_engine *e, const ae_offer *o)
         g_printerr("ae: a listener goes to webrtcbin: %s\n", lean_no);
         return AE_TRANSPORT_WEBRTCBIN;
     }
+}
+
+static void link_listener(ae_engine *e, ae_listener *l)
+{
+    pthread_mutex_lock(&e->listeners_lock);
+    l->next = e->listeners;
+    e->listeners = l;
+    pthread_mutex_unlock(&e->listeners_lock);
 }
 
 int ae_listener_create(ae_sink *k, const char *offer_sdp, ae_listener **out)
@@ -99,10 +110,7 @@ int ae_listener_open(ae_sink *k, const char *offer_sdp, ae_listener **out, char 
     if (l->lean) atomic_fetch_add(&f->lean_listeners, 1);
     else ae_fanout_heard(f, +1);   /* its pipeline branch takes packets from now on */
     atomic_fetch_add(&f->listeners, 1);
-    pthread_mutex_lock(&e->listeners_lock);
-    l->next = e->listeners;
-    e->listeners = l;
-    pthread_mutex_unlock(&e->listeners_lock);
+    link_listener(e, l);
     if (answer && answer_out) {
         /* ICE-lite: nothing to gather, the answer is ready now; handing it
          * back here spares the POST a round trip through the event thread */
@@ -115,6 +123,48 @@ int ae_listener_open(ae_sink *k, const char *offer_sdp, ae_listener **out, char 
         ae_post_unless(&e->events, &ev, &l->closing);
         free(answer);
     }
+    *out = l;
+    return AE_OK;
+}
+
+int ae_publisher_open(ae_source *source, const char *offer_sdp, ae_listener **out,
+                      char **answer_out)
+{
+    ae_clear_error();
+    if (!source || !out || !answer_out) return ae_fail(AE_ERR_INVALID, "source, out and answer_out are required");
+    *out = NULL;
+    *answer_out = NULL;
+    ae_engine *e = (ae_engine *)((char *)source->graph - offsetof(ae_engine, graph));
+    if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    if (source->kind != AE_SOURCE_WHIP) return ae_fail(AE_ERR_INVALID, "only a whip source takes publishers");
+    if (!e->lean) return ae_fail(AE_ERR_SDP, "publishing needs the lean transport, which is not running");
+    ae_offer offer;
+    int rc = ae_offer_parse_for(offer_sdp, true, &offer);
+    if (rc != AE_OK) return rc;
+    const char *no = ae_lean_declines(&offer);
+    if (no) {
+        ae_offer_clear(&offer);
+        return ae_fail(AE_ERR_SDP, "the lean transport cannot take this offer: %s", no);
+    }
+    ae_listener *l = calloc(1, sizeof *l);
+    int feed = ae_source_feed_fd(source);
+    if (!l || feed < 0) {
+        if (feed >= 0) close(feed);
+        free(l);
+        ae_offer_clear(&offer);
+        return ae_fail(AE_ERR_NOMEM, "no memory or descriptor for a publisher");
+    }
+    l->engine = e;
+    l->id = ae_new_id();
+    l->transport = AE_TRANSPORT_LEAN;
+    rc = ae_lean_publisher_create(e->lean, feed, source->channels, l->id, &l->closing, &offer,
+                                  answer_out, &l->lean);
+    ae_offer_clear(&offer);
+    if (rc != AE_OK) {
+        free(l);
+        return rc;
+    }
+    link_listener(e, l);
     *out = l;
     return AE_OK;
 }
@@ -170,9 +220,11 @@ int ae_listener_destroy(ae_listener *l)
     }
     pthread_mutex_unlock(&e->listeners_lock);
     if (l->lean) {
-        atomic_fetch_sub(&l->fanout->lean_listeners, 1);
-        atomic_fetch_sub(&l->fanout->listeners, 1);
-        atomic_fetch_sub(&e->nlisteners, 1);
+        if (l->fanout) {   /* a publisher is not counted */
+            atomic_fetch_sub(&l->fanout->lean_listeners, 1);
+            atomic_fetch_sub(&l->fanout->listeners, 1);
+            atomic_fetch_sub(&e->nlisteners, 1);
+        }
         /* the network thread ends and frees it, then l: closing keeps its
          * events muted until then (a sink waits for it: ae_lean_forget) */
         ae_lean_peer_release(e->lean, l->lean, free, l);

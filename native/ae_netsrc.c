@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ifaddrs.h>
 #include <math.h>
 #include <net/if.h>
@@ -71,9 +72,11 @@ struct ae_netsrc {
     _Atomic int64_t packet_target;       /* at least two of the stream's packets */
     ae_netsrc_io io;
     int sock, wake;                      /* wake: an eventfd that ends the thread */
+    int feed;                            /* whip: the socket pair's writing end, else -1 */
     pthread_t thread;
     bool started;
-    int kind;                            /* AE_SOURCE_SCREAM, AE_SOURCE_RTP */
+    int kind;                            /* AE_SOURCE_SCREAM, AE_SOURCE_RTP (also for whip) */
+    bool fed;                            /* whip: packets from our own transport, no allow list */
     char program[AE_SCREAM_PROGRAM_LEN];
     bool per_process;
     bool big_endian;                     /* RTP's L16 and L24 */
@@ -252,7 +255,8 @@ static void address_text(const struct sockaddr_storage *ss, char *out, size_t si
 {
     unsigned char addr[16];
     int family = sender_bytes(ss, addr);
-    if (!inet_ntop(family, addr, out, (socklen_t)size)) snprintf(out, size, "?");
+    if (ss->ss_family == AF_UNIX) *out = '\0';   /* whip: the publisher's transport */
+    else if (!inet_ntop(family, addr, out, (socklen_t)size)) snprintf(out, size, "?");
 }
 
 static bool same_sender(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
@@ -659,7 +663,7 @@ malformed:
 static void take_datagram(ae_netsrc *n, const unsigned char *d, ssize_t len,
                           const struct sockaddr_storage *from, int64_t now)
 {
-    if (!allowed(n, from, now)) {
+    if (!n->fed && !allowed(n, from, now)) {
         pthread_mutex_lock(&n->lock);
         n->stats.refused++;
         address_text(from, n->stats.refused_from, sizeof n->stats.refused_from);
@@ -799,12 +803,36 @@ static int open_socket(ae_netsrc *n, const ae_source_config *cfg)
     return AE_OK;
 }
 
+/* A whip source's socket pair: the thread reads one end, publishers write
+ * duplicates of the other. */
+static int open_feed(ae_netsrc *n)
+{
+    int fds[2];
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) != 0)
+        return ae_fail(AE_ERR_NETWORK, "socketpair: %s", strerror(errno));
+    int rcvbuf = 1 << 18;
+    setsockopt(fds[0], SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    n->sock = fds[0];
+    n->feed = fds[1];
+    return AE_OK;
+}
+
 int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_priority,
                    ae_netsrc_io io, ae_netsrc **out)
 {
     *out = NULL;
-    if (cfg->kind != AE_SOURCE_SCREAM && cfg->kind != AE_SOURCE_RTP)
+    if (cfg->kind != AE_SOURCE_SCREAM && cfg->kind != AE_SOURCE_RTP &&
+        cfg->kind != AE_SOURCE_WHIP)
         return ae_fail(AE_ERR_INVALID, "not a network source");
+    ae_source_config whip;
+    if (cfg->kind == AE_SOURCE_WHIP) {
+        /* what the publisher's answer agreed: Opus, as the transport rewrites it */
+        whip = (ae_source_config){.kind = AE_SOURCE_RTP, .port = 1, .latency_ms = cfg->latency_ms,
+                                  .rtp_encoding = AE_RTP_OPUS, .payload_type = AE_NETSRC_FED_PT,
+                                  .clock_rate = 48000, .stream_channels = 2};
+        cfg = &whip;
+    }
+    bool fed = cfg == &whip;
     if (cfg->kind == AE_SOURCE_RTP) {
         if (cfg->rtp_encoding < AE_RTP_L16 || cfg->rtp_encoding > AE_RTP_PCMA)
             return ae_fail(AE_ERR_INVALID, "unknown RTP encoding %d", cfg->rtp_encoding);
@@ -842,7 +870,8 @@ int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_p
     n->channels = channels;
     n->target = (int64_t)rate * latency / 1000;
     n->io = io;
-    n->sock = n->wake = -1;
+    n->sock = n->wake = n->feed = -1;
+    n->fed = fed;
     strncpy(n->program, program, sizeof n->program);   /* NUL-padded, as senders tag */
     n->kind = cfg->kind;
     n->per_process = *program != '\0';
@@ -871,7 +900,7 @@ int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_p
             n->stats.channels = n->s_channels;
         }
     }
-    if (rc == AE_OK) rc = open_socket(n, cfg);
+    if (rc == AE_OK) rc = fed ? open_feed(n) : open_socket(n, cfg);
     if (rc == AE_OK && (n->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
         rc = ae_fail(AE_ERR_NETWORK, "eventfd: %s", strerror(errno));
     if (rc == AE_OK) {
@@ -896,11 +925,17 @@ void ae_netsrc_close(ae_netsrc *n)
         pthread_join(n->thread, NULL);
     }
     if (n->sock >= 0) close(n->sock);
+    if (n->feed >= 0) close(n->feed);
     if (n->wake >= 0) close(n->wake);
     if (n->resampler) speex_resampler_destroy(n->resampler);
     if (n->opus) opus_decoder_destroy(n->opus);
     pthread_mutex_destroy(&n->lock);
     free(n);
+}
+
+int ae_netsrc_feed_fd(ae_netsrc *n)
+{
+    return n && n->feed >= 0 ? fcntl(n->feed, F_DUPFD_CLOEXEC, 0) : -1;
 }
 
 void ae_netsrc_stats(ae_netsrc *n, ae_net_source_stats *out)

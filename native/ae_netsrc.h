@@ -27,9 +27,19 @@ typedef struct ae_netsrc_io {
     void (*state)(void *ctx, bool receiving, const char *why);
 } ae_netsrc_io;
 
-/* Opens the socket and starts the thread; the config's network fields. */
+/* A whip source's packets come from the engine's WebRTC transport, already
+ * authenticated and decrypted, rewritten to this payload type. */
+#define AE_NETSRC_FED_PT 111
+
+/* Opens the socket and starts the thread; the config's network fields. A
+ * whip source has no socket on the network: its publisher's transport
+ * writes RTP into a socket pair (ae_netsrc_feed_fd). */
 int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_priority,
                    ae_netsrc_io io, ae_netsrc **out);
+/* A whip source: a new descriptor of its feeding end, for one publisher
+ * (the caller closes it; writes after the source is gone just fail). -1 on
+ * error or for another kind. */
+int ae_netsrc_feed_fd(ae_netsrc *n);
 /* Stops the thread (at once) and frees everything. NULL is fine. */
 void ae_netsrc_close(ae_netsrc *n);
 void ae_netsrc_stats(ae_netsrc *n, ae_net_source_stats *out);

@@ -108,6 +108,11 @@ void ae_offer_clear(ae_offer *o)
 
 int ae_offer_parse(const char *sdp, ae_offer *o)
 {
+    return ae_offer_parse_for(sdp, false, o);
+}
+
+int ae_offer_parse_for(const char *sdp, bool publish, ae_offer *o)
+{
     memset(o, 0, sizeof *o);
     o->pt = -1;
     if (!sdp || !*sdp) return ae_fail(AE_ERR_SDP, "the offer is empty");
@@ -157,9 +162,11 @@ int ae_offer_parse(const char *sdp, ae_offer *o)
         /* port 0 with a=bundle-only is an offer to bundle it (Firefox's
          * max-bundle), not a rejection */
         if (i >= AE_OFFER_MAX_MLINES || !o->mlines[i].live) continue;
-        if (gst_sdp_media_get_attribute_val(m, "sendonly") ||
+        if (gst_sdp_media_get_attribute_val(m, publish ? "recvonly" : "sendonly") ||
             gst_sdp_media_get_attribute_val(m, "inactive")) {
-            rc = ae_fail(AE_ERR_SDP, "the offer's audio is sendonly or inactive: nothing to receive");
+            rc = ae_fail(AE_ERR_SDP, publish
+                             ? "the offer's audio is recvonly or inactive: nothing is published"
+                             : "the offer's audio is sendonly or inactive: nothing to receive");
             continue;
         }
         const char *proto = gst_sdp_media_get_proto(m);

@@ -37,6 +37,8 @@ typedef struct ae_offer {
 
 /* Parse and check an offer: AE_OK, or AE_ERR_SDP with the reason set. */
 int ae_offer_parse(const char *sdp, ae_offer *o);
+/* The same for a publisher's offer (publish): its audio is sent to us. */
+int ae_offer_parse_for(const char *sdp, bool publish, ae_offer *o);
 void ae_offer_clear(ae_offer *o);
 
 /* RFC 8122 section 5: of the hash functions the fingerprints use, take the
