@@ -5,7 +5,8 @@ from __future__ import annotations
 
 __all__ = ["ApplianceError", "InvalidError", "NotFoundError", "ExistsError", "InUseError",
            "FullError", "RateLimitedError", "AnswerTimeoutError", "RestartRequiredError",
-           "StaleError", "UnsupportedError", "UnsupportedMediaError", "NotSavedError", "ClosingError"]
+           "StaleError", "UnsupportedError", "UnsupportedMediaError", "NotSavedError", "ClosingError",
+           "UnauthorizedError"]
 
 
 class ApplianceError(Exception):
@@ -25,6 +26,14 @@ class InvalidError(ApplianceError, ValueError):
 
 class UnsupportedMediaError(ApplianceError):
     """The body is not of a media type the endpoint takes."""
+
+
+class UnauthorizedError(ApplianceError):
+    """A credential is missing or wrong; ``realm`` names the one that would do."""
+
+    def __init__(self, message: str, *, realm: str):
+        super().__init__(message)
+        self.realm = realm
 
 
 class NotFoundError(ApplianceError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from typing import Any, Callable
 
 import trio
@@ -29,7 +30,7 @@ __all__ = ["GraphRegistry", "CHANGEABLE"]
 log = logging.getLogger(__name__)
 
 # What may change on a live entity, by kind.
-CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs", "public"}),
+CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs", "public", "publish_token"}),
               "sink": frozenset({"name", "language", "description", "delay_ms"}),
               "route": frozenset({"name", "gain_db", "muted"})}
 
@@ -146,6 +147,9 @@ class GraphRegistry:
         return len(self.left_out) != before
 
     async def create(self, kind: str, body: Any) -> dict[str, Any]:
+        if kind == "source" and isinstance(body, dict) and body.get("kind") == "whip" \
+                and not body.get("publish_token"):
+            body = {**body, "publish_token": secrets.token_urlsafe(24)}   # 32 characters
         entity = entity_from_dict(kind, body, kind)
         registry = self.registries[kind]
         async with self._lock:
@@ -184,7 +188,7 @@ class GraphRegistry:
             try:
                 if kind == "route" and changes:
                     self._update_route(entity_id, changed.spec)
-                elif kind == "source" and set(changes) - {"public"}:
+                elif kind == "source" and set(changes) - {"public", "publish_token"}:
                     if changed.spec.kind not in ("tone", "clicks"):
                         raise InvalidError("only tone sources have tone_hz/tone_dbfs")
                     self.engine.set_tone(entity_id, changed.spec.tone_hz, changed.spec.tone_dbfs)

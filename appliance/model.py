@@ -72,7 +72,10 @@ MAX_SENDER_PREFIXES = 32
 NET_LATENCY_MS = (2, 500)
 SCREAM_PROGRAM_LEN = 30
 RTP_RATES = (8000, 44100, 48000, 88200, 96000)
-NETWORK_KINDS = ("scream", "rtp")
+NETWORK_KINDS = ("scream", "rtp", "whip")
+# a whip source's publish token: long enough that nobody guesses it (the
+# admin API makes one of 32 characters when none is given)
+PUBLISH_TOKEN_MIN = 24
 
 
 # ---- the engine's settings and the graph's specs ---------------------------------
@@ -104,7 +107,7 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: Literal["alsa", "tone", "clicks", "file", "scream", "rtp"]
+    kind: Literal["alsa", "tone", "clicks", "file", "scream", "rtp", "whip"]
     channels: int = field(default=2, metadata=_range(1, 8))
     # an ALSA device the appliance enumerated (appliance.devices), never free-form
     device: str = field(default="default", metadata=_limit(128))
@@ -147,6 +150,23 @@ class SourceSpec:
     # 7273: "ptp=IEEE1588-2008:<grandmaster>:<domain>"); shown, not followed
     refclk: str = field(default="", metadata={
         "max_len": 128, "pattern": re.compile(r"[!-~]*"), "what": "visible ASCII"})
+
+    # whip: the Bearer token a publisher (WHIP POST /api/whip/<id>) shows
+    publish_token: str = field(default="", metadata={
+        "max_len": 128, "pattern": re.compile(r"[A-Za-z0-9._~-]*"),
+        "what": "URL-safe characters (letters, digits, . _ ~ -)"})
+
+    def problem(self) -> str | None:
+        """What is wrong across fields (``build`` asks): a whip source is
+        Opus (1 or 2 channels) and needs its publish token."""
+        if self.kind != "whip":
+            return None
+        if self.channels > 2:
+            return f"channels: a whip source has 1 or 2 channels, not {self.channels}"
+        if len(self.publish_token) < PUBLISH_TOKEN_MIN:
+            return (f"publish_token: a whip source needs one of {PUBLISH_TOKEN_MIN} or more "
+                    "characters (the admin API makes one when none is given)")
+        return None
 
     def senders(self) -> tuple[str, ...]:
         """Who may send to this network source: ``allow_from``, or when it is

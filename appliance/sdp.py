@@ -447,9 +447,10 @@ def _ice(value: str | None, what: str, low: int) -> str:
     return value
 
 
-def check_offer(text: Any) -> Offer:
-    """Parse and check a WHEP offer; returns the ``Offer`` to hand the
-    engine, or raises ``InvalidError`` with a plain reason."""
+def check_offer(text: Any, *, publish: bool = False) -> Offer:
+    """Parse and check a WHEP offer (or with ``publish`` a WHIP one, whose
+    audio is sent to us); returns the ``Offer`` to hand the engine, or
+    raises ``InvalidError`` with a plain reason."""
     lines = _lines(text, what="offer", max_chars=MAX_OFFER_CHARS)
     if not lines or lines[0] != "v=0":
         raise InvalidError("the body is not an SDP offer: it must start with v=0")
@@ -556,12 +557,13 @@ def check_offer(text: Any) -> Offer:
     # the audio we send on: the first audio m-line that can take it; the
     # others are rejected in the answer
     audio = opus = None
-    why = "the offer has no audio m-line: the server only sends audio"
+    why = ("the offer has no audio m-line: the server only " +
+           ("takes audio" if publish else "sends audio"))
     for section in sections:
         if section.media != "audio":
             continue
         try:
-            opus = _served_audio(section, live(section), bundle, mids)
+            opus = _served_audio(section, live(section), bundle, mids, publish)
         except InvalidError as error:
             if audio is None and why.startswith("the offer has no audio"):
                 why = str(error)
@@ -621,9 +623,9 @@ def check_offer(text: Any) -> Offer:
 
 
 def _served_audio(section: _Section, live: bool, bundle: tuple[str, ...],
-                  mids: list[str]) -> tuple[int, str | None]:
+                  mids: list[str], publish: bool) -> tuple[int, str | None]:
     """The Opus payload type and fmtp of an audio m-line the server can send
-    on, or an ``InvalidError`` saying why it cannot."""
+    on (``publish``: receive on), or an ``InvalidError`` saying why not."""
     where = f"the audio m-line ({section.index})"
     if not live:
         raise InvalidError(f"{where} is rejected (port 0)")
@@ -635,12 +637,14 @@ def _served_audio(section: _Section, live: bool, bundle: tuple[str, ...],
             direction = direction or name
             if direction != name or len(section.values(name)) > 1:
                 raise InvalidError(f"{where} has more than one direction")
+    wanted = "sendonly" if publish else "recvonly"
     if direction is None:
         # SDP's default would be the session's direction, else sendrecv, but
         # webrtcbin reads only the m-line's and then cannot agree on Opus
-        raise InvalidError(f"{where} needs a=recvonly (or a=sendrecv)")
-    if direction not in ("recvonly", "sendrecv"):
-        raise InvalidError(f"{where} is {direction}: there is nothing to receive")
+        raise InvalidError(f"{where} needs a={wanted} (or a=sendrecv)")
+    if direction not in (wanted, "sendrecv"):
+        raise InvalidError(f"{where} is {direction}: there is nothing to " +
+                           ("publish" if publish else "receive"))
     return _opus(section)
 
 

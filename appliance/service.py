@@ -5,6 +5,7 @@
         service nursery
           feed.run                     engine events -> live state, SSE subscribers
           sessions                     one task per listener (appliance.sessions)
+          publishers                   one task per WHIP publisher (appliance.publishing)
         graph                          named sources, sinks, routes (appliance.graph)
 
 Where each concern lives: a listener's life in ``sessions``, the graph and
@@ -24,12 +25,13 @@ import trio
 from . import __version__
 from .config import Config
 from .engine import Engine, open_engine
-from .errors import NotFoundError
+from .errors import NotFoundError, UnauthorizedError
 from .feed import Feed
 from .graph import GraphRegistry
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
 from .model import NETWORK_KINDS, RouteSpec, SourceSpec, Variant
+from .publishing import Publisher, Publishers, check_publish_token
 from .sap import SapListener
 from .sdp import Offer
 from .sessions import TEMP_PREFIX, Session, Sessions
@@ -51,14 +53,20 @@ class Service:
                          max_streams=config.server.max_event_streams,
                          max_streams_per_client=config.server.max_event_streams_per_client)
         self.sessions = Sessions(config, engine, nursery, changed=self.feed.listeners_changed)
+        self.publishers = Publishers(config, engine, nursery)
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.board = Board(config.board_root, config.state_dir)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
-                                   entity_extras=self._entity_extras, deleted=self.feed.forget)
+                                   entity_extras=self._entity_extras, deleted=self._deleted)
 
     @property
     def closing(self) -> bool:
         return self.sessions.closing
+
+    def _deleted(self, kind: str, entity_id: str) -> None:
+        self.feed.forget(kind, entity_id)
+        if kind == "source":
+            self.publishers.end_for(entity_id, "source deleted")
 
     def _entity_extras(self, kind: str, entity_id: str) -> dict[str, Any]:
         if kind == "route":
@@ -74,6 +82,11 @@ class Service:
     def _network_source(self, source_id: str, spec: SourceSpec) -> dict[str, Any]:
         """What a network source took in and refused, and its buffer."""
         out = dataclasses.asdict(self.engine.net_source_stats(source_id))
+        if spec.kind == "whip":
+            publisher = self.publishers.by_source.get(source_id)
+            out["publisher"] = publisher.status() if publisher is not None else None
+            if publisher is not None:
+                out["sender"] = publisher.client
         if spec.refclk.startswith("ptp="):
             # the sender follows a PTP clock; this box does not (PTP is not a
             # dependency), but says whether linuxptp runs here
@@ -98,6 +111,24 @@ class Service:
         for name, value in backup.sections.items():
             await self.store.save_section(name, value)
         return plan
+
+    def check_publisher(self, source_id: str, token: str | None) -> None:
+        """``NotFoundError`` unless ``source_id`` is a whip source,
+        ``UnauthorizedError`` unless ``token`` is its publish token."""
+        entity = self.graph.registry("source").get(source_id)
+        if entity is None or entity.spec.kind != "whip":
+            raise NotFoundError(f"no whip source {source_id!r}")
+        if not check_publish_token(entity.spec.publish_token, token):
+            raise UnauthorizedError(f"publishing into {source_id!r} needs its publish token "
+                                    "as a bearer", realm="publish")
+
+    async def open_publisher(self, source_id: str, token: str | None, offer: Offer,
+                             client: str) -> tuple[Publisher, str]:
+        """A WHIP publisher into the whip source ``source_id``, if ``token``
+        is its publish token (checked again: the offer came meanwhile); it
+        replaces whoever published there."""
+        self.check_publisher(source_id, token)
+        return await self.publishers.open(source_id, offer, client)
 
     def announced_streams(self) -> dict[str, Any]:
         """The streams announced on the LAN (SAP), for the admin page to add."""
@@ -183,6 +214,7 @@ class Service:
         """Everything a listener can leave behind; all zero when idle (tests)."""
         return {
             "sessions": len(self.sessions),
+            "publishers": len(self.publishers),
             "engine_listeners": len(self.engine.listeners()),
             "engine_stats_listeners": self.engine.stats().listeners,
             "temporary_sinks": sum(1 for s in self.engine.sinks() if s.startswith(TEMP_PREFIX)),
@@ -195,12 +227,14 @@ class Service:
         """Refuse new listeners and end live-event streams (the server is
         stopping); sessions end in ``aclose``."""
         self.sessions.closing = True
+        self.publishers.closing = True
         self.feed.close()
 
     async def aclose(self) -> None:
         """End every session and wait (bounded) for their cleanup."""
         self.begin_close()
         await self.sessions.aclose()
+        await self.publishers.aclose()
 
 
 _ptp4l_seen: tuple[float, bool] = (-1e9, False)

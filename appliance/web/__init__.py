@@ -27,7 +27,7 @@ from ..service import Service, open_service
 from .. import logs
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, health, listening, login, metrics, mixer, signs,
-               ui, whep)
+               ui, whep, whip)
 from .common import plain
 from .errors import error_response
 
@@ -39,6 +39,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 # here (pages, static assets, mixer); each is a ``quart.Blueprint``.
 BLUEPRINTS: list[Blueprint] = [
     whep.blueprint,
+    whip.blueprint,
     admin.blueprint,
     events.blueprint,
     mixer.blueprint,

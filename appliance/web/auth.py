@@ -9,6 +9,8 @@ Every endpoint is one of:
   set, to whoever shows the PIN or its long form from the signs
   (``Authorization: Bearer <pin>`` or the listen cookie) or the admin
   credential. Any origin may listen (CORS).
+- **publishing** (the ``whip`` blueprint): HTTPS only, because a publish
+  token crosses the network; the view checks the source's own token.
 - **scrape** (``@scrape``: ``/metrics``): admin, or the scrape token
   (``[admin] metrics_token``) as a bearer, which opens nothing else.
 - **admin**: everything else, always. ``Authorization: Bearer <[admin]
@@ -45,9 +47,10 @@ from .common import client_address, plain
 __all__ = ["PUBLIC", "LISTENING", "ADMIN", "public", "listening", "role_of", "check_request",
            "cors", "same_origin", "admin_session", "SESSION_COOKIE", "LISTEN_COOKIE",
            "CSRF_HEADER", "retry_later", "check_admin_listening", "exposed", "https_url",
-           "https_only", "http_origin", "scrape"]
+           "https_only", "http_origin", "scrape", "bearer", "PUBLISHING"]
 
-PUBLIC, LISTENING, ADMIN, SCRAPE = "public", "listening", "admin", "scrape"
+PUBLIC, LISTENING, ADMIN, SCRAPE, PUBLISHING = "public", "listening", "admin", "scrape", \
+    "publishing"
 
 SESSION_COOKIE = "appliance_admin"
 LISTEN_COOKIE = "appliance_listen"
@@ -55,9 +58,14 @@ CSRF_HEADER = "X-CSRF-Token"
 
 # Endpoints of blueprints this module does not own; everything else is marked
 # with the decorators below, or is admin.
-PUBLIC_ENDPOINTS = frozenset({"static", "ui.listen", "ui.listen_one", "ui.admin", "signs.signs"})
+PUBLIC_ENDPOINTS = frozenset({"static", "ui.listen", "ui.listen_one", "ui.admin", "ui.publish",
+                              "signs.signs"})
+# pages that need HTTPS from another machine (the admin's; the microphone
+# needs a secure context): plain HTTP redirects to their HTTPS twin
+HTTPS_PAGES = frozenset({"ui.admin", "ui.publish"})
 PUBLIC_RULES = frozenset({"/healthz"})
 LISTENING_BLUEPRINTS = frozenset({"whep"})
+PUBLISHING_BLUEPRINTS = frozenset({"whip"})
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -96,6 +104,8 @@ def role_of(endpoint: str | None, rule: str | None = None) -> str:
         return PUBLIC
     if endpoint.partition(".")[0] in LISTENING_BLUEPRINTS and "." in endpoint:
         return LISTENING
+    if endpoint.partition(".")[0] in PUBLISHING_BLUEPRINTS and "." in endpoint:
+        return PUBLISHING
     return ADMIN
 
 
@@ -103,7 +113,7 @@ def _auth() -> AdminAuth:
     return current_app.admin_auth
 
 
-def _bearer() -> str | None:
+def bearer() -> str | None:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     return value.strip() if scheme.lower() == "bearer" else None
 
@@ -169,11 +179,14 @@ def _this_path() -> str:
     return request.path + (f"?{query}" if query else "")
 
 
-def https_only() -> Response:
-    """403 for admin credentials over plain HTTP, pointing to HTTPS."""
+ADMIN_CREDENTIALS = ("admin credentials (the password, the setup code, the admin token, the "
+                     "admin cookie)")
+
+
+def https_only(what: str = ADMIN_CREDENTIALS) -> Response:
+    """403 for credentials over plain HTTP, pointing to HTTPS."""
     url = https_url(_this_path())
-    text = ("admin credentials (the password, the setup code, the admin token, the admin "
-            "cookie) are accepted only over HTTPS" + (f": {url}" if url else ""))
+    text = f"{what} are accepted only over HTTPS" + (f": {url}" if url else "")
     headers = {"X-Appliance-Auth": "https", "Cache-Control": "no-store"}
     if url:
         headers["Location"] = url
@@ -224,7 +237,7 @@ def check_admin_listening(what: str) -> Response | None:
     (checked, and throttled, here when the PIN check did not already)."""
     if admin_session() is not None:
         return None
-    given = _bearer()
+    given = bearer()
     if given is not None:
         if g.get("appliance_bearer_checked"):
             if _auth().token_ok(given):
@@ -239,12 +252,12 @@ def check_admin_listening(what: str) -> Response | None:
 
 def _check_listening() -> Response | None:
     auth = _auth()
-    given = _bearer()
+    given = bearer()
     if given is not None and exposed() and auth.token_ok(given):
         return https_only()   # the admin token in the clear, needed or not
     if not auth.listen_pin or request.method == "OPTIONS":  # preflights carry no credentials
         return None
-    given = _bearer()
+    given = bearer()
     if given is not None:
         return _check_bearer(given, pin_too=True)
     if auth.listen_proof_ok(request.cookies.get(LISTEN_COOKIE, "")) or admin_session() is not None:
@@ -256,7 +269,7 @@ def _check_listening() -> Response | None:
 def _check_admin() -> Response | None:
     if not same_origin():
         return plain("admin requests are accepted only from the appliance's own pages", 403)
-    given = _bearer()
+    given = bearer()
     if given is not None:
         return _check_bearer(given, pin_too=False)
     session = admin_session()
@@ -276,16 +289,20 @@ async def check_request() -> Response | None:
     role = role_of(request.endpoint, rule)
     g.appliance_role = role
     if exposed():
-        if request.endpoint == "ui.admin":
+        if request.endpoint in HTTPS_PAGES:
             url = https_url(_this_path())
             if url:
                 return Response("", status=302, headers={"Location": url,
                                                          "Cache-Control": "no-store"})
         if role in (ADMIN, SCRAPE) or request.blueprint == "login":
             return https_only()
+        if role == PUBLISHING:
+            return https_only("publish tokens")
+    if role == PUBLISHING:
+        return None   # the view checks the source's token
     if role == LISTENING:
         return _check_listening()
-    if role == SCRAPE and _auth().scrape_token_ok(_bearer() or ""):
+    if role == SCRAPE and _auth().scrape_token_ok(bearer() or ""):
         return None
     if role in (ADMIN, SCRAPE):
         return _check_admin()

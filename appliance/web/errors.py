@@ -12,6 +12,7 @@ __all__ = ["STATUS", "error_response"]
 # Most specific first: the first class the error is an instance of wins.
 STATUS: list[tuple[type[e.ApplianceError], int]] = [
     (e.InvalidError, 400),
+    (e.UnauthorizedError, 401),
     (e.NotFoundError, 404),
     (e.ExistsError, 409),
     (e.InUseError, 409),
@@ -33,4 +34,7 @@ def error_response(error: e.ApplianceError) -> Response:
     headers = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, e.UnauthorizedError):
+        headers["WWW-Authenticate"] = f'Bearer realm="{error.realm}"'
+        headers["Cache-Control"] = "no-store"
     return plain(error.message, status, headers)

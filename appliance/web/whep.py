@@ -9,11 +9,12 @@ from ..errors import (
 )
 from ..model import Variant
 from ..sdp import check_offer, parse_candidates_json, parse_sdpfrag
+from ..publishing import Publisher
 from ..sessions import Session
 from .auth import check_admin_listening
 from .common import client_address, media_type, read_body, read_json, service
 
-__all__ = ["blueprint"]
+__all__ = ["blueprint", "check_if_match", "SDP", "SDPFRAG"]
 
 blueprint = Blueprint("whep", __name__, url_prefix="/api/whep")
 
@@ -81,7 +82,8 @@ async def post_route(route_id: str) -> Response:
     return await _post("route", route_id)
 
 
-def _check_if_match(session: Session, *, required: bool) -> None:
+def check_if_match(session: Session | Publisher, *, required: bool) -> None:
+    """If-Match against the resource's ETag (WHIP and WHEP alike)."""
     value = request.headers.get("If-Match")
     if value is None:
         if required:
@@ -110,7 +112,7 @@ async def session_resource(sink_id: str, session_id: str) -> Response:
         ufrag, pwd, found = parse_sdpfrag(fragment)
         restart = (ufrag is not None and ufrag != session.remote_ufrag) or \
             (pwd is not None and ufrag is None)
-        _check_if_match(session, required=restart)
+        check_if_match(session, required=restart)
         if restart:
             raise UnsupportedError("ICE restart is not supported: DELETE this session "
                                    "and POST a new offer")

@@ -16,6 +16,7 @@ server is used, so a test never sends a packet off this machine.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import functools
 import os
 import secrets
@@ -29,10 +30,12 @@ import trio
 
 import aioice
 import aioice.ice
+import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 
-__all__ = ["open_aiortc_listener", "AiortcListener", "PeerError", "dominant_frequency",
+__all__ = ["open_aiortc_listener", "AiortcListener", "open_aiortc_publisher", "PeerError",
+           "dominant_frequency",
            "rms_dbfs", "synthetic_offer", "split_candidates"]
 
 RATE = 48000
@@ -83,13 +86,16 @@ class AiortcListener:
 
     # ---- set up (runs on the asyncio loop) -----------------------------------
 
+    def _transceiver(self, pc: RTCPeerConnection) -> Any:
+        return pc.addTransceiver("audio", direction="recvonly")
+
     async def _setup(self) -> None:
         self._connected = asyncio.Event()
         self._failed = asyncio.Event()
         # iceServers=[]: aiortc's default is a public STUN server.
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._pc = pc
-        transceiver = pc.addTransceiver("audio", direction="recvonly")
+        transceiver = self._transceiver(pc)
         receiver = transceiver.receiver
         original = receiver._handle_rtp_packet
 
@@ -124,12 +130,12 @@ class AiortcListener:
             with self._record_lock:
                 if not self._recorders:
                     continue
-            mono = _frame_to_mono(frame)
+            channels = _frame_to_channels(frame)
             with self._record_lock:
                 done = []
                 for entry in self._recorders:
                     chunks, wanted, future = entry
-                    chunks.append(mono)
+                    chunks.append(channels)
                     if sum(len(c) for c in chunks) >= wanted:
                         done.append(entry)
                 for entry in done:
@@ -203,6 +209,18 @@ class AiortcListener:
 
     async def record(self, seconds: float = 1.0, *, timeout: float | None = None) -> np.ndarray:
         """Decoded audio from now on: ``seconds`` of float32 mono at 48 kHz."""
+        return (await self.record_channels(seconds, timeout=timeout)).mean(axis=1)
+
+    async def record_stereo(self, seconds: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """What each ear heard from now on: ``seconds`` of left and right."""
+        both = await self.record_channels(seconds)
+        if both.shape[1] != 2:
+            raise PeerError(f"the decoder gave {both.shape[1]} channel(s), not 2")
+        return both[:, 0], both[:, 1]
+
+    async def record_channels(self, seconds: float = 1.0, *,
+                              timeout: float | None = None) -> np.ndarray:
+        """Decoded audio from now on: ``seconds`` x channels, float32 at 48 kHz."""
         wanted = int(round(seconds * RATE))
 
         async def rec() -> np.ndarray:
@@ -280,13 +298,58 @@ class AiortcListener:
         return await self._run(protect, timeout=10)
 
 
-def _frame_to_mono(frame: Any) -> np.ndarray:
+class SineTrack(AudioStreamTrack):
+    """A stereo sine at ``hz`` (``right_hz`` on the right) in 20 ms frames at
+    48 kHz, paced like a microphone."""
+
+    FRAME = RATE // 50
+
+    def __init__(self, hz: float, right_hz: float | None = None, dbfs: float = -12.0):
+        super().__init__()
+        self.hz, self.right_hz = hz, right_hz if right_hz is not None else hz
+        self.amplitude = 32767 * 10 ** (dbfs / 20)
+        self.sent = 0
+        self._start: float | None = None
+
+    async def recv(self) -> Any:
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self.sent / RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        n = self.FRAME
+        t = (np.arange(n) + self.sent) / RATE
+        left = self.amplitude * np.sin(2 * np.pi * self.hz * t)
+        right = self.amplitude * np.sin(2 * np.pi * self.right_hz * t)
+        data = np.empty(2 * n, dtype=np.int16)
+        data[0::2], data[1::2] = left, right
+        frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, self.sent, fractions.Fraction(1, RATE)
+        self.sent += n
+        return frame
+
+
+class AiortcPublisher(AiortcListener):
+    """A send-only aiortc peer (a WHIP publisher) playing a ``SineTrack``,
+    with a video track first when ``video`` (as OBS offers)."""
+
+    track: SineTrack
+    video = False
+
+    def _transceiver(self, pc: RTCPeerConnection) -> Any:
+        if self.video:
+            pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        return pc.addTransceiver(self.track, direction="sendonly")
+
+
+def _frame_to_channels(frame: Any) -> np.ndarray:
+    """A decoded frame as samples x channels."""
     data = frame.to_ndarray()
     channels = len(frame.layout.channels)
     if frame.format.is_planar:
-        data = data.reshape(channels, -1).mean(axis=0)
+        data = data.reshape(channels, -1).T
     else:
-        data = data.reshape(-1, channels).mean(axis=1)
+        data = data.reshape(-1, channels)
     if frame.format.name.startswith("s16"):
         data = data / 32768.0
     elif frame.format.name.startswith("s32"):
@@ -308,7 +371,17 @@ def _run_loop(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
 
 
 @asynccontextmanager
-async def open_aiortc_listener() -> AsyncIterator[AiortcListener]:
+async def open_aiortc_publisher(hz: float, right_hz: float | None = None, *,
+                                video: bool = False) -> AsyncIterator[AiortcPublisher]:
+    """A send-only aiortc peer playing ``hz`` (``right_hz`` on the right)."""
+    async with open_aiortc_listener(AiortcPublisher, SineTrack(hz, right_hz),
+                                    video=video) as peer:
+        yield peer
+
+
+@asynccontextmanager
+async def open_aiortc_listener(cls: type[AiortcListener] = AiortcListener,
+                               track: Any = None, video: bool = False) -> AsyncIterator[Any]:
     """A receive-only aiortc peer on its own asyncio thread; closed (and its
     thread joined) when the block ends."""
     loop = asyncio.new_event_loop()
@@ -317,7 +390,9 @@ async def open_aiortc_listener() -> AsyncIterator[AiortcListener]:
                               name="aiortc-peer", daemon=True)
     thread.start()
     await trio.to_thread.run_sync(ready.wait)
-    peer = AiortcListener(loop)
+    peer = cls(loop)
+    if track is not None:
+        peer.track, peer.video = track, video
     try:
         await peer._run(peer._setup, timeout=10)
         yield peer

@@ -81,7 +81,7 @@ class Server:
         await self.done.wait()
 
 
-IDLE = {"sessions": 0, "engine_listeners": 0, "engine_stats_listeners": 0,
+IDLE = {"sessions": 0, "publishers": 0, "engine_listeners": 0, "engine_stats_listeners": 0,
         "temporary_sinks": 0, "temporary_routes": 0}
 
 

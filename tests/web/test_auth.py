@@ -40,6 +40,9 @@ OPEN = {
     "whep.post_sink": auth.LISTENING, "whep.post_source": auth.LISTENING,
     "whep.post_route": auth.LISTENING, "whep.session_resource": auth.LISTENING,
     "whep.session_candidates": auth.LISTENING,
+    # WHIP: the source's own publish token, checked by the view (tests/web/test_whip.py)
+    "ui.publish": auth.PUBLIC, "whip.publish": auth.PUBLISHING,
+    "whip.publisher_resource": auth.PUBLISHING,
 }
 SAMPLE = {"collection": "routes", "entity_id": "tone-main", "sink_id": "main",
           "source_id": "tone", "route_id": "tone-main", "name": "Master",
