@@ -159,6 +159,7 @@ function deviceTag(entity) {
   if (entity.kind === "clicks") parts.push(`clicks every ${entity.click_interval_ms} ms`);
   if (entity.kind === "opus") parts.push(`Opus ${Math.round(entity.bitrate / 1000)} kb/s, ${entity.frame_ms} ms`);
   if (entity.kind === "scream" || entity.kind === "rtp") parts.push(...networkTag(entity));
+  if (entity.kind === "whip") parts.push(...whipTag(entity));
   parts.push(st.state === "ok" ? "ok" : `lost: ${st.reason || ""}`);
   if (entity.xruns) parts.push(plural(entity.xruns, "xrun", "xruns"));
   return el("span", { class: `tag ${st.state === "ok" ? "ok" : "lost"}`, text: parts.join(" · ") });
@@ -185,6 +186,39 @@ function networkTag(entity) {
   return parts;
 }
 
+/** A whip source: who publishes into it, what arrives. */
+function whipTag(entity) {
+  const n = entity.network;
+  if (!n) return ["WHIP"];
+  const p = n.publisher;
+  const parts = [p ? `WHIP from ${p.client}: ${p.connected ? "on air" : p.state}` : "WHIP: nobody publishing"];
+  if (n.receiving) parts.push(`Opus ${n.channels} ch`);
+  if (n.jitter_ms) parts.push(`jitter ${n.jitter_ms.toFixed(1)} ms`);
+  if (n.buffered_ms !== null) parts.push(`${n.buffered_ms.toFixed(0)} ms buffered`);
+  if (n.lost || n.late) parts.push(`${n.lost} lost, ${n.late} late`);
+  return parts;
+}
+
+/** Where a whip source is published from: its page (with the token in the
+ *  fragment, never sent in a request) and, for OBS, its URL and token. */
+function publishLinks(s) {
+  const url = `${location.origin}/api/whip/${encodeURIComponent(s.id)}`;
+  const page = `${location.origin}/publish/${encodeURIComponent(s.id)}#token=${s.publish_token}`;
+  const renew = el("button", { class: "small", type: "button", text: "New token", "data-renew-token": s.id,
+    onclick: async () => {
+      if (!window.confirm("A new token: the old link and OBS's old token stop working (whoever publishes now goes on).")) return;
+      const bytes = crypto.getRandomValues(new Uint8Array(24));
+      const token = btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_");
+      try {
+        await api(`/api/sources/${encodeURIComponent(s.id)}`, { method: "PATCH", json: { publish_token: token } });
+        await refreshGraph();
+      } catch (err) { showError(err); }
+    } });
+  return el("div", { class: "hint publish-links" },
+    el("a", { href: page, target: "_blank", rel: "noopener", text: "Publish page", "data-publish-page": s.id }),
+    " · OBS: server ", el("code", { text: url }), " bearer token ", el("code", { text: s.publish_token }), " ", renew);
+}
+
 /** Whether anyone who may listen may hear this source on its own (off: only
  *  where a channel publishes it; docs/API.md). */
 function publicToggle(s) {
@@ -202,7 +236,8 @@ function renderSources() {
   $("sources").replaceChildren(...sources.map((s) => el("div", { class: "item", "data-source": s.id },
     el("div", { class: "title" }, el("strong", { text: s.name }), el("span", { class: "id", text: s.id }), deviceTag(s)),
     meterFor("sources", s.id, s.name).node, publicToggle(s),
-    s.kind === "scream" || s.kind === "rtp" ? removeButton(s) : null)));
+    s.kind === "whip" ? publishLinks(s) : null,
+    ["scream", "rtp", "whip"].includes(s.kind) ? removeButton(s) : null)));
   fillSelect($("route-source"), sources);
 }
 
@@ -240,7 +275,7 @@ $("restore").addEventListener("change", async (e) => {
 
 // ---- adding a network source ----------------------------------------------------------
 function showNetKind() {
-  for (const node of document.querySelectorAll("[data-net]")) node.hidden = node.dataset.net !== $("net-kind").value;
+  for (const node of document.querySelectorAll("[data-net]")) node.hidden = !node.dataset.net.split(" ").includes($("net-kind").value);
 }
 $("net-kind").addEventListener("change", showNetKind);
 showNetKind();
@@ -248,11 +283,13 @@ $("net-add").addEventListener("submit", async (e) => {
   e.preventDefault();
   const body = { id: $("net-id").value.trim() };
   if ($("net-name").value.trim()) body.name = $("net-name").value.trim();
-  if ($("net-kind").value === "rtp") body.sdp = $("net-sdp").value;
+  const kind = $("net-kind").value;
+  if (kind === "rtp") body.sdp = $("net-sdp").value;
+  else if (kind === "whip") body.kind = "whip";   // the appliance makes its publish token
   else Object.assign(body, { kind: "scream", address: $("net-address").value.trim(), port: Number($("net-port").value) });
-  if ($("net-interface").value.trim()) body.interface = $("net-interface").value.trim();
+  if (kind !== "whip" && $("net-interface").value.trim()) body.interface = $("net-interface").value.trim();
   const allow = $("net-allow").value.split(/[\s,]+/).filter(Boolean);
-  if (allow.length) body.allow_from = allow;
+  if (kind !== "whip" && allow.length) body.allow_from = allow;
   try {
     await api("/api/sources", { method: "POST", json: body });
     $("net-id").value = "";

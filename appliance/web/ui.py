@@ -1,5 +1,6 @@
 """The web UI's pages: ``/`` (listen), ``/listen/{sink}`` (one channel, what a
-share link or a sign's QR code opens) and ``/admin``. The pages are public;
+share link or a sign's QR code opens), ``/publish/{source}`` (a microphone
+into a whip source) and ``/admin``. The pages are public;
 the data they show comes from ``/api/...`` (the admin page logs in first; the
 listen page asks for the venue PIN when one is set: see ``auth``). Static
 files are served from ``appliance/static`` by the app itself (no CDN).
@@ -100,6 +101,14 @@ async def listen() -> Response:
 @blueprint.route("/listen/<sink_id>", methods=["GET"])
 async def listen_one(sink_id: str) -> Response:
     return await _listen_page(sink_id)
+
+
+@blueprint.route("/publish/<source_id>", methods=["GET"])
+async def publish(source_id: str) -> Response:
+    """An interpreter's page: the microphone into a whip source (WHIP). The
+    token is checked when it publishes; the page itself reveals nothing."""
+    return no_store(Response(await render_template("publish.html",
+                                                   **page_args(), source=source_id)))
 
 
 @blueprint.route("/admin", methods=["GET"])

@@ -36,12 +36,13 @@ class Browser:
     runs ``fn(browser, ...)`` there."""
 
     def __init__(self, user_data_dir: Path, *, pulse_server: str | None = None,
-                 executable: str | None = None):
+                 executable: str | None = None, extra_args: tuple[str, ...] = ()):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chromium")
         self._pool.submit(self._start, user_data_dir, pulse_server,
-                          executable or CHROMIUM).result(timeout=60)
+                          executable or CHROMIUM, extra_args).result(timeout=60)
 
-    def _start(self, user_data_dir: Path, pulse_server: str | None, executable: str) -> None:
+    def _start(self, user_data_dir: Path, pulse_server: str | None, executable: str,
+               extra_args: tuple[str, ...]) -> None:
         from playwright.sync_api import sync_playwright
         self._pw = sync_playwright().start()
         env = dict(os.environ)
@@ -51,7 +52,8 @@ class Browser:
             env["PULSE_SERVER"] = pulse_server
         # a persistent context with our own fresh profile directory
         self.context = self._pw.chromium.launch_persistent_context(
-            str(user_data_dir), executable_path=executable, headless=True, args=CHROMIUM_ARGS,
+            str(user_data_dir), executable_path=executable, headless=True,
+            args=[*CHROMIUM_ARGS, *extra_args],
             viewport=DESKTOP, ignore_default_args=["--mute-audio"], env=env)
 
     def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -1,0 +1,153 @@
+"""The publish page in headless Chromium: an interpreter's microphone (a fake
+capture device playing a tone file) published over WHIP into a whip source,
+heard by a real listener at the tone's pitch; Stop ends it on the box."""
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from tests.e2e.conftest import CHROMIUM, Browser, open_admin
+from tests.web.conftest import IDLE, heard_hz, make_config, open_server
+from tests.web.test_whip import add_booth, receiving
+
+pytestmark = [pytest.mark.trio, pytest.mark.browser]
+
+
+def tone_file(path: Path, hz: float, seconds: float = 4.0) -> Path:
+    t = np.arange(int(48000 * seconds)) / 48000
+    samples = (0.25 * 32767 * np.sin(2 * np.pi * hz * t)).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+@pytest.fixture
+def microphone_browser(tmp_path: Path):
+    """Chromium whose microphone plays a 587 Hz tone, asked for without a prompt."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
+    pytest.importorskip("playwright.sync_api")
+    tone = tone_file(tmp_path / "tone.wav", 587.0)
+    b = Browser(tmp_path / "profile", extra_args=(
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={tone}"))
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+async def test_the_publish_page_puts_a_microphone_on_air_and_stop_ends_it(
+        tmp_path, microphone_browser):
+    async with open_server(make_config(tmp_path / "state")) as server:
+        token = await add_booth(server)
+        url = f"{server.url}/publish/booth#token={token}"
+
+        def start(b: Browser):
+            page = b.new_page()
+            page.goto(url)
+            # the token left the address bar; the microphone waits for the tap
+            assert "token" not in page.evaluate("location.href")
+            assert page.evaluate("applianceDebug.state()") == "idle"
+            page.click("#start")
+            page.wait_for_selector('#state[data-state="live"]', timeout=15000)
+            page.wait_for_function("Number(document.getElementById('publish').dataset.peakDbfs) > -30",
+                                   timeout=10000)
+            return page
+
+        page = await microphone_browser.call(start)
+        publisher = server.service.publishers.by_source["booth"]
+        await receiving(server)
+        assert abs(await heard_hz(server, "/api/whep/fr") - 587.0) < 3
+
+        def stop(b: Browser):
+            page.click("#stop")
+            page.wait_for_selector('#state[data-state="idle"]')
+            page.close()
+
+        await microphone_browser.call(stop)
+        with trio.fail_after(10):
+            await publisher.done.wait()
+        assert publisher.end_reason in ("deleted", "ice closed"), publisher.end_reason
+        assert (await server.wait_idle()) == IDLE
+
+
+async def test_a_wrong_token_is_shown_and_nothing_publishes(tmp_path, microphone_browser):
+    async with open_server(make_config(tmp_path / "state")) as server:
+        await add_booth(server)
+
+        def attempt(b: Browser) -> str:
+            page = b.new_page()
+            page.goto(f"{server.url}/publish/booth")
+            page.fill("#token", "w" * 32)
+            page.click("#start")
+            page.wait_for_selector('#state[data-state="error"]', timeout=15000)
+            text = page.inner_text("#state")
+            page.close()
+            return text
+
+        text = await microphone_browser.call(attempt)
+        assert "401" in text and "publish token" in text
+        assert server.service.publishers.by_source == {}
+        assert (await server.wait_idle()) == IDLE
+
+
+async def test_the_admin_adds_a_whip_source_and_its_publish_link_puts_a_microphone_on_air(
+        tmp_path, microphone_browser):
+    """The admin page's form makes the source (the box makes its token); its
+    Publish page link carries the token; a new token retires the old link."""
+    async with open_server(make_config(tmp_path / "state")) as server:
+        def add(b: Browser) -> str:
+            admin = open_admin(b, server.url)
+            admin.select_option("#net-kind", "whip")
+            admin.fill("#net-id", "booth")
+            admin.fill("#net-name", "Booth FR")
+            admin.click('#net-add button[type="submit"]')
+            admin.wait_for_selector('[data-publish-page="booth"]')
+            link = admin.get_attribute('[data-publish-page="booth"]', "href")
+            admin.close()
+            return link
+
+        link = await microphone_browser.call(add)
+        token = (await server.client.get("/api/sources/booth")).json()["publish_token"]
+        assert link == f"{server.url}/publish/booth#token={token}"
+        r = await server.client.post("/api/routes", json={"id": "booth-main", "source_id": "booth",
+                                                          "sink_id": "main", "gain_db": 0})
+        assert r.status_code == 201, r.text
+        await server.client.delete("/api/routes/tone-main")
+
+        def publish(b: Browser):
+            page = b.new_page()
+            page.goto(link)
+            page.click("#start")
+            page.wait_for_selector('#state[data-state="live"]', timeout=15000)
+            return page
+
+        page = await microphone_browser.call(publish)
+        await receiving(server)
+        assert abs(await heard_hz(server, "/api/whep/main") - 587.0) < 3
+
+        def renew(b: Browser) -> str:
+            admin = open_admin(b, server.url)
+            admin.click('[data-renew-token="booth"]')   # the dialog is accepted
+            admin.wait_for_function(f"() => !document.querySelector('[data-publish-page=\"booth\"]')"
+                                    f".href.endsWith({token!r})")
+            admin.close()
+            page.click("#stop")
+            page.close()
+            return ""
+
+        await microphone_browser.call(renew)
+        new = (await server.client.get("/api/sources/booth")).json()["publish_token"]
+        assert new != token and len(new) == 32
+        r = await server.client.post("/api/whip/booth", content="v=0\r\n", headers={
+            "Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
+        assert r.status_code == 401
+        assert (await server.wait_idle()) == IDLE
