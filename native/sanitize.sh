@@ -41,7 +41,8 @@ sys.exit(pytest.main(sys.argv[1:]))
 PY
 }
 status=0
-run -q -p no:cacheprovider tests/test_engine.py tests/test_lean.py tests/test_network_sources.py "${@:2}" || status=$?
+run -q -p no:cacheprovider tests/test_engine.py tests/test_lean.py tests/test_network_sources.py \
+    tests/web/test_whip.py "${@:2}" || status=$?
 unset LD_PRELOAD
 if compgen -G "$report/*" >/dev/null; then
     echo "sanitizer reports:"; cat "$report"/*; status=1

@@ -210,6 +210,10 @@ async def test_the_publish_token_is_refused_over_plain_http_from_another_machine
                                      headers={**SDP, "Authorization": "Bearer " + "a" * 32})
         assert r.status_code == 403 and r.headers["X-Appliance-Auth"] == "https"
         assert "publish tokens are accepted only over HTTPS" in r.text
+        # the page goes to its HTTPS twin: the token and the microphone need it
+        r = await server.client.get("/publish/booth")
+        https = f"https://{address}:{server.app.appliance_ports['https']}"
+        assert r.status_code == 302 and r.headers["Location"] == https + "/publish/booth"
 
 
 async def test_the_model_refuses_what_a_whip_source_cannot_be(tmp_path):
