@@ -30,7 +30,7 @@ from .model import EngineSettings, RouteSpec, SinkSpec, SourceSpec, Variant
 from .events import (
     DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
     DeviceRestored, Event, LevelsMeasured, ListenerEvent, ListenerState,
-    ListenerStateChanged, XrunOccurred,
+    ListenerStateChanged, OfferReady, XrunOccurred,
 )
 
 __all__ = ["open_engine", "Engine", "Listener", "appliance_error", "EngineSettings", "SourceSpec", "SinkSpec",
@@ -163,6 +163,12 @@ class Listener:
         """A remote candidate ("candidate:..."); "" is end-of-candidates."""
         check(lib.ae_listener_add_candidate(self._require(), mline_index, candidate.encode()))
 
+    def set_answer(self, answer_sdp: str) -> None:
+        """A publication's answer from its WHIP server (checked by the engine:
+        ``EngineError`` SDP with the reason)."""
+        check(lib.ae_publication_set_answer(self._require(),
+                                            answer_sdp.encode("utf-8", "replace")))
+
     def stats(self) -> ListenerStats:
         out = ffi.new("ae_listener_stats *")
         check(lib.ae_listener_stats_get(self._require(), out))
@@ -294,6 +300,8 @@ class Engine:
         ev, lid, text = raw.struct, raw.struct.listener_id, raw.text or ""
         if ev.type == lib.AE_EVENT_ANSWER_READY:
             return AnswerReady(lid, text)
+        if ev.type == lib.AE_EVENT_OFFER_READY:
+            return OfferReady(lid, text)
         if ev.type == lib.AE_EVENT_ANSWER_FAILED:
             return AnswerFailed(lid, ev.code, text)
         if ev.type == lib.AE_EVENT_CANDIDATE_GATHERED:
@@ -559,6 +567,18 @@ class Engine:
             lib.ae_listener_free_answer(answer[0])
             listener._send.send_nowait(AnswerReady(listener.id, text))
         return listener
+
+    def start_publication(self, sink_id: str) -> Listener:
+        """Publish the Opus sink ``sink_id`` (WHIP out): ``OfferReady`` (or
+        ``AnswerFailed``) follows on its ``events``; its answer goes to
+        ``set_answer``. The caller must ``aclose`` it."""
+        self._require_open()
+        sink = self._lookup(self._sinks, "sink", sink_id)
+        out = ffi.new("ae_listener **")
+        check(lib.ae_publication_open(sink.handle, out))
+        publication = Listener(self, out[0], sink_id)
+        self._listeners[publication.id] = publication
+        return publication
 
     def start_publisher(self, source_id: str, offer_sdp: str) -> Listener:
         """A publisher (WHIP) into the whip source ``source_id``: its answer is

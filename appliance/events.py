@@ -37,6 +37,13 @@ class AnswerReady:
 
 
 @dataclass(frozen=True, slots=True)
+class OfferReady:
+    """A publication's offer (WHIP out), with every candidate."""
+    listener_id: int
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerFailed:
     listener_id: int
     code: int
@@ -89,7 +96,8 @@ class LevelsMeasured:
     measured_at: float = 0.0
 
 
-ListenerEvent = AnswerReady | AnswerFailed | CandidateGathered | ListenerStateChanged
+ListenerEvent = (AnswerReady | OfferReady | AnswerFailed | CandidateGathered |
+                 ListenerStateChanged)
 Event = ListenerEvent | DeviceLost | DeviceRestored | XrunOccurred | LevelsMeasured
 
 # Events that may be coalesced or dropped when the consumer falls behind; every

@@ -13,14 +13,17 @@ import dataclasses
 import ipaddress
 import math
 import re
+import ssl
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping
+from urllib.parse import urlsplit
 
 from .errors import InvalidError
 
 __all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "Variant", "SourceConfig",
+           "PublicationSpec",
            "SinkConfig", "RouteConfig", "Graph", "KINDS", "RESERVED_IDS", "build",
            "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class"]
 
@@ -215,6 +218,43 @@ class RouteSpec:
     muted: bool = False
     # 0 = all channels; 1..N = just that one
     source_channel: int = field(default=0, metadata=_range(0, 8))
+
+
+def _whip_url(value: str) -> str | None:
+    """A WHIP endpoint: an http(s) URL with a host, nothing else."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port   # a port that is not a number raises here
+    except ValueError:
+        return "must be an http:// or https:// URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def _certificates(value: str) -> str | None:
+    """PEM certificates OpenSSL can trust ("" = the system's CAs)."""
+    if value:
+        try:
+            ssl.create_default_context(cadata=value)
+        except (ssl.SSLError, ValueError):
+            return "must be PEM certificates (-----BEGIN CERTIFICATE-----)"
+    return None
+
+
+@dataclass(frozen=True)
+class PublicationSpec:
+    """A channel (an Opus sink) published to a WHIP server (RFC 9725): the
+    box as the WHIP client, its listeners' encode, no second encoder."""
+    sink_id: str = field(metadata={"id": "sink"})
+    url: str = field(metadata={"max_len": 2048, "pattern": re.compile(r"[!-~]+"),
+                               "what": "a URL", "check": _whip_url})
+    # the server's Bearer token ("" = none)
+    token: str = field(default="", metadata={"max_len": 4096, "pattern": re.compile(r"[!-~]*"),
+                                             "what": "visible ASCII"})
+    # the server's certificate or its CA (PEM), trusted instead of the
+    # system's CAs: another appliance's own certificate
+    tls_ca: str = field(default="", metadata={"max_len": 16384, "check": _certificates})
 
 
 BALANCE_STEP = 25

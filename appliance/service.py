@@ -6,6 +6,7 @@
           feed.run                     engine events -> live state, SSE subscribers
           sessions                     one task per listener (appliance.sessions)
           publishers                   one task per WHIP publisher (appliance.publishing)
+          publications                 one task per channel published out (appliance.publications)
         graph                          named sources, sinks, routes (appliance.graph)
 
 Where each concern lives: a listener's life in ``sessions``, the graph and
@@ -15,6 +16,7 @@ its persistence in ``graph`` and ``store``, the live state in ``feed``, SDP in
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,12 +27,13 @@ import trio
 from . import __version__
 from .config import Config
 from .engine import Engine, open_engine
-from .errors import NotFoundError, UnauthorizedError
+from .errors import ExistsError, InvalidError, NotFoundError, UnauthorizedError
 from .feed import Feed
 from .graph import GraphRegistry
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
-from .model import NETWORK_KINDS, RouteSpec, SourceSpec, Variant
+from .model import NETWORK_KINDS, PublicationSpec, RouteSpec, SourceSpec, Variant, build, check_id
+from .publications import Publications
 from .publishing import Publisher, Publishers, check_publish_token
 from .sap import SapListener
 from .sdp import Offer
@@ -38,6 +41,10 @@ from .sessions import TEMP_PREFIX, Session, Sessions
 from .store import Store
 
 __all__ = ["open_service", "Service"]
+
+log = logging.getLogger(__name__)
+
+PUBLICATIONS = "publications"   # the store section
 
 
 class Service:
@@ -54,6 +61,7 @@ class Service:
                          max_streams_per_client=config.server.max_event_streams_per_client)
         self.sessions = Sessions(config, engine, nursery, changed=self.feed.listeners_changed)
         self.publishers = Publishers(config, engine, nursery)
+        self.publications = Publications(engine, nursery)
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.board = Board(config.board_root, config.state_dir)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
@@ -66,7 +74,7 @@ class Service:
     def _deleted(self, kind: str, entity_id: str) -> None:
         self.feed.forget(kind, entity_id)
         if kind == "source":
-            self.publishers.end_for(entity_id, "source deleted")
+            self.publishers.end_for(entity_id, "source deleted or made again")
 
     def _entity_extras(self, kind: str, entity_id: str) -> dict[str, Any]:
         if kind == "route":
@@ -130,6 +138,44 @@ class Service:
         self.check_publisher(source_id, token)
         return await self.publishers.open(source_id, offer, client)
 
+    # ---- publications (WHIP out) ---------------------------------------------------
+
+    def _publication_specs(self) -> dict[str, dict[str, Any]]:
+        return dict(self.store.section(PUBLICATIONS, {}) or {})
+
+    def start_publications(self) -> None:
+        """The saved publications, started (a broken one is logged and left out)."""
+        for publication_id, fields in self._publication_specs().items():
+            try:
+                self.publications.start(publication_id, build(PublicationSpec, fields,
+                                                              f"publication {publication_id}"))
+            except InvalidError as error:
+                log.error("publication %s left out: %s", publication_id, error)
+
+    async def add_publication(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Publish a channel to a WHIP server: ``{"id", "sink_id", "url",
+        "token", "tls_ca"}``, checked, saved, started."""
+        fields = dict(body)
+        publication_id = check_id("publication", fields.pop("id", None), "id")
+        spec = build(PublicationSpec, fields, "")
+        sink = self.graph.require("sink", spec.sink_id)
+        if sink.spec.kind != "opus":
+            raise InvalidError(f"sink_id: {spec.sink_id!r} is not a channel (an Opus sink)")
+        if publication_id in self.publications.by_id:
+            raise ExistsError(f"publication {publication_id!r} exists already")
+        saved = self._publication_specs()
+        saved[publication_id] = dataclasses.asdict(spec)
+        await self.store.save_section(PUBLICATIONS, saved)
+        return self.publications.start(publication_id, spec).status()
+
+    async def remove_publication(self, publication_id: str) -> None:
+        if publication_id not in self.publications.by_id:
+            raise NotFoundError(f"no publication {publication_id!r}")
+        await self.publications.stop(publication_id)
+        saved = self._publication_specs()
+        saved.pop(publication_id, None)
+        await self.store.save_section(PUBLICATIONS, saved)
+
     def announced_streams(self) -> dict[str, Any]:
         """The streams announced on the LAN (SAP), for the admin page to add."""
         return {"streams": self.sap.streams(), "counts": dict(self.sap.counts),
@@ -192,6 +238,8 @@ class Service:
             "sessions": [s.health() for s in self.sessions.answered()],
             "devices": devices,
             "network_sources": self.network_sources(),
+            # channels published to WHIP servers: state, attempts, the last refusal
+            "publications": self.publications.status(),
             # the power supply, heat, the clock, the disk (appliance.board)
             "board": self.board.read().as_dict(),
             "xruns": {"total": sum(feed.xruns.values()),
@@ -235,6 +283,7 @@ class Service:
         self.begin_close()
         await self.sessions.aclose()
         await self.publishers.aclose()
+        await self.publications.aclose()
 
 
 _ptp4l_seen: tuple[float, bool] = (-1e9, False)
@@ -274,6 +323,7 @@ async def open_service(config: Config, *, store: Store | None = None) -> AsyncIt
             await nursery.start(service.sap.run)
             try:
                 await service.graph.load(graph)
+                service.start_publications()
                 yield service
             finally:
                 with trio.CancelScope(shield=True):

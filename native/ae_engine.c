@@ -95,6 +95,8 @@ static void engine_free(ae_engine *e)
 
 static int stop_threads(ae_engine *e);
 
+static _Atomic int live_engines;   /* created and not destroyed, in this process */
+
 int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void *user,
                      ae_engine **out)
 {
@@ -164,6 +166,7 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
         engine_free(e);
         return rc;
     }
+    atomic_fetch_add(&live_engines, 1);
     *out = e;
     return AE_OK;
 }
@@ -209,10 +212,14 @@ int ae_engine_destroy(ae_engine *e)
     stop_threads(e);
     engine_free(e);
     /* GStreamer and GLib keep idle pooled threads around for reuse; end
-     * them so a closed engine leaves no thread behind. */
-    g_thread_pool_set_max_unused_threads(0);
-    g_thread_pool_stop_unused_threads();
-    gst_task_cleanup_all();
+     * them so a closed engine leaves no thread behind. gst_task_cleanup_all
+     * waits for every task in the process: only the last engine may (one
+     * box publishing to another in one test process hung here). */
+    if (atomic_fetch_sub(&live_engines, 1) == 1) {
+        g_thread_pool_set_max_unused_threads(0);
+        g_thread_pool_stop_unused_threads();
+        gst_task_cleanup_all();
+    }
     return AE_OK;
 }
 

@@ -75,7 +75,8 @@ typedef enum ae_event_type {
     AE_EVENT_DEVICE_LOST = 5,        /* source or sink, text = reason */
     AE_EVENT_DEVICE_RESTORED = 6,    /* source or sink */
     AE_EVENT_XRUN = 7,               /* source or sink, count = total xruns so far */
-    AE_EVENT_LEVELS = 8              /* source or sink, channels, peak_dbfs[], rms_dbfs[] */
+    AE_EVENT_LEVELS = 8,             /* source or sink, channels, peak_dbfs[], rms_dbfs[] */
+    AE_EVENT_OFFER_READY = 9         /* publication, text = its offer SDP with all candidates */
 } ae_event_type;
 
 typedef enum ae_listener_state {
@@ -352,6 +353,13 @@ int ae_listener_create(ae_sink *sink, const char *offer_sdp, ae_listener **out);
  * *answer_out is NULL and the answer comes as that event. */
 int ae_listener_open(ae_sink *sink, const char *offer_sdp, ae_listener **out, char **answer_out);
 void ae_listener_free_answer(char *answer);
+/* A publication (WHIP out) of an Opus sink: webrtcbin offers the sink's
+ * Opus (the listeners' encode, no second encoder); AE_EVENT_OFFER_READY
+ * follows with the offer, to POST to a WHIP server; its answer goes to
+ * ae_publication_set_answer. It is an ae_listener for everything else
+ * (events, stats, destroy) but not counted among the listeners. */
+int ae_publication_open(ae_sink *sink, ae_listener **out);
+int ae_publication_set_answer(ae_listener *publication, const char *answer_sdp);
 /* A publisher into a whip source (WHIP): the offer sends Opus, which is
  * decoded and mixed like any network source's. Always the lean transport,
  * answered at once (*answer_out, as above). It is an ae_listener for

@@ -115,7 +115,8 @@ static void push(ae_fanout *k, const unsigned char *data, int len, uint64_t inde
     k->frame_index_at[index % AE_FRAME_RING] = index;
     int lean = atomic_load(&k->lean_listeners);
     if (lean > 0 && k->env->push) k->env->push(k->env->push_ctx, k, data, len, index, capture_us);
-    if (atomic_load(&k->listeners) - lean <= 0) return; /* nobody on webrtcbin */
+    if (atomic_load(&k->listeners) - lean + atomic_load(&k->publications) <= 0)
+        return; /* nobody on webrtcbin */
     GstBuffer *buf = gst_buffer_new_memdup(data, (gsize)len);
     GstClockTime dur = (GstClockTime)k->frame_us * GST_USECOND;
     /* Perfect timestamps, frame after frame: the payloader derives RTP

@@ -62,6 +62,7 @@ struct ae_fanout {
     _Atomic int listeners;               /* all transports */
     _Atomic int lean_listeners;          /* of those, on the lean transport */
     _Atomic int heard_by;                /* connected ones (lean: DTLS done; webrtcbin: all) */
+    _Atomic int publications;            /* WHIP out: webrtcbin branches, not listeners */
     _Atomic uint64_t packets_out;
     ae_lat_stats latency;
 };

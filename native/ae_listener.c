@@ -22,6 +22,7 @@ struct ae_listener {
     uint64_t id;                         /* names it in events */
     atomic_bool closing;                 /* set first when it is removed: mutes its events */
     int transport;                       /* AE_TRANSPORT_LEAN or AE_TRANSPORT_WEBRTCBIN */
+    bool publication;                    /* WHIP out: not counted among the listeners */
     ae_lean_peer *lean;
     ae_wr *wr;
 };
@@ -169,6 +170,44 @@ int ae_publisher_open(ae_source *source, const char *offer_sdp, ae_listener **ou
     return AE_OK;
 }
 
+int ae_publication_open(ae_sink *k, ae_listener **out)
+{
+    ae_clear_error();
+    if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
+    *out = NULL;
+    ae_fanout *f = ae_fanout_of(k);
+    if (!f) return ae_fail(AE_ERR_INVALID, "a publication needs an Opus sink");
+    ae_engine *e = f->env->owner;
+    if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    ae_listener *l = calloc(1, sizeof *l);
+    if (!l) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    l->engine = e;
+    l->id = ae_new_id();
+    l->sink = k;
+    l->fanout = f;
+    l->transport = AE_TRANSPORT_WEBRTCBIN;
+    l->publication = true;
+    int rc = ae_wr_create_offer(&e->wr_env, k, f, l->id, &l->wr);
+    if (rc != AE_OK) {
+        free(l);
+        return rc;
+    }
+    ae_fanout_heard(f, +1);   /* its pipeline branch takes packets from now on */
+    atomic_fetch_add(&f->publications, 1);
+    link_listener(e, l);
+    *out = l;
+    return AE_OK;
+}
+
+int ae_publication_set_answer(ae_listener *l, const char *answer_sdp)
+{
+    ae_clear_error();
+    if (!l || !answer_sdp) return ae_fail(AE_ERR_INVALID, "publication and answer are required");
+    if (!l->publication) return ae_fail(AE_ERR_INVALID, "not a publication");
+    if (atomic_load(&l->closing)) return ae_fail(AE_ERR_CLOSED, "the publication is closing");
+    return ae_wr_set_answer(l->wr, answer_sdp);
+}
+
 void ae_listener_free_answer(char *answer) { free(answer); }
 
 uint64_t ae_listener_id(const ae_listener *l) { return l ? l->id : 0; }
@@ -232,8 +271,12 @@ int ae_listener_destroy(ae_listener *l)
     }
     int rc = ae_wr_destroy(l->wr);
     ae_fanout_heard(l->fanout, -1);
-    atomic_fetch_sub(&l->fanout->listeners, 1);
-    atomic_fetch_sub(&e->nlisteners, 1);
+    if (l->publication) {
+        atomic_fetch_sub(&l->fanout->publications, 1);
+    } else {
+        atomic_fetch_sub(&l->fanout->listeners, 1);
+        atomic_fetch_sub(&e->nlisteners, 1);
+    }
     free(l);
     /* A webrtcbin listener frees about a megabyte in many small blocks
      * across threads' arenas; hand it back to the system rather than keep

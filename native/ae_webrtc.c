@@ -9,7 +9,13 @@
  * until then, which would stall the tee. Opus is encoded once per sink;
  * each listener only adds a payloader (its own, since browsers pick
  * different payload types) and a webrtcbin. Every GStreamer control call
- * runs on the engine's glib thread. */
+ * runs on the engine's glib thread.
+ *
+ * A publication (WHIP out, ae_wr_create_offer) is the same branch the other
+ * way round in signalling: webrtcbin offers the sink's Opus (full ICE, the
+ * controlling agent, so it reaches ICE-lite servers), the offer goes out
+ * with every candidate (AE_EVENT_OFFER_READY), the server's answer comes
+ * back through ae_wr_set_answer and its fingerprint is what DTLS must meet. */
 #define _GNU_SOURCE
 #define GST_USE_UNSTABLE_API /* webrtcbin's library API is marked unstable */
 #include "ae_webrtc.h"
@@ -48,6 +54,7 @@ struct ae_wr {
     ae_fingerprint fp[AE_OFFER_MAX_FINGERPRINTS]; /* the offer's, for its DTLS certificate */
     int nfp;
     atomic_bool cert_refused;            /* its certificate is not the offer's */
+    bool offering;                       /* a publication: we offer, the server answers */
     GstElement *pay, *webrtc;
     GstPad *tee_pad;
     gulong gate_probe;
@@ -117,7 +124,12 @@ static void post_listener(ae_wr *l, int type, const char *text, int mline, int s
 
 static void answer_failed(ae_wr *l, int code, const char *why)
 {
-    if (l->answered) return;
+    if (l->answered) {
+        /* a publication whose answer came and was refused: it has failed */
+        if (l->offering)
+            post_listener(l, AE_EVENT_LISTENER_STATE, why, 0, AE_LISTENER_FAILED, code);
+        return;
+    }
     l->answered = true;
     post_listener(l, AE_EVENT_ANSWER_FAILED, why, 0, 0, code);
 }
@@ -512,7 +524,7 @@ static void finish_answer(ae_wr *l)
         return;
     }
     l->answered = true;
-    post_listener(l, AE_EVENT_ANSWER_READY, text, 0, 0, 0);
+    post_listener(l, l->offering ? AE_EVENT_OFFER_READY : AE_EVENT_ANSWER_READY, text, 0, 0, 0);
     g_free(text);
 }
 
@@ -658,6 +670,28 @@ static void on_answer_created(ae_wr *l, GstPromise *p)
     gst_webrtc_session_description_free(answer);
 }
 
+/* A publication's offer: the sink's Opus, sendonly (opus_caps). */
+static void on_offer_created(ae_wr *l, GstPromise *p)
+{
+    if (promise_failed(l, p, "creating the offer")) return;
+    GstWebRTCSessionDescription *offer = NULL;
+    gst_structure_get(gst_promise_get_reply(p), "offer", GST_TYPE_WEBRTC_SESSION_DESCRIPTION,
+                      &offer, NULL);
+    if (!offer) {
+        answer_failed(l, AE_ERR_MEDIA, "webrtcbin made no offer");
+        return;
+    }
+    GstPromise *p2 = promise_then(l, on_local_set);
+    g_signal_emit_by_name(l->webrtc, "set-local-description", offer, p2);
+    gst_promise_unref(p2);
+    gst_webrtc_session_description_free(offer);
+}
+
+static void on_answer_set(ae_wr *l, GstPromise *p)
+{
+    promise_failed(l, p, "setting the server's answer");
+}
+
 static void on_remote_set(ae_wr *l, GstPromise *p)
 {
     if (promise_failed(l, p, "setting the offer")) return;
@@ -794,16 +828,22 @@ static int start_listener(ae_wr *l)
     gst_element_sync_state_with_parent(l->pay);
     gst_element_sync_state_with_parent(l->webrtc);
 
-    GstSDPMessage *sdp = NULL;
-    gst_sdp_message_new(&sdp);
-    gst_sdp_message_parse_buffer((const guint8 *)l->offer, (guint)strlen(l->offer), sdp);
-    filter_offer_candidates(l, sdp);
-    GstWebRTCSessionDescription *offer =
-        gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp);
-    GstPromise *promise = promise_then(l, on_remote_set);
-    g_signal_emit_by_name(l->webrtc, "set-remote-description", offer, promise);
-    gst_promise_unref(promise);
-    gst_webrtc_session_description_free(offer);
+    if (l->offering) {
+        GstPromise *promise = promise_then(l, on_offer_created);
+        g_signal_emit_by_name(l->webrtc, "create-offer", NULL, promise);
+        gst_promise_unref(promise);
+    } else {
+        GstSDPMessage *sdp = NULL;
+        gst_sdp_message_new(&sdp);
+        gst_sdp_message_parse_buffer((const guint8 *)l->offer, (guint)strlen(l->offer), sdp);
+        filter_offer_candidates(l, sdp);
+        GstWebRTCSessionDescription *offer =
+            gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_OFFER, sdp);
+        GstPromise *promise = promise_then(l, on_remote_set);
+        g_signal_emit_by_name(l->webrtc, "set-remote-description", offer, promise);
+        gst_promise_unref(promise);
+        gst_webrtc_session_description_free(offer);
+    }
 
     l->gather_timeout = g_timeout_source_new((guint)cfg->gather_timeout_ms);
     g_source_set_callback(l->gather_timeout, on_gather_timeout, listener_ref(l), listener_unref);
@@ -863,6 +903,74 @@ int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
     l->candidates = g_ptr_array_new_with_free_func(g_free);
     invoke(l, start_listener_main);
     *out = l;
+    return AE_OK;
+}
+
+/* A publication's Opus parameters: stereo as the sink is, in-band FEC. */
+#define PUBLICATION_PT 111
+
+int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id, ae_wr **out)
+{
+    *out = NULL;
+    ae_wr *l = calloc(1, sizeof *l);
+    char *fmtp = strdup("minptime=10;useinbandfec=1");
+    if (!l || !fmtp) {
+        free(l);
+        free(fmtp);
+        return ae_fail(AE_ERR_NOMEM, "out of memory");
+    }
+    l->env = env;
+    l->id = id;
+    l->sink = k;
+    l->fanout = f;
+    l->refs = 1;
+    l->offering = true;
+    pthread_mutex_init(&l->health_lock, NULL);
+    l->rtt_ms = -1;
+    l->pt = PUBLICATION_PT;
+    l->fmtp = fmtp;
+    g_mutex_init(&l->cand_lock);
+    l->candidates = g_ptr_array_new_with_free_func(g_free);
+    invoke(l, start_listener_main);
+    *out = l;
+    return AE_OK;
+}
+
+static gboolean set_answer_main(gpointer data)
+{
+    ae_wr *l = data;
+    if (atomic_load(&l->closing) || !l->offer) return G_SOURCE_REMOVE;
+    GstSDPMessage *sdp = NULL;
+    gst_sdp_message_new(&sdp);
+    gst_sdp_message_parse_buffer((const guint8 *)l->offer, (guint)strlen(l->offer), sdp);
+    filter_offer_candidates(l, sdp);
+    GstWebRTCSessionDescription *answer =
+        gst_webrtc_session_description_new(GST_WEBRTC_SDP_TYPE_ANSWER, sdp);
+    GstPromise *promise = promise_then(l, on_answer_set);
+    g_signal_emit_by_name(l->webrtc, "set-remote-description", answer, promise);
+    gst_promise_unref(promise);
+    gst_webrtc_session_description_free(answer);
+    return G_SOURCE_REMOVE;
+}
+
+int ae_wr_set_answer(ae_wr *l, const char *answer_sdp)
+{
+    if (!l->offering) return ae_fail(AE_ERR_INVALID, "only a publication takes an answer");
+    if (!atomic_load(&l->answered)) return ae_fail(AE_ERR_INVALID, "its offer is not out yet");
+    if (l->offer) return ae_fail(AE_ERR_INVALID, "it has its answer already");
+    /* the answer read with the offers' own checks: ICE, a fingerprint, Opus */
+    ae_offer o;
+    int rc = ae_offer_parse(answer_sdp, &o);
+    if (rc != AE_OK) return rc;
+    if (o.pt != l->pt || o.mline != 0) {
+        ae_offer_clear(&o);
+        return ae_fail(AE_ERR_SDP, "the answer does not take our Opus (payload type %d)", l->pt);
+    }
+    l->nfp = o.nfingerprints;
+    memcpy(l->fp, o.fingerprints, sizeof l->fp);
+    ae_offer_clear(&o);
+    if (!(l->offer = strdup(answer_sdp))) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    invoke(l, set_answer_main);
     return AE_OK;
 }
 

@@ -26,6 +26,14 @@ const char *ae_wr_declines(const ae_offer *o);
  * under `id` until ae_wr_close. Takes over o->fmtp. */
 int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
                  const char *offer_sdp, ae_offer *o, ae_wr **out);
+/* A publication (WHIP out): webrtcbin offers the sink's Opus sendonly;
+ * AE_EVENT_OFFER_READY (the offer with every candidate) or _ANSWER_FAILED
+ * follows under `id`. */
+int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
+                       ae_wr **out);
+/* The server's answer to a publication's offer (checked here: ICE, DTLS
+ * fingerprint, our Opus); a later failure is a LISTENER_STATE FAILED. */
+int ae_wr_set_answer(ae_wr *w, const char *answer_sdp);
 /* From now on it posts no event (call before ae_events_forget). */
 void ae_wr_close(ae_wr *w);
 /* candidate: "candidate:..." (checked by the caller) */

@@ -26,8 +26,8 @@ from ..errors import ApplianceError
 from ..service import Service, open_service
 from .. import logs
 from ..admin_auth import AdminAuth
-from . import (admin, auth, devices, events, health, listening, login, metrics, mixer, signs,
-               ui, whep, whip)
+from . import (admin, auth, devices, events, health, listening, login, metrics, mixer,
+               publications, signs, ui, whep, whip)
 from .common import plain
 from .errors import error_response
 
@@ -40,6 +40,7 @@ PACKAGE = Path(__file__).resolve().parent.parent
 BLUEPRINTS: list[Blueprint] = [
     whep.blueprint,
     whip.blueprint,
+    publications.blueprint,
     admin.blueprint,
     events.blueprint,
     mixer.blueprint,

@@ -1,0 +1,172 @@
+"""Publications (WHIP out): box A publishes a channel to box B's WHIP
+endpoint and B's listeners hear A's tone; servers that refuse, redirect in
+a loop, hang or answer garbage get a clear error and a bounded retry, and
+A's own listeners never notice."""
+from __future__ import annotations
+
+import pytest
+import trio
+
+from appliance import publications
+from tests.web.conftest import IDLE, heard_hz, make_config, open_server
+from tests.web.test_whip import add_booth, receiving
+
+pytestmark = pytest.mark.trio
+
+
+async def wait_state(server, publication_id: str, *states: str, timeout: float = 20) -> dict:
+    with trio.fail_after(timeout):
+        while True:
+            for status in (await server.client.get("/api/publications")).json():
+                if status["id"] == publication_id and status["state"] in states:
+                    return status
+            await trio.sleep(0.05)
+
+
+async def test_box_a_publishes_a_channel_and_box_bs_listeners_hear_it(tmp_path):
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        async with open_server(make_config(tmp_path / "a")) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/booth",
+                "token": token})
+            assert r.status_code == 201, r.text
+            status = await wait_state(a, "to-b", "live")
+            assert status["resource"].startswith(f"{b.url}/api/whip/booth/")
+            await receiving(b)
+            assert abs(await heard_hz(b, "/api/whep/fr") - 440.0) < 3   # A's tone, on B
+            assert b.service.publishers.by_source["booth"].connected
+            with trio.fail_after(5):   # what it sent is read once a second
+                while not (status := await wait_state(a, "to-b", "live"))["bitrate_bps"]:
+                    await trio.sleep(0.1)
+            assert status["bitrate_bps"] > 50_000 and token not in str(status)
+            a_status = (await a.client.get("/api/status")).json()
+            assert a_status["publications"][0]["id"] == "to-b"
+            assert a_status["listeners"]["total"] == 0   # a publication is not a listener
+            publisher = b.service.publishers.by_source["booth"]
+            assert (await a.client.delete("/api/publications/to-b")).status_code == 204
+            with trio.fail_after(10):
+                await publisher.done.wait()
+            assert publisher.end_reason in ("deleted", "ice closed")
+            assert (await a.client.get("/api/publications")).json() == []
+            assert (await a.wait_idle()) == IDLE
+        assert (await b.wait_idle()) == IDLE
+
+
+async def test_a_publication_is_saved_and_starts_again_with_the_box(tmp_path):
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        config = make_config(tmp_path / "a")
+        async with open_server(config) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/booth",
+                "token": token})
+            assert r.status_code == 201
+            await wait_state(a, "to-b", "live")
+        async with open_server(config) as a:
+            await wait_state(a, "to-b", "live")
+            backup = (await a.client.get("/api/backup")).json()
+            assert backup["sections"]["publications"]["to-b"]["url"].endswith("/booth")
+
+
+async def test_a_refusal_is_shown_with_the_servers_status_and_body_and_retried(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(publications, "BACKOFF_S", (0.2,))
+    async with open_server(make_config(tmp_path / "b")) as b:
+        await add_booth(b)
+        async with open_server(make_config(tmp_path / "a")) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/booth",
+                "token": "w" * 32})
+            assert r.status_code == 201
+            with trio.fail_after(20):
+                while True:
+                    status = (await a.client.get("/api/publications")).json()[0]
+                    if status["attempts"] >= 3 and status["error"]:
+                        break
+                    await trio.sleep(0.05)
+            assert status["error"].startswith("the server answered 401: publishing into")
+            # A's own listeners are untouched
+            assert abs(await heard_hz(a) - 440.0) < 3
+            assert (await a.client.delete("/api/publications/to-b")).status_code == 204
+        assert b.service.publishers.by_source == {}
+
+
+# ---- servers that misbehave --------------------------------------------------------------
+
+async def canned_server(response: bytes | None, *, task_status=trio.TASK_STATUS_IGNORED):
+    """An HTTP server on loopback that answers every request with ``response``
+    (None: reads the request and never answers)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def serve(stream):
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:   # the headers, then the body they announce
+                request += await stream.receive_some(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), b"0"))
+            while len(body) < length:
+                body += await stream.receive_some(65536)
+            if response is None:
+                await trio.sleep_forever()
+            await stream.send_all(response.replace(b"PORT", str(port).encode()))
+
+    task_status.started(port)
+    await trio.serve_listeners(serve, listeners)
+
+
+@pytest.mark.parametrize("response, error", [
+    (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:PORT/again\r\n"
+     b"Content-Length: 0\r\n\r\n", "redirects in a loop"),
+    (b"HTTP/1.1 201 Created\r\nContent-Type: application/sdp\r\nLocation: /x\r\n"
+     b"Content-Length: 8\r\n\r\nv=0\r\nzzz", "the server's answer was refused"),
+    (b"HTTP/1.1 201 Created\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi",
+     "not application/sdp"),
+    (b"HTTP/1.1 201 Created\r\nContent-Type: application/sdp\r\nContent-Length: 100000\r\n\r\n"
+     + b"a" * 100000, "over 64 KB"),
+    (b"garbage\r\n\r\n", "cannot reach the server"),
+    (None, "cannot reach the server"),
+])
+async def test_a_misbehaving_server_gets_a_clear_error_and_a_bounded_retry(
+        tmp_path, monkeypatch, response, error):
+    monkeypatch.setattr(publications, "BACKOFF_S", (0.2,))
+    monkeypatch.setattr(publications, "HTTP_TIMEOUT_S", 1.0)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(canned_server, response)
+        async with open_server(make_config(tmp_path)) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "bad", "sink_id": "main", "url": f"http://127.0.0.1:{port}/whip"})
+            assert r.status_code == 201
+            with trio.fail_after(20):
+                while True:
+                    status = (await a.client.get("/api/publications")).json()[0]
+                    if status["attempts"] >= 2 and status["error"]:
+                        break
+                    await trio.sleep(0.05)
+            assert error in status["error"], status
+            assert abs(await heard_hz(a) - 440.0) < 3
+            assert (await a.client.delete("/api/publications/bad")).status_code == 204
+            assert (await a.wait_idle()) == IDLE
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"id": "x", "sink_id": "main", "url": "ftp://example.org/"}, "url"),
+    ({"id": "x", "sink_id": "main", "url": "http:///nohost"}, "url"),
+    ({"id": "x", "sink_id": "main", "url": "http://h:99999999/"}, "url"),
+    ({"id": "x", "sink_id": "main", "url": "http://h/\x00"}, "url"),
+    ({"id": "x", "sink_id": "nothing", "url": "http://h/"}, "nothing"),
+    ({"id": "x", "sink_id": "main", "url": "http://h/", "bogus": 1}, "bogus"),
+    ({"id": "../x", "sink_id": "main", "url": "http://h/"}, "id"),
+    ({"id": "x", "sink_id": "main", "url": "http://h/", "token": 5}, "token"),
+    ({"id": "x", "sink_id": "main", "url": "http://h/", "tls_ca": "not a pem"}, "tls_ca"),
+])
+async def test_bad_publications_are_refused_with_the_field_named(tmp_path, body, field):
+    async with open_server(make_config(tmp_path)) as a:
+        r = await a.client.post("/api/publications", json=body)
+        assert r.status_code in (400, 404), r.text
+        assert field in r.text
+        assert (await a.client.get("/api/publications")).json() == []
