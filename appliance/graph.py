@@ -21,16 +21,22 @@ from . import devices, media
 from .config import Config
 from .engine import Engine, EngineError, appliance_error
 from .errors import ExistsError, InUseError, InvalidError, NotFoundError, NotSavedError
-from .model import KINDS, Graph, entity_from_dict, entity_to_dict
+from .model import KINDS, NETWORK_KINDS, Graph, entity_from_dict, entity_to_dict
 from .sessions import Sessions
 from .store import Store, StoreError
 
-__all__ = ["GraphRegistry", "CHANGEABLE"]
+__all__ = ["GraphRegistry", "CHANGEABLE", "NETWORK_FIELDS"]
 
 log = logging.getLogger(__name__)
 
+# A network source's fields that change by making it again in the engine
+# (its socket, group, allow list, format), its routes with it.
+NETWORK_FIELDS = frozenset({"address", "port", "interface", "allow_from", "latency_ms", "program",
+                            "encoding", "payload_type", "clock_rate", "stream_channels",
+                            "refclk"})
 # What may change on a live entity, by kind.
-CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs", "public", "publish_token"}),
+CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs", "public", "publish_token"})
+              | NETWORK_FIELDS,
               "sink": frozenset({"name", "language", "description", "delay_ms"}),
               "route": frozenset({"name", "gain_db", "muted"})}
 
@@ -172,8 +178,10 @@ class GraphRegistry:
 
     async def update(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
         """Change a name, a route's gain_db/muted, a source's ``public``, a
-        tone source's tone_hz/tone_dbfs, or a sink's language, description
-        and alignment delay_ms. Other fields cannot change on a live entity."""
+        tone source's tone_hz/tone_dbfs, a whip source's publish_token, a
+        network source's ``NETWORK_FIELDS`` (``_remake_source``), or a
+        sink's language, description and alignment delay_ms. Other fields
+        cannot change on a live entity."""
         if not isinstance(body, dict):
             raise InvalidError("the body must be a JSON object")
         allowed = CHANGEABLE[kind]
@@ -188,6 +196,12 @@ class GraphRegistry:
             try:
                 if kind == "route" and changes:
                     self._update_route(entity_id, changed.spec)
+                elif kind == "source" and set(changes) & NETWORK_FIELDS:
+                    if changed.spec.kind not in NETWORK_KINDS or \
+                            set(changes) & {"tone_hz", "tone_dbfs"}:
+                        raise InvalidError(f"only network sources have "
+                                           f"{', '.join(sorted(set(changes) & NETWORK_FIELDS))}")
+                    await self._remake_source(entity, changed)
                 elif kind == "source" and set(changes) - {"public", "publish_token"}:
                     if changed.spec.kind not in ("tone", "clicks"):
                         raise InvalidError("only tone sources have tone_hz/tone_dbfs")
@@ -201,6 +215,34 @@ class GraphRegistry:
             with trio.CancelScope(shield=True):   # see _persist
                 await self._persist()
         return self.get(kind, entity_id)
+
+    async def _remake_source(self, before: Any, after: Any) -> None:
+        """A network source made again in the engine with its new fields,
+        its routes taken off and put back (their channels hear a moment's
+        silence; a whip source's publisher ends: its feed was the old
+        source's). Refused while a listener hears the source, or one of its
+        routes, on its own: their temporary routes hold it. If the engine
+        refuses the new fields, the source is made again as it was."""
+        source_id = before.id
+        routes = [r for r in self.registries["route"].values() if r.spec.source_id == source_id]
+        held = self._listening("source", source_id) + sum(
+            self._listening("route", r.id) for r in routes)
+        if held:
+            raise InUseError(f"source {source_id!r} is heard on its own by {held} listener(s): "
+                             "they must leave before its network settings change")
+        with trio.CancelScope(shield=True):   # never half made again
+            for route in routes:
+                await self.engine.remove_route(route.id)
+            await self.engine.remove_source(source_id)
+            self._deleted("source", source_id)
+            try:
+                await self._add_to_engine("source", after)
+            except EngineError:
+                await self._add_to_engine("source", before)
+                raise
+            finally:
+                for route in routes:
+                    await self._add_to_engine("route", route)
 
     def _listening(self, kind: str, entity_id: str) -> int:
         """How many listeners hear this entity itself."""

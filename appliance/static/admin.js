@@ -237,7 +237,7 @@ function renderSources() {
     el("div", { class: "title" }, el("strong", { text: s.name }), el("span", { class: "id", text: s.id }), deviceTag(s)),
     meterFor("sources", s.id, s.name).node, publicToggle(s),
     s.kind === "whip" ? publishLinks(s) : null,
-    ["scream", "rtp", "whip"].includes(s.kind) ? removeButton(s) : null)));
+    ["scream", "rtp", "whip"].includes(s.kind) ? el("div", { class: "row" }, editButton(s), removeButton(s)) : null)));
   fillSelect($("route-source"), sources);
 }
 
@@ -279,20 +279,75 @@ function showNetKind() {
 }
 $("net-kind").addEventListener("change", showNetKind);
 showNetKind();
+// The form edits a network source too (Edit): only what changed is sent; a
+// network field makes the source again with its routes (docs/API.md).
+let editing = null;
+function editButton(s) {
+  return el("button", { class: "small", type: "button", text: "Edit", "data-edit-source": s.id,
+    onclick: () => {
+      editing = s;
+      $("net-id").value = s.id;
+      $("net-id").readOnly = true;
+      $("net-name").value = s.name;
+      $("net-kind").value = s.kind;
+      $("net-kind").disabled = true;
+      showNetKind();
+      $("net-address").value = s.address;
+      $("net-port").value = s.port;
+      $("net-sdp").value = "";
+      $("net-sdp").placeholder = "a new SDP replaces the stream's fields; empty keeps them";
+      $("net-interface").value = s.interface;
+      $("net-allow").value = s.allow_from.join(", ");
+      $("net-latency").value = s.latency_ms;
+      $("net-submit").textContent = "Save changes";
+      $("net-cancel").hidden = false;
+      $("net-add").scrollIntoView({ block: "nearest" });
+    } });
+}
+function resetNetForm() {
+  editing = null;
+  $("net-add").reset();
+  $("net-id").readOnly = false;
+  $("net-kind").disabled = false;
+  $("net-submit").textContent = "Add source";
+  $("net-cancel").hidden = true;
+  showNetKind();
+}
+$("net-cancel").addEventListener("click", resetNetForm);
+
+function netFormBody() {
+  const kind = $("net-kind").value;
+  const body = {};
+  if ($("net-name").value.trim()) body.name = $("net-name").value.trim();   // else the SDP's, or the id
+  if (kind === "rtp" && $("net-sdp").value.trim()) body.sdp = $("net-sdp").value;
+  if (kind === "scream") Object.assign(body, { address: $("net-address").value.trim(), port: Number($("net-port").value) });
+  if (kind !== "whip") {
+    body.interface = $("net-interface").value.trim();
+    body.allow_from = $("net-allow").value.split(/[\s,]+/).filter(Boolean);
+  }
+  body.latency_ms = Number($("net-latency").value);
+  return body;
+}
+
 $("net-add").addEventListener("submit", async (e) => {
   e.preventDefault();
-  const body = { id: $("net-id").value.trim() };
-  if ($("net-name").value.trim()) body.name = $("net-name").value.trim();
-  const kind = $("net-kind").value;
-  if (kind === "rtp") body.sdp = $("net-sdp").value;
-  else if (kind === "whip") body.kind = "whip";   // the appliance makes its publish token
-  else Object.assign(body, { kind: "scream", address: $("net-address").value.trim(), port: Number($("net-port").value) });
-  if (kind !== "whip" && $("net-interface").value.trim()) body.interface = $("net-interface").value.trim();
-  const allow = $("net-allow").value.split(/[\s,]+/).filter(Boolean);
-  if (kind !== "whip" && allow.length) body.allow_from = allow;
+  const body = netFormBody();
   try {
-    await api("/api/sources", { method: "POST", json: body });
-    $("net-id").value = "";
+    if (editing) {
+      const changed = Object.fromEntries(Object.entries(body).filter(([k, v]) => k === "sdp" ||
+        JSON.stringify(v) !== JSON.stringify(editing[k])));
+      if (Object.keys(changed).length)
+        await api(`/api/sources/${encodeURIComponent(editing.id)}`, { method: "PATCH", json: changed });
+    } else {
+      const kind = $("net-kind").value;
+      body.id = $("net-id").value.trim();
+      if (kind !== "rtp") body.kind = kind;   // an RTP source's kind comes with its SDP
+      if (kind === "rtp") body.sdp = $("net-sdp").value;
+      if (!body.interface) delete body.interface;
+      if (body.allow_from && !body.allow_from.length) delete body.allow_from;
+      await api("/api/sources", { method: "POST", json: body });
+    }
+    resetNetForm();
     await refreshGraph();
   } catch (err) { showError(err); }
 });

@@ -123,7 +123,11 @@ async def get_entity(collection: str, entity_id: str) -> Response:
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["PATCH"])
 async def update_entity(collection: str, entity_id: str) -> Response:
     kind = _kind(collection)
-    return jsonify(await service().graph.update(kind, entity_id, await read_object()))
+    body = await read_object()
+    if kind == "source" and isinstance(body, dict) and "sdp" in body:
+        # a new SDP for an RTP source: its stream's fields, not its kind or name
+        body = {k: v for k, v in _described(body).items() if k not in ("kind", "name") or k in body}
+    return jsonify(await service().graph.update(kind, entity_id, body))
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["DELETE"])

@@ -366,3 +366,34 @@ async def test_a_backup_is_restored_from_the_admin_page_after_its_plan_is_shown(
         asked = await browser.call(run)
         assert len(asked) == 1 and "routes added: tone-main" in asked[0]
         assert (await server.client.get("/api/routes/tone-main")).status_code == 200
+
+
+async def test_a_network_source_is_edited_from_the_admin_page(tmp_path, browser):
+    """Edit fills the form with the source; Save sends what changed (a new
+    port and buffer); the source is made again with its route."""
+    from tests.support.scream import free_udp_port
+
+    first, second = free_udp_port(), free_udp_port()
+    async with open_server(make_config(tmp_path / "state")) as server:
+        r = await server.client.post("/api/sources", json={
+            "id": "pc", "kind": "scream", "address": "127.0.0.1", "port": first,
+            "allow_from": ["127.0.0.1"]})
+        assert r.status_code == 201
+        assert (await server.client.post("/api/routes", json={
+            "id": "pc-main", "source_id": "pc", "sink_id": "main"})).status_code == 201
+
+        def run(b: Browser):
+            admin = open_admin(b, server.url)
+            admin.click('[data-edit-source="pc"]')
+            assert admin.input_value("#net-port") == str(first)
+            assert admin.input_value("#net-allow") == "127.0.0.1"
+            admin.fill("#net-port", str(second))
+            admin.fill("#net-latency", "35")
+            admin.click("#net-submit")
+            admin.wait_for_function("() => document.querySelector('#net-submit').textContent === 'Add source'")
+            admin.close()
+
+        await browser.call(run)
+        source = (await server.client.get("/api/sources/pc")).json()
+        assert (source["port"], source["latency_ms"], source["allow_from"]) == (second, 35, ["127.0.0.1"])
+        assert (await server.client.get("/api/routes/pc-main")).status_code == 200

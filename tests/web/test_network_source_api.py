@@ -166,3 +166,82 @@ async def test_a_stream_on_a_ptp_clock_says_so_and_whether_linuxptp_runs_here(tm
             status = (await server.client.get("/api/status")).json()
             assert status["network_sources"]["desk"]["ptp"]["linuxptp_running"] is True
             process.kill()
+
+
+# ---- editing a network source in place ---------------------------------------------------
+
+async def test_a_network_source_is_edited_in_place_and_its_channel_plays_on(tmp_path):
+    """PATCH of a network field makes the source again with its routes: a
+    listener of its channel stays connected and hears the new sender; a
+    refused value (a port another source holds) leaves it as it was."""
+    from tests.support.webrtc import open_aiortc_listener
+
+    first, second, taken = free_udp_port(), free_udp_port(), free_udp_port()
+    async with open_server(make_config(tmp_path)) as server:
+        client = server.client
+        for body in ({"id": "pc", "kind": "scream", "address": "127.0.0.1", "port": first,
+                      "allow_from": ["127.0.0.1"]},
+                     {"id": "other", "kind": "scream", "address": "127.0.0.1", "port": taken,
+                      "allow_from": ["127.0.0.1"]}):
+            assert (await client.post("/api/sources", json=body)).status_code == 201
+        assert (await client.post("/api/sinks", json={"id": "ch", "kind": "opus"})).status_code == 201
+        assert (await client.post("/api/routes", json={"id": "pc-ch", "source_id": "pc",
+                                                       "sink_id": "ch"})).status_code == 201
+        old, new = ScreamSender("127.0.0.1", first, hz=500.0), \
+            ScreamSender("127.0.0.1", second, hz=1500.0)
+        async with trio.open_nursery() as nursery, open_aiortc_listener() as listener:
+            nursery.start_soon(old.run)
+            nursery.start_soon(new.run)
+            answer = await server.post_offer(await listener.create_offer(), "/api/whep/ch")
+            assert answer.status_code == 201
+            await listener.accept_answer(answer.text)
+            await listener.wait_connected()
+            from tests.support.webrtc import dominant_frequency
+            assert abs(dominant_frequency(await listener.record(0.4)) - 500.0) < 3
+            r = await client.patch("/api/sources/pc", json={"port": second, "latency_ms": 30})
+            assert r.status_code == 200, r.text
+            assert r.json()["port"] == second and r.json()["latency_ms"] == 30
+            with trio.fail_after(5):   # the same listener, the new sender
+                while abs(dominant_frequency(await listener.record(0.3)) - 1500.0) > 3:
+                    pass
+            assert listener.connection_state == "connected"
+            r = await client.patch("/api/sources/pc", json={"port": taken})
+            assert r.status_code == 409, r.text
+            source = (await client.get("/api/sources/pc")).json()
+            assert source["port"] == second
+            assert abs(dominant_frequency(await listener.record(0.4)) - 1500.0) < 3
+            await client.delete(answer.headers["Location"])
+            nursery.cancel_scope.cancel()
+        old.close()
+        new.close()
+        assert (await client.get("/api/routes/pc-ch")).status_code == 200
+        # fields a network source does not have, or that cannot change
+        for body, text in (({"tone_hz": 300}, "tone sources"),
+                           ({"kind": "rtp"}, "cannot be changed"),
+                           ({"port": 0}, "port")):
+            r = await client.patch("/api/sources/pc", json=body)
+            assert r.status_code == 400 and text in r.text, (body, r.text)
+        r = await client.patch("/api/sources/tone", json={"port": 5000})
+        assert r.status_code == 400 and "only network sources" in r.text
+        await server.wait_idle()
+    async with open_server(make_config(tmp_path)) as server:   # the edit was saved
+        assert (await server.client.get("/api/sources/pc")).json()["port"] == second
+
+
+async def test_a_network_source_heard_on_its_own_is_not_edited_under_its_listener(tmp_path):
+    port = free_udp_port()
+    async with open_server(make_config(tmp_path)) as server:
+        r = await server.client.post("/api/sources", json={
+            "id": "pc", "kind": "scream", "address": "127.0.0.1", "port": port,
+            "allow_from": ["127.0.0.1"], "public": True})
+        assert r.status_code == 201
+        from tests.support.webrtc import open_aiortc_listener
+        async with open_aiortc_listener() as listener:
+            answer = await server.post_offer(await listener.create_offer(), "/api/whep/source/pc")
+            assert answer.status_code == 201
+            r = await server.client.patch("/api/sources/pc", json={"latency_ms": 50})
+            assert r.status_code == 409 and "on its own" in r.text
+            await server.client.delete(answer.headers["Location"])
+        await server.wait_idle()
+        r = await server.client.patch("/api/sources/pc", json={"latency_ms": 50})
+        assert r.status_code == 200 and r.json()["latency_ms"] == 50
