@@ -255,6 +255,11 @@ class PublicationSpec:
     # the server's certificate or its CA (PEM), trusted instead of the
     # system's CAs: another appliance's own certificate
     tls_ca: str = field(default="", metadata={"max_len": 16384, "check": _certificates})
+    # where the channel's new listeners go (307) while this box is full and
+    # the publication is live: the server's WHEP endpoint for it ("" = none)
+    relay_whep_url: str = field(default="", metadata={
+        "max_len": 2048, "pattern": re.compile(r"[!-~]*"), "what": "a URL",
+        "check": lambda value: _whip_url(value) if value else None})
 
 
 BALANCE_STEP = 25

@@ -70,6 +70,7 @@ class Publication:
 
     def status(self) -> dict[str, Any]:
         return {"id": self.id, "sink_id": self.spec.sink_id, "url": self.spec.url,
+                "relay_whep_url": self.spec.relay_whep_url or None,
                 "state": self.state, "attempts": self.attempts, "error": self.error,
                 "resource": self.resource,
                 "connected_s": None if self.connected_since is None
@@ -119,6 +120,15 @@ class Publications:
 
     def status(self) -> list[dict[str, Any]]:
         return [p.status() for p in self.by_id.values()]
+
+    def overflow_url(self, sink_id: str) -> str | None:
+        """Where a listener of ``sink_id`` goes while the box is full: the
+        WHEP address of a live publication of it, if one names one."""
+        for publication in self.by_id.values():
+            if publication.spec.sink_id == sink_id and publication.state == "live" \
+                    and publication.spec.relay_whep_url:
+                return publication.spec.relay_whep_url
+        return None
 
     # ---- one publication ----------------------------------------------------------
 

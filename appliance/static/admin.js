@@ -447,10 +447,53 @@ async function refreshGraph() {
     const routes = await api("/api/routes");
     renderSources();
     renderSinks();
+    fillSelect($("pub-sink"), sinks.filter((k) => k.kind === "opus"));
     refreshAnnounced();
+    refreshPublications();
     $("routes").replaceChildren(...(routes.length ? routes.map(routeItem) : [el("p", { class: "hint", text: "No routes." })]));
   } catch (err) { showError(err); }
 }
+
+// ---- publications (WHIP out) -----------------------------------------------------------
+function publicationItem(p) {
+  const facts = [`${p.sink_id} → ${p.url}`, p.state];
+  if (p.state === "live" && p.bitrate_bps) facts.push(`${Math.round(p.bitrate_bps / 1000)} kb/s`);
+  if (p.rtt_ms !== null) facts.push(`RTT ${p.rtt_ms.toFixed(0)} ms`);
+  if (p.attempts > 1) facts.push(plural(p.attempts, "attempt", "attempts"));
+  return el("div", { class: "item", "data-publication": p.id },
+    el("div", { class: "title" }, el("strong", { text: p.id }),
+      el("span", { class: `tag ${p.state === "live" ? "ok" : "lost"}`, text: facts.join(" · ") })),
+    p.error && p.state !== "live" ? el("p", { class: "error", text: p.error }) : null,
+    el("button", { class: "small", type: "button", text: "Stop", "data-stop-publication": p.id,
+      onclick: async () => {
+        try {
+          await api(`/api/publications/${encodeURIComponent(p.id)}`, { method: "DELETE" });
+          await refreshPublications();
+        } catch (err) { showError(err); }
+      } }));
+}
+
+async function refreshPublications() {
+  try {
+    const list = await api("/api/publications");
+    $("publications").replaceChildren(...(list.length ? list.map(publicationItem)
+      : [el("p", { class: "hint", text: "No channel is published." })]));
+  } catch (err) { showError(err); }
+}
+setInterval(() => { if (!$("app").hidden) refreshPublications(); }, 2000);
+
+$("pub-add").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = { id: $("pub-id").value.trim(), sink_id: $("pub-sink").value, url: $("pub-url").value.trim() };
+  if ($("pub-token").value) body.token = $("pub-token").value;
+  if ($("pub-relay").value.trim()) body.relay_whep_url = $("pub-relay").value.trim();
+  if ($("pub-ca").value.trim()) body.tls_ca = $("pub-ca").value.trim();
+  try {
+    await api("/api/publications", { method: "POST", json: body });
+    $("pub-add").reset();
+    await refreshPublications();
+  } catch (err) { showError(err); }
+});
 
 // ---- streams announced on the network (SAP) ------------------------------------------
 function sourceIdFor(name) {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import (
-    RestartRequiredError, StaleError, UnsupportedError, UnsupportedMediaError,
+    FullError, RestartRequiredError, StaleError, UnsupportedError, UnsupportedMediaError,
 )
 from ..model import Variant
 from ..sdp import check_offer, parse_candidates_json, parse_sdpfrag
@@ -56,7 +56,15 @@ async def _post(kind: str, ident: str) -> Response:
     svc.sessions.check_post_rate(client_address())
     # checked before any transport sees it: webrtcbin aborts the process on some shapes
     offer = check_offer(await read_body())
-    session, answer = await svc.open_session((kind, ident), offer, client_address(), variant)
+    try:
+        session, answer = await svc.open_session((kind, ident), offer, client_address(), variant)
+    except FullError:
+        # full: a media server this channel is published to takes the
+        # listener (a WHEP client follows 307 with the same POST)
+        relay = svc.publications.overflow_url(ident) if kind == "sink" else None
+        if relay is None:
+            raise
+        return Response("", status=307, headers={"Location": relay, "Cache-Control": "no-store"})
     response = Response(answer, status=201, content_type=SDP)
     response.headers["Location"] = session.url
     response.headers["ETag"] = session.etag

@@ -163,6 +163,9 @@ async def test_a_misbehaving_server_gets_a_clear_error_and_a_bounded_retry(
     ({"id": "../x", "sink_id": "main", "url": "http://h/"}, "id"),
     ({"id": "x", "sink_id": "main", "url": "http://h/", "token": 5}, "token"),
     ({"id": "x", "sink_id": "main", "url": "http://h/", "tls_ca": "not a pem"}, "tls_ca"),
+    ({"id": "x", "sink_id": "main", "url": "http://h/", "relay_whep_url": "javascript:x"},
+     "relay_whep_url"),
+    ({"id": "x", "sink_id": "tone", "url": "http://h/"}, "tone"),
 ])
 async def test_bad_publications_are_refused_with_the_field_named(tmp_path, body, field):
     async with open_server(make_config(tmp_path)) as a:
@@ -170,3 +173,49 @@ async def test_bad_publications_are_refused_with_the_field_named(tmp_path, body,
         assert r.status_code in (400, 404), r.text
         assert field in r.text
         assert (await a.client.get("/api/publications")).json() == []
+
+
+async def test_a_full_box_sends_new_listeners_to_the_box_it_publishes_to(tmp_path):
+    """Box A (room for one listener) publishes "main" into box B's booth,
+    heard on B's channel "fr": a second listener of A's "main" gets 307 to
+    B's WHEP address, follows it with the same POST, and hears A's tone."""
+    from tests.support.webrtc import dominant_frequency, open_aiortc_listener
+
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        async with open_server(make_config(tmp_path / "a", max_listeners=1)) as a:
+            overflow = f"{b.url}/api/whep/fr"
+            r = await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/booth",
+                "token": token, "relay_whep_url": overflow})
+            assert r.status_code == 201, r.text
+            async with open_aiortc_listener() as first, open_aiortc_listener() as second:
+                r = await a.post_offer(await first.create_offer())
+                assert r.status_code == 201
+                await first.accept_answer(r.text)
+                await first.wait_connected()
+                offer = await second.create_offer()
+                # not live yet, or live: a full box sends to B only once it is live
+                await wait_state(a, "to-b", "live")
+                await receiving(b)
+                r = await a.post_offer(offer)
+                assert r.status_code == 307 and r.headers["Location"] == overflow
+                r = await a.client.post(r.headers["Location"], content=offer,
+                                        headers={"Content-Type": "application/sdp"})
+                assert r.status_code == 201, r.text
+                await second.accept_answer(r.text)
+                await second.wait_connected()
+                assert abs(dominant_frequency(await second.record(0.5)) - 440.0) < 3
+                assert b.service.listener_counts()["sinks"]["fr"] == 1
+            r = await a.client.delete("/api/publications/to-b")
+            assert r.status_code == 204
+            async with open_aiortc_listener() as third:   # not published: full is full
+                async with open_aiortc_listener() as fourth:
+                    r = await a.post_offer(await third.create_offer())
+                    assert r.status_code == 201
+                    await third.accept_answer(r.text)
+                    await third.wait_connected()
+                    r = await a.post_offer(await fourth.create_offer())
+                    assert r.status_code == 503
+            await a.wait_idle()
+        await b.wait_idle()
