@@ -151,3 +151,45 @@ async def test_the_admin_adds_a_whip_source_and_its_publish_link_puts_a_micropho
             "Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
         assert r.status_code == 401
         assert (await server.wait_idle()) == IDLE
+
+
+async def test_the_admin_publishes_a_channel_to_another_box_and_sees_it_live(
+        tmp_path, microphone_browser):
+    """The admin page's WHIP form: a wrong token shows the other box's
+    refusal; the right one goes live; Stop ends it on the other box."""
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        async with open_server(make_config(tmp_path / "a")) as a:
+            def publish(b_: Browser, publication_id: str, secret: str, state: str) -> str:
+                admin = open_admin(b_, a.url)
+                admin.fill("#pub-id", publication_id)
+                admin.select_option("#pub-sink", "main")
+                admin.fill("#pub-url", f"{b.url}/api/whip/booth")
+                admin.fill("#pub-token", secret)
+                admin.click('#pub-add button[type="submit"]')
+                item = f'[data-publication="{publication_id}"]'
+                admin.wait_for_function(
+                    f"() => (document.querySelector('{item}') || {{textContent: ''}})"
+                    f".textContent.includes({state!r})", timeout=20000)
+                text = admin.inner_text(item)
+                admin.close()
+                return text
+
+            text = await microphone_browser.call(publish, "wrong", "w" * 32, "401")
+            assert "the server answered 401" in text and "publish token" in text
+            assert (await a.client.delete("/api/publications/wrong")).status_code == 204
+            text = await microphone_browser.call(publish, "to-b", token, "live")
+            assert "main → " in text
+            await receiving(b)
+
+            def stop(b_: Browser) -> None:
+                admin = open_admin(b_, a.url)
+                admin.click('[data-stop-publication="to-b"]')
+                admin.wait_for_selector('[data-publication="to-b"]', state="detached")
+                admin.close()
+
+            publisher = b.service.publishers.by_source["booth"]
+            await microphone_browser.call(stop)
+            with trio.fail_after(10):
+                await publisher.done.wait()
+            assert (await a.wait_idle()) == IDLE
