@@ -72,6 +72,8 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/stream_flood.py
 	$(BIN)/python bench/idle_sessions.py
 	$(BIN)/python bench/network_sources.py
+	$(BIN)/python bench/network_latency.py
+	$(BIN)/python bench/drift_hour.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
 

@@ -70,6 +70,7 @@ class AiortcListener:
         self.frames_decoded = 0
         self.connection_state = "new"
         self.offer_sdp: str | None = None
+        self.on_frame: Callable[[float, np.ndarray], None] | None = None
 
     # ---- bridge ----------------------------------------------------------
 
@@ -127,6 +128,8 @@ class AiortcListener:
             except MediaStreamError:
                 return
             self.frames_decoded += 1
+            if self.on_frame is not None:   # a benchmark's: when each decoded frame came
+                self.on_frame(time.monotonic(), _frame_to_channels(frame).mean(axis=1))
             with self._record_lock:
                 if not self._recorders:
                     continue
