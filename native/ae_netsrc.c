@@ -113,6 +113,7 @@ struct ae_netsrc {
     SpeexResamplerState *resampler;
     uint32_t ratio_num;                  /* the sender's rate as the resampler takes it */
     double error_avg;
+    float last[AE_MAX_CHANNELS];         /* the last frame taken: a gap fades out from it */
     float in[MAX_IN_FRAMES * AE_MAX_CHANNELS];
     float mid[MAX_OUT_FRAMES * AE_MAX_CHANNELS];   /* resampled, the stream's channels */
     float out[MAX_OUT_FRAMES * AE_MAX_CHANNELS];   /* the source's channels */
@@ -314,6 +315,7 @@ static bool restart_stream(ae_netsrc *n, int rate, int bits, int channels)
     n->s_bits = bits;
     n->s_channels = channels;
     n->ncarry = 0;
+    memset(n->last, 0, sizeof n->last);
     n->ratio_num = 0;
     n->error_avg = 0;
     if (!n->resampler) return false;
@@ -379,6 +381,7 @@ static void take_frames(ae_netsrc *n, int frames, int64_t now)
         float g = 1.0f - (float)n->fade / FADE_FRAMES;
         for (int c = 0; c < sch; c++) n->in[i * sch + c] *= g;
     }
+    if (frames > 0) memcpy(n->last, &n->in[(frames - 1) * sch], (size_t)sch * sizeof(float));
     /* as much as the output holds at a time: 8 kHz G.711 grows six times */
     const float *in = n->in, *mid = n->mid;
     for (spx_uint32_t left = (spx_uint32_t)frames; left > 0;) {
@@ -396,15 +399,23 @@ static void take_frames(ae_netsrc *n, int frames, int64_t now)
     steer(n);
 }
 
-/* Frames of silence where packets were lost, then a fade back in. */
+/* Where packets were lost: the last frame held and faded out (no step to
+ * silence, no click), silence, then a fade back in (take_frames). */
 static void conceal(ae_netsrc *n, int64_t frames, int64_t now)
 {
     if (frames > MAX_CONCEAL_FRAMES) frames = MAX_CONCEAL_FRAMES;
-    while (frames > 0) {
-        int chunk = frames < MAX_IN_FRAMES ? (int)frames : MAX_IN_FRAMES;
-        memset(n->in, 0, (size_t)chunk * (size_t)n->s_channels * sizeof(float));
+    int sch = n->s_channels;
+    float from[AE_MAX_CHANNELS];
+    memcpy(from, n->last, sizeof from);
+    for (int64_t done = 0; done < frames;) {
+        int chunk = frames - done < MAX_IN_FRAMES ? (int)(frames - done) : MAX_IN_FRAMES;
+        memset(n->in, 0, (size_t)chunk * (size_t)sch * sizeof(float));
+        for (int i = 0; i < chunk && done + i < FADE_FRAMES; i++) {
+            float g = 1.0f - (float)(done + i + 1) / FADE_FRAMES;
+            for (int c = 0; c < sch; c++) n->in[i * sch + c] = from[c] * g;
+        }
         take_frames(n, chunk, now);
-        frames -= chunk;
+        done += chunk;
     }
     n->fade = FADE_FRAMES;
 }
