@@ -272,3 +272,30 @@ async def test_debians_simple_whip_client_publishes_and_its_goodbye_deletes(tmp_
                 await publisher.done.wait()
             assert publisher.end_reason in ("deleted", "ice closed"), publisher.end_reason
         assert (await server.wait_idle())["publishers"] == 0
+
+
+async def test_forged_media_at_the_shared_port_is_refused_and_the_publisher_plays_on(tmp_path):
+    """Datagrams that look like RTP and RTCP, from an address that passed no
+    ICE check, and SRTP-shaped junk: counted as refused, nothing reaches the
+    source, the real publisher is still heard."""
+    import socket as socket_module
+    async with open_server(make_config(tmp_path)) as server:
+        token = await add_booth(server)
+        async with open_aiortc_publisher(523.0) as peer:
+            await publish(server, peer, token)
+            before = await receiving(server)
+            port = (await server.client.get("/api/status")).json()["engine"]["lean"]["port"]
+            stranger = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
+            with stranger:
+                for i in range(500):
+                    rtp = bytes([0x80, 111, i >> 8 & 0xff, i & 0xff]) + bytes(8) + b"\xff" * 100
+                    stranger.sendto(rtp, ("127.0.0.1", port))
+                    stranger.sendto(bytes([0x80, 200]) + bytes(50), ("127.0.0.1", port))
+            with trio.fail_after(5):
+                while (await server.client.get("/api/status")).json()["engine"]["lean"][
+                        "rtcp_rejected"] < 1000:
+                    await trio.sleep(0.05)
+            after = (await server.client.get("/api/status")).json()["network_sources"]["booth"]
+            assert after["malformed"] == before["malformed"] and after["restarts"] == 0
+            assert abs(await heard_hz(server, "/api/whep/fr") - 523.0) < 3
+        assert (await server.wait_idle()) == IDLE
