@@ -74,6 +74,7 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/network_sources.py
 	$(BIN)/python bench/network_latency.py
 	$(BIN)/python bench/drift_hour.py
+	$(BIN)/python bench/relay_bench.py
 
 deps: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
 
