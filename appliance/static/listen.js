@@ -501,7 +501,7 @@ class Player {
       return;
     }
     if (!current()) {
-      if (response.status === 201) fetch(response.headers.get("Location"), { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
+      if (response.status === 201) fetch(new URL(response.headers.get("Location"), response.url), { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
       return;
     }
     if (response.status === 401) {
@@ -517,7 +517,9 @@ class Player {
       return this.retry("server_error", { code: response.status }, wait);
     }
     try {
-      this.session = new URL(response.headers.get("Location"), location.href).href;
+      // against where the answer came from: a full appliance sends
+      // listeners (307) to a relay, whose session URL is its own
+      this.session = new URL(response.headers.get("Location"), response.url).href;
       const servers = iceServersFrom(response);
       if (servers.length) { try { pc.setConfiguration({ ...pc.getConfiguration(), iceServers: servers }); } catch { /* fine on a LAN */ } }
       // the appliance's candidates wait until the audio output runs

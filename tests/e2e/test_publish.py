@@ -193,3 +193,52 @@ async def test_the_admin_publishes_a_channel_to_another_box_and_sees_it_live(
             with trio.fail_after(10):
                 await publisher.done.wait()
             assert (await a.wait_idle()) == IDLE
+
+
+async def test_a_phone_on_a_full_box_is_sent_to_the_relay_and_plays(tmp_path, microphone_browser):
+    """Box A (room for one listener) publishes "main" to box B with B's WHEP
+    address for overflow: the listen page on A, with A full, follows the 307
+    to B, plays A's tone from B, and its Stop ends the session on B."""
+    from tests.e2e.test_pages import open_listen, press_listen_and_wait
+    from tests.support.webrtc import open_aiortc_listener
+
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        async with open_server(make_config(tmp_path / "a", max_listeners=1)) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/booth",
+                "token": token, "relay_whep_url": f"{b.url}/api/whep/fr"})
+            assert r.status_code == 201
+            with trio.fail_after(20):
+                while (await a.client.get("/api/publications")).json()[0]["state"] != "live":
+                    await trio.sleep(0.05)
+            await receiving(b)
+            async with open_aiortc_listener() as first:   # A is full
+                r = await a.post_offer(await first.create_offer())
+                assert r.status_code == 201
+                await first.accept_answer(r.text)
+                await first.wait_connected()
+
+                def listen(b_: Browser):
+                    page = open_listen(b_, f"{a.url}/listen/main")
+                    press_listen_and_wait(page)
+                    level = page.evaluate("applianceDebug.analyse('main', 600)")
+                    return page, level
+
+                page, level = await microphone_browser.call(listen)
+                assert abs(level["frequencyHz"] - 440.0) < 5, level
+                assert b.service.listener_counts()["sinks"]["fr"] == 1
+                assert a.service.listener_counts()["sinks"]["main"] == 1   # the first only
+
+                def stop(b_: Browser) -> None:
+                    page.click('.channel[data-sink="main"] button.listen')
+                    page.close()
+
+                await microphone_browser.call(stop)
+                with trio.fail_after(10):
+                    while b.service.listener_counts()["sinks"]["fr"]:
+                        await trio.sleep(0.05)
+                await a.client.delete(r.headers["Location"])
+            await a.client.delete("/api/publications/to-b")
+            await a.wait_idle()
+        await b.wait_idle()
