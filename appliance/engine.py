@@ -336,6 +336,18 @@ class Engine:
         registry[key] = entity
         self._names[entity.event_id] = (kind, key)
 
+    async def _destroy(self, registry: dict, kind: str, key: str, entity: _Entity,
+                       destroy: Any) -> None:
+        """Destroy in a worker thread, unknown meanwhile: a request in the
+        trio thread (a listener, a publisher) cannot reach what is being
+        freed. Known again if the engine refuses (busy)."""
+        self._unregister(registry, key)
+        try:
+            await trio.to_thread.run_sync(call, destroy, entity.handle)
+        except BaseException:
+            self._register(registry, kind, key, entity)
+            raise
+
     def _unregister(self, registry: dict, key: str) -> None:
         entity = registry.pop(key)
         self._names.pop(entity.event_id, None)
@@ -434,8 +446,7 @@ class Engine:
         entity = self._lookup(self._sources, "source", source_id)
         if any(r.spec.source_id == source_id for r in self._routes.values()):
             raise EngineError(ErrorCode.BUSY, f"source {source_id!r} still has routes")
-        await trio.to_thread.run_sync(call, lib.ae_source_destroy, entity.handle)
-        self._unregister(self._sources, source_id)
+        await self._destroy(self._sources, "source", source_id, entity, lib.ae_source_destroy)
 
     # ---- sinks -----------------------------------------------------------
 
@@ -502,8 +513,7 @@ class Engine:
         entity = self._lookup(self._sinks, "sink", sink_id)
         if any(r.spec.sink_id == sink_id for r in self._routes.values()):
             raise EngineError(ErrorCode.BUSY, f"sink {sink_id!r} still has routes")
-        await trio.to_thread.run_sync(call, lib.ae_sink_destroy, entity.handle)
-        self._unregister(self._sinks, sink_id)
+        await self._destroy(self._sinks, "sink", sink_id, entity, lib.ae_sink_destroy)
 
     def sink_stats(self, sink_id: str) -> SinkStats:
         entity = self._lookup(self._sinks, "sink", sink_id)

@@ -218,7 +218,8 @@ static void fanout_frame(void *self, const float *mix, uint64_t index, int64_t c
 static int fanout_listeners(void *self)
 {
     ae_fanout *f = self;
-    return atomic_load(&f->listeners);
+    /* publications too: a sink is busy while a branch hangs off it */
+    return atomic_load(&f->listeners) + atomic_load(&f->publications);
 }
 
 static int fanout_heard(void *self)

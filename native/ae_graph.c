@@ -766,7 +766,7 @@ int ae_sink_destroy(ae_sink *k)
         int routes = k->nroutes;
         bool variants = k->variants != NULL;
         pthread_mutex_unlock(&e->lock);
-        return ae_fail(AE_ERR_BUSY, "the sink still has %d route(s) and %d listener(s)%s",
+        return ae_fail(AE_ERR_BUSY, "the sink still has %d route(s) and %d listener(s) or publication(s)%s",
                        routes, listeners, variants ? " and variants" : "");
     }
     for (ae_sink **pp = &e->sinks; *pp; pp = &(*pp)->next) {

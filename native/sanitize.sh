@@ -42,7 +42,7 @@ PY
 }
 status=0
 run -q -p no:cacheprovider tests/test_engine.py tests/test_lean.py tests/test_network_sources.py \
-    tests/web/test_whip.py "${@:2}" || status=$?
+    tests/web/test_whip.py tests/web/test_publications.py "${@:2}" || status=$?
 unset LD_PRELOAD
 if compgen -G "$report/*" >/dev/null; then
     echo "sanitizer reports:"; cat "$report"/*; status=1

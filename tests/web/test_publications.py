@@ -219,3 +219,21 @@ async def test_a_full_box_sends_new_listeners_to_the_box_it_publishes_to(tmp_pat
                     assert r.status_code == 503
             await a.wait_idle()
         await b.wait_idle()
+
+
+async def test_a_published_channel_cannot_be_deleted_under_its_publication(tmp_path):
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        async with open_server(make_config(tmp_path / "a")) as a:
+            assert (await a.client.post("/api/sinks", json={"id": "solo", "kind": "opus"})
+                    ).status_code == 201
+            r = await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "solo", "url": f"{b.url}/api/whip/booth",
+                "token": token})
+            assert r.status_code == 201
+            await wait_state(a, "to-b", "live")
+            r = await a.client.delete("/api/sinks/solo")
+            assert r.status_code == 409 and "publication" in r.text, r.text
+            assert (await a.client.delete("/api/publications/to-b")).status_code == 204
+            assert (await a.client.delete("/api/sinks/solo")).status_code == 204
+            assert (await a.wait_idle()) == IDLE
