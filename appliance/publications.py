@@ -148,6 +148,9 @@ class Publications:
                             publication.error = str(error)
                         except (httpx.HTTPError, OSError, ssl.SSLError) as error:
                             publication.error = f"cannot reach the server: {error}"
+                        except Exception as error:   # whatever a server sends, never the box
+                            log.exception("publication %s: attempt failed", publication.id)
+                            publication.error = f"the attempt failed: {error!r}"[:300]
                         steady = publication.connected_since is not None and \
                             time.monotonic() - publication.connected_since >= STEADY_S
                         failures = 0 if steady else failures + 1

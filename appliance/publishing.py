@@ -78,6 +78,7 @@ class Publishers:
         self._nursery = nursery
         self.by_source: dict[str, Publisher] = {}
         self.closing = False
+        self._opening = trio.Lock()   # one replacement at a time: none is left running unseen
 
     def __len__(self) -> int:
         return len(self.by_source)
@@ -93,13 +94,14 @@ class Publishers:
         there); returns the publisher and the answer."""
         if self.closing:
             raise ClosingError("the appliance is shutting down", retry_after_s=RETRY_AFTER_S)
-        before = self.by_source.get(source_id)
-        if before is not None:
-            log.info("publisher %s on %s replaced by a new one", before.id[:8], source_id)
-            await self.close(before, "replaced")
-        publisher = Publisher(id=secrets.token_urlsafe(24), source_id=source_id, client=client,
-                              offer=offer)
-        answer = await self._nursery.start(self._run, publisher)
+        async with self._opening:
+            before = self.by_source.get(source_id)
+            if before is not None:
+                log.info("publisher %s on %s replaced by a new one", before.id[:8], source_id)
+                await self.close(before, "replaced")
+            publisher = Publisher(id=secrets.token_urlsafe(24), source_id=source_id,
+                                  client=client, offer=offer)
+            answer = await self._nursery.start(self._run, publisher)
         return publisher, answer
 
     async def _run(self, publisher: Publisher, *,

@@ -237,3 +237,23 @@ async def test_a_published_channel_cannot_be_deleted_under_its_publication(tmp_p
             assert (await a.client.delete("/api/publications/to-b")).status_code == 204
             assert (await a.client.delete("/api/sinks/solo")).status_code == 204
             assert (await a.wait_idle()) == IDLE
+
+
+async def test_a_location_that_is_no_url_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(publications, "BACKOFF_S", (0.2,))
+    response = (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://[::1\r\n"
+                b"Content-Length: 0\r\n\r\n")
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(canned_server, response)
+        async with open_server(make_config(tmp_path)) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "bad", "sink_id": "main", "url": f"http://127.0.0.1:{port}/whip"})
+            assert r.status_code == 201
+            with trio.fail_after(20):
+                while (status := (await a.client.get("/api/publications")).json()[0]
+                       )["attempts"] < 2 or not status["error"]:
+                    await trio.sleep(0.05)
+            assert "failed" in status["error"] or "reach" in status["error"], status
+            assert abs(await heard_hz(a) - 440.0) < 3
+            await a.client.delete("/api/publications/bad")
+        nursery.cancel_scope.cancel()
