@@ -80,12 +80,35 @@ class Browser:
             self._pool.shutdown(wait=True)
 
 
+MICROPHONE_HZ = 587.0
+
+
+def fake_microphone_tone(path: Path, seconds: float = 4.0) -> Path:
+    """A mono 48 kHz WAV of MICROPHONE_HZ for Chromium's fake capture device."""
+    import wave
+
+    import numpy as np
+    t = np.arange(int(48000 * seconds)) / 48000
+    samples = (0.25 * 32767 * np.sin(2 * np.pi * MICROPHONE_HZ * t)).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes(samples.tobytes())
+    return path
+
+
 @pytest.fixture(scope="session")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
     pytest.importorskip("playwright.sync_api")
-    b = Browser(tmp_path_factory.mktemp("chromium-profile"))
+    # its microphone (asked for only by the publish page) plays a 587 Hz tone
+    # file, granted without a prompt
+    tone = fake_microphone_tone(tmp_path_factory.mktemp("microphone") / "tone.wav")
+    b = Browser(tmp_path_factory.mktemp("chromium-profile"), extra_args=(
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={tone}"))
     try:
         yield b
     finally:

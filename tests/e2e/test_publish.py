@@ -1,51 +1,23 @@
-"""The publish page in headless Chromium: an interpreter's microphone (a fake
-capture device playing a tone file) published over WHIP into a whip source,
-heard by a real listener at the tone's pitch; Stop ends it on the box."""
+"""The publish page in headless Chromium: an interpreter's microphone (the
+session browser's fake capture device playing a 587 Hz file, conftest.py)
+published over WHIP into a whip source, heard by a real listener at the
+tone's pitch; Stop ends it on the box. The admin page's whip sources and
+publications, and a phone sent from a full box to its relay."""
 from __future__ import annotations
 
-import wave
-from pathlib import Path
 
-import numpy as np
 import pytest
 import trio
 
-from tests.e2e.conftest import CHROMIUM, Browser, open_admin
+from tests.e2e.conftest import MICROPHONE_HZ, Browser, open_admin
 from tests.web.conftest import IDLE, heard_hz, make_config, open_server
 from tests.web.test_whip import add_booth, receiving
 
 pytestmark = [pytest.mark.trio, pytest.mark.browser]
 
 
-def tone_file(path: Path, hz: float, seconds: float = 4.0) -> Path:
-    t = np.arange(int(48000 * seconds)) / 48000
-    samples = (0.25 * 32767 * np.sin(2 * np.pi * hz * t)).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(48000)
-        out.writeframes(samples.tobytes())
-    return path
-
-
-@pytest.fixture
-def microphone_browser(tmp_path: Path):
-    """Chromium whose microphone plays a 587 Hz tone, asked for without a prompt."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
-    pytest.importorskip("playwright.sync_api")
-    tone = tone_file(tmp_path / "tone.wav", 587.0)
-    b = Browser(tmp_path / "profile", extra_args=(
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-audio-capture={tone}"))
-    try:
-        yield b
-    finally:
-        b.close()
-
-
 async def test_the_publish_page_puts_a_microphone_on_air_and_stop_ends_it(
-        tmp_path, microphone_browser):
+        tmp_path, browser):
     async with open_server(make_config(tmp_path / "state")) as server:
         token = await add_booth(server)
         url = f"{server.url}/publish/booth#token={token}"
@@ -62,24 +34,24 @@ async def test_the_publish_page_puts_a_microphone_on_air_and_stop_ends_it(
                                    timeout=10000)
             return page
 
-        page = await microphone_browser.call(start)
+        page = await browser.call(start)
         publisher = server.service.publishers.by_source["booth"]
         await receiving(server)
-        assert abs(await heard_hz(server, "/api/whep/fr") - 587.0) < 3
+        assert abs(await heard_hz(server, "/api/whep/fr") - MICROPHONE_HZ) < 3
 
         def stop(b: Browser):
             page.click("#stop")
             page.wait_for_selector('#state[data-state="idle"]')
             page.close()
 
-        await microphone_browser.call(stop)
+        await browser.call(stop)
         with trio.fail_after(10):
             await publisher.done.wait()
         assert publisher.end_reason in ("deleted", "ice closed"), publisher.end_reason
         assert (await server.wait_idle()) == IDLE
 
 
-async def test_a_wrong_token_is_shown_and_nothing_publishes(tmp_path, microphone_browser):
+async def test_a_wrong_token_is_shown_and_nothing_publishes(tmp_path, browser):
     async with open_server(make_config(tmp_path / "state")) as server:
         await add_booth(server)
 
@@ -93,14 +65,15 @@ async def test_a_wrong_token_is_shown_and_nothing_publishes(tmp_path, microphone
             page.close()
             return text
 
-        text = await microphone_browser.call(attempt)
+        text = await browser.call(attempt)
         assert "401" in text and "publish token" in text
         assert server.service.publishers.by_source == {}
         assert (await server.wait_idle()) == IDLE
 
 
+@pytest.mark.slow   # the API's own tests cover it; this is the admin page's form and links
 async def test_the_admin_adds_a_whip_source_and_its_publish_link_puts_a_microphone_on_air(
-        tmp_path, microphone_browser):
+        tmp_path, browser):
     """The admin page's form makes the source (the box makes its token); its
     Publish page link carries the token; a new token retires the old link."""
     async with open_server(make_config(tmp_path / "state")) as server:
@@ -115,7 +88,7 @@ async def test_the_admin_adds_a_whip_source_and_its_publish_link_puts_a_micropho
             admin.close()
             return link
 
-        link = await microphone_browser.call(add)
+        link = await browser.call(add)
         token = (await server.client.get("/api/sources/booth")).json()["publish_token"]
         assert link == f"{server.url}/publish/booth#token={token}"
         r = await server.client.post("/api/routes", json={"id": "booth-main", "source_id": "booth",
@@ -130,9 +103,9 @@ async def test_the_admin_adds_a_whip_source_and_its_publish_link_puts_a_micropho
             page.wait_for_selector('#state[data-state="live"]', timeout=15000)
             return page
 
-        page = await microphone_browser.call(publish)
+        page = await browser.call(publish)
         await receiving(server)
-        assert abs(await heard_hz(server, "/api/whep/main") - 587.0) < 3
+        assert abs(await heard_hz(server, "/api/whep/main") - MICROPHONE_HZ) < 3
 
         def renew(b: Browser) -> str:
             admin = open_admin(b, server.url)
@@ -144,7 +117,7 @@ async def test_the_admin_adds_a_whip_source_and_its_publish_link_puts_a_micropho
             page.close()
             return ""
 
-        await microphone_browser.call(renew)
+        await browser.call(renew)
         new = (await server.client.get("/api/sources/booth")).json()["publish_token"]
         assert new != token and len(new) == 32
         r = await server.client.post("/api/whip/booth", content="v=0\r\n", headers={
@@ -153,8 +126,9 @@ async def test_the_admin_adds_a_whip_source_and_its_publish_link_puts_a_micropho
         assert (await server.wait_idle()) == IDLE
 
 
+@pytest.mark.slow   # tests/web/test_publications.py covers the API; this is the admin page
 async def test_the_admin_publishes_a_channel_to_another_box_and_sees_it_live(
-        tmp_path, microphone_browser):
+        tmp_path, browser):
     """The admin page's WHIP form: a wrong token shows the other box's
     refusal; the right one goes live; Stop ends it on the other box."""
     async with open_server(make_config(tmp_path / "b")) as b:
@@ -175,10 +149,10 @@ async def test_the_admin_publishes_a_channel_to_another_box_and_sees_it_live(
                 admin.close()
                 return text
 
-            text = await microphone_browser.call(publish, "wrong", "w" * 32, "401")
+            text = await browser.call(publish, "wrong", "w" * 32, "401")
             assert "the server answered 401" in text and "publish token" in text
             assert (await a.client.delete("/api/publications/wrong")).status_code == 204
-            text = await microphone_browser.call(publish, "to-b", token, "live")
+            text = await browser.call(publish, "to-b", token, "live")
             assert "main → " in text
             await receiving(b)
 
@@ -189,13 +163,13 @@ async def test_the_admin_publishes_a_channel_to_another_box_and_sees_it_live(
                 admin.close()
 
             publisher = b.service.publishers.by_source["booth"]
-            await microphone_browser.call(stop)
+            await browser.call(stop)
             with trio.fail_after(10):
                 await publisher.done.wait()
             assert (await a.wait_idle()) == IDLE
 
 
-async def test_a_phone_on_a_full_box_is_sent_to_the_relay_and_plays(tmp_path, microphone_browser):
+async def test_a_phone_on_a_full_box_is_sent_to_the_relay_and_plays(tmp_path, browser):
     """Box A (room for one listener) publishes "main" to box B with B's WHEP
     address for overflow: the listen page on A, with A full, follows the 307
     to B, plays A's tone from B, and its Stop ends the session on B."""
@@ -225,7 +199,7 @@ async def test_a_phone_on_a_full_box_is_sent_to_the_relay_and_plays(tmp_path, mi
                     level = page.evaluate("applianceDebug.analyse('main', 600)")
                     return page, level
 
-                page, level = await microphone_browser.call(listen)
+                page, level = await browser.call(listen)
                 assert abs(level["frequencyHz"] - 440.0) < 5, level
                 assert b.service.listener_counts()["sinks"]["fr"] == 1
                 assert a.service.listener_counts()["sinks"]["main"] == 1   # the first only
@@ -234,7 +208,7 @@ async def test_a_phone_on_a_full_box_is_sent_to_the_relay_and_plays(tmp_path, mi
                     page.click('.channel[data-sink="main"] button.listen')
                     page.close()
 
-                await microphone_browser.call(stop)
+                await browser.call(stop)
                 with trio.fail_after(10):
                     while b.service.listener_counts()["sinks"]["fr"]:
                         await trio.sleep(0.05)
