@@ -569,12 +569,18 @@ class Engine:
         answer = ffi.new("char **")
         check(lib.ae_listener_open(sink.handle, offer_sdp.encode("utf-8", "replace"), out,
                                    answer))
-        # no checkpoint since the create: its first event cannot have been delivered
-        listener = Listener(self, out[0], sink_id)
+        return self._adopt(out[0], sink_id, answer[0])
+
+    def _adopt(self, handle: Any, owner_id: str, answer: Any = ffi.NULL) -> Listener:
+        """A new engine listener (or publisher, or publication) known by its
+        id; an answer the engine made at once is its first event (no trip
+        through the event thread). No checkpoint since the create: its first
+        event cannot have been delivered."""
+        listener = Listener(self, handle, owner_id)
         self._listeners[listener.id] = listener
-        if answer[0] != ffi.NULL:   # answered at once: no trip through the event thread
-            text = ffi.string(answer[0]).decode("utf-8", "replace")
-            lib.ae_listener_free_answer(answer[0])
+        if answer != ffi.NULL:
+            text = ffi.string(answer).decode("utf-8", "replace")
+            lib.ae_listener_free_answer(answer)
             listener._send.send_nowait(AnswerReady(listener.id, text))
         return listener
 
@@ -586,9 +592,7 @@ class Engine:
         sink = self._lookup(self._sinks, "sink", sink_id)
         out = ffi.new("ae_listener **")
         check(lib.ae_publication_open(sink.handle, out))
-        publication = Listener(self, out[0], sink_id)
-        self._listeners[publication.id] = publication
-        return publication
+        return self._adopt(out[0], sink_id)
 
     def start_publisher(self, source_id: str, offer_sdp: str) -> Listener:
         """A publisher (WHIP) into the whip source ``source_id``: its answer is
@@ -602,12 +606,7 @@ class Engine:
         answer = ffi.new("char **")
         check(lib.ae_publisher_open(source.handle, offer_sdp.encode("utf-8", "replace"), out,
                                     answer))
-        publisher = Listener(self, out[0], source_id)
-        self._listeners[publisher.id] = publisher
-        text = ffi.string(answer[0]).decode("utf-8", "replace")
-        lib.ae_listener_free_answer(answer[0])
-        publisher._send.send_nowait(AnswerReady(publisher.id, text))
-        return publisher
+        return self._adopt(out[0], source_id, answer[0])
 
     @asynccontextmanager
     async def open_listener(self, sink_id: str, offer_sdp: str) -> AsyncIterator[Listener]:

@@ -645,6 +645,16 @@ static void on_local_set(ae_wr *l, GstPromise *p)
     if (l->gathered) finish_answer(l);
 }
 
+/* Our side (a listener's answer, a publication's offer) as the local
+ * description; takes desc. */
+static void set_local(ae_wr *l, GstWebRTCSessionDescription *desc)
+{
+    GstPromise *p = promise_then(l, on_local_set);
+    g_signal_emit_by_name(l->webrtc, "set-local-description", desc, p);
+    gst_promise_unref(p);
+    gst_webrtc_session_description_free(desc);
+}
+
 static void on_answer_created(ae_wr *l, GstPromise *p)
 {
     if (promise_failed(l, p, "creating the answer")) return;
@@ -664,10 +674,7 @@ static void on_answer_created(ae_wr *l, GstPromise *p)
         answer_failed(l, AE_ERR_SDP, "could not agree on Opus with the offer's parameters");
         return;
     }
-    GstPromise *p2 = promise_then(l, on_local_set);
-    g_signal_emit_by_name(l->webrtc, "set-local-description", answer, p2);
-    gst_promise_unref(p2);
-    gst_webrtc_session_description_free(answer);
+    set_local(l, answer);
 }
 
 /* A publication's offer: the sink's Opus, sendonly (opus_caps). */
@@ -681,10 +688,7 @@ static void on_offer_created(ae_wr *l, GstPromise *p)
         answer_failed(l, AE_ERR_MEDIA, "webrtcbin made no offer");
         return;
     }
-    GstPromise *p2 = promise_then(l, on_local_set);
-    g_signal_emit_by_name(l->webrtc, "set-local-description", offer, p2);
-    gst_promise_unref(p2);
-    gst_webrtc_session_description_free(offer);
+    set_local(l, offer);
 }
 
 static void on_answer_set(ae_wr *l, GstPromise *p)
@@ -874,17 +878,12 @@ const char *ae_wr_declines(const ae_offer *o)
     return NULL;
 }
 
-int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
-                 const char *offer_sdp, ae_offer *o, ae_wr **out)
+/* What every branch starts with, either way round; NULL without memory.
+ * listener_unref frees it. */
+static ae_wr *wr_new(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id)
 {
-    *out = NULL;
     ae_wr *l = calloc(1, sizeof *l);
-    char *offer = strdup(offer_sdp);
-    if (!l || !offer) {
-        free(l);
-        free(offer);
-        return ae_fail(AE_ERR_NOMEM, "out of memory");
-    }
+    if (!l) return NULL;
     l->env = env;
     l->id = id;
     l->sink = k;
@@ -892,6 +891,21 @@ int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
     l->refs = 1;
     pthread_mutex_init(&l->health_lock, NULL);
     l->rtt_ms = -1;
+    g_mutex_init(&l->cand_lock);
+    l->candidates = g_ptr_array_new_with_free_func(g_free);
+    return l;
+}
+
+int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
+                 const char *offer_sdp, ae_offer *o, ae_wr **out)
+{
+    *out = NULL;
+    char *offer = strdup(offer_sdp);
+    ae_wr *l = offer ? wr_new(env, k, f, id) : NULL;
+    if (!l) {
+        free(offer);
+        return ae_fail(AE_ERR_NOMEM, "out of memory");
+    }
     l->pt = o->pt;
     l->mline = o->mline;
     l->nfp = o->nfingerprints;
@@ -899,8 +913,6 @@ int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
     l->fmtp = o->fmtp; /* taken over */
     o->fmtp = NULL;
     l->offer = offer;
-    g_mutex_init(&l->cand_lock);
-    l->candidates = g_ptr_array_new_with_free_func(g_free);
     invoke(l, start_listener_main);
     *out = l;
     return AE_OK;
@@ -912,25 +924,13 @@ int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
 int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id, ae_wr **out)
 {
     *out = NULL;
-    ae_wr *l = calloc(1, sizeof *l);
-    char *fmtp = strdup("minptime=10;useinbandfec=1");
-    if (!l || !fmtp) {
-        free(l);
-        free(fmtp);
+    ae_wr *l = wr_new(env, k, f, id);
+    if (!l || !(l->fmtp = strdup("minptime=10;useinbandfec=1"))) {
+        if (l) listener_unref(l);
         return ae_fail(AE_ERR_NOMEM, "out of memory");
     }
-    l->env = env;
-    l->id = id;
-    l->sink = k;
-    l->fanout = f;
-    l->refs = 1;
     l->offering = true;
-    pthread_mutex_init(&l->health_lock, NULL);
-    l->rtt_ms = -1;
     l->pt = PUBLICATION_PT;
-    l->fmtp = fmtp;
-    g_mutex_init(&l->cand_lock);
-    l->candidates = g_ptr_array_new_with_free_func(g_free);
     invoke(l, start_listener_main);
     *out = l;
     return AE_OK;
