@@ -23,6 +23,17 @@ async def wait_state(server, publication_id: str, *states: str, timeout: float =
             await trio.sleep(0.05)
 
 
+async def failed_attempts(server, attempts: int) -> dict:
+    """The first publication's status once it has made ``attempts`` and
+    says why the last one failed."""
+    with trio.fail_after(20):
+        while True:
+            status = (await server.client.get("/api/publications")).json()[0]
+            if status["attempts"] >= attempts and status["error"]:
+                return status
+            await trio.sleep(0.05)
+
+
 async def test_box_a_publishes_a_channel_and_box_bs_listeners_hear_it(tmp_path):
     async with open_server(make_config(tmp_path / "b")) as b:
         token = await add_booth(b)
@@ -79,12 +90,7 @@ async def test_a_refusal_is_shown_with_the_servers_status_and_body_and_retried(
                 "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/booth",
                 "token": "w" * 32})
             assert r.status_code == 201
-            with trio.fail_after(20):
-                while True:
-                    status = (await a.client.get("/api/publications")).json()[0]
-                    if status["attempts"] >= 3 and status["error"]:
-                        break
-                    await trio.sleep(0.05)
+            status = await failed_attempts(a, 3)
             assert status["error"].startswith("the server answered 401: publishing into")
             # A's own listeners are untouched
             assert abs(await heard_hz(a) - 440.0) < 3
@@ -140,12 +146,7 @@ async def test_a_misbehaving_server_gets_a_clear_error_and_a_bounded_retry(
             r = await a.client.post("/api/publications", json={
                 "id": "bad", "sink_id": "main", "url": f"http://127.0.0.1:{port}/whip"})
             assert r.status_code == 201
-            with trio.fail_after(20):
-                while True:
-                    status = (await a.client.get("/api/publications")).json()[0]
-                    if status["attempts"] >= 2 and status["error"]:
-                        break
-                    await trio.sleep(0.05)
+            status = await failed_attempts(a, 2)
             assert error in status["error"], status
             assert abs(await heard_hz(a) - 440.0) < 3
             assert (await a.client.delete("/api/publications/bad")).status_code == 204
@@ -249,10 +250,7 @@ async def test_a_location_that_is_no_url_is_an_error_not_a_crash(tmp_path, monke
             r = await a.client.post("/api/publications", json={
                 "id": "bad", "sink_id": "main", "url": f"http://127.0.0.1:{port}/whip"})
             assert r.status_code == 201
-            with trio.fail_after(20):
-                while (status := (await a.client.get("/api/publications")).json()[0]
-                       )["attempts"] < 2 or not status["error"]:
-                    await trio.sleep(0.05)
+            status = await failed_attempts(a, 2)
             assert "failed" in status["error"] or "reach" in status["error"], status
             assert abs(await heard_hz(a) - 440.0) < 3
             await a.client.delete("/api/publications/bad")
