@@ -261,6 +261,19 @@ class PublicationSpec:
         "max_len": 2048, "pattern": re.compile(r"[!-~]*"), "what": "a URL",
         "check": lambda value: _whip_url(value) if value else None})
 
+    def problem(self) -> str | None:
+        """A token never crosses the network in the clear: with one, the
+        URL is https:// unless it names this machine (loopback)."""
+        parts = urlsplit(self.url)
+        if self.token and parts.scheme == "http":
+            try:
+                local = ipaddress.ip_address(parts.hostname or "").is_loopback
+            except ValueError:
+                local = parts.hostname == "localhost"
+            if not local:
+                return "url: a bearer token is sent only over https:// (or to this machine)"
+        return None
+
 
 BALANCE_STEP = 25
 _BALANCE = re.compile(r"-?(?:0|[1-9][0-9]{0,2})")

@@ -167,6 +167,9 @@ async def test_a_misbehaving_server_gets_a_clear_error_and_a_bounded_retry(
     ({"id": "x", "sink_id": "main", "url": "http://h/", "relay_whep_url": "javascript:x"},
      "relay_whep_url"),
     ({"id": "x", "sink_id": "tone", "url": "http://h/"}, "tone"),
+    # a token in the clear on the LAN: refused before anything is sent
+    ({"id": "x", "sink_id": "main", "url": "http://192.0.2.7/api/whip/b", "token": "t" * 32},
+     "https://"),
 ])
 async def test_bad_publications_are_refused_with_the_field_named(tmp_path, body, field):
     async with open_server(make_config(tmp_path)) as a:
