@@ -128,6 +128,11 @@ def live_engine_threads() -> int:
     return lib.ae_live_threads()
 
 
+def abandoned_engine_threads() -> int:
+    """Device threads given up on because their driver never returned."""
+    return lib.ae_abandoned_threads()
+
+
 @dataclass
 class _Entity:
     handle: Any

@@ -70,8 +70,11 @@ void ae_sleep_until_us(int64_t t_us)
 }
 
 static _Atomic int live_threads;
+static _Atomic int abandoned_threads;
 
 int ae_live_threads(void) { return atomic_load(&live_threads); }
+
+int ae_abandoned_threads(void) { return atomic_load(&abandoned_threads); }
 
 int ae_thread_start(pthread_t *thread, const char *name, void *(*fn)(void *), void *arg,
                     int rt_priority)
@@ -100,6 +103,12 @@ int ae_thread_start(pthread_t *thread, const char *name, void *(*fn)(void *), vo
 void ae_thread_counted(void) { atomic_fetch_add(&live_threads, 1); }
 
 void ae_thread_exiting(void) { atomic_fetch_sub(&live_threads, 1); }
+
+void ae_thread_abandoned(void)
+{
+    atomic_fetch_sub(&live_threads, 1);
+    atomic_fetch_add(&abandoned_threads, 1);
+}
 
 /* ---- levels ------------------------------------------------------------ */
 

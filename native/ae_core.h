@@ -31,6 +31,9 @@ int ae_thread_start(pthread_t *thread, const char *name, void *(*fn)(void *), vo
 /* Count a thread started by other means (GLib's); ae_thread_exiting() ends it. */
 void ae_thread_counted(void);
 void ae_thread_exiting(void);            /* call as a thread's last act */
+/* A thread given up on while still running (stuck in a driver): no longer
+ * live, counted apart so that it is seen. */
+void ae_thread_abandoned(void);
 
 /* ---- ids ---- */
 /* A new event id: unique in the process, never reused. */

@@ -164,6 +164,9 @@ int ae_engine_stats_get(ae_engine *engine, ae_engine_stats *out);
 /* Threads started by any engine in this process that have not exited yet;
  * 0 once every engine is destroyed. */
 int ae_live_threads(void);
+/* Device threads left behind because they never came back from their driver
+ * (see device_close in ae_graph.c); they are no longer among the live. */
+int ae_abandoned_threads(void);
 
 /* ---- sources ----------------------------------------------------------- */
 

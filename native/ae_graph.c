@@ -19,6 +19,11 @@
 #include <unistd.h>
 
 #define RETRY_MIN_US 100000
+/* A device thread sees its stop flag within a period and a 100 ms wait. One
+ * that has not ended after this is stuck inside its driver (seen once in the
+ * tests: PulseAudio's ALSA plugin blocked for ever on its own lock), and is
+ * left behind rather than let it hold the engine's close for ever. */
+#define DEVICE_JOIN_TIMEOUT_US 3000000
 #define RETRY_MAX_US 2000000
 #define MAX_FILE_SAMPLES (64u * 1024 * 1024)
 /* A non-clocking capture route may run this far ahead before we skip. */
@@ -91,8 +96,14 @@ typedef struct device_ctx {
     ae_device *d;
 } device_ctx;
 
+/* After a call into the driver: the device is being closed, and the graph
+ * may be gone if the call outlasted DEVICE_JOIN_TIMEOUT_US, so touch nothing
+ * but the device. */
+static bool stopping(const ae_device *d) { return atomic_load(&d->stop); }
+
 static void post_device(device_ctx *c, int type, const char *text, uint64_t count)
 {
+    if (stopping(c->d)) return;
     ae_event ev = {0};
     ev.type = type;
     ev.source_id = c->source ? c->source->id : 0;
@@ -128,7 +139,7 @@ static bool try_restore(device_ctx *c)
     ae_device *d = c->d;
     int64_t now = ae_now_us();
     if (now < d->retry_at) return false;
-    if (device_open_pcm(c->e, d) == AE_OK) {
+    if (device_open_pcm(c->e, d) == AE_OK && !stopping(d)) {
         d->lost = false;
         post_device(c, AE_EVENT_DEVICE_RESTORED, NULL, 0);
         return true;
@@ -173,6 +184,12 @@ static bool handle_io_result(device_ctx *c, int n, int *stalls)
 /* Largest period a device may choose (we ask for period_frames). */
 static size_t max_period(const ae_device *d) { return (size_t)d->period_frames * 4; }
 
+/* A device thread's last act (see device_close). */
+static void device_thread_exiting(ae_device *d)
+{
+    if (!atomic_exchange(&d->released, true)) ae_thread_exiting();
+}
+
 static void *capture_main(void *arg)
 {
     ae_source *s = arg;
@@ -184,6 +201,7 @@ static void *capture_main(void *arg)
     int stalls = 0;
     while (buf && !atomic_load(&d->stop)) {
         if (d->lost && !try_restore(&c)) {
+            if (stopping(d)) break;
             /* Keep the sinks fed with silence, on time. */
             keep_time(&c, d->period_frames);
             memset(buf, 0, (size_t)d->period_frames * (size_t)s->channels * sizeof(float));
@@ -196,6 +214,7 @@ static void *capture_main(void *arg)
             continue;
         }
         int n = ae_pcm_read_period(&d->pcm, buf, 100);
+        if (stopping(d)) break;
         if (!handle_io_result(&c, n, &stalls) || n <= 0) continue;
         int64_t captured = ae_now_us() - (int64_t)n * 1000000 / e->rate;
         ae_levels_add(&s->levels, buf, n);
@@ -203,7 +222,7 @@ static void *capture_main(void *arg)
         ae_graph_wake(e);
     }
     free(buf);
-    ae_thread_exiting();
+    device_thread_exiting(d);
     return NULL;
 }
 
@@ -234,14 +253,16 @@ static void *playback_main(void *arg)
             memset(buf, 0, (size_t)frames * (size_t)k->channels * sizeof(float));
         }
         if (d->lost && !try_restore(&c)) {
+            if (stopping(d)) break;
             keep_time(&c, frames);
             continue;
         }
         int n = ae_pcm_write_period(&d->pcm, buf, 100);
+        if (stopping(d)) break;
         handle_io_result(&c, n, &stalls);
     }
     free(buf);
-    ae_thread_exiting();
+    device_thread_exiting(d);
     return NULL;
 }
 
@@ -270,16 +291,32 @@ static int device_start(ae_graph *e, ae_device *d, const char *thread_name,
     return rc;
 }
 
-static void device_close(ae_device *d)
+/* Stops the device's thread and closes it. Returns false when the thread did
+ * not end within DEVICE_JOIN_TIMEOUT_US: it is left behind, detached and
+ * counted (ae_abandoned_threads), and the caller must leave the memory holding
+ * the device allocated, since the thread may still touch it (never the graph:
+ * see stopping()). */
+static bool device_close(ae_device *d)
 {
     if (d->thread_started) {
         atomic_store(&d->stop, true);
-        pthread_join(d->thread, NULL);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += DEVICE_JOIN_TIMEOUT_US / 1000000;
+        if (pthread_timedjoin_np(d->thread, NULL, &until) != 0) {
+            if (!atomic_exchange(&d->released, true)) {
+                ae_thread_abandoned();
+                pthread_detach(d->thread);
+                return false;
+            }
+            pthread_join(d->thread, NULL);   /* it was on its way out */
+        }
         d->thread_started = false;
     }
     ae_pcm_close(&d->pcm);
     free(d->name);
     d->name = NULL;
+    return true;
 }
 
 /* ---- sources ------------------------------------------------------------ */
@@ -593,9 +630,9 @@ int ae_source_destroy(ae_source *s)
         }
     }
     pthread_mutex_unlock(&e->lock);
-    device_close(&s->dev);
+    bool closed = device_close(&s->dev);
     ae_events_forget(e->events, s->id);
-    source_free(s);
+    if (closed) source_free(s);
     return AE_OK;
 }
 
@@ -785,9 +822,9 @@ int ae_sink_destroy(ae_sink *k)
         }
     }
     pthread_mutex_unlock(&e->lock);
-    device_close(&k->dev);
+    bool closed = device_close(&k->dev);
     ae_events_forget(e->events, k->id);
-    sink_free(k);
+    if (closed) sink_free(k);
     return AE_OK;
 }
 

@@ -71,6 +71,9 @@ typedef struct ae_device {
     pthread_t thread;
     bool thread_started;
     atomic_bool stop;
+    /* Set once by whoever accounts for the thread's end: the thread as it
+     * exits, or device_close when it gives up waiting (see there). */
+    atomic_bool released;
     uint64_t xruns;
     bool lost;
     int64_t retry_at, backoff, silence_t;

@@ -3,9 +3,11 @@ audio runs, WebRTC listeners on real aiortc peers, ALSA capture and playback
 through plugin PCMs, device loss and return, event delivery, shutdown."""
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import re
+import termios
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from appliance import (
     EngineSettings, ErrorCode, LevelsMeasured, ListenerState, ListenerStateChanged,
     RouteSpec, SinkSpec, SourceSpec, live_engine_threads, open_engine,
 )
+from appliance.engine import abandoned_engine_threads
 from appliance.model import Variant
 from appliance.engine import Engine, Listener
 
@@ -503,6 +506,46 @@ async def test_absent_device_is_retried_until_it_appears(monkeypatch, tmp_path):
             assert abs(await levels_of(e, "source", "hat") - -6.0) < 1.0
     finally:
         pulse.stop()
+
+
+def device_threads(name: str) -> int:
+    return sum((Path("/proc/self/task") / tid / "comm").read_text().strip() == name
+               for tid in os.listdir("/proc/self/task"))
+
+
+@pytest.mark.trio
+async def test_a_device_stuck_in_its_driver_does_not_hold_the_close(monkeypatch, tmp_path):
+    """A playback PCM whose driver never returns (here: ALSA's file plugin
+    writing into a pipe nobody reads): removing its sink gives up on the
+    thread after a bound, instead of waiting for ever, and the thread, when
+    the driver lets it go at last, leaves without touching what was freed."""
+    fifo = tmp_path / "stuck"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # there, but never reads
+    use_asoundrc(monkeypatch, tmp_path / "asoundrc",
+                 f'pcm.stuck {{ type file slave.pcm "null" file "{fifo}" format "raw" }}\n')
+    try:
+        async with open_engine(LOOPBACK) as e:
+            await e.add_source("tone", SourceSpec(kind="tone", tone_hz=440))
+            await e.add_sink("speaker", SinkSpec(kind="alsa", device="stuck"))
+            await e.add_route("r", RouteSpec("tone", "speaker"))
+            with trio.fail_after(10):   # the pipe fills; the next write blocks
+                while int.from_bytes(fcntl.ioctl(reader, termios.FIONREAD, b"\0" * 4),
+                                     "little") < 65536:
+                    await trio.sleep(0.02)
+            await e.remove_route("r")
+            live, abandoned = live_engine_threads(), abandoned_engine_threads()
+            with trio.fail_after(10):
+                await e.remove_sink("speaker")
+            assert abandoned_engine_threads() == abandoned + 1
+            assert live_engine_threads() == live - 1
+            assert device_threads("ae-playback") == 1   # still stuck in the write
+    finally:
+        os.close(reader)   # the write fails (EPIPE) and the thread leaves
+    with trio.fail_after(10):
+        while device_threads("ae-playback"):
+            await trio.sleep(0.02)
+    assert live_engine_threads() == 0
 
 
 # ---- events and shutdown -----------------------------------------------------------
