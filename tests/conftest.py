@@ -8,6 +8,10 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow"):
+        unbounded = pytest.mark.timeout(0)   # image builds and boots take their time
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(unbounded)
         return
     skip = pytest.mark.skip(reason="slow: run with --run-slow (make test-slow)")
     for item in items:
