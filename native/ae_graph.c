@@ -103,7 +103,7 @@ static bool stopping(const ae_device *d) { return atomic_load(&d->stop); }
 
 static void post_device(device_ctx *c, int type, const char *text, uint64_t count)
 {
-    if (stopping(c->d)) return;
+    if (c->d && stopping(c->d)) return;   /* (a network source has no device) */
     ae_event ev = {0};
     ev.type = type;
     ev.source_id = c->source ? c->source->id : 0;
