@@ -14,8 +14,12 @@ import os
 os.environ.setdefault("G_SLICE", "always-malloc")
 
 from ._engine_cffi import ffi, lib  # noqa: E402
+from .errors import (  # noqa: E402
+    ApplianceError, ClosingError, ExistsError, FullError, InUseError, InvalidError,
+    NotFoundError,
+)
 
-__all__ = ["ffi", "lib", "EngineError", "ErrorCode", "RawEvent", "call", "check",
+__all__ = ["ffi", "lib", "EngineError", "engine_error", "ErrorCode", "RawEvent", "call", "check",
            "set_event_sink", "text"]
 
 
@@ -37,14 +41,65 @@ class ErrorCode(enum.IntEnum):
     EXISTS = -101
 
 
-class EngineError(Exception):
+class EngineError(ApplianceError):
     """A call into the engine failed. `code` is an ErrorCode, `message` the
-    engine's detail for that call."""
+    engine's detail for that call. What is raised is always one of the
+    subclasses below, which are also the appliance's error for that state
+    (`engine_error`), so no caller has to translate it."""
 
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, *, retry_after_s: int | None = None):
         self.code = ErrorCode(code) if code in ErrorCode._value2member_map_ else code
-        self.message = message
-        super().__init__(f"{message} ({getattr(self.code, 'name', self.code)})")
+        super().__init__(message, retry_after_s=retry_after_s)
+
+    def __str__(self) -> str:
+        return f"{self.message} ({getattr(self.code, 'name', self.code)})"
+
+
+class EngineNotFoundError(EngineError, NotFoundError):
+    pass
+
+
+class EngineExistsError(EngineError, ExistsError):
+    pass
+
+
+class EngineInUseError(EngineError, InUseError):
+    pass
+
+
+class EngineInvalidError(EngineError, InvalidError):
+    pass
+
+
+class EngineFullError(EngineError, FullError):
+    pass
+
+
+class EngineClosingError(EngineError, ClosingError):
+    pass
+
+
+class EngineFailedError(EngineError):
+    """Anything else (out of memory, an internal failure): a 500."""
+
+
+_ERROR_CLASS: dict[int, type[EngineError]] = {
+    ErrorCode.NOT_FOUND: EngineNotFoundError,
+    ErrorCode.EXISTS: EngineExistsError,
+    ErrorCode.BUSY: EngineInUseError,
+    **dict.fromkeys((ErrorCode.INVALID, ErrorCode.SDP, ErrorCode.CODEC, ErrorCode.FILE,
+                     ErrorCode.DEVICE, ErrorCode.NETWORK), EngineInvalidError),
+    ErrorCode.LIMIT: EngineFullError,
+    ErrorCode.CLOSED: EngineClosingError,
+}
+# Full and closing are passing states: worth trying again after a while.
+_RETRY_AFTER_S = {EngineFullError: 10, EngineClosingError: 10}
+
+
+def engine_error(code: int, message: str) -> EngineError:
+    """The engine's refusal, as the error a caller of the service branches on."""
+    cls = _ERROR_CLASS.get(code, EngineFailedError)
+    return cls(code, message, retry_after_s=_RETRY_AFTER_S.get(cls))
 
 
 def text(ptr: Any) -> str | None:
@@ -56,7 +111,7 @@ def check(rc: int) -> None:
     last-error detail right away, before any other engine call."""
     if rc < 0:
         detail = text(lib.ae_last_error()) or text(lib.ae_strerror(rc)) or "engine error"
-        raise EngineError(rc, detail)
+        raise engine_error(rc, detail)
 
 
 def call(fn: Callable[..., int], *args: Any) -> int:

@@ -22,10 +22,7 @@ from typing import Any, AsyncIterator
 import trio
 
 from . import _native
-from ._native import EngineError, ErrorCode, RawEvent, call, check, ffi, lib
-from .errors import (
-    ApplianceError, ClosingError, ExistsError, FullError, InUseError, InvalidError, NotFoundError,
-)
+from ._native import EngineError, ErrorCode, RawEvent, call, check, engine_error, ffi, lib
 from .model import EngineSettings, RouteSpec, SinkSpec, SourceSpec, Variant
 from .events import (
     DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
@@ -33,7 +30,7 @@ from .events import (
     ListenerStateChanged, OfferReady, XrunOccurred,
 )
 
-__all__ = ["open_engine", "Engine", "Listener", "appliance_error", "EngineSettings", "SourceSpec", "SinkSpec",
+__all__ = ["open_engine", "Engine", "Listener", "EngineSettings", "SourceSpec", "SinkSpec",
            "RouteSpec", "EngineStats", "SinkStats", "NetSourceStats", "ListenerStats", "EngineError",
            "ErrorCode", "live_engine_threads"]
 
@@ -161,7 +158,7 @@ class Listener:
 
     def _require(self) -> Any:
         if self._handle is None:
-            raise EngineError(ErrorCode.NOT_FOUND, f"listener {self.id} is closed")
+            raise engine_error(ErrorCode.NOT_FOUND, f"listener {self.id} is closed")
         return self._handle
 
     def add_candidate(self, mline_index: int, candidate: str) -> None:
@@ -335,7 +332,7 @@ class Engine:
 
     def _require_open(self) -> None:
         if self._handle is None:
-            raise EngineError(ErrorCode.CLOSED, "the engine is closed")
+            raise engine_error(ErrorCode.CLOSED, "the engine is closed")
 
     def _register(self, registry: dict, kind: str, key: str, entity: _Entity) -> None:
         registry[key] = entity
@@ -362,14 +359,14 @@ class Engine:
         try:
             return registry[key]
         except KeyError:
-            raise EngineError(ErrorCode.NOT_FOUND, f"no {kind} {key!r}") from None
+            raise engine_error(ErrorCode.NOT_FOUND, f"no {kind} {key!r}") from None
 
     @staticmethod
     def _check_new(registry: dict, kind: str, key: str) -> None:
         if not isinstance(key, str) or not key:
-            raise EngineError(ErrorCode.INVALID, f"a {kind} id must be a non-empty string")
+            raise engine_error(ErrorCode.INVALID, f"a {kind} id must be a non-empty string")
         if key in registry:
-            raise EngineError(ErrorCode.EXISTS, f"{kind} {key!r} exists already")
+            raise engine_error(ErrorCode.EXISTS, f"{kind} {key!r} exists already")
 
     # ---- sources ---------------------------------------------------------
 
@@ -382,7 +379,7 @@ class Engine:
                  "scream": lib.AE_SOURCE_SCREAM, "rtp": lib.AE_SOURCE_RTP,
                  "whip": lib.AE_SOURCE_WHIP}
         if spec.kind not in kinds:
-            raise EngineError(ErrorCode.INVALID, f"unknown source kind {spec.kind!r}")
+            raise engine_error(ErrorCode.INVALID, f"unknown source kind {spec.kind!r}")
         cfg.kind = kinds[spec.kind]
         cfg.channels = spec.channels
         device = ffi.new("char[]", spec.device.encode())  # lives until the call returns
@@ -450,7 +447,7 @@ class Engine:
     async def remove_source(self, source_id: str) -> None:
         entity = self._lookup(self._sources, "source", source_id)
         if any(r.spec.source_id == source_id for r in self._routes.values()):
-            raise EngineError(ErrorCode.BUSY, f"source {source_id!r} still has routes")
+            raise engine_error(ErrorCode.BUSY, f"source {source_id!r} still has routes")
         await self._destroy(self._sources, "source", source_id, entity, lib.ae_source_destroy)
 
     # ---- sinks -----------------------------------------------------------
@@ -463,7 +460,7 @@ class Engine:
         self._check_new(self._sinks, "sink", sink_id)
         kinds = {"opus": lib.AE_SINK_OPUS, "alsa": lib.AE_SINK_ALSA}
         if spec.kind not in kinds:
-            raise EngineError(ErrorCode.INVALID, f"unknown sink kind {spec.kind!r}")
+            raise engine_error(ErrorCode.INVALID, f"unknown sink kind {spec.kind!r}")
         cfg = ffi.new("ae_sink_config *")
         device = ffi.new("char[]", spec.device.encode())
         cfg.kind = kinds[spec.kind]
@@ -509,7 +506,7 @@ class Engine:
         entity = self._lookup(self._sinks, "sink", sink_id)
         if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) \
                 or not -2**31 <= delay_ms < 2**31:   # the engine says which range
-            raise EngineError(ErrorCode.INVALID, "the delay must be a whole number of ms")
+            raise engine_error(ErrorCode.INVALID, "the delay must be a whole number of ms")
         check(lib.ae_sink_set_delay(entity.handle, delay_ms))
         entity.spec = replace(entity.spec, delay_ms=delay_ms)
         return entity.spec
@@ -517,7 +514,7 @@ class Engine:
     async def remove_sink(self, sink_id: str) -> None:
         entity = self._lookup(self._sinks, "sink", sink_id)
         if any(r.spec.sink_id == sink_id for r in self._routes.values()):
-            raise EngineError(ErrorCode.BUSY, f"sink {sink_id!r} still has routes")
+            raise engine_error(ErrorCode.BUSY, f"sink {sink_id!r} still has routes")
         await self._destroy(self._sinks, "sink", sink_id, entity, lib.ae_sink_destroy)
 
     def sink_stats(self, sink_id: str) -> SinkStats:
@@ -548,7 +545,7 @@ class Engine:
         entity = self._lookup(self._routes, "route", route_id)
         if gain_db is not None:
             if not math.isfinite(gain_db):
-                raise EngineError(ErrorCode.INVALID, "gain must be a finite number of dB")
+                raise engine_error(ErrorCode.INVALID, "gain must be a finite number of dB")
             check(lib.ae_route_set_gain(entity.handle, gain_db))
             entity.spec = replace(entity.spec, gain_db=gain_db)
         if muted is not None:
@@ -569,7 +566,7 @@ class Engine:
         self._require_open()
         sink = self._lookup(self._sinks, "sink", sink_id)
         if not isinstance(offer_sdp, str):
-            raise EngineError(ErrorCode.SDP, "the offer must be text")
+            raise engine_error(ErrorCode.SDP, "the offer must be text")
         out = ffi.new("ae_listener **")
         answer = ffi.new("char **")
         check(lib.ae_listener_open(sink.handle, offer_sdp.encode("utf-8", "replace"), out,
@@ -606,7 +603,7 @@ class Engine:
         self._require_open()
         source = self._lookup(self._sources, "source", source_id)
         if not isinstance(offer_sdp, str):
-            raise EngineError(ErrorCode.SDP, "the offer must be text")
+            raise engine_error(ErrorCode.SDP, "the offer must be text")
         out = ffi.new("ae_listener **")
         answer = ffi.new("char **")
         check(lib.ae_publisher_open(source.handle, offer_sdp.encode("utf-8", "replace"), out,
@@ -646,24 +643,6 @@ class Engine:
                            out.events_posted, out.events_coalesced, out.lean_port,
                            out.lean_datagrams_in, out.lean_stun_rejected, out.lean_dtls_rejected,
                            out.lean_rtcp_rejected, out.lean_junk, out.lean_send_dropped)
-
-
-def appliance_error(error: EngineError) -> ApplianceError:
-    """The engine's refusal as the error a caller of the service branches on."""
-    if error.code == ErrorCode.NOT_FOUND:
-        return NotFoundError(error.message)
-    if error.code == ErrorCode.EXISTS:
-        return ExistsError(error.message)
-    if error.code == ErrorCode.BUSY:
-        return InUseError(error.message)
-    if error.code in (ErrorCode.INVALID, ErrorCode.SDP, ErrorCode.CODEC, ErrorCode.FILE,
-                      ErrorCode.DEVICE, ErrorCode.NETWORK):
-        return InvalidError(error.message)
-    if error.code == ErrorCode.LIMIT:
-        return FullError(error.message, retry_after_s=10)
-    if error.code == ErrorCode.CLOSED:
-        return ClosingError(error.message, retry_after_s=10)
-    return ApplianceError(error.message)
 
 
 def _monotonic_us() -> float:

@@ -19,7 +19,7 @@ import trio
 
 from . import devices, media
 from .config import Config
-from .engine import Engine, EngineError, appliance_error
+from .engine import Engine, EngineError
 from .errors import ExistsError, InUseError, InvalidError, NotFoundError, NotSavedError
 from .model import KINDS, NETWORK_KINDS, Graph, entity_from_dict, entity_to_dict
 from .sessions import Sessions
@@ -167,10 +167,7 @@ class GraphRegistry:
                         raise InvalidError(f"no {end} {getattr(entity.spec, f'{end}_id')!r}")
             self._check_resources(kind, entity)
             with trio.CancelScope(shield=True):   # see _persist
-                try:
-                    await self._add_to_engine(kind, entity)
-                except EngineError as error:
-                    raise appliance_error(error) from None
+                await self._add_to_engine(kind, entity)
                 registry[entity.id] = entity
                 self._forget_left_out(kind, entity.id)
                 await self._persist()
@@ -193,24 +190,21 @@ class GraphRegistry:
             entity = self.require(kind, entity_id)
             changed = entity_from_dict(kind, {**entity_to_dict(entity), **body}, kind)
             changes = {k: v for k, v in body.items() if k != "name"}
-            try:
-                if kind == "route" and changes:
-                    self._update_route(entity_id, changed.spec)
-                elif kind == "source" and set(changes) & NETWORK_FIELDS:
-                    if changed.spec.kind not in NETWORK_KINDS or \
-                            set(changes) & {"tone_hz", "tone_dbfs"}:
-                        raise InvalidError(f"only network sources have "
-                                           f"{', '.join(sorted(set(changes) & NETWORK_FIELDS))}")
-                    await self._remake_source(entity, changed)
-                elif kind == "source" and set(changes) - {"public", "publish_token"}:
-                    if changed.spec.kind not in ("tone", "clicks"):
-                        raise InvalidError("only tone sources have tone_hz/tone_dbfs")
-                    self.engine.set_tone(entity_id, changed.spec.tone_hz, changed.spec.tone_dbfs)
-                elif kind == "sink" and "delay_ms" in changes:
-                    # its variants hear it too: they derive from its delayed mix
-                    self.engine.set_sink_delay(entity_id, changed.spec.delay_ms)
-            except EngineError as error:
-                raise appliance_error(error) from None
+            if kind == "route" and changes:
+                self._update_route(entity_id, changed.spec)
+            elif kind == "source" and set(changes) & NETWORK_FIELDS:
+                if changed.spec.kind not in NETWORK_KINDS or \
+                        set(changes) & {"tone_hz", "tone_dbfs"}:
+                    raise InvalidError(f"only network sources have "
+                                       f"{', '.join(sorted(set(changes) & NETWORK_FIELDS))}")
+                await self._remake_source(entity, changed)
+            elif kind == "source" and set(changes) - {"public", "publish_token"}:
+                if changed.spec.kind not in ("tone", "clicks"):
+                    raise InvalidError("only tone sources have tone_hz/tone_dbfs")
+                self.engine.set_tone(entity_id, changed.spec.tone_hz, changed.spec.tone_dbfs)
+            elif kind == "sink" and "delay_ms" in changes:
+                # its variants hear it too: they derive from its delayed mix
+                self.engine.set_sink_delay(entity_id, changed.spec.delay_ms)
             self.registries[kind][entity_id] = changed
             with trio.CancelScope(shield=True):   # see _persist
                 await self._persist()
@@ -334,10 +328,7 @@ class GraphRegistry:
             remove = {"source": self.engine.remove_source, "sink": self.engine.remove_sink,
                       "route": self.engine.remove_route}[kind]
             with trio.CancelScope(shield=True):   # see _persist
-                try:
-                    await remove(entity_id)
-                except EngineError as error:
-                    raise appliance_error(error) from None
+                await remove(entity_id)
                 del registry[entity_id]
                 self._deleted(kind, entity_id)
                 await self._persist()

@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from .config import Config
-from .engine import Engine, EngineError, Listener, appliance_error
+from .engine import Engine, Listener
 from .errors import ClosingError, NotFoundError
 from .events import AnswerReady, ListenerState, ListenerStateChanged
 from .sdp import Offer
@@ -108,11 +108,8 @@ class Publishers:
                    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             with publisher.cancel_scope:
-                try:
-                    publisher.listener = self.engine.start_publisher(publisher.source_id,
-                                                                     publisher.offer.sdp)
-                except EngineError as error:
-                    raise appliance_error(error) from None
+                publisher.listener = self.engine.start_publisher(publisher.source_id,
+                                                                 publisher.offer.sdp)
                 answer = publisher.listener.events.receive_nowait()
                 assert isinstance(answer, AnswerReady)
                 self.by_source[publisher.source_id] = publisher

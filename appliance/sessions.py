@@ -38,7 +38,7 @@ import trio
 
 from .admin_auth import client_key
 from .config import Config
-from .engine import Engine, EngineError, ErrorCode, Listener, ListenerStats, appliance_error
+from .engine import Engine, EngineError, ErrorCode, Listener, ListenerStats, engine_error
 from .errors import (
     AnswerTimeoutError, ApplianceError, ClosingError, FullError, InvalidError, NotFoundError,
     RateLimitedError,
@@ -134,7 +134,7 @@ class Session:
     def read_stats(self) -> ListenerStats:
         """The listener's stats now (one engine call); kept as ``stats``."""
         if self.listener is None:
-            raise EngineError(ErrorCode.NOT_FOUND, "no listener yet")
+            raise engine_error(ErrorCode.NOT_FOUND, "no listener yet")
         stats = self.listener.stats()
         self.state, self.stats = stats.state, stats
         return stats
@@ -166,7 +166,7 @@ class Session:
         for mline, candidate in candidates:
             try:
                 if self.listener is None:
-                    raise EngineError(ErrorCode.NOT_FOUND, "no such session")
+                    raise engine_error(ErrorCode.NOT_FOUND, "no such session")
                 self.listener.add_candidate(mline, candidate)
             except EngineError as error:
                 if error.code == ErrorCode.NOT_FOUND:
@@ -326,11 +326,8 @@ class Sessions:
                     await self._make_temporary(session, temporary_route)
                 if not session.variant.plain:
                     await self._take_variant(session)
-                try:
-                    session.listener = self.engine.start_listener(session.sink_id,
-                                                                  session.offer.sdp)
-                except EngineError as error:
-                    raise appliance_error(error) from None
+                session.listener = self.engine.start_listener(session.sink_id,
+                                                              session.offer.sdp)
                 answer = await self._wait_answer(session)
                 session.answered = True
                 session.heartbeat()
@@ -362,18 +359,15 @@ class Sessions:
     async def _make_temporary(self, session: Session, route: RouteSpec) -> None:
         cfg = self.config.server
         temp = session.base_sink
-        try:
-            # mixed only once the listener has connected (made at the POST,
-            # its answer needs the sink's stream)
-            await self.engine.add_sink(temp, SinkSpec(
-                kind="opus", frame_ms=cfg.listen_frame_ms, bitrate=cfg.listen_bitrate),
-                on_demand=True)
-            session.temp_sink = temp
-            await self.engine.add_route(temp, RouteSpec(
-                route.source_id, temp, route.gain_db, route.muted, route.source_channel))
-            session.temp_route = temp
-        except EngineError as error:
-            raise appliance_error(error) from None
+        # mixed only once the listener has connected (made at the POST,
+        # its answer needs the sink's stream)
+        await self.engine.add_sink(temp, SinkSpec(
+            kind="opus", frame_ms=cfg.listen_frame_ms, bitrate=cfg.listen_bitrate),
+            on_demand=True)
+        session.temp_sink = temp
+        await self.engine.add_route(temp, RouteSpec(
+            route.source_id, temp, route.gain_db, route.muted, route.source_channel))
+        session.temp_route = temp
 
     async def _take_variant(self, session: Session) -> None:
         """A share of the session's variant sink, made by the first taker."""
@@ -382,11 +376,8 @@ class Sessions:
             users = self.variant_users.get(sink_id, 0)
             # a sink whose removal failed once is taken over, not made again
             if users == 0 and sink_id not in self.engine.sinks():
-                try:
-                    await self.engine.add_variant(sink_id, session.base_sink, session.variant,
-                                                  on_demand=True)
-                except EngineError as error:
-                    raise appliance_error(error) from None
+                await self.engine.add_variant(sink_id, session.base_sink, session.variant,
+                                              on_demand=True)
             self.variant_users[sink_id] = users + 1
             session.variant_sink = sink_id
 
