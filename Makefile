@@ -21,7 +21,9 @@ DEB_TEST := $(call packages,test.txt)
 # The SD-card image: arm64 root under qemu-user, assembly, and the boot test.
 DEB_IMAGE := $(call packages,image-host.txt)
 IMAGE_ARGS ?=
-ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup.py pyproject.toml
+# native/ae_limits.h is written from the model at every build (appliance/engine_limits.py)
+ENGINE_SOURCES := $(wildcard native/*.c native/*.h) native/build_engine.py setup.py pyproject.toml \
+	appliance/model.py appliance/engine_limits.py
 # The npm WHEP players of tests/e2e/test_players.py, bundled into tests/players/dist/.
 PLAYER_SOURCES := $(addprefix tests/players/,package.json package-lock.json .npmrc build.mjs) \
 	$(wildcard tests/players/src/*.js)

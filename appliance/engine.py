@@ -23,7 +23,7 @@ import trio
 
 from . import _native
 from ._native import EngineError, ErrorCode, RawEvent, call, check, engine_error, ffi, lib
-from .model import EngineSettings, RouteSpec, SinkSpec, SourceSpec, Variant
+from .model import MAX_CHANNELS, EngineSettings, RouteSpec, SinkSpec, SourceSpec, Variant
 from .events import (
     DROPPABLE_EVENTS, AnswerFailed, AnswerReady, CandidateGathered, DeviceLost,
     DeviceRestored, Event, LevelsMeasured, ListenerEvent, ListenerState,
@@ -323,7 +323,7 @@ class Engine:
         if ev.type == lib.AE_EVENT_XRUN:
             return XrunOccurred(kind, eid, ev.count)
         if ev.type == lib.AE_EVENT_LEVELS:
-            n = max(0, min(ev.channels, lib.AE_MAX_CHANNELS))
+            n = max(0, min(ev.channels, MAX_CHANNELS))
             return LevelsMeasured(kind, eid, tuple(ev.peak_dbfs[0:n]), tuple(ev.rms_dbfs[0:n]),
                                   since=ev.since_us / 1e6, measured_at=ev.time_us / 1e6)
         return None

@@ -25,7 +25,8 @@ from .errors import InvalidError
 __all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "Variant", "SourceConfig",
            "PublicationSpec",
            "SinkConfig", "RouteConfig", "Graph", "KINDS", "RESERVED_IDS", "build",
-           "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class"]
+           "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class",
+           "ENGINE_SPECS", "bounded_fields"]
 
 # Words that cannot be sink ids because they are path segments of the API.
 RESERVED_IDS = frozenset({"source", "route"})
@@ -70,11 +71,27 @@ def _senders(value: tuple[str, ...]) -> str | None:
     return None
 
 
-# the engine's limits on a network source (native/ae_engine.h, ae_netsrc.c)
+# ---- the limits the engine shares ---------------------------------------------------
+# Every bound below and every field's range or choices is stated here once:
+# the engine's own checks read them from native/ae_limits.h, which
+# native/build_engine.py writes from this module at every build
+# (appliance/engine_limits.py; docs/ENGINE.md, "Limits").
+
+# the engine's per-channel arrays (levels, events, a route's channel pick) are this big
+MAX_CHANNELS = 8
+# an Opus encoder or stream: mono or stereo
+OPUS_MAX_CHANNELS = 2
+# a network source's allow list: the receiver's table of prefixes
 MAX_SENDER_PREFIXES = 32
-NET_LATENCY_MS = (2, 500)
+# the program tag of ScreamRouter's per-process packets: that many bytes on the wire
 SCREAM_PROGRAM_LEN = 30
+NET_LATENCY_MS = (2, 500)
 RTP_RATES = (8000, 44100, 48000, 88200, 96000)
+BALANCE_RANGE = (-100, 100)
+# The named limits native/ae_limits.h carries besides the fields' bounds.
+ENGINE_CONSTANTS = {"MAX_CHANNELS": MAX_CHANNELS, "OPUS_MAX_CHANNELS": OPUS_MAX_CHANNELS,
+                    "MAX_SENDER_PREFIXES": MAX_SENDER_PREFIXES,
+                    "SCREAM_PROGRAM_LEN": SCREAM_PROGRAM_LEN}
 NETWORK_KINDS = ("scream", "rtp", "whip")
 # a whip source's publish token: long enough that nobody guesses it (the
 # admin API makes one of 32 characters when none is given)
@@ -85,7 +102,8 @@ PUBLISH_TOKEN_MIN = 24
 
 @dataclass(frozen=True)
 class EngineSettings:
-    sample_rate: int = field(default=48000, metadata=_range(8000, 192000))
+    # Opus and WebRTC's rate; the engine mixes at no other
+    sample_rate: int = field(default=48000, metadata={"choices": (48000,)})
     level_interval_ms: int = field(default=50, metadata=_range(-1, 10000))
     gather_timeout_ms: int = field(default=2000, metadata=_range(0, 60000))
     max_listeners: int = field(default=500, metadata=_range(1, 100000))
@@ -98,7 +116,8 @@ class EngineSettings:
     # local addresses to gather ICE candidates on; empty = every non-loopback
     # interface. Tests use ("127.0.0.1",) so nothing leaves the machine.
     ice_addresses: tuple[str, ...] = ()
-    event_buffer: int = field(default=1024, metadata=_range(1, 1 << 20))
+    # the room in ``Engine.events`` (Python's own: the C engine never sees it)
+    event_buffer: int = field(default=1024, metadata={**_range(1, 1 << 20), "engine": False})
     # which transport serves listeners: "auto" = the lean one (ICE-lite,
     # DTLS-SRTP, one UDP port) unless an offer needs webrtcbin (no rtcp-mux)
     transport: Literal["auto", "lean", "webrtcbin"] = "auto"
@@ -111,13 +130,14 @@ class EngineSettings:
 @dataclass(frozen=True)
 class SourceSpec:
     kind: Literal["alsa", "tone", "clicks", "file", "scream", "rtp", "whip"]
-    channels: int = field(default=2, metadata=_range(1, 8))
+    channels: int = field(default=2, metadata=_range(1, MAX_CHANNELS))
     # an ALSA device the appliance enumerated (appliance.devices), never free-form
     device: str = field(default="default", metadata=_limit(128))
     period_frames: int = field(default=128, metadata=_range(16, 8192))
     buffer_periods: int = field(default=4, metadata=_range(2, 64))
     allow_absent: bool = False
-    tone_hz: float = field(default=440.0, metadata=_range(1.0, 24000.0))
+    # below the engine's Nyquist frequency (24 kHz at 48 kHz)
+    tone_hz: float = field(default=440.0, metadata=_range(1.0, 23999.0))
     tone_dbfs: float = field(default=-12.0, metadata=_range(-120.0, 0.0))
     click_interval_ms: int = field(default=500, metadata=_range(1, 60000))
     # relative to the media folder (appliance.media)
@@ -148,7 +168,7 @@ class SourceSpec:
     encoding: Literal["L16", "L24", "opus", "PCMU", "PCMA"] = "L24"
     payload_type: int = field(default=96, metadata=_range(0, 127))
     clock_rate: int = field(default=48000, metadata={"choices": RTP_RATES})
-    stream_channels: int = field(default=2, metadata=_range(1, 8))
+    stream_channels: int = field(default=2, metadata=_range(1, MAX_CHANNELS))
     # the sender's reference clock as its SDP names it (a=ts-refclk, RFC
     # 7273: "ptp=IEEE1588-2008:<grandmaster>:<domain>"); shown, not followed
     refclk: str = field(default="", metadata={
@@ -164,8 +184,8 @@ class SourceSpec:
         Opus (1 or 2 channels) and needs its publish token."""
         if self.kind != "whip":
             return None
-        if self.channels > 2:
-            return f"channels: a whip source has 1 or 2 channels, not {self.channels}"
+        if self.channels > OPUS_MAX_CHANNELS:
+            return f"channels: a whip source has 1 or {OPUS_MAX_CHANNELS} channels, not {self.channels}"
         if len(self.publish_token) < PUBLISH_TOKEN_MIN:
             return (f"publish_token: a whip source needs one of {PUBLISH_TOKEN_MIN} or more "
                     "characters (the admin API makes one when none is given)")
@@ -183,7 +203,7 @@ class SourceSpec:
 @dataclass(frozen=True)
 class SinkSpec:
     kind: Literal["opus", "alsa"]
-    channels: int = field(default=2, metadata=_range(1, 8))
+    channels: int = field(default=2, metadata=_range(1, MAX_CHANNELS))
     frame_ms: float = field(default=10.0, metadata={"choices": (2.5, 5.0, 10.0, 20.0, 40.0,
                                                                 60.0)})
     bitrate: int = field(default=128000, metadata=_range(6000, 510000))
@@ -205,8 +225,8 @@ class SinkSpec:
         """What is wrong across fields (``build`` asks). Opus for listeners
         is mono or stereo (the engine refuses more; an ALSA sink may have up
         to 8): said when the value comes in, not only at start."""
-        if self.kind == "opus" and self.channels > 2:
-            return f"channels: an Opus sink has 1 or 2 channels, not {self.channels}"
+        if self.kind == "opus" and self.channels > OPUS_MAX_CHANNELS:
+            return f"channels: an Opus sink has 1 or {OPUS_MAX_CHANNELS} channels, not {self.channels}"
         return None
 
 
@@ -217,7 +237,7 @@ class RouteSpec:
     gain_db: float = field(default=0.0, metadata=_range(-120.0, 24.0))
     muted: bool = False
     # 0 = all channels; 1..N = just that one
-    source_channel: int = field(default=0, metadata=_range(0, 8))
+    source_channel: int = field(default=0, metadata=_range(0, MAX_CHANNELS))
 
 
 def _whip_url(value: str) -> str | None:
@@ -288,7 +308,7 @@ class Variant:
     channel itself."""
     mono: bool = False
     clear: bool = False
-    balance: int = 0
+    balance: int = field(default=0, metadata=_range(*BALANCE_RANGE))
 
     @property
     def plain(self) -> bool:
@@ -323,10 +343,11 @@ class Variant:
                 out[name] = seen[name] == "1"
         if "balance" in seen:
             text = seen["balance"]
+            lo, hi = BALANCE_RANGE
             if not _BALANCE.fullmatch(text) or int(text) % BALANCE_STEP \
-                    or not -100 <= int(text) <= 100:
+                    or not lo <= int(text) <= hi:
                 raise InvalidError(f"balance must be a multiple of {BALANCE_STEP} "
-                                   "from -100 to 100")
+                                   f"from {lo} to {hi}")
             out["balance"] = int(text)
         return cls(**out)
 
@@ -366,6 +387,17 @@ KINDS: dict[str, tuple[type, type]] = {
 
 def spec_class(kind: str) -> type:
     return KINDS[kind][0]
+
+
+# What the engine is given, by the prefix of its bounds in native/ae_limits.h.
+ENGINE_SPECS: dict[str, type] = {"ENGINE": EngineSettings, "SOURCE": SourceSpec,
+                                 "SINK": SinkSpec, "ROUTE": RouteSpec, "VARIANT": Variant}
+
+
+def bounded_fields(cls: type) -> dict[str, Mapping[str, Any]]:
+    """The fields of ``cls`` with a bound (a range or choices): name -> metadata."""
+    return {f.name: f.metadata for f in dataclasses.fields(cls)
+            if "range" in f.metadata or "choices" in f.metadata}
 
 
 @dataclass(frozen=True)

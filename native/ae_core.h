@@ -15,6 +15,19 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* ---- limits ---- */
+/* The model's bounds (ae_limits.h, generated from appliance/model.py):
+ * v within NAME_MIN..NAME_MAX; v one of NAME_CHOICES (compared as double). */
+#define AE_IN_RANGE(v, name) ((v) >= name##_MIN && (v) <= name##_MAX)
+#define AE_ONE_OF(v, name) ae_one_of((v), (const double[]){name##_CHOICES}, \
+    (int)(sizeof((const double[]){name##_CHOICES}) / sizeof(double)))
+static inline bool ae_one_of(double v, const double *choices, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (v == choices[i]) return true;
+    return false;
+}
+
 /* ---- errors ---- */
 int ae_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void ae_clear_error(void);

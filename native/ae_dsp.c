@@ -116,8 +116,9 @@ int ae_variant_init(ae_variant *v, const ae_variant_config *cfg, int rate)
 {
     memset(v, 0, sizeof *v);
     if (!cfg) return ae_fail(AE_ERR_INVALID, "a variant needs its config");
-    if (cfg->balance < -100 || cfg->balance > 100)
-        return ae_fail(AE_ERR_INVALID, "balance must be -100..100, not %d", cfg->balance);
+    if (!AE_IN_RANGE(cfg->balance, AE_VARIANT_BALANCE))
+        return ae_fail(AE_ERR_INVALID, "balance must be %d..%d, not %d", AE_VARIANT_BALANCE_MIN,
+                       AE_VARIANT_BALANCE_MAX, cfg->balance);
     v->mono = cfg->mono != 0;
     v->clear = cfg->clear_speech != 0;
     v->gain_l = cfg->balance > 0 ? 1.0f - (float)cfg->balance / 100.0f : 1.0f;

@@ -10,8 +10,6 @@
 
 /* ---- the alignment delay ---- */
 
-#define AE_MAX_DELAY_MS 500
-
 typedef struct ae_delay {
     float *data;                 /* interleaved; NULL = no delay */
     uint64_t capacity;           /* frames, a power of two above delay_frames */

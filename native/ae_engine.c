@@ -67,13 +67,15 @@ static void sample_levels(void *ctx)
 
 /* ---- engine ------------------------------------------------------------ */
 
+/* Only zero means "default": anything else is checked against the model's
+ * bounds (check_config). */
 static void apply_defaults(ae_engine_config *c)
 {
-    if (c->sample_rate <= 0) c->sample_rate = 48000;
+    if (c->sample_rate == 0) c->sample_rate = 48000;
     if (c->level_interval_ms == 0) c->level_interval_ms = 50;
-    if (c->gather_timeout_ms <= 0) c->gather_timeout_ms = 2000;
-    if (c->max_listeners <= 0) c->max_listeners = 500;
-    if (c->consent_timeout_ms <= 0) c->consent_timeout_ms = 30000;
+    if (c->gather_timeout_ms == 0) c->gather_timeout_ms = 2000;
+    if (c->max_listeners == 0) c->max_listeners = 500;
+    if (c->consent_timeout_ms == 0) c->consent_timeout_ms = 30000;
     /* A test and benchmark knob: run a whole suite on one transport
      * without touching its settings. Only when the setting says auto. */
     const char *forced = getenv("AE_TRANSPORT");
@@ -81,6 +83,31 @@ static void apply_defaults(ae_engine_config *c)
         if (!strcmp(forced, "lean")) c->transport = AE_TRANSPORT_LEAN;
         else if (!strcmp(forced, "webrtcbin")) c->transport = AE_TRANSPORT_WEBRTCBIN;
     }
+}
+
+/* The model's bounds (ae_limits.h); the consent timeout is stated in seconds there. */
+static int check_config(const ae_engine_config *c)
+{
+    if (!AE_ONE_OF(c->sample_rate, AE_ENGINE_SAMPLE_RATE))
+        return ae_fail(AE_ERR_INVALID, "sample_rate %d is not one the engine mixes at (Opus: 48000)",
+                       c->sample_rate);
+    if (!AE_IN_RANGE(c->level_interval_ms, AE_ENGINE_LEVEL_INTERVAL_MS) ||
+        !AE_IN_RANGE(c->gather_timeout_ms, AE_ENGINE_GATHER_TIMEOUT_MS) ||
+        !AE_IN_RANGE(c->max_listeners, AE_ENGINE_MAX_LISTENERS) ||
+        !AE_IN_RANGE(c->realtime_priority, AE_ENGINE_REALTIME_PRIORITY) ||
+        !AE_IN_RANGE(c->consent_timeout_ms / 1000.0, AE_ENGINE_CONSENT_TIMEOUT_S))
+        return ae_fail(AE_ERR_INVALID, "level interval %d ms, gather timeout %d ms, "
+                       "max listeners %d, realtime priority %d or consent timeout %d ms "
+                       "out of range", c->level_interval_ms, c->gather_timeout_ms,
+                       c->max_listeners, c->realtime_priority, c->consent_timeout_ms);
+    if (!AE_IN_RANGE(c->min_port, AE_ENGINE_MIN_PORT) ||
+        !AE_IN_RANGE(c->max_port, AE_ENGINE_MAX_PORT) || (c->max_port && c->min_port > c->max_port))
+        return ae_fail(AE_ERR_INVALID, "bad ICE port range %d-%d", c->min_port, c->max_port);
+    if (c->transport < AE_TRANSPORT_AUTO || c->transport > AE_TRANSPORT_WEBRTCBIN)
+        return ae_fail(AE_ERR_INVALID, "unknown transport %d", c->transport);
+    if (!AE_IN_RANGE(c->lean_port, AE_ENGINE_LEAN_PORT))
+        return ae_fail(AE_ERR_INVALID, "bad UDP port %d for listeners", c->lean_port);
+    return AE_OK;
 }
 
 static void engine_free(ae_engine *e)
@@ -106,16 +133,8 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     ae_engine_config cfg = {0};
     if (config) cfg = *config;
     apply_defaults(&cfg);
-    if (cfg.sample_rate != 48000)
-        return ae_fail(AE_ERR_INVALID, "sample_rate must be 48000 (Opus/WebRTC rate), not %d",
-                       cfg.sample_rate);
-    if (cfg.min_port < 0 || cfg.max_port < 0 || cfg.max_port > 65535 ||
-        (cfg.max_port && cfg.min_port > cfg.max_port))
-        return ae_fail(AE_ERR_INVALID, "bad ICE port range %d-%d", cfg.min_port, cfg.max_port);
-    if (cfg.transport < AE_TRANSPORT_AUTO || cfg.transport > AE_TRANSPORT_WEBRTCBIN)
-        return ae_fail(AE_ERR_INVALID, "unknown transport %d", cfg.transport);
-    if (cfg.lean_port < 0 || cfg.lean_port > 65535)
-        return ae_fail(AE_ERR_INVALID, "bad UDP port %d for listeners", cfg.lean_port);
+    int rc = check_config(&cfg);
+    if (rc != AE_OK) return rc;
 
     /* Every GStreamer thread would otherwise get a malloc arena of its own
      * (up to 8 per core), and memory freed in one is not reused by the
@@ -123,7 +142,7 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 2);
     GError *err = NULL;
     if (!gst_init_check(NULL, NULL, &err)) {
-        int rc = ae_fail(AE_ERR_MEDIA, "GStreamer would not start: %s",
+        rc = ae_fail(AE_ERR_MEDIA, "GStreamer would not start: %s",
                          err ? err->message : "?");
         g_clear_error(&err);
         return rc;
@@ -146,7 +165,7 @@ int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void 
     pthread_mutex_init(&e->listeners_lock, NULL);
     ae_events_init(&e->events, callback, user, sample_levels, e, cfg.level_interval_ms);
 
-    int rc = ae_loop_start(&e->glib);
+    rc = ae_loop_start(&e->glib);
     if (rc != AE_OK) {
         engine_free(e);
         return rc;

@@ -35,6 +35,9 @@
 #ifndef AE_CFFI_CDEF
 #include <stdint.h>
 #endif
+/* Every bound the engine checks, and AE_MAX_CHANNELS: generated from the
+ * model (appliance/model.py) at build time; see docs/ENGINE.md, "Limits". */
+#include "ae_limits.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -88,8 +91,6 @@ typedef enum ae_listener_state {
     AE_LISTENER_DISCONNECTED = 5,
     AE_LISTENER_CLOSED = 6
 } ae_listener_state;
-
-enum { AE_MAX_CHANNELS = 8 };
 
 typedef struct ae_event {
     int type;                 /* ae_event_type */
@@ -187,10 +188,6 @@ typedef enum ae_rtp_encoding {
     AE_RTP_PCMA = 5           /* G.711 A-law, 8 kHz */
 } ae_rtp_encoding;
 
-/* Limits of a network source (the model states the same ones). */
-enum { AE_NET_MIN_LATENCY_MS = 2, AE_NET_MAX_LATENCY_MS = 500, AE_SCREAM_PROGRAM_LEN = 30,
-       AE_RTP_MIN_RATE = 8000, AE_RTP_MAX_RATE = 96000 };
-
 typedef struct ae_source_config {
     int kind;
     int channels;             /* 0 = 2 */
@@ -223,8 +220,8 @@ typedef struct ae_source_config {
     /* rtp: what its SDP says (the a=rtpmap line) */
     int rtp_encoding;         /* ae_rtp_encoding */
     int payload_type;         /* 0..127 */
-    int clock_rate;           /* AE_RTP_MIN_RATE..AE_RTP_MAX_RATE */
-    int stream_channels;      /* 1..8 */
+    int clock_rate;           /* one of AE_SOURCE_CLOCK_RATE_CHOICES */
+    int stream_channels;      /* 1..AE_MAX_CHANNELS */
 } ae_source_config;
 
 /* What a network source took in and refused. */
@@ -274,16 +271,16 @@ typedef struct ae_sink_config {
     int kind;
     int channels;             /* 0 = 2 */
     /* Opus */
-    int frame_us;             /* 0 = 10000; 2500, 5000, 10000, 20000, 40000, 60000 */
+    int frame_us;             /* 0 = 10000; 1000 x one of AE_SINK_FRAME_MS_CHOICES */
     int bitrate;              /* 0 = 128000 */
     int low_delay;            /* 0 = restricted low-delay (default), 1 = same, -1 = audio mode */
-    int complexity;           /* 0 = 5; 1..10 */
+    int complexity;           /* 0 = 5; AE_SINK_COMPLEXITY_MIN..MAX */
     /* ALSA */
     const char *device;
     int period_frames;        /* 0 = 128 */
     int buffer_periods;       /* 0 = 4 */
     int allow_absent;
-    /* alignment delay of the mix, 0..500 ms (0 = none, no copy); a variant
+    /* alignment delay of the mix, 0..AE_SINK_DELAY_MS_MAX (0 = none, no copy); a variant
      * sink is delayed with its parent and takes no delay of its own */
     int delay_ms;
     /* Opus: mixed only while a listener hears it (a listener's temporary
@@ -309,7 +306,7 @@ int ae_sink_stats_get(ae_sink *sink, ae_sink_stats *out);
 /* The sink's event id: unique in the engine, never reused. */
 uint64_t ae_sink_id(const ae_sink *sink);
 
-/* Changes a sink's alignment delay (0..500 ms) while it runs; the delayed
+/* Changes a sink's alignment delay (as delay_ms above) while it runs; the delayed
  * audio starts after that much silence. Not for a variant sink. */
 int ae_sink_set_delay(ae_sink *sink, int delay_ms);
 
@@ -334,7 +331,7 @@ int ae_sink_create_variant(ae_sink *parent, const ae_variant_config *variant,
 typedef struct ae_route_config {
     double gain_db;           /* 0 = unity */
     int muted;
-    /* -1 or 0 = all channels as they are (mono is copied to both sides);
+    /* 0 = all channels as they are (mono is copied to both sides);
      * 1..N = only that input channel, sent to every sink channel */
     int source_channel;
 } ae_route_config;

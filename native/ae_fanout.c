@@ -171,8 +171,10 @@ int ae_fanout_attach(ae_sink *k, const ae_sink_config *cfg, void *env)
     } else {
         int bitrate = cfg->bitrate ? cfg->bitrate : 128000;
         int complexity = cfg->complexity ? cfg->complexity : 5;
-        if (bitrate < 6000 || bitrate > 510000 || complexity < 0 || complexity > 10)
-            rc = ae_fail(AE_ERR_INVALID, "Opus needs 6000..510000 bit/s and complexity 0..10");
+        if (!AE_IN_RANGE(bitrate, AE_SINK_BITRATE) || !AE_IN_RANGE(complexity, AE_SINK_COMPLEXITY))
+            rc = ae_fail(AE_ERR_INVALID, "Opus needs %d..%d bit/s and complexity %d..%d",
+                         AE_SINK_BITRATE_MIN, AE_SINK_BITRATE_MAX, AE_SINK_COMPLEXITY_MIN,
+                         AE_SINK_COMPLEXITY_MAX);
         else if (opus_encoder_ctl(f->encoder, OPUS_SET_BITRATE(bitrate)) != OPUS_OK ||
                  opus_encoder_ctl(f->encoder, OPUS_SET_COMPLEXITY(complexity)) != OPUS_OK)
             rc = ae_fail(AE_ERR_CODEC, "Opus refused bitrate %d or complexity %d", bitrate,

@@ -273,9 +273,14 @@ static int device_open(ae_graph *e, ae_device *d, const char *name, snd_pcm_stre
 {
     d->period_frames = period_frames ? period_frames : 128;
     d->buffer_periods = buffer_periods ? buffer_periods : 4;
-    if (d->period_frames < 16 || d->period_frames > 8192 || d->buffer_periods < 2 ||
-        d->buffer_periods > 64)
-        return ae_fail(AE_ERR_INVALID, "period must be 16..8192 frames and buffer 2..64 periods");
+    bool ok = stream == SND_PCM_STREAM_CAPTURE
+        ? AE_IN_RANGE(d->period_frames, AE_SOURCE_PERIOD_FRAMES) &&
+          AE_IN_RANGE(d->buffer_periods, AE_SOURCE_BUFFER_PERIODS)
+        : AE_IN_RANGE(d->period_frames, AE_SINK_PERIOD_FRAMES) &&
+          AE_IN_RANGE(d->buffer_periods, AE_SINK_BUFFER_PERIODS);
+    if (!ok)
+        return ae_fail(AE_ERR_INVALID, "period of %d frames or buffer of %d periods out of range",
+                       d->period_frames, d->buffer_periods);
     d->name = strdup(name && *name ? name : "default");
     d->stream = stream;
     d->channels = channels;
@@ -492,6 +497,22 @@ static int64_t net_buffered(void *ctx)
     return ahead > 0 ? ahead : 0;
 }
 
+/* Every per-channel array (levels, events, the mix's scratch) is AE_MAX_CHANNELS long. */
+_Static_assert(AE_SOURCE_CHANNELS_MAX <= AE_MAX_CHANNELS && AE_SINK_CHANNELS_MAX <= AE_MAX_CHANNELS &&
+               AE_ROUTE_SOURCE_CHANNEL_MAX <= AE_MAX_CHANNELS,
+               "a channel bound in the model is above MAX_CHANNELS");
+
+/* The model's bounds, and below Nyquist (a structural limit the model's stays under). */
+static int check_tone(const ae_graph *e, double hz, double dbfs)
+{
+    if (!AE_IN_RANGE(hz, AE_SOURCE_TONE_HZ) || !(hz < e->rate / 2.0) ||
+        !AE_IN_RANGE(dbfs, AE_SOURCE_TONE_DBFS))
+        return ae_fail(AE_ERR_INVALID, "tone needs %g..%g Hz (below %d) and %g..%g dBFS",
+                       AE_SOURCE_TONE_HZ_MIN, AE_SOURCE_TONE_HZ_MAX, e->rate / 2,
+                       AE_SOURCE_TONE_DBFS_MIN, AE_SOURCE_TONE_DBFS_MAX);
+    return AE_OK;
+}
+
 int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source **out)
 {
     ae_clear_error();
@@ -499,9 +520,9 @@ int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source *
     *out = NULL;
     if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     int channels = cfg->channels ? cfg->channels : 2;
-    if (channels < 1 || channels > AE_MAX_CHANNELS)
-        return ae_fail(AE_ERR_INVALID, "channels must be 1..%d, not %d", AE_MAX_CHANNELS,
-                       channels);
+    if (!AE_IN_RANGE(channels, AE_SOURCE_CHANNELS))
+        return ae_fail(AE_ERR_INVALID, "channels must be %d..%d, not %d", AE_SOURCE_CHANNELS_MIN,
+                       AE_SOURCE_CHANNELS_MAX, channels);
     ae_source *s = calloc(1, sizeof *s);
     if (!s) return ae_fail(AE_ERR_NOMEM, "out of memory");
     s->graph = e;
@@ -513,13 +534,13 @@ int ae_graph_source_create(ae_graph *e, const ae_source_config *cfg, ae_source *
     case AE_SOURCE_TONE: {
         double hz = cfg->tone_hz ? cfg->tone_hz : 440.0;
         double db = cfg->tone_dbfs ? cfg->tone_dbfs : -12.0;
-        if (!(hz > 0 && hz < e->rate / 2.0) || !(db <= 0 && db > -200)) {
-            rc = ae_fail(AE_ERR_INVALID, "tone needs 0 < Hz < %d and -200 < dBFS <= 0",
-                         e->rate / 2);
-            break;
-        }
-        if (cfg->click_interval_ms < 0 || cfg->click_interval_ms > 60000) {
-            rc = ae_fail(AE_ERR_INVALID, "click interval must be 0..60000 ms");
+        if ((rc = check_tone(e, hz, db)) != AE_OK) break;
+        /* 0: a tone; else clicks that far apart */
+        if (cfg->click_interval_ms &&
+            !AE_IN_RANGE(cfg->click_interval_ms, AE_SOURCE_CLICK_INTERVAL_MS)) {
+            rc = ae_fail(AE_ERR_INVALID, "click interval must be %d..%d ms, not %d",
+                         AE_SOURCE_CLICK_INTERVAL_MS_MIN, AE_SOURCE_CLICK_INTERVAL_MS_MAX,
+                         cfg->click_interval_ms);
             break;
         }
         s->tone_hz = hz;
@@ -576,8 +597,8 @@ int ae_source_set_tone(ae_source *s, double hz, double dbfs)
 {
     ae_clear_error();
     if (!s || s->kind != AE_SOURCE_TONE) return ae_fail(AE_ERR_INVALID, "not a tone source");
-    if (!(hz > 0 && hz < s->graph->rate / 2.0) || !(dbfs <= 0 && dbfs > -200))
-        return ae_fail(AE_ERR_INVALID, "tone needs 0 < Hz < Nyquist and -200 < dBFS <= 0");
+    int rc = check_tone(s->graph, hz, dbfs);
+    if (rc != AE_OK) return rc;
     pthread_mutex_lock(&s->graph->lock);
     s->tone_hz = hz;
     s->tone_amp = db_to_amp(dbfs);
@@ -638,11 +659,6 @@ int ae_source_destroy(ae_source *s)
 
 /* ---- sinks -------------------------------------------------------------- */
 
-static int valid_frame_us(int us)
-{
-    return us == 2500 || us == 5000 || us == 10000 || us == 20000 || us == 40000 || us == 60000;
-}
-
 static void sink_free(ae_sink *k)
 {
     if (k->output.destroy) k->output.destroy(k->output.self);
@@ -671,16 +687,17 @@ static int sink_create(ae_graph *e, const ae_sink_config *cfg, ae_sink *parent,
     if (atomic_load(&e->stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     int channels = cfg->channels ? cfg->channels : 2;
     int frame_us = cfg->frame_us ? cfg->frame_us : 10000;
-    if (cfg->delay_ms < 0 || cfg->delay_ms > AE_MAX_DELAY_MS)
-        return ae_fail(AE_ERR_INVALID, "delay must be 0..%d ms, not %d", AE_MAX_DELAY_MS,
-                       cfg->delay_ms);
-    if (!valid_frame_us(frame_us))
-        return ae_fail(AE_ERR_INVALID, "frame must be 2.5, 5, 10, 20, 40 or 60 ms, not %d us",
-                       frame_us);
-    if (cfg->kind == AE_SINK_OPUS && (channels < 1 || channels > 2))
-        return ae_fail(AE_ERR_INVALID, "an Opus sink has 1 or 2 channels, not %d", channels);
-    if (channels < 1 || channels > AE_MAX_CHANNELS)
-        return ae_fail(AE_ERR_INVALID, "channels must be 1..%d", AE_MAX_CHANNELS);
+    if (!AE_IN_RANGE(cfg->delay_ms, AE_SINK_DELAY_MS))
+        return ae_fail(AE_ERR_INVALID, "delay must be %d..%d ms, not %d", AE_SINK_DELAY_MS_MIN,
+                       AE_SINK_DELAY_MS_MAX, cfg->delay_ms);
+    if (!AE_ONE_OF(frame_us / 1000.0, AE_SINK_FRAME_MS))
+        return ae_fail(AE_ERR_INVALID, "a frame of %d us is not one Opus takes", frame_us);
+    if (cfg->kind == AE_SINK_OPUS && channels > AE_OPUS_MAX_CHANNELS)
+        return ae_fail(AE_ERR_INVALID, "an Opus sink has 1 or %d channels, not %d",
+                       AE_OPUS_MAX_CHANNELS, channels);
+    if (!AE_IN_RANGE(channels, AE_SINK_CHANNELS))
+        return ae_fail(AE_ERR_INVALID, "channels must be %d..%d, not %d", AE_SINK_CHANNELS_MIN,
+                       AE_SINK_CHANNELS_MAX, channels);
     if (cfg->kind != AE_SINK_OPUS && cfg->kind != AE_SINK_ALSA)
         return ae_fail(AE_ERR_INVALID, "unknown sink kind %d", cfg->kind);
 
@@ -769,9 +786,9 @@ int ae_sink_set_delay(ae_sink *k, int delay_ms)
     ae_clear_error();
     if (!k) return ae_fail(AE_ERR_INVALID, "no sink");
     if (k->parent) return ae_fail(AE_ERR_INVALID, "a variant is delayed with its parent");
-    if (delay_ms < 0 || delay_ms > AE_MAX_DELAY_MS)
-        return ae_fail(AE_ERR_INVALID, "delay must be 0..%d ms, not %d", AE_MAX_DELAY_MS,
-                       delay_ms);
+    if (!AE_IN_RANGE(delay_ms, AE_SINK_DELAY_MS))
+        return ae_fail(AE_ERR_INVALID, "delay must be %d..%d ms, not %d", AE_SINK_DELAY_MS_MIN,
+                       AE_SINK_DELAY_MS_MAX, delay_ms);
     ae_graph *e = k->graph;
     ae_delay fresh = {0}, old;
     if (delay_ms > 0) {
@@ -843,6 +860,14 @@ int ae_sink_stats_get(ae_sink *k, ae_sink_stats *out)
 
 /* ---- routes ------------------------------------------------------------- */
 
+static int check_gain(double gain_db)
+{
+    if (!isfinite(gain_db) || !AE_IN_RANGE(gain_db, AE_ROUTE_GAIN_DB))
+        return ae_fail(AE_ERR_INVALID, "gain must be between %g and %g dB",
+                       AE_ROUTE_GAIN_DB_MIN, AE_ROUTE_GAIN_DB_MAX);
+    return AE_OK;
+}
+
 int ae_route_create(ae_source *s, ae_sink *k, const ae_route_config *cfg, ae_route **out)
 {
     ae_clear_error();
@@ -851,9 +876,9 @@ int ae_route_create(ae_source *s, ae_sink *k, const ae_route_config *cfg, ae_rou
     if (s->graph != k->graph) return ae_fail(AE_ERR_INVALID, "source and sink of different engines");
     ae_route_config c = {0};
     if (cfg) c = *cfg;
-    if (!isfinite(c.gain_db) || c.gain_db > 40 || c.gain_db < -200)
-        return ae_fail(AE_ERR_INVALID, "gain must be between -200 and +40 dB");
-    if (c.source_channel < -1 || c.source_channel > s->channels)
+    int rc = check_gain(c.gain_db);
+    if (rc != AE_OK) return rc;
+    if (!AE_IN_RANGE(c.source_channel, AE_ROUTE_SOURCE_CHANNEL) || c.source_channel > s->channels)
         return ae_fail(AE_ERR_INVALID, "source channel %d: the source has %d channel(s)",
                        c.source_channel, s->channels);
     ae_route *r = calloc(1, sizeof *r);
@@ -886,8 +911,8 @@ int ae_route_set_gain(ae_route *r, double gain_db)
 {
     ae_clear_error();
     if (!r) return ae_fail(AE_ERR_INVALID, "no route");
-    if (!isfinite(gain_db) || gain_db > 40 || gain_db < -200)
-        return ae_fail(AE_ERR_INVALID, "gain must be between -200 and +40 dB");
+    int rc = check_gain(gain_db);
+    if (rc != AE_OK) return rc;
     pthread_mutex_lock(&r->source->graph->lock);
     r->gain_db = gain_db;
     r->gain_target = r->muted ? 0.0f : db_to_amp(gain_db);

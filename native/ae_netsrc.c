@@ -24,7 +24,6 @@
 #define SCREAM_PAYLOAD 1152
 #define SCREAM_PACKET (SCREAM_HEADER + SCREAM_PAYLOAD)
 #define PER_PROCESS_PACKET (AE_SCREAM_PROGRAM_LEN + SCREAM_PACKET)
-#define MAX_ALLOW 32
 #define MAX_LOCAL 64
 #define LOCAL_REFRESH_US 5000000
 /* datagrams taken per wake before the stop flag is looked at again: a flood
@@ -98,7 +97,7 @@ struct ae_netsrc {
     bool receiving;
     int64_t last_taken_us;
     _Atomic int64_t last_taken_atomic_us; /* the same, for the stats' reader */
-    prefix allow[MAX_ALLOW];
+    prefix allow[AE_MAX_SENDER_PREFIXES];   /* the model's bound (ae_limits.h) */
     int nallow;
     bool allow_local;
     char ifname[IF_NAMESIZE];            /* "local" means this interface's subnets ("": all) */
@@ -160,6 +159,9 @@ static int parse_prefix(const char *text, prefix *p)
     return 0;
 }
 
+_Static_assert(sizeof(((ae_net_source_stats *)0)->program_refused) > AE_SCREAM_PROGRAM_LEN,
+               "the stats' program_refused holds a tag and its NUL");
+
 static int parse_allow(ae_netsrc *n, const char *list)
 {
     if (!list) return AE_OK;
@@ -170,8 +172,9 @@ static int parse_allow(ae_netsrc *n, const char *list)
     for (char *item = strtok_r(copy, ", ", &save); item; item = strtok_r(NULL, ", ", &save)) {
         if (strcmp(item, "local") == 0) {
             n->allow_local = true;
-        } else if (n->nallow >= MAX_ALLOW) {
-            rc = ae_fail(AE_ERR_INVALID, "allow_from names more than %d prefixes", MAX_ALLOW);
+        } else if (n->nallow >= AE_MAX_SENDER_PREFIXES) {
+            rc = ae_fail(AE_ERR_INVALID, "allow_from names more than %d prefixes",
+                         AE_MAX_SENDER_PREFIXES);
             break;
         } else if (parse_prefix(item, &n->allow[n->nallow]) != 0) {
             rc = ae_fail(AE_ERR_INVALID, "allow_from: %.60s is not an address or a prefix", item);
@@ -848,29 +851,33 @@ int ae_netsrc_open(const ae_source_config *cfg, int rate, int channels, int rt_p
         if (cfg->rtp_encoding < AE_RTP_L16 || cfg->rtp_encoding > AE_RTP_PCMA)
             return ae_fail(AE_ERR_INVALID, "unknown RTP encoding %d", cfg->rtp_encoding);
         int e = cfg->rtp_encoding;
-        if ((e == AE_RTP_OPUS && (cfg->clock_rate != 48000 || cfg->stream_channels > 2)) ||
+        if ((e == AE_RTP_OPUS &&
+             (cfg->clock_rate != 48000 || cfg->stream_channels > AE_OPUS_MAX_CHANNELS)) ||
             ((e == AE_RTP_PCMU || e == AE_RTP_PCMA) && cfg->clock_rate != 8000) ||
             ((e == AE_RTP_L16 || e == AE_RTP_L24) && cfg->clock_rate < 44100))
             return ae_fail(AE_ERR_INVALID, "%s is not carried at %d Hz with %d channels",
                            e == AE_RTP_OPUS ? "Opus" : e == AE_RTP_PCMU ? "PCMU" :
                            e == AE_RTP_PCMA ? "PCMA" : "L16/L24", cfg->clock_rate,
                            cfg->stream_channels);
-        if (cfg->payload_type < 0 || cfg->payload_type > 127)
-            return ae_fail(AE_ERR_INVALID, "payload type must be 0..127, not %d",
+        if (!AE_IN_RANGE(cfg->payload_type, AE_SOURCE_PAYLOAD_TYPE))
+            return ae_fail(AE_ERR_INVALID, "payload type must be %d..%d, not %d",
+                           AE_SOURCE_PAYLOAD_TYPE_MIN, AE_SOURCE_PAYLOAD_TYPE_MAX,
                            cfg->payload_type);
-        if (cfg->clock_rate < AE_RTP_MIN_RATE || cfg->clock_rate > AE_RTP_MAX_RATE)
-            return ae_fail(AE_ERR_INVALID, "clock rate must be %d..%d Hz, not %d",
-                           AE_RTP_MIN_RATE, AE_RTP_MAX_RATE, cfg->clock_rate);
-        if (cfg->stream_channels < 1 || cfg->stream_channels > AE_MAX_CHANNELS)
-            return ae_fail(AE_ERR_INVALID, "an RTP stream has 1..%d channels, not %d",
-                           AE_MAX_CHANNELS, cfg->stream_channels);
+        if (!AE_ONE_OF(cfg->clock_rate, AE_SOURCE_CLOCK_RATE))
+            return ae_fail(AE_ERR_INVALID, "a clock rate of %d Hz is not one taken",
+                           cfg->clock_rate);
+        if (!AE_IN_RANGE(cfg->stream_channels, AE_SOURCE_STREAM_CHANNELS))
+            return ae_fail(AE_ERR_INVALID, "an RTP stream has %d..%d channels, not %d",
+                           AE_SOURCE_STREAM_CHANNELS_MIN, AE_SOURCE_STREAM_CHANNELS_MAX,
+                           cfg->stream_channels);
     }
-    if (cfg->port < 1 || cfg->port > 65535)
-        return ae_fail(AE_ERR_INVALID, "port must be 1..65535, not %d", cfg->port);
+    if (!AE_IN_RANGE(cfg->port, AE_SOURCE_PORT))
+        return ae_fail(AE_ERR_INVALID, "port must be %d..%d, not %d", AE_SOURCE_PORT_MIN,
+                       AE_SOURCE_PORT_MAX, cfg->port);
     int latency = cfg->latency_ms ? cfg->latency_ms : 20;
-    if (latency < AE_NET_MIN_LATENCY_MS || latency > AE_NET_MAX_LATENCY_MS)
-        return ae_fail(AE_ERR_INVALID, "latency must be %d..%d ms, not %d", AE_NET_MIN_LATENCY_MS,
-                       AE_NET_MAX_LATENCY_MS, latency);
+    if (!AE_IN_RANGE(latency, AE_SOURCE_LATENCY_MS))
+        return ae_fail(AE_ERR_INVALID, "latency must be %d..%d ms, not %d", AE_SOURCE_LATENCY_MS_MIN,
+                       AE_SOURCE_LATENCY_MS_MAX, latency);
     const char *program = cfg->program ? cfg->program : "";
     if (strlen(program) > AE_SCREAM_PROGRAM_LEN)
         return ae_fail(AE_ERR_INVALID, "a program tag has at most %d bytes",

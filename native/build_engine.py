@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from cffi import FFI
@@ -34,6 +35,22 @@ def _cdef_from_header() -> str:
     return text + '\nextern "Python" void ae_python_event_cb(void *, const ae_event *);\n'
 
 
+def _write_limits() -> None:
+    """native/ae_limits.h from this tree's model (appliance/engine_limits.py):
+    the engine is built with the bounds the model checks, never older ones.
+    The header is checked in too (make native-check reads it without Python);
+    tests/test_limits.py says when the checked-in one is behind the model."""
+    sys.path.insert(0, str(HERE.parent))
+    try:
+        from appliance import engine_limits
+    finally:
+        sys.path.remove(str(HERE.parent))
+    if Path(engine_limits.__file__).resolve().parent != HERE.parent / "appliance":
+        raise RuntimeError(f"the model imported is not this tree's: {engine_limits.__file__}")
+    engine_limits.write()
+
+
+_write_limits()
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_from_header())
 extra = shlex.split(os.environ.get("AE_EXTRA_CFLAGS", ""))
