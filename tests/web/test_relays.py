@@ -7,6 +7,7 @@ is made again. A "Janus" that answers garbage, hangs or sends a huge body
 gets a clear error and a bounded retry."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,40 @@ async def test_a_secret_goes_only_over_https_or_to_this_machine(tmp_path: Path):
             "id": "far", "url": "https://192.0.2.7/janus", "channels": ["nope"]})
         assert r.status_code == 404
         assert (await box.client.get("/api/relays")).json() == []
+
+
+GARBAGE = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!"
+HUGE = b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n" + b"x" * 1000
+REDIRECT = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /janus\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("reply, error", [
+    (GARBAGE, "not JSON"), (HUGE, "over 64 KB"), (REDIRECT, "answered 307"),
+    (None, "did not answer"),                      # it hangs
+])
+async def test_a_misbehaving_relay_gets_a_clear_error_and_a_bounded_retry(
+        tmp_path: Path, monkeypatch, reply, error):
+    from appliance import outbound, relays
+    monkeypatch.setattr(outbound, "BACKOFF_S", (0.2,))
+    monkeypatch.setattr(relays, "HTTP_TIMEOUT_S", 0.5)
+
+    async def fake_janus(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        if reply is None:
+            await trio.sleep_forever()
+        await stream.send_all(reply)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, fake_janus, 0,
+                                                          host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with open_server(make_config(tmp_path / "box")) as box:
+            r = await box.client.post("/api/relays", json={
+                "id": "bad", "url": f"http://127.0.0.1:{port}/janus", "channels": ["main"]})
+            assert r.status_code == 201, r.text
+            status = await relay_status(box, "bad", lambda s: s["attempts"] >= 3 and s["error"])
+            assert error in status["error"] and status["state"] in ("unhealthy", "connecting")
+            assert abs(await heard_hz(box) - 440.0) < 3      # the box's listeners carry on
+            assert (await box.client.delete("/api/relays/bad")).status_code == 204
+            assert (await box.wait_idle()) == IDLE
+        nursery.cancel_scope.cancel()
