@@ -24,7 +24,7 @@ __all__ = ["FORMAT", "Backup", "make_backup", "read_backup"]
 FORMAT = "appliance-backup"
 # the state sections a backup carries: what their owners check again when
 # they apply them (the HAT mixer's: device and controls, at the next start)
-SECTIONS = frozenset({"mixer", "publications"})
+SECTIONS = frozenset({"mixer", "publications", "relays"})
 
 
 @dataclass(frozen=True)

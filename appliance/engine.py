@@ -96,7 +96,7 @@ class ListenerStats:
     last_rx_age_s: float | None  # seconds since the peer last sent anything
     packets_sent: int
     bytes_sent: int
-    transport: str = "webrtcbin"          # "lean" or "webrtcbin"
+    transport: str = "webrtcbin"          # "lean", "webrtcbin" or "forward"
     # from the peer's RTCP receiver reports (lean transport); None until one came
     rtcp_reports: int = 0
     fraction_lost: float | None = None    # 0..1 over the last report's interval
@@ -107,6 +107,10 @@ class ListenerStats:
 
 _TRANSPORTS = {"auto": lib.AE_TRANSPORT_AUTO, "lean": lib.AE_TRANSPORT_LEAN,
                "webrtcbin": lib.AE_TRANSPORT_WEBRTCBIN}
+
+
+_TRANSPORT_NAMES = {lib.AE_TRANSPORT_LEAN: "lean", lib.AE_TRANSPORT_WEBRTCBIN: "webrtcbin",
+                    lib.AE_TRANSPORT_FORWARD: "forward"}
 
 
 _STATES = {
@@ -180,7 +184,7 @@ class Listener:
         reports = out.rtcp_reports
         return ListenerStats(
             _STATES.get(out.state, ListenerState.FAILED), age, out.packets_sent, out.bytes_sent,
-            transport="lean" if out.transport == lib.AE_TRANSPORT_LEAN else "webrtcbin",
+            transport=_TRANSPORT_NAMES.get(out.transport, "webrtcbin"),
             rtcp_reports=reports,
             fraction_lost=out.fraction_lost if reports else None,
             packets_lost=out.packets_lost if reports else None,
@@ -594,6 +598,25 @@ class Engine:
         sink = self._lookup(self._sinks, "sink", sink_id)
         out = ffi.new("ae_listener **")
         check(lib.ae_publication_open(sink.handle, out))
+        return self._adopt(out[0], sink_id)
+
+    def start_forward(self, sink_id: str, host: str, port: int, *, payload_type: int = 111,
+                      ssrc: int = 0, srtp_key: bytes | None = None) -> Listener:
+        """Forward the Opus sink ``sink_id`` as RTP to ``host`` (a numeric
+        address) and ``port``, SRTP (AES_CM_128_HMAC_SHA1_80) when
+        ``srtp_key`` (30 bytes: key and salt) is given: a relay's ingest.
+        Its packets flow at once; ``stats()`` counts them. It keeps the sink
+        busy until ``aclose``."""
+        self._require_open()
+        sink = self._lookup(self._sinks, "sink", sink_id)
+        cfg = ffi.new("ae_forward_config *")
+        host_c = ffi.new("char[]", host.encode())     # lives until the call returns
+        key_c = ffi.new("unsigned char[]", srtp_key) if srtp_key is not None else ffi.NULL
+        cfg.host, cfg.port, cfg.payload_type = host_c, port, payload_type
+        cfg.ssrc = ssrc & 0xFFFFFFFF
+        cfg.srtp_key, cfg.srtp_key_len = key_c, len(srtp_key or b"")
+        out = ffi.new("ae_listener **")
+        check(lib.ae_forward_open(sink.handle, cfg, out))
         return self._adopt(out[0], sink_id)
 
     def start_publisher(self, source_id: str, offer_sdp: str) -> Listener:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from .errors import InvalidError
 
 __all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "Variant", "SourceConfig",
-           "PublicationSpec",
+           "PublicationSpec", "RelaySpec",
            "SinkConfig", "RouteConfig", "Graph", "KINDS", "RESERVED_IDS", "build",
            "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class",
            "ENGINE_SPECS", "bounded_fields"]
@@ -284,14 +284,54 @@ class PublicationSpec:
     def problem(self) -> str | None:
         """A token never crosses the network in the clear: with one, the
         URL is https:// unless it names this machine (loopback)."""
-        parts = urlsplit(self.url)
-        if self.token and parts.scheme == "http":
-            try:
-                local = ipaddress.ip_address(parts.hostname or "").is_loopback
-            except ValueError:
-                local = parts.hostname == "localhost"
-            if not local:
-                return "url: a bearer token is sent only over https:// (or to this machine)"
+        if self.token and not _private_url(self.url):
+            return "url: a bearer token is sent only over https:// (or to this machine)"
+        return None
+
+
+def _private_url(url: str) -> bool:
+    """Whether what is sent to ``url`` stays private: https://, or http://
+    to this machine (loopback)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return parts.hostname == "localhost"
+
+
+def _sink_ids(value: tuple[str, ...]) -> str | None:
+    for sink_id in value:
+        if not _ID.fullmatch(sink_id):
+            return f"must name channels by their ids ({sink_id[:64]!r} is none)"
+    return None if len(set(value)) == len(value) else "names a channel twice"
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """A Janus server that carries channels to more listeners: the box
+    creates a streaming mountpoint per channel through Janus's HTTP API and
+    forwards the channel's Opus to it as RTP (SRTP off the LAN)."""
+    # Janus's HTTP API, e.g. https://relay.example/janus
+    url: str = field(metadata={"max_len": 2048, "pattern": re.compile(r"[!-~]+"),
+                               "what": "a URL", "check": _whip_url})
+    channels: tuple[str, ...] = field(default=(), metadata={"check": _sink_ids})
+    # Janus's api_secret (sent as "apisecret" with every request; "" = none)
+    api_secret: str = field(default="", metadata={"max_len": 1024,
+                                                  "pattern": re.compile(r"[!-~]*"),
+                                                  "what": "visible ASCII"})
+    # the streaming plugin's admin_key, needed to create mountpoints when set there
+    admin_key: str = field(default="", metadata={"max_len": 1024,
+                                                 "pattern": re.compile(r"[!-~]*"),
+                                                 "what": "visible ASCII"})
+    tls_ca: str = field(default="", metadata={"max_len": 16384, "check": _certificates})
+    # SRTP to the mountpoint: auto = when the relay's address is not on the LAN
+    srtp: Literal["auto", "on", "off"] = "auto"
+
+    def problem(self) -> str | None:
+        if (self.api_secret or self.admin_key) and not _private_url(self.url):
+            return "url: a secret is sent only over https:// (or to this machine)"
         return None
 
 

@@ -32,6 +32,7 @@ import trio
 from .engine import Engine, EngineError
 from .events import AnswerFailed, ListenerState, ListenerStateChanged, OfferReady
 from .model import PublicationSpec
+from .outbound import BodyTooLong, backoff_s, read_body, tls_context
 
 __all__ = ["Publication", "Publications", "PublicationError"]
 
@@ -41,7 +42,6 @@ MAX_REDIRECTS = 5
 HTTP_TIMEOUT_S = 10.0
 OFFER_TIMEOUT_S = 15.0          # webrtcbin gathers its candidates
 CONNECT_TIMEOUT_S = 20.0        # from the answer to ICE and DTLS up
-BACKOFF_S = (1, 2, 4, 8, 16, 30)
 STEADY_S = 30.0                 # connected this long: the next failure starts the backoff over
 MAX_BODY_SHOWN = 300
 MAX_ANSWER_BYTES = 64 * 1024
@@ -77,17 +77,6 @@ class Publication:
                 else round(time.monotonic() - self.connected_since, 1),
                 "packets_sent": self.packets_sent, "bitrate_bps": self.bitrate_bps,
                 "rtt_ms": self.rtt_ms, "fraction_lost": self.fraction_lost}
-
-
-def _tls_context(spec: PublicationSpec) -> ssl.SSLContext:
-    """The system's CAs, or the one certificate (or CA) the admin gave."""
-    context = ssl.create_default_context()
-    if spec.tls_ca:
-        context = ssl.create_default_context(cadata=spec.tls_ca)
-        # another appliance's own certificate names its addresses, not
-        # necessarily the one the admin typed: the certificate itself is the trust
-        context.check_hostname = False
-    return context
 
 
 class Publications:
@@ -136,7 +125,7 @@ class Publications:
         try:
             with publication.cancel_scope:
                 failures = 0
-                async with httpx.AsyncClient(verify=_tls_context(publication.spec),
+                async with httpx.AsyncClient(verify=tls_context(publication.spec.tls_ca),
                                              timeout=HTTP_TIMEOUT_S,
                                              follow_redirects=False) as http:
                     while True:
@@ -156,7 +145,7 @@ class Publications:
                         failures = 0 if steady else failures + 1
                         publication.connected_since = None
                         publication.state = "retrying"
-                        wait = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1] if failures else 0
+                        wait = backoff_s(failures)
                         log.warning("publication %s: %s; again in %d s", publication.id,
                                     publication.error, wait)
                         await trio.sleep(wait)
@@ -216,21 +205,12 @@ class Publications:
         headers = {"Content-Type": "application/sdp", **self._auth(spec)}
         for _ in range(MAX_REDIRECTS + 1):
             seen.add(url)
-            body, too_long = b"", False
             async with http.stream("POST", url, content=offer, headers=headers) as response:
-                announced = response.headers.get("Content-Length", "0")
-                too_long = not announced.isdigit() or int(announced) > MAX_ANSWER_BYTES
-                if not too_long:   # refused unread when it says it is too long
-                    # a body without a length is read whole, within the
-                    # deadline, and kept only up to the limit
-                    with trio.move_on_after(HTTP_TIMEOUT_S) as reading:
-                        async for chunk in response.aiter_bytes():
-                            if len(body) <= MAX_ANSWER_BYTES:
-                                body += chunk
-                    too_long = reading.cancelled_caught or len(body) > MAX_ANSWER_BYTES
-            if too_long:
-                raise PublicationError(f"the server's answer is over "
-                                       f"{MAX_ANSWER_BYTES // 1024} KB or never ends")
+                try:
+                    body = await read_body(response, MAX_ANSWER_BYTES, HTTP_TIMEOUT_S)
+                except BodyTooLong:
+                    raise PublicationError(f"the server's answer is over "
+                                           f"{MAX_ANSWER_BYTES // 1024} KB or never ends") from None
             text = body.decode("utf-8", "replace")
             if response.status_code in (307, 308) and "Location" in response.headers:
                 url = urljoin(url, response.headers["Location"])

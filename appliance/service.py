@@ -7,6 +7,7 @@
           sessions                     one task per listener (appliance.sessions)
           publishers                   one task per WHIP publisher (appliance.publishing)
           publications                 one task per channel published out (appliance.publications)
+          relays                       one task per Janus relay (appliance.relays)
         graph                          named sources, sinks, routes (appliance.graph)
 
 Where each concern lives: a listener's life in ``sessions``, the graph and
@@ -32,8 +33,11 @@ from .feed import Feed
 from .graph import GraphRegistry
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
-from .model import NETWORK_KINDS, PublicationSpec, RouteSpec, SourceSpec, Variant, build, check_id
+from .model import (
+    NETWORK_KINDS, PublicationSpec, RelaySpec, RouteSpec, SourceSpec, Variant, build, check_id,
+)
 from .publications import Publications
+from .relays import Relays
 from .publishing import Publisher, Publishers, check_publish_token
 from .sap import SapListener
 from .sdp import Offer
@@ -45,6 +49,7 @@ __all__ = ["open_service", "Service"]
 log = logging.getLogger(__name__)
 
 PUBLICATIONS = "publications"   # the store section
+RELAYS = "relays"               # the store section
 
 
 class Service:
@@ -62,6 +67,7 @@ class Service:
         self.sessions = Sessions(config, engine, nursery, changed=self.feed.listeners_changed)
         self.publishers = Publishers(config, engine, nursery)
         self.publications = Publications(engine, nursery)
+        self.relays = Relays(engine, nursery, config.name)
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.board = Board(config.board_root, config.state_dir)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
@@ -176,6 +182,43 @@ class Service:
         saved.pop(publication_id, None)
         await self.store.save_section(PUBLICATIONS, saved)
 
+    # ---- relays (Janus) -------------------------------------------------------------
+
+    def _relay_specs(self) -> dict[str, dict[str, Any]]:
+        return dict(self.store.section(RELAYS, {}) or {})
+
+    def start_relays(self) -> None:
+        """The saved relays, started (a broken one is logged and left out)."""
+        for relay_id, fields in self._relay_specs().items():
+            try:
+                self.relays.start(relay_id, build(RelaySpec, fields, f"relay {relay_id}"))
+            except InvalidError as error:
+                log.error("relay %s left out: %s", relay_id, error)
+
+    async def add_relay(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Carry channels on a Janus server: ``{"id", "url", "channels",
+        "api_secret", "admin_key", "tls_ca", "srtp"}``, checked, saved, started."""
+        fields = dict(body)
+        relay_id = check_id("relay", fields.pop("id", None), "id")
+        spec = build(RelaySpec, fields, "")
+        for sink_id in spec.channels:
+            if self.graph.require("sink", sink_id).spec.kind != "opus":
+                raise InvalidError(f"channels: {sink_id!r} is not a channel (an Opus sink)")
+        if relay_id in self.relays.by_id:
+            raise ExistsError(f"relay {relay_id!r} exists already")
+        saved = self._relay_specs()
+        saved[relay_id] = dataclasses.asdict(spec)
+        await self.store.save_section(RELAYS, saved)
+        return self.relays.start(relay_id, spec).status()
+
+    async def remove_relay(self, relay_id: str) -> None:
+        if relay_id not in self.relays.by_id:
+            raise NotFoundError(f"no relay {relay_id!r}")
+        await self.relays.stop(relay_id)
+        saved = self._relay_specs()
+        saved.pop(relay_id, None)
+        await self.store.save_section(RELAYS, saved)
+
     def announced_streams(self) -> dict[str, Any]:
         """The streams announced on the LAN (SAP), for the admin page to add."""
         return {"streams": self.sap.streams(), "counts": dict(self.sap.counts),
@@ -240,6 +283,8 @@ class Service:
             "network_sources": self.network_sources(),
             # channels published to WHIP servers: state, attempts, the last refusal
             "publications": self.publications.status(),
+            # Janus relays: state, the channels they carry, mountpoints, viewers
+            "relays": self.relays.status(),
             # the power supply, heat, the clock, the disk (appliance.board)
             "board": self.board.read().as_dict(),
             "xruns": {"total": sum(feed.xruns.values()),
@@ -284,6 +329,7 @@ class Service:
         await self.sessions.aclose()
         await self.publishers.aclose()
         await self.publications.aclose()
+        await self.relays.aclose()
 
 
 _ptp4l_seen: tuple[float, bool] = (-1e9, False)
@@ -324,6 +370,7 @@ async def open_service(config: Config, *, store: Store | None = None) -> AsyncIt
             try:
                 await service.graph.load(graph)
                 service.start_publications()
+                service.start_relays()
                 yield service
             finally:
                 with trio.CancelScope(shield=True):

@@ -136,7 +136,8 @@ typedef struct ae_engine_config {
 typedef enum ae_transport {
     AE_TRANSPORT_AUTO = 0,
     AE_TRANSPORT_LEAN = 1,    /* ICE-lite + DTLS-SRTP on the shared port, no thread per listener */
-    AE_TRANSPORT_WEBRTCBIN = 2
+    AE_TRANSPORT_WEBRTCBIN = 2,
+    AE_TRANSPORT_FORWARD = 3  /* an RTP forward (ae_forward_open): plain UDP, no listener */
 } ae_transport;
 
 int ae_engine_create(const ae_engine_config *config, ae_event_cb callback, void *user,
@@ -360,6 +361,22 @@ void ae_listener_free_answer(char *answer);
  * (events, stats, destroy) but not counted among the listeners. */
 int ae_publication_open(ae_sink *sink, ae_listener **out);
 int ae_publication_set_answer(ae_listener *publication, const char *answer_sdp);
+/* An RTP forward of an Opus sink: its Opus (the listeners' encode, no
+ * second encoder) as RTP to host:port, SRTP when srtp_key is given. For a
+ * relay's ingest (a Janus streaming mountpoint). host is a numeric IPv4 or
+ * IPv6 address (nothing waits for DNS). Packets flow once it returns. It is
+ * an ae_listener for stats (always CONNECTED, transport
+ * AE_TRANSPORT_FORWARD) and destroy, not counted among the listeners but
+ * keeping the sink busy like a publication. */
+typedef struct ae_forward_config {
+    const char *host;
+    int port;                         /* 1..65535 */
+    int payload_type;                 /* 96..127 */
+    uint32_t ssrc;
+    const unsigned char *srtp_key;    /* NULL: plain RTP; else AES_CM_128_HMAC_SHA1_80's */
+    int srtp_key_len;                 /* 30: master key and salt */
+} ae_forward_config;
+int ae_forward_open(ae_sink *sink, const ae_forward_config *config, ae_listener **out);
 /* A publisher into a whip source (WHIP): the offer sends Opus, which is
  * decoded and mixed like any network source's. Always the lean transport,
  * answered at once (*answer_out, as above). It is an ae_listener for

@@ -142,6 +142,49 @@ static void push(ae_fanout *k, const unsigned char *data, int len, uint64_t inde
     gst_app_src_push_buffer(GST_APP_SRC(k->appsrc), buf);
 }
 
+/* ---- branches on the tee ------------------------------------------------- */
+
+typedef struct unlink_wait {
+    GMutex lock;
+    GCond cond;
+    bool done;
+    GstPad *peer;
+} unlink_wait;
+
+static GstPadProbeReturn unlink_when_idle(GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+    (void)info;
+    unlink_wait *w = data;
+    if (w->peer) gst_pad_unlink(pad, w->peer);
+    g_mutex_lock(&w->lock);
+    w->done = true;
+    g_cond_signal(&w->cond);
+    g_mutex_unlock(&w->lock);
+    return GST_PAD_PROBE_REMOVE;
+}
+
+void ae_fanout_release_branch(ae_fanout *f, GstPad *tee_pad, gulong gate_probe)
+{
+    unlink_wait w = {0};
+    g_mutex_init(&w.lock);
+    g_cond_init(&w.cond);
+    w.peer = gst_pad_get_peer(tee_pad);
+    gst_pad_add_probe(tee_pad, GST_PAD_PROBE_TYPE_IDLE, unlink_when_idle, &w, NULL);
+    if (gate_probe) gst_pad_remove_probe(tee_pad, gate_probe);
+    gint64 deadline = g_get_monotonic_time() + G_TIME_SPAN_SECOND;
+    g_mutex_lock(&w.lock);
+    while (!w.done && g_cond_wait_until(&w.cond, &w.lock, deadline)) {
+    }
+    bool done = w.done;
+    g_mutex_unlock(&w.lock);
+    if (!done && w.peer) gst_pad_unlink(tee_pad, w.peer); /* a wedged branch: cut it */
+    if (w.peer) gst_object_unref(w.peer);
+    g_mutex_clear(&w.lock);
+    g_cond_clear(&w.cond);
+    gst_element_release_request_pad(f->tee, tee_pad);
+    gst_object_unref(tee_pad);
+}
+
 /* ---- the fan-out --------------------------------------------------------- */
 
 static void fanout_destroy(void *self);

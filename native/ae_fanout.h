@@ -62,7 +62,7 @@ struct ae_fanout {
     _Atomic int listeners;               /* all transports */
     _Atomic int lean_listeners;          /* of those, on the lean transport */
     _Atomic int heard_by;                /* connected ones (lean: DTLS done; webrtcbin: all) */
-    _Atomic int publications;            /* WHIP out: webrtcbin branches, not listeners */
+    _Atomic int publications;            /* WHIP out and RTP forwards: branches, not listeners */
     _Atomic uint64_t packets_out;
     ae_lat_stats latency;
 };
@@ -71,6 +71,11 @@ struct ae_fanout {
  * Nobody connected: the sink is not encoded (a session that never connects
  * costs no encoder time). */
 void ae_fanout_heard(ae_fanout *f, int delta);
+
+/* Glib thread: take a branch off the tee once no buffer is in it (at most a
+ * second: a wedged branch is cut), remove its gate probe (0 = none) and
+ * release the tee's pad (tee_pad's reference is taken). */
+void ae_fanout_release_branch(ae_fanout *f, GstPad *tee_pad, gulong gate_probe);
 
 /* A packet's capture-to-network latency, for ae_sink_stats. */
 void ae_fanout_record_latency(ae_fanout *f, int64_t latency_us);

@@ -14,7 +14,7 @@
  *   -> ae_fanout (the encoder and the webrtcbin pipeline; attaches itself as
  *      an Opus sink's output; what it needs from above is an ae_fanout_env)
  *   -> ae_lean, ae_webrtc (the two listener transports; each gets what it
- *      needs from the engine at create)
+ *      needs from the engine at create), ae_forward (RTP out to a relay)
  *   -> ae_listener.c, ae_engine.c.
  *
  * Threads and locks
@@ -38,6 +38,7 @@
 #include "ae_core.h"
 #include "ae_events.h"
 #include "ae_fanout.h"
+#include "ae_forward.h"
 #include "ae_graph.h"
 #include "ae_lean.h"
 #include "ae_webrtc.h"

@@ -22,9 +22,10 @@ struct ae_listener {
     uint64_t id;                         /* names it in events */
     atomic_bool closing;                 /* set first when it is removed: mutes its events */
     int transport;                       /* AE_TRANSPORT_LEAN or AE_TRANSPORT_WEBRTCBIN */
-    bool publication;                    /* WHIP out: not counted among the listeners */
+    bool publication;                    /* WHIP out or a forward: not counted among the listeners */
     ae_lean_peer *lean;
     ae_wr *wr;
+    ae_fwd *fwd;                         /* an RTP forward */
 };
 
 /* Which transport serves this offer: AE_TRANSPORT_LEAN, _WEBRTCBIN, or an
@@ -199,11 +200,40 @@ int ae_publication_open(ae_sink *k, ae_listener **out)
     return AE_OK;
 }
 
+int ae_forward_open(ae_sink *k, const ae_forward_config *cfg, ae_listener **out)
+{
+    ae_clear_error();
+    if (!k || !cfg || !out) return ae_fail(AE_ERR_INVALID, "sink, config and out are required");
+    *out = NULL;
+    ae_fanout *f = ae_fanout_of(k);
+    if (!f) return ae_fail(AE_ERR_INVALID, "a forward needs an Opus sink");
+    ae_engine *e = f->env->owner;
+    if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
+    ae_listener *l = calloc(1, sizeof *l);
+    if (!l) return ae_fail(AE_ERR_NOMEM, "out of memory");
+    l->engine = e;
+    l->id = ae_new_id();
+    l->sink = k;
+    l->fanout = f;
+    l->transport = AE_TRANSPORT_FORWARD;
+    l->publication = true;
+    int rc = ae_fwd_create(&e->glib, f, cfg, &l->fwd);
+    if (rc != AE_OK) {
+        free(l);
+        return rc;
+    }
+    ae_fanout_heard(f, +1);   /* its branch takes packets from now on */
+    atomic_fetch_add(&f->publications, 1);
+    link_listener(e, l);
+    *out = l;
+    return AE_OK;
+}
+
 int ae_publication_set_answer(ae_listener *l, const char *answer_sdp)
 {
     ae_clear_error();
     if (!l || !answer_sdp) return ae_fail(AE_ERR_INVALID, "publication and answer are required");
-    if (!l->publication) return ae_fail(AE_ERR_INVALID, "not a publication");
+    if (!l->publication || !l->wr) return ae_fail(AE_ERR_INVALID, "not a publication");
     if (atomic_load(&l->closing)) return ae_fail(AE_ERR_CLOSED, "the publication is closing");
     return ae_wr_set_answer(l->wr, answer_sdp);
 }
@@ -234,6 +264,7 @@ int ae_listener_stats_get(ae_listener *l, ae_listener_stats *out)
     if (!l || !out) return ae_fail(AE_ERR_INVALID, "listener and out are required");
     memset(out, 0, sizeof *out);
     if (l->lean) ae_lean_peer_stats(l->lean, out);
+    else if (l->fwd) ae_fwd_stats(l->fwd, out);
     else ae_wr_stats(l->wr, out);
     return AE_OK;
 }
@@ -269,7 +300,7 @@ int ae_listener_destroy(ae_listener *l)
         ae_lean_peer_release(e->lean, l->lean, free, l);
         return AE_OK;
     }
-    int rc = ae_wr_destroy(l->wr);
+    int rc = l->fwd ? ae_fwd_destroy(l->fwd) : ae_wr_destroy(l->wr);
     ae_fanout_heard(l->fanout, -1);
     if (l->publication) {
         atomic_fetch_sub(&l->fanout->publications, 1);

@@ -1083,25 +1083,6 @@ void ae_wr_stats(ae_wr *l, ae_listener_stats *out)
 
 /* ---- teardown ----------------------------------------------------------- */
 
-typedef struct unlink_wait {
-    GMutex lock;
-    GCond cond;
-    bool done;
-    GstPad *peer;
-} unlink_wait;
-
-static GstPadProbeReturn unlink_when_idle(GstPad *pad, GstPadProbeInfo *info, gpointer data)
-{
-    (void)info;
-    unlink_wait *w = data;
-    if (w->peer) gst_pad_unlink(pad, w->peer);
-    g_mutex_lock(&w->lock);
-    w->done = true;
-    g_cond_signal(&w->cond);
-    g_mutex_unlock(&w->lock);
-    return GST_PAD_PROBE_REMOVE;
-}
-
 /* Glib thread: take the branch off the tee (when no buffer is in it) and
  * out of the pipeline. The slow part, stopping webrtcbin, happens in the
  * caller's thread afterwards. */
@@ -1114,24 +1095,7 @@ static int detach_listener(void *data)
         l->gather_timeout = NULL;
     }
     if (l->tee_pad) {
-        unlink_wait w = {0};
-        g_mutex_init(&w.lock);
-        g_cond_init(&w.cond);
-        w.peer = gst_pad_get_peer(l->tee_pad);
-        gst_pad_add_probe(l->tee_pad, GST_PAD_PROBE_TYPE_IDLE, unlink_when_idle, &w, NULL);
-        gst_pad_remove_probe(l->tee_pad, l->gate_probe);
-        gint64 deadline = g_get_monotonic_time() + G_TIME_SPAN_SECOND;
-        g_mutex_lock(&w.lock);
-        while (!w.done && g_cond_wait_until(&w.cond, &w.lock, deadline)) {
-        }
-        bool done = w.done;
-        g_mutex_unlock(&w.lock);
-        if (!done) gst_pad_unlink(l->tee_pad, w.peer); /* a wedged branch: cut it */
-        if (w.peer) gst_object_unref(w.peer);
-        g_mutex_clear(&w.lock);
-        g_cond_clear(&w.cond);
-        gst_element_release_request_pad(l->fanout->tee, l->tee_pad);
-        gst_object_unref(l->tee_pad);
+        ae_fanout_release_branch(l->fanout, l->tee_pad, l->gate_probe);
         l->tee_pad = NULL;
     }
     if (l->webrtc) {

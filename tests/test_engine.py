@@ -887,3 +887,81 @@ async def test_nan_in_a_float_file_is_silence_and_never_sticks_in_a_variant(engi
         peak, rms = await channel_levels(engine, sink, count=6)
         assert all(math.isfinite(x) for x in peak + rms), (sink, peak, rms)
         assert min(rms) > -30 and max(peak) <= 0.0   # the tone goes on around it
+
+
+# ---- RTP forwards (a relay's ingest) -----------------------------------------------
+
+
+def decode_opus(payloads: list[bytes]) -> np.ndarray:
+    """Opus payloads decoded (PyAV's libopus) to float samples, left channel."""
+    import av
+    codec = av.CodecContext.create("libopus", "r")
+    out = []
+    for payload in payloads:
+        for frame in codec.decode(av.Packet(payload)):
+            samples = frame.to_ndarray()
+            out.append(samples[0] if frame.format.is_planar else samples[0, ::2])
+    return np.concatenate(out).astype(np.float64)
+
+
+async def receive_rtp(sock, count: int, timeout: float = 5.0) -> list[bytes]:
+    packets = []
+    with trio.fail_after(timeout):
+        while len(packets) < count:
+            packets.append(await sock.recv(2048))
+    return packets
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("srtp", [False, True], ids=["rtp", "srtp"])
+async def test_a_forward_sends_the_sinks_opus_as_rtp(engine, srtp):
+    import struct
+
+    import pylibsrtp
+
+    await tone_graph(engine, hz=440.0)
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        key = os.urandom(30) if srtp else None
+        forward = engine.start_forward("main", "127.0.0.1", port, payload_type=111,
+                                       ssrc=0x1234ABCD, srtp_key=key)
+        packets = await receive_rtp(sock, 100)
+        if srtp:
+            session = pylibsrtp.Session(pylibsrtp.Policy(
+                key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+            packets = [session.unprotect(p) for p in packets]
+        headers = [struct.unpack("!BBHII", p[:12]) for p in packets]
+        assert all(h[0] == 0x80 and h[1] & 0x7F == 111 and h[4] == 0x1234ABCD for h in headers)
+        seqs = [h[2] for h in headers]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        stamps = [h[3] for h in headers]
+        assert all((b - a) & 0xFFFFFFFF == 480 for a, b in zip(stamps, stamps[1:], strict=False))  # 10 ms
+        samples = decode_opus([p[12:] for p in packets[20:]])
+        assert abs(dominant_frequency(samples) - 440.0) < 2.0
+        stats = forward.stats()
+        assert stats.transport == "forward" and stats.packets_sent >= 100
+        assert engine.stats().listeners == 0     # not a listener
+        await engine.remove_route("tone-main")
+        with pytest.raises(EngineError) as busy:
+            await engine.remove_sink("main")     # the forward hangs off it
+        assert busy.value.code == ErrorCode.BUSY
+        await forward.aclose()
+    await engine.remove_sink("main")             # free once the forward is gone
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("host, port, pt, key, reason", [
+    ("relay.example", 5000, 111, None, "numeric address"),
+    ("127.0.0.1", 0, 111, None, "port"),
+    ("127.0.0.1", 5000, 8, None, "payload type"),
+    ("127.0.0.1", 5000, 111, b"short", "SRTP key"),
+])
+async def test_a_forward_is_refused_with_a_reason(engine, host, port, pt, key, reason):
+    await tone_graph(engine)
+    with pytest.raises(EngineError) as refused:
+        engine.start_forward("main", host, port, payload_type=pt, srtp_key=key)
+    assert refused.value.code == ErrorCode.INVALID and reason in refused.value.message
+    await engine.remove_route("tone-main")
+    await engine.remove_sink("main")             # nothing was left on it

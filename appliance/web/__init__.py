@@ -27,7 +27,7 @@ from ..service import Service, open_service
 from .. import logs
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, health, listening, login, metrics, mixer,
-               publications, signs, ui, whep, whip)
+               publications, relays, signs, ui, whep, whip)
 from .common import plain
 from .errors import error_response
 
@@ -41,6 +41,7 @@ BLUEPRINTS: list[Blueprint] = [
     whep.blueprint,
     whip.blueprint,
     publications.blueprint,
+    relays.blueprint,
     admin.blueprint,
     events.blueprint,
     mixer.blueprint,

@@ -186,6 +186,15 @@ class AiortcListener:
             await self._pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
         await self._run(accept, timeout=10)
 
+    async def answer_offer(self, offer_sdp: str) -> str:
+        """Answer a server's offer (a Janus mountpoint's): the answer with
+        every ICE candidate in it."""
+        async def answer() -> str:
+            await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+            return self._pc.localDescription.sdp
+        return await self._run(answer, timeout=10)
+
     async def wait_connected(self, timeout: float = 10) -> None:
         """Wait until DTLS is up (connectionState "connected")."""
         async def wait() -> None:

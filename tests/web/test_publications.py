@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from appliance import publications
+from appliance import outbound, publications
 from tests.web.conftest import IDLE, heard_hz, make_config, open_server
 from tests.web.test_whip import add_booth, receiving
 
@@ -82,7 +82,7 @@ async def test_a_publication_is_saved_and_starts_again_with_the_box(tmp_path):
 
 async def test_a_refusal_is_shown_with_the_servers_status_and_body_and_retried(
         tmp_path, monkeypatch):
-    monkeypatch.setattr(publications, "BACKOFF_S", (0.2,))
+    monkeypatch.setattr(outbound, "BACKOFF_S", (0.2,))   # appliance.outbound: every retry
     async with open_server(make_config(tmp_path / "b")) as b:
         await add_booth(b)
         async with open_server(make_config(tmp_path / "a")) as a:
@@ -138,7 +138,7 @@ async def canned_server(response: bytes | None, *, task_status=trio.TASK_STATUS_
 ])
 async def test_a_misbehaving_server_gets_a_clear_error_and_a_bounded_retry(
         tmp_path, monkeypatch, response, error):
-    monkeypatch.setattr(publications, "BACKOFF_S", (0.2,))
+    monkeypatch.setattr(outbound, "BACKOFF_S", (0.2,))   # appliance.outbound: every retry
     monkeypatch.setattr(publications, "HTTP_TIMEOUT_S", 1.0)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(canned_server, response)
@@ -244,7 +244,7 @@ async def test_a_published_channel_cannot_be_deleted_under_its_publication(tmp_p
 
 
 async def test_a_location_that_is_no_url_is_an_error_not_a_crash(tmp_path, monkeypatch):
-    monkeypatch.setattr(publications, "BACKOFF_S", (0.2,))
+    monkeypatch.setattr(outbound, "BACKOFF_S", (0.2,))   # appliance.outbound: every retry
     response = (b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://[::1\r\n"
                 b"Content-Length: 0\r\n\r\n")
     async with trio.open_nursery() as nursery:

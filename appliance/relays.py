@@ -1,0 +1,374 @@
+"""Relays: Janus servers that carry channels to more listeners than the box
+holds. Audio never passes through Python: the engine forwards each channel's
+Opus (the listeners' encode) as RTP to a Janus streaming mountpoint; this
+module only talks to Janus's HTTP API.
+
+    Relays.start(id, spec)
+      service nursery
+        relay task (one per relay)                runs until it is removed
+          attempt: session, attach janus.plugin.streaming
+                   per channel: destroy (a stale one of ours), create an RTP
+                   mountpoint (Janus picks the port), engine.start_forward
+                   every HEALTH_S: keepalive, info per mountpoint (viewers)
+                   until a request fails or a mountpoint is gone (a restart)
+                   forwards closed, mountpoints destroyed   shielded, bounded
+          backoff: 1, 2, 4 ... 30 s, then again
+
+A mountpoint's id is derived from the box's name, the relay and the channel,
+so a box that restarts replaces its own mountpoints instead of leaving them
+behind. SRTP (AES_CM_128_HMAC_SHA1_80, a fresh key per mountpoint) is used
+when the relay's address is not on the LAN. A relay that hangs, answers
+garbage or redirects costs a bounded wait per request and is retried; it
+never touches the box's own listeners.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from .engine import Engine, EngineError, Listener
+from .model import RelaySpec
+from .outbound import BodyTooLong, backoff_s, read_body, tls_context
+
+__all__ = ["Relay", "Relays", "RelayError"]
+
+log = logging.getLogger(__name__)
+
+HTTP_TIMEOUT_S = 5.0
+HEALTH_S = 2.0                  # keepalive and viewers this often
+STEADY_S = 30.0                 # up this long: the next failure starts the backoff over
+MAX_REPLY_BYTES = 64 * 1024
+MAX_SHOWN = 300
+OPUS_PT = 111
+
+
+class RelayError(Exception):
+    """Why an attempt ended (plain text for the admin page)."""
+
+
+@dataclass
+class Carried:
+    """One channel on a relay: its mountpoint and the engine's forward."""
+    sink_id: str
+    mountpoint: int
+    port: int | None = None
+    srtp: bool = False
+    viewers: int | None = None
+    forward: Listener | None = None
+    packets_sent: int = 0
+
+    def status(self) -> dict[str, Any]:
+        return {"sink_id": self.sink_id, "mountpoint": self.mountpoint, "port": self.port,
+                "srtp": self.srtp, "viewers": self.viewers, "packets_sent": self.packets_sent}
+
+
+@dataclass(eq=False)
+class Relay:
+    id: str
+    spec: RelaySpec
+    state: str = "starting"          # starting, connecting, up, unhealthy, stopped
+    attempts: int = 0
+    error: str | None = None         # the last attempt's failure
+    up_since: float | None = None
+    carried: dict[str, Carried] = field(default_factory=dict)
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    # set on every health round (tests wait on it instead of sleeping)
+    checked: trio.Event = field(default_factory=trio.Event)
+
+    def status(self) -> dict[str, Any]:
+        carried = [c.status() for c in self.carried.values()]
+        return {"id": self.id, "url": self.spec.url, "channels": list(self.spec.channels),
+                "state": self.state, "attempts": self.attempts, "error": self.error,
+                "up_s": None if self.up_since is None
+                else round(time.monotonic() - self.up_since, 1),
+                "carried": carried,
+                "viewers": sum(c["viewers"] or 0 for c in carried)}
+
+
+def mountpoint_id(box: str, relay_id: str, sink_id: str) -> int:
+    """The same for the same box, relay and channel; below 2**53 (JavaScript
+    clients of Janus read ids as doubles)."""
+    digest = hashlib.sha256(f"{box}\0{relay_id}\0{sink_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**53 - 1) + 1
+
+
+def on_lan(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+class JanusApi:
+    """Janus's HTTP API, every request bounded: a session with a handle on
+    the streaming plugin."""
+
+    def __init__(self, http: httpx.AsyncClient, spec: RelaySpec):
+        self.http = http
+        self.spec = spec
+        self.base = spec.url.rstrip("/")
+        self.session: int | None = None
+        self.handle: int | None = None
+
+    async def request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "transaction": secrets.token_hex(8)}
+        if self.spec.api_secret:
+            body["apisecret"] = self.spec.api_secret
+        with trio.move_on_after(HTTP_TIMEOUT_S) as waiting:
+            async with self.http.stream("POST", self.base + path, json=body) as response:
+                try:
+                    raw = await read_body(response, MAX_REPLY_BYTES, HTTP_TIMEOUT_S)
+                except BodyTooLong:
+                    raise RelayError(f"the relay's reply is over {MAX_REPLY_BYTES // 1024} KB "
+                                     "or never ends") from None
+        if waiting.cancelled_caught:
+            raise RelayError(f"the relay did not answer in {HTTP_TIMEOUT_S:g} s")
+        text = raw.decode("utf-8", "replace")
+        if response.status_code != 200:
+            shown = text[:MAX_SHOWN].strip()
+            raise RelayError(f"the relay answered {response.status_code}" +
+                             (f": {shown}" if shown else ""))
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            raise RelayError(f"the relay's reply is not JSON: {text[:80]!r}") from None
+        if not isinstance(reply, dict):
+            raise RelayError("the relay's reply is not a JSON object")
+        if reply.get("janus") == "error":
+            error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+            raise RelayError(f"Janus refused {body.get('janus')}: "
+                             f"{str(error.get('reason', '?'))[:MAX_SHOWN]}")
+        if reply.get("janus") not in ("success", "ack"):
+            raise RelayError(f"not a Janus reply: {text[:80]!r}")
+        return reply
+
+    async def connect(self) -> None:
+        self.session = _int(await self.request("", {"janus": "create"}), "data", "id")
+        self.handle = _int(await self.request(f"/{self.session}", {
+            "janus": "attach", "plugin": "janus.plugin.streaming"}), "data", "id")
+
+    async def keepalive(self) -> None:
+        await self.request(f"/{self.session}", {"janus": "keepalive"})
+
+    async def streaming(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A synchronous streaming-plugin request: its data (an error of the
+        plugin's as RelayError, with its code)."""
+        if self.spec.admin_key and body.get("request") in ("create", "destroy"):
+            body = {**body, "admin_key": self.spec.admin_key}
+        reply = await self.request(f"/{self.session}/{self.handle}",
+                                   {"janus": "message", "body": body})
+        data = reply.get("plugindata", {}).get("data") \
+            if isinstance(reply.get("plugindata"), dict) else None
+        if not isinstance(data, dict):
+            raise RelayError("the relay's streaming plugin sent no data")
+        if "error_code" in data:
+            error = RelayError(f"Janus's streaming plugin refused {body.get('request')}: "
+                               f"{str(data.get('error', '?'))[:MAX_SHOWN]}")
+            error.code = data["error_code"]   # type: ignore[attr-defined]
+            raise error
+        return data
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.request(f"/{self.session}", {"janus": "destroy"})
+
+
+def _int(reply: dict[str, Any], *path: str) -> int:
+    value: Any = reply
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RelayError(f"the relay's reply has no {'.'.join(path)}")
+    return value
+
+
+NO_SUCH_MOUNTPOINT = 455
+
+
+class Relays:
+    """The relays of one service, by id."""
+
+    def __init__(self, engine: Engine, nursery: trio.Nursery, box_name: str):
+        self.engine = engine
+        self._nursery = nursery
+        self.box_name = box_name
+        self.by_id: dict[str, Relay] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def start(self, relay_id: str, spec: RelaySpec) -> Relay:
+        relay = Relay(relay_id, spec)
+        self.by_id[relay_id] = relay
+        self._nursery.start_soon(self._run, relay)
+        return relay
+
+    async def stop(self, relay_id: str) -> None:
+        """End a relay (its mountpoints destroyed) and wait for it."""
+        relay = self.by_id.pop(relay_id)
+        relay.cancel_scope.cancel()
+        with trio.move_on_after(3 * HTTP_TIMEOUT_S + 5):
+            await relay.done.wait()
+
+    async def aclose(self) -> None:
+        for relay_id in list(self.by_id):
+            await self.stop(relay_id)
+
+    def status(self) -> list[dict[str, Any]]:
+        return [r.status() for r in self.by_id.values()]
+
+    def carrying(self, sink_id: str) -> bool:
+        return any(sink_id in r.spec.channels for r in self.by_id.values())
+
+    # ---- one relay ------------------------------------------------------------------
+
+    async def _run(self, relay: Relay) -> None:
+        try:
+            with relay.cancel_scope:
+                failures = 0
+                async with httpx.AsyncClient(verify=tls_context(relay.spec.tls_ca),
+                                             timeout=HTTP_TIMEOUT_S,
+                                             follow_redirects=False) as http:
+                    while True:
+                        relay.attempts += 1
+                        try:
+                            await self._attempt(relay, JanusApi(http, relay.spec))
+                        except RelayError as error:
+                            relay.error = str(error)
+                        except (httpx.HTTPError, OSError, ssl.SSLError) as error:
+                            relay.error = f"cannot reach the relay: {error}"[:MAX_SHOWN]
+                        except Exception as error:   # whatever a relay sends, never the box
+                            log.exception("relay %s: attempt failed", relay.id)
+                            relay.error = f"the attempt failed: {error!r}"[:MAX_SHOWN]
+                        steady = relay.up_since is not None and \
+                            time.monotonic() - relay.up_since >= STEADY_S
+                        failures = 0 if steady else failures + 1
+                        relay.up_since = None
+                        relay.state = "unhealthy"
+                        self._checked(relay)
+                        wait = backoff_s(failures)
+                        log.warning("relay %s: %s; again in %d s", relay.id, relay.error, wait)
+                        await trio.sleep(wait)
+        finally:
+            relay.state = "stopped"
+            relay.done.set()
+
+    async def _attempt(self, relay: Relay, api: JanusApi) -> None:
+        relay.state = "connecting"
+        host = urlsplit(relay.spec.url).hostname or ""
+        try:
+            address = await self._resolve(host)
+            await api.connect()
+            srtp = relay.spec.srtp == "on" or (relay.spec.srtp == "auto" and not on_lan(address))
+            for sink_id in relay.spec.channels:
+                relay.carried[sink_id] = await self._carry(relay, api, sink_id, address, srtp)
+            relay.state, relay.error = "up", None
+            relay.up_since = time.monotonic()
+            while True:
+                await self._check(relay, api)
+                self._checked(relay)
+                await trio.sleep(HEALTH_S)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._release(relay, api)
+
+    @staticmethod
+    def _checked(relay: Relay) -> None:
+        relay.checked.set()
+        relay.checked = trio.Event()
+
+    @staticmethod
+    async def _resolve(host: str) -> str:
+        """The relay's address, where its mountpoints take RTP."""
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            pass
+        with trio.move_on_after(HTTP_TIMEOUT_S):
+            try:
+                infos = await trio.socket.getaddrinfo(host, None, type=trio.socket.SOCK_DGRAM)
+            except OSError as error:
+                raise RelayError(f"cannot resolve {host!r}: {error}") from None
+            if infos:
+                return str(infos[0][4][0])
+        raise RelayError(f"cannot resolve {host!r}")
+
+    async def _carry(self, relay: Relay, api: JanusApi, sink_id: str, address: str,
+                     srtp: bool) -> Carried:
+        """One channel's mountpoint (a stale one of ours replaced) and the
+        engine's forward to it."""
+        carried = Carried(sink_id, mountpoint_id(self.box_name, relay.id, sink_id), srtp=srtp)
+        try:
+            await api.streaming({"request": "destroy", "id": carried.mountpoint})
+        except RelayError as error:
+            if getattr(error, "code", None) != NO_SUCH_MOUNTPOINT:
+                raise
+        key = os.urandom(30) if srtp else None
+        create: dict[str, Any] = {
+            "request": "create", "type": "rtp", "id": carried.mountpoint,
+            "description": f"{self.box_name}: {sink_id}"[:128],
+            "media": [{"type": "audio", "mid": "a", "codec": "opus", "pt": OPUS_PT,
+                       "rtpmap": "opus/48000/2", "port": 0}]}
+        if key is not None:
+            create["srtpsuite"] = 80
+            create["srtpcrypto"] = base64.b64encode(key).decode()
+        data = await api.streaming(create)
+        ports = data.get("stream", {}).get("ports") if isinstance(data.get("stream"), dict) \
+            else None
+        port = ports[0].get("port") if isinstance(ports, list) and ports \
+            and isinstance(ports[0], dict) else None
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise RelayError("the relay created a mountpoint but named no port for it")
+        carried.port = port
+        try:
+            carried.forward = self.engine.start_forward(
+                sink_id, address, port, payload_type=OPUS_PT,
+                ssrc=secrets.randbits(32), srtp_key=key)
+        except EngineError as error:
+            raise RelayError(f"channel {sink_id!r} cannot be forwarded: {error.message}") \
+                from None
+        return carried
+
+    async def _check(self, relay: Relay, api: JanusApi) -> None:
+        """Keepalive, then each mountpoint's viewers; a mountpoint that is
+        gone means the relay restarted (or someone removed it): start over."""
+        await api.keepalive()
+        for carried in relay.carried.values():
+            data = await api.streaming({"request": "info", "id": carried.mountpoint})
+            info = data.get("info") if isinstance(data.get("info"), dict) else {}
+            viewers = info.get("viewers")
+            carried.viewers = viewers if isinstance(viewers, int) \
+                and not isinstance(viewers, bool) else None
+            if carried.forward is not None:
+                carried.packets_sent = carried.forward.stats().packets_sent
+
+    @staticmethod
+    async def _release(relay: Relay, api: JanusApi) -> None:
+        """Forwards closed at once; mountpoints and the session removed if
+        the relay answers within a few seconds (Janus times a session out
+        anyway; a mountpoint stays until replaced)."""
+        carried, relay.carried = list(relay.carried.values()), {}
+        for c in carried:
+            if c.forward is not None:
+                await c.forward.aclose()
+        if api.session is None:
+            return
+        with trio.move_on_after(3):
+            try:
+                for c in carried:
+                    await api.streaming({"request": "destroy", "id": c.mountpoint})
+                await api.close()
+            except (RelayError, httpx.HTTPError, OSError, ssl.SSLError):
+                pass

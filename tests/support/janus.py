@@ -1,0 +1,162 @@
+"""A real Janus (Debian's) for the relay tests: started on loopback with a
+config directory of its own (the HTTP transport and the streaming plugin
+only), stopped and started again on the same port to play a relay that
+restarts; and a WebRTC listener that watches a streaming mountpoint through
+Janus's HTTP API, the way a browser on the relay would."""
+from __future__ import annotations
+
+import itertools
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
+PLUGINS_OFF = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip",
+               "textroom", "videocall", "videoroom", "voicemail")
+TRANSPORTS_OFF = ("mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets")
+EVENTS_OFF = ("gelfevh", "mqttevh", "nanomsgevh", "rabbitmqevh", "sampleevh", "wsevh")
+
+
+def available() -> bool:
+    return shutil.which("janus") is not None and (JANUS_LIB / "plugins").is_dir()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key: str = "") -> Path:
+    conf.mkdir(parents=True, exist_ok=True)
+
+    def off(prefix: str, names: tuple[str, ...]) -> str:
+        return ",".join(f"libjanus_{n}.so" for n in names)
+
+    secret = f'api_secret = "{api_secret}"' if api_secret else ""
+    (conf / "janus.jcfg").write_text(f"""general: {{
+  configs_folder = "{conf}"
+  plugins_folder = "{JANUS_LIB}/plugins"
+  transports_folder = "{JANUS_LIB}/transports"
+  events_folder = "{JANUS_LIB}/events"
+  loggers_folder = "{JANUS_LIB}/loggers"
+  debug_level = 4
+  session_timeout = 60
+  {secret}
+}}
+certificates: {{}}
+media: {{ rtp_port_range = "20000-40000" }}
+nat: {{ ice_enforce_list = "127.0.0.1" }}
+plugins: {{ disable = "{off('', PLUGINS_OFF)}" }}
+transports: {{ disable = "{off('', TRANSPORTS_OFF)}" }}
+loggers: {{ disable = "libjanus_jsonlog.so" }}
+events: {{ broadcast = false, disable = "{off('', EVENTS_OFF)}" }}
+""")
+    (conf / "janus.transport.http.jcfg").write_text(
+        f'general: {{ json = "plain", base_path = "/janus", http = true, port = {http_port}, '
+        f'ip = "127.0.0.1", https = false }}\nadmin: {{ admin_http = false }}\n')
+    key = f', admin_key = "{admin_key}"' if admin_key else ""
+    (conf / "janus.plugin.streaming.jcfg").write_text(f"general: {{ events = false{key} }}\n")
+    return conf / "janus.jcfg"
+
+
+class Janus:
+    """One Janus process; ``start`` and ``stop`` may be called again (the
+    same port, the same config: a relay that restarts)."""
+
+    def __init__(self, directory: Path, *, api_secret: str = "", admin_key: str = ""):
+        self.directory = directory
+        self.port = free_tcp_port()
+        self.url = f"http://127.0.0.1:{self.port}/janus"
+        self.config = write_config(directory / "conf", self.port, api_secret=api_secret,
+                                   admin_key=admin_key)
+        self.api_secret = api_secret
+        self.process: trio.Process | None = None
+        self._runs = itertools.count()
+
+    async def start(self) -> None:
+        log = open(self.directory / f"janus-{next(self._runs)}.log", "wb")
+        self.process = await trio.lowlevel.open_process(
+            ["janus", "-C", str(self.config), "-F", str(self.config.parent)],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        async with httpx.AsyncClient(timeout=2) as http:
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        if (await http.get(f"{self.url}/info")).status_code == 200:
+                            return
+                    except httpx.TransportError:
+                        pass
+                    await trio.sleep(0.05)
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGKILL)
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:]
+                         for p in sorted(self.directory.glob("janus-*.log")))
+
+
+class JanusClient:
+    """The HTTP API as a listener's page would use it: a session, a handle
+    on the streaming plugin, long polls for the plugin's events."""
+
+    def __init__(self, url: str, api_secret: str = ""):
+        self.url = url
+        self.api_secret = api_secret
+        self.http = httpx.AsyncClient(timeout=10)
+        self._tx = itertools.count()
+        self.session: int | None = None
+        self.handle: int | None = None
+
+    async def request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        body = {**body, "transaction": f"t{next(self._tx)}"}
+        if self.api_secret:
+            body["apisecret"] = self.api_secret
+        reply = (await self.http.post(path, json=body)).json()
+        if reply.get("janus") not in ("success", "ack"):
+            raise AssertionError(f"janus: {reply}")
+        return reply
+
+    async def attach_streaming(self) -> None:
+        self.session = (await self.request(self.url, {"janus": "create"}))["data"]["id"]
+        reply = await self.request(f"{self.url}/{self.session}",
+                                   {"janus": "attach", "plugin": "janus.plugin.streaming"})
+        self.handle = reply["data"]["id"]
+
+    async def message(self, body: dict[str, Any], jsep: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+        """A synchronous plugin request (list, info): its plugindata.data."""
+        payload: dict[str, Any] = {"janus": "message", "body": body}
+        if jsep:
+            payload["jsep"] = jsep
+        reply = await self.request(f"{self.url}/{self.session}/{self.handle}", payload)
+        return reply.get("plugindata", {}).get("data", {})
+
+    async def next_event(self, want: str = "jsep", timeout: float = 10) -> dict[str, Any]:
+        """The next event from the long poll that carries ``want``."""
+        with trio.fail_after(timeout):
+            while True:
+                params = {"maxev": 1}
+                if self.api_secret:
+                    params["apisecret"] = self.api_secret
+                r = await self.http.get(f"{self.url}/{self.session}", params=params, timeout=40)
+                events = r.json()
+                for event in events if isinstance(events, list) else [events]:
+                    if want in event:
+                        return event
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

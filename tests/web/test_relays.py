@@ -1,0 +1,168 @@
+"""Relays on Janus: the box creates a streaming mountpoint on a real Janus
+(Debian's, started by the test on loopback) through Janus's HTTP API and
+forwards the channel's Opus to it; a WebRTC listener watching the
+mountpoint through Janus hears the box's tone. Janus killed: the relay is
+unhealthy and the box's own listeners carry on; Janus back: the mountpoint
+is made again. A "Janus" that answers garbage, hangs or sends a huge body
+gets a clear error and a bounded retry."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import trio
+
+from support import janus as janus_support
+from support.janus import Janus, JanusClient
+from tests.web.conftest import IDLE, heard_hz, make_config, open_server
+
+pytestmark = [pytest.mark.trio,
+              pytest.mark.skipif(not janus_support.available(), reason="needs Debian's janus")]
+
+
+async def relay_status(server, relay_id: str, predicate, timeout: float = 20) -> dict:
+    """The relay's status once ``predicate`` holds for it."""
+    with trio.fail_after(timeout):
+        while True:
+            for status in (await server.client.get("/api/relays")).json():
+                if status["id"] == relay_id and predicate(status):
+                    return status
+            await trio.sleep(0.05)
+
+
+def is_up(status: dict) -> bool:
+    return status["state"] == "up" and bool(status["carried"])
+
+
+async def janus_receives(janus: Janus, mountpoint: int) -> dict:
+    """The mountpoint's info once Janus has taken (and, with SRTP, decrypted)
+    its RTP lately: ``age_ms`` is the time since its last packet.
+    (A WebRTC listener watching it is not here: Janus gathers no loopback
+    candidates, and the tests stay on loopback.)"""
+    client = JanusClient(janus.url, janus.api_secret)
+    try:
+        await client.attach_streaming()
+        with trio.fail_after(10):
+            while True:
+                info = (await client.message({"request": "info", "id": mountpoint}))["info"]
+                media = info["media"][0]
+                if media.get("age_ms") is not None and media["age_ms"] < 200:
+                    return info
+                await trio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("srtp", ["off", "on"])
+async def test_a_relay_carries_a_channel_to_janus_listeners(tmp_path: Path, srtp):
+    janus = Janus(tmp_path, admin_key="admin-key-1")
+    await janus.start()
+    try:
+        async with open_server(make_config(tmp_path / "box")) as box:
+            assert (await box.client.post("/api/sinks", json={"id": "solo", "kind": "opus"})
+                    ).status_code == 201
+            r = await box.client.post("/api/relays", json={
+                "id": "janus", "url": janus.url, "channels": ["main", "solo"],
+                "admin_key": "admin-key-1", "srtp": srtp})
+            assert r.status_code == 201, r.text
+            status = await relay_status(box, "janus", is_up)
+            carried = status["carried"][0]
+            assert [c["sink_id"] for c in status["carried"]] == ["main", "solo"]
+            assert carried["srtp"] == (srtp == "on")
+            info = await janus_receives(janus, carried["mountpoint"])
+            assert info["media"][0]["codec"] == "opus" and info["viewers"] == 0
+            assert "New audio stream" in janus.log()
+            status = await relay_status(box, "janus", lambda s: s["carried"][0]["packets_sent"])
+            assert "admin-key-1" not in str(status)
+            box_status = (await box.client.get("/api/status")).json()
+            assert box_status["relays"][0]["id"] == "janus"
+            assert box_status["listeners"]["total"] == 0   # a forward is not a listener
+            # a channel is busy while it is carried
+            r = await box.client.delete("/api/sinks/solo")
+            assert r.status_code == 409, r.text
+            assert (await box.client.delete("/api/relays/janus")).status_code == 204
+            info = JanusClient(janus.url)
+            await info.attach_streaming()
+            listed = await info.message({"request": "list"})
+            await info.aclose()
+            assert listed["list"] == []      # its mountpoints went with it
+            assert (await box.client.delete("/api/sinks/solo")).status_code == 204
+            assert (await box.wait_idle()) == IDLE
+    finally:
+        await janus.stop()
+
+
+async def test_a_relay_that_dies_is_unhealthy_and_its_mountpoint_comes_back(tmp_path: Path):
+    janus = Janus(tmp_path, api_secret="api-secret-1")
+    await janus.start()
+    try:
+        async with open_server(make_config(tmp_path / "box")) as box:
+            r = await box.client.post("/api/relays", json={
+                "id": "janus", "url": janus.url, "channels": ["main"],
+                "api_secret": "api-secret-1"})
+            assert r.status_code == 201, r.text
+            first = await relay_status(box, "janus", is_up)
+            await janus.stop()
+            down = await relay_status(box, "janus", lambda s: s["state"] == "unhealthy")
+            assert down["error"] and down["carried"] == []
+            # the box's own listeners never notice
+            assert abs(await heard_hz(box) - 440.0) < 3
+            await janus.start()
+            again = await relay_status(box, "janus", lambda s: is_up(s) and s["attempts"] > 1,
+                                       timeout=40)
+            assert again["carried"][0]["mountpoint"] == first["carried"][0]["mountpoint"]
+            await janus_receives(janus, again["carried"][0]["mountpoint"])
+            assert (await box.client.delete("/api/relays/janus")).status_code == 204
+            assert (await box.wait_idle()) == IDLE
+    finally:
+        await janus.stop()
+
+
+async def test_a_secret_goes_only_over_https_or_to_this_machine(tmp_path: Path):
+    async with open_server(make_config(tmp_path / "box")) as box:
+        r = await box.client.post("/api/relays", json={
+            "id": "far", "url": "http://192.0.2.7:8088/janus", "channels": ["main"],
+            "api_secret": "s"})
+        assert r.status_code == 400 and "https" in r.text
+        r = await box.client.post("/api/relays", json={
+            "id": "far", "url": "https://192.0.2.7/janus", "channels": ["nope"]})
+        assert r.status_code == 404
+        assert (await box.client.get("/api/relays")).json() == []
+
+
+GARBAGE = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!"
+HUGE = b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n" + b"x" * 1000
+REDIRECT = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /janus\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("reply, error", [
+    (GARBAGE, "not JSON"), (HUGE, "over 64 KB"), (REDIRECT, "answered 307"),
+    (None, "did not answer"),                      # it hangs
+])
+async def test_a_misbehaving_relay_gets_a_clear_error_and_a_bounded_retry(
+        tmp_path: Path, monkeypatch, reply, error):
+    from appliance import outbound, relays
+    monkeypatch.setattr(outbound, "BACKOFF_S", (0.2,))
+    monkeypatch.setattr(relays, "HTTP_TIMEOUT_S", 0.5)
+
+    async def fake_janus(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        if reply is None:
+            await trio.sleep_forever()
+        await stream.send_all(reply)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, fake_janus, 0,
+                                                          host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with open_server(make_config(tmp_path / "box")) as box:
+            r = await box.client.post("/api/relays", json={
+                "id": "bad", "url": f"http://127.0.0.1:{port}/janus", "channels": ["main"]})
+            assert r.status_code == 201, r.text
+            status = await relay_status(box, "bad", lambda s: s["attempts"] >= 3 and s["error"])
+            assert error in status["error"] and status["state"] in ("unhealthy", "connecting")
+            assert abs(await heard_hz(box) - 440.0) < 3      # the box's listeners carry on
+            assert (await box.client.delete("/api/relays/bad")).status_code == 204
+            assert (await box.wait_idle()) == IDLE
+        nursery.cancel_scope.cancel()
