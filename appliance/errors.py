@@ -6,7 +6,8 @@ from __future__ import annotations
 __all__ = ["ApplianceError", "InvalidError", "NotFoundError", "ExistsError", "InUseError",
            "FullError", "RateLimitedError", "AnswerTimeoutError", "RestartRequiredError",
            "StaleError", "UnsupportedError", "UnsupportedMediaError", "NotSavedError", "ClosingError",
-           "UnauthorizedError"]
+           "UnauthorizedError", "ForbiddenError", "TooLargeError", "ConflictError",
+           "UnavailableError"]
 
 
 class ApplianceError(Exception):
@@ -29,11 +30,35 @@ class UnsupportedMediaError(ApplianceError):
 
 
 class UnauthorizedError(ApplianceError):
-    """A credential is missing or wrong; ``realm`` names the one that would do."""
+    """A credential is missing or wrong; ``realm`` names the one that would do,
+    and ``needs`` tells the appliance's own pages which form to show ("pin",
+    "admin"), where that is what they should ask for."""
 
-    def __init__(self, message: str, *, realm: str):
+    def __init__(self, message: str, *, realm: str, needs: str | None = None):
         super().__init__(message)
         self.realm = realm
+        self.needs = needs
+
+
+class ForbiddenError(ApplianceError):
+    """The request is refused whoever asks this way: ``needs`` says what would
+    do ("admin", "https"), ``location`` where to go instead (the HTTPS
+    address), where known."""
+
+    def __init__(self, message: str, *, needs: str | None = None,
+                 location: str | None = None):
+        super().__init__(message)
+        self.needs = needs
+        self.location = location
+
+
+class TooLargeError(ApplianceError):
+    """The body is larger than the endpoint takes."""
+
+
+class ConflictError(ApplianceError):
+    """The request does not fit the appliance's state now (a password that
+    is set already, or not yet)."""
 
 
 class NotFoundError(ApplianceError):
@@ -78,3 +103,8 @@ class UnsupportedError(ApplianceError):
 
 class NotSavedError(ApplianceError):
     """The change is live but could not be persisted."""
+
+
+class UnavailableError(ApplianceError):
+    """The box cannot do it now for a reason of its own (a disk that refuses
+    a write); trying later may work."""

@@ -38,6 +38,8 @@ __all__ = ["Publication", "Publications", "PublicationError"]
 
 log = logging.getLogger(__name__)
 
+REDIRECTS = (httpx.codes.TEMPORARY_REDIRECT, httpx.codes.PERMANENT_REDIRECT)   # same method
+
 MAX_REDIRECTS = 5
 HTTP_TIMEOUT_S = 10.0
 OFFER_TIMEOUT_S = 15.0          # webrtcbin gathers its candidates
@@ -212,12 +214,12 @@ class Publications:
                     raise PublicationError(f"the server's answer is over "
                                            f"{MAX_ANSWER_BYTES // 1024} KB or never ends") from None
             text = body.decode("utf-8", "replace")
-            if response.status_code in (307, 308) and "Location" in response.headers:
+            if response.status_code in REDIRECTS and "Location" in response.headers:
                 url = urljoin(url, response.headers["Location"])
                 if url in seen:
                     raise PublicationError(f"the server redirects in a loop ({url[:200]})")
                 continue
-            if response.status_code != 201:
+            if response.status_code != httpx.codes.CREATED:
                 shown = text[:MAX_BODY_SHOWN].strip()
                 raise PublicationError(f"the server answered {response.status_code}" +
                                        (f": {shown}" if shown else ""))

@@ -136,7 +136,7 @@ class JanusApi:
         if waiting.cancelled_caught:
             raise RelayError(f"the relay did not answer in {HTTP_TIMEOUT_S:g} s")
         text = raw.decode("utf-8", "replace")
-        if response.status_code != 200:
+        if response.status_code != httpx.codes.OK:
             shown = text[:MAX_SHOWN].strip()
             raise RelayError(f"the relay answered {response.status_code}" +
                              (f": {shown}" if shown else ""))

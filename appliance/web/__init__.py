@@ -22,14 +22,14 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from ..config import Config
-from ..errors import ApplianceError
+from ..errors import ApplianceError, NotFoundError
 from ..service import Service, open_service
 from .. import logs
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, health, listening, login, metrics, mixer,
                publications, relays, signs, ui, whep, whip)
 from .common import plain
-from .errors import error_response
+from .errors import error_response, http_error_response
 
 __all__ = ["create_app", "BLUEPRINTS", "plain"]
 
@@ -133,22 +133,12 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
         # a static file name the file system refuses (ENAMETOOLONG: a 500
         # found by tests/web/test_route_fuzz.py) is no such file
         if request.endpoint == "static":
-            return plain("no such file", 404)
+            return error_response(NotFoundError("no such file"))
         raise error
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        reasons = {413: f"the body is larger than {config.server.max_body_bytes} bytes"}
-        response = plain(reasons.get(error.code, error.description or error.name),
-                         error.code or 500)
-        if error.code == 413:
-            # the rest of the body is never read: the connection cannot be reused
-            response.headers["Connection"] = "close"
-        if error.code == 405 and error.response is None:
-            allowed = getattr(error, "valid_methods", None)
-            if allowed:
-                response.headers["Allow"] = ", ".join(allowed)
-        return response
+        return http_error_response(error, config.server.max_body_bytes)
 
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)

@@ -42,7 +42,8 @@ from urllib.parse import urlsplit
 from quart import Response, current_app, g, request
 
 from ..admin_auth import AdminAuth, AdminSession
-from .common import client_address, plain
+from ..errors import ForbiddenError, RateLimitedError, UnauthorizedError
+from .common import client_address
 
 __all__ = ["PUBLIC", "LISTENING", "ADMIN", "public", "listening", "role_of", "check_request",
            "cors", "same_origin", "admin_session", "SESSION_COOKIE", "LISTEN_COOKIE",
@@ -183,14 +184,11 @@ ADMIN_CREDENTIALS = ("admin credentials (the password, the setup code, the admin
                      "admin cookie)")
 
 
-def https_only(what: str = ADMIN_CREDENTIALS) -> Response:
-    """403 for credentials over plain HTTP, pointing to HTTPS."""
+def https_only(what: str = ADMIN_CREDENTIALS) -> ForbiddenError:
+    """The refusal of credentials over plain HTTP, pointing to HTTPS."""
     url = https_url(_this_path())
     text = f"{what} are accepted only over HTTPS" + (f": {url}" if url else "")
-    headers = {"X-Appliance-Auth": "https", "Cache-Control": "no-store"}
-    if url:
-        headers["Location"] = url
-    return plain(text, 403, headers)
+    return ForbiddenError(text, needs="https", location=url)
 
 
 def admin_session() -> AdminSession | None:
@@ -199,13 +197,13 @@ def admin_session() -> AdminSession | None:
     return _auth().sessions.get(request.cookies.get(SESSION_COOKIE, ""))
 
 
-def retry_later(wait_s: float, what: str) -> Response:
+def retry_later(wait_s: float, what: str) -> RateLimitedError:
     seconds = max(1, int(wait_s + 0.999))
-    return plain(f"too many wrong {what}: try again in {seconds} s", 429,
-                 {"Retry-After": str(seconds)})
+    return RateLimitedError(f"too many wrong {what}: try again in {seconds} s",
+                            retry_after_s=seconds)
 
 
-def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
+def _check_bearer(given: str, *, pin_too: bool) -> None:
     """A presented bearer credential: the admin token (or, for listening, the
     PIN). Wrong ones count as failed guesses for the client's address."""
     auth = _auth()
@@ -216,75 +214,73 @@ def _check_bearer(given: str, *, pin_too: bool) -> Response | None:
     budget = auth.guessable(given) if secret == "PIN" else auth.token_guessable
     wait = auth.throttle.acquire(address, secret, budget=budget)
     if wait:
-        return retry_later(wait, "credentials")
+        raise retry_later(wait, "credentials")
     token = auth.token_ok(given)
     ok = token or (pin_too and auth.listen_secret_ok(given))
     auth.throttle.release(address, ok, secret, budget=budget)
     if token and exposed():
-        return https_only()
+        raise https_only()
     if ok:
         g.appliance_bearer_checked = True
-        return None
+        return
     # which credential would do (docs/API.md): a listening client asks for the PIN
-    return plain("the bearer credential is wrong", 401,
-                 {"WWW-Authenticate": f'Bearer realm="{"listen" if pin_too else "appliance"}"',
-                  "X-Appliance-Auth": "pin" if pin_too else "admin"})
+    raise UnauthorizedError("the bearer credential is wrong",
+                            realm="listen" if pin_too else "appliance",
+                            needs="pin" if pin_too else "admin")
 
 
-def check_admin_listening(what: str) -> Response | None:
+def check_admin_listening(what: str) -> None:
     """Listening to what no channel publishes (a source, a route) is the
     admin's right: the admin session, or the admin token as a bearer
     (checked, and throttled, here when the PIN check did not already)."""
     if admin_session() is not None:
-        return None
+        return
     given = bearer()
     if given is not None:
-        if g.get("appliance_bearer_checked"):
-            if _auth().token_ok(given):
-                return None
-        elif (refusal := _check_bearer(given, pin_too=False)) is not None:
-            return refusal
-        else:
-            return None
-    return plain(f"only the admin may listen to {what} on its own: a channel publishes it, "
-                 "or the admin marks the source public", 403, {"X-Appliance-Auth": "admin"})
+        if not g.get("appliance_bearer_checked"):
+            _check_bearer(given, pin_too=False)   # raises when wrong
+            return
+        if _auth().token_ok(given):
+            return
+    raise ForbiddenError(f"only the admin may listen to {what} on its own: a channel "
+                         "publishes it, or the admin marks the source public", needs="admin")
 
 
-def _check_listening() -> Response | None:
+def _check_listening() -> None:
     auth = _auth()
     given = bearer()
     if given is not None and exposed() and auth.token_ok(given):
-        return https_only()   # the admin token in the clear, needed or not
+        raise https_only()   # the admin token in the clear, needed or not
     if not auth.listen_pin or request.method == "OPTIONS":  # preflights carry no credentials
-        return None
-    given = bearer()
+        return
     if given is not None:
-        return _check_bearer(given, pin_too=True)
+        _check_bearer(given, pin_too=True)
+        return
     if auth.listen_proof_ok(request.cookies.get(LISTEN_COOKIE, "")) or admin_session() is not None:
-        return None
-    return plain("this appliance needs the venue PIN to listen", 401,
-                 {"WWW-Authenticate": 'Bearer realm="listen"', "X-Appliance-Auth": "pin"})
+        return
+    raise UnauthorizedError("this appliance needs the venue PIN to listen", realm="listen",
+                            needs="pin")
 
 
-def _check_admin() -> Response | None:
+def _check_admin() -> None:
     if not same_origin():
-        return plain("admin requests are accepted only from the appliance's own pages", 403)
+        raise ForbiddenError("admin requests are accepted only from the appliance's own pages")
     given = bearer()
     if given is not None:
-        return _check_bearer(given, pin_too=False)
+        _check_bearer(given, pin_too=False)
+        return
     session = admin_session()
     if session is None:
-        return plain("log in as admin first", 401,
-                     {"WWW-Authenticate": 'Bearer realm="appliance"', "X-Appliance-Auth": "admin"})
+        raise UnauthorizedError("log in as admin first", realm="appliance", needs="admin")
     if request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), session.csrf.encode()):
-            return plain(f"missing or wrong {CSRF_HEADER} header", 403)
-    return None
+            raise ForbiddenError(f"missing or wrong {CSRF_HEADER} header")
 
 
 async def check_request() -> Response | None:
-    """The one before_request hook: classify, then check."""
+    """The one before_request hook: classify, then check (a refusal is
+    raised, and answered from the error table; a redirect is returned)."""
     rule = request.url_rule.rule if request.url_rule is not None else None
     role = role_of(request.endpoint, rule)
     g.appliance_role = role
@@ -295,20 +291,20 @@ async def check_request() -> Response | None:
                 return Response("", status=302, headers={"Location": url,
                                                          "Cache-Control": "no-store"})
         if role in (ADMIN, SCRAPE) or request.blueprint == "login":
-            return https_only()
+            raise https_only()
         if role == PUBLISHING:
-            return https_only("publish tokens")
+            raise https_only("publish tokens")
     if role == PUBLISHING:
         return None   # the view checks the source's token
     if role == LISTENING:
-        return _check_listening()
-    if role == SCRAPE and _auth().scrape_token_ok(bearer() or ""):
+        _check_listening()
+    elif role == SCRAPE and _auth().scrape_token_ok(bearer() or ""):
         return None
-    if role in (ADMIN, SCRAPE):
-        return _check_admin()
-    if request.path.startswith("/api/") and not same_origin():
+    elif role in (ADMIN, SCRAPE):
+        _check_admin()
+    elif request.path.startswith("/api/") and not same_origin():
         # the login endpoints: no logging in (or out) from another site
-        return plain("requests are accepted only from the appliance's own pages", 403)
+        raise ForbiddenError("requests are accepted only from the appliance's own pages")
     return None
 
 

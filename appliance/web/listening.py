@@ -14,9 +14,10 @@ import trio
 from quart import Blueprint, Response, current_app, jsonify
 
 from ..engine import EngineError
+from ..errors import UnauthorizedError
 from ..sessions import TEMP_PREFIX
 from .auth import LISTEN_COOKIE, listening, public, retry_later
-from .common import client_address, plain, service
+from .common import client_address, service
 from .events import event_stream
 from .login import read_fields, set_cookie
 
@@ -113,8 +114,6 @@ async def pin() -> Response:
     """The listen page's PIN form (or the venue key a sign's code carries):
     204 and the listen cookie when right."""
     fields = await read_fields("pin")
-    if isinstance(fields, Response):
-        return fields
     auth = current_app.admin_auth
     if not auth.listen_pin:
         return Response("", status=204)  # nothing to prove
@@ -122,11 +121,11 @@ async def pin() -> Response:
     budget = auth.guessable(fields["pin"])   # the venue key from a sign has none
     wait = auth.throttle.acquire(address, "PIN", budget=budget)
     if wait:
-        return retry_later(wait, "PINs")
+        raise retry_later(wait, "PINs")
     ok = auth.listen_secret_ok(fields["pin"])
     auth.throttle.release(address, ok, "PIN", budget=budget)
     if not ok:
-        return plain("wrong PIN", 401, {"X-Appliance-Auth": "pin"})
+        raise UnauthorizedError("wrong PIN", realm="listen", needs="pin")
     response = Response("", status=204)
     set_cookie(response, LISTEN_COOKIE, auth.listen_proof())
     return response

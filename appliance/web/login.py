@@ -16,10 +16,14 @@ import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from ..admin_auth import AdminAuth
+from ..errors import (
+    ConflictError, InvalidError, TooLargeError, UnauthorizedError, UnavailableError,
+    UnsupportedMediaError,
+)
 from ..passwords import password_problem
 from .auth import (CSRF_HEADER, SESSION_COOKIE, admin_session, http_origin, https_url, public,
                    retry_later)
-from .common import client_address, media_type, plain
+from .common import client_address, media_type
 
 __all__ = ["blueprint", "read_fields", "set_cookie"]
 
@@ -45,28 +49,28 @@ def _hashing() -> trio.CapacityLimiter:
     return limiter
 
 
-async def read_fields(*names: str) -> dict[str, str] | Response:
-    """A JSON object with exactly these string fields, or a 4xx response."""
+async def read_fields(*names: str) -> dict[str, str]:
+    """A JSON object with exactly these string fields (else raises)."""
     if media_type() != "application/json":
-        return plain("the body must be application/json", 415)
+        raise UnsupportedMediaError("the body must be application/json")
     data = await request.get_data(as_text=False)
     if len(data) > MAX_BODY:
-        return plain(f"the body is larger than {MAX_BODY} bytes", 413)
+        raise TooLargeError(f"the body is larger than {MAX_BODY} bytes")
     try:
         body: Any = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        return plain("the body is not a JSON object", 400)
+        raise InvalidError("the body is not a JSON object") from None
     if not isinstance(body, dict):
-        return plain("the body is not a JSON object", 400)
+        raise InvalidError("the body is not a JSON object")
     fields: dict[str, str] = {}
     for name in names:
         value = body.get(name)
         if not isinstance(value, str):
-            return plain(f"{name!r} must be a string", 400)
+            raise InvalidError(f"{name!r} must be a string")
         fields[name] = value
     unknown = sorted(set(body) - set(names))
     if unknown:
-        return plain(f"unknown field {str(unknown[0])[:40]!r}", 400)
+        raise InvalidError(f"unknown field {str(unknown[0])[:40]!r}")
     return fields
 
 
@@ -119,17 +123,15 @@ async def state() -> Response:
 @public
 async def login() -> Response:
     fields = await read_fields("password")
-    if isinstance(fields, Response):
-        return fields
     auth = _auth()
     if not auth.password_set:
-        return plain("no admin password is set yet: use the setup code", 409)
+        raise ConflictError("no admin password is set yet: use the setup code")
     address = client_address()
     # a browser that logged in before is not held up by a stranger's guessing
     known = auth.device_ok(request.cookies.get(DEVICE_COOKIE, ""))
     wait = auth.throttle.acquire(address, "password", budget=not known)
     if wait:
-        return retry_later(wait, "passwords")
+        raise retry_later(wait, "passwords")
     ok = False
     try:
         # scrypt takes ~50 ms and 16 MiB: off the event loop
@@ -138,7 +140,7 @@ async def login() -> Response:
     finally:
         auth.throttle.release(address, ok, "password", budget=not known)
     if not ok:
-        return plain("wrong password", 401)
+        raise UnauthorizedError("wrong password", realm="appliance")
     session_id, session = auth.sessions.create()
     return _logged_in(session_id, session.csrf)
 
@@ -148,29 +150,27 @@ async def login() -> Response:
 async def setup() -> Response:
     """The first password, allowed once, with the setup code."""
     fields = await read_fields("code", "password")
-    if isinstance(fields, Response):
-        return fields
     problem = password_problem(fields["password"])
     if problem:
-        return plain(problem, 400)
+        raise InvalidError(problem)
     auth = _auth()
     async with current_app.admin_setup_lock:  # two right codes at once: one wins
         if auth.password_set:
-            return plain("the admin password is already set: log in", 409)
+            raise ConflictError("the admin password is already set: log in")
         address = client_address()
         # 12 characters of 31 (2^59): no guess, and no budget to lock out with
         wait = auth.throttle.acquire(address, "setup code", budget=False)
         if wait:
-            return retry_later(wait, "setup codes")
+            raise retry_later(wait, "setup codes")
         ok = auth.check_setup_code(fields["code"])
         auth.throttle.release(address, ok, "setup code", budget=False)
         if not ok:
-            return plain("wrong setup code", 401)
+            raise UnauthorizedError("wrong setup code", realm="appliance")
         try:
             await trio.to_thread.run_sync(auth.set_password, fields["password"],
                                           limiter=_hashing())
         except OSError as error:
-            return plain(f"the password could not be saved: {error.strerror}", 503)
+            raise UnavailableError(f"the password could not be saved: {error.strerror}") from None
     session_id, session = auth.sessions.create()
     return _logged_in(session_id, session.csrf)
 

@@ -69,6 +69,7 @@ from hypercorn.utils import wrap_app
 from werkzeug.exceptions import BadHost
 
 from . import captive
+from .errors import BAD_REQUEST_LINE, HTTP_VERSION_REFUSED
 
 __all__ = ["Limits", "Connection", "serve_app", "guard"]
 
@@ -163,7 +164,7 @@ class _H11Only(H11Protocol):
         # ``Upgrade: h2c`` is ignored (nothing to do: the request is served
         # as HTTP/1.1); the HTTP/2 preface (prior knowledge) is refused.
         if event.http_version not in (b"1.0", b"1.1"):
-            await self._send_error_response(505)
+            await self._send_error_response(HTTP_VERSION_REFUSED)
             raise _Refused
 
     async def stream_send(self, event: Any) -> None:
@@ -352,7 +353,7 @@ async def _refuse(scope: dict[str, Any], send: Callable[..., Awaitable[None]],
         await send({"type": "websocket.close"})  # an HTTP 403
         return
     prefix = "http" if scope["type"] == "http" else "websocket.http"
-    await send({"type": f"{prefix}.response.start", "status": 400,
+    await send({"type": f"{prefix}.response.start", "status": BAD_REQUEST_LINE,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(reason)).encode()),
                             (b"connection", b"close")]})

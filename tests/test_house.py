@@ -1,0 +1,59 @@
+"""The house's rules that a reader cannot see from one file: checked over the
+whole of appliance/ by reading its code (nothing is run)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+APPLIANCE = Path(__file__).resolve().parents[1] / "appliance"
+ERROR_TABLE = APPLIANCE / "web" / "errors.py"
+# what makes a response out of a status (Quart's, hypercorn's and ours)
+RESPONSE_MAKERS = {"plain", "Response", "make_response", "abort", "_send_error_response"}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in APPLIANCE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _is_error_status(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Constant) and type(node.value) is int
+            and 400 <= node.value <= 599)
+
+
+def _statuses_chosen(tree: ast.AST) -> list[int]:
+    """Lines where code answers with a literal 4xx/5xx: as an argument of a
+    call (``plain(text, 403)``, ``Response(status=500)``), as a ``"status"``
+    entry, or compared with a response's ``status_code``."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            callee = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            values = [*node.args] if callee in RESPONSE_MAKERS else []
+            values += [k.value for k in node.keywords if k.arg in ("status", "status_code")]
+            if any(_is_error_status(v) for v in values):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and key.value == "status" \
+                        and _is_error_status(value):
+                    lines.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            names = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+            if "status_code" in names and any(_is_error_status(n) for n in ast.walk(node)):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_error_table_chooses_an_error_status() -> None:
+    found = {str(p.relative_to(APPLIANCE)): lines for p in _modules() if p != ERROR_TABLE
+             if (lines := _statuses_chosen(ast.parse(p.read_text())))}
+    assert found == {}, f"raise an appliance.errors class instead (web/errors.py maps it): {found}"
+
+
+def test_the_check_finds_a_status_written_by_hand() -> None:
+    """The check above can fail: each shape it looks for is found."""
+    shapes = ['plain("no", 403)', 'Response("", status=500)', 'send({"status": 400})',
+              'r.status_code == 404']
+    for shape in shapes:
+        assert _statuses_chosen(ast.parse(shape)) == [1], shape
+    assert _statuses_chosen(ast.parse('plain("yes", 200); x = 500; between(1, 500)')) == []
