@@ -447,14 +447,39 @@ def _ice(value: str | None, what: str, low: int) -> str:
     return value
 
 
+# session-level attributes: (name, value or None), as offered
+_Attributes = list[tuple[str, str | None]]
+# an m-line's ICE ufrag and pwd, DTLS setup role and fingerprints
+_Transport = tuple[str, str, str, tuple[tuple[str, str], ...]]
+
+
 def check_offer(text: Any, *, publish: bool = False) -> Offer:
     """Parse and check a WHEP offer (or with ``publish`` a WHIP one, whose
     audio is sent to us); returns the ``Offer`` to hand the engine, or
     raises ``InvalidError`` with a plain reason."""
     lines = _lines(text, what="offer", max_chars=MAX_OFFER_CHARS)
+    session, sections = _offer_sections(lines)
+    mids = _check_mids(sections)
+    _check_tested_shapes(session, sections)
+    bundle = _bundle_group(session, sections, mids)
+    _check_formats(sections, mids, bundle)
+    audio, (opus_pt, opus_fmtp) = _audio_to_serve(sections, mids, bundle, publish)
+    ufrag, pwd, setup, fingerprints = _check_transport(session, sections, audio, mids, bundle)
+    _check_candidates(session, sections)
+    return Offer(sdp=_engine_sdp(lines), mids=mids, audio=audio.index,
+                 ice_ufrag=ufrag, ice_pwd=pwd, opus_pt=opus_pt, opus_fmtp=opus_fmtp,
+                 fingerprints=fingerprints, setup=setup,
+                 datachannel=any(s.media == "application" for s in sections), bundle=bundle,
+                 stereo=_asks_stereo(opus_fmtp))
+
+
+def _offer_sections(lines: list[str]) -> tuple[_Attributes, list[_Section]]:
+    """The grammar: v=0 first, each line of a kind allowed where it stands,
+    o=, s= and t= once each, one m-line at least and no more than
+    MAX_MLINES. Returns the session-level attributes and the m-lines."""
     if not lines or lines[0] != "v=0":
         raise InvalidError("the body is not an SDP offer: it must start with v=0")
-    session: list[tuple[str, str | None]] = []
+    session: _Attributes = []
     sections: list[_Section] = []
     seen = set()
     for line in lines[1:]:
@@ -490,9 +515,19 @@ def check_offer(text: Any, *, publish: bool = False) -> Offer:
             raise InvalidError(f"the offer has no {kind}= line")
     if not sections:
         raise InvalidError("the offer has no m-line")
+    return session, sections
 
-    # every m-line: a unique, well-formed mid
-    mids = []
+
+def _session_value(session: _Attributes, name: str) -> str | None:
+    values = [v for k, v in session if k == name]
+    if len(values) > 1:
+        raise InvalidError(f"the offer has more than one session-level a={name}")
+    return values[0] if values else None
+
+
+def _check_mids(sections: list[_Section]) -> list[str]:
+    """Every m-line: a unique, well-formed mid. Returns them by m-line."""
+    mids: list[str] = []
     for section in sections:
         mid = section.one("mid")
         if mid is None:
@@ -500,21 +535,22 @@ def check_offer(text: Any, *, publish: bool = False) -> Offer:
         if _check_mid(mid) in mids:
             raise InvalidError(f"mid {mid!r} is used by two m-lines")
         mids.append(mid)
+    return mids
 
-    def session_value(name: str) -> str | None:
-        values = [v for k, v in session if k == name]
-        if len(values) > 1:
-            raise InvalidError(f"the offer has more than one session-level a={name}")
-        return values[0] if values else None
 
-    # shapes webrtcbin has not been tested with
+def _check_tested_shapes(session: _Attributes, sections: list[_Section]) -> None:
+    """Shapes webrtcbin has not been tested with."""
     for name in ("ice-lite", "ice-mismatch"):
-        if session_value(name) is not None or any(s.values(name) for s in sections):
+        if _session_value(session, name) is not None or any(s.values(name) for s in sections):
             raise InvalidError(f"a={name} offers are not supported")
     if sum(s.media == "application" for s in sections) > 1:
         raise InvalidError("the offer has more than one data channel m-line")
 
-    # BUNDLE: one group at most, of known mids
+
+def _bundle_group(session: _Attributes, sections: list[_Section],
+                  mids: list[str]) -> tuple[str, ...]:
+    """BUNDLE: one group at most, of known mids (and LS groups beside it),
+    at session level. Returns its mids; () without one."""
     bundle: tuple[str, ...] = ()
     for value in [v for k, v in session if k == "group"]:
         semantics, *group = (value or "").split(" ")
@@ -532,15 +568,21 @@ def check_offer(text: Any, *, publish: bool = False) -> Offer:
     for section in sections:
         if section.values("group"):
             raise InvalidError("a=group belongs at session level")
+    return bundle
 
-    def live(section: _Section) -> bool:
-        # port 0 with a=bundle-only is an offer to bundle it (RFC 8843 6)
-        return section.port != 0 or (bool(section.values("bundle-only"))
-                                     and mids[section.index] in bundle)
 
+def _live(section: _Section, mids: list[str], bundle: tuple[str, ...]) -> bool:
+    # port 0 with a=bundle-only is an offer to bundle it (RFC 8843 6)
+    return section.port != 0 or (bool(section.values("bundle-only"))
+                                 and mids[section.index] in bundle)
+
+
+def _check_formats(sections: list[_Section], mids: list[str], bundle: tuple[str, ...]) -> None:
+    """What each m-line carries is described: a live data channel its SCTP
+    port (and message size), every RTP m-line its dynamic payload types."""
     for section in sections:
         if section.media == "application":
-            if not live(section):
+            if not _live(section, mids, bundle):
                 continue  # rejected
             port = section.one("sctp-port")
             if port is None or not _number(port, 5) or not 0 < int(port) <= 65535:
@@ -554,72 +596,82 @@ def check_offer(text: Any, *, publish: bool = False) -> Offer:
             if int(fmt) >= 35 and fmt not in mapped:  # dynamic: only a=rtpmap names it
                 raise InvalidError(f"m-line {section.index}: payload type {fmt} has no a=rtpmap")
 
-    # the audio we send on: the first audio m-line that can take it; the
-    # others are rejected in the answer
-    audio = opus = None
+
+def _audio_to_serve(sections: list[_Section], mids: list[str], bundle: tuple[str, ...],
+                    publish: bool) -> tuple[_Section, tuple[int, str | None]]:
+    """The audio we send on (``publish``: take): the first audio m-line that
+    can take it, with its Opus payload type and fmtp; the others are rejected
+    in the answer. Else why none can: the first audio m-line's reason."""
     why = ("the offer has no audio m-line: the server only " +
            ("takes audio" if publish else "sends audio"))
     for section in sections:
         if section.media != "audio":
             continue
         try:
-            opus = _served_audio(section, live(section), bundle, mids, publish)
+            opus = _served_audio(section, _live(section, mids, bundle), bundle, mids, publish)
         except InvalidError as error:
-            if audio is None and why.startswith("the offer has no audio"):
+            if why.startswith("the offer has no audio"):
                 why = str(error)
             continue
-        audio = section
-        break
-    if audio is None or opus is None:
-        raise InvalidError(why)
-    opus_pt, opus_fmtp = opus
+        return section, opus
+    raise InvalidError(why)
 
-    # ICE and DTLS: on each m-line or at session level; bundled m-lines share
-    # them. webrtcbin takes ufrag and pwd as a pair from the m-line, else from
-    # the session (it asserts there is one of each there, and passes NULL on
-    # when only one is found), so they must come in pairs, once per place.
-    session_ufrag, session_pwd = session_value("ice-ufrag"), session_value("ice-pwd")
-    if (session_ufrag is None) != (session_pwd is None):
+
+def _check_transport(session: _Attributes, sections: list[_Section], audio: _Section,
+                     mids: list[str], bundle: tuple[str, ...]) -> _Transport:
+    """ICE and DTLS: on each m-line or at session level; bundled m-lines share
+    them. webrtcbin takes ufrag and pwd as a pair from the m-line, else from
+    the session (it asserts there is one of each there, and passes NULL on
+    when only one is found), so they must come in pairs, once per place.
+    Returns the audio's."""
+    session_ice = _session_value(session, "ice-ufrag"), _session_value(session, "ice-pwd")
+    if (session_ice[0] is None) != (session_ice[1] is None):
         raise InvalidError("a=ice-ufrag and a=ice-pwd must come together at session level")
-
-    def transport(section: _Section) -> tuple[str, str, str, tuple[tuple[str, str], ...]]:
-        ufrag, pwd = section.one("ice-ufrag"), section.one("ice-pwd")
-        if (ufrag is None) != (pwd is None):
-            raise InvalidError(f"m-line {section.index}: a=ice-ufrag and a=ice-pwd must "
-                               "come together")
-        if ufrag is None:
-            ufrag, pwd = session_ufrag, session_pwd
-        setup = section.one("setup")  # webrtcbin reads it from the m-line only
-        prints = tuple(_fingerprint(v) for v in section.values("fingerprint")) or \
-            tuple(_fingerprint(v) for k, v in session if k == "fingerprint")
-        if ufrag is None or pwd is None:
-            raise InvalidError(f"m-line {section.index} has no a=ice-ufrag / a=ice-pwd")
-        if not prints:
-            raise InvalidError(f"m-line {section.index} has no a=fingerprint")
-        if setup not in SETUP_ROLES:
-            raise InvalidError(f"m-line {section.index}: a=setup must be actpass or active, "
-                               f"not {str(setup)[:20]!r}")
-        return _ice(ufrag, "ice-ufrag", 4), _ice(pwd, "ice-pwd", 22), setup, prints
-
-    ufrag, pwd, setup, fingerprints = transport(audio)
+    found = _transport(audio, session, session_ice)
     for section in sections:
         if section is audio or mids[section.index] not in bundle or (
                 section.one("ice-ufrag") is None and section.one("ice-pwd") is None):
             continue  # not bundled with the audio, or no transport of its own
-        if transport(section) != (ufrag, pwd, setup, fingerprints):
+        if _transport(section, session, session_ice) != found:
             raise InvalidError(f"m-line {section.index} is bundled but has other ICE or DTLS "
                                "parameters than the audio")
+    return found
+
+
+def _transport(section: _Section, session: _Attributes,
+               session_ice: tuple[str | None, str | None]) -> _Transport:
+    """An m-line's ICE credentials (its own pair, else the session's), its
+    DTLS setup role and its fingerprints (its own, else the session's)."""
+    ufrag, pwd = section.one("ice-ufrag"), section.one("ice-pwd")
+    if (ufrag is None) != (pwd is None):
+        raise InvalidError(f"m-line {section.index}: a=ice-ufrag and a=ice-pwd must "
+                           "come together")
+    if ufrag is None:
+        ufrag, pwd = session_ice
+    setup = section.one("setup")  # webrtcbin reads it from the m-line only
+    prints = tuple(_fingerprint(v) for v in section.values("fingerprint")) or \
+        tuple(_fingerprint(v) for k, v in session if k == "fingerprint")
+    if ufrag is None or pwd is None:
+        raise InvalidError(f"m-line {section.index} has no a=ice-ufrag / a=ice-pwd")
+    if not prints:
+        raise InvalidError(f"m-line {section.index} has no a=fingerprint")
+    if setup not in SETUP_ROLES:
+        raise InvalidError(f"m-line {section.index}: a=setup must be actpass or active, "
+                           f"not {str(setup)[:20]!r}")
+    return _ice(ufrag, "ice-ufrag", 4), _ice(pwd, "ice-pwd", 22), setup, prints
+
+
+def _check_candidates(session: _Attributes, sections: list[_Section]) -> None:
     for value in [v for k, v in session if k == "candidate"] + \
             [v for s in sections for v in s.values("candidate")]:
         check_candidate("candidate:" + (value or ""))
-    # what the engine gets: CRLF, no blank lines, no host-name candidates
+
+
+def _engine_sdp(lines: list[str]) -> str:
+    """What the engine gets: CRLF, no blank lines, no host-name candidates."""
     kept = [line for line in lines
             if not (line.startswith("a=candidate:") and is_hostname_candidate(line[2:]))]
-    return Offer(sdp="\r\n".join(kept) + "\r\n", mids=mids, audio=audio.index,
-                 ice_ufrag=ufrag, ice_pwd=pwd, opus_pt=opus_pt, opus_fmtp=opus_fmtp,
-                 fingerprints=fingerprints, setup=setup,
-                 datachannel=any(s.media == "application" for s in sections), bundle=bundle,
-                 stereo=_asks_stereo(opus_fmtp))
+    return "\r\n".join(kept) + "\r\n"
 
 
 def _served_audio(section: _Section, live: bool, bundle: tuple[str, ...],

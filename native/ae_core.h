@@ -4,6 +4,9 @@
  *   ae_core -> ae_events (event queue, glib loop) -> ae_alsa (one PCM)
  *   -> ae_netsrc (a network source's receiver)
  *   -> ae_sdp (offers) -> ae_internal.h (graph, fan-out, transports, engine)
+ * and beside it, the lean transport's protocols (ae_lean.c alone includes
+ * them): ae_core -> ae_stun (ICE-lite), ae_rtcp (RTP/RTCP packets);
+ * ae_stun, ae_sdp -> ae_dtls (DTLS-SRTP).
  */
 #ifndef AE_CORE_H
 #define AE_CORE_H

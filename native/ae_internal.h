@@ -16,6 +16,13 @@
  *   -> ae_lean, ae_webrtc (the two listener transports; each gets what it
  *      needs from the engine at create), ae_forward (RTP out to a relay)
  *   -> ae_listener.c, ae_engine.c.
+ * The lean transport's protocols are modules of their own, included by
+ * ae_lean.c alone and knowing nothing of it (it hands each what it needs):
+ *   ae_core -> ae_stun (ICE-lite: credentials, Binding requests, which of a
+ *              peer's paths media takes),
+ *              ae_rtcp (RTP's header, sender and receiver reports)
+ *   ae_stun, ae_sdp -> ae_dtls (DTLS-SRTP: the handshake, the fingerprint
+ *              check, the keys into libsrtp)
  *
  * Threads and locks
  *  - glib thread: runs the engine's GMainContext; every GStreamer/webrtcbin

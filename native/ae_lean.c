@@ -24,35 +24,38 @@
  *
  * All per-listener protocol state (tables, SSL, SRTP sessions) belongs to
  * the network thread: control calls hand it commands and wait for the ones
- * that must finish (a listener's removal). Statistics are atomics. */
+ * that must finish (a listener's removal). Statistics are atomics.
+ *
+ * The protocols are modules below this one, each given only what it needs:
+ * ae_stun (ICE-lite: credentials, Binding requests, which path media may
+ * take), ae_dtls (the handshake, the fingerprint check, the keys into
+ * libsrtp), ae_rtcp (RTP's header, sender and receiver reports). Here: the
+ * sockets, the tables of listeners and their addresses, the network thread,
+ * the answer and the public calls. */
 #define _GNU_SOURCE
 #include "ae_lean.h"
 
+#include "ae_dtls.h"
+#include "ae_rtcp.h"
+#include "ae_stun.h"
+
 #include <arpa/inet.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <ifaddrs.h>
 #include <malloc.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <openssl/ssl.h>
-#include <openssl/x509.h>
 #include <poll.h>
 #include <srtp2/srtp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stun/stunagent.h>
-#include <stun/usages/ice.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
-#define DTLS_MTU 1200
 #define BATCH 64               /* datagrams per sendmmsg / recvmmsg */
 #define PKT_SLOTS 64           /* Opus packets queued from the mixer */
 #define PKT_MAX 4000
@@ -66,24 +69,6 @@
 #define FORGET_TIMEOUT_MS 5000
 #define TRIM_AFTER_US 200000   /* hand freed memory back this long after the last removal */
 
-typedef struct addr_key {
-    uint16_t family, port;     /* port in network order */
-    uint8_t ip[16];
-} addr_key;
-
-typedef struct peer_addr {
-    addr_key key;
-    union {                              /* 28 bytes where sockaddr_storage takes 128: */
-        struct sockaddr_in in4;          /* nine of these a listener */
-        struct sockaddr_in6 in6;
-    } sa;
-    socklen_t len;
-    int fd;
-    int64_t consent_us;                  /* its last valid Binding request */
-    int64_t proof_us;                    /* its last SRTCP that libsrtp authenticated, or 0 */
-    bool nominated;                      /* a request from it carried USE-CANDIDATE */
-} peer_addr;
-
 typedef struct stream stream;
 
 struct ae_lean_peer {
@@ -95,31 +80,24 @@ struct ae_lean_peer {
     uint64_t listener_id, sink_id;
     const atomic_bool *closing;
     int pt;
-    char ufrag[16], pwd[32];             /* ours */
-    char remote_ufrag[257];
+    ae_ice_creds ice;                    /* ours, and the offer's ufrag */
     int nfp;
     ae_fingerprint fp[AE_OFFER_MAX_FINGERPRINTS];
     /* network thread only */
     stream *stream;
     bool attached, ice_started, connected, ended;
-    bool dtls_fatal;                     /* OpenSSL reported a fatal error: no SSL_shutdown */
     int64_t created_us, last_consent_us, ice_started_us, next_sr_us;
-    peer_addr addrs[MAX_ADDRS];
+    ae_path addrs[MAX_ADDRS];
     int naddrs, media;                   /* media: index into addrs of where media goes, or -1
                                           * (see consider_move) */
-    peer_addr dtls_to;                   /* where the last DTLS came from */
-    SSL *ssl;
-    BIO *rbio;
-    srtp_t tx, rx;                       /* ours out (RTP, sender reports); the peer's reports in */
+    ae_path dtls_to;                     /* where the last DTLS came from */
+    ae_dtls dtls;                        /* its SSL and the SRTP sessions it keyed */
     uint32_t rtp_packets, rtp_octets;    /* for sender reports */
     /* read by any thread */
     _Atomic int state;
     _Atomic int64_t last_rx_us;
     _Atomic uint64_t packets_sent, bytes_sent;
-    pthread_mutex_t rr_lock;
-    uint64_t rtcp_reports;
-    double fraction_lost, jitter_ms, rtt_ms;
-    int64_t packets_lost;
+    ae_rtcp_figures rr;                  /* from its receiver reports */
     struct cmd *remove;                  /* made with it, so its removal cannot fail */
 };
 
@@ -163,17 +141,14 @@ struct ae_lean {
     pthread_t thread;
     bool started;
     atomic_bool stop;
-    SSL_CTX *ctx;
-    BIO_METHOD *bio_method;
-    char fingerprint[32 * 3];
-    uint64_t tie, ssrc_salt;
+    ae_dtls_ctx dtls;                    /* our certificate, every listener's context */
+    uint64_t ssrc_salt;
     int64_t consent_us;
     int64_t quiet_us;                    /* a media path this long unheard from may move */
     /* network thread */
-    StunAgent agent;
+    ae_stun stun;
     GHashTable *by_ufrag, *by_addr, *streams;
     GPtrArray *peers;                    /* attached */
-    ae_lean_peer *validating;            /* set by the STUN validater */
     int64_t next_housekeep_us;
     struct mmsghdr msgs[BATCH];
     struct iovec iov[BATCH];
@@ -198,35 +173,6 @@ struct ae_lean {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static void put16(unsigned char *b, uint16_t v)
-{
-    b[0] = (unsigned char)(v >> 8);
-    b[1] = (unsigned char)v;
-}
-
-static void put32(unsigned char *b, uint32_t v)
-{
-    b[0] = (unsigned char)(v >> 24);
-    b[1] = (unsigned char)(v >> 16);
-    b[2] = (unsigned char)(v >> 8);
-    b[3] = (unsigned char)v;
-}
-
-static uint32_t get32(const unsigned char *b)
-{
-    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
-}
-
-/* NTP time (RFC 3550 sender reports): wall clock, 32.32 fixed point. */
-static uint64_t ntp_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t sec = (uint64_t)ts.tv_sec + 2208988800u;
-    uint64_t frac = ((uint64_t)ts.tv_nsec << 32) / 1000000000u;
-    return sec << 32 | frac;
-}
-
 static uint64_t mix64(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ull;
@@ -235,38 +181,9 @@ static uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-static void random_ice_text(char *out, size_t n)
-{
-    static const char chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    unsigned char r[64];
-    RAND_bytes(r, (int)n);
-    for (size_t i = 0; i < n; i++) out[i] = chars[r[i] % 64];
-    out[n] = '\0';
-}
-
-static bool key_of(const struct sockaddr_storage *sa, addr_key *k)
-{
-    memset(k, 0, sizeof *k);
-    if (sa->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        k->family = AF_INET;
-        k->port = in->sin_port;
-        memcpy(k->ip, &in->sin_addr, 4);
-        return true;
-    }
-    if (sa->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        k->family = AF_INET6;
-        k->port = in6->sin6_port;
-        memcpy(k->ip, &in6->sin6_addr, 16);
-        return true;
-    }
-    return false;
-}
-
 static guint addr_hash(gconstpointer p)
 {
-    const addr_key *k = p;
+    const ae_addr_key *k = p;
     uint64_t a, b;
     memcpy(&a, k->ip, 8);
     memcpy(&b, k->ip + 8, 8);
@@ -275,7 +192,7 @@ static guint addr_hash(gconstpointer p)
 
 static gboolean addr_equal(gconstpointer a, gconstpointer b)
 {
-    return memcmp(a, b, sizeof(addr_key)) == 0;
+    return memcmp(a, b, sizeof(ae_addr_key)) == 0;
 }
 
 static guint u64_hash(gconstpointer p) { return (guint)mix64(*(const uint64_t *)p); }
@@ -314,104 +231,6 @@ static uint64_t enqueue(ae_lean *t, cmd *c)
     pthread_mutex_unlock(&t->cmd_lock);
     wake(t);
     return seq;
-}
-
-/* ---- DTLS: certificate, context, the BIO that sends --------------------- */
-
-static int bio_write(BIO *b, const char *data, int len)
-{
-    ae_lean_peer *p = BIO_get_data(b);
-    if (p && p->dtls_to.len)
-        sendto(p->dtls_to.fd, data, (size_t)len, MSG_DONTWAIT,
-               (const struct sockaddr *)&p->dtls_to.sa, p->dtls_to.len);
-    return len;
-}
-
-static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
-{
-    (void)b;
-    (void)num;
-    (void)ptr;
-    switch (cmd) {
-    case BIO_CTRL_FLUSH: return 1;
-    case BIO_CTRL_DGRAM_QUERY_MTU: return DTLS_MTU;
-    default: return 0;
-    }
-}
-
-static int bio_create(BIO *b)
-{
-    BIO_set_init(b, 1);
-    return 1;
-}
-
-/* The peer's certificate is self-signed: what vouches for it is the
- * fingerprint in its offer, checked once the handshake is done. */
-static int accept_any_cert(int ok, X509_STORE_CTX *ctx)
-{
-    (void)ok;
-    (void)ctx;
-    return 1;
-}
-
-static int make_dtls_context(ae_lean *t)
-{
-    EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *cert = X509_new();
-    int rc = AE_OK;
-    if (!key || !cert) {
-        rc = ae_fail(AE_ERR_MEDIA, "cannot make the DTLS key");
-        goto out;
-    }
-    uint32_t serial;
-    RAND_bytes((unsigned char *)&serial, sizeof serial);
-    X509_set_version(cert, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(cert), (long)(serial >> 1));
-    X509_gmtime_adj(X509_getm_notBefore(cert), -86400);
-    X509_gmtime_adj(X509_getm_notAfter(cert), 365L * 86400);
-    X509_set_pubkey(cert, key);
-    X509_NAME *name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"appliance", -1,
-                               -1, 0);
-    X509_set_issuer_name(cert, name);
-    if (!X509_sign(cert, key, EVP_sha256())) {
-        rc = ae_fail(AE_ERR_MEDIA, "cannot sign the DTLS certificate");
-        goto out;
-    }
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned mdlen = 0;
-    X509_digest(cert, EVP_sha256(), md, &mdlen);
-    for (unsigned i = 0; i < mdlen; i++)
-        snprintf(t->fingerprint + 3 * i, 4, i + 1 < mdlen ? "%02X:" : "%02X", md[i]);
-
-    t->ctx = SSL_CTX_new(DTLS_server_method());
-    if (!t->ctx || !SSL_CTX_use_certificate(t->ctx, cert) || !SSL_CTX_use_PrivateKey(t->ctx, key) ||
-        !SSL_CTX_check_private_key(t->ctx)) {
-        rc = ae_fail(AE_ERR_MEDIA, "cannot set up DTLS");
-        goto out;
-    }
-    SSL_CTX_set_min_proto_version(t->ctx, DTLS1_2_VERSION);
-    SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, accept_any_cert);
-    SSL_CTX_set_session_cache_mode(t->ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_mode(t->ctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_read_ahead(t->ctx, 1);
-    /* nothing but handshake and alerts is ever written, and those fit the
-     * MTU: a 1.2 KiB write buffer per listener instead of 17 KiB */
-    SSL_CTX_set_max_send_fragment(t->ctx, DTLS_MTU);
-    /* 0 means success here */
-    if (SSL_CTX_set_tlsext_use_srtp(t->ctx, "SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80")) {
-        rc = ae_fail(AE_ERR_MEDIA, "OpenSSL refused the SRTP profiles");
-        goto out;
-    }
-    t->bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "ae-dtls-out");
-    BIO_meth_set_write(t->bio_method, bio_write);
-    BIO_meth_set_ctrl(t->bio_method, bio_ctrl);
-    BIO_meth_set_create(t->bio_method, bio_create);
-out:
-    X509_free(cert);
-    EVP_PKEY_free(key);
-    ERR_clear_error();
-    return rc;
 }
 
 /* ---- sockets ------------------------------------------------------------ */
@@ -517,46 +336,22 @@ static void forget_addr(ae_lean *t, ae_lean_peer *p, int i)
     else if (p->media > i) p->media--;
 }
 
-/* The buffers SSL_free_buffers took, back before anything is written:
- * OpenSSL's DTLS writes assume them (a read makes both; the read buffer is
- * empty, so this one only makes them). */
-static void dtls_buffers_back(ae_lean_peer *p)
-{
-    unsigned char none[1];
-    SSL_read(p->ssl, none, sizeof none);
-    ERR_clear_error();
-}
-
 /* The listener is over: nothing more in or out, its crypto state freed.
  * state < 0: no event (it is being removed by its owner). */
 static void peer_end(ae_lean *t, ae_lean_peer *p, int state, const char *why)
 {
     if (p->ended) return;
     p->ended = true;
-    if (g_hash_table_lookup(t->by_ufrag, p->ufrag) == p) g_hash_table_remove(t->by_ufrag, p->ufrag);
+    if (g_hash_table_lookup(t->by_ufrag, p->ice.ufrag) == p)
+        g_hash_table_remove(t->by_ufrag, p->ice.ufrag);
     while (p->naddrs) forget_addr(t, p, p->naddrs - 1);
     if (p->connected && p->stream) {
         g_ptr_array_remove_fast(p->stream->live, p);
         ae_fanout_heard(p->fanout, -1);
     }
     p->connected = false;
-    if (p->ssl) {
-        /* close_notify back, only on a connection that is whole: OpenSSL
-         * says SSL_shutdown must not follow a fatal error (it crashed in
-         * libssl here when a failed peer was removed) */
-        if ((state == AE_LISTENER_CLOSED || state < 0) && !p->dtls_fatal &&
-            SSL_is_init_finished(p->ssl) && !(SSL_get_shutdown(p->ssl) & SSL_SENT_SHUTDOWN)) {
-            dtls_buffers_back(p);
-            SSL_shutdown(p->ssl);
-        }
-        SSL_free(p->ssl); /* frees both BIOs */
-        p->ssl = NULL;
-        p->rbio = NULL;
-    }
-    if (p->tx) srtp_dealloc(p->tx);
-    if (p->rx) srtp_dealloc(p->rx);
-    p->tx = p->rx = NULL;
-    ERR_clear_error();
+    /* close_notify back when it closed or is removed, not when it failed */
+    ae_dtls_end(&p->dtls, state == AE_LISTENER_CLOSED || state < 0);
     (void)why;
     if (state >= 0) post_state(t, p, state);
 }
@@ -568,7 +363,7 @@ static void peer_add(ae_lean *t, ae_lean_peer *p)
         p->stream->attached++;
     }
     p->attached = true;
-    g_hash_table_insert(t->by_ufrag, p->ufrag, p);
+    g_hash_table_insert(t->by_ufrag, p->ice.ufrag, p);
     g_ptr_array_add(t->peers, p);
 }
 
@@ -584,14 +379,7 @@ static void peer_remove(ae_lean *t, ae_lean_peer *p)
     }
 }
 
-/* When the peer was last heard from on a path: a Binding request, or SRTCP
- * that libsrtp authenticated. */
-static int64_t path_heard_us(const peer_addr *a)
-{
-    return a->consent_us > a->proof_us ? a->consent_us : a->proof_us;
-}
-
-static int addr_index(const ae_lean_peer *p, const addr_key *k)
+static int addr_index(const ae_lean_peer *p, const ae_addr_key *k)
 {
     for (int i = 0; i < p->naddrs; i++)
         if (!memcmp(&p->addrs[i].key, k, sizeof *k)) return i;
@@ -602,37 +390,27 @@ static int addr_index(const ae_lean_peer *p, const addr_key *k)
  * another listener's. An address another listener had is moved (the newer
  * request was authenticated for p), unless it is that listener's media path
  * and still heard from: STUN alone never takes a live path. When the table
- * is full, the address heard from longest ago goes, one that never proved
- * itself with SRTCP first, the media path never. */
+ * is full, one goes (ae_paths_to_drop: the address heard from longest ago,
+ * one that never proved itself with SRTCP first, the media path never). */
 static int peer_learn_addr(ae_lean *t, ae_lean_peer *p, int fd, const struct sockaddr_storage *sa,
                            socklen_t len, int64_t now)
 {
-    addr_key k;
-    key_of(sa, &k);
+    ae_addr_key k;
+    ae_addr_key_of(sa, &k);
     for (int i = 0; i < p->naddrs; i++)
         if (!memcmp(&p->addrs[i].key, &k, sizeof k)) return i;
     ae_lean_peer *other = g_hash_table_lookup(t->by_addr, &k);
     if (other && other != p) {
         for (int i = 0; i < other->naddrs; i++)
             if (!memcmp(&other->addrs[i].key, &k, sizeof k)) {
-                if (i == other->media && now - path_heard_us(&other->addrs[i]) <= t->quiet_us)
+                if (i == other->media && now - ae_path_heard_us(&other->addrs[i]) <= t->quiet_us)
                     return -1;
                 forget_addr(t, other, i);
                 break;
             }
     }
-    if (p->naddrs == MAX_ADDRS) {
-        int drop = -1;
-        for (int i = 0; i < p->naddrs; i++) {
-            if (i == p->media) continue;
-            const peer_addr *a = &p->addrs[i], *d = drop >= 0 ? &p->addrs[drop] : NULL;
-            if (!d || (!a->proof_us && d->proof_us) ||
-                (!a->proof_us == !d->proof_us && path_heard_us(a) < path_heard_us(d)))
-                drop = i;
-        }
-        forget_addr(t, p, drop);
-    }
-    peer_addr *a = &p->addrs[p->naddrs];
+    if (p->naddrs == MAX_ADDRS) forget_addr(t, p, ae_paths_to_drop(p->addrs, p->naddrs, p->media));
+    ae_path *a = &p->addrs[p->naddrs];
     memset(a, 0, sizeof *a);
     a->key = k;
     a->len = len < sizeof a->sa ? len : sizeof a->sa;
@@ -644,38 +422,19 @@ static int peer_learn_addr(ae_lean *t, ae_lean_peer *p, int fd, const struct soc
 
 /* Where media and sender reports go: the path DTLS completed on, or the one
  * it moved to (consider_move); nowhere before. */
-static const peer_addr *media_addr(const ae_lean_peer *p)
+static const ae_path *media_addr(const ae_lean_peer *p)
 {
     return p->media >= 0 ? &p->addrs[p->media] : NULL;
 }
 
 /* Where a connected listener's media goes moves (RFC 8445 nomination, RFC
- * 7675 consent), without a switch a stranger holds. The credentials that
- * pass ICE travel in cleartext in the offer and answer, so a Binding
- * request with USE-CANDIDATE proves nothing about who sends it: media
- * stays on the path DTLS completed on while that path is heard from (its
- * Binding requests, or its authenticated SRTCP) within quiet_us. Only when
- * it has gone quiet for that long may media move, and only to an address
- * of the same listener that passed ICE and was nominated, has consent now
- * (a request within quiet_us), and sent SRTCP that libsrtp authenticated
- * with this session's keys after the old path was last heard from: what a
- * peer that keeps its DTLS association sends from a new network (browsers
- * send receiver reports on the path they select; Chromium nominates that
- * path to an ICE-lite server), and what someone with only the
- * credentials, or a replayed packet, cannot. */
+ * 7675 consent), without a switch a stranger holds: only from a path quiet
+ * for quiet_us, and only to one the same peer proved (ae_paths_move_to says
+ * which, and why). Its DTLS and its consent go with it. */
 static void consider_move(ae_lean *t, ae_lean_peer *p, int64_t now)
 {
     if (!p->connected || p->media < 0) return;
-    int64_t heard = path_heard_us(&p->addrs[p->media]);
-    if (now - heard <= t->quiet_us) return;
-    int best = -1;
-    for (int i = 0; i < p->naddrs; i++) {
-        const peer_addr *a = &p->addrs[i];
-        if (i == p->media || !a->nominated || a->proof_us <= heard ||
-            now - a->proof_us > t->quiet_us || now - a->consent_us > t->quiet_us)
-            continue;
-        if (best < 0 || a->proof_us > p->addrs[best].proof_us) best = i;
-    }
+    int best = ae_paths_move_to(p->addrs, p->naddrs, p->media, now, t->quiet_us);
     if (best < 0) return;
     p->media = best;
     p->dtls_to = p->addrs[best];
@@ -686,59 +445,34 @@ static void consider_move(ae_lean *t, ae_lean_peer *p, int64_t now)
 
 /* ---- STUN (ICE-lite) ---------------------------------------------------- */
 
-static bool validate_user(StunAgent *agent, StunMessage *msg, uint8_t *username,
-                          uint16_t username_len, uint8_t **password, size_t *password_len,
-                          void *data)
+/* ae_stun's lookup: the listener a Binding request's USERNAME names. */
+static void *find_listener(void *arg, const char *ufrag, const ae_ice_creds **creds)
 {
-    (void)agent;
-    (void)msg;
-    ae_lean *t = data;
-    /* "ours:theirs" */
-    const uint8_t *colon = memchr(username, ':', username_len);
-    if (!colon) return false;
-    size_t ours = (size_t)(colon - username);
-    char key[16];
-    if (ours == 0 || ours >= sizeof key) return false;
-    memcpy(key, username, ours);
-    key[ours] = '\0';
-    ae_lean_peer *p = g_hash_table_lookup(t->by_ufrag, key);
-    if (!p || p->ended) return false;
-    size_t theirs = username_len - ours - 1;
-    if (p->remote_ufrag[0] &&
-        (theirs != strlen(p->remote_ufrag) || memcmp(colon + 1, p->remote_ufrag, theirs)))
-        return false;
-    *password = (uint8_t *)p->pwd;
-    *password_len = strlen(p->pwd);
-    t->validating = p;
-    return true;
+    ae_lean *t = arg;
+    ae_lean_peer *p = g_hash_table_lookup(t->by_ufrag, ufrag);
+    if (!p || p->ended) return NULL;
+    *creds = &p->ice;
+    return p;
 }
 
 static void on_stun(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockaddr_storage *from,
                     socklen_t fromlen)
 {
-    StunMessage req;
-    t->validating = NULL;
-    StunValidationStatus v = stun_agent_validate(&t->agent, &req, buf, len, validate_user, t);
-    ae_lean_peer *p = t->validating;
-    if (v != STUN_VALIDATION_SUCCESS || !p || stun_message_get_class(&req) != STUN_REQUEST ||
-        stun_message_get_method(&req) != STUN_BINDING) {
+    void *found;
+    bool use_candidate;
+    ae_stun_result r = ae_stun_answer(&t->stun, fd, buf, len, from, fromlen, find_listener, t,
+                                      &found, &use_candidate);
+    if (r == AE_STUN_REJECTED) {
         atomic_fetch_add(&t->stun_rejected, 1);
         return;
     }
-    uint8_t out[512];
-    size_t outlen = sizeof out;
-    StunMessage resp;
-    bool controlling = false; /* ICE-lite: always the controlled agent */
-    StunUsageIceReturn r = stun_usage_ice_conncheck_create_reply(
-        &t->agent, &req, &resp, out, &outlen, from, fromlen, &controlling, t->tie,
-        STUN_USAGE_ICE_COMPATIBILITY_RFC5245);
-    if (outlen) sendto(fd, out, outlen, MSG_DONTWAIT, (struct sockaddr *)from, fromlen);
-    if (r != STUN_USAGE_ICE_RETURN_SUCCESS) return;
+    if (r != AE_STUN_PASSED) return;
+    ae_lean_peer *p = found;
     int64_t now = ae_now_us();
     int i = peer_learn_addr(t, p, fd, from, fromlen, now);
     if (i < 0) return;
     p->addrs[i].consent_us = now;
-    if (stun_usage_ice_conncheck_use_candidate(&req)) p->addrs[i].nominated = true;
+    if (use_candidate) p->addrs[i].nominated = true;
     /* connected, only the media path's requests are the listener's consent
      * (RFC 7675 is per path) and a sign of life: a stranger's are not */
     if (!p->connected || i == p->media) {
@@ -754,101 +488,12 @@ static void on_stun(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
 
 /* ---- DTLS and SRTP ------------------------------------------------------ */
 
-static bool peer_new_ssl(ae_lean *t, ae_lean_peer *p)
-{
-    p->ssl = SSL_new(t->ctx);
-    p->rbio = BIO_new(BIO_s_mem());
-    BIO *wbio = BIO_new(t->bio_method);
-    if (!p->ssl || !p->rbio || !wbio) {
-        SSL_free(p->ssl);
-        BIO_free(p->rbio);
-        BIO_free(wbio);
-        p->ssl = NULL;
-        p->rbio = NULL;
-        return false;
-    }
-    BIO_set_mem_eof_return(p->rbio, -1);
-    BIO_set_data(wbio, p);
-    SSL_set_bio(p->ssl, p->rbio, wbio);
-    SSL_set_options(p->ssl, SSL_OP_NO_QUERY_MTU | SSL_OP_NO_RENEGOTIATION);
-    DTLS_set_link_mtu(p->ssl, DTLS_MTU);
-    SSL_set_accept_state(p->ssl);
-    return true;
-}
-
-static bool fingerprint_matches(ae_lean_peer *p, X509 *cert)
-{
-    unsigned char *der = NULL;
-    int len = i2d_X509(cert, &der);
-    bool ok = len > 0 && ae_cert_matches(p->fp, p->nfp, der, len);
-    OPENSSL_free(der);
-    return ok;
-}
-
-/* The replay window is for RTP received, which no listener sends us: ours
- * out needs only libsrtp's minimum (with allow_repeat_tx off it still
- * refuses to protect an index twice), and SRTCP in has a fixed 128-packet
- * window of its own. */
-static bool make_srtp(srtp_t *out, int profile, const unsigned char *key, const unsigned char *salt,
-                      int key_len, int salt_len, srtp_ssrc_type_t type, uint32_t ssrc)
-{
-    unsigned char master[64];
-    memcpy(master, key, (size_t)key_len);
-    memcpy(master + key_len, salt, (size_t)salt_len);
-    srtp_policy_t pol;
-    memset(&pol, 0, sizeof pol);
-    if (profile == SRTP_AEAD_AES_128_GCM) {
-        srtp_crypto_policy_set_aes_gcm_128_16_auth(&pol.rtp);
-        srtp_crypto_policy_set_aes_gcm_128_16_auth(&pol.rtcp);
-    } else {
-        srtp_crypto_policy_set_rtp_default(&pol.rtp);
-        srtp_crypto_policy_set_rtcp_default(&pol.rtcp);
-    }
-    pol.ssrc.type = type;
-    pol.ssrc.value = ssrc;
-    pol.key = master;
-    pol.window_size = 64;
-    pol.allow_repeat_tx = 0;
-    bool ok = srtp_create(out, &pol) == srtp_err_status_ok;
-    OPENSSL_cleanse(master, sizeof master);
-    if (!ok) *out = NULL;
-    return ok;
-}
-
 static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
 {
-    X509 *cert = SSL_get0_peer_certificate(p->ssl);
-    if (!cert || !fingerprint_matches(p, cert)) {
-        peer_end(t, p, AE_LISTENER_FAILED, "the peer's certificate does not match its offer");
-        return;
-    }
-    const SRTP_PROTECTION_PROFILE *prof = SSL_get_selected_srtp_profile(p->ssl);
-    int id = prof ? (int)prof->id : 0;
-    int key_len = 16, salt_len = id == SRTP_AEAD_AES_128_GCM ? 12 : 14;
-    if (id != SRTP_AEAD_AES_128_GCM && id != SRTP_AES128_CM_SHA1_80) {
-        peer_end(t, p, AE_LISTENER_FAILED, "no SRTP profile agreed");
-        return;
-    }
-    unsigned char km[2 * (16 + 14)];
-    size_t kmlen = 2 * (size_t)(key_len + salt_len);
-    static const char label[] = "EXTRACTOR-dtls_srtp";
-    if (SSL_export_keying_material(p->ssl, km, kmlen, label, sizeof label - 1, NULL, 0, 0) != 1) {
-        peer_end(t, p, AE_LISTENER_FAILED, "cannot export the SRTP keys");
-        return;
-    }
-    /* client key, server key, client salt, server salt; we are the server */
-    const unsigned char *ckey = km, *skey = km + key_len, *csalt = km + 2 * key_len,
-                        *ssalt = km + 2 * key_len + salt_len;
-    /* ours: one SSRC, the sink's, so no template stream beside it (a
-     * publisher gets nothing from us); the peer's media and reports come
-     * from SSRCs its offer need not name. libsrtp keeps that session's
-     * replay window: SRTP and SRTCP integrity stay its job. */
-    bool ok = (!p->stream || make_srtp(&p->tx, id, skey, ssalt, key_len, salt_len,
-                                       ssrc_specific, p->stream->ssrc)) &&
-              make_srtp(&p->rx, id, ckey, csalt, key_len, salt_len, ssrc_any_inbound, 0);
-    OPENSSL_cleanse(km, sizeof km);
-    if (!ok) {
-        peer_end(t, p, AE_LISTENER_FAILED, "libsrtp refused the keys");
+    const char *why = ae_dtls_keys(&p->dtls, p->fp, p->nfp, p->stream != NULL,
+                                   p->stream ? p->stream->ssrc : 0);
+    if (why) {
+        peer_end(t, p, AE_LISTENER_FAILED, why);
         return;
     }
     /* media goes where the handshake completed: the address that proved
@@ -866,8 +511,8 @@ static void on_dtls_done(ae_lean *t, ae_lean_peer *p)
 static void on_dtls(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockaddr_storage *from,
                     socklen_t fromlen)
 {
-    addr_key k;
-    key_of(from, &k);
+    ae_addr_key k;
+    ae_addr_key_of(from, &k);
     ae_lean_peer *p = g_hash_table_lookup(t->by_addr, &k);
     if (!p || p->ended) {
         atomic_fetch_add(&t->dtls_rejected, 1);
@@ -884,97 +529,26 @@ static void on_dtls(ae_lean *t, int fd, uint8_t *buf, size_t len, struct sockadd
         memcpy(&p->dtls_to.sa, from, p->dtls_to.len);
     }
     if (!p->connected || addr_index(p, &k) == p->media) atomic_store(&p->last_rx_us, ae_now_us());
-    if (!p->ssl && (p->connected || !peer_new_ssl(t, p))) return;
-    BIO_write(p->rbio, buf, (int)len);
-    if (!SSL_is_init_finished(p->ssl)) {
-        int r = SSL_do_handshake(p->ssl);
-        if (r == 1) {
-            on_dtls_done(t, p);
-        } else {
-            int err = SSL_get_error(p->ssl, r);
-            if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) {
-                p->dtls_fatal = true;
-                peer_end(t, p, AE_LISTENER_FAILED, "DTLS handshake failed");
-                return;
-            }
-        }
+    if (!p->dtls.ssl && (p->connected || !ae_dtls_new(&t->dtls, &p->dtls, &p->dtls_to))) return;
+    ae_dtls_event ev = ae_dtls_handshake(&p->dtls, buf, len);
+    if (ev == AE_DTLS_FAILED) {
+        peer_end(t, p, AE_LISTENER_FAILED, "DTLS handshake failed");
+        return;
     }
-    if (p->ssl && SSL_is_init_finished(p->ssl)) {
-        /* After the handshake only alerts matter: close_notify ends it. */
-        unsigned char sink[RECV_BUF];
-        for (;;) {
-            int r = SSL_read(p->ssl, sink, sizeof sink);
-            if (r > 0) continue;
-            int err = SSL_get_error(p->ssl, r);
-            if (err == SSL_ERROR_ZERO_RETURN) {
-                peer_end(t, p, AE_LISTENER_CLOSED, "the peer closed DTLS");
-                return;
-            }
-            if (err == SSL_ERROR_SSL || err == SSL_ERROR_SYSCALL) {
-                p->dtls_fatal = true;
-                peer_end(t, p, AE_LISTENER_FAILED, "DTLS failed");
-                return;
-            }
-            break;
-        }
+    if (ev == AE_DTLS_HANDSHAKEN) on_dtls_done(t, p);
+    ev = ae_dtls_read(&p->dtls);
+    if (ev == AE_DTLS_CLOSED) {
+        peer_end(t, p, AE_LISTENER_CLOSED, "the peer closed DTLS");
+        return;
     }
-    /* Nothing half-read carries over. Connected, a fresh empty BIO rather
-     * than a reset one: that keeps the largest flight's buffer (~0.7 KiB). */
-    BIO *fresh = p->ssl && p->connected ? BIO_new(BIO_s_mem()) : NULL;
-    if (fresh) {
-        BIO_set_mem_eof_return(fresh, -1);
-        SSL_set0_rbio(p->ssl, fresh); /* frees the old one */
-        p->rbio = fresh;
-    } else if (p->rbio) {
-        BIO_reset(p->rbio);
+    if (ev == AE_DTLS_FAILED) {
+        peer_end(t, p, AE_LISTENER_FAILED, "DTLS failed");
+        return;
     }
-    /* Connected, a listener's DTLS sees only the odd alert or retransmitted
-     * flight: its 16 KiB read and its write buffer go back now and are made
-     * again by the next read (it refuses while a record is half-read). */
-    if (p->ssl && p->connected) SSL_free_buffers(p->ssl);
-    ERR_clear_error();
+    ae_dtls_settle(&p->dtls, p->connected);
 }
 
-/* ---- RTCP ---------------------------------------------------------------- */
-
-/* b: one report block, from its SSRC on */
-static void on_report_block(ae_lean_peer *p, const unsigned char *b)
-{
-    int32_t lost = (int32_t)((uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7]);
-    if (lost & 0x800000) lost -= 0x1000000;
-    uint32_t jitter = get32(b + 12), lsr = get32(b + 16), dlsr = get32(b + 20);
-    double rtt = -1;
-    if (lsr) {
-        uint32_t a = (uint32_t)(ntp_now() >> 16);
-        uint32_t d = a - lsr - dlsr;
-        if (d < 0x80000000u) rtt = d * 1000.0 / 65536.0;
-    }
-    pthread_mutex_lock(&p->rr_lock);
-    p->rtcp_reports++;
-    p->fraction_lost = b[4] / 256.0;
-    p->packets_lost = lost;
-    p->jitter_ms = jitter / 48.0; /* Opus's RTP clock is 48 kHz */
-    if (rtt >= 0) p->rtt_ms = rtt;
-    pthread_mutex_unlock(&p->rr_lock);
-}
-
-static void parse_rtcp(ae_lean_peer *p, const unsigned char *b, int n)
-{
-    int off = 0;
-    while (off + 8 <= n) {
-        const unsigned char *h = b + off;
-        int count = h[0] & 0x1f, type = h[1];
-        int plen = ((h[2] << 8 | h[3]) + 1) * 4;
-        if ((h[0] >> 6) != 2 || off + plen > n) break;
-        int first = type == 201 ? 8 : type == 200 ? 28 : -1; /* RR, SR */
-        for (int i = 0; first >= 0 && i < count; i++) {
-            int at = first + 24 * i;
-            if (at + 24 > plen) break;
-            if (p->stream && get32(h + at) == p->stream->ssrc) on_report_block(p, h + at);
-        }
-        off += plen;
-    }
-}
+/* ---- RTP and RTCP in ----------------------------------------------------- */
 
 /* A publisher's Opus, authenticated, to its source's receiver: only the
  * payload type its offer gave Opus (RED, comfort noise, DTMF stay here). */
@@ -988,8 +562,8 @@ static void publish(ae_lean_peer *p, unsigned char *buf, int n)
 
 static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr_storage *from)
 {
-    addr_key k;
-    key_of(from, &k);
+    ae_addr_key k;
+    ae_addr_key_of(from, &k);
     ae_lean_peer *p = g_hash_table_lookup(t->by_addr, &k);
     /* A listener only receives: RTCP is all it may send here. A publisher
      * sends RTP too. */
@@ -999,7 +573,7 @@ static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr
         return;
     }
     int n = (int)len;
-    if ((rtcp ? srtp_unprotect_rtcp(p->rx, buf, &n) : srtp_unprotect(p->rx, buf, &n)) !=
+    if ((rtcp ? srtp_unprotect_rtcp(p->dtls.rx, buf, &n) : srtp_unprotect(p->dtls.rx, buf, &n)) !=
         srtp_err_status_ok) {
         atomic_fetch_add(&t->rtcp_rejected, 1); /* forged, or a replay */
         return;
@@ -1013,45 +587,23 @@ static void on_rtp_or_rtcp(ae_lean *t, uint8_t *buf, size_t len, struct sockaddr
      * never flooded by us (some send no Binding requests once connected) */
     if (p->feed_fd >= 0 && i >= 0 && i == p->media) p->last_consent_us = now;
     if (!rtcp) publish(p, buf, n);
-    else parse_rtcp(p, buf, n);
+    else if (p->stream) ae_rtcp_receive(&p->rr, p->stream->ssrc, buf, n);
 }
+
+/* ---- sending media and reports ------------------------------------------ */
 
 static void send_sender_report(ae_lean_peer *p, int64_t now)
 {
-    const peer_addr *to = media_addr(p);
+    const ae_path *to = media_addr(p);
     stream *s = p->stream;
     if (!to || !s) return;
-    unsigned char b[128 + SRTP_MAX_TRAILER_LEN + 8];
-    uint64_t ntp = ntp_now();
+    unsigned char b[AE_RTCP_SR_MAX + SRTP_MAX_TRAILER_LEN + 8];
     uint32_t ts = s->sent_any ? s->last_ts + (uint32_t)((now - s->last_send_us) * 48 / 1000)
                               : s->ts_base;
-    b[0] = 0x80;
-    b[1] = 200;
-    put16(b + 2, 6);
-    put32(b + 4, s->ssrc);
-    put32(b + 8, (uint32_t)(ntp >> 32));
-    put32(b + 12, (uint32_t)ntp);
-    put32(b + 16, ts);
-    put32(b + 20, p->rtp_packets);
-    put32(b + 24, p->rtp_octets);
-    /* SDES with our CNAME: a compound packet must carry one */
-    int n = 28, clen = (int)strlen(s->cname);
-    int chunk = 4 + 2 + clen + 1;
-    chunk = (chunk + 3) & ~3;
-    memset(b + n, 0, (size_t)(4 + chunk));
-    b[n] = 0x81;
-    b[n + 1] = 202;
-    put16(b + n + 2, (uint16_t)(chunk / 4));
-    put32(b + n + 4, s->ssrc);
-    b[n + 8] = 1;
-    b[n + 9] = (unsigned char)clen;
-    memcpy(b + n + 10, s->cname, (size_t)clen);
-    n += 4 + chunk;
-    if (srtp_protect_rtcp(p->tx, b, &n) != srtp_err_status_ok) return;
+    int n = ae_rtcp_sender_report(b, s->ssrc, s->cname, ts, p->rtp_packets, p->rtp_octets);
+    if (srtp_protect_rtcp(p->dtls.tx, b, &n) != srtp_err_status_ok) return;
     sendto(to->fd, b, (size_t)n, MSG_DONTWAIT, (const struct sockaddr *)&to->sa, to->len);
 }
-
-/* ---- sending media ------------------------------------------------------- */
 
 static void flush(ae_lean *t)
 {
@@ -1094,14 +646,10 @@ static void send_packet(ae_lean *t, stream *s, const pkt *in)
 {
     unsigned char hdr[12];
     uint32_t ts = s->ts_base + (uint32_t)(in->index * (uint64_t)in->frame_samples);
-    hdr[0] = 0x80;
-    hdr[1] = 0;
-    put16(hdr + 2, s->seq++);
-    put32(hdr + 4, ts);
-    put32(hdr + 8, s->ssrc);
+    ae_rtp_header(hdr, s->seq++, ts, s->ssrc);
     for (guint i = 0; i < s->live->len; i++) {
         ae_lean_peer *p = g_ptr_array_index(s->live, i);
-        const peer_addr *to = media_addr(p);
+        const ae_path *to = media_addr(p);
         if (!to) continue;
         if (t->nbatch == BATCH || (t->nbatch && t->batch_fd != to->fd)) flush(t);
         unsigned char *b = t->bufs[t->nbatch];
@@ -1109,7 +657,7 @@ static void send_packet(ae_lean *t, stream *s, const pkt *in)
         memcpy(b + 12, in->data, (size_t)in->len);
         b[1] = (unsigned char)p->pt;
         int n = 12 + in->len;
-        if (srtp_protect(p->tx, b, &n) != srtp_err_status_ok) continue;
+        if (srtp_protect(p->dtls.tx, b, &n) != srtp_err_status_ok) continue;
         t->iov[t->nbatch] = (struct iovec){.iov_base = b, .iov_len = (size_t)n};
         struct msghdr *m = &t->msgs[t->nbatch].msg_hdr;
         memset(m, 0, sizeof *m);
@@ -1168,7 +716,7 @@ static void drain_packets(ae_lean *t)
 
 static void peer_free(ae_lean_peer *p)
 {
-    pthread_mutex_destroy(&p->rr_lock);
+    ae_rtcp_figures_clear(&p->rr);
     if (p->feed_fd >= 0) close(p->feed_fd);
     free(p->remove);
     free(p);
@@ -1258,14 +806,9 @@ static void housekeep(ae_lean *t, int64_t now)
             peer_end(t, p, AE_LISTENER_FAILED, "no DTLS handshake");
             continue;
         }
-        if (p->ssl && !p->connected) {
-            struct timeval tv;
-            if (DTLSv1_get_timeout(p->ssl, &tv) && tv.tv_sec == 0 && tv.tv_usec == 0 &&
-                DTLSv1_handle_timeout(p->ssl) < 0) {
-                peer_end(t, p, AE_LISTENER_FAILED, "DTLS retransmission failed");
-                continue;
-            }
-            ERR_clear_error();
+        if (p->dtls.ssl && !p->connected && !ae_dtls_retransmit(&p->dtls)) {
+            peer_end(t, p, AE_LISTENER_FAILED, "DTLS retransmission failed");
+            continue;
         }
         if (p->connected && p->stream && now >= p->next_sr_us) {
             send_sender_report(p, now);
@@ -1331,42 +874,10 @@ static void *net_main(void *arg)
 
 /* ---- lifetime ------------------------------------------------------------ */
 
-static pthread_once_t srtp_once = PTHREAD_ONCE_INIT;
-static bool srtp_ready;
-
-/* Debian's libsrtp2 does its crypto through NSS, and srtp_init starts NSS
- * "optimised for space": the softoken then keeps every key and session in
- * 32-bucket hash tables that each srtp_protect searches, so the cost of a
- * packet grew with the number of listeners (5.9 us at 1000, 0.7 us at 10).
- * Starting NSS first, with the same flags but full-sized tables, keeps it
- * near flat (1.5 us at 1000). A libsrtp on another backend has no NSS loaded:
- * then nothing is done. */
-static void nss_start(void)
-{
-    void *nss = dlopen("libnss3.so", RTLD_LAZY | RTLD_NOLOAD);
-    if (!nss) return;
-    typedef void *(*init_context_fn)(const char *, const char *, const char *, const char *,
-                                     void *, uint32_t);
-    typedef int (*is_initialized_fn)(void);
-    init_context_fn init = (init_context_fn)dlsym(nss, "NSS_InitContext");
-    is_initialized_fn initialized = (is_initialized_fn)dlsym(nss, "NSS_IsInitialized");
-    /* NSS_INIT_READONLY | NOCERTDB | NOMODDB | FORCEOPEN | NOROOTINIT, as
-     * libsrtp asks, without NSS_INIT_OPTIMIZESPACE (0x20) */
-    if (init && initialized && !initialized()) init("", "", "", "", NULL, 0x1f);
-    dlclose(nss);
-}
-
-static void srtp_start(void)
-{
-    nss_start();
-    srtp_ready = srtp_init() == srtp_err_status_ok;
-}
-
 int ae_lean_start(ae_events *events, const ae_engine_config *cfg, ae_lean **out)
 {
     *out = NULL;
-    pthread_once(&srtp_once, srtp_start);
-    if (!srtp_ready) return ae_fail(AE_ERR_MEDIA, "libsrtp would not start");
+    if (!ae_srtp_start()) return ae_fail(AE_ERR_MEDIA, "libsrtp would not start");
     ae_lean *t = calloc(1, sizeof *t);
     if (!t) return ae_fail(AE_ERR_NOMEM, "out of memory");
     t->events = events;
@@ -1386,14 +897,8 @@ int ae_lean_start(ae_events *events, const ae_engine_config *cfg, ae_lean **out)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&t->cmd_done, &ca);
     pthread_condattr_destroy(&ca);
-    RAND_bytes((unsigned char *)&t->tie, sizeof t->tie);
     RAND_bytes((unsigned char *)&t->ssrc_salt, sizeof t->ssrc_salt);
-    static const uint16_t known[] = {STUN_ATTRIBUTE_USERNAME, STUN_ATTRIBUTE_MESSAGE_INTEGRITY,
-                                     STUN_ATTRIBUTE_FINGERPRINT, STUN_ATTRIBUTE_PRIORITY,
-                                     STUN_ATTRIBUTE_USE_CANDIDATE, STUN_ATTRIBUTE_ICE_CONTROLLED,
-                                     STUN_ATTRIBUTE_ICE_CONTROLLING, 0};
-    stun_agent_init(&t->agent, known, STUN_COMPATIBILITY_RFC5389,
-                    STUN_AGENT_USAGE_SHORT_TERM_CREDENTIALS | STUN_AGENT_USAGE_USE_FINGERPRINT);
+    ae_stun_init(&t->stun);
     t->by_ufrag = g_hash_table_new(g_str_hash, g_str_equal);
     t->by_addr = g_hash_table_new_full(addr_hash, addr_equal, g_free, NULL);
     t->streams = g_hash_table_new_full(u64_hash, u64_equal, NULL, stream_free);
@@ -1404,7 +909,7 @@ int ae_lean_start(ae_events *events, const ae_engine_config *cfg, ae_lean **out)
     t->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     int rc = (t->ring && t->bufs && t->rbufs) ? AE_OK : ae_fail(AE_ERR_NOMEM, "out of memory");
     if (rc == AE_OK && t->wake_fd < 0) rc = ae_fail(AE_ERR_NOMEM, "no eventfd: %s", strerror(errno));
-    if (rc == AE_OK) rc = make_dtls_context(t);
+    if (rc == AE_OK) rc = ae_dtls_ctx_init(&t->dtls);
     if (rc == AE_OK) rc = open_sockets(t, cfg->lean_port);
     if (rc == AE_OK) rc = ae_thread_start(&t->thread, "ae-net", net_main, t, cfg->realtime_priority);
     if (rc != AE_OK) {
@@ -1435,8 +940,7 @@ void ae_lean_stop(ae_lean *t)
     if (t->by_addr) g_hash_table_destroy(t->by_addr);
     if (t->streams) g_hash_table_destroy(t->streams);
     if (t->peers) g_ptr_array_free(t->peers, TRUE);
-    SSL_CTX_free(t->ctx);
-    BIO_meth_free(t->bio_method);
+    ae_dtls_ctx_clear(&t->dtls);
     free(t->ring);
     free(t->bufs);
     free(t->rbufs);
@@ -1542,9 +1046,10 @@ static char *build_answer(ae_lean *t, ae_lean_peer *p, const ae_offer *o, uint32
          * clients (aiortc) want ICE and DTLS parameters for every m-line;
          * the audio's own lines below stay for those that read only them
          * (webrtcbin reads a=setup from the m-line) */
-        g_string_append_printf(a, "a=ice-ufrag:%s\r\na=ice-pwd:%s\r\n", p->ufrag, p->pwd);
+        g_string_append_printf(a, "a=ice-ufrag:%s\r\na=ice-pwd:%s\r\n", p->ice.ufrag,
+                               p->ice.pwd);
         g_string_append_printf(a, "a=fingerprint:sha-256 %s\r\na=setup:passive\r\n",
-                               t->fingerprint);
+                               t->dtls.fingerprint);
     }
     if (o->mlines[o->mline].bundled) g_string_append_printf(a, "a=group:BUNDLE %s\r\n", o->mid);
     for (int m = 0; m < o->nmlines; m++) {
@@ -1559,9 +1064,10 @@ static char *build_answer(ae_lean *t, ae_lean_peer *p, const ae_offer *o, uint32
         }
         g_string_append_printf(a, "m=audio %d UDP/TLS/RTP/SAVPF %d\r\nc=IN %s %s\r\n", t->port,
                                o->pt, fams[0] == AF_INET ? "IP4" : "IP6", addrs[0]);
-        g_string_append_printf(a, "a=ice-ufrag:%s\r\na=ice-pwd:%s\r\n", p->ufrag, p->pwd);
+        g_string_append_printf(a, "a=ice-ufrag:%s\r\na=ice-pwd:%s\r\n", p->ice.ufrag,
+                               p->ice.pwd);
         g_string_append_printf(a, "a=fingerprint:sha-256 %s\r\na=setup:passive\r\n",
-                               t->fingerprint);
+                               t->dtls.fingerprint);
         if (o->mid[0]) g_string_append_printf(a, "a=mid:%s\r\n", o->mid);
         g_string_append(a, p->sink ? "a=sendonly\r\na=rtcp-mux\r\n" : "a=recvonly\r\na=rtcp-mux\r\n");
         g_string_append_printf(a, "a=rtpmap:%d opus/48000/2\r\n", o->pt);
@@ -1617,11 +1123,8 @@ static int peer_create(ae_lean *t, ae_sink *k, int feed_fd, int channels, uint64
     p->closing = closing;
     p->pt = o->pt;
     p->media = -1;
-    p->rtt_ms = -1;
-    pthread_mutex_init(&p->rr_lock, NULL);
-    random_ice_text(p->ufrag, 12);
-    random_ice_text(p->pwd, 24);
-    snprintf(p->remote_ufrag, sizeof p->remote_ufrag, "%s", o->ice_ufrag);
+    ae_rtcp_figures_init(&p->rr);
+    ae_ice_creds_make(&p->ice, o->ice_ufrag);
     for (int i = 0; i < o->nfingerprints; i++)
         if (ae_fingerprint_usable(&o->fingerprints[i])) p->fp[p->nfp++] = o->fingerprints[i];
     if (!p->nfp) {
@@ -1689,11 +1192,5 @@ void ae_lean_peer_stats(ae_lean_peer *p, ae_listener_stats *out)
     out->last_rx_us = atomic_load(&p->last_rx_us);
     out->packets_sent = atomic_load(&p->packets_sent);
     out->bytes_sent = atomic_load(&p->bytes_sent);
-    pthread_mutex_lock(&p->rr_lock);
-    out->rtcp_reports = p->rtcp_reports;
-    out->fraction_lost = p->fraction_lost;
-    out->packets_lost = p->packets_lost;
-    out->jitter_ms = p->jitter_ms;
-    out->rtt_ms = p->rtt_ms;
-    pthread_mutex_unlock(&p->rr_lock);
+    ae_rtcp_figures_get(&p->rr, out);
 }

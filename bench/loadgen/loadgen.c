@@ -1153,7 +1153,7 @@ static void command(char *line)
 
 /* Debian's libsrtp2 runs on NSS and starts it "optimised for space": every
  * unprotect then searches hash chains as long as the number of listeners
- * (see nss_start in native/ae_lean.c). Start NSS first with full tables. */
+ * (see nss_start in native/ae_dtls.c). Start NSS first with full tables. */
 static void nss_full_tables(void)
 {
     void *nss = dlopen("libnss3.so", RTLD_LAZY | RTLD_NOLOAD);
