@@ -31,6 +31,7 @@ from .engine import Engine, open_engine
 from .errors import ExistsError, InvalidError, NotFoundError, UnauthorizedError
 from .feed import Feed
 from .graph import GraphRegistry
+from .hat_controls import HatControls
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
 from .model import (
@@ -70,6 +71,7 @@ class Service:
         self.relays = Relays(engine, nursery, config.name)
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.board = Board(config.board_root, config.state_dir)
+        self.hat = HatControls(store)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self._deleted)
 
@@ -218,6 +220,18 @@ class Service:
         saved = self._relay_specs()
         saved.pop(relay_id, None)
         await self.store.save_section(RELAYS, saved)
+
+    # ---- the HAT's controls --------------------------------------------------------
+
+    async def hat_controls(self) -> dict[str, Any]:
+        """The HAT's controls now (``appliance.hat_controls``)."""
+        return await self.hat.read()
+
+    async def use_hat_device(self, name: str) -> dict[str, Any]:
+        return await self.hat.use_device(name)
+
+    async def set_hat_control(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return await self.hat.set_control(name, changes)
 
     def announced_streams(self) -> dict[str, Any]:
         """The streams announced on the LAN (SAP), for the admin page to add."""
@@ -369,6 +383,7 @@ async def open_service(config: Config, *, store: Store | None = None) -> AsyncIt
             await nursery.start(service.sap.run)
             try:
                 await service.graph.load(graph)
+                await service.hat.restore()
                 service.start_publications()
                 service.start_relays()
                 yield service

@@ -2,11 +2,10 @@
 opens the engine and the service (``appliance.service.open_service``).
 
 Blueprints are registered from ``BLUEPRINTS`` below, in order: add yours
-there (pages, static files, a mixer API, ...). A blueprint reaches the
-service as ``current_app.service`` (an ``appliance.service.Service``), the
-config as ``current_app.appliance_config``, and persists its own state with
-``await current_app.service.store.save_section(name, value)`` /
-``current_app.service.store.section(name)``. Who may reach a route is
+there. A blueprint asks the service for everything (``common.service()``,
+an ``appliance.service.Service``: its one door into the appliance; state is
+kept by the service, not by blueprints), and reads the config as
+``current_app.appliance_config``. Who may reach a route is
 decided in one place (``auth.check_request`` before each request): a route
 is admin-only unless ``auth`` marks it public or listening; only listening
 answers carry CORS headers.
@@ -26,7 +25,7 @@ from ..errors import ApplianceError, NotFoundError
 from ..service import Service, open_service
 from .. import logs
 from ..admin_auth import AdminAuth
-from . import (admin, auth, devices, events, health, listening, login, metrics, mixer,
+from . import (admin, auth, devices, events, hat_controls, health, listening, login, metrics,
                publications, relays, signs, ui, whep, whip)
 from .common import plain
 from .errors import error_response, http_error_response
@@ -36,7 +35,7 @@ __all__ = ["create_app", "BLUEPRINTS", "plain"]
 PACKAGE = Path(__file__).resolve().parent.parent
 
 # Every blueprint of the app, in registration order. The web UI adds its own
-# here (pages, static assets, mixer); each is a ``quart.Blueprint``.
+# here; each is a ``quart.Blueprint``.
 BLUEPRINTS: list[Blueprint] = [
     whep.blueprint,
     whip.blueprint,
@@ -44,7 +43,7 @@ BLUEPRINTS: list[Blueprint] = [
     relays.blueprint,
     admin.blueprint,
     events.blueprint,
-    mixer.blueprint,
+    hat_controls.blueprint,
     devices.blueprint,
     ui.blueprint,
     login.blueprint,

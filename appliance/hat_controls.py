@@ -1,8 +1,12 @@
-"""The HAT's ALSA mixer controls (volume, capture gain, input select) through
-pyalsaaudio, as plain JSON-able dicts.
+"""The HAT's ALSA mixer controls (volume, capture gain, input select): read
+and written through pyalsaaudio as plain JSON-able dicts, and kept by
+``HatControls``, which saves every change (store section "mixer": the device
+and a snapshot of every control) and puts it back when the appliance starts,
+so the HAT comes back with the levels it had before a power cut. ("Mixer"
+alone is the engine's mixing thread.)
 
-Everything here blocks (alsa-lib may talk to a daemon or the kernel): call it
-from a worker thread. A control is described as::
+The functions block (alsa-lib may talk to a daemon or the kernel): call them
+from a worker thread, as ``HatControls`` does. A control is described as::
 
     {"name": "Master", "index": 0,
      "playback": {"volume": [80, 80], "mute": [false, false]},   # if it has them
@@ -13,12 +17,19 @@ Volumes are percentages (0..100) per channel, as ``alsamixer`` shows them.
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Protocol
 
 import alsaaudio
+import trio
 
-__all__ = ["MixerError", "list_controls", "read_control", "write_control", "snapshot",
-           "restore", "SETTABLE"]
+from . import devices
+from .errors import InvalidError, NotFoundError
+
+__all__ = ["HatControls", "MixerError", "list_controls", "read_control", "write_control",
+           "snapshot", "restore", "SETTABLE"]
+
+log = logging.getLogger(__name__)
 
 # The fields a client may set, and what they take.
 SETTABLE = ("playback_volume", "playback_mute", "capture_volume", "capture_switch", "enum")
@@ -196,3 +207,106 @@ def restore(device: str, saved: dict[str, dict[str, Any]]) -> list[str]:
         except (MixerError, ValueError) as error:
             problems.append(str(error))
     return problems
+
+
+class _Sections(Protocol):
+    """The part of the store the controls are kept in (appliance.store.Store)."""
+
+    def section(self, name: str, default: Any = None) -> Any: ...
+
+    async def save_section(self, name: str, value: Any) -> None: ...
+
+
+class HatControls:
+    """The HAT's controls as the service keeps them: one conversation with
+    the card at a time, every change saved, the saved state put back at the
+    start. Its failures are the appliance's errors (InvalidError,
+    NotFoundError)."""
+
+    SECTION = "mixer"            # the store section (also in backups)
+    DEFAULT_DEVICE = "default"
+
+    def __init__(self, store: _Sections):
+        self._store = store
+        self._lock = trio.Lock()
+
+    def _saved(self) -> dict[str, Any]:
+        saved = self._store.section(self.SECTION) or {}
+        return saved if isinstance(saved, dict) else {}
+
+    def device(self) -> str:
+        """The saved device, checked again: the state file is not trusted."""
+        try:
+            return devices.check_mixer_device(self._saved().get("device"))
+        except InvalidError:
+            return self.DEFAULT_DEVICE
+
+    async def restore(self) -> None:
+        """Put back the saved settings (best effort: no card, no harm)."""
+        saved = self._saved()
+        if not isinstance(saved.get("controls"), dict):
+            return
+        try:
+            device = devices.check_mixer_device(saved.get("device") or self.DEFAULT_DEVICE)
+            problems = await trio.to_thread.run_sync(restore, device, saved["controls"])
+        except Exception as error:  # never keep the appliance from starting
+            log.error("mixer settings not restored: %s", error)
+            return
+        for problem in problems:
+            log.warning("mixer restore: %s", problem)
+
+    async def read(self) -> dict[str, Any]:
+        """``{"device", "available", "error", "controls"}``: a card that is
+        not there is shown as such, not refused."""
+        device = self.device()
+        async with self._lock:
+            try:
+                controls = await trio.to_thread.run_sync(list_controls, device)
+            except MixerError as error:
+                return {"device": device, "available": False, "error": str(error),
+                        "controls": []}
+        return {"device": device, "available": True, "error": None, "controls": controls}
+
+    async def use_device(self, name: str) -> dict[str, Any]:
+        """Use another ctl device (checked: ``devices.check_mixer_device``)."""
+        device = devices.check_mixer_device(name)
+        async with self._lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    controls = await self._save(device)
+            except MixerError as error:
+                raise InvalidError(str(error)) from None
+        return {"device": device, "available": True, "error": None, "controls": controls}
+
+    async def set_control(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change one control, ``"name"`` or ``"name,index"``; returns it as it is now."""
+        control_name, _, index_text = name.partition(",")
+        try:
+            index = int(index_text or 0)
+        except ValueError:
+            raise InvalidError(f"bad control {name!r}") from None
+        device = self.device()
+        async with self._lock:
+            try:
+                known = await trio.to_thread.run_sync(list_controls, device)
+            except MixerError as error:
+                raise NotFoundError(str(error)) from None
+            if not any(c["name"] == control_name and c["index"] == index for c in known):
+                raise NotFoundError(f"no mixer control {name!r}")
+            # a client that leaves (its request cancelled) must not leave a
+            # change applied but not saved
+            with trio.CancelScope(shield=True):
+                try:
+                    control = await trio.to_thread.run_sync(
+                        write_control, device, control_name, changes, index)
+                except MixerError as error:
+                    raise InvalidError(str(error)) from None
+                await self._save(device)
+        return control
+
+    async def _save(self, device: str) -> list[dict[str, Any]]:
+        """Save the device and its controls (callers shield it with the change)."""
+        controls = await trio.to_thread.run_sync(list_controls, device)
+        await self._store.save_section(self.SECTION, {"device": device,
+                                                      "controls": snapshot(controls)})
+        return controls
