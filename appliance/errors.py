@@ -64,6 +64,11 @@ class AnswerTimeoutError(ApplianceError):
     """The engine did not answer an offer in time."""
 
 
+class ManagedElsewhereError(ApplianceError):
+    """Something else keeps this value (network time keeps the clock): it is
+    not changed by hand."""
+
+
 class RestartRequiredError(ApplianceError):
     """An ICE restart was asked for without naming the session's version (If-Match)."""
 

@@ -8,6 +8,7 @@
           publishers                   one task per WHIP publisher (appliance.publishing)
           publications                 one task per channel published out (appliance.publications)
           relays                       one task per Janus relay (appliance.relays)
+          clock.jumps                  says in the log when the wall clock jumps (appliance.clock)
         graph                          named sources, sinks, routes (appliance.graph)
 
 Where each concern lives: a listener's life in ``sessions``, the graph and
@@ -33,6 +34,7 @@ from .feed import Feed
 from .graph import GraphRegistry
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
+from .clock import WallClock
 from .model import (
     NETWORK_KINDS, PublicationSpec, RelaySpec, RouteSpec, SourceSpec, Variant, build, check_id,
 )
@@ -70,6 +72,7 @@ class Service:
         self.relays = Relays(engine, nursery, config.name)
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.board = Board(config.board_root, config.state_dir)
+        self.clock = WallClock(lambda: self.board.read().clock_synchronized)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self._deleted)
 
@@ -287,6 +290,8 @@ class Service:
             "relays": self.relays.status(),
             # the power supply, heat, the clock, the disk (appliance.board)
             "board": self.board.read().as_dict(),
+            # the wall clock: whether the admin page may set it (no network time)
+            "clock": self.clock.status(),
             "xruns": {"total": sum(feed.xruns.values()),
                       "sources": {i: n for (k, i), n in feed.xruns.items() if k == "source"},
                       "sinks": {i: n for (k, i), n in feed.xruns.items() if k == "sink"}},
@@ -366,6 +371,7 @@ async def open_service(config: Config, *, store: Store | None = None) -> AsyncIt
         async with trio.open_nursery() as nursery:
             service = Service(config, engine, nursery, store)
             nursery.start_soon(service.feed.run)
+            nursery.start_soon(service.clock.jumps.run)
             await nursery.start(service.sap.run)
             try:
                 await service.graph.load(graph)

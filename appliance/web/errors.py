@@ -16,6 +16,7 @@ STATUS: list[tuple[type[e.ApplianceError], int]] = [
     (e.NotFoundError, 404),
     (e.ExistsError, 409),
     (e.InUseError, 409),
+    (e.ManagedElsewhereError, 409),
     (e.StaleError, 412),
     (e.UnsupportedMediaError, 415),
     (e.UnsupportedError, 422),
