@@ -9,6 +9,7 @@
           publications                 one task per channel published out (appliance.publications)
           relays                       one task per Janus relay (appliance.relays)
           clock.jumps                  says in the log when the wall clock jumps (appliance.clock)
+          venue.run                    the other boxes on the LAN, for /venue (appliance.venue)
         graph                          named sources, sinks, routes (appliance.graph)
 
 Where each concern lives: a listener's life in ``sessions``, the graph and
@@ -35,6 +36,7 @@ from .graph import GraphRegistry
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
 from .clock import WallClock
+from .venue import Venue
 from .model import (
     NETWORK_KINDS, PublicationSpec, RelaySpec, RouteSpec, SourceSpec, Variant, build, check_id,
 )
@@ -73,6 +75,7 @@ class Service:
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.board = Board(config.board_root, config.state_dir)
         self.clock = WallClock(lambda: self.board.read().clock_synchronized)
+        self.venue = Venue()
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self._deleted)
 
@@ -372,6 +375,7 @@ async def open_service(config: Config, *, store: Store | None = None) -> AsyncIt
             service = Service(config, engine, nursery, store)
             nursery.start_soon(service.feed.run)
             nursery.start_soon(service.clock.jumps.run)
+            nursery.start_soon(service.venue.run)
             await nursery.start(service.sap.run)
             try:
                 await service.graph.load(graph)

@@ -27,7 +27,7 @@ from ..service import Service, open_service
 from .. import logs
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, health, listening, login, metrics, mixer,
-               publications, relays, signs, ui, whep, whip)
+               publications, relays, signs, ui, venue, whep, whip)
 from .common import plain
 from .errors import error_response
 
@@ -52,6 +52,7 @@ BLUEPRINTS: list[Blueprint] = [
     health.blueprint,
     metrics.blueprint,
     signs.blueprint,
+    venue.blueprint,
 ]
 
 
