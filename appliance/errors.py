@@ -7,7 +7,7 @@ __all__ = ["ApplianceError", "InvalidError", "NotFoundError", "ExistsError", "In
            "FullError", "RateLimitedError", "AnswerTimeoutError", "RestartRequiredError",
            "StaleError", "UnsupportedError", "UnsupportedMediaError", "NotSavedError", "ClosingError",
            "UnauthorizedError", "ForbiddenError", "TooLargeError", "ConflictError",
-           "UnavailableError"]
+           "UnavailableError", "ManagedElsewhereError"]
 
 
 class ApplianceError(Exception):
@@ -87,6 +87,11 @@ class RateLimitedError(ApplianceError):
 
 class AnswerTimeoutError(ApplianceError):
     """The engine did not answer an offer in time."""
+
+
+class ManagedElsewhereError(ApplianceError):
+    """Something else keeps this value (network time keeps the clock): it is
+    not changed by hand."""
 
 
 class RestartRequiredError(ApplianceError):

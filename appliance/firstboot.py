@@ -30,6 +30,11 @@ Command line, for flash.sh (settings arrive on stdin as NUL-separated
     firstboot.py card DIR         apply them to DIR/appliance.toml and DIR/config.txt,
                                   copied off a card with its hats.txt and appliance-release.txt
     firstboot.py hash-password    stdin: a password; stdout: its scrypt hash
+
+A file named ``factory-reset`` next to ``appliance.toml`` asks for a factory
+reset: at the next boot ``appliance-firstboot`` wipes the appliance's state
+(``factory_reset`` below) before it applies the settings, so the box comes up
+as on its first boot.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ import hashlib
 import importlib.util
 import os
 import re
+import shutil
+import stat
 import sys
 import tomllib
 import unicodedata
@@ -57,7 +64,8 @@ else:
 __all__ = ["Settings", "SettingsError", "Hat", "validate", "read_hats", "set_hat_overlay",
            "edit_settings", "toml_str", "card_base", "check_password", "FIELDS",
            "HAT_BEGIN", "HAT_END", "MAX_FILE_BYTES", "hotspot_files", "wifi_psk_hex",
-           "HOTSPOT_ADDRESS", "HOTSPOT_INTERFACE", "HOTSPOT_FILES"]
+           "HOTSPOT_ADDRESS", "HOTSPOT_INTERFACE", "HOTSPOT_FILES", "FACTORY_RESET",
+           "KEPT_ON_RESET", "factory_reset"]
 
 HAT_BEGIN = "# >>> appliance hat (managed by flash.sh and appliance-firstboot)"
 HAT_END = "# <<< appliance hat"
@@ -692,6 +700,73 @@ def _card(directory: Path, changes: dict[str, str]) -> list[str]:
             cfg_path.write_text(new_cfg, encoding="utf-8")
             changed.append("config.txt")
     return changed
+
+
+# --- factory reset -------------------------------------------------------------------
+
+FACTORY_RESET = "factory-reset"
+# What a factory reset leaves in the state folder: RAUC's record of which
+# root slot is good or bad (an update's state, not the appliance's settings)
+# and ext4's own folder.
+KEPT_ON_RESET = frozenset({"rauc", "lost+found"})
+
+
+def factory_reset(boot: Path | str, state: Path | str, log: Callable[[str], None]) -> bool:
+    """When ``boot/factory-reset`` is a file: wipe everything in ``state``
+    (the saved graph and mixer, the admin password, the device key, the
+    certificate, media, config.toml and the settings' stamp, so first boot
+    applies ``appliance.toml`` again) except ``KEPT_ON_RESET``, then remove
+    the marker. Returns whether it reset.
+
+    Idempotent and the marker goes last: a power cut midway leaves the
+    marker, and the next boot wipes what is left. Nothing outside ``state``
+    is touched: symbolic links are removed, never followed (``shutil.rmtree``
+    does not follow them either). Anything else named ``factory-reset`` (a
+    folder, a link) is logged and left alone."""
+    marker = Path(boot) / FACTORY_RESET
+    try:
+        mode = os.lstat(marker).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        log(f"{FACTORY_RESET}: cannot be read ({e.strerror}): no reset")
+        return False
+    if not stat.S_ISREG(mode):
+        log(f"{FACTORY_RESET}: is not a plain file (a folder or a link): ignored, no reset")
+        return False
+    log(f"{FACTORY_RESET}: found: wiping the appliance's state in {state}")
+    removed, failed = 0, []
+    try:
+        entries = list(os.scandir(state))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        if entry.name in KEPT_ON_RESET:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            failed.append(f"{entry.name} ({e.strerror})")
+    if failed:
+        # the marker stays: the next boot tries again
+        log(f"{FACTORY_RESET}: could not remove {', '.join(failed)}; trying again at the next boot")
+        return False
+    try:
+        os.unlink(marker)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log(f"{FACTORY_RESET}: the state is wiped but the file could not be removed "
+            f"({e.strerror}): every boot will reset until it is deleted")
+        return True
+    log(f"{FACTORY_RESET}: done ({removed} entries removed); the appliance starts as new")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,8 @@ class _Recent(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.lines.append((record.created, self.format(record)))
+            # the monotonic clock: a wall clock set meanwhile does not move the hour
+            self.lines.append((time.monotonic(), self.format(record)))
         except Exception:   # a record that cannot be formatted is not worth a crash
             self.handleError(record)
 
@@ -81,4 +82,4 @@ async def last_hour() -> tuple[str, bytes]:
                 return "journal", done.stdout[-MAX_BYTES:]
     install()
     assert _recent is not None
-    return "process", _recent.since(time.time() - HOUR_S).encode()[-MAX_BYTES:]
+    return "process", _recent.since(time.monotonic() - HOUR_S).encode()[-MAX_BYTES:]

@@ -8,6 +8,8 @@
           publishers                   one task per WHIP publisher (appliance.publishing)
           publications                 one task per channel published out (appliance.publications)
           relays                       one task per Janus relay (appliance.relays)
+          clock.jumps                  says in the log when the wall clock jumps (appliance.clock)
+          venue.run                    the other boxes on the LAN, for /venue (appliance.venue)
         graph                          named sources, sinks, routes (appliance.graph)
 
 Where each concern lives: a listener's life in ``sessions``, the graph and
@@ -34,6 +36,8 @@ from .graph import GraphRegistry
 from .hat_controls import HatControls
 from .backup import SECTIONS, Backup, make_backup
 from .board import Board
+from .clock import WallClock
+from .venue import Venue
 from .model import (
     NETWORK_KINDS, PublicationSpec, RelaySpec, RouteSpec, SourceSpec, Variant, build, check_id,
 )
@@ -72,6 +76,8 @@ class Service:
         self.sap = SapListener(config.server.sap_port, interface=config.server.sap_interface)
         self.board = Board(config.board_root, config.state_dir)
         self.hat = HatControls(store)
+        self.clock = WallClock(lambda: self.board.read().clock_synchronized)
+        self.venue = Venue()
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self._deleted)
 
@@ -301,6 +307,8 @@ class Service:
             "relays": self.relays.status(),
             # the power supply, heat, the clock, the disk (appliance.board)
             "board": self.board.read().as_dict(),
+            # the wall clock: whether the admin page may set it (no network time)
+            "clock": self.clock.status(),
             "xruns": {"total": sum(feed.xruns.values()),
                       "sources": {i: n for (k, i), n in feed.xruns.items() if k == "source"},
                       "sinks": {i: n for (k, i), n in feed.xruns.items() if k == "sink"}},
@@ -380,6 +388,8 @@ async def open_service(config: Config, *, store: Store | None = None) -> AsyncIt
         async with trio.open_nursery() as nursery:
             service = Service(config, engine, nursery, store)
             nursery.start_soon(service.feed.run)
+            nursery.start_soon(service.clock.jumps.run)
+            nursery.start_soon(service.venue.run)
             await nursery.start(service.sap.run)
             try:
                 await service.graph.load(graph)

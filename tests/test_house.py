@@ -33,7 +33,7 @@ def _statuses_chosen(tree: ast.AST) -> list[int]:
             if any(_is_error_status(v) for v in values):
                 lines.append(node.lineno)
         elif isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
+            for key, value in zip(node.keys, node.values, strict=True):
                 if isinstance(key, ast.Constant) and key.value == "status" \
                         and _is_error_status(value):
                     lines.append(node.lineno)

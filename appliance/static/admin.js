@@ -139,7 +139,25 @@ function renderStatus() {
   const board = ((status.board || {}).advice || []).map((text) => el("div", { class: "error", "data-board": "", text }));
   $("devices").replaceChildren(...guessing, ...board, ...(status.devices || []).map((d) =>
     el("div", { class: d.state === "lost" ? "error" : "", text: `${d.kind} ${d.id}: ${d.state}${d.reason ? ` — ${d.reason}` : ""}` })));
+  renderClock();
 }
+
+// ---- the box's clock: offered only while no network time keeps it ----------------
+function renderClock() {
+  const clock = status.clock || {};
+  $("clock-offer").hidden = !clock.settable;
+  if (!clock.settable) return;
+  const box = new Date(clock.unix_ms + (performance.now() - statusAt));
+  $("clock-facts").textContent = `The box's clock says ${box.toISOString().slice(0, 19).replace("T", " ")} UTC, ` +
+    `this browser's ${new Date().toISOString().slice(0, 19).replace("T", " ")} UTC.`;
+}
+
+$("clock-set").addEventListener("click", async () => {
+  try {
+    await api("/api/clock", { method: "POST", json: { unix_ms: Date.now() } });
+    await refreshStatus();
+  } catch (err) { showError(err); }
+});
 
 async function refreshStatus() {
   try {

@@ -26,7 +26,7 @@ from ..service import Service, open_service
 from .. import logs
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, hat_controls, health, listening, login, metrics,
-               publications, relays, signs, ui, whep, whip)
+               publications, relays, signs, ui, venue, whep, whip)
 from .common import plain
 from .errors import error_response, http_error_response
 
@@ -51,6 +51,7 @@ BLUEPRINTS: list[Blueprint] = [
     health.blueprint,
     metrics.blueprint,
     signs.blueprint,
+    venue.blueprint,
 ]
 
 

@@ -72,6 +72,14 @@ async def restore() -> Response:
                     "password": backup.password_hash is not None})
 
 
+@blueprint.route("/clock", methods=["POST"])
+async def set_clock() -> Response:
+    """The box's clock set from the admin's browser (only while no network
+    time keeps it): ``{"unix_ms": ...}``."""
+    body = await read_object()
+    return jsonify(service().clock.set(body))
+
+
 @blueprint.route("/logs", methods=["GET"])
 async def download_logs() -> Response:
     """The last hour of the appliance's log, as a file for support."""

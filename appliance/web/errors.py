@@ -25,6 +25,7 @@ STATUS: list[tuple[type[e.ApplianceError], int]] = [
     (e.ExistsError, 409),
     (e.InUseError, 409),
     (e.ConflictError, 409),
+    (e.ManagedElsewhereError, 409),
     (e.StaleError, 412),
     (e.TooLargeError, 413),
     (e.UnsupportedMediaError, 415),

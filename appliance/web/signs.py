@@ -34,7 +34,7 @@ from .common import service
 from .listening import channels_of
 from .ui import catalogue, no_store, page_args, page_language, supported, translate
 
-__all__ = ["blueprint", "listen_base", "wifi_qr_text"]
+__all__ = ["blueprint", "listen_base", "wifi_qr_text", "may_see_channels"]
 
 blueprint = Blueprint("signs", __name__)
 
@@ -64,7 +64,8 @@ def wifi_qr_text(ssid: str, passphrase: str) -> str:
     return f"WIFI:T:WPA;S:{escape(ssid)};P:{escape(passphrase)};;"
 
 
-def _allowed() -> bool:
+def may_see_channels() -> bool:
+    """What the listen page shows: open, or behind the PIN (its cookie or the admin)."""
     auth = current_app.admin_auth
     return (not auth.listen_pin or admin_session() is not None
             or auth.listen_proof_ok(request.cookies.get(LISTEN_COOKIE, "")))
@@ -75,7 +76,7 @@ async def signs() -> Response:
     lang = page_language()
     base = listen_base()
     channels: list[dict[str, Any]] = []
-    allowed = _allowed()
+    allowed = may_see_channels()
     server = current_app.appliance_config.server
     wifi = None
     if server.wifi_ssid and server.wifi_passphrase:

@@ -258,6 +258,32 @@ def test_setup_code_is_mirrored_to_the_boot_partition(tree):
     assert not on_boot.exists() and "removed" in p.stdout
 
 
+def test_factory_reset_file_wipes_the_state_and_first_boot_applies_again(tree):
+    """A factory-reset file next to appliance.toml: the state is wiped
+    before anything reads it, the marker goes, and the settings are applied
+    again as on a first boot (config.toml comes back); a stale copy of an
+    old setup code on the card goes with the state's."""
+    settings(tree, hostname="hall")
+    firstboot(tree)
+    state, boot = tree / "var/lib/appliance", tree / "boot/firmware"
+    (state / "state.json").write_text('{"version": 1}')
+    (state / "admin-password").write_text("scrypt$...")
+    (state / "tls").mkdir()
+    (state / "tls/key.pem").write_text("key")
+    (state / "setup-code.txt").write_text("OLD-CODE\n")
+    (state / "rauc").mkdir()
+    (state / "rauc/central.raucs").write_text("x")
+    (boot / "appliance-setup-code.txt").write_text("OLD-CODE\n")
+    (boot / "factory-reset").write_text("")
+    out = firstboot(tree)
+    assert "factory-reset: done" in out and "config.toml: written" in out
+    assert not (boot / "factory-reset").exists()
+    assert sorted(p.name for p in state.iterdir()) == [".settings-applied", "config.toml", "rauc"]
+    assert config(tree)["name"] == "hall"
+    assert not (boot / "appliance-setup-code.txt").exists()
+    assert firstboot(tree) == ""   # the next boot: nothing to do
+
+
 def test_without_the_app_it_says_so(tree):
     shutil.rmtree(tree / "opt")
     p = run(["python3", FIRSTBOOT, "--root", tree])
