@@ -37,6 +37,7 @@ OPEN = {
     "login.state": auth.PUBLIC, "login.login": auth.PUBLIC, "login.setup": auth.PUBLIC,
     "login.logout": auth.PUBLIC, "listening.pin": auth.PUBLIC,
     "listening.channels": auth.LISTENING, "listening.events": auth.LISTENING,
+    "listening.where": auth.LISTENING,
     "whep.post_sink": auth.LISTENING, "whep.post_source": auth.LISTENING,
     "whep.post_route": auth.LISTENING, "whep.session_resource": auth.LISTENING,
     "whep.session_candidates": auth.LISTENING,
