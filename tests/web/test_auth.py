@@ -34,6 +34,7 @@ DANGEROUS = {"id": "x", "kind": "alsa", "device": "file:FILE='|touch pwned',FORM
 OPEN = {
     "static": auth.PUBLIC, "ui.listen": auth.PUBLIC, "ui.listen_one": auth.PUBLIC,
     "ui.admin": auth.PUBLIC, "health.healthz": auth.PUBLIC, "signs.signs": auth.PUBLIC,
+    "ui.janus_js": auth.PUBLIC,
     "login.state": auth.PUBLIC, "login.login": auth.PUBLIC, "login.setup": auth.PUBLIC,
     "login.logout": auth.PUBLIC, "listening.pin": auth.PUBLIC,
     "listening.channels": auth.LISTENING, "listening.events": auth.LISTENING,
