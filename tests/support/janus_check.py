@@ -91,7 +91,9 @@ async def main(tmp: Path) -> dict:
             out["failover_s"] = second.peer.first_packet_time - killed
             out["after"] = second.where
             out["after_hz"] = dominant_frequency(await second.peer.record(1.0))
-            out["lost_state"] = (await relay_status(box, lost, lambda s: True))["state"]
+            # the box notices at its next health round (every 2 s)
+            out["lost_state"] = (await relay_status(box, lost, lambda s: s["state"] != "up",
+                                                    timeout=5))["state"]
             nursery.cancel_scope.cancel()
     finally:
         for janus in relays.values():

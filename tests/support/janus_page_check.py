@@ -83,7 +83,9 @@ async def main(tmp: Path) -> dict:
             after = await browser.call(back)
             out["failover_s"] = after.pop("at") - killed
             out["after"] = after
-            out["lost_state"] = (await relay_status(box, lost, lambda s: True))["state"]
+            # the box notices at its next health round (every 2 s)
+            out["lost_state"] = (await relay_status(box, lost, lambda s: s["state"] != "up",
+                                                    timeout=5))["state"]
     finally:
         await trio.to_thread.run_sync(browser.close)
         for janus in relays.values():
