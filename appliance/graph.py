@@ -37,7 +37,8 @@ NETWORK_FIELDS = frozenset({"address", "port", "interface", "allow_from", "laten
 # What may change on a live entity, by kind.
 CHANGEABLE = {"source": frozenset({"name", "tone_hz", "tone_dbfs", "public", "publish_token"})
               | NETWORK_FIELDS,
-              "sink": frozenset({"name", "language", "description", "delay_ms"}),
+              "sink": frozenset({"name", "language", "description", "delay_ms",
+                                 "relays_first"}),
               "route": frozenset({"name", "gain_db", "muted"})}
 
 
@@ -177,7 +178,7 @@ class GraphRegistry:
         """Change a name, a route's gain_db/muted, a source's ``public``, a
         tone source's tone_hz/tone_dbfs, a whip source's publish_token, a
         network source's ``NETWORK_FIELDS`` (``_remake_source``), or a
-        sink's language, description and alignment delay_ms. Other fields
+        sink's language, description, relays_first and alignment delay_ms. Other fields
         cannot change on a live entity."""
         if not isinstance(body, dict):
             raise InvalidError("the body must be a JSON object")

@@ -220,6 +220,9 @@ class SinkSpec:
     # alignment delay: listeners far from the stage hear the stream with the
     # room's own sound, not before it (the engine delays the sink's mix)
     delay_ms: int = field(default=0, metadata=_range(0, 500))
+    # new listeners go to a healthy relay carrying the channel even while the
+    # box has room (the box keeps the rest); the engine ignores it
+    relays_first: bool = False
 
     def problem(self) -> str | None:
         """What is wrong across fields (``build`` asks). Opus for listeners
@@ -301,6 +304,10 @@ def _private_url(url: str) -> bool:
         return parts.hostname == "localhost"
 
 
+def _optional_url(value: str) -> str | None:
+    return _whip_url(value) if value else None
+
+
 def _sink_ids(value: tuple[str, ...]) -> str | None:
     for sink_id in value:
         if not _ID.fullmatch(sink_id):
@@ -328,11 +335,30 @@ class RelaySpec:
     tls_ca: str = field(default="", metadata={"max_len": 16384, "check": _certificates})
     # SRTP to the mountpoint: auto = when the relay's address is not on the LAN
     srtp: Literal["auto", "on", "off"] = "auto"
+    # Janus's HTTP API as listeners' browsers reach it, when not ``url``
+    # (e.g. the relay's public name while the box uses its LAN address)
+    listen_url: str = field(default="", metadata={"max_len": 2048,
+                                                  "pattern": re.compile(r"[!-~]*"),
+                                                  "what": "a URL", "check": _optional_url})
 
     def problem(self) -> str | None:
         if (self.api_secret or self.admin_key) and not _private_url(self.url):
             return "url: a secret is sent only over https:// (or to this machine)"
+        if self.listen_url and self.api_secret:
+            # listeners would need the secret, which never leaves the box
+            return ("listen_url: listeners cannot use a Janus that has an api_secret "
+                    "(run the listener-facing Janus without one)")
         return None
+
+    @property
+    def for_listeners(self) -> bool:
+        """Whether listeners may be sent here: Janus's API with an api_secret
+        is closed to them (the secret is the box's alone)."""
+        return not self.api_secret
+
+    @property
+    def listeners_url(self) -> str:
+        return self.listen_url or self.url
 
 
 BALANCE_STEP = 25

@@ -20,6 +20,11 @@ behind. SRTP (AES_CM_128_HMAC_SHA1_80, a fresh key per mountpoint) is used
 when the relay's address is not on the LAN. A relay that hangs, answers
 garbage or redirects costs a bounded wait per request and is retried; it
 never touches the box's own listeners.
+
+Listeners come to a relay through the listen page, which asks the box where
+to play (``Relays.take_listener``: the least loaded relay that is up and
+open to listeners, i.e. has no api_secret); a failed request marks the
+relay unhealthy at once, so none is sent to a dead one for long.
 """
 from __future__ import annotations
 
@@ -67,8 +72,15 @@ class Carried:
     port: int | None = None
     srtp: bool = False
     viewers: int | None = None
+    # listeners sent here since Janus last counted them (a burst between two
+    # counts spreads over the relays instead of piling onto one)
+    sent: int = 0
     forward: Listener | None = None
     packets_sent: int = 0
+
+    @property
+    def load(self) -> int:
+        return (self.viewers or 0) + self.sent
 
     def status(self) -> dict[str, Any]:
         return {"sink_id": self.sink_id, "mountpoint": self.mountpoint, "port": self.port,
@@ -92,6 +104,9 @@ class Relay:
     def status(self) -> dict[str, Any]:
         carried = [c.status() for c in self.carried.values()]
         return {"id": self.id, "url": self.spec.url, "channels": list(self.spec.channels),
+                "listen_url": self.spec.listen_url or None,
+                # false: Janus's api_secret closes its API to listeners' browsers
+                "for_listeners": self.spec.for_listeners,
                 "state": self.state, "attempts": self.attempts, "error": self.error,
                 "up_s": None if self.up_since is None
                 else round(time.monotonic() - self.up_since, 1),
@@ -232,6 +247,20 @@ class Relays:
     def carrying(self, sink_id: str) -> bool:
         return any(sink_id in r.spec.channels for r in self.by_id.values())
 
+    def take_listener(self, sink_id: str, avoid: str | None = None
+                      ) -> tuple[Relay, Carried] | None:
+        """The healthy relay, open to listeners, that carries ``sink_id``
+        with the fewest viewers (not ``avoid``: the one a listener just lost),
+        counted as one listener more; None when there is none."""
+        candidates = [(relay, relay.carried[sink_id]) for relay in self.by_id.values()
+                      if relay.state == "up" and relay.spec.for_listeners
+                      and relay.id != avoid and sink_id in relay.carried]
+        if not candidates:
+            return None
+        relay, carried = min(candidates, key=lambda pair: pair[1].load)
+        carried.sent += 1
+        return relay, carried
+
     # ---- one relay ------------------------------------------------------------------
 
     async def _run(self, relay: Relay) -> None:
@@ -316,11 +345,15 @@ class Relays:
             if getattr(error, "code", None) != NO_SUCH_MOUNTPOINT:
                 raise
         key = os.urandom(30) if srtp else None
+        audio: dict[str, Any] = {"type": "audio", "mid": "a", "codec": "opus", "pt": OPUS_PT,
+                                 "rtpmap": "opus/48000/2", "port": 0}
+        sink = self.engine.sinks().get(sink_id)
+        if sink is not None and sink.channels == 2:
+            # in Janus's offer: without it browsers decode Opus as mono
+            audio["fmtp"] = "stereo=1; sprop-stereo=1"
         create: dict[str, Any] = {
             "request": "create", "type": "rtp", "id": carried.mountpoint,
-            "description": f"{self.box_name}: {sink_id}"[:128],
-            "media": [{"type": "audio", "mid": "a", "codec": "opus", "pt": OPUS_PT,
-                       "rtpmap": "opus/48000/2", "port": 0}]}
+            "description": f"{self.box_name}: {sink_id}"[:128], "media": [audio]}
         if key is not None:
             create["srtpsuite"] = 80
             create["srtpcrypto"] = base64.b64encode(key).decode()
@@ -351,6 +384,7 @@ class Relays:
             viewers = info.get("viewers")
             carried.viewers = viewers if isinstance(viewers, int) \
                 and not isinstance(viewers, bool) else None
+            carried.sent = 0
             if carried.forward is not None:
                 carried.packets_sent = carried.forward.stats().packets_sent
 

@@ -261,6 +261,33 @@ class Service:
         source_id = ident if kind == "source" else entity.spec.source_id
         return bool(self.graph.require("source", source_id).spec.public)
 
+    def where_to_listen(self, sink_id: str, avoid: str | None = None) -> dict[str, Any]:
+        """Where a new listener of the channel goes (the listen page asks):
+        ``{"janus": {...}}``, a Janus relay's streaming mountpoint, while the
+        box is full or the channel is ``relays_first`` and a healthy relay
+        open to listeners carries it (the least loaded, not ``avoid``);
+        otherwise ``{"box": True}``: WHEP to the box (which sends it on with
+        307 to a WHEP relay when it has one, see ``overflow_url``)."""
+        self.open_to_listeners("sink", sink_id)
+        sink = self.graph.require("sink", sink_id).spec
+        if sink.relays_first or self.sessions.full():
+            taken = self.relays.take_listener(sink_id, avoid)
+            if taken is not None:
+                relay, carried = taken
+                return {"janus": {"relay": relay.id, "url": relay.spec.listeners_url,
+                                  "mountpoint": carried.mountpoint}}
+        return {"box": True}
+
+    def overflow_url(self, sink_id: str, *, full: bool) -> str | None:
+        """A WHEP relay's address for a new WHEP listener of the channel
+        (307): while the box is ``full``, or at once for a ``relays_first``
+        channel. Janus relays are not here: a WHEP client cannot follow a
+        redirect into Janus's own API (the listen page asks
+        ``where_to_listen`` instead)."""
+        if not full and not self.graph.require("sink", sink_id).spec.relays_first:
+            return None
+        return self.publications.overflow_url(sink_id)
+
     async def open_session(self, target: tuple[str, str], offer: Offer, client: str,
                            variant: Variant = Variant()) -> tuple[Session, str]:
         """A listener to a sink, or (through a temporary sink) to a source or

@@ -255,6 +255,12 @@ class Sessions:
             for c in full:
                 del self._buckets[c]
 
+    def full(self) -> bool:
+        """Whether a new listener would be refused now: at the cap with no
+        session still connecting to make room for it (``_admit``)."""
+        return len(self.by_id) >= self.config.server.max_listeners and \
+            not any(s.answered for s in self.connecting())
+
     def connecting(self) -> list[Session]:
         """Sessions whose peer has not connected yet, oldest first (``by_id``
         keeps the order they were opened in)."""

@@ -25,6 +25,8 @@ const STATS_MS = 500;
 // connected but no packet for this long (plus at most one stats interval:
 // noticed within 2 s): the appliance or the path is gone
 const STALL_MS = 1500;
+// on a relay, which can die under its listeners: back on air within 3 s
+const RELAY_STALL_MS = 800;
 // the first packet after ICE connects waits for DTLS too: a longer grace
 const FIRST_PACKET_MS = 5000;
 const DISCONNECTED_GRACE_MS = 2000;
@@ -211,6 +213,30 @@ function waitGathering(pc, ms) {
   });
 }
 
+/** janus.js (Debian's libjs-janus-gateway, served by the appliance), loaded
+ *  the first time a listener is sent to a Janus relay; null when the
+ *  appliance lacks it (then the box serves). janus.js asks webrtc-adapter
+ *  only for the browser's name: this stands in for it. */
+let janusLoading = null;
+let janusMissing = false;
+function loadJanus() {
+  if (!janusLoading) janusLoading = new Promise((resolve) => {
+    const gone = () => { janusMissing = true; resolve(null); };
+    const script = el("script", { src: "/vendor/janus.js", onerror: gone });
+    script.addEventListener("load", () => {
+      const Janus = window.Janus;
+      if (!Janus) return gone();
+      const ua = navigator.userAgent;
+      const browser = /Firefox\//.test(ua) ? "firefox" : /Version\/[\d.]+.*Safari\//.test(ua) ? "safari" : "chrome";
+      const version = Number((ua.match(/(?:Firefox|Chrome|Version)\/(\d+)/) || [])[1]) || 0;
+      const adapter = { browserDetails: { browser, version } };
+      Janus.init({ debug: false, dependencies: Janus.useDefaultDependencies({ adapter }), callback: () => resolve(Janus) });
+    });
+    document.head.append(script);
+  });
+  return janusLoading;
+}
+
 /** ±20 %, so a crowd sent away at once does not come back at once. */
 function jitter(ms) { return Math.round(ms * (0.8 + 0.4 * Math.random())); }
 
@@ -247,13 +273,17 @@ const lockScreen = {
   },
 };
 
-/** One WHEP playback of a sink, with reconnection. Its `state` is derived
- *  from the facts (wanted, the connection, the media element, the packets),
- *  never set ahead of them:
+/** One playback of a sink, with reconnection: WHEP to the appliance (or,
+ *  by its 307, to a WHEP relay), or a Janus relay's mountpoint when the
+ *  appliance names one (GET /api/listen/where: it is full, or the channel is
+ *  "relays first"). A relay that goes silent is left at once for wherever
+ *  the appliance says next. Its `state` is derived from the facts (wanted,
+ *  the connection, the media element, the packets), never set ahead of them:
  *  idle | connecting | playing | blocked | retrying | error | unsupported. */
 class Player {
   constructor(sink, onchange) {
     this.sinkId = sink.id;
+    this.relaysFirst = sink.relays_first === true;
     this.name = sink.name;
     this.description = sink.description || "";
     this.onchange = onchange;
@@ -278,6 +308,9 @@ class Player {
     this.playing = false; // a play() is pending
     this.pc = null;
     this.session = null;
+    this.janus = null; // a Janus relay's API session (janus.js) while on one
+    this.relay = null; // that relay's id
+    this.avoid = null; // the relay just lost: not named again at once
     this.stream = null;
     this.attempt = 0;
     this.stats = null;
@@ -368,10 +401,13 @@ class Player {
 
   async teardown() {
     this.generation += 1;
-    const { pc, session } = this;
+    const { pc, session, janus } = this;
     this.pc = null;
     this.session = null;
+    this.janus = null;
+    this.relay = null;
     this.flowing = false;
+    if (janus) { try { janus.destroy({ notifyDestroyed: false }); } catch { /* a dead relay */ } }
     if (pc) { pc.ontrack = null; pc.onconnectionstatechange = null; pc.oniceconnectionstatechange = null; }
     // DELETE first, then close: closing sends DTLS close_notify, which ends
     // the session on the appliance too, and the DELETE would find it gone
@@ -388,6 +424,7 @@ class Player {
    *  server's Retry-After); `key` says why, in the listener's words. */
   retry(key, values = {}, waitMs = null) {
     if (!this.wanted) return;
+    if (this.relay && key === "lost") return this.failover();
     const wait = waitMs ?? jitter(BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)]);
     this.attempt += 1;
     this.phase = "retrying";
@@ -395,6 +432,94 @@ class Player {
     this.teardown();
     this.changed();
     this.later(() => this.connect(), wait);
+  }
+
+  /** The relay it played from is gone (silent, ICE failed, its API down):
+   *  straight back to the appliance, which names another relay or serves
+   *  it; "reconnecting" meanwhile. */
+  failover() {
+    if (!this.wanted) return;
+    this.avoid = this.relay;
+    this.attempt += 1;
+    this.clearTimers();
+    this.teardown();
+    this.connect();
+  }
+
+  /** Where the appliance sends this listener now: {box: true} or {janus:
+   *  {relay, url, mountpoint}}; null when it cannot say (then the box).
+   *  Relays carry the plain channel only: a hearing variant stays on the box. */
+  async where() {
+    const avoid = this.avoid;
+    this.avoid = null;
+    if (janusMissing || hearing.query()) return null;
+    const query = avoid ? `?avoid=${encodeURIComponent(avoid)}` : "";
+    try {
+      const r = await fetch(`/api/listen/where/${encodeURIComponent(this.sinkId)}${query}`, { headers: authHeaders(), cache: "no-store" });
+      return r.ok ? await r.json() : null;
+    } catch { return null; }
+  }
+
+  /** Play a Janus relay's streaming mountpoint through Janus's own API
+   *  (janus.js: Janus offers, this page answers). */
+  async connectJanus(place, generation) {
+    const current = () => this.wanted && generation === this.generation;
+    const Janus = await loadJanus();
+    if (!current()) return;
+    if (!Janus) return this.connect(); // no janus.js here: the box
+    this.relay = place.relay;
+    let handle = null;
+    const lost = () => { if (current()) this.failover(); };
+    const janus = new Janus({
+      server: place.url,
+      error: lost,
+      success: () => janus.attach({
+        plugin: "janus.plugin.streaming",
+        error: lost,
+        success: (h) => {
+          handle = h;
+          if (current()) handle.send({ message: { request: "watch", id: place.mountpoint } });
+        },
+        onmessage: (message, jsep) => {
+          if (!current()) return;
+          if (message && message.error) return lost();
+          if (!jsep) return;
+          handle.createAnswer({
+            jsep, tracks: [],
+            customizeSdp: (answer) => { answer.sdp = askForStereo(answer.sdp); },
+            error: lost,
+            success: (answer) => {
+              if (!current()) return;
+              handle.send({ message: { request: "start" }, jsep: answer });
+              this.pc = handle.webrtcStuff.pc;
+              this.applyLatency();
+              clearInterval(this.statsTimer);
+              this.statsTimer = setInterval(() => this.updateStats(), STATS_MS);
+            },
+          });
+        },
+        onremotetrack: (track, mid, on) => {
+          if (!current() || !on || track.kind !== "audio") return;
+          this.stream = new MediaStream([track]);
+          this.audio.srcObject = this.stream;
+          this.tryPlay();
+          debugAudio.attach(this);
+        },
+        iceState: (s) => {
+          if (!current()) return;
+          if (s === "failed" || s === "disconnected" || s === "closed") return lost();
+          if ((s === "connected" || s === "completed") && this.phase !== "connected") {
+            this.phase = "connected";
+            this.lastPacketAt = performance.now();
+            this.changed();
+            this.later(() => { if (current() && this.state === "playing") this.attempt = 0; }, STEADY_MS);
+          }
+        },
+        hangup: lost,
+      }),
+    });
+    this.janus = janus;
+    this.later(() => { if (current() && this.phase !== "connected") lost(); }, CONNECT_TIMEOUT_MS);
   }
 
   /** The hearing settings changed: a fresh session for the new variant. */
@@ -441,6 +566,11 @@ class Player {
     this.phase = "connecting";
     this.stats = null; // the counters start over with the new connection
     this.changed();
+    if (this.relaysFirst || this.avoid) {
+      const place = await this.where();
+      if (!current()) return;
+      if (place && place.janus) return this.connectJanus(place.janus, generation);
+    }
     let pc;
     try {
       pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" });
@@ -513,7 +643,17 @@ class Player {
       // 503: the listener cap (or the appliance stopping); it says when to come back
       const after = Number(response.headers.get("Retry-After"));
       const wait = Number.isFinite(after) && after > 0 ? jitter(Math.min(after, FULL_RETRY_S) * 1000) : null;
-      if (response.status === 503) return this.retry("full", {}, wait);
+      if (response.status === 503) {
+        // full: a Janus relay may take this listener (a WHEP client gets 503)
+        const place = await this.where();
+        if (!current()) return;
+        if (place && place.janus) {
+          this.pc = null;
+          pc.close();
+          return this.connectJanus(place.janus, generation);
+        }
+        return this.retry("full", {}, wait);
+      }
       return this.retry("server_error", { code: response.status }, wait);
     }
     try {
@@ -600,7 +740,8 @@ class Player {
     }
     const moved = out.packetsReceived > (prev ? prev.packetsReceived : 0);
     if (moved) { this.lastPacketAt = now; this.flowing = true; }
-    if (this.phase === "connected" && !moved && now - this.lastPacketAt > (this.flowing ? STALL_MS : FIRST_PACKET_MS)) {
+    const stall = this.relay ? RELAY_STALL_MS : STALL_MS;
+    if (this.phase === "connected" && !moved && now - this.lastPacketAt > (this.flowing ? stall : FIRST_PACKET_MS)) {
       // the appliance restarted or the path broke: ICE takes ~10 s to say so
       this.flowing = false;
       return this.retry("lost");
@@ -681,7 +822,7 @@ window.applianceDebug = {
   cards,
   state(sinkId) {
     const p = cards.get(sinkId)?.player;
-    return p ? { state: p.state, reason: p.problem ? p.problem.key : null, session: p.session, paused: p.audio.paused, blocked: p.blocked } : null;
+    return p ? { state: p.state, reason: p.problem ? p.problem.key : null, session: p.session, paused: p.audio.paused, blocked: p.blocked, relay: p.relay, text: cards.get(sinkId).status.textContent } : null;
   },
   stats(sinkId) { return cards.get(sinkId)?.player.stats || null; },
   async analyse(sinkId, ms = 500) {

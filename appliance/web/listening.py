@@ -1,7 +1,7 @@
 """What the listen page needs besides WHEP, in the listening role (open, or
 behind the venue PIN): ``GET /api/listen/channels`` (the channels: Opus
 sinks, with their language, description and whether their sound source is
-there), ``GET /api/listen/events`` (listener counts, levels, the engine's
+there), ``GET /api/listen/where/<channel>`` (a box or a Janus relay), ``GET /api/listen/events`` (listener counts, levels, the engine's
 capture-to-send latency and source states as Server-Sent Events) and ``POST
 /api/listen/pin`` (the PIN form: sets the listen cookie). The admin API
 itself stays admin-only. See docs/API.md.
@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Response, current_app, jsonify, request
 
 from ..engine import EngineError
-from ..errors import UnauthorizedError
+from ..errors import InvalidError, UnauthorizedError
 from ..sessions import TEMP_PREFIX
 from .auth import LISTEN_COOKIE, listening, public, retry_later
 from .common import client_address, service
@@ -25,7 +25,7 @@ __all__ = ["blueprint", "channels_of"]
 
 blueprint = Blueprint("listening", __name__, url_prefix="/api/listen")
 
-CHANNEL_FIELDS = ("id", "name", "kind", "listeners", "language", "description")
+CHANNEL_FIELDS = ("id", "name", "kind", "listeners", "language", "description", "relays_first")
 
 
 def _source_state(svc: Any, sink_id: str) -> str:
@@ -69,6 +69,23 @@ async def channels() -> Response:
     return jsonify([{**c, "source": _source_state(svc, c["id"]),
                      "engine_latency_ms": _engine_latency_ms(svc, c["id"])}
                     for c in channels_of(svc)])
+
+
+MAX_AVOID = 200
+
+
+@blueprint.route("/where/<sink_id>", methods=["GET"])
+@listening
+async def where(sink_id: str) -> Response:
+    """Where the listen page plays a channel: ``{"box": true}`` (WHEP here)
+    or ``{"janus": {"relay", "url", "mountpoint"}}`` (a Janus relay's
+    streaming plugin); ``?avoid=<relay>`` leaves out the relay it just lost."""
+    avoid = request.args.get("avoid")
+    if avoid is not None and len(avoid) > MAX_AVOID:
+        raise InvalidError(f"avoid: at most {MAX_AVOID} characters")
+    response = jsonify(service().where_to_listen(sink_id, avoid))
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @blueprint.route("/events", methods=["GET"])

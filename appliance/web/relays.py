@@ -2,7 +2,7 @@
 
     GET    /api/relays          [status, ...]
     POST   /api/relays          {"id", "url", "channels", "api_secret"?, "admin_key"?,
-                                 "tls_ca"?, "srtp"?} -> 201
+                                 "tls_ca"?, "srtp"?, "listen_url"?} -> 201
     DELETE /api/relays/{id}     204 (its mountpoints destroyed on the relay)
 """
 from __future__ import annotations

@@ -17,9 +17,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import trio
 from quart import Blueprint, Response, current_app, render_template, request
 
 from .. import __version__
+from .auth import public
 
 __all__ = ["blueprint", "LANGUAGES", "catalogue", "page_language", "supported", "translate",
            "LANG_COOKIE", "no_store", "page_args"]
@@ -27,6 +29,9 @@ __all__ = ["blueprint", "LANGUAGES", "catalogue", "page_language", "supported", 
 blueprint = Blueprint("ui", __name__)
 
 I18N = Path(__file__).resolve().parent.parent / "static" / "i18n"
+# Debian's libjs-janus-gateway (packages/run.txt): the listen page plays a
+# Janus relay with it. Only this one file of the system's is served.
+JANUS_JS = Path("/usr/share/javascript/janus-gateway/janus.js")
 DEFAULT_LANGUAGE = "en"
 LANG_COOKIE = "appliance_lang"
 
@@ -101,6 +106,20 @@ async def listen() -> Response:
 @blueprint.route("/listen/<sink_id>", methods=["GET"])
 async def listen_one(sink_id: str) -> Response:
     return await _listen_page(sink_id)
+
+
+@blueprint.route("/vendor/janus.js", methods=["GET"])
+@public
+async def janus_js() -> Response:
+    """Janus's own client library, for listeners sent to a Janus relay; a
+    404 that says why when the package is missing (the page then plays
+    from the box)."""
+    try:
+        body = await trio.Path(JANUS_JS).read_bytes()
+    except OSError:
+        return Response("libjs-janus-gateway is not installed on this appliance\n", status=404,
+                        content_type="text/plain; charset=utf-8")
+    return no_store(Response(body, content_type="text/javascript; charset=utf-8"))
 
 
 @blueprint.route("/publish/<source_id>", methods=["GET"])

@@ -54,14 +54,19 @@ async def _post(kind: str, ident: str) -> Response:
     svc.sessions.check_post_rate(client_address())
     # checked before any transport sees it: webrtcbin aborts the process on some shapes
     offer = check_offer(await read_body())
-    try:
-        session, answer = await svc.open_session((kind, ident), offer, client_address(), variant)
-    except FullError:
-        # full: a media server this channel is published to takes the
-        # listener (a WHEP client follows 307 with the same POST)
-        relay = svc.publications.overflow_url(ident) if kind == "sink" else None
-        if relay is None:
-            raise
+    # a media server this channel is published to takes the listener while
+    # the box is full, or first for a "relays first" channel (a WHEP client
+    # follows 307 with the same POST)
+    relay = svc.overflow_url(ident, full=False) if kind == "sink" else None
+    if relay is None:
+        try:
+            session, answer = await svc.open_session((kind, ident), offer, client_address(),
+                                                     variant)
+        except FullError:
+            relay = svc.overflow_url(ident, full=True) if kind == "sink" else None
+            if relay is None:
+                raise
+    if relay is not None:
         return Response("", status=307, headers={"Location": relay, "Cache-Control": "no-store"})
     response = Response(answer, status=201, content_type=SDP)
     response.headers["Location"] = session.url

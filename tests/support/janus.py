@@ -33,7 +33,8 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key: str = "") -> Path:
+def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key: str = "",
+                 ice: str = "127.0.0.1") -> Path:
     conf.mkdir(parents=True, exist_ok=True)
 
     def off(prefix: str, names: tuple[str, ...]) -> str:
@@ -52,7 +53,7 @@ def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key:
 }}
 certificates: {{}}
 media: {{ rtp_port_range = "20000-40000" }}
-nat: {{ ice_enforce_list = "127.0.0.1" }}
+nat: {{ ice_enforce_list = "{ice}" }}
 plugins: {{ disable = "{off('', PLUGINS_OFF)}" }}
 transports: {{ disable = "{off('', TRANSPORTS_OFF)}" }}
 loggers: {{ disable = "libjanus_jsonlog.so" }}
@@ -70,12 +71,16 @@ class Janus:
     """One Janus process; ``start`` and ``stop`` may be called again (the
     same port, the same config: a relay that restarts)."""
 
-    def __init__(self, directory: Path, *, api_secret: str = "", admin_key: str = ""):
+    def __init__(self, directory: Path, *, api_secret: str = "", admin_key: str = "",
+                 ice: str = "127.0.0.1"):
+        """``ice``: the interface or address Janus gathers ICE candidates on
+        (it gathers none on loopback: a listener's test runs in a network
+        namespace with an interface of its own, tests/support/janus_check.py)."""
         self.directory = directory
         self.port = free_tcp_port()
         self.url = f"http://127.0.0.1:{self.port}/janus"
         self.config = write_config(directory / "conf", self.port, api_secret=api_secret,
-                                   admin_key=admin_key)
+                                   admin_key=admin_key, ice=ice)
         self.api_secret = api_secret
         self.process: trio.Process | None = None
         self._runs = itertools.count()
@@ -160,3 +165,83 @@ class JanusClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+STALL_S = 1.0     # no packet this long: the path is gone (the listen page's rule)
+
+
+class RelayAwareListener:
+    """An aiortc listener that follows the listen page's protocol: it asks
+    the box where to listen (``GET /api/listen/where/<channel>``), plays the
+    box over WHEP or a Janus relay's mountpoint through Janus's API, and when
+    packets stop for ``STALL_S`` asks again, leaving out the relay it lost.
+    ``where`` says where it plays now (``"box"`` or the relay's id)."""
+
+    def __init__(self, box: httpx.AsyncClient, sink_id: str, open_peer: Any):
+        self.box = box
+        self.sink_id = sink_id
+        self.open_peer = open_peer        # open_aiortc_listener
+        self.peer: Any = None
+        self.where: str | None = None
+        self.switched = trio.Event()      # set (and made anew) at every new path
+        self._janus: JanusClient | None = None
+        self._session_url: str | None = None
+
+    async def _play_box(self) -> None:
+        offer = await self.peer.create_offer()
+        r = await self.box.post(f"/api/whep/{self.sink_id}", content=offer,
+                                headers={"Content-Type": "application/sdp"})
+        if r.status_code != 201:
+            raise AssertionError(f"the box answered {r.status_code}: {r.text}")
+        self._session_url = r.headers["Location"]
+        await self.peer.accept_answer(r.text)
+        self.where = "box"
+
+    async def _play_janus(self, janus: dict[str, Any]) -> None:
+        client = self._janus = JanusClient(janus["url"])
+        await client.attach_streaming()
+        await client.message({"request": "watch", "id": janus["mountpoint"]})
+        offer = (await client.next_event("jsep"))["jsep"]["sdp"]
+        answer = await self.peer.answer_offer(offer)
+        await client.message({"request": "start"}, {"type": "answer", "sdp": answer})
+        self.where = janus["relay"]
+
+    async def _leave(self) -> None:
+        if self._janus is not None:
+            await self._janus.aclose()
+            self._janus = None
+        if self._session_url is not None:
+            await self.box.delete(self._session_url)
+            self._session_url = None
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; started once the first path plays."""
+        avoid: str | None = None
+        started = False
+        while True:
+            params = {"avoid": avoid} if avoid else {}
+            found = (await self.box.get(f"/api/listen/where/{self.sink_id}",
+                                        params=params)).json()
+            async with self.open_peer() as peer:
+                self.peer = peer
+                try:
+                    if "janus" in found:
+                        await self._play_janus(found["janus"])
+                    else:
+                        await self._play_box()
+                    await peer.wait_first_packet(timeout=10)
+                    self.switched.set()
+                    self.switched = trio.Event()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    seen, at = peer.packets_received, trio.current_time()
+                    while trio.current_time() - at < STALL_S:
+                        await trio.sleep(0.02)      # polls a counter aiortc's thread moves
+                        if peer.packets_received != seen:
+                            seen, at = peer.packets_received, trio.current_time()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        with trio.move_on_after(3):
+                            await self._leave()
+            avoid = self.where if self.where != "box" else None

@@ -34,11 +34,13 @@ DANGEROUS = {"id": "x", "kind": "alsa", "device": "file:FILE='|touch pwned',FORM
 OPEN = {
     "static": auth.PUBLIC, "ui.listen": auth.PUBLIC, "ui.listen_one": auth.PUBLIC,
     "ui.admin": auth.PUBLIC, "health.healthz": auth.PUBLIC, "signs.signs": auth.PUBLIC,
+    "ui.janus_js": auth.PUBLIC,
     "login.state": auth.PUBLIC, "login.login": auth.PUBLIC, "login.setup": auth.PUBLIC,
     "login.logout": auth.PUBLIC, "listening.pin": auth.PUBLIC,
     # every box on the LAN: what the listen pages show anyway (tests/web/test_venue.py)
     "venue.venue": auth.PUBLIC, "venue.this_box": auth.PUBLIC,
     "listening.channels": auth.LISTENING, "listening.events": auth.LISTENING,
+    "listening.where": auth.LISTENING,
     "whep.post_sink": auth.LISTENING, "whep.post_source": auth.LISTENING,
     "whep.post_route": auth.LISTENING, "whep.session_resource": auth.LISTENING,
     "whep.session_candidates": auth.LISTENING,

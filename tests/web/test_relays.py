@@ -8,6 +8,10 @@ gets a clear error and a bounded retry."""
 from __future__ import annotations
 
 import functools
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ import trio
 
 from support import janus as janus_support
 from support.janus import Janus, JanusClient
+from support.webrtc import open_aiortc_listener, synthetic_offer
 from tests.web.conftest import IDLE, heard_hz, make_config, open_server
 
 pytestmark = [pytest.mark.trio,
@@ -131,6 +136,85 @@ async def test_a_secret_goes_only_over_https_or_to_this_machine(tmp_path: Path):
         assert (await box.client.get("/api/relays")).json() == []
 
 
+async def where(box, sink_id: str = "main", **params) -> dict:
+    r = await box.client.get(f"/api/listen/where/{sink_id}", params=params)
+    assert r.status_code == 200, r.text
+    assert r.headers["Cache-Control"] == "no-store"
+    return r.json()
+
+
+async def test_the_box_sends_new_listeners_to_the_least_loaded_relay_open_to_them(
+        tmp_path: Path):
+    """While the box has room a channel plays from the box; "relays first"
+    (or a full box) sends the listen page to a healthy Janus relay carrying
+    it, the least loaded one, by its listen_url; a relay with Janus's
+    api_secret is never offered (listeners cannot use that API), nor one
+    the listener just lost. A standard WHEP client is served as before."""
+    janus = Janus(tmp_path)
+    await janus.start()
+    try:
+        async with open_server(make_config(tmp_path / "box", max_listeners=1)) as box:
+            public = "http://relay.example:8088/janus"
+            for relay_id, extra in (("a", {"listen_url": public}), ("b", {}),
+                                    ("closed", {"api_secret": "s3cret"})):
+                r = await box.client.post("/api/relays", json={
+                    "id": relay_id, "url": janus.url, "channels": ["main"], **extra})
+                assert r.status_code == 201, r.text
+                await relay_status(box, relay_id, is_up)
+            statuses = {s["id"]: s for s in (await box.client.get("/api/relays")).json()}
+            assert statuses["closed"]["for_listeners"] is False
+            assert statuses["a"]["for_listeners"] and statuses["a"]["listen_url"] == public
+            assert "s3cret" not in str(statuses)
+            assert await where(box) == {"box": True}
+            r = await box.client.patch("/api/sinks/main", json={"relays_first": True})
+            assert r.status_code == 200, r.text
+            channels = (await box.client.get("/api/listen/channels")).json()
+            assert channels[0]["relays_first"] is True
+            sent = [(await where(box))["janus"] for _ in range(4)]
+            mountpoints = {c["id"]: c["carried"][0]["mountpoint"] for c in statuses.values()}
+            assert sorted(s["relay"] for s in sent) == ["a", "a", "b", "b"]   # spread out
+            for s in sent:
+                assert s["mountpoint"] == mountpoints[s["relay"]]
+                assert s["url"] == (public if s["relay"] == "a" else janus.url)
+            assert (await where(box, avoid="a"))["janus"]["relay"] == "b"
+            # a standard WHEP client: no WHEP relay, so the box serves it
+            r = await box.post_offer(synthetic_offer())
+            assert r.status_code == 201, r.text
+            await box.client.delete(r.headers["Location"])
+            # the box full (its one listener connected), the channel as usual
+            assert (await box.client.patch("/api/sinks/main", json={"relays_first": False})
+                    ).status_code == 200
+            assert await where(box) == {"box": True}
+            async with open_aiortc_listener() as peer:
+                r = await box.post_offer(await peer.create_offer())
+                assert r.status_code == 201, r.text
+                await peer.accept_answer(r.text)
+                await peer.wait_connected()
+                assert (await where(box))["janus"]["relay"] in ("a", "b")
+                r = await box.post_offer(synthetic_offer())
+                assert r.status_code == 503          # no WHEP relay: as before
+                await box.client.delete(box.service.sessions.answered()[0].url)
+            # the worst values
+            assert (await box.client.get("/api/listen/where/nope")).status_code == 404
+            r = await box.client.get("/api/listen/where/main", params={"avoid": "x" * 5000})
+            assert r.status_code == 400
+            r = await box.client.get("/api/listen/where/" + "x" * 3000)
+            assert r.status_code in (404, 414)
+            r = await box.client.post("/api/relays", json={
+                "id": "both", "url": janus.url, "channels": ["main"], "api_secret": "s",
+                "listen_url": public})
+            assert r.status_code == 400 and "api_secret" in r.text
+            r = await box.client.post("/api/relays", json={
+                "id": "bad", "url": janus.url, "channels": ["main"],
+                "listen_url": "javascript:alert(1)"})
+            assert r.status_code == 400 and "listen_url" in r.text
+            for relay_id in ("a", "b", "closed"):
+                assert (await box.client.delete(f"/api/relays/{relay_id}")).status_code == 204
+            assert (await box.wait_idle()) == IDLE
+    finally:
+        await janus.stop()
+
+
 GARBAGE = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!"
 HUGE = b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n" + b"x" * 1000
 REDIRECT = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /janus\r\nContent-Length: 0\r\n\r\n"
@@ -166,3 +250,31 @@ async def test_a_misbehaving_relay_gets_a_clear_error_and_a_bounded_retry(
             assert (await box.client.delete("/api/relays/bad")).status_code == 204
             assert (await box.wait_idle()) == IDLE
         nursery.cancel_scope.cancel()
+
+
+def can_unshare() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "-n", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
+async def test_listeners_sent_to_janus_hear_the_channel_and_fail_over_within_3_s():
+    """In a network namespace of the test's own (tests/support/janus_check.py:
+    Janus gathers no candidates on loopback): at the box's cap, a listener
+    that asks where to listen is sent to a Janus relay, watches the
+    mountpoint through Janus's API and hears 440 Hz; Janus's viewer count
+    reaches the box's status. Its relay killed, it hears 440 Hz from the
+    other relay within 3 s, and the box marks the dead one unhealthy."""
+    script = Path(__file__).parents[1] / "support" / "janus_check.py"
+    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    heard = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert heard["where_with_room"] == {"box": True}
+    assert heard["first"] == "box" and heard["second"] in ("j1", "j2")
+    assert abs(heard["second_hz"] - 440.0) < 3
+    assert heard["viewers"] == 1
+    assert heard["after"] in ("j1", "j2") and heard["after"] != heard["second"]
+    assert abs(heard["after_hz"] - 440.0) < 3
+    assert heard["failover_s"] < 3.0
+    assert heard["lost_state"] in ("unhealthy", "connecting")

@@ -1,0 +1,100 @@
+"""The listen page on a Janus relay, in Chromium, in a network namespace of
+the test's own (tests/e2e/test_relay_page.py starts this under ``unshare
+-n``; see janus_check.py for why): a "relays first" channel, two Janus relays
+on d0 (10.98.0.1). The page plays a relay with Debian's janus.js and hears
+440 Hz in stereo-capable Opus (Janus's offer carries stereo=1); the relay is
+killed and the page is back on air from the other one, saying
+"reconnecting" meanwhile. Prints JSON.
+
+    unshare -n python tests/support/janus_page_check.py"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import trio  # noqa: E402
+
+from support.janus import Janus  # noqa: E402
+from support.janus_check import namespace, relay_status  # noqa: E402
+from tests.e2e.conftest import Browser  # noqa: E402
+from tests.web.conftest import make_config, open_server  # noqa: E402
+
+WATCH = """() => {
+  window.__states = [];
+  const status = document.querySelector('.channel[data-sink="main"] .state');
+  new MutationObserver(() => window.__states.push([status.dataset.state, status.textContent]))
+    .observe(status, { attributes: true, childList: true, characterData: true, subtree: true });
+}"""
+ON_RELAY = """([avoid]) => { const s = window.applianceDebug.state('main');
+  const st = window.applianceDebug.stats('main');
+  return s && s.state === 'playing' && s.relay && s.relay !== avoid
+    && st && st.packetsReceived > 10; }"""
+
+
+async def main(tmp: Path) -> dict:
+    relays = {name: Janus(tmp / name, ice="d0") for name in ("j1", "j2")}
+    for janus in relays.values():
+        await janus.start()
+    out: dict = {}
+    browser = await trio.to_thread.run_sync(lambda: Browser(tmp / "chromium"))
+    try:
+        async with open_server(make_config(tmp / "box")) as box:
+            for name, janus in relays.items():
+                r = await box.client.post("/api/relays", json={
+                    "id": name, "url": janus.url, "channels": ["main"]})
+                assert r.status_code == 201, r.text
+                await relay_status(box, name, lambda s: s["state"] == "up")
+            assert (await box.client.patch("/api/sinks/main", json={"relays_first": True})
+                    ).status_code == 200
+
+            def play(b: Browser) -> dict:
+                page = b.new_page()
+                page.goto(box.url + "/listen/main")
+                page.wait_for_selector('.channel[data-sink="main"] button.listen')
+                page.evaluate(WATCH)
+                page.click('.channel[data-sink="main"] button.listen')
+                page.wait_for_function(ON_RELAY, arg=[None], timeout=20000)
+                heard = page.evaluate("applianceDebug.analyse('main', 500)")
+                sdp = page.evaluate("applianceDebug.cards.get('main').player.pc"
+                                    ".remoteDescription.sdp")
+                b.page = page
+                return {"relay": page.evaluate("applianceDebug.state('main').relay"),
+                        "hz": heard["frequencyHz"], "stereo_offered": "stereo=1" in sdp}
+            out["first"] = await browser.call(play)
+            out["box_listeners"] = (await box.client.get("/api/status")).json()[
+                "listeners"]["total"]
+            lost = out["first"]["relay"]
+            killed = time.monotonic()
+            await relays[lost].stop()
+
+            def back(b: Browser) -> dict:
+                b.page.wait_for_function(ON_RELAY, arg=[lost], timeout=20000, polling=20)
+                again = time.monotonic()
+                heard = b.page.evaluate("applianceDebug.analyse('main', 500)")
+                return {"relay": b.page.evaluate("applianceDebug.state('main').relay"),
+                        "at": again, "hz": heard["frequencyHz"],
+                        "states": b.page.evaluate("window.__states")}
+            after = await browser.call(back)
+            out["failover_s"] = after.pop("at") - killed
+            out["after"] = after
+            # the box notices at its next health round (every 2 s)
+            out["lost_state"] = (await relay_status(box, lost, lambda s: s["state"] != "up",
+                                                    timeout=5))["state"]
+    finally:
+        await trio.to_thread.run_sync(browser.close)
+        for janus in relays.values():
+            await janus.stop()
+    return out
+
+
+if __name__ == "__main__":
+    namespace()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = trio.run(main, Path(tmp))
+    print(json.dumps(result))
