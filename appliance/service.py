@@ -23,18 +23,18 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncContextManager, AsyncIterator, Callable
 
 import trio
 
-from . import __version__
+from . import __version__, devices, logs, media, metrics
 from .config import Config
-from .engine import Engine, open_engine
+from .engine import Engine, EngineError, open_engine
 from .errors import ExistsError, InvalidError, NotFoundError, UnauthorizedError
-from .feed import Feed
+from .feed import Feed, Subscriber
 from .graph import GraphRegistry
 from .hat_controls import HatControls
-from .backup import SECTIONS, Backup, make_backup
+from .backup import SECTIONS, Backup, make_backup, read_backup
 from .board import Board
 from .clock import WallClock
 from .venue import Venue
@@ -45,13 +45,17 @@ from .publications import Publications
 from .relays import Relays
 from .publishing import Publisher, Publishers, check_publish_token
 from .sap import SapListener
-from .sdp import Offer
-from .sessions import TEMP_PREFIX, Session, Sessions
+from .sdp import Offer, describe_stream
+from .sessions import DerivedSink, Session, Sessions
 from .store import Store
+from .tls import host_label
 
 __all__ = ["open_service", "Service"]
 
 log = logging.getLogger(__name__)
+
+# what a listener is shown of a channel
+CHANNEL_FIELDS = ("id", "name", "kind", "listeners", "language", "description", "relays_first")
 
 PUBLICATIONS = "publications"   # the store section
 RELAYS = "relays"               # the store section
@@ -65,7 +69,7 @@ class Service:
         self.engine = engine
         self.store = store
         self.started_at = time.monotonic()
-        self.feed = Feed(engine, shown=lambda kind, ident: not ident.startswith(TEMP_PREFIX),
+        self.feed = Feed(engine, shown=lambda kind, ident: not DerivedSink.is_derived(ident),
                          listener_counts=self.listener_counts,
                          max_streams=config.server.max_event_streams,
                          max_streams_per_client=config.server.max_event_streams_per_client)
@@ -182,6 +186,9 @@ class Service:
         await self.store.save_section(PUBLICATIONS, saved)
         return self.publications.start(publication_id, spec).status()
 
+    def publication_status(self) -> list[dict[str, Any]]:
+        return self.publications.status()
+
     async def remove_publication(self, publication_id: str) -> None:
         if publication_id not in self.publications.by_id:
             raise NotFoundError(f"no publication {publication_id!r}")
@@ -219,6 +226,9 @@ class Service:
         await self.store.save_section(RELAYS, saved)
         return self.relays.start(relay_id, spec).status()
 
+    def relay_status(self) -> list[dict[str, Any]]:
+        return self.relays.status()
+
     async def remove_relay(self, relay_id: str) -> None:
         if relay_id not in self.relays.by_id:
             raise NotFoundError(f"no relay {relay_id!r}")
@@ -226,6 +236,136 @@ class Service:
         saved = self._relay_specs()
         saved.pop(relay_id, None)
         await self.store.save_section(RELAYS, saved)
+
+    # ---- the graph, as the admin API changes it -------------------------------------
+
+    def entities(self, kind: str) -> list[dict[str, Any]]:
+        return self.graph.list(kind)
+
+    def entity(self, kind: str, entity_id: str) -> dict[str, Any]:
+        return self.graph.get(kind, entity_id)
+
+    async def create_entity(self, kind: str, body: Any) -> dict[str, Any]:
+        """A source (its fields, or an RTP stream's ``"sdp"``), sink or route."""
+        return await self.graph.create(kind, _described(body) if kind == "source" else body)
+
+    async def update_entity(self, kind: str, entity_id: str, body: Any) -> dict[str, Any]:
+        if kind == "source" and isinstance(body, dict) and "sdp" in body:
+            # a new SDP for an RTP source: its stream's fields, not its kind or name
+            body = {k: v for k, v in _described(body).items()
+                    if k not in ("kind", "name") or k in body}
+        return await self.graph.update(kind, entity_id, body)
+
+    async def delete_entity(self, kind: str, entity_id: str) -> None:
+        await self.graph.delete(kind, entity_id)
+
+    # ---- channels, as listeners see them --------------------------------------------
+
+    def channels(self) -> list[dict[str, Any]]:
+        """The channels a listener may see (Opus sinks that are not the
+        appliance's own), in the graph's order."""
+        return [{k: sink.get(k) for k in CHANNEL_FIELDS} for sink in self.graph.list("sink")
+                if sink.get("kind") == "opus" and not DerivedSink.is_derived(str(sink.get("id")))]
+
+    def channel_source_state(self, sink_id: str) -> str:
+        """"ok"; "lost" when every route into the channel comes from a source
+        whose device is lost; "none" when nothing is routed to it."""
+        routes = [r for r in self.graph.registry("route").values() if r.spec.sink_id == sink_id]
+        if not routes:
+            return "none"
+        lost = all(self.feed.devices.get(("source", r.spec.source_id), {}).get("state") == "lost"
+                   for r in routes)
+        return "lost" if lost else "ok"
+
+    def channel_latency_ms(self, sink_id: str) -> float | None:
+        """The engine's capture-to-send latency (median of the packets sent
+        lately) of the channel, or of one of its hearing variants when only
+        those have listeners; None when nothing was sent."""
+        best = None
+        for ident in [sink_id, *self.sessions.variants_of(sink_id)]:
+            try:
+                stats = self.engine.sink_stats(ident)
+            except EngineError:
+                continue   # removed meanwhile
+            if stats.send_latency_samples and (
+                    best is None or stats.send_latency_samples > best.send_latency_samples):
+                best = stats
+        return round(best.send_latency_p50_ms, 2) if best else None
+
+    # ---- live events (SSE) ---------------------------------------------------------
+
+    def check_event_room(self, client: str) -> None:
+        """``RateLimitedError`` or ``FullError`` before a stream starts."""
+        self.feed.check_room(client)
+
+    def subscribe_events(self, client: str) -> AsyncContextManager[Subscriber]:
+        return self.feed.subscribe(client)
+
+    # ---- listeners and publishers ---------------------------------------------------
+
+    def check_post_rate(self, client: str) -> None:
+        """``RateLimitedError`` when ``client`` offers too often (WHEP and WHIP)."""
+        self.sessions.check_post_rate(client)
+
+    def find_session(self, sink_id: str, session_id: str) -> Session:
+        return self.sessions.find(sink_id, session_id)
+
+    async def end_session(self, sink_id: str, session_id: str) -> None:
+        await self.sessions.delete(sink_id, session_id)
+
+    def find_publisher(self, source_id: str, publisher_id: str) -> Publisher:
+        return self.publishers.find(source_id, publisher_id)
+
+    async def end_publisher(self, publisher: Publisher) -> None:
+        await self.publishers.close(publisher, "deleted")
+
+    # ---- the box: clock, venue, devices, media, logs, metrics ------------------------
+
+    def set_clock(self, body: Any) -> dict[str, Any]:
+        """The wall clock set by hand (``appliance.clock``)."""
+        return self.clock.set(body)
+
+    @property
+    def venue_id(self) -> str:
+        return self.venue.id
+
+    def venue_boxes(self) -> list[dict[str, Any]]:
+        """The other boxes on the LAN and their channels (``appliance.venue``)."""
+        return [box.as_dict() for box in self.venue.boxes()]
+
+    async def alsa_devices(self) -> dict[str, list[dict[str, str]]]:
+        """The ALSA devices sources and sinks may open, per direction."""
+        def read() -> dict[str, list[dict[str, str]]]:
+            return {direction: [d.as_json() for d in devices.available_devices(direction)]
+                    for direction in devices.DIRECTIONS}
+        # alsa-lib reads its configuration files: not on the event loop
+        return await trio.to_thread.run_sync(read)
+
+    async def media_files(self) -> dict[str, Any]:
+        """The media folder and the files a file source may play."""
+        folder = media.media_folder(self.config)
+        files = await trio.to_thread.run_sync(media.list_media, folder)
+        return {"folder": str(folder), "files": [f.as_json() for f in files]}
+
+    @staticmethod
+    def local_name() -> str:
+        """``<hostname>.local``: the name avahi announces the box by."""
+        return host_label() + ".local"
+
+    @staticmethod
+    async def last_hour_of_logs() -> tuple[str, bytes]:
+        """Where the log came from, and its last hour (``appliance.logs``)."""
+        return await logs.last_hour()
+
+    @staticmethod
+    def metrics_text(reading: Callable[[], dict[str, Any]]) -> tuple[bytes, str]:
+        """``reading`` (a status) in Prometheus' text format, and its media type."""
+        return metrics.scrape(reading), metrics.CONTENT_TYPE
+
+    @staticmethod
+    def read_backup(body: Any) -> Backup:
+        """A backup file checked through the model (``appliance.backup``)."""
+        return read_backup(body)
 
     # ---- the HAT's controls --------------------------------------------------------
 
@@ -359,8 +499,8 @@ class Service:
             "publishers": len(self.publishers),
             "engine_listeners": len(self.engine.listeners()),
             "engine_stats_listeners": self.engine.stats().listeners,
-            "temporary_sinks": sum(1 for s in self.engine.sinks() if s.startswith(TEMP_PREFIX)),
-            "temporary_routes": sum(1 for r in self.engine.routes() if r.startswith(TEMP_PREFIX)),
+            "temporary_sinks": sum(map(DerivedSink.is_derived, self.engine.sinks())),
+            "temporary_routes": sum(map(DerivedSink.is_derived, self.engine.routes())),
         }
 
     # ---- shutdown ----------------------------------------------------------------
@@ -379,6 +519,19 @@ class Service:
         await self.publishers.aclose()
         await self.publications.aclose()
         await self.relays.aclose()
+
+
+def _described(body: Any) -> Any:
+    """A source's body may carry an RTP stream's SDP (``"sdp"``: typed in,
+    or from a device's page) instead of its fields; fields given beside it
+    win (``interface``, ``latency_ms``, a narrower ``allow_from``)."""
+    if not isinstance(body, dict) or "sdp" not in body:
+        return body
+    try:
+        described = describe_stream(body["sdp"]).source_fields()
+    except InvalidError as error:
+        raise InvalidError(f"sdp: {error}") from None
+    return {**described, **{k: v for k, v in body.items() if k != "sdp"}}
 
 
 _ptp4l_seen: tuple[float, bool] = (-1e9, False)
@@ -407,6 +560,7 @@ def ptp4l_running() -> bool:
 async def open_service(config: Config, *, store: Store | None = None) -> AsyncIterator[Service]:
     """Engine, service nursery and feed for the duration of the block; the
     graph comes from the store (or the config's seed)."""
+    logs.install()   # the last hour, for /api/logs where there is no journal
     if store is None:
         store = Store(config.state_dir)
         await trio.to_thread.run_sync(store.load)

@@ -49,7 +49,7 @@ from .events import (
 from .model import RouteSpec, SinkSpec, Variant
 from .sdp import Offer
 
-__all__ = ["Session", "Sessions", "TEMP_PREFIX", "CLEANUP_TIMEOUT_S", "variant_sink_id"]
+__all__ = ["Session", "Sessions", "DerivedSink", "TEMP_PREFIX", "CLEANUP_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,37 @@ ENDED_MEMORY_S = 60.0
 ENDED_MEMORY_COUNT = 4096
 
 
-def variant_sink_id(base_sink: str, variant: Variant) -> str:
-    """The engine sink of a variant of ``base_sink``: one name for every way
-    of asking for it. Temporary, so it is hidden and counted like the others."""
-    return f"{TEMP_PREFIX}{base_sink}~{variant.key}"
+@dataclass(frozen=True)
+class DerivedSink:
+    """A sink made for listeners, not by the admin: a listener's temporary
+    sink for a source or a route (no ``parent``; ``key`` is random), or a
+    hearing variant of a channel or of a temporary sink (``parent`` is its
+    sink, ``key`` the variant's: one sink for every way of asking for it).
+    Code asks these fields; only ``id`` and ``is_derived`` know how the
+    engine names it, so nobody takes an id string apart."""
+    parent: str | None
+    key: str
+
+    @classmethod
+    def temporary(cls) -> DerivedSink:
+        return cls(None, secrets.token_hex(6))
+
+    @classmethod
+    def variant(cls, parent: str, variant: Variant) -> DerivedSink:
+        return cls(parent, variant.key)
+
+    @property
+    def id(self) -> str:
+        """Its engine sink (and route) id: hidden from the admin's lists and
+        counted by the census like every derived entity."""
+        if self.parent is None:
+            return f"{TEMP_PREFIX}{self.key}"
+        return f"{TEMP_PREFIX}{self.parent}~{self.key}"
+
+    @staticmethod
+    def is_derived(entity_id: str) -> bool:
+        """Whether an engine sink or route id is one of these."""
+        return entity_id.startswith(TEMP_PREFIX)
 
 
 @dataclass(eq=False)
@@ -87,9 +114,10 @@ class Session:
     listener: Listener | None = None
     base_sink: str = ""              # the channel (or temporary sink) before any variant
     variant: Variant = field(default_factory=Variant)
-    temp_sink: str | None = None
+    temporary: DerivedSink | None = None   # a source's or route's, this session's own
+    temp_sink: str | None = None     # set once the temporary sink is made
     temp_route: str | None = None
-    variant_sink: str | None = None  # set while this session holds a share of it
+    variant_sink: DerivedSink | None = None   # set while this session holds a share of it
     state: ListenerState = ListenerState.NEW
     stats: ListenerStats | None = None   # the latest read (liveness watcher, health)
     answered: bool = False
@@ -193,6 +221,7 @@ class Sessions:
         self.closing = False
         self._buckets: dict[str, tuple[float, float]] = {}
         self.variant_users: dict[str, int] = {}   # variant sink -> sessions holding it
+        self.variants: dict[str, DerivedSink] = {}   # the same sinks, as values
         self._variant_lock = trio.Lock()
         # session id -> (its sink, when it ended), oldest first
         self._ended: collections.OrderedDict[str, tuple[str, float]] = \
@@ -307,11 +336,12 @@ class Sessions:
         key = client_key(client)
         await self._admit(key)
         kind, ident = target
-        base = ident if kind == "sink" else f"{TEMP_PREFIX}{secrets.token_hex(6)}"
-        sink_id = base if variant.plain else variant_sink_id(base, variant)
+        temporary = None if kind == "sink" else DerivedSink.temporary()
+        base = ident if temporary is None else temporary.id
+        sink_id = base if variant.plain else DerivedSink.variant(base, variant).id
         session = Session(id=secrets.token_urlsafe(24), sink_id=sink_id, target=target,
                           client=client, offer=offer, base_sink=base, variant=variant,
-                          client_key=key)
+                          temporary=temporary, client_key=key)
         self.by_id[session.id] = session
         self._connecting[key] += 1
         try:
@@ -364,7 +394,8 @@ class Sessions:
 
     async def _make_temporary(self, session: Session, route: RouteSpec) -> None:
         cfg = self.config.server
-        temp = session.base_sink
+        assert session.temporary is not None
+        temp = session.temporary.id
         # mixed only once the listener has connected (made at the POST,
         # its answer needs the sink's stream)
         await self.engine.add_sink(temp, SinkSpec(
@@ -377,7 +408,8 @@ class Sessions:
 
     async def _take_variant(self, session: Session) -> None:
         """A share of the session's variant sink, made by the first taker."""
-        sink_id = session.sink_id
+        derived = DerivedSink.variant(session.base_sink, session.variant)
+        sink_id = derived.id
         async with self._variant_lock:
             users = self.variant_users.get(sink_id, 0)
             # a sink whose removal failed once is taken over, not made again
@@ -385,17 +417,24 @@ class Sessions:
                 await self.engine.add_variant(sink_id, session.base_sink, session.variant,
                                               on_demand=True)
             self.variant_users[sink_id] = users + 1
-            session.variant_sink = sink_id
+            self.variants[sink_id] = derived
+            session.variant_sink = derived
 
-    async def _drop_variant(self, sink_id: str) -> None:
+    async def _drop_variant(self, derived: DerivedSink) -> None:
         """Give a share back; the last one removes the sink. Only from the
         shielded cleanup, after the session's listener is gone."""
+        sink_id = derived.id
         async with self._variant_lock:
             users = self.variant_users.pop(sink_id, 1) - 1
             if users > 0:
                 self.variant_users[sink_id] = users
                 return
+            self.variants.pop(sink_id, None)
             await self.engine.remove_sink(sink_id)
+
+    def variants_of(self, sink_id: str) -> list[str]:
+        """The hearing-variant sinks made of ``sink_id`` that listeners hold."""
+        return [v.id for v in self.variants.values() if v.parent == sink_id]
 
     async def _wait_answer(self, session: Session) -> str:
         assert session.listener is not None

@@ -57,3 +57,46 @@ def test_the_check_finds_a_status_written_by_hand() -> None:
     for shape in shapes:
         assert _statuses_chosen(ast.parse(shape)) == [1], shape
     assert _statuses_chosen(ast.parse('plain("yes", 200); x = 500; between(1, 500)')) == []
+
+
+# What the web layer may import from the rest of the appliance: its one door
+# (service) and the vocabulary every layer shares (errors, values, the
+# config, the SDP it parses off the wire, the package's version), plus the
+# web's own credential store (admin_auth: passwords, sessions, throttles of
+# HTTP clients, used by nothing but web/) and its password rules.
+WEB_MAY_IMPORT = {"service", "errors", "model", "config", "sdp", "admin_auth", "passwords",
+                  "__version__"}
+
+
+def _appliance_imports(tree: ast.AST) -> set[str]:
+    """The appliance modules (or package names) a web/ module imports."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 2:   # from ..x import y / from .. import y
+                out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif node.level == 0 and (node.module or "").startswith("appliance"):
+                parts = node.module.split(".")
+                out |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names
+                    if a.name.startswith("appliance.")}
+    return out
+
+
+def test_the_web_layer_reaches_the_appliance_only_through_the_service() -> None:
+    found = {}
+    for path in _modules():
+        if path.parent.name == "web":
+            beyond = _appliance_imports(ast.parse(path.read_text())) - WEB_MAY_IMPORT
+            if beyond:
+                found[path.name] = sorted(beyond)
+    assert found == {}, f"ask the service (appliance/service.py) instead: {found}"
+
+
+def test_the_import_check_finds_a_reach_below_the_service() -> None:
+    assert _appliance_imports(ast.parse("from ..sessions import Session")) == {"sessions"}
+    assert _appliance_imports(ast.parse("from .. import devices, media")) == {"devices", "media"}
+    assert _appliance_imports(ast.parse("import appliance.engine")) == {"engine"}
+    assert _appliance_imports(ast.parse("from appliance.graph import X")) == {"graph"}
+    assert _appliance_imports(ast.parse("from .common import service")) == set()

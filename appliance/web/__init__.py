@@ -23,7 +23,6 @@ from werkzeug.exceptions import HTTPException
 from ..config import Config
 from ..errors import ApplianceError, NotFoundError
 from ..service import Service, open_service
-from .. import logs
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, hat_controls, health, listening, login, metrics,
                publications, relays, signs, ui, venue, whep, whip)
@@ -63,7 +62,6 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
                     template_folder=str(PACKAGE / "templates"))
     app.appliance_config = config
     app.service = service
-    logs.install()   # the last hour, for /api/logs where there is no journal
     app.admin_auth = AdminAuth(
         state_dir=config.state_dir, token=config.admin.token,
         password_hash=config.admin.password_hash,

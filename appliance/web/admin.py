@@ -7,10 +7,6 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from .. import logs
-from ..backup import read_backup
-from ..errors import InvalidError
-from ..sdp import describe_stream
 from .common import read_object, service
 
 __all__ = ["blueprint", "status_reading"]
@@ -58,7 +54,7 @@ async def download_backup() -> Response:
 async def restore() -> Response:
     """A backup made the state (``?dry_run=1``: only what would change)."""
     dry_run = request.args.get("dry_run") in ("1", "true")
-    backup = read_backup(await read_object())
+    backup = service().read_backup(await read_object())
     auth = current_app.admin_auth
     if backup.password_hash:   # before anything changes
         auth.check_hash_restorable()
@@ -77,13 +73,13 @@ async def set_clock() -> Response:
     """The box's clock set from the admin's browser (only while no network
     time keeps it): ``{"unix_ms": ...}``."""
     body = await read_object()
-    return jsonify(service().clock.set(body))
+    return jsonify(service().set_clock(body))
 
 
 @blueprint.route("/logs", methods=["GET"])
 async def download_logs() -> Response:
     """The last hour of the appliance's log, as a file for support."""
-    where, text = await logs.last_hour()
+    where, text = await service().last_hour_of_logs()
     return Response(text, content_type="text/plain; charset=utf-8",
                     headers={**_attachment("log"), "X-Appliance-Log": where})
 
@@ -96,27 +92,14 @@ async def announcements() -> Response:
 
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["GET"])
 async def list_entities(collection: str) -> Response:
-    return jsonify(service().graph.list(_kind(collection)))
-
-
-def _described(body: Any) -> Any:
-    """A source's body may carry an RTP stream's SDP (``"sdp"``: typed in,
-    or from a device's page) instead of its fields; fields given beside it
-    win (``interface``, ``latency_ms``, a narrower ``allow_from``)."""
-    if not isinstance(body, dict) or "sdp" not in body:
-        return body
-    try:
-        described = describe_stream(body["sdp"]).source_fields()
-    except InvalidError as error:
-        raise InvalidError(f"sdp: {error}") from None
-    return {**described, **{k: v for k, v in body.items() if k != "sdp"}}
+    return jsonify(service().entities(_kind(collection)))
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>", methods=["POST"])
 async def create_entity(collection: str) -> Response:
     kind = _kind(collection)
     body = await read_object()
-    created = await service().graph.create(kind, _described(body) if kind == "source" else body)
+    created = await service().create_entity(kind, body)
     response = jsonify(created)
     response.status_code = 201
     response.headers["Location"] = f"/api/{collection}/{created['id']}"
@@ -125,20 +108,16 @@ async def create_entity(collection: str) -> Response:
 
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["GET"])
 async def get_entity(collection: str, entity_id: str) -> Response:
-    return jsonify(service().graph.get(_kind(collection), entity_id))
+    return jsonify(service().entity(_kind(collection), entity_id))
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["PATCH"])
 async def update_entity(collection: str, entity_id: str) -> Response:
-    kind = _kind(collection)
     body = await read_object()
-    if kind == "source" and isinstance(body, dict) and "sdp" in body:
-        # a new SDP for an RTP source: its stream's fields, not its kind or name
-        body = {k: v for k, v in _described(body).items() if k not in ("kind", "name") or k in body}
-    return jsonify(await service().graph.update(kind, entity_id, body))
+    return jsonify(await service().update_entity(_kind(collection), entity_id, body))
 
 
 @blueprint.route("/<any(sources, sinks, routes):collection>/<entity_id>", methods=["DELETE"])
 async def delete_entity(collection: str, entity_id: str) -> Response:
-    await service().graph.delete(_kind(collection), entity_id)
+    await service().delete_entity(_kind(collection), entity_id)
     return Response("", status=204)

@@ -43,6 +43,7 @@ from quart import Response, current_app, g, request
 
 from ..admin_auth import AdminAuth, AdminSession
 from ..errors import ForbiddenError, RateLimitedError, UnauthorizedError
+from ..service import Service
 from .common import client_address
 
 __all__ = ["PUBLIC", "LISTENING", "ADMIN", "public", "listening", "role_of", "check_request",
@@ -153,8 +154,7 @@ def _url_host() -> str:
     except ValueError:
         host = None
     if not host:
-        from ..tls import host_label
-        host = host_label() + ".local"
+        host = Service.local_name()
     return f"[{host}]" if ":" in host else host
 
 

@@ -11,29 +11,20 @@ A source or sink of kind "alsa" takes a ``device`` only from the first list
 """
 from __future__ import annotations
 
-import trio
-from quart import Blueprint, Response, current_app, jsonify
+from quart import Blueprint, Response, jsonify
 
-from .. import devices, media
+from .common import service
 
 __all__ = ["blueprint"]
 
 blueprint = Blueprint("devices", __name__, url_prefix="/api")
 
 
-def _all_devices() -> dict[str, list[dict[str, str]]]:
-    return {direction: [d.as_json() for d in devices.available_devices(direction)]
-            for direction in devices.DIRECTIONS}
-
-
 @blueprint.route("/devices", methods=["GET"])
 async def get_devices() -> Response:
-    # alsa-lib reads its configuration files: not on the event loop
-    return jsonify(await trio.to_thread.run_sync(_all_devices))
+    return jsonify(await service().alsa_devices())
 
 
 @blueprint.route("/media", methods=["GET"])
 async def get_media() -> Response:
-    folder = media.media_folder(current_app.appliance_config)
-    files = await trio.to_thread.run_sync(media.list_media, folder)
-    return jsonify({"folder": str(folder), "files": [f.as_json() for f in files]})
+    return jsonify(await service().media_files())

@@ -42,10 +42,10 @@ def event_stream(select: Callable[[str, Any], Any] | None = None) -> Response:
         return head
     svc = service()
     client = client_address()
-    svc.feed.check_room(client)   # 429 or 503 before the stream starts
+    svc.check_event_room(client)   # 429 or 503 before the stream starts
 
     async def stream() -> AsyncIterator[bytes]:
-        async with svc.feed.subscribe(client) as sub:
+        async with svc.subscribe_events(client) as sub:
             yield b"retry: 2000\n\n"
             while not sub.closed:
                 batch = await sub.next_batch(KEEPALIVE_S)

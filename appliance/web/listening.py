@@ -13,62 +13,23 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from ..engine import EngineError
 from ..errors import InvalidError, UnauthorizedError
-from ..sessions import TEMP_PREFIX
 from .auth import LISTEN_COOKIE, listening, public, retry_later
 from .common import client_address, service
 from .events import event_stream
 from .login import read_fields, set_cookie
 
-__all__ = ["blueprint", "channels_of"]
+__all__ = ["blueprint"]
 
 blueprint = Blueprint("listening", __name__, url_prefix="/api/listen")
-
-CHANNEL_FIELDS = ("id", "name", "kind", "listeners", "language", "description", "relays_first")
-
-
-def _source_state(svc: Any, sink_id: str) -> str:
-    """"ok"; "lost" when every route into the channel comes from a source
-    whose device is lost; "none" when nothing is routed to it."""
-    routes = [r for r in svc.graph.registry("route").values() if r.spec.sink_id == sink_id]
-    if not routes:
-        return "none"
-    lost = all(svc.feed.devices.get(("source", r.spec.source_id), {}).get("state") == "lost"
-               for r in routes)
-    return "lost" if lost else "ok"
-
-
-def _engine_latency_ms(svc: Any, sink_id: str) -> float | None:
-    """The engine's capture-to-send latency (median of the packets sent
-    lately) of the channel, or of one of its hearing variants when only
-    those have listeners; None when nothing was sent."""
-    variants = f"{TEMP_PREFIX}{sink_id}~"
-    best = None
-    for ident in [sink_id, *(s for s in svc.engine.sinks() if s.startswith(variants))]:
-        try:
-            stats = svc.engine.sink_stats(ident)
-        except EngineError:
-            continue
-        if stats.send_latency_samples and (best is None or
-                                           stats.send_latency_samples > best.send_latency_samples):
-            best = stats
-    return round(best.send_latency_p50_ms, 2) if best else None
-
-
-def channels_of(svc: Any) -> list[dict[str, Any]]:
-    """The channels a listener may see, in the graph's order."""
-    return [{k: sink.get(k) for k in CHANNEL_FIELDS} for sink in svc.graph.list("sink")
-            if sink.get("kind") == "opus" and not str(sink.get("id", "")).startswith("_")]
-
 
 @blueprint.route("/channels", methods=["GET"])
 @listening
 async def channels() -> Response:
     svc = service()
-    return jsonify([{**c, "source": _source_state(svc, c["id"]),
-                     "engine_latency_ms": _engine_latency_ms(svc, c["id"])}
-                    for c in channels_of(svc)])
+    return jsonify([{**c, "source": svc.channel_source_state(c["id"]),
+                     "engine_latency_ms": svc.channel_latency_ms(c["id"])}
+                    for c in svc.channels()])
 
 
 MAX_AVOID = 200
@@ -103,12 +64,12 @@ async def events() -> Response:
         # most once a second; listener changes (rare) always look again
         now = trio.current_time()
         if fresh or now - cache["at"] > 1.0:
-            cache["at"], cache["ids"] = now, frozenset(c["id"] for c in channels_of(svc))
+            cache["at"], cache["ids"] = now, frozenset(c["id"] for c in svc.channels())
         return cache["ids"]
 
     def select(name: str, data: Any) -> Any:
         if name == "device":   # a device lost or back: every channel's source state
-            return {"sinks": {i: _source_state(svc, i) for i in sorted(channel_ids(True))}}
+            return {"sinks": {i: svc.channel_source_state(i) for i in sorted(channel_ids(True))}}
         if name not in ("listeners", "levels"):
             return None
         ids = channel_ids(name == "listeners")
@@ -119,7 +80,7 @@ async def events() -> Response:
         now = trio.current_time()
         if name == "levels" and now - cache["latency_at"] >= 1.0:
             cache["latency_at"] = now
-            out["latency_ms"] = {i: _engine_latency_ms(svc, i) for i in sorted(ids)}
+            out["latency_ms"] = {i: svc.channel_latency_ms(i) for i in sorted(ids)}
         return out
 
     return event_stream(select)

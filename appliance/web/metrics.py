@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from .. import metrics
 from .admin import status_reading
 from .auth import scrape
+from .common import service
 
 __all__ = ["blueprint"]
 
@@ -18,5 +18,5 @@ blueprint = Blueprint("metrics", __name__)
 @blueprint.route("/metrics", methods=["GET"])
 @scrape
 async def scrape_metrics() -> Response:
-    return Response(metrics.scrape(status_reading), content_type=metrics.CONTENT_TYPE,
-                    headers={"Cache-Control": "no-store"})
+    text, content_type = service().metrics_text(status_reading)
+    return Response(text, content_type=content_type, headers={"Cache-Control": "no-store"})

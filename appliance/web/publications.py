@@ -17,7 +17,7 @@ blueprint = Blueprint("publications", __name__, url_prefix="/api/publications")
 
 @blueprint.route("", methods=["GET"])
 async def list_publications() -> Response:
-    return jsonify(service().publications.status())
+    return jsonify(service().publication_status())
 
 
 @blueprint.route("", methods=["POST"])

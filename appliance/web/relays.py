@@ -18,7 +18,7 @@ blueprint = Blueprint("relays", __name__, url_prefix="/api/relays")
 
 @blueprint.route("", methods=["GET"])
 async def list_relays() -> Response:
-    return jsonify(service().relays.status())
+    return jsonify(service().relay_status())
 
 
 @blueprint.route("", methods=["POST"])

@@ -31,7 +31,6 @@ from quart import Blueprint, Response, current_app, render_template, request
 
 from .auth import LISTEN_COOKIE, admin_session
 from .common import service
-from .listening import channels_of
 from .ui import catalogue, no_store, page_args, page_language, supported, translate
 
 __all__ = ["blueprint", "listen_base", "wifi_qr_text", "may_see_channels"]
@@ -86,7 +85,7 @@ async def signs() -> Response:
         # the code carries the PIN's long form: scanning needs no typing and
         # spends no guess budget (the printed address asks for the PIN)
         key = current_app.admin_auth.venue_key()
-        for channel in channels_of(service()):
+        for channel in service().channels():
             sign_lang = supported(channel["language"] or "") or lang
             url = f"{base}/listen/{quote(channel['id'], safe='')}"
             channels.append({**channel, "url": url, "qr": url + (f"#key={key}" if key else ""),

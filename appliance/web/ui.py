@@ -21,6 +21,7 @@ import trio
 from quart import Blueprint, Response, current_app, render_template, request
 
 from .. import __version__
+from ..errors import NotFoundError
 from .auth import public
 
 __all__ = ["blueprint", "LANGUAGES", "catalogue", "page_language", "supported", "translate",
@@ -117,8 +118,7 @@ async def janus_js() -> Response:
     try:
         body = await trio.Path(JANUS_JS).read_bytes()
     except OSError:
-        return Response("libjs-janus-gateway is not installed on this appliance\n", status=404,
-                        content_type="text/plain; charset=utf-8")
+        raise NotFoundError("libjs-janus-gateway is not installed on this appliance") from None
     return no_store(Response(body, content_type="text/javascript; charset=utf-8"))
 
 

@@ -13,7 +13,6 @@ from quart import Blueprint, Response, current_app, jsonify, render_template
 
 from .auth import public
 from .common import service
-from .listening import channels_of
 from .signs import listen_base, may_see_channels
 from .ui import no_store, page_args, page_language
 
@@ -29,8 +28,8 @@ BOX_FIELDS = ("id", "name", "language", "description")
 async def this_box() -> Response:
     svc = service()
     allowed = may_see_channels()
-    channels = [{k: c.get(k) for k in BOX_FIELDS} for c in channels_of(svc)] if allowed else []
-    response = jsonify({"id": svc.venue.id, "name": current_app.appliance_config.name,
+    channels = [{k: c.get(k) for k in BOX_FIELDS} for c in svc.channels()] if allowed else []
+    response = jsonify({"id": svc.venue_id, "name": current_app.appliance_config.name,
                         "pin": bool(current_app.admin_auth.listen_pin), "channels": channels})
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -46,8 +45,8 @@ async def venue() -> Response:
         "pin": bool(current_app.admin_auth.listen_pin), "here": True,
         "channels": [{**{k: c.get(k) for k in BOX_FIELDS},
                       "url": f"{base}/listen/{quote(c['id'], safe='')}"}
-                     for c in channels_of(svc)] if may_see_channels() else []}
-    boxes = [here] + [box.as_dict() for box in svc.venue.boxes()]
+                     for c in svc.channels()] if may_see_channels() else []}
+    boxes = [here] + svc.venue_boxes()
     response = Response(await render_template("venue.html", **page_args(page_language(),
                                                                           boxes=boxes)))
     response.headers["Vary"] = "Accept-Language, Cookie"

@@ -2,6 +2,8 @@
 older ScreamRouter-style extras. See docs/API.md for the contract."""
 from __future__ import annotations
 
+from typing import Protocol
+
 from quart import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import (
@@ -9,8 +11,6 @@ from ..errors import (
 )
 from ..model import Variant
 from ..sdp import check_offer, parse_candidates_json, parse_sdpfrag
-from ..publishing import Publisher
-from ..sessions import Session
 from .auth import check_admin_listening
 from .common import client_address, media_type, read_body, read_json, service
 
@@ -51,7 +51,7 @@ async def _post(kind: str, ident: str) -> Response:
     variant = Variant.from_query(request.args.items(multi=True))
     if media_type() != SDP:
         raise UnsupportedMediaError(f"the offer must be sent as {SDP}")
-    svc.sessions.check_post_rate(client_address())
+    svc.check_post_rate(client_address())
     # checked before any transport sees it: webrtcbin aborts the process on some shapes
     offer = check_offer(await read_body())
     # a media server this channel is published to takes the listener while
@@ -93,7 +93,12 @@ async def post_route(route_id: str) -> Response:
     return await _post("route", route_id)
 
 
-def check_if_match(session: Session | Publisher, *, required: bool) -> None:
+class _Versioned(Protocol):
+    """A WHEP session or a WHIP publisher: a resource with an ETag."""
+    etag: str
+
+
+def check_if_match(session: _Versioned, *, required: bool) -> None:
     """If-Match against the resource's ETag (WHIP and WHEP alike)."""
     value = request.headers.get("If-Match")
     if value is None:
@@ -111,9 +116,9 @@ async def session_resource(sink_id: str, session_id: str) -> Response:
     if request.method == "OPTIONS":
         return _preflight("OPTIONS, PATCH, POST, DELETE", endpoint=False)
     if request.method == "DELETE":
-        await svc.sessions.delete(sink_id, session_id)
+        await svc.end_session(sink_id, session_id)
         return Response("", status=200)
-    session = svc.sessions.find(sink_id, session_id)
+    session = svc.find_session(sink_id, session_id)
     session.heartbeat()  # any request on the session shows the client is there
     if request.method == "POST":  # ScreamRouter-style heartbeat
         return Response("", status=204)
@@ -141,6 +146,6 @@ async def session_resource(sink_id: str, session_id: str) -> Response:
 @blueprint.route("/<sink_id>/<session_id>/candidates", methods=["GET"])
 async def session_candidates(sink_id: str, session_id: str) -> Response:
     """Server candidates gathered after the answer; returned once, then cleared."""
-    session = service().sessions.find(sink_id, session_id)
+    session = service().find_session(sink_id, session_id)
     session.heartbeat()
     return jsonify(session.take_candidates())

@@ -22,7 +22,7 @@ async def publish(source_id: str) -> Response:
     svc = service()
     if request.method == "OPTIONS":
         return Response("", status=204, headers={"Allow": "OPTIONS, POST", "Accept-Post": SDP})
-    svc.sessions.check_post_rate(client_address())
+    svc.check_post_rate(client_address())
     svc.check_publisher(source_id, bearer())   # before the body is read
     if media_type() != SDP:
         raise UnsupportedMediaError(f"the offer must be sent as {SDP}")
@@ -40,9 +40,9 @@ async def publisher_resource(source_id: str, publisher_id: str) -> Response:
     if request.method == "OPTIONS":
         return Response("", status=204, headers={"Allow": "OPTIONS, PATCH, DELETE",
                                                  "Accept-Patch": SDPFRAG})
-    publisher = svc.publishers.find(source_id, publisher_id)
+    publisher = svc.find_publisher(source_id, publisher_id)
     if request.method == "DELETE":
-        await svc.publishers.close(publisher, "deleted")
+        await svc.end_publisher(publisher)
         return Response("", status=200)
     if media_type() != SDPFRAG:
         raise UnsupportedMediaError(f"PATCH takes {SDPFRAG}")
