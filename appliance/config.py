@@ -35,12 +35,24 @@
     source_id = "line_in"
     sink_id = "main"                # any RouteSpec field
 
+    [[publications]]                # any PublicationSpec field, plus id
+    id = "to-b"
+    sink_id = "main"
+    url = "https://b.local:8443/api/whip/from_a"
+
+    [[relays]]                      # any RelaySpec field, plus id
+    id = "janus1"
+    url = "http://10.0.0.5:8088/janus"
+    channels = ["main"]
+
 A key the schema does not know is an error that names it; every value is
 checked by ``appliance.model`` (the same checks as the saved state and the
 admin API). The sources, sinks and routes seed the audio graph; see
 ``appliance.store`` for how they combine with changes made through the admin
-API. Nothing here imports the engine: ``appliance check-config`` works
-without the C build.
+API. Publications and relays are different: the config's are fixed (started
+with the box, shown with ``"in_config": true``, not removable through the
+API), beside those the admin API adds and saves. Nothing here imports the
+engine: ``appliance check-config`` works without the C build.
 """
 from __future__ import annotations
 
@@ -56,11 +68,12 @@ from .devices import parse_cards
 from .errors import InvalidError
 from .passwords import is_password_hash
 from .model import (
-    EngineSettings, Graph, RouteConfig, RouteSpec, SinkConfig, SinkSpec, SourceConfig,
-    SourceSpec, build, check_text,
+    EngineSettings, Graph, PublicationSpec, RelaySpec, RouteConfig, RouteSpec, SinkConfig,
+    SinkSpec, SourceConfig, SourceSpec, build, check_id, check_text,
 )
 
 __all__ = ["Config", "ServerConfig", "AdminConfig", "IceServer", "ConfigError", "load_config",
+           "PublicationConfig", "RelayConfig",
            "parse_config", "default_config", "default_state_dir", "detect_sound_cards", "prepare_dirs"]
 
 
@@ -161,6 +174,20 @@ class AdminConfig:
         "what": "at least 20 visible ASCII characters"})
 
 
+@dataclass(frozen=True)
+class PublicationConfig:
+    """A ``[[publications]]`` table: fixed while the config says so."""
+    id: str
+    spec: PublicationSpec
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """A ``[[relays]]`` table: fixed while the config says so."""
+    id: str
+    spec: RelaySpec
+
+
 # The appliance runs its audio threads at real-time priority where it may
 # (the image's service unit allows it); elsewhere the engine quietly runs them
 # at normal priority. Its lean listeners share one well-known UDP port (a
@@ -190,6 +217,8 @@ class Config:
     sources: tuple[SourceConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    publications: tuple[PublicationConfig, ...] = ()
+    relays: tuple[RelayConfig, ...] = ()
 
     @property
     def media_folder(self) -> Path:
@@ -276,7 +305,7 @@ def parse_config(data: Mapping[str, Any], *, cards: list[str] | None = None) -> 
 
 def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
     known = {"name", "state_dir", "media_dir", "board_root", "server", "admin", "engine",
-             "sources", "sinks", "routes"}
+             "sources", "sinks", "routes", "publications", "relays"}
     for key in data:
         if key not in known:
             raise ConfigError(f"unknown config key {key!r}")
@@ -328,7 +357,45 @@ def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
     if not (graph.sources or graph.sinks or graph.routes):
         graph = default_graph(cards)
     kwargs.update(sources=graph.sources, sinks=graph.sinks, routes=graph.routes)
-    return Config(**kwargs)
+    channels = {sink.id for sink in graph.sinks if sink.spec.kind == "opus"}
+    publications = _outbound(data.get("publications", []), "publications", PublicationConfig,
+                             PublicationSpec)
+    relays = _outbound(data.get("relays", []), "relays", RelayConfig, RelaySpec)
+    for i, publication in enumerate(publications):
+        _check_channels(f"publications[{i}].sink_id", (publication.spec.sink_id,), channels)
+    for i, relay in enumerate(relays):
+        _check_channels(f"relays[{i}].channels", relay.spec.channels, channels)
+    return Config(**kwargs, publications=publications, relays=relays)
+
+
+def _outbound(items: Any, key: str, entry: type, spec: type) -> tuple[Any, ...]:
+    """``[[publications]]`` or ``[[relays]]``: each an id plus the spec's
+    fields, checked as the admin API checks them; ids unique."""
+    if not isinstance(items, list):
+        raise ConfigError(f"{key} must be a list of tables ([[{key}]])")
+    out, seen = [], set()
+    for i, item in enumerate(items):
+        here = f"{key}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{here} must be a table")
+        fields = dict(item)
+        if "id" not in fields:
+            raise ConfigError(f"{here}.id is missing")
+        ident = check_id(key[:-1], fields.pop("id"), f"{here}.id")
+        if ident in seen:
+            raise ConfigError(f"{here}.id {ident!r} is used twice")
+        seen.add(ident)
+        out.append(entry(ident, build(spec, fields, here)))
+    return tuple(out)
+
+
+def _check_channels(where: str, sink_ids: tuple[str, ...], channels: set[str]) -> None:
+    """A config's publication or relay names channels of the config's own
+    graph (an API-made channel may be gone by the next start)."""
+    for sink_id in sink_ids:
+        if sink_id not in channels:
+            raise ConfigError(f"{where}: {sink_id!r} is not a channel of this config "
+                              "(a [[sinks]] table with kind = \"opus\")")
 
 
 def prepare_dirs(config: Config) -> None:

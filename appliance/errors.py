@@ -90,8 +90,8 @@ class AnswerTimeoutError(ApplianceError):
 
 
 class ManagedElsewhereError(ApplianceError):
-    """Something else keeps this value (network time keeps the clock): it is
-    not changed by hand."""
+    """Something else keeps this value (network time keeps the clock, the
+    config file its own relays): it is not changed by hand."""
 
 
 class RestartRequiredError(ApplianceError):

@@ -57,6 +57,7 @@ class PublicationError(Exception):
 class Publication:
     id: str
     spec: PublicationSpec
+    in_config: bool = False          # a [[publications]] table: not removed through the API
     state: str = "starting"          # starting, offering, connecting, live, retrying, stopped
     attempts: int = 0
     error: str | None = None         # the last attempt's failure
@@ -72,7 +73,7 @@ class Publication:
 
     def status(self) -> dict[str, Any]:
         return {"id": self.id, "sink_id": self.spec.sink_id, "url": self.spec.url,
-                "relay_whep_url": self.spec.relay_whep_url or None,
+                "relay_whep_url": self.spec.relay_whep_url or None, "in_config": self.in_config,
                 "state": self.state, "attempts": self.attempts, "error": self.error,
                 "resource": self.resource,
                 "connected_s": None if self.connected_since is None
@@ -92,8 +93,9 @@ class Publications:
     def __len__(self) -> int:
         return len(self.by_id)
 
-    def start(self, publication_id: str, spec: PublicationSpec) -> Publication:
-        publication = Publication(publication_id, spec)
+    def start(self, publication_id: str, spec: PublicationSpec, *,
+              in_config: bool = False) -> Publication:
+        publication = Publication(publication_id, spec, in_config)
         self.by_id[publication_id] = publication
         self._nursery.start_soon(self._run, publication)
         return publication

@@ -91,6 +91,7 @@ class Carried:
 class Relay:
     id: str
     spec: RelaySpec
+    in_config: bool = False          # a [[relays]] table: not removed through the API
     state: str = "starting"          # starting, connecting, up, unhealthy, stopped
     attempts: int = 0
     error: str | None = None         # the last attempt's failure
@@ -104,7 +105,8 @@ class Relay:
     def status(self) -> dict[str, Any]:
         carried = [c.status() for c in self.carried.values()]
         return {"id": self.id, "url": self.spec.url, "channels": list(self.spec.channels),
-                "listen_url": self.spec.listen_url or None,
+                "listen_url": self.spec.listen_url or None, "srtp": self.spec.srtp,
+                "in_config": self.in_config,
                 # false: Janus's api_secret closes its API to listeners' browsers
                 "for_listeners": self.spec.for_listeners,
                 "state": self.state, "attempts": self.attempts, "error": self.error,
@@ -224,8 +226,8 @@ class Relays:
     def __len__(self) -> int:
         return len(self.by_id)
 
-    def start(self, relay_id: str, spec: RelaySpec) -> Relay:
-        relay = Relay(relay_id, spec)
+    def start(self, relay_id: str, spec: RelaySpec, *, in_config: bool = False) -> Relay:
+        relay = Relay(relay_id, spec, in_config)
         self.by_id[relay_id] = relay
         self._nursery.start_soon(self._run, relay)
         return relay

@@ -30,7 +30,9 @@ import trio
 from . import __version__, devices, logs, media, metrics
 from .config import Config
 from .engine import Engine, EngineError, open_engine
-from .errors import ExistsError, InvalidError, NotFoundError, UnauthorizedError
+from .errors import (
+    ExistsError, InvalidError, ManagedElsewhereError, NotFoundError, UnauthorizedError,
+)
 from .feed import Feed, Subscriber
 from .graph import GraphRegistry
 from .hat_controls import HatControls
@@ -162,13 +164,37 @@ class Service:
         return dict(self.store.section(PUBLICATIONS, {}) or {})
 
     def start_publications(self) -> None:
-        """The saved publications, started (a broken one is logged and left out)."""
-        for publication_id, fields in self._publication_specs().items():
+        """The config's publications and the saved ones, started."""
+        self._start_outbound("publication", self.publications, self.config.publications,
+                             self._publication_specs(), PublicationSpec)
+
+    def _start_outbound(self, kind: str, running: Publications | Relays,
+                        configured: tuple[Any, ...], saved: dict[str, dict[str, Any]],
+                        spec_cls: type) -> None:
+        """Start the config's ``[[publications]]`` or ``[[relays]]`` (fixed),
+        then the saved ones the admin API made; a saved one that is broken,
+        or whose id the config now uses, is logged and left out."""
+        for entry in configured:
+            running.start(entry.id, entry.spec, in_config=True)
+        for ident, fields in saved.items():
+            if ident in running.by_id:
+                log.error("saved %s %s left out: the config file has one of that id", kind, ident)
+                continue
             try:
-                self.publications.start(publication_id, build(PublicationSpec, fields,
-                                                              f"publication {publication_id}"))
+                running.start(ident, build(spec_cls, fields, f"{kind} {ident}"))
             except InvalidError as error:
-                log.error("publication %s left out: %s", publication_id, error)
+                log.error("%s %s left out: %s", kind, ident, error)
+
+    @staticmethod
+    def _removable(kind: str, running: Publications | Relays, ident: str) -> None:
+        """``NotFoundError`` unless it runs; the config file's own are
+        removed from the config file, not through the API."""
+        item = running.by_id.get(ident)
+        if item is None:
+            raise NotFoundError(f"no {kind} {ident!r}")
+        if item.in_config:
+            raise ManagedElsewhereError(f"{kind} {ident!r} is set in the config file: "
+                                        "remove it there")
 
     async def add_publication(self, body: dict[str, Any]) -> dict[str, Any]:
         """Publish a channel to a WHIP server: ``{"id", "sink_id", "url",
@@ -190,8 +216,7 @@ class Service:
         return self.publications.status()
 
     async def remove_publication(self, publication_id: str) -> None:
-        if publication_id not in self.publications.by_id:
-            raise NotFoundError(f"no publication {publication_id!r}")
+        self._removable("publication", self.publications, publication_id)
         await self.publications.stop(publication_id)
         saved = self._publication_specs()
         saved.pop(publication_id, None)
@@ -203,12 +228,9 @@ class Service:
         return dict(self.store.section(RELAYS, {}) or {})
 
     def start_relays(self) -> None:
-        """The saved relays, started (a broken one is logged and left out)."""
-        for relay_id, fields in self._relay_specs().items():
-            try:
-                self.relays.start(relay_id, build(RelaySpec, fields, f"relay {relay_id}"))
-            except InvalidError as error:
-                log.error("relay %s left out: %s", relay_id, error)
+        """The config's relays and the saved ones, started."""
+        self._start_outbound("relay", self.relays, self.config.relays, self._relay_specs(),
+                             RelaySpec)
 
     async def add_relay(self, body: dict[str, Any]) -> dict[str, Any]:
         """Carry channels on a Janus server: ``{"id", "url", "channels",
@@ -230,8 +252,7 @@ class Service:
         return self.relays.status()
 
     async def remove_relay(self, relay_id: str) -> None:
-        if relay_id not in self.relays.by_id:
-            raise NotFoundError(f"no relay {relay_id!r}")
+        self._removable("relay", self.relays, relay_id)
         await self.relays.stop(relay_id)
         saved = self._relay_specs()
         saved.pop(relay_id, None)

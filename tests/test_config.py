@@ -177,3 +177,57 @@ def test_an_opus_sink_of_more_than_two_channels_is_refused_by_the_model_as_by_th
         parse_config({"sinks": [{"id": "main", "kind": "opus", "channels": 3}]}, cards=[])
     assert "sinks[0].channels: an Opus sink has 1 or 2 channels" in str(refused.value)
     parse_config({"sinks": [{"id": "hat", "kind": "alsa", "channels": 8}]}, cards=[])
+
+
+def test_publications_and_relays_are_read_and_checked_as_the_admin_api_checks_them(tmp_path):
+    config = load_config(write(tmp_path, '''
+[[publications]]
+id = "to-b"
+sink_id = "main"
+url = "https://b.local:8443/api/whip/from_a"
+token = "publish-token-of-b-0123456789"
+relay_whep_url = "http://b.local/api/whep/hall"
+
+[[relays]]
+id = "j1"
+url = "http://10.0.0.5:8088/janus"
+channels = ["main"]
+listen_url = "https://relay.example/janus"
+'''), cards=[])
+    (publication,), (relay,) = config.publications, config.relays
+    assert publication.id == "to-b" and publication.spec.sink_id == "main"
+    assert publication.spec.relay_whep_url == "http://b.local/api/whep/hall"
+    assert relay.id == "j1" and relay.spec.channels == ("main",) and relay.spec.srtp == "auto"
+    assert parse_config({}, cards=[]).publications == ()
+
+
+PUBLICATION = {"id": "p", "sink_id": "main", "url": "https://b/api/whip/x"}
+RELAY = {"id": "r", "url": "http://10.0.0.5:8088/janus", "channels": ["main"]}
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"publications": {"id": "p"}}, "publications must be a list of tables"),
+    ({"publications": ["p"]}, "publications[0] must be a table"),
+    ({"publications": [{"sink_id": "main", "url": "https://b/"}]}, "publications[0].id is missing"),
+    ({"publications": [{**PUBLICATION, "id": "../p"}]}, "publications[0].id"),
+    ({"publications": [PUBLICATION, PUBLICATION]}, "publications[1].id 'p' is used twice"),
+    ({"publications": [{**PUBLICATION, "url": "javascript:x"}]}, "publications[0].url"),
+    ({"publications": [{**PUBLICATION, "bogus": 1}]}, "publications[0].bogus"),
+    ({"publications": [{**PUBLICATION, "url": "http://192.0.2.7/w", "token": "t" * 32}]},
+     "publications[0].url: a bearer token is sent only over https://"),
+    ({"publications": [{**PUBLICATION, "sink_id": "nothing"}]},
+     "publications[0].sink_id: 'nothing' is not a channel of this config"),
+    ({"relays": [{**RELAY, "srtp": "maybe"}]}, "relays[0].srtp"),
+    ({"relays": [{**RELAY, "channels": "main"}]}, "relays[0].channels"),
+    ({"relays": [{**RELAY, "channels": ["main", "solo"]}]},
+     "relays[0].channels: 'solo' is not a channel of this config"),
+    ({"relays": [{**RELAY, "api_secret": "s"}]}, "relays[0].url: a secret is sent only over"),
+    ({"relays": [{**RELAY, "url": "https://j/janus", "api_secret": "s",
+                  "listen_url": "https://j/janus"}]}, "relays[0].listen_url"),
+    ({"sinks": [{"id": "hat", "kind": "alsa", "device": "hw:0"}],
+      "relays": [{**RELAY, "channels": ["hat"]}]}, "'hat' is not a channel"),
+])
+def test_bad_publications_and_relays_name_the_key(data, words):
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, cards=[])
+    assert words in str(error.value)

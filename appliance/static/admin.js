@@ -468,6 +468,8 @@ async function refreshGraph() {
     fillSelect($("pub-sink"), sinks.filter((k) => k.kind === "opus"));
     refreshAnnounced();
     refreshPublications();
+    fillSelect($("relay-channels"), sinks.filter((k) => k.kind === "opus"));
+    refreshRelays();
     $("routes").replaceChildren(...(routes.length ? routes.map(routeItem) : [el("p", { class: "hint", text: "No routes." })]));
   } catch (err) { showError(err); }
 }
@@ -482,13 +484,18 @@ function publicationItem(p) {
     el("div", { class: "title" }, el("strong", { text: p.id }),
       el("span", { class: `tag ${p.state === "live" ? "ok" : "lost"}`, text: facts.join(" · ") })),
     p.error && p.state !== "live" ? el("p", { class: "error", text: p.error }) : null,
-    el("button", { class: "small", type: "button", text: "Stop", "data-stop-publication": p.id,
+    // the config file's own are changed there, not here
+    p.in_config ? configTag() : el("button", { class: "small", type: "button", text: "Stop", "data-stop-publication": p.id,
       onclick: async () => {
         try {
           await api(`/api/publications/${encodeURIComponent(p.id)}`, { method: "DELETE" });
           await refreshPublications();
         } catch (err) { showError(err); }
       } }));
+}
+
+function configTag() {
+  return el("span", { class: "hint", "data-in-config": "", text: "Set in the config file (change it there)" });
 }
 
 async function refreshPublications() {
@@ -510,6 +517,79 @@ $("pub-add").addEventListener("submit", async (e) => {
     await api("/api/publications", { method: "POST", json: body });
     $("pub-add").reset();
     await refreshPublications();
+  } catch (err) { showError(err); }
+});
+
+// ---- relays (Janus) -------------------------------------------------------------------
+function relayItem(r) {
+  const facts = [r.state, r.url];
+  if (r.listen_url) facts.push(`listeners: ${r.listen_url}`);
+  facts.push(`SRTP ${r.srtp}`);
+  if (!r.for_listeners) facts.push("not for listeners (api_secret)");
+  const carried = new Map(r.carried.map((c) => [c.sink_id, c]));
+  const channels = r.channels.map((id) => {
+    const c = carried.get(id);
+    const sink = sinks.find((k) => k.id === id);
+    const viewers = !c ? "not carried" : c.viewers === null ? "viewers unknown" : plural(c.viewers, "viewer", "viewers");
+    return el("li", { "data-carried": id, text: `${sink ? sink.name : id}: ${viewers}` });
+  });
+  return el("div", { class: "item", "data-relay": r.id },
+    el("div", { class: "title" }, el("strong", { text: r.id }),
+      el("span", { class: `tag ${r.state === "up" ? "ok" : "lost"}`, "data-relay-state": r.id, text: facts.join(" · ") }),
+      el("span", { class: "id", text: plural(r.viewers, "viewer", "viewers") })),
+    el("ul", { class: "hint" }, ...channels),
+    r.error && r.state !== "up" ? el("p", { class: "error", text: r.error }) : null,
+    r.in_config ? configTag() : el("button", { class: "small danger", type: "button", text: "Remove", "data-remove-relay": r.id,
+      onclick: async () => {
+        if (!confirm(`Remove the relay ${r.id}? Its listeners lose it.`)) return;
+        try {
+          await api(`/api/relays/${encodeURIComponent(r.id)}`, { method: "DELETE" });
+          await refreshRelays();
+        } catch (err) { showError(err); }
+      } }));
+}
+
+// "relays first": a channel's new listeners go to its relays before the box fills
+function relaysFirstSwitch(sink) {
+  const box = el("input", { type: "checkbox", checked: !!sink.relays_first, "data-relays-first": sink.id });
+  box.addEventListener("change", async () => {
+    try {
+      Object.assign(sink, await api(`/api/sinks/${encodeURIComponent(sink.id)}`, { method: "PATCH", json: { relays_first: box.checked } }));
+    } catch (err) { box.checked = !box.checked; showError(err); }
+  });
+  return el("label", { class: "toggle" }, box, `${sink.name}: relays first`);
+}
+
+async function refreshRelays() {
+  try {
+    const list = await api("/api/relays");
+    $("relays").replaceChildren(...(list.length ? list.map(relayItem)
+      : [el("p", { class: "hint", text: "No relay." })]));
+    // the switches of the channels relays carry, made again only when those
+    // change (not under the pointer every 2 s)
+    const carried = new Set(list.flatMap((r) => r.channels));
+    const shown = sinks.filter((k) => carried.has(k.id));
+    const switches = $("relays-first");
+    if (switches.dataset.channels !== shown.map((k) => k.id).join(" ")) {
+      switches.dataset.channels = shown.map((k) => k.id).join(" ");
+      switches.replaceChildren(...shown.map(relaysFirstSwitch));
+    }
+  } catch (err) { showError(err); }
+}
+setInterval(() => { if (!$("app").hidden) refreshRelays(); }, 2000);
+
+$("relay-add").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = { id: $("relay-id").value.trim(), url: $("relay-url").value.trim(),
+    channels: [...$("relay-channels").selectedOptions].map((o) => o.value), srtp: $("relay-srtp").value };
+  if ($("relay-listen-url").value.trim()) body.listen_url = $("relay-listen-url").value.trim();
+  if ($("relay-secret").value) body.api_secret = $("relay-secret").value;
+  if ($("relay-admin-key").value) body.admin_key = $("relay-admin-key").value;
+  if ($("relay-ca").value.trim()) body.tls_ca = $("relay-ca").value.trim();
+  try {
+    await api("/api/relays", { method: "POST", json: body });
+    $("relay-add").reset();
+    await refreshRelays();
   } catch (err) { showError(err); }
 });
 

@@ -258,3 +258,71 @@ async def test_a_location_that_is_no_url_is_an_error_not_a_crash(tmp_path, monke
             assert abs(await heard_hz(a) - 440.0) < 3
             await a.client.delete("/api/publications/bad")
         nursery.cancel_scope.cancel()
+
+
+async def test_two_boxes_set_up_by_their_config_files_alone_send_overflow_from_a_to_b(tmp_path):
+    """The arena's settings (docs/API.md): B's config has a whip source for
+    A, A's config publishes "main" there with B's WHEP address for its
+    overflow. No admin request sets anything: a listener that full A sends
+    on with 307 hears A's tone from B. A config publication is fixed: shown
+    as such, not removed or replaced through the API, not in the saved state."""
+    import tomllib
+
+    from tests.support.webrtc import dominant_frequency, open_aiortc_listener
+
+    token = "publish-token-for-box-a-0123456789"
+    b_toml = f'''
+[[sources]]
+id = "from_a"
+kind = "whip"
+public = true
+publish_token = "{token}"
+
+[[sinks]]
+id = "hall"
+kind = "opus"
+
+[[routes]]
+id = "from_a-hall"
+source_id = "from_a"
+sink_id = "hall"
+'''
+    async with open_server(make_config(tmp_path / "b", data=tomllib.loads(b_toml))) as b:
+        a_toml = f'''
+[[publications]]
+id = "to-b"
+sink_id = "main"
+url = "{b.url}/api/whip/from_a"
+token = "{token}"
+relay_whep_url = "{b.url}/api/whep/hall"
+'''
+        async with open_server(make_config(tmp_path / "a", data=tomllib.loads(a_toml),
+                                           max_listeners=1)) as a:
+            status = await wait_state(a, "to-b", "live")
+            assert status["in_config"] is True and token not in str(status)
+            await receiving(b, "from_a")
+            async with open_aiortc_listener() as first, open_aiortc_listener() as second:
+                r = await a.post_offer(await first.create_offer())
+                assert r.status_code == 201
+                await first.accept_answer(r.text)
+                await first.wait_connected()
+                offer = await second.create_offer()
+                r = await a.post_offer(offer)
+                assert r.status_code == 307, r.text
+                assert r.headers["Location"] == f"{b.url}/api/whep/hall"
+                r = await a.client.post(r.headers["Location"], content=offer,
+                                        headers={"Content-Type": "application/sdp"})
+                assert r.status_code == 201, r.text
+                await second.accept_answer(r.text)
+                await second.wait_connected()
+                assert abs(dominant_frequency(await second.record(0.5)) - 440.0) < 3
+                assert b.service.listener_counts()["sinks"]["hall"] == 1
+            r = await a.client.delete("/api/publications/to-b")
+            assert r.status_code == 409 and "config file" in r.text, r.text
+            r = await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/from_a"})
+            assert r.status_code == 409, r.text
+            assert "publications" not in (await a.client.get("/api/backup")).json()["sections"]
+            assert (await wait_state(a, "to-b", "live"))["attempts"] == 1
+            await a.wait_idle()
+        await b.wait_idle()

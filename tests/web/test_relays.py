@@ -278,3 +278,28 @@ async def test_listeners_sent_to_janus_hear_the_channel_and_fail_over_within_3_s
     assert abs(heard["after_hz"] - 440.0) < 3
     assert heard["failover_s"] < 3.0
     assert heard["lost_state"] in ("unhealthy", "connecting")
+
+
+async def test_a_relay_in_the_config_file_starts_with_the_box_and_stays(tmp_path: Path):
+    """A ``[[relays]]`` table: carried from the start, shown as the config's,
+    not removable through the API; a saved relay of the same id (made
+    through the API before the config named it) is left out."""
+    janus = Janus(tmp_path)
+    await janus.start()
+    try:
+        saved = make_config(tmp_path / "box")
+        async with open_server(saved) as box:
+            r = await box.client.post("/api/relays", json={
+                "id": "janus", "url": "http://127.0.0.1:9/janus", "channels": ["main"]})
+            assert r.status_code == 201, r.text
+        config = make_config(tmp_path / "box", data={"relays": [
+            {"id": "janus", "url": janus.url, "channels": ["main"]}]})
+        async with open_server(config) as box:
+            status = await relay_status(box, "janus", is_up)
+            assert status["in_config"] is True and status["url"] == janus.url
+            await janus_receives(janus, status["carried"][0]["mountpoint"])
+            r = await box.client.delete("/api/relays/janus")
+            assert r.status_code == 409 and "config file" in r.text, r.text
+            assert [s["id"] for s in (await box.client.get("/api/relays")).json()] == ["janus"]
+    finally:
+        await janus.stop()
