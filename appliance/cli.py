@@ -30,6 +30,7 @@ import trio
 
 from . import __version__, systemd
 from .config import Config, ConfigError, load_config, prepare_dirs
+from .model import redacted
 
 if TYPE_CHECKING:
     from .web.server import Limits
@@ -230,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as error:
             print(f"appliance: {error}", file=sys.stderr)
             return 2
-        print(config)
+        print(redacted(config))   # it names the secrets that are set, never their values
         return 0
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -162,14 +162,14 @@ class AdminConfig:
     """Who may change things. The admin page logs in with the password;
     scripts send ``Authorization: Bearer <token>``."""
     # "" = no bearer token (scripts cannot change anything)
-    token: str = field(default="", metadata={"max_len": 256})
+    token: str = field(default="", metadata={"secret": True, "max_len": 256})
     # appliance.passwords hash; "" = set with a one-time setup code
-    password_hash: str = field(default="", metadata={"max_len": 512})
+    password_hash: str = field(default="", metadata={"secret": True, "max_len": 512})
     # where that code is written; "" = <state_dir>/setup-code.txt
     setup_code_file: str = field(default="", metadata={"max_len": 1024})
     # a bearer for GET /metrics alone (a monitoring scraper); "" = only the
     # admin's credentials read it. Long enough that it needs no guess budget.
-    metrics_token: str = field(default="", metadata={
+    metrics_token: str = field(default="", metadata={"secret": True,
         "max_len": 256, "pattern": re.compile(r"(?:[!-~]{20,})?"),
         "what": "at least 20 visible ASCII characters"})
 

@@ -26,7 +26,7 @@ __all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "Variant", "
            "PublicationSpec", "RelaySpec",
            "SinkConfig", "RouteConfig", "Graph", "KINDS", "RESERVED_IDS", "build",
            "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class",
-           "ENGINE_SPECS", "bounded_fields"]
+           "ENGINE_SPECS", "bounded_fields", "redacted"]
 
 # Words that cannot be sink ids because they are path segments of the API.
 RESERVED_IDS = frozenset({"source", "route"})
@@ -175,7 +175,7 @@ class SourceSpec:
         "max_len": 128, "pattern": re.compile(r"[!-~]*"), "what": "visible ASCII"})
 
     # whip: the Bearer token a publisher (WHIP POST /api/whip/<id>) shows
-    publish_token: str = field(default="", metadata={
+    publish_token: str = field(default="", metadata={"secret": True,
         "max_len": 128, "pattern": re.compile(r"[A-Za-z0-9._~-]*"),
         "what": "URL-safe characters (letters, digits, . _ ~ -)"})
 
@@ -273,7 +273,7 @@ class PublicationSpec:
     url: str = field(metadata={"max_len": 2048, "pattern": re.compile(r"[!-~]+"),
                                "what": "a URL", "check": _whip_url})
     # the server's Bearer token ("" = none)
-    token: str = field(default="", metadata={"max_len": 4096, "pattern": re.compile(r"[!-~]*"),
+    token: str = field(default="", metadata={"secret": True, "max_len": 4096, "pattern": re.compile(r"[!-~]*"),
                                              "what": "visible ASCII"})
     # the server's certificate or its CA (PEM), trusted instead of the
     # system's CAs: another appliance's own certificate
@@ -325,11 +325,11 @@ class RelaySpec:
                                "what": "a URL", "check": _whip_url})
     channels: tuple[str, ...] = field(default=(), metadata={"check": _sink_ids})
     # Janus's api_secret (sent as "apisecret" with every request; "" = none)
-    api_secret: str = field(default="", metadata={"max_len": 1024,
+    api_secret: str = field(default="", metadata={"secret": True, "max_len": 1024,
                                                   "pattern": re.compile(r"[!-~]*"),
                                                   "what": "visible ASCII"})
     # the streaming plugin's admin_key, needed to create mountpoints when set there
-    admin_key: str = field(default="", metadata={"max_len": 1024,
+    admin_key: str = field(default="", metadata={"secret": True, "max_len": 1024,
                                                  "pattern": re.compile(r"[!-~]*"),
                                                  "what": "visible ASCII"})
     tls_ca: str = field(default="", metadata={"max_len": 16384, "check": _certificates})
@@ -458,6 +458,24 @@ def spec_class(kind: str) -> type:
 # What the engine is given, by the prefix of its bounds in native/ae_limits.h.
 ENGINE_SPECS: dict[str, type] = {"ENGINE": EngineSettings, "SOURCE": SourceSpec,
                                  "SINK": SinkSpec, "ROUTE": RouteSpec, "VARIANT": Variant}
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (a value of this model, or a tuple of them, nested as deep
+    as it goes) with every field marked ``secret`` that is set shown as
+    "<set>": for printing a config or a spec where someone may read it."""
+    if isinstance(value, tuple):
+        return tuple(redacted(v) for v in value)
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    changes = {}
+    for f in dataclasses.fields(value):
+        current = getattr(value, f.name)
+        if f.metadata.get("secret"):
+            changes[f.name] = "<set>" if current else current
+        elif dataclasses.is_dataclass(current) or isinstance(current, tuple):
+            changes[f.name] = redacted(current)
+    return dataclasses.replace(value, **changes)
 
 
 def bounded_fields(cls: type) -> dict[str, Mapping[str, Any]]:

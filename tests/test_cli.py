@@ -232,3 +232,21 @@ def test_check_config_works_without_the_c_build(tmp_path):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "Hall A" in result.stdout
+
+
+def test_check_config_names_the_secrets_that_are_set_but_never_prints_them(tmp_path):
+    secrets = ["admin-token-that-nobody-may-read-1", "metrics-token-that-nobody-may-read",
+               "publication-bearer-nobody-may-read", "whip-publish-token-nobody-may-read"]
+    path = tmp_path / "a.toml"
+    path.write_text(
+        f'[admin]\ntoken = "{secrets[0]}"\nmetrics_token = "{secrets[1]}"\n'
+        '[[sources]]\nid = "mic"\nkind = "whip"\n'
+        f'publish_token = "{secrets[3]}"\n'
+        '[[sinks]]\nid = "main"\nkind = "opus"\n'
+        '[[publications]]\nid = "out"\nsink_id = "main"\n'
+        f'url = "https://example.org/whip"\ntoken = "{secrets[2]}"\n')
+    result = subprocess.run([*APPLIANCE, "check-config", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not [s for s in secrets if s in result.stdout + result.stderr]
+    assert result.stdout.count("'<set>'") == len(secrets)
