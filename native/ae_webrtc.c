@@ -820,6 +820,16 @@ static int start_listener(ae_wr *l)
     g_object_get(wsink, "transceiver", &trans, NULL);
     if (trans) {
         GstCaps *caps = opus_caps(l);
+        if (l->offering) {
+            /* The offer names the stream's SSRC (a=ssrc): a server that
+             * demultiplexes by SSRC, as Janus's VideoRoom does without the
+             * mid header extension, drops packets from an SSRC it was not
+             * told of (measured: "Unknown SSRC, dropping packet"). webrtcbin
+             * writes a=ssrc for an ssrc in the codec preferences. */
+            guint ssrc = g_random_int_range(1, G_MAXINT32);
+            g_object_set(l->pay, "ssrc", ssrc, NULL);
+            gst_caps_set_simple(caps, "ssrc", G_TYPE_UINT, ssrc, NULL);
+        }
         g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY,
                      "codec-preferences", caps, NULL);
         gst_caps_unref(caps);

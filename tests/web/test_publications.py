@@ -4,11 +4,18 @@ a loop, hang or answer garbage get a clear error and a bounded retry, and
 A's own listeners never notice."""
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 import trio
 
 from appliance import outbound, publications
+from support import janus as janus_support
+from support import whip_server
 from tests.web.conftest import IDLE, heard_hz, make_config, open_server
+from tests.web.test_relays import can_unshare
 from tests.web.test_whip import add_booth, receiving
 
 pytestmark = pytest.mark.trio
@@ -258,3 +265,29 @@ async def test_a_location_that_is_no_url_is_an_error_not_a_crash(tmp_path, monke
             assert abs(await heard_hz(a) - 440.0) < 3
             await a.client.delete("/api/publications/bad")
         nursery.cancel_scope.cancel()
+
+
+# ---- a third-party WHIP server -------------------------------------------------------------
+
+@pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
+@pytest.mark.skipif(not janus_support.available(), reason="needs Janus (packages/test.txt)")
+@pytest.mark.skipif(not whip_server.available(),
+                    reason="needs simple-whip-server (packages/test.txt; "
+                           "tests/support/whip_server.py where nodejs conflicts)")
+async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subscribers_hear_it():
+    """Debian's simple-whip-server, Janus's VideoRoom behind it, in a network
+    namespace of the test's own (tests/support/whip_out_check.py): the box's
+    publication goes live, VideoRoom lists the publisher, a subscriber
+    through VideoRoom's API is offered stereo Opus and hears 440 Hz in both
+    ears; stopping the publication DELETEs it out of the room."""
+    script = Path(__file__).parents[1] / "support" / "whip_out_check.py"
+    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    heard = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert heard["resource"].endswith("/whip/resource/box")
+    assert [p["display"] for p in heard["participants"]] == ["WHIP Publisher 1234"]
+    assert all(p["publisher"] for p in heard["participants"])
+    assert any("stereo=1" in fmtp for fmtp in heard["subscriber_offer_fmtp"])
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
+    assert heard["participants_after"] == []
