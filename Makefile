@@ -33,7 +33,7 @@ PLAYER_SOURCES := $(addprefix tests/players/,package.json package-lock.json .npm
 run: $(STAMPS)/engine
 	$(BIN)/appliance run $(ARGS)
 
-test: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players lint
+test: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/deb-unpacked $(STAMPS)/players lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The house's habits, both clean (pyproject.toml says which rules and why).
@@ -42,7 +42,7 @@ lint: $(STAMPS)/venv native-check
 	$(BIN)/ruff check appliance tests bench native
 
 # Image build, boot test and soak: minutes to an hour.
-test-slow: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
+test-slow: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/deb-unpacked $(STAMPS)/players
 	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
 
 # The SD-card image in image/out/ (docs/IMAGE.md), 25+ minutes. Options go
@@ -78,7 +78,7 @@ bench: $(STAMPS)/engine $(STAMPS)/deb-test
 	$(BIN)/python bench/drift_hour.py
 	$(BIN)/python bench/relay_bench.py
 
-deps: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/players
+deps: $(STAMPS)/engine $(STAMPS)/deb-test $(STAMPS)/deb-unpacked $(STAMPS)/players
 
 # apt-get only when a package is missing, so a ready machine starts at once.
 define apt_ensure
@@ -90,6 +90,18 @@ define apt_ensure
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 endef
+
+# Packages that cannot be installed here, unpacked for the tests instead
+# (packages/test-unpacked.txt says why): into .venv/debroot.
+DEB_UNPACKED = $(call packages,test-unpacked.txt)
+$(STAMPS)/deb-unpacked: packages/test-unpacked.txt $(STAMPS)/deb-test
+	rm -rf $(VENV)/debroot $(VENV)/debs && mkdir -p $(VENV)/debroot $(VENV)/debs
+	cd $(VENV)/debs && { apt-get download -q $(DEB_UNPACKED) || \
+		{ $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		  apt-get download -q $(DEB_UNPACKED); }; }
+	for deb in $(VENV)/debs/*.deb; do dpkg -x "$$deb" $(VENV)/debroot || exit 1; done
+	rm -rf $(VENV)/debs
+	@touch $@
 
 $(STAMPS)/deb-run: Makefile $(DEB_RUN_LISTS)
 	$(call apt_ensure,$(DEB_RUN) $(DEB_BUILD))

@@ -17,7 +17,7 @@ import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 import trio
 
@@ -590,14 +590,18 @@ class Engine:
             listener._send.send_nowait(AnswerReady(listener.id, text))
         return listener
 
-    def start_publication(self, sink_id: str) -> Listener:
+    def start_publication(self, sink_id: str, ice_servers: Sequence[str] = ()) -> Listener:
         """Publish the Opus sink ``sink_id`` (WHIP out): ``OfferReady`` (or
-        ``AnswerFailed``) follows on its ``events``; its answer goes to
-        ``set_answer``. The caller must ``aclose`` it."""
+        ``AnswerFailed``) follows on its ``events``, then the candidates
+        gathered after it; its answer goes to ``set_answer``. ``ice_servers``:
+        STUN and TURN servers as webrtcbin takes them (``stun://host:port``,
+        ``turn://user:pass@host:port?transport=udp``, ``turns://...``; at
+        most 4). The caller must ``aclose`` it."""
         self._require_open()
         sink = self._lookup(self._sinks, "sink", sink_id)
         out = ffi.new("ae_listener **")
-        check(lib.ae_publication_open(sink.handle, out))
+        servers = "\n".join(ice_servers).encode() if ice_servers else ffi.NULL
+        check(lib.ae_publication_open(sink.handle, servers, out))
         return self._adopt(out[0], sink_id)
 
     def start_forward(self, sink_id: str, host: str, port: int, *, payload_type: int = 111,

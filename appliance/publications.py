@@ -5,11 +5,18 @@ another appliance) serve the listeners one box cannot.
     Publications.start(id, spec)
       service nursery
         publication task (one per publication)     runs until it is removed
-          attempt: engine.start_publication(sink)  webrtcbin offers the sink's Opus
+          attempt: engine.start_publication(sink,  webrtcbin offers the sink's Opus
+                     the last 201's ICE servers)
                    POST the offer (307/308 followed, at most MAX_REDIRECTS)
                    set_answer, watch its state     until the path breaks
+                     candidates gathered later     PATCHed (trickle), when the 201 allows
                    DELETE the resource             shielded, bounded
           backoff: 1, 2, 4 ... 30 s, then again
+
+A 201's ``Link: <stun:...>; rel="ice-server"`` headers (RFC 9725 section
+4.6) are read strictly (ice_servers_from_links) and given to webrtcbin for
+the next attempt: webrtcbin gathers before the POST, so the servers a POST's
+answer names can only serve the attempts after it.
 
 Each attempt's publication is the channel's own Opus (its listeners'
 encode). What a server refused (its status and the start of its body),
@@ -20,21 +27,23 @@ costs a bounded wait per attempt and never touches the box's listeners.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import httpx
 import trio
 
 from .engine import Engine, EngineError
-from .events import AnswerFailed, ListenerState, ListenerStateChanged, OfferReady
+from .events import (AnswerFailed, CandidateGathered, ListenerState, ListenerStateChanged,
+                     OfferReady)
 from .model import PublicationSpec
 from .outbound import BodyTooLong, backoff_s, read_body, tls_context
 
-__all__ = ["Publication", "Publications", "PublicationError"]
+__all__ = ["Publication", "Publications", "PublicationError", "ice_servers_from_links"]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +56,129 @@ CONNECT_TIMEOUT_S = 20.0        # from the answer to ICE and DTLS up
 STEADY_S = 30.0                 # connected this long: the next failure starts the backoff over
 MAX_BODY_SHOWN = 300
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_ICE_SERVERS = 4             # the engine's AE_MAX_ICE_SERVERS
+MAX_LINK_CHARS = 2048           # all of a 201's Link headers together
+MAX_ICE_FIELD = 256             # a host, a username, a credential
+MAX_TRICKLED = 16               # candidates PATCHed per attempt
+MAX_ETAG = 256
+TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
+TRICKLE_REFUSED = (httpx.codes.METHOD_NOT_ALLOWED, httpx.codes.UNSUPPORTED_MEDIA_TYPE,
+                   httpx.codes.NOT_IMPLEMENTED)
 
 
 class PublicationError(Exception):
     """Why an attempt ended (plain text for the admin page)."""
+
+
+class LinkRefused(Exception):
+    """Why a server's ``Link: rel="ice-server"`` headers were not used."""
+
+
+# ---- Link: <uri>; rel="ice-server" (RFC 9725 section 4.6, RFC 8288) ----------------------
+
+_LINK = re.compile(r'\s*<([^<>]*)>((?:\s*;\s*[A-Za-z][A-Za-z0-9*-]*\s*=\s*'
+                   r'(?:"[^"\\]*"|[^",;\s]+))*)\s*(?:,|$)')
+_PARAM = re.compile(r'\s*;\s*([A-Za-z][A-Za-z0-9*-]*)\s*=\s*(?:"([^"\\]*)"|([^",;\s]+))')
+_ICE_URI = re.compile(r"(stun|turns?):(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?"
+                      r"(?:\?transport=(udp|tcp))?")
+_HOSTNAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+
+
+@dataclass(frozen=True)
+class IceServer:
+    uri: str            # as the server named it, without credentials (the status shows it)
+    for_webrtcbin: str  # stun://host:port, turn://user:pass@host:port?transport=udp
+
+
+def ice_servers_from_links(values: list[str]) -> list[IceServer]:
+    """The STUN and TURN servers of a response's Link headers, read strictly:
+    at most MAX_ICE_SERVERS within MAX_LINK_CHARS, only stun:, turn: and
+    turns: URIs with a host name or address and a port in range, TURN with a
+    username and a password credential of printable ASCII. Links of other
+    relations are left alone; anything else refuses them all (LinkRefused)."""
+    text = ",".join(values)
+    if len(text) > MAX_LINK_CHARS:
+        raise LinkRefused(f"its Link headers are over {MAX_LINK_CHARS} characters")
+    servers: list[IceServer] = []
+    at = 0
+    while at < len(text.rstrip()):
+        link = _LINK.match(text, at)
+        if link is None:
+            raise LinkRefused(f"a Link header is malformed at character {at}")
+        at = link.end()
+        params: dict[str, str] = {}
+        for param in _PARAM.finditer(link.group(2)):
+            name = param.group(1).lower()
+            if name in params:
+                raise LinkRefused(f"a Link names {name} twice")
+            params[name] = param.group(2) if param.group(2) is not None else param.group(3)
+        if "ice-server" not in params.get("rel", "").lower().split():
+            continue
+        if len(servers) == MAX_ICE_SERVERS:
+            raise LinkRefused(f"more than {MAX_ICE_SERVERS} ICE servers")
+        servers.append(_ice_server(link.group(1), params))
+    return servers
+
+
+def _ice_server(uri: str, params: dict[str, str]) -> IceServer:
+    shown = uri[:80]
+    found = _ICE_URI.fullmatch(uri)
+    if found is None:
+        raise LinkRefused(f"an ICE server is no stun:, turn: or turns: host[:port] ({shown!r})")
+    scheme, host, port, transport = found.groups()
+    if len(host) > MAX_ICE_FIELD or not (host.startswith("[") or _HOSTNAME.fullmatch(host)):
+        raise LinkRefused(f"an ICE server's host is not one ({shown!r})")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise LinkRefused(f"an ICE server's port is out of range ({shown!r})")
+    if scheme == "stun" and transport:
+        raise LinkRefused(f"a STUN server with a transport ({shown!r})")
+    # webrtcbin is given the port: the default one where the URI names none
+    address = f"{host}:{port or (5349 if scheme == 'turns' else 3478)}"
+    if scheme == "stun":
+        return IceServer(uri, f"stun://{address}")
+    username, credential = params.get("username"), params.get("credential")
+    if params.get("credential-type", "password").lower() != "password":
+        raise LinkRefused(f"a TURN server's credential is not a password ({shown!r})")
+    for what, value in (("username", username), ("credential", credential)):
+        if not value or len(value) > MAX_ICE_FIELD or not _PRINTABLE.fullmatch(value):
+            raise LinkRefused(f"a TURN server's {what} is missing or not printable ASCII "
+                              f"within {MAX_ICE_FIELD} characters ({shown!r})")
+    userinfo = f"{quote(username, safe='')}:{quote(credential, safe='')}"
+    query = f"?transport={transport}" if transport else ""
+    return IceServer(uri, f"{scheme}://{userinfo}@{address}{query}")
+
+
+@dataclass
+class Created:
+    """A WHIP server's 201: its answer and what it says about the resource."""
+    answer: str
+    url: str                    # the URL that answered (after redirects)
+    location: str | None
+    etag: str | None            # usable in If-Match, or None
+    trickle: bool               # candidates may be PATCHed
+    links: list[str]
+
+
+def trickle_fragment(offer: str, mline_index: int, candidate: str) -> str | None:
+    """An RFC 8840 sdpfrag for one candidate of our offer's m-line
+    ``mline_index``: the offer's ICE credentials, its m= and mid lines."""
+    ufrag = pwd = None
+    sections: list[list[str]] = []
+    for line in offer.splitlines():
+        if line.startswith("m="):
+            sections.append([line])
+        elif line.startswith("a=ice-ufrag:") and ufrag is None:
+            ufrag = line
+        elif line.startswith("a=ice-pwd:") and pwd is None:
+            pwd = line
+        elif line.startswith("a=mid:") and sections and len(sections[-1]) == 1:
+            sections[-1].append(line)
+    if not ufrag or not pwd or not 0 <= mline_index < len(sections) \
+            or len(sections[mline_index]) != 2:
+        return None
+    candidate = candidate.removeprefix("a=")
+    return "\r\n".join([ufrag, pwd, *sections[mline_index], f"a={candidate}"]) + "\r\n"
 
 
 @dataclass(eq=False)
@@ -68,6 +196,10 @@ class Publication:
     rtt_ms: float | None = None
     fraction_lost: float | None = None
     bitrate_bps: float | None = None
+    ice_servers: list[IceServer] = field(default_factory=list)   # from the last 201
+    ice_servers_error: str | None = None
+    trickled: int = 0                # candidates PATCHed in this attempt
+    trickle_error: str | None = None
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -79,7 +211,10 @@ class Publication:
                 "connected_s": None if self.connected_since is None
                 else round(time.monotonic() - self.connected_since, 1),
                 "packets_sent": self.packets_sent, "bitrate_bps": self.bitrate_bps,
-                "rtt_ms": self.rtt_ms, "fraction_lost": self.fraction_lost}
+                "rtt_ms": self.rtt_ms, "fraction_lost": self.fraction_lost,
+                "ice_servers": [server.uri for server in self.ice_servers],
+                "ice_servers_error": self.ice_servers_error,
+                "trickled": self.trickled, "trickle_error": self.trickle_error}
 
 
 class Publications:
@@ -160,8 +295,10 @@ class Publications:
     async def _attempt(self, publication: Publication, http: httpx.AsyncClient) -> None:
         spec = publication.spec
         publication.state = "offering"
+        publication.trickled, publication.trickle_error = 0, None
         try:
-            engine_publication = self.engine.start_publication(spec.sink_id)
+            engine_publication = self.engine.start_publication(
+                spec.sink_id, [server.for_webrtcbin for server in publication.ice_servers])
         except EngineError as error:
             raise PublicationError(f"the channel cannot be published: {error.message}") from None
         resource = None
@@ -176,15 +313,20 @@ class Publications:
                         raise PublicationError(f"no offer: {event.reason}")
             if offer is None:
                 raise PublicationError("no offer: gathering candidates took too long")
-            answer, location, url = await self._post(http, spec, offer)
-            resource = publication.resource = urljoin(url, location) if location else None
+            created = await self._post(http, spec, offer)
+            resource = publication.resource = \
+                urljoin(created.url, created.location) if created.location else None
+            self._take_links(publication, created.links)
             try:
-                engine_publication.set_answer(answer)
+                engine_publication.set_answer(created.answer)
             except EngineError as error:
                 raise PublicationError(f"the server's answer was refused: {error.message}") \
                     from None
             publication.state = "connecting"
-            await self._watch(publication, engine_publication)
+            trickle = None
+            if created.trickle and created.etag and resource:
+                trickle = Trickle(publication, http, resource, created.etag, offer)
+            await self._watch(publication, engine_publication, trickle)
         finally:
             with trio.CancelScope(shield=True):
                 await engine_publication.aclose()
@@ -200,11 +342,22 @@ class Publications:
     def _auth(spec: PublicationSpec) -> dict[str, str]:
         return {"Authorization": f"Bearer {spec.token}"} if spec.token else {}
 
+    @staticmethod
+    def _take_links(publication: Publication, links: list[str]) -> None:
+        """The 201's ICE servers, for the next attempt; hostile ones refused
+        (all of them, the reason in the status), the last good ones kept."""
+        try:
+            publication.ice_servers = ice_servers_from_links(links)
+            publication.ice_servers_error = None
+        except LinkRefused as refused:
+            publication.ice_servers_error = f"the server's ICE servers were refused: {refused}"
+            log.warning("publication %s: %s", publication.id, publication.ice_servers_error)
+
     async def _post(self, http: httpx.AsyncClient, spec: PublicationSpec,
-                    offer: str) -> tuple[str, str | None, str]:
+                    offer: str) -> Created:
         """POST the offer; 307 and 308 are followed (the same POST, to at
-        most MAX_REDIRECTS places, never in a loop). Returns the answer, its
-        Location and the URL that gave it; at most MAX_ANSWER_BYTES are read."""
+        most MAX_REDIRECTS places, never in a loop). At most
+        MAX_ANSWER_BYTES of the answer are read."""
         url, seen = spec.url, set()
         headers = {"Content-Type": "application/sdp", **self._auth(spec)}
         for _ in range(MAX_REDIRECTS + 1):
@@ -227,18 +380,30 @@ class Publications:
                                        (f": {shown}" if shown else ""))
             if not response.headers.get("Content-Type", "").startswith("application/sdp"):
                 raise PublicationError("the server's 201 is not application/sdp")
-            return text, response.headers.get("Location"), url
+            etag = response.headers.get("ETag")
+            if etag is not None and (len(etag) > MAX_ETAG or not _PRINTABLE.fullmatch(etag)):
+                etag = None
+            accept_patch = response.headers.get("Accept-Patch")
+            return Created(text, url, response.headers.get("Location"), etag,
+                           accept_patch is None or TRICKLE_TYPE in accept_patch.lower(),
+                           response.headers.get_list("Link"))
         raise PublicationError(f"more than {MAX_REDIRECTS} redirects")
 
-    async def _watch(self, publication: Publication, engine_publication: Any) -> None:
-        """Until the path breaks: its state from events, what it sent (once a
-        second) for the status."""
+    async def _watch(self, publication: Publication, engine_publication: Any,
+                     trickle: Trickle | None) -> None:
+        """Until the path breaks: its state from events, candidates gathered
+        late to the trickle, what it sent (once a second) for the status."""
         deadline = trio.current_time() + CONNECT_TIMEOUT_S
         last: tuple[float, int] | None = None
         async with trio.open_nursery() as nursery:
+            if trickle is not None:
+                nursery.start_soon(trickle.run)
+
             async def events() -> None:
                 async for event in engine_publication.events:
-                    if isinstance(event, ListenerStateChanged):
+                    if isinstance(event, CandidateGathered) and trickle is not None:
+                        trickle.add(event)
+                    elif isinstance(event, ListenerStateChanged):
                         if event.state.is_live and publication.connected_since is None:
                             publication.state = "live"
                             publication.connected_since = time.monotonic()
@@ -249,7 +414,8 @@ class Publications:
             while True:
                 await trio.sleep(1)
                 if publication.connected_since is None and trio.current_time() > deadline:
-                    raise PublicationError("not connected in time (ICE or DTLS)")
+                    nursery.cancel_scope.cancel()   # raised outside: no exception group
+                    break
                 stats = engine_publication.stats()
                 now = time.monotonic()
                 publication.packets_sent, publication.bytes_sent = \
@@ -259,3 +425,51 @@ class Publications:
                                                     (now - last[0]))
                 last = (now, stats.bytes_sent)
                 publication.rtt_ms, publication.fraction_lost = stats.rtt_ms, stats.fraction_lost
+        if publication.connected_since is None and trio.current_time() > deadline:
+            raise PublicationError("not connected in time (ICE or DTLS)")
+
+
+class Trickle:
+    """Candidates webrtcbin gathers after the offer went out, PATCHed to the
+    resource (RFC 9725 section 4.3.1) one by one with ``If-Match``: at most
+    MAX_TRICKLED an attempt; a server that answers 405, 415 or 501 does not
+    trickle (nor one that refuses otherwise) and gets no more this attempt:
+    the offer carried the candidates gathered until then."""
+
+    def __init__(self, publication: Publication, http: httpx.AsyncClient, resource: str,
+                 etag: str, offer: str):
+        self.publication = publication
+        self.http = http
+        self.resource = resource
+        self.etag = etag
+        self.offer = offer
+        self._send, self._receive = trio.open_memory_channel[CandidateGathered](MAX_TRICKLED)
+        self._queued = 0
+
+    def add(self, event: CandidateGathered) -> None:
+        if self._queued < MAX_TRICKLED and self.publication.trickle_error is None:
+            self._queued += 1
+            self._send.send_nowait(event)
+
+    async def run(self) -> None:
+        headers = {"Content-Type": TRICKLE_TYPE, "If-Match": self.etag,
+                   **Publications._auth(self.publication.spec)}
+        async for event in self._receive:
+            fragment = trickle_fragment(self.offer, event.mline_index, event.candidate)
+            if fragment is None or event.candidate.removeprefix("a=") in self.offer:
+                continue   # webrtcbin may signal one the offer carries already
+            try:
+                async with self.http.stream("PATCH", self.resource, content=fragment,
+                                            headers=headers) as response:
+                    await read_body(response, MAX_BODY_SHOWN, HTTP_TIMEOUT_S)
+            except (BodyTooLong, httpx.HTTPError, OSError, ssl.SSLError) as error:
+                self.publication.trickle_error = f"a PATCH failed: {error or type(error).__name__}"
+                return
+            if response.is_success:
+                self.publication.trickled += 1
+                continue
+            self.publication.trickle_error = (
+                f"the server does not take trickled candidates ({response.status_code})"
+                if response.status_code in TRICKLE_REFUSED
+                else f"the server answered a PATCH with {response.status_code}")
+            return

@@ -358,8 +358,15 @@ void ae_listener_free_answer(char *answer);
  * Opus (the listeners' encode, no second encoder); AE_EVENT_OFFER_READY
  * follows with the offer, to POST to a WHIP server; its answer goes to
  * ae_publication_set_answer. It is an ae_listener for everything else
- * (events, stats, destroy) but not counted among the listeners. */
-int ae_publication_open(ae_sink *sink, ae_listener **out);
+ * (events, stats, destroy) but not counted among the listeners.
+ * ice_servers (or NULL): the WHIP server's STUN and TURN servers, one a
+ * line, as webrtcbin takes them ("stun://host:port",
+ * "turn://user:pass@host:port?transport=udp", "turns://..."): at most
+ * AE_MAX_ICE_SERVERS lines of at most AE_MAX_ICE_SERVER_LEN bytes; the
+ * first stun line replaces the engine's stun_server. */
+#define AE_MAX_ICE_SERVERS 4
+#define AE_MAX_ICE_SERVER_LEN 600
+int ae_publication_open(ae_sink *sink, const char *ice_servers, ae_listener **out);
 int ae_publication_set_answer(ae_listener *publication, const char *answer_sdp);
 /* An RTP forward of an Opus sink: its Opus (the listeners' encode, no
  * second encoder) as RTP to host:port, SRTP when srtp_key is given. For a

@@ -171,7 +171,7 @@ int ae_publisher_open(ae_source *source, const char *offer_sdp, ae_listener **ou
     return AE_OK;
 }
 
-int ae_publication_open(ae_sink *k, ae_listener **out)
+int ae_publication_open(ae_sink *k, const char *ice_servers, ae_listener **out)
 {
     ae_clear_error();
     if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
@@ -188,7 +188,7 @@ int ae_publication_open(ae_sink *k, ae_listener **out)
     l->fanout = f;
     l->transport = AE_TRANSPORT_WEBRTCBIN;
     l->publication = true;
-    int rc = ae_wr_create_offer(&e->wr_env, k, f, l->id, &l->wr);
+    int rc = ae_wr_create_offer(&e->wr_env, k, f, l->id, ice_servers, &l->wr);
     if (rc != AE_OK) {
         free(l);
         return rc;

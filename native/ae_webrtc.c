@@ -50,6 +50,7 @@ struct ae_wr {
     atomic_bool closing;                 /* set (ae_wr_close) when it is being removed */
     char *offer;
     char *fmtp;                          /* the offer's Opus parameters, or NULL */
+    char **ice_servers;                  /* a publication's STUN/TURN URIs, or NULL */
     int pt, mline;
     ae_fingerprint fp[AE_OFFER_MAX_FINGERPRINTS]; /* the offer's, for its DTLS certificate */
     int nfp;
@@ -104,6 +105,7 @@ static void listener_unref(gpointer p)
     pthread_mutex_destroy(&l->health_lock);
     free(l->offer);
     free(l->fmtp);
+    g_strfreev(l->ice_servers);
     free(l);
 }
 
@@ -772,6 +774,41 @@ static GstCaps *opus_caps(const ae_wr *l)
     return caps;
 }
 
+/* A publication's STUN and TURN servers (from its WHIP server's Link
+ * headers, checked by the caller and by ice_servers_valid). */
+static void use_ice_servers(ae_wr *l)
+{
+    bool stun_set = false;
+    for (char **s = l->ice_servers; s && *s; s++) {
+        if (!strncmp(*s, "stun://", 7) && !stun_set) {
+            g_object_set(l->webrtc, "stun-server", *s, NULL);
+            stun_set = true;
+        } else if (!strncmp(*s, "turn://", 7) || !strncmp(*s, "turns://", 8)) {
+            gboolean ok = FALSE;
+            g_signal_emit_by_name(l->webrtc, "add-turn-server", *s, &ok);
+            if (!ok) g_printerr("ae: webrtcbin refused a publication's TURN server\n");
+        }
+    }
+}
+
+/* At most AE_MAX_ICE_SERVERS lines, each a stun://, turn:// or turns:// URI
+ * of printable ASCII within AE_MAX_ICE_SERVER_LEN. */
+static bool ice_servers_valid(const char *text)
+{
+    int lines = 0;
+    for (const char *p = text; *p;) {
+        const char *end = strchr(p, '\n');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (++lines > AE_MAX_ICE_SERVERS || len == 0 || len > AE_MAX_ICE_SERVER_LEN) return false;
+        if (strncmp(p, "stun://", 7) && strncmp(p, "turn://", 7) && strncmp(p, "turns://", 8))
+            return false;
+        for (size_t i = 0; i < len; i++)
+            if (p[i] <= ' ' || p[i] > '~') return false;
+        p += len + (end ? 1 : 0);
+    }
+    return true;
+}
+
 static int start_listener(ae_wr *l)
 {
     const ae_engine_config *cfg = l->env->cfg;
@@ -788,6 +825,7 @@ static int start_listener(ae_wr *l)
     g_object_set(l->pay, "pt", (guint)l->pt, NULL);
     g_object_set(l->webrtc, "bundle-policy", GST_WEBRTC_BUNDLE_POLICY_MAX_BUNDLE, NULL);
     if (cfg->stun_server) g_object_set(l->webrtc, "stun-server", cfg->stun_server, NULL);
+    use_ice_servers(l);
     configure_ice(l);
 
     g_signal_connect_data(l->webrtc, "on-ice-candidate", G_CALLBACK(on_ice_candidate),
@@ -820,6 +858,16 @@ static int start_listener(ae_wr *l)
     g_object_get(wsink, "transceiver", &trans, NULL);
     if (trans) {
         GstCaps *caps = opus_caps(l);
+        if (l->offering) {
+            /* The offer names the stream's SSRC (a=ssrc): a server that
+             * demultiplexes by SSRC, as Janus's VideoRoom does without the
+             * mid header extension, drops packets from an SSRC it was not
+             * told of (measured: "Unknown SSRC, dropping packet"). webrtcbin
+             * writes a=ssrc for an ssrc in the codec preferences. */
+            guint ssrc = g_random_int_range(1, G_MAXINT32);
+            g_object_set(l->pay, "ssrc", ssrc, NULL);
+            gst_caps_set_simple(caps, "ssrc", G_TYPE_UINT, ssrc, NULL);
+        }
         g_object_set(trans, "direction", GST_WEBRTC_RTP_TRANSCEIVER_DIRECTION_SENDONLY,
                      "codec-preferences", caps, NULL);
         gst_caps_unref(caps);
@@ -921,9 +969,13 @@ int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
 /* A publication's Opus parameters: stereo as the sink is, in-band FEC. */
 #define PUBLICATION_PT 111
 
-int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id, ae_wr **out)
+int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
+                       const char *ice_servers, ae_wr **out)
 {
     *out = NULL;
+    if (ice_servers && *ice_servers && !ice_servers_valid(ice_servers))
+        return ae_fail(AE_ERR_INVALID, "ice_servers: at most %d stun://, turn:// or turns:// "
+                       "URIs, one a line", AE_MAX_ICE_SERVERS);
     ae_wr *l = wr_new(env, k, f, id);
     if (!l || !(l->fmtp = strdup("minptime=10;useinbandfec=1"))) {
         if (l) listener_unref(l);
@@ -931,6 +983,7 @@ int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t 
     }
     l->offering = true;
     l->pt = PUBLICATION_PT;
+    if (ice_servers && *ice_servers) l->ice_servers = g_strsplit(ice_servers, "\n", -1);
     invoke(l, start_listener_main);
     *out = l;
     return AE_OK;

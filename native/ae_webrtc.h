@@ -28,9 +28,9 @@ int ae_wr_create(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
                  const char *offer_sdp, ae_offer *o, ae_wr **out);
 /* A publication (WHIP out): webrtcbin offers the sink's Opus sendonly;
  * AE_EVENT_OFFER_READY (the offer with every candidate) or _ANSWER_FAILED
- * follows under `id`. */
+ * follows under `id`; ice_servers as ae_publication_open takes them. */
 int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t id,
-                       ae_wr **out);
+                       const char *ice_servers, ae_wr **out);
 /* The server's answer to a publication's offer (checked here: ICE, DTLS
  * fingerprint, our Opus); a later failure is a LISTENER_STATE FAILED. */
 int ae_wr_set_answer(ae_wr *w, const char *answer_sdp);

@@ -33,9 +33,17 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
+VIDEOROOM = 1234   # the one room a VideoRoom Janus has (a WHIP ingest's backend)
+
+
 def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key: str = "",
-                 ice: str = "127.0.0.1") -> Path:
+                 ice: str = "127.0.0.1", ws_port: int = 0) -> Path:
+    """``ws_port``: the VideoRoom plugin on (room VIDEOROOM, Opus audio)
+    and the WebSocket transport on that port, as simple-whip-server
+    talks to Janus."""
     conf.mkdir(parents=True, exist_ok=True)
+    plugins_off = tuple(n for n in PLUGINS_OFF if not (ws_port and n == "videoroom"))
+    transports_off = tuple(n for n in TRANSPORTS_OFF if not (ws_port and n == "websockets"))
 
     def off(prefix: str, names: tuple[str, ...]) -> str:
         return ",".join(f"libjanus_{n}.so" for n in names)
@@ -54,8 +62,8 @@ def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key:
 certificates: {{}}
 media: {{ rtp_port_range = "20000-40000" }}
 nat: {{ ice_enforce_list = "{ice}" }}
-plugins: {{ disable = "{off('', PLUGINS_OFF)}" }}
-transports: {{ disable = "{off('', TRANSPORTS_OFF)}" }}
+plugins: {{ disable = "{off('', plugins_off)}" }}
+transports: {{ disable = "{off('', transports_off)}" }}
 loggers: {{ disable = "libjanus_jsonlog.so" }}
 events: {{ broadcast = false, disable = "{off('', EVENTS_OFF)}" }}
 """)
@@ -64,6 +72,13 @@ events: {{ broadcast = false, disable = "{off('', EVENTS_OFF)}" }}
         f'ip = "127.0.0.1", https = false }}\nadmin: {{ admin_http = false }}\n')
     key = f', admin_key = "{admin_key}"' if admin_key else ""
     (conf / "janus.plugin.streaming.jcfg").write_text(f"general: {{ events = false{key} }}\n")
+    if ws_port:
+        (conf / "janus.transport.websockets.jcfg").write_text(
+            f'general: {{ json = "plain", ws = true, ws_port = {ws_port}, ws_ip = "127.0.0.1", '
+            f'wss = false }}\nadmin: {{ admin_ws = false }}\n')
+        (conf / "janus.plugin.videoroom.jcfg").write_text(
+            f'general: {{ }}\nroom-{VIDEOROOM}: {{ description = "whip" publishers = 4 '
+            f'audiocodec = "opus" videocodec = "vp8" }}\n')
     return conf / "janus.jcfg"
 
 
@@ -72,15 +87,19 @@ class Janus:
     same port, the same config: a relay that restarts)."""
 
     def __init__(self, directory: Path, *, api_secret: str = "", admin_key: str = "",
-                 ice: str = "127.0.0.1"):
+                 ice: str = "127.0.0.1", videoroom: bool = False):
         """``ice``: the interface or address Janus gathers ICE candidates on
         (it gathers none on loopback: a listener's test runs in a network
-        namespace with an interface of its own, tests/support/janus_check.py)."""
+        namespace with an interface of its own, tests/support/janus_check.py);
+        ``videoroom``: the VideoRoom plugin and the WebSocket transport
+        (``ws_url``) on as well."""
         self.directory = directory
         self.port = free_tcp_port()
         self.url = f"http://127.0.0.1:{self.port}/janus"
+        ws_port = free_tcp_port() if videoroom else 0
+        self.ws_url = f"ws://127.0.0.1:{ws_port}" if videoroom else ""
         self.config = write_config(directory / "conf", self.port, api_secret=api_secret,
-                                   admin_key=admin_key, ice=ice)
+                                   admin_key=admin_key, ice=ice, ws_port=ws_port)
         self.api_secret = api_secret
         self.process: trio.Process | None = None
         self._runs = itertools.count()
@@ -136,9 +155,12 @@ class JanusClient:
         return reply
 
     async def attach_streaming(self) -> None:
+        await self.attach("janus.plugin.streaming")
+
+    async def attach(self, plugin: str) -> None:
         self.session = (await self.request(self.url, {"janus": "create"}))["data"]["id"]
         reply = await self.request(f"{self.url}/{self.session}",
-                                   {"janus": "attach", "plugin": "janus.plugin.streaming"})
+                                   {"janus": "attach", "plugin": plugin})
         self.handle = reply["data"]["id"]
 
     async def message(self, body: dict[str, Any], jsep: dict[str, Any] | None = None

@@ -4,11 +4,21 @@ a loop, hang or answer garbage get a clear error and a bounded retry, and
 A's own listeners never notice."""
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from aioice import stun
+
 import pytest
 import trio
 
 from appliance import outbound, publications
+from support import janus as janus_support
+from support import whip_server
 from tests.web.conftest import IDLE, heard_hz, make_config, open_server
+from tests.web.test_relays import can_unshare
 from tests.web.test_whip import add_booth, receiving
 
 pytestmark = pytest.mark.trio
@@ -326,3 +336,200 @@ relay_whep_url = "{b.url}/api/whep/hall"
             assert (await wait_state(a, "to-b", "live"))["attempts"] == 1
             await a.wait_idle()
         await b.wait_idle()
+
+
+# ---- a third-party WHIP server -------------------------------------------------------------
+
+@pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
+@pytest.mark.skipif(not janus_support.available(), reason="needs Janus (packages/test.txt)")
+@pytest.mark.skipif(not whip_server.available(),
+                    reason="needs simple-whip-server (make test unpacks it: "
+                           "packages/test-unpacked.txt)")
+async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subscribers_hear_it():
+    """Debian's simple-whip-server, Janus's VideoRoom behind it, in a network
+    namespace of the test's own (tests/support/whip_out_check.py): the box's
+    publication goes live, VideoRoom lists the publisher, a subscriber
+    through VideoRoom's API is offered stereo Opus and hears 440 Hz in both
+    ears; stopping the publication DELETEs it out of the room."""
+    script = Path(__file__).parents[1] / "support" / "whip_out_check.py"
+    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    heard = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert heard["resource"].endswith("/whip/resource/box")
+    assert [p["display"] for p in heard["participants"]] == ["WHIP Publisher 1234"]
+    assert all(p["publisher"] for p in heard["participants"])
+    assert any("stereo=1" in fmtp for fmtp in heard["subscriber_offer_fmtp"])
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
+    assert heard["participants_after"] == []
+
+
+# ---- what a WHIP server's 201 says: ICE servers, trickle -----------------------------------
+
+def answer_to(offer: str) -> str:
+    """An answer webrtcbin takes (ICE credentials, a fingerprint, our Opus)
+    but no candidate: the attempt never connects."""
+    mid = next(line[6:] for line in offer.splitlines() if line.startswith("a=mid:"))
+    return "\r\n".join([
+        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0", f"a=group:BUNDLE {mid}",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "c=IN IP4 0.0.0.0", f"a=mid:{mid}",
+        "a=ice-ufrag:fake", "a=ice-pwd:fakefakefakefakefakefake",
+        "a=fingerprint:sha-256 " + ":".join(["AB"] * 32), "a=setup:passive", "a=rtcp-mux",
+        "a=recvonly", "a=rtpmap:111 opus/48000/2", "a=fmtp:111 stereo=1", ""])
+
+
+class RecordingWhipServer:
+    """A WHIP server on loopback that records every request and answers a
+    POST with 201, ``headers`` and an answer, a PATCH with ``patch_status``."""
+
+    def __init__(self, headers: list[str], patch_status: int = 204):
+        self.headers = headers
+        self.patch_status = patch_status
+        self.requests: list[tuple[str, dict[str, str], str]] = []
+        self.changed = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}/whip"
+        task_status.started()
+        await trio.serve_listeners(self.serve, listeners)
+
+    async def serve(self, stream):
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive_some(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            headers = {k.strip().lower(): v.strip()
+                       for k, _, v in (line.partition(":") for line in lines[1:])}
+            while len(body) < int(headers.get("content-length", "0")):
+                body += await stream.receive_some(65536)
+            method = lines[0].split()[0]
+            self.requests.append((method, headers, body.decode()))
+            self.changed.set()
+            self.changed = trio.Event()
+            if method == "POST":
+                answer = answer_to(body.decode()).encode()
+                extra = "".join(f"{h}\r\n" for h in self.headers)
+                await stream.send_all(
+                    f"HTTP/1.1 201 Created\r\nContent-Type: application/sdp\r\n"
+                    f"Location: /whip/resource/1\r\n{extra}"
+                    f"Content-Length: {len(answer)}\r\nConnection: close\r\n\r\n".encode()
+                    + answer)
+            else:
+                status = self.patch_status if method == "PATCH" else 200
+                await stream.send_all(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n"
+                                      f"Connection: close\r\n\r\n".encode())
+
+    async def wait_for(self, predicate, timeout: float = 20):
+        with trio.fail_after(timeout):
+            while not (found := [r for r in self.requests if predicate(r)]):
+                await self.changed.wait()
+        return found
+
+
+class StunServer:
+    """A UDP socket on loopback that counts the STUN Binding requests it
+    gets (and answers none): whether webrtcbin was given it."""
+
+    def __init__(self):
+        self.requests = 0
+        self.asked = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        task_status.started()
+        with sock:
+            while True:
+                data, _ = await sock.recvfrom(2048)
+                try:
+                    stun.parse_message(data)
+                except ValueError:
+                    continue
+                self.requests += 1
+                self.asked.set()
+
+
+def quick_attempts(tmp_path, monkeypatch):
+    """A box whose publication attempts end fast (1 s to connect, 0.2 s
+    between attempts) and whose offers go out before webrtcbin has
+    gathered (gather timeout 0.3 s)."""
+    monkeypatch.setattr(outbound, "BACKOFF_S", (0.2,))
+    monkeypatch.setattr(publications, "CONNECT_TIMEOUT_S", 1.0)
+    config = make_config(tmp_path)
+    return config.replace(engine=dataclasses.replace(config.engine, gather_timeout_ms=300))
+
+
+async def test_a_201s_stun_server_serves_the_next_attempt(tmp_path, monkeypatch):
+    """The 201 names a STUN server (Link rel="ice-server") beside a Link of
+    another relation: the next attempt's webrtcbin asks that server."""
+    stun_server = StunServer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(stun_server.run)
+        whip = RecordingWhipServer([
+            f'Link: <stun:127.0.0.1:{stun_server.port}>; rel="ice-server"',
+            'Link: <https://example.org/x>; rel="preload"',
+            'ETag: "v1"', "Accept-Patch: application/trickle-ice-sdpfrag"])
+        await nursery.start(whip.run)
+        async with open_server(quick_attempts(tmp_path, monkeypatch)) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "p", "sink_id": "main", "url": whip.url})
+            assert r.status_code == 201
+            # the first attempt knew none: asked while the second gathers
+            with trio.fail_after(10):
+                await stun_server.asked.wait()
+            status = (await a.client.get("/api/publications")).json()[0]
+            assert status["ice_servers"] == [f"stun:127.0.0.1:{stun_server.port}"]
+            assert status["ice_servers_error"] is None
+            assert (await a.client.delete("/api/publications/p")).status_code == 204
+            assert (await a.wait_idle()) == IDLE
+        nursery.cancel_scope.cancel()
+
+
+HOSTILE_LINKS = [
+    ('Link: <javascript:alert(1)>; rel="ice-server"', "no stun:, turn: or turns:"),
+    ('Link: <stun:a%00b>; rel="ice-server"', "no stun:, turn: or turns:"),
+    ('Link: <stun:host:99999>; rel="ice-server"', "port is out of range"),
+    ('Link: <turn:host?transport=udp>; rel="ice-server"', "username is missing"),
+    ('Link: <turn:host>; rel="ice-server"; username="u"; credential="c\x7f"',
+     "credential is missing or not printable"),
+    ('Link: <turn:host>; rel="ice-server"; username="u"; credential="c"; '
+     'credential-type="oauth"', "not a password"),
+    ('Link: <turn:host>; rel="ice-server"; username="' + "u" * 300 + '"; credential="c"',
+     "username is missing or not printable"),
+    ("Link: " + ", ".join(['<stun:h>; rel="ice-server"'] * 5), "more than 4"),
+    ("Link: " + '<stun:h>; rel="ice-server", ' * 100, "over 2048"),
+    ('Link: <stun:h>; rel="ice-server"; rel="x"', "names rel twice"),
+    ("Link: stun:h; rel=ice-server", "malformed"),
+    ('Link: <stun:' + "a" * 300 + '>; rel="ice-server"', "host is not one"),
+    ('Link: <stun:-bad-.>; rel="ice-server"', "host is not one"),
+]
+
+
+@pytest.mark.parametrize("link, error", HOSTILE_LINKS)
+async def test_hostile_ice_server_links_are_refused_with_the_reason_in_the_status(
+        tmp_path, monkeypatch, link, error):
+    """Every one refuses the 201's ICE servers, all of them (a good one
+    beside it too), says why, and the attempts go on without them."""
+    async with trio.open_nursery() as nursery:
+        whip = RecordingWhipServer(['Link: <stun:127.0.0.1:3478>; rel="ice-server"', link])
+        await nursery.start(whip.run)
+        async with open_server(quick_attempts(tmp_path, monkeypatch)) as a:
+            r = await a.client.post("/api/publications", json={
+                "id": "p", "sink_id": "main", "url": whip.url})
+            assert r.status_code == 201
+            with trio.fail_after(10):
+                while not (status := (await a.client.get("/api/publications")).json()[0]
+                           )["ice_servers_error"]:
+                    await trio.sleep(0.05)
+            assert status["ice_servers_error"].startswith(
+                "the server's ICE servers were refused: "), status
+            assert error in status["ice_servers_error"], status
+            assert status["ice_servers"] == []
+            await whip.wait_for(lambda r: r[0] == "DELETE")   # the attempt ran its course
+            assert abs(await heard_hz(a) - 440.0) < 3
+            assert (await a.client.delete("/api/publications/p")).status_code == 204
+        nursery.cancel_scope.cancel()
