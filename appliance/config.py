@@ -16,6 +16,10 @@
     metrics_token = ""              # bearer for GET /metrics only; "" = none
     password_hash = "scrypt$..."    # appliance.passwords; "" = set up with a one-time code
 
+    [update]                        # updates from the admin page (appliance.update)
+    max_bundle_bytes = 2147483648   # an upload past this is refused as it streams in
+    free_margin_bytes = 67108864    # ... and one that would leave less free on the state partition
+
     [engine]                        # any EngineSettings field
     gather_timeout_ms = 2000
 
@@ -72,7 +76,7 @@ from .model import (
     SinkSpec, SourceConfig, SourceSpec, build, check_id, check_text,
 )
 
-__all__ = ["Config", "ServerConfig", "AdminConfig", "IceServer", "ConfigError", "load_config",
+__all__ = ["Config", "ServerConfig", "AdminConfig", "UpdateConfig", "IceServer", "ConfigError", "load_config",
            "PublicationConfig", "RelayConfig",
            "parse_config", "default_config", "default_state_dir", "detect_sound_cards", "prepare_dirs"]
 
@@ -175,6 +179,18 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class UpdateConfig:
+    """Update bundles uploaded to the admin page (appliance.update). The
+    bundle is written to the state partition before RAUC reads it: an
+    upload is refused as soon as it passes either bound."""
+    # the largest bundle taken (a root slot's image, compressed)
+    max_bundle_bytes: int = field(default=2 << 30, metadata=_r(1 << 20, 64 << 30))
+    # what an upload must leave free on the state partition (the state
+    # itself is written there too)
+    free_margin_bytes: int = field(default=64 << 20, metadata=_r(0, 16 << 30))
+
+
+@dataclass(frozen=True)
 class PublicationConfig:
     """A ``[[publications]]`` table: fixed while the config says so."""
     id: str
@@ -213,6 +229,7 @@ class Config:
     board_root: Path = Path("/")
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
+    update: UpdateConfig = UpdateConfig()
     engine: EngineSettings = field(default_factory=app_engine_settings)
     sources: tuple[SourceConfig, ...] = ()
     sinks: tuple[SinkConfig, ...] = ()
@@ -304,7 +321,7 @@ def parse_config(data: Mapping[str, Any], *, cards: list[str] | None = None) -> 
 
 
 def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
-    known = {"name", "state_dir", "media_dir", "board_root", "server", "admin", "engine",
+    known = {"name", "state_dir", "media_dir", "board_root", "server", "admin", "update", "engine",
              "sources", "sinks", "routes", "publications", "relays"}
     for key in data:
         if key not in known:
@@ -346,6 +363,7 @@ def _parse(data: Mapping[str, Any], cards: list[str] | None) -> Config:
                           "hash flash.sh --admin-password makes, or leave it empty and set the "
                           "password with the setup code")
     kwargs["admin"] = admin
+    kwargs["update"] = build(UpdateConfig, data.get("update", {}), "update")
     engine = app_engine_settings(data.get("engine", {}))
     if engine.stun_server is None:
         stun = next((s.url for s in ice if s.url.startswith("stun:")), None)

@@ -10,6 +10,7 @@
           relays                       one task per Janus relay (appliance.relays)
           clock.jumps                  says in the log when the wall clock jumps (appliance.clock)
           venue.run                    the other boxes on the LAN, for /venue (appliance.venue)
+          updater                      an uploaded bundle installed by RAUC (appliance.update)
         graph                          named sources, sinks, routes (appliance.graph)
 
 Where each concern lives: a listener's life in ``sessions``, the graph and
@@ -23,7 +24,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncContextManager, AsyncIterator, Callable
+from typing import Any, AsyncContextManager, AsyncIterable, AsyncIterator, Callable
 
 import trio
 
@@ -51,6 +52,7 @@ from .sdp import Offer, describe_stream
 from .sessions import DerivedSink, Session, Sessions
 from .store import Store
 from .tls import host_label
+from .update import Updater
 
 __all__ = ["open_service", "Service"]
 
@@ -84,6 +86,7 @@ class Service:
         self.hat = HatControls(store)
         self.clock = WallClock(lambda: self.board.read().clock_synchronized)
         self.venue = Venue()
+        self.updater = Updater(config.update, config.state_dir, nursery)
         self.graph = GraphRegistry(config, engine, store, self.sessions,
                                    entity_extras=self._entity_extras, deleted=self._deleted)
 
@@ -345,6 +348,15 @@ class Service:
     def set_clock(self, body: Any) -> dict[str, Any]:
         """The wall clock set by hand (``appliance.clock``)."""
         return self.clock.set(body)
+
+    async def install_update(self, chunks: AsyncIterable[bytes], *, length: int | None,
+                             reboot: bool) -> dict[str, Any]:
+        """An update bundle streamed in, installed by RAUC, then (``reboot``)
+        the trial boot asked for; appliance.update."""
+        return await self.updater.install(chunks, length=length, reboot=reboot)
+
+    def update_status(self) -> dict[str, Any]:
+        return self.updater.status()
 
     @property
     def venue_id(self) -> str:

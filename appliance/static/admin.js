@@ -1,6 +1,6 @@
 // The admin page: status, sources/sinks/routes (gain, mute), the HAT's
 // mixer, live meters and a share link with a QR code for each channel.
-import { Meter, api, el, openEvents, plural, setCsrf, whenUnauthorized } from "./common.js";
+import { Meter, api, authHeaders, el, openEvents, plural, setCsrf, whenUnauthorized } from "./common.js";
 import * as i18n from "./i18n/i18n.js";
 import { qrSvg } from "./qr.js";
 
@@ -289,6 +289,63 @@ $("restore").addEventListener("change", async (e) => {
     await api("/api/restore", { method: "POST", json: backup });
     await refreshGraph();
   } catch (err) { showError(err); }
+});
+
+// ---- updates (POST /api/update: the bundle as the body; GET /api/update: its state) ----
+const MB = 1 << 20;
+function updateText(u) {
+  switch (u.state) {
+    case "receiving": return `Receiving: ${(u.received_bytes / MB).toFixed(1)} MB`;
+    case "installing": return `Installing: ${u.percent}% (${u.message || "RAUC"})`;
+    case "installed": return "Installed; it is tried at the next restart (boot-slot reboot-trial).";
+    case "rebooting": return "Installed: the appliance restarts into it on trial. This page reconnects when it is back.";
+    case "failed": return `Failed: ${u.error}`;
+    default: return "";
+  }
+}
+function lastUpdateText(last) {
+  if (!last) return "";
+  const when = last.decided_at || last.installed_at || "";
+  if (last.outcome === "committed") return `Last update: kept (${last.reason}) ${when}`;
+  if (last.outcome === "rolled-back") return `Last update: rolled back: ${last.reason} ${when}`;
+  if (last.outcome === "trial") return `Last update: installed ${when}, on trial`;
+  return `Last update: installed ${when}, not tried yet`;
+}
+function showUpdate(u) {
+  $("update-state").textContent = updateText(u);
+  $("update-last").textContent = lastUpdateText(u.last_update);
+  const bar = $("update-progress");
+  bar.hidden = !["receiving", "installing"].includes(u.state);
+  if (u.state === "installing") bar.value = u.percent;
+}
+async function refreshUpdate() {
+  try { showUpdate(await api("/api/update")); } catch (err) { showError(err); }
+}
+$("update-start").addEventListener("click", () => {
+  const file = $("update-file").files[0];
+  if (!file) { showError(new Error("Choose a .raucb file first")); return; }
+  if (!window.confirm(`Install ${file.name} and restart into it?`)) return;
+  // XHR, not fetch: it reports the upload's progress
+  const xhr = new XMLHttpRequest();
+  const bar = $("update-progress");
+  let polling = null;
+  xhr.open("POST", "/api/update");
+  for (const [k, v] of Object.entries(authHeaders({ "Content-Type": "application/octet-stream" }, "POST"))) xhr.setRequestHeader(k, v);
+  xhr.upload.onprogress = (e) => {
+    bar.hidden = false;
+    if (e.lengthComputable) bar.value = (100 * e.loaded) / e.total;
+    $("update-state").textContent = `Uploading: ${(e.loaded / MB).toFixed(1)} of ${(file.size / MB).toFixed(1)} MB`;
+  };
+  // once it is all sent, RAUC's progress comes from GET /api/update
+  xhr.upload.onload = () => { polling = setInterval(refreshUpdate, 500); };
+  xhr.onloadend = async () => {
+    clearInterval(polling);
+    $("update-start").disabled = false;
+    if (xhr.status !== 200) showError(new Error(xhr.responseText.trim() || "the upload failed"));
+    await refreshUpdate();
+  };
+  $("update-start").disabled = true;
+  xhr.send(file);
 });
 
 // ---- adding a network source ----------------------------------------------------------
@@ -745,6 +802,7 @@ async function start() {
   await i18n.use(i18n.current()).catch((err) => console.warn("messages", err));
   events = openAdminEvents();
   refreshAll();
+  refreshUpdate();   // what the last update came to (after its reboot)
   clearInterval(statusTimer);
   statusTimer = setInterval(refreshStatus, 10000);
 }

@@ -25,9 +25,10 @@ from ..errors import ApplianceError, NotFoundError
 from ..service import Service, open_service
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, hat_controls, health, listening, login, metrics,
-               publications, relays, signs, ui, venue, whep, whip)
+               publications, relays, signs, ui, update, venue, whep, whip)
 from .common import plain
 from .errors import error_response, http_error_response
+from .streaming import StreamingConnection, StreamingRequest
 
 __all__ = ["create_app", "BLUEPRINTS", "plain"]
 
@@ -51,6 +52,7 @@ BLUEPRINTS: list[Blueprint] = [
     metrics.blueprint,
     signs.blueprint,
     venue.blueprint,
+    update.blueprint,
 ]
 
 
@@ -68,8 +70,12 @@ def create_app(config: Config, *, service: Service | None = None) -> QuartTrio:
         setup_code_file=config.admin.setup_code_file, listen_pin=config.server.listen_pin,
         metrics_token=config.admin.metrics_token)
     app.admin_setup_lock = trio.Lock()
-    # Quart enforces this while the body streams in (413 before buffering it all).
+    # Quart enforces this while the body streams in (413 before buffering it all),
+    # except on the routes that stream their bodies and bound them themselves
+    # (web/streaming.py: an update bundle).
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+    app.request_class = StreamingRequest
+    app.asgi_http_class = StreamingConnection
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = config.server.shutdown_timeout_s + 2
     app.config["BODY_TIMEOUT"] = 10
     app.config["JSON_SORT_KEYS"] = False

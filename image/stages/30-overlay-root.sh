@@ -120,6 +120,7 @@ bootname=B
 C
 chmod 0755 "$R/usr/lib/appliance/boot-slot" "$R/usr/lib/appliance/update-check"
 wants multi-user.target.wants appliance-update-check.service
+wants multi-user.target.wants appliance-reboot-trial.path
 
 info "boot partition"
 if [ -d "$R/boot/firmware" ] && [ -n "$(ls -A "$R/boot/firmware")" ]; then

@@ -37,9 +37,11 @@ def test_image_has_two_root_slots_and_trusts_the_build_key(stub_build):
     assert debugfs_cat(img, 2, "/etc/rauc/keyring.pem") == cert
     assert "development key" in p.stderr, "the build says it signs with a development key"
     assert "PRIVATE KEY" not in debugfs_cat(img, 2, "/etc/rauc/keyring.pem")
-    assert "appliance-update-check.service" in run(
-        ["debugfs", "-R", "ls /etc/systemd/system/multi-user.target.wants",
-         f"{img}?offset={4 * 1024 * 1024 + 36 * 1024 * 1024}"], check=True).stdout
+    wants = run(["debugfs", "-R", "ls /etc/systemd/system/multi-user.target.wants",
+                 f"{img}?offset={4 * 1024 * 1024 + 36 * 1024 * 1024}"], check=True).stdout
+    assert "appliance-update-check.service" in wants
+    # the app's request for the trial boot after an update from the admin page
+    assert "appliance-reboot-trial.path" in wants
 
 
 # --- bundles -----------------------------------------------------------------------
@@ -252,6 +254,86 @@ def test_update_check_counts_an_answering_app_healthy(tmp_path, code, healthy):
         finally:
             server.shutdown()
     assert p.returncode == 0 and p.stdout.strip() == str(healthy), p.stdout + p.stderr
+
+def _update_check(tmp_path, boot, current, record, boot_id, extra_env=None):
+    """update-check on a boot of slot ``current`` with the app's record
+    ``record`` written in the boot ``record["boot_id"]``; this boot is
+    ``boot_id``. Returns the process and the record afterwards."""
+    import json
+    shim = tmp_path / "boot-slot"
+    shim.write_text(f"#!/bin/sh\nexec sh {BOOT_SLOT} \"$@\"\n")
+    shim.chmod(0o755)
+    (tmp_path / "cmdline").write_text(
+        f"root=PARTUUID=4170706c-0{2 if current == 'A' else 4} ro rauc.slot={current}\n")
+    (tmp_path / "boot_id").write_text(boot_id + "\n")
+    path = tmp_path / "update-trial.json"
+    path.write_text(json.dumps(record))
+    env = {"BOOT_SLOT": str(shim), "BOOT_SLOT_DIR": str(boot),
+           "BOOT_SLOT_CMDLINE": str(tmp_path / "cmdline"), "BOOT_SLOT_ROOT_B": str(tmp_path / "rootb"),
+           "UPDATE_CHECK_RECORD": str(path), "UPDATE_CHECK_BOOT_ID": str(tmp_path / "boot_id"),
+           "UPDATE_CHECK_DEADLINE": "0", **(extra_env or {})}
+    p = run([sys.executable, UPDATE_CHECK], env=env)
+    return p, json.loads(path.read_text())
+
+
+def test_update_check_closes_a_trial_that_never_came_up(slots, tmp_path):
+    """The app asked for a trial boot; the next boot is the old slot (the
+    trial hung or panicked and the watchdog ended it): the record says so
+    and the trial is dropped."""
+    boot, call = slots
+    out(call("set-primary", "B"))
+    asked = {"outcome": "trial", "boot_id": "boot-1", "from_slot": "A"}
+    p, record = _update_check(tmp_path, boot, "A", asked, "boot-2")
+    assert p.returncode == 0, p.stderr
+    assert record["outcome"] == "rolled-back" and record["slot"] == "B"
+    assert "never came up" in record["reason"] and record["from_slot"] == "A"
+    assert not (boot / "tryboot.txt").exists() and out(call("get-state", "B")) == "bad"
+
+
+def test_update_check_leaves_a_trial_not_yet_booted(slots, tmp_path):
+    boot, call = slots
+    out(call("set-primary", "B"))
+    asked = {"outcome": "trial", "boot_id": "boot-1"}
+    p, record = _update_check(tmp_path, boot, "A", asked, "boot-1")   # the same boot
+    assert p.returncode == 0 and record == asked
+    assert (boot / "tryboot.txt").exists()
+
+
+def test_update_check_records_a_commit(slots, tmp_path):
+    import http.server
+    import threading
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    boot, call = slots
+    out(call("set-primary", "B"))
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "systemctl").write_text("#!/bin/sh\nexit 0\n")      # appliance.service is active
+    (shims / "rauc").write_text(f"#!/bin/sh\nexec sh {BOOT_SLOT} set-state B good\n")
+    for shim in shims.iterdir():
+        shim.chmod(0o755)
+    with http.server.HTTPServer(("127.0.0.1", 0), Status) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            p, record = _update_check(
+                tmp_path, boot, "B", {"outcome": "trial", "boot_id": "boot-1"}, "boot-2",
+                {"PATH": f"{shims}:/usr/bin:/bin", "UPDATE_CHECK_DEADLINE": "30",
+                 "UPDATE_CHECK_URL": f"http://127.0.0.1:{server.server_port}/api/status"})
+        finally:
+            server.shutdown()
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert record["outcome"] == "committed" and record["slot"] == "B", record
+    assert "os_prefix=slot-b/" in (boot / "config.txt").read_text()
+
 
 # --- appliance update --------------------------------------------------------------
 
