@@ -509,8 +509,14 @@ async def test_absent_device_is_retried_until_it_appears(monkeypatch, tmp_path):
 
 
 def device_threads(name: str) -> int:
-    return sum((Path("/proc/self/task") / tid / "comm").read_text().strip() == name
-               for tid in os.listdir("/proc/self/task"))
+    """Threads of this process named ``name`` (one may end while we look)."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            count += (Path("/proc/self/task") / tid / "comm").read_text().strip() == name
+        except FileNotFoundError:
+            continue
+    return count
 
 
 @pytest.mark.trio
