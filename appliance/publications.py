@@ -53,6 +53,12 @@ MAX_REDIRECTS = 5
 HTTP_TIMEOUT_S = 10.0
 OFFER_TIMEOUT_S = 15.0          # webrtcbin gathers its candidates
 CONNECT_TIMEOUT_S = 20.0        # from the answer to ICE and DTLS up
+# A live server is heard from every few seconds (its RTCP receiver reports,
+# its ICE checks). webrtcbin 1.22 has no consent checks (RFC 7675): a path
+# that breaks silently (a Wi-Fi hop, a firewall) shows no event. So nothing
+# heard for this long, from a server heard regularly before, ends the attempt:
+# DELETE and a fresh POST with the backoff.
+PEER_SILENT_S = 10.0
 STEADY_S = 30.0                 # connected this long: the next failure starts the backoff over
 MAX_BODY_SHOWN = 300
 MAX_ANSWER_BYTES = 64 * 1024
@@ -195,6 +201,7 @@ class Publication:
     bytes_sent: int = 0
     rtt_ms: float | None = None
     fraction_lost: float | None = None
+    heard_s_ago: float | None = None   # the server's last datagram (its sign of life)
     bitrate_bps: float | None = None
     ice_servers: list[IceServer] = field(default_factory=list)   # from the last 201
     ice_servers_error: str | None = None
@@ -212,6 +219,7 @@ class Publication:
                 else round(time.monotonic() - self.connected_since, 1),
                 "packets_sent": self.packets_sent, "bitrate_bps": self.bitrate_bps,
                 "rtt_ms": self.rtt_ms, "fraction_lost": self.fraction_lost,
+                "heard_s_ago": self.heard_s_ago,
                 "ice_servers": [server.uri for server in self.ice_servers],
                 "ice_servers_error": self.ice_servers_error,
                 "trickled": self.trickled, "trickle_error": self.trickle_error}
@@ -395,6 +403,7 @@ class Publications:
         late to the trickle, what it sent (once a second) for the status."""
         deadline = trio.current_time() + CONNECT_TIMEOUT_S
         last: tuple[float, int] | None = None
+        heard = Heard()
         async with trio.open_nursery() as nursery:
             if trickle is not None:
                 nursery.start_soon(trickle.run)
@@ -425,8 +434,40 @@ class Publications:
                                                     (now - last[0]))
                 last = (now, stats.bytes_sent)
                 publication.rtt_ms, publication.fraction_lost = stats.rtt_ms, stats.fraction_lost
+                publication.heard_s_ago = None if stats.last_rx_age_s is None \
+                    else round(stats.last_rx_age_s, 1)
+                if publication.connected_since is not None and heard.silent(stats.last_rx_age_s):
+                    nursery.cancel_scope.cancel()
+                    break
         if publication.connected_since is None and trio.current_time() > deadline:
             raise PublicationError("not connected in time (ICE or DTLS)")
+        if heard.broke:
+            raise PublicationError(f"nothing heard from the server for {PEER_SILENT_S:.0f} s: "
+                                   "the path broke")
+
+
+class Heard:
+    """Whether a live server went silent: armed only once it was heard from
+    anew while live (a server that sends nothing at all after DTLS is not
+    taken for a broken path)."""
+
+    REFRESHES_TO_ARM = 1
+
+    def __init__(self) -> None:
+        self.refreshes = 0
+        self.broke = False
+        self._heard_at: float | None = None
+
+    def silent(self, age_s: float | None) -> bool:
+        """Fed, once a second, the age of the server's last datagram."""
+        if age_s is None:
+            return False
+        heard_at = time.monotonic() - age_s
+        if self._heard_at is not None and heard_at > self._heard_at + 0.05:
+            self.refreshes += 1
+        self._heard_at = heard_at if self._heard_at is None else max(self._heard_at, heard_at)
+        self.broke = self.refreshes >= self.REFRESHES_TO_ARM and age_s > PEER_SILENT_S
+        return self.broke
 
 
 class Trickle:

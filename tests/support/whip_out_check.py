@@ -6,7 +6,9 @@ gathers no candidates on loopback, see janus_check.py). Prints JSON.
 A WHIP endpoint into VideoRoom room VIDEOROOM is created; the box publishes
 its tone channel to it (``POST /api/publications``); Janus's VideoRoom
 lists the publisher (``listparticipants``); an aiortc subscriber, through
-Janus's VideoRoom API, hears it. Stopping the publication DELETEs the
+Janus's VideoRoom API, hears it. Then the path breaks without a word (a
+firewall rule drops the box's UDP): the box notices the server's silence and
+publishes again once it heals. Stopping the publication DELETEs the
 resource: the publisher leaves the room.
 
     unshare -n python tests/support/whip_out_check.py"""
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,10 +27,39 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import trio  # noqa: E402
 
 from support.janus import VIDEOROOM, Janus, JanusClient  # noqa: E402
-from support.janus_check import ADDRESS, namespace  # noqa: E402
+from support.janus_check import ADDRESS, TOOL_ENV, namespace  # noqa: E402
 from support.webrtc import dominant_frequency, open_aiortc_listener  # noqa: E402
 from support.whip_server import WhipServer  # noqa: E402
+from appliance import publications  # noqa: E402
 from tests.web.conftest import make_config, open_server  # noqa: E402
+
+
+# the box's own UDP ports, so that a rule can break its path alone (Janus
+# shares the namespace's address)
+BOX_PORTS = (41000, 41099)
+BREAK = ("table inet broken { chain out { type filter hook output priority 0; "
+         f"udp sport {BOX_PORTS[0]}-{BOX_PORTS[1]} drop; "
+         f"udp dport {BOX_PORTS[0]}-{BOX_PORTS[1]} drop; }}; }}")
+HEAL = "delete table inet broken"
+SILENT_S = 3.0   # the box's patience with a silent server, shortened for the test
+publications.PEER_SILENT_S = SILENT_S
+
+
+def nft(rules: str) -> None:
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True, env=TOOL_ENV)
+
+
+async def heard_anew(box) -> None:
+    """Until the box has heard the server anew while live: its status' age
+    of the server's last datagram went down between two of its readings
+    (what arms its patience with a silent server)."""
+    ages: list[float] = []
+    with trio.fail_after(10):
+        while len(ages) < 2 or ages[-1] >= ages[-2]:
+            age = (await box.client.get("/api/publications")).json()[0]["heard_s_ago"]
+            if age is not None and (not ages or age != ages[-1]):
+                ages.append(age)
+            await trio.sleep(0.1)
 
 
 async def participants(janus: Janus) -> list[dict]:
@@ -58,8 +90,9 @@ async def main(tmp: Path) -> dict:
         await whip.start()
         url = await whip.create_endpoint("box", VIDEOROOM, token="t" * 32)
         config = make_config(tmp / "box")
-        config = config.replace(engine=dataclasses.replace(config.engine,
-                                                           ice_addresses=(ADDRESS,)))
+        config = config.replace(engine=dataclasses.replace(
+            config.engine, ice_addresses=(ADDRESS,), min_port=BOX_PORTS[0],
+            max_port=BOX_PORTS[1]))
         async with open_server(config) as box:
             r = await box.client.post("/api/publications", json={
                 "id": "to-janus", "sink_id": "main", "url": url, "token": "t" * 32})
@@ -86,6 +119,18 @@ async def main(tmp: Path) -> dict:
                 out["left_hz"], out["right_hz"] = dominant_frequency(left), \
                     dominant_frequency(right)
             await subscriber.aclose()
+            # the path breaks without a word (a firewall drops the box's UDP):
+            # the box notices the silence, and publishes again once it heals
+            await heard_anew(box)
+            nft(BREAK)
+            broken = await wait_publication(box, "retrying", timeout=3 * SILENT_S)
+            out["broken_error"] = broken["error"]
+            nft(HEAL)
+            healed = await wait_publication(box, "live", timeout=30)
+            out["attempts_after_heal"] = healed["attempts"]
+            with trio.fail_after(10):
+                while not await participants(janus):
+                    await trio.sleep(0.1)
             assert (await box.client.delete("/api/publications/to-janus")).status_code == 204
             with trio.fail_after(10):
                 while await participants(janus):

@@ -350,7 +350,8 @@ async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subsc
     namespace of the test's own (tests/support/whip_out_check.py): the box's
     publication goes live, VideoRoom lists the publisher, a subscriber
     through VideoRoom's API is offered stereo Opus and hears 440 Hz in both
-    ears; stopping the publication DELETEs it out of the room."""
+    ears; a path that breaks without a word is noticed and published again
+    once it heals; stopping the publication DELETEs it out of the room."""
     script = Path(__file__).parents[1] / "support" / "whip_out_check.py"
     done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
                                   capture_stdout=True, capture_stderr=True, check=False)
@@ -361,6 +362,8 @@ async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subsc
     assert all(p["publisher"] for p in heard["participants"])
     assert any("stereo=1" in fmtp for fmtp in heard["subscriber_offer_fmtp"])
     assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
+    assert "nothing heard from the server" in heard["broken_error"]
+    assert heard["attempts_after_heal"] >= 2
     assert heard["participants_after"] == []
 
 
@@ -533,3 +536,24 @@ async def test_hostile_ice_server_links_are_refused_with_the_reason_in_the_statu
             assert abs(await heard_hz(a) - 440.0) < 3
             assert (await a.client.delete("/api/publications/p")).status_code == 204
         nursery.cancel_scope.cancel()
+
+
+async def test_a_server_is_taken_for_gone_only_once_heard_anew_and_then_silent(monkeypatch):
+    """Publications.Heard, fed the age of the server's last datagram once a
+    second: a server heard only at DTLS (never anew) is not a broken path,
+    however long; one heard anew while live, then silent past the bound, is."""
+    clock = [1000.0]
+    monkeypatch.setattr(publications.time, "monotonic", lambda: clock[0])
+    never_again = publications.Heard()
+    for second in range(30):
+        clock[0] += 1
+        assert not never_again.silent(second + 0.5)
+    heard = publications.Heard()
+    for age in (0.4, 0.3, 0.6):           # fresh datagrams while live
+        clock[0] += 1
+        assert not heard.silent(age)
+    for second in range(1, int(publications.PEER_SILENT_S)):
+        clock[0] += 1
+        assert not heard.silent(0.6 + second)   # silent, within the bound
+    clock[0] += 1
+    assert heard.silent(0.6 + publications.PEER_SILENT_S)
