@@ -323,6 +323,9 @@ async def test_a_lost_source_and_silence_are_said_while_playing_goes_on(venue, p
     await idle(venue)
 
 
+# the docs' pictures (UPDATE_SCREENSHOTS=1 writes them): checked only that
+# they are drawn, so with the slow suite
+@pytest.mark.slow
 async def test_screenshots_of_the_listen_page_on_a_phone_in_french_and_arabic(venue, phone, tmp_path):
     """UPDATE_SCREENSHOTS=1 writes them to docs/."""
     out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path

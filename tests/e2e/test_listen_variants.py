@@ -122,6 +122,9 @@ async def test_the_hearing_controls_and_meters_speak_the_listeners_language(venu
     assert ar["meter"] == "مستوى Floor"
 
 
+# the docs' pictures (UPDATE_SCREENSHOTS=1 writes them): checked only that
+# they are drawn, so with the slow suite
+@pytest.mark.slow
 async def test_a_screenshot_of_the_hearing_settings_on_a_phone(venue, phone, tmp_path):
     """UPDATE_SCREENSHOTS=1 writes it to docs/."""
     out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path

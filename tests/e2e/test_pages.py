@@ -208,6 +208,9 @@ SHOWCASE = {
 }
 
 
+# the docs' pictures (UPDATE_SCREENSHOTS=1 writes them): checked only that
+# they are drawn, so with the slow suite
+@pytest.mark.slow
 async def test_screenshots_of_both_pages(tmp_path, pulse, browser):
     """Desktop and phone screenshots; UPDATE_SCREENSHOTS=1 writes them to docs/."""
     out = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
