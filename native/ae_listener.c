@@ -171,13 +171,12 @@ int ae_publisher_open(ae_source *source, const char *offer_sdp, ae_listener **ou
     return AE_OK;
 }
 
-int ae_publication_open(ae_sink *k, const char *ice_servers, ae_listener **out)
+/* The record of a branch of sink k's fan-out that goes out of the box (a
+ * publication, a forward), not yet linked: what both opens share. */
+static int outbound_new(ae_sink *k, const char *what, int transport, ae_listener **out)
 {
-    ae_clear_error();
-    if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
-    *out = NULL;
     ae_fanout *f = ae_fanout_of(k);
-    if (!f) return ae_fail(AE_ERR_INVALID, "a publication needs an Opus sink");
+    if (!f) return ae_fail(AE_ERR_INVALID, "a %s needs an Opus sink", what);
     ae_engine *e = f->env->owner;
     if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
     ae_listener *l = calloc(1, sizeof *l);
@@ -186,17 +185,35 @@ int ae_publication_open(ae_sink *k, const char *ice_servers, ae_listener **out)
     l->id = ae_new_id();
     l->sink = k;
     l->fanout = f;
-    l->transport = AE_TRANSPORT_WEBRTCBIN;
-    l->publication = true;
-    int rc = ae_wr_create_offer(&e->wr_env, k, f, l->id, ice_servers, &l->wr);
+    l->transport = transport;
+    l->publication = true;   /* the sink is busy while it is out */
+    *out = l;
+    return AE_OK;
+}
+
+/* An outbound branch made: it takes packets from now on, and counts. */
+static void outbound_link(ae_listener *l, ae_listener **out)
+{
+    ae_fanout_heard(l->fanout, +1);
+    atomic_fetch_add(&l->fanout->publications, 1);
+    link_listener(l->engine, l);
+    *out = l;
+}
+
+int ae_publication_open(ae_sink *k, const char *ice_servers, ae_listener **out)
+{
+    ae_clear_error();
+    if (!k || !out) return ae_fail(AE_ERR_INVALID, "sink and out are required");
+    *out = NULL;
+    ae_listener *l;
+    int rc = outbound_new(k, "publication", AE_TRANSPORT_WEBRTCBIN, &l);
+    if (rc != AE_OK) return rc;
+    rc = ae_wr_create_offer(&l->engine->wr_env, k, l->fanout, l->id, ice_servers, &l->wr);
     if (rc != AE_OK) {
         free(l);
         return rc;
     }
-    ae_fanout_heard(f, +1);   /* its pipeline branch takes packets from now on */
-    atomic_fetch_add(&f->publications, 1);
-    link_listener(e, l);
-    *out = l;
+    outbound_link(l, out);
     return AE_OK;
 }
 
@@ -205,27 +222,15 @@ int ae_forward_open(ae_sink *k, const ae_forward_config *cfg, ae_listener **out)
     ae_clear_error();
     if (!k || !cfg || !out) return ae_fail(AE_ERR_INVALID, "sink, config and out are required");
     *out = NULL;
-    ae_fanout *f = ae_fanout_of(k);
-    if (!f) return ae_fail(AE_ERR_INVALID, "a forward needs an Opus sink");
-    ae_engine *e = f->env->owner;
-    if (atomic_load(&e->graph.stopping)) return ae_fail(AE_ERR_CLOSED, "the engine is closing");
-    ae_listener *l = calloc(1, sizeof *l);
-    if (!l) return ae_fail(AE_ERR_NOMEM, "out of memory");
-    l->engine = e;
-    l->id = ae_new_id();
-    l->sink = k;
-    l->fanout = f;
-    l->transport = AE_TRANSPORT_FORWARD;
-    l->publication = true;
-    int rc = ae_fwd_create(&e->glib, f, cfg, &l->fwd);
+    ae_listener *l;
+    int rc = outbound_new(k, "forward", AE_TRANSPORT_FORWARD, &l);
+    if (rc != AE_OK) return rc;
+    rc = ae_fwd_create(&l->engine->glib, l->fanout, cfg, &l->fwd);
     if (rc != AE_OK) {
         free(l);
         return rc;
     }
-    ae_fanout_heard(f, +1);   /* its branch takes packets from now on */
-    atomic_fetch_add(&f->publications, 1);
-    link_listener(e, l);
-    *out = l;
+    outbound_link(l, out);
     return AE_OK;
 }
 
