@@ -176,6 +176,8 @@ def test_release_files(built):
     del p
 
 
+# a second whole assembly: with the slow suite, which builds the real image
+@pytest.mark.slow
 def test_reproducible(built):
     tmp, stub, img, _ = built
     # The same signing certificate (the first build made a development pair).

@@ -513,10 +513,22 @@ HOSTILE_LINKS = [
 
 
 @pytest.mark.parametrize("link, error", HOSTILE_LINKS)
-async def test_hostile_ice_server_links_are_refused_with_the_reason_in_the_status(
-        tmp_path, monkeypatch, link, error):
-    """Every one refuses the 201's ICE servers, all of them (a good one
-    beside it too), says why, and the attempts go on without them."""
+async def test_hostile_ice_server_links_are_refused_with_the_reason(link, error):
+    """Every one refuses the response's ICE servers, all of them (a good one
+    beside it too), and says why."""
+    assert link.startswith("Link: ")
+    with pytest.raises(publications.LinkRefused) as refused:
+        publications.ice_servers_from_links(['<stun:127.0.0.1:3478>; rel="ice-server"',
+                                             link[len("Link: "):]])
+    assert error in str(refused.value)
+
+
+async def test_a_refused_link_is_shown_in_the_status_and_the_attempts_go_on(tmp_path,
+                                                                            monkeypatch):
+    """A hostile Link in a real 201 (every kind is refused alike, see above):
+    the status says why, no ICE server is kept, the attempts go on without
+    them and the box's own listeners keep their tone."""
+    link, error = HOSTILE_LINKS[0]
     async with trio.open_nursery() as nursery:
         whip = RecordingWhipServer(['Link: <stun:127.0.0.1:3478>; rel="ice-server"', link])
         await nursery.start(whip.run)
