@@ -26,7 +26,7 @@ __all__ = ["EngineSettings", "SourceSpec", "SinkSpec", "RouteSpec", "Variant", "
            "PublicationSpec", "RelaySpec",
            "SinkConfig", "RouteConfig", "Graph", "KINDS", "RESERVED_IDS", "build",
            "check_id", "check_text", "entity_from_dict", "entity_to_dict", "spec_class",
-           "ENGINE_SPECS", "bounded_fields", "redacted"]
+           "ENGINE_SPECS", "bounded_fields", "redacted", "sent_privately"]
 
 # Words that cannot be sink ids because they are path segments of the API.
 RESERVED_IDS = frozenset({"source", "route"})
@@ -287,12 +287,12 @@ class PublicationSpec:
     def problem(self) -> str | None:
         """A token never crosses the network in the clear: with one, the
         URL is https:// unless it names this machine (loopback)."""
-        if self.token and not _private_url(self.url):
+        if self.token and not sent_privately(self.url):
             return "url: a bearer token is sent only over https:// (or to this machine)"
         return None
 
 
-def _private_url(url: str) -> bool:
+def sent_privately(url: str) -> bool:
     """Whether what is sent to ``url`` stays private: https://, or http://
     to this machine (loopback)."""
     parts = urlsplit(url)
@@ -342,7 +342,7 @@ class RelaySpec:
                                                   "what": "a URL", "check": _optional_url})
 
     def problem(self) -> str | None:
-        if (self.api_secret or self.admin_key) and not _private_url(self.url):
+        if (self.api_secret or self.admin_key) and not sent_privately(self.url):
             return "url: a secret is sent only over https:// (or to this machine)"
         if self.listen_url and self.api_secret:
             # listeners would need the secret, which never leaves the box

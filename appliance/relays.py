@@ -45,7 +45,7 @@ import httpx
 import trio
 
 from .engine import Engine, EngineError, Listener
-from .model import RelaySpec
+from .model import RelaySpec, sent_privately
 from .outbound import BodyTooLong, backoff_s, read_body, tls_context
 
 __all__ = ["Relay", "Relays", "RelayError"]
@@ -301,8 +301,13 @@ class Relays:
         host = urlsplit(relay.spec.url).hostname or ""
         try:
             address = await self._resolve(host)
-            await api.connect()
             srtp = relay.spec.srtp == "on" or (relay.spec.srtp == "auto" and not on_lan(address))
+            if srtp and not sent_privately(relay.spec.url):
+                # the key goes in the mountpoint request: beside the RTP it
+                # protects, a capture of plain HTTP would have both
+                raise RelayError("SRTP's key would cross the network in the clear: "
+                                 "reach this relay over https://")
+            await api.connect()
             for sink_id in relay.spec.channels:
                 relay.carried[sink_id] = await self._carry(relay, api, sink_id, address, srtp)
             relay.state, relay.error = "up", None

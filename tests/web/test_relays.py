@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from appliance import relays as relays_module
+
 from support import janus as janus_support
 from support.janus import Janus, JanusClient
 from support.webrtc import open_aiortc_listener, synthetic_offer
@@ -134,6 +136,30 @@ async def test_a_secret_goes_only_over_https_or_to_this_machine(tmp_path: Path):
             "id": "far", "url": "https://192.0.2.7/janus", "channels": ["nope"]})
         assert r.status_code == 404
         assert (await box.client.get("/api/relays")).json() == []
+
+
+@pytest.mark.parametrize("srtp", ["auto", "on"])
+async def test_an_srtp_key_goes_only_over_https_or_to_this_machine(tmp_path: Path, monkeypatch,
+                                                                  srtp):
+    """SRTP's key travels in the mountpoint request, beside the RTP it
+    protects: to a relay off the LAN (auto) or told to use SRTP (on) over
+    plain http://, the box refuses before it sends anything. (The address is
+    never reached; tests may not reach beyond this machine, so "off the LAN"
+    is what the box is told of this one.)"""
+    address = "10.20.30.40"
+    monkeypatch.setattr(relays_module, "on_lan", lambda ip: ip != address)
+    async with open_server(make_config(tmp_path / "box")) as box:
+        r = await box.client.post("/api/relays", json={
+            "id": "far", "url": f"http://{address}:8088/janus", "channels": ["main"],
+            "srtp": srtp})
+        assert r.status_code == 201, r.text
+        with trio.fail_after(10):
+            while not (status := (await box.client.get("/api/relays")).json()[0])["error"]:
+                await trio.sleep(0.05)
+        assert "in the clear" in status["error"] and "https://" in status["error"], status
+        assert status["carried"] == [] and status["state"] != "up"
+        assert (await box.client.delete("/api/relays/far")).status_code == 204
+        assert (await box.wait_idle()) == IDLE
 
 
 async def where(box, sink_id: str = "main", **params) -> dict:
