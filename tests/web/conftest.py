@@ -17,7 +17,6 @@ from appliance.config import AdminConfig, Config, parse_config
 from appliance.passwords import hash_password
 from appliance.service import Service
 from appliance.web import create_app
-from appliance.web.server import Limits
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
 
 SDP = {"Content-Type": "application/sdp"}
@@ -101,19 +100,16 @@ async def heard_hz(server: Server, path: str = "/api/whep/main", *, seconds: flo
 
 @asynccontextmanager
 async def open_server(config: Config, *, service: Service | None = None,
-                      headers: dict[str, str] | None = None,
-                      limits: Limits | None = None) -> AsyncIterator[Server]:
+                      headers: dict[str, str] | None = None) -> AsyncIterator[Server]:
     """Serve ``create_app(config)`` (its lifespan owns engine and service),
     or ``create_app(config, service=service)`` when the test owns one.
-    ``server.client`` sends ``headers`` (default: the admin token);
-    ``limits`` bound the server's connections (default: ``Limits()``)."""
+    ``server.client`` sends ``headers`` (default: the admin token)."""
     app = create_app(config, service=service)
     stop, done = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
         async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await serve(config, app=app, shutdown_trigger=stop.wait, limits=limits,
-                            task_status=task_status)
+                await serve(config, app=app, shutdown_trigger=stop.wait, task_status=task_status)
             finally:
                 done.set()
 
