@@ -240,6 +240,15 @@ class Connection(TCPServer):
         # all; the socket is shut down once they are gone (run's finally).
         self._scope.cancel()
 
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client closed (or the read failed). hypercorn leaves its
+        # keep-alive timer running, so an idle connection kept its task and
+        # fd until the timer ran out; nothing more can come on it. A request
+        # still under way ends as before, then closes.
+        if self._idle:
+            self._scope.cancel()
+
     async def _initiate_server_close(self) -> None:  # the keep-alive timer
         # A timer that ran out as a request came in (its stop cannot cancel
         # the shielded close) must not cut that request's answer: cancelled

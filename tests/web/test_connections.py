@@ -193,6 +193,35 @@ async def test_idle_connections_are_closed(box):
         assert await read_to_eof(asked_once) == b""
 
 
+async def test_connections_the_client_closes_are_released_at_once(tmp_path):
+    """A client's FIN on an idle connection ends it then, not at the
+    keep-alive timeout (hypercorn's timer held each one, and its fd, for the
+    whole keep-alive: 10 s by default)."""
+    config = make_config(tmp_path)
+    limits = dataclasses.replace(LIMITS, keep_alive_s=60.0)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait,
+                                            limits=limits))
+        port = int(binds[0].rsplit(":", 1)[1])
+        # a connection of each kind once, so what is created once exists
+        async with await trio.open_tcp_stream("127.0.0.1", port) as warm:
+            await warm.send_all(HEALTHZ)
+            await read_response(warm)
+        before = open_fds()
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(40)]
+        for stream in streams[::2]:  # half of them asked once, then idle
+            await stream.send_all(HEALTHZ)
+            assert (await read_response(stream))[0] == 200
+        assert open_fds() >= before + 40  # the server holds its ends of them
+        for stream in streams:
+            await stream.aclose()
+        # within the lingering close, far inside the 60 s keep-alive
+        await wait_for(lambda: open_fds() <= before, limits.linger_s + 3,
+                       f"{open_fds() - before} fds still held after the clients closed")
+        stop.set()
+
+
 # --- HTTP/1.1 only (issue 23, item 2): no HTTP/2, in clear or over TLS -------------
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
