@@ -27,6 +27,7 @@ costs a bounded wait per attempt and never touches the box's listeners.
 from __future__ import annotations
 
 import logging
+from functools import partial
 import re
 import ssl
 import time
@@ -41,7 +42,8 @@ from .engine import Engine, EngineError
 from .events import (AnswerFailed, CandidateGathered, ListenerState, ListenerStateChanged,
                      OfferReady)
 from .model import PublicationSpec
-from .outbound import BodyTooLong, backoff_s, read_body, tls_context
+from . import outbound
+from .outbound import AttemptFailed, BodyTooLong, read_body
 
 __all__ = ["Publication", "Publications", "PublicationError", "ice_servers_from_links"]
 
@@ -59,7 +61,6 @@ CONNECT_TIMEOUT_S = 20.0        # from the answer to ICE and DTLS up
 # heard for this long, from a server heard regularly before, ends the attempt:
 # DELETE and a fresh POST with the backoff.
 PEER_SILENT_S = 10.0
-STEADY_S = 30.0                 # connected this long: the next failure starts the backoff over
 MAX_BODY_SHOWN = 300
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_ICE_SERVERS = 4             # the engine's AE_MAX_ICE_SERVERS
@@ -72,7 +73,7 @@ TRICKLE_REFUSED = (httpx.codes.METHOD_NOT_ALLOWED, httpx.codes.UNSUPPORTED_MEDIA
                    httpx.codes.NOT_IMPLEMENTED)
 
 
-class PublicationError(Exception):
+class PublicationError(AttemptFailed):
     """Why an attempt ended (plain text for the admin page)."""
 
 
@@ -271,36 +272,23 @@ class Publications:
     async def _run(self, publication: Publication) -> None:
         try:
             with publication.cancel_scope:
-                failures = 0
-                async with httpx.AsyncClient(verify=tls_context(publication.spec.tls_ca),
-                                             timeout=HTTP_TIMEOUT_S,
-                                             follow_redirects=False) as http:
-                    while True:
-                        publication.attempts += 1
-                        try:
-                            await self._attempt(publication, http)
-                            publication.error = "the connection ended"
-                        except PublicationError as error:
-                            publication.error = str(error)
-                        except (httpx.HTTPError, OSError, ssl.SSLError) as error:
-                            publication.error = f"cannot reach the server: {error}"
-                        except Exception as error:   # whatever a server sends, never the box
-                            log.exception("publication %s: attempt failed", publication.id)
-                            publication.error = f"the attempt failed: {error!r}"[:300]
-                        steady = publication.connected_since is not None and \
-                            time.monotonic() - publication.connected_since >= STEADY_S
-                        failures = 0 if steady else failures + 1
-                        publication.connected_since = None
-                        publication.state = "retrying"
-                        wait = backoff_s(failures)
-                        log.warning("publication %s: %s; again in %d s", publication.id,
-                                    publication.error, wait)
-                        await trio.sleep(wait)
+                async with outbound.client(publication.spec.tls_ca, HTTP_TIMEOUT_S) as http:
+                    await outbound.keep_trying(
+                        partial(self._attempt, publication, http),
+                        name=f"publication {publication.id}", peer="server",
+                        up_since=lambda: publication.connected_since,
+                        failed=partial(self._failed, publication))
         finally:
             publication.state = "stopped"
             publication.done.set()
 
+    @staticmethod
+    def _failed(publication: Publication, why: str) -> None:
+        publication.error, publication.connected_since = why, None
+        publication.state = "retrying"
+
     async def _attempt(self, publication: Publication, http: httpx.AsyncClient) -> None:
+        publication.attempts += 1
         spec = publication.spec
         publication.state = "offering"
         publication.trickled, publication.trickle_error = 0, None

@@ -33,6 +33,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+from functools import partial
 import os
 import secrets
 import ssl
@@ -46,7 +47,8 @@ import trio
 
 from .engine import Engine, EngineError, Listener
 from .model import RelaySpec, sent_privately
-from .outbound import BodyTooLong, backoff_s, read_body, tls_context
+from . import outbound
+from .outbound import AttemptFailed, BodyTooLong, read_body
 
 __all__ = ["Relay", "Relays", "RelayError"]
 
@@ -54,13 +56,12 @@ log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_S = 5.0
 HEALTH_S = 2.0                  # keepalive and viewers this often
-STEADY_S = 30.0                 # up this long: the next failure starts the backoff over
 MAX_REPLY_BYTES = 64 * 1024
 MAX_SHOWN = 300
 OPUS_PT = 111
 
 
-class RelayError(Exception):
+class RelayError(AttemptFailed):
     """Why an attempt ended (plain text for the admin page)."""
 
 
@@ -268,35 +269,22 @@ class Relays:
     async def _run(self, relay: Relay) -> None:
         try:
             with relay.cancel_scope:
-                failures = 0
-                async with httpx.AsyncClient(verify=tls_context(relay.spec.tls_ca),
-                                             timeout=HTTP_TIMEOUT_S,
-                                             follow_redirects=False) as http:
-                    while True:
-                        relay.attempts += 1
-                        try:
-                            await self._attempt(relay, JanusApi(http, relay.spec))
-                        except RelayError as error:
-                            relay.error = str(error)
-                        except (httpx.HTTPError, OSError, ssl.SSLError) as error:
-                            relay.error = f"cannot reach the relay: {error}"[:MAX_SHOWN]
-                        except Exception as error:   # whatever a relay sends, never the box
-                            log.exception("relay %s: attempt failed", relay.id)
-                            relay.error = f"the attempt failed: {error!r}"[:MAX_SHOWN]
-                        steady = relay.up_since is not None and \
-                            time.monotonic() - relay.up_since >= STEADY_S
-                        failures = 0 if steady else failures + 1
-                        relay.up_since = None
-                        relay.state = "unhealthy"
-                        self._checked(relay)
-                        wait = backoff_s(failures)
-                        log.warning("relay %s: %s; again in %d s", relay.id, relay.error, wait)
-                        await trio.sleep(wait)
+                async with outbound.client(relay.spec.tls_ca, HTTP_TIMEOUT_S) as http:
+                    api = JanusApi(http, relay.spec)
+                    await outbound.keep_trying(
+                        partial(self._attempt, relay, api), name=f"relay {relay.id}",
+                        peer="relay", up_since=lambda: relay.up_since,
+                        failed=partial(self._failed, relay))
         finally:
             relay.state = "stopped"
             relay.done.set()
 
+    def _failed(self, relay: Relay, why: str) -> None:
+        relay.error, relay.up_since, relay.state = why, None, "unhealthy"
+        self._checked(relay)
+
     async def _attempt(self, relay: Relay, api: JanusApi) -> None:
+        relay.attempts += 1
         relay.state = "connecting"
         host = urlsplit(relay.spec.url).hostname or ""
         try:

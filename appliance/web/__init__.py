@@ -25,7 +25,7 @@ from ..errors import ApplianceError, NotFoundError
 from ..service import Service, open_service
 from ..admin_auth import AdminAuth
 from . import (admin, auth, devices, events, hat_controls, health, listening, login, metrics,
-               publications, relays, signs, ui, update, venue, whep, whip)
+               outbound, signs, ui, update, venue, whep, whip)
 from .common import plain
 from .errors import error_response, http_error_response
 from .streaming import StreamingConnection, StreamingRequest
@@ -39,8 +39,8 @@ PACKAGE = Path(__file__).resolve().parent.parent
 BLUEPRINTS: list[Blueprint] = [
     whep.blueprint,
     whip.blueprint,
-    publications.blueprint,
-    relays.blueprint,
+    outbound.publications,
+    outbound.relays,
     admin.blueprint,
     events.blueprint,
     hat_controls.blueprint,
