@@ -50,6 +50,9 @@ import httpx
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests")]
+from support import janus  # noqa: E402  (the tests' Janus config)
+
 LOADGEN_DIR = ROOT / "bench" / "loadgen"
 LOADGEN = LOADGEN_DIR / "loadgen"
 TOKEN = "bench-token-0123456789"
@@ -672,12 +675,6 @@ async def main_async(args: argparse.Namespace) -> None:
 
 # ---- Janus -------------------------------------------------------------------------
 
-JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
-JANUS_PLUGINS_OFF = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip",
-                     "textroom", "videocall", "videoroom", "voicemail")
-JANUS_TRANSPORTS_OFF = ("mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets")
-
-
 def free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
@@ -696,31 +693,10 @@ def host_address() -> str:
 
 def write_janus_config(conf: Path, http_port: int, audio_port: int, lite: bool,
                        address: str) -> Path:
-    conf.mkdir()
-    off = ",".join(f"libjanus_{p}.so" for p in JANUS_PLUGINS_OFF)
-    toff = ",".join(f"libjanus_{t}.so" for t in JANUS_TRANSPORTS_OFF)
-    (conf / "janus.jcfg").write_text(f"""general: {{
-  configs_folder = "{conf}"
-  plugins_folder = "{JANUS_LIB}/plugins"
-  transports_folder = "{JANUS_LIB}/transports"
-  events_folder = "{JANUS_LIB}/events"
-  loggers_folder = "{JANUS_LIB}/loggers"
-  debug_level = 3
-  session_timeout = 0
-}}
-certificates: {{}}
-media: {{ rtp_port_range = "20000-60000" }}
-nat: {{ ice_lite = {"true" if lite else "false"}, ice_enforce_list = "{address}" }}
-plugins: {{ disable = "{off}" }}
-transports: {{ disable = "{toff}" }}
-loggers: {{ disable = "libjanus_jsonlog.so" }}
-events: {{ broadcast = false }}
-""")
-    (conf / "janus.transport.http.jcfg").write_text(
-        f'general: {{ json = "plain", base_path = "/janus", http = true, port = {http_port}, '
-        f'ip = "127.0.0.1", https = false }}\nadmin: {{ admin_http = false }}\n')
-    (conf / "janus.plugin.streaming.jcfg").write_text(f"""general: {{ events = false }}
-tone: {{
+    """The tests' Janus config with one static Opus mountpoint fed on
+    ``audio_port``, no session timeout and less logging."""
+    return janus.write_config(conf, http_port, ice=address, lite=lite, session_timeout_s=0,
+                              debug_level=3, mountpoints=f"""tone: {{
   type = "rtp"
   id = 1
   description = "tone"
@@ -732,7 +708,6 @@ tone: {{
   audiortpmap = "opus/48000/2"
 }}
 """)
-    return conf / "janus.jcfg"
 
 
 class JanusServer(Server):

@@ -37,10 +37,13 @@ VIDEOROOM = 1234   # the one room a VideoRoom Janus has (a WHIP ingest's backend
 
 
 def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key: str = "",
-                 ice: str = "127.0.0.1", ws_port: int = 0) -> Path:
+                 ice: str = "127.0.0.1", ws_port: int = 0, lite: bool = False,
+                 session_timeout_s: int = 60, debug_level: int = 4,
+                 mountpoints: str = "") -> Path:
     """``ws_port``: the VideoRoom plugin on (room VIDEOROOM, Opus audio)
     and the WebSocket transport on that port, as simple-whip-server
-    talks to Janus."""
+    talks to Janus. ``lite``: ICE-lite; ``mountpoints``: the streaming
+    plugin's static ones, in its config's syntax (the benchmarks')."""
     conf.mkdir(parents=True, exist_ok=True)
     plugins_off = tuple(n for n in PLUGINS_OFF if not (ws_port and n == "videoroom"))
     transports_off = tuple(n for n in TRANSPORTS_OFF if not (ws_port and n == "websockets"))
@@ -55,13 +58,13 @@ def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key:
   transports_folder = "{JANUS_LIB}/transports"
   events_folder = "{JANUS_LIB}/events"
   loggers_folder = "{JANUS_LIB}/loggers"
-  debug_level = 4
-  session_timeout = 60
+  debug_level = {debug_level}
+  session_timeout = {session_timeout_s}
   {secret}
 }}
 certificates: {{}}
 media: {{ rtp_port_range = "20000-40000" }}
-nat: {{ ice_enforce_list = "{ice}" }}
+nat: {{ ice_lite = {"true" if lite else "false"}, ice_enforce_list = "{ice}" }}
 plugins: {{ disable = "{off('', plugins_off)}" }}
 transports: {{ disable = "{off('', transports_off)}" }}
 loggers: {{ disable = "libjanus_jsonlog.so" }}
@@ -71,7 +74,8 @@ events: {{ broadcast = false, disable = "{off('', EVENTS_OFF)}" }}
         f'general: {{ json = "plain", base_path = "/janus", http = true, port = {http_port}, '
         f'ip = "127.0.0.1", https = false }}\nadmin: {{ admin_http = false }}\n')
     key = f', admin_key = "{admin_key}"' if admin_key else ""
-    (conf / "janus.plugin.streaming.jcfg").write_text(f"general: {{ events = false{key} }}\n")
+    (conf / "janus.plugin.streaming.jcfg").write_text(
+        f"general: {{ events = false{key} }}\n{mountpoints}")
     if ws_port:
         (conf / "janus.transport.websockets.jcfg").write_text(
             f'general: {{ json = "plain", ws = true, ws_port = {ws_port}, ws_ip = "127.0.0.1", '
