@@ -7,6 +7,7 @@ what is not Scream, or another program's stream is dropped and counted
 while the listener goes on hearing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -57,6 +58,15 @@ async def heard_hz(engine, sink: str = "main", *, seconds: float) -> float:
     return heard
 
 
+@pytest.fixture
+async def closes():   # async: a trio socket is closed inside the run
+    """``closes(thing)``: ``thing`` (a sender, a socket) is closed however the
+    test ends; one a failed test left to the garbage collector failed a
+    later test with its ResourceWarning."""
+    with contextlib.ExitStack() as stack:
+        yield lambda thing: stack.enter_context(contextlib.closing(thing))
+
+
 async def until(engine, source: str, predicate, timeout: float = 10.0):
     """The source's stats once ``predicate`` holds for them."""
     with trio.fail_after(timeout):
@@ -67,25 +77,24 @@ async def until(engine, source: str, predicate, timeout: float = 10.0):
 
 @pytest.mark.parametrize("rate, bits, channels", [(48000, 16, 2), (44100, 24, 2), (96000, 32, 1),
                                                   (48000, 24, 5)])
-async def test_a_scream_stream_is_heard_by_a_listener(rate, bits, channels):
+async def test_a_scream_stream_is_heard_by_a_listener(rate, bits, channels, closes):
     """Every width and a rate that needs resampling; 24-bit 5-channel frames
     (15 bytes) straddle the 1152-byte datagrams."""
     port = free_udp_port()
     async with open_engine(LEAN) as engine:
         await scream_graph(engine, port)
-        sender = ScreamSender("127.0.0.1", port, rate=rate, bits=bits, channels=channels)
+        sender = closes(ScreamSender("127.0.0.1", port, rate=rate, bits=bits, channels=channels))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             stats = await until(engine, "net", lambda s: s.buffered_ms is not None)
             assert (stats.rate, stats.bits, stats.channels) == (rate, bits, channels)
             assert abs(await heard_hz(engine, seconds=0.5) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
-        sender.close()
         stats = engine.net_source_stats("net")
         assert stats.sender == "127.0.0.1" and stats.refused == stats.malformed == 0
 
 
-async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
+async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency(closes):
     """Two senders, one 1000 ppm fast and one 1000 ppm slow, each into a
     source of its own: the resampler's steering settles at the drift (with
     the sign that holds the buffer), and the buffer stays at its 20 ms
@@ -94,8 +103,8 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
     async with open_engine(LEAN) as engine:
         for name, port in zip(("fast", "slow"), ports, strict=True):
             await scream_graph(engine, port, source=name, sink=name)
-        senders = [ScreamSender("127.0.0.1", ports[0], speed=1.001),
-                   ScreamSender("127.0.0.1", ports[1], speed=0.999)]
+        senders = [closes(ScreamSender("127.0.0.1", ports[0], speed=1.001)),
+                   closes(ScreamSender("127.0.0.1", ports[1], speed=0.999))]
         async with trio.open_nursery() as nursery:
             for sender in senders:
                 nursery.start_soon(sender.run)
@@ -106,8 +115,6 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
                     samples[name].append(engine.net_source_stats(name))
                 await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
-        for sender in senders:
-            sender.close()
     for name, drift in (("fast", 1000), ("slow", -1000)):
         ppm = statistics.mean(s.correction_ppm for s in samples[name])
         buffered = statistics.mean(s.buffered_ms for s in samples[name])
@@ -117,12 +124,12 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency():
         assert all(s.resyncs == 0 for s in samples[name])
 
 
-async def test_what_allow_from_does_not_name_is_dropped_and_counted():
+async def test_what_allow_from_does_not_name_is_dropped_and_counted(closes):
     port = free_udp_port()
     async with open_engine(LEAN) as engine:
         await scream_graph(engine, port)                       # 127.0.0.1 only
-        stranger = ScreamSender("127.0.0.1", port, source="127.0.0.2", hz=440.0)
-        friend = ScreamSender("127.0.0.1", port)
+        stranger = closes(ScreamSender("127.0.0.1", port, source="127.0.0.2", hz=440.0))
+        friend = closes(ScreamSender("127.0.0.1", port))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stranger.run)
             stats = await until(engine, "net", lambda s: s.refused >= 20)
@@ -134,22 +141,20 @@ async def test_what_allow_from_does_not_name_is_dropped_and_counted():
         other = free_udp_port()
         await engine.add_source("closed", SourceSpec(kind="scream", address="127.0.0.1",
                                                      port=other))
-        sender = ScreamSender("127.0.0.1", other)
+        sender = closes(ScreamSender("127.0.0.1", other))
         await sender.run(packets=10)
         stats = await until(engine, "closed", lambda s: s.refused == 10)
         assert stats.packets == 0
-        for s in (stranger, friend, sender):
-            s.close()
 
 
-async def test_junk_on_the_port_is_counted_and_the_listener_goes_on_hearing():
+async def test_junk_on_the_port_is_counted_and_the_listener_goes_on_hearing(closes):
     """Every size from 0 to 2,000 bytes and a flood of the right size with
     absurd headers, from an allowed address, while the stream plays."""
     port = free_udp_port()
     async with open_engine(LEAN) as engine:
         await scream_graph(engine, port)
-        sender = ScreamSender("127.0.0.1", port)
-        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = closes(ScreamSender("127.0.0.1", port))
+        junk = closes(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         junk.bind(("127.0.0.1", 0))
         rng = random.Random(7)
         async with trio.open_nursery() as nursery:
@@ -171,15 +176,13 @@ async def test_junk_on_the_port_is_counted_and_the_listener_goes_on_hearing():
                 assert abs(dominant_frequency(await peer.record(0.5)) - 1000.0) < 3.0
                 await listener.aclose()
             nursery.cancel_scope.cancel()
-        junk.close()
-        sender.close()
 
 
-async def test_a_sender_that_changes_format_or_restarts_is_followed():
+async def test_a_sender_that_changes_format_or_restarts_is_followed(closes):
     port = free_udp_port()
     async with open_engine(LEAN) as engine:
         await scream_graph(engine, port)
-        sender = ScreamSender("127.0.0.1", port)
+        sender = closes(ScreamSender("127.0.0.1", port))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sender.run)
             async with open_aiortc_listener() as peer:
@@ -192,7 +195,8 @@ async def test_a_sender_that_changes_format_or_restarts_is_followed():
                 # a restart: a new sender socket (another port), the same format
                 nursery.cancel_scope.cancel()
         sender.close()
-        restarted = ScreamSender("127.0.0.1", port, rate=44100, bits=24, channels=1, hz=700.0)
+        restarted = closes(ScreamSender("127.0.0.1", port, rate=44100, bits=24, channels=1,
+                                        hz=700.0))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(restarted.run)
             async with open_aiortc_listener() as peer:
@@ -201,17 +205,16 @@ async def test_a_sender_that_changes_format_or_restarts_is_followed():
                 assert abs(dominant_frequency(await peer.record(0.5)) - 700.0) < 3.0
                 await listener.aclose()
             nursery.cancel_scope.cancel()
-        restarted.close()
         assert engine.net_source_stats("net").format_changes == 1
 
 
-async def test_per_process_scream_takes_its_program_only():
+async def test_per_process_scream_takes_its_program_only(closes):
     port = free_udp_port()
     async with open_engine(LEAN) as engine:
         await scream_graph(engine, port, program="vlc.exe")
-        vlc = ScreamSender("127.0.0.1", port, program=b"vlc.exe", hz=1000.0)
-        game = ScreamSender("127.0.0.1", port, program=b"game.exe", hz=440.0)
-        plain = ScreamSender("127.0.0.1", port, hz=440.0)
+        vlc = closes(ScreamSender("127.0.0.1", port, program=b"vlc.exe", hz=1000.0))
+        game = closes(ScreamSender("127.0.0.1", port, program=b"game.exe", hz=440.0))
+        plain = closes(ScreamSender("127.0.0.1", port, hz=440.0))
         async with trio.open_nursery() as nursery:
             for sender in (vlc, game, plain):
                 nursery.start_soon(sender.run)
@@ -219,8 +222,6 @@ async def test_per_process_scream_takes_its_program_only():
             assert abs(await heard_hz(engine, seconds=0.5) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
         assert engine.net_source_stats("net").program_refused == "game.exe"
-        for sender in (vlc, game, plain):
-            sender.close()
 
 
 async def test_a_source_that_cannot_have_its_port_says_why():
@@ -382,7 +383,7 @@ async def test_a_new_ssrc_or_a_far_sequence_number_is_a_new_stream():
         assert stats.restarts == 3 and stats.lost == 0
 
 
-async def test_malformed_rtp_is_counted_and_the_stream_goes_on():
+async def test_malformed_rtp_is_counted_and_the_stream_goes_on(closes):
     port = free_udp_port()
     good = Tone().payload(48)
     bad = [b"", b"\x80" * 11,                                   # shorter than a header
@@ -394,7 +395,7 @@ async def test_malformed_rtp_is_counted_and_the_stream_goes_on():
            packet(1, 0, 1, 96, good[:-1])]                      # not whole frames
     async with open_engine(LEAN) as engine:
         await rtp_graph(engine, port)
-        junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        junk = closes(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         junk.bind(("127.0.0.1", 0))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_pattern, port, list(range(800)))
@@ -406,7 +407,6 @@ async def test_malformed_rtp_is_counted_and_the_stream_goes_on():
             assert stats.other_program == 1
             assert abs(await heard_hz(engine, seconds=0.3) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
-        junk.close()
         assert engine.net_source_stats("net").restarts == 0
 
 
@@ -486,7 +486,7 @@ async def test_a_source_whose_stream_stops_is_lost_and_comes_back_by_itself():
         assert stats.jitter_ms > 0 and stats.reordered == 0   # measured (a Python sender's)
 
 
-async def test_a_flood_on_one_sources_port_stalls_neither_the_mixer_nor_another_source():
+async def test_a_flood_on_one_sources_port_stalls_neither_the_mixer_nor_another_source(closes):
     """A stranger floods one network source's port (from an address it does
     not allow, and from one it does with junk) as fast as this process can
     send, while a listener hears a channel fed by another network source:
@@ -496,10 +496,10 @@ async def test_a_flood_on_one_sources_port_stalls_neither_the_mixer_nor_another_
         await scream_graph(engine, played)
         await engine.add_source("victim", SourceSpec(kind="scream", address="127.0.0.1",
                                                      port=flooded, allow_from=("127.0.0.1",)))
-        sender = ScreamSender("127.0.0.1", played)
-        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = closes(ScreamSender("127.0.0.1", played))
+        stranger = closes(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         stranger.bind(("127.0.0.2", 0))
-        insider = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        insider = closes(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         insider.bind(("127.0.0.1", 0))
         junk = os.urandom(1157)
         async with trio.open_nursery() as nursery:
@@ -521,9 +521,6 @@ async def test_a_flood_on_one_sources_port_stalls_neither_the_mixer_nor_another_
                 rate = (peer.packets_received - before) / (trio.current_time() - started)
                 await listener.aclose()
             nursery.cancel_scope.cancel()
-        stranger.close()
-        insider.close()
-        sender.close()
         victim = engine.net_source_stats("victim")
     print(f"\nflood: {victim.refused} refused, {victim.malformed} malformed; "
           f"the other channel {rate:.0f} packets/s")
