@@ -74,16 +74,15 @@ def emit(**message: object) -> None:
 
 async def listen(client: httpx.AsyncClient, ident: int) -> None:
     """One listener until cancelled; every path it starts playing is
-    reported (``start``: its first request; ``first``: the path's first
-    packet, both time.monotonic(), one clock for every process)."""
+    reported (``first``: the path's first packet, time.monotonic(): one
+    clock for every process)."""
     listener = RelayAwareListener(client, CHANNEL, open_aiortc_listener)
-    start = time.monotonic()
 
     async def report_paths() -> None:
         while True:
             switched = listener.switched      # made anew at every path
             await switched.wait()
-            emit(event="play", id=ident, where=listener.where, start=start,
+            emit(event="play", id=ident, where=listener.where,
                  first=listener.peer.first_packet_time)
 
     async with trio.open_nursery() as nursery:
@@ -140,7 +139,6 @@ class ListenerWorkers:
 
     def __init__(self) -> None:
         self.processes: list[trio.Process] = []
-        self.start: dict[int, float] = {}
         self.paths: dict[int, list[tuple[str, float]]] = {}
         self.errors: dict[int, str] = {}
         self.ready = self.left = 0
@@ -179,7 +177,6 @@ class ListenerWorkers:
     def _dispatch(self, message: dict) -> None:
         event = message["event"]
         if event == "play":
-            self.start.setdefault(message["id"], message["start"])
             self.paths.setdefault(message["id"], []).append((message["where"], message["first"]))
         elif event == "error":
             self.errors[message["id"]] = message["message"]
