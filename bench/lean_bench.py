@@ -317,12 +317,15 @@ def transport_setting() -> tuple[str, str] | None:
 
 
 async def start_appliance(tmp: Path, transport: str | None, max_listeners: int,
-                          server_settings: str = "") -> tuple[trio.Process, str]:
+                          server_settings: str = "", *, ice_address: str = "127.0.0.1",
+                          more_tables: str = "") -> tuple[trio.Process, str]:
     """The appliance in its own process; ``server_settings``: more lines for
-    its ``[server]`` table."""
+    its ``[server]`` table; ``ice_address``: the one address its WebRTC
+    gathers on; ``more_tables``: more TOML tables at the end of its config
+    (``[[relays]]``)."""
     config = tmp / "bench.toml"
     # any free UDP port for the lean transport: another appliance may hold 8443
-    tables = {"engine": f'ice_addresses = ["127.0.0.1"]\nmax_listeners = {max_listeners}\n'
+    tables = {"engine": f'ice_addresses = ["{ice_address}"]\nmax_listeners = {max_listeners}\n'
                         f'lean_port = 0\n',
               # one load generator is one client address holding every listener
               "server": f'host = "127.0.0.1"\nmax_listeners = {max_listeners}\n'
@@ -340,7 +343,8 @@ async def start_appliance(tmp: Path, transport: str | None, max_listeners: int,
         f'[engine]\n{tables["engine"]}'
         f'[[sources]]\nid = "tone"\nname = "Tone"\nkind = "tone"\ntone_hz = {TONE_HZ}\n'
         f'[[sinks]]\nid = "main"\nname = "Main"\nkind = "opus"\n'
-        f'[[routes]]\nid = "tone-main"\nsource_id = "tone"\nsink_id = "main"\n')
+        f'[[routes]]\nid = "tone-main"\nsource_id = "tone"\nsink_id = "main"\n'
+        + more_tables)
     notify_path = tmp / "notify"
     notify = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     await notify.bind(str(notify_path))
@@ -546,15 +550,19 @@ async def run_server(server: Server, levels: list[int], window: float, burst: in
             "threads_after": threads_after, "pitches": pitches, "leave_errors": leave_errors}
 
 
+def line_slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x for (x, y) points."""
+    if len(points) < 2:
+        return float("nan")
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    den = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / den if den else float("nan")
+
+
 def slope(rows: list[Row], attr: str) -> float:
     """Least-squares slope of ``attr`` over N."""
-    xs = [r.n for r in rows]
-    ys = [getattr(r, attr) for r in rows]
-    if len(xs) < 2:
-        return float("nan")
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
+    return line_slope([(r.n, getattr(r, attr)) for r in rows])
 
 
 def report(name: str, result: dict[str, Any]) -> None:
@@ -716,9 +724,11 @@ class JanusServer(Server):
     one Janus session per burst (one long poll each) to keep the Python side
     light; each has its own handle, PeerConnection, ICE agent and DTLS."""
 
-    def __init__(self, *args: Any, nursery: trio.Nursery, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, nursery: trio.Nursery, mountpoint: int = 1,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.nursery = nursery
+        self.mountpoint = mountpoint
         self.janus_sessions: dict[int, int] = {}      # burst number -> session id
         self.pending: dict[str, trio.MemorySendChannel] = {}
         self.tx = 0
@@ -762,7 +772,8 @@ class JanusServer(Server):
         await gate.wait()
         t0 = time.monotonic()
         self.pending[f"t{self.tx + 1}"] = send
-        await self._post(handle, {"janus": "message", "body": {"request": "watch", "id": 1}})
+        await self._post(handle, {"janus": "message", "body": {"request": "watch",
+                                                                "id": self.mountpoint}})
         with trio.fail_after(10):
             event = await receive.receive()
         t_offer = time.monotonic()

@@ -28,19 +28,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import trio  # noqa: E402
 
 from lean_bench import (  # noqa: E402
-    TOKEN, ApplianceServer, Loadgen, add_burst, appliance_client, leave_all, measure_window, pct,
-    proc_sample, start_appliance, stop_process,
+    TOKEN, ApplianceServer, Loadgen, add_burst, appliance_client, leave_all, line_slope,
+    measure_window, pct, proc_sample, start_appliance, stop_process,
 )
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def slope(points: list[tuple[int, float]]) -> float:
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    den = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / den if den else float("nan")
 
 
 async def levels_on(server: ApplianceServer, levels: list[int], window: float,
@@ -109,9 +101,11 @@ async def main_async(args: argparse.Namespace) -> None:
     print("| --- | --- | --- | --- |")
     for (n, b_cpu, a_cpu), (_, a_direct, _) in zip(relayed, served, strict=True):
         print(f"| {n} | {a_cpu:.2f} % | {b_cpu:.2f} % | {a_direct:.2f} % |")
-    print(f"slope per listener: A while B relays {slope([(n, a) for n, _, a in relayed]):+.4f} "
-          f"%/listener; B {slope([(n, b) for n, b, _ in relayed]):+.4f}; "
-          f"A serving them {slope([(n, a) for n, a, _ in served]):+.4f}")
+    a_relayed = line_slope([(n, a) for n, _, a in relayed])
+    b_relaying = line_slope([(n, b) for n, b, _ in relayed])
+    a_serving = line_slope([(n, a) for n, a, _ in served])
+    print(f"slope per listener: A while B relays {a_relayed:+.4f} %/listener; "
+          f"B {b_relaying:+.4f}; A serving them {a_serving:+.4f}")
     for name, t in (("relay B", relay_times), ("box A", direct_times)):
         first = t["first_audio"]
         print(f"POST -> first audio on {name}: p50 {1000 * pct(first, 50):.0f} ms, "

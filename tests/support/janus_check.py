@@ -43,7 +43,12 @@ def namespace() -> None:
                     f"ip addr add {ADDRESS}/24 dev d0", "ip link set d1 up",
                     "ip link set d0 up"):
         subprocess.run(command.split(), check=True, env=TOOL_ENV)
-    # every peer here gathers on d0 only (tests/support/webrtc.py: loopback)
+    gather_on_address()
+
+
+def gather_on_address() -> None:
+    """This process's aiortc peers gather on d0 only (tests/support/webrtc.py:
+    loopback); each process of the namespace that holds peers calls it."""
     aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=True: [ADDRESS]
     assert webrtc.aioice.ice.get_host_addresses is aioice.ice.get_host_addresses
 
