@@ -55,7 +55,7 @@ async def test_two_boxes_find_each_other_through_avahi_and_its_goodbye():
     drops B GONE_AFTER_S after its last answer)."""
     heard = await check()
     assert_sees_each_other(heard)
-    assert heard["browse_gone_s"] < 5, heard
+    assert heard["browse_gone_s"] < 10, heard   # not the records' TTL (120 s and more)
 
 
 @pytest.mark.slow
