@@ -219,10 +219,6 @@ def seen(found: Page, html: str, other: Side) -> dict:
             "other_name": other.name in html}
 
 
-def lists(other: Side) -> Callable[[Page], bool]:
-    return lambda found: other.base in found.boxes
-
-
 async def box_b(folder: Path) -> None:
     """B's namespace: up once vb0 is here; says what its /venue shows; when
     told, stops its avahi-daemon, then its box (the namespace and the link
@@ -236,7 +232,7 @@ async def box_b(folder: Path) -> None:
     if not await told("go"):
         return
     async with announced_box(B, folder, B_GRAPH) as box:
-        found, html = await venue_until(box, lists(A), timeout=30)
+        found, html = await venue_until(box, lambda p: A.base in p.boxes, timeout=30)
         print(json.dumps(seen(found, html, A)), flush=True)
         if not await told("stop avahi"):
             return
