@@ -15,7 +15,6 @@ only by A's own loop at its shipped intervals, drops B. Prints JSON.
     unshare -n python tests/support/venue_avahi_check.py [--until-gone]"""
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -108,25 +107,21 @@ def run(*commands: str) -> None:
         subprocess.run(command.split(), check=True, env=TOOL_ENV)
 
 
-def die_with_parent() -> None:
-    """In a child before exec: SIGTERM when this process ends, however it
-    ends (daemons would otherwise outlive it, holding the namespace)."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-
-
-async def open_daemon(command: list[str], log: Path, **options) -> trio.Process:
+async def open_daemon(command: list[str], log: Path) -> trio.Process:
     with open(log, "wb") as out:
-        return await trio.lowlevel.open_process(command, stdout=out, stderr=out, env=TOOL_ENV,
-                                                preexec_fn=die_with_parent, **options)
+        return await trio.lowlevel.open_process(command, stdout=out, stderr=out, env=TOOL_ENV)
 
 
 async def end(process: trio.Process) -> None:
+    """SIGTERM (avahi-daemon says goodbye), then SIGKILL after 10 s; waited
+    for even when cancelled: no daemon outlives its namespace's script."""
     process.terminate()
-    with trio.move_on_after(10) as waited:
-        await process.wait()
-    if waited.cancelled_caught:
-        process.kill()
-        await process.wait()
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(10) as waited:
+            await process.wait()
+        if waited.cancelled_caught:
+            process.kill()
+            await process.wait()
 
 
 class Lines:
@@ -172,8 +167,7 @@ async def announced_box(side: Side, folder: Path, graph: dict | None = None
                                                          interface=side.interface))
     bus = await trio.lowlevel.open_process(
         ["dbus-daemon", "--nofork", "--print-address=1", f"--config-file={folder / 'bus.conf'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=TOOL_ENV,
-        preexec_fn=die_with_parent)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=TOOL_ENV)
     try:
         with trio.fail_after(10):   # it prints its address once it listens
             address = (await Lines(bus.stdout).next()).strip()
@@ -249,7 +243,7 @@ async def box_a(folder: Path, until_gone: bool) -> dict:
     run("ip link set lo up")
     side = await trio.lowlevel.open_process(
         ["unshare", "-n", sys.executable, __file__, "box-b", str(folder / "b")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=die_with_parent)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     out: dict = {}
     try:
         lines = Lines(side.stdout)
@@ -286,7 +280,7 @@ async def box_a(folder: Path, until_gone: bool) -> dict:
                 out["after"] = found.boxes
     finally:
         side.stdin.close()   # B cleans up and ends; or else it is made to
-        with trio.move_on_after(20):
+        with trio.CancelScope(shield=True), trio.move_on_after(20):
             await side.wait()
         await end(side)
         await side.stdout.aclose()
@@ -294,6 +288,10 @@ async def box_a(folder: Path, until_gone: bool) -> dict:
 
 
 if __name__ == "__main__":
+    # SIGTERM (the test cancelled) as Ctrl-C: trio raises KeyboardInterrupt
+    # in the main task, and every finally above ends its daemons (B, whose
+    # stdin then closes, ends its own)
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     if sys.argv[1:2] == ["box-b"]:
         trio.run(box_b, Path(sys.argv[2]))
     else:

@@ -28,9 +28,18 @@ pytestmark = [
 ]
 
 
+async def stop_gently(process: trio.Process) -> None:
+    """Cancelled: SIGTERM, and time for the script to end its daemons and B."""
+    process.terminate()
+    with trio.move_on_after(40):
+        await process.wait()
+    process.kill()
+
+
 async def check(*args: str) -> dict:
     done = await trio.run_process(["unshare", "-n", sys.executable, str(SCRIPT), *args],
-                                  capture_stdout=True, capture_stderr=True, check=False)
+                                  capture_stdout=True, capture_stderr=True, check=False,
+                                  deliver_cancel=stop_gently)
     assert done.returncode == 0, done.stderr.decode()[-12000:]   # with the daemons' logs
     return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
