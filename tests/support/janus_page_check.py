@@ -1,10 +1,12 @@
 """The listen page on a Janus relay, in Chromium, in a network namespace of
 the test's own (tests/e2e/test_relay_page.py starts this under ``unshare
--n``; see janus_check.py for why): a "relays first" channel, two Janus relays
-on d0 (10.98.0.1). The page plays a relay with Debian's janus.js and hears
-440 Hz in stereo-capable Opus (Janus's offer carries stereo=1); the relay is
-killed and the page is back on air from the other one, saying
-"reconnecting" meanwhile. Prints JSON.
+-n``; see janus_check.py for why): a "relays first" stereo channel (440 Hz
+on the left, 660 Hz on the right: tests/support/ears.py), two Janus relays
+on d0 (10.98.0.1). The page plays a relay with Debian's janus.js into a
+PulseAudio null sink, and each ear hears its own side (Janus's offer and the
+page's answer carry stereo=1); the relay is killed and the page is back on
+air from the other one, each ear still on its side, saying "reconnecting"
+meanwhile. Prints JSON.
 
     unshare -n python tests/support/janus_page_check.py"""
 from __future__ import annotations
@@ -23,6 +25,8 @@ import trio  # noqa: E402
 from support.janus import Janus  # noqa: E402
 from support.janus_check import namespace, relay_status  # noqa: E402
 from tests.e2e.conftest import Browser  # noqa: E402
+from tests.support.audio_sim import PulseDaemon  # noqa: E402
+from tests.support.ears import STEREO_CHANNEL, hear, stereo_file  # noqa: E402
 from tests.web.conftest import make_config, open_server  # noqa: E402
 
 WATCH = """() => {
@@ -33,8 +37,10 @@ WATCH = """() => {
 }"""
 ON_RELAY = """([avoid]) => { const s = window.applianceDebug.state('main');
   const st = window.applianceDebug.stats('main');
-  return s && s.state === 'playing' && s.relay && s.relay !== avoid
+  return s && s.state === 'playing' && !s.paused && s.relay && s.relay !== avoid
     && st && st.packetsReceived > 10; }"""
+# an fmtp line with stereo=1 (not just sprop-stereo=1), as a JS regex
+STEREO = r"/^a=fmtp:\d+ (.*[;\s])?stereo=1(;|\s|$)/m"
 
 
 async def main(tmp: Path) -> dict:
@@ -42,9 +48,14 @@ async def main(tmp: Path) -> dict:
     for janus in relays.values():
         await janus.start()
     out: dict = {}
-    browser = await trio.to_thread.run_sync(lambda: Browser(tmp / "chromium"))
+    pulse = PulseDaemon(tmp / "pulse")
+    browser = None
     try:
-        async with open_server(make_config(tmp / "box")) as box:
+        pulse.start()
+        browser = await trio.to_thread.run_sync(
+            lambda: Browser(tmp / "chromium", pulse_server=f"unix:{pulse.socket}"))
+        stereo_file(tmp / "box" / "media")
+        async with open_server(make_config(tmp / "box", data=STEREO_CHANNEL)) as box:
             for name, janus in relays.items():
                 r = await box.client.post("/api/relays", json={
                     "id": name, "url": janus.url, "channels": ["main"]})
@@ -60,12 +71,12 @@ async def main(tmp: Path) -> dict:
                 page.evaluate(WATCH)
                 page.click('.channel[data-sink="main"] button.listen')
                 page.wait_for_function(ON_RELAY, arg=[None], timeout=20000)
-                heard = page.evaluate("applianceDebug.analyse('main', 500)")
-                sdp = page.evaluate("applianceDebug.cards.get('main').player.pc"
-                                    ".remoteDescription.sdp")
+                pc = "applianceDebug.cards.get('main').player.pc"
                 b.page = page
                 return {"relay": page.evaluate("applianceDebug.state('main').relay"),
-                        "hz": heard["frequencyHz"], "stereo_offered": "stereo=1" in sdp}
+                        "ears": hear(pulse.socket),
+                        "stereo_offered": page.evaluate(f"{STEREO}.test({pc}.remoteDescription.sdp)"),
+                        "stereo_answered": page.evaluate(f"{STEREO}.test({pc}.localDescription.sdp)")}
             out["first"] = await browser.call(play)
             out["box_listeners"] = (await box.client.get("/api/status")).json()[
                 "listeners"]["total"]
@@ -76,9 +87,8 @@ async def main(tmp: Path) -> dict:
             def back(b: Browser) -> dict:
                 b.page.wait_for_function(ON_RELAY, arg=[lost], timeout=20000, polling=20)
                 again = time.monotonic()
-                heard = b.page.evaluate("applianceDebug.analyse('main', 500)")
                 return {"relay": b.page.evaluate("applianceDebug.state('main').relay"),
-                        "at": again, "hz": heard["frequencyHz"],
+                        "at": again, "ears": hear(pulse.socket),
                         "states": b.page.evaluate("window.__states")}
             after = await browser.call(back)
             out["failover_s"] = after.pop("at") - killed
@@ -87,7 +97,9 @@ async def main(tmp: Path) -> dict:
             out["lost_state"] = (await relay_status(box, lost, lambda s: s["state"] != "up",
                                                     timeout=5))["state"]
     finally:
-        await trio.to_thread.run_sync(browser.close)
+        if browser is not None:
+            await trio.to_thread.run_sync(browser.close)
+        pulse.stop()
         for janus in relays.values():
             await janus.stop()
     return out
