@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import trio
 
-from tests.e2e.conftest import Browser
+from tests.e2e.conftest import Browser, Page
 from tests.e2e.firefox import FIREFOX, Firefox, local_address
 from tests.support.ears import (LEFT_HZ, RIGHT_HZ, SEPARATION_DB, STEREO_CHANNEL,
                                 each_side_in_its_own_ear, hear, stereo_file)
@@ -37,12 +37,6 @@ BALANCE = """const b = document.getElementById('balance'); b.value = String(argu
 b.dispatchEvent(new Event('input')); b.dispatchEvent(new Event('change')); return true;"""
 NEW_SESSION = """const s = applianceDebug.state('main');
 return !!(s.session && s.session !== arguments[0]);"""
-
-
-@dataclasses.dataclass
-class Page:
-    run: Callable[..., Any]       # run(script, *args) -> value
-    until: Callable[..., Any]     # until(script, *args): waits until truthy
 
 
 def hear_variants(page: Page, url: str, socket: Path) -> dict[str, Any]:
@@ -98,16 +92,7 @@ async def test_chromium_hears_each_side_in_its_own_ear(tmp_path, pulse):
                 page = b.new_page()
                 page.goto(server.url + "/listen/main")
                 page.wait_for_function("() => window.applianceDebug && applianceDebug.ready")
-
-                def body(script: str) -> str:
-                    # Marionette's form: a function body that reads arguments[]
-                    return f"args => (function () {{ {script} }}).apply(null, args)"
-
-                heard = hear_variants(
-                    Page(run=lambda script, *args: page.evaluate(body(script), list(args)),
-                         until=lambda script, *args: page.wait_for_function(
-                             body(script), arg=list(args), timeout=20000)),
-                    server.url, pulse.socket)
+                heard = hear_variants(Page.chromium(page), server.url, pulse.socket)
                 page.close()
                 return heard
 
@@ -131,16 +116,12 @@ async def test_firefox_hears_each_side_in_its_own_ear(tmp_path, pulse, monkeypat
     async with open_server(config) as server:
         # Firefox takes its environment at start: its sound goes to our daemon
         monkeypatch.setenv("PULSE_SERVER", f"unix:{pulse.socket}")
-        firefox = Firefox(str(tmp_path / "gecko.log"))
+        firefox = Firefox(str(tmp_path / "gecko.log"), full_volume=True)
         try:
             def run(f: Firefox) -> dict[str, Any]:
-                # Marionette's profile plays everything at 1 % (-40 dB)
-                with f.m.using_context("chrome"):
-                    f.m.execute_script('Services.prefs.setStringPref("media.volume_scale", "1.0");')
                 f.m.navigate(server.url + "/listen/main")
                 f.wait("return window.applianceDebug && applianceDebug.ready;")
-                return hear_variants(Page(run=f.js, until=lambda s, *a: f.wait(s, *a, timeout=20)),
-                                     server.url, pulse.socket)
+                return hear_variants(Page.firefox(f), server.url, pulse.socket)
 
             heard = await firefox.call(run)
         finally:
