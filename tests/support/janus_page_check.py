@@ -66,12 +66,12 @@ def listen_on_relay(page: Page, socket: Path) -> dict:
 
 async def main(tmp: Path, with_firefox: bool) -> dict:
     relays = {name: Janus(tmp / name, ice="d0") for name in ("j1", "j2")}
-    for janus in relays.values():
-        await janus.start()
     out: dict = {}
     pulse = PulseDaemon(tmp / "pulse")
     browser = firefox = None
     try:
+        for janus in relays.values():
+            await janus.start()
         pulse.start()
         browser = await trio.to_thread.run_sync(
             lambda: Browser(tmp / "chromium", pulse_server=f"unix:{pulse.socket}"))
