@@ -10,6 +10,7 @@ event loop free for the server they talk to.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -78,6 +79,34 @@ class Browser:
             self._pool.submit(stop).result(timeout=30)
         finally:
             self._pool.shutdown(wait=True)
+
+
+def playwright_function(script: str) -> str:
+    """A function body that reads ``arguments`` (Marionette's form) as the
+    function of one array argument that Playwright's evaluate calls."""
+    return f"args => (function () {{ {script} }}).apply(null, args)"
+
+
+@dataclasses.dataclass
+class Page:
+    """A page driven alike in Chromium and Firefox: ``run(script, *args)``
+    its value, ``until(script, *args)`` waits until it is truthy; a script is
+    a function body that reads ``arguments``."""
+    run: Callable[..., Any]
+    until: Callable[..., Any]
+
+    @classmethod
+    def chromium(cls, page: Any, timeout_s: float = 20) -> "Page":
+        return cls(run=lambda script, *args: page.evaluate(playwright_function(script),
+                                                           list(args)),
+                   until=lambda script, *args: page.wait_for_function(
+                       playwright_function(script), arg=list(args), timeout=timeout_s * 1000))
+
+    @classmethod
+    def firefox(cls, firefox: Any, timeout_s: float = 20) -> "Page":
+        """``firefox``: a tests/e2e/firefox.Firefox, in its own thread."""
+        return cls(run=firefox.js,
+                   until=lambda script, *args: firefox.wait(script, *args, timeout=timeout_s))
 
 
 MICROPHONE_HZ = 587.0

@@ -30,18 +30,22 @@ PREFS = {
 class Firefox:
     """Headless Firefox ESR under Marionette in its own thread."""
 
-    def __init__(self, log: str) -> None:
+    def __init__(self, log: str, *, full_volume: bool = False) -> None:
+        """``full_volume``: play at the page's own volume (Marionette's
+        profile plays everything at 1 %, -40 dB), for a test that records
+        what comes out (its PULSE_SERVER, read from the environment)."""
+        prefs = {**PREFS, "media.volume_scale": "1.0"} if full_volume else PREFS
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="firefox")
-        self._pool.submit(self._start, log).result(timeout=90)
+        self._pool.submit(self._start, log, prefs).result(timeout=90)
 
-    def _start(self, log: str) -> None:
+    def _start(self, log: str, prefs: dict[str, Any]) -> None:
         # marionette_driver (3.7) warns at import (distro, telnetlib) and
         # leaks the sockets of its port probes while Firefox starts: not ours
         # to fix, kept out of the suite's warnings-are-errors here
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from marionette_driver.marionette import Marionette
-            self.m = Marionette(bin=FIREFOX, headless=True, port=0, gecko_log=log, prefs=PREFS,
+            self.m = Marionette(bin=FIREFOX, headless=True, port=0, gecko_log=log, prefs=prefs,
                                 startup_timeout=60)
             gc.collect()
         self.m.start_session()

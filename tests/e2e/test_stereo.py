@@ -11,76 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import pytest
 import trio
 
-from tests.e2e.conftest import Browser
+from tests.e2e.conftest import Browser, Page
 from tests.e2e.firefox import FIREFOX, Firefox, local_address
-from tests.support.audio_sim import RATE, write_wav
+from tests.support.ears import (LEFT_HZ, RIGHT_HZ, SEPARATION_DB, STEREO_CHANNEL,
+                                each_side_in_its_own_ear, hear, stereo_file)
 from tests.web.conftest import IDLE, make_config, open_server
 
 pytestmark = [pytest.mark.trio, pytest.mark.browser]
-
-LEFT_HZ, RIGHT_HZ = 440.0, 660.0
-DATA = {
-    "sources": [{"id": "lr", "kind": "file", "path": "lr.wav"}],
-    "sinks": [{"id": "main", "name": "Stage", "kind": "opus", "channels": 2}],
-    "routes": [{"id": "lr-main", "source_id": "lr", "sink_id": "main"}],
-}
-
-
-def stereo_file(media: Path) -> None:
-    """One second, looped by the file source: both tones whole cycles."""
-    media.mkdir(parents=True, exist_ok=True)
-    t = np.arange(RATE) / RATE
-    amp = 10 ** (-12 / 20)
-    write_wav(media / "lr.wav", np.stack([amp * np.sin(2 * np.pi * LEFT_HZ * t),
-                                          amp * np.sin(2 * np.pi * RIGHT_HZ * t)], axis=1))
-
-
-def record_ears(socket: Path, seconds: float) -> np.ndarray:
-    """What the speaker got, (n, 2) float: the null sink's monitor, left and
-    right apart (parec records until stopped: it is read to a byte count)."""
-    want = int(seconds * RATE) * 4
-    proc = subprocess.Popen(
-        ["parec", f"--server=unix:{socket}", "--device=hat.monitor", "--raw",
-         "--format=s16le", f"--rate={RATE}", "--channels=2", "--latency-msec=20"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        data = b""
-        assert proc.stdout is not None
-        while len(data) < want:
-            chunk = proc.stdout.read(min(65536, want - len(data)))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert len(data) == want, f"parec gave {len(data)} of {want} bytes"
-    return np.frombuffer(data, dtype="<i2").reshape(-1, 2).astype(np.float64) / 32768.0
-
-
-def tone_dbfs(samples: np.ndarray, hz: float) -> float:
-    """The level of one frequency in one ear, in dBFS of a full-scale sine."""
-    window = np.hanning(len(samples))
-    spectrum = np.abs(np.fft.rfft(samples * window)) / (window.sum() / 2)
-    freqs = np.fft.rfftfreq(len(samples), 1 / RATE)
-    band = (freqs > hz - 5) & (freqs < hz + 5)
-    return float(20 * np.log10(spectrum[band].max() + 1e-12))
-
-
-def ears(samples: np.ndarray) -> dict[str, dict[float, float]]:
-    return {side: {hz: round(tone_dbfs(samples[:, i], hz), 1) for hz in (LEFT_HZ, RIGHT_HZ)}
-            for i, side in enumerate(("left", "right"))}
-
 
 # What the page is asked to do and when it is done, the same script for both
 # browsers: Chromium runs it through Playwright, Firefox through Marionette.
@@ -96,36 +39,25 @@ NEW_SESSION = """const s = applianceDebug.state('main');
 return !!(s.session && s.session !== arguments[0]);"""
 
 
-@dataclasses.dataclass
-class Page:
-    run: Callable[..., Any]       # run(script, *args) -> value
-    until: Callable[..., Any]     # until(script, *args): waits until truthy
-
-
 def hear_variants(page: Page, url: str, socket: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
-    def settle() -> None:
-        page.until(PLAYING)
-        # the first packets after a (re)connect: the jitter buffer fills
-        record_ears(socket, 0.5)
-
     page.run(LISTEN)
-    settle()
-    out["plain"] = ears(record_ears(socket, 1.0))
+    page.until(PLAYING)
+    out["plain"] = hear(socket)
     old = page.run(SESSION)
     page.run(MONO)
     page.until(NEW_SESSION, old)
-    settle()
-    out["mono"] = ears(record_ears(socket, 1.0))
+    page.until(PLAYING)
+    out["mono"] = hear(socket)
     old = page.run(SESSION)
     page.run(MONO)              # mono off again, and the balance all the way left
     page.until(NEW_SESSION, old)
     old = page.run(SESSION)
     page.run(BALANCE, -100)
     page.until(NEW_SESSION, old)
-    settle()
-    out["left only"] = ears(record_ears(socket, 1.0))
+    page.until(PLAYING)
+    out["left only"] = hear(socket)
     page.run(LISTEN)            # Stop
     page.until("return applianceDebug.state('main').state === 'idle';")
     return out
@@ -133,10 +65,7 @@ def hear_variants(page: Page, url: str, socket: Path) -> dict[str, Any]:
 
 def check(heard: dict[str, Any]) -> None:
     plain, mono, left = heard["plain"], heard["mono"], heard["left only"]
-    # the tone of each side in its own ear, the other side's far below it
-    assert plain["left"][LEFT_HZ] > -25 and plain["right"][RIGHT_HZ] > -25, heard
-    assert plain["left"][LEFT_HZ] - plain["left"][RIGHT_HZ] > 25, heard
-    assert plain["right"][RIGHT_HZ] - plain["right"][LEFT_HZ] > 25, heard
+    assert each_side_in_its_own_ear(plain), heard
     # mono: both tones in both ears, alike
     for side in ("left", "right"):
         assert min(mono[side].values()) > -32, heard
@@ -144,7 +73,7 @@ def check(heard: dict[str, Any]) -> None:
     assert abs(mono["left"][LEFT_HZ] - mono["right"][LEFT_HZ]) < 1.5, heard
     # all the way left: the left ear as before, the right one silent
     assert left["left"][LEFT_HZ] > -25, heard
-    assert left["left"][LEFT_HZ] - left["left"][RIGHT_HZ] > 25, heard
+    assert left["left"][LEFT_HZ] - left["left"][RIGHT_HZ] > SEPARATION_DB, heard
     assert max(left["right"].values()) < left["left"][LEFT_HZ] - 40, heard
 
 
@@ -156,23 +85,14 @@ async def idle(server) -> None:
 
 async def test_chromium_hears_each_side_in_its_own_ear(tmp_path, pulse):
     stereo_file(tmp_path / "media")
-    async with open_server(make_config(tmp_path, data=DATA)) as server:
+    async with open_server(make_config(tmp_path, data=STEREO_CHANNEL)) as server:
         browser = Browser(tmp_path / "profile", pulse_server=f"unix:{pulse.socket}")
         try:
             def run(b: Browser) -> dict[str, Any]:
                 page = b.new_page()
                 page.goto(server.url + "/listen/main")
                 page.wait_for_function("() => window.applianceDebug && applianceDebug.ready")
-
-                def body(script: str) -> str:
-                    # Marionette's form: a function body that reads arguments[]
-                    return f"args => (function () {{ {script} }}).apply(null, args)"
-
-                heard = hear_variants(
-                    Page(run=lambda script, *args: page.evaluate(body(script), list(args)),
-                         until=lambda script, *args: page.wait_for_function(
-                             body(script), arg=list(args), timeout=20000)),
-                    server.url, pulse.socket)
+                heard = hear_variants(Page.chromium(page), server.url, pulse.socket)
                 page.close()
                 return heard
 
@@ -191,21 +111,17 @@ async def test_firefox_hears_each_side_in_its_own_ear(tmp_path, pulse, monkeypat
     if address is None:
         pytest.skip("no non-loopback local address: Firefox ESR gathers no loopback ICE candidates")
     stereo_file(tmp_path / "media")
-    config = make_config(tmp_path, data=DATA)
+    config = make_config(tmp_path, data=STEREO_CHANNEL)
     config = config.replace(engine=dataclasses.replace(config.engine, ice_addresses=(address,)))
     async with open_server(config) as server:
         # Firefox takes its environment at start: its sound goes to our daemon
         monkeypatch.setenv("PULSE_SERVER", f"unix:{pulse.socket}")
-        firefox = Firefox(str(tmp_path / "gecko.log"))
+        firefox = Firefox(str(tmp_path / "gecko.log"), full_volume=True)
         try:
             def run(f: Firefox) -> dict[str, Any]:
-                # Marionette's profile plays everything at 1 % (-40 dB)
-                with f.m.using_context("chrome"):
-                    f.m.execute_script('Services.prefs.setStringPref("media.volume_scale", "1.0");')
                 f.m.navigate(server.url + "/listen/main")
                 f.wait("return window.applianceDebug && applianceDebug.ready;")
-                return hear_variants(Page(run=f.js, until=lambda s, *a: f.wait(s, *a, timeout=20)),
-                                     server.url, pulse.socket)
+                return hear_variants(Page.firefox(f), server.url, pulse.socket)
 
             heard = await firefox.call(run)
         finally:

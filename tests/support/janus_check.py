@@ -38,10 +38,12 @@ ADDRESS = "10.98.0.1"
 TOOL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
 
-def namespace() -> None:
+def namespace(*, default_route: bool = False) -> None:
+    """``default_route``: every other address through d0 too (nothing there
+    answers), for Firefox ESR, which gathers no ICE candidates without one."""
     for command in ("ip link set lo up", "ip link add d0 type veth peer name d1",
                     f"ip addr add {ADDRESS}/24 dev d0", "ip link set d1 up",
-                    "ip link set d0 up"):
+                    "ip link set d0 up", *(["ip route add default dev d0"] if default_route else [])):
         subprocess.run(command.split(), check=True, env=TOOL_ENV)
     gather_on_address()
 
