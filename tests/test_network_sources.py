@@ -8,14 +8,10 @@ while the listener goes on hearing."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
-import shutil
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from functools import partial
@@ -29,6 +25,7 @@ from appliance import (
     DeviceLost, DeviceRestored, EngineError, EngineSettings, ErrorCode, LevelsMeasured, RouteSpec,
     SinkSpec, SourceSpec, open_engine,
 )
+from support.namespaces import can_unshare, run_scenario
 from support.rtp import Tone, gstreamer_sender, packet
 from support.scream import ScreamSender, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
@@ -246,11 +243,6 @@ async def test_a_source_that_cannot_have_its_port_says_why():
         assert sorted(engine.sources()) == ["a"]
 
 
-def can_unshare() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
 @pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
 async def test_multicast_groups_on_ipv4_and_ipv6_take_only_the_local_subnet_by_default():
     """Two network namespaces of the test's own joined by a veth pair
@@ -259,10 +251,7 @@ async def test_multicast_groups_on_ipv4_and_ipv6_take_only_the_local_subnet_by_d
     an AES67 stream from GStreamer, announced by SAP, is found and added
     from its announcement."""
     script = Path(__file__).parent / "support" / "multicast_check.py"
-    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
-                                  capture_stdout=True, capture_stderr=True, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    stats = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    stats = await run_scenario(script)
     assert stats["v4"]["packets"] >= 50 and stats["v4"]["sender"] == "10.99.0.2"
     assert stats["v4"]["refused"] >= 50 and stats["v4"]["refused_from"] == "198.51.100.7"
     assert stats["v6"]["packets"] >= 50 and stats["v6"]["sender"] == "fd00:99::2"

@@ -9,10 +9,7 @@ loopback) serves both browsers' tests."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ import pytest
 from support import janus as janus_support
 from tests.e2e.firefox import FIREFOX
 from tests.support.ears import each_side_in_its_own_ear, ears_from_json
-from tests.web.test_relays import can_unshare
+from tests.support.namespaces import can_unshare, run_scenario_blocking
 
 pytestmark = [pytest.mark.browser]
 
@@ -40,11 +37,8 @@ def heard() -> dict[str, Any]:
     if shutil.which("pulseaudio") is None:
         pytest.skip("needs pulseaudio (make test installs it)")
     script = Path(__file__).parents[1] / "support" / "janus_page_check.py"
-    done = subprocess.run(["unshare", "-n", sys.executable, str(script),
-                           *(["--firefox"] if firefox_available() else [])],
-                          capture_output=True, timeout=180, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return run_scenario_blocking(script, *(["--firefox"] if firefox_available() else []),
+                                 timeout_s=180)
 
 
 def assert_stereo(played: dict[str, Any], heard: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -46,6 +47,17 @@ def namespace(*, default_route: bool = False) -> None:
                     "ip link set d0 up", *(["ip route add default dev d0"] if default_route else [])):
         subprocess.run(command.split(), check=True, env=TOOL_ENV)
     gather_on_address()
+
+
+def run_in_namespace(main: Callable[..., Awaitable[dict]], *args: object,
+                     default_route: bool = False) -> None:
+    """A scenario script's entry point (under ``unshare -n``): d0 set up,
+    ``main(folder, *args)`` in a temporary folder, its findings printed as
+    JSON on the last line (``support.namespaces.run_scenario`` reads them)."""
+    namespace(default_route=default_route)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = trio.run(main, Path(tmp), *args)
+    print(json.dumps(result))
 
 
 def gather_on_address() -> None:
@@ -109,7 +121,4 @@ async def main(tmp: Path) -> dict:
 
 
 if __name__ == "__main__":
-    namespace()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = trio.run(main, Path(tmp))
-    print(json.dumps(result))
+    run_in_namespace(main)

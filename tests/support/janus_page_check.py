@@ -12,10 +12,8 @@ then plays the relay left, and its ears are heard too. Prints JSON.
     unshare -n python tests/support/janus_page_check.py [--firefox]"""
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import trio  # noqa: E402
 
 from support.janus import Janus  # noqa: E402
-from support.janus_check import namespace, relay_status  # noqa: E402
+from support.janus_check import relay_status, run_in_namespace  # noqa: E402
 from tests.e2e.conftest import Browser, Page, playwright_function  # noqa: E402
 from tests.e2e.firefox import Firefox  # noqa: E402
 from tests.support.audio_sim import PulseDaemon  # noqa: E402
@@ -134,7 +132,4 @@ async def main(tmp: Path, with_firefox: bool) -> dict:
 
 if __name__ == "__main__":
     with_firefox = "--firefox" in sys.argv[1:]
-    namespace(default_route=with_firefox)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = trio.run(main, Path(tmp), with_firefox)
-    print(json.dumps(result))
+    run_in_namespace(main, with_firefox, default_route=with_firefox)

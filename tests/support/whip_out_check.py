@@ -18,7 +18,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import trio  # noqa: E402
 
 from support.janus import VIDEOROOM, Janus, JanusClient  # noqa: E402
-from support.janus_check import ADDRESS, TOOL_ENV, namespace  # noqa: E402
+from support.janus_check import ADDRESS, TOOL_ENV, run_in_namespace  # noqa: E402
 from support.webrtc import dominant_frequency, open_aiortc_listener  # noqa: E402
 from support.whip_server import WhipServer  # noqa: E402
 from appliance import publications  # noqa: E402
@@ -149,7 +148,4 @@ async def main(tmp: Path) -> dict:
 
 
 if __name__ == "__main__":
-    namespace()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = trio.run(main, Path(tmp))
-    print(json.dumps(result))
+    run_in_namespace(main)

@@ -5,8 +5,6 @@ A's own listeners never notice."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from pathlib import Path
 
 from aioice import stun
@@ -18,7 +16,7 @@ from appliance import outbound, publications
 from support import janus as janus_support
 from support import whip_server
 from tests.web.conftest import IDLE, heard_hz, make_config, open_server
-from tests.web.test_relays import can_unshare
+from tests.support.namespaces import can_unshare, run_scenario
 from tests.web.test_whip import add_booth, receiving
 
 pytestmark = pytest.mark.trio
@@ -353,10 +351,7 @@ async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subsc
     ears; a path that breaks without a word is noticed and published again
     once it heals; stopping the publication DELETEs it out of the room."""
     script = Path(__file__).parents[1] / "support" / "whip_out_check.py"
-    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
-                                  capture_stdout=True, capture_stderr=True, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    heard = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    heard = await run_scenario(script)
     assert heard["resource"].endswith("/whip/resource/box")
     assert [p["display"] for p in heard["participants"]] == ["WHIP Publisher 1234"]
     assert all(p["publisher"] for p in heard["participants"])

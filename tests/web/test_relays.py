@@ -8,10 +8,6 @@ gets a clear error and a bounded retry."""
 from __future__ import annotations
 
 import functools
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +17,7 @@ from appliance import relays as relays_module
 
 from support import janus as janus_support
 from support.janus import Janus, JanusClient
+from support.namespaces import can_unshare, run_scenario
 from support.webrtc import open_aiortc_listener, synthetic_offer
 from tests.web.conftest import IDLE, heard_hz, make_config, open_server
 
@@ -278,11 +275,6 @@ async def test_a_misbehaving_relay_gets_a_clear_error_and_a_bounded_retry(
         nursery.cancel_scope.cancel()
 
 
-def can_unshare() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-n", "true"], capture_output=True).returncode == 0
-
-
 @pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
 async def test_listeners_sent_to_janus_hear_the_channel_and_fail_over_within_3_s():
     """In a network namespace of the test's own (tests/support/janus_check.py:
@@ -292,10 +284,7 @@ async def test_listeners_sent_to_janus_hear_the_channel_and_fail_over_within_3_s
     reaches the box's status. Its relay killed, it hears 440 Hz from the
     other relay within 3 s, and the box marks the dead one unhealthy."""
     script = Path(__file__).parents[1] / "support" / "janus_check.py"
-    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
-                                  capture_stdout=True, capture_stderr=True, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    heard = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    heard = await run_scenario(script)
     assert heard["where_with_room"] == {"box": True}
     assert heard["first"] == "box" and heard["second"] in ("j1", "j2")
     assert abs(heard["second_hz"] - 440.0) < 3

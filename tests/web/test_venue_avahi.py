@@ -5,9 +5,7 @@ proves through the browse seam, here with the image's service file on the
 wire as mDNS and the product's ``avahi_browse`` reading it."""
 from __future__ import annotations
 
-import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import trio
 
 from appliance.venue import GONE_AFTER_S, REFRESH_S
 from tests.support.venue_avahi_check import A, B
-from tests.web.test_relays import can_unshare
+from tests.support.namespaces import can_unshare, run_scenario
 
 SCRIPT = Path(__file__).parents[1] / "support" / "venue_avahi_check.py"
 
@@ -37,11 +35,8 @@ async def stop_gently(process: trio.Process) -> None:
 
 
 async def check(*args: str) -> dict:
-    done = await trio.run_process(["unshare", "-n", sys.executable, str(SCRIPT), *args],
-                                  capture_stdout=True, capture_stderr=True, check=False,
-                                  deliver_cancel=stop_gently)
-    assert done.returncode == 0, done.stderr.decode()[-12000:]   # with the daemons' logs
-    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+    # the last 12,000 characters of stderr hold the daemons' logs
+    return await run_scenario(SCRIPT, *args, tail=12000, deliver_cancel=stop_gently)
 
 
 def assert_sees_each_other(heard: dict) -> None:
