@@ -54,6 +54,8 @@ class StatusCollector(Collector):
         yield from self._listeners(status)
         yield from self._devices(status)
         yield from self._network_sources(status.get("network_sources", {}))
+        yield from self._publications(status.get("publications", []))
+        yield from self._relays(status.get("relays", []))
         yield from self._board(status.get("board"))
         yield from self._engine(status["engine"])
         guessing = GaugeMetricFamily(
@@ -151,6 +153,54 @@ class StatusCollector(Collector):
             receiving.add_metric([ident], 1 if stats["receiving"] else 0)
             jitter.add_metric([ident], stats["jitter_ms"] / 1000)
         yield from (datagrams, buffered, steering, resyncs, receiving, jitter)
+
+    @staticmethod
+    def _publications(publications: list[dict[str, Any]]) -> Iterator[Any]:
+        live = GaugeMetricFamily("appliance_publication_live", "1 while a channel's "
+                                 "publication to a WHIP server is live", labels=["id", "channel"])
+        attempts = CounterMetricFamily("appliance_publication_attempts", "Offers POSTed "
+                                       "(one more after each failure)", labels=["id"])
+        packets = CounterMetricFamily("appliance_publication_packets_sent", "RTP packets "
+                                      "sent in the current attempt", labels=["id"])
+        bitrate = GaugeMetricFamily("appliance_publication_bitrate_bits_per_second",
+                                    "What the publication sends", labels=["id"])
+        rtt = GaugeMetricFamily("appliance_publication_rtt_seconds", "Round trip to the "
+                                "server (its receiver reports)", labels=["id"])
+        loss = GaugeMetricFamily("appliance_publication_loss_ratio", "Fraction lost, as the "
+                                 "server reports it", labels=["id"])
+        for publication in publications:
+            ident = publication["id"]
+            live.add_metric([ident, publication["sink_id"]],
+                            1 if publication["state"] == "live" else 0)
+            attempts.add_metric([ident], publication["attempts"])
+            packets.add_metric([ident], publication["packets_sent"])
+            for family, value, scale in ((bitrate, publication["bitrate_bps"], 1),
+                                         (rtt, publication["rtt_ms"], 1000),
+                                         (loss, publication["fraction_lost"], 1)):
+                if value is not None:
+                    family.add_metric([ident], value / scale)
+        yield from (live, attempts, packets, bitrate, rtt, loss)
+
+    @staticmethod
+    def _relays(relays: list[dict[str, Any]]) -> Iterator[Any]:
+        up = GaugeMetricFamily("appliance_relay_up", "1 while a Janus relay carries its "
+                               "channels", labels=["id"])
+        attempts = CounterMetricFamily("appliance_relay_attempts", "Times the relay was set "
+                                       "up (one more after each failure)", labels=["id"])
+        viewers = GaugeMetricFamily("appliance_relay_viewers", "Listeners on a relay's "
+                                    "mountpoint, as Janus counts them",
+                                    labels=["id", "channel"])
+        packets = CounterMetricFamily("appliance_relay_packets_sent", "RTP packets forwarded "
+                                      "to a relay's mountpoint", labels=["id", "channel"])
+        for relay in relays:
+            ident = relay["id"]
+            up.add_metric([ident], 1 if relay["state"] == "up" else 0)
+            attempts.add_metric([ident], relay["attempts"])
+            for carried in relay["carried"]:
+                if carried["viewers"] is not None:
+                    viewers.add_metric([ident, carried["sink_id"]], carried["viewers"])
+                packets.add_metric([ident, carried["sink_id"]], carried["packets_sent"])
+        yield from (up, attempts, viewers, packets)
 
     @staticmethod
     def _board(board: dict[str, Any] | None) -> Iterator[Any]:

@@ -11,9 +11,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance.config import AdminConfig
 from appliance.errors import InvalidError
 from appliance.model import build
+from support import janus as janus_support
+from support.janus import Janus
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
-from tests.web.conftest import ADMIN_HASH, ADMIN_TOKEN, make_config, open_server
+from tests.web.conftest import ADMIN_HASH, ADMIN_TOKEN, IDLE, make_config, open_server
 from tests.web.test_https import https_base, other_address, pinned
+from tests.web.test_publications import wait_state
+from tests.web.test_relays import relay_status
+from tests.web.test_whip import add_booth
 
 pytestmark = pytest.mark.trio
 
@@ -68,6 +73,51 @@ async def test_a_scrape_agrees_with_the_status_while_a_listener_plays(tmp_path):
         got = samples((await server.client.get("/metrics")).text)   # the admin token reads it too
         assert got[("appliance_listeners", (("id", "main"), ("kind", "sink")))] == 0
         assert not any(name == "appliance_listener_rtt_seconds" for name, _ in got)
+
+
+@pytest.mark.skipif(not janus_support.available(), reason="needs Debian's janus")
+async def test_publications_and_relays_are_scraped(tmp_path):
+    """Box A publishes its "main" to box B by WHIP and has a real Janus carry
+    it: both are in A's scrape as its status has them, and gone with them."""
+    janus = Janus(tmp_path / "janus")
+    await janus.start()
+    try:
+        async with open_server(make_config(tmp_path / "b")) as b, \
+                open_server(make_config(tmp_path / "a")) as a:
+            token = await add_booth(b)
+            assert (await a.client.post("/api/publications", json={
+                "id": "to-b", "sink_id": "main", "url": f"{b.url}/api/whip/booth",
+                "token": token})).status_code == 201
+            assert (await a.client.post("/api/relays", json={
+                "id": "janus", "url": janus.url, "channels": ["main"]})).status_code == 201
+            with trio.fail_after(10):   # what it sent is read once a second
+                while not (await wait_state(a, "to-b", "live"))["bitrate_bps"]:
+                    await trio.sleep(0.1)
+            await relay_status(a, "janus", lambda s: s["carried"] and s["carried"][0]["packets_sent"]
+                               and s["carried"][0]["viewers"] is not None)
+            got = samples((await a.client.get("/metrics")).text)
+            status = (await a.client.get("/api/status")).json()
+            publication, relay = status["publications"][0], status["relays"][0]
+            assert got[("appliance_publication_live", (("channel", "main"), ("id", "to-b")))] == 1
+            assert got[("appliance_publication_attempts_total", (("id", "to-b"),))] \
+                == publication["attempts"] == 1
+            assert got[("appliance_publication_bitrate_bits_per_second", (("id", "to-b"),))] \
+                > 50_000
+            assert got[("appliance_publication_packets_sent_total", (("id", "to-b"),))] > 0
+            assert got[("appliance_relay_up", (("id", "janus"),))] == 1
+            assert got[("appliance_relay_attempts_total", (("id", "janus"),))] == relay["attempts"]
+            assert got[("appliance_relay_viewers", (("channel", "main"), ("id", "janus")))] == 0
+            assert got[("appliance_relay_packets_sent_total",
+                        (("channel", "main"), ("id", "janus")))] > 0
+            assert token not in str(got)
+            assert (await a.client.delete("/api/publications/to-b")).status_code == 204
+            assert (await a.client.delete("/api/relays/janus")).status_code == 204
+            names = {name for name, _ in samples((await a.client.get("/metrics")).text)}
+            assert not any(name.startswith(("appliance_publication", "appliance_relay"))
+                           for name in names), names
+            assert (await a.wait_idle()) == IDLE
+    finally:
+        await janus.stop()
 
 
 async def test_strangers_and_the_scrape_token_get_nothing_else(tmp_path):
