@@ -4,7 +4,8 @@
 #
 #   1  bootfs   FAT32  firmware, kernel, config.txt, appliance.toml  (ro)
 #   2  rootfs   ext4   the system                                     (ro)
-#   3  appdata  ext4   the appliance's state, data=journal            (rw)
+#   3  appdata  ext4   the appliance's state, data=journal            (rw),
+#                      room for an update uploaded from the admin page
 #   4  rootfs B        the second root slot for A/B updates: empty (RAUC
 #                      writes an update there); as large as partition 2
 # shellcheck shell=bash
@@ -27,6 +28,12 @@ ext4_pin_ctime() {
     info "ctime and atime of $((n / 2)) inodes pinned to $SOURCE_DATE_EPOCH"
 }
 
+# What the app keeps free on the state partition when it takes an upload
+# (appliance/config.py: [update] free_margin_bytes; tests/image/test_assemble.py
+# checks the two agree), and room for the state itself.
+UPDATE_MARGIN_MB=64
+DATA_EXTRA_MB=64
+
 stage_assemble() {
     step "40 assemble: $IMG"
     need_tools sfdisk mkfs.vfat mcopy mkfs.ext4 fakeroot dd
@@ -37,12 +44,21 @@ stage_assemble() {
         local kib; kib=$(du -sk --apparent-size "$w/root" | cut -f1)
         root_mb=$(( kib * 11 / 10 / 1024 + ROOT_EXTRA_MB + 16 ))
     fi
+    # The admin page streams an update to the state partition before RAUC
+    # reads it, and refuses one that would leave less than the app's
+    # [update] free_margin_bytes free: 64 MiB could never hold a bundle.
+    local data_mb=$DATA_SIZE_MB need_mb=$((root_mb + UPDATE_MARGIN_MB + DATA_EXTRA_MB))
+    if [ "$data_mb" = 0 ]; then
+        data_mb=$need_mb
+    elif [ "$data_mb" -lt "$need_mb" ]; then
+        warn "DATA_SIZE_MB=$data_mb: an update uploaded from the admin page will not fit (it needs $need_mb)"
+    fi
     local boot_start=$((4 * mib)) boot_sectors=$((BOOT_SIZE_MB * mib))
     local root_start=$((boot_start + boot_sectors)) root_sectors=$((root_mb * mib))
-    local data_start=$((root_start + root_sectors)) data_sectors=$((DATA_SIZE_MB * mib))
+    local data_start=$((root_start + root_sectors)) data_sectors=$((data_mb * mib))
     local rootb_start=$((data_start + data_sectors)) rootb_sectors=$root_sectors
     local total=$((rootb_start + rootb_sectors))
-    info "layout: boot ${BOOT_SIZE_MB} MiB, root A ${root_mb} MiB, state ${DATA_SIZE_MB} MiB, root B ${root_mb} MiB, total $((total / mib)) MiB"
+    info "layout: boot ${BOOT_SIZE_MB} MiB, root A ${root_mb} MiB, state ${data_mb} MiB, root B ${root_mb} MiB, total $((total / mib)) MiB"
 
     info "bootfs: mkfs.vfat + mcopy"
     rm -f "$w/boot.vfat"
@@ -58,7 +74,7 @@ stage_assemble() {
         || die "mkfs.ext4 of the root failed (is ROOT_SIZE_MB too small?)"
     info "appdata: mkfs.ext4, owned by the appliance user"
     in_fakeroot_read mkfs.ext4 -q -F -b 4096 -L appdata -U "$DATA_UUID" \
-        -E "hash_seed=$DATA_UUID,root_owner=$(cat "$w/data-owner")" -d "$w/data" "$w/data.ext4" "${DATA_SIZE_MB}M" >/dev/null
+        -E "hash_seed=$DATA_UUID,root_owner=$(cat "$w/data-owner")" -d "$w/data" "$w/data.ext4" "${data_mb}M" >/dev/null
 
     ext4_pin_ctime "$w/root.ext4" "$w/root"
     ext4_pin_ctime "$w/data.ext4" "$w/data"

@@ -52,6 +52,20 @@ def test_build_shows_progress_by_numbered_steps(built):
     assert steps == ["00", "10", "30", "40", "50"], p.stderr
 
 
+def test_the_state_partition_is_sized_for_an_uploaded_update(built):
+    """The default (DATA_SIZE_MB=0) holds the root's size plus the margin the
+    app keeps free when it takes an upload from the admin page (a bundle, the
+    root compressed, is smaller): a fixed 64 MiB could never hold one. A
+    smaller size asked for (SMALL's 8) is built, with a warning."""
+    from appliance.config import UpdateConfig
+    assert re.search(r"^DATA_SIZE_MB=0$", (BUILD.parent / "config.defaults").read_text(), re.M)
+    assemble = (BUILD.parent / "stages/40-assemble.sh").read_text()
+    margin_mb = int(re.search(r"^UPDATE_MARGIN_MB=(\d+)$", assemble, re.M).group(1))
+    assert margin_mb << 20 == UpdateConfig().free_margin_bytes
+    _, _, _, p = built
+    assert "an update uploaded from the admin page will not fit" in p.stderr
+
+
 def test_partition_table(built):
     _, _, img, _ = built
     table, parts = partitions(img)
