@@ -41,6 +41,7 @@ declare -A CONFIG_PATTERN=(
     [ARCH]='^arm64$'
     [MIRROR]='^(https?|file)://[^[:space:]]+$'
     [KERNEL_SUITE]='^[a-z][a-z0-9-]*$'
+    [BORROWED_PACKAGES]='^([a-z0-9][a-z0-9.+-]*/[a-z][a-z0-9-]*(,[a-z0-9][a-z0-9.+-]*/[a-z][a-z0-9-]*)*)?$'
     [EXTRA_PACKAGES]='^([a-z0-9][a-z0-9.+-]*(,[a-z0-9][a-z0-9.+-]*)*)?$'
     [LEAN]='^(yes|no)$'
     [RAUC_CERT]='^[^[:space:]]*$'

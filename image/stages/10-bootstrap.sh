@@ -90,6 +90,20 @@ stage_bootstrap() {
         sources+=("deb $MIRROR $KERNEL_SUITE $comps")
         pin="printf 'Package: linux-image-arm64 linux-image-*-arm64\nPin: release n=$KERNEL_SUITE\nPin-Priority: 990\n' > \"\$1/etc/apt/preferences.d/kernel\""
     fi
+    # Borrowed packages: their suites in a sources file and pins of their own,
+    # both removed at the end (the image's apt never sees those suites).
+    local borrowed="" entry suites=" "
+    for entry in ${BORROWED_PACKAGES//,/ }; do
+        local package=${entry%/*} from=${entry#*/}
+        case "$suites" in *" $from "*) ;; *)
+            suites+="$from "
+            borrowed+="echo 'deb $MIRROR $from main' >> \"\$1/etc/apt/sources.list.d/borrowed.list\"; " ;;
+        esac
+        borrowed+="printf 'Package: *\nPin: release n=$from\nPin-Priority: 1\n\nPackage: $package\nPin: release n=$from\nPin-Priority: 990\n\n' >> \"\$1/etc/apt/preferences.d/borrowed\"; "
+    done
+    if [ -n "$borrowed" ]; then
+        borrowed="mkdir -p \"\$1/etc/apt/sources.list.d\" \"\$1/etc/apt/preferences.d\"; $borrowed"
+    fi
     local runtime
     runtime=$(. "$sin/build.env"; echo "$RUNTIME_PACKAGES")
     info "packages: $runtime"
@@ -102,11 +116,12 @@ stage_bootstrap() {
         --include="${runtime// /,}" "${lean[@]}" \
         --aptopt='Acquire::Retries "3"' \
         ${pin:+--setup-hook="$pin"} \
+        ${borrowed:+--setup-hook="$borrowed"} \
         --customize-hook='mkdir -p "$1/tmp/appliance-build"' \
         --customize-hook="sync-in $sin /tmp/appliance-build" \
         --customize-hook='chroot "$1" env -i HOME=/root TERM=dumb /bin/sh /tmp/appliance-build/20-customise-chroot.sh' \
         --customize-hook="copy-out /tmp/appliance-build/pip-freeze.txt $out" \
-        --customize-hook='rm -rf "$1/tmp/appliance-build" "$1/etc/apt/preferences.d/kernel"' \
+        --customize-hook='rm -rf "$1/tmp/appliance-build" "$1/etc/apt/preferences.d/kernel" "$1/etc/apt/preferences.d/borrowed" "$1/etc/apt/sources.list.d/borrowed.list"' \
         "$SUITE" "$tarball" "${sources[@]}"
     cp "$out/pip-freeze.txt" "$WORK_DIR/pip-freeze.txt"
     step "10 unpacking the root under fakeroot"
