@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -340,11 +341,31 @@ relay_whep_url = "{b.url}/api/whep/hall"
 
 # ---- a third-party WHIP server -------------------------------------------------------------
 
-@pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
-@pytest.mark.skipif(not janus_support.available(), reason="needs Janus (packages/test.txt)")
-@pytest.mark.skipif(not whip_server.available(),
-                    reason="needs simple-whip-server (make test unpacks it: "
-                           "packages/test-unpacked.txt)")
+def needs_whip_out_check(test):
+    """Skipped where tests/support/whip_out_check.py cannot run."""
+    for mark in (
+            pytest.mark.skipif(not can_unshare(),
+                               reason="needs network namespaces (unshare -n as root)"),
+            pytest.mark.skipif(not janus_support.available(),
+                               reason="needs Janus (packages/test.txt)"),
+            pytest.mark.skipif(not whip_server.available(),
+                               reason="needs simple-whip-server (make test unpacks it: "
+                                      "packages/test-unpacked.txt)")):
+        test = mark(test)
+    return test
+
+
+async def whip_out_check(scenario: str) -> dict:
+    """tests/support/whip_out_check.py's ``scenario``, in a network namespace
+    of its own: what it printed."""
+    script = Path(__file__).parents[1] / "support" / "whip_out_check.py"
+    done = await trio.run_process(["unshare", "-n", sys.executable, str(script), scenario],
+                                  capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+@needs_whip_out_check
 async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subscribers_hear_it():
     """Debian's simple-whip-server, Janus's VideoRoom behind it, in a network
     namespace of the test's own (tests/support/whip_out_check.py): the box's
@@ -352,11 +373,7 @@ async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subsc
     through VideoRoom's API is offered stereo Opus and hears 440 Hz in both
     ears; a path that breaks without a word is noticed and published again
     once it heals; stopping the publication DELETEs it out of the room."""
-    script = Path(__file__).parents[1] / "support" / "whip_out_check.py"
-    done = await trio.run_process(["unshare", "-n", sys.executable, str(script)],
-                                  capture_stdout=True, capture_stderr=True, check=False)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    heard = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    heard = await whip_out_check("break")
     assert heard["resource"].endswith("/whip/resource/box")
     assert [p["display"] for p in heard["participants"]] == ["WHIP Publisher 1234"]
     assert all(p["publisher"] for p in heard["participants"])
@@ -365,6 +382,26 @@ async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subsc
     assert "nothing heard from the server" in heard["broken_error"]
     assert heard["attempts_after_heal"] >= 2
     assert heard["participants_after"] == []
+
+
+@needs_whip_out_check
+@pytest.mark.skipif(not shutil.which("turnserver"), reason="needs coturn (packages/test.txt)")
+async def test_a_candidate_gathered_after_the_offer_is_patched_to_simple_whip_server():
+    """A real late candidate (tests/support/whip_out_check.py, ``trickle``):
+    the box's STUN server (coturn, behind a NAT in a namespace of its own)
+    answers only once the offer is out, with the host candidate alone in
+    it; the server-reflexive candidate is PATCHed to simple-whip-server
+    (trickle-ice-sdpfrag, its 204 counted), the publication stays live and
+    a VideoRoom subscriber hears 440 Hz. The server's Link names the same
+    STUN server, read from its 201."""
+    heard = await whip_out_check("trickle")
+    assert heard["attempts"] == 1 and heard["state"] == "live"
+    assert heard["trickled"] >= 1 and heard["trickle_error"] is None
+    assert heard["ice_servers"] == ["stun:10.98.0.2:3478"]
+    assert heard["posted"] and all(" typ host" in line for line in heard["posted"])
+    assert any(" typ srflx raddr 10.98.0.1 " in line and " 10.98.0.3 " in line
+               for line in heard["patched"]), heard["patched"]
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
 
 
 # ---- what a WHIP server's 201 says: ICE servers, trickle -----------------------------------
