@@ -15,9 +15,9 @@ the room.
 Scenario ``trickle``: a real candidate gathered after the offer went out.
 The box is given a STUN server (Debian's coturn) in a second namespace, one
 veth link away, behind a NAT; the link loses everything until the box's
-offer is out. So the box waits for its gather timeout (2 s), offers its host
-candidate alone, and the server-reflexive one, gathered when a STUN
-retransmission gets through, is PATCHed to simple-whip-server (trickle).
+offer is out. So the box waits for its gather timeout (0.8 s here), offers
+its host candidate alone, and the server-reflexive one, gathered when a
+STUN retransmission gets through, is PATCHed to simple-whip-server (trickle).
 The subscriber hears the tone.
 
     unshare -n python tests/support/whip_out_check.py [break|trickle]"""
@@ -72,10 +72,12 @@ NAT = ("table ip stun_nat { chain post { type nat hook postrouting priority 100;
 # libnice gives up at once; and this kernel has no netem to delay them):
 # libnice's next retransmission then gets the answer.
 # libnice asks at 0, 0.2, 0.6 and 1.4 s and gives up at 2 s after gathering
-# starts, about when the box's default gather timeout (2 s) sends the offer:
-# the test's box offers after 0.3 s, so that the retransmissions at 0.6 and
-# 1.4 s come after it.
-GATHER_TIMEOUT_MS = 300
+# starts (measured 2.02 s), about when the box's default gather timeout (2 s,
+# from the branch's start) sends the offer: the test's box offers after
+# 0.8 s, so that the retransmission at 1.4 s comes after it. (Gathering
+# starts up to 0.5 s after the branch, measured: with 0.3 s the offer went
+# out now and then with no candidate at all.)
+GATHER_TIMEOUT_MS = 800
 STUN_LOST = ("table inet stun_lost { chain in { type filter hook prerouting priority 0; "
              "udp dport 3478 drop; }; }")
 STUN_FOUND = "delete table inet stun_lost"
@@ -293,20 +295,25 @@ def posted_and_patched(whip_log: str) -> tuple[list[str], list[str]]:
 
 async def trickle(tmp: Path) -> dict:
     out: dict = {}
+    post = publications.Publications._post
+
+    async def offer_out(self, http, spec, offer):
+        stun_found()   # the offer is out of webrtcbin: the STUN server may answer now
+        return await post(self, http, spec, offer)
+
+    publications.Publications._post = offer_out
     async with stun_server_behind_nat(tmp) as stun_found, \
             publishing(tmp, out, ice_servers=(STUN_URI,), live=False,
                        gather_timeout_ms=GATHER_TIMEOUT_MS) as (janus, whip, box):
-        # the offer is out (the server answered it): the STUN server answers now
-        await wait_publication(box, lambda s: s["state"] not in ("starting", "offering"))
-        stun_found()
         status = await wait_publication(box, lambda s: s["trickled"] or s["trickle_error"],
                                         timeout=15)
         out["trickled"], out["trickle_error"] = status["trickled"], status["trickle_error"]
         out["ice_servers"], out["attempts"] = status["ice_servers"], status["attempts"]
         out["posted"], out["patched"] = posted_and_patched(whip.log(tail=None))
+        # live in Janus too before a subscriber joins (else it gets no offer)
+        out["state"] = (await wait_publication(box, "live"))["state"]
         found = await wait_participants(janus)
         await subscriber_hears(janus, found[0]["id"], out)
-        out["state"] = (await wait_publication(box, "live"))["state"]
     return out
 
 
