@@ -20,7 +20,12 @@ its host candidate alone, and the server-reflexive one, gathered when a
 STUN retransmission gets through, is PATCHed to simple-whip-server (trickle).
 The subscriber hears the tone.
 
-    unshare -n python tests/support/whip_out_check.py [break|trickle]"""
+Scenario ``restart``: the path breaks and the box, noticing the silence,
+restarts ICE on the same resource (RFC 9725 section 4.4: a PATCH with new
+credentials, simple-whip-server's 200 with Janus's); the path heals as it
+is taken, and the same resource (no second POST) carries the tone again.
+
+    unshare -n python tests/support/whip_out_check.py [break|trickle|restart]"""
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +54,9 @@ from tests.web.conftest import make_config, open_server  # noqa: E402
 # the box's own UDP ports, so that a rule can break its path alone (Janus
 # shares the namespace's address)
 BOX_PORTS = (41000, 41099)
-BREAK = ("table inet broken { chain out { type filter hook output priority 0; "
+# dropped as they arrive, lost as on a real broken path (a drop as they
+# leave fails the send: libnice gives up on a check at once)
+BREAK = ("table inet broken { chain in { type filter hook input priority 0; "
          f"udp sport {BOX_PORTS[0]}-{BOX_PORTS[1]} drop; "
          f"udp dport {BOX_PORTS[0]}-{BOX_PORTS[1]} drop; }}; }}")
 HEAL = "delete table inet broken"
@@ -67,6 +74,15 @@ NAT_ADDRESS = "10.98.0.3"
 STUN_URI = f"stun:{STUN_ADDRESS}:3478"
 NAT = ("table ip stun_nat { chain post { type nat hook postrouting priority 100; "
        f'oifname "d0" ip daddr {STUN_ADDRESS} snat to {NAT_ADDRESS}; }}; }}')
+# Janus's candidates name 10.98.0.4, sent on to its own 10.98.0.1: the box
+# (whose checks never go to one of its own addresses, candidate_allowed)
+# checks the server's candidates itself, as it would a server elsewhere.
+# After an ICE restart only its own checks revive the path: Janus sends
+# none (measured; the box's first connection lived on Janus's checks).
+JANUS_PUBLIC = "10.98.0.4"
+JANUS_NAT = ("table ip janus_nat { chain out { type nat hook output priority -100; "
+             f"ip daddr {JANUS_PUBLIC} dnat to {ADDRESS}; }}; }}")
+
 # The link loses the box's requests until its offer is out (dropped on the
 # STUN server's side: a drop on the box's own side fails its send, and
 # libnice gives up at once; and this kernel has no netem to delay them):
@@ -219,13 +235,14 @@ async def subscriber_hears(janus: Janus, feed: int, out: dict) -> None:
 
 @asynccontextmanager
 async def publishing(tmp: Path, out: dict, *, ice_servers: tuple[str, ...] = (),
-                     live: bool = True, **engine):
+                     live: bool = True, janus_address: str = "", **engine):
     """Janus, simple-whip-server with an endpoint (its 201 naming
     ``ice_servers`` in Link headers) and a box publishing "main" there,
     (``live``) live; yields (janus, whip server, box). ``engine``: engine
-    settings of the box's. Their logs go to stderr when
+    settings of the box's; ``janus_address``: the address Janus's candidates
+    name (Janus's public_address). Their logs go to stderr when
     the block fails."""
-    janus = Janus(tmp / "janus", ice="d0", videoroom=True)
+    janus = Janus(tmp / "janus", ice="d0", videoroom=True, public_address=janus_address)
     await janus.start()
     whip = WhipServer(tmp, janus.ws_url)
     try:
@@ -317,8 +334,33 @@ async def trickle(tmp: Path) -> dict:
     return out
 
 
+async def restart(tmp: Path) -> dict:
+    out: dict = {}
+    nft(JANUS_NAT)
+    async with publishing(tmp, out, janus_address=JANUS_PUBLIC) as (janus, whip, box):
+        await heard_anew(box)
+        # the path breaks: the box, noticing the silence, restarts ICE on the
+        # same resource; the path heals as the server took the restart
+        nft(BREAK)
+        restarted = await wait_publication(box, lambda s: s["ice_restarts"] or s["state"] != "live",
+                                           timeout=3 * SILENT_S)
+        nft(HEAL)
+        out["restart_status"] = {k: restarted[k] for k in
+                                 ("state", "attempts", "ice_restarts", "ice_restart_error",
+                                  "resource", "error")}
+        await heard_anew(box)
+        status = await wait_publication(box, "live")
+        out["after"] = {k: status[k] for k in ("attempts", "ice_restarts", "resource")}
+        found = await wait_participants(janus)
+        await subscriber_hears(janus, found[0]["id"], out)
+        log = whip.log(tail=None)
+        out["posts"] = log.count("/endpoint/: box")
+        out["restarts_logged"] = log.count("[box] Performing ICE restart")
+    return out
+
+
 if __name__ == "__main__":
-    scenario = {"break": breaks, "trickle": trickle}[(sys.argv[1:] or ["break"])[0]]
+    scenario = {"break": breaks, "trickle": trickle, "restart": restart}[(sys.argv[1:] or ["break"])[0]]
     namespace()
     with tempfile.TemporaryDirectory() as tmp:
         result = trio.run(scenario, Path(tmp))

@@ -371,8 +371,10 @@ async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subsc
     namespace of the test's own (tests/support/whip_out_check.py): the box's
     publication goes live, VideoRoom lists the publisher, a subscriber
     through VideoRoom's API is offered stereo Opus and hears 440 Hz in both
-    ears; a path that breaks without a word is noticed and published again
-    once it heals; stopping the publication DELETEs it out of the room."""
+    ears; a path that breaks without a word is noticed, the ICE restart
+    tried on it (the server takes it) brings nothing back while it stays
+    broken, and it is published again (DELETE, a fresh POST) once it heals;
+    stopping the publication DELETEs it out of the room."""
     heard = await whip_out_check("break")
     assert heard["resource"].endswith("/whip/resource/box")
     assert [p["display"] for p in heard["participants"]] == ["WHIP Publisher 1234"]
@@ -380,6 +382,7 @@ async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subsc
     assert any("stereo=1" in fmtp for fmtp in heard["subscriber_offer_fmtp"])
     assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
     assert "nothing heard from the server" in heard["broken_error"]
+    assert "not heard within 3 s of the ICE restart" in heard["broken_error"]
     assert heard["attempts_after_heal"] >= 2
     assert heard["participants_after"] == []
 
@@ -606,3 +609,19 @@ async def test_a_server_is_taken_for_gone_only_once_heard_anew_and_then_silent(m
         assert not heard.silent(0.6 + second)   # silent, within the bound
     clock[0] += 1
     assert heard.silent(0.6 + publications.PEER_SILENT_S)
+
+
+@needs_whip_out_check
+async def test_an_ice_restart_brings_a_broken_path_back_on_the_same_resource():
+    """tests/support/whip_out_check.py, ``restart``: the path breaks, the box
+    notices the silence and restarts ICE (RFC 9725 section 4.4: a PATCH
+    with new credentials, ``If-Match: "*"``); simple-whip-server restarts
+    Janus's ICE and answers 200 with Janus's new credentials; the path
+    heals, and the same resource (one POST, one attempt) carries the tone
+    that a new VideoRoom subscriber hears."""
+    heard = await whip_out_check("restart")
+    assert heard["restart_status"]["ice_restarts"] == 1, heard["restart_status"]
+    assert heard["restart_status"]["ice_restart_error"] is None
+    assert heard["restarts_logged"] == 1 and heard["posts"] == 1
+    assert heard["after"] == {"attempts": 1, "ice_restarts": 1, "resource": heard["resource"]}
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
