@@ -25,7 +25,11 @@ restarts ICE on the same resource (RFC 9725 section 4.4: a PATCH with new
 credentials, simple-whip-server's 200 with Janus's); the path heals as it
 is taken, and the same resource (no second POST) carries the tone again.
 
-    unshare -n python tests/support/whip_out_check.py [break|trickle|restart]"""
+Scenario ``refused``: the same against a server that refuses ICE restarts
+(another box's WHIP endpoint, on loopback): the fallback, DELETE and a
+fresh POST, publishes again once the path heals.
+
+    unshare -n python tests/support/whip_out_check.py [break|trickle|restart|refused]"""
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +45,7 @@ from typing import AsyncIterator, Callable
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import httpx  # noqa: E402
 import trio  # noqa: E402
 
 from support.janus import VIDEOROOM, Janus, JanusClient  # noqa: E402
@@ -234,13 +239,35 @@ async def subscriber_hears(janus: Janus, feed: int, out: dict) -> None:
 
 
 @asynccontextmanager
+async def open_box(tmp: Path, url: str, out: dict, live: bool, ice_servers: tuple[str, ...],
+                   engine: dict):
+    """The box (its ICE on d0, its UDP on BOX_PORTS), publishing "main" to
+    ``url``."""
+    config = make_config(tmp / "box")
+    config = config.replace(engine=dataclasses.replace(
+        config.engine, ice_addresses=(ADDRESS,), min_port=BOX_PORTS[0],
+        max_port=BOX_PORTS[1],
+        stun_server=ice_servers[0].replace("stun:", "stun://") if ice_servers else None,
+        **engine))
+    async with open_server(config) as box:
+        r = await box.client.post("/api/publications", json={
+            "id": "to-janus", "sink_id": "main", "url": url, "token": "t" * 32})
+        assert r.status_code == 201, r.text
+        if live:
+            out["resource"] = (await wait_publication(box, "live"))["resource"]
+        yield box
+
+
+@asynccontextmanager
 async def publishing(tmp: Path, out: dict, *, ice_servers: tuple[str, ...] = (),
-                     live: bool = True, janus_address: str = "", **engine):
+                     live: bool = True, janus_address: str = "",
+                     refusing: RestartRefusing | None = None, **engine):
     """Janus, simple-whip-server with an endpoint (its 201 naming
     ``ice_servers`` in Link headers) and a box publishing "main" there,
     (``live``) live; yields (janus, whip server, box). ``engine``: engine
     settings of the box's; ``janus_address``: the address Janus's candidates
-    name (Janus's public_address). Their logs go to stderr when
+    name (Janus's public_address); ``refusing``: the box publishes through
+    it (a proxy refusing ICE restarts). Their logs go to stderr when
     the block fails."""
     janus = Janus(tmp / "janus", ice="d0", videoroom=True, public_address=janus_address)
     await janus.start()
@@ -249,19 +276,14 @@ async def publishing(tmp: Path, out: dict, *, ice_servers: tuple[str, ...] = (),
         await whip.start()
         url = await whip.create_endpoint("box", VIDEOROOM, token="t" * 32,
                                          ice_servers=ice_servers)
-        config = make_config(tmp / "box")
-        config = config.replace(engine=dataclasses.replace(
-            config.engine, ice_addresses=(ADDRESS,), min_port=BOX_PORTS[0],
-            max_port=BOX_PORTS[1],
-            stun_server=ice_servers[0].replace("stun:", "stun://") if ice_servers else None,
-            **engine))
-        async with open_server(config) as box:
-            r = await box.client.post("/api/publications", json={
-                "id": "to-janus", "sink_id": "main", "url": url, "token": "t" * 32})
-            assert r.status_code == 201, r.text
-            if live:
-                out["resource"] = (await wait_publication(box, "live"))["resource"]
-            yield janus, whip, box
+        async with trio.open_nursery() as nursery:
+            if refusing is not None:
+                refusing.upstream = f"http://127.0.0.1:{whip.port}"
+                await nursery.start(refusing.run)
+                url = url.replace(refusing.upstream, refusing.url)
+            async with open_box(tmp, url, out, live, ice_servers, engine) as box:
+                yield janus, whip, box
+            nursery.cancel_scope.cancel()
     except BaseException:
         print(json.dumps(out), whip.log(), janus.log(), file=sys.stderr)
         raise
@@ -359,8 +381,75 @@ async def restart(tmp: Path) -> dict:
     return out
 
 
+class RestartRefusing:
+    """simple-whip-server behind a proxy that answers ICE restarts (PATCHes
+    with ``If-Match: "*"``) 405, as a server without them does (RFC 9725
+    section 4.4), and passes every other request on."""
+
+    FORWARDED = ("content-type", "location", "etag", "link", "accept-patch")
+
+    def __init__(self):
+        self.upstream = ""                # http://127.0.0.1:port, set by publishing
+        self.refused = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        async with httpx.AsyncClient(timeout=10) as self.http:
+            task_status.started()
+            await trio.serve_listeners(self.serve, listeners)
+
+    async def serve(self, stream):
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                if not (data := await stream.receive_some(65536)):
+                    return
+                request += data
+            head, _, body = request.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = {k.strip().lower(): v.strip()
+                       for k, _, v in (line.partition(":") for line in lines[1:])}
+            while len(body) < int(headers.get("content-length", "0")):
+                body += await stream.receive_some(65536)
+            if method == "PATCH" and headers.get("if-match") == '"*"':
+                self.refused += 1
+                status, reply, answer = 405, {}, b""
+            else:
+                sent = {k: v for k, v in headers.items()
+                        if k in ("content-type", "authorization", "if-match")}
+                response = await self.http.request(method, self.upstream + target,
+                                                   headers=sent, content=body)
+                status, answer = response.status_code, response.content
+                reply = {k: v for k, v in response.headers.multi_items()
+                         if k.lower() in self.FORWARDED}
+            extra = "".join(f"{k}: {v}\r\n" for k, v in reply.items())
+            await stream.send_all(f"HTTP/1.1 {status} X\r\n{extra}Content-Length: "
+                                  f"{len(answer)}\r\nConnection: close\r\n\r\n".encode()
+                                  + answer)
+
+
+async def refused(tmp: Path) -> dict:
+    out: dict = {}
+    proxy = RestartRefusing()
+    async with publishing(tmp, out, refusing=proxy) as (janus, whip, box):
+        await heard_anew(box)
+        nft(BREAK)
+        broken = await wait_publication(box, "retrying", timeout=3 * SILENT_S)
+        out["broken"] = {k: broken[k] for k in ("error", "ice_restarts", "ice_restart_error")}
+        nft(HEAL)
+        healed = await wait_publication(box, "live", timeout=30)
+        out["attempts_after_heal"] = healed["attempts"]
+        out["refused"] = proxy.refused
+        out["posts"] = whip.log(tail=None).count("/endpoint/: box")
+        found = await wait_participants(janus)
+        await subscriber_hears(janus, found[0]["id"], out)
+    return out
+
+
 if __name__ == "__main__":
-    scenario = {"break": breaks, "trickle": trickle, "restart": restart}[(sys.argv[1:] or ["break"])[0]]
+    scenario = {"break": breaks, "trickle": trickle, "restart": restart, "refused": refused}[(sys.argv[1:] or ["break"])[0]]
     namespace()
     with tempfile.TemporaryDirectory() as tmp:
         result = trio.run(scenario, Path(tmp))

@@ -615,8 +615,9 @@ async def test_a_server_is_taken_for_gone_only_once_heard_anew_and_then_silent(m
 async def test_an_ice_restart_brings_a_broken_path_back_on_the_same_resource():
     """tests/support/whip_out_check.py, ``restart``: the path breaks, the box
     notices the silence and restarts ICE (RFC 9725 section 4.4: a PATCH
-    with new credentials, ``If-Match: "*"``); simple-whip-server restarts
-    Janus's ICE and answers 200 with Janus's new credentials; the path
+    with new credentials, ``If-Match: "*"``: simple-whip-server, strict
+    about ETags, takes a restart only with that); it restarts Janus's ICE
+    and answers 200 with Janus's new credentials; the path
     heals, and the same resource (one POST, one attempt) carries the tone
     that a new VideoRoom subscriber hears."""
     heard = await whip_out_check("restart")
@@ -624,4 +625,21 @@ async def test_an_ice_restart_brings_a_broken_path_back_on_the_same_resource():
     assert heard["restart_status"]["ice_restart_error"] is None
     assert heard["restarts_logged"] == 1 and heard["posts"] == 1
     assert heard["after"] == {"attempts": 1, "ice_restarts": 1, "resource": heard["resource"]}
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
+
+
+@needs_whip_out_check
+async def test_a_server_that_refuses_the_ice_restart_gets_a_fresh_post():
+    """tests/support/whip_out_check.py, ``refused``: simple-whip-server
+    behind a proxy that answers ICE restarts 405 (RFC 9725 section 4.4, a
+    server without them); the path breaks, the restart is refused and says
+    so, the box DELETEs and POSTs again once the path heals, and a VideoRoom
+    subscriber hears the tone."""
+    heard = await whip_out_check("refused")
+    assert heard["refused"] == 1
+    assert heard["broken"]["ice_restarts"] == 0
+    assert heard["broken"]["ice_restart_error"] == "the server does not restart ICE (405)"
+    assert heard["broken"]["error"].endswith("the path broke; the server does not restart "
+                                             "ICE (405)")
+    assert heard["attempts_after_heal"] >= 2 and heard["posts"] >= 2
     assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
