@@ -643,3 +643,49 @@ async def test_a_server_that_refuses_the_ice_restart_gets_a_fresh_post():
                                              "ICE (405)")
     assert heard["attempts_after_heal"] >= 2 and heard["posts"] >= 2
     assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
+
+
+async def test_the_engine_restarts_a_live_publications_ice_and_checks_the_answer(tmp_path):
+    """The engine's ICE restart on a live publication (box A's engine into
+    box B's booth, on loopback): new local credentials, unlike the offer's;
+    a server answer with credentials that are none (RFC 8839) refused with
+    the reason; one with good ones taken (its candidates: the answer's
+    again). Closing it afterwards leaves nothing behind."""
+    from appliance.engine import EngineError
+    from appliance.events import ListenerStateChanged, OfferReady
+
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        async with open_server(make_config(tmp_path / "a")) as a:
+            engine = a.service.engine
+            publication = engine.start_publication("main")
+            try:
+                with pytest.raises(EngineError, match="with its answer"):
+                    publication.ice_restart()
+                offer = None
+                with trio.fail_after(10):
+                    async for event in publication.events:
+                        if isinstance(event, OfferReady):
+                            offer = event.sdp
+                            break
+                assert offer
+                r = await a.client.post(f"{b.url}/api/whip/booth", content=offer, headers={
+                    "Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
+                assert r.status_code == 201, r.text
+                publication.set_answer(r.text)
+                with trio.fail_after(10):
+                    async for event in publication.events:
+                        if isinstance(event, ListenerStateChanged) and event.state.is_live:
+                            break
+                ufrag, pwd = publication.ice_restart()
+                assert f"a=ice-ufrag:{ufrag}\r\n" not in offer and len(pwd) >= 22
+                with pytest.raises(EngineError, match="credentials are not ones"):
+                    publication.restart_answer("a b", "x" * 22)
+                with pytest.raises(EngineError, match="credentials are not ones"):
+                    publication.restart_answer("abcd", "short")
+                publication.restart_answer("abcd", "p" * 24)
+                publication.restart_answer("abcd", "p" * 24,
+                                           ["candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host"])
+            finally:
+                await publication.aclose()
+            assert (await a.wait_idle()) == IDLE
