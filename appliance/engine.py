@@ -90,6 +90,9 @@ class NetSourceStats:
     program_refused: str
 
 
+ICE_CREDENTIAL_MAX = 257   # the engine's AE_ICE_CREDENTIAL_MAX
+
+
 @dataclass(frozen=True)
 class ListenerStats:
     state: ListenerState
@@ -174,6 +177,22 @@ class Listener:
         ``EngineError`` SDP with the reason)."""
         check(lib.ae_publication_set_answer(self._require(),
                                             answer_sdp.encode("utf-8", "replace")))
+
+    def ice_restart(self) -> tuple[str, str]:
+        """A publication's ICE restart: its new local (ufrag, pwd); its
+        checks wait for ``restart_answer``."""
+        ufrag = ffi.new("char[]", ICE_CREDENTIAL_MAX)
+        pwd = ffi.new("char[]", ICE_CREDENTIAL_MAX)
+        check(lib.ae_publication_ice_restart(self._require(), ufrag, pwd))
+        return ffi.string(ufrag).decode(), ffi.string(pwd).decode()
+
+    def restart_answer(self, ufrag: str, pwd: str, candidates: Sequence[str] = ()) -> None:
+        """The server's answer to an ICE restart: its new credentials and
+        candidates ("candidate:..."; none: its answer's again). Checked by
+        the engine (``EngineError`` SDP with the reason)."""
+        lines = "\n".join(candidates).encode("utf-8", "replace") if candidates else ffi.NULL
+        check(lib.ae_publication_restart_answer(self._require(), ufrag.encode("utf-8", "replace"),
+                                                pwd.encode("utf-8", "replace"), lines))
 
     def stats(self) -> ListenerStats:
         out = ffi.new("ae_listener_stats *")

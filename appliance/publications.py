@@ -10,6 +10,7 @@ another appliance) serve the listeners one box cannot.
                    POST the offer (307/308 followed, at most MAX_REDIRECTS)
                    set_answer, watch its state     until the path breaks
                      candidates gathered later     PATCHed (trickle), when the 201 allows
+                     the server silent             ICE restart by PATCH, when the 201 allows
                    DELETE the resource             shielded, bounded
           backoff: 1, 2, 4 ... 30 s, then again
 
@@ -17,6 +18,14 @@ A 201's ``Link: <stun:...>; rel="ice-server"`` headers (RFC 9725 section
 4.6) are read strictly (ice_servers_from_links) and given to webrtcbin for
 the next attempt: webrtcbin gathers before the POST, so the servers a POST's
 answer names can only serve the attempts after it.
+
+A live server that falls silent (the path broke) gets an ICE restart (RFC
+9725 section 4.4) on the same resource: new ICE credentials and our
+candidates PATCHed with ``If-Match: "*"``, its 200's credentials (and
+candidates) given to the engine's ICE agent; DTLS and the media go on. A
+server that refuses it (405, 501, any other answer), or a restart after
+which it is not heard within PEER_SILENT_S, ends the attempt: DELETE and a
+fresh POST with the backoff.
 
 Each attempt's publication is the channel's own Opus (its listeners'
 encode). What a server refused (its status and the start of its body),
@@ -39,11 +48,13 @@ import httpx
 import trio
 
 from .engine import Engine, EngineError
+from .errors import InvalidError
 from .events import (AnswerFailed, CandidateGathered, ListenerState, ListenerStateChanged,
                      OfferReady)
 from .model import PublicationSpec
 from . import outbound
 from .outbound import AttemptFailed, BodyTooLong, read_body
+from .sdp import parse_sdpfrag
 
 __all__ = ["Publication", "Publications", "PublicationError", "ice_servers_from_links"]
 
@@ -68,6 +79,7 @@ MAX_LINK_CHARS = 2048           # all of a 201's Link headers together
 MAX_ICE_FIELD = 256             # a host, a username, a credential
 MAX_TRICKLED = 16               # candidates PATCHed per attempt
 MAX_ETAG = 256
+MAX_RESTART_CANDIDATES = 8      # the server's, from a restart's 200 (the engine's bound too)
 TRICKLE_TYPE = "application/trickle-ice-sdpfrag"
 TRICKLE_REFUSED = (httpx.codes.METHOD_NOT_ALLOWED, httpx.codes.UNSUPPORTED_MEDIA_TYPE,
                    httpx.codes.NOT_IMPLEMENTED)
@@ -167,6 +179,26 @@ class Created:
     links: list[str]
 
 
+def with_credentials(offer: str, ufrag: str, pwd: str) -> str:
+    """The offer with new ICE credentials (after an ICE restart): what
+    later fragments are built from."""
+    lines = [f"a=ice-ufrag:{ufrag}" if line.startswith("a=ice-ufrag:") else
+             f"a=ice-pwd:{pwd}" if line.startswith("a=ice-pwd:") else line
+             for line in offer.splitlines()]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def restart_fragment(offer: str, candidates: list[str]) -> str | None:
+    """An ICE restart's sdpfrag (RFC 9725 section 4.4): the credentials of
+    ``offer`` (with_credentials), its first m-line and mid, ``candidates``
+    (ours: the offer's and those gathered later)."""
+    first = trickle_fragment(offer, 0, "end-of-candidates")
+    if first is None:
+        return None
+    head = first.removesuffix("a=end-of-candidates\r\n")
+    return head + "".join(f"a={c.removeprefix('a=')}\r\n" for c in candidates)
+
+
 def trickle_fragment(offer: str, mline_index: int, candidate: str) -> str | None:
     """An RFC 8840 sdpfrag for one candidate of our offer's m-line
     ``mline_index``: the offer's ICE credentials, its m= and mid lines."""
@@ -208,6 +240,8 @@ class Publication:
     ice_servers_error: str | None = None
     trickled: int = 0                # candidates PATCHed in this attempt
     trickle_error: str | None = None
+    ice_restarts: int = 0            # ICE restarts the server took in this attempt
+    ice_restart_error: str | None = None   # why the last one failed
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -223,7 +257,8 @@ class Publication:
                 "heard_s_ago": self.heard_s_ago,
                 "ice_servers": [server.uri for server in self.ice_servers],
                 "ice_servers_error": self.ice_servers_error,
-                "trickled": self.trickled, "trickle_error": self.trickle_error}
+                "trickled": self.trickled, "trickle_error": self.trickle_error,
+                "ice_restarts": self.ice_restarts, "ice_restart_error": self.ice_restart_error}
 
 
 class Publications:
@@ -292,6 +327,7 @@ class Publications:
         spec = publication.spec
         publication.state = "offering"
         publication.trickled, publication.trickle_error = 0, None
+        publication.ice_restarts = 0
         try:
             engine_publication = self.engine.start_publication(
                 spec.sink_id, [server.for_webrtcbin for server in publication.ice_servers])
@@ -319,10 +355,13 @@ class Publications:
                 raise PublicationError(f"the server's answer was refused: {error.message}") \
                     from None
             publication.state = "connecting"
-            trickle = None
+            trickle = restart = None
             if created.trickle and created.etag and resource:
                 trickle = Trickle(publication, http, resource, created.etag, offer)
-            await self._watch(publication, engine_publication, trickle)
+            if created.trickle and resource:
+                restart = IceRestart(publication, http, engine_publication, resource, offer,
+                                     trickle)
+            await self._watch(publication, engine_publication, trickle, restart)
         finally:
             with trio.CancelScope(shield=True):
                 await engine_publication.aclose()
@@ -386,20 +425,25 @@ class Publications:
         raise PublicationError(f"more than {MAX_REDIRECTS} redirects")
 
     async def _watch(self, publication: Publication, engine_publication: Any,
-                     trickle: Trickle | None) -> None:
+                     trickle: Trickle | None, restart: IceRestart | None) -> None:
         """Until the path breaks: its state from events, candidates gathered
-        late to the trickle, what it sent (once a second) for the status."""
+        late to the trickle, what it sent (once a second) for the status;
+        a silent server gets an ICE restart (``restart``) first."""
         deadline = trio.current_time() + CONNECT_TIMEOUT_S
         last: tuple[float, int] | None = None
         heard = Heard()
+        restarted_at: float | None = None   # the last restart, until the server is heard
         async with trio.open_nursery() as nursery:
             if trickle is not None:
                 nursery.start_soon(trickle.run)
 
             async def events() -> None:
                 async for event in engine_publication.events:
-                    if isinstance(event, CandidateGathered) and trickle is not None:
-                        trickle.add(event)
+                    if isinstance(event, CandidateGathered):
+                        if restart is not None:
+                            restart.gathered.append(event.candidate)
+                        if trickle is not None:
+                            trickle.add(event)
                     elif isinstance(event, ListenerStateChanged):
                         if event.state.is_live and publication.connected_since is None:
                             publication.state = "live"
@@ -424,14 +468,27 @@ class Publications:
                 publication.rtt_ms, publication.fraction_lost = stats.rtt_ms, stats.fraction_lost
                 publication.heard_s_ago = None if stats.last_rx_age_s is None \
                     else round(stats.last_rx_age_s, 1)
-                if publication.connected_since is not None and heard.silent(stats.last_rx_age_s):
-                    nursery.cancel_scope.cancel()
-                    break
+                age = stats.last_rx_age_s
+                if restarted_at is not None:
+                    if age is not None and now - age > restarted_at:
+                        restarted_at = None        # heard since the restart
+                    elif now - restarted_at > PEER_SILENT_S:
+                        publication.ice_restart_error = (
+                            f"the server was not heard within {PEER_SILENT_S:.0f} s of the "
+                            "ICE restart")
+                        nursery.cancel_scope.cancel()
+                        break
+                elif publication.connected_since is not None and heard.silent(age):
+                    if restart is None or not await restart.run():
+                        nursery.cancel_scope.cancel()
+                        break
+                    heard, restarted_at = Heard(), time.monotonic()
         if publication.connected_since is None and trio.current_time() > deadline:
             raise PublicationError("not connected in time (ICE or DTLS)")
-        if heard.broke:
+        if heard.broke or restarted_at is not None:
+            why = f"; {publication.ice_restart_error}" if publication.ice_restart_error else ""
             raise PublicationError(f"nothing heard from the server for {PEER_SILENT_S:.0f} s: "
-                                   "the path broke")
+                                   f"the path broke{why}")
 
 
 class Heard:
@@ -481,12 +538,13 @@ class Trickle:
             self._send.send_nowait(event)
 
     async def run(self) -> None:
-        headers = {"Content-Type": TRICKLE_TYPE, "If-Match": self.etag,
-                   **Publications._auth(self.publication.spec)}
         async for event in self._receive:
             fragment = trickle_fragment(self.offer, event.mline_index, event.candidate)
             if fragment is None or event.candidate.removeprefix("a=") in self.offer:
                 continue   # webrtcbin may signal one the offer carries already
+            # the offer's credentials and ETag, or an ICE restart's since
+            headers = {"Content-Type": TRICKLE_TYPE, "If-Match": self.etag,
+                       **Publications._auth(self.publication.spec)}
             try:
                 async with self.http.stream("PATCH", self.resource, content=fragment,
                                             headers=headers) as response:
@@ -502,3 +560,82 @@ class Trickle:
                 if response.status_code in TRICKLE_REFUSED
                 else f"the server answered a PATCH with {response.status_code}")
             return
+
+
+class IceRestart:
+    """ICE restarts of one attempt's publication (RFC 9725 section 4.4): the
+    engine's ICE agent restarts (new credentials, our candidates kept), the
+    server is PATCHed an sdpfrag with them and ``If-Match: "*"``; its 200
+    (an sdpfrag with its new credentials, perhaps candidates, a new ETag)
+    goes to the engine, and the trickle goes on with both."""
+
+    def __init__(self, publication: Publication, http: httpx.AsyncClient, engine_publication: Any,
+                 resource: str, offer: str, trickle: Trickle | None):
+        self.publication = publication
+        self.http = http
+        self.engine_publication = engine_publication
+        self.resource = resource
+        self.offer = offer
+        self.trickle = trickle
+        self.gathered: list[str] = []    # our candidates gathered after the offer
+
+    async def run(self) -> bool:
+        """One restart; False (the reason in ``ice_restart_error``) when it
+        failed: the attempt ends."""
+        try:
+            await self._restart()
+        except RestartFailed as failed:
+            self.publication.ice_restart_error = str(failed)
+            log.warning("publication %s: ICE restart failed: %s", self.publication.id, failed)
+            return False
+        self.publication.ice_restarts += 1
+        self.publication.ice_restart_error = None
+        return True
+
+    async def _restart(self) -> None:
+        try:
+            ufrag, pwd = self.engine_publication.ice_restart()
+        except EngineError as error:
+            raise RestartFailed(f"the engine could not restart ICE: {error.message}") from None
+        offer = with_credentials(self.offer, ufrag, pwd)
+        ours = [line[2:] for line in offer.splitlines() if line.startswith("a=candidate:")]
+        fragment = restart_fragment(offer, ours + [c for c in self.gathered if c not in ours])
+        if fragment is None:
+            raise RestartFailed("our offer has no ICE credentials or m-line")
+        headers = {"Content-Type": TRICKLE_TYPE, "If-Match": '"*"',
+                   **Publications._auth(self.publication.spec)}
+        try:
+            async with self.http.stream("PATCH", self.resource, content=fragment,
+                                        headers=headers) as response:
+                body = await read_body(response, MAX_ANSWER_BYTES, HTTP_TIMEOUT_S)
+        except (BodyTooLong, httpx.HTTPError, OSError, ssl.SSLError) as error:
+            raise RestartFailed(f"its PATCH failed: {error or type(error).__name__}") from None
+        if response.status_code != httpx.codes.OK:
+            raise RestartFailed(
+                f"the server does not restart ICE ({response.status_code})"
+                if response.status_code in TRICKLE_REFUSED
+                else f"the server answered the restart with {response.status_code}")
+        if not response.headers.get("Content-Type", "").lower().startswith(TRICKLE_TYPE):
+            raise RestartFailed(f"the server's 200 is not {TRICKLE_TYPE}")
+        try:
+            server_ufrag, server_pwd, found = parse_sdpfrag(body.decode("utf-8", "replace"))
+        except InvalidError as error:
+            raise RestartFailed(f"the server's 200 is no sdpfrag: {error}") from None
+        if not server_ufrag or not server_pwd:
+            raise RestartFailed("the server's 200 names no new ICE credentials")
+        candidates = [c for _, _, c in found if c][:MAX_RESTART_CANDIDATES]
+        try:
+            self.engine_publication.restart_answer(server_ufrag, server_pwd, candidates)
+        except EngineError as error:
+            raise RestartFailed(f"the server's restart answer was refused: {error.message}") \
+                from None
+        self.offer = offer
+        if self.trickle is not None:   # later candidates: our new credentials, its new ETag
+            self.trickle.offer = offer
+            etag = response.headers.get("ETag")
+            if etag is not None and len(etag) <= MAX_ETAG and _PRINTABLE.fullmatch(etag):
+                self.trickle.etag = etag
+
+
+class RestartFailed(Exception):
+    """Why an ICE restart failed (plain text for the status)."""

@@ -368,6 +368,17 @@ void ae_listener_free_answer(char *answer);
 #define AE_MAX_ICE_SERVER_LEN 600
 int ae_publication_open(ae_sink *sink, const char *ice_servers, ae_listener **out);
 int ae_publication_set_answer(ae_listener *publication, const char *answer_sdp);
+/* ICE restart of a publication whose answer was set (RFC 9725 section
+ * 4.4): its ICE agent restarts with new local credentials, written into
+ * ufrag and pwd (AE_ICE_CREDENTIAL_MAX bytes each, NUL-terminated), its
+ * local candidates kept; checks wait for ae_publication_restart_answer with
+ * the server's new credentials and its candidates ("candidate:..." lines,
+ * one a line, or NULL: the answer's own are used again; checked like
+ * trickled ones). DTLS and the media go on over whatever pair ICE selects. */
+#define AE_ICE_CREDENTIAL_MAX 257
+int ae_publication_ice_restart(ae_listener *publication, char *ufrag, char *pwd);
+int ae_publication_restart_answer(ae_listener *publication, const char *ufrag, const char *pwd,
+                                  const char *candidates);
 /* An RTP forward of an Opus sink: its Opus (the listeners' encode, no
  * second encoder) as RTP to host:port, SRTP when srtp_key is given. For a
  * relay's ingest (a Janus streaming mountpoint). host is a numeric IPv4 or

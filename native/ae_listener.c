@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <unistd.h>
 #include <stdio.h>
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -241,6 +242,44 @@ int ae_publication_set_answer(ae_listener *l, const char *answer_sdp)
     if (!l->publication || !l->wr) return ae_fail(AE_ERR_INVALID, "not a publication");
     if (atomic_load(&l->closing)) return ae_fail(AE_ERR_CLOSED, "the publication is closing");
     return ae_wr_set_answer(l->wr, answer_sdp);
+}
+
+static int restartable(ae_listener *l)
+{
+    if (!l->publication || !l->wr) return ae_fail(AE_ERR_INVALID, "not a publication");
+    if (atomic_load(&l->closing)) return ae_fail(AE_ERR_CLOSED, "the publication is closing");
+    return AE_OK;
+}
+
+int ae_publication_ice_restart(ae_listener *l, char *ufrag, char *pwd)
+{
+    ae_clear_error();
+    if (!l || !ufrag || !pwd) return ae_fail(AE_ERR_INVALID, "publication, ufrag, pwd are required");
+    int rc = restartable(l);
+    return rc != AE_OK ? rc : ae_wr_ice_restart(l->wr, ufrag, pwd);
+}
+
+/* ICE credentials (RFC 8839: ice-char, 4..256 for ufrag, 22..256 for pwd) */
+static bool ice_credential(const char *s, size_t min)
+{
+    size_t n = strlen(s);
+    if (n < min || n >= AE_ICE_CREDENTIAL_MAX) return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '+' && *s != '/') return false;
+    return true;
+}
+
+int ae_publication_restart_answer(ae_listener *l, const char *ufrag, const char *pwd,
+                                  const char *candidates)
+{
+    ae_clear_error();
+    if (!l || !ufrag || !pwd) return ae_fail(AE_ERR_INVALID, "publication, ufrag, pwd are required");
+    if (!ice_credential(ufrag, 4) || !ice_credential(pwd, 22))
+        return ae_fail(AE_ERR_SDP, "the server's ICE credentials are not ones (RFC 8839)");
+    if (candidates && strlen(candidates) > 8192)
+        return ae_fail(AE_ERR_SDP, "the server's candidates are over 8 KB");
+    int rc = restartable(l);
+    return rc != AE_OK ? rc : ae_wr_restart_answer(l->wr, ufrag, pwd, candidates);
 }
 
 void ae_listener_free_answer(char *answer) { free(answer); }

@@ -1069,6 +1069,191 @@ void ae_wr_add_candidate(ae_wr *l, int mline, const char *candidate)
                                candidate_call_free);
 }
 
+/* ---- ICE restart (a publication) ----------------------------------------- */
+
+/* On the heap, one reference the caller's and one the glib thread's: a
+ * call that timed out may still run. */
+typedef struct restart_call {
+    _Atomic int refs;
+    ae_wr *listener;                     /* a reference */
+    char ufrag[AE_ICE_CREDENTIAL_MAX], pwd[AE_ICE_CREDENTIAL_MAX]; /* ours (restart) */
+    char *remote_ufrag, *remote_pwd, *candidates; /* the server's (answer) */
+    char why[160];
+} restart_call;
+
+static restart_call *restart_call_new(ae_wr *l)
+{
+    restart_call *c = g_new0(restart_call, 1);
+    c->refs = 2;
+    c->listener = listener_ref(l);
+    return c;
+}
+
+static void restart_call_unref(restart_call *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) != 1) return;
+    listener_unref(c->listener);
+    g_free(c->remote_ufrag);
+    g_free(c->remote_pwd);
+    g_free(c->candidates);
+    g_free(c);
+}
+
+/* Runs fn on the glib thread with the call; its failure carries c->why. */
+static int restart_call_run(ae_wr *l, restart_call *c, int (*fn)(void *))
+{
+    int rc = ae_loop_call(l->env->glib, fn, c, GLIB_CALL_TIMEOUT_MS);
+    if (rc != AE_OK && *c->why) ae_fail(rc, "ICE restart: %s", c->why);
+    return rc;
+}
+
+/* webrtcbin's libnice agent and its stream (max-bundle: the only one), or
+ * NULL; the caller unrefs the agent. */
+static NiceAgent *nice_stream(ae_wr *l, guint *stream_id)
+{
+    GstWebRTCICE *ice = NULL;
+    g_object_get(l->webrtc, "ice-agent", &ice, NULL);
+    if (!ice) return NULL;
+    NiceAgent *agent = NULL;
+    if (g_object_class_find_property(G_OBJECT_GET_CLASS(ice), "agent"))
+        g_object_get(ice, "agent", &agent, NULL);
+    gst_object_unref(ice);
+    if (!agent) return NULL;
+    for (guint id = 1; id <= AE_OFFER_MAX_MLINES; id++) {
+        gchar *ufrag = NULL, *pwd = NULL;
+        bool found = nice_agent_get_local_credentials(agent, id, &ufrag, &pwd);
+        g_free(ufrag);
+        g_free(pwd);
+        if (found) {
+            *stream_id = id;
+            return agent;
+        }
+    }
+    g_object_unref(agent);
+    return NULL;
+}
+
+static int ice_restart_step(restart_call *c)
+{
+    ae_wr *l = c->listener;
+    guint sid = 0;
+    NiceAgent *agent = atomic_load(&l->closing) || !l->webrtc ? NULL : nice_stream(l, &sid);
+    if (!agent) {
+        snprintf(c->why, sizeof c->why, "webrtcbin has no ICE stream");
+        return AE_ERR_MEDIA;
+    }
+    gchar *ufrag = NULL, *pwd = NULL;
+    int rc = AE_OK;
+    /* new local credentials; the remote candidates go (but the selected
+     * pair's): the server's come with its answer */
+    if (!nice_agent_restart_stream(agent, sid) ||
+        !nice_agent_get_local_credentials(agent, sid, &ufrag, &pwd) ||
+        strlen(ufrag) >= AE_ICE_CREDENTIAL_MAX || strlen(pwd) >= AE_ICE_CREDENTIAL_MAX) {
+        snprintf(c->why, sizeof c->why, "libnice could not restart the ICE stream");
+        rc = AE_ERR_MEDIA;
+    } else {
+        strcpy(c->ufrag, ufrag);
+        strcpy(c->pwd, pwd);
+        memset(l->remote_candidates, 0, sizeof l->remote_candidates);
+    }
+    g_free(ufrag);
+    g_free(pwd);
+    g_object_unref(agent);
+    return rc;
+}
+
+static int ice_restart_main(void *data)
+{
+    int rc = ice_restart_step(data);
+    restart_call_unref(data);
+    return rc;
+}
+
+int ae_wr_ice_restart(ae_wr *l, char *ufrag, char *pwd)
+{
+    if (!l->offering || !l->offer)
+        return ae_fail(AE_ERR_INVALID, "only a publication with its answer restarts ICE");
+    restart_call *c = restart_call_new(l);
+    int rc = restart_call_run(l, c, ice_restart_main);
+    if (rc == AE_OK) {
+        strcpy(ufrag, c->ufrag);
+        strcpy(pwd, c->pwd);
+    }
+    restart_call_unref(c);
+    return rc;
+}
+
+/* One "candidate:..." (or "a=candidate:...") of the server's for libnice,
+ * checked like a trickled one (take_remote_candidate), or NULL. */
+static NiceCandidate *restart_candidate(ae_wr *l, NiceAgent *agent, guint sid, const char *line,
+                                        const struct ifaddrs *ifs)
+{
+    if (strncmp(line, "a=", 2) == 0) line += 2;
+    if (strncmp(line, "candidate:", 10) != 0 || !take_remote_candidate(l, 0, line, ifs))
+        return NULL;
+    gchar *sdp = g_strconcat("a=", line, NULL);
+    NiceCandidate *cand = nice_agent_parse_remote_candidate_sdp(agent, sid, sdp);
+    g_free(sdp);
+    if (cand && cand->component_id != 1) {
+        nice_candidate_free(cand);
+        cand = NULL;
+    }
+    return cand;
+}
+
+static int restart_answer_step(restart_call *c)
+{
+    ae_wr *l = c->listener;
+    guint sid = 0;
+    NiceAgent *agent = atomic_load(&l->closing) || !l->webrtc ? NULL : nice_stream(l, &sid);
+    if (!agent) {
+        snprintf(c->why, sizeof c->why, "webrtcbin has no ICE stream");
+        return AE_ERR_MEDIA;
+    }
+    if (!nice_agent_set_remote_credentials(agent, sid, c->remote_ufrag, c->remote_pwd)) {
+        g_object_unref(agent);
+        snprintf(c->why, sizeof c->why, "libnice refused the server's credentials");
+        return AE_ERR_SDP;
+    }
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0) ifs = NULL;
+    /* the server's new candidates, else the ones of its answer again */
+    char **lines = g_strsplit(c->candidates ? c->candidates : l->offer, "\n", -1);
+    GSList *cands = NULL;
+    for (char **line = lines; *line; line++) {
+        NiceCandidate *cand = restart_candidate(l, agent, sid, g_strstrip(*line), ifs);
+        if (cand) cands = g_slist_append(cands, cand);
+    }
+    g_strfreev(lines);
+    if (ifs) freeifaddrs(ifs);
+    /* none may pass (candidate_allowed: one on our own address): the
+     * server's checks, with the new credentials, still reach us */
+    if (cands) nice_agent_set_remote_candidates(agent, sid, 1, cands);
+    g_slist_free_full(cands, (GDestroyNotify)nice_candidate_free);
+    g_object_unref(agent);
+    return AE_OK;
+}
+
+static int restart_answer_main(void *data)
+{
+    int rc = restart_answer_step(data);
+    restart_call_unref(data);
+    return rc;
+}
+
+int ae_wr_restart_answer(ae_wr *l, const char *ufrag, const char *pwd, const char *candidates)
+{
+    if (!l->offering || !l->offer)
+        return ae_fail(AE_ERR_INVALID, "only a publication with its answer restarts ICE");
+    restart_call *c = restart_call_new(l);
+    c->remote_ufrag = g_strdup(ufrag);
+    c->remote_pwd = g_strdup(pwd);
+    c->candidates = g_strdup(candidates);
+    int rc = restart_call_run(l, c, restart_answer_main);
+    restart_call_unref(c);
+    return rc;
+}
+
 /* ---- the peer's health, from webrtcbin's statistics ------------------- */
 
 static gboolean read_remote_inbound(GQuark field, const GValue *value, gpointer data)

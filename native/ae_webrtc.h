@@ -34,6 +34,10 @@ int ae_wr_create_offer(const ae_wr_env *env, ae_sink *k, ae_fanout *f, uint64_t 
 /* The server's answer to a publication's offer (checked here: ICE, DTLS
  * fingerprint, our Opus); a later failure is a LISTENER_STATE FAILED. */
 int ae_wr_set_answer(ae_wr *w, const char *answer_sdp);
+/* ae_publication_ice_restart, ae_publication_restart_answer (arguments
+ * checked by the caller). */
+int ae_wr_ice_restart(ae_wr *w, char *ufrag, char *pwd);
+int ae_wr_restart_answer(ae_wr *w, const char *ufrag, const char *pwd, const char *candidates);
 /* From now on it posts no event (call before ae_events_forget). */
 void ae_wr_close(ae_wr *w);
 /* candidate: "candidate:..." (checked by the caller) */

@@ -37,13 +37,15 @@ VIDEOROOM = 1234   # the one room a VideoRoom Janus has (a WHIP ingest's backend
 
 
 def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key: str = "",
-                 ice: str = "127.0.0.1", ws_port: int = 0, lite: bool = False,
-                 session_timeout_s: int = 60, debug_level: int = 4,
+                 ice: str = "127.0.0.1", ws_port: int = 0, public_address: str = "",
+                 lite: bool = False, session_timeout_s: int = 60, debug_level: int = 4,
                  mountpoints: str = "") -> Path:
     """``ws_port``: the VideoRoom plugin on (room VIDEOROOM, Opus audio)
     and the WebSocket transport on that port, as simple-whip-server
-    talks to Janus. ``lite``: ICE-lite; ``mountpoints``: the streaming
-    plugin's static ones, in its config's syntax (the benchmarks')."""
+    talks to Janus; ``public_address``: the address its candidates name
+    instead of its own (nat_1_1_mapping). ``lite``: ICE-lite;
+    ``mountpoints``: the streaming plugin's static ones, in its config's
+    syntax (the benchmarks')."""
     conf.mkdir(parents=True, exist_ok=True)
     plugins_off = tuple(n for n in PLUGINS_OFF if not (ws_port and n == "videoroom"))
     transports_off = tuple(n for n in TRANSPORTS_OFF if not (ws_port and n == "websockets"))
@@ -64,7 +66,7 @@ def write_config(conf: Path, http_port: int, *, api_secret: str = "", admin_key:
 }}
 certificates: {{}}
 media: {{ rtp_port_range = "20000-40000" }}
-nat: {{ ice_lite = {"true" if lite else "false"}, ice_enforce_list = "{ice}" }}
+nat: {{ ice_lite = {"true" if lite else "false"}, ice_enforce_list = "{ice}" {f'nat_1_1_mapping = "{public_address}"' if public_address else ""} }}
 plugins: {{ disable = "{off('', plugins_off)}" }}
 transports: {{ disable = "{off('', transports_off)}" }}
 loggers: {{ disable = "libjanus_jsonlog.so" }}
@@ -91,19 +93,20 @@ class Janus:
     same port, the same config: a relay that restarts)."""
 
     def __init__(self, directory: Path, *, api_secret: str = "", admin_key: str = "",
-                 ice: str = "127.0.0.1", videoroom: bool = False):
+                 ice: str = "127.0.0.1", videoroom: bool = False, public_address: str = ""):
         """``ice``: the interface or address Janus gathers ICE candidates on
         (it gathers none on loopback: a listener's test runs in a network
         namespace with an interface of its own, tests/support/janus_check.py);
         ``videoroom``: the VideoRoom plugin and the WebSocket transport
-        (``ws_url``) on as well."""
+        (``ws_url``) on as well; ``public_address``: see write_config."""
         self.directory = directory
         self.port = free_tcp_port()
         self.url = f"http://127.0.0.1:{self.port}/janus"
         ws_port = free_tcp_port() if videoroom else 0
         self.ws_url = f"ws://127.0.0.1:{ws_port}" if videoroom else ""
         self.config = write_config(directory / "conf", self.port, api_secret=api_secret,
-                                   admin_key=admin_key, ice=ice, ws_port=ws_port)
+                                   admin_key=admin_key, ice=ice, ws_port=ws_port,
+                                   public_address=public_address)
         self.api_secret = api_secret
         self.process: trio.Process | None = None
         self._runs = itertools.count()

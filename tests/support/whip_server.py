@@ -62,7 +62,8 @@ class WhipServer:
             "allowTrickle": True, "strictETags": True, "iceServers": []}) + ";\n")
         env = {**{k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
                "NODE_PATH": ":".join(str(base / m) for m in NODE_MODULES),
-               "DEBUG": "whip:*,-whip:debug,janus:*,-janus:debug,-janus:vdebug"}
+               # whip:debug: each request's body (what was POSTed, PATCHed)
+               "DEBUG": "whip:*,janus:*,-janus:debug,-janus:vdebug"}
         log = open(self.directory / "whip-server.log", "wb")
         self.process = await trio.lowlevel.open_process(
             ["node", "src/server.js"], cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -77,10 +78,14 @@ class WhipServer:
                         pass
                     await trio.sleep(0.05)
 
-    async def create_endpoint(self, endpoint_id: str, room: int, token: str = "") -> str:
-        """A WHIP endpoint publishing into VideoRoom ``room``; its URL."""
+    async def create_endpoint(self, endpoint_id: str, room: int, token: str = "",
+                              ice_servers: tuple[str, ...] = ()) -> str:
+        """A WHIP endpoint publishing into VideoRoom ``room`` (its 201 names
+        ``ice_servers``, stun: URIs, in Link headers); its URL."""
         async with httpx.AsyncClient(timeout=5) as http:
-            body = {"id": endpoint_id, "room": room, **({"token": token} if token else {})}
+            body = {"id": endpoint_id, "room": room, **({"token": token} if token else {}),
+                    **({"iceServers": [{"uri": uri} for uri in ice_servers]}
+                       if ice_servers else {})}
             r = await http.post(f"{self.url}/create", json=body)
             assert r.status_code == httpx.codes.OK, r.text
         return f"{self.url}/endpoint/{endpoint_id}"
@@ -93,6 +98,8 @@ class WhipServer:
         with trio.CancelScope(shield=True):
             await process.wait()
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 4000) -> str:
+        """The end of its log (all of it with ``tail=None``)."""
         path = self.directory / "whip-server.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text[-tail:] if tail else text

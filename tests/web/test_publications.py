@@ -5,6 +5,7 @@ A's own listeners never notice."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 from aioice import stun
@@ -338,28 +339,67 @@ relay_whep_url = "{b.url}/api/whep/hall"
 
 # ---- a third-party WHIP server -------------------------------------------------------------
 
-@pytest.mark.skipif(not can_unshare(), reason="needs network namespaces (unshare -n as root)")
-@pytest.mark.skipif(not janus_support.available(), reason="needs Janus (packages/test.txt)")
-@pytest.mark.skipif(not whip_server.available(),
-                    reason="needs simple-whip-server (make test unpacks it: "
-                           "packages/test-unpacked.txt)")
+def needs_whip_out_check(test):
+    """Skipped where tests/support/whip_out_check.py cannot run."""
+    for mark in (
+            pytest.mark.skipif(not can_unshare(),
+                               reason="needs network namespaces (unshare -n as root)"),
+            pytest.mark.skipif(not janus_support.available(),
+                               reason="needs Janus (packages/test.txt)"),
+            pytest.mark.skipif(not whip_server.available(),
+                               reason="needs simple-whip-server (make test unpacks it: "
+                                      "packages/test-unpacked.txt)")):
+        test = mark(test)
+    return test
+
+
+async def whip_out_check(scenario: str) -> dict:
+    """tests/support/whip_out_check.py's ``scenario``, in a network namespace
+    of its own: what it printed."""
+    return await run_scenario(Path(__file__).parents[1] / "support" / "whip_out_check.py",
+                              scenario)
+
+
+@needs_whip_out_check
 async def test_the_box_publishes_to_simple_whip_server_and_janus_videoroom_subscribers_hear_it():
     """Debian's simple-whip-server, Janus's VideoRoom behind it, in a network
     namespace of the test's own (tests/support/whip_out_check.py): the box's
     publication goes live, VideoRoom lists the publisher, a subscriber
     through VideoRoom's API is offered stereo Opus and hears 440 Hz in both
-    ears; a path that breaks without a word is noticed and published again
-    once it heals; stopping the publication DELETEs it out of the room."""
-    script = Path(__file__).parents[1] / "support" / "whip_out_check.py"
-    heard = await run_scenario(script)
+    ears; a path that breaks without a word is noticed, the ICE restart
+    tried on it (the server takes it) brings nothing back while it stays
+    broken, and it is published again (DELETE, a fresh POST) once it heals;
+    stopping the publication DELETEs it out of the room."""
+    heard = await whip_out_check("break")
     assert heard["resource"].endswith("/whip/resource/box")
     assert [p["display"] for p in heard["participants"]] == ["WHIP Publisher 1234"]
     assert all(p["publisher"] for p in heard["participants"])
     assert any("stereo=1" in fmtp for fmtp in heard["subscriber_offer_fmtp"])
     assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
     assert "nothing heard from the server" in heard["broken_error"]
+    assert "not heard within 3 s of the ICE restart" in heard["broken_error"]
     assert heard["attempts_after_heal"] >= 2
     assert heard["participants_after"] == []
+
+
+@needs_whip_out_check
+@pytest.mark.skipif(not shutil.which("turnserver"), reason="needs coturn (packages/test.txt)")
+async def test_a_candidate_gathered_after_the_offer_is_patched_to_simple_whip_server():
+    """A real late candidate (tests/support/whip_out_check.py, ``trickle``):
+    the box's STUN server (coturn, behind a NAT in a namespace of its own)
+    answers only once the offer is out, with the host candidate alone in
+    it; the server-reflexive candidate is PATCHed to simple-whip-server
+    (trickle-ice-sdpfrag, its 204 counted), the publication stays live and
+    a VideoRoom subscriber hears 440 Hz. The server's Link names the same
+    STUN server, read from its 201."""
+    heard = await whip_out_check("trickle")
+    assert heard["attempts"] == 1 and heard["state"] == "live"
+    assert heard["trickled"] >= 1 and heard["trickle_error"] is None
+    assert heard["ice_servers"] == ["stun:10.98.0.2:3478"]
+    assert heard["posted"] and all(" typ host" in line for line in heard["posted"])
+    assert any(" typ srflx raddr 10.98.0.1 " in line and " 10.98.0.3 " in line
+               for line in heard["patched"]), heard["patched"]
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
 
 
 # ---- what a WHIP server's 201 says: ICE servers, trickle -----------------------------------
@@ -564,3 +604,83 @@ async def test_a_server_is_taken_for_gone_only_once_heard_anew_and_then_silent(m
         assert not heard.silent(0.6 + second)   # silent, within the bound
     clock[0] += 1
     assert heard.silent(0.6 + publications.PEER_SILENT_S)
+
+
+@needs_whip_out_check
+async def test_an_ice_restart_brings_a_broken_path_back_on_the_same_resource():
+    """tests/support/whip_out_check.py, ``restart``: the path breaks, the box
+    notices the silence and restarts ICE (RFC 9725 section 4.4: a PATCH
+    with new credentials, ``If-Match: "*"``: simple-whip-server, strict
+    about ETags, takes a restart only with that); it restarts Janus's ICE
+    and answers 200 with Janus's new credentials; the path
+    heals, and the same resource (one POST, one attempt) carries the tone
+    that a new VideoRoom subscriber hears."""
+    heard = await whip_out_check("restart")
+    assert heard["restart_status"]["ice_restarts"] == 1, heard["restart_status"]
+    assert heard["restart_status"]["ice_restart_error"] is None
+    assert heard["restarts_logged"] == 1 and heard["posts"] == 1
+    assert heard["after"] == {"attempts": 1, "ice_restarts": 1, "resource": heard["resource"]}
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
+
+
+@needs_whip_out_check
+async def test_a_server_that_refuses_the_ice_restart_gets_a_fresh_post():
+    """tests/support/whip_out_check.py, ``refused``: simple-whip-server
+    behind a proxy that answers ICE restarts 405 (RFC 9725 section 4.4, a
+    server without them); the path breaks, the restart is refused and says
+    so, the box DELETEs and POSTs again once the path heals, and a VideoRoom
+    subscriber hears the tone."""
+    heard = await whip_out_check("refused")
+    assert heard["refused"] == 1
+    assert heard["broken"]["ice_restarts"] == 0
+    assert heard["broken"]["ice_restart_error"] == "the server does not restart ICE (405)"
+    assert heard["broken"]["error"].endswith("the path broke; the server does not restart "
+                                             "ICE (405)")
+    assert heard["attempts_after_heal"] >= 2 and heard["posts"] >= 2
+    assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
+
+
+async def test_the_engine_restarts_a_live_publications_ice_and_checks_the_answer(tmp_path):
+    """The engine's ICE restart on a live publication (box A's engine into
+    box B's booth, on loopback): new local credentials, unlike the offer's;
+    a server answer with credentials that are none (RFC 8839) refused with
+    the reason; one with good ones taken (its candidates: the answer's
+    again). Closing it afterwards leaves nothing behind."""
+    from appliance.engine import EngineError
+    from appliance.events import ListenerStateChanged, OfferReady
+
+    async with open_server(make_config(tmp_path / "b")) as b:
+        token = await add_booth(b)
+        async with open_server(make_config(tmp_path / "a")) as a:
+            engine = a.service.engine
+            publication = engine.start_publication("main")
+            try:
+                with pytest.raises(EngineError, match="with its answer"):
+                    publication.ice_restart()
+                offer = None
+                with trio.fail_after(10):
+                    async for event in publication.events:
+                        if isinstance(event, OfferReady):
+                            offer = event.sdp
+                            break
+                assert offer
+                r = await a.client.post(f"{b.url}/api/whip/booth", content=offer, headers={
+                    "Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
+                assert r.status_code == 201, r.text
+                publication.set_answer(r.text)
+                with trio.fail_after(10):
+                    async for event in publication.events:
+                        if isinstance(event, ListenerStateChanged) and event.state.is_live:
+                            break
+                ufrag, pwd = publication.ice_restart()
+                assert f"a=ice-ufrag:{ufrag}\r\n" not in offer and len(pwd) >= 22
+                with pytest.raises(EngineError, match="credentials are not ones"):
+                    publication.restart_answer("a b", "x" * 22)
+                with pytest.raises(EngineError, match="credentials are not ones"):
+                    publication.restart_answer("abcd", "short")
+                publication.restart_answer("abcd", "p" * 24)
+                publication.restart_answer("abcd", "p" * 24,
+                                           ["candidate:1 1 UDP 2130706431 127.0.0.1 9 typ host"])
+            finally:
+                await publication.aclose()
+            assert (await a.wait_idle()) == IDLE
