@@ -623,6 +623,7 @@ async def test_an_ice_restart_brings_a_broken_path_back_on_the_same_resource():
     assert abs(heard["left_hz"] - 440.0) < 3 and abs(heard["right_hz"] - 440.0) < 3
 
 
+@pytest.mark.slow   # 11 s; its ending, DELETE and a fresh POST, is also the break scenario's
 @needs_whip_out_check
 async def test_a_server_that_refuses_the_ice_restart_gets_a_fresh_post():
     """tests/support/whip_out_check.py, ``refused``: simple-whip-server
