@@ -67,10 +67,14 @@ class Server:
         return await self.client.post(path, content=offer, headers=headers, **kw)
 
     async def wait_idle(self, timeout: float = 10) -> dict[str, int]:
-        """Wait until every session has finished its cleanup; returns the census."""
+        """Wait until every session and every publisher (whose peer has left:
+        the box notices a moment later) has finished its cleanup; returns the
+        census."""
         with trio.fail_after(timeout):
             for session in list(self.service.sessions):
                 await session.done.wait()
+            for publisher in list(self.service.publishers.by_source.values()):
+                await publisher.done.wait()
         return self.service.census()
 
     def session_for(self, response: httpx.Response):
