@@ -118,10 +118,12 @@ $(STAMPS)/players: $(STAMPS)/deb-test $(PLAYER_SOURCES)
 	cd tests/players && npm ci --no-audit --no-fund && npm run build
 	@mkdir -p $(STAMPS) && touch $@
 
-$(STAMPS)/venv: $(STAMPS)/deb-run pyproject.toml
+# The app's own packages at the versions in packages/python.txt, the same ones
+# the image installs; the test tools take what pyproject.toml allows.
+$(STAMPS)/venv: $(STAMPS)/deb-run pyproject.toml packages/python.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel "cffi>=1.16"
-	$(BIN)/python -m pip install -q -e '.[test]' --no-build-isolation
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel -c packages/python.txt cffi
+	$(BIN)/python -m pip install -q -c packages/python.txt -e '.[test]' --no-build-isolation
 	@touch $@
 
 $(STAMPS)/engine: $(STAMPS)/venv $(ENGINE_SOURCES)

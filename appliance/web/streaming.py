@@ -8,6 +8,10 @@ network sends it (an SD card) would pile up in memory. For these routes the
 body holds at most ``HIGH_WATER`` bytes not yet read; past that the
 connection stops receiving until the route reads on, and the server's own
 bounded queue and TCP push back on the client.
+
+This reaches into Quart's body (``_data``, ``append``) as Quart 0.22 and
+quart-trio 0.12 have it; 0.23/0.13 made the body a queue, and every request
+then failed here. packages/python.txt holds the versions the suite runs.
 """
 from __future__ import annotations
 

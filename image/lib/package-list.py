@@ -53,7 +53,7 @@ def main(root, repo, freeze):
             provides.setdefault(virtual, []).append(name)
     listed = {}
     for lst in sorted((repo / "packages").glob("*.txt")):
-        if lst.name in ("image-drop.txt", "image-t64.txt", "test.txt", "image-host.txt"):
+        if lst.name in ("image-drop.txt", "image-t64.txt", "test.txt", "image-host.txt", "python.txt"):
             continue
         for line in lst.read_text().splitlines():
             word, _, comment = line.partition("#")

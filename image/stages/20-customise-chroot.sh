@@ -40,7 +40,8 @@ $PIP install -q --upgrade pip setuptools wheel
 if [ "$APP" = source ]; then
     # shellcheck disable=SC2086
     $APT install $APP_BUILD_PACKAGES
-    $PIP wheel -q -w "$B/wheels" "$B/app"
+    # The versions the test suite runs (packages/python.txt), not PyPI's newest.
+    $PIP wheel -q -c "$B/app/packages/python.txt" -w "$B/wheels" "$B/app"
 else
     $PIP wheel -q -w "$B/wheels" "$B/stub-app"
 fi

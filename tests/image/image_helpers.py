@@ -1,6 +1,7 @@
 """Helpers for the image and flash.sh tests (tests/image/): fake sysfs trees (card readers
 that lsblk --sysroot believes in), small stub roots, and running scripts."""
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,22 @@ BUILD = REPO / "image" / "build.sh"
 # missing one is a failure, not a skip.
 TOOLS = ["sfdisk", "mkfs.vfat", "mcopy", "mdir", "mtype", "mkfs.ext4", "e2fsck",
          "debugfs", "fakeroot", "xz", "bmaptool", "lsblk", "dpkg-query"]
+
+
+def canonical(name: str) -> str:
+    """A Python project's name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_python() -> dict[str, str]:
+    """packages/python.txt: {project: exact version} the app runs."""
+    out = {}
+    for line in (REPO / "packages" / "python.txt").read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if spec:
+            name, version = spec.split("==")
+            out[canonical(name)] = version
+    return out
 
 
 def run(cmd, *, env=None, input=None, check=False, timeout=120):

@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from image_helpers import run
+from image_helpers import canonical, locked_python, run
 from image_vm import TOKEN, VM, Card, boot_floor, build_floor, derived_floor, partitions, ssh_key
 
 MIB = 1024 * 1024
@@ -123,8 +123,14 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
             f"/opt/appliance/venv/bin/python -c '{IMPORT_PROBE}'").stdout)
         host_import = import_seconds(lambda: subprocess.run(
             [sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True).stdout)
+        frozen = vm.ssh("/opt/appliance/venv/bin/pip freeze --all").stdout
     finally:
         vm.stop()
+    # The image runs the Python packages the suite ran (packages/python.txt).
+    in_image = dict(line.split("==") for line in frozen.split() if "==" in line)
+    in_image = {canonical(name): version for name, version in in_image.items()}
+    locked = locked_python()
+    assert {n: in_image.get(n) for n in locked} == locked
     later_median, floor_median = statistics.median(later), statistics.median(floor_times)
     def listed(times: list[float]) -> str:
         return ", ".join(f"{t:.1f}" for t in times)

@@ -1,10 +1,12 @@
-"""The Debian package lists in packages/: one file per purpose, read by the
+"""The package lists in packages/: one file per purpose, read by the
 Makefile and by the image build, so a package is named in one place."""
+import importlib.metadata
 import re
 
 import pytest
+from packaging.requirements import Requirement
 
-from image_helpers import REPO, run
+from image_helpers import REPO, canonical, locked_python, run
 
 NAME = re.compile(r"[a-z0-9][a-z0-9.+-]+")
 
@@ -121,3 +123,43 @@ def test_lean_orphans_are_what_only_purged_packages_needed(tmp_path):
     p = run(["python3", REPO / "image/lib/lean-orphans.py", status, "gstreamer1.0-plugins-bad",
              "not-installed"], check=True)
     assert p.stdout.split() == ["libdnnl", "libgomp1", "libz3-4", "stray"]
+
+
+def runtime_closure(project="appliance"):
+    """{project: installed version} for everything the app needs at run time
+    in this interpreter: its requirements and theirs, extras followed, test
+    extras not."""
+    found, todo = {}, [(project, ())]
+    while todo:
+        name, extras = todo.pop()
+        dist = importlib.metadata.distribution(name)
+        key = canonical(dist.metadata["Name"])
+        if key in found:
+            continue
+        found[key] = dist.version
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ("", *extras)):
+                todo.append((req.name, tuple(req.extras)))
+    del found[canonical(project)]
+    return found
+
+
+def test_the_suite_runs_exactly_the_python_packages_the_image_installs():
+    """The image's pip installs with -c packages/python.txt; the suite's venv
+    must hold the same versions, or the image runs what no test ran."""
+    locked, installed = locked_python(), runtime_closure()
+    assert installed == {name: locked[name] for name in installed if name in locked}, \
+        "the venv differs from packages/python.txt: `make deps`, or move the lock"
+    assert not installed.keys() - locked.keys(), \
+        f"needed at run time but not locked: {sorted(installed.keys() - locked.keys())}"
+    assert not locked.keys() - installed.keys(), \
+        f"locked but not needed: {sorted(locked.keys() - installed.keys())}"
+
+
+def test_the_image_and_make_deps_install_with_the_lock():
+    stage = (REPO / "image/stages/20-customise-chroot.sh").read_text()
+    assert re.search(r'\$PIP wheel -q -c "\$B/app/packages/python\.txt"', stage)
+    db = make_database()
+    venv = re.search(r"^\.venv/\.stamps/venv: (.*)$", db, re.M).group(1).split()
+    assert "packages/python.txt" in venv
