@@ -1133,15 +1133,22 @@ static NiceAgent *nice_stream(ae_wr *l, guint *stream_id)
     return NULL;
 }
 
+/* The publication's libnice agent and stream for a restart step, or NULL
+ * with c->why said (closing, or webrtcbin has none); the caller unrefs it. */
+static NiceAgent *restart_agent(restart_call *c, guint *stream_id)
+{
+    ae_wr *l = c->listener;
+    NiceAgent *agent = atomic_load(&l->closing) || !l->webrtc ? NULL : nice_stream(l, stream_id);
+    if (!agent) snprintf(c->why, sizeof c->why, "webrtcbin has no ICE stream");
+    return agent;
+}
+
 static int ice_restart_step(restart_call *c)
 {
     ae_wr *l = c->listener;
     guint sid = 0;
-    NiceAgent *agent = atomic_load(&l->closing) || !l->webrtc ? NULL : nice_stream(l, &sid);
-    if (!agent) {
-        snprintf(c->why, sizeof c->why, "webrtcbin has no ICE stream");
-        return AE_ERR_MEDIA;
-    }
+    NiceAgent *agent = restart_agent(c, &sid);
+    if (!agent) return AE_ERR_MEDIA;
     gchar *ufrag = NULL, *pwd = NULL;
     int rc = AE_OK;
     /* new local credentials; the remote candidates go (but the selected
@@ -1205,11 +1212,8 @@ static int restart_answer_step(restart_call *c)
 {
     ae_wr *l = c->listener;
     guint sid = 0;
-    NiceAgent *agent = atomic_load(&l->closing) || !l->webrtc ? NULL : nice_stream(l, &sid);
-    if (!agent) {
-        snprintf(c->why, sizeof c->why, "webrtcbin has no ICE stream");
-        return AE_ERR_MEDIA;
-    }
+    NiceAgent *agent = restart_agent(c, &sid);
+    if (!agent) return AE_ERR_MEDIA;
     if (!nice_agent_set_remote_credentials(agent, sid, c->remote_ufrag, c->remote_pwd)) {
         g_object_unref(agent);
         snprintf(c->why, sizeof c->why, "libnice refused the server's credentials");

@@ -89,24 +89,35 @@ def playwright_function(script: str) -> str:
 
 @dataclasses.dataclass
 class Page:
-    """A page driven alike in Chromium and Firefox: ``run(script, *args)``
-    its value, ``until(script, *args)`` waits until it is truthy; a script is
-    a function body that reads ``arguments``."""
+    """A page driven alike in Chromium and Firefox, in the browser's own
+    thread: ``run(script, *args)`` its value, ``until(script, *args)`` waits
+    (polling every 50 ms, ``timeout_s`` unless told) until it is truthy and
+    gives that value; a script is a function body that reads ``arguments``."""
     run: Callable[..., Any]
-    until: Callable[..., Any]
+    wait: Callable[..., Any]      # (script, *args, timeout_s=...): the driver's own
+    timeout_s: float = 20
+
+    def until(self, script: str, *args: Any, timeout_s: float | None = None) -> Any:
+        return self.wait(script, *args,
+                         timeout_s=self.timeout_s if timeout_s is None else timeout_s)
 
     @classmethod
     def chromium(cls, page: Any, timeout_s: float = 20) -> "Page":
+        """``page``: a Playwright page."""
+        def wait(script: str, *args: Any, timeout_s: float) -> Any:
+            return page.wait_for_function(playwright_function(script), arg=list(args),
+                                          timeout=timeout_s * 1000, polling=50).json_value()
         return cls(run=lambda script, *args: page.evaluate(playwright_function(script),
                                                            list(args)),
-                   until=lambda script, *args: page.wait_for_function(
-                       playwright_function(script), arg=list(args), timeout=timeout_s * 1000))
+                   wait=wait, timeout_s=timeout_s)
 
     @classmethod
     def firefox(cls, firefox: Any, timeout_s: float = 20) -> "Page":
-        """``firefox``: a tests/e2e/firefox.Firefox, in its own thread."""
+        """``firefox``: a tests/e2e/firefox.Firefox."""
         return cls(run=firefox.js,
-                   until=lambda script, *args: firefox.wait(script, *args, timeout=timeout_s))
+                   wait=lambda script, *args, timeout_s: firefox.wait(script, *args,
+                                                                      timeout=timeout_s),
+                   timeout_s=timeout_s)
 
 
 MICROPHONE_HZ = 587.0

@@ -41,6 +41,7 @@ from typing import Any, Iterator
 import pytest
 import trio
 
+from tests.e2e.conftest import Page
 from tests.e2e.firefox import FIREFOX, Firefox, local_address
 from tests.support.audio_sim import PulseDaemon
 from tests.web.conftest import IDLE, make_config, open_server
@@ -229,46 +230,32 @@ def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
 
 
 class Tab:
-    """The harness page in either browser; used only in that browser's thread."""
+    """The harness page in either browser, its scripts run through ``page``;
+    used only in that browser's thread."""
 
     def __init__(self, engine: str, b: Any, url: str) -> None:
-        self.b, self.page = b, None
+        self.b, self.chromium = b, None
         if engine == "chromium":
-            self.page = b.new_page()
+            self.chromium = b.new_page()
+            self.page = Page.chromium(self.chromium, timeout_s=15)
+        else:
+            self.page = Page.firefox(b, timeout_s=15)
         try:
-            if self.page is not None:
-                self.page.goto(url)
+            if self.chromium is not None:
+                self.chromium.goto(url)
             else:
                 b.m.navigate(url)
-            self.wait("return window.harness && typeof window.playWhep === 'function';")
+            self.page.until("return window.harness && typeof window.playWhep === 'function';")
         except BaseException:
             self.close()
             raise
 
-    @staticmethod
-    def _fn(body: str) -> str:
-        return f"(args) => (function () {{ {body} }}).apply(null, args)"
-
-    def js(self, body: str, *args: Any) -> Any:
-        """Run ``body`` (a function body reading ``arguments``) in the page."""
-        if self.page is not None:
-            return self.page.evaluate(self._fn(body), list(args))
-        return self.b.js(body, *args)
-
-    def wait(self, body: str, *args: Any, timeout: float = 15.0) -> Any:
-        """Until ``body`` returns something truthy; that value."""
-        if self.page is not None:
-            handle = self.page.wait_for_function(self._fn(body), arg=list(args),
-                                                 timeout=timeout * 1000, polling=50)
-            return handle.json_value()
-        return self.b.wait(body, *args, timeout=timeout)
-
     def snapshot(self) -> dict[str, Any]:
-        return self.js("return harness.snapshot();")
+        return self.page.run("return harness.snapshot();")
 
     def close(self) -> None:
-        if self.page is not None:
-            self.page.close()
+        if self.chromium is not None:
+            self.chromium.close()
         else:
             self.b.m.navigate("about:blank")   # ends the page's peer connections
 
@@ -307,9 +294,9 @@ async def test_player_hears_the_tone_and_stop_frees_the_listener(
         def play(b: Any) -> tuple[Tab, Any, dict[str, Any]]:
             tab = Tab(engine, b, f"{site}/{player}.html")
             try:
-                tab.js("harness.start(arguments[0]); return true;", endpoint)
+                tab.page.run("harness.start(arguments[0]); return true;", endpoint)
                 try:
-                    outcome = tab.wait("return harness.outcome();", timeout=20)
+                    outcome = tab.page.until("return harness.outcome();", timeout_s=20)
                 except Exception as error:    # each driver has its own timeout error
                     outcome = {"failed": f"timed out: {error}"}
                 return tab, outcome, tab.snapshot()
@@ -332,8 +319,8 @@ async def test_player_hears_the_tone_and_stop_frees_the_listener(
             assert server.service.engine.stats().listeners == 1
 
             def stop(b: Any) -> dict[str, Any]:
-                tab.js("harness.stop(); return true;")
-                tab.wait("return harness.stopped;")
+                tab.page.run("harness.stop(); return true;")
+                tab.page.until("return harness.stopped;")
                 return tab.snapshot()
 
             after = await b.call(stop)

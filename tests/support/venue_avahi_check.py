@@ -2,7 +2,7 @@
 their own (tests/web/test_venue_avahi.py starts this under ``unshare -n``:
 box A; it starts box B under another): a veth pair, va0 here with
 10.77.0.1, vb0 in B's namespace with 10.77.0.2. Each namespace runs its own
-system bus (dbus-daemon, a config written here), its own avahi-daemon on it
+system bus (tests/support/daemons.py), its own avahi-daemon on it
 (its own mount namespace: a private /run for its pid file and socket, and
 the image's service file, unchanged, as /etc/avahi/services) and a box on
 port 80 whose ``Venue`` browses with the product's ``avahi_browse``.
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import trio  # noqa: E402
 
 from appliance.venue import avahi_browse  # noqa: E402
+from tests.support.daemons import end, open_system_bus  # noqa: E402
 from tests.web.conftest import Server, make_config, open_server  # noqa: E402
 from tests.web.test_venue import Page  # noqa: E402
 
@@ -66,21 +67,6 @@ B_GRAPH = {
                {"id": "tone-fr", "source_id": "tone", "sink_id": "fr"}],
 }
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
-
 # this namespace's link only, IPv4 only, nothing published but the services
 AVAHI_CONF = """[server]
 host-name={host}
@@ -110,18 +96,6 @@ def run(*commands: str) -> None:
 async def open_daemon(command: list[str], log: Path) -> trio.Process:
     with open(log, "wb") as out:
         return await trio.lowlevel.open_process(command, stdout=out, stderr=out, env=TOOL_ENV)
-
-
-async def end(process: trio.Process) -> None:
-    """SIGTERM (avahi-daemon says goodbye), then SIGKILL after 10 s; waited
-    for even when cancelled: no daemon outlives its namespace's script."""
-    process.terminate()
-    with trio.CancelScope(shield=True):
-        with trio.move_on_after(10) as waited:
-            await process.wait()
-        if waited.cancelled_caught:
-            process.kill()
-            await process.wait()
 
 
 class Lines:
@@ -162,16 +136,9 @@ async def announced_box(side: Side, folder: Path, graph: dict | None = None
     services = folder / "services"
     services.mkdir(parents=True)
     shutil.copy(SERVICE_FILE, services)
-    (folder / "bus.conf").write_text(BUS_CONF.format(socket=folder / "bus.sock"))
     (folder / "avahi.conf").write_text(AVAHI_CONF.format(host=side.host,
                                                          interface=side.interface))
-    bus = await trio.lowlevel.open_process(
-        ["dbus-daemon", "--nofork", "--print-address=1", f"--config-file={folder / 'bus.conf'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=TOOL_ENV)
-    try:
-        with trio.fail_after(10):   # it prints its address once it listens
-            address = (await Lines(bus.stdout).next()).strip()
-        await bus.stdout.aclose()   # it says nothing more
+    async with open_system_bus(folder, TOOL_ENV) as address:
         # for avahi-daemon, and for the box's avahi-browse (appliance.venue)
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = TOOL_ENV["DBUS_SYSTEM_BUS_ADDRESS"] = address
         config = make_config(folder / "state", data=graph, host=side.address, port=80)
@@ -183,8 +150,6 @@ async def announced_box(side: Side, folder: Path, graph: dict | None = None
                 yield Box(side, server, avahi, folder)
             finally:
                 await end(avahi)
-    finally:
-        await end(bus)
 
 
 async def page(box: Box) -> tuple[Page, str]:

@@ -50,7 +50,7 @@ import trio  # noqa: E402
 from support.janus import VIDEOROOM, Janus, JanusClient  # noqa: E402
 from support.janus_check import ADDRESS, TOOL_ENV, run_in_namespace  # noqa: E402
 from support.webrtc import dominant_frequency, open_aiortc_listener  # noqa: E402
-from support.whip_server import WhipServer  # noqa: E402
+from support.whip_server import WhipServer, read_http_request  # noqa: E402
 from appliance import publications  # noqa: E402
 from tests.web.conftest import make_config, open_server  # noqa: E402
 
@@ -400,18 +400,9 @@ class RestartRefusing:
 
     async def serve(self, stream):
         async with stream:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                if not (data := await stream.receive_some(65536)):
-                    return
-                request += data
-            head, _, body = request.partition(b"\r\n\r\n")
-            lines = head.decode().split("\r\n")
-            method, target, _ = lines[0].split(" ", 2)
-            headers = {k.strip().lower(): v.strip()
-                       for k, _, v in (line.partition(":") for line in lines[1:])}
-            while len(body) < int(headers.get("content-length", "0")):
-                body += await stream.receive_some(65536)
+            if (request := await read_http_request(stream)) is None:
+                return
+            method, target, headers, body = request
             if method == "PATCH" and headers.get("if-match") == '"*"':
                 self.refused += 1
                 status, reply, answer = 405, {}, b""

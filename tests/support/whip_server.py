@@ -7,7 +7,11 @@ Debian installs it in /usr/share/simple-whip-server with its node-* modules
 in /usr/share/nodejs. Debian's nodejs conflicts with the nodejs the npm
 players are built with, so `make test` unpacks the package and its node-*
 modules into .venv/debroot instead (packages/test-unpacked.txt); another
-directory may be named by SIMPLE_WHIP_SERVER_ROOT."""
+directory may be named by SIMPLE_WHIP_SERVER_ROOT.
+
+``read_http_request`` is for the stand-ins beside it: the proxy in front of
+it (tests/support/whip_out_check.py) and the WHIP servers of
+tests/web/test_publications.py that answer as no good server would."""
 from __future__ import annotations
 
 import json
@@ -15,6 +19,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import trio
@@ -40,6 +45,33 @@ def root() -> Path | None:
 
 def available() -> bool:
     return root() is not None and shutil.which("node") is not None
+
+
+class HttpRequest(NamedTuple):
+    method: str
+    target: str
+    headers: dict[str, str]      # names in lower case
+    body: bytes
+
+
+async def read_http_request(stream: trio.abc.ReceiveStream) -> HttpRequest | None:
+    """One HTTP/1.1 request off ``stream``: the request line, the headers and
+    the body their Content-Length announces; None if the peer closes first."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        if not (data := await stream.receive_some(65536)):
+            return None
+        request += data
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = {k.strip().lower(): v.strip()
+               for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", "0")):
+        if not (data := await stream.receive_some(65536)):
+            return None
+        body += data
+    return HttpRequest(method, target, headers, body)
 
 
 class WhipServer:

@@ -117,14 +117,8 @@ async def canned_server(response: bytes | None, *, task_status=trio.TASK_STATUS_
 
     async def serve(stream):
         async with stream:
-            request = b""
-            while b"\r\n\r\n" not in request:   # the headers, then the body they announce
-                request += await stream.receive_some(65536)
-            head, _, body = request.partition(b"\r\n\r\n")
-            length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), b"0"))
-            while len(body) < length:
-                body += await stream.receive_some(65536)
+            if await whip_server.read_http_request(stream) is None:
+                return
             if response is None:
                 await trio.sleep_forever()
             await stream.send_all(response.replace(b"PORT", str(port).encode()))
@@ -434,16 +428,9 @@ class RecordingWhipServer:
 
     async def serve(self, stream):
         async with stream:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                request += await stream.receive_some(65536)
-            head, _, body = request.partition(b"\r\n\r\n")
-            lines = head.decode().split("\r\n")
-            headers = {k.strip().lower(): v.strip()
-                       for k, _, v in (line.partition(":") for line in lines[1:])}
-            while len(body) < int(headers.get("content-length", "0")):
-                body += await stream.receive_some(65536)
-            method = lines[0].split()[0]
+            if (request := await whip_server.read_http_request(stream)) is None:
+                return
+            method, _, headers, body = request
             self.requests.append((method, headers, body.decode()))
             self.changed.set()
             self.changed = trio.Event()

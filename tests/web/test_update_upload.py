@@ -1,5 +1,5 @@
 """Updates from the admin page (issue 22) with the real RAUC: a private
-system bus (dbus-daemon with a config written here), `rauc service` on it
+system bus (dbus-daemon, tests/support/daemons.py), `rauc service` on it
 with slots that are plain files, the image's own boot selector
 (image/.../boot-slot on a boot partition in a directory), a keyring made
 with openssl and bundles made with `rauc bundle` here. The app talks to RAUC
@@ -28,6 +28,7 @@ from jeepney import MatchRule, message_bus
 from jeepney.io.trio import Proxy, open_dbus_router
 
 from appliance.config import UpdateConfig
+from tests.support.daemons import open_system_bus
 from tests.web.conftest import ADMIN, Server, make_config, open_server
 
 pytestmark = pytest.mark.trio
@@ -101,21 +102,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
                    _bundle(folder, "theirs", image, theirs), damaged, ours[0])
 
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
-
 SYSTEM_CONF = """[system]
 compatible={compatible}
 bootloader=custom
@@ -187,22 +173,14 @@ async def open_box(tmp: Path, keyring: Path, **update: int) -> AsyncIterator[Box
     (root / "slot-a.img").write_bytes(slot_a)
     (root / "slot-b.img").write_bytes(slot_b)
     (root / "mnt").mkdir()
-    socket_path = root / "bus.sock"
-    (root / "bus.conf").write_text(BUS_CONF.format(socket=socket_path))
     (root / "system.conf").write_text(SYSTEM_CONF.format(
         compatible=COMPATIBLE, root=root, keyring=keyring, boot_slot=BOOT_SLOT))
-    address = f"unix:path={socket_path}"
-    env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address, "BOOT_SLOT_DIR": str(root / "boot"),
-           "BOOT_SLOT_CMDLINE": str(root / "cmdline"), "BOOT_SLOT_ROOT_B": str(root / "root-b"),
-           "BOOT_SLOT_ROOT_A": str(root / "root-b")}
     old = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
-    async with trio.open_nursery() as nursery:
-        bus = await trio.lowlevel.open_process(
-            ["dbus-daemon", "--nofork", "--print-address=1", f"--config-file={root / 'bus.conf'}"],
-            stdout=subprocess.PIPE)
+    async with trio.open_nursery() as nursery, open_system_bus(root) as address:
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": address,
+               "BOOT_SLOT_DIR": str(root / "boot"), "BOOT_SLOT_CMDLINE": str(root / "cmdline"),
+               "BOOT_SLOT_ROOT_B": str(root / "root-b"), "BOOT_SLOT_ROOT_A": str(root / "root-b")}
         try:
-            assert bus.stdout is not None
-            assert (await bus.stdout.receive_some(4096)).strip()   # it listens
             rauc_log = open(root / "rauc.log", "wb")
             owned, watching = trio.Event(), trio.Event()
 
@@ -230,8 +208,6 @@ async def open_box(tmp: Path, keyring: Path, **update: int) -> AsyncIterator[Box
                 await service.wait()
                 rauc_log.close()
         finally:
-            bus.terminate()
-            await bus.wait()
             if old is None:
                 os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
             else:
