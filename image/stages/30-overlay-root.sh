@@ -48,6 +48,17 @@ P
 # (appliance-hotspot*.service), only when appliance.toml asks for it.
 mask hostapd.service
 mask dnsmasq.service
+# Nothing on the box uses FUSE, configfs, EFI pstore (a Pi has no EFI) or
+# foreign binaries, and it drives no display: each of these loads a kernel
+# module at every boot, each a second or more of signature check under QEMU.
+for u in modprobe@drm.service sys-fs-fuse-connections.mount sys-kernel-config.mount \
+         systemd-pstore.service systemd-binfmt.service proc-sys-fs-binfmt_misc.automount; do
+    mask "$u"
+done
+# systemd-ssh-generator would bind sshd to AF_VSOCK and a local socket beside
+# the ssh.service appliance.toml turns on (loading vsock for it): one way in.
+mkdir -p "$R/etc/systemd/system-generators"
+ln -sfn /dev/null "$R/etc/systemd/system-generators/systemd-ssh-generator"
 if [ "$BASE" = debian ]; then
     wants multi-user.target.wants systemd-networkd.service /lib/systemd/system/systemd-networkd.service
     wants sockets.target.wants systemd-networkd.socket /lib/systemd/system/systemd-networkd.socket
@@ -67,8 +78,10 @@ cat >"$R/etc/fstab" <<F
 # when appliance.toml changed.
 # No line for /: it is slot A (partition 2) or B (partition 4), mounted
 # read-only by the kernel (root=PARTUUID=... ro on the slot's command line).
-PARTUUID=$PARTUUID-01  /boot/firmware      vfat   ro,noatime,fmask=0022,dmask=0022,flush  0 2
-PARTUUID=$PARTUUID-03  /var/lib/appliance  ext4   rw,noatime,nodev,nosuid,noexec,data=journal,commit=5  0 2
+# Both are on the card the kernel booted from: only udev's pace decides when
+# they appear (system.conf.d/appliance-devices.conf says why 5 minutes).
+PARTUUID=$PARTUUID-01  /boot/firmware      vfat   ro,noatime,fmask=0022,dmask=0022,flush,x-systemd.device-timeout=5min  0 2
+PARTUUID=$PARTUUID-03  /var/lib/appliance  ext4   rw,noatime,nodev,nosuid,noexec,data=journal,commit=5,x-systemd.device-timeout=5min  0 2
 tmpfs  /tmp              tmpfs  nosuid,nodev,mode=1777,size=64M  0 0
 tmpfs  /var/tmp          tmpfs  nosuid,nodev,mode=1777,size=16M  0 0
 tmpfs  /var/lib/systemd  tmpfs  nosuid,nodev,mode=0755,size=8M   0 0
