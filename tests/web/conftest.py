@@ -18,6 +18,7 @@ from appliance.passwords import hash_password
 from appliance.service import Service
 from appliance.web import create_app
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
+from tests.support.trust import TRUST
 
 SDP = {"Content-Type": "application/sdp"}
 
@@ -118,7 +119,7 @@ async def open_server(config: Config, *, service: Service | None = None,
                 done.set()
 
         binds = await nursery.start(run)
-        async with httpx.AsyncClient(base_url=binds[0], timeout=15,
+        async with httpx.AsyncClient(base_url=binds[0], timeout=15, verify=TRUST,
                                      headers=ADMIN if headers is None else headers) as client:
             server = Server(binds[0], app, client, stop, done)
             try:

@@ -21,6 +21,7 @@ from tests.web.conftest import (
     ADMIN, ADMIN_PASSWORD, ADMIN_TOKEN, IDLE, Server, make_config, open_server,
 )
 from tests.web.test_events import next_event, open_events
+from tests.support.trust import TRUST
 
 pytestmark = pytest.mark.trio
 
@@ -301,7 +302,7 @@ async def test_wrong_passwords_are_slowed_per_address_without_blocking_anyone(tm
         assert (await client.get("/api/listen/channels")).status_code == 200
         assert (await client.get("/admin")).status_code == 200
         # another address is not affected
-        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2", verify=TRUST)
         async with httpx.AsyncClient(base_url=server.url, transport=transport) as other:
             r = await other.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
             assert r.status_code == 200
@@ -453,7 +454,7 @@ async def test_a_crowd_of_guessers_hashes_at_most_two_passwords_at_once(tmp_path
         statuses: list[int] = []
 
         async def guess(n: int) -> None:
-            transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{10 + n}")
+            transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{10 + n}", verify=TRUST)
             async with httpx.AsyncClient(base_url=server.url, transport=transport) as c:
                 r = await c.post("/api/admin/login", json={"password": f"guess {n:04d}"})
                 statuses.append(r.status_code)

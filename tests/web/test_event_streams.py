@@ -15,6 +15,7 @@ import trio
 
 from appliance import feed
 from tests.web.conftest import make_config, open_server
+from tests.support.trust import TRUST
 
 pytestmark = pytest.mark.trio
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.trio
 async def streams_from(server, address: str) -> AsyncIterator[list[int]]:
     """Open event streams from ``address`` as asked (``open(path)``); yields
     the list their statuses are put in; every stream is closed at the end."""
-    transport = httpx.AsyncHTTPTransport(local_address=address)
+    transport = httpx.AsyncHTTPTransport(local_address=address, verify=TRUST)
     async with httpx.AsyncClient(base_url=server.url, transport=transport, timeout=10) as client, \
             contextlib.AsyncExitStack() as stack:
         statuses: list[int] = []

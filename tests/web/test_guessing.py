@@ -14,6 +14,7 @@ import trio
 
 from tests.support.webrtc import synthetic_offer
 from tests.web.conftest import ADMIN, ADMIN_PASSWORD, make_config, open_server
+from tests.support.trust import TRUST
 
 pytestmark = pytest.mark.trio
 
@@ -35,7 +36,7 @@ async def rotate(server, path: str, bodies: list[dict], *, concurrency: int = 16
 
     async def one(i: int) -> None:
         async with limit:
-            transport = httpx.AsyncHTTPTransport(local_address=sources[i])
+            transport = httpx.AsyncHTTPTransport(local_address=sources[i], verify=TRUST)
             async with httpx.AsyncClient(base_url=server.url, transport=transport,
                                          timeout=15) as client:
                 r = await client.post(path, json=bodies[i])
@@ -91,7 +92,7 @@ async def test_the_right_pin_gets_in_when_the_budget_refills(tmp_path):
                                    [{"pin": f"{n:04d}"} for n in range(100, 160)])
         assert 429 in statuses
         started = time.monotonic()
-        transport = httpx.AsyncHTTPTransport(local_address="127.9.9.9")
+        transport = httpx.AsyncHTTPTransport(local_address="127.9.9.9", verify=TRUST)
         async with httpx.AsyncClient(base_url=server.url, transport=transport) as phone:
             with trio.fail_after(5):
                 while True:
@@ -111,7 +112,7 @@ async def test_a_stranger_spending_the_budget_locks_out_neither_a_known_browser_
         # a guess back every 2 minutes, not 2 s: on a busy machine the
         # budget refilled between the flood and the fresh browser's try
         server.app.admin_auth.throttle.budget_per_min = 0.5
-        transport = httpx.AsyncHTTPTransport(local_address="127.8.8.8")
+        transport = httpx.AsyncHTTPTransport(local_address="127.8.8.8", verify=TRUST)
         async with httpx.AsyncClient(base_url=server.url, transport=transport) as admin:
             r = await admin.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
             assert r.status_code == 200 and "appliance_device" in admin.cookies
@@ -119,14 +120,14 @@ async def test_a_stranger_spending_the_budget_locks_out_neither_a_known_browser_
                                        [{"password": f"guess {n}"} for n in range(60)])
             assert 429 in statuses
             # a browser never seen before waits like any stranger ...
-            transport = httpx.AsyncHTTPTransport(local_address="127.8.8.9")
+            transport = httpx.AsyncHTTPTransport(local_address="127.8.8.9", verify=TRUST)
             async with httpx.AsyncClient(base_url=server.url, transport=transport) as fresh:
                 r = await fresh.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
                 assert r.status_code == 429
             # ... the admin's own browser logs in, and a forged device cookie is no pass
             r = await admin.post("/api/admin/login", json={"password": ADMIN_PASSWORD})
             assert r.status_code == 200
-        transport = httpx.AsyncHTTPTransport(local_address="127.8.8.10")
+        transport = httpx.AsyncHTTPTransport(local_address="127.8.8.10", verify=TRUST)
         async with httpx.AsyncClient(base_url=server.url, transport=transport,
                                      headers={"Cookie": "appliance_device=" + "0" * 32 + ".00"}
                                      ) as forged:
@@ -167,7 +168,7 @@ async def test_a_signs_code_opens_the_channel_at_once_while_strangers_guess_at_t
         async with trio.open_nursery() as nursery:
             nursery.start_soon(flood)
             await flood_refused.wait()
-            transport = httpx.AsyncHTTPTransport(local_address="127.9.9.9")
+            transport = httpx.AsyncHTTPTransport(local_address="127.9.9.9", verify=TRUST)
             async with httpx.AsyncClient(base_url=server.url, transport=transport,
                                          timeout=15) as phone:
                 # the typed PIN is held up with the flood ...

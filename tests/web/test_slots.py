@@ -15,6 +15,7 @@ import trio
 
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener, synthetic_offer
 from tests.web.conftest import IDLE, SDP, make_config, open_server
+from tests.support.trust import TRUST
 
 pytestmark = pytest.mark.trio
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.trio
 @contextlib.asynccontextmanager
 async def client_from(server, address: str) -> AsyncIterator[httpx.AsyncClient]:
     """A client whose connections come from ``address`` (a loopback one)."""
-    transport = httpx.AsyncHTTPTransport(local_address=address)
+    transport = httpx.AsyncHTTPTransport(local_address=address, verify=TRUST)
     async with httpx.AsyncClient(base_url=server.url, transport=transport, timeout=15) as c:
         yield c
 
