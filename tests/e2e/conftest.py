@@ -155,6 +155,46 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
         b.close()
 
 
+@dataclasses.dataclass
+class SoundingFirefox:
+    """Firefox ESR (tests/e2e/firefox.py) and the PulseAudio daemon its sound
+    goes to, whose null sink's monitor a test may record (tests/support/ears.py)."""
+    firefox: Any
+    pulse: PulseDaemon
+
+
+@pytest.fixture(scope="session")
+def firefox_sound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoundingFirefox]:
+    """One Firefox for the session (its start and stop take ~5 s), playing
+    at the page's own volume into a daemon of its own: without an audio
+    output (no sound card here) its AudioContext never leaves "suspended".
+    A test that changes a pref puts it back."""
+    from tests.e2e.firefox import FIREFOX, Firefox
+    if not shutil.which(FIREFOX):
+        pytest.skip(f"{FIREFOX} is missing (make test installs Debian's firefox-esr)")
+    if shutil.which("pulseaudio") is None:
+        pytest.skip("pulseaudio is not installed (make test installs it)")
+    pytest.importorskip("marionette_driver")
+    workdir = tmp_path_factory.mktemp("firefox")
+    pulse = PulseDaemon(workdir / "pulse")
+    pulse.start()
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("PULSE_SERVER", f"unix:{pulse.socket}")   # read when Firefox starts
+            firefox = Firefox(str(workdir / "gecko.log"), full_volume=True)
+        try:
+            yield SoundingFirefox(firefox, pulse)
+        finally:
+            firefox.close()
+    finally:
+        pulse.stop()
+
+
+@pytest.fixture
+def firefox(firefox_sound: SoundingFirefox) -> Any:
+    return firefox_sound.firefox
+
+
 @pytest.fixture
 def pulse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     if shutil.which("pulseaudio") is None:

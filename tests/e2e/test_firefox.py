@@ -12,33 +12,19 @@ never leave the kernel (Linux routes them over ``lo``), so nothing goes on
 the network. Host addresses are not hidden behind mDNS names, autoplay is
 allowed (the refused case is made by the page's own play() being refused,
 the same in both engines), and Firefox asks for French first. One Firefox
-per module, owned by one worker thread.
+for the session (tests/e2e/conftest.py), owned by one worker thread.
 """
 from __future__ import annotations
 
 import dataclasses
-import shutil
-from typing import Iterator
 
 import pytest
 import trio
 
-from tests.e2e.firefox import FIREFOX, Firefox, local_address
+from tests.e2e.firefox import Firefox, local_address
 from tests.web.conftest import IDLE, make_config, open_server
 
 pytestmark = [pytest.mark.trio, pytest.mark.browser]
-
-@pytest.fixture(scope="module")
-def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
-    if not shutil.which(FIREFOX):
-        pytest.skip(f"{FIREFOX} is missing (make test installs Debian's firefox-esr)")
-    pytest.importorskip("marionette_driver")
-    browser = Firefox(str(tmp_path_factory.mktemp("firefox") / "gecko.log"))
-    try:
-        yield browser
-    finally:
-        browser.close()
-
 
 @pytest.fixture
 def config(tmp_path):

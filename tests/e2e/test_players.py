@@ -33,7 +33,6 @@ import dataclasses
 import http.server
 import json
 import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,8 +41,7 @@ import pytest
 import trio
 
 from tests.e2e.conftest import Page
-from tests.e2e.firefox import FIREFOX, Firefox, local_address
-from tests.support.audio_sim import PulseDaemon
+from tests.e2e.firefox import local_address
 from tests.web.conftest import IDLE, make_config, open_server
 
 pytestmark = [pytest.mark.trio, pytest.mark.browser]
@@ -202,31 +200,6 @@ def site() -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join()
-
-
-@pytest.fixture(scope="module")
-def firefox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Firefox]:
-    """One Firefox for the module, with an audio output: without one (no
-    sound card here) its AudioContext never leaves "suspended". The output is
-    a PulseAudio null sink, as Chromium's is in tests that need a clocked one."""
-    if not shutil.which(FIREFOX):
-        pytest.skip(f"{FIREFOX} is missing (make test installs Debian's firefox-esr)")
-    if shutil.which("pulseaudio") is None:
-        pytest.skip("pulseaudio is not installed (make test installs it)")
-    pytest.importorskip("marionette_driver")
-    workdir = tmp_path_factory.mktemp("firefox-players")
-    pulse = PulseDaemon(workdir / "pulse")
-    pulse.start()
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("PULSE_SERVER", f"unix:{pulse.socket}")   # read when Firefox starts
-            browser = Firefox(str(workdir / "gecko.log"))
-        try:
-            yield browser
-        finally:
-            browser.close()
-    finally:
-        pulse.stop()
 
 
 class Tab:

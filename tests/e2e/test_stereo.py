@@ -10,7 +10,6 @@ the balance changed the level instead of the side."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 import trio
 
 from tests.e2e.conftest import Browser, Page
-from tests.e2e.firefox import FIREFOX, Firefox, local_address
+from tests.e2e.firefox import Firefox, local_address
 from tests.support.ears import (LEFT_HZ, RIGHT_HZ, SEPARATION_DB, STEREO_CHANNEL,
                                 each_side_in_its_own_ear, hear, stereo_file)
 from tests.web.conftest import IDLE, make_config, open_server
@@ -103,28 +102,24 @@ async def test_chromium_hears_each_side_in_its_own_ear(tmp_path, pulse):
     check(heard)
 
 
-async def test_firefox_hears_each_side_in_its_own_ear(tmp_path, pulse, monkeypatch):
-    if not shutil.which(FIREFOX):
-        pytest.skip(f"{FIREFOX} is missing (make test installs Debian's firefox-esr)")
-    pytest.importorskip("marionette_driver")
+async def test_firefox_hears_each_side_in_its_own_ear(tmp_path, firefox_sound):
     address = local_address()
     if address is None:
         pytest.skip("no non-loopback local address: Firefox ESR gathers no loopback ICE candidates")
     stereo_file(tmp_path / "media")
     config = make_config(tmp_path, data=STEREO_CHANNEL)
     config = config.replace(engine=dataclasses.replace(config.engine, ice_addresses=(address,)))
+    # the session's Firefox, at full volume into its own daemon, whose sink we hear
+    firefox, socket = firefox_sound.firefox, firefox_sound.pulse.socket
     async with open_server(config) as server:
-        # Firefox takes its environment at start: its sound goes to our daemon
-        monkeypatch.setenv("PULSE_SERVER", f"unix:{pulse.socket}")
-        firefox = Firefox(str(tmp_path / "gecko.log"), full_volume=True)
-        try:
-            def run(f: Firefox) -> dict[str, Any]:
-                f.m.navigate(server.url + "/listen/main")
+        def run(f: Firefox) -> dict[str, Any]:
+            f.m.navigate(server.url + "/listen/main")
+            try:
                 f.wait("return window.applianceDebug && applianceDebug.ready;")
-                return hear_variants(Page.firefox(f), server.url, pulse.socket)
+                return hear_variants(Page.firefox(f), server.url, socket)
+            finally:
+                f.m.navigate("about:blank")   # ends the page's peer connection
 
-            heard = await firefox.call(run)
-        finally:
-            firefox.close()
+        heard = await firefox.call(run)
         await idle(server)
     check(heard)
