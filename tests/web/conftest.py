@@ -3,6 +3,7 @@ ephemeral loopback port, and helpers to talk WHEP to it."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +13,11 @@ import httpx
 import pytest
 import trio
 
-from appliance.cli import serve
+from appliance.cli import _certificate_addresses, serve
 from appliance.config import AdminConfig, Config, parse_config
 from appliance.passwords import hash_password
 from appliance.service import Service
+from appliance.tls import TLS_DIR
 from appliance.web import create_app
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
 from tests.support.trust import TRUST
@@ -103,12 +105,61 @@ async def heard_hz(server: Server, path: str = "/api/whep/main", *, seconds: flo
     return heard
 
 
+# A box makes its HTTPS certificate at its first start (appliance.tls: an
+# openssl run, ~15 ms, a few hundred times a run). A test's box with none yet
+# gets a copy of the pair a box before it made for the same names, the same
+# as it would make; tests/web/test_https.py has its boxes make their own.
+_MADE_CERTIFICATES: dict[tuple[str, ...], tuple[bytes, bytes]] = {}
+
+
+def _certificate_pair(config: Config) -> tuple[tuple[str, ...], Path, Path] | None:
+    """Which names a box's own certificate gets, and where it is kept; None
+    when the config names a certificate of its own."""
+    if config.server.certfile or config.server.keyfile:
+        return None
+    folder = Path(config.state_dir) / TLS_DIR
+    return tuple(_certificate_addresses(config)), folder / "cert.pem", folder / "key.pem"
+
+
+def _give_made_certificate(config: Config) -> bool | None:
+    """Put the pair made before into a box with no certificate folder yet:
+    True when given, False when the box makes its own, None when it has one."""
+    pair = _certificate_pair(config)
+    if pair is None or pair[1].parent.exists():
+        return None
+    names, cert, key = pair
+    if names not in _MADE_CERTIFICATES:
+        return False
+    cert_pem, key_pem = _MADE_CERTIFICATES[names]
+    try:
+        cert.parent.mkdir(mode=0o700, parents=True)
+    except OSError:   # a state_dir that cannot be: the box says so itself
+        return None
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as f:
+        f.write(key_pem)
+    cert.write_bytes(cert_pem)
+    return True
+
+
+def _keep_made_certificate(config: Config) -> None:
+    pair = _certificate_pair(config)
+    if pair is not None and pair[0] not in _MADE_CERTIFICATES:
+        names, cert, key = pair
+        _MADE_CERTIFICATES[names] = (cert.read_bytes(), key.read_bytes())
+
+
 @asynccontextmanager
 async def open_server(config: Config, *, service: Service | None = None,
-                      headers: dict[str, str] | None = None) -> AsyncIterator[Server]:
+                      headers: dict[str, str] | None = None,
+                      own_certificate: bool = False) -> AsyncIterator[Server]:
     """Serve ``create_app(config)`` (its lifespan owns engine and service),
     or ``create_app(config, service=service)`` when the test owns one.
-    ``server.client`` sends ``headers`` (default: the admin token)."""
+    ``server.client`` sends ``headers`` (default: the admin token). A box
+    with no certificate yet gets a copy of one made before for the same
+    names, unless ``own_certificate`` (then it makes its own, as at a first
+    start)."""
+    given = None if own_certificate else _give_made_certificate(config)
     app = create_app(config, service=service)
     stop, done = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
@@ -119,6 +170,8 @@ async def open_server(config: Config, *, service: Service | None = None,
                 done.set()
 
         binds = await nursery.start(run)
+        if given is False:   # made now: the next boxes get it
+            _keep_made_certificate(config)
         async with httpx.AsyncClient(base_url=binds[0], timeout=15, verify=TRUST,
                                      headers=ADMIN if headers is None else headers) as client:
             server = Server(binds[0], app, client, stop, done)

@@ -237,7 +237,7 @@ async def test_the_certificate_is_made_once_and_reused(tmp_path, caplog):
     caplog.set_level(logging.INFO, "appliance")
     state = tmp_path / "state"
     config = make_config(state)
-    async with open_server(config) as server:
+    async with open_server(config, own_certificate=True) as server:
         first = server.app.tls_fingerprint
         assert await served_fingerprint("127.0.0.1", server.app.appliance_ports["https"]) == first
     cert, key = state / "tls" / "cert.pem", state / "tls" / "key.pem"
