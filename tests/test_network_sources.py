@@ -106,11 +106,22 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency(clos
             for sender in senders:
                 nursery.start_soon(sender.run)
             await until(engine, "slow", lambda s: s.packets > 7 * 48000 / 288)   # 7 s
-            samples = {"fast": [], "slow": []}
-            while len(samples["slow"]) < 75:   # the next 1.5 s
-                for name in samples:
-                    samples[name].append(engine.net_source_stats(name))
-                await trio.sleep(0.02)
+            # The next 1.5 s in which both senders kept time, from the
+            # steering's 2 s time constant after either last stalled (a busy
+            # machine holds these Python senders up, not the engine's path;
+            # a gap resyncs and the steering settles again): up to eight
+            # tries, then it fails.
+            for _ in range(8):
+                start = trio.current_time()
+                samples = {"fast": [], "slow": []}
+                while len(samples["slow"]) < 75:
+                    for name in samples:
+                        samples[name].append(engine.net_source_stats(name))
+                    await trio.sleep(0.02)
+                if all(sender.stalled_at < start - 2.0 for sender in senders):
+                    break
+            else:
+                raise AssertionError("the senders never kept time for 3.5 s: the machine is too busy")
             nursery.cancel_scope.cancel()
     for name, drift in (("fast", 1000), ("slow", -1000)):
         ppm = statistics.mean(s.correction_ppm for s in samples[name])
@@ -118,7 +129,7 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency(clos
         print(f"\n{name}: steering {ppm:+.0f} ppm, {buffered:.1f} ms buffered")
         assert abs(ppm - drift) < 350, (name, ppm)
         assert abs(buffered - 20.0) < 4.0, (name, buffered)
-        assert all(s.resyncs == 0 for s in samples[name])
+        assert samples[name][-1].resyncs == samples[name][0].resyncs, "a resync while both kept time"
 
 
 async def test_what_allow_from_does_not_name_is_dropped_and_counted(closes):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -162,6 +163,12 @@ async def test_a_stream_on_a_ptp_clock_says_so_and_whether_linuxptp_runs_here(tm
         async with trio.open_nursery() as nursery:
             process = await nursery.start(partial(trio.run_process, [str(fake), "30"],
                                                   check=False))
+            # started means forked: the name is ptp4l once its exec is done
+            # (on a busy machine that came after the status was asked)
+            comm = Path(f"/proc/{process.pid}/comm")
+            with trio.fail_after(10):
+                while comm.read_text().strip() != "ptp4l":
+                    await trio.sleep(0.01)
             monkeypatch.setattr(service_module, "_ptp4l_seen", (-1e9, False))
             status = (await server.client.get("/api/status")).json()
             assert status["network_sources"]["desk"]["ptp"]["linuxptp_running"] is True
