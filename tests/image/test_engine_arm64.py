@@ -9,7 +9,7 @@ The root partition (slot A) is copied out of the image with debugfs (the
 image is only read) and entered with chroot in a mount namespace of its own
 (a user namespace too when not run as root), with /proc, the host's /dev and
 a tmpfs /tmp; binfmt_misc's qemu-aarch64 entry (F flag, as the image build
-needs) runs its programs. The test-only packages (pytest, pytest-trio,
+needs) runs its programs. The test-only packages (pytest, pytest-trio, pytest-timeout,
 aiortc, numpy and what they need, at the host venv's versions) are arm64
 wheels from PyPI in a directory on PYTHONPATH of that copy; nothing is added
 to the image.
@@ -45,7 +45,9 @@ ENGINE_TESTS = ["tests/test_engine.py", "tests/test_lean.py"]
 # starts the whole app for test_lean.py's status page test.
 SOURCE_PATHS = ["pyproject.toml", "tests/conftest.py", "tests/support", "tests/web/conftest.py",
                 *ENGINE_TESTS]
-TEST_PACKAGES = ["pytest", "pytest-trio", "aiortc", "numpy", "httpx"]
+# pytest-timeout: pyproject.toml's `timeout` is an unknown option without it,
+# and its warnings are errors
+TEST_PACKAGES = ["pytest", "pytest-trio", "pytest-timeout", "aiortc", "numpy", "httpx"]
 VENV = "/opt/appliance/venv"
 INSIDE = "/opt/engine-tests"   # in the copy of the root, never in the image
 
