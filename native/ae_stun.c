@@ -86,19 +86,28 @@ int ae_paths_move_to(const ae_path *paths, int n, int media, int64_t now, int64_
 
 /* ---- credentials -------------------------------------------------------- */
 
-static void random_ice_text(char *out, size_t n)
+/* Letters and digits only, a subset of RFC 8839's ice-char: '+' and '/' are
+ * valid, but servers build patterns and paths from credentials (Debian's
+ * simple-whip-server puts the offer's into a RegExp: "++" makes its ICE
+ * restart answer 500, one '+' leaves the old credential in place).
+ * Rejection sampling keeps each of the 62 equally likely. */
+void ae_ice_text(char *out, size_t n)
 {
-    static const char chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    unsigned char r[64];
-    RAND_bytes(r, (int)n);
-    for (size_t i = 0; i < n; i++) out[i] = chars[r[i] % 64];
+    static const char chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    size_t filled = 0;
+    while (filled < n) {
+        unsigned char r[64];
+        RAND_bytes(r, sizeof r);
+        for (size_t i = 0; i < sizeof r && filled < n; i++)
+            if (r[i] < 248) out[filled++] = chars[r[i] % 62];   /* 248 = 4 x 62 */
+    }
     out[n] = '\0';
 }
 
 void ae_ice_creds_make(ae_ice_creds *c, const char *remote_ufrag)
 {
-    random_ice_text(c->ufrag, 12);
-    random_ice_text(c->pwd, 24);
+    ae_ice_text(c->ufrag, AE_ICE_UFRAG_LEN);
+    ae_ice_text(c->pwd, AE_ICE_PWD_LEN);
     snprintf(c->remote_ufrag, sizeof c->remote_ufrag, "%s", remote_ufrag);
 }
 

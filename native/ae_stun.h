@@ -46,6 +46,14 @@ int ae_paths_move_to(const ae_path *paths, int n, int media, int64_t now, int64_
 
 /* ---- credentials ---- */
 
+/* Lengths of ours: 12 and 24 of 62 characters, 71 and 142 bits (RFC 8445
+ * section 5.3 asks for at least 24 and 128). */
+#define AE_ICE_UFRAG_LEN 12
+#define AE_ICE_PWD_LEN 24
+
+/* n random letters and digits and a NUL into out (n + 1 bytes). */
+void ae_ice_text(char *out, size_t n);
+
 typedef struct ae_ice_creds {
     char ufrag[16], pwd[32];             /* ours */
     char remote_ufrag[257];              /* the offer's, "" = any */

@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #define GST_USE_UNSTABLE_API /* webrtcbin's library API is marked unstable */
 #include "ae_webrtc.h"
+#include "ae_stun.h"
 
 #include <arpa/inet.h>
 #include <gst/sdp/sdp.h>
@@ -679,6 +680,28 @@ static void on_answer_created(ae_wr *l, GstPromise *p)
     set_local(l, answer);
 }
 
+/* Credentials of ours (ae_ice_text) in place of webrtcbin's, whose '+' and
+ * '/' some servers mishandle; webrtcbin hands libnice the ones of the
+ * description it sets as local. */
+static void own_ice_credentials(GstSDPMessage *sdp)
+{
+    char ufrag[AE_ICE_UFRAG_LEN + 1], pwd[AE_ICE_PWD_LEN + 1];
+    ae_ice_text(ufrag, AE_ICE_UFRAG_LEN);
+    ae_ice_text(pwd, AE_ICE_PWD_LEN);
+    for (guint i = 0; i < gst_sdp_message_medias_len(sdp); i++) {
+        GstSDPMedia *m = (GstSDPMedia *)gst_sdp_message_get_media(sdp, i);
+        for (guint a = 0; a < gst_sdp_media_attributes_len(m); a++) {
+            const char *key = gst_sdp_media_get_attribute(m, a)->key;
+            const char *value = strcmp(key, "ice-ufrag") == 0 ? ufrag
+                                : strcmp(key, "ice-pwd") == 0 ? pwd : NULL;
+            if (!value) continue;
+            GstSDPAttribute fresh;
+            gst_sdp_attribute_set(&fresh, key, value);
+            gst_sdp_media_replace_attribute(m, a, &fresh);
+        }
+    }
+}
+
 /* A publication's offer: the sink's Opus, sendonly (opus_caps). */
 static void on_offer_created(ae_wr *l, GstPromise *p)
 {
@@ -690,6 +713,7 @@ static void on_offer_created(ae_wr *l, GstPromise *p)
         answer_failed(l, AE_ERR_MEDIA, "webrtcbin made no offer");
         return;
     }
+    own_ice_credentials(offer->sdp);
     set_local(l, offer);
 }
 
@@ -1149,22 +1173,19 @@ static int ice_restart_step(restart_call *c)
     guint sid = 0;
     NiceAgent *agent = restart_agent(c, &sid);
     if (!agent) return AE_ERR_MEDIA;
-    gchar *ufrag = NULL, *pwd = NULL;
+    ae_ice_text(c->ufrag, AE_ICE_UFRAG_LEN);
+    ae_ice_text(c->pwd, AE_ICE_PWD_LEN);
     int rc = AE_OK;
-    /* new local credentials; the remote candidates go (but the selected
-     * pair's): the server's come with its answer */
+    /* new local credentials of ours (ae_ice_text, as in the offer); the
+     * remote candidates go (but the selected pair's): the server's come
+     * with its answer */
     if (!nice_agent_restart_stream(agent, sid) ||
-        !nice_agent_get_local_credentials(agent, sid, &ufrag, &pwd) ||
-        strlen(ufrag) >= AE_ICE_CREDENTIAL_MAX || strlen(pwd) >= AE_ICE_CREDENTIAL_MAX) {
+        !nice_agent_set_local_credentials(agent, sid, c->ufrag, c->pwd)) {
         snprintf(c->why, sizeof c->why, "libnice could not restart the ICE stream");
         rc = AE_ERR_MEDIA;
     } else {
-        strcpy(c->ufrag, ufrag);
-        strcpy(c->pwd, pwd);
         memset(l->remote_candidates, 0, sizeof l->remote_candidates);
     }
-    g_free(ufrag);
-    g_free(pwd);
     g_object_unref(agent);
     return rc;
 }

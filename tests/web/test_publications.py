@@ -5,6 +5,7 @@ A's own listeners never notice."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
@@ -630,7 +631,9 @@ async def test_a_server_that_refuses_the_ice_restart_gets_a_fresh_post():
 
 async def test_the_engine_restarts_a_live_publications_ice_and_checks_the_answer(tmp_path):
     """The engine's ICE restart on a live publication (box A's engine into
-    box B's booth, on loopback): new local credentials, unlike the offer's;
+    box B's booth, on loopback): new local credentials, unlike the offer's,
+    both of letters and digits alone (ae_ice_text: simple-whip-server makes
+    a RegExp of the offer's, and "++" in them made its restart answer 500);
     a server answer with credentials that are none (RFC 8839) refused with
     the reason; one with good ones taken (its candidates: the answer's
     again). Closing it afterwards leaves nothing behind."""
@@ -660,8 +663,15 @@ async def test_the_engine_restarts_a_live_publications_ice_and_checks_the_answer
                     async for event in publication.events:
                         if isinstance(event, ListenerStateChanged) and event.state.is_live:
                             break
+                offered = re.findall(r"^a=ice-(ufrag|pwd):(.*)\r$", offer, re.M)
+                assert sorted(kind for kind, _ in offered) == ["pwd", "ufrag"], offer
                 ufrag, pwd = publication.ice_restart()
-                assert f"a=ice-ufrag:{ufrag}\r\n" not in offer and len(pwd) >= 22
+                assert f"a=ice-ufrag:{ufrag}\r\n" not in offer
+                for credential, least in [*((value, 4 if kind == "ufrag" else 22)
+                                            for kind, value in offered),
+                                          (ufrag, 4), (pwd, 22)]:
+                    assert re.fullmatch(r"[A-Za-z0-9]+", credential), credential
+                    assert len(credential) >= least, credential
                 with pytest.raises(EngineError, match="credentials are not ones"):
                     publication.restart_answer("a b", "x" * 22)
                 with pytest.raises(EngineError, match="credentials are not ones"):
