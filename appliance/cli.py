@@ -56,7 +56,7 @@ async def serve(config: Config, *, app: Any = None,
     answers through the server. The HTTPS certificate is loaded or made
     first (``appliance.tls``); its fingerprint is logged, goes into the setup
     code's file and is shown on the admin page."""
-    from .tls import load_certificate
+    from .tls import certificate_addresses, load_certificate
     from .web import create_app, health
     from .web.server import Limits, serve_app
 
@@ -66,7 +66,7 @@ async def serve(config: Config, *, app: Any = None,
         app = create_app(config)
     cert = await trio.to_thread.run_sync(partial(
         load_certificate, config.state_dir, config.server.certfile, config.server.keyfile,
-        addresses=_certificate_addresses(config)))
+        addresses=certificate_addresses(config.server.captive_redirect)))
     log.info("HTTPS certificate %s%s, SHA-256 fingerprint %s", cert.certfile,
              " (made now)" if cert.made else "", cert.fingerprint)
     app.tls_fingerprint = cert.fingerprint
@@ -125,19 +125,6 @@ async def serve(config: Config, *, app: Any = None,
         systemd.notify("READY=1", f"STATUS=serving on {', '.join(binds)}")
         nursery.start_soon(systemd.run_watchdog, partial(health.answers, binds[0]))
         task_status.started(binds)
-
-
-def _certificate_addresses(config: Config) -> list[str]:
-    """The addresses a certificate made now names: the box's own, and the
-    hotspot's (it may not be up yet)."""
-    from urllib.parse import urlsplit
-    from .tls import local_addresses
-    addresses = local_addresses()
-    if config.server.captive_redirect:
-        host = urlsplit(config.server.captive_redirect).hostname
-        if host and host not in addresses:
-            addresses.append(host)
-    return addresses
 
 
 def _startup_error(error: BaseException) -> str | None:

@@ -35,16 +35,19 @@ import ssl
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
+from urllib.parse import urlsplit
 
 from .config import ConfigError
 
-__all__ = ["Certificate", "TLSError", "load_certificate", "make_certificate", "fingerprint",
-           "local_addresses", "host_label", "TLS_DIR", "VALID_DAYS"]
+__all__ = ["Certificate", "TLSError", "load_certificate", "make_certificate", "keep_certificate",
+           "own_pair", "certificate_addresses", "fingerprint", "local_addresses", "host_label",
+           "TLS_DIR", "VALID_DAYS"]
 
 TLS_DIR = "tls"
+CERT_NAME, KEY_NAME = "cert.pem", "key.pem"   # a made pair, in its folder
 VALID_DAYS = 7305   # 20 years: a box in a cupboard outlives a short certificate
 MAX_NAMES = 32
 
@@ -105,6 +108,22 @@ def local_addresses() -> list[str]:
     return keep
 
 
+def certificate_addresses(captive_redirect: str = "") -> list[str]:
+    """The addresses a certificate made now names: the box's own, and the
+    hotspot's (server.captive_redirect's host: it may not be up yet)."""
+    addresses = local_addresses()
+    host = urlsplit(captive_redirect).hostname if captive_redirect else None
+    if host and host not in addresses:
+        addresses.append(host)
+    return addresses
+
+
+def own_pair(state_dir: Path | str) -> tuple[Path, Path]:
+    """Where a box keeps the certificate it made, and its key."""
+    folder = Path(state_dir) / TLS_DIR
+    return folder / CERT_NAME, folder / KEY_NAME
+
+
 def _pair_ok(certfile: Path, keyfile: Path) -> str | None:
     """The fingerprint when the files are a certificate and its key, else None."""
     try:
@@ -115,11 +134,41 @@ def _pair_ok(certfile: Path, keyfile: Path) -> str | None:
         return None
 
 
+def keep_certificate(folder: Path, cert_pem: bytes, key_pem: bytes) -> Certificate:
+    """Keep a pair as ``folder/cert.pem`` and ``folder/key.pem`` (mode 0600,
+    the folder 0700): both replace the old ones only once both are complete
+    on disk, so a power cut leaves the old pair or the new one."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".new-") as tmp:
+            work = Path(tmp)
+            for name, data, mode in ((KEY_NAME, key_pem, 0o600), (CERT_NAME, cert_pem, 0o644)):
+                fd = os.open(work / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+                with open(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(work / KEY_NAME, folder / KEY_NAME)
+            os.replace(work / CERT_NAME, folder / CERT_NAME)
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as error:
+        raise TLSError(f"cannot keep the HTTPS certificate in {str(folder)!r}: "
+                       f"{error.strerror or error}") from None
+    found = _pair_ok(folder / CERT_NAME, folder / KEY_NAME)
+    if found is None:
+        raise TLSError("the HTTPS certificate and key kept cannot be loaded")
+    return Certificate(folder / CERT_NAME, folder / KEY_NAME, found)
+
+
 def make_certificate(folder: Path, hostname: str, addresses: Iterable[str] = (),
                      days: int = VALID_DAYS) -> Certificate:
-    """Make ``folder/key.pem`` (ECDSA P-256, mode 0600) and ``folder/cert.pem``
-    (self-signed, a server certificate: CA:FALSE, serverAuth) with Debian's
-    openssl; both replace the old ones only once both are complete."""
+    """Make an ECDSA P-256 key and a self-signed server certificate for it
+    (CA:FALSE, serverAuth) with Debian's openssl, kept in ``folder``
+    (keep_certificate)."""
     openssl = shutil.which("openssl")
     if openssl is None:
         raise TLSError("cannot make the HTTPS certificate: the openssl command is not "
@@ -141,39 +190,26 @@ def make_certificate(folder: Path, hostname: str, addresses: Iterable[str] = (),
         "subjectKeyIdentifier = hash", f"subjectAltName = {', '.join(names)}", ""])
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".new-") as tmp:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".made-") as tmp:
             work = Path(tmp)
             (work / "req.cnf").write_text(conf, encoding="ascii")
             result = subprocess.run(
                 [openssl, "req", "-x509", "-new", "-config", str(work / "req.cnf"),
                  "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                  "-sha256", "-days", str(days),
-                 "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem")],
+                 "-keyout", str(work / KEY_NAME), "-out", str(work / CERT_NAME)],
                 stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OPENSSL_CONF": "/dev/null"})
             if result.returncode != 0:
                 last = (result.stderr.strip().splitlines() or ["no message"])[-1]
                 raise TLSError(f"cannot make the HTTPS certificate: openssl: {last[:200]}")
-            os.chmod(work / "key.pem", 0o600)
-            for name in ("key.pem", "cert.pem"):
-                with open(work / name, "rb") as f:
-                    os.fsync(f.fileno())
-            os.replace(work / "key.pem", folder / "key.pem")
-            os.replace(work / "cert.pem", folder / "cert.pem")
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+            cert_pem, key_pem = (work / CERT_NAME).read_bytes(), (work / KEY_NAME).read_bytes()
     except subprocess.TimeoutExpired:
         raise TLSError("cannot make the HTTPS certificate: openssl took over 60 s") from None
     except OSError as error:
         raise TLSError(f"cannot make the HTTPS certificate in {str(folder)!r}: "
                        f"{error.strerror or error}") from None
-    found = _pair_ok(folder / "cert.pem", folder / "key.pem")
-    if found is None:
-        raise TLSError("the HTTPS certificate openssl made cannot be loaded")
-    return Certificate(folder / "cert.pem", folder / "key.pem", found, made=True)
+    return replace(keep_certificate(folder, cert_pem, key_pem), made=True)
 
 
 def load_certificate(state_dir: Path, certfile: str = "", keyfile: str = "", *,
@@ -190,9 +226,9 @@ def load_certificate(state_dir: Path, certfile: str = "", keyfile: str = "", *,
             raise TLSError(f"server.certfile {certfile!r} and server.keyfile {keyfile!r} are "
                            "not a readable PEM certificate and its private key")
         return Certificate(cert, key, found)
-    folder = Path(state_dir) / TLS_DIR
-    found = _pair_ok(folder / "cert.pem", folder / "key.pem")
+    cert, key = own_pair(state_dir)
+    found = _pair_ok(cert, key)
     if found is not None:
-        return Certificate(folder / "cert.pem", folder / "key.pem", found)
-    return make_certificate(folder, host_label(hostname),
+        return Certificate(cert, key, found)
+    return make_certificate(cert.parent, host_label(hostname),
                             local_addresses() if addresses is None else addresses)

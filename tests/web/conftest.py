@@ -3,7 +3,6 @@ ephemeral loopback port, and helpers to talk WHEP to it."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,11 @@ import httpx
 import pytest
 import trio
 
-from appliance.cli import _certificate_addresses, serve
+from appliance.cli import serve
 from appliance.config import AdminConfig, Config, parse_config
 from appliance.passwords import hash_password
 from appliance.service import Service
-from appliance.tls import TLS_DIR
+from appliance.tls import TLSError, certificate_addresses, keep_certificate, own_pair
 from appliance.web import create_app
 from tests.support.webrtc import dominant_frequency, open_aiortc_listener
 from tests.support.trust import TRUST
@@ -117,28 +116,23 @@ def _certificate_pair(config: Config) -> tuple[tuple[str, ...], Path, Path] | No
     when the config names a certificate of its own."""
     if config.server.certfile or config.server.keyfile:
         return None
-    folder = Path(config.state_dir) / TLS_DIR
-    return tuple(_certificate_addresses(config)), folder / "cert.pem", folder / "key.pem"
+    return (tuple(certificate_addresses(config.server.captive_redirect)),
+            *own_pair(config.state_dir))
 
 
 def _give_made_certificate(config: Config) -> bool | None:
-    """Put the pair made before into a box with no certificate folder yet:
+    """Keep the pair made before in a box with no certificate folder yet:
     True when given, False when the box makes its own, None when it has one."""
     pair = _certificate_pair(config)
     if pair is None or pair[1].parent.exists():
         return None
-    names, cert, key = pair
+    names, cert, _ = pair
     if names not in _MADE_CERTIFICATES:
         return False
-    cert_pem, key_pem = _MADE_CERTIFICATES[names]
     try:
-        cert.parent.mkdir(mode=0o700, parents=True)
-    except OSError:   # a state_dir that cannot be: the box says so itself
+        keep_certificate(cert.parent, *_MADE_CERTIFICATES[names])
+    except TLSError:   # a state_dir that cannot be: the box says so itself
         return None
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "wb") as f:
-        f.write(key_pem)
-    cert.write_bytes(cert_pem)
     return True
 
 

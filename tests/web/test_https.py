@@ -242,6 +242,8 @@ async def test_the_certificate_is_made_once_and_reused(tmp_path, caplog):
         assert await served_fingerprint("127.0.0.1", server.app.appliance_ports["https"]) == first
     cert, key = state / "tls" / "cert.pem", state / "tls" / "key.pem"
     assert (key.stat().st_mode & 0o777) == 0o600
+    assert (key.parent.stat().st_mode & 0o777) == 0o700
+    assert sorted(p.name for p in key.parent.iterdir()) == ["cert.pem", "key.pem"]  # no work left
     text = x509_text(cert)
     assert "ASN1 OID: prime256v1" in text and "CA:FALSE" in text
     assert "TLS Web Server Authentication" in text
