@@ -182,11 +182,15 @@ BOOT_SLOT = "/usr/lib/appliance/boot-slot"
 
 
 def _update(file: str, reboot: bool) -> int:
-    """RAUC checks the signature and the compatible string, writes the slot
-    we are not running from and names it for one trial boot."""
+    """A verity payload checked whole first (bundle_check); then RAUC checks
+    the signature and the compatible string, writes the slot we are not
+    running from and names it for one trial boot."""
     import os
     import shutil
     import subprocess
+    from pathlib import Path
+    from .bundle_check import check_payload
+    from .errors import ApplianceError
     path = os.path.abspath(file)   # never read as an option
     if not os.path.isfile(path):
         print(f"appliance: update: {file!r} is not a file", file=sys.stderr)
@@ -195,6 +199,11 @@ def _update(file: str, reboot: bool) -> int:
         print("appliance: update: rauc is not installed (only the appliance image has it)",
               file=sys.stderr)
         return 2
+    try:
+        trio.run(check_payload, Path(path))
+    except ApplianceError as error:
+        print(f"appliance: update: {error.message}", file=sys.stderr)
+        return 1
     if subprocess.run(["rauc", "install", path]).returncode != 0:
         print("appliance: update refused or failed; nothing changed", file=sys.stderr)
         return 1

@@ -4,6 +4,9 @@
             as soon as it passes [update] max_bundle_bytes or the free space
             on the state partition less free_margin_bytes; removed on any
             failure, cancellation or after the install
+    check   a verity bundle's payload is read whole against its signed hash
+            tree (appliance.bundle_check) before RAUC is asked: dm-verity
+            would find a damaged block only while RAUC writes the slot
     install RAUC over D-Bus (appliance.rauc) checks the signature and the
             compatible string, then writes the slot not booted
     trial   <state_dir>/update-trial.json says what was installed, and
@@ -28,7 +31,7 @@ from typing import Any, AsyncIterable
 
 import trio
 
-from . import rauc
+from . import bundle_check, rauc
 from .config import UpdateConfig
 from .errors import ApplianceError, InUseError, InvalidError, TooLargeError, UnavailableError
 from .store import atomic_write
@@ -163,8 +166,10 @@ class Updater:
     async def _install(self, path: Path, reboot: bool, done: trio.Event) -> None:
         received = self._state.get("received_bytes")
         self._state = {"state": "installing", "received_bytes": received, "percent": 0,
-                       "message": "handing the bundle to RAUC"}
+                       "message": "checking the bundle's payload against its signed hash tree"}
         try:
+            await bundle_check.check_payload(path)
+            self._state["message"] = "handing the bundle to RAUC"
             booted = await rauc.booted_slot()
             await rauc.install_bundle(str(path), self._progressed)
             record = {"installed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -65,12 +65,12 @@ def _keypair(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def _bundle(folder: Path, name: str, image: bytes, signer: tuple[Path, Path],
-            compatible: str = COMPATIBLE) -> Path:
+            compatible: str = COMPATIBLE, form: str = "plain") -> Path:
     content = folder / f"{name}-content"
     content.mkdir()
     (content / "rootfs.img").write_bytes(image)
     (content / "manifest.raucm").write_text(
-        f"[update]\ncompatible={compatible}\nversion=2.0\n\n[bundle]\nformat=plain\n\n"
+        f"[update]\ncompatible={compatible}\nversion=2.0\n\n[bundle]\nformat={form}\n\n"
         "[image.rootfs]\nfilename=rootfs.img\n")
     out = folder / f"{name}.raucb"
     _run("rauc", "bundle", "--cert", signer[0], "--key", signer[1], content, out)
@@ -85,6 +85,18 @@ class Bundles:
     other_key: Path
     damaged: Path
     keyring: Path
+    verity: Path           # the image's format
+    verity_damaged: Path
+
+
+def _damaged(bundle: Path, at: int) -> Path:
+    """A copy of ``bundle`` with 64 bytes from ``at`` inverted."""
+    data = bytearray(bundle.read_bytes())
+    for i in range(at, at + 64):
+        data[i] ^= 0xFF
+    out = bundle.with_name(f"damaged-{bundle.name}")
+    out.write_bytes(bytes(data))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +105,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     ours, theirs = _keypair(folder, "ours"), _keypair(folder, "theirs")
     image = os.urandom(IMAGE_BYTES)
     good = _bundle(folder, "good", image, ours)
-    damaged = folder / "damaged.raucb"
-    data = bytearray(good.read_bytes())
-    for i in range(4096, 4096 + 64):   # inside the squashfs: the signed payload
-        data[i] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    verity = _bundle(folder, "verity", image, ours, form="verity")
+    # inside the squashfs: the signed payload (the verity one: halfway into
+    # the image, a block RAUC would only read while writing the slot)
     return Bundles(image, good, _bundle(folder, "board", image, ours, "another-board"),
-                   _bundle(folder, "theirs", image, theirs), damaged, ours[0])
+                   _bundle(folder, "theirs", image, theirs), _damaged(good, 4096), ours[0],
+                   verity, _damaged(verity, IMAGE_BYTES // 2))
 
 
 SYSTEM_CONF = """[system]
@@ -270,6 +281,42 @@ async def test_a_bad_bundle_is_refused_with_raucs_reason_and_nothing_changes(
         status = (await box.server.client.get("/api/update")).json()
         assert status["state"] == "failed" and reason in status["error"]
         assert status["last_update"] is None
+        assert list(box.update_folder.iterdir()) == []
+
+
+async def test_a_damaged_verity_payload_is_refused_before_rauc_is_asked(
+        tmp_path: Path, bundles: Bundles) -> None:
+    """The image's bundles are verity bundles: their signature covers the
+    manifest, whose hash tree covers the payload, and dm-verity finds a
+    damaged block only as RAUC reads it into the other slot. So
+    appliance.bundle_check reads the payload whole against that tree
+    (veritysetup) first: the damaged bundle is refused, saying where, and
+    RAUC never hears of it. The intact one passes the check and goes on to
+    RAUC (which here, with no device-mapper, cannot mount it: RAUC's
+    refusal, after the check)."""
+    async with open_box(tmp_path, bundles.keyring) as box:
+        answer = await box.server.client.post(
+            "/api/update", content=bundles.verity_damaged.read_bytes(), headers=OCTETS,
+            timeout=60)
+        assert answer.status_code == 422, answer.text
+        error = answer.text.strip()
+        assert error.startswith("the bundle is damaged: veritysetup: Verification failed at "
+                                "position "), error
+        assert error.endswith("(nothing was written)"), error
+        assert "upload.raucb" not in (box.root / "rauc.log").read_text()   # never asked
+        assert box.slots() == (box.slot_a, box.slot_b)
+        assert not (box.boot / "tryboot.txt").exists()
+        status = (await box.server.client.get("/api/update")).json()
+        assert status["state"] == "failed" and status["error"] == error
+        assert list(box.update_folder.iterdir()) == []
+
+        answer = await box.server.client.post(
+            "/api/update", content=bundles.verity.read_bytes(), headers=OCTETS, timeout=60)
+        assert answer.status_code == 422, answer.text
+        error = answer.text.strip()
+        assert error.startswith("RAUC refused the bundle") and "damaged" not in error, error
+        assert "upload.raucb" in (box.root / "rauc.log").read_text()
+        assert box.slots() == (box.slot_a, box.slot_b)
         assert list(box.update_folder.iterdir()) == []
 
 
