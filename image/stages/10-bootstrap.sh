@@ -15,6 +15,8 @@ stage_in() {
     # postinst builds it; step 30 puts the same files in the root again.
     cp "$IMAGE_DIR/files/debian/etc/initramfs-tools/conf.d/appliance" "$d/initramfs-conf"
     cp "$IMAGE_DIR/files/debian/usr/share/initramfs-tools/modules.d/appliance" "$d/initramfs-modules"
+    cp "$IMAGE_DIR/files/debian/etc/initramfs-tools/scripts/local-block/appliance-root-wait" \
+        "$d/initramfs-root-wait"
     {
         printf 'BASE=%q\nAPP=%q\nSOURCE_DATE_EPOCH=%q\nLEAN=%q\n' "$BASE" "$APP" "$SOURCE_DATE_EPOCH" "$LEAN"
         local runtime

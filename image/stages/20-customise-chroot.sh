@@ -69,6 +69,7 @@ if [ "$BASE" = debian ]; then
     # Only the modules that mount the root (files/debian/.../modules.d/appliance).
     install -D -m 644 "$B/initramfs-conf" /etc/initramfs-tools/conf.d/appliance
     install -D -m 644 "$B/initramfs-modules" /usr/share/initramfs-tools/modules.d/appliance
+    install -D -m 755 "$B/initramfs-root-wait" /etc/initramfs-tools/scripts/local-block/appliance-root-wait
     # shellcheck disable=SC2086
     $APT install $KERNEL_PACKAGES
     sed -i 's/^update_initramfs=.*/update_initramfs=yes/' "$conf"

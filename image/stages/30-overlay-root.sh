@@ -143,14 +143,17 @@ fi
 [ -f "$B/config.txt" ] || die "no config.txt for the boot partition (raspi-firmware or the base image provides it)"
 [ -f "$B/cmdline.txt" ] || die "no cmdline.txt for the boot partition"
 # One line; our root, read-only; Raspberry Pi OS's resize-at-first-boot off.
+# panic=10: a root that never appears (the initramfs gives up) or a kernel
+# panic reboots after 10 s instead of waiting at a console no one sees; a
+# trial slot then falls back to the committed one.
 python3 - "$B/cmdline.txt" "$PARTUUID" <<'PY'
 import sys
 path, partuuid = sys.argv[1], sys.argv[2]
-drop = ("root=", "rootfstype=", "init=", "rootflags=")
+drop = ("root=", "rootfstype=", "init=", "rootflags=", "panic=")
 words = [w for w in open(path).read().split()
          if not w.startswith(drop) and w not in ("ro", "rw", "quiet")]
 words += [f"root=PARTUUID={partuuid}-02", "rootfstype=ext4", "ro"]
-for must in ("rootwait", "fsck.repair=yes", "quiet"):
+for must in ("rootwait", "fsck.repair=yes", "panic=10", "quiet"):
     if must not in words:
         words.append(must)
 open(path, "w").write(" ".join(words) + "\n")

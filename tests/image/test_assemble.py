@@ -99,7 +99,7 @@ def test_boot_partition(built):
     words = cmdline.split()
     assert len(cmdline.strip().splitlines()) == 1
     assert "root=PARTUUID=4170706c-02" in words and "ro" in words and "rw" not in words
-    assert "rauc.slot=A" in words
+    assert "rauc.slot=A" in words and "panic=10" in words
     assert "console=tty0" in words and not any(w.startswith(("init=", "root=LABEL")) for w in words)
     settings = tomllib.loads(run(["mtype", "-i", at, "::appliance.toml"], check=True).stdout)
     assert settings == {"hostname": "appliance", "wifi_country": "", "wifi_ssid": "",
@@ -153,6 +153,9 @@ def test_root_file_system_contents(built):
     mounts = [line.split() for line in fstab.splitlines() if line.startswith("PARTUUID=")]
     assert len(mounts) == 2 and all("x-systemd.device-timeout=5min" in m[3] for m in mounts)
     assert "DefaultDeviceTimeoutSec=5min" in cat(img, 2, "/etc/systemd/system.conf.d/appliance-devices.conf")
+    # ... and the initramfs waits as long for the root (a local-block script)
+    mode, uid, _, _ = stat(img, 2, "/etc/initramfs-tools/scripts/local-block/appliance-root-wait")
+    assert (mode & 0o7777, uid) == (0o755, 0)
     # Units that only load kernel modules nothing on the box uses.
     for unit in ("modprobe@drm.service", "sys-fs-fuse-connections.mount", "sys-kernel-config.mount",
                  "systemd-pstore.service", "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount"):

@@ -124,8 +124,14 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
         host_import = import_seconds(lambda: subprocess.run(
             [sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, check=True).stdout)
         frozen = vm.ssh("/opt/appliance/venv/bin/pip freeze --all").stdout
+        # the initramfs waits for the root as long as systemd waits for the
+        # boot's devices, and gives up with a reboot (panic=), not a shell
+        in_initramfs = vm.ssh("lsinitramfs /boot/initrd.img-*").stdout
+        cmdline = vm.ssh("cat /proc/cmdline").stdout.split()
     finally:
         vm.stop()
+    assert "scripts/local-block/appliance-root-wait" in in_initramfs.split(), in_initramfs[-2000:]
+    assert "panic=10" in cmdline, cmdline
     # The image runs the Python packages the suite ran (packages/python.txt).
     in_image = dict(line.split("==") for line in frozen.split() if "==" in line)
     in_image = {canonical(name): version for name, version in in_image.items()}
@@ -161,3 +167,29 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
     assert used <= ROOT_BUDGET, f"root uses {used / MIB:.0f} MiB, budget {ROOT_BUDGET / MIB:.0f}"
     if xz.exists():
         assert xz.stat().st_size <= XZ_BUDGET, f".img.xz is {xz.stat().st_size / MIB:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_a_root_that_never_appears_is_waited_for_then_rebooted_from(appliance_image, tmp_path):
+    """The card's root partition missing (root= names a PARTUUID no disk
+    has): the initramfs waits for it as long as systemd would wait for a
+    device (its local-block script, 270 s), then gives up with a reboot
+    (panic=10: QEMU's -no-reboot ends the guest), not a shell no one sees.
+    On a Pi, tryboot then brings a trial slot's failure back to the
+    committed slot."""
+    img, _ = appliance_image
+    card = Card(img, tmp_path / "card.img")
+    cmdline = card.read("slot-a/cmdline.txt").replace("root=PARTUUID=4170706c-02",
+                                                      "root=PARTUUID=4170706c-09")
+    assert "4170706c-09" in cmdline
+    (tmp_path / "cmdline.txt").write_text(cmdline)
+    run(["mcopy", "-o", "-i", card.at, tmp_path / "cmdline.txt", "::slot-a/cmdline.txt"], check=True)
+    vm = VM(card, tmp_path)
+    try:
+        vm.boot()
+        vm.wait_exit(timeout=900)
+    finally:
+        vm.stop()
+    log = vm.log()
+    assert "appliance-root-wait: waited 270 s for PARTUUID=4170706c-09" in log, log[-4000:]
+    assert "Rebooting automatically due to panic= boot argument" in log, log[-4000:]
