@@ -156,6 +156,9 @@ def test_root_file_system_contents(built):
     # ... and the initramfs waits as long for the root (a local-block script)
     mode, uid, _, _ = stat(img, 2, "/etc/initramfs-tools/scripts/local-block/appliance-root-wait")
     assert (mode & 0o7777, uid) == (0o755, 0)
+    # Emergency mode waits for no one: it reboots (a trial slot falls back).
+    emergency = cat(img, 2, "/etc/systemd/system/emergency.service.d/appliance-reboot.conf")
+    assert "ExecStart=\n" in emergency and "systemctl reboot" in emergency
     # Units that only load kernel modules nothing on the box uses.
     for unit in ("modprobe@drm.service", "sys-fs-fuse-connections.mount", "sys-kernel-config.mount",
                  "systemd-pstore.service", "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount"):

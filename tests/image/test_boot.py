@@ -169,19 +169,9 @@ def test_image_boots_and_serves_status(appliance_image, tmp_path, capsys):
         assert xz.stat().st_size <= XZ_BUDGET, f".img.xz is {xz.stat().st_size / MIB:.0f} MiB"
 
 
-@pytest.mark.slow
-def test_a_root_that_never_appears_is_waited_for_then_rebooted_from(appliance_image, tmp_path):
-    """The card's root partition missing (root= names a PARTUUID no disk
-    has): the initramfs waits for it as long as systemd would wait for a
-    device (its local-block script, 270 s), then gives up with a reboot
-    (panic=10: QEMU's -no-reboot ends the guest), not a shell no one sees.
-    On a Pi, tryboot then brings a trial slot's failure back to the
-    committed slot."""
-    img, _ = appliance_image
-    card = Card(img, tmp_path / "card.img")
-    cmdline = card.read("slot-a/cmdline.txt").replace("root=PARTUUID=4170706c-02",
-                                                      "root=PARTUUID=4170706c-09")
-    assert "4170706c-09" in cmdline
+def boot_to_exit(card: Card, tmp_path, cmdline: str) -> str:
+    """Boot slot A with ``cmdline`` until the guest ends (a reboot ends
+    QEMU: -no-reboot); its serial console."""
     (tmp_path / "cmdline.txt").write_text(cmdline)
     run(["mcopy", "-o", "-i", card.at, tmp_path / "cmdline.txt", "::slot-a/cmdline.txt"], check=True)
     vm = VM(card, tmp_path)
@@ -190,6 +180,28 @@ def test_a_root_that_never_appears_is_waited_for_then_rebooted_from(appliance_im
         vm.wait_exit(timeout=900)
     finally:
         vm.stop()
-    log = vm.log()
+    return vm.log()
+
+
+@pytest.mark.slow
+def test_a_box_that_cannot_finish_booting_reboots_instead_of_waiting_at_a_console(
+        appliance_image, tmp_path):
+    """The box has no screen: wherever a boot stops, it reboots (on a Pi,
+    tryboot then brings a trial slot's failure back to the committed slot).
+
+    1. root= names a partition no disk has: the initramfs waits for it as
+       long as systemd would wait for a device (its local-block script,
+       270 s), then gives up with a reboot (panic=10), not a shell.
+    2. systemd in emergency mode (asked for here with systemd.unit=, as a
+       mount that fails would): it says so and reboots after 30 s."""
+    img, _ = appliance_image
+    card = Card(img, tmp_path / "card.img")
+    good = card.read("slot-a/cmdline.txt")
+    assert "root=PARTUUID=4170706c-02" in good
+    log = boot_to_exit(card, tmp_path, good.replace("root=PARTUUID=4170706c-02",
+                                                    "root=PARTUUID=4170706c-09"))
     assert "appliance-root-wait: waited 270 s for PARTUUID=4170706c-09" in log, log[-4000:]
     assert "Rebooting automatically due to panic= boot argument" in log, log[-4000:]
+    log = boot_to_exit(card, tmp_path, good.strip() + " systemd.unit=emergency.target\n")
+    assert "appliance: emergency mode on a box with no console: rebooting in 30 s" in log, \
+        log[-4000:]
