@@ -30,6 +30,8 @@ INSTALLER = DBusAddress("/", bus_name="de.pengutronix.rauc",
 PROGRESS_EVERY_S = 0.2
 # the bus or RAUC gone (no socket, the connection closed)
 UNREACHABLE = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+# RAUC unreachable: its service may be starting or restarting (D-Bus activation)
+RETRY_AFTER_S = 10
 T = TypeVar("T")
 
 
@@ -74,10 +76,11 @@ async def _on_bus(work: Callable[[DBusRouter], Awaitable[T]]) -> T:
         lost = group.subgroup(UNREACHABLE)
         if lost is None:
             raise
-        raise UnavailableError(f"RAUC cannot be reached over D-Bus: {lost.exceptions[0]}") \
-            from None
+        raise UnavailableError(f"RAUC cannot be reached over D-Bus: {lost.exceptions[0]}",
+                               retry_after_s=RETRY_AFTER_S) from None
     except UNREACHABLE as error:
-        raise UnavailableError(f"RAUC cannot be reached over D-Bus: {error}") from None
+        raise UnavailableError(f"RAUC cannot be reached over D-Bus: {error}",
+                               retry_after_s=RETRY_AFTER_S) from None
     assert refused is not None
     raise refused
 

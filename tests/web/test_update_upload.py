@@ -445,6 +445,21 @@ async def test_an_upload_that_would_fill_the_disk_is_refused(tmp_path: Path,
         _run("umount", state)
 
 
+async def test_with_rauc_out_of_reach_the_answer_says_when_to_come_back(
+        tmp_path: Path, bundles: Bundles, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No system bus at all (RAUC's service not there): 503 with
+    Retry-After, as for every 503 of ours; the upload is deleted."""
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
+    async with open_server(make_config(tmp_path / "state")) as server:
+        answer = await server.client.post("/api/update", content=bundles.good.read_bytes(),
+                                          headers=OCTETS)
+        assert answer.status_code == 503, answer.text
+        assert answer.text.startswith("RAUC cannot be reached over D-Bus")
+        assert answer.headers["Retry-After"] == "10"
+        folder = server.app.appliance_config.state_dir / "update"
+        assert list(folder.iterdir()) == []
+
+
 async def test_without_the_admin_credential_nothing_is_taken(tmp_path: Path,
                                                              bundles: Bundles) -> None:
     async with open_box(tmp_path, bundles.keyring) as box:
