@@ -7,8 +7,12 @@ ScreamRouter's per-process variant puts a 30-byte program tag first."""
 from __future__ import annotations
 
 import math
+import os
 import socket
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import trio
@@ -45,7 +49,7 @@ class ScreamSender:
     def __init__(self, host: str, port: int, *, source: str = "127.0.0.1", hz: float = 1000.0,
                  rate: int = 48000, bits: int = 16, channels: int = 2, dbfs: float = -12.0,
                  speed: float = 1.0, program: bytes | None = None,
-                 interface: str | None = None) -> None:
+                 interface: str | None = None, say_stalls: bool = False) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = trio.socket.socket(family, socket.SOCK_DGRAM)
         if interface is not None and family == socket.AF_INET6:   # a group's way out
@@ -58,7 +62,8 @@ class ScreamSender:
         self.phase = 0.0
         self.sent = 0           # datagrams
         self.stream = b""       # PCM not sent yet
-        self.stalled_at = -1e9  # trio time of its last send STALL_S or more late
+        self.stalled_at = -1e9  # time.monotonic() of its last send STALL_S or more late
+        self.say_stalls = say_stalls   # and each printed (SenderProcess reads them)
 
     def set_format(self, rate: int, bits: int, channels: int) -> None:
         self.rate, self.bits, self.channels = rate, bits, channels
@@ -89,7 +94,9 @@ class ScreamSender:
         while packets is None or self.sent < packets:
             frames = PAYLOAD / (self.bits // 8 * self.channels)
             if trio.current_time() - due >= STALL_S:   # this process was held up
-                self.stalled_at = trio.current_time()
+                self.stalled_at = time.monotonic()
+                if self.say_stalls:
+                    print(self.stalled_at, flush=True)
             await self.sock.sendto(self.datagram(), self.target)
             self.sent += 1
             due += frames / (self.rate * self.speed)   # the format may change between
@@ -99,7 +106,54 @@ class ScreamSender:
         self.sock.close()
 
 
+class SenderProcess:
+    """A ScreamSender in a process of its own, at real-time priority where
+    it may ask for it (root): in a test's own event loop a busy machine held
+    the sender up (a late send starves the receiver, a burst floods it).
+    ``stalled_at`` is its last late send, as ScreamSender's (time.monotonic
+    is the same clock in every process)."""
+
+    def __init__(self, host: str, port: int, *, speed: float = 1.0) -> None:
+        self.args = [host, str(port), repr(speed)]
+        self.stalled_at = -1e9
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Until cancelled (the process is killed then)."""
+        process = await trio.lowlevel.open_process([sys.executable, __file__, *self.args],
+                                                   stdout=subprocess.PIPE)
+        try:
+            task_status.started()
+            async for line in _lines(process.stdout):
+                self.stalled_at = float(line)
+        finally:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+                await process.stdout.aclose()
+
+
+async def _lines(stream: trio.abc.ReceiveStream):
+    pending = b""
+    while data := await stream.receive_some():
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line
+
+
 def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+if __name__ == "__main__":   # SenderProcess's: HOST PORT SPEED
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except PermissionError:
+        pass
+    host, port, speed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+
+    async def main() -> None:
+        await ScreamSender(host, port, speed=speed, say_stalls=True).run()
+    trio.run(main)
