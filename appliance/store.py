@@ -32,7 +32,7 @@ from .config import Config
 from .errors import InvalidError
 from .model import Graph
 
-__all__ = ["Store", "atomic_write", "StoreError", "MAX_STATE_BYTES"]
+__all__ = ["Store", "atomic_write", "atomic_write_files", "StoreError", "MAX_STATE_BYTES"]
 
 log = logging.getLogger(__name__)
 VERSION = 1
@@ -44,25 +44,42 @@ class StoreError(Exception):
     """The state file could not be written."""
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so that after a crash or power loss it
     holds either the old or the new contents."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write_files(path.parent, {path.name: (data, mode)})
+
+
+def atomic_write_files(folder: Path, files: dict[str, tuple[bytes, int]]) -> None:
+    """Replace each ``folder/<name>`` with its ``(data, mode)``: every new file
+    is complete on disk, with its mode from the start, before any of them
+    replaces its old one. After a crash or power loss each file holds its old
+    or its new contents; files that must match (a certificate and its key) are
+    checked together by their reader, since a cut between two renames can mix
+    them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[str, Path]] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for name, (data, mode) in files.items():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            written.append((tmp, folder / name))
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in written:
+            os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        for tmp, _ in written:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:

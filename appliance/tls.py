@@ -41,6 +41,7 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 from .config import ConfigError
+from .store import atomic_write_files
 
 __all__ = ["Certificate", "TLSError", "load_certificate", "make_certificate", "keep_certificate",
            "own_pair", "certificate_addresses", "fingerprint", "local_addresses", "host_label",
@@ -137,24 +138,11 @@ def _pair_ok(certfile: Path, keyfile: Path) -> str | None:
 def keep_certificate(folder: Path, cert_pem: bytes, key_pem: bytes) -> Certificate:
     """Keep a pair as ``folder/cert.pem`` and ``folder/key.pem`` (mode 0600,
     the folder 0700): both replace the old ones only once both are complete
-    on disk, so a power cut leaves the old pair or the new one."""
+    on disk. Should a power cut fall between the two, load_certificate finds
+    a certificate and key that do not belong together and makes a new pair."""
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".new-") as tmp:
-            work = Path(tmp)
-            for name, data, mode in ((KEY_NAME, key_pem, 0o600), (CERT_NAME, cert_pem, 0o644)):
-                fd = os.open(work / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-                with open(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(work / KEY_NAME, folder / KEY_NAME)
-            os.replace(work / CERT_NAME, folder / CERT_NAME)
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        atomic_write_files(folder, {KEY_NAME: (key_pem, 0o600), CERT_NAME: (cert_pem, 0o644)})
     except OSError as error:
         raise TLSError(f"cannot keep the HTTPS certificate in {str(folder)!r}: "
                        f"{error.strerror or error}") from None

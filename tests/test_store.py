@@ -8,7 +8,7 @@ import pytest
 
 from appliance.config import parse_config
 from appliance.model import Graph
-from appliance.store import MAX_STATE_BYTES, Store, atomic_write
+from appliance.store import MAX_STATE_BYTES, Store, atomic_write, atomic_write_files
 
 
 def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path):
@@ -26,6 +26,21 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         atomic_write(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_several_files_get_their_modes_and_none_replaces_its_old_one_until_all_are_written(tmp_path):
+    old_umask = os.umask(0o077)  # the modes asked for, not the umask's
+    try:
+        atomic_write_files(tmp_path, {"key": (b"k1", 0o600), "cert": (b"c1", 0o644)})
+    finally:
+        os.umask(old_umask)
+    assert {n: (tmp_path / n).stat().st_mode & 0o777 for n in ("key", "cert")} == {
+        "key": 0o600, "cert": 0o644}
+    with pytest.raises(TypeError):
+        atomic_write_files(tmp_path, {"key": (b"k2", 0o600), "cert": ("not bytes", 0o644)})  # type: ignore[dict-item]
+    assert (tmp_path / "key").read_bytes() == b"k1"
+    assert (tmp_path / "cert").read_bytes() == b"c1"
+    assert sorted(os.listdir(tmp_path)) == ["cert", "key"]
 
 
 @pytest.mark.trio
