@@ -13,6 +13,10 @@ it, unshielded and outside its send lock:
   one fd per request). ``Connection: close`` and HTTP/1.0 take the same path.
 - The keep-alive timer is re-armed after a response from that same
   cancelled task, so it never is: an idle keep-alive connection stays open.
+- When the loop was starved (a busy box) past the keep-alive, the timer and
+  the reader of a request that came in time wake together, and when the
+  timer runs first the request is dropped with no answer. The timer now
+  leaves a connection open while the kernel holds bytes for its reader.
 - ``send_eof`` from one task while another is in ``send_all`` raises
   ``trio.BusyResourceError`` (a half-closed request with a short body); the
   error escapes ``TCPServer.run`` into ``serve_listeners`` and the whole
@@ -49,8 +53,11 @@ made it a 500.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import resource
+import struct
+import termios
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -249,7 +256,21 @@ class Connection(TCPServer):
         if self._idle:
             self._scope.cancel()
 
-    async def _initiate_server_close(self) -> None:  # the keep-alive timer
+    async def _idle_timeout(self) -> None:  # the keep-alive timer
+        # hypercorn's, but a request that came in time is read, not dropped:
+        # a starved loop (a busy box) wakes this timer and the reader at once
+        # and may run the timer first. The reader, once it has the request,
+        # stops this timer (Updated); bytes it never turns into one (a slow
+        # client's fragments) meet the timer again.
+        while True:
+            with trio.move_on_after(self.config.keep_alive_timeout):
+                await self.context.terminated.wait()
+            if self.context.terminated.is_set() or not _unread_bytes(self.stream):
+                break
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
+    async def _initiate_server_close(self) -> None:  # the keep-alive timer ran out
         # A timer that ran out as a request came in (its stop cannot cancel
         # the shielded close) must not cut that request's answer: cancelled
         # mid-write, hypercorn then sent a 500 after the response had begun
@@ -300,6 +321,16 @@ class Connection(TCPServer):
             # (trio closes the socket even when that is cancelled)
             with trio.move_on_after(self.config.linger_timeout):
                 await self.stream.aclose()  # closes the fd before its checkpoint
+
+
+def _unread_bytes(stream: Any) -> int:
+    """How many bytes the kernel holds for this connection's reader (0 when
+    that cannot be told)."""
+    try:
+        fd = getattr(stream, "transport_stream", stream).socket.fileno()
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0])
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _peer_host(stream: Any) -> str:
