@@ -230,7 +230,7 @@ async def test_a_request_waiting_when_the_keep_alive_runs_out_is_answered(box):
             # keep-alive without a checkpoint (trio's send_all would yield and
             # let the reader in), so the timer and the reader wake together.
             client.sendall(request("GET", "/healthz", version="1.0"))
-            time.sleep(LIMITS.keep_alive_s * 1.5)
+            time.sleep(LIMITS.keep_alive_s * 1.5)  # noqa: ASYNC251 (blocking is the fault)
             data = await read_to_eof(stream, timeout=HEALTH_WITHIN_S)
         assert statuses(data) == [200], data
 
