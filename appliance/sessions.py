@@ -288,12 +288,29 @@ class Sessions:
         """Whether a new listener would be refused now: at the cap with no
         session still connecting to make room for it (``_admit``)."""
         return len(self.by_id) >= self.config.server.max_listeners and \
-            not any(s.answered for s in self.connecting())
+            self._oldest_connecting() is None
 
     def connecting(self) -> list[Session]:
         """Sessions whose peer has not connected yet, oldest first (``by_id``
         keeps the order they were opened in)."""
         return [s for s in self.by_id.values() if not s.connected and s.end_reason is None]
+
+    def _oldest_connecting(self) -> Session | None:
+        """The oldest answered session whose peer has not connected, as the
+        engine sees it now: on a busy box a listener's "connected" event may
+        still be on its way here while its peer already hears the channel,
+        and such a listener must be neither evicted nor counted as room."""
+        for session in self.connecting():
+            if not session.answered:
+                continue
+            try:
+                live = session.read_stats().state.is_live
+            except EngineError:
+                return session   # its listener is gone: the slot is free to take
+            if not live:
+                return session
+            self._connected(session)
+        return None
 
     def _connected(self, session: Session) -> None:
         """Its peer connected (DTLS done): its slot is a listener's now."""
@@ -317,11 +334,11 @@ class Sessions:
                                    "are still connecting",
                                    retry_after_s=max(1, math.ceil(cfg.connect_timeout_s)))
         while len(self.by_id) >= cfg.max_listeners:
-            waiting = [s for s in self.connecting() if s.answered]
-            if not waiting:
+            oldest = self._oldest_connecting()
+            if oldest is None:
                 raise FullError("the listener limit is reached", retry_after_s=RETRY_AFTER_S)
-            log.info("session %s evicted: still connecting at the listener cap", waiting[0].id[:8])
-            await self.close(waiting[0], "evicted")
+            log.info("session %s evicted: still connecting at the listener cap", oldest.id[:8])
+            await self.close(oldest, "evicted")
 
     async def open(self, target: tuple[str, str], offer: Offer, client: str,
                    temporary_route: RouteSpec | None = None,
