@@ -14,7 +14,7 @@ stage_in() {
     # The initramfs settings (Debian base), in place before the kernel's
     # postinst builds it; step 30 puts the same files in the root again.
     cp "$IMAGE_DIR/files/debian/etc/initramfs-tools/conf.d/appliance" "$d/initramfs-conf"
-    cp "$IMAGE_DIR/files/debian/usr/share/initramfs-tools/modules.d/appliance" "$d/initramfs-modules"
+    cp "$IMAGE_DIR/files/debian/etc/initramfs-tools/hooks/appliance-modules" "$d/initramfs-modules"
     cp "$IMAGE_DIR/files/debian/etc/initramfs-tools/scripts/local-block/appliance-root-wait" \
         "$d/initramfs-root-wait"
     {

@@ -66,9 +66,9 @@ if [ "$BASE" = debian ]; then
     # another 8 minutes under qemu-user. update_initramfs=no stops only -u.
     conf=/etc/initramfs-tools/update-initramfs.conf
     sed -i 's/^update_initramfs=.*/update_initramfs=no/' "$conf"
-    # Only the modules that mount the root (files/debian/.../modules.d/appliance).
+    # Only the modules that mount the root (files/debian/.../hooks/appliance-modules).
     install -D -m 644 "$B/initramfs-conf" /etc/initramfs-tools/conf.d/appliance
-    install -D -m 644 "$B/initramfs-modules" /usr/share/initramfs-tools/modules.d/appliance
+    install -D -m 755 "$B/initramfs-modules" /etc/initramfs-tools/hooks/appliance-modules
     install -D -m 755 "$B/initramfs-root-wait" /etc/initramfs-tools/scripts/local-block/appliance-root-wait
     # shellcheck disable=SC2086
     $APT install $KERNEL_PACKAGES
