@@ -26,7 +26,9 @@ from appliance import (
     SinkSpec, SourceSpec, open_engine,
 )
 from appliance.config import APP_REALTIME_PRIORITY
+from support.lossy_link import run_lossy_link
 from support.namespaces import can_unshare, run_scenario
+from support.realtime import run_realtime
 from support.rtp import Tone, gstreamer_sender, packet
 from support.scream import ScreamSender, SenderProcess, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
@@ -303,7 +305,7 @@ async def test_an_rtp_stream_from_gstreamer_is_heard(encoding, rate, channels, p
         command = gstreamer_sender("127.0.0.1", port, encoding=encoding, rate=rate,
                                    channels=channels, pt=97, ptime_ms=ptime_ms)
         async with trio.open_nursery() as nursery:
-            sender = await nursery.start(partial(trio.run_process, command, check=False))
+            sender = await nursery.start(run_realtime, command)
             await until(engine, "net", lambda s: s.buffered_ms is not None)
             assert abs(await heard_hz(engine, seconds=0.5) - 1000.0) < 3.0
             rms = await source_rms(engine, "net")
@@ -411,41 +413,22 @@ async def test_malformed_rtp_is_counted_and_the_stream_goes_on(closes):
         assert engine.net_source_stats("net").restarts == 0
 
 
-async def lossy_proxy(listen_port: int, to_port: int, drop_every: int, dropped: list[int],
-                      *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Forwards datagrams from listen_port to to_port on loopback, dropping
-    every ``drop_every``-th (a Wi-Fi that loses packets)."""
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
-        await sock.bind(("127.0.0.1", listen_port))
-        task_status.started()
-        n = 0
-        while True:
-            datagram = await sock.recv(4096)
-            n += 1
-            if n % drop_every == 0:
-                dropped.append(n)
-                continue
-            await sock.sendto(datagram, ("127.0.0.1", to_port))
-
-
 async def test_lost_opus_packets_are_concealed_by_the_decoder_not_by_silence():
     """One Opus packet in seven lost between GStreamer's sender (in-band FEC
     asked for: at this bitrate Opus codes CELT, which carries none) and the
     box: the decoder's concealment fills each gap, so no 10 ms of what the
     listener hears falls silent; and the losses are counted. (The buffer
     grows to two 20 ms packets by itself: a 20 ms one ran dry.)"""
-    port, proxy = free_udp_port(), free_udp_port()
+    port = free_udp_port()
     async with open_engine(LEAN) as engine:
         await rtp_graph(engine, port, encoding="opus", clock_rate=48000, stream_channels=2,
                         payload_type=97, allow_from=("127.0.0.1",))
-        command = gstreamer_sender("127.0.0.1", proxy, encoding="opus", pt=97)
-        command[command.index("opusenc") + 1:command.index("opusenc") + 1] = [
-            "inband-fec=true", "packet-loss-percentage=15"]
-        dropped: list[int] = []
         async with trio.open_nursery() as nursery:
-            await nursery.start(lossy_proxy, proxy, port, 7, dropped)
-            sender = await nursery.start(partial(trio.run_process, command, check=False))
+            link = await nursery.start(run_lossy_link, port, 7)
+            command = gstreamer_sender("127.0.0.1", link, encoding="opus", pt=97)
+            command[command.index("opusenc") + 1:command.index("opusenc") + 1] = [
+                "inband-fec=true", "packet-loss-percentage=15"]
+            sender = await nursery.start(run_realtime, command)
             await until(engine, "net", lambda s: s.lost >= 5)
             async with open_aiortc_listener() as peer:
                 listener = await connect(engine, peer)

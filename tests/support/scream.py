@@ -7,7 +7,6 @@ ScreamRouter's per-process variant puts a 30-byte program tag first."""
 from __future__ import annotations
 
 import math
-import os
 import socket
 import struct
 import subprocess
@@ -16,6 +15,8 @@ import time
 
 import numpy as np
 import trio
+
+from .realtime import REPO, become_realtime
 
 PAYLOAD = 1152
 # A send this late may empty a 20 ms jitter buffer (a datagram is 6 ms): the
@@ -107,9 +108,9 @@ class ScreamSender:
 
 
 class SenderProcess:
-    """A ScreamSender in a process of its own, at real-time priority where
-    it may ask for it (root): in a test's own event loop a busy machine held
-    the sender up (a late send starves the receiver, a burst floods it).
+    """A ScreamSender in a real-time process of its own (support/realtime.py):
+    in a test's own event loop a busy machine held the sender up (a late send
+    starves the receiver, a burst floods it).
     ``stalled_at`` is its last late send, as ScreamSender's (time.monotonic
     is the same clock in every process)."""
 
@@ -119,8 +120,9 @@ class SenderProcess:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Until cancelled (the process is killed then)."""
-        process = await trio.lowlevel.open_process([sys.executable, __file__, *self.args],
-                                                   stdout=subprocess.PIPE)
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "tests.support.scream", *self.args], cwd=REPO,
+            stdout=subprocess.PIPE, preexec_fn=become_realtime)
         try:
             task_status.started()
             async for line in _lines(process.stdout):
@@ -148,10 +150,6 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 
 
 if __name__ == "__main__":   # SenderProcess's: HOST PORT SPEED
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    except PermissionError:
-        pass
     host, port, speed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 
     async def main() -> None:

@@ -12,6 +12,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.realtime import run_realtime
 from tests.support.rtp import gstreamer_sender
 from tests.support.scream import ScreamSender, free_udp_port
 from tests.web.conftest import heard_hz, make_config, open_server
@@ -112,7 +113,7 @@ async def test_an_rtp_source_made_from_its_sdp_plays_what_gstreamer_sends(tmp_pa
                                                "sink_id": "desk-ch"})
         command = gstreamer_sender("127.0.0.1", port, pt=98)
         async with trio.open_nursery() as nursery:
-            sender = await nursery.start(partial(trio.run_process, command, check=False))
+            sender = await nursery.start(run_realtime, command)
             assert abs(await heard_hz(server, "/api/whep/desk-ch") - 1000.0) < 3
             sender.kill()
         network = (await client.get("/api/status")).json()["network_sources"]["desk"]
