@@ -44,11 +44,11 @@ class StoreError(Exception):
     """The state file could not be written."""
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so that after a crash or power loss it
-    holds either the old or the new contents."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600) so that after a crash or
+    power loss it holds either the old or the new contents."""
     path = Path(path)
-    atomic_write_files(path.parent, {path.name: (data, mode)})
+    atomic_write_files(path.parent, {path.name: (data, 0o600)})
 
 
 def atomic_write_files(folder: Path, files: dict[str, tuple[bytes, int]]) -> None:

@@ -323,11 +323,17 @@ class Connection(TCPServer):
                 await self.stream.aclose()  # closes the fd before its checkpoint
 
 
+def _raw_socket(stream: Any) -> Any:
+    """The socket under a connection's stream (under TLS, its transport's);
+    AttributeError for a stream that has none."""
+    return getattr(stream, "transport_stream", stream).socket
+
+
 def _unread_bytes(stream: Any) -> int:
     """How many bytes the kernel holds for this connection's reader (0 when
     that cannot be told)."""
     try:
-        fd = getattr(stream, "transport_stream", stream).socket.fileno()
+        fd = _raw_socket(stream).fileno()
         return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0])
     except (AttributeError, OSError, ValueError):
         return 0
@@ -335,14 +341,14 @@ def _unread_bytes(stream: Any) -> int:
 
 def _peer_host(stream: Any) -> str:
     try:
-        return str(getattr(stream, "transport_stream", stream).socket.getpeername()[0])
+        return str(_raw_socket(stream).getpeername()[0])
     except (AttributeError, OSError, IndexError):
         return "?"
 
 
 def _peer(stream: Any) -> str:
     try:
-        return str(getattr(stream, "transport_stream", stream).socket.getpeername())
+        return str(_raw_socket(stream).getpeername())
     except (AttributeError, OSError):
         return "?"
 
