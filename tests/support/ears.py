@@ -23,6 +23,8 @@ STEREO_CHANNEL = {
 }
 # a side's own tone is this far above the other's (dB) in its ear
 SEPARATION_DB = 25
+# the speaker carries sound once a peak in a chunk is above -40 dBFS
+SOUND, SOUND_CHUNK_S = 10 ** (-40 / 20), 0.05
 
 
 def stereo_file(media: Path) -> None:
@@ -34,29 +36,34 @@ def stereo_file(media: Path) -> None:
                                           amp * np.sin(2 * np.pi * RIGHT_HZ * t)], axis=1))
 
 
-def record_ears(socket: Path, seconds: float) -> np.ndarray:
-    """What the speaker got, (n, 2) float: the null sink's monitor, left and
-    right apart (parec records until stopped: it is read to a byte count)."""
-    want = int(seconds * RATE) * 4
-    proc = subprocess.Popen(
-        ["parec", f"--server=unix:{socket}", "--device=hat.monitor", "--raw",
-         "--format=s16le", f"--rate={RATE}", "--channels=2", "--latency-msec=20"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
+class _Monitor:
+    """The null sink's monitor as one running parec (it records until
+    stopped): read it to a frame count, left and right apart."""
+
+    def __init__(self, socket: Path) -> None:
+        self.proc = subprocess.Popen(
+            ["parec", f"--server=unix:{socket}", "--device=hat.monitor", "--raw",
+             "--format=s16le", f"--rate={RATE}", "--channels=2", "--latency-msec=20"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def read(self, seconds: float) -> np.ndarray:
+        """The next ``seconds`` of what the speaker got, (n, 2) float."""
+        want = int(seconds * RATE) * 4
         data = b""
-        assert proc.stdout is not None
+        assert self.proc.stdout is not None
         while len(data) < want:
-            chunk = proc.stdout.read(min(65536, want - len(data)))
+            chunk = self.proc.stdout.read(min(65536, want - len(data)))
             if not chunk:
                 break
             data += chunk
-    finally:
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert len(data) == want, f"parec gave {len(data)} of {want} bytes"
-    return np.frombuffer(data, dtype="<i2").reshape(-1, 2).astype(np.float64) / 32768.0
+        assert len(data) == want, f"parec gave {len(data)} of {want} bytes"
+        return np.frombuffer(data, dtype="<i2").reshape(-1, 2).astype(np.float64) / 32768.0
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def tone_dbfs(samples: np.ndarray, hz: float) -> float:
@@ -79,11 +86,22 @@ def ears_from_json(heard: dict[str, dict[str, float]]) -> dict[str, dict[float, 
     return {side: {float(hz): db for hz, db in tones.items()} for side, tones in heard.items()}
 
 
-def hear(socket: Path, settle_s: float = 0.5, seconds: float = 1.0) -> dict[str, dict[float, float]]:
-    """``ears`` of what plays now, after ``settle_s`` of it is let go by (the
-    first packets after a (re)connect: the jitter buffer fills)."""
-    record_ears(socket, settle_s)
-    return ears(record_ears(socket, seconds))
+def hear(socket: Path, settle_s: float = 0.5, seconds: float = 1.0, *,
+         start_within_s: float = 10.0) -> dict[str, dict[float, float]]:
+    """``ears`` of what plays, from when the speaker first carries sound
+    (at most ``start_within_s`` on: a browser that says it plays may open
+    its audio output later on a busy machine; measured once, Firefox's first
+    stream was still silent 1.5 s on) and ``settle_s`` of it is let go by
+    (the first packets after a (re)connect: the jitter buffer fills)."""
+    monitor = _Monitor(socket)
+    try:
+        for _ in range(int(start_within_s / SOUND_CHUNK_S)):
+            if np.abs(monitor.read(SOUND_CHUNK_S)).max() > SOUND:
+                break
+        monitor.read(settle_s)
+        return ears(monitor.read(seconds))
+    finally:
+        monitor.close()
 
 
 def each_side_in_its_own_ear(heard: dict[str, dict[float, float]]) -> bool:
