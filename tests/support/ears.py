@@ -37,8 +37,8 @@ def stereo_file(media: Path) -> None:
 
 
 class _Monitor:
-    """The null sink's monitor as one running parec (it records until
-    stopped): read it to a frame count, left and right apart."""
+    """The null sink's monitor as one running parec (it records until the
+    ``with`` block ends): read it to a frame count, left and right apart."""
 
     def __init__(self, socket: Path) -> None:
         self.proc = subprocess.Popen(
@@ -59,7 +59,10 @@ class _Monitor:
         assert len(data) == want, f"parec gave {len(data)} of {want} bytes"
         return np.frombuffer(data, dtype="<i2").reshape(-1, 2).astype(np.float64) / 32768.0
 
-    def close(self) -> None:
+    def __enter__(self) -> _Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.proc.kill()
         self.proc.wait(10)
         if self.proc.stdout is not None:
@@ -93,15 +96,12 @@ def hear(socket: Path, settle_s: float = 0.5, seconds: float = 1.0, *,
     its audio output later on a busy machine; measured once, Firefox's first
     stream was still silent 1.5 s on) and ``settle_s`` of it is let go by
     (the first packets after a (re)connect: the jitter buffer fills)."""
-    monitor = _Monitor(socket)
-    try:
+    with _Monitor(socket) as monitor:
         for _ in range(int(start_within_s / SOUND_CHUNK_S)):
             if np.abs(monitor.read(SOUND_CHUNK_S)).max() > SOUND:
                 break
         monitor.read(settle_s)
         return ears(monitor.read(seconds))
-    finally:
-        monitor.close()
 
 
 def each_side_in_its_own_ear(heard: dict[str, dict[float, float]]) -> bool:

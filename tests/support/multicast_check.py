@@ -24,6 +24,7 @@ import trio  # noqa: E402
 
 from appliance.sap import SAP_GROUPS, SapListener  # noqa: E402
 from appliance.sdp import describe_stream  # noqa: E402
+from tests.support.realtime import run_realtime  # noqa: E402
 from tests.support.rtp import gstreamer_sender  # noqa: E402
 from tests.support.sap import announcement  # noqa: E402
 from tests.support.scream import ScreamSender  # noqa: E402
@@ -72,7 +73,7 @@ async def senders() -> None:
     announcer = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await announcer.bind(("10.99.0.2", 0))
     async with trio.open_nursery() as nursery:
-        gst = await nursery.start(partial(trio.run_process, desk, check=False, env=TOOL_ENV))
+        gst = await nursery.start(partial(run_realtime, desk, env=TOOL_ENV))
         for stream in streams:
             nursery.start_soon(lambda s=stream: s.run(packets=PACKETS))
         for _ in range(5):
