@@ -28,6 +28,8 @@
 #define MAX_FILE_SAMPLES (64u * 1024 * 1024)
 /* A non-clocking capture route may run this far ahead before we skip. */
 #define MAX_LAG_FRAMES 960
+/* a network reader that (re)buffered moves up to a burst's end for this long */
+#define SETTLE_FRAMES(rate) ((rate) / 5)
 
 /* ---- ring buffer -------------------------------------------------------- */
 
@@ -993,6 +995,15 @@ static int pull(ae_route *r, float *dst, int fs, int64_t frame_time_us, bool clo
             }
             r->rpos = w - target - (uint64_t)fs;   /* after this frame: target behind */
             r->buffered = true;
+            r->settling = SETTLE_FRAMES(rate);
+        } else if (r->settling > 0) {
+            /* (re)buffered moments ago, maybe in the middle of a burst (a
+             * sender's or the network's catch-up after a gap): the rest of
+             * it would hold every later frame that much late, for as long as
+             * the steering takes to drain it (measured: 25 ms for 25 s).
+             * Start again from the newest while that is still unheard of. */
+            if (lag > target + (uint64_t)fs + target / 2) r->rpos = w - target - (uint64_t)fs;
+            r->settling -= fs;
         }
         ae_ring_read(&s->ring, r->rpos, dst, (uint64_t)fs);
         r->rpos += (uint64_t)fs;

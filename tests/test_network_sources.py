@@ -30,7 +30,7 @@ from support.lossy_link import run_lossy_link
 from support.namespaces import can_unshare, run_scenario
 from support.realtime import run_realtime
 from support.rtp import Tone, gstreamer_sender, packet
-from support.scream import ScreamSender, SenderProcess, free_udp_port
+from support.scream import PAYLOAD, ScreamSender, SenderProcess, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
 from test_engine import connect, next_event
 import trio.lowlevel
@@ -136,6 +136,50 @@ async def test_a_sender_whose_clock_drifts_is_steered_to_a_constant_latency(clos
         assert abs(ppm - drift) < 350, (name, ppm)
         assert abs(buffered - 20.0) < 4.0, (name, buffered)
         assert samples[name][-1].resyncs == samples[name][0].resyncs, "a resync while both kept time"
+
+
+async def test_a_reader_that_buffers_again_mid_burst_moves_up_to_the_bursts_end(closes):
+    """After a gap, a sender (or the network) catches up in a burst. The
+    reader buffers again from the burst's first part; the rest, coming just
+    after, must not stay on as latency (at 2000 ppm, the steering would take
+    half a minute to drain it)."""
+    port = free_udp_port()
+    packet_s = PAYLOAD / 4 / 48000   # 16-bit stereo at 48 kHz: 6 ms
+    async with open_engine(LEAN_AS_THE_APP) as engine:
+        await scream_graph(engine, port)
+        sender = closes(ScreamSender("127.0.0.1", port))
+        await sender.sock.bind(("127.0.0.1", 0))
+
+        async def send(packets: int, *, paced: bool = True) -> None:
+            due = trio.current_time()
+            for _ in range(packets):
+                await sender.sock.sendto(sender.datagram(), sender.target)
+                if paced:
+                    due += packet_s
+                    await trio.sleep_until(due)
+
+        # This test's own sender is paced in its event loop: where a busy
+        # machine held it up, its reader ran dry again, and the try is
+        # made again (up to three).
+        for _ in range(3):
+            await send(50)
+            # the gap: the reader runs dry, and the gap goes on 100 ms more
+            seen = engine.net_source_stats("net").resyncs
+            await until(engine, "net", lambda s, seen=seen: s.resyncs > seen)
+            await trio.sleep(0.1)
+            # the burst's first part (the 20 ms target and a 10 ms frame),
+            # then one packet at a time until the reader has buffered again
+            await send(5, paced=False)
+            while (buffered := engine.net_source_stats("net")).buffered_ms < 10:
+                await send(1)
+            await send(6, paced=False)   # the rest of the burst: 36 ms
+            await send(50)
+            after = engine.net_source_stats("net")
+            if after.resyncs == buffered.resyncs:
+                break
+        else:
+            raise AssertionError("this test's sender was held up in every try")
+    assert after.buffered_ms < 30.0, (after.buffered_ms, after.correction_ppm)
 
 
 async def test_what_allow_from_does_not_name_is_dropped_and_counted(closes):
