@@ -988,23 +988,26 @@ static int pull(ae_route *r, float *dst, int fs, int64_t frame_time_us, bool clo
             r->buffered = false;
             atomic_fetch_add(&s->net_resyncs, 1);
         }
+        uint64_t seat = target + (uint64_t)fs;   /* after this frame: target behind */
+        bool take_seat;
         if (!r->buffered) {
-            if (w - r->rpos < target + (uint64_t)fs) {
+            if (lag < seat) {
                 memset(dst, 0, (size_t)fs * (size_t)ch * sizeof(float));
                 return 0;
             }
-            r->rpos = w - target - (uint64_t)fs;   /* after this frame: target behind */
             r->buffered = true;
             r->settling = SETTLE_FRAMES(rate);
-        } else if (r->settling > 0) {
+            take_seat = true;
+        } else {
             /* (re)buffered moments ago, maybe in the middle of a burst (a
              * sender's or the network's catch-up after a gap): the rest of
              * it would hold every later frame that much late, for as long as
              * the steering takes to drain it (measured: 25 ms for 25 s).
              * Start again from the newest while that is still unheard of. */
-            if (lag > target + (uint64_t)fs + target / 2) r->rpos = w - target - (uint64_t)fs;
-            r->settling -= fs;
+            take_seat = r->settling > 0 && lag > seat + target / 2;
+            if (r->settling > 0) r->settling -= fs;
         }
+        if (take_seat) r->rpos = w - seat;
         ae_ring_read(&s->ring, r->rpos, dst, (uint64_t)fs);
         r->rpos += (uint64_t)fs;
         if (r->rpos > atomic_load_explicit(&s->read_pos, memory_order_relaxed)) {

@@ -136,7 +136,7 @@ struct ae_route {
     /* per-route reading state */
     uint64_t rpos;                       /* ALSA, network: next frame to read */
     bool buffered;                       /* network: rpos is the target behind wpos */
-    int64_t settling;                    /* network: frames since buffering in which it may move up */
+    int64_t settling;                    /* network: frames left to move up to a burst's end */
     double phase;                        /* tone */
     uint64_t gen_pos;                    /* file / clicks: frames generated */
 };
