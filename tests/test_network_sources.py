@@ -30,7 +30,7 @@ from support.lossy_link import run_lossy_link
 from support.namespaces import can_unshare, run_scenario
 from support.realtime import run_realtime
 from support.rtp import Tone, gstreamer_sender, packet
-from support.scream import PAYLOAD, ScreamSender, SenderProcess, free_udp_port
+from support.scream import ScreamSender, SenderProcess, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
 from test_engine import connect, next_event
 import trio.lowlevel
@@ -162,19 +162,11 @@ async def test_a_reader_that_buffers_again_mid_burst_moves_up_to_the_bursts_end(
     after, must not stay on as latency (at 2000 ppm, the steering would take
     half a minute to drain it)."""
     port = free_udp_port()
-    packet_s = PAYLOAD / 4 / 48000   # 16-bit stereo at 48 kHz: 6 ms
     async with open_engine(LEAN_AS_THE_APP) as engine:
         await scream_graph(engine, port)
         sender = closes(ScreamSender("127.0.0.1", port))
         await sender.sock.bind(("127.0.0.1", 0))
-
-        async def send(packets: int, *, paced: bool = True) -> None:
-            due = trio.current_time()
-            for _ in range(packets):
-                await sender.sock.sendto(sender.datagram(), sender.target)
-                if paced:
-                    due += packet_s
-                    await trio.sleep_until(due)
+        send = sender.send
 
         # This test's own sender is paced in its event loop: where a busy
         # machine held it up, its reader ran dry again, and the try is

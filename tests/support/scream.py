@@ -89,19 +89,27 @@ class ScreamSender:
         return packet
 
     async def run(self, *, packets: int | None = None) -> None:
-        """Send in real time until cancelled (or ``packets`` were sent)."""
+        """From ``source``: send in real time until cancelled (or ``packets``
+        were sent)."""
         await self.sock.bind((self.source, 0))
+        await self.send(packets)
+
+    async def send(self, packets: int | None = None, *, paced: bool = True) -> None:
+        """Send ``packets`` more (None: until cancelled), in real time, or
+        all at once when not ``paced`` (a burst)."""
+        stop = None if packets is None else self.sent + packets
         due = trio.current_time()
-        while packets is None or self.sent < packets:
+        while stop is None or self.sent < stop:
             frames = PAYLOAD / (self.bits // 8 * self.channels)
-            if trio.current_time() - due >= STALL_S:   # this process was held up
+            if paced and trio.current_time() - due >= STALL_S:   # this process was held up
                 self.stalled_at = time.monotonic()
                 if self.say_stalls:
                     print(self.stalled_at, flush=True)
             await self.sock.sendto(self.datagram(), self.target)
             self.sent += 1
-            due += frames / (self.rate * self.speed)   # the format may change between
-            await trio.sleep_until(due)
+            if paced:
+                due += frames / (self.rate * self.speed)   # the format may change between
+                await trio.sleep_until(due)
 
     def close(self) -> None:
         self.sock.close()
