@@ -463,8 +463,9 @@ async def test_malformed_rtp_is_counted_and_the_stream_goes_on(closes):
             for datagram in bad * 50:
                 junk.sendto(datagram, ("127.0.0.1", port))
             junk.sendto(packet(1, 0, 1, 0, good), ("127.0.0.1", port))   # PCMU: not ours
-            stats = await until(engine, "net", lambda s: s.malformed == len(bad) * 50)
-            assert stats.other_program == 1
+            # the PCMU packet came last: once it is counted, so is every bad one
+            stats = await until(engine, "net", lambda s: s.other_program >= 1)
+            assert stats.malformed == len(bad) * 50 and stats.other_program == 1
             assert abs(await heard_hz(engine, seconds=0.3) - 1000.0) < 3.0
             nursery.cancel_scope.cancel()
         assert engine.net_source_stats("net").restarts == 0
