@@ -165,25 +165,24 @@ async def test_a_reader_that_buffers_again_mid_burst_moves_up_to_the_bursts_end(
     async with open_engine(LEAN_AS_THE_APP) as engine:
         await scream_graph(engine, port)
         sender = closes(ScreamSender("127.0.0.1", port))
-        await sender.sock.bind(("127.0.0.1", 0))
-        send = sender.send
+        await sender.bind()
 
         # This test's own sender is paced in its event loop: where a busy
         # machine held it up, its reader ran dry again, and the try is
         # made again (up to three).
         for _ in range(3):
-            await send(50)
+            await sender.send(50)
             # the gap: the reader runs dry, and the gap goes on 100 ms more
             seen = engine.net_source_stats("net").resyncs
             await until(engine, "net", lambda s, seen=seen: s.resyncs > seen)
             await trio.sleep(0.1)
             # the burst's first part (the 20 ms target and a 10 ms frame),
             # then one packet at a time until the reader has buffered again
-            await send(5, paced=False)
+            await sender.send(5, paced=False)
             while (buffered := engine.net_source_stats("net")).buffered_ms < 10:
-                await send(1)
-            await send(6, paced=False)   # the rest of the burst: 36 ms
-            await send(50)
+                await sender.send(1)
+            await sender.send(6, paced=False)   # the rest of the burst: 36 ms
+            await sender.send(50)
             after = engine.net_source_stats("net")
             if after.resyncs == buffered.resyncs:
                 break

@@ -88,10 +88,14 @@ class ScreamSender:
             packet = self.program.ljust(PROGRAM_TAG, b"\0") + packet
         return packet
 
+    async def bind(self) -> None:
+        """Send from ``source``."""
+        await self.sock.bind((self.source, 0))
+
     async def run(self, *, packets: int | None = None) -> None:
         """From ``source``: send in real time until cancelled (or ``packets``
         were sent)."""
-        await self.sock.bind((self.source, 0))
+        await self.bind()
         await self.send(packets)
 
     async def send(self, packets: int | None = None, *, paced: bool = True) -> None:
@@ -100,7 +104,6 @@ class ScreamSender:
         stop = None if packets is None else self.sent + packets
         due = trio.current_time()
         while stop is None or self.sent < stop:
-            frames = PAYLOAD / (self.bits // 8 * self.channels)
             if paced and trio.current_time() - due >= STALL_S:   # this process was held up
                 self.stalled_at = time.monotonic()
                 if self.say_stalls:
@@ -108,7 +111,8 @@ class ScreamSender:
             await self.sock.sendto(self.datagram(), self.target)
             self.sent += 1
             if paced:
-                due += frames / (self.rate * self.speed)   # the format may change between
+                frames = PAYLOAD / (self.bits // 8 * self.channels)   # the format may change
+                due += frames / (self.rate * self.speed)
                 await trio.sleep_until(due)
 
     def close(self) -> None:
