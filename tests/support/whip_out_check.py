@@ -207,12 +207,14 @@ async def wait_publication(box, predicate, timeout: float = 20) -> dict:
     the status) holds."""
     if isinstance(predicate, str):
         state, predicate = predicate, lambda status: status["state"] == state
-    with trio.fail_after(timeout):
+    status = None
+    with trio.move_on_after(timeout):
         while True:
             status = (await box.client.get("/api/publications")).json()[0]
             if predicate(status):
                 return status
             await trio.sleep(0.05)
+    raise AssertionError(f"the publication did not get there within {timeout} s: {status}")
 
 
 async def subscriber_hears(janus: Janus, feed: int, out: dict) -> None:

@@ -350,9 +350,11 @@ def needs_whip_out_check(test):
 
 async def whip_out_check(scenario: str) -> dict:
     """tests/support/whip_out_check.py's ``scenario``, in a network namespace
-    of its own: what it printed."""
+    of its own: what it printed. A failure shows what it found so far and
+    the ends of simple-whip-server's and Janus's logs, not the traceback
+    alone."""
     return await run_scenario(Path(__file__).parents[1] / "support" / "whip_out_check.py",
-                              scenario)
+                              scenario, tail=16000)
 
 
 @needs_whip_out_check
