@@ -400,6 +400,14 @@ async def packet_rate(peer, seconds: float = 1.0) -> float:
     return (peer.packets_received - start) / seconds
 
 
+async def keeps_receiving(peer, packets: int, timeout: float = 5.0) -> None:
+    """``packets`` more reach the peer within ``timeout`` s: a count, not a
+    rate over the wall clock (emulated on arm64, the peer reads in bursts)."""
+    start = peer.packets_received
+    await until(lambda: peer.packets_received - start >= packets, timeout,
+                f"{packets} more packets to the peer")
+
+
 async def test_one_binding_request_from_elsewhere_takes_no_audio(engine):
     """A Binding request with the listener's credentials (both are in the
     offer and answer, in cleartext on the LAN) and USE-CANDIDATE, from
@@ -498,7 +506,7 @@ async def test_a_stranger_never_gets_media_even_when_the_peer_is_gone(monkeypatc
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(collect, sock, got)
                 nursery.start_soon(stranger, sock)
-                assert await packet_rate(peer, 1.5) >= 80      # the peer keeps its audio
+                await keeps_receiving(peer, 150)      # the peer keeps its audio
                 await peer.vanish()
                 gone = time.monotonic()
                 assert await state_change(listener, timeout=5) == ListenerState.FAILED
@@ -538,7 +546,7 @@ async def test_a_peer_that_really_moves_gets_its_audio_back(monkeypatch):
                     await sock.sendto(binding_request(f"{ours}:{theirs}", pwd)[0], server)
                     await sock.sendto(await peer.protect_rtcp(receiver_report()), server)
                     await trio.sleep(0.25)
-                assert await packet_rate(peer, 0.5) >= 80
+                await keeps_receiving(peer, 50)
                 nursery.cancel_scope.cancel()
         assert got and not media(got)
 
