@@ -27,6 +27,7 @@ from appliance.engine import Engine, Listener
 from support.audio_sim import (
     PulseDaemon, read_wav, tone, use_asoundrc, write_raw_s32, write_wav,
 )
+from support.polling import poll_until
 from support.webrtc import (
     dominant_frequency, open_aiortc_listener, rms_dbfs, synthetic_offer,
 )
@@ -197,9 +198,8 @@ async def test_listeners_with_different_payload_types_share_one_encoder(engine):
         # encoders would send each of theirs to one (a ratio of 1, not 2). Not
         # frames per wall-clock second: emulated, the encoder lags, then bursts.
         start = engine.sink_stats("main")
-        with trio.fail_after(10):
-            while (now := engine.sink_stats("main")).frames_encoded - start.frames_encoded < 100:
-                await trio.sleep(0.02)
+        now = await poll_until(lambda: (s := engine.sink_stats("main")).frames_encoded
+                               - start.frames_encoded >= 100 and s, 10, "100 frames encoded")
         ratio = (now.packets_out - start.packets_out) / (now.frames_encoded - start.frames_encoded)
         assert 1.8 <= ratio <= 2.2, ratio
         await listener_a.aclose()
@@ -540,10 +540,9 @@ async def test_a_device_stuck_in_its_driver_does_not_hold_the_close(monkeypatch,
             await e.add_source("tone", SourceSpec(kind="tone", tone_hz=440))
             await e.add_sink("speaker", SinkSpec(kind="alsa", device="stuck"))
             await e.add_route("r", RouteSpec("tone", "speaker"))
-            with trio.fail_after(10):   # the pipe fills; the next write blocks
-                while int.from_bytes(fcntl.ioctl(reader, termios.FIONREAD, b"\0" * 4),
-                                     "little") < 65536:
-                    await trio.sleep(0.02)
+            await poll_until(lambda: int.from_bytes(fcntl.ioctl(reader, termios.FIONREAD, b"\0" * 4),
+                                                    "little") >= 65536,
+                             10, "a full pipe (the next write blocks)")
             await e.remove_route("r")
             live, abandoned = live_engine_threads(), abandoned_engine_threads()
             with trio.fail_after(10):
@@ -599,9 +598,7 @@ async def test_close_with_lifecycle_events_waiting_for_room(monkeypatch, tmp_pat
             for i in range(4):   # absent devices: a DeviceLost each, nobody reading
                 await e.add_source(f"hat{i}", SourceSpec(kind="alsa", device="hatin",
                                                          allow_absent=True))
-            with trio.fail_after(5):
-                while e.stats().events_posted < 4:
-                    await trio.sleep(0.01)
+            await poll_until(lambda: e.stats().events_posted >= 4, 5, "4 events posted")
     assert live_engine_threads() == 0
 
 
@@ -659,9 +656,8 @@ def test_callbacks_after_the_trio_run_ended_are_swallowed():
 async def wait_for_threads(baseline: int, timeout: float = 10.0) -> None:
     """GStreamer's own worker threads wind down shortly after the engine
     closes: wait for the process to come back to where it started."""
-    with trio.fail_after(timeout):
-        while process_threads() > baseline:
-            await trio.sleep(0.05)
+    await poll_until(lambda: process_threads() <= baseline, timeout,
+                     f"threads back to {baseline}", interval=0.05)
 
 
 @pytest.mark.trio

@@ -24,6 +24,7 @@ from appliance import (
 from appliance.engine import Listener
 from appliance.model import Variant
 
+from support.polling import poll_until
 from support.webrtc import dominant_frequency, open_aiortc_listener, synthetic_offer
 from test_engine import connect, first_answer, process_threads, tone_graph
 
@@ -55,13 +56,6 @@ async def state_change(listener: Listener, timeout: float) -> ListenerState:
             if isinstance(ev, ListenerStateChanged) and ev.state.is_final:
                 return ev.state
     raise AssertionError("the listener's channel closed")
-
-
-async def until(predicate, timeout: float = 5.0, what: str = "condition"):
-    """Poll engine-side counters (no event carries them) until true."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 def open_fds() -> int:
@@ -96,7 +90,7 @@ async def test_a_real_peer_hears_the_tone_and_reports_its_health(engine):
         assert stats.last_rx_age_s is not None and stats.last_rx_age_s < 5
         # aiortc reports about once a second; the RTT needs one of our
         # sender reports echoed in it
-        await until(lambda: listener.stats().rtt_ms is not None, timeout=6)
+        await poll_until(lambda: listener.stats().rtt_ms is not None, timeout=6)
         health = listener.stats()
         assert health.rtcp_reports >= 1
         assert 0 <= health.rtt_ms < 100             # loopback
@@ -141,7 +135,7 @@ async def test_receiver_reports_with_either_srtp_profile_and_a_replay_counts_for
             dtls.transport._send, dtls._handle_rtcp_data = send, receive_rtcp
 
         await peer._run(hook)
-        await until(lambda: listener.stats().rtt_ms is not None, timeout=6)
+        await poll_until(lambda: listener.stats().rtt_ms is not None, timeout=6)
         # the RTT's size is checked in the test above; this one also runs
         # emulated (tests/image/test_engine_arm64.py), where the peer is slow
         assert listener.stats().rtt_ms >= 0 and listener.stats().rtcp_reports >= 1
@@ -149,14 +143,14 @@ async def test_receiver_reports_with_either_srtp_profile_and_a_replay_counts_for
         # two of our sender reports later (one a second) the last report it
         # sent is long in, and no other comes
         seen = reports_in[0]
-        await until(lambda: reports_in[0] >= seen + 2, timeout=4)
+        await poll_until(lambda: reports_in[0] >= seen + 2, timeout=4)
         reports, rejected = listener.stats().rtcp_reports, engine.stats().lean_rtcp_rejected
 
         async def replay() -> None:
             await ice_send(sent[-1])
 
         await peer._run(replay)
-        await until(lambda: engine.stats().lean_rtcp_rejected > rejected, timeout=2)
+        await poll_until(lambda: engine.stats().lean_rtcp_rejected > rejected, timeout=2)
         assert listener.stats().rtcp_reports == reports
         assert listener.stats().state == ListenerState.CONNECTED
         await listener.aclose()
@@ -228,7 +222,7 @@ async def test_removing_a_connected_listener_tells_its_peer(engine):
         listener = await connect(engine, peer)
         stays = await connect(engine, other)
         await listener.aclose()
-        await until(lambda: peer.connection_state == "closed", timeout=3)
+        await poll_until(lambda: peer.connection_state == "closed", timeout=3)
         assert abs(dominant_frequency(await other.record(seconds=0.3)) - 1000.0) < 3.0
         await stays.aclose()
 
@@ -247,7 +241,7 @@ async def test_a_crowd_leaving_takes_no_thread_and_its_sink_can_go_at_once(engin
                 nursery.start_soon(listener.aclose)
         assert len(os.listdir("/proc/self/task")) <= threads
         assert engine.stats().listeners == 0
-        await until(lambda: peer.connection_state == "closed", timeout=3)
+        await poll_until(lambda: peer.connection_state == "closed", timeout=3)
     await engine.remove_route("tone-main")
     await engine.remove_sink("main")
     assert engine.stats().sinks == 0
@@ -339,7 +333,7 @@ async def test_forged_and_stray_datagrams_are_dropped_counted_and_harm_nobody(en
                         "lean_junk"))
         # Not lean_datagrams_in: the victim's consent checks and reports arrive
         # there too while the flood is sent (seconds of it under qemu-user).
-        await until(lambda: counted(engine.stats()) >= total)
+        await poll_until(lambda: counted(engine.stats()) >= total)
         after = engine.stats()
         assert counted(after) == total   # every one dropped and counted
         assert after.lean_stun_rejected - before.lean_stun_rejected >= len(forged)
@@ -363,12 +357,10 @@ async def test_forged_and_stray_datagrams_are_dropped_counted_and_harm_nobody(en
         assert reply.check_message_integrity(pwd.encode())
 
         # the real listener never noticed
-        received = peer.packets_received
         assert abs(dominant_frequency(await peer.record(seconds=0.5)) - 1000.0) < 2.0
         # and the stream goes on: 45 more packets (0.45 s of them), waited
         # for, since a loaded peer decodes what it counted earlier
-        await until(lambda: peer.packets_received - received >= 45, timeout=3,
-                    what="the victim's packets")
+        await keeps_receiving(peer, 45, timeout=3)
         assert victim.stats().state == ListenerState.CONNECTED
         sock.close()
         await target.aclose()
@@ -404,8 +396,8 @@ async def keeps_receiving(peer, packets: int, timeout: float = 5.0) -> None:
     """``packets`` more reach the peer within ``timeout`` s: a count, not a
     rate over the wall clock (emulated on arm64, the peer reads in bursts)."""
     start = peer.packets_received
-    await until(lambda: peer.packets_received - start >= packets, timeout,
-                f"{packets} more packets to the peer")
+    await poll_until(lambda: peer.packets_received - start >= packets, timeout,
+                     f"{packets} more packets to the peer")
 
 
 async def test_one_binding_request_from_elsewhere_takes_no_audio(engine):
@@ -489,7 +481,7 @@ async def test_a_stranger_never_gets_media_even_when_the_peer_is_gone(monkeypatc
             dtls.transport._send = send
 
         await peer._run(hook)
-        await until(lambda: len(reports) >= 1, timeout=5)
+        await poll_until(lambda: len(reports) >= 1, timeout=5)
         server = ("127.0.0.1", engine.stats().lean_port)
         got: list[bytes] = []
         rejected = engine.stats().lean_rtcp_rejected
@@ -552,10 +544,7 @@ async def test_a_peer_that_really_moves_gets_its_audio_back(monkeypatch):
 
         await peer.rebind("127.0.0.2")
         moved = time.monotonic()
-        start = peer.packets_received
-        with trio.fail_after(5):
-            while peer.packets_received < start + 50:
-                await trio.sleep(0.02)
+        await keeps_receiving(peer, 50)
         regained = time.monotonic() - moved
         assert abs(dominant_frequency(await peer.record(seconds=0.5)) - 1000.0) < 2.0
         assert await packet_rate(peer) >= 80
@@ -646,7 +635,7 @@ async def test_a_new_listener_gets_its_first_packets_paced_not_in_a_burst(engine
 
         await peer._run(hook)
         listener = await connect(engine, peer)
-        await until(lambda: len(arrivals) >= 60, timeout=5, what="60 packets")
+        await poll_until(lambda: len(arrivals) >= 60, timeout=5, what="60 packets")
         first = arrivals[:60]
         assert [(s - first[0][1]) % 65536 for _, s, _ in first] == list(range(60))
         assert {(b[2] - a[2]) % 2**32 for a, b in itertools.pairwise(first)} == {480}  # 10 ms

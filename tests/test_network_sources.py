@@ -29,6 +29,7 @@ from appliance.config import APP_REALTIME_PRIORITY
 from support.lossy_link import run_lossy_link
 from support.namespaces import can_unshare, run_scenario
 from support.realtime import run_realtime
+from support.polling import poll_until
 from support.rtp import Tone, gstreamer_sender, packet
 from support.scream import ScreamSender, SenderProcess, free_udp_port
 from support.webrtc import dominant_frequency, open_aiortc_listener
@@ -73,10 +74,10 @@ async def closes():   # async: a trio socket is closed inside the run
 
 async def until(engine, source: str, predicate, timeout: float = 10.0):
     """The source's stats once ``predicate`` holds for them."""
-    with trio.fail_after(timeout):
-        while not predicate(stats := engine.net_source_stats(source)):
-            await trio.sleep(0.02)
-    return stats
+    def held():
+        stats = engine.net_source_stats(source)
+        return stats if predicate(stats) else None
+    return await poll_until(held, timeout, f"{source}'s stats to hold", interval=0.02)
 
 
 @pytest.mark.parametrize("rate, bits, channels", [(48000, 16, 2), (44100, 24, 2), (96000, 32, 1),
