@@ -126,8 +126,11 @@ class SenderProcess:
     ``stalled_at`` is its last late send, as ScreamSender's (time.monotonic
     is the same clock in every process)."""
 
-    def __init__(self, host: str, port: int, *, speed: float = 1.0) -> None:
-        self.args = [host, str(port), repr(speed)]
+    def __init__(self, host: str, port: int, *, speed: float = 1.0, hz: float = 1000.0,
+                 program: bytes | None = None) -> None:
+        self.args = [host, str(port), repr(speed), repr(hz)]
+        if program is not None:
+            self.args.append(program.decode())
         self.stalled_at = -1e9
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -161,9 +164,10 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-if __name__ == "__main__":   # SenderProcess's: HOST PORT SPEED
-    host, port, speed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+if __name__ == "__main__":   # SenderProcess's: HOST PORT SPEED HZ [PROGRAM]
+    host, port, speed, hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    program = sys.argv[5].encode() if len(sys.argv) > 5 else None
 
     async def main() -> None:
-        await ScreamSender(host, port, speed=speed, say_stalls=True).run()
+        await ScreamSender(host, port, speed=speed, hz=hz, program=program, say_stalls=True).run()
     trio.run(main)
