@@ -68,7 +68,9 @@ def floor_booter(img, tmp_path):
     to /api/status). Made after the appliance's first boot, whose kernel
     and initramfs the bootstrapped floor boots with."""
     if os.environ.get("APPLIANCE_FLOOR") == "derived":
-        fvm = VM(Card(derived_floor(img, tmp_path), tmp_path / "floor-card.img"), tmp_path)
+        # a folder of its own: its serial-N.log would overwrite the appliance's
+        (tmp_path / "floor").mkdir()
+        fvm = VM(Card(derived_floor(img, tmp_path), tmp_path / "floor-card.img"), tmp_path / "floor")
 
         def boot():
             try:
@@ -234,7 +236,8 @@ def test_a_pid_1_that_crashes_reboots_instead_of_freezing(appliance_image, tmp_p
     """systemd freezes by default when PID 1 crashes or cannot start (its
     generators past their 90 s): on a box without a screen a hang until
     someone pulls the plug. The image's CrashReboot=yes takes the path both
-    share; a crash is what can be asked for from outside."""
+    share (freeze_or_exit_or_reboot); a crash is what can be asked for from
+    outside."""
     img, _ = appliance_image
     card = Card(img, tmp_path / "card.img")
     key = ssh_key(tmp_path)
@@ -243,10 +246,16 @@ def test_a_pid_1_that_crashes_reboots_instead_of_freezing(appliance_image, tmp_p
     try:
         vm.boot()
         vm.wait_ssh()
+        booted = len(vm.log())
         vm.ssh("sudo kill -SEGV 1", check=False)
-        vm.wait_exit(timeout=600)  # -no-reboot: the guest's reboot ends QEMU
+        # Nobody asks for a reboot: only PID 1's crash path can end QEMU
+        # (-no-reboot) here; frozen, the guest would run on and this times out.
+        vm.wait_exit(timeout=600)
     finally:
         vm.stop()
-    log = vm.log()
-    assert "Caught <SEGV>" in log, log[-4000:]
-    assert "Freezing execution" not in log and "reboot: Restarting system" in log, log[-4000:]
+    # Its messages go to the journal (running by then), not the console;
+    # what the console shows is the kernel's reboot with no shutdown before
+    # it: PID 1 called reboot(2) itself, stopping nothing.
+    after = vm.log()[booted:]
+    assert "reboot: Restarting system" in after, after[-4000:]
+    assert "Stopping" not in after and "Stopped" not in after, after[-4000:]
